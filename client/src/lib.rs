@@ -1,0 +1,164 @@
+//! carpool's Rust client (the shim other programs link) and the `carpool` CLI's pieces.
+//!
+//! - [`Client`]: connect, submit, run, get, cancel, watch, `map` over a stream of payloads,
+//!   workers and stats.
+//! - [`render`]: results and tables as the CLI prints them (JSON lines, text tables).
+//! - [`demo`]: the README's main job: carpool against conventional FaaS on local workers.
+
+pub mod demo;
+pub mod render;
+
+use std::time::Duration;
+
+use carpool_proto::pb::{self, cluster_client::ClusterClient, tasks_client::TasksClient};
+use carpool_proto::{Bytes, payload};
+use futures::{Stream, StreamExt};
+use tonic::transport::{Channel, Endpoint};
+
+pub use carpool_proto::pb::{MapResponse, StatsResponse, TaskInfo, TaskResult, TaskState, WorkerInfo};
+
+/// What a client call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL does not parse.
+    #[error("invalid coordinator url {0:?}: {1}")]
+    BadUrl(String, String),
+    /// The coordinator could not be reached.
+    #[error("cannot reach the coordinator at {0}: {1}")]
+    Connect(String, String),
+    /// The coordinator answered with an error status.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+}
+
+/// Result with the client's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A connection to a coordinator; cheap to clone (one HTTP/2 channel underneath).
+#[derive(Clone, Debug)]
+pub struct Client {
+    tasks: TasksClient<Channel>,
+    cluster: ClusterClient<Channel>,
+}
+
+impl Client {
+    /// Connects to `url`, e.g. `http://127.0.0.1:50051`, with HTTP/2 keepalive on.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| Error::BadUrl(url.to_owned(), e.to_string()))?
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| Error::Connect(url.to_owned(), e.to_string()))?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// A client over an existing channel.
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            tasks: TasksClient::new(channel.clone())
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+            cluster: ClusterClient::new(channel),
+        }
+    }
+
+    /// Submits one task; returns its id at once.
+    pub async fn submit(&self, function: &str, input: impl Into<Bytes>) -> Result<u64> {
+        let req = submit_request(function, input.into());
+        Ok(self.tasks.clone().submit(req).await?.into_inner().task_id)
+    }
+
+    /// Submits one task and waits for its result.
+    pub async fn run(&self, function: &str, input: impl Into<Bytes>) -> Result<TaskResult> {
+        let req = submit_request(function, input.into());
+        Ok(self.tasks.clone().run(req).await?.into_inner())
+    }
+
+    /// A task's state, attempts, worker and timings.
+    pub async fn get(&self, task_id: u64) -> Result<TaskInfo> {
+        Ok(self
+            .tasks
+            .clone()
+            .get(pb::GetRequest { task_id })
+            .await?
+            .into_inner())
+    }
+
+    /// Cancels a task; returns its state afterwards.
+    pub async fn cancel(&self, task_id: u64) -> Result<TaskState> {
+        let state = self
+            .tasks
+            .clone()
+            .cancel(pb::CancelRequest { task_id })
+            .await?
+            .into_inner()
+            .state();
+        Ok(state)
+    }
+
+    /// The results of `task_ids`, as each finishes.
+    pub async fn watch(&self, task_ids: Vec<u64>) -> Result<impl Stream<Item = Result<TaskResult>>> {
+        let stream = self
+            .tasks
+            .clone()
+            .watch(pb::WatchRequest { task_ids })
+            .await?
+            .into_inner();
+        Ok(stream.map(|r| r.map_err(Error::from)))
+    }
+
+    /// Runs every payload of `inputs` as a task of `function` over one streaming call and
+    /// yields the results as they finish (each tagged with its input's position in `seq`).
+    pub async fn map<S>(
+        &self,
+        function: &str,
+        inputs: S,
+    ) -> Result<impl Stream<Item = Result<MapResponse>> + use<S>>
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        let function = function.to_owned();
+        let requests = inputs.enumerate().map(move |(i, bytes)| pb::MapRequest {
+            // The first message names the function; the rest inherit it.
+            function: if i == 0 { function.clone() } else { String::new() },
+            input: Some(binary_or_text(bytes)),
+            seq: i as u64,
+        });
+        let stream = self.tasks.clone().map(requests).await?.into_inner();
+        Ok(stream.map(|r| r.map_err(Error::from)))
+    }
+
+    /// Workers connected or starting, optionally of one function.
+    pub async fn workers(&self, function: &str) -> Result<Vec<WorkerInfo>> {
+        let req = pb::ListWorkersRequest {
+            function: function.to_owned(),
+        };
+        Ok(self.cluster.clone().list_workers(req).await?.into_inner().workers)
+    }
+
+    /// Counters and the bill.
+    pub async fn stats(&self) -> Result<StatsResponse> {
+        Ok(self
+            .cluster
+            .clone()
+            .stats(pb::StatsRequest {})
+            .await?
+            .into_inner())
+    }
+}
+
+fn submit_request(function: &str, input: Bytes) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        function: function.to_owned(),
+        input: Some(binary_or_text(input)),
+    }
+}
+
+/// Text when the bytes are UTF-8 (readable in logs and grpcurl), binary otherwise.
+fn binary_or_text(bytes: Bytes) -> pb::Payload {
+    payload::from_bytes(bytes)
+}

@@ -1,0 +1,227 @@
+//! `carpool`: submit and inspect tasks from the shell, and run the demo.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use carpool_client::demo::{self, DemoOptions};
+use carpool_client::{Client, render};
+use carpool_proto::Bytes;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use indicatif::ProgressBar;
+use tracing_subscriber::EnvFilter;
+
+/// carpool: many short serverless tasks share one function instance.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The coordinator.
+    #[arg(
+        long,
+        global = true,
+        env = "CARPOOL_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    coordinator: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Submit one task and print its id.
+    Submit {
+        /// The function to run.
+        function: String,
+        /// The payload as text (e.g. JSON); "-" reads stdin.
+        #[arg(default_value = "")]
+        payload: String,
+    },
+    /// Submit one task, wait, and print its result as JSON.
+    Run {
+        /// The function to run.
+        function: String,
+        /// The payload as text (e.g. JSON); "-" reads stdin.
+        #[arg(default_value = "")]
+        payload: String,
+    },
+    /// Print a task's state, attempts, worker and result as JSON.
+    Get {
+        /// The task id.
+        task_id: u64,
+    },
+    /// Cancel a task and print its state.
+    Cancel {
+        /// The task id.
+        task_id: u64,
+    },
+    /// Run each line of the input (JSON lines) as a task; print each result as a JSON line
+    /// as it finishes (with "seq", the line's position), with a progress bar on stderr.
+    Map {
+        /// The function to run.
+        function: String,
+        /// Read payloads from this file instead of stdin.
+        #[arg(long)]
+        input: Option<PathBuf>,
+    },
+    /// List workers.
+    Workers {
+        /// Only this function's.
+        #[arg(long, default_value = "")]
+        function: String,
+    },
+    /// Print task counts, workers and the bill.
+    Stats,
+    /// Run spin tasks as carpool and as conventional FaaS on local workers and compare.
+    Demo {
+        /// Tasks per mode.
+        #[arg(long, default_value_t = 40)]
+        tasks: usize,
+        /// CPU milliseconds per task.
+        #[arg(long, default_value_t = 200)]
+        spin_ms: u64,
+        /// Worker memory size (vCPUs follow it: 2048 MB is 2 vCPUs).
+        #[arg(long, default_value_t = 2048)]
+        memory_mb: u32,
+        /// Cap on concurrent workers [default: this machine's cores / the workers' vCPUs].
+        #[arg(long)]
+        max_workers: Option<u32>,
+        /// The carpool-worker binary [default: next to this one].
+        #[arg(long, env = "CARPOOL_WORKER_BIN")]
+        worker_bin: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match execute(cli).await {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("carpool: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<ExitCode, String> {
+    if let Command::Demo {
+        tasks,
+        spin_ms,
+        memory_mb,
+        max_workers,
+        worker_bin,
+    } = cli.command
+    {
+        let opts = DemoOptions {
+            tasks,
+            spin_ms,
+            memory_mb,
+            max_workers,
+            worker_bin,
+            progress: true,
+        };
+        let reports = demo::run(&opts).await.map_err(|e| e.to_string())?;
+        print!("{}", demo::table(&opts, &reports));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = Client::connect(&cli.coordinator)
+        .await
+        .map_err(|e| e.to_string())?;
+    let e = |e: carpool_client::Error| e.to_string();
+    match cli.command {
+        Command::Submit { function, payload } => {
+            let id = client
+                .submit(&function, read_payload(payload)?)
+                .await
+                .map_err(e)?;
+            println!("{id}");
+        }
+        Command::Run { function, payload } => {
+            let r = client.run(&function, read_payload(payload)?).await.map_err(e)?;
+            println!("{}", render::result_json(&r));
+            if r.state() != carpool_client::TaskState::Succeeded {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Get { task_id } => println!("{}", render::info_json(&client.get(task_id).await.map_err(e)?)),
+        Command::Cancel { task_id } => {
+            let state = client.cancel(task_id).await.map_err(e)?;
+            println!("{}", render::state_name(state));
+        }
+        Command::Map { function, input } => return map(&client, &function, input).await,
+        Command::Workers { function } => print!(
+            "{}",
+            render::workers_table(&client.workers(&function).await.map_err(e)?)
+        ),
+        Command::Stats => print!("{}", render::stats_table(&client.stats().await.map_err(e)?)),
+        Command::Demo { .. } => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_payload(arg: String) -> Result<Bytes, String> {
+    if arg == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+            .map_err(|e| format!("reading stdin: {e}"))?;
+        Ok(Bytes::from(buf))
+    } else {
+        Ok(Bytes::from(arg))
+    }
+}
+
+async fn map(client: &Client, function: &str, input: Option<PathBuf>) -> Result<ExitCode, String> {
+    let lines: Vec<Bytes> = match &input {
+        Some(path) => {
+            let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            collect_lines(std::io::BufReader::new(file))?
+        }
+        None => collect_lines(std::io::stdin().lock())?,
+    };
+    let bar = ProgressBar::new(lines.len() as u64);
+    let total = lines.len();
+    let mut results = client
+        .map(function, futures::stream::iter(lines))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut failed = 0usize;
+    let mut stdout = std::io::stdout().lock();
+    while let Some(r) = results.next().await {
+        let r = r.map_err(|e| e.to_string())?;
+        bar.inc(1);
+        let mut line = match &r.result {
+            Some(res) => {
+                if res.state() != carpool_client::TaskState::Succeeded {
+                    failed += 1;
+                }
+                render::result_json(res)
+            }
+            None => {
+                failed += 1;
+                serde_json::json!({ "rejected": r.rejected })
+            }
+        };
+        line["seq"] = r.seq.into();
+        writeln!(stdout, "{line}").map_err(|e| e.to_string())?;
+    }
+    bar.finish_and_clear();
+    if failed > 0 {
+        eprintln!("carpool: {failed} of {total} tasks did not succeed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn collect_lines(reader: impl BufRead) -> Result<Vec<Bytes>, String> {
+    reader
+        .lines()
+        .filter(|l| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
+        .map(|l| l.map(Bytes::from).map_err(|e| format!("reading input: {e}")))
+        .collect()
+}

@@ -1,0 +1,126 @@
+//! How the CLI prints results, workers and stats.
+
+use carpool_proto::pb::{self, payload::Data};
+use serde_json::{Value, json};
+
+/// A payload as JSON: parsed if its text is JSON, a string if it is other text, and
+/// `{"base64": …}`-free byte counts for binary (the CLI never dumps raw bytes).
+pub fn payload_json(p: Option<&pb::Payload>) -> Value {
+    match p.and_then(|p| p.data.as_ref()) {
+        Some(Data::Text(t)) => serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone())),
+        Some(Data::Binary(b)) => json!({ "binary_bytes": b.len() }),
+        None => Value::Null,
+    }
+}
+
+/// One task result as a JSON object (one line of `carpool map` output).
+pub fn result_json(r: &pb::TaskResult) -> Value {
+    let mut v = json!({
+        "task_id": r.task_id,
+        "state": state_name(r.state()),
+        "worker": r.worker_id,
+        "attempts": r.attempts,
+        "started_unix_ms": r.started_unix_ms,
+        "finished_unix_ms": r.finished_unix_ms,
+    });
+    if r.state() == pb::TaskState::Succeeded {
+        v["output"] = payload_json(r.output.as_ref());
+    } else {
+        v["error"] = Value::String(r.error.clone());
+    }
+    v
+}
+
+/// A task's info as JSON.
+pub fn info_json(t: &pb::TaskInfo) -> Value {
+    json!({
+        "task_id": t.task_id,
+        "function": t.function,
+        "state": state_name(t.state()),
+        "attempts": t.attempts,
+        "worker": t.worker_id,
+        "submitted_unix_ms": t.submitted_unix_ms,
+        "result": t.result.as_ref().map(result_json),
+    })
+}
+
+/// `SUCCEEDED`, `FAILED`, … without the enum prefix.
+pub fn state_name(s: pb::TaskState) -> &'static str {
+    s.as_str_name().trim_start_matches("TASK_STATE_")
+}
+
+/// Workers as a text table.
+pub fn workers_table(workers: &[pb::WorkerInfo]) -> String {
+    let mut out = format!(
+        "{:<24} {:<12} {:<9} {:>7} {:>5} {:>6} {:>5} {:>8} {:>9}  {}\n",
+        "WORKER", "FUNCTION", "STATE", "RUNNING", "SLOTS", "CPU", "MEM", "DONE", "AGE", "INSTANCE"
+    );
+    for w in workers {
+        let (cpu, mem) = w.last_sample.map_or((String::from("-"), String::from("-")), |s| {
+            let mem = if s.memory_limit_bytes > 0 {
+                format!(
+                    "{:.0}%",
+                    100.0 * s.memory_used_bytes as f64 / s.memory_limit_bytes as f64
+                )
+            } else {
+                "-".into()
+            };
+            (format!("{:.0}%", s.cpu * 100.0), mem)
+        });
+        out.push_str(&format!(
+            "{:<24} {:<12} {:<9} {:>7} {:>5} {:>6} {:>5} {:>8} {:>8.1}s  {}\n",
+            w.worker_id,
+            w.function,
+            w.state().as_str_name().trim_start_matches("WORKER_STATE_"),
+            w.running_tasks,
+            w.slots,
+            cpu,
+            mem,
+            w.tasks_done,
+            w.age_ms as f64 / 1000.0,
+            w.instance
+        ));
+    }
+    out
+}
+
+/// Stats as a text table.
+pub fn stats_table(s: &pb::StatsResponse) -> String {
+    let mut out = format!(
+        "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14} {:>12}\n",
+        "FUNCTION",
+        "PENDING",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+        "LIVE",
+        "STARTED",
+        "RETRIED",
+        "BILLED GB-s",
+        "COST USD"
+    );
+    let rows = s.functions.iter().chain(s.total.as_ref());
+    for f in rows {
+        let name = if f.function.is_empty() {
+            "TOTAL"
+        } else {
+            f.function.as_str()
+        };
+        out.push_str(&format!(
+            "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14.3} {:>12.8}\n",
+            name,
+            f.pending,
+            f.running,
+            f.succeeded,
+            f.failed,
+            f.cancelled,
+            f.workers_live,
+            f.workers_started,
+            f.retried,
+            f.billed_gb_ms / 1000.0,
+            f.cost_usd
+        ));
+    }
+    out
+}

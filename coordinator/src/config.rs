@@ -1,0 +1,141 @@
+//! The coordinator's settings, built directly by tests and by the binary's clap `Cli`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How eligible workers are ranked when a task is placed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// Fullest eligible worker first: fewest live workers, lowest cost.
+    #[default]
+    Pack,
+    /// Emptiest eligible worker first: lowest latency.
+    Spread,
+}
+
+/// How new workers are started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SpawnerKind {
+    /// Child processes of the `carpool-worker` binary on this machine.
+    #[default]
+    Local,
+    /// Nothing is spawned: workers started elsewhere connect by themselves.
+    External,
+}
+
+/// Everything the coordinator needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Which spawner starts workers when the pool outgrows the fleet.
+    pub spawner: SpawnerKind,
+    /// Fleet cap per function (live plus starting workers).
+    pub max_workers: u32,
+    /// Memory size of spawned workers, in MB: the billing size and, unless `vcpus` is set,
+    /// what their vCPU count is derived from.
+    pub memory_mb: u32,
+    /// vCPUs of spawned workers; `None` derives them from `memory_mb` as Lambda does.
+    pub vcpus: Option<u32>,
+    /// Concurrent tasks per worker; `None` uses the worker's vCPUs.
+    pub slots: Option<u32>,
+    /// A worker whose last CPU sample is at or above this fraction gets no new task.
+    pub cpu_threshold: f64,
+    /// A worker whose last memory sample is at or above this fraction of its limit gets no new task.
+    pub mem_threshold: f64,
+    /// A worker older than this fraction of its execution timeout drains.
+    pub deadline_fraction: f64,
+    /// Execution timeout of spawned workers, and of connecting workers that state none.
+    pub execution_timeout: Duration,
+    /// How long an idle worker with an empty pool is kept before it gets Shutdown.
+    pub keep_alive: Duration,
+    /// Ranking of eligible workers.
+    pub placement: Placement,
+    /// Largest accepted task payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Attempts per task before it fails because its workers kept being lost.
+    pub max_attempts: u32,
+    /// Tasks a worker may run over its whole life; `Some(1)` is conventional FaaS
+    /// (one invocation per task), `None` is carpool's sharing.
+    pub max_tasks_per_worker: Option<u64>,
+    /// How often workers sample and report CPU and memory when nothing else happens.
+    pub sample_interval: Duration,
+    /// The `carpool-worker` binary the local spawner starts; `None` looks next to the
+    /// running executable.
+    pub worker_bin: Option<PathBuf>,
+    /// Functions served by running a command (`--exec`) in local workers, as (name, command).
+    /// The built-in functions `echo`, `sleep` and `spin` need no entry.
+    pub exec_functions: Vec<(String, String)>,
+    /// `RUST_LOG` for local workers; `None` passes the coordinator's environment through.
+    pub worker_log: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            spawner: SpawnerKind::Local,
+            max_workers: 8,
+            memory_mb: 2048,
+            vcpus: None,
+            slots: None,
+            cpu_threshold: 0.9,
+            mem_threshold: 0.9,
+            deadline_fraction: 0.8,
+            execution_timeout: Duration::from_secs(900),
+            keep_alive: Duration::ZERO,
+            placement: Placement::Pack,
+            max_payload_bytes: 4 * 1024 * 1024,
+            max_attempts: 3,
+            max_tasks_per_worker: None,
+            sample_interval: Duration::from_millis(500),
+            worker_bin: None,
+            exec_functions: Vec::new(),
+            worker_log: None,
+        }
+    }
+}
+
+/// Built-in functions of the `carpool-worker` binary.
+pub const BUILTIN_FUNCTIONS: [&str; 3] = ["echo", "sleep", "spin"];
+
+impl Config {
+    /// vCPUs of a spawned worker: the configured count, or Lambda's rule (one vCPU per
+    /// 1769 MB, rounded up, 1 to 6).
+    pub fn worker_vcpus(&self) -> u32 {
+        self.vcpus.unwrap_or_else(|| vcpus_for_memory(self.memory_mb))
+    }
+
+    /// Slots of a spawned worker.
+    pub fn worker_slots(&self) -> u32 {
+        self.slots.unwrap_or_else(|| self.worker_vcpus()).max(1)
+    }
+
+    /// Whether tasks of `function` can be run by the workers this coordinator spawns.
+    /// With the external spawner any name is accepted: the workers decide what they serve.
+    pub fn serves(&self, function: &str) -> bool {
+        match self.spawner {
+            SpawnerKind::External => true,
+            SpawnerKind::Local => {
+                BUILTIN_FUNCTIONS.contains(&function)
+                    || self.exec_functions.iter().any(|(name, _)| name == function)
+            }
+        }
+    }
+}
+
+/// Lambda's vCPU allocation: 1769 MB buys one vCPU, rounded up, at most 6.
+pub fn vcpus_for_memory(memory_mb: u32) -> u32 {
+    memory_mb.div_ceil(1769).clamp(1, 6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpus_follow_lambda_memory_sizes() {
+        let got: Vec<u32> = [128, 1769, 2048, 4096, 6144, 8192, 10240]
+            .iter()
+            .map(|m| vcpus_for_memory(*m))
+            .collect();
+        assert_eq!(got, vec![1, 1, 2, 3, 4, 5, 6]);
+    }
+}

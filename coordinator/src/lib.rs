@@ -1,0 +1,24 @@
+//! carpool's coordinator.
+//!
+//! - [`config`]: the settings ([`Config`]), built by the binary's flags or by tests.
+//! - [`scheduler`]: the scheduling rule as pure functions (no I/O, time is an argument).
+//! - [`state`]: the one owner of pools, tasks and workers; applies the rule on each event.
+//! - [`hub`]: the lock around the state, and the spawns and timers events ask for.
+//! - [`service`]: the gRPC services (Tasks, Cluster, Workers).
+//! - [`spawner`]: how workers are started (local processes, or nothing for external ones).
+//! - [`billing`]: the Lambda cost model.
+//! - [`server`]: [`run`] serves everything on a bound listener until shutdown.
+
+pub mod billing;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod scheduler;
+pub mod server;
+pub mod service;
+pub mod spawner;
+pub mod state;
+
+pub use config::{Config, Placement, SpawnerKind};
+pub use error::{Error, Result};
+pub use server::run;

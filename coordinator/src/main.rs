@@ -1,0 +1,208 @@
+//! `carpool-coordinator`: serves the task pool and schedules it onto workers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use carpool_coordinator::{Config, Placement, SpawnerKind};
+use clap::{Parser, ValueEnum};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// carpool's coordinator: keeps a pool of tasks per function and packs them into workers
+/// that hold one gRPC stream each, starting new workers only when running ones are full.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Address to listen on (port 0 picks a free one; the bound address is printed).
+    #[arg(long, env = "CARPOOL_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// How workers are started.
+    #[arg(long, env = "CARPOOL_SPAWNER", value_enum, default_value_t = SpawnerArg::Local)]
+    spawner: SpawnerArg,
+    /// Fleet cap per function: live plus starting workers.
+    #[arg(long, env = "CARPOOL_MAX_WORKERS", default_value_t = 8)]
+    max_workers: u32,
+    /// Memory size of spawned workers in MB (billing size; vCPUs follow it unless --vcpus).
+    #[arg(long, env = "CARPOOL_MEMORY_MB", default_value_t = 2048)]
+    memory_mb: u32,
+    /// vCPUs of spawned workers [default: derived from --memory-mb, 1769 MB per vCPU].
+    #[arg(long, env = "CARPOOL_VCPUS")]
+    vcpus: Option<u32>,
+    /// Concurrent tasks per worker [default: the worker's vCPUs].
+    #[arg(long, env = "CARPOOL_SLOTS")]
+    slots: Option<u32>,
+    /// A worker whose CPU sample is at or above this fraction gets no new task.
+    #[arg(long, env = "CARPOOL_CPU_THRESHOLD", default_value_t = 0.9)]
+    cpu_threshold: f64,
+    /// A worker whose memory sample is at or above this fraction of its limit gets no new task.
+    #[arg(long, env = "CARPOOL_MEM_THRESHOLD", default_value_t = 0.9)]
+    mem_threshold: f64,
+    /// A worker older than this fraction of its execution timeout drains.
+    #[arg(long, env = "CARPOOL_DEADLINE_FRACTION", default_value_t = 0.8)]
+    deadline_fraction: f64,
+    /// Execution timeout of a worker (Lambda's function timeout), e.g. "15m".
+    #[arg(long, env = "CARPOOL_EXECUTION_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
+    execution_timeout: Duration,
+    /// How long an idle worker with nothing to do is kept before Shutdown, e.g. "0s", "30s".
+    #[arg(long, env = "CARPOOL_KEEP_ALIVE", default_value = "0s", value_parser = humantime::parse_duration)]
+    keep_alive: Duration,
+    /// Which eligible worker gets a task.
+    #[arg(long, env = "CARPOOL_PLACEMENT", value_enum, default_value_t = PlacementArg::Pack)]
+    placement: PlacementArg,
+    /// Largest task payload in bytes.
+    #[arg(long, env = "CARPOOL_MAX_PAYLOAD_BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_payload_bytes: usize,
+    /// Attempts per task before it fails because its workers were lost.
+    #[arg(long, env = "CARPOOL_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: u32,
+    /// Tasks one worker runs over its life (1 = conventional FaaS) [default: unlimited].
+    #[arg(long, env = "CARPOOL_MAX_TASKS_PER_WORKER")]
+    max_tasks_per_worker: Option<u64>,
+    /// How often workers report CPU and memory when nothing else happens.
+    #[arg(long, env = "CARPOOL_SAMPLE_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    sample_interval: Duration,
+    /// The worker binary the local spawner runs [default: carpool-worker next to this binary].
+    #[arg(long, env = "CARPOOL_WORKER_BIN")]
+    worker_bin: Option<PathBuf>,
+    /// A function served by a command in local workers, as NAME=COMMAND (repeatable); the
+    /// command reads the payload on stdin and writes the output on stdout.
+    #[arg(long = "exec", env = "CARPOOL_EXEC", value_parser = parse_exec, value_delimiter = ';')]
+    exec_functions: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SpawnerArg {
+    /// Child processes of carpool-worker on this machine.
+    Local,
+    /// Workers started elsewhere connect by themselves.
+    External,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PlacementArg {
+    /// Fullest eligible worker first (fewest workers, lowest cost).
+    Pack,
+    /// Emptiest eligible worker first (lowest latency).
+    Spread,
+}
+
+fn parse_exec(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, cmd)) if !name.is_empty() && !cmd.is_empty() => Ok((name.to_owned(), cmd.to_owned())),
+        _ => Err(format!("expected NAME=COMMAND, got {s:?}")),
+    }
+}
+
+impl Cli {
+    fn validate(&self) -> Result<(), String> {
+        let fractions = [
+            ("--cpu-threshold", self.cpu_threshold),
+            ("--mem-threshold", self.mem_threshold),
+            ("--deadline-fraction", self.deadline_fraction),
+        ];
+        for (flag, v) in fractions {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(format!("{flag} must be in (0, 1], got {v}"));
+            }
+        }
+        if self.max_workers == 0 {
+            return Err("--max-workers must be at least 1".into());
+        }
+        if self.memory_mb < 128 {
+            return Err(format!(
+                "--memory-mb must be at least 128, got {}",
+                self.memory_mb
+            ));
+        }
+        if self.slots == Some(0) || self.vcpus == Some(0) {
+            return Err("--slots and --vcpus must be at least 1".into());
+        }
+        if self.max_attempts == 0 || self.max_tasks_per_worker == Some(0) {
+            return Err("--max-attempts and --max-tasks-per-worker must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    fn into_config(self) -> Config {
+        Config {
+            spawner: match self.spawner {
+                SpawnerArg::Local => SpawnerKind::Local,
+                SpawnerArg::External => SpawnerKind::External,
+            },
+            max_workers: self.max_workers,
+            memory_mb: self.memory_mb,
+            vcpus: self.vcpus,
+            slots: self.slots,
+            cpu_threshold: self.cpu_threshold,
+            mem_threshold: self.mem_threshold,
+            deadline_fraction: self.deadline_fraction,
+            execution_timeout: self.execution_timeout,
+            keep_alive: self.keep_alive,
+            placement: match self.placement {
+                PlacementArg::Pack => Placement::Pack,
+                PlacementArg::Spread => Placement::Spread,
+            },
+            max_payload_bytes: self.max_payload_bytes,
+            max_attempts: self.max_attempts,
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            sample_interval: self.sample_interval,
+            worker_bin: self.worker_bin,
+            exec_functions: self.exec_functions,
+            worker_log: None,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(msg) = cli.validate() {
+        eprintln!("carpool-coordinator: {msg}");
+        return ExitCode::from(2);
+    }
+    let listen = cli.listen;
+    let listener = match TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("carpool-coordinator: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match listener.local_addr() {
+        // The one line on stdout: scripts and tests read the bound address from it.
+        Ok(addr) => println!("carpool-coordinator listening on {addr}"),
+        Err(e) => {
+            eprintln!("carpool-coordinator: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match carpool_coordinator::run(listener, cli.into_config(), shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("carpool-coordinator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}

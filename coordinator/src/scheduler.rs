@@ -1,0 +1,396 @@
+//! The scheduling rule (the paper's Algorithm 1, event-driven) as pure code.
+//!
+//! State in, decision out: no I/O, no clock reads (ages are arguments). The state module
+//! calls these functions on every event and turns their answers into messages and spawns.
+
+use std::time::Duration;
+
+use crate::config::{Config, Placement};
+
+/// The thresholds and policies the rule applies, taken from [`Config`].
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// CPU fraction at or above which a worker takes nothing new.
+    pub cpu_threshold: f64,
+    /// Memory fraction at or above which a worker takes nothing new.
+    pub mem_threshold: f64,
+    /// Fraction of the execution timeout after which a worker drains.
+    pub deadline_fraction: f64,
+    /// How long an idle worker with an empty pool is kept.
+    pub keep_alive: Duration,
+    /// Ranking of eligible workers.
+    pub placement: Placement,
+    /// Tasks a worker may run over its life (`None`: unlimited).
+    pub max_tasks_per_worker: Option<u64>,
+}
+
+impl From<&Config> for Rules {
+    fn from(c: &Config) -> Self {
+        Self {
+            cpu_threshold: c.cpu_threshold,
+            mem_threshold: c.mem_threshold,
+            deadline_fraction: c.deadline_fraction,
+            keep_alive: c.keep_alive,
+            placement: c.placement,
+            max_tasks_per_worker: c.max_tasks_per_worker,
+        }
+    }
+}
+
+/// What the rule needs to know about one live worker.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WorkerView {
+    /// Time since the worker connected.
+    pub age: Duration,
+    /// Its execution timeout (how long it may live in total).
+    pub timeout: Duration,
+    /// Last sampled CPU utilisation, 0.0 to 1.0 (0 before the first sample).
+    pub cpu: f64,
+    /// Last sampled memory use as a fraction of its limit (0 before the first sample).
+    pub mem: f64,
+    /// Tasks running on it now.
+    pub running: u32,
+    /// Tasks it may run at once.
+    pub slots: u32,
+    /// Tasks assigned to it over its life.
+    pub assigned_total: u64,
+    /// How long it has been idle (zero while it runs anything).
+    pub idle_for: Duration,
+}
+
+/// Whether a worker may take one more task, and if not, why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// It may take one more task.
+    Eligible,
+    /// Past the deadline fraction: no new task ever; shut down once idle.
+    Draining,
+    /// It has run its quota of tasks (conventional FaaS mode): no new task ever.
+    QuotaReached,
+    /// Its CPU is at or above the threshold: no new task until a lower sample.
+    CpuBusy,
+    /// Its memory is at or above the threshold: no new task until a lower sample.
+    MemoryBusy,
+    /// All its slots are taken.
+    Full,
+}
+
+impl Verdict {
+    /// Whether the worker can never take a task again, whatever it reports.
+    pub fn is_final(self) -> bool {
+        matches!(self, Verdict::Draining | Verdict::QuotaReached)
+    }
+}
+
+/// Assesses one worker against every condition of the rule (the pool's emptiness is the
+/// caller's: it only asks when there is a task to place).
+pub fn assess(rules: &Rules, w: &WorkerView) -> Verdict {
+    if past_deadline(rules, w) {
+        Verdict::Draining
+    } else if rules
+        .max_tasks_per_worker
+        .is_some_and(|quota| w.assigned_total >= quota)
+    {
+        Verdict::QuotaReached
+    } else if w.cpu >= rules.cpu_threshold {
+        Verdict::CpuBusy
+    } else if w.mem >= rules.mem_threshold {
+        Verdict::MemoryBusy
+    } else if w.running >= w.slots {
+        Verdict::Full
+    } else {
+        Verdict::Eligible
+    }
+}
+
+/// Whether the worker's age has reached the deadline fraction of its timeout.
+pub fn past_deadline(rules: &Rules, w: &WorkerView) -> bool {
+    w.age.as_secs_f64() >= rules.deadline_fraction * w.timeout.as_secs_f64()
+}
+
+/// Time until the worker reaches its deadline fraction (zero if it has).
+pub fn until_deadline(rules: &Rules, w: &WorkerView) -> Duration {
+    w.timeout.mul_f64(rules.deadline_fraction).saturating_sub(w.age)
+}
+
+/// The CPU to judge a worker by now. A sample taken while `sampled_running` tasks ran
+/// overstates the load once some of them have ended (and would wrongly make a worker that
+/// just finished look busy), so it is scaled by the share still running. A sample taken
+/// with no task running is load that is not ours, and is kept as it is.
+pub fn cpu_estimate(sampled: f64, sampled_running: u32, running_now: u32) -> f64 {
+    if sampled_running == 0 || running_now >= sampled_running {
+        sampled
+    } else {
+        sampled * f64::from(running_now) / f64::from(sampled_running)
+    }
+}
+
+/// Picks among eligible candidates `(key, running, slots)` by the placement policy.
+/// Ties go to the first candidate, so callers that iterate in a stable order get a
+/// stable choice.
+pub fn pick<K: Copy>(placement: Placement, candidates: impl IntoIterator<Item = (K, u32, u32)>) -> Option<K> {
+    let mut best: Option<(K, f64)> = None;
+    for (key, running, slots) in candidates {
+        let fill = f64::from(running) / f64::from(slots.max(1));
+        let better = match (placement, best) {
+            (_, None) => true,
+            (Placement::Pack, Some((_, b))) => fill > b,
+            (Placement::Spread, Some((_, b))) => fill < b,
+        };
+        if better {
+            best = Some((key, fill));
+        }
+    }
+    best.map(|(k, _)| k)
+}
+
+/// Why an idle worker is told to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Nothing to do past the keep-alive.
+    Idle,
+    /// Past the deadline fraction.
+    Deadline,
+    /// Work is waiting but the worker may not take it (CPU, memory, quota).
+    Ineligible,
+}
+
+/// What to do with a worker that runs nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleAction {
+    /// Keep it (it is busy, or eligible for the waiting work).
+    Keep,
+    /// Tell it to shut down.
+    Stop(StopReason),
+    /// Look again after this long (the keep-alive has not run out yet).
+    RecheckAfter(Duration),
+}
+
+/// The rule for a worker that may be idle: `pool_empty` says whether its function has
+/// work waiting.
+pub fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> IdleAction {
+    if w.running > 0 {
+        return IdleAction::Keep;
+    }
+    match assess(rules, w) {
+        Verdict::Draining => IdleAction::Stop(StopReason::Deadline),
+        Verdict::QuotaReached => IdleAction::Stop(StopReason::Ineligible),
+        Verdict::CpuBusy | Verdict::MemoryBusy if !pool_empty => IdleAction::Stop(StopReason::Ineligible),
+        _ if !pool_empty => IdleAction::Keep,
+        _ if w.idle_for >= rules.keep_alive => IdleAction::Stop(StopReason::Idle),
+        _ => IdleAction::RecheckAfter(rules.keep_alive - w.idle_for),
+    }
+}
+
+/// How many workers to start for one function: enough new slots to cover the pending
+/// tasks that the free slots of live and starting workers do not, within the fleet cap.
+pub fn workers_to_spawn(
+    pending: usize,
+    free_slots: usize,
+    fleet: u32,
+    max_workers: u32,
+    slots_per_new_worker: u32,
+) -> u32 {
+    let uncovered = pending.saturating_sub(free_slots);
+    if uncovered == 0 {
+        return 0;
+    }
+    let wanted = uncovered.div_ceil(slots_per_new_worker.max(1) as usize);
+    let room = max_workers.saturating_sub(fleet) as usize;
+    wanted.min(room) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Rules {
+        Rules::from(&Config::default())
+    }
+
+    fn worker() -> WorkerView {
+        WorkerView {
+            age: Duration::from_secs(10),
+            timeout: Duration::from_secs(100),
+            cpu: 0.1,
+            mem: 0.1,
+            running: 0,
+            slots: 2,
+            assigned_total: 0,
+            idle_for: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn fresh_idle_worker_is_eligible() {
+        assert_eq!(assess(&rules(), &worker()), Verdict::Eligible);
+    }
+
+    #[test]
+    fn deadline_fraction_stops_assignment() {
+        let w = WorkerView {
+            age: Duration::from_secs(80),
+            ..worker()
+        };
+        assert_eq!(assess(&rules(), &w), Verdict::Draining);
+        let w = WorkerView {
+            age: Duration::from_millis(79_999),
+            ..worker()
+        };
+        assert_eq!(assess(&rules(), &w), Verdict::Eligible);
+        assert_eq!(until_deadline(&rules(), &w), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn cpu_at_threshold_is_busy_and_below_is_eligible() {
+        let busy = WorkerView { cpu: 0.9, ..worker() };
+        assert_eq!(assess(&rules(), &busy), Verdict::CpuBusy);
+        let calm = WorkerView {
+            cpu: 0.89,
+            ..worker()
+        };
+        assert_eq!(assess(&rules(), &calm), Verdict::Eligible);
+    }
+
+    #[test]
+    fn memory_at_threshold_is_busy() {
+        let w = WorkerView {
+            mem: 0.95,
+            ..worker()
+        };
+        assert_eq!(assess(&rules(), &w), Verdict::MemoryBusy);
+    }
+
+    #[test]
+    fn slots_cap_running_tasks() {
+        let w = WorkerView {
+            running: 2,
+            ..worker()
+        };
+        assert_eq!(assess(&rules(), &w), Verdict::Full);
+        let w = WorkerView {
+            running: 1,
+            ..worker()
+        };
+        assert_eq!(assess(&rules(), &w), Verdict::Eligible);
+    }
+
+    #[test]
+    fn quota_makes_conventional_faas() {
+        let r = Rules {
+            max_tasks_per_worker: Some(1),
+            ..rules()
+        };
+        let w = WorkerView {
+            assigned_total: 1,
+            ..worker()
+        };
+        assert_eq!(assess(&r, &w), Verdict::QuotaReached);
+        assert_eq!(
+            idle_action(&r, &w, false),
+            IdleAction::Stop(StopReason::Ineligible)
+        );
+    }
+
+    #[test]
+    fn cpu_of_finished_tasks_does_not_count_against_a_worker() {
+        // Sampled at 100% with two tasks running; both ended since.
+        assert_eq!(cpu_estimate(1.0, 2, 0), 0.0);
+        assert_eq!(cpu_estimate(1.0, 2, 1), 0.5);
+        // Load seen while nothing of ours ran is someone else's: it stays.
+        assert_eq!(cpu_estimate(0.95, 0, 0), 0.95);
+        // More running than sampled: the sample is the best we know.
+        assert_eq!(cpu_estimate(0.4, 1, 2), 0.4);
+    }
+
+    #[test]
+    fn pack_prefers_fullest_and_spread_emptiest() {
+        let c = [("a", 0, 2), ("b", 1, 2), ("c", 1, 4)];
+        assert_eq!(pick(Placement::Pack, c), Some("b"));
+        assert_eq!(pick(Placement::Spread, c), Some("a"));
+        assert_eq!(pick::<&str>(Placement::Pack, []), None);
+    }
+
+    #[test]
+    fn ties_go_to_the_first_candidate() {
+        let c = [("a", 1, 2), ("b", 1, 2)];
+        assert_eq!(pick(Placement::Pack, c), Some("a"));
+        assert_eq!(pick(Placement::Spread, c), Some("a"));
+    }
+
+    #[test]
+    fn idle_worker_with_empty_pool_stops_after_keep_alive() {
+        let r = Rules {
+            keep_alive: Duration::from_secs(5),
+            ..rules()
+        };
+        let w = WorkerView {
+            idle_for: Duration::from_secs(2),
+            ..worker()
+        };
+        assert_eq!(
+            idle_action(&r, &w, true),
+            IdleAction::RecheckAfter(Duration::from_secs(3))
+        );
+        let w = WorkerView {
+            idle_for: Duration::from_secs(5),
+            ..worker()
+        };
+        assert_eq!(idle_action(&r, &w, true), IdleAction::Stop(StopReason::Idle));
+    }
+
+    #[test]
+    fn zero_keep_alive_stops_an_idle_worker_at_once() {
+        assert_eq!(
+            idle_action(&rules(), &worker(), true),
+            IdleAction::Stop(StopReason::Idle)
+        );
+    }
+
+    #[test]
+    fn idle_worker_with_work_waiting_is_kept_if_eligible() {
+        assert_eq!(idle_action(&rules(), &worker(), false), IdleAction::Keep);
+    }
+
+    #[test]
+    fn idle_ineligible_worker_with_work_waiting_stops() {
+        let w = WorkerView {
+            cpu: 0.99,
+            ..worker()
+        };
+        assert_eq!(
+            idle_action(&rules(), &w, false),
+            IdleAction::Stop(StopReason::Ineligible)
+        );
+        // With nothing waiting the same worker just idles out.
+        assert_eq!(
+            idle_action(&rules(), &w, true),
+            IdleAction::Stop(StopReason::Idle)
+        );
+    }
+
+    #[test]
+    fn draining_worker_stops_when_idle_but_not_while_busy() {
+        let w = WorkerView {
+            age: Duration::from_secs(90),
+            ..worker()
+        };
+        assert_eq!(
+            idle_action(&rules(), &w, false),
+            IdleAction::Stop(StopReason::Deadline)
+        );
+        let busy = WorkerView { running: 1, ..w };
+        assert_eq!(idle_action(&rules(), &busy, false), IdleAction::Keep);
+    }
+
+    #[test]
+    fn spawn_covers_uncovered_pending_within_cap() {
+        // 10 pending, 3 free slots, 2 slots per new worker: 4 workers wanted.
+        assert_eq!(workers_to_spawn(10, 3, 0, 8, 2), 4);
+        // Cap of 8 with 6 already in the fleet leaves room for 2.
+        assert_eq!(workers_to_spawn(10, 3, 6, 8, 2), 2);
+        // Starting workers' slots count as free: nothing more to start.
+        assert_eq!(workers_to_spawn(4, 4, 2, 8, 2), 0);
+        assert_eq!(workers_to_spawn(0, 0, 0, 8, 2), 0);
+    }
+}

@@ -1,0 +1,5 @@
+//! The gRPC services: each turns requests into hub events and decisions into replies.
+
+pub mod cluster;
+pub mod tasks;
+pub mod workers;

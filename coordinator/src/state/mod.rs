@@ -1,0 +1,425 @@
+//! The one owner of scheduling state: pools, tasks and workers.
+//!
+//! Every event (submit, sample, result, connect, disconnect, spawn failure, timer) is a
+//! method here that takes the time as an argument, applies the rule from
+//! [`crate::scheduler`], sends what it decided down the workers' channels (non-blocking)
+//! and returns spawns and timers as [`Effects`] for the caller to carry out after it has
+//! let go of the lock.
+//!
+//! - `mod.rs`: the types, dispatch and the idle/deadline evaluation of a worker.
+//! - `tasks.rs`: client events (submit, cancel, get, watch).
+//! - `workers.rs`: worker and spawner events (connect, sample, results, disconnect).
+//! - `report.rs`: ListWorkers and Stats.
+
+mod report;
+mod tasks;
+mod workers;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use carpool_proto::Bytes;
+use carpool_proto::pb::{self, CoordinatorMessage, TaskState, coordinator_message::Kind};
+use tokio::sync::mpsc::UnboundedSender;
+use tonic::Status;
+use tracing::{debug, info};
+
+use crate::config::{Config, SpawnerKind};
+use crate::scheduler::{self, IdleAction, Rules, StopReason, Verdict, WorkerView};
+
+pub use tasks::{Completion, Waiter};
+
+/// A worker's id, unique among the workers of one coordinator.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerId(Arc<str>);
+
+impl WorkerId {
+    /// Wraps an id.
+    pub fn new(id: &str) -> Self {
+        Self(Arc::from(id))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A task's id, unique per coordinator.
+pub type TaskId = u64;
+
+/// The sending half of a worker's stream.
+pub type WorkerTx = UnboundedSender<Result<CoordinatorMessage, Status>>;
+
+/// A worker the coordinator asked a spawner to start.
+#[derive(Clone, Debug)]
+pub struct SpawnRequest {
+    /// The id the new worker must say in its hello.
+    pub id: WorkerId,
+    /// The function it serves.
+    pub function: Arc<str>,
+}
+
+/// Deferred re-evaluations.
+#[derive(Clone, Debug)]
+pub enum Timer {
+    /// Look at this worker again (keep-alive ran out, deadline fraction reached);
+    /// the number is its connection, so a timer never touches a later connection.
+    Worker(WorkerId, u64),
+    /// Try to place and spawn for this function again (after a spawn failure's backoff).
+    Function(Arc<str>),
+}
+
+/// What the caller carries out once the lock is released.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Workers to start.
+    pub spawns: Vec<SpawnRequest>,
+    /// Re-evaluations to schedule, after the given delay.
+    pub timers: Vec<(Duration, Timer)>,
+}
+
+/// One task.
+#[derive(Debug)]
+struct Task {
+    function: Arc<str>,
+    /// Emptied once the task has finished.
+    payload: Bytes,
+    state: TaskState,
+    attempts: u32,
+    worker: Option<WorkerId>,
+    submitted_unix_ms: u64,
+    result: Option<Arc<pb::TaskResult>>,
+    waiters: Vec<Waiter>,
+}
+
+/// A connected worker.
+#[derive(Debug)]
+struct Worker {
+    function: Arc<str>,
+    /// Which connection of this id (timers carry it).
+    conn: u64,
+    vcpus: u32,
+    memory_mb: u32,
+    slots: u32,
+    timeout: Duration,
+    connected_at: Instant,
+    instance: String,
+    sample: Option<pb::ResourceSample>,
+    cpu: f64,
+    mem: f64,
+    /// Running tasks with the attempt each runs.
+    running: Vec<(TaskId, u32)>,
+    assigned_total: u64,
+    done: u64,
+    idle_since: Instant,
+    /// Told to shut down: gets nothing new.
+    stopping: bool,
+    tx: WorkerTx,
+}
+
+impl Worker {
+    fn view(&self, now: Instant) -> WorkerView {
+        WorkerView {
+            age: now.saturating_duration_since(self.connected_at),
+            timeout: self.timeout,
+            cpu: scheduler::cpu_estimate(
+                self.cpu,
+                self.sample.map_or(0, |s| s.running_tasks),
+                self.running.len() as u32,
+            ),
+            mem: self.mem,
+            running: self.running.len() as u32,
+            slots: self.slots,
+            assigned_total: self.assigned_total,
+            idle_for: if self.running.is_empty() {
+                now.saturating_duration_since(self.idle_since)
+            } else {
+                Duration::ZERO
+            },
+        }
+    }
+
+    fn send(&self, kind: Kind) {
+        // A failed send means the stream is gone; its reader cleans up.
+        let _ = self.tx.send(Ok(CoordinatorMessage { kind: Some(kind) }));
+    }
+}
+
+/// A worker that was spawned and has not said hello yet.
+#[derive(Debug)]
+struct Starting {
+    function: Arc<str>,
+    since: Instant,
+    instance: String,
+}
+
+/// Per-function pool and counters.
+#[derive(Debug, Default)]
+struct Function {
+    /// Pending task ids in order; may hold ids cancelled since (skipped when popped).
+    pool: VecDeque<TaskId>,
+    pending: u64,
+    running: u64,
+    succeeded: u64,
+    failed: u64,
+    cancelled: u64,
+    retried: u64,
+    workers: BTreeSet<WorkerId>,
+    starting: u32,
+    workers_started: u64,
+    spawn_failures: u64,
+    consecutive_spawn_failures: u32,
+    spawn_blocked_until: Option<Instant>,
+    /// Billed GB-ms of workers that have ended.
+    billed_gb_ms: f64,
+}
+
+/// The scheduling state.
+#[derive(Debug)]
+pub struct State {
+    config: Arc<Config>,
+    rules: Rules,
+    tasks: HashMap<TaskId, Task>,
+    next_task: TaskId,
+    workers: BTreeMap<WorkerId, Worker>,
+    starting: HashMap<WorkerId, Starting>,
+    functions: BTreeMap<Arc<str>, Function>,
+    next_worker: u64,
+    next_conn: u64,
+    started_at: Instant,
+    draining: bool,
+}
+
+impl State {
+    /// Empty state under `config`, started at `now`.
+    pub fn new(config: Arc<Config>, now: Instant) -> Self {
+        Self {
+            rules: Rules::from(config.as_ref()),
+            config,
+            tasks: HashMap::new(),
+            next_task: 1,
+            workers: BTreeMap::new(),
+            starting: HashMap::new(),
+            functions: BTreeMap::new(),
+            next_worker: 1,
+            next_conn: 1,
+            started_at: now,
+            draining: false,
+        }
+    }
+
+    /// The map's own key for `name`, creating the function's entry on first use.
+    fn function_key(&mut self, name: &str) -> Arc<str> {
+        if let Some((key, _)) = self.functions.get_key_value(name) {
+            return key.clone();
+        }
+        let key: Arc<str> = Arc::from(name);
+        self.functions.insert(key.clone(), Function::default());
+        key
+    }
+
+    /// Places whatever pending tasks of `function` eligible workers can take, sends the
+    /// assignments, and spawns workers for what is left.
+    fn dispatch(&mut self, function: &str, now: Instant, fx: &mut Effects) {
+        let Some(f) = self.functions.get_mut(function) else {
+            return;
+        };
+        let rules = self.rules;
+        let mut batches: Vec<(WorkerId, Vec<pb::TaskAssignment>)> = Vec::new();
+        while f.pending > 0 {
+            let best = scheduler::pick(
+                rules.placement,
+                f.workers.iter().filter_map(|id| {
+                    let w = self.workers.get(id)?;
+                    let ok = !w.stopping && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible;
+                    ok.then(|| (id, w.running.len() as u32, w.slots))
+                }),
+            );
+            let Some(worker_id) = best.cloned() else {
+                break;
+            };
+            let Some(task_id) = pop_pending(&mut f.pool, &self.tasks) else {
+                // Pending count and pool disagree: trust the pool.
+                f.pending = 0;
+                break;
+            };
+            let (Some(task), Some(w)) = (self.tasks.get_mut(&task_id), self.workers.get_mut(&worker_id))
+            else {
+                continue;
+            };
+            task.state = TaskState::Running;
+            task.attempts += 1;
+            task.worker = Some(worker_id.clone());
+            w.running.push((task_id, task.attempts));
+            w.assigned_total += 1;
+            f.pending -= 1;
+            f.running += 1;
+            debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
+            let assignment = pb::TaskAssignment {
+                task_id,
+                attempt: task.attempts,
+                function: task.function.to_string(),
+                payload: task.payload.clone(),
+            };
+            match batches.iter_mut().find(|(id, _)| *id == worker_id) {
+                Some((_, batch)) => batch.push(assignment),
+                None => batches.push((worker_id, vec![assignment])),
+            }
+        }
+        for (id, tasks) in batches {
+            if let Some(w) = self.workers.get(&id) {
+                w.send(Kind::Assign(pb::Assign { tasks }));
+            }
+        }
+        self.spawn_for(function, now, fx);
+    }
+
+    /// Starts workers for `function` when its pending tasks outgrow the free slots of its
+    /// live and starting workers.
+    fn spawn_for(&mut self, function: &str, now: Instant, fx: &mut Effects) {
+        if self.config.spawner == SpawnerKind::External || self.draining {
+            return;
+        }
+        let rules = self.rules;
+        let slots_per_new = self.config.worker_slots().min(
+            self.config
+                .max_tasks_per_worker
+                .map_or(u32::MAX, |q| q.min(u64::from(u32::MAX)) as u32),
+        );
+        let Some(f) = self.functions.get_mut(function) else {
+            return;
+        };
+        if f.pending == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
+            return;
+        }
+        let mut free = f.starting as usize * slots_per_new as usize;
+        for id in &f.workers {
+            if let Some(w) = self.workers.get(id) {
+                let v = w.view(now);
+                if !w.stopping && !scheduler::assess(&rules, &v).is_final() {
+                    free += v.slots.saturating_sub(v.running) as usize;
+                }
+            }
+        }
+        let fleet = f.workers.len() as u32 + f.starting;
+        let n = scheduler::workers_to_spawn(
+            f.pending as usize,
+            free,
+            fleet,
+            self.config.max_workers,
+            slots_per_new,
+        );
+        let key = self.function_key(function);
+        for _ in 0..n {
+            let id = WorkerId(Arc::from(format!("w{}-{}", self.next_worker, function)));
+            self.next_worker += 1;
+            self.starting.insert(
+                id.clone(),
+                Starting {
+                    function: key.clone(),
+                    since: now,
+                    instance: String::new(),
+                },
+            );
+            if let Some(f) = self.functions.get_mut(function) {
+                f.starting += 1;
+                f.workers_started += 1;
+            }
+            info!(worker = %id, function, "spawning");
+            fx.spawns.push(SpawnRequest {
+                id,
+                function: key.clone(),
+            });
+        }
+    }
+
+    /// Applies the idle rule to one worker: shutdown, keep, or look again later.
+    fn evaluate(&mut self, id: &WorkerId, now: Instant, fx: &mut Effects) {
+        let Some(w) = self.workers.get(id) else {
+            return;
+        };
+        if w.stopping {
+            return;
+        }
+        let pool_empty = self.functions.get(&w.function).is_none_or(|f| f.pending == 0);
+        match scheduler::idle_action(&self.rules, &w.view(now), pool_empty) {
+            IdleAction::Keep => {}
+            IdleAction::RecheckAfter(d) => fx.timers.push((d, Timer::Worker(id.clone(), w.conn))),
+            IdleAction::Stop(reason) => {
+                let reason = match reason {
+                    StopReason::Idle => pb::ShutdownReason::Idle,
+                    StopReason::Deadline => pb::ShutdownReason::Deadline,
+                    StopReason::Ineligible => pb::ShutdownReason::Ineligible,
+                };
+                self.stop(id, reason);
+            }
+        }
+    }
+
+    fn stop(&mut self, id: &WorkerId, reason: pb::ShutdownReason) {
+        if let Some(w) = self.workers.get_mut(id) {
+            info!(worker = %id, reason = reason.as_str_name(), "shutdown");
+            w.stopping = true;
+            w.send(Kind::Shutdown(pb::Shutdown {
+                reason: reason as i32,
+            }));
+        }
+    }
+
+    /// A timer fired.
+    pub fn on_timer(&mut self, timer: Timer, now: Instant, fx: &mut Effects) {
+        match timer {
+            Timer::Worker(id, conn) => {
+                if self.workers.get(&id).is_some_and(|w| w.conn == conn) {
+                    self.evaluate(&id, now, fx);
+                }
+            }
+            Timer::Function(name) => self.dispatch(&name, now, fx),
+        }
+    }
+
+    /// The coordinator is shutting down: nothing new is accepted or spawned, and every
+    /// worker is told to finish and leave. Returns how many workers were told.
+    pub fn drain(&mut self) -> usize {
+        self.draining = true;
+        let ids: Vec<WorkerId> = self.workers.keys().cloned().collect();
+        for id in &ids {
+            self.stop(id, pb::ShutdownReason::Drain);
+        }
+        ids.len()
+    }
+
+    /// Workers connected now.
+    pub fn live_workers(&self) -> usize {
+        self.workers.len()
+    }
+}
+
+/// Pops the next task of a pool that is still pending (skipping cancelled ones).
+fn pop_pending(pool: &mut VecDeque<TaskId>, tasks: &HashMap<TaskId, Task>) -> Option<TaskId> {
+    while let Some(id) = pool.pop_front() {
+        if tasks.get(&id).is_some_and(|t| t.state == TaskState::Pending) {
+            return Some(id);
+        }
+    }
+    None
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;

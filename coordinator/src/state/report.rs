@@ -1,0 +1,116 @@
+//! What operators read: ListWorkers and Stats.
+
+use std::time::Instant;
+
+use carpool_proto::pb;
+
+use super::{Function, State};
+use crate::billing;
+
+impl State {
+    /// Connected and starting workers, optionally of one function, ordered by id.
+    pub fn list_workers(&self, function: &str, now: Instant) -> Vec<pb::WorkerInfo> {
+        let mut out: Vec<pb::WorkerInfo> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| function.is_empty() || w.function.as_ref() == function)
+            .map(|(id, w)| {
+                let state = if w.stopping {
+                    pb::WorkerState::Stopping
+                } else if crate::scheduler::past_deadline(&self.rules, &w.view(now)) {
+                    pb::WorkerState::Draining
+                } else {
+                    pb::WorkerState::Active
+                };
+                pb::WorkerInfo {
+                    worker_id: id.to_string(),
+                    function: w.function.to_string(),
+                    state: state as i32,
+                    running_tasks: w.running.len() as u32,
+                    slots: w.slots,
+                    vcpus: w.vcpus,
+                    memory_mb: w.memory_mb,
+                    last_sample: w.sample,
+                    age_ms: now.saturating_duration_since(w.connected_at).as_millis() as u64,
+                    tasks_done: w.done,
+                    instance: w.instance.clone(),
+                }
+            })
+            .collect();
+        out.extend(
+            self.starting
+                .iter()
+                .filter(|(_, s)| function.is_empty() || s.function.as_ref() == function)
+                .map(|(id, s)| pb::WorkerInfo {
+                    worker_id: id.to_string(),
+                    function: s.function.to_string(),
+                    state: pb::WorkerState::Starting as i32,
+                    age_ms: now.saturating_duration_since(s.since).as_millis() as u64,
+                    instance: s.instance.clone(),
+                    memory_mb: self.config.memory_mb,
+                    vcpus: self.config.worker_vcpus(),
+                    slots: self.config.worker_slots(),
+                    ..Default::default()
+                }),
+        );
+        out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        out
+    }
+
+    /// Counters per function and in total, with the bill so far (live workers billed up
+    /// to `now`).
+    pub fn stats(&self, now: Instant) -> pb::StatsResponse {
+        let mut total = pb::FunctionStats::default();
+        let mut functions = Vec::with_capacity(self.functions.len());
+        for (name, f) in &self.functions {
+            let live_gb_ms: f64 = f
+                .workers
+                .iter()
+                .filter_map(|id| self.workers.get(id))
+                .map(|w| billing::billed_gb_ms(now.saturating_duration_since(w.connected_at), w.memory_mb))
+                .sum();
+            let s = function_stats(name, f, live_gb_ms);
+            add(&mut total, &s);
+            functions.push(s);
+        }
+        total.cost_usd = billing::cost_usd(total.billed_gb_ms, total.workers_started);
+        pb::StatsResponse {
+            total: Some(total),
+            functions,
+            uptime_ms: now.saturating_duration_since(self.started_at).as_millis() as u64,
+        }
+    }
+}
+
+fn function_stats(name: &str, f: &Function, live_gb_ms: f64) -> pb::FunctionStats {
+    let billed_gb_ms = f.billed_gb_ms + live_gb_ms;
+    pb::FunctionStats {
+        function: name.to_owned(),
+        pending: f.pending,
+        running: f.running,
+        succeeded: f.succeeded,
+        failed: f.failed,
+        cancelled: f.cancelled,
+        workers_live: f.workers.len() as u32,
+        workers_starting: f.starting,
+        workers_started: f.workers_started,
+        spawn_failures: f.spawn_failures,
+        billed_gb_ms,
+        cost_usd: billing::cost_usd(billed_gb_ms, f.workers_started),
+        retried: f.retried,
+    }
+}
+
+fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
+    total.pending += s.pending;
+    total.running += s.running;
+    total.succeeded += s.succeeded;
+    total.failed += s.failed;
+    total.cancelled += s.cancelled;
+    total.workers_live += s.workers_live;
+    total.workers_starting += s.workers_starting;
+    total.workers_started += s.workers_started;
+    total.spawn_failures += s.spawn_failures;
+    total.billed_gb_ms += s.billed_gb_ms;
+    total.retried += s.retried;
+}

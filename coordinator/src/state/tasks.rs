@@ -1,0 +1,216 @@
+//! Client events: submit, cancel, get, watch.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use carpool_proto::Bytes;
+use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, info};
+
+use super::{Effects, State, Task, TaskId, unix_ms};
+use crate::config::BUILTIN_FUNCTIONS;
+use crate::error::{Error, Result};
+
+/// A finished task, delivered to whoever waits for it.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The waiter's own tag (a Map call's `seq`).
+    pub tag: u64,
+    /// The final result.
+    pub result: Arc<pb::TaskResult>,
+}
+
+/// Someone waiting for a task's result (a Run, Watch or Map call).
+#[derive(Clone, Debug)]
+pub struct Waiter {
+    /// Where the completion goes; a closed receiver is simply skipped.
+    pub tx: UnboundedSender<Completion>,
+    /// Echoed in the completion.
+    pub tag: u64,
+}
+
+impl Waiter {
+    fn notify(&self, result: &Arc<pb::TaskResult>) {
+        let _ = self.tx.send(Completion {
+            tag: self.tag,
+            result: result.clone(),
+        });
+    }
+}
+
+impl State {
+    /// Checks a submission without changing anything.
+    pub fn validate(&self, function: &str, payload_len: usize) -> Result<()> {
+        if self.draining {
+            return Err(Error::ShuttingDown);
+        }
+        if function.is_empty() {
+            return Err(Error::EmptyFunction);
+        }
+        if payload_len > self.config.max_payload_bytes {
+            return Err(Error::PayloadTooLarge {
+                size: payload_len,
+                limit: self.config.max_payload_bytes,
+            });
+        }
+        if !self.config.serves(function) {
+            let mut known: Vec<&str> = BUILTIN_FUNCTIONS.to_vec();
+            known.extend(self.config.exec_functions.iter().map(|(n, _)| n.as_str()));
+            return Err(Error::UnknownFunction(function.to_owned(), known.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// Accepts a task into its function's pool and places it at once if a worker can
+    /// take it; `waiter` (if any) gets its result.
+    pub fn submit(
+        &mut self,
+        function: &str,
+        payload: Bytes,
+        waiter: Option<Waiter>,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<TaskId> {
+        self.validate(function, payload.len())?;
+        let key = self.function_key(function);
+        let id = self.next_task;
+        self.next_task += 1;
+        self.tasks.insert(
+            id,
+            Task {
+                function: key.clone(),
+                payload,
+                state: TaskState::Pending,
+                attempts: 0,
+                worker: None,
+                submitted_unix_ms: unix_ms(),
+                result: None,
+                waiters: waiter.into_iter().collect(),
+            },
+        );
+        if let Some(f) = self.functions.get_mut(&key) {
+            f.pool.push_back(id);
+            f.pending += 1;
+        }
+        debug!(task = id, function, "submitted");
+        self.dispatch(function, now, fx);
+        Ok(id)
+    }
+
+    /// Records a task's final result, wakes its waiters and frees its payload.
+    pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult) {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let state = result.state();
+        if let Some(f) = self.functions.get_mut(&task.function) {
+            match state {
+                TaskState::Succeeded => f.succeeded += 1,
+                TaskState::Failed => f.failed += 1,
+                _ => f.cancelled += 1,
+            }
+        }
+        task.state = state;
+        task.payload = Bytes::new();
+        let result = Arc::new(result);
+        for w in task.waiters.drain(..) {
+            w.notify(&result);
+        }
+        task.result = Some(result);
+    }
+
+    /// Cancels a task: a pending one leaves the pool, a running one is cancelled on its
+    /// worker (whose slot is freed at once). Returns the state after the call.
+    pub fn cancel(&mut self, id: TaskId, now: Instant, fx: &mut Effects) -> Result<TaskState> {
+        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        let (state, function, worker, attempts) = (
+            task.state,
+            task.function.clone(),
+            task.worker.clone(),
+            task.attempts,
+        );
+        match state {
+            TaskState::Pending => {
+                if let Some(f) = self.functions.get_mut(&function) {
+                    f.pending = f.pending.saturating_sub(1);
+                }
+            }
+            TaskState::Running => {
+                if let Some(f) = self.functions.get_mut(&function) {
+                    f.running = f.running.saturating_sub(1);
+                }
+                if let Some(wid) = &worker
+                    && let Some(w) = self.workers.get_mut(wid)
+                {
+                    w.running.retain(|(t, _)| *t != id);
+                    if w.running.is_empty() {
+                        w.idle_since = now;
+                    }
+                    w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }));
+                }
+            }
+            done => return Ok(done),
+        }
+        info!(
+            task = id,
+            worker = worker.as_ref().map(|w| w.as_str()),
+            "cancelled"
+        );
+        self.finish(
+            id,
+            pb::TaskResult {
+                task_id: id,
+                state: TaskState::Cancelled as i32,
+                error: format!("task {id} was cancelled by a client"),
+                worker_id: worker.as_ref().map(|w| w.to_string()).unwrap_or_default(),
+                attempts,
+                ..Default::default()
+            },
+        );
+        if let Some(wid) = worker {
+            self.dispatch(&function, now, fx);
+            self.evaluate(&wid, now, fx);
+        }
+        Ok(TaskState::Cancelled)
+    }
+
+    /// Everything known about one task.
+    pub fn get(&self, id: TaskId) -> Result<pb::TaskInfo> {
+        let t = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        Ok(pb::TaskInfo {
+            task_id: id,
+            function: t.function.to_string(),
+            state: t.state as i32,
+            attempts: t.attempts,
+            worker_id: t.worker.as_ref().map(|w| w.to_string()).unwrap_or_default(),
+            submitted_unix_ms: t.submitted_unix_ms,
+            result: t.result.as_deref().cloned(),
+        })
+    }
+
+    /// Subscribes `tx` to the results of `ids` (tag = task id): finished ones are sent at
+    /// once. Every id is checked before anything is subscribed. Returns how many distinct
+    /// results will be delivered.
+    pub fn watch(&mut self, ids: &[TaskId], tx: &UnboundedSender<Completion>) -> Result<usize> {
+        if let Some(missing) = ids.iter().find(|id| !self.tasks.contains_key(id)) {
+            return Err(Error::UnknownTask(*missing));
+        }
+        let mut unique: Vec<TaskId> = ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        for id in &unique {
+            if let Some(t) = self.tasks.get_mut(id) {
+                let waiter = Waiter {
+                    tx: tx.clone(),
+                    tag: *id,
+                };
+                match &t.result {
+                    Some(r) => waiter.notify(r),
+                    None => t.waiters.push(waiter),
+                }
+            }
+        }
+        Ok(unique.len())
+    }
+}

@@ -1,0 +1,62 @@
+//! carpool's gRPC contract.
+//!
+//! - `carpool.proto` (next to this crate's `Cargo.toml`) is the source of truth.
+//! - [`pb`] holds the generated messages, clients and servers of package `carpool.v1`.
+//! - [`FILE_DESCRIPTOR_SET`] is the encoded descriptor, served through gRPC reflection.
+//! - [`payload`] converts between the wire [`pb::Payload`] and plain bytes.
+
+#![allow(missing_docs, unreachable_pub)]
+
+pub use bytes::Bytes;
+
+/// Generated code of package `carpool.v1`.
+pub mod pb {
+    tonic::include_proto!("carpool.v1");
+}
+
+/// The encoded `FileDescriptorSet` of `carpool.proto`, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("carpool_descriptor");
+
+/// The text of `carpool.proto` as compiled into this crate (the contract check compares it).
+pub const PROTO_SOURCE: &str = include_str!("../carpool.proto");
+
+/// Conversions between [`pb::Payload`] and bytes.
+pub mod payload {
+    use super::pb::{Payload, payload::Data};
+    use bytes::Bytes;
+
+    /// The bytes a payload carries (text as UTF-8); an unset payload is empty.
+    pub fn into_bytes(p: Option<Payload>) -> Bytes {
+        match p.and_then(|p| p.data) {
+            Some(Data::Text(t)) => Bytes::from(t),
+            Some(Data::Binary(b)) => b,
+            None => Bytes::new(),
+        }
+    }
+
+    /// How many bytes a payload carries, without copying it.
+    pub fn len(p: Option<&Payload>) -> usize {
+        match p.and_then(|p| p.data.as_ref()) {
+            Some(Data::Text(t)) => t.len(),
+            Some(Data::Binary(b)) => b.len(),
+            None => 0,
+        }
+    }
+
+    /// A payload for output bytes: text when they are valid UTF-8 (so grpcurl
+    /// users read JSON as JSON), binary otherwise.
+    pub fn from_bytes(bytes: Bytes) -> Payload {
+        let data = match std::str::from_utf8(&bytes) {
+            Ok(text) => Data::Text(text.to_owned()),
+            Err(_) => Data::Binary(bytes),
+        };
+        Payload { data: Some(data) }
+    }
+
+    /// A text payload.
+    pub fn text(s: impl Into<String>) -> Payload {
+        Payload {
+            data: Some(Data::Text(s.into())),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The standard worker flags and process setup, shared by `carpool-worker` and by users'
+//! own worker binaries (see [`crate::main`]).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::WorkerConfig;
+use crate::handler::Handler;
+
+/// Flags every carpool worker understands (each also read from a `CARPOOL_…` variable).
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkerArgs {
+    /// The coordinator to dial.
+    #[arg(long, env = "CARPOOL_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// This worker's id [default: generated].
+    #[arg(long, env = "CARPOOL_WORKER_ID")]
+    pub id: Option<String>,
+    /// The function this worker serves.
+    #[arg(long, env = "CARPOOL_FUNCTION")]
+    pub function: String,
+    /// Memory size in MB (billing size; the memory limit outside a cgroup).
+    #[arg(long, env = "CARPOOL_MEMORY_MB", default_value_t = 2048)]
+    pub memory_mb: u32,
+    /// vCPUs [default: the CPUs this process may use].
+    #[arg(long, env = "CARPOOL_VCPUS")]
+    pub vcpus: Option<u32>,
+    /// Tasks to run at once [default: the coordinator decides, from the vCPUs].
+    #[arg(long, env = "CARPOOL_SLOTS")]
+    pub slots: Option<u32>,
+    /// Execution timeout: the session ends when it passes, e.g. "15m".
+    #[arg(long, env = "CARPOOL_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Pin this process to these CPUs, e.g. "0,1" (the local spawner sets it).
+    #[arg(long, env = "CARPOOL_CPUS", value_delimiter = ',')]
+    pub cpus: Vec<usize>,
+    /// Exit when stdin closes: the local spawner holds the other end, so workers never
+    /// outlive their coordinator.
+    #[arg(long)]
+    pub exit_with_stdin: bool,
+}
+
+impl WorkerArgs {
+    /// The session config these flags describe.
+    pub fn to_config(&self) -> WorkerConfig {
+        let mut c = WorkerConfig::new(self.coordinator.clone(), self.function.clone());
+        if let Some(id) = &self.id {
+            c.id.clone_from(id);
+        }
+        c.memory_mb = self.memory_mb;
+        c.vcpus = self.vcpus.unwrap_or(c.vcpus).max(1);
+        c.slots = self.slots;
+        c.timeout = self.timeout;
+        c.cpus.clone_from(&self.cpus);
+        c
+    }
+}
+
+/// Sets up logging, pins the CPUs, runs one session with `handler` and maps the outcome
+/// to an exit code (0 after a Shutdown).
+pub fn run_main<H: Handler>(args: WorkerArgs, handler: H) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    if !args.cpus.is_empty()
+        && let Err(e) = pin(&args.cpus)
+    {
+        // Before the runtime starts, so every thread inherits the affinity.
+        warn!(cpus = ?args.cpus, error = %e, "could not pin to the requested CPUs");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("carpool-worker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = args.to_config();
+    let code = runtime.block_on(async move {
+        if args.exit_with_stdin {
+            tokio::spawn(exit_when_stdin_closes());
+        }
+        match crate::run(config, handler).await {
+            Ok(summary) => {
+                info!(worker = %summary.worker_id, tasks_run = summary.tasks_run, "worker done");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!(error = %e, "worker failed");
+                eprintln!("carpool-worker: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // The stdin watcher blocks a pool thread on a read that may never end: don't wait for it.
+    runtime.shutdown_background();
+    code
+}
+
+fn pin(cpus: &[usize]) -> nix::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in cpus {
+        set.set(*cpu)?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+}
+
+async fn exit_when_stdin_closes() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    warn!("stdin closed: the coordinator that started this worker is gone; exiting");
+    std::process::exit(3);
+}

@@ -1,0 +1,50 @@
+//! A worker's settings, built from flags (see [`crate::cli`]) or directly.
+
+use std::time::Duration;
+
+use crate::sampler::MemorySource;
+
+/// Everything a session needs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The coordinator's URL, e.g. `http://127.0.0.1:50051`.
+    pub coordinator_url: String,
+    /// This worker's id (the spawner's, or any unique name).
+    pub id: String,
+    /// The function this worker serves.
+    pub function: String,
+    /// vCPUs of the instance.
+    pub vcpus: u32,
+    /// Memory size in MB (billing size, and the memory limit outside a cgroup).
+    pub memory_mb: u32,
+    /// Tasks to run at once; `None` lets the coordinator decide.
+    pub slots: Option<u32>,
+    /// How long this instance may live; the session ends when it passes.
+    pub timeout: Duration,
+    /// CPUs this worker runs on (empty: all); the CPU sample covers these.
+    pub cpus: Vec<usize>,
+    /// Where it runs (shown in ListWorkers).
+    pub instance: String,
+    /// Where memory figures come from.
+    pub memory_source: MemorySource,
+}
+
+impl WorkerConfig {
+    /// A config for `function` at `coordinator_url` with defaults for the rest: a generated
+    /// id, this machine's CPUs, 2048 MB, 15 minutes.
+    pub fn new(coordinator_url: impl Into<String>, function: impl Into<String>) -> Self {
+        let pid = std::process::id();
+        Self {
+            coordinator_url: coordinator_url.into(),
+            id: format!("worker-{pid}-{}", crate::session_suffix()),
+            function: function.into(),
+            vcpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            memory_mb: 2048,
+            slots: None,
+            timeout: Duration::from_secs(900),
+            cpus: Vec::new(),
+            instance: format!("pid {pid}"),
+            memory_source: MemorySource::Process,
+        }
+    }
+}

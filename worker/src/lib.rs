@@ -1,0 +1,59 @@
+//! carpool's worker: holds one stream to the coordinator, runs the tasks it assigns
+//! concurrently, and reports CPU and memory samples.
+//!
+//! - [`handler`]: the [`Handler`] trait (any async closure) and [`Task`].
+//! - [`session`]: one session: hello, then assignments, cancellations, results, samples.
+//! - [`sampler`]: CPU and memory from /proc (and cgroup limits).
+//! - [`builtin`]: the binary's built-in functions (`echo`, `sleep`, `spin`, `--exec`).
+//! - [`cli`]: the standard flags and process setup, for `carpool-worker` and your own.
+//!
+//! A worker of your own in a few lines:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     carpool_worker::main(|task: carpool_worker::Task| async move {
+//!         Ok::<_, String>(task.payload) // echo
+//!     })
+//! }
+//! ```
+
+pub mod builtin;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod sampler;
+pub mod session;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use config::WorkerConfig;
+pub use error::{Error, Result};
+pub use handler::{Handler, Task};
+pub use session::{EndReason, Summary};
+
+/// Runs one session with `handler` until the coordinator says Shutdown.
+pub async fn run<H: Handler>(config: WorkerConfig, handler: H) -> Result<Summary> {
+    session::run_session(config, handler).await
+}
+
+/// The whole program of a custom worker: parses the standard flags ([`cli::WorkerArgs`]),
+/// sets up logging and CPU pinning, and runs one session with `handler`.
+pub fn main<H: Handler>(handler: H) -> ExitCode {
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        worker: cli::WorkerArgs,
+    }
+    cli::run_main(Flags::parse().worker, handler)
+}
+
+/// A short random-enough suffix for generated worker ids.
+fn session_suffix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{nanos:08x}")
+}
