@@ -13,7 +13,7 @@ use carpool_proto::pb::workers_server::WorkersServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, SpawnerKind};
 use crate::error::Result;
@@ -28,6 +28,8 @@ use crate::spawner::{ExternalSpawner, LocalSpawner, Spawner};
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a keepalive ping may go unanswered.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long shutdown waits for clients to close their connections.
+pub const CLIENT_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for workers to finish their tasks.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
@@ -114,10 +116,18 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     {
         warn!("background tasks did not end in time");
     }
-    match tokio::time::timeout(DRAIN_LIMIT, server).await {
+    // Graceful shutdown also waits for idle client connections to go away; give them a
+    // moment, then stop regardless: every stream that mattered has been drained above.
+    let abort = server.abort_handle();
+    match tokio::time::timeout(CLIENT_GRACE, server).await {
         Ok(Ok(result)) => result?,
+        Ok(Err(join)) if join.is_cancelled() => {}
         Ok(Err(join)) => warn!(%join, "server task failed"),
-        Err(_) => warn!("server did not stop in time"),
+        Err(_) => {
+            debug!("clients still connected at shutdown; closing their connections");
+            abort.abort();
+        }
     }
+    info!("coordinator stopped");
     Ok(())
 }

@@ -1,1 +1,283 @@
-//! placeholder
+//! Helpers for tests that start the real carpool binaries on ephemeral loopback ports.
+//!
+//! - [`Coordinator`]: a `carpool-coordinator` process on `127.0.0.1:0`; its bound address
+//!   is read from its stdout; the process is killed when the guard drops (also when the
+//!   test panics).
+//! - [`FakeWorker`]: a worker stream driven by the test itself, to script samples and
+//!   results exactly.
+//! - [`eventually`]: waits for a condition with a deadline and says what it waited for.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use carpool_proto::pb::workers_client::WorkersClient;
+use carpool_proto::pb::{self, coordinator_message::Kind as Down, worker_message::Kind as Up};
+use tokio::sync::mpsc as tmpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+pub use carpool_client::Client;
+
+/// How long any single wait in a test may take before it fails with a message.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A binary of this workspace, next to the test executable's `deps/` folder.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, which the test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `carpool-coordinator`, killed on drop.
+pub struct Coordinator {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl Coordinator {
+    /// Starts a coordinator with `args` (on top of `--listen 127.0.0.1:0`) and waits until
+    /// it has printed its address.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(bin("carpool-coordinator"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start carpool-coordinator: {e}"));
+        let stdout = child.stdout.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            if let Some(out) = stdout {
+                let mut line = String::new();
+                let _ = BufReader::new(out).read_line(&mut line);
+                let _ = tx.send(line);
+            }
+        });
+        let mut guard = Self {
+            child,
+            url: String::new(),
+        };
+        let line = rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("carpool-coordinator did not print its address within {WAIT:?}"));
+        let addr = line
+            .trim()
+            .strip_prefix("carpool-coordinator listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from carpool-coordinator: {line:?}"));
+        guard.url = format!("http://{addr}");
+        guard
+    }
+
+    /// A client of this coordinator.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
+    }
+
+    /// A raw channel to this coordinator.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .unwrap_or_else(|e| panic!("bad url {}: {e}", self.url))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the coordinator did not exit within {WAIT:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `check` returns `Some`, polling every 20 ms, or panics after [`WAIT`] saying
+/// what it waited for.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A worker stream driven by the test: it says hello, then sends exactly what the test
+/// tells it to.
+pub struct FakeWorker {
+    out: tmpsc::Sender<pb::WorkerMessage>,
+    inbound: tonic::Streaming<pb::CoordinatorMessage>,
+    /// The Welcome the coordinator answered with.
+    pub welcome: pb::Welcome,
+}
+
+impl FakeWorker {
+    /// Connects and says `hello`; panics unless a Welcome comes back.
+    pub async fn connect(channel: Channel, hello: pb::Hello) -> Self {
+        match Self::try_connect(
+            channel,
+            pb::WorkerMessage {
+                kind: Some(Up::Hello(hello)),
+            },
+        )
+        .await
+        {
+            Ok(w) => w,
+            Err(status) => panic!("worker connect refused: {status}"),
+        }
+    }
+
+    /// Opens the stream with `first` as the first message; the coordinator's refusal comes
+    /// back as its status.
+    pub async fn try_connect(channel: Channel, first: pb::WorkerMessage) -> Result<Self, tonic::Status> {
+        let (out, rx) = tmpsc::channel(64);
+        out.send(first)
+            .await
+            .map_err(|_| tonic::Status::internal("send"))?;
+        let mut inbound = WorkersClient::new(channel)
+            .connect(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        match inbound.message().await? {
+            Some(pb::CoordinatorMessage {
+                kind: Some(Down::Welcome(welcome)),
+            }) => Ok(Self {
+                out,
+                inbound,
+                welcome,
+            }),
+            other => Err(tonic::Status::internal(format!(
+                "expected a welcome, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends one message.
+    pub async fn send(&self, kind: Up) {
+        self.out
+            .send(pb::WorkerMessage { kind: Some(kind) })
+            .await
+            .unwrap_or_else(|_| panic!("fake worker stream closed"));
+    }
+
+    /// Sends a sample.
+    pub async fn sample(&self, cpu: f64, running: u32) {
+        self.send(Up::Sample(pb::ResourceSample {
+            cpu,
+            memory_used_bytes: 100 << 20,
+            memory_limit_bytes: 2048 << 20,
+            running_tasks: running,
+        }))
+        .await;
+    }
+
+    /// Reports one task as done with `output`.
+    pub async fn finish(&self, task: &pb::TaskAssignment, output: &str) {
+        self.send(Up::Results(pb::TaskResults {
+            results: vec![pb::WorkerTaskResult {
+                task_id: task.task_id,
+                attempt: task.attempt,
+                outcome: Some(pb::worker_task_result::Outcome::Output(
+                    output.as_bytes().to_vec().into(),
+                )),
+                started_unix_ms: 1,
+                finished_unix_ms: 2,
+            }],
+        }))
+        .await;
+    }
+
+    /// The next message from the coordinator within `within`, or `None` if none came.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Down> {
+        match tokio::time::timeout(within, self.inbound.message()).await {
+            Ok(Ok(Some(m))) => m.kind,
+            Ok(Ok(None)) => None,
+            Ok(Err(status)) => panic!("coordinator ended the worker stream: {status}"),
+            Err(_) => None,
+        }
+    }
+
+    /// The next message, which must come within [`WAIT`].
+    pub async fn next(&mut self) -> Down {
+        self.next_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no message from the coordinator within {WAIT:?}"))
+    }
+
+    /// The next message, which must be an assignment; returns its tasks.
+    pub async fn expect_assign(&mut self) -> Vec<pb::TaskAssignment> {
+        match self.next().await {
+            Down::Assign(a) => a.tasks,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+}
+
+/// A hello for a fake worker of `function` with `slots`.
+pub fn hello(id: &str, function: &str, slots: u32) -> pb::Hello {
+    pb::Hello {
+        worker_id: id.into(),
+        function: function.into(),
+        vcpus: slots,
+        memory_mb: 2048,
+        slots,
+        timeout_ms: 0,
+        instance: "test".into(),
+    }
+}
+
+/// Total counters from Stats.
+pub async fn totals(client: &Client) -> pb::FunctionStats {
+    client
+        .stats()
+        .await
+        .unwrap_or_else(|e| panic!("stats: {e}"))
+        .total
+        .unwrap_or_default()
+}

@@ -31,6 +31,8 @@ use crate::sampler::Sampler;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a keepalive ping may go unanswered before the stream is declared dead.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a finished session waits for the coordinator to close its side.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Outgoing messages queued before the session waits for the transport.
 const OUTBOX: usize = 256;
 
@@ -160,13 +162,11 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
                 let mut results = Vec::new();
                 let mut next = Some(joined);
                 while let Some(joined) = next {
-                    match joined {
-                        Ok((id, attempt, started, outcome)) => {
-                            handles.remove(&id);
-                            tasks_run += 1;
-                            results.push(result(id, attempt, started, outcome));
-                        }
-                        Err(_) => {} // aborted: the coordinator cancelled it
+                    // An Err is a task aborted because the coordinator cancelled it.
+                    if let Ok((id, attempt, started, outcome)) = joined {
+                        handles.remove(&id);
+                        tasks_run += 1;
+                        results.push(result(id, attempt, started, outcome));
                     }
                     next = running.try_join_next();
                 }
@@ -184,8 +184,14 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
             }
         }
     };
-    // Closing the request stream tells the coordinator this session is over.
+    // Closing the request stream tells the coordinator this session is over; it answers by
+    // closing ours once it has cleaned up. Wait for that (briefly), so the end of the
+    // stream is on the wire before this process exits.
     drop(out);
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
     let summary = Summary {
         worker_id: config.id,
         tasks_run,

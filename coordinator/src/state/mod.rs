@@ -241,7 +241,7 @@ impl State {
                 f.workers.iter().filter_map(|id| {
                     let w = self.workers.get(id)?;
                     let ok = !w.stopping && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible;
-                    ok.then(|| (id, w.running.len() as u32, w.slots))
+                    ok.then_some((id, w.running.len() as u32, w.slots))
                 }),
             );
             let Some(worker_id) = best.cloned() else {
