@@ -29,7 +29,7 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), carpool_worker::Error> {
-/// let config = carpool_worker::WorkerConfig::from_env()?;
+/// let config = carpool_worker::WorkerConfig::new("http://127.0.0.1:50051", "echo");
 /// carpool_worker::run(config, |task: carpool_worker::Task| async move {
 ///     Ok::<_, String>(task.payload)
 /// })

@@ -1,0 +1,59 @@
+"""Runs against a live coordinator at $CARPOOL_TARGET (the Rust integration test
+`python_client` starts one with local workers and runs this file)."""
+
+import json
+import os
+
+import grpc
+import pytest
+
+from carpool import CarpoolError, Client
+
+TARGET = os.environ.get("CARPOOL_TARGET")
+
+
+@pytest.fixture
+def client():
+    if not TARGET:
+        pytest.fail("CARPOOL_TARGET is not set: run through the integration test (scripts/test)")
+    with Client(TARGET, timeout=60) as c:
+        yield c
+
+
+def test_map_returns_every_result_once(client):
+    inputs = [json.dumps({"i": i}) for i in range(100)]
+    results = list(client.map("echo", inputs))
+    assert len(results) == 100
+    assert sorted(r.seq for r in results) == list(range(100))
+    for r in results:
+        assert r.ok, r
+        assert json.loads(r.output) == {"i": r.seq}
+
+
+def test_run_and_get(client):
+    r = client.run("sleep", "50")
+    assert r.state == "SUCCEEDED"
+    assert json.loads(r.output) == {"slept_ms": 50}
+    assert client.get(r.task_id) == r
+
+
+def test_submit_then_state(client):
+    task_id = client.submit("echo", b"\xff\x00binary")
+    assert client.state(task_id) in {"PENDING", "RUNNING", "SUCCEEDED"}
+
+
+def test_errors_carry_status_codes(client):
+    with pytest.raises(CarpoolError) as e:
+        client.get(10**12)
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+    assert str(10**12) in e.value.message
+    with pytest.raises(CarpoolError) as e:
+        client.submit("no-such-function", "x")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_stats_and_workers(client):
+    client.run("echo", "1")
+    s = client.stats()
+    assert s.succeeded >= 1 and s.workers_started >= 1 and s.cost_usd > 0
+    assert all(w.function for w in client.workers())
