@@ -11,8 +11,9 @@ pub mod render;
 use std::time::Duration;
 
 use carpool_proto::pb::{self, cluster_client::ClusterClient, tasks_client::TasksClient};
-use carpool_proto::{Bytes, payload};
+use carpool_proto::{Bearer, Bytes, Secret, payload};
 use futures::{Stream, StreamExt};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use carpool_proto::pb::{MapResponse, StatsResponse, TaskInfo, TaskResult, TaskState, WorkerInfo};
@@ -26,6 +27,9 @@ pub enum Error {
     /// The coordinator could not be reached.
     #[error("cannot reach the coordinator at {0}: {1}")]
     Connect(String, String),
+    /// The token cannot be sent as a header.
+    #[error("invalid token: {0}")]
+    BadToken(String),
     /// The coordinator answered with an error status.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
@@ -34,16 +38,30 @@ pub enum Error {
 /// Result with the client's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How to reach a coordinator beyond its URL.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// The client token, if the coordinator requires one.
+    pub token: Option<Secret>,
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
 /// A connection to a coordinator; cheap to clone (one HTTP/2 channel underneath).
 #[derive(Clone, Debug)]
 pub struct Client {
-    tasks: TasksClient<Channel>,
-    cluster: ClusterClient<Channel>,
+    tasks: TasksClient<Authed>,
+    cluster: ClusterClient<Authed>,
 }
 
 impl Client {
     /// Connects to `url`, e.g. `http://127.0.0.1:50051`, with HTTP/2 keepalive on.
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// Connects with a token (and, later, other options).
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self> {
         let channel = Endpoint::from_shared(url.to_owned())
             .map_err(|e| Error::BadUrl(url.to_owned(), e.to_string()))?
             .http2_keep_alive_interval(Duration::from_secs(20))
@@ -53,17 +71,18 @@ impl Client {
             .connect()
             .await
             .map_err(|e| Error::Connect(url.to_owned(), e.to_string()))?;
-        Ok(Self::from_channel(channel))
+        Self::from_channel(channel, options.token.as_ref())
     }
 
     /// A client over an existing channel.
-    pub fn from_channel(channel: Channel) -> Self {
-        Self {
-            tasks: TasksClient::new(channel.clone())
+    pub fn from_channel(channel: Channel, token: Option<&Secret>) -> Result<Self> {
+        let bearer = Bearer::new(token).map_err(Error::BadToken)?;
+        Ok(Self {
+            tasks: TasksClient::with_interceptor(channel.clone(), bearer.clone())
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
-            cluster: ClusterClient::new(channel),
-        }
+            cluster: ClusterClient::with_interceptor(channel, bearer),
+        })
     }
 
     /// Submits one task; returns its id at once.

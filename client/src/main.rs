@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use carpool_client::demo::{self, DemoOptions};
-use carpool_client::{Client, render};
-use carpool_proto::Bytes;
+use carpool_client::{Client, ConnectOptions, render};
+use carpool_proto::{Bytes, Secret};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use indicatif::ProgressBar;
@@ -24,6 +24,18 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     coordinator: String,
+    /// The coordinator's client token (`authorization: Bearer …`).
+    #[arg(
+        long,
+        global = true,
+        env = "CARPOOL_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// File holding the client token.
+    #[arg(long, global = true, env = "CARPOOL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,7 +142,15 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         print!("{}", demo::table(&opts, &reports));
         return Ok(ExitCode::SUCCESS);
     }
-    let client = Client::connect(&cli.coordinator)
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(Secret::new(t)),
+        (None, Some(p)) => Some(Secret::new(
+            &std::fs::read_to_string(p).map_err(|e| format!("--token-file {}: {e}", p.display()))?,
+        )),
+        (None, None) => None,
+    };
+    let options = ConnectOptions { token };
+    let client = Client::connect_with(&cli.coordinator, &options)
         .await
         .map_err(|e| e.to_string())?;
     let e = |e: carpool_client::Error| e.to_string();

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::Secret;
+
 /// How eligible workers are ranked when a task is placed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Placement {
@@ -66,6 +68,10 @@ pub struct Config {
     pub exec_functions: Vec<(String, String)>,
     /// `RUST_LOG` for local workers; `None` passes the coordinator's environment through.
     pub worker_log: Option<String>,
+    /// Token workers must present on the Workers service; `None` admits any worker.
+    pub worker_token: Option<Secret>,
+    /// Token clients must present on Tasks and Cluster; `None` admits any client.
+    pub client_token: Option<Secret>,
 }
 
 impl Default for Config {
@@ -89,6 +95,8 @@ impl Default for Config {
             worker_bin: None,
             exec_functions: Vec::new(),
             worker_log: None,
+            worker_token: None,
+            client_token: None,
         }
     }
 }

@@ -7,8 +7,10 @@
 //! - [`service`]: the gRPC services (Tasks, Cluster, Workers).
 //! - [`spawner`]: how workers are started (local processes, or nothing for external ones).
 //! - [`billing`]: the Lambda cost model.
+//! - [`auth`]: bearer tokens for workers and clients.
 //! - [`server`]: [`run`] serves everything on a bound listener until shutdown.
 
+pub mod auth;
 pub mod billing;
 pub mod config;
 pub mod error;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use carpool_coordinator::auth::Secret;
 use carpool_coordinator::{Config, Placement, SpawnerKind};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
@@ -70,6 +71,44 @@ struct Cli {
     /// command reads the payload on stdin and writes the output on stdout.
     #[arg(long = "exec", env = "CARPOOL_EXEC", value_parser = parse_exec, value_delimiter = ';')]
     exec_functions: Vec<(String, String)>,
+    /// Token workers must send (`authorization: Bearer …`) [default: none required].
+    #[arg(
+        long,
+        env = "CARPOOL_WORKER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "worker_token_file"
+    )]
+    worker_token: Option<String>,
+    /// File holding the worker token.
+    #[arg(long, env = "CARPOOL_WORKER_TOKEN_FILE")]
+    worker_token_file: Option<PathBuf>,
+    /// Token clients must send on Tasks and Cluster [default: none required].
+    #[arg(
+        long,
+        env = "CARPOOL_CLIENT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "client_token_file"
+    )]
+    client_token: Option<String>,
+    /// File holding the client token.
+    #[arg(long, env = "CARPOOL_CLIENT_TOKEN_FILE")]
+    client_token_file: Option<PathBuf>,
+}
+
+/// A token from a flag or a file; an empty one is refused.
+fn token(value: Option<String>, file: Option<PathBuf>, flag: &str) -> Result<Option<Secret>, String> {
+    let text = match (value, file) {
+        (Some(v), _) => v,
+        (None, Some(path)) => {
+            std::fs::read_to_string(&path).map_err(|e| format!("{flag}-file {}: {e}", path.display()))?
+        }
+        (None, None) => return Ok(None),
+    };
+    let secret = Secret::new(&text);
+    if secret.expose().is_empty() {
+        return Err(format!("{flag} is empty"));
+    }
+    Ok(Some(secret))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -125,8 +164,10 @@ impl Cli {
         Ok(())
     }
 
-    fn into_config(self) -> Config {
-        Config {
+    fn into_config(self) -> Result<Config, String> {
+        let worker_token = token(self.worker_token, self.worker_token_file, "--worker-token")?;
+        let client_token = token(self.client_token, self.client_token_file, "--client-token")?;
+        Ok(Config {
             spawner: match self.spawner {
                 SpawnerArg::Local => SpawnerKind::Local,
                 SpawnerArg::External => SpawnerKind::External,
@@ -151,7 +192,9 @@ impl Cli {
             worker_bin: self.worker_bin,
             exec_functions: self.exec_functions,
             worker_log: None,
-        }
+            worker_token,
+            client_token,
+        })
     }
 }
 
@@ -167,6 +210,13 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let listen = cli.listen;
+    let config = match cli.into_config() {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("carpool-coordinator: {msg}");
+            return ExitCode::from(2);
+        }
+    };
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -182,7 +232,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match carpool_coordinator::run(listener, cli.into_config(), shutdown_signal()).await {
+    match carpool_coordinator::run(listener, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("carpool-coordinator: {e}");

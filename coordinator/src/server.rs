@@ -13,8 +13,10 @@ use carpool_proto::pb::workers_server::WorkersServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{debug, info, warn};
 
+use crate::auth::bearer;
 use crate::config::{Config, SpawnerKind};
 use crate::error::Result;
 use crate::hub::Hub;
@@ -83,17 +85,22 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        .add_service(InterceptedService::new(
             TasksServer::new(TasksService::new(hub.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
-        )
-        .add_service(ClusterServer::new(ClusterService::new(hub.clone())))
-        .add_service(
+            bearer(config.client_token.clone(), "Tasks"),
+        ))
+        .add_service(InterceptedService::new(
+            ClusterServer::new(ClusterService::new(hub.clone())),
+            bearer(config.client_token.clone(), "Cluster"),
+        ))
+        .add_service(InterceptedService::new(
             WorkersServer::new(WorkersService::new(hub.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
-        )
+            bearer(config.worker_token.clone(), "Workers"),
+        ))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             server_stop.clone().cancelled_owned(),

@@ -47,6 +47,7 @@ pub struct LocalSpawner {
     timeout: std::time::Duration,
     exec_functions: Vec<(String, String)>,
     log: Option<String>,
+    token: Option<crate::auth::Secret>,
     cpus: usize,
     next_cpu: AtomicUsize,
 }
@@ -70,6 +71,7 @@ impl LocalSpawner {
             timeout: config.execution_timeout,
             exec_functions: config.exec_functions.clone(),
             log: config.worker_log.clone(),
+            token: config.worker_token.clone(),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             next_cpu: AtomicUsize::new(0),
         })
@@ -112,6 +114,10 @@ impl LocalSpawner {
             .find(|(n, _)| n == request.function.as_ref())
         {
             cmd.arg("--exec").arg(exec);
+        }
+        if let Some(token) = &self.token {
+            // Through the environment, not argv, which any local user can read.
+            cmd.env("CARPOOL_WORKER_TOKEN", token.expose());
         }
         if let Some(filter) = &self.log {
             cmd.env("RUST_LOG", filter);

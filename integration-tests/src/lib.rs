@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use carpool_proto::Bearer;
 use carpool_proto::pb::workers_client::WorkersClient;
 use carpool_proto::pb::{self, coordinator_message::Kind as Down, worker_message::Kind as Up};
 use tokio::sync::mpsc as tmpsc;
@@ -41,9 +42,11 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A running `carpool-coordinator`, killed on drop.
+/// A running `carpool-coordinator`, killed on drop. Its log goes to a file, printed if the
+/// test fails.
 pub struct Coordinator {
     child: Child,
+    log: PathBuf,
     /// `http://127.0.0.1:PORT`
     pub url: String,
 }
@@ -52,6 +55,13 @@ impl Coordinator {
     /// Starts a coordinator with `args` (on top of `--listen 127.0.0.1:0`) and waits until
     /// it has printed its address.
     pub fn start(args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!(
+            "carpool-coordinator-{}-{}.log",
+            std::process::id(),
+            NEXT_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let log_file =
+            std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let mut child = Command::new(bin("carpool-coordinator"))
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -60,7 +70,7 @@ impl Coordinator {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start carpool-coordinator: {e}"));
         let stdout = child.stdout.take();
@@ -73,6 +83,7 @@ impl Coordinator {
             }
         });
         let mut guard = Self {
+            log,
             child,
             url: String::new(),
         };
@@ -85,6 +96,11 @@ impl Coordinator {
             .unwrap_or_else(|| panic!("unexpected first line from carpool-coordinator: {line:?}"));
         guard.url = format!("http://{addr}");
         guard
+    }
+
+    /// What the coordinator has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// A client of this coordinator.
@@ -125,8 +141,14 @@ impl Drop for Coordinator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- coordinator log ----\n{}", self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
+
+static NEXT_LOG: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Waits until `check` returns `Some`, polling every 20 ms, or panics after [`WAIT`] saying
 /// what it waited for.
@@ -176,11 +198,26 @@ impl FakeWorker {
     /// Opens the stream with `first` as the first message; the coordinator's refusal comes
     /// back as its status.
     pub async fn try_connect(channel: Channel, first: pb::WorkerMessage) -> Result<Self, tonic::Status> {
+        Self::open(channel, Bearer::default(), first).await
+    }
+
+    /// Connects with a token and says `hello`.
+    pub async fn connect_with(channel: Channel, bearer: Bearer, hello: pb::Hello) -> Self {
+        let first = pb::WorkerMessage {
+            kind: Some(Up::Hello(hello)),
+        };
+        match Self::open(channel, bearer, first).await {
+            Ok(w) => w,
+            Err(status) => panic!("worker connect refused: {status}"),
+        }
+    }
+
+    async fn open(channel: Channel, bearer: Bearer, first: pb::WorkerMessage) -> Result<Self, tonic::Status> {
         let (out, rx) = tmpsc::channel(64);
         out.send(first)
             .await
             .map_err(|_| tonic::Status::internal("send"))?;
-        let mut inbound = WorkersClient::new(channel)
+        let mut inbound = WorkersClient::with_interceptor(channel, bearer)
             .connect(ReceiverStream::new(rx))
             .await?
             .into_inner();

@@ -4,10 +4,14 @@
 //! - [`pb`] holds the generated messages, clients and servers of package `carpool.v1`.
 //! - [`FILE_DESCRIPTOR_SET`] is the encoded descriptor, served through gRPC reflection.
 //! - [`payload`] converts between the wire [`pb::Payload`] and plain bytes.
+//! - [`auth`]: the bearer-token [`Secret`] and the [`Bearer`] interceptor clients and workers use.
 
 #![allow(missing_docs, unreachable_pub)]
 
 pub use bytes::Bytes;
+
+pub mod auth;
+pub use auth::{Bearer, Secret};
 
 /// Generated code of package `carpool.v1`.
 pub mod pb {

@@ -38,6 +38,17 @@ pub struct WorkerArgs {
     /// Pin this process to these CPUs, e.g. "0,1" (the local spawner sets it).
     #[arg(long, env = "CARPOOL_CPUS", value_delimiter = ',')]
     pub cpus: Vec<usize>,
+    /// The coordinator's worker token (`authorization: Bearer …`).
+    #[arg(
+        long,
+        env = "CARPOOL_WORKER_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// File holding the worker token.
+    #[arg(long, env = "CARPOOL_WORKER_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Exit when stdin closes: the local spawner holds the other end, so workers never
     /// outlive their coordinator.
     #[arg(long)]
@@ -45,8 +56,8 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    /// The session config these flags describe.
-    pub fn to_config(&self) -> WorkerConfig {
+    /// The session config these flags describe; fails if the token file is unreadable.
+    pub fn to_config(&self) -> Result<WorkerConfig, String> {
         let mut c = WorkerConfig::new(self.coordinator.clone(), self.function.clone());
         if let Some(id) = &self.id {
             c.id.clone_from(id);
@@ -56,7 +67,15 @@ impl WorkerArgs {
         c.slots = self.slots;
         c.timeout = self.timeout;
         c.cpus.clone_from(&self.cpus);
-        c
+        c.token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(carpool_proto::Secret::new(t)),
+            (None, Some(path)) => Some(carpool_proto::Secret::new(
+                &std::fs::read_to_string(path)
+                    .map_err(|e| format!("--token-file {}: {e}", path.display()))?,
+            )),
+            (None, None) => None,
+        };
+        Ok(c)
     }
 }
 
@@ -80,7 +99,13 @@ pub fn run_main<H: Handler>(args: WorkerArgs, handler: H) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = args.to_config();
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("carpool-worker: {msg}");
+            return ExitCode::from(2);
+        }
+    };
     let code = runtime.block_on(async move {
         if args.exit_with_stdin {
             tokio::spawn(exit_when_stdin_closes());

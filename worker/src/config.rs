@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use carpool_proto::Secret;
+
 use crate::sampler::MemorySource;
 
 /// Everything a session needs.
@@ -27,6 +29,8 @@ pub struct WorkerConfig {
     pub instance: String,
     /// Where memory figures come from.
     pub memory_source: MemorySource,
+    /// The token the coordinator's Workers service requires, if any.
+    pub token: Option<Secret>,
 }
 
 impl WorkerConfig {
@@ -45,6 +49,7 @@ impl WorkerConfig {
             cpus: Vec::new(),
             instance: format!("pid {pid}"),
             memory_source: MemorySource::Process,
+            token: None,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use carpool_proto::Bearer;
 use carpool_proto::pb::workers_client::WorkersClient;
 use carpool_proto::pb::{
     self, CoordinatorMessage, WorkerMessage, coordinator_message::Kind as Down, worker_message::Kind as Up,
@@ -80,7 +81,8 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
     let started = Instant::now();
     let handler = Arc::new(handler);
     let channel = dial(&config.coordinator_url).await?;
-    let mut client = WorkersClient::new(channel)
+    let bearer = Bearer::new(config.token.as_ref()).map_err(Error::Config)?;
+    let mut client = WorkersClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let (out, outbox) = mpsc::channel::<WorkerMessage>(OUTBOX);

@@ -105,7 +105,7 @@ def _result(r, seq: Optional[int] = None) -> Result:
 class Client:
     """A connection to a coordinator (`host:port`, plaintext)."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: Optional[float] = None):
+    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: Optional[float] = None, token: Optional[str] = None):
         self._channel = grpc.insecure_channel(
             target,
             options=[("grpc.keepalive_time_ms", 20000), ("grpc.max_receive_message_length", -1)],
@@ -113,6 +113,7 @@ class Client:
         self._tasks = rpc.TasksStub(self._channel)
         self._cluster = rpc.ClusterStub(self._channel)
         self._timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     def __enter__(self) -> "Client":
         return self
@@ -125,7 +126,7 @@ class Client:
 
     def _call(self, method, request, **kw):
         try:
-            return method(request, timeout=self._timeout, **kw)
+            return method(request, timeout=self._timeout, metadata=self._metadata, **kw)
         except grpc.RpcError as e:
             raise CarpoolError(e.code(), e.details()) from None
 
@@ -160,7 +161,7 @@ class Client:
                 yield pb.MapRequest(function=function if i == 0 else "", input=_payload(p), seq=i)
 
         try:
-            for response in self._tasks.Map(requests(), timeout=self._timeout):
+            for response in self._tasks.Map(requests(), timeout=self._timeout, metadata=self._metadata):
                 if response.rejected:
                     raise CarpoolError(grpc.StatusCode.INVALID_ARGUMENT, f"input {response.seq}: {response.rejected}")
                 yield _result(response.result, seq=response.seq)
