@@ -91,6 +91,11 @@ impl Client {
         Ok(self.tasks.clone().submit(req).await?.into_inner().task_id)
     }
 
+    /// Submits a fully specified request (per-task timeout, idempotency key); returns the id.
+    pub async fn submit_request(&self, request: pb::SubmitRequest) -> Result<u64> {
+        Ok(self.tasks.clone().submit(request).await?.into_inner().task_id)
+    }
+
     /// Submits one task and waits for its result.
     pub async fn run(&self, function: &str, input: impl Into<Bytes>) -> Result<TaskResult> {
         let req = submit_request(function, input.into());
@@ -146,6 +151,7 @@ impl Client {
             function: if i == 0 { function.clone() } else { String::new() },
             input: Some(binary_or_text(bytes)),
             seq: i as u64,
+            ..Default::default()
         });
         let stream = self.tasks.clone().map(requests).await?.into_inner();
         Ok(stream.map(|r| r.map_err(Error::from)))
@@ -174,6 +180,7 @@ fn submit_request(function: &str, input: Bytes) -> pb::SubmitRequest {
     pb::SubmitRequest {
         function: function.to_owned(),
         input: Some(binary_or_text(input)),
+        ..Default::default()
     }
 }
 

@@ -68,6 +68,14 @@ pub struct Config {
     pub exec_functions: Vec<(String, String)>,
     /// `RUST_LOG` for local workers; `None` passes the coordinator's environment through.
     pub worker_log: Option<String>,
+    /// How long a worker whose stream broke keeps its tasks, waiting for it to reconnect.
+    pub reconnect_grace: Duration,
+    /// A worker silent for this many sample intervals is treated as lost.
+    pub liveness_intervals: u32,
+    /// Per-attempt task timeout when a submission gives none; `None`: no limit.
+    pub task_timeout: Option<Duration>,
+    /// Pending tasks (all functions) past which submissions are refused with RESOURCE_EXHAUSTED.
+    pub max_pending: u64,
     /// Token workers must present on the Workers service; `None` admits any worker.
     pub worker_token: Option<Secret>,
     /// Token clients must present on Tasks and Cluster; `None` admits any client.
@@ -95,6 +103,10 @@ impl Default for Config {
             worker_bin: None,
             exec_functions: Vec::new(),
             worker_log: None,
+            reconnect_grace: Duration::from_secs(5),
+            liveness_intervals: 10,
+            task_timeout: None,
+            max_pending: 1_000_000,
             worker_token: None,
             client_token: None,
         }
@@ -105,6 +117,12 @@ impl Default for Config {
 pub const BUILTIN_FUNCTIONS: [&str; 3] = ["echo", "sleep", "spin"];
 
 impl Config {
+    /// How long a connected worker may stay silent before it is treated as lost.
+    pub fn liveness_lease(&self) -> Duration {
+        self.sample_interval
+            .saturating_mul(self.liveness_intervals.max(1))
+    }
+
     /// vCPUs of a spawned worker: the configured count, or Lambda's rule (one vCPU per
     /// 1769 MB, rounded up, 1 to 6).
     pub fn worker_vcpus(&self) -> u32 {

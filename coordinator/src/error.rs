@@ -40,6 +40,18 @@ pub enum Error {
     /// A message without its oneof set.
     #[error("empty message from worker {0}")]
     EmptyMessage(String),
+    /// The pending pool is at `--max-pending`.
+    #[error("the pool is full: {0} tasks pending (--max-pending); retry later")]
+    PoolFull(u64),
+    /// A sample with values no machine can have.
+    #[error("worker {0} sent an impossible sample: {1}")]
+    InvalidSample(String, String),
+    /// A result for a task id the coordinator never created.
+    #[error("worker {0} sent a result for task {1}, which does not exist")]
+    ResultForUnknownTask(String, u64),
+    /// A result for a task that was never assigned to this worker.
+    #[error("worker {0} sent a result for task {1}, which it does not hold")]
+    ResultNotHeld(String, u64),
     /// The coordinator is shutting down and takes no new work.
     #[error("the coordinator is shutting down")]
     ShuttingDown,
@@ -64,7 +76,11 @@ impl From<Error> for Status {
             | Error::UnknownFunction(..)
             | Error::PayloadTooLarge { .. }
             | Error::InvalidHello(_)
+            | Error::InvalidSample(..)
+            | Error::ResultForUnknownTask(..)
             | Error::EmptyMessage(_) => Code::InvalidArgument,
+            Error::ResultNotHeld(..) => Code::FailedPrecondition,
+            Error::PoolFull(_) => Code::ResourceExhausted,
             Error::UnknownTask(_) => Code::NotFound,
             Error::HelloExpected | Error::DuplicateHello(_) | Error::NoHello => Code::FailedPrecondition,
             Error::WorkerExists(_) => Code::AlreadyExists,

@@ -74,6 +74,26 @@ impl Hub {
         f(&state, Instant::now())
     }
 
+    /// Starts the liveness sweep: every sample interval, workers silent past their lease or
+    /// detached past the reconnect grace are written off.
+    pub fn start_sweeper(&self) {
+        let hub = self.clone();
+        let every = self
+            .0
+            .config
+            .sample_interval
+            .max(std::time::Duration::from_millis(10));
+        self.0.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => hub.update(|s, now, fx| s.sweep(now, fx)),
+                    () = hub.0.stop.cancelled() => break,
+                }
+            }
+        });
+    }
+
     /// Called after a worker stream has been cleaned up.
     pub fn notify_disconnect(&self) {
         self.0.disconnected.notify_waiters();

@@ -71,6 +71,18 @@ struct Cli {
     /// command reads the payload on stdin and writes the output on stdout.
     #[arg(long = "exec", env = "CARPOOL_EXEC", value_parser = parse_exec, value_delimiter = ';')]
     exec_functions: Vec<(String, String)>,
+    /// How long a worker whose stream broke keeps its tasks, waiting for it to reconnect.
+    #[arg(long, env = "CARPOOL_RECONNECT_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    reconnect_grace: Duration,
+    /// A worker silent for this many sample intervals is treated as lost.
+    #[arg(long, env = "CARPOOL_LIVENESS_INTERVALS", default_value_t = 10)]
+    liveness_intervals: u32,
+    /// Per-attempt task timeout when a submission gives none, e.g. "5m" [default: none].
+    #[arg(long, env = "CARPOOL_TASK_TIMEOUT", value_parser = humantime::parse_duration)]
+    task_timeout: Option<Duration>,
+    /// Pending tasks past which submissions get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CARPOOL_MAX_PENDING", default_value_t = 1_000_000)]
+    max_pending: u64,
     /// Token workers must send (`authorization: Bearer …`) [default: none required].
     #[arg(
         long,
@@ -192,6 +204,10 @@ impl Cli {
             worker_bin: self.worker_bin,
             exec_functions: self.exec_functions,
             worker_log: None,
+            reconnect_grace: self.reconnect_grace,
+            liveness_intervals: self.liveness_intervals.max(1),
+            task_timeout: self.task_timeout,
+            max_pending: self.max_pending,
             worker_token,
             client_token,
         })

@@ -57,6 +57,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         SpawnerKind::External => Arc::new(ExternalSpawner),
     };
     let hub = Hub::new(config.clone(), spawner, stop.clone());
+    hub.start_sweeper();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TasksServer<TasksService>>().await;

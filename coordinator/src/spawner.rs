@@ -176,7 +176,7 @@ impl Spawner for LocalSpawner {
                 warn!(worker = %id, ?status, "worker process ended abnormally");
             }
             // A no-op for a worker that connected: only a still-starting one is written off.
-            hub.update(|s, now, fx| s.spawn_failed(&id, &reason, now, fx));
+            hub.update(|s, now, fx| s.process_exited(&id, &reason, now, fx));
         });
     }
 }

@@ -306,6 +306,7 @@ pub fn hello(id: &str, function: &str, slots: u32) -> pb::Hello {
         slots,
         timeout_ms: 0,
         instance: "test".into(),
+        running_task_ids: Vec::new(),
     }
 }
 

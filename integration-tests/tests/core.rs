@@ -327,8 +327,11 @@ async fn bad_requests_get_precise_statuses() {
 async fn duplicate_worker_id_is_refused() {
     let coord = Coordinator::start(&["--spawner", "external", "--keep-alive", "60s"]);
     let _first = FakeWorker::connect(coord.channel().await, hello("twin", "resize", 1)).await;
+    // Same id from a different instance: refused (the same instance would be resuming).
+    let mut twin = hello("twin", "resize", 1);
+    twin.instance = "another-host".into();
     let again = pb::WorkerMessage {
-        kind: Some(Up::Hello(hello("twin", "resize", 1))),
+        kind: Some(Up::Hello(twin)),
     };
     let refused = FakeWorker::try_connect(coord.channel().await, again)
         .await

@@ -38,6 +38,9 @@ pub struct WorkerArgs {
     /// Pin this process to these CPUs, e.g. "0,1" (the local spawner sets it).
     #[arg(long, env = "CARPOOL_CPUS", value_delimiter = ',')]
     pub cpus: Vec<usize>,
+    /// How long to keep reconnecting after the stream to the coordinator breaks.
+    #[arg(long, env = "CARPOOL_RECONNECT_FOR", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub reconnect_for: Duration,
     /// The coordinator's worker token (`authorization: Bearer …`).
     #[arg(
         long,
@@ -67,6 +70,7 @@ impl WorkerArgs {
         c.slots = self.slots;
         c.timeout = self.timeout;
         c.cpus.clone_from(&self.cpus);
+        c.reconnect_for = self.reconnect_for;
         c.token = match (&self.token, &self.token_file) {
             (Some(t), _) => Some(carpool_proto::Secret::new(t)),
             (None, Some(path)) => Some(carpool_proto::Secret::new(

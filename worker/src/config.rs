@@ -29,6 +29,8 @@ pub struct WorkerConfig {
     pub instance: String,
     /// Where memory figures come from.
     pub memory_source: MemorySource,
+    /// How long to keep trying to reconnect after the stream breaks before giving up.
+    pub reconnect_for: Duration,
     /// The token the coordinator's Workers service requires, if any.
     pub token: Option<Secret>,
 }
@@ -49,6 +51,7 @@ impl WorkerConfig {
             cpus: Vec::new(),
             instance: format!("pid {pid}"),
             memory_source: MemorySource::Process,
+            reconnect_for: Duration::from_secs(60),
             token: None,
         }
     }

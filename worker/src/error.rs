@@ -26,5 +26,21 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// Whether reconnecting may help: transport failures yes; the coordinator's deliberate
+    /// refusals (bad token, duplicate id, protocol violation) and bad settings no.
+    pub fn is_retryable(&self) -> bool {
+        use tonic::Code;
+        match self {
+            Error::Connect(..) | Error::StreamBroken => true,
+            Error::Status(s) => matches!(
+                s.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::DeadlineExceeded
+            ),
+            Error::BadUrl(..) | Error::Protocol(_) | Error::Config(_) | Error::Io(_) => false,
+        }
+    }
+}
+
 /// Result with the worker's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

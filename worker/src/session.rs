@@ -76,132 +76,209 @@ pub async fn dial(url: &str) -> Result<Channel> {
         .map_err(|e| Error::Connect(url.to_owned(), e.to_string()))
 }
 
-/// Runs one session with `handler` until the coordinator sends Shutdown.
+/// Runs one session with `handler` until the coordinator sends Shutdown, reconnecting
+/// (same id, same instance, its running tasks kept) when the stream breaks.
 pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result<Summary> {
     let started = Instant::now();
-    let handler = Arc::new(handler);
-    let channel = dial(&config.coordinator_url).await?;
-    let bearer = Bearer::new(config.token.as_ref()).map_err(Error::Config)?;
-    let mut client = WorkersClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    let (out, outbox) = mpsc::channel::<WorkerMessage>(OUTBOX);
-    let hello = pb::Hello {
-        worker_id: config.id.clone(),
-        function: config.function.clone(),
-        vcpus: config.vcpus,
-        memory_mb: config.memory_mb,
-        slots: config.slots.unwrap_or(0),
-        timeout_ms: config.timeout.as_millis() as u64,
-        instance: config.instance.clone(),
+    let deadline = tokio::time::Instant::now() + config.timeout;
+    let mut s = Session {
+        sampler: Sampler::new(config.cpus.clone(), config.memory_mb, config.memory_source),
+        config,
+        handler: Arc::new(handler),
+        running: JoinSet::new(),
+        handles: HashMap::new(),
+        tasks_run: 0,
+        shutdown: None,
+        welcomed: false,
     };
-    send(&out, Up::Hello(hello)).await?;
-    let mut inbound = client.connect(ReceiverStream::new(outbox)).await?.into_inner();
-    let welcome = match inbound.message().await? {
-        Some(CoordinatorMessage {
-            kind: Some(Down::Welcome(w)),
-        }) => w,
-        other => return Err(Error::Protocol(format!("expected a welcome, got {other:?}"))),
-    };
-    let interval = Duration::from_millis(welcome.sample_interval_ms.max(10));
-    info!(worker = %config.id, function = %config.function, slots = welcome.slots, "connected");
-
-    let mut sampler = Sampler::new(config.cpus.clone(), config.memory_mb, config.memory_source);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let deadline = tokio::time::sleep(config.timeout);
-    tokio::pin!(deadline);
-
-    let mut running: JoinSet<(u64, u32, u64, HandlerOutcome)> = JoinSet::new();
-    let mut handles: HashMap<u64, AbortHandle> = HashMap::new();
-    let mut tasks_run: u64 = 0;
-    let mut shutdown: Option<pb::ShutdownReason> = None;
-
+    let mut broken_since: Option<Instant> = None;
+    let mut attempt: u32 = 0;
     let reason = loop {
-        if let Some(reason) = shutdown
-            && running.is_empty()
-        {
-            break EndReason::Shutdown(reason);
+        let outcome = s.connection(deadline).await;
+        if std::mem::take(&mut s.welcomed) {
+            broken_since = None;
+            attempt = 0;
         }
-        tokio::select! {
-            msg = inbound.message() => match msg? {
-                Some(CoordinatorMessage { kind: Some(Down::Assign(assign)) }) => {
-                    for a in assign.tasks {
-                        debug!(worker = %config.id, task = a.task_id, attempt = a.attempt, "task started");
-                        let task = Task { id: a.task_id, attempt: a.attempt, function: a.function, payload: a.payload };
-                        let fut = handler.call(task);
-                        let (id, attempt) = (a.task_id, a.attempt);
-                        let handle = running.spawn(async move {
-                            let start = unix_ms();
-                            // A panicking handler fails its task, never the worker.
-                            let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
-                                Ok(outcome) => outcome,
-                                Err(panic) => Err(format!("task {id} panicked: {}", panic_message(panic))),
-                            };
-                            (id, attempt, start, outcome)
-                        });
-                        handles.insert(id, handle);
-                    }
-                    send(&out, Up::Sample(sampler.sample(running.len() as u32))).await?;
+        match outcome {
+            Ok(reason) => break reason,
+            Err(e) if e.is_retryable() => {
+                let since = *broken_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > s.config.reconnect_for {
+                    warn!(worker = %s.config.id, error = %e, "coordinator unreachable for too long; giving up");
+                    return Err(e);
                 }
-                Some(CoordinatorMessage { kind: Some(Down::Cancel(cancel)) }) => {
-                    for id in cancel.task_ids {
-                        if let Some(h) = handles.remove(&id) {
-                            info!(worker = %config.id, task = id, "task cancelled");
-                            h.abort();
-                        }
-                    }
+                let wait = backoff(attempt);
+                attempt += 1;
+                warn!(worker = %s.config.id, error = %e, running = s.running.len(), wait_ms = wait.as_millis() as u64, "stream to the coordinator lost; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = tokio::time::sleep_until(deadline) => break EndReason::Timeout,
                 }
-                Some(CoordinatorMessage { kind: Some(Down::Shutdown(s)) }) => {
-                    let reason = s.reason();
-                    info!(worker = %config.id, reason = reason.as_str_name(), running = running.len(), "shutdown received");
-                    shutdown = Some(reason);
-                }
-                Some(other) => warn!(worker = %config.id, ?other, "unexpected message ignored"),
-                None => break EndReason::StreamClosed,
-            },
-            Some(joined) = running.join_next() => {
-                let mut results = Vec::new();
-                let mut next = Some(joined);
-                while let Some(joined) = next {
-                    // An Err is a task aborted because the coordinator cancelled it.
-                    if let Ok((id, attempt, started, outcome)) = joined {
-                        handles.remove(&id);
-                        tasks_run += 1;
-                        results.push(result(id, attempt, started, outcome));
-                    }
-                    next = running.try_join_next();
-                }
-                if !results.is_empty() {
-                    send(&out, Up::Results(pb::TaskResults { results })).await?;
-                }
-                send(&out, Up::Sample(sampler.sample(running.len() as u32))).await?;
-            },
-            _ = tick.tick() => {
-                send(&out, Up::Sample(sampler.sample(running.len() as u32))).await?;
             }
-            () = &mut deadline => {
-                warn!(worker = %config.id, running = running.len(), "execution timeout reached");
-                break EndReason::Timeout;
-            }
+            Err(e) => return Err(e),
         }
     };
-    // Closing the request stream tells the coordinator this session is over; it answers by
-    // closing ours once it has cleaned up. Wait for that (briefly), so the end of the
-    // stream is on the wire before this process exits.
-    drop(out);
-    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        while let Ok(Some(_)) = inbound.message().await {}
-    })
-    .await;
     let summary = Summary {
-        worker_id: config.id,
-        tasks_run,
+        worker_id: s.config.id,
+        tasks_run: s.tasks_run,
         alive: started.elapsed(),
         reason,
     };
-    info!(worker = %summary.worker_id, tasks_run, alive_ms = summary.alive.as_millis() as u64, reason = ?summary.reason, "session ended");
+    info!(worker = %summary.worker_id, tasks_run = summary.tasks_run, alive_ms = summary.alive.as_millis() as u64, reason = ?summary.reason, "session ended");
     Ok(summary)
+}
+
+/// Exponential backoff from 100 ms to 5 s, with up to 50 % jitter so that a fleet cut off
+/// at once does not reconnect at once.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(5));
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        % 1000;
+    base + base.mul_f64(f64::from(jitter) / 2000.0)
+}
+
+/// What outlives one stream: the running tasks and the counters.
+struct Session<H> {
+    config: WorkerConfig,
+    handler: Arc<H>,
+    running: JoinSet<(u64, u32, u64, HandlerOutcome)>,
+    handles: HashMap<u64, AbortHandle>,
+    tasks_run: u64,
+    shutdown: Option<pb::ShutdownReason>,
+    sampler: Sampler,
+    /// Set once a connection got its Welcome (resets the reconnect backoff).
+    welcomed: bool,
+}
+
+impl<H: Handler> Session<H> {
+    /// One connection: hello, welcome, then serve until Shutdown-and-idle, the deadline, or
+    /// an error (a broken stream is retryable; a refusal is not).
+    async fn connection(&mut self, deadline: tokio::time::Instant) -> Result<EndReason> {
+        let channel = dial(&self.config.coordinator_url).await?;
+        let bearer = Bearer::new(self.config.token.as_ref()).map_err(Error::Config)?;
+        let mut client = WorkersClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let (out, outbox) = mpsc::channel::<WorkerMessage>(OUTBOX);
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let hello = pb::Hello {
+            worker_id: self.config.id.clone(),
+            function: self.config.function.clone(),
+            vcpus: self.config.vcpus,
+            memory_mb: self.config.memory_mb,
+            slots: self.config.slots.unwrap_or(0),
+            timeout_ms: remaining.as_millis().max(1) as u64,
+            instance: self.config.instance.clone(),
+            running_task_ids: self.handles.keys().copied().collect(),
+        };
+        send(&out, Up::Hello(hello)).await?;
+        let mut inbound = client.connect(ReceiverStream::new(outbox)).await?.into_inner();
+        let welcome = match inbound.message().await? {
+            Some(CoordinatorMessage {
+                kind: Some(Down::Welcome(w)),
+            }) => w,
+            other => return Err(Error::Protocol(format!("expected a welcome, got {other:?}"))),
+        };
+        self.welcomed = true;
+        let interval = Duration::from_millis(welcome.sample_interval_ms.max(10));
+        info!(worker = %self.config.id, function = %self.config.function, slots = welcome.slots, resumed = !self.handles.is_empty(), "connected");
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let id = self.config.id.clone();
+
+        let reason = loop {
+            if let Some(reason) = self.shutdown
+                && self.running.is_empty()
+            {
+                break EndReason::Shutdown(reason);
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg? {
+                    Some(CoordinatorMessage { kind: Some(Down::Assign(assign)) }) => {
+                        for a in assign.tasks {
+                            self.start(a);
+                        }
+                        send(&out, Up::Sample(self.sampler.sample(self.running.len() as u32))).await?;
+                    }
+                    Some(CoordinatorMessage { kind: Some(Down::Cancel(cancel)) }) => {
+                        for task in cancel.task_ids {
+                            if let Some(h) = self.handles.remove(&task) {
+                                info!(worker = %id, task, "task cancelled");
+                                h.abort();
+                            }
+                        }
+                    }
+                    Some(CoordinatorMessage { kind: Some(Down::Shutdown(s)) }) => {
+                        let reason = s.reason();
+                        info!(worker = %id, reason = reason.as_str_name(), running = self.running.len(), "shutdown received");
+                        self.shutdown = Some(reason);
+                    }
+                    Some(other) => warn!(worker = %id, ?other, "unexpected message ignored"),
+                    // Closed without a Shutdown: the coordinator dropped this session.
+                    None => return Err(Error::StreamBroken),
+                },
+                Some(joined) = self.running.join_next() => {
+                    let mut results = Vec::new();
+                    let mut next = Some(joined);
+                    while let Some(joined) = next {
+                        // An Err is a task aborted because the coordinator cancelled it.
+                        if let Ok((task, attempt, started, outcome)) = joined {
+                            self.handles.remove(&task);
+                            self.tasks_run += 1;
+                            results.push(result(task, attempt, started, outcome));
+                        }
+                        next = self.running.try_join_next();
+                    }
+                    if !results.is_empty() {
+                        send(&out, Up::Results(pb::TaskResults { results })).await?;
+                    }
+                    send(&out, Up::Sample(self.sampler.sample(self.running.len() as u32))).await?;
+                },
+                _ = tick.tick() => {
+                    send(&out, Up::Sample(self.sampler.sample(self.running.len() as u32))).await?;
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    warn!(worker = %id, running = self.running.len(), "execution timeout reached");
+                    break EndReason::Timeout;
+                }
+            }
+        };
+        // Closing the request stream tells the coordinator this session is over; it answers
+        // by closing ours once it has cleaned up. Wait for that (briefly), so the end of the
+        // stream is on the wire before this process exits.
+        drop(out);
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Ok(Some(_)) = inbound.message().await {}
+        })
+        .await;
+        Ok(reason)
+    }
+
+    fn start(&mut self, a: pb::TaskAssignment) {
+        debug!(worker = %self.config.id, task = a.task_id, attempt = a.attempt, "task started");
+        let (id, attempt) = (a.task_id, a.attempt);
+        let task = Task {
+            id,
+            attempt,
+            function: a.function,
+            payload: a.payload,
+        };
+        let fut = self.handler.call(task);
+        let handle = self.running.spawn(async move {
+            let start = unix_ms();
+            // A panicking handler fails its task, never the worker.
+            let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(panic) => Err(format!("task {id} panicked: {}", panic_message(panic))),
+            };
+            (id, attempt, start, outcome)
+        });
+        self.handles.insert(id, handle);
+    }
 }
 
 async fn send(out: &mpsc::Sender<WorkerMessage>, kind: Up) -> Result<()> {

@@ -1,6 +1,7 @@
 //! `carpool.v1.Tasks`: submit, run, get, watch, cancel and the streaming Map.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use carpool_proto::payload;
 use carpool_proto::pb::{self, tasks_server::Tasks};
@@ -12,7 +13,7 @@ use tracing::debug;
 
 use crate::error::Error;
 use crate::hub::Hub;
-use crate::state::{Completion, Waiter};
+use crate::state::{Completion, Submission, Waiter};
 
 /// Results queued per Map or Watch call before the sender waits for the client.
 const STREAM_BUFFER: usize = 1024;
@@ -29,9 +30,17 @@ impl TasksService {
     }
 
     fn submit_one(&self, req: pb::SubmitRequest, waiter: Option<Waiter>) -> Result<u64, Error> {
-        let bytes = payload::into_bytes(req.input);
-        self.hub
-            .update(|s, now, fx| s.submit(&req.function, bytes, waiter, now, fx))
+        let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
+        self.hub.update(|s, now, fx| s.submit(sub, waiter, now, fx))
+    }
+}
+
+fn submission(function: String, input: Option<pb::Payload>, timeout_ms: u64, key: String) -> Submission {
+    Submission {
+        function,
+        payload: payload::into_bytes(input),
+        timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
+        key,
     }
 }
 
@@ -117,8 +126,8 @@ impl Tasks for TasksService {
                                 default_function.clone_from(&req.function);
                             }
                             let waiter = Waiter { tx: done_tx.clone(), tag: req.seq };
-                            let bytes = payload::into_bytes(req.input);
-                            match hub.update(|s, now, fx| s.submit(&req.function, bytes, Some(waiter), now, fx)) {
+                            let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
+                            match hub.update(|s, now, fx| s.submit(sub, Some(waiter), now, fx)) {
                                 Ok(_) => { outstanding += 1; continue; }
                                 Err(e) => pb::MapResponse { seq: req.seq, result: None, rejected: e.to_string() },
                             }

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 
 use crate::error::Error;
 use crate::hub::Hub;
-use crate::state::WorkerId;
+use crate::state::{StreamEnd, WorkerId};
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,20 +55,36 @@ impl Workers for WorkersService {
         let conn = self.hub.update(|s, now, fx| s.connect(hello, tx, now, fx))?;
         let hub = self.hub.clone();
         tokio::spawn(async move {
-            match read_worker(&hub, &id, &mut inbound).await {
-                Ok(()) => debug!(worker = %id, "worker closed its stream"),
-                Err(status) => {
-                    warn!(worker = %id, %status, "worker stream ended");
-                    // Tell a worker that broke the protocol why, if it still listens.
-                    let _ = errors.send(Err(status));
+            let end = match read_worker(&hub, &id, &mut inbound).await {
+                Ok(()) => {
+                    debug!(worker = %id, "worker closed its stream");
+                    StreamEnd::Closed
                 }
-            }
+                Err(Ended::Broken(status)) => {
+                    warn!(worker = %id, %status, "worker stream broke");
+                    StreamEnd::Broken
+                }
+                Err(Ended::Violation(e)) => {
+                    warn!(worker = %id, error = %e, "worker broke the protocol; ending its stream");
+                    // Tell the worker why, if it still listens.
+                    let _ = errors.send(Err(e.into()));
+                    StreamEnd::Violation
+                }
+            };
             drop(errors);
-            hub.update(|s, now, fx| s.disconnect(&id, conn, now, fx));
+            hub.update(|s, now, fx| s.disconnect(&id, conn, end, now, fx));
             hub.notify_disconnect();
         });
         Ok(Response::new(UnboundedReceiverStream::new(rx)))
     }
+}
+
+/// Why a worker stream's read loop stopped early.
+enum Ended {
+    /// The transport failed.
+    Broken(Status),
+    /// The worker sent something it must not.
+    Violation(Error),
 }
 
 /// Feeds a worker's messages to the hub until its stream ends.
@@ -76,14 +92,15 @@ async fn read_worker(
     hub: &Hub,
     id: &WorkerId,
     inbound: &mut Streaming<pb::WorkerMessage>,
-) -> Result<(), Status> {
-    while let Some(msg) = inbound.message().await? {
-        match msg.kind {
+) -> Result<(), Ended> {
+    while let Some(msg) = inbound.message().await.map_err(Ended::Broken)? {
+        let applied = match msg.kind {
             Some(Kind::Sample(sample)) => hub.update(|s, now, fx| s.sample(id, sample, now, fx)),
             Some(Kind::Results(r)) => hub.update(|s, now, fx| s.results(id, r.results, now, fx)),
-            Some(Kind::Hello(_)) => return Err(Error::DuplicateHello(id.to_string()).into()),
-            None => return Err(Error::EmptyMessage(id.to_string()).into()),
-        }
+            Some(Kind::Hello(_)) => Err(Error::DuplicateHello(id.to_string())),
+            None => Err(Error::EmptyMessage(id.to_string())),
+        };
+        applied.map_err(Ended::Violation)?;
     }
     Ok(())
 }

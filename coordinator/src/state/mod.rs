@@ -29,7 +29,8 @@ use tracing::{debug, info};
 use crate::config::{Config, SpawnerKind};
 use crate::scheduler::{self, IdleAction, Rules, StopReason, Verdict, WorkerView};
 
-pub use tasks::{Completion, Waiter};
+pub use tasks::{Completion, Submission, Waiter};
+pub use workers::StreamEnd;
 
 /// A worker's id, unique among the workers of one coordinator.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,6 +77,8 @@ pub enum Timer {
     Worker(WorkerId, u64),
     /// Try to place and spawn for this function again (after a spawn failure's backoff).
     Function(Arc<str>),
+    /// This attempt of this task may have run past its timeout.
+    Task(TaskId, u32),
 }
 
 /// What the caller carries out once the lock is released.
@@ -99,6 +102,8 @@ struct Task {
     submitted_unix_ms: u64,
     result: Option<Arc<pb::TaskResult>>,
     waiters: Vec<Waiter>,
+    /// Per-attempt limit.
+    timeout: Option<Duration>,
 }
 
 /// A connected worker.
@@ -123,7 +128,15 @@ struct Worker {
     idle_since: Instant,
     /// Told to shut down: gets nothing new.
     stopping: bool,
-    tx: WorkerTx,
+    /// The stream's sender; `None` while the stream is broken and the worker may reconnect.
+    tx: Option<WorkerTx>,
+    /// When its stream broke (it keeps its tasks until the grace period ends).
+    detached_since: Option<Instant>,
+    /// When it last sent anything (the liveness lease).
+    last_seen: Instant,
+    /// Tasks taken away from it (cancelled, timed out): a late result for one is ignored,
+    /// not a protocol error. Bounded.
+    released: VecDeque<TaskId>,
 }
 
 impl Worker {
@@ -150,7 +163,21 @@ impl Worker {
 
     fn send(&self, kind: Kind) {
         // A failed send means the stream is gone; its reader cleans up.
-        let _ = self.tx.send(Ok(CoordinatorMessage { kind: Some(kind) }));
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Ok(CoordinatorMessage { kind: Some(kind) }));
+        }
+    }
+
+    /// Takes a task away from this worker, remembering it so a late result is ignored.
+    fn release(&mut self, task: TaskId, now: Instant) {
+        self.running.retain(|(t, _)| *t != task);
+        if self.running.is_empty() {
+            self.idle_since = now;
+        }
+        if self.released.len() >= RELEASED_MEMORY {
+            self.released.pop_front();
+        }
+        self.released.push_back(task);
     }
 }
 
@@ -173,6 +200,7 @@ struct Function {
     failed: u64,
     cancelled: u64,
     retried: u64,
+    timed_out: u64,
     workers: BTreeSet<WorkerId>,
     starting: u32,
     workers_started: u64,
@@ -197,6 +225,8 @@ pub struct State {
     next_conn: u64,
     started_at: Instant,
     draining: bool,
+    /// Idempotency keys of submissions, to their task.
+    keys: HashMap<String, TaskId>,
 }
 
 impl State {
@@ -214,6 +244,7 @@ impl State {
             next_conn: 1,
             started_at: now,
             draining: false,
+            keys: HashMap::new(),
         }
     }
 
@@ -240,7 +271,9 @@ impl State {
                 rules.placement,
                 f.workers.iter().filter_map(|id| {
                     let w = self.workers.get(id)?;
-                    let ok = !w.stopping && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible;
+                    let ok = !w.stopping
+                        && w.tx.is_some()
+                        && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible;
                     ok.then_some((id, w.running.len() as u32, w.slots))
                 }),
             );
@@ -264,6 +297,9 @@ impl State {
             f.pending -= 1;
             f.running += 1;
             debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
+            if let Some(limit) = task.timeout.or(self.config.task_timeout) {
+                fx.timers.push((limit, Timer::Task(task_id, task.attempts)));
+            }
             let assignment = pb::TaskAssignment {
                 task_id,
                 attempt: task.attempts,
@@ -305,7 +341,7 @@ impl State {
         for id in &f.workers {
             if let Some(w) = self.workers.get(id) {
                 let v = w.view(now);
-                if !w.stopping && !scheduler::assess(&rules, &v).is_final() {
+                if !w.stopping && w.tx.is_some() && !scheduler::assess(&rules, &v).is_final() {
                     free += v.slots.saturating_sub(v.running) as usize;
                 }
             }
@@ -347,7 +383,7 @@ impl State {
         let Some(w) = self.workers.get(id) else {
             return;
         };
-        if w.stopping {
+        if w.stopping || w.tx.is_none() {
             return;
         }
         let pool_empty = self.functions.get(&w.function).is_none_or(|f| f.pending == 0);
@@ -384,6 +420,7 @@ impl State {
                 }
             }
             Timer::Function(name) => self.dispatch(&name, now, fx),
+            Timer::Task(id, attempt) => self.time_out(id, attempt, now, fx),
         }
     }
 
@@ -403,6 +440,9 @@ impl State {
         self.workers.len()
     }
 }
+
+/// How many released task ids a worker remembers.
+const RELEASED_MEMORY: usize = 1024;
 
 /// Pops the next task of a pool that is still pending (skipping cancelled ones).
 fn pop_pending(pool: &mut VecDeque<TaskId>, tasks: &HashMap<TaskId, Task>) -> Option<TaskId> {

@@ -15,7 +15,7 @@ impl State {
             .iter()
             .filter(|(_, w)| function.is_empty() || w.function.as_ref() == function)
             .map(|(id, w)| {
-                let state = if w.stopping {
+                let state = if w.stopping || w.tx.is_none() {
                     pb::WorkerState::Stopping
                 } else if crate::scheduler::past_deadline(&self.rules, &w.view(now)) {
                     pb::WorkerState::Draining
@@ -98,6 +98,7 @@ fn function_stats(name: &str, f: &Function, live_gb_ms: f64) -> pb::FunctionStat
         billed_gb_ms,
         cost_usd: billing::cost_usd(billed_gb_ms, f.workers_started),
         retried: f.retried,
+        timed_out: f.timed_out,
     }
 }
 
@@ -113,4 +114,5 @@ fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
     total.spawn_failures += s.spawn_failures;
     total.billed_gb_ms += s.billed_gb_ms;
     total.retried += s.retried;
+    total.timed_out += s.timed_out;
 }

@@ -1,7 +1,7 @@
 //! Client events: submit, cancel, get, watch.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use carpool_proto::Bytes;
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
@@ -19,6 +19,30 @@ pub struct Completion {
     pub tag: u64,
     /// The final result.
     pub result: Arc<pb::TaskResult>,
+}
+
+/// A task as a client submits it.
+#[derive(Clone, Debug, Default)]
+pub struct Submission {
+    /// The function that runs it.
+    pub function: String,
+    /// Its input.
+    pub payload: Bytes,
+    /// Per-attempt timeout; `None`: the coordinator's default.
+    pub timeout: Option<Duration>,
+    /// Idempotency key; empty: none.
+    pub key: String,
+}
+
+impl Submission {
+    /// A submission without timeout or key.
+    pub fn new(function: impl Into<String>, payload: Bytes) -> Self {
+        Self {
+            function: function.into(),
+            payload,
+            ..Self::default()
+        }
+    }
 }
 
 /// Someone waiting for a task's result (a Run, Watch or Map call).
@@ -63,24 +87,45 @@ impl State {
     }
 
     /// Accepts a task into its function's pool and places it at once if a worker can
-    /// take it; `waiter` (if any) gets its result.
+    /// take it; `waiter` (if any) gets its result. A known idempotency key returns the
+    /// task it was first used for (and `waiter` follows that task).
     pub fn submit(
         &mut self,
-        function: &str,
-        payload: Bytes,
+        sub: Submission,
         waiter: Option<Waiter>,
         now: Instant,
         fx: &mut Effects,
     ) -> Result<TaskId> {
-        self.validate(function, payload.len())?;
+        if let Some(&existing) = self.keys.get(&sub.key)
+            && let Some(task) = self.tasks.get_mut(&existing)
+        {
+            if let Some(w) = waiter {
+                match &task.result {
+                    Some(r) => w.notify(r),
+                    None => task.waiters.push(w),
+                }
+            }
+            debug!(task = existing, "idempotent resubmission");
+            return Ok(existing);
+        }
+        self.validate(&sub.function, sub.payload.len())?;
+        let pending: u64 = self.functions.values().map(|f| f.pending).sum();
+        if pending >= self.config.max_pending {
+            return Err(Error::PoolFull(pending));
+        }
+        let function = sub.function.as_str();
         let key = self.function_key(function);
         let id = self.next_task;
         self.next_task += 1;
+        if !sub.key.is_empty() {
+            self.keys.insert(sub.key, id);
+        }
         self.tasks.insert(
             id,
             Task {
                 function: key.clone(),
-                payload,
+                payload: sub.payload,
+                timeout: sub.timeout,
                 state: TaskState::Pending,
                 attempts: 0,
                 worker: None,
@@ -143,10 +188,7 @@ impl State {
                 if let Some(wid) = &worker
                     && let Some(w) = self.workers.get_mut(wid)
                 {
-                    w.running.retain(|(t, _)| *t != id);
-                    if w.running.is_empty() {
-                        w.idle_since = now;
-                    }
+                    w.release(id, now);
                     w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }));
                 }
             }

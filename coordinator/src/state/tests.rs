@@ -43,7 +43,8 @@ fn hello(id: &str, slots: u32) -> pb::Hello {
         memory_mb: 2048,
         slots,
         timeout_ms: 0,
-        instance: String::new(),
+        instance: "i".into(),
+        running_task_ids: Vec::new(),
     }
 }
 
@@ -69,7 +70,7 @@ fn assigned(rx: &mut Rx) -> Vec<u64> {
 fn submit(s: &mut State, now: Instant) -> (TaskId, Effects) {
     let mut fx = Effects::default();
     let id = s
-        .submit("f", Bytes::from_static(b"x"), None, now, &mut fx)
+        .submit(Submission::new("f", Bytes::from_static(b"x")), None, now, &mut fx)
         .expect("submit");
     (id, fx)
 }
@@ -98,7 +99,8 @@ fn submit_assigns_at_once_up_to_the_slots() {
         vec![result(ids[0], 1)],
         now,
         &mut Effects::default(),
-    );
+    )
+    .expect("results");
     assert_eq!(assigned(&mut rx), vec![ids[2]]);
     assert_eq!(s.get(ids[0]).expect("get").state(), TaskState::Succeeded);
 }
@@ -133,7 +135,8 @@ fn starting_workers_count_as_capacity_so_a_burst_does_not_over_spawn() {
     assert_eq!(spawned, 3);
     let mut fx = Effects::default();
     for _ in 0..100 {
-        s.submit("f", Bytes::new(), None, now, &mut fx).expect("submit");
+        s.submit(Submission::new("f", Bytes::new()), None, now, &mut fx)
+            .expect("submit");
     }
     // The cap of 8 holds whatever the burst.
     assert_eq!(spawned + fx.spawns.len(), 8);
@@ -167,7 +170,13 @@ fn lost_worker_returns_its_tasks_to_the_front_of_the_pool() {
     let first = submit(&mut s, now).0;
     let second = submit(&mut s, now).0;
     assert_eq!(assigned(&mut rx), vec![first]);
-    s.disconnect(&WorkerId::new("a"), conn, now, &mut Effects::default());
+    s.disconnect(
+        &WorkerId::new("a"),
+        conn,
+        StreamEnd::Closed,
+        now,
+        &mut Effects::default(),
+    );
     let (_, mut rx) = connect(&mut s, "b", 1, now);
     // The requeued task goes first, ahead of the one that was waiting.
     assert_eq!(assigned(&mut rx), vec![first]);
@@ -187,7 +196,13 @@ fn a_task_fails_with_its_cause_once_out_of_attempts() {
     for worker in ["a", "b"] {
         let (conn, mut rx) = connect(&mut s, worker, 1, now);
         assert_eq!(assigned(&mut rx), vec![id]);
-        s.disconnect(&WorkerId::new(worker), conn, now, &mut Effects::default());
+        s.disconnect(
+            &WorkerId::new(worker),
+            conn,
+            StreamEnd::Closed,
+            now,
+            &mut Effects::default(),
+        );
     }
     let info = s.get(id).expect("get");
     let error = info.result.clone().expect("result").error;
@@ -199,18 +214,20 @@ fn a_task_fails_with_its_cause_once_out_of_attempts() {
 }
 
 #[test]
-fn results_for_tasks_a_worker_does_not_hold_are_ignored() {
+fn a_result_for_a_stale_attempt_is_ignored() {
     let (mut s, now) = state(external());
     let (_, mut rx) = connect(&mut s, "a", 1, now);
     let (_, _rx_b) = connect(&mut s, "b", 1, now);
     let id = submit(&mut s, now).0;
     assert_eq!(assigned(&mut rx), vec![id]);
     let mut fx = Effects::default();
-    // From the wrong worker, and from the right worker with a stale attempt number.
-    s.results(&WorkerId::new("b"), vec![result(id, 1)], now, &mut fx);
-    s.results(&WorkerId::new("a"), vec![result(id, 7)], now, &mut fx);
+    // From the right worker with a stale attempt number: ignored (the wrong worker is a
+    // protocol violation, see below).
+    s.results(&WorkerId::new("a"), vec![result(id, 7)], now, &mut fx)
+        .expect("results");
     assert_eq!(s.get(id).expect("get").state(), TaskState::Running);
-    s.results(&WorkerId::new("a"), vec![result(id, 1)], now, &mut fx);
+    s.results(&WorkerId::new("a"), vec![result(id, 1)], now, &mut fx)
+        .expect("results");
     assert_eq!(s.get(id).expect("get").state(), TaskState::Succeeded);
     assert_eq!(s.stats(now).total.expect("total").succeeded, 1);
 }
@@ -219,9 +236,21 @@ fn results_for_tasks_a_worker_does_not_hold_are_ignored() {
 fn a_stale_disconnect_does_not_remove_a_newer_connection() {
     let (mut s, now) = state(external());
     let (old, _rx) = connect(&mut s, "a", 1, now);
-    s.disconnect(&WorkerId::new("a"), old, now, &mut Effects::default());
+    s.disconnect(
+        &WorkerId::new("a"),
+        old,
+        StreamEnd::Closed,
+        now,
+        &mut Effects::default(),
+    );
     let (_, _rx2) = connect(&mut s, "a", 1, now);
-    s.disconnect(&WorkerId::new("a"), old, now, &mut Effects::default());
+    s.disconnect(
+        &WorkerId::new("a"),
+        old,
+        StreamEnd::Closed,
+        now,
+        &mut Effects::default(),
+    );
     assert_eq!(s.live_workers(), 1);
 }
 
@@ -230,9 +259,184 @@ fn billing_counts_each_worker_from_connect_to_disconnect() {
     let (mut s, now) = state(external());
     let (conn, _rx) = connect(&mut s, "a", 1, now);
     let later = now + Duration::from_millis(1500);
-    s.disconnect(&WorkerId::new("a"), conn, later, &mut Effects::default());
+    s.disconnect(
+        &WorkerId::new("a"),
+        conn,
+        StreamEnd::Closed,
+        later,
+        &mut Effects::default(),
+    );
     let t = s.stats(later).total.expect("total");
     assert_eq!(t.billed_gb_ms, 1500.0 * 2.0);
     assert_eq!(t.workers_started, 1);
     assert!((t.cost_usd - crate::billing::cost_usd(3000.0, 1)).abs() < 1e-15);
+}
+
+#[test]
+fn a_broken_stream_keeps_its_tasks_through_a_reconnect_within_grace() {
+    let (mut s, now) = state(external());
+    let (conn, mut rx) = connect(&mut s, "a", 2, now);
+    let t1 = submit(&mut s, now).0;
+    let t2 = submit(&mut s, now).0;
+    assert_eq!(assigned(&mut rx), vec![t1, t2]);
+    let mut fx = Effects::default();
+    s.disconnect(&WorkerId::new("a"), conn, StreamEnd::Broken, now, &mut fx);
+    // Detached: nothing requeued, nothing assigned to it.
+    let t3 = submit(&mut s, now).0;
+    assert_eq!(s.get(t3).expect("get").state(), TaskState::Pending);
+    // Back with only t1 still running (t2's result was lost with the stream): t1 is kept,
+    // t2 goes back to the pool and comes straight back to it, and a stray task is cancelled.
+    let (tx, mut rx) = unbounded_channel();
+    let mut h = hello("a", 2);
+    h.running_task_ids = vec![t1, 999];
+    let later = now + Duration::from_secs(1);
+    s.connect(h, tx, later, &mut fx).expect("resume");
+    let mut cancelled = Vec::new();
+    let mut got = Vec::new();
+    while let Ok(Ok(msg)) = rx.try_recv() {
+        match msg.kind {
+            Some(Kind::Cancel(c)) => cancelled.extend(c.task_ids),
+            Some(Kind::Assign(a)) => got.extend(a.tasks.iter().map(|t| (t.task_id, t.attempt))),
+            _ => {}
+        }
+    }
+    assert_eq!(cancelled, vec![999]);
+    assert_eq!(got, vec![(t2, 2)], "t2 should be re-run as attempt 2");
+    assert_eq!(s.get(t1).expect("get").attempts, 1, "t1 must not be re-run");
+    assert_eq!(s.get(t3).expect("get").state(), TaskState::Pending);
+    assert_eq!(s.stats(later).total.expect("total").retried, 1);
+}
+
+#[test]
+fn after_the_grace_a_detached_worker_is_written_off_and_its_tasks_requeued() {
+    let (mut s, now) = state(Config {
+        reconnect_grace: Duration::from_secs(2),
+        ..external()
+    });
+    let (conn, mut rx) = connect(&mut s, "a", 1, now);
+    let t = submit(&mut s, now).0;
+    assert_eq!(assigned(&mut rx), vec![t]);
+    let mut fx = Effects::default();
+    s.disconnect(&WorkerId::new("a"), conn, StreamEnd::Broken, now, &mut fx);
+    s.sweep(now + Duration::from_secs(1), &mut fx);
+    assert_eq!(s.live_workers(), 1, "written off before the grace ended");
+    s.sweep(now + Duration::from_secs(2), &mut fx);
+    assert_eq!(s.live_workers(), 0);
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Pending);
+}
+
+#[test]
+fn a_silent_worker_is_treated_as_lost_after_its_lease() {
+    let (mut s, now) = state(external());
+    let (_, mut rx) = connect(&mut s, "a", 1, now);
+    let t = submit(&mut s, now).0;
+    assert_eq!(assigned(&mut rx), vec![t]);
+    let lease = s.config.liveness_lease();
+    let mut fx = Effects::default();
+    s.sample(&WorkerId::new("a"), sample(0.1), now + lease / 2, &mut fx)
+        .expect("sample");
+    s.sweep(now + lease, &mut fx);
+    assert_eq!(s.live_workers(), 1, "a sample renews the lease");
+    s.sweep(now + lease / 2 + lease + Duration::from_millis(1), &mut fx);
+    assert_eq!(s.live_workers(), 0);
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Pending);
+}
+
+fn sample(cpu: f64) -> pb::ResourceSample {
+    pb::ResourceSample {
+        cpu,
+        memory_used_bytes: 1,
+        memory_limit_bytes: 2,
+        running_tasks: 1,
+    }
+}
+
+#[test]
+fn a_timed_out_attempt_is_cancelled_on_its_worker_and_retried() {
+    let (mut s, now) = state(external());
+    let (_, mut rx) = connect(&mut s, "a", 1, now);
+    let mut fx = Effects::default();
+    let sub = Submission {
+        timeout: Some(Duration::from_millis(300)),
+        ..Submission::new("f", Bytes::new())
+    };
+    let t = s.submit(sub, None, now, &mut fx).expect("submit");
+    assert!(fx.timers.iter().any(
+        |(d, timer)| *d == Duration::from_millis(300) && matches!(timer, Timer::Task(id, 1) if *id == t)
+    ));
+    s.on_timer(Timer::Task(t, 1), now, &mut fx);
+    let mut cancels = 0;
+    let mut reassigned = Vec::new();
+    while let Ok(Ok(msg)) = rx.try_recv() {
+        match msg.kind {
+            Some(Kind::Cancel(c)) if c.task_ids == vec![t] => cancels += 1,
+            Some(Kind::Assign(a)) => reassigned.extend(a.tasks.iter().map(|x| x.attempt)),
+            _ => {}
+        }
+    }
+    assert_eq!(cancels, 1);
+    assert_eq!(reassigned, vec![1, 2], "first attempt, then the retry");
+    // The late result of attempt 1 is ignored; attempt 2's counts.
+    s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut fx)
+        .expect("late result");
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Running);
+    s.results(&WorkerId::new("a"), vec![result(t, 2)], now, &mut fx)
+        .expect("result");
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Succeeded);
+    assert_eq!(s.stats(now).total.expect("total").timed_out, 1);
+}
+
+#[test]
+fn an_idempotency_key_returns_the_first_task() {
+    let (mut s, now) = state(external());
+    let mut fx = Effects::default();
+    let keyed = || Submission {
+        key: "k1".into(),
+        ..Submission::new("f", Bytes::from_static(b"x"))
+    };
+    let a = s.submit(keyed(), None, now, &mut fx).expect("submit");
+    let b = s.submit(keyed(), None, now, &mut fx).expect("resubmit");
+    assert_eq!(a, b);
+    assert_eq!(s.stats(now).total.expect("total").pending, 1);
+}
+
+#[test]
+fn a_full_pool_refuses_without_changing_anything() {
+    let (mut s, now) = state(Config {
+        max_pending: 2,
+        ..external()
+    });
+    submit(&mut s, now);
+    submit(&mut s, now);
+    let mut fx = Effects::default();
+    let err = s
+        .submit(Submission::new("f", Bytes::new()), None, now, &mut fx)
+        .expect_err("accepted");
+    assert!(matches!(err, crate::Error::PoolFull(2)), "{err:?}");
+    assert_eq!(s.stats(now).total.expect("total").pending, 2);
+}
+
+#[test]
+fn impossible_samples_and_results_for_tasks_never_held_are_violations() {
+    let (mut s, now) = state(external());
+    let (_, _rx) = connect(&mut s, "a", 1, now);
+    let (_, _rx_b) = connect(&mut s, "b", 1, now);
+    let mut fx = Effects::default();
+    let a = WorkerId::new("a");
+    assert!(s.sample(&a, sample(f64::NAN), now, &mut fx).is_err());
+    assert!(s.sample(&a, sample(1.5), now, &mut fx).is_err());
+    let t = submit(&mut s, now).0; // goes to a (first in order)
+    assert!(matches!(
+        s.results(&WorkerId::new("b"), vec![result(t, 1)], now, &mut fx),
+        Err(crate::Error::ResultNotHeld(..))
+    ));
+    assert!(matches!(
+        s.results(&a, vec![result(4242, 1)], now, &mut fx),
+        Err(crate::Error::ResultForUnknownTask(..))
+    ));
+    assert_eq!(
+        s.get(t).expect("get").state(),
+        TaskState::Running,
+        "a refused result changed the task"
+    );
 }

@@ -1,12 +1,18 @@
-//! Worker and spawner events: connect, sample, results, disconnect, spawn outcome.
+//! Worker and spawner events: connect (or resume), sample, results, stream loss, the
+//! liveness sweep, task timeouts and spawn outcomes.
+//!
+//! A worker's life: attached (stream up) -> detached (stream broke; keeps its tasks for
+//! the reconnect grace) -> attached again on a hello with the same id, or finalized: billed,
+//! its running tasks given back to the front of the pool (or failed, out of attempts).
 
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use carpool_proto::payload;
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind, worker_task_result::Outcome};
 use tracing::{debug, info, warn};
 
-use super::{Effects, State, Timer, Worker, WorkerId, WorkerTx};
+use super::{Effects, State, TaskId, Timer, Worker, WorkerId, WorkerTx};
 use crate::billing;
 use crate::error::{Error, Result};
 use crate::scheduler;
@@ -14,8 +20,19 @@ use crate::scheduler;
 /// Longest wait before spawning again after consecutive spawn failures.
 const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
 
+/// How a worker stream ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// The worker closed it: the session is over.
+    Closed,
+    /// It broke (reset, keepalive timeout): the worker may come back within the grace.
+    Broken,
+    /// The worker broke the protocol: it is written off at once.
+    Violation,
+}
+
 impl State {
-    /// A worker said hello: register it, welcome it, and give it work.
+    /// A worker said hello: register it (or resume its session), welcome it, give it work.
     /// Returns its connection number (to pass to [`State::disconnect`]).
     pub fn connect(&mut self, hello: pb::Hello, tx: WorkerTx, now: Instant, fx: &mut Effects) -> Result<u64> {
         if self.draining {
@@ -34,8 +51,12 @@ impl State {
             return Err(Error::InvalidHello("memory_mb is 0"));
         }
         let id = WorkerId::new(&hello.worker_id);
-        if self.workers.contains_key(&id) {
-            return Err(Error::WorkerExists(hello.worker_id));
+        if let Some(existing) = self.workers.get(&id) {
+            let same_instance = !hello.instance.is_empty() && hello.instance == existing.instance;
+            if (existing.tx.is_some() && !same_instance) || existing.function.as_ref() != hello.function {
+                return Err(Error::WorkerExists(hello.worker_id));
+            }
+            return Ok(self.resume(&id, &hello.running_task_ids, tx, now, fx));
         }
         let function = self.function_key(&hello.function);
         let mut instance = hello.instance;
@@ -79,7 +100,10 @@ impl State {
             done: 0,
             idle_since: now,
             stopping: false,
-            tx,
+            tx: Some(tx),
+            detached_since: None,
+            last_seen: now,
+            released: VecDeque::new(),
         };
         worker.send(Kind::Welcome(pb::Welcome {
             sample_interval_ms: self.config.sample_interval.as_millis() as u64,
@@ -100,54 +124,127 @@ impl State {
         Ok(conn)
     }
 
-    /// A resource sample arrived.
-    pub fn sample(&mut self, id: &WorkerId, s: pb::ResourceSample, now: Instant, fx: &mut Effects) {
+    /// The same worker is back on a new stream: keep the tasks both sides agree it runs,
+    /// give back those it lost, cancel those it runs but no longer holds.
+    fn resume(&mut self, id: &WorkerId, has: &[TaskId], tx: WorkerTx, now: Instant, fx: &mut Effects) -> u64 {
+        let conn = self.next_conn;
+        self.next_conn += 1;
         let Some(w) = self.workers.get_mut(id) else {
-            return;
+            return conn;
         };
-        w.cpu = if s.cpu.is_finite() { s.cpu } else { 0.0 };
-        w.mem = if s.memory_limit_bytes > 0 {
-            s.memory_used_bytes as f64 / s.memory_limit_bytes as f64
+        let has: HashSet<TaskId> = has.iter().copied().collect();
+        let lost: Vec<(TaskId, u32)> = w
+            .running
+            .iter()
+            .filter(|(t, _)| !has.contains(t))
+            .copied()
+            .collect();
+        let stray: Vec<TaskId> = has
+            .iter()
+            .filter(|t| !w.running.iter().any(|(r, _)| r == *t))
+            .copied()
+            .collect();
+        w.conn = conn;
+        w.tx = Some(tx);
+        w.detached_since = None;
+        w.last_seen = now;
+        for (t, _) in &lost {
+            w.release(*t, now);
+        }
+        w.send(Kind::Welcome(pb::Welcome {
+            sample_interval_ms: self.config.sample_interval.as_millis() as u64,
+            slots: w.slots,
+        }));
+        if !stray.is_empty() {
+            w.send(Kind::Cancel(pb::Cancel {
+                task_ids: stray.clone(),
+            }));
+        }
+        let until = scheduler::until_deadline(&self.rules, &w.view(now));
+        fx.timers.push((until, Timer::Worker(id.clone(), conn)));
+        let function = w.function.clone();
+        info!(worker = %id, kept = w.running.len(), lost = lost.len(), cancelled = stray.len(), "resumed");
+        self.give_back(&lost, &format!("worker {id} came back without it"), now);
+        self.dispatch(&function, now, fx);
+        self.evaluate(id, now, fx);
+        conn
+    }
+
+    /// A resource sample arrived. Impossible values are a protocol violation.
+    pub fn sample(
+        &mut self,
+        id: &WorkerId,
+        s: pb::ResourceSample,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<()> {
+        let Some(w) = self.workers.get_mut(id) else {
+            return Ok(());
+        };
+        let problem = if !s.cpu.is_finite() || !(0.0..=1.0).contains(&s.cpu) {
+            Some(format!("cpu {} is not a fraction in [0, 1]", s.cpu))
+        } else if s.memory_limit_bytes == 0 {
+            Some("memory_limit_bytes is 0".to_owned())
+        } else if s.memory_used_bytes > s.memory_limit_bytes.saturating_mul(2) {
+            Some(format!(
+                "memory_used_bytes {} is far above memory_limit_bytes {}",
+                s.memory_used_bytes, s.memory_limit_bytes
+            ))
         } else {
-            0.0
+            None
         };
+        if let Some(p) = problem {
+            return Err(Error::InvalidSample(id.to_string(), p));
+        }
+        w.last_seen = now;
+        w.cpu = s.cpu;
+        w.mem = s.memory_used_bytes as f64 / s.memory_limit_bytes as f64;
         w.sample = Some(s);
         let function = w.function.clone();
         self.dispatch(&function, now, fx);
         self.evaluate(id, now, fx);
+        Ok(())
     }
 
-    /// Results arrived: record those the worker really holds, then refill it.
+    /// Results arrived: record those the worker holds, ignore late ones for tasks taken
+    /// from it, refuse those it never held. Then refill it.
     pub fn results(
         &mut self,
         id: &WorkerId,
         results: Vec<pb::WorkerTaskResult>,
         now: Instant,
         fx: &mut Effects,
-    ) {
-        let Some(function) = self.workers.get(id).map(|w| w.function.clone()) else {
-            return;
+    ) -> Result<()> {
+        let Some(w) = self.workers.get(id) else {
+            return Ok(());
         };
+        let function = w.function.clone();
+        for r in &results {
+            let held = w.running.iter().any(|&(t, _)| t == r.task_id) || w.released.contains(&r.task_id);
+            if !self.tasks.contains_key(&r.task_id) {
+                return Err(Error::ResultForUnknownTask(id.to_string(), r.task_id));
+            }
+            if !held {
+                return Err(Error::ResultNotHeld(id.to_string(), r.task_id));
+            }
+        }
         for r in results {
-            let held = self.workers.get_mut(id).and_then(|w| {
-                let pos = w
-                    .running
-                    .iter()
-                    .position(|&(t, a)| t == r.task_id && a == r.attempt)?;
-                w.running.swap_remove(pos);
-                w.done += 1;
-                if w.running.is_empty() {
-                    w.idle_since = now;
-                }
-                Some(())
-            });
-            let running = self
-                .tasks
-                .get(&r.task_id)
-                .is_some_and(|t| t.state == TaskState::Running && t.attempts == r.attempt);
-            if held.is_none() || !running {
-                warn!(worker = %id, task = r.task_id, attempt = r.attempt, "ignored a result for a task this worker does not hold");
+            let Some(w) = self.workers.get_mut(id) else {
+                break;
+            };
+            w.last_seen = now;
+            let Some(pos) = w
+                .running
+                .iter()
+                .position(|&(t, a)| t == r.task_id && a == r.attempt)
+            else {
+                debug!(worker = %id, task = r.task_id, attempt = r.attempt, "ignored a late result");
                 continue;
+            };
+            w.running.swap_remove(pos);
+            w.done += 1;
+            if w.running.is_empty() {
+                w.idle_since = now;
             }
             if let Some(f) = self.functions.get_mut(&function) {
                 f.running = f.running.saturating_sub(1);
@@ -182,66 +279,139 @@ impl State {
         }
         self.dispatch(&function, now, fx);
         self.evaluate(id, now, fx);
+        Ok(())
     }
 
-    /// A worker's stream ended, whatever the reason: bill its life, return its running
-    /// tasks to the front of the pool (or fail those out of attempts), and refill.
-    pub fn disconnect(&mut self, id: &WorkerId, conn: u64, now: Instant, fx: &mut Effects) {
-        if self.workers.get(id).is_none_or(|w| w.conn != conn) {
+    /// A worker's stream ended. Closed or violated: the worker is finalized now. Broken:
+    /// it keeps its tasks for the reconnect grace (the sweep finalizes it after that).
+    pub fn disconnect(&mut self, id: &WorkerId, conn: u64, end: StreamEnd, now: Instant, fx: &mut Effects) {
+        let Some(w) = self.workers.get_mut(id).filter(|w| w.conn == conn) else {
+            return;
+        };
+        if end == StreamEnd::Broken && !self.config.reconnect_grace.is_zero() && !self.draining {
+            info!(worker = %id, running = w.running.len(), grace_ms = self.config.reconnect_grace.as_millis() as u64, "stream broke; waiting for the worker to reconnect");
+            w.tx = None;
+            w.detached_since = Some(now);
             return;
         }
+        let cause = match end {
+            StreamEnd::Closed => "its worker closed the stream",
+            StreamEnd::Broken => "its worker's stream broke",
+            StreamEnd::Violation => "its worker broke the protocol",
+        };
+        self.finalize(id, cause, now, fx);
+    }
+
+    /// Writes a worker off: bills its life and gives its running tasks back.
+    fn finalize(&mut self, id: &WorkerId, cause: &str, now: Instant, fx: &mut Effects) {
         let Some(w) = self.workers.remove(id) else {
             return;
         };
         let alive = now.saturating_duration_since(w.connected_at);
-        let gb_ms = billing::billed_gb_ms(alive, w.memory_mb);
-        let lost = w.running.len();
-        info!(worker = %id, alive_ms = alive.as_millis() as u64, tasks_done = w.done, lost, "disconnected");
+        info!(worker = %id, alive_ms = alive.as_millis() as u64, tasks_done = w.done, lost = w.running.len(), cause, "worker gone");
+        if let Some(f) = self.functions.get_mut(&w.function) {
+            f.billed_gb_ms += billing::billed_gb_ms(alive, w.memory_mb);
+            f.workers.remove(id);
+        }
+        self.give_back(&w.running, &format!("{cause} (worker {id})"), now);
+        self.dispatch(&w.function, now, fx);
+    }
+
+    /// Returns running task attempts to the front of their pool, in order, or fails those
+    /// out of attempts with `cause`. The caller has removed them from their worker.
+    fn give_back(&mut self, tasks: &[(TaskId, u32)], cause: &str, _now: Instant) {
         let max_attempts = self.config.max_attempts;
-        let mut requeue = Vec::new();
-        let mut failed = Vec::new();
-        for (task_id, attempt) in w.running.iter().rev() {
-            match self.tasks.get_mut(task_id) {
-                Some(t) if t.state == TaskState::Running && t.attempts == *attempt => {
-                    if t.attempts >= max_attempts {
-                        failed.push((*task_id, t.attempts));
-                    } else {
-                        t.state = TaskState::Pending;
-                        requeue.push(*task_id);
-                    }
+        for &(task_id, attempt) in tasks.iter().rev() {
+            let Some(t) = self.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            if t.state != TaskState::Running || t.attempts != attempt {
+                continue;
+            }
+            let function = t.function.clone();
+            if let Some(f) = self.functions.get_mut(&function) {
+                f.running = f.running.saturating_sub(1);
+            }
+            if t.attempts >= max_attempts {
+                warn!(
+                    task = task_id,
+                    attempts = t.attempts,
+                    cause,
+                    "task out of attempts"
+                );
+                let worker_id = t.worker.as_ref().map(ToString::to_string).unwrap_or_default();
+                let attempts = t.attempts;
+                self.finish(
+                    task_id,
+                    pb::TaskResult {
+                        task_id,
+                        state: TaskState::Failed as i32,
+                        error: format!("task {task_id} failed after {attempts} attempts; the last one ended because {cause}"),
+                        worker_id,
+                        attempts,
+                        ..Default::default()
+                    },
+                );
+            } else {
+                warn!(task = task_id, attempt, cause, "task back to the pool");
+                t.state = TaskState::Pending;
+                if let Some(f) = self.functions.get_mut(&function) {
+                    f.retried += 1;
+                    f.pending += 1;
+                    f.pool.push_front(task_id);
+                }
+            }
+        }
+    }
+
+    /// A task attempt's timer fired: if that attempt still runs, cancel it on its worker
+    /// and give it back (or fail it).
+    pub(super) fn time_out(&mut self, id: TaskId, attempt: u32, now: Instant, fx: &mut Effects) {
+        let Some(t) = self.tasks.get(&id) else {
+            return;
+        };
+        if t.state != TaskState::Running || t.attempts != attempt {
+            return;
+        }
+        let limit = t.timeout.or(self.config.task_timeout).unwrap_or_default();
+        let (function, worker) = (t.function.clone(), t.worker.clone());
+        if let Some(wid) = &worker
+            && let Some(w) = self.workers.get_mut(wid)
+        {
+            w.release(id, now);
+            w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }));
+        }
+        if let Some(f) = self.functions.get_mut(&function) {
+            f.timed_out += 1;
+        }
+        let cause = format!("it ran past its timeout of {} ms", limit.as_millis());
+        self.give_back(&[(id, attempt)], &cause, now);
+        self.dispatch(&function, now, fx);
+        if let Some(wid) = worker {
+            self.evaluate(&wid, now, fx);
+        }
+    }
+
+    /// The liveness sweep: finalizes workers silent past their lease and detached workers
+    /// past the reconnect grace.
+    pub fn sweep(&mut self, now: Instant, fx: &mut Effects) {
+        let lease = self.config.liveness_lease();
+        let grace = self.config.reconnect_grace;
+        let mut gone = Vec::new();
+        for (id, w) in &self.workers {
+            match w.detached_since {
+                Some(since) if now.saturating_duration_since(since) >= grace => {
+                    gone.push((id.clone(), "its worker did not reconnect within the grace period"));
+                }
+                None if now.saturating_duration_since(w.last_seen) > lease => {
+                    gone.push((id.clone(), "its worker went silent past its liveness lease"));
                 }
                 _ => {}
             }
         }
-        if let Some(f) = self.functions.get_mut(&w.function) {
-            f.billed_gb_ms += gb_ms;
-            f.workers.remove(id);
-            f.running = f.running.saturating_sub((requeue.len() + failed.len()) as u64);
-            f.retried += requeue.len() as u64;
-            f.pending += requeue.len() as u64;
-            for task_id in &requeue {
-                warn!(task = task_id, worker = %id, "worker lost; task back to the pool");
-                f.pool.push_front(*task_id);
-            }
+        for (id, cause) in gone {
+            self.finalize(&id, cause, now, fx);
         }
-        for (task_id, attempts) in failed {
-            warn!(task = task_id, worker = %id, attempts, "worker lost; task out of attempts");
-            self.finish(
-                task_id,
-                pb::TaskResult {
-                    task_id,
-                    state: TaskState::Failed as i32,
-                    error: format!(
-                        "task {task_id} failed: its worker was lost on each of {attempts} attempts (last: worker {id} whose stream ended)"
-                    ),
-                    worker_id: id.to_string(),
-                    attempts,
-                    ..Default::default()
-                },
-            );
-        }
-        let function = w.function.clone();
-        self.dispatch(&function, now, fx);
     }
 
     /// The spawner started the worker; `instance` says where (a pid, a request id).
@@ -252,6 +422,16 @@ impl State {
             && w.instance.is_empty()
         {
             w.instance = instance;
+        }
+    }
+
+    /// The worker's process ended. Still starting: a failed spawn. Connected or waiting to
+    /// reconnect: it will not, so it is written off now rather than after the grace.
+    pub fn process_exited(&mut self, id: &WorkerId, reason: &str, now: Instant, fx: &mut Effects) {
+        if self.starting.contains_key(id) {
+            self.spawn_failed(id, reason, now, fx);
+        } else if self.workers.contains_key(id) {
+            self.finalize(id, "its worker process exited", now, fx);
         }
     }
 
