@@ -69,7 +69,7 @@ struct Cli {
     worker_bin: Option<PathBuf>,
     /// A function served by a command in local workers, as NAME=COMMAND (repeatable); the
     /// command reads the payload on stdin and writes the output on stdout.
-    #[arg(long = "exec", env = "CARPOOL_EXEC", value_parser = parse_exec, value_delimiter = ';')]
+    #[arg(long = "exec", env = "CARPOOL_EXEC", value_parser = parse_exec)]
     exec_functions: Vec<(String, String)>,
     /// How long a worker whose stream broke keeps its tasks, waiting for it to reconnect.
     #[arg(long, env = "CARPOOL_RECONNECT_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]

@@ -280,6 +280,19 @@ impl FakeWorker {
         }
     }
 
+    /// Waits for the coordinator to end this stream with an error status, skipping any
+    /// messages before it.
+    pub async fn next_status(&mut self) -> tonic::Status {
+        loop {
+            match tokio::time::timeout(WAIT, self.inbound.message()).await {
+                Ok(Err(status)) => return status,
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => panic!("the stream ended without an error status"),
+                Err(_) => panic!("no error status within {WAIT:?}"),
+            }
+        }
+    }
+
     /// The next message, which must come within [`WAIT`].
     pub async fn next(&mut self) -> Down {
         self.next_within(WAIT)
@@ -318,4 +331,108 @@ pub async fn totals(client: &Client) -> pb::FunctionStats {
         .unwrap_or_else(|e| panic!("stats: {e}"))
         .total
         .unwrap_or_default()
+}
+
+/// A process started by a test (e.g. a `carpool-worker`), killed on drop.
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    /// Starts `carpool-worker` with `args`.
+    pub fn worker(args: &[&str]) -> Self {
+        let child = Command::new(bin("carpool-worker"))
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start carpool-worker: {e}"));
+        Self { child }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 that a test can cut: every connection through it is dropped
+/// at once, and while it refuses, new ones are closed as soon as they are accepted.
+pub struct TcpProxy {
+    /// The address to dial instead of the target.
+    pub addr: std::net::SocketAddr,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Starts forwarding to `target` (`http://host:port` or `host:port`).
+    pub async fn start(target: &str) -> Self {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
+        let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let refusing = refuse.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let target = target.clone();
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged();
+                conns.spawn(async move {
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => {}
+                        _ = cuts.changed() => {} // both sockets drop here
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            refuse,
+            cut,
+            task,
+        }
+    }
+
+    /// `http://` URL of the proxy.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drops every connection through the proxy now.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// While `true`, new connections are closed as soon as they are accepted.
+    pub fn refuse(&self, refuse: bool) {
+        self.refuse.store(refuse, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -114,10 +114,14 @@ async fn exec(cmd: String, payload: Bytes) -> Outcome {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // A cancelled task drops this future, which kills the command.
+        // Its own process group, so that everything it starts can be ended with it.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("could not start {cmd:?}: {e}"))?;
+    // A cancelled task drops this future: the guard kills the whole group, not just `sh`.
+    // After a normal exit it ends whatever the command left running in the background.
+    let _group = child.id().map(KillGroup);
     if let Some(mut stdin) = child.stdin.take() {
         // A command that does not read its input closes the pipe early: not an error.
         let _ = stdin.write_all(&payload).await;
@@ -134,6 +138,21 @@ async fn exec(cmd: String, payload: Bytes) -> Outcome {
             out.status,
             String::from_utf8_lossy(&out.stderr).trim_end()
         ))
+    }
+}
+
+/// Kills a process group when dropped.
+struct KillGroup(u32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0) {
+            // ESRCH (nothing left in the group) is the normal case.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
