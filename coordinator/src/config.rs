@@ -76,6 +76,10 @@ pub struct Config {
     pub task_timeout: Option<Duration>,
     /// Pending tasks (all functions) past which submissions are refused with RESOURCE_EXHAUSTED.
     pub max_pending: u64,
+    /// Where accepted tasks and results are kept across restarts; `None`: in memory only.
+    pub state_dir: Option<PathBuf>,
+    /// How long a finished task's result stays retrievable.
+    pub result_retention: Duration,
     /// Token workers must present on the Workers service; `None` admits any worker.
     pub worker_token: Option<Secret>,
     /// Token clients must present on Tasks and Cluster; `None` admits any client.
@@ -107,6 +111,8 @@ impl Default for Config {
             liveness_intervals: 10,
             task_timeout: None,
             max_pending: 1_000_000,
+            state_dir: None,
+            result_retention: Duration::from_secs(3600),
             worker_token: None,
             client_token: None,
         }

@@ -52,6 +52,9 @@ pub enum Error {
     /// A result for a task that was never assigned to this worker.
     #[error("worker {0} sent a result for task {1}, which it does not hold")]
     ResultNotHeld(String, u64),
+    /// The state directory could not be read or written.
+    #[error("state directory: {0}")]
+    Journal(String),
     /// The coordinator is shutting down and takes no new work.
     #[error("the coordinator is shutting down")]
     ShuttingDown,
@@ -84,7 +87,7 @@ impl From<Error> for Status {
             Error::UnknownTask(_) => Code::NotFound,
             Error::HelloExpected | Error::DuplicateHello(_) | Error::NoHello => Code::FailedPrecondition,
             Error::WorkerExists(_) => Code::AlreadyExists,
-            Error::ShuttingDown => Code::Unavailable,
+            Error::ShuttingDown | Error::Journal(_) => Code::Unavailable,
             Error::WorkerBinaryMissing(_) | Error::Transport(_) | Error::Reflection(_) | Error::Io(_) => {
                 Code::Internal
             }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::journal::Journal;
 use crate::spawner::Spawner;
 use crate::state::{Effects, State};
 
@@ -24,21 +25,38 @@ struct Inner {
     tracker: TaskTracker,
     /// Cancelled when the coordinator stops: ends timers and kills local workers.
     stop: CancellationToken,
+    /// The journal, with `--state-dir`.
+    journal: Option<Journal>,
     /// Woken whenever a worker stream ends (shutdown waits on it for the fleet to drain).
     disconnected: Notify,
 }
 
 impl Hub {
-    /// A hub over fresh state.
-    pub fn new(config: Arc<Config>, spawner: Arc<dyn Spawner>, stop: CancellationToken) -> Self {
+    /// A hub over fresh state; with a journal, results are written to it.
+    pub fn new(
+        config: Arc<Config>,
+        spawner: Arc<dyn Spawner>,
+        stop: CancellationToken,
+        journal: Option<Journal>,
+    ) -> Self {
+        let mut state = State::new(config.clone(), Instant::now());
+        if let Some(j) = &journal {
+            state.set_journal(j.clone());
+        }
         Self(Arc::new(Inner {
-            state: Mutex::new(State::new(config.clone(), Instant::now())),
+            state: Mutex::new(state),
+            journal,
             spawner,
             config,
             tracker: TaskTracker::new(),
             stop,
             disconnected: Notify::new(),
         }))
+    }
+
+    /// The journal, when the coordinator has a state directory.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.0.journal.as_ref()
     }
 
     /// The configuration the coordinator runs with.

@@ -8,6 +8,7 @@
 //! - [`spawner`]: how workers are started (local processes, or nothing for external ones).
 //! - [`billing`]: the Lambda cost model.
 //! - [`auth`]: bearer tokens for workers and clients.
+//! - [`journal`]: the embedded store behind `--state-dir` (accepted means durable).
 //! - [`server`]: [`run`] serves everything on a bound listener until shutdown.
 
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod billing;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod journal;
 pub mod scheduler;
 pub mod server;
 pub mod service;

@@ -83,6 +83,13 @@ struct Cli {
     /// Pending tasks past which submissions get RESOURCE_EXHAUSTED.
     #[arg(long, env = "CARPOOL_MAX_PENDING", default_value_t = 1_000_000)]
     max_pending: u64,
+    /// Keep accepted tasks and results here, so they survive a crash and restart [default:
+    /// memory only]. A task is acknowledged only once it is on disk.
+    #[arg(long, env = "CARPOOL_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// How long a finished task's result stays retrievable with Get, e.g. "1h".
+    #[arg(long, env = "CARPOOL_RESULT_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
+    result_retention: Duration,
     /// Token workers must send (`authorization: Bearer …`) [default: none required].
     #[arg(
         long,
@@ -208,6 +215,8 @@ impl Cli {
             liveness_intervals: self.liveness_intervals.max(1),
             task_timeout: self.task_timeout,
             max_pending: self.max_pending,
+            state_dir: self.state_dir,
+            result_retention: self.result_retention,
             worker_token,
             client_token,
         })

@@ -20,6 +20,7 @@ use crate::auth::bearer;
 use crate::config::{Config, SpawnerKind};
 use crate::error::Result;
 use crate::hub::Hub;
+use crate::journal::Journal;
 use crate::service::cluster::ClusterService;
 use crate::service::tasks::TasksService;
 use crate::service::workers::WorkersService;
@@ -56,7 +57,17 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         SpawnerKind::Local => Arc::new(LocalSpawner::new(&config, local_url(addr))?),
         SpawnerKind::External => Arc::new(ExternalSpawner),
     };
-    let hub = Hub::new(config.clone(), spawner, stop.clone());
+    let (journal, recovered) = match &config.state_dir {
+        Some(dir) => {
+            let (j, r) = Journal::open(dir)?;
+            (Some(j), Some(r))
+        }
+        None => (None, None),
+    };
+    let hub = Hub::new(config.clone(), spawner, stop.clone(), journal);
+    if let Some(r) = recovered {
+        hub.update(|s, now, fx| s.restore(r, now, fx));
+    }
     hub.start_sweeper();
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -119,6 +119,12 @@ impl Coordinator {
             .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
     }
 
+    /// SIGKILLs it (no drain, no flush) and waits for it to be gone.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);

@@ -1,11 +1,17 @@
 //! `carpool.v1.Tasks`: submit, run, get, watch, cancel and the streaming Map.
+//!
+//! With a state directory a submission is written to the journal before it enters the pool
+//! and before it is acknowledged; the id (and idempotency key) is reserved first, under the
+//! lock, so a resubmission racing the write gets the same id.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use carpool_proto::payload;
 use carpool_proto::pb::{self, tasks_server::Tasks};
-use futures::Stream;
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -13,9 +19,10 @@ use tracing::debug;
 
 use crate::error::Error;
 use crate::hub::Hub;
-use crate::state::{Completion, Submission, Waiter};
+use crate::journal::StoredTask;
+use crate::state::{Completion, Reserved, Submission, Waiter, unix_ms};
 
-/// Results queued per Map or Watch call before the sender waits for the client.
+/// Results queued per Map call before the sender waits for the client.
 const STREAM_BUFFER: usize = 1024;
 
 /// Serves the client API.
@@ -28,11 +35,6 @@ impl TasksService {
     pub fn new(hub: Hub) -> Self {
         Self { hub }
     }
-
-    fn submit_one(&self, req: pb::SubmitRequest, waiter: Option<Waiter>) -> Result<u64, Error> {
-        let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
-        self.hub.update(|s, now, fx| s.submit(sub, waiter, now, fx))
-    }
 }
 
 fn submission(function: String, input: Option<pb::Payload>, timeout_ms: u64, key: String) -> Submission {
@@ -44,6 +46,90 @@ fn submission(function: String, input: Option<pb::Payload>, timeout_ms: u64, key
     }
 }
 
+/// A finished journal write: the reserved id, the submission, and whether it is on disk.
+type Written = (u64, Submission, Result<(), Error>);
+/// A journal write in flight.
+type Writing = Pin<Box<dyn Future<Output = Written> + Send>>;
+/// A Map submission's journal write, tagged with its `seq`.
+type TaggedWriting = Pin<Box<dyn Future<Output = (u64, Written)> + Send>>;
+
+/// What a reserved submission still needs before it may enter the pool.
+enum Accepting {
+    /// Nothing: it is in the pool (no journal) or it is an idempotent resubmission.
+    Done(u64),
+    /// Its journal write, which resolves to the reserved id, or why it failed.
+    Writing(Writing),
+}
+
+/// Reserves an id for `sub` and, without a journal, puts it in the pool at once. With a
+/// journal, returns the write to wait for; [`finish_accept`] then inserts or undoes it.
+fn start_accept(
+    hub: &Hub,
+    sub: Submission,
+    waiter: Option<Waiter>,
+) -> Result<(Accepting, Option<Waiter>), Error> {
+    let Some(journal) = hub.journal().cloned() else {
+        return Ok((
+            Accepting::Done(hub.update(|s, now, fx| s.submit(sub, waiter, now, fx))?),
+            None,
+        ));
+    };
+    match hub.update(|s, _, _| s.reserve(&sub))? {
+        Reserved::Existing(id) => {
+            if let Some(w) = waiter {
+                hub.update(|s, _, _| s.follow(id, w));
+            }
+            Ok((Accepting::Done(id), None))
+        }
+        Reserved::New(id) => {
+            let stored = StoredTask {
+                function: sub.function.clone(),
+                payload: sub.payload.clone(),
+                timeout_ms: sub.timeout.map_or(0, |t| t.as_millis() as u64),
+                key: sub.key.clone(),
+                submitted_unix_ms: unix_ms(),
+                result: None,
+            };
+            let write = async move {
+                let outcome = journal.accept(id, stored).await;
+                (id, sub, outcome)
+            };
+            Ok((Accepting::Writing(Box::pin(write)), waiter))
+        }
+    }
+}
+
+/// After the journal write: the task enters the pool, or its reservation is undone.
+fn finish_accept(
+    hub: &Hub,
+    id: u64,
+    sub: Submission,
+    outcome: Result<(), Error>,
+    waiter: Option<Waiter>,
+) -> Result<u64, Error> {
+    match outcome {
+        Ok(()) => {
+            hub.update(|s, now, fx| s.insert(id, sub, waiter, now, fx));
+            Ok(id)
+        }
+        Err(e) => {
+            hub.update(|s, _, _| s.unreserve(id, &sub.key));
+            Err(e)
+        }
+    }
+}
+
+async fn accept(hub: &Hub, req: pb::SubmitRequest, waiter: Option<Waiter>) -> Result<u64, Error> {
+    let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
+    match start_accept(hub, sub, waiter)? {
+        (Accepting::Done(id), _) => Ok(id),
+        (Accepting::Writing(write), waiter) => {
+            let (id, sub, outcome) = write.await;
+            finish_accept(hub, id, sub, outcome, waiter)
+        }
+    }
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -52,13 +138,13 @@ impl Tasks for TasksService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let task_id = self.submit_one(request.into_inner(), None)?;
+        let task_id = accept(&self.hub, request.into_inner(), None).await?;
         Ok(Response::new(pb::SubmitResponse { task_id }))
     }
 
     async fn run(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::TaskResult>, Status> {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let task_id = self.submit_one(request.into_inner(), Some(Waiter { tx, tag: 0 }))?;
+        let task_id = accept(&self.hub, request.into_inner(), Some(Waiter { tx, tag: 0 })).await?;
         match rx.recv().await {
             Some(c) => Ok(Response::new(c.result.as_ref().clone())),
             None => Err(Status::unavailable(format!(
@@ -104,51 +190,89 @@ impl Tasks for TasksService {
         &self,
         request: Request<Streaming<pb::MapRequest>>,
     ) -> Result<Response<Self::MapStream>, Status> {
-        let mut inbound = request.into_inner();
+        let inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
-        let hub = self.hub.clone();
         // The spawned task notices a client that goes away (see tonic's streaming example).
-        tokio::spawn(async move {
-            let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
-            let mut default_function = String::new();
-            let mut outstanding: u64 = 0;
-            let mut inbound_open = true;
-            loop {
-                if !inbound_open && outstanding == 0 {
+        tokio::spawn(serve_map(self.hub.clone(), inbound, out_tx));
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}
+
+/// One Map call: submissions in, results out as they finish. Journal writes of different
+/// submissions are in flight together, so they share commits.
+async fn serve_map(
+    hub: Hub,
+    mut inbound: Streaming<pb::MapRequest>,
+    out: mpsc::Sender<Result<pb::MapResponse, Status>>,
+) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
+    let mut writes: FuturesUnordered<TaggedWriting> = FuturesUnordered::new();
+    let mut default_function = String::new();
+    let mut outstanding: u64 = 0;
+    let mut inbound_open = true;
+    loop {
+        if !inbound_open && outstanding == 0 {
+            break;
+        }
+        let reply = tokio::select! {
+            msg = inbound.message(), if inbound_open => match msg {
+                Ok(Some(mut req)) => {
+                    if req.function.is_empty() {
+                        req.function.clone_from(&default_function);
+                    } else if default_function.is_empty() {
+                        default_function.clone_from(&req.function);
+                    }
+                    let seq = req.seq;
+                    let waiter = Waiter { tx: done_tx.clone(), tag: seq };
+                    let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
+                    match start_accept(&hub, sub, Some(waiter)) {
+                        Ok((Accepting::Done(_), _)) => {
+                            outstanding += 1;
+                            continue;
+                        }
+                        Ok((Accepting::Writing(write), _)) => {
+                            outstanding += 1;
+                            writes.push(Box::pin(async move { (seq, write.await) }));
+                            continue;
+                        }
+                        Err(e) => rejected(seq, &e),
+                    }
+                }
+                Ok(None) => {
+                    inbound_open = false;
+                    continue;
+                }
+                Err(status) => {
+                    // The client broke the call: its tasks still run, results stay retrievable.
+                    debug!(%status, "map request stream ended abnormally");
                     break;
                 }
-                let reply = tokio::select! {
-                    msg = inbound.message(), if inbound_open => match msg {
-                        Ok(Some(mut req)) => {
-                            if req.function.is_empty() {
-                                req.function.clone_from(&default_function);
-                            } else if default_function.is_empty() {
-                                default_function.clone_from(&req.function);
-                            }
-                            let waiter = Waiter { tx: done_tx.clone(), tag: req.seq };
-                            let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
-                            match hub.update(|s, now, fx| s.submit(sub, Some(waiter), now, fx)) {
-                                Ok(_) => { outstanding += 1; continue; }
-                                Err(e) => pb::MapResponse { seq: req.seq, result: None, rejected: e.to_string() },
-                            }
-                        }
-                        Ok(None) => { inbound_open = false; continue; }
-                        Err(status) => {
-                            // The client broke the call: its tasks still run, results stay retrievable.
-                            debug!(%status, "map request stream ended abnormally");
-                            break;
-                        }
-                    },
-                    Some(c) = done_rx.recv() => {
+            },
+            Some((seq, (id, sub, outcome))) = writes.next() => {
+                let waiter = Waiter { tx: done_tx.clone(), tag: seq };
+                match finish_accept(&hub, id, sub, outcome, Some(waiter)) {
+                    Ok(_) => continue,
+                    Err(e) => {
                         outstanding -= 1;
-                        pb::MapResponse { seq: c.tag, result: Some(c.result.as_ref().clone()), rejected: String::new() }
+                        rejected(seq, &e)
                     }
-                };
-                if out_tx.send(Ok(reply)).await.is_err() {
-                    break;
                 }
             }
-        });
-        Ok(Response::new(ReceiverStream::new(out_rx)))
+            Some(c) = done_rx.recv() => {
+                outstanding -= 1;
+                pb::MapResponse { seq: c.tag, result: Some(c.result.as_ref().clone()), rejected: String::new() }
+            }
+        };
+        if out.send(Ok(reply)).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn rejected(seq: u64, e: &Error) -> pb::MapResponse {
+    pb::MapResponse {
+        seq,
+        result: None,
+        rejected: e.to_string(),
     }
 }

@@ -29,7 +29,7 @@ use tracing::{debug, info};
 use crate::config::{Config, SpawnerKind};
 use crate::scheduler::{self, IdleAction, Rules, StopReason, Verdict, WorkerView};
 
-pub use tasks::{Completion, Submission, Waiter};
+pub use tasks::{Completion, Reserved, Submission, Waiter};
 pub use workers::StreamEnd;
 
 /// A worker's id, unique among the workers of one coordinator.
@@ -104,6 +104,8 @@ struct Task {
     waiters: Vec<Waiter>,
     /// Per-attempt limit.
     timeout: Option<Duration>,
+    /// Its idempotency key (empty: none), forgotten with it.
+    key: String,
 }
 
 /// A connected worker.
@@ -227,6 +229,12 @@ pub struct State {
     draining: bool,
     /// Idempotency keys of submissions, to their task.
     keys: HashMap<String, TaskId>,
+    /// Waiters for tasks reserved but not yet inserted (their accept is being written).
+    early_waiters: HashMap<TaskId, Vec<Waiter>>,
+    /// Finished tasks in the order they finished, for the retention sweep.
+    finished: VecDeque<(Instant, TaskId)>,
+    /// Where accepted tasks and results are written, with `--state-dir`.
+    journal: Option<crate::journal::Journal>,
 }
 
 impl State {
@@ -245,7 +253,15 @@ impl State {
             started_at: now,
             draining: false,
             keys: HashMap::new(),
+            early_waiters: HashMap::new(),
+            finished: VecDeque::new(),
+            journal: None,
         }
+    }
+
+    /// Writes results to `journal` from now on.
+    pub fn set_journal(&mut self, journal: crate::journal::Journal) {
+        self.journal = Some(journal);
     }
 
     /// The map's own key for `name`, creating the function's entry on first use.

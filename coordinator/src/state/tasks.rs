@@ -11,6 +11,7 @@ use tracing::{debug, info};
 use super::{Effects, State, Task, TaskId, unix_ms};
 use crate::config::BUILTIN_FUNCTIONS;
 use crate::error::{Error, Result};
+use crate::journal::Recovered;
 
 /// A finished task, delivered to whoever waits for it.
 #[derive(Clone, Debug)]
@@ -19,6 +20,15 @@ pub struct Completion {
     pub tag: u64,
     /// The final result.
     pub result: Arc<pb::TaskResult>,
+}
+
+/// The id a submission gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reserved {
+    /// A new task with this id.
+    New(TaskId),
+    /// Its idempotency key already names this task.
+    Existing(TaskId),
 }
 
 /// A task as a client submits it.
@@ -88,7 +98,9 @@ impl State {
 
     /// Accepts a task into its function's pool and places it at once if a worker can
     /// take it; `waiter` (if any) gets its result. A known idempotency key returns the
-    /// task it was first used for (and `waiter` follows that task).
+    /// task it was first used for (and `waiter` follows that task). Without a journal this
+    /// is the whole of a submission; with one, the service calls [`State::reserve`], writes
+    /// the task, then [`State::insert`].
     pub fn submit(
         &mut self,
         sub: Submission,
@@ -96,42 +108,85 @@ impl State {
         now: Instant,
         fx: &mut Effects,
     ) -> Result<TaskId> {
-        if let Some(&existing) = self.keys.get(&sub.key)
-            && let Some(task) = self.tasks.get_mut(&existing)
-        {
-            if let Some(w) = waiter {
-                match &task.result {
-                    Some(r) => w.notify(r),
-                    None => task.waiters.push(w),
+        match self.reserve(&sub)? {
+            Reserved::Existing(id) => {
+                if let Some(w) = waiter {
+                    self.follow(id, w);
                 }
+                Ok(id)
             }
+            Reserved::New(id) => {
+                self.insert(id, sub, waiter, now, fx);
+                Ok(id)
+            }
+        }
+    }
+
+    /// Checks a submission and gives it an id (or the id its idempotency key already has),
+    /// changing nothing else.
+    pub fn reserve(&mut self, sub: &Submission) -> Result<Reserved> {
+        if let Some(&existing) = self.keys.get(&sub.key) {
             debug!(task = existing, "idempotent resubmission");
-            return Ok(existing);
+            return Ok(Reserved::Existing(existing));
         }
         self.validate(&sub.function, sub.payload.len())?;
         let pending: u64 = self.functions.values().map(|f| f.pending).sum();
         if pending >= self.config.max_pending {
             return Err(Error::PoolFull(pending));
         }
-        let function = sub.function.as_str();
-        let key = self.function_key(function);
         let id = self.next_task;
         self.next_task += 1;
         if !sub.key.is_empty() {
-            self.keys.insert(sub.key, id);
+            self.keys.insert(sub.key.clone(), id);
         }
+        Ok(Reserved::New(id))
+    }
+
+    /// Undoes a reservation whose task could not be written.
+    pub fn unreserve(&mut self, id: TaskId, key: &str) {
+        if self.keys.get(key) == Some(&id) {
+            self.keys.remove(key);
+        }
+        self.early_waiters.remove(&id);
+    }
+
+    /// Makes `waiter` follow task `id` (now, if it has finished).
+    pub fn follow(&mut self, id: TaskId, waiter: Waiter) {
+        match self.tasks.get_mut(&id) {
+            Some(task) => match &task.result {
+                Some(r) => waiter.notify(r),
+                None => task.waiters.push(waiter),
+            },
+            None => self.early_waiters.entry(id).or_default().push(waiter),
+        }
+    }
+
+    /// Puts a reserved task in its pool and places it.
+    pub fn insert(
+        &mut self,
+        id: TaskId,
+        sub: Submission,
+        waiter: Option<Waiter>,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        let function = sub.function.as_str();
+        let key = self.function_key(function);
+        let mut waiters: Vec<Waiter> = self.early_waiters.remove(&id).unwrap_or_default();
+        waiters.extend(waiter);
         self.tasks.insert(
             id,
             Task {
                 function: key.clone(),
                 payload: sub.payload,
                 timeout: sub.timeout,
+                key: sub.key,
                 state: TaskState::Pending,
                 attempts: 0,
                 worker: None,
                 submitted_unix_ms: unix_ms(),
                 result: None,
-                waiters: waiter.into_iter().collect(),
+                waiters,
             },
         );
         if let Some(f) = self.functions.get_mut(&key) {
@@ -140,11 +195,88 @@ impl State {
         }
         debug!(task = id, function, "submitted");
         self.dispatch(function, now, fx);
-        Ok(id)
+    }
+
+    /// Loads what a journal held: unfinished tasks go back to their pools (in id order),
+    /// finished ones keep their results; keys and the id counter carry on.
+    pub fn restore(&mut self, recovered: Recovered, now: Instant, fx: &mut Effects) {
+        let mut functions = Vec::new();
+        let (mut pending, mut done) = (0usize, 0usize);
+        for (id, stored) in recovered.tasks {
+            let key = self.function_key(&stored.function);
+            if !stored.key.is_empty() {
+                self.keys.insert(stored.key.clone(), id);
+            }
+            let result = stored.result.map(Arc::new);
+            let state = result.as_ref().map_or(TaskState::Pending, |r| r.state());
+            self.tasks.insert(
+                id,
+                Task {
+                    function: key.clone(),
+                    payload: stored.payload,
+                    timeout: (stored.timeout_ms > 0).then(|| Duration::from_millis(stored.timeout_ms)),
+                    key: stored.key,
+                    state,
+                    attempts: result.as_ref().map_or(0, |r| r.attempts),
+                    worker: None,
+                    submitted_unix_ms: stored.submitted_unix_ms,
+                    result,
+                    waiters: Vec::new(),
+                },
+            );
+            if let Some(f) = self.functions.get_mut(&key) {
+                match state {
+                    TaskState::Pending => {
+                        f.pool.push_back(id);
+                        f.pending += 1;
+                        pending += 1;
+                    }
+                    TaskState::Succeeded => f.succeeded += 1,
+                    TaskState::Failed => f.failed += 1,
+                    _ => f.cancelled += 1,
+                }
+            }
+            if state != TaskState::Pending {
+                done += 1;
+                self.finished.push_back((now, id));
+            }
+            if !functions.contains(&key) {
+                functions.push(key);
+            }
+        }
+        self.next_task = self.next_task.max(recovered.next_id);
+        info!(
+            pending,
+            done,
+            next_id = self.next_task,
+            "restored from the journal"
+        );
+        for f in functions {
+            self.dispatch(&f, now, fx);
+        }
+    }
+
+    /// Forgets finished tasks older than the retention (memory and journal).
+    pub(super) fn expire(&mut self, now: Instant) {
+        let retention = self.config.result_retention;
+        while let Some(&(at, id)) = self.finished.front() {
+            if now.saturating_duration_since(at) < retention {
+                break;
+            }
+            self.finished.pop_front();
+            if let Some(task) = self.tasks.remove(&id) {
+                if !task.key.is_empty() {
+                    self.keys.remove(&task.key);
+                }
+                if let Some(j) = &self.journal {
+                    j.forget(id);
+                }
+            }
+        }
     }
 
     /// Records a task's final result, wakes its waiters and frees its payload.
-    pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult) {
+    pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult, now: Instant) {
         let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
@@ -162,7 +294,11 @@ impl State {
         for w in task.waiters.drain(..) {
             w.notify(&result);
         }
+        if let Some(j) = &self.journal {
+            j.finish(id, result.clone());
+        }
         task.result = Some(result);
+        self.finished.push_back((now, id));
     }
 
     /// Cancels a task: a pending one leaves the pool, a running one is cancelled on its
@@ -209,6 +345,7 @@ impl State {
                 attempts,
                 ..Default::default()
             },
+            now,
         );
         if let Some(wid) = worker {
             self.dispatch(&function, now, fx);

@@ -440,3 +440,28 @@ fn impossible_samples_and_results_for_tasks_never_held_are_violations() {
         "a refused result changed the task"
     );
 }
+
+#[test]
+fn results_are_forgotten_after_the_retention_with_their_key() {
+    let (mut s, now) = state(Config {
+        result_retention: Duration::from_secs(60),
+        ..external()
+    });
+    let (_, mut rx) = connect(&mut s, "a", 1, now);
+    let mut fx = Effects::default();
+    let sub = Submission {
+        key: "once".into(),
+        ..Submission::new("f", Bytes::new())
+    };
+    let t = s.submit(sub.clone(), None, now, &mut fx).expect("submit");
+    assert_eq!(assigned(&mut rx), vec![t]);
+    s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut fx)
+        .expect("result");
+    s.sweep(now + Duration::from_secs(59), &mut fx);
+    assert!(s.get(t).is_ok(), "forgotten before the retention");
+    s.sweep(now + Duration::from_secs(60), &mut fx);
+    assert!(matches!(s.get(t), Err(crate::Error::UnknownTask(_))));
+    // The key is free again: it names a new task now.
+    let again = s.submit(sub, None, now, &mut fx).expect("submit");
+    assert_ne!(again, t);
+}

@@ -275,6 +275,7 @@ impl State {
                     started_unix_ms: r.started_unix_ms,
                     finished_unix_ms: r.finished_unix_ms,
                 },
+                now,
             );
         }
         self.dispatch(&function, now, fx);
@@ -319,7 +320,7 @@ impl State {
 
     /// Returns running task attempts to the front of their pool, in order, or fails those
     /// out of attempts with `cause`. The caller has removed them from their worker.
-    fn give_back(&mut self, tasks: &[(TaskId, u32)], cause: &str, _now: Instant) {
+    fn give_back(&mut self, tasks: &[(TaskId, u32)], cause: &str, now: Instant) {
         let max_attempts = self.config.max_attempts;
         for &(task_id, attempt) in tasks.iter().rev() {
             let Some(t) = self.tasks.get_mut(&task_id) else {
@@ -351,6 +352,7 @@ impl State {
                         attempts,
                         ..Default::default()
                     },
+                    now,
                 );
             } else {
                 warn!(task = task_id, attempt, cause, "task back to the pool");
@@ -395,6 +397,7 @@ impl State {
     /// The liveness sweep: finalizes workers silent past their lease and detached workers
     /// past the reconnect grace.
     pub fn sweep(&mut self, now: Instant, fx: &mut Effects) {
+        self.expire(now);
         let lease = self.config.liveness_lease();
         let grace = self.config.reconnect_grace;
         let mut gone = Vec::new();

@@ -1,0 +1,249 @@
+//! Accepted means durable: the embedded journal behind `--state-dir`.
+//!
+//! One writer thread owns the redb database. Operations queue on a channel; the writer
+//! takes everything queued, writes it in one transaction, commits (one fsync) and only then
+//! acknowledges: concurrent submissions share a commit (group commit), so durability costs
+//! an fsync per batch, not per task. Results are written the same way but nobody waits for
+//! them: a result lost in a crash means the task runs again (at-least-once).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use carpool_proto::Bytes;
+use carpool_proto::pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info};
+
+use crate::error::{Error, Result};
+
+const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_ID: &str = "next_task_id";
+/// Most operations written in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// A task as stored: what is needed to run it again, and its result once known.
+#[derive(Clone, PartialEq, Message)]
+pub struct StoredTask {
+    /// The function it was submitted to.
+    #[prost(string, tag = "1")]
+    pub function: String,
+    /// Its input (emptied once it has a result).
+    #[prost(bytes = "bytes", tag = "2")]
+    pub payload: Bytes,
+    /// Per-attempt timeout in ms (0: the default).
+    #[prost(uint64, tag = "3")]
+    pub timeout_ms: u64,
+    /// Idempotency key (empty: none).
+    #[prost(string, tag = "4")]
+    pub key: String,
+    /// When it was accepted, Unix ms.
+    #[prost(uint64, tag = "5")]
+    pub submitted_unix_ms: u64,
+    /// Its final result, once it has one.
+    #[prost(message, optional, tag = "6")]
+    pub result: Option<pb::TaskResult>,
+}
+
+enum Op {
+    Accept(u64, Box<StoredTask>, oneshot::Sender<Result<(), String>>),
+    Finish(u64, Arc<pb::TaskResult>),
+    Forget(u64),
+}
+
+/// The handle the coordinator writes through; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    ops: mpsc::UnboundedSender<Op>,
+}
+
+/// What a journal held when it was opened.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Every stored task by id, in id order.
+    pub tasks: Vec<(u64, StoredTask)>,
+    /// The first id never handed out.
+    pub next_id: u64,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Journal")
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `dir` and starts its writer thread.
+    pub fn open(dir: &Path) -> Result<(Self, Recovered)> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::create(dir.join("carpool.redb")).map_err(storage)?;
+        let recovered = load(&db)?;
+        info!(dir = %dir.display(), tasks = recovered.tasks.len(), next_id = recovered.next_id, "journal opened");
+        let (ops, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("carpool-journal".into())
+            .spawn(move || writer(db, rx))?;
+        Ok((Self { ops }, recovered))
+    }
+
+    /// Stores a new task; resolves once it is on disk.
+    pub async fn accept(&self, id: u64, task: StoredTask) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        self.ops
+            .send(Op::Accept(id, Box::new(task), done))
+            .map_err(|_| Error::Journal("the journal writer has stopped".into()))?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Journal(e)),
+            Err(_) => Err(Error::Journal("the journal writer has stopped".into())),
+        }
+    }
+
+    /// Records a task's result (not waited for).
+    pub fn finish(&self, id: u64, result: Arc<pb::TaskResult>) {
+        let _ = self.ops.send(Op::Finish(id, result));
+    }
+
+    /// Drops a task whose retention has passed (not waited for).
+    pub fn forget(&self, id: u64) {
+        let _ = self.ops.send(Op::Forget(id));
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::Journal(e.to_string())
+}
+
+fn load(db: &Database) -> Result<Recovered> {
+    // Create the tables on first use so that reading never fails on a fresh directory.
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        txn.open_table(TASKS).map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)?;
+    let txn = db.begin_read().map_err(storage)?;
+    let tasks_table = txn.open_table(TASKS).map_err(storage)?;
+    let mut tasks = Vec::new();
+    for entry in tasks_table.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        let task =
+            StoredTask::decode(v.value()).map_err(|e| Error::Journal(format!("task {}: {e}", k.value())))?;
+        tasks.push((k.value(), task));
+    }
+    let meta = txn.open_table(META).map_err(storage)?;
+    let stored_next = meta.get(NEXT_ID).map_err(storage)?.map_or(1, |v| v.value());
+    let next_id = stored_next.max(tasks.last().map_or(1, |(id, _)| id + 1));
+    Ok(Recovered { tasks, next_id })
+}
+
+fn writer(db: Database, mut rx: mpsc::UnboundedReceiver<Op>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let outcome = write(&db, &batch).map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            error!(error = %e, ops = batch.len(), "journal write failed");
+        }
+        for op in batch {
+            if let Op::Accept(_, _, done) = op {
+                let _ = done.send(outcome.clone());
+            }
+        }
+    }
+}
+
+fn write(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut tasks = txn.open_table(TASKS)?;
+        let mut next_id = None;
+        for op in batch {
+            match op {
+                Op::Accept(id, task, _) => {
+                    tasks.insert(*id, task.encode_to_vec().as_slice())?;
+                    next_id = next_id.max(Some(id + 1));
+                }
+                Op::Finish(id, result) => {
+                    // Keep what is needed to report it; the input is no longer needed.
+                    let mut stored = match tasks.get(*id)? {
+                        Some(v) => StoredTask::decode(v.value()).unwrap_or_default(),
+                        None => continue, // forgotten already
+                    };
+                    stored.payload = Bytes::new();
+                    stored.result = Some(result.as_ref().clone());
+                    tasks.insert(*id, stored.encode_to_vec().as_slice())?;
+                }
+                Op::Forget(id) => {
+                    tasks.remove(*id)?;
+                }
+            }
+        }
+        if let Some(next) = next_id {
+            let mut meta = txn.open_table(META)?;
+            let current = meta.get(NEXT_ID)?.map_or(1, |v| v.value());
+            meta.insert(NEXT_ID, current.max(next))?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(function: &str) -> StoredTask {
+        StoredTask {
+            function: function.into(),
+            payload: Bytes::from_static(b"in"),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_tasks_and_results_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let (j, rec) = Journal::open(dir.path()).expect("open");
+            assert_eq!((rec.tasks.len(), rec.next_id), (0, 1));
+            j.accept(1, task("echo")).await.expect("accept 1");
+            j.accept(2, task("echo")).await.expect("accept 2");
+            j.accept(3, task("echo")).await.expect("accept 3");
+            j.finish(
+                1,
+                Arc::new(pb::TaskResult {
+                    task_id: 1,
+                    state: 3,
+                    ..Default::default()
+                }),
+            );
+            j.forget(3);
+            // An accept after them is acknowledged only once everything before it is written.
+            j.accept(4, task("spin")).await.expect("accept 4");
+        }
+        // The writer thread may still hold the file briefly after the handle is dropped.
+        let mut reopened = None;
+        for _ in 0..500 {
+            if let Ok((_, rec)) = Journal::open(dir.path()) {
+                reopened = Some(rec);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let rec = reopened.expect("the journal reopens");
+        let ids: Vec<u64> = rec.tasks.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![1, 2, 4]);
+        assert_eq!(rec.next_id, 5, "ids are never reused, even after a forget");
+        let first = &rec.tasks[0].1;
+        assert!(first.result.is_some() && first.payload.is_empty());
+        assert!(rec.tasks[1].1.result.is_none());
+    }
+}
