@@ -8,13 +8,11 @@
 pub mod demo;
 pub mod render;
 
-use std::time::Duration;
-
 use carpool_proto::pb::{self, cluster_client::ClusterClient, tasks_client::TasksClient};
-use carpool_proto::{Bearer, Bytes, Secret, payload};
+use carpool_proto::{Bearer, Bytes, Secret, TlsOptions, payload};
 use futures::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use carpool_proto::pb::{MapResponse, StatsResponse, TaskInfo, TaskResult, TaskState, WorkerInfo};
 
@@ -43,6 +41,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct ConnectOptions {
     /// The client token, if the coordinator requires one.
     pub token: Option<Secret>,
+    /// TLS settings for an `https://` URL.
+    pub tls: TlsOptions,
 }
 
 type Authed = InterceptedService<Channel, Bearer>;
@@ -55,19 +55,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url`, e.g. `http://127.0.0.1:50051`, with HTTP/2 keepalive on.
+    /// Connects to `url`, e.g. `http://127.0.0.1:50051` (or `https://…`), with HTTP/2
+    /// keepalive on.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::connect_with(url, &ConnectOptions::default()).await
     }
 
     /// Connects with a token (and, later, other options).
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self> {
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| Error::BadUrl(url.to_owned(), e.to_string()))?
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
+        let channel = carpool_proto::endpoint(url, &options.tls)
+            .map_err(|e| Error::BadUrl(url.to_owned(), e))?
             .connect()
             .await
             .map_err(|e| Error::Connect(url.to_owned(), e.to_string()))?;

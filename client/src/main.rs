@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use carpool_client::demo::{self, DemoOptions};
 use carpool_client::{Client, ConnectOptions, render};
-use carpool_proto::{Bytes, Secret};
+use carpool_proto::{Bytes, Secret, TlsOptions};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use indicatif::ProgressBar;
@@ -36,6 +36,12 @@ struct Cli {
     /// File holding the client token.
     #[arg(long, global = true, env = "CARPOOL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// PEM of the CA that signed the coordinator's certificate (for an https:// URL).
+    #[arg(long, global = true, env = "CARPOOL_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The name to verify the coordinator's certificate against, if not the URL's host.
+    #[arg(long, global = true, env = "CARPOOL_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -149,7 +155,15 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         )),
         (None, None) => None,
     };
-    let options = ConnectOptions { token };
+    let ca_pem = match &cli.tls_ca {
+        Some(p) => Some(std::fs::read(p).map_err(|e| format!("--tls-ca {}: {e}", p.display()))?),
+        None => None,
+    };
+    let tls = TlsOptions {
+        ca_pem,
+        domain: cli.tls_domain.clone(),
+    };
+    let options = ConnectOptions { token, tls };
     let client = Client::connect_with(&cli.coordinator, &options)
         .await
         .map_err(|e| e.to_string())?;

@@ -80,6 +80,8 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// How long a finished task's result stays retrievable.
     pub result_retention: Duration,
+    /// Serve TLS with this identity; `None`: plaintext.
+    pub tls: Option<ServerTls>,
     /// Token workers must present on the Workers service; `None` admits any worker.
     pub worker_token: Option<Secret>,
     /// Token clients must present on Tasks and Cluster; `None` admits any client.
@@ -113,9 +115,33 @@ impl Default for Config {
             max_pending: 1_000_000,
             state_dir: None,
             result_retention: Duration::from_secs(3600),
+            tls: None,
             worker_token: None,
             client_token: None,
         }
+    }
+}
+
+/// The coordinator's TLS identity, and what local workers need to verify it.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// PEM certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// PEM private key.
+    pub key_pem: Vec<u8>,
+    /// The CA file local workers verify the certificate with (the certificate itself when
+    /// it is self-signed).
+    pub worker_ca: PathBuf,
+    /// The name in the certificate that local workers verify (they dial 127.0.0.1).
+    pub worker_domain: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("worker_ca", &self.worker_ca)
+            .field("worker_domain", &self.worker_domain)
+            .finish_non_exhaustive()
     }
 }
 

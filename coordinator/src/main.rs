@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use carpool_coordinator::auth::Secret;
+use carpool_coordinator::config::ServerTls;
 use carpool_coordinator::{Config, Placement, SpawnerKind};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
@@ -90,6 +91,19 @@ struct Cli {
     /// How long a finished task's result stays retrievable with Get, e.g. "1h".
     #[arg(long, env = "CARPOOL_RESULT_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
     result_retention: Duration,
+    /// Serve TLS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, env = "CARPOOL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "CARPOOL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA file local workers verify the certificate with [default: --tls-cert, right for
+    /// a self-signed certificate].
+    #[arg(long, env = "CARPOOL_TLS_WORKER_CA")]
+    tls_worker_ca: Option<PathBuf>,
+    /// The certificate name local workers verify (they dial 127.0.0.1).
+    #[arg(long, env = "CARPOOL_TLS_DOMAIN", default_value = "localhost")]
+    tls_domain: String,
     /// Token workers must send (`authorization: Bearer …`) [default: none required].
     #[arg(
         long,
@@ -186,6 +200,20 @@ impl Cli {
     fn into_config(self) -> Result<Config, String> {
         let worker_token = token(self.worker_token, self.worker_token_file, "--worker-token")?;
         let client_token = token(self.client_token, self.client_token_file, "--client-token")?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &PathBuf, flag: &str| {
+                    std::fs::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
+                };
+                Some(ServerTls {
+                    cert_pem: read(cert, "--tls-cert")?,
+                    key_pem: read(key, "--tls-key")?,
+                    worker_ca: self.tls_worker_ca.clone().unwrap_or_else(|| cert.clone()),
+                    worker_domain: self.tls_domain.clone(),
+                })
+            }
+            _ => None,
+        };
         Ok(Config {
             spawner: match self.spawner {
                 SpawnerArg::Local => SpawnerKind::Local,
@@ -215,6 +243,7 @@ impl Cli {
             liveness_intervals: self.liveness_intervals.max(1),
             task_timeout: self.task_timeout,
             max_pending: self.max_pending,
+            tls,
             state_dir: self.state_dir,
             result_retention: self.result_retention,
             worker_token,

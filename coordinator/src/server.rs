@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::{debug, info, warn};
 
 use crate::auth::bearer;
@@ -38,13 +39,14 @@ pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// The URL workers on this machine dial to reach `addr` (an unspecified address becomes
 /// loopback).
-pub fn local_url(addr: SocketAddr) -> String {
+pub fn local_url(addr: SocketAddr, tls: bool) -> String {
     let ip = if addr.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {
         addr.ip()
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Serves the coordinator on `listener` until `shutdown` resolves, then tells every worker
@@ -54,7 +56,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let config = Arc::new(config);
     let stop = CancellationToken::new();
     let spawner: Arc<dyn Spawner> = match config.spawner {
-        SpawnerKind::Local => Arc::new(LocalSpawner::new(&config, local_url(addr))?),
+        SpawnerKind::Local => Arc::new(LocalSpawner::new(&config, local_url(addr, config.tls.is_some()))?),
         SpawnerKind::External => Arc::new(ExternalSpawner),
     };
     let (journal, recovered) = match &config.state_dir {
@@ -90,7 +92,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .saturating_add(64 * 1024);
 
     let server_stop = CancellationToken::new();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_nodelay(true)

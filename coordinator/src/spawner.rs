@@ -48,6 +48,7 @@ pub struct LocalSpawner {
     exec_functions: Vec<(String, String)>,
     log: Option<String>,
     token: Option<crate::auth::Secret>,
+    tls: Option<(PathBuf, String)>,
     cpus: usize,
     next_cpu: AtomicUsize,
 }
@@ -72,6 +73,10 @@ impl LocalSpawner {
             exec_functions: config.exec_functions.clone(),
             log: config.worker_log.clone(),
             token: config.worker_token.clone(),
+            tls: config
+                .tls
+                .as_ref()
+                .map(|t| (t.worker_ca.clone(), t.worker_domain.clone())),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             next_cpu: AtomicUsize::new(0),
         })
@@ -114,6 +119,9 @@ impl LocalSpawner {
             .find(|(n, _)| n == request.function.as_ref())
         {
             cmd.arg("--exec").arg(exec);
+        }
+        if let Some((ca, domain)) = &self.tls {
+            cmd.arg("--tls-ca").arg(ca).arg("--tls-domain").arg(domain);
         }
         if let Some(token) = &self.token {
             // Through the environment, not argv, which any local user can read.

@@ -47,7 +47,7 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Coordinator {
     child: Child,
     log: PathBuf,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (for a coordinator serving TLS, swap in `https://`).
     pub url: String,
 }
 

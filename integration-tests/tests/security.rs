@@ -24,6 +24,7 @@ async fn tokens_guard_every_service_and_never_reach_the_log() {
     let coord = Coordinator::start(&["--client-token", CLIENT_TOKEN, "--worker-token", WORKER_TOKEN]);
     let with = |token: Option<&str>| ConnectOptions {
         token: token.map(Secret::new),
+        ..Default::default()
     };
 
     // The right token: local workers got theirs from the spawner, so the task runs.
@@ -87,5 +88,72 @@ async fn tokens_guard_every_service_and_never_reach_the_log() {
     );
     for secret in [CLIENT_TOKEN, WORKER_TOKEN, WRONG_TOKEN] {
         assert!(!log.contains(secret), "the log shows a token");
+    }
+}
+
+#[tokio::test]
+async fn tls_end_to_end_with_a_throwaway_certificate() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("certificate");
+    let dir = std::env::temp_dir().join(format!("carpool-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let (cert_s, key_s) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    );
+    let coord = Coordinator::start(&[
+        "--tls-cert",
+        &cert_s,
+        "--tls-key",
+        &key_s,
+        "--client-token",
+        CLIENT_TOKEN,
+    ]);
+    let url = coord.url.replace("http://", "https://");
+
+    // Local workers dial back over TLS (they get the CA and the name from the spawner),
+    // so a task that runs proves both directions.
+    let tls = carpool_proto::TlsOptions {
+        ca_pem: Some(certified.cert.pem().into_bytes()),
+        domain: Some("localhost".into()),
+    };
+    let options = ConnectOptions {
+        token: Some(Secret::new(CLIENT_TOKEN)),
+        tls: tls.clone(),
+    };
+    let client = Client::connect_with(&url, &options).await.expect("TLS connect");
+    let r = client.run("echo", "over tls").await.expect("run");
+    assert_eq!(r.state(), pb::TaskState::Succeeded, "{r:?}");
+    assert_eq!(
+        carpool_proto::payload::into_bytes(r.output),
+        "over tls".as_bytes()
+    );
+
+    // Plaintext to the TLS port fails, and so does TLS without trusting the certificate.
+    let plain = Client::connect_with(&coord.url, &with_token()).await;
+    let plain_failed = match plain {
+        Err(_) => true,
+        Ok(c) => c.stats().await.is_err(),
+    };
+    assert!(plain_failed, "plaintext was served on the TLS port");
+    let untrusted = ConnectOptions {
+        token: Some(Secret::new(CLIENT_TOKEN)),
+        ..Default::default()
+    };
+    let untrusted_failed = match Client::connect_with(&url, &untrusted).await {
+        Err(_) => true,
+        Ok(c) => c.stats().await.is_err(),
+    };
+    assert!(untrusted_failed, "an untrusted certificate was accepted");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn with_token() -> ConnectOptions {
+    ConnectOptions {
+        token: Some(Secret::new(CLIENT_TOKEN)),
+        ..Default::default()
     }
 }

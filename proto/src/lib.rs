@@ -4,6 +4,7 @@
 //! - [`pb`] holds the generated messages, clients and servers of package `carpool.v1`.
 //! - [`FILE_DESCRIPTOR_SET`] is the encoded descriptor, served through gRPC reflection.
 //! - [`payload`] converts between the wire [`pb::Payload`] and plain bytes.
+//! - [`endpoint`]: how clients and workers dial (keepalive, TLS).
 //! - [`auth`]: the bearer-token [`Secret`] and the [`Bearer`] interceptor clients and workers use.
 
 #![allow(missing_docs, unreachable_pub)]
@@ -11,7 +12,9 @@
 pub use bytes::Bytes;
 
 pub mod auth;
+pub mod endpoint;
 pub use auth::{Bearer, Secret};
+pub use endpoint::{TlsOptions, endpoint};
 
 /// Generated code of package `carpool.v1`.
 pub mod pb {

@@ -41,6 +41,13 @@ pub struct WorkerArgs {
     /// How long to keep reconnecting after the stream to the coordinator breaks.
     #[arg(long, env = "CARPOOL_RECONNECT_FOR", default_value = "60s", value_parser = humantime::parse_duration)]
     pub reconnect_for: Duration,
+    /// PEM of the CA that signed the coordinator's certificate (for an https:// URL)
+    /// [default: the system's roots].
+    #[arg(long, env = "CARPOOL_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// The name to verify the coordinator's certificate against, if not the URL's host.
+    #[arg(long, env = "CARPOOL_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
     /// The coordinator's worker token (`authorization: Bearer …`).
     #[arg(
         long,
@@ -71,6 +78,11 @@ impl WorkerArgs {
         c.timeout = self.timeout;
         c.cpus.clone_from(&self.cpus);
         c.reconnect_for = self.reconnect_for;
+        c.tls.domain.clone_from(&self.tls_domain);
+        if let Some(path) = &self.tls_ca {
+            c.tls.ca_pem =
+                Some(std::fs::read(path).map_err(|e| format!("--tls-ca {}: {e}", path.display()))?);
+        }
         c.token = match (&self.token, &self.token_file) {
             (Some(t), _) => Some(carpool_proto::Secret::new(t)),
             (None, Some(path)) => Some(carpool_proto::Secret::new(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use carpool_proto::Secret;
+use carpool_proto::{Secret, TlsOptions};
 
 use crate::sampler::MemorySource;
 
@@ -31,6 +31,8 @@ pub struct WorkerConfig {
     pub memory_source: MemorySource,
     /// How long to keep trying to reconnect after the stream breaks before giving up.
     pub reconnect_for: Duration,
+    /// TLS settings for an `https://` coordinator URL.
+    pub tls: TlsOptions,
     /// The token the coordinator's Workers service requires, if any.
     pub token: Option<Secret>,
 }
@@ -52,6 +54,7 @@ impl WorkerConfig {
             instance: format!("pid {pid}"),
             memory_source: MemorySource::Process,
             reconnect_for: Duration::from_secs(60),
+            tls: TlsOptions::default(),
             token: None,
         }
     }

@@ -10,17 +10,17 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carpool_proto::Bearer;
 use carpool_proto::pb::workers_client::WorkersClient;
 use carpool_proto::pb::{
     self, CoordinatorMessage, WorkerMessage, coordinator_message::Kind as Down, worker_message::Kind as Up,
     worker_task_result::Outcome,
 };
+use carpool_proto::{Bearer, TlsOptions};
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 use crate::config::WorkerConfig;
@@ -28,10 +28,6 @@ use crate::error::{Error, Result};
 use crate::handler::{Handler, Outcome as HandlerOutcome, Task};
 use crate::sampler::Sampler;
 
-/// HTTP/2 keepalive from the worker side (tonic leaves it off).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-/// How long a keepalive ping may go unanswered before the stream is declared dead.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a finished session waits for the coordinator to close its side.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Outgoing messages queued before the session waits for the transport.
@@ -61,15 +57,9 @@ pub struct Summary {
     pub reason: EndReason,
 }
 
-/// Opens a channel to the coordinator with keepalive on.
-pub async fn dial(url: &str) -> Result<Channel> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| Error::BadUrl(url.to_owned(), e.to_string()))?
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10));
+/// Opens a channel to the coordinator (keepalive on, TLS for `https://`).
+pub async fn dial(url: &str, tls: &TlsOptions) -> Result<Channel> {
+    let endpoint = carpool_proto::endpoint(url, tls).map_err(|e| Error::BadUrl(url.to_owned(), e))?;
     endpoint
         .connect()
         .await
@@ -158,7 +148,7 @@ impl<H: Handler> Session<H> {
     /// One connection: hello, welcome, then serve until Shutdown-and-idle, the deadline, or
     /// an error (a broken stream is retryable; a refusal is not).
     async fn connection(&mut self, deadline: tokio::time::Instant) -> Result<EndReason> {
-        let channel = dial(&self.config.coordinator_url).await?;
+        let channel = dial(&self.config.coordinator_url, &self.config.tls).await?;
         let bearer = Bearer::new(self.config.token.as_ref()).map_err(Error::Config)?;
         let mut client = WorkersClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(usize::MAX)

@@ -1,0 +1,48 @@
+//! How clients and workers dial a coordinator: HTTP/2 keepalive on (tonic leaves it off;
+//! load balancers cut idle connections and a frozen Lambda stops answering), and TLS for
+//! `https://` URLs.
+
+use std::time::Duration;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+/// Interval of HTTP/2 keepalive pings.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a ping may go unanswered before the connection is declared dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// TLS settings for `https://` coordinator URLs.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// PEM of the CA that signed the coordinator's certificate; `None`: the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The name to verify the certificate against, when it differs from the URL's host
+    /// (e.g. dialing 127.0.0.1 with a certificate for `localhost`).
+    pub domain: Option<String>,
+}
+
+/// An endpoint for `url` with keepalive, and TLS when the URL is `https://`.
+pub fn endpoint(url: &str, tls: &TlsOptions) -> Result<Endpoint, String> {
+    let mut ep = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("invalid coordinator url {url:?}: {e}"))?
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10));
+    if url.starts_with("https://") {
+        let mut config = match &tls.ca_pem {
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        ep = ep
+            .tls_config(config)
+            .map_err(|e| format!("TLS settings for {url}: {e}"))?;
+    } else if tls.ca_pem.is_some() {
+        return Err(format!("a TLS CA was given but {url} is not an https:// URL"));
+    }
+    Ok(ep)
+}
