@@ -114,10 +114,17 @@ async fn a_task_out_of_attempts_fails_and_says_why() {
     );
 }
 
+/// Waits until the task is assigned and its worker has reported it running (a worker
+/// samples right after it starts a task): only then is the task really on the worker.
 async fn running_on(client: &carpool_client::Client, id: u64) -> pb::TaskInfo {
-    eventually("the task to run", || async {
+    eventually("the task to run on its worker", || async {
         let info = client.get(id).await.ok()?;
-        (info.state() == pb::TaskState::Running).then_some(info)
+        if info.state() != pb::TaskState::Running {
+            return None;
+        }
+        let workers = client.workers("").await.ok()?;
+        let w = workers.iter().find(|w| w.worker_id == info.worker_id)?;
+        (w.last_sample?.running_tasks >= 1).then_some(info)
     })
     .await
 }
