@@ -1,0 +1,120 @@
+//! The `carpool` CLI and the worker library API, against a real coordinator.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use carpool_integration_tests::{Coordinator, bin, eventually, totals};
+use carpool_proto::pb;
+use serde_json::Value;
+
+fn carpool(url: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(bin("carpool"))
+        .arg("--coordinator")
+        .arg(url)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("carpool runs");
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("carpool exits");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_runs_submits_gets_maps_and_reports() {
+    let coord = Coordinator::start(&["--max-workers", "2"]);
+    let url = coord.url.as_str();
+
+    let (ok, out, err) = carpool(url, &["run", "echo", r#"{"a":1}"#], None);
+    assert!(ok, "{err}");
+    let run: Value = serde_json::from_str(&out).expect("JSON result");
+    assert_eq!(
+        (run["state"].as_str(), run["output"]["a"].as_i64()),
+        (Some("SUCCEEDED"), Some(1))
+    );
+
+    let (ok, out, err) = carpool(url, &["submit", "sleep", "50"], None);
+    assert!(ok, "{err}");
+    let id = out.trim().to_owned();
+    id.parse::<u64>().expect("the id on stdout");
+
+    let lines = (0..25).map(|i| format!("{{\"n\":{i}}}\n")).collect::<String>();
+    let (ok, out, err) = carpool(url, &["map", "echo"], Some(&lines));
+    assert!(ok, "{err}");
+    let mut seqs: Vec<u64> = out
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("a JSON line per result");
+            assert_eq!(v["state"], "SUCCEEDED");
+            assert_eq!(v["output"]["n"], v["seq"], "{v}");
+            v["seq"].as_u64().expect("seq")
+        })
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..25).collect::<Vec<_>>());
+
+    let (ok, out, _) = carpool(url, &["get", &id], None);
+    assert!(ok);
+    let info: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(info["function"], "sleep");
+
+    let (ok, out, _) = carpool(url, &["stats"], None);
+    assert!(ok && out.contains("TOTAL") && out.contains("echo"), "{out}");
+    let (ok, out, _) = carpool(url, &["workers"], None);
+    assert!(ok && out.starts_with("WORKER"), "{out}");
+
+    // Errors are one clear line and a failing exit code.
+    let (ok, _, err) = carpool(url, &["get", "99999"], None);
+    assert!(!ok && err.contains("task 99999 not found"), "{err}");
+    let (ok, _, err) = carpool(url, &["run", "nope", "x"], None);
+    assert!(!ok && err.contains("unknown function"), "{err}");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_its_task_and_the_worker_keeps_serving() {
+    let coord = Coordinator::start(&["--spawner", "external", "--keep-alive", "60s"]);
+    let client = coord.client().await;
+    let mut config = carpool_worker::WorkerConfig::new(coord.url.clone(), "fragile");
+    config.id = "lib-worker".into();
+    let worker = tokio::spawn(carpool_worker::run(
+        config,
+        |task: carpool_worker::Task| async move {
+            if task.payload.as_ref() == b"boom" {
+                panic!("the handler exploded");
+            }
+            Ok::<_, String>(task.payload)
+        },
+    ));
+    eventually("the library worker to connect", || async {
+        (totals(&client).await.workers_live == 1).then_some(())
+    })
+    .await;
+    let boom = client.run("fragile", "boom").await.expect("run");
+    assert_eq!(boom.state(), pb::TaskState::Failed);
+    assert!(
+        boom.error.contains("panicked") && boom.error.contains("exploded"),
+        "{}",
+        boom.error
+    );
+    let fine = client.run("fragile", "fine").await.expect("run");
+    assert_eq!(
+        (fine.state(), fine.worker_id.as_str()),
+        (pb::TaskState::Succeeded, "lib-worker")
+    );
+    assert!(!worker.is_finished(), "the worker died with its task");
+    worker.abort();
+}
