@@ -3,8 +3,10 @@
 //! - [`Client`]: connect, submit, run, get, cancel, watch, `map` over a stream of payloads,
 //!   workers and stats.
 //! - [`render`]: results and tables as the CLI prints them (JSON lines, text tables).
+//! - [`bench`]: `carpool bench`, the control plane's cost against its baselines.
 //! - [`demo`]: the README's main job: carpool against conventional FaaS on local workers.
 
+pub mod bench;
 pub mod demo;
 pub mod render;
 

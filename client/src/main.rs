@@ -4,6 +4,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use carpool_client::bench::{self, BenchOptions};
 use carpool_client::demo::{self, DemoOptions};
 use carpool_client::{Client, ConnectOptions, render};
 use carpool_proto::{Bytes, Secret, TlsOptions};
@@ -91,6 +92,25 @@ enum Command {
     },
     /// Print task counts, workers and the bill.
     Stats,
+    /// Measure the control plane: dispatch latency, throughput, fleet scale, worker overhead,
+    /// memory per pending task, against raw tonic and the paper's polling design.
+    Bench {
+        /// A tiny run of every measurement (seconds; what the test suite runs).
+        #[arg(long)]
+        tiny: bool,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Repetitions of each throughput figure [default: 3, or 1 with --tiny].
+        #[arg(long)]
+        reps: Option<usize>,
+        /// Fleet sizes to measure, e.g. "100,1000,10000".
+        #[arg(long, value_delimiter = ',')]
+        fleet: Vec<usize>,
+        /// Only these sections: raw, dispatch, durability, fleet, idle, pending, polling.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Run spin tasks as carpool and as conventional FaaS on local workers and compare.
     Demo {
         /// Tasks per mode.
@@ -164,6 +184,40 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         domain: cli.tls_domain.clone(),
     };
     let options = ConnectOptions { token, tls };
+    if let Command::Bench {
+        tiny,
+        json,
+        reps,
+        fleet,
+        only,
+    } = &cli.command
+    {
+        let mut opts = if *tiny {
+            BenchOptions::tiny()
+        } else {
+            BenchOptions::full()
+        };
+        if let Some(r) = reps {
+            opts.reps = *r;
+        }
+        if !fleet.is_empty() {
+            opts.fleet.clone_from(fleet);
+        }
+        opts.only.clone_from(only);
+        if !json {
+            println!("{}", bench::table_header(&opts));
+        }
+        let rows = bench::run(&opts, |r| {
+            if !json {
+                println!("{}", bench::table_row(r));
+            }
+        })
+        .await?;
+        if *json {
+            println!("{}", bench::json(&rows));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = Client::connect_with(&cli.coordinator, &options)
         .await
         .map_err(|e| e.to_string())?;
@@ -194,7 +248,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             render::workers_table(&client.workers(&function).await.map_err(e)?)
         ),
         Command::Stats => print!("{}", render::stats_table(&client.stats().await.map_err(e)?)),
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Bench { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -127,10 +127,25 @@ pub fn cpu_estimate(sampled: f64, sampled_running: u32, running_now: u32) -> f64
 
 /// Picks among eligible candidates `(key, running, slots)` by the placement policy.
 /// Ties go to the first candidate, so callers that iterate in a stable order get a
-/// stable choice.
-pub fn pick<K: Copy>(placement: Placement, candidates: impl IntoIterator<Item = (K, u32, u32)>) -> Option<K> {
+/// stable choice. The scan stops at a candidate no other can beat, so a large idle fleet
+/// costs O(1), not O(workers): for `spread` an idle worker; for `pack` one task short of
+/// full with `max_slots` slots (no eligible worker of at most `max_slots` slots is fuller).
+/// `max_slots` must be at least the slots of every candidate.
+pub fn pick<K: Copy>(
+    placement: Placement,
+    max_slots: u32,
+    candidates: impl IntoIterator<Item = (K, u32, u32)>,
+) -> Option<K> {
     let mut best: Option<(K, f64)> = None;
     for (key, running, slots) in candidates {
+        let unbeatable = match placement {
+            Placement::Pack => slots == max_slots && running + 1 == slots,
+            Placement::Spread => running == 0,
+        };
+        // An earlier candidate as good would have stopped the scan already.
+        if unbeatable {
+            return Some(key);
+        }
         let fill = f64::from(running) / f64::from(slots.max(1));
         let better = match (placement, best) {
             (_, None) => true,
@@ -306,16 +321,50 @@ mod tests {
     #[test]
     fn pack_prefers_fullest_and_spread_emptiest() {
         let c = [("a", 0, 2), ("b", 1, 2), ("c", 1, 4)];
-        assert_eq!(pick(Placement::Pack, c), Some("b"));
-        assert_eq!(pick(Placement::Spread, c), Some("a"));
-        assert_eq!(pick::<&str>(Placement::Pack, []), None);
+        assert_eq!(pick(Placement::Pack, 4, c), Some("b"));
+        assert_eq!(pick(Placement::Spread, 4, c), Some("a"));
+        assert_eq!(pick::<&str>(Placement::Pack, 4, []), None);
+    }
+
+    #[test]
+    fn the_scan_stops_at_an_unbeatable_candidate() {
+        let mut seen = 0;
+        let candidates = (0..10_000u32).map(|i| {
+            seen += 1;
+            (i, 0, 1) // one-slot idle workers: each is perfect for both policies
+        });
+        assert_eq!(pick(Placement::Pack, 1, candidates), Some(0));
+        assert_eq!(seen, 1, "scanned past an unbeatable candidate");
+        // Pack: the worker one task short of full wins wherever it is.
+        assert_eq!(
+            pick(Placement::Pack, 4, [("a", 0, 4), ("b", 3, 4), ("c", 2, 4)]),
+            Some("b")
+        );
+        // Spread: the first idle worker wins.
+        assert_eq!(
+            pick(Placement::Spread, 4, [("a", 2, 4), ("b", 0, 4), ("c", 0, 4)]),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn pack_with_mixed_sizes_still_finds_the_fullest() {
+        // A one-slot idle worker is not the fullest when a 3-of-4 one exists.
+        assert_eq!(
+            pick(Placement::Pack, 4, [("small", 0, 1), ("big", 3, 4)]),
+            Some("big")
+        );
+        assert_eq!(
+            pick(Placement::Pack, 4, [("small", 0, 1), ("half", 2, 4)]),
+            Some("half")
+        );
     }
 
     #[test]
     fn ties_go_to_the_first_candidate() {
         let c = [("a", 1, 2), ("b", 1, 2)];
-        assert_eq!(pick(Placement::Pack, c), Some("a"));
-        assert_eq!(pick(Placement::Spread, c), Some("a"));
+        assert_eq!(pick(Placement::Pack, 4, c), Some("a"));
+        assert_eq!(pick(Placement::Spread, 4, c), Some("a"));
     }
 
     #[test]

@@ -118,3 +118,51 @@ async fn a_panicking_handler_fails_its_task_and_the_worker_keeps_serving() {
     assert!(!worker.is_finished(), "the worker died with its task");
     worker.abort();
 }
+
+#[test]
+fn the_benchmark_runs_at_a_tiny_size_and_prints_every_figure() {
+    let out = Command::new(bin("carpool"))
+        .args(["bench", "--tiny", "--json"])
+        .output()
+        .expect("carpool bench runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let keys = [
+        "raw_unary_p50_us",
+        "raw_bidi_msgs_per_s",
+        "dispatch_p50_us",
+        "dispatch_p99_us",
+        "start_p50_us",
+        "start_p99_us",
+        "map_tasks_per_s",
+        "submit_tasks_per_s",
+        "map_tasks_per_s_state_dir",
+        "submit_tasks_per_s_state_dir",
+        "fleet_20_coordinator_cpu_pct",
+        "fleet_20_coordinator_rss_mb",
+        "fleet_20_dispatch_p99_us",
+        "idle_worker_cpu_pct",
+        "pending_rss_mb",
+        "pending_bytes_per_task",
+        "polling_p50_us",
+        "polling_p99_us",
+    ];
+    for key in keys {
+        let v = report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing from {report}"));
+        assert!(v.is_finite() && v >= 0.0, "{key} = {v}");
+    }
+    for key in [
+        "raw_unary_p50_us",
+        "dispatch_p50_us",
+        "map_tasks_per_s",
+        "polling_p50_us",
+        "pending_rss_mb",
+    ] {
+        assert!(
+            report[key].as_f64().unwrap_or(0.0) > 0.0,
+            "{key} measured nothing: {report}"
+        );
+    }
+}

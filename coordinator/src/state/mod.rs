@@ -136,6 +136,9 @@ struct Worker {
     detached_since: Option<Instant>,
     /// When it last sent anything (the liveness lease).
     last_seen: Instant,
+    /// When the keep-alive recheck already scheduled for it fires, so that samples (which
+    /// re-evaluate it every interval) do not pile up timers.
+    recheck_at: Option<Instant>,
     /// Tasks taken away from it (cancelled, timed out): a late result for one is ignored,
     /// not a protocol error. Bounded.
     released: VecDeque<TaskId>,
@@ -203,6 +206,9 @@ struct Function {
     cancelled: u64,
     retried: u64,
     timed_out: u64,
+    /// The most slots any worker of this function has had (never lowered: it only has to
+    /// be at least every live worker's, for the placement scan's early exit).
+    max_slots: u32,
     workers: BTreeSet<WorkerId>,
     starting: u32,
     workers_started: u64,
@@ -277,17 +283,23 @@ impl State {
     /// Places whatever pending tasks of `function` eligible workers can take, sends the
     /// assignments, and spawns workers for what is left.
     fn dispatch(&mut self, function: &str, now: Instant, fx: &mut Effects) {
+        let Some(function_key) = self.functions.get_key_value(function).map(|(k, _)| k.clone()) else {
+            return;
+        };
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
         let rules = self.rules;
+        let max_slots = f.max_slots;
         let mut batches: Vec<(WorkerId, Vec<pb::TaskAssignment>)> = Vec::new();
         while f.pending > 0 {
+            // One pass over the workers, compared by function pointer: no lookups per worker.
             let best = scheduler::pick(
                 rules.placement,
-                f.workers.iter().filter_map(|id| {
-                    let w = self.workers.get(id)?;
-                    let ok = !w.stopping
+                max_slots,
+                self.workers.iter().filter_map(|(id, w)| {
+                    let ok = Arc::ptr_eq(&function_key, &w.function)
+                        && !w.stopping
                         && w.tx.is_some()
                         && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible;
                     ok.then_some((id, w.running.len() as u32, w.slots))
@@ -405,7 +417,16 @@ impl State {
         let pool_empty = self.functions.get(&w.function).is_none_or(|f| f.pending == 0);
         match scheduler::idle_action(&self.rules, &w.view(now), pool_empty) {
             IdleAction::Keep => {}
-            IdleAction::RecheckAfter(d) => fx.timers.push((d, Timer::Worker(id.clone(), w.conn))),
+            IdleAction::RecheckAfter(d) => {
+                let at = now + d;
+                if w.recheck_at.is_none_or(|armed| armed > at) {
+                    let conn = w.conn;
+                    if let Some(w) = self.workers.get_mut(id) {
+                        w.recheck_at = Some(at);
+                    }
+                    fx.timers.push((d, Timer::Worker(id.clone(), conn)));
+                }
+            }
             IdleAction::Stop(reason) => {
                 let reason = match reason {
                     StopReason::Idle => pb::ShutdownReason::Idle,
@@ -431,7 +452,10 @@ impl State {
     pub fn on_timer(&mut self, timer: Timer, now: Instant, fx: &mut Effects) {
         match timer {
             Timer::Worker(id, conn) => {
-                if self.workers.get(&id).is_some_and(|w| w.conn == conn) {
+                if let Some(w) = self.workers.get_mut(&id).filter(|w| w.conn == conn) {
+                    if w.recheck_at.is_some_and(|at| at <= now) {
+                        w.recheck_at = None;
+                    }
                     self.evaluate(&id, now, fx);
                 }
             }

@@ -465,3 +465,60 @@ fn results_are_forgotten_after_the_retention_with_their_key() {
     let again = s.submit(sub, None, now, &mut fx).expect("submit");
     assert_ne!(again, t);
 }
+
+#[test]
+fn samples_of_an_idle_worker_do_not_pile_up_keep_alive_timers() {
+    let (mut s, now) = state(external()); // keep-alive 60 s
+    let (_, _rx) = connect(&mut s, "a", 1, now);
+    let mut keep_alive_timers = 0;
+    for i in 1..=100u64 {
+        let mut fx = Effects::default();
+        s.sample(
+            &WorkerId::new("a"),
+            sample(0.1),
+            now + Duration::from_millis(500 * i),
+            &mut fx,
+        )
+        .expect("sample");
+        keep_alive_timers += fx
+            .timers
+            .iter()
+            .filter(|(_, t)| matches!(t, Timer::Worker(..)))
+            .count();
+    }
+    assert_eq!(
+        keep_alive_timers, 0,
+        "the recheck armed at connect already covers these samples"
+    );
+    // It runs a task that ends at 20 s, so at 60 s, when the recheck fires, it has been idle
+    // for only 40 s: exactly one new recheck is armed, for the remaining 20 s.
+    let mut fx = Effects::default();
+    let t = s
+        .submit(
+            Submission::new("f", Bytes::new()),
+            None,
+            now + Duration::from_secs(10),
+            &mut fx,
+        )
+        .expect("submit");
+    s.results(
+        &WorkerId::new("a"),
+        vec![result(t, 1)],
+        now + Duration::from_secs(20),
+        &mut fx,
+    )
+    .expect("result");
+    let mut fx = Effects::default();
+    s.on_timer(
+        Timer::Worker(WorkerId::new("a"), 1),
+        now + Duration::from_secs(60),
+        &mut fx,
+    );
+    let rearmed: Vec<Duration> = fx
+        .timers
+        .iter()
+        .filter(|(_, t)| matches!(t, Timer::Worker(..)))
+        .map(|(d, _)| *d)
+        .collect();
+    assert_eq!(rearmed, vec![Duration::from_secs(20)]);
+}

@@ -103,6 +103,7 @@ impl State {
             tx: Some(tx),
             detached_since: None,
             last_seen: now,
+            recheck_at: None,
             released: VecDeque::new(),
         };
         worker.send(Kind::Welcome(pb::Welcome {
@@ -115,6 +116,7 @@ impl State {
         info!(worker = %id, function = %function, slots, timeout_ms = timeout.as_millis() as u64, "connected");
         self.workers.insert(id.clone(), worker);
         if let Some(f) = self.functions.get_mut(&function) {
+            f.max_slots = f.max_slots.max(slots);
             f.workers.insert(id.clone());
             f.consecutive_spawn_failures = 0;
             f.spawn_blocked_until = None;
