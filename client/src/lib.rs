@@ -4,10 +4,13 @@
 //!   workers and stats.
 //! - [`render`]: results and tables as the CLI prints them (JSON lines, text tables).
 //! - [`bench`]: `carpool bench`, the control plane's cost against its baselines.
+//! - [`experiment`]: the paper's experiment, measured where this machine can and simulated
+//!   for every memory size.
 //! - [`demo`]: the README's main job: carpool against conventional FaaS on local workers.
 
 pub mod bench;
 pub mod demo;
+pub mod experiment;
 pub mod render;
 
 use carpool_proto::pb::{self, cluster_client::ClusterClient, tasks_client::TasksClient};

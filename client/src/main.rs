@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use carpool_client::bench::{self, BenchOptions};
 use carpool_client::demo::{self, DemoOptions};
+use carpool_client::experiment::{self, ExperimentOptions};
 use carpool_client::{Client, ConnectOptions, render};
 use carpool_proto::{Bytes, Secret, TlsOptions};
 use clap::{Parser, Subcommand};
@@ -111,6 +112,28 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// The paper's experiment: thumbnail tasks per memory size, carpool against one
+    /// invocation per task; measured where this machine can host it, simulated for all.
+    Experiment {
+        /// Tasks per mode and size.
+        #[arg(long, default_value_t = 100)]
+        tasks: usize,
+        /// Cap on concurrent invocations (the paper's 8).
+        #[arg(long, default_value_t = 8)]
+        max_workers: u32,
+        /// Memory sizes in MB.
+        #[arg(long, value_delimiter = ',', default_value = "2048,4096,6144,8192,10240")]
+        sizes: Vec<u32>,
+        /// Where the input image, thumbnails and chart.svg go [default: a new temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Width of the generated input image (2400 makes a ~3 MB JPEG).
+        #[arg(long, default_value_t = 2400)]
+        image_width: u32,
+        /// The carpool-worker binary [default: next to this one].
+        #[arg(long, env = "CARPOOL_WORKER_BIN")]
+        worker_bin: Option<PathBuf>,
+    },
     /// Run spin tasks as carpool and as conventional FaaS on local workers and compare.
     Demo {
         /// Tasks per mode.
@@ -184,6 +207,28 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         domain: cli.tls_domain.clone(),
     };
     let options = ConnectOptions { token, tls };
+    if let Command::Experiment {
+        tasks,
+        max_workers,
+        sizes,
+        dir,
+        image_width,
+        worker_bin,
+    } = &cli.command
+    {
+        return run_experiment(ExperimentOptions {
+            tasks: *tasks,
+            max_workers: *max_workers,
+            sizes: sizes.clone(),
+            dir: match dir {
+                Some(d) => d.clone(),
+                None => std::env::temp_dir().join(format!("carpool-experiment-{}", std::process::id())),
+            },
+            worker_bin: worker_bin.clone(),
+            image_width: *image_width,
+        })
+        .await;
+    }
     if let Command::Bench {
         tiny,
         json,
@@ -248,8 +293,86 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             render::workers_table(&client.workers(&function).await.map_err(e)?)
         ),
         Command::Stats => print!("{}", render::stats_table(&client.stats().await.map_err(e)?)),
-        Command::Demo { .. } | Command::Bench { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Bench { .. } | Command::Experiment { .. } => {
+            unreachable!("handled above")
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_experiment(opts: ExperimentOptions) -> Result<ExitCode, String> {
+    let (image, bytes) = experiment::make_image(&opts.dir, opts.image_width)?;
+    let cores = experiment::cores();
+    println!(
+        "input: {} ({:.1} MB); {} tasks per mode; this machine has {cores} cores",
+        image.display(),
+        bytes as f64 / 1e6,
+        opts.tasks
+    );
+    // Measure the smallest size at the concurrency this machine can host without sharing cores.
+    let size = opts.sizes.iter().copied().min().unwrap_or(2048);
+    let vcpus = carpool_coordinator::config::vcpus_for_memory(size);
+    let fit = (cores / vcpus).max(1);
+    let (conv, task) = experiment::measure(&opts, &image, size, fit, true).await?;
+    let (pool, _) = experiment::measure(&opts, &image, size, fit, false).await?;
+    let model = experiment::model_from(&conv, task, opts.tasks);
+    println!(
+        "model from the measured run: task {:.1} ms on one vCPU, cold start {:.1} ms, billed exit {:.1} ms\n",
+        model.task.as_secs_f64() * 1e3,
+        model.cold_start.as_secs_f64() * 1e3,
+        model.exit_delay.as_secs_f64() * 1e3
+    );
+    println!(
+        "check of the simulator against what this machine measured ({size} MB, at most {fit} concurrent):"
+    );
+    println!("{}", experiment::header());
+    for measured in [&pool, &conv] {
+        let sim = experiment::simulated(&opts, model, size, fit, measured.mode == "conventional");
+        println!("{}", experiment::row(measured));
+        println!("{}", experiment::row(&sim));
+        let diff = |a: f64, b: f64| if b > 0.0 { (a - b) / b } else { 0.0 };
+        let (dt, dc) = (
+            diff(sim.completion.as_secs_f64(), measured.completion.as_secs_f64()),
+            diff(sim.billed_gb_s, measured.billed_gb_s),
+        );
+        let within = dt.abs() <= experiment::MARGIN
+            && dc.abs() <= experiment::MARGIN
+            && sim.invocations == measured.invocations;
+        println!(
+            "{:>33} simulated vs measured: completion {:+.1}%, GB-s {:+.1}%, invocations {} vs {}: {} the {:.0}% margin",
+            "",
+            100.0 * dt,
+            100.0 * dc,
+            sim.invocations,
+            measured.invocations,
+            if within { "within" } else { "OUTSIDE" },
+            100.0 * experiment::MARGIN
+        );
+    }
+    println!(
+        "\nthe paper's experiment, simulated (at most {} concurrent invocations; this machine cannot host that for real: it would need {}+ cores):",
+        opts.max_workers,
+        opts.max_workers * vcpus
+    );
+    println!("{}  saving", experiment::header());
+    let mut all = Vec::new();
+    for &mb in &opts.sizes {
+        let c = experiment::simulated(&opts, model, mb, opts.max_workers, false);
+        let f = experiment::simulated(&opts, model, mb, opts.max_workers, true);
+        let saving = |a: f64, b: f64| if b > 0.0 { 100.0 * (1.0 - a / b) } else { 0.0 };
+        println!("{}", experiment::row(&c));
+        println!(
+            "{}  cost {:.1}%, time {:.1}%",
+            experiment::row(&f),
+            saving(c.usd_per_million, f.usd_per_million),
+            saving(c.completion.as_secs_f64(), f.completion.as_secs_f64())
+        );
+        all.push(c);
+        all.push(f);
+    }
+    let chart = opts.dir.join("chart.svg");
+    std::fs::write(&chart, experiment::chart(&all)).map_err(|e| format!("{}: {e}", chart.display()))?;
+    println!("\nchart: {}", chart.display());
     Ok(ExitCode::SUCCESS)
 }
 

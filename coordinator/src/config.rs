@@ -146,7 +146,7 @@ impl std::fmt::Debug for ServerTls {
 }
 
 /// Built-in functions of the `carpool-worker` binary.
-pub const BUILTIN_FUNCTIONS: [&str; 3] = ["echo", "sleep", "spin"];
+pub const BUILTIN_FUNCTIONS: [&str; 4] = ["echo", "sleep", "spin", "thumbnail"];
 
 impl Config {
     /// How long a connected worker may stay silent before it is treated as lost.

@@ -10,6 +10,7 @@
 //! - [`auth`]: bearer tokens for workers and clients.
 //! - [`journal`]: the embedded store behind `--state-dir` (accepted means durable).
 //! - [`server`]: [`run`] serves everything on a bound listener until shutdown.
+//! - [`sim`]: the same scheduling state driven by a virtual clock, for experiments at any scale.
 
 pub mod auth;
 pub mod billing;
@@ -20,6 +21,7 @@ pub mod journal;
 pub mod scheduler;
 pub mod server;
 pub mod service;
+pub mod sim;
 pub mod spawner;
 pub mod state;
 

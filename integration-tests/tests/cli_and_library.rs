@@ -166,3 +166,60 @@ fn the_benchmark_runs_at_a_tiny_size_and_prints_every_figure() {
         );
     }
 }
+
+#[test]
+fn the_experiment_runs_at_a_tiny_size_and_writes_its_table_and_chart() {
+    let dir = std::env::temp_dir().join(format!("carpool-experiment-test-{}", std::process::id()));
+    let out = Command::new(bin("carpool"))
+        .args([
+            "experiment",
+            "--tasks",
+            "4",
+            "--sizes",
+            "2048,4096",
+            "--image-width",
+            "300",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("carpool experiment runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both modes measured and simulated at the size that fits, then every size simulated.
+    assert_eq!(
+        text.lines().filter(|l| l.contains("measured  ")).count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("simulated vs measured"))
+            .count(),
+        2,
+        "{text}"
+    );
+    for size in ["2048", "4096"] {
+        let rows = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(size) && l.contains(" simulated "))
+            .count();
+        assert!(rows >= 2, "{size}: {text}");
+    }
+    let svg = std::fs::read_to_string(dir.join("chart.svg")).expect("chart written");
+    assert!(
+        svg.starts_with("<svg") && svg.matches("<rect").count() == 12,
+        "two sizes x two modes x three panels"
+    );
+    // Every task really produced its thumbnail.
+    let thumbs = std::fs::read_dir(&dir).expect("dir").filter(|e| {
+        e.as_ref()
+            .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("thumb-"))
+    });
+    assert_eq!(thumbs.count(), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}

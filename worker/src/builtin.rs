@@ -20,6 +20,10 @@ pub enum Builtin {
     /// Burns CPU for the payload's milliseconds of this thread's CPU time (CPU-bound
     /// stand-in: under contention it takes longer, as real work would).
     Spin,
+    /// The paper's task (SeBS thumbnailer): decode the JPEG at `{"input": PATH}`, shrink it
+    /// to fit `{"size": N}` pixels (default 100, aspect kept), write it as JPEG to
+    /// `{"output": PATH}`.
+    Thumbnail,
     /// Runs `sh -c CMD` with the payload on stdin; stdout is the output, a non-zero exit
     /// is a task error carrying stderr.
     Exec(String),
@@ -34,8 +38,9 @@ impl Builtin {
             (None, "echo") => Ok(Builtin::Echo),
             (None, "sleep") => Ok(Builtin::Sleep),
             (None, "spin") => Ok(Builtin::Spin),
+            (None, "thumbnail") => Ok(Builtin::Thumbnail),
             (None, other) => Err(format!(
-                "no handler for function {other:?}: the built-ins are echo, sleep and spin; pass --exec CMD for others"
+                "no handler for function {other:?}: the built-ins are echo, sleep, spin and thumbnail; pass --exec CMD for others"
             )),
         }
     }
@@ -60,6 +65,11 @@ impl Handler for Builtin {
                     spun.as_millis()
                 )))
             }),
+            Builtin::Thumbnail => Box::pin(async move {
+                tokio::task::spawn_blocking(move || thumbnail(&task.payload))
+                    .await
+                    .map_err(|e| format!("thumbnail failed: {e}"))?
+            }),
             Builtin::Exec(cmd) => Box::pin(exec(cmd, task.payload)),
         }
     }
@@ -73,6 +83,36 @@ fn millis(payload: &[u8]) -> Result<u64, String> {
         .as_u64()
         .or_else(|| value.get("ms").and_then(serde_json::Value::as_u64))
         .ok_or_else(|| format!("payload must be a number of milliseconds or {{\"ms\": N}}, got {value}"))
+}
+
+/// The thumbnail task: `{"input": PATH, "output": PATH, "size": N}`.
+fn thumbnail(payload: &[u8]) -> Outcome {
+    let args: serde_json::Value = serde_json::from_slice(payload)
+        .map_err(|e| format!("payload must be JSON {{\"input\", \"output\"}}: {e}"))?;
+    let path = |key: &str| {
+        args.get(key)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("payload needs a string {key:?}"))
+    };
+    let (input, output) = (path("input")?, path("output")?);
+    let size = args
+        .get("size")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(100)
+        .clamp(1, 10_000) as u32;
+    let image = image::open(&input).map_err(|e| format!("{input}: {e}"))?;
+    let small = image.thumbnail(size, size);
+    small
+        .to_rgb8()
+        .save(&output)
+        .map_err(|e| format!("{output}: {e}"))?;
+    Ok(Bytes::from(format!(
+        "{{\"output\":{},\"width\":{},\"height\":{}}}",
+        serde_json::Value::String(output),
+        small.width(),
+        small.height()
+    )))
 }
 
 /// Busy-loops until this thread has used `cpu` of CPU time; returns the wall time taken.

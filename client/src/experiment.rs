@@ -1,0 +1,348 @@
+//! `carpool experiment`: the paper's experiment. Thumbnail tasks (decode a ~3 MB JPEG,
+//! shrink it to 100x100, encode) at each of the paper's memory sizes, as carpool and as
+//! conventional FaaS (one invocation per task), at most N concurrent invocations.
+//!
+//! What this machine can host is measured (local workers, the real binaries); the
+//! simulator ([`carpool_coordinator::sim`]), which drives the real scheduling code with a
+//! virtual clock, is first checked against that measured run, then gives every size at the
+//! paper's scale. Output: a table and an SVG chart of cost, invocations and completion time.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use carpool_coordinator::config::vcpus_for_memory;
+use carpool_coordinator::sim::{SimConfig, SimReport, simulate};
+use carpool_coordinator::{Config, SpawnerKind};
+use carpool_proto::Bytes;
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::{Client, TaskState};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ExperimentOptions {
+    /// Tasks per mode and size.
+    pub tasks: usize,
+    /// Cap on concurrent invocations (the paper's 8).
+    pub max_workers: u32,
+    /// Memory sizes, MB.
+    pub sizes: Vec<u32>,
+    /// Where images and thumbnails go.
+    pub dir: PathBuf,
+    /// The worker binary; `None` looks next to the running executable.
+    pub worker_bin: Option<PathBuf>,
+    /// Width of the generated input image (height is two thirds); 2400 gives ~3 MB.
+    pub image_width: u32,
+}
+
+/// One mode at one size.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Memory size, MB.
+    pub memory_mb: u32,
+    /// "carpool" or "conventional".
+    pub mode: &'static str,
+    /// "measured" or "simulated".
+    pub source: &'static str,
+    /// Concurrent invocations allowed.
+    pub max_workers: u32,
+    /// Worker invocations.
+    pub invocations: u64,
+    /// First submission to last result.
+    pub completion: Duration,
+    /// Billed GB-seconds.
+    pub billed_gb_s: f64,
+    /// USD per million tasks.
+    pub usd_per_million: f64,
+}
+
+/// The model the simulator takes from the measured run.
+#[derive(Clone, Copy, Debug)]
+pub struct Model {
+    /// Mean task duration on a vCPU of its own.
+    pub task: Duration,
+    /// Spawn to hello.
+    pub cold_start: Duration,
+    /// Billed time an invocation lives beyond its task (Shutdown to stream end).
+    pub exit_delay: Duration,
+}
+
+/// This machine's cores.
+pub fn cores() -> u32 {
+    crate::demo::cores()
+}
+
+/// Writes a deterministic, hard-to-compress RGB JPEG of about 3 MB (a gradient with
+/// noise, as a photograph would be) and returns its path and size.
+pub fn make_image(dir: &Path, width: u32) -> Result<(PathBuf, u64), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("input.jpg");
+    let (w, h) = (width.max(3), (width * 2 / 3).max(2));
+    let mut seed: u32 = 0x1234_5678;
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let n = (seed & 0x3f) as u8;
+        image::Rgb([
+            ((x * 255 / w) as u8).wrapping_add(n),
+            ((y * 255 / h) as u8).wrapping_add(n / 2),
+            (((x + y) * 127 / (w + h)) as u8).wrapping_add(n),
+        ])
+    });
+    let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .encode_image(&img)
+        .map_err(|e| format!("encoding {}: {e}", path.display()))?;
+    drop(out);
+    let size = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+    Ok((path, size))
+}
+
+fn config(opts: &ExperimentOptions, memory_mb: u32, max_workers: u32, conventional: bool) -> Config {
+    Config {
+        spawner: SpawnerKind::Local,
+        max_workers,
+        memory_mb,
+        slots: conventional.then_some(1),
+        max_tasks_per_worker: conventional.then_some(1),
+        worker_bin: opts.worker_bin.clone(),
+        worker_log: Some("warn".into()),
+        ..Config::default()
+    }
+}
+
+/// Runs one mode for real on local workers; returns the outcome and the mean task time.
+pub async fn measure(
+    opts: &ExperimentOptions,
+    image: &Path,
+    memory_mb: u32,
+    max_workers: u32,
+    conventional: bool,
+) -> Result<(Outcome, Duration), String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let cfg = config(opts, memory_mb, max_workers, conventional);
+    let server = tokio::spawn(carpool_coordinator::run(listener, cfg, async {
+        let _ = stopped.await;
+    }));
+    let outcome = drive(opts, &url, image, memory_mb, max_workers, conventional).await;
+    let _ = stop.send(());
+    server
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    outcome
+}
+
+async fn drive(
+    opts: &ExperimentOptions,
+    url: &str,
+    image: &Path,
+    memory_mb: u32,
+    max_workers: u32,
+    conventional: bool,
+) -> Result<(Outcome, Duration), String> {
+    let client = Client::connect(url).await.map_err(|e| e.to_string())?;
+    let dir = opts.dir.clone();
+    let input = image.display().to_string();
+    let inputs = futures::stream::iter((0..opts.tasks).map(move |i| {
+        let output = dir.join(format!("thumb-{i}.jpg"));
+        Bytes::from(serde_json::json!({"input": input, "output": output, "size": 100}).to_string())
+    }));
+    let start = std::time::Instant::now();
+    let mut results = client.map("thumbnail", inputs).await.map_err(|e| e.to_string())?;
+    let mut task_ms = Vec::new();
+    while let Some(r) = results.next().await {
+        let r = r.map_err(|e| e.to_string())?;
+        let res = r
+            .result
+            .ok_or_else(|| format!("submission {} rejected: {}", r.seq, r.rejected))?;
+        if res.state() != TaskState::Succeeded {
+            return Err(format!("task {} failed: {}", res.task_id, res.error));
+        }
+        task_ms.push(res.finished_unix_ms.saturating_sub(res.started_unix_ms));
+    }
+    let completion = start.elapsed();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let totals = loop {
+        let t = client
+            .stats()
+            .await
+            .map_err(|e| e.to_string())?
+            .total
+            .unwrap_or_default();
+        if (t.workers_live == 0 && t.workers_starting == 0) || std::time::Instant::now() > deadline {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mean = task_ms.iter().sum::<u64>() as f64 / task_ms.len().max(1) as f64;
+    Ok((
+        Outcome {
+            memory_mb,
+            mode: if conventional { "conventional" } else { "carpool" },
+            source: "measured",
+            max_workers,
+            invocations: totals.workers_started,
+            completion,
+            billed_gb_s: totals.billed_gb_ms / 1000.0,
+            usd_per_million: totals.cost_usd / opts.tasks.max(1) as f64 * 1e6,
+        },
+        Duration::from_secs_f64(mean / 1000.0),
+    ))
+}
+
+/// The simulated outcome of one mode at one size.
+pub fn simulated(
+    opts: &ExperimentOptions,
+    model: Model,
+    memory_mb: u32,
+    max_workers: u32,
+    conventional: bool,
+) -> Outcome {
+    let r: SimReport = simulate(&SimConfig {
+        config: config(opts, memory_mb, max_workers, conventional),
+        function: "thumbnail".into(),
+        tasks: opts.tasks,
+        task_duration: model.task,
+        cold_start: model.cold_start,
+        exit_delay: model.exit_delay,
+    });
+    Outcome {
+        memory_mb,
+        mode: if conventional { "conventional" } else { "carpool" },
+        source: "simulated",
+        max_workers,
+        invocations: r.invocations,
+        completion: r.completion,
+        billed_gb_s: r.billed_gb_s,
+        usd_per_million: r.cost_usd / opts.tasks.max(1) as f64 * 1e6,
+    }
+}
+
+/// The model from a measured conventional run: each invocation takes a cold start, its task,
+/// and a billed exit; `max_workers` run side by side.
+pub fn model_from(conventional: &Outcome, task: Duration, tasks: usize) -> Model {
+    let rounds = tasks.div_ceil(conventional.max_workers.max(1) as usize).max(1) as f64;
+    let per_invocation = conventional.completion.as_secs_f64() / rounds;
+    let gb = f64::from(conventional.memory_mb) / 1024.0;
+    let billed_each = conventional.billed_gb_s / gb / conventional.invocations.max(1) as f64;
+    let exit = (billed_each - task.as_secs_f64()).max(0.0);
+    Model {
+        task,
+        cold_start: Duration::from_secs_f64((per_invocation - task.as_secs_f64() - exit).max(0.0)),
+        exit_delay: Duration::from_secs_f64(exit),
+    }
+}
+
+/// How far the simulator may be from a measured run and still be trusted (relative).
+pub const MARGIN: f64 = 0.10;
+
+/// A table row.
+pub fn row(o: &Outcome) -> String {
+    format!(
+        "{:>7} {:>5} {:<13} {:<9} {:>4} {:>11} {:>10.2} s {:>10.3} {:>14.2}",
+        o.memory_mb,
+        vcpus_for_memory(o.memory_mb),
+        o.mode,
+        o.source,
+        o.max_workers,
+        o.invocations,
+        o.completion.as_secs_f64(),
+        o.billed_gb_s,
+        o.usd_per_million
+    )
+}
+
+/// The table header.
+pub fn header() -> String {
+    format!(
+        "{:>7} {:>5} {:<13} {:<9} {:>4} {:>11} {:>12} {:>10} {:>14}",
+        "MB", "vCPUs", "mode", "source", "max", "invocations", "completion", "GB-s", "USD / 1M tasks"
+    )
+}
+
+/// A chart panel: its title and the figure it plots.
+type Panel = (&'static str, fn(&Outcome) -> f64);
+
+/// The paper's three figures (cost, invocations, completion time per memory size, carpool
+/// against conventional) as one SVG.
+pub fn chart(outcomes: &[Outcome]) -> String {
+    let sizes: Vec<u32> = {
+        let mut s: Vec<u32> = outcomes.iter().map(|o| o.memory_mb).collect();
+        s.dedup();
+        s
+    };
+    let panels: [Panel; 3] = [
+        ("USD per million tasks", |o| o.usd_per_million),
+        ("invocations", |o| o.invocations as f64),
+        ("completion time (s)", |o| o.completion.as_secs_f64()),
+    ];
+    let (pw, ph, top) = (300.0, 220.0, 52.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n",
+        pw * 3.0 + 40.0,
+        ph + top + 60.0
+    );
+    svg.push_str("<text x=\"10\" y=\"18\" font-size=\"14\">carpool (blue) vs conventional FaaS (grey), simulated, per memory size</text>\n");
+    for (p, (title, value)) in panels.iter().enumerate() {
+        let x0 = 20.0 + p as f64 * pw;
+        let max = outcomes.iter().map(value).fold(0.0_f64, f64::max).max(1e-12);
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\">{title}</text>\n",
+            x0 + 10.0,
+            top - 16.0
+        ));
+        let group = (pw - 40.0) / sizes.len().max(1) as f64;
+        for (i, size) in sizes.iter().enumerate() {
+            for (j, mode) in ["carpool", "conventional"].iter().enumerate() {
+                let Some(o) = outcomes.iter().find(|o| o.memory_mb == *size && o.mode == *mode) else {
+                    continue;
+                };
+                let h = value(o) / max * ph;
+                let x = x0 + 10.0 + i as f64 * group + j as f64 * group * 0.4;
+                let color = if j == 0 { "#1f77b4" } else { "#999999" };
+                svg.push_str(&format!(
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{color}\"><title>{mode} {size} MB: {:.3}</title></rect>\n",
+                    top + ph - h,
+                    group * 0.38,
+                    value(o)
+                ));
+                let v = value(o);
+                let label = if v >= 100.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.2}")
+                };
+                svg.push_str(&format!(
+                    "<text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"8\">{label}</text>\n",
+                    top + ph - h - 2.0
+                ));
+            }
+            svg.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\">{size}</text>\n",
+                x0 + 10.0 + i as f64 * group,
+                top + ph + 14.0
+            ));
+        }
+        svg.push_str(&format!(
+            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n",
+            x0 + 8.0,
+            top + ph,
+            x0 + pw - 20.0,
+            top + ph
+        ));
+    }
+    svg.push_str(&format!(
+        "<text x=\"20\" y=\"{}\">memory size (MB)</text>\n</svg>\n",
+        top + ph + 34.0
+    ));
+    svg
+}
