@@ -61,8 +61,11 @@ pub struct Outcome {
 /// The model the simulator takes from the measured run.
 #[derive(Clone, Copy, Debug)]
 pub struct Model {
-    /// Mean task duration on a vCPU of its own.
+    /// Mean task duration alone on its invocation (conventional FaaS).
     pub task: Duration,
+    /// Mean task duration beside others on a shared invocation (carpool): tasks on sibling
+    /// vCPUs slow each other a little (memory bandwidth, shared caches).
+    pub task_shared: Duration,
     /// Spawn to hello.
     pub cold_start: Duration,
     /// Billed time an invocation lives beyond its task (Shutdown to stream end).
@@ -211,7 +214,11 @@ pub fn simulated(
         config: config(opts, memory_mb, max_workers, conventional),
         function: "thumbnail".into(),
         tasks: opts.tasks,
-        task_duration: model.task,
+        task_duration: if conventional {
+            model.task
+        } else {
+            model.task_shared
+        },
         cold_start: model.cold_start,
         exit_delay: model.exit_delay,
     });
@@ -229,7 +236,7 @@ pub fn simulated(
 
 /// The model from a measured conventional run: each invocation takes a cold start, its task,
 /// and a billed exit; `max_workers` run side by side.
-pub fn model_from(conventional: &Outcome, task: Duration, tasks: usize) -> Model {
+pub fn model_from(conventional: &Outcome, task: Duration, task_shared: Duration, tasks: usize) -> Model {
     let rounds = tasks.div_ceil(conventional.max_workers.max(1) as usize).max(1) as f64;
     let per_invocation = conventional.completion.as_secs_f64() / rounds;
     let gb = f64::from(conventional.memory_mb) / 1024.0;
@@ -237,6 +244,7 @@ pub fn model_from(conventional: &Outcome, task: Duration, tasks: usize) -> Model
     let exit = (billed_each - task.as_secs_f64()).max(0.0);
     Model {
         task,
+        task_shared,
         cold_start: Duration::from_secs_f64((per_invocation - task.as_secs_f64() - exit).max(0.0)),
         exit_delay: Duration::from_secs_f64(exit),
     }
@@ -345,4 +353,139 @@ pub fn chart(outcomes: &[Outcome]) -> String {
         top + ph + 34.0
     ));
     svg
+}
+
+/// Parses `--scale TASKS:WORKERS`.
+pub fn parse_scale(s: &str) -> Result<(usize, u32), String> {
+    let (t, w) = s
+        .split_once(':')
+        .ok_or_else(|| format!("--scale wants TASKS:WORKERS, got {s:?}"))?;
+    let tasks = t.parse().map_err(|_| format!("--scale: bad task count {t:?}"))?;
+    let workers = w
+        .parse()
+        .map_err(|_| format!("--scale: bad worker count {w:?}"))?;
+    Ok((tasks, workers))
+}
+
+fn relative(a: f64, b: f64) -> f64 {
+    if b > 0.0 { (a - b) / b } else { 0.0 }
+}
+
+fn saving(ours: f64, theirs: f64) -> f64 {
+    if theirs > 0.0 {
+        100.0 * (1.0 - ours / theirs)
+    } else {
+        0.0
+    }
+}
+
+/// Runs the whole experiment and prints its report (and writes `chart.svg` in `opts.dir`):
+/// 1. the smallest size measured at the concurrency this machine hosts without sharing
+///    cores, next to the simulator on the same configuration, with their agreement;
+/// 2. every other size measured one worker at a time next to the simulator, flagged where
+///    its vCPUs exceed this machine's cores;
+/// 3. every size simulated at `opts.max_workers` concurrent invocations, with the savings;
+/// 4. with `scale`, one simulated run of TASKS tasks on up to WORKERS workers.
+pub async fn report(opts: &ExperimentOptions, scale: Option<(usize, u32)>) -> Result<(), String> {
+    let (image, bytes) = make_image(&opts.dir, opts.image_width)?;
+    let cores = cores();
+    println!(
+        "input: {} ({:.1} MB); {} tasks per mode; this machine has {cores} cores",
+        image.display(),
+        bytes as f64 / 1e6,
+        opts.tasks
+    );
+    let size = opts.sizes.iter().copied().min().unwrap_or(2048);
+    let fit = (cores / vcpus_for_memory(size)).max(1);
+    let (conv, task) = measure(opts, &image, size, fit, true).await?;
+    let (pool, task_shared) = measure(opts, &image, size, fit, false).await?;
+    let model = model_from(&conv, task, task_shared, opts.tasks);
+    println!(
+        "model from the measured runs: task {:.1} ms alone, {:.1} ms beside others, cold start {:.1} ms, billed exit {:.1} ms\n",
+        model.task.as_secs_f64() * 1e3,
+        model.task_shared.as_secs_f64() * 1e3,
+        model.cold_start.as_secs_f64() * 1e3,
+        model.exit_delay.as_secs_f64() * 1e3
+    );
+    println!("check of the simulator against this machine ({size} MB, at most {fit} concurrent):");
+    println!("{}", header());
+    for measured in [&pool, &conv] {
+        let sim = simulated(opts, model, size, fit, measured.mode == "conventional");
+        let (dt, dc) = (
+            relative(sim.completion.as_secs_f64(), measured.completion.as_secs_f64()),
+            relative(sim.billed_gb_s, measured.billed_gb_s),
+        );
+        let within = dt.abs() <= MARGIN && dc.abs() <= MARGIN && sim.invocations == measured.invocations;
+        println!("{}\n{}", row(measured), row(&sim));
+        println!(
+            "{:>33} simulated vs measured: completion {:+.1}%, GB-s {:+.1}%, invocations {} vs {}: {} the {:.0}% margin",
+            "",
+            100.0 * dt,
+            100.0 * dc,
+            sim.invocations,
+            measured.invocations,
+            if within { "within" } else { "OUTSIDE" },
+            100.0 * MARGIN
+        );
+    }
+    let larger: Vec<u32> = opts.sizes.iter().copied().filter(|s| *s != size).collect();
+    if !larger.is_empty() {
+        println!("\nthe other sizes, measured one worker at a time, next to the simulator:");
+        println!("{}", header());
+    }
+    for mb in larger {
+        for conventional in [false, true] {
+            let (measured, _) = measure(opts, &image, mb, 1, conventional).await?;
+            println!(
+                "{}\n{}",
+                row(&measured),
+                row(&simulated(opts, model, mb, 1, conventional))
+            );
+        }
+        let need = vcpus_for_memory(mb);
+        if need > cores {
+            println!(
+                "{:>33} {mb} MB has {need} vCPUs; this machine has {cores} cores, so the measured rows share them",
+                ""
+            );
+        }
+    }
+    println!(
+        "\nthe paper's experiment, simulated at most {} concurrent invocations (hosting that for real would need {}+ cores):",
+        opts.max_workers,
+        opts.max_workers * vcpus_for_memory(size)
+    );
+    println!("{}  saving", header());
+    let mut all = Vec::new();
+    for &mb in &opts.sizes {
+        let c = simulated(opts, model, mb, opts.max_workers, false);
+        let f = simulated(opts, model, mb, opts.max_workers, true);
+        println!(
+            "{}\n{}  cost {:.1}%, time {:.1}%",
+            row(&c),
+            row(&f),
+            saving(c.usd_per_million, f.usd_per_million),
+            saving(c.completion.as_secs_f64(), f.completion.as_secs_f64())
+        );
+        all.push(c);
+        all.push(f);
+    }
+    if let Some((tasks, workers)) = scale {
+        let big = ExperimentOptions {
+            tasks,
+            ..opts.clone()
+        };
+        let wall = std::time::Instant::now();
+        let c = simulated(&big, model, size, workers, false);
+        let f = simulated(&big, model, size, workers, true);
+        println!(
+            "\nat scale: {tasks} tasks, at most {workers} concurrent invocations, {size} MB (both simulated in {:.1} s):",
+            wall.elapsed().as_secs_f64()
+        );
+        println!("{}\n{}\n{}", header(), row(&c), row(&f));
+    }
+    let chart_path = opts.dir.join("chart.svg");
+    std::fs::write(&chart_path, chart(&all)).map_err(|e| format!("{}: {e}", chart_path.display()))?;
+    println!("\nchart: {}", chart_path.display());
+    Ok(())
 }

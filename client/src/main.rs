@@ -133,6 +133,9 @@ enum Command {
         /// The carpool-worker binary [default: next to this one].
         #[arg(long, env = "CARPOOL_WORKER_BIN")]
         worker_bin: Option<PathBuf>,
+        /// Also simulate TASKS:WORKERS at the smallest size, e.g. 1000000:1000.
+        #[arg(long)]
+        scale: Option<String>,
     },
     /// Run spin tasks as carpool and as conventional FaaS on local workers and compare.
     Demo {
@@ -214,9 +217,14 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         dir,
         image_width,
         worker_bin,
+        scale,
     } = &cli.command
     {
-        return run_experiment(ExperimentOptions {
+        let scale = match scale {
+            Some(s) => Some(experiment::parse_scale(s)?),
+            None => None,
+        };
+        let opts = ExperimentOptions {
             tasks: *tasks,
             max_workers: *max_workers,
             sizes: sizes.clone(),
@@ -226,8 +234,9 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             },
             worker_bin: worker_bin.clone(),
             image_width: *image_width,
-        })
-        .await;
+        };
+        experiment::report(&opts, scale).await?;
+        return Ok(ExitCode::SUCCESS);
     }
     if let Command::Bench {
         tiny,
@@ -297,82 +306,6 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             unreachable!("handled above")
         }
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn run_experiment(opts: ExperimentOptions) -> Result<ExitCode, String> {
-    let (image, bytes) = experiment::make_image(&opts.dir, opts.image_width)?;
-    let cores = experiment::cores();
-    println!(
-        "input: {} ({:.1} MB); {} tasks per mode; this machine has {cores} cores",
-        image.display(),
-        bytes as f64 / 1e6,
-        opts.tasks
-    );
-    // Measure the smallest size at the concurrency this machine can host without sharing cores.
-    let size = opts.sizes.iter().copied().min().unwrap_or(2048);
-    let vcpus = carpool_coordinator::config::vcpus_for_memory(size);
-    let fit = (cores / vcpus).max(1);
-    let (conv, task) = experiment::measure(&opts, &image, size, fit, true).await?;
-    let (pool, _) = experiment::measure(&opts, &image, size, fit, false).await?;
-    let model = experiment::model_from(&conv, task, opts.tasks);
-    println!(
-        "model from the measured run: task {:.1} ms on one vCPU, cold start {:.1} ms, billed exit {:.1} ms\n",
-        model.task.as_secs_f64() * 1e3,
-        model.cold_start.as_secs_f64() * 1e3,
-        model.exit_delay.as_secs_f64() * 1e3
-    );
-    println!(
-        "check of the simulator against what this machine measured ({size} MB, at most {fit} concurrent):"
-    );
-    println!("{}", experiment::header());
-    for measured in [&pool, &conv] {
-        let sim = experiment::simulated(&opts, model, size, fit, measured.mode == "conventional");
-        println!("{}", experiment::row(measured));
-        println!("{}", experiment::row(&sim));
-        let diff = |a: f64, b: f64| if b > 0.0 { (a - b) / b } else { 0.0 };
-        let (dt, dc) = (
-            diff(sim.completion.as_secs_f64(), measured.completion.as_secs_f64()),
-            diff(sim.billed_gb_s, measured.billed_gb_s),
-        );
-        let within = dt.abs() <= experiment::MARGIN
-            && dc.abs() <= experiment::MARGIN
-            && sim.invocations == measured.invocations;
-        println!(
-            "{:>33} simulated vs measured: completion {:+.1}%, GB-s {:+.1}%, invocations {} vs {}: {} the {:.0}% margin",
-            "",
-            100.0 * dt,
-            100.0 * dc,
-            sim.invocations,
-            measured.invocations,
-            if within { "within" } else { "OUTSIDE" },
-            100.0 * experiment::MARGIN
-        );
-    }
-    println!(
-        "\nthe paper's experiment, simulated (at most {} concurrent invocations; this machine cannot host that for real: it would need {}+ cores):",
-        opts.max_workers,
-        opts.max_workers * vcpus
-    );
-    println!("{}  saving", experiment::header());
-    let mut all = Vec::new();
-    for &mb in &opts.sizes {
-        let c = experiment::simulated(&opts, model, mb, opts.max_workers, false);
-        let f = experiment::simulated(&opts, model, mb, opts.max_workers, true);
-        let saving = |a: f64, b: f64| if b > 0.0 { 100.0 * (1.0 - a / b) } else { 0.0 };
-        println!("{}", experiment::row(&c));
-        println!(
-            "{}  cost {:.1}%, time {:.1}%",
-            experiment::row(&f),
-            saving(c.usd_per_million, f.usd_per_million),
-            saving(c.completion.as_secs_f64(), f.completion.as_secs_f64())
-        );
-        all.push(c);
-        all.push(f);
-    }
-    let chart = opts.dir.join("chart.svg");
-    std::fs::write(&chart, experiment::chart(&all)).map_err(|e| format!("{}: {e}", chart.display()))?;
-    println!("\nchart: {}", chart.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -138,12 +138,8 @@ pub fn pick<K: Copy>(
 ) -> Option<K> {
     let mut best: Option<(K, f64)> = None;
     for (key, running, slots) in candidates {
-        let unbeatable = match placement {
-            Placement::Pack => slots == max_slots && running + 1 == slots,
-            Placement::Spread => running == 0,
-        };
         // An earlier candidate as good would have stopped the scan already.
-        if unbeatable {
+        if unbeatable(placement, max_slots, running, slots) {
             return Some(key);
         }
         let fill = f64::from(running) / f64::from(slots.max(1));
@@ -157,6 +153,16 @@ pub fn pick<K: Copy>(
         }
     }
     best.map(|(k, _)| k)
+}
+
+/// Whether an eligible worker with `running` of `slots` is as good as any can be: for
+/// `spread` an idle one; for `pack` one task short of full with the most slots any worker
+/// of the function has (`max_slots`).
+pub fn unbeatable(placement: Placement, max_slots: u32, running: u32, slots: u32) -> bool {
+    match placement {
+        Placement::Pack => slots == max_slots && running + 1 == slots,
+        Placement::Spread => running == 0,
+    }
 }
 
 /// Why an idle worker is told to stop.

@@ -190,10 +190,11 @@ fn the_experiment_runs_at_a_tiny_size_and_writes_its_table_and_chart() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Both modes measured and simulated at the size that fits, then every size simulated.
+    // Both modes measured at each size next to the simulator (two checks at the size that
+    // fits), the 3-vCPU size flagged as sharing this machine's cores, then every size simulated.
     assert_eq!(
         text.lines().filter(|l| l.contains("measured  ")).count(),
-        2,
+        4,
         "{text}"
     );
     assert_eq!(
@@ -203,6 +204,9 @@ fn the_experiment_runs_at_a_tiny_size_and_writes_its_table_and_chart() {
         2,
         "{text}"
     );
+    if carpool_client::demo::cores() < 3 {
+        assert!(text.contains("4096 MB has 3 vCPUs"), "{text}");
+    }
     for size in ["2048", "4096"] {
         let rows = text
             .lines()

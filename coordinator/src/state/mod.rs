@@ -283,6 +283,13 @@ impl State {
     /// Places whatever pending tasks of `function` eligible workers can take, sends the
     /// assignments, and spawns workers for what is left.
     fn dispatch(&mut self, function: &str, now: Instant, fx: &mut Effects) {
+        self.dispatch_near(function, None, now, fx);
+    }
+
+    /// [`State::dispatch`] after an event of worker `hint` (a result, a sample): if that
+    /// worker is eligible and no other can beat it, it is taken without scanning the fleet.
+    /// (Among equally good workers this prefers the hint over the first in order.)
+    fn dispatch_near(&mut self, function: &str, hint: Option<&WorkerId>, now: Instant, fx: &mut Effects) {
         let Some(function_key) = self.functions.get_key_value(function).map(|(k, _)| k.clone()) else {
             return;
         };
@@ -293,18 +300,29 @@ impl State {
         let max_slots = f.max_slots;
         let mut batches: Vec<(WorkerId, Vec<pb::TaskAssignment>)> = Vec::new();
         while f.pending > 0 {
-            // One pass over the workers, compared by function pointer: no lookups per worker.
-            let best = scheduler::pick(
-                rules.placement,
-                max_slots,
-                self.workers.iter().filter_map(|(id, w)| {
-                    let ok = Arc::ptr_eq(&function_key, &w.function)
+            let hinted = hint
+                .and_then(|id| self.workers.get_key_value(id))
+                .filter(|(_, w)| {
+                    Arc::ptr_eq(&function_key, &w.function)
                         && !w.stopping
                         && w.tx.is_some()
-                        && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible;
-                    ok.then_some((id, w.running.len() as u32, w.slots))
-                }),
-            );
+                        && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible
+                        && scheduler::unbeatable(rules.placement, max_slots, w.running.len() as u32, w.slots)
+                });
+            // Otherwise one pass over the workers, compared by function pointer.
+            let best = hinted.map(|(id, _)| id).or_else(|| {
+                scheduler::pick(
+                    rules.placement,
+                    max_slots,
+                    self.workers.iter().filter_map(|(id, w)| {
+                        let ok = Arc::ptr_eq(&function_key, &w.function)
+                            && !w.stopping
+                            && w.tx.is_some()
+                            && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible;
+                        ok.then_some((id, w.running.len() as u32, w.slots))
+                    }),
+                )
+            });
             let Some(worker_id) = best.cloned() else {
                 break;
             };
@@ -365,15 +383,23 @@ impl State {
         if f.pending == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
             return;
         }
+        // At the cap there is nothing to decide: skip the scan of the fleet's free slots.
+        if f.workers.len() as u32 + f.starting >= self.config.max_workers {
+            return;
+        }
         let mut free = f.starting as usize * slots_per_new as usize;
-        for id in &f.workers {
-            if let Some(w) = self.workers.get(id) {
+        // One pass over the workers, compared by function pointer: no lookups per worker.
+        if let Some((key, _)) = self.functions.get_key_value(function) {
+            for w in self.workers.values().filter(|w| Arc::ptr_eq(&w.function, key)) {
                 let v = w.view(now);
                 if !w.stopping && w.tx.is_some() && !scheduler::assess(&rules, &v).is_final() {
                     free += v.slots.saturating_sub(v.running) as usize;
                 }
             }
         }
+        let Some(f) = self.functions.get_mut(function) else {
+            return;
+        };
         let fleet = f.workers.len() as u32 + f.starting;
         let n = scheduler::workers_to_spawn(
             f.pending as usize,

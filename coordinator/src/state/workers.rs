@@ -121,7 +121,7 @@ impl State {
             f.consecutive_spawn_failures = 0;
             f.spawn_blocked_until = None;
         }
-        self.dispatch(&function, now, fx);
+        self.dispatch_near(&function, Some(&id), now, fx);
         self.evaluate(&id, now, fx);
         Ok(conn)
     }
@@ -203,7 +203,7 @@ impl State {
         w.mem = s.memory_used_bytes as f64 / s.memory_limit_bytes as f64;
         w.sample = Some(s);
         let function = w.function.clone();
-        self.dispatch(&function, now, fx);
+        self.dispatch_near(&function, Some(id), now, fx);
         self.evaluate(id, now, fx);
         Ok(())
     }
@@ -280,7 +280,7 @@ impl State {
                 now,
             );
         }
-        self.dispatch(&function, now, fx);
+        self.dispatch_near(&function, Some(id), now, fx);
         self.evaluate(id, now, fx);
         Ok(())
     }
