@@ -194,13 +194,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         print!("{}", demo::table(&opts, &reports));
         return Ok(ExitCode::SUCCESS);
     }
-    let token = match (&cli.token, &cli.token_file) {
-        (Some(t), _) => Some(Secret::new(t)),
-        (None, Some(p)) => Some(Secret::new(
-            &std::fs::read_to_string(p).map_err(|e| format!("--token-file {}: {e}", p.display()))?,
-        )),
-        (None, None) => None,
-    };
+    let token = Secret::from_value_or_file(cli.token.as_deref(), cli.token_file.as_deref(), "--token")?;
     let ca_pem = match &cli.tls_ca {
         Some(p) => Some(std::fs::read(p).map_err(|e| format!("--tls-ca {}: {e}", p.display()))?),
         None => None,

@@ -128,22 +128,6 @@ struct Cli {
     client_token_file: Option<PathBuf>,
 }
 
-/// A token from a flag or a file; an empty one is refused.
-fn token(value: Option<String>, file: Option<PathBuf>, flag: &str) -> Result<Option<Secret>, String> {
-    let text = match (value, file) {
-        (Some(v), _) => v,
-        (None, Some(path)) => {
-            std::fs::read_to_string(&path).map_err(|e| format!("{flag}-file {}: {e}", path.display()))?
-        }
-        (None, None) => return Ok(None),
-    };
-    let secret = Secret::new(&text);
-    if secret.expose().is_empty() {
-        return Err(format!("{flag} is empty"));
-    }
-    Ok(Some(secret))
-}
-
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum SpawnerArg {
     /// Child processes of carpool-worker on this machine.
@@ -198,8 +182,16 @@ impl Cli {
     }
 
     fn into_config(self) -> Result<Config, String> {
-        let worker_token = token(self.worker_token, self.worker_token_file, "--worker-token")?;
-        let client_token = token(self.client_token, self.client_token_file, "--client-token")?;
+        let worker_token = Secret::from_value_or_file(
+            self.worker_token.as_deref(),
+            self.worker_token_file.as_deref(),
+            "--worker-token",
+        )?;
+        let client_token = Secret::from_value_or_file(
+            self.client_token.as_deref(),
+            self.client_token_file.as_deref(),
+            "--client-token",
+        )?;
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
                 let read = |p: &PathBuf, flag: &str| {

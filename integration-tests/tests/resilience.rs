@@ -129,28 +129,34 @@ async fn running_on(client: &carpool_client::Client, id: u64) -> pb::TaskInfo {
     .await
 }
 
-#[tokio::test]
-async fn a_stream_cut_within_grace_does_not_rerun_tasks() {
-    let coord = Coordinator::start(&[
-        "--spawner",
-        "external",
-        "--keep-alive",
-        "60s",
-        "--reconnect-grace",
-        "20s",
-    ]);
+/// A coordinator (external spawner, `extra` flags), a real worker dialling it through a
+/// cuttable proxy, and a 1.5 s task running on that worker.
+async fn worker_behind_a_proxy(
+    extra: &[&str],
+    worker_id: &str,
+) -> (Coordinator, TcpProxy, Process, carpool_client::Client, u64) {
+    let mut args = vec!["--spawner", "external", "--keep-alive", "60s"];
+    args.extend_from_slice(extra);
+    let coord = Coordinator::start(&args);
     let proxy = TcpProxy::start(&coord.url).await;
-    let _worker = Process::worker(&[
+    let worker = Process::worker(&[
         "--coordinator",
         &proxy.url(),
         "--function",
         "sleep",
         "--id",
-        "cut-w",
+        worker_id,
     ]);
     let client = coord.client().await;
     let id = client.submit("sleep", "1500").await.expect("submit");
     running_on(&client, id).await;
+    (coord, proxy, worker, client, id)
+}
+
+#[tokio::test]
+async fn a_stream_cut_within_grace_does_not_rerun_tasks() {
+    let (coord, proxy, _worker, client, id) =
+        worker_behind_a_proxy(&["--reconnect-grace", "20s"], "cut-w").await;
     proxy.cut();
     let result = eventually("the task to finish", || async {
         client.get(id).await.ok()?.result
@@ -172,28 +178,8 @@ async fn a_stream_cut_within_grace_does_not_rerun_tasks() {
 
 #[tokio::test]
 async fn a_stream_cut_past_grace_reruns_the_task_once() {
-    let coord = Coordinator::start(&[
-        "--spawner",
-        "external",
-        "--keep-alive",
-        "60s",
-        "--reconnect-grace",
-        "300ms",
-        "--sample-interval",
-        "100ms",
-    ]);
-    let proxy = TcpProxy::start(&coord.url).await;
-    let _worker = Process::worker(&[
-        "--coordinator",
-        &proxy.url(),
-        "--function",
-        "sleep",
-        "--id",
-        "late-w",
-    ]);
-    let client = coord.client().await;
-    let id = client.submit("sleep", "1500").await.expect("submit");
-    running_on(&client, id).await;
+    let extra = ["--reconnect-grace", "300ms", "--sample-interval", "100ms"];
+    let (_coord, proxy, _worker, client, id) = worker_behind_a_proxy(&extra, "late-w").await;
     proxy.refuse(true);
     proxy.cut();
     eventually("the task to go back to the pool after the grace", || async {

@@ -18,6 +18,26 @@ impl Secret {
         Self(Arc::from(value.trim()))
     }
 
+    /// A token given as a flag's value or in a file (`flag` names them in errors); `None`
+    /// when neither is given. An empty token is refused.
+    pub fn from_value_or_file(
+        value: Option<&str>,
+        file: Option<&std::path::Path>,
+        flag: &str,
+    ) -> Result<Option<Self>, String> {
+        let secret = match (value, file) {
+            (Some(v), _) => Self::new(v),
+            (None, Some(path)) => Self::new(
+                &std::fs::read_to_string(path).map_err(|e| format!("{flag}-file {}: {e}", path.display()))?,
+            ),
+            (None, None) => return Ok(None),
+        };
+        if secret.expose().is_empty() {
+            return Err(format!("{flag} is empty"));
+        }
+        Ok(Some(secret))
+    }
+
     /// The secret itself, for the few places that must send or compare it.
     pub fn expose(&self) -> &str {
         &self.0

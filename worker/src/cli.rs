@@ -83,14 +83,11 @@ impl WorkerArgs {
             c.tls.ca_pem =
                 Some(std::fs::read(path).map_err(|e| format!("--tls-ca {}: {e}", path.display()))?);
         }
-        c.token = match (&self.token, &self.token_file) {
-            (Some(t), _) => Some(carpool_proto::Secret::new(t)),
-            (None, Some(path)) => Some(carpool_proto::Secret::new(
-                &std::fs::read_to_string(path)
-                    .map_err(|e| format!("--token-file {}: {e}", path.display()))?,
-            )),
-            (None, None) => None,
-        };
+        c.token = carpool_proto::Secret::from_value_or_file(
+            self.token.as_deref(),
+            self.token_file.as_deref(),
+            "--token",
+        )?;
         Ok(c)
     }
 }
