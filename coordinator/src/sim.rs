@@ -61,6 +61,34 @@ enum Event {
     Exit(String),
 }
 
+/// Live simulated workers: a dense list plus an index by id.
+#[derive(Default)]
+struct Workers {
+    list: Vec<(String, SimWorker)>,
+    index: HashMap<String, usize>,
+}
+
+impl Workers {
+    fn insert(&mut self, id: String, w: SimWorker) {
+        self.index.insert(id.clone(), self.list.len());
+        self.list.push((id, w));
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut SimWorker> {
+        let i = *self.index.get(id)?;
+        self.list.get_mut(i).map(|(_, w)| w)
+    }
+
+    fn remove(&mut self, id: &str) -> Option<SimWorker> {
+        let i = self.index.remove(id)?;
+        let (_, w) = self.list.swap_remove(i);
+        if let Some((moved, _)) = self.list.get(i) {
+            self.index.insert(moved.clone(), i);
+        }
+        Some(w)
+    }
+}
+
 struct SimWorker {
     rx: UnboundedReceiver<Result<pb::CoordinatorMessage, tonic::Status>>,
     conn: u64,
@@ -76,7 +104,8 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
     let mut queue: BinaryHeap<Reverse<(Duration, u64, Event)>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut timers: HashMap<u64, Timer> = HashMap::new();
-    let mut workers: HashMap<String, SimWorker> = HashMap::new();
+    // Live workers, dense so that the per-step sweep of their channels is a tight loop.
+    let mut workers = Workers::default();
     let mut report = SimReport::default();
     let (mut finished, mut connecting) = (0usize, 0usize);
 
@@ -109,7 +138,7 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
             }
             let mut delivered = false;
             let mut samples = Vec::new();
-            for (id, w) in workers.iter_mut() {
+            for (id, w) in workers.list.iter_mut() {
                 if w.rx.is_empty() {
                     continue; // an atomic load, far cheaper than trying to receive
                 }
@@ -141,8 +170,8 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
                 break;
             }
         }
-        report.peak_workers = report.peak_workers.max(workers.len());
-        if finished >= accepted && workers.is_empty() && connecting == 0 {
+        report.peak_workers = report.peak_workers.max(workers.list.len());
+        if finished >= accepted && workers.list.is_empty() && connecting == 0 {
             break;
         }
         let Some(Reverse((at, _, event))) = queue.pop() else {

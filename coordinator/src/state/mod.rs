@@ -210,6 +210,10 @@ struct Function {
     /// be at least every live worker's, for the placement scan's early exit).
     max_slots: u32,
     workers: BTreeSet<WorkerId>,
+    /// Workers that may be eligible: added on every event that can make a worker eligible
+    /// (connect, resume, sample, result, cancel, timeout), dropped lazily when a dispatch
+    /// finds them ineligible. Dispatch scans this, not the whole fleet.
+    candidates: BTreeSet<WorkerId>,
     starting: u32,
     workers_started: u64,
     spawn_failures: u64,
@@ -298,6 +302,9 @@ impl State {
         };
         let rules = self.rules;
         let max_slots = f.max_slots;
+        if let Some(id) = hint {
+            f.candidates.insert(id.clone());
+        }
         let mut batches: Vec<(WorkerId, Vec<pb::TaskAssignment>)> = Vec::new();
         while f.pending > 0 {
             let hinted = hint
@@ -309,21 +316,34 @@ impl State {
                         && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible
                         && scheduler::unbeatable(rules.placement, max_slots, w.running.len() as u32, w.slots)
                 });
-            // Otherwise one pass over the workers, compared by function pointer.
-            let best = hinted.map(|(id, _)| id).or_else(|| {
+            // Otherwise one pass over the candidates; those found ineligible leave the set.
+            let mut stale: Vec<WorkerId> = Vec::new();
+            let best = hinted.map(|(id, _)| id.clone()).or_else(|| {
                 scheduler::pick(
                     rules.placement,
                     max_slots,
-                    self.workers.iter().filter_map(|(id, w)| {
-                        let ok = Arc::ptr_eq(&function_key, &w.function)
-                            && !w.stopping
-                            && w.tx.is_some()
-                            && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible;
-                        ok.then_some((id, w.running.len() as u32, w.slots))
+                    f.candidates.iter().filter_map(|id| {
+                        let w = self.workers.get(id).filter(|w| {
+                            Arc::ptr_eq(&function_key, &w.function)
+                                && !w.stopping
+                                && w.tx.is_some()
+                                && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible
+                        });
+                        match w {
+                            Some(w) => Some((id, w.running.len() as u32, w.slots)),
+                            None => {
+                                stale.push(id.clone());
+                                None
+                            }
+                        }
                     }),
                 )
+                .cloned()
             });
-            let Some(worker_id) = best.cloned() else {
+            for id in &stale {
+                f.candidates.remove(id);
+            }
+            let Some(worker_id) = best else {
                 break;
             };
             let Some(task_id) = pop_pending(&mut f.pool, &self.tasks) else {
@@ -439,6 +459,10 @@ impl State {
         };
         if w.stopping || w.tx.is_none() {
             return;
+        }
+        // Every worker event ends here: the worker may be eligible again.
+        if let Some(f) = self.functions.get_mut(&w.function) {
+            f.candidates.insert(id.clone());
         }
         let pool_empty = self.functions.get(&w.function).is_none_or(|f| f.pending == 0);
         match scheduler::idle_action(&self.rules, &w.view(now), pool_empty) {

@@ -348,7 +348,7 @@ impl State {
             now,
         );
         if let Some(wid) = worker {
-            self.dispatch(&function, now, fx);
+            self.dispatch_near(&function, Some(&wid), now, fx);
             self.evaluate(&wid, now, fx);
         }
         Ok(TaskState::Cancelled)

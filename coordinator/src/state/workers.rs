@@ -167,7 +167,7 @@ impl State {
         let function = w.function.clone();
         info!(worker = %id, kept = w.running.len(), lost = lost.len(), cancelled = stray.len(), "resumed");
         self.give_back(&lost, &format!("worker {id} came back without it"), now);
-        self.dispatch(&function, now, fx);
+        self.dispatch_near(&function, Some(id), now, fx);
         self.evaluate(id, now, fx);
         conn
     }
@@ -315,6 +315,7 @@ impl State {
         if let Some(f) = self.functions.get_mut(&w.function) {
             f.billed_gb_ms += billing::billed_gb_ms(alive, w.memory_mb);
             f.workers.remove(id);
+            f.candidates.remove(id);
         }
         self.give_back(&w.running, &format!("{cause} (worker {id})"), now);
         self.dispatch(&w.function, now, fx);
@@ -390,7 +391,7 @@ impl State {
         }
         let cause = format!("it ran past its timeout of {} ms", limit.as_millis());
         self.give_back(&[(id, attempt)], &cause, now);
-        self.dispatch(&function, now, fx);
+        self.dispatch_near(&function, worker.as_ref(), now, fx);
         if let Some(wid) = worker {
             self.evaluate(&wid, now, fx);
         }
