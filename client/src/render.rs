@@ -87,7 +87,7 @@ pub fn workers_table(workers: &[pb::WorkerInfo]) -> String {
 /// Stats as a text table.
 pub fn stats_table(s: &pb::StatsResponse) -> String {
     let mut out = format!(
-        "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14} {:>12}\n",
+        "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14} {:>12} {:>6} {:>17}\n",
         "FUNCTION",
         "PENDING",
         "RUNNING",
@@ -98,7 +98,9 @@ pub fn stats_table(s: &pb::StatsResponse) -> String {
         "STARTED",
         "RETRIED",
         "BILLED GB-s",
-        "COST USD"
+        "COST USD",
+        "SPAWN!",
+        "COLD p50/max ms"
     );
     let rows = s.functions.iter().chain(s.total.as_ref());
     for f in rows {
@@ -108,7 +110,7 @@ pub fn stats_table(s: &pb::StatsResponse) -> String {
             f.function.as_str()
         };
         out.push_str(&format!(
-            "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14.3} {:>12.8}\n",
+            "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14.3} {:>12.8} {:>6} {:>17}\n",
             name,
             f.pending,
             f.running,
@@ -119,8 +121,22 @@ pub fn stats_table(s: &pb::StatsResponse) -> String {
             f.workers_started,
             f.retried,
             f.billed_gb_ms / 1000.0,
-            f.cost_usd
+            f.cost_usd,
+            f.spawn_failures,
+            if f.cold_starts == 0 {
+                "-".to_owned()
+            } else {
+                format!("{}/{}", f.cold_start_p50_ms, f.cold_start_max_ms)
+            }
         ));
+    }
+    for f in &s.functions {
+        if !f.last_spawn_error.is_empty() {
+            out.push_str(&format!(
+                "last failed spawn of {}: {}\n",
+                f.function, f.last_spawn_error
+            ));
+        }
     }
     out
 }

@@ -23,6 +23,20 @@ pub enum SpawnerKind {
     Local,
     /// Nothing is spawned: workers started elsewhere connect by themselves.
     External,
+    /// Invocations of an AWS Lambda function (InvocationType=Event), whose worker dials back.
+    Lambda,
+}
+
+/// Where the Lambda spawner sends its invocations.
+#[derive(Clone, Debug, Default)]
+pub struct LambdaTarget {
+    /// The function's name or ARN.
+    pub function_name: String,
+    /// An alias or version to invoke; `None`: `$LATEST`.
+    pub qualifier: Option<String>,
+    /// Invoke attempts per spawn (throttling and transient errors are retried, with
+    /// exponential backoff and jitter; a function error or a client error is not).
+    pub invoke_attempts: u32,
 }
 
 /// Everything the coordinator needs to run.
@@ -86,6 +100,14 @@ pub struct Config {
     pub worker_token: Option<Secret>,
     /// Token clients must present on Tasks and Cluster; `None` admits any client.
     pub client_token: Option<Secret>,
+    /// A spawned worker that has not said hello this long after its spawn is written off
+    /// (its capacity released, the spawn counted as failed).
+    pub start_timeout: Duration,
+    /// The URL workers dial when it is not the listen address (a Lambda worker reaches the
+    /// coordinator through a public name); `None`: derived from the listen address.
+    pub advertise_url: Option<String>,
+    /// The Lambda spawner's target (with `SpawnerKind::Lambda`).
+    pub lambda: LambdaTarget,
 }
 
 impl Default for Config {
@@ -118,6 +140,9 @@ impl Default for Config {
             tls: None,
             worker_token: None,
             client_token: None,
+            start_timeout: Duration::from_secs(60),
+            advertise_url: None,
+            lambda: LambdaTarget::default(),
         }
     }
 }
@@ -167,10 +192,11 @@ impl Config {
     }
 
     /// Whether tasks of `function` can be run by the workers this coordinator spawns.
-    /// With the external spawner any name is accepted: the workers decide what they serve.
+    /// With the external and Lambda spawners any name is accepted: the workers decide what
+    /// they serve.
     pub fn serves(&self, function: &str) -> bool {
         match self.spawner {
-            SpawnerKind::External => true,
+            SpawnerKind::External | SpawnerKind::Lambda => true,
             SpawnerKind::Local => {
                 BUILTIN_FUNCTIONS.contains(&function)
                     || self.exec_functions.iter().any(|(name, _)| name == function)

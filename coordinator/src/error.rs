@@ -61,6 +61,9 @@ pub enum Error {
     /// The local spawner cannot find the worker binary.
     #[error("worker binary {0} not found: build it with `cargo build --bins` or pass --worker-bin")]
     WorkerBinaryMissing(String),
+    /// The Lambda spawner's settings are incomplete (no function, no region, no advertise URL).
+    #[error("lambda spawner: {0}")]
+    LambdaConfig(String),
     /// Binding or serving failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -88,9 +91,11 @@ impl From<Error> for Status {
             Error::HelloExpected | Error::DuplicateHello(_) | Error::NoHello => Code::FailedPrecondition,
             Error::WorkerExists(_) => Code::AlreadyExists,
             Error::ShuttingDown | Error::Journal(_) => Code::Unavailable,
-            Error::WorkerBinaryMissing(_) | Error::Transport(_) | Error::Reflection(_) | Error::Io(_) => {
-                Code::Internal
-            }
+            Error::WorkerBinaryMissing(_)
+            | Error::LambdaConfig(_)
+            | Error::Transport(_)
+            | Error::Reflection(_)
+            | Error::Io(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
     }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod journal;
+pub mod lambda;
 pub mod scheduler;
 pub mod server;
 pub mod service;

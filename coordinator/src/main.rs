@@ -126,6 +126,24 @@ struct Cli {
     /// File holding the client token.
     #[arg(long, env = "CARPOOL_CLIENT_TOKEN_FILE")]
     client_token_file: Option<PathBuf>,
+    /// A spawned worker that has not connected this long after its spawn is written off
+    /// (its capacity is released and the spawn counts as failed), e.g. "60s".
+    #[arg(long, env = "CARPOOL_START_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    start_timeout: Duration,
+    /// The URL Lambda workers dial, e.g. https://carpool.example.com:50051 [default: the
+    /// listen address, reachable only from this machine].
+    #[arg(long, env = "CARPOOL_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// The Lambda function (name or ARN) whose invocations are the workers (--spawner lambda).
+    #[arg(long, env = "CARPOOL_LAMBDA_FUNCTION")]
+    lambda_function: Option<String>,
+    /// The alias or version of --lambda-function to invoke [default: $LATEST].
+    #[arg(long, env = "CARPOOL_LAMBDA_QUALIFIER")]
+    lambda_qualifier: Option<String>,
+    /// Invoke attempts per spawn: throttling and Lambda service errors are retried with
+    /// exponential backoff and jitter; a function or client error is not.
+    #[arg(long, env = "CARPOOL_LAMBDA_INVOKE_ATTEMPTS", default_value_t = 6)]
+    lambda_invoke_attempts: u32,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -134,6 +152,8 @@ enum SpawnerArg {
     Local,
     /// Workers started elsewhere connect by themselves.
     External,
+    /// Asynchronous invocations of an AWS Lambda function (see --lambda-function).
+    Lambda,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -178,6 +198,25 @@ impl Cli {
         if self.max_attempts == 0 || self.max_tasks_per_worker == Some(0) {
             return Err("--max-attempts and --max-tasks-per-worker must be at least 1".into());
         }
+        if matches!(self.spawner, SpawnerArg::Lambda) {
+            if self
+                .lambda_function
+                .as_deref()
+                .is_none_or(|f| f.trim().is_empty())
+            {
+                return Err("--spawner lambda needs --lambda-function NAME".into());
+            }
+            if self.lambda_invoke_attempts == 0 {
+                return Err("--lambda-invoke-attempts must be at least 1".into());
+            }
+        }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "--advertise-url must be an http:// or https:// URL, got {url:?}"
+            ));
+        }
         Ok(())
     }
 
@@ -210,6 +249,7 @@ impl Cli {
             spawner: match self.spawner {
                 SpawnerArg::Local => SpawnerKind::Local,
                 SpawnerArg::External => SpawnerKind::External,
+                SpawnerArg::Lambda => SpawnerKind::Lambda,
             },
             max_workers: self.max_workers,
             memory_mb: self.memory_mb,
@@ -240,6 +280,13 @@ impl Cli {
             result_retention: self.result_retention,
             worker_token,
             client_token,
+            start_timeout: self.start_timeout,
+            advertise_url: self.advertise_url,
+            lambda: carpool_coordinator::config::LambdaTarget {
+                function_name: self.lambda_function.unwrap_or_default(),
+                qualifier: self.lambda_qualifier,
+                invoke_attempts: self.lambda_invoke_attempts,
+            },
         })
     }
 }

@@ -58,6 +58,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let spawner: Arc<dyn Spawner> = match config.spawner {
         SpawnerKind::Local => Arc::new(LocalSpawner::new(&config, local_url(addr, config.tls.is_some()))?),
         SpawnerKind::External => Arc::new(ExternalSpawner),
+        SpawnerKind::Lambda => {
+            Arc::new(crate::lambda::LambdaSpawner::new(&config, local_url(addr, config.tls.is_some())).await?)
+        }
     };
     let (journal, recovered) = match &config.state_dir {
         Some(dir) => {

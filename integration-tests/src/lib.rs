@@ -55,6 +55,11 @@ impl Coordinator {
     /// Starts a coordinator with `args` (on top of `--listen 127.0.0.1:0`) and waits until
     /// it has printed its address.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Coordinator::start`] with extra environment variables (e.g. AWS settings).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = std::env::temp_dir().join(format!(
             "carpool-coordinator-{}-{}.log",
             std::process::id(),
@@ -69,6 +74,7 @@ impl Coordinator {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
@@ -149,6 +155,127 @@ impl Drop for Coordinator {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("---- coordinator log ----\n{}", self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A test tool installed by the test command, named by an environment variable; panics
+/// with what to do if it is missing (a test never skips silently).
+pub fn tool(var: &str, what: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        panic!("{var} is not set: it names {what}, which `./scripts/test` installs; run the suite through it")
+    });
+    assert!(
+        path.is_file(),
+        "{var}={} does not exist ({what}); `./scripts/test` installs it",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port, for tools that cannot report the port they bound. The OS picks
+/// it; it is released just before the tool binds it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot pick a loopback port: {e}"))
+}
+
+/// A process a test started (an emulator, a worker), with its output in a log file. On
+/// drop it gets SIGINT, then SIGKILL if it has not exited within 5 s; its log is printed if
+/// the test failed.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+    name: String,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr going to a log file.
+    pub fn start(name: &str, mut cmd: Command) -> Self {
+        let log = std::env::temp_dir().join(format!(
+            "carpool-{name}-{}-{}.log",
+            std::process::id(),
+            NEXT_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("clone {}: {e}", log.display()));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            child,
+            log,
+            name: name.to_owned(),
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it has written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends it `signal`.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);
+    }
+
+    /// Its exit status once it has exited, waiting at most [`WAIT`].
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {WAIT:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until its log contains `text` (at most [`WAIT`]).
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not log {text:?} within {WAIT:?}; its log:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.log());
         }
         let _ = std::fs::remove_file(&self.log);
     }

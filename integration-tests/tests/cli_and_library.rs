@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use carpool_integration_tests::{Coordinator, bin, eventually, totals};
+use carpool_integration_tests::{Coordinator, WAIT, bin, eventually, totals};
 use carpool_proto::pb;
 use serde_json::Value;
 
@@ -84,7 +84,9 @@ fn the_cli_runs_submits_gets_maps_and_reports() {
     assert!(!ok && err.contains("unknown function"), "{err}");
 }
 
-#[tokio::test]
+// Several threads: the panic hook (a backtrace, if enabled) must not stall the worker's
+// stream the way it would on the test's single thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_fails_its_task_and_the_worker_keeps_serving() {
     let coord = Coordinator::start(&["--spawner", "external", "--keep-alive", "60s"]);
     let client = coord.client().await;
@@ -103,14 +105,23 @@ async fn a_panicking_handler_fails_its_task_and_the_worker_keeps_serving() {
         (totals(&client).await.workers_live == 1).then_some(())
     })
     .await;
-    let boom = client.run("fragile", "boom").await.expect("run");
+    let run = |payload: &'static str| {
+        let client = client.clone();
+        async move {
+            tokio::time::timeout(WAIT, client.run("fragile", payload))
+                .await
+                .unwrap_or_else(|_| panic!("no result for {payload:?} within {WAIT:?}"))
+                .expect("run")
+        }
+    };
+    let boom = run("boom").await;
     assert_eq!(boom.state(), pb::TaskState::Failed);
     assert!(
         boom.error.contains("panicked") && boom.error.contains("exploded"),
         "{}",
         boom.error
     );
-    let fine = client.run("fragile", "fine").await.expect("run");
+    let fine = run("fine").await;
     assert_eq!(
         (fine.state(), fine.worker_id.as_str()),
         (pb::TaskState::Succeeded, "lib-worker")

@@ -6,6 +6,7 @@
 //! - [`payload`] converts between the wire [`pb::Payload`] and plain bytes.
 //! - [`endpoint`]: how clients and workers dial (keepalive, TLS).
 //! - [`auth`]: the bearer-token [`Secret`] and the [`Bearer`] interceptor clients and workers use.
+//! - [`lambda`]: the event a Lambda worker invocation receives from the coordinator.
 
 #![allow(missing_docs, unreachable_pub)]
 
@@ -13,6 +14,7 @@ pub use bytes::Bytes;
 
 pub mod auth;
 pub mod endpoint;
+pub mod lambda;
 pub use auth::{Bearer, Secret};
 pub use endpoint::{TlsOptions, endpoint};
 

@@ -2,6 +2,7 @@
 //! own worker binaries (see [`crate::main`]).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -20,9 +21,10 @@ pub struct WorkerArgs {
     /// This worker's id [default: generated].
     #[arg(long, env = "CARPOOL_WORKER_ID")]
     pub id: Option<String>,
-    /// The function this worker serves.
+    /// The function this worker serves (required, except under Lambda, where each
+    /// invocation's event names it).
     #[arg(long, env = "CARPOOL_FUNCTION")]
-    pub function: String,
+    pub function: Option<String>,
     /// Memory size in MB (billing size; the memory limit outside a cgroup).
     #[arg(long, env = "CARPOOL_MEMORY_MB", default_value_t = 2048)]
     pub memory_mb: u32,
@@ -68,7 +70,11 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// The session config these flags describe; fails if the token file is unreadable.
     pub fn to_config(&self) -> Result<WorkerConfig, String> {
-        let mut c = WorkerConfig::new(self.coordinator.clone(), self.function.clone());
+        let function = self
+            .function
+            .clone()
+            .ok_or("--function (or CARPOOL_FUNCTION) is required: the function this worker serves")?;
+        let mut c = WorkerConfig::new(self.coordinator.clone(), function);
         if let Some(id) = &self.id {
             c.id.clone_from(id);
         }
@@ -93,8 +99,20 @@ impl WorkerArgs {
 }
 
 /// Sets up logging, pins the CPUs, runs one session with `handler` and maps the outcome
-/// to an exit code (0 after a Shutdown).
+/// to an exit code (0 after a Shutdown). Under Lambda (`AWS_LAMBDA_RUNTIME_API` set) it
+/// serves invocations instead, each one a session with the same handler.
 pub fn run_main<H: Handler>(args: WorkerArgs, handler: H) -> ExitCode {
+    let handler = SharedHandler(Arc::new(handler));
+    run_main_with(args, move |_| Ok(handler.clone()))
+}
+
+/// [`run_main`] for a worker whose handler depends on the function it serves: `make` is
+/// called once with `--function`, or under Lambda once per invocation with the event's.
+pub fn run_main_with<F, H>(args: WorkerArgs, make: F) -> ExitCode
+where
+    F: Fn(&str) -> Result<H, String> + Send + Sync + 'static,
+    H: Handler,
+{
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
@@ -112,6 +130,21 @@ pub fn run_main<H: Handler>(args: WorkerArgs, handler: H) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let code = if crate::lambda::detected() {
+        runtime.block_on(run_lambda(args, make))
+    } else {
+        runtime.block_on(run_once(args, make))
+    };
+    // The stdin watcher blocks a pool thread on a read that may never end: don't wait for it.
+    runtime.shutdown_background();
+    code
+}
+
+async fn run_once<F, H>(args: WorkerArgs, make: F) -> ExitCode
+where
+    F: Fn(&str) -> Result<H, String>,
+    H: Handler,
+{
     let config = match args.to_config() {
         Ok(c) => c,
         Err(msg) => {
@@ -119,25 +152,92 @@ pub fn run_main<H: Handler>(args: WorkerArgs, handler: H) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let code = runtime.block_on(async move {
-        if args.exit_with_stdin {
-            tokio::spawn(exit_when_stdin_closes());
+    let handler = match make(&config.function) {
+        Ok(h) => h,
+        Err(msg) => {
+            eprintln!("carpool-worker: {msg}");
+            return ExitCode::from(2);
         }
-        match crate::run(config, handler).await {
-            Ok(summary) => {
-                info!(worker = %summary.worker_id, tasks_run = summary.tasks_run, "worker done");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                error!(error = %e, "worker failed");
-                eprintln!("carpool-worker: {e}");
-                ExitCode::FAILURE
-            }
+    };
+    if args.exit_with_stdin {
+        tokio::spawn(exit_when_stdin_closes());
+    }
+    // SIGTERM ends the session cleanly: the coordinator gives the running tasks back at once.
+    let stop = config.stop.clone();
+    tokio::spawn(async move {
+        if let Ok(mut sigterm) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            sigterm.recv().await;
+            stop.cancel();
         }
     });
-    // The stdin watcher blocks a pool thread on a read that may never end: don't wait for it.
-    runtime.shutdown_background();
-    code
+    match crate::run(config, handler).await {
+        Ok(summary) => {
+            info!(worker = %summary.worker_id, tasks_run = summary.tasks_run, ended = %summary.reason.describe(), "worker done");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!(error = %e, "worker failed");
+            eprintln!("carpool-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_lambda<F, H>(args: WorkerArgs, make: F) -> ExitCode
+where
+    F: Fn(&str) -> Result<H, String> + Send + Sync + 'static,
+    H: Handler,
+{
+    let tls_ca_pem = match &args.tls_ca {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                eprintln!("carpool-worker: --tls-ca {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let token = match carpool_proto::Secret::from_value_or_file(
+        args.token.as_deref(),
+        args.token_file.as_deref(),
+        "--token",
+    ) {
+        Ok(t) => t.map(|t| t.expose().to_owned()),
+        Err(msg) => {
+            eprintln!("carpool-worker: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let defaults = crate::lambda::LambdaDefaults {
+        timeout: args.timeout,
+        reconnect_for: args.reconnect_for,
+        tls_ca_pem,
+        token,
+    };
+    match crate::lambda::serve(defaults, make).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            error!(error = %msg, "lambda mode failed");
+            eprintln!("carpool-worker: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One handler shared by every session of a process (Lambda invocations).
+struct SharedHandler<H>(Arc<H>);
+
+impl<H> Clone for SharedHandler<H> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<H: Handler> Handler for SharedHandler<H> {
+    fn call(&self, task: crate::Task) -> crate::handler::HandlerFuture {
+        self.0.call(task)
+    }
 }
 
 fn pin(cpus: &[usize]) -> nix::Result<()> {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use carpool_proto::{Secret, TlsOptions};
+use tokio_util::sync::CancellationToken;
 
 use crate::sampler::MemorySource;
 
@@ -35,6 +36,9 @@ pub struct WorkerConfig {
     pub tls: TlsOptions,
     /// The token the coordinator's Workers service requires, if any.
     pub token: Option<Secret>,
+    /// Cancel to end the session early (SIGTERM): the stream is closed cleanly, so the
+    /// coordinator gives this worker's running tasks back to the pool at once.
+    pub stop: CancellationToken,
 }
 
 impl WorkerConfig {
@@ -56,6 +60,7 @@ impl WorkerConfig {
             reconnect_for: Duration::from_secs(60),
             tls: TlsOptions::default(),
             token: None,
+            stop: CancellationToken::new(),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! - [`sampler`]: CPU and memory from /proc (and cgroup limits).
 //! - [`builtin`]: the binary's built-in functions (`echo`, `sleep`, `spin`, `--exec`).
 //! - [`cli`]: the standard flags and process setup, for `carpool-worker` and your own.
+//! - [`lambda`]: Lambda mode (detected from `AWS_LAMBDA_RUNTIME_API`): one session per
+//!   invocation, the invocation's deadline as the execution timeout.
 //!
 //! A worker of your own in a few lines:
 //!
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod lambda;
 pub mod sampler;
 pub mod session;
 
@@ -40,7 +43,8 @@ pub async fn run<H: Handler>(config: WorkerConfig, handler: H) -> Result<Summary
 }
 
 /// The whole program of a custom worker: parses the standard flags ([`cli::WorkerArgs`]),
-/// sets up logging and CPU pinning, and runs one session with `handler`.
+/// sets up logging and CPU pinning, and runs one session with `handler`. Deployed as a
+/// Lambda function, it serves one session per invocation instead (see [`lambda`]).
 pub fn main<H: Handler>(handler: H) -> ExitCode {
     #[derive(Parser)]
     struct Flags {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use carpool_worker::builtin::Builtin;
-use carpool_worker::cli::{WorkerArgs, run_main};
+use carpool_worker::cli::{WorkerArgs, run_main_with};
 use clap::Parser;
 
 /// Runs carpool tasks: dials the coordinator, holds one stream, runs what it assigns.
@@ -21,11 +21,15 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match Builtin::for_function(&cli.worker.function, cli.exec) {
-        Ok(handler) => run_main(cli.worker, handler),
-        Err(msg) => {
-            eprintln!("carpool-worker: {msg}");
-            ExitCode::from(2)
-        }
+    let exec = cli.exec;
+    // Checked up front (outside Lambda), so a bad --function fails before any connection.
+    if let Some(function) = &cli.worker.function
+        && let Err(msg) = Builtin::for_function(function, exec.clone())
+    {
+        eprintln!("carpool-worker: {msg}");
+        return ExitCode::from(2);
     }
+    run_main_with(cli.worker, move |function| {
+        Builtin::for_function(function, exec.clone())
+    })
 }

@@ -42,6 +42,27 @@ pub enum EndReason {
     Timeout,
     /// The coordinator closed the stream without a Shutdown.
     StreamClosed,
+    /// The process was told to stop (SIGTERM) before the coordinator said Shutdown; the
+    /// coordinator gave its running tasks back to the pool.
+    Terminated,
+}
+
+impl EndReason {
+    /// A short name for logs and the Lambda invocation's summary, e.g. `shutdown: idle`.
+    pub fn describe(&self) -> String {
+        match self {
+            EndReason::Shutdown(r) => {
+                let name = r
+                    .as_str_name()
+                    .trim_start_matches("SHUTDOWN_REASON_")
+                    .to_ascii_lowercase();
+                format!("shutdown: {name}")
+            }
+            EndReason::Timeout => "execution timeout".to_owned(),
+            EndReason::StreamClosed => "stream closed".to_owned(),
+            EndReason::Terminated => "terminated".to_owned(),
+        }
+    }
 }
 
 /// What a session did, for logs and (on Lambda) the invocation's response.
@@ -103,6 +124,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = tokio::time::sleep_until(deadline) => break EndReason::Timeout,
+                    () = s.config.stop.cancelled() => break EndReason::Terminated,
                 }
             }
             Err(e) => return Err(e),
@@ -234,6 +256,10 @@ impl<H: Handler> Session<H> {
                 () = tokio::time::sleep_until(deadline) => {
                     warn!(worker = %id, running = self.running.len(), "execution timeout reached");
                     break EndReason::Timeout;
+                }
+                () = self.config.stop.cancelled() => {
+                    warn!(worker = %id, running = self.running.len(), "told to stop; ending the session, the coordinator gives back what runs here");
+                    break EndReason::Terminated;
                 }
             }
         };

@@ -120,6 +120,8 @@ struct Worker {
     timeout: Duration,
     connected_at: Instant,
     instance: String,
+    /// Spawn to hello, in ms; 0 if this coordinator did not spawn it.
+    cold_start_ms: u64,
     sample: Option<pb::ResourceSample>,
     cpu: f64,
     mem: f64,
@@ -219,6 +221,12 @@ struct Function {
     spawn_failures: u64,
     consecutive_spawn_failures: u32,
     spawn_blocked_until: Option<Instant>,
+    /// Why the most recent spawn failed, and when.
+    last_spawn_error: String,
+    last_spawn_error_at: Option<Instant>,
+    /// Spawned workers that said hello, and the cold starts (ms) of the most recent ones.
+    cold_starts: u64,
+    recent_cold_starts: VecDeque<u64>,
     /// Billed GB-ms of workers that have ended.
     billed_gb_ms: f64,
 }

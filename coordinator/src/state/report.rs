@@ -34,6 +34,7 @@ impl State {
                     age_ms: now.saturating_duration_since(w.connected_at).as_millis() as u64,
                     tasks_done: w.done,
                     instance: w.instance.clone(),
+                    cold_start_ms: w.cold_start_ms,
                 }
             })
             .collect();
@@ -74,6 +75,19 @@ impl State {
             functions.push(s);
         }
         total.cost_usd = billing::cost_usd(total.billed_gb_ms, total.workers_started);
+        total.cold_start_p50_ms = median(
+            self.functions
+                .values()
+                .flat_map(|f| f.recent_cold_starts.iter().copied()),
+        );
+        if let Some(f) = self
+            .functions
+            .values()
+            .filter(|f| f.last_spawn_error_at.is_some())
+            .max_by_key(|f| f.last_spawn_error_at)
+        {
+            total.last_spawn_error.clone_from(&f.last_spawn_error);
+        }
         pb::StatsResponse {
             total: Some(total),
             functions,
@@ -99,7 +113,21 @@ fn function_stats(name: &str, f: &Function, live_gb_ms: f64) -> pb::FunctionStat
         cost_usd: billing::cost_usd(billed_gb_ms, f.workers_started),
         retried: f.retried,
         timed_out: f.timed_out,
+        cold_starts: f.cold_starts,
+        cold_start_p50_ms: median(f.recent_cold_starts.iter().copied()),
+        cold_start_max_ms: f.recent_cold_starts.iter().copied().max().unwrap_or(0),
+        last_spawn_error: f.last_spawn_error.clone(),
     }
+}
+
+/// The median (lower middle) of `values`; 0 for none.
+fn median(values: impl Iterator<Item = u64>) -> u64 {
+    let mut v: Vec<u64> = values.collect();
+    if v.is_empty() {
+        return 0;
+    }
+    let mid = (v.len() - 1) / 2;
+    *v.select_nth_unstable(mid).1
 }
 
 fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
@@ -115,4 +143,6 @@ fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
     total.billed_gb_ms += s.billed_gb_ms;
     total.retried += s.retried;
     total.timed_out += s.timed_out;
+    total.cold_starts += s.cold_starts;
+    total.cold_start_max_ms = total.cold_start_max_ms.max(s.cold_start_max_ms);
 }

@@ -164,6 +164,64 @@ fn a_failed_spawn_releases_its_capacity_and_retries_after_a_backoff() {
 }
 
 #[test]
+fn a_spawned_worker_that_never_connects_is_written_off_after_the_start_timeout() {
+    let config = Config {
+        start_timeout: Duration::from_secs(10),
+        ..local(1)
+    };
+    let (mut s, now) = state(config);
+    let (_, fx) = submit(&mut s, now);
+    assert_eq!(fx.spawns.len(), 1);
+    let mut fx = Effects::default();
+    s.sweep(now + Duration::from_secs(9), &mut fx);
+    assert_eq!(
+        s.stats(now).total.expect("total").workers_starting,
+        1,
+        "written off too early"
+    );
+    s.sweep(now + Duration::from_secs(11), &mut fx);
+    let st = s.stats(now).total.expect("total");
+    assert_eq!((st.workers_starting, st.spawn_failures, st.pending), (0, 1, 1));
+    assert!(
+        st.last_spawn_error.contains("start timeout of 10s"),
+        "{}",
+        st.last_spawn_error
+    );
+}
+
+#[test]
+fn cold_starts_are_measured_from_spawn_to_hello() {
+    let (mut s, now) = state(local(3));
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.extend(submit(&mut s, now).1.spawns.into_iter().map(|r| r.id));
+    }
+    assert_eq!(ids.len(), 3);
+    for (i, id) in ids.iter().enumerate() {
+        let (tx, _rx) = unbounded_channel();
+        let at = now + Duration::from_millis(100 * (i as u64 + 1));
+        s.connect(hello(id.as_str(), 2), tx, at, &mut Effects::default())
+            .expect("connect");
+    }
+    let st = s.stats(now + Duration::from_secs(1)).total.expect("total");
+    assert_eq!(
+        (st.cold_starts, st.cold_start_p50_ms, st.cold_start_max_ms),
+        (3, 200, 300)
+    );
+    let listed: Vec<u64> = s
+        .list_workers("", now + Duration::from_secs(1))
+        .iter()
+        .map(|w| w.cold_start_ms)
+        .collect();
+    assert_eq!(listed, vec![100, 200, 300]);
+    // A worker started by hand has no cold start of ours.
+    let (tx, _rx) = unbounded_channel();
+    s.connect(hello("by-hand", 2), tx, now, &mut Effects::default())
+        .expect("connect");
+    assert_eq!(s.stats(now).total.expect("total").cold_starts, 3);
+}
+
+#[test]
 fn lost_worker_returns_its_tasks_to_the_front_of_the_pool() {
     let (mut s, now) = state(external());
     let (conn, mut rx) = connect(&mut s, "a", 1, now);

@@ -17,6 +17,9 @@ use crate::billing;
 use crate::error::{Error, Result};
 use crate::scheduler;
 
+/// Cold starts kept per function for Stats' median and maximum.
+const RECENT_COLD_STARTS: usize = 1024;
+
 /// Longest wait before spawning again after consecutive spawn failures.
 const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -60,14 +63,21 @@ impl State {
         }
         let function = self.function_key(&hello.function);
         let mut instance = hello.instance;
+        let mut cold_start_ms = 0;
         if let Some(s) = self.starting.remove(&id) {
+            cold_start_ms = now.saturating_duration_since(s.since).as_millis() as u64;
             if let Some(f) = self.functions.get_mut(&s.function) {
                 f.starting = f.starting.saturating_sub(1);
+                f.cold_starts += 1;
+                if f.recent_cold_starts.len() >= RECENT_COLD_STARTS {
+                    f.recent_cold_starts.pop_front();
+                }
+                f.recent_cold_starts.push_back(cold_start_ms);
             }
             if instance.is_empty() {
                 instance = s.instance;
             }
-            debug!(worker = %id, cold_start_ms = now.duration_since(s.since).as_millis() as u64, "started worker connected");
+            info!(worker = %id, cold_start_ms, "spawned worker connected");
         } else if let Some(f) = self.functions.get_mut(&function) {
             // Started elsewhere (external spawner, or by hand): still one invocation.
             f.workers_started += 1;
@@ -92,6 +102,7 @@ impl State {
             timeout,
             connected_at: now,
             instance,
+            cold_start_ms,
             sample: None,
             cpu: 0.0,
             mem: 0.0,
@@ -418,6 +429,20 @@ impl State {
         for (id, cause) in gone {
             self.finalize(&id, cause, now, fx);
         }
+        let start_timeout = self.config.start_timeout;
+        let never_connected: Vec<WorkerId> = self
+            .starting
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.since) > start_timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in never_connected {
+            let reason = format!(
+                "the worker did not connect within the start timeout of {}",
+                humantime::format_duration(start_timeout)
+            );
+            self.spawn_failed(&id, &reason, now, fx);
+        }
     }
 
     /// The spawner started the worker; `instance` says where (a pid, a request id).
@@ -457,6 +482,8 @@ impl State {
             .saturating_mul(1 << f.consecutive_spawn_failures.min(10))
             .min(MAX_SPAWN_BACKOFF);
         f.spawn_blocked_until = Some(now + backoff);
+        f.last_spawn_error = reason.to_owned();
+        f.last_spawn_error_at = Some(now);
         warn!(worker = %id, function = %s.function, reason, backoff_ms = backoff.as_millis() as u64, "spawn failed");
         fx.timers.push((backoff, Timer::Function(s.function.clone())));
         self.dispatch(&s.function, now, fx);

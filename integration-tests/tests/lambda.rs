@@ -1,0 +1,716 @@
+//! The Lambda path against real emulators, through the real aws-sdk-lambda client:
+//! - cargo-lambda's `watch --only-lambda-apis` serves the Lambda Invoke and Runtime APIs;
+//!   the test starts `carpool-worker` processes in Lambda mode against it, and a
+//!   coordinator with `--spawner lambda` invokes them;
+//! - AWS's Runtime Interface Emulator runs the worker with a real invocation deadline and
+//!   function timeout;
+//! - moto's Lambda (Docker off) answers Invoke as AWS does (202 for Event, 404 for an
+//!   unknown function) and records every request.
+//!
+//! The tools are installed by `./scripts/test` and named by CARPOOL_CARGO_LAMBDA,
+//! CARPOOL_LAMBDA_RIE, CARPOOL_MOTO_SERVER and CARPOOL_PYTHON.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use carpool_integration_tests::{Coordinator, Proc, WAIT, bin, eventually, free_port, tool};
+use carpool_proto::pb;
+use carpool_proto::{Bytes, payload};
+use futures::StreamExt;
+use serde_json::Value;
+
+/// The function name the emulators serve the worker as.
+const FUNCTION: &str = "carpool-worker";
+
+/// The AWS settings a coordinator needs to reach an emulator at `endpoint`.
+fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL_LAMBDA", endpoint.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}
+
+fn start_coordinator(endpoint: &str, args: &[&str]) -> Coordinator {
+    let env = aws_env(endpoint);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Coordinator::start_with_env(args, &env)
+}
+
+/// cargo-lambda serving the Lambda APIs only, on a loopback port; returns it and its URL.
+fn cargo_lambda() -> (Proc, String) {
+    let port = free_port();
+    let mut cmd = Command::new(tool("CARPOOL_CARGO_LAMBDA", "cargo-lambda"));
+    cmd.args([
+        "lambda",
+        "watch",
+        "--only-lambda-apis",
+        "--invoke-address",
+        "127.0.0.1",
+    ])
+    .args(["--invoke-port", &port.to_string()])
+    .env("NO_COLOR", "1");
+    let emulator = Proc::start("cargo-lambda", cmd);
+    emulator.wait_for_log("starting Runtime server");
+    (emulator, format!("http://127.0.0.1:{port}"))
+}
+
+/// A `carpool-worker` process in Lambda mode, polling `emulator`'s Runtime API.
+fn lambda_worker(emulator: &str, extra_env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(bin("carpool-worker"));
+    cmd.env("AWS_LAMBDA_RUNTIME_API", format!("{emulator}/.rt/{FUNCTION}"))
+        .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION)
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(extra_env.iter().copied());
+    let worker = Proc::start("lambda-worker", cmd);
+    worker.wait_for_log("serving Lambda invocations");
+    worker
+}
+
+fn stats_of(s: &pb::StatsResponse, function: &str) -> pb::FunctionStats {
+    s.functions
+        .iter()
+        .find(|f| f.function == function)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn is_request_id(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}
+
+#[tokio::test]
+async fn a_hundred_tasks_run_on_lambda_invocations_through_the_emulator() {
+    let (_emulator, url) = cargo_lambda();
+    let _workers: Vec<Proc> = (0..3).map(|_| lambda_worker(&url, &[])).collect();
+    let coord = start_coordinator(
+        &url,
+        &[
+            "--spawner",
+            "lambda",
+            "--lambda-function",
+            FUNCTION,
+            "--max-workers",
+            "3",
+            "--slots",
+            "2",
+            "--keep-alive",
+            "60s",
+        ],
+    );
+    let client = coord.client().await;
+    // Sleeps of distinct lengths keep the slots busy, so the fleet grows past one worker.
+    let inputs: Vec<u64> = (0..100).map(|i| 20 + i % 7).collect();
+    let results: Vec<pb::MapResponse> = client
+        .map(
+            "sleep",
+            futures::stream::iter(inputs.clone().into_iter().map(|ms| Bytes::from(ms.to_string()))),
+        )
+        .await
+        .expect("map")
+        .map(|r| r.expect("map response"))
+        .collect()
+        .await;
+    assert_eq!(results.len(), 100);
+    let mut ran_on = HashSet::new();
+    for r in &results {
+        let result = r
+            .result
+            .as_ref()
+            .unwrap_or_else(|| panic!("seq {} rejected: {}", r.seq, r.rejected));
+        assert_eq!(result.state(), pb::TaskState::Succeeded, "{result:?}");
+        let out: Value =
+            serde_json::from_slice(&payload::into_bytes(result.output.clone())).expect("JSON output");
+        assert_eq!(
+            out["slept_ms"], inputs[r.seq as usize],
+            "task {} got another task's result",
+            result.task_id
+        );
+        ran_on.insert(result.worker_id.clone());
+    }
+    assert!(
+        ran_on.len() >= 2,
+        "100 tasks ran on {ran_on:?}: expected several workers"
+    );
+
+    // Every worker is a Lambda invocation: its request id is its instance.
+    let workers = client.workers("sleep").await.expect("workers");
+    let ids: HashSet<&str> = workers.iter().map(|w| w.instance.as_str()).collect();
+    assert_eq!(ids.len(), workers.len(), "request ids repeat: {workers:?}");
+    for w in &workers {
+        assert!(
+            is_request_id(&w.instance),
+            "worker {} shows {:?}, not a request id",
+            w.worker_id,
+            w.instance
+        );
+        assert!(w.cold_start_ms > 0, "worker {} has no cold start", w.worker_id);
+        assert_eq!(
+            w.memory_mb, 2048,
+            "memory comes from AWS_LAMBDA_FUNCTION_MEMORY_SIZE"
+        );
+    }
+    for id in &ran_on {
+        assert!(workers.iter().any(|w| &w.worker_id == id), "{id} is not listed");
+    }
+    let s = stats_of(&client.stats().await.expect("stats"), "sleep");
+    assert_eq!(s.workers_started, workers.len() as u64);
+    assert_eq!(s.cold_starts, workers.len() as u64, "{s:?}");
+    assert!(
+        s.cold_start_p50_ms > 0 && s.cold_start_p50_ms <= s.cold_start_max_ms,
+        "{s:?}"
+    );
+    assert_eq!(s.spawn_failures, 0, "{s:?}");
+}
+
+#[tokio::test]
+async fn a_failed_invocation_is_one_invocation_and_the_task_waits_for_a_worker() {
+    let (_emulator, url) = cargo_lambda();
+    let worker = lambda_worker(&url, &[]);
+    let coord = start_coordinator(
+        &url,
+        &[
+            "--spawner",
+            "lambda",
+            "--lambda-function",
+            FUNCTION,
+            "--max-workers",
+            "1",
+        ],
+    );
+    let client = coord.client().await;
+    // The worker binary has no handler for this function: each invocation fails at once,
+    // and the emulator answers the Event invoke with HTTP 500.
+    let task = client.submit("no-such-builtin", "{}").await.expect("submit");
+    let s = eventually("three failed spawns", || async {
+        let s = stats_of(&client.stats().await.ok()?, "no-such-builtin");
+        (s.spawn_failures >= 3).then_some(s)
+    })
+    .await;
+    assert!(
+        s.last_spawn_error.contains("UnknownCarpoolFunction") || s.last_spawn_error.contains("no handler"),
+        "{s:?}"
+    );
+    // One spawn, one invocation: the SDK's retries are off and a function error is not
+    // retried. Compare while no spawn is in flight (the spawn backoff has grown by now).
+    eventually("a quiet moment with as many invocations as spawns", || async {
+        let before = stats_of(&client.stats().await.ok()?, "no-such-builtin");
+        let invocations = worker
+            .log()
+            .matches("no handler for the event's function")
+            .count() as u64;
+        let after = stats_of(&client.stats().await.ok()?, "no-such-builtin");
+        let quiet = before.workers_started == after.workers_started
+            && before.spawn_failures == after.spawn_failures
+            && after.workers_started == after.spawn_failures;
+        (quiet && invocations == after.workers_started).then_some(())
+    })
+    .await;
+    // The task was never stranded or failed: it waits in the pool for a worker that can run it.
+    let info = client.get(task).await.expect("get");
+    assert_eq!(info.state(), pb::TaskState::Pending, "{info:?}");
+    assert_eq!(s.pending, 1);
+    client.cancel(task).await.expect("cancel");
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_lambda_session_and_its_task_goes_back_at_once() {
+    let (_emulator, url) = cargo_lambda();
+    let mut worker = lambda_worker(&url, &[]);
+    // A long reconnect grace: the task must come back because the session ended cleanly,
+    // not because the grace ran out.
+    let coord = start_coordinator(
+        &url,
+        &[
+            "--spawner",
+            "lambda",
+            "--lambda-function",
+            FUNCTION,
+            "--max-workers",
+            "1",
+            "--reconnect-grace",
+            "10m",
+        ],
+    );
+    let client = coord.client().await;
+    let task = client.submit("sleep", "60000").await.expect("submit");
+    eventually("the task to run", || async {
+        (client.get(task).await.ok()?.state() == pb::TaskState::Running).then_some(())
+    })
+    .await;
+    worker.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = worker.wait_exit();
+    assert!(status.success(), "the worker exited with {status}");
+    let s = eventually("the task to be given back", || async {
+        let s = stats_of(&client.stats().await.ok()?, "sleep");
+        (s.retried == 1 && s.workers_live == 0).then_some(s)
+    })
+    .await;
+    assert_eq!(s.running, 0, "{s:?}");
+    assert!(worker.log().contains("told to stop"), "{}", worker.log());
+}
+
+/// AWS's Runtime Interface Emulator running the worker binary, with a function timeout.
+struct Rie {
+    _proc: Proc,
+    client: aws_sdk_lambda::Client,
+}
+
+impl Rie {
+    fn start(timeout_s: u32) -> Self {
+        let (invoke_port, runtime_port) = (free_port(), free_port());
+        let mut cmd = Command::new(tool("CARPOOL_LAMBDA_RIE", "AWS's aws-lambda-rie"));
+        cmd.arg("--runtime-interface-emulator-address")
+            .arg(format!("127.0.0.1:{invoke_port}"))
+            .arg("--runtime-api-address")
+            .arg(format!("127.0.0.1:{runtime_port}"))
+            .arg(bin("carpool-worker"))
+            .env("AWS_LAMBDA_FUNCTION_TIMEOUT", timeout_s.to_string())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        let proc = Proc::start("aws-lambda-rie", cmd);
+        let config = aws_sdk_lambda::Config::builder()
+            .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+            .region(aws_sdk_lambda::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_lambda::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .endpoint_url(format!("http://127.0.0.1:{invoke_port}"))
+            .build();
+        Self {
+            _proc: proc,
+            client: aws_sdk_lambda::Client::from_conf(config),
+        }
+    }
+
+    /// Invokes synchronously (the emulator's only mode) and returns the response payload.
+    async fn invoke(&self, event: Value) -> (String, Duration) {
+        let started = Instant::now();
+        let deadline = started + WAIT;
+        loop {
+            // The emulator may not be listening yet.
+            let sent = self
+                .client
+                .invoke()
+                .function_name("function")
+                .payload(aws_sdk_lambda::primitives::Blob::new(event.to_string()))
+                .send()
+                .await;
+            match sent {
+                Ok(out) => {
+                    let body = out
+                        .payload()
+                        .map(|p| String::from_utf8_lossy(p.as_ref()).into_owned());
+                    return (body.unwrap_or_default(), started.elapsed());
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("invoke: {}", aws_sdk_lambda::error::DisplayErrorContext(&e)),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_invocation_deadline_is_the_workers_timeout_and_a_bad_event_fails_fast() {
+    let coord = Coordinator::start(&["--spawner", "external", "--keep-alive", "60s"]);
+    let client = coord.client().await;
+    let rie = Rie::start(4);
+
+    // A malformed event fails the invocation at once, naming the problem.
+    let (body, took) = rie
+        .invoke(serde_json::json!({ "worker_id": "x", "function": "echo" }))
+        .await;
+    assert!(body.contains("missing field `coordinator_url`"), "{body}");
+    assert!(body.contains("InvalidCarpoolEvent"), "{body}");
+    assert!(took < Duration::from_secs(3), "a bad event took {took:?}");
+
+    // A good one: the worker serves tasks, then leaves at 0.8 of the real deadline (4 s
+    // less its margin), not at its 15-minute default, and says why.
+    let event = serde_json::json!({ "coordinator_url": coord.url, "worker_id": "rie-1", "function": "echo" });
+    let invocation = tokio::spawn(async move { rie.invoke(event).await });
+    let w = eventually("the worker to connect", || async {
+        client
+            .workers("echo")
+            .await
+            .ok()?
+            .into_iter()
+            .find(|w| w.worker_id == "rie-1")
+    })
+    .await;
+    assert!(
+        is_request_id(&w.instance),
+        "instance {:?} is not the request id",
+        w.instance
+    );
+    let out = client.run("echo", "\"hello\"").await.expect("run");
+    assert_eq!(
+        payload::into_bytes(out.output.clone()),
+        Bytes::from_static(b"\"hello\"")
+    );
+    let (body, took) = invocation.await.expect("invocation");
+    let summary: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("summary {body:?}: {e}"));
+    assert_eq!(summary["worker_id"], "rie-1");
+    assert_eq!(summary["tasks_run"], 1);
+    assert_eq!(summary["ended"], "shutdown: deadline", "{summary}");
+    assert!(
+        took < Duration::from_secs(4),
+        "the session outlived the function timeout: {took:?}"
+    );
+}
+
+/// moto's AWS emulator in server mode, on a port it picks, recording every request.
+struct Moto {
+    _proc: Proc,
+    url: String,
+    recording: std::path::PathBuf,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.recording);
+    }
+}
+
+impl Moto {
+    fn start() -> Self {
+        let mut cmd = Command::new(tool("CARPOOL_MOTO_SERVER", "moto's moto_server"));
+        // moto's recorder writes to a file, by default in the working directory.
+        let recording =
+            std::env::temp_dir().join(format!("carpool-moto-{}-{}.rec", std::process::id(), free_port()));
+        cmd.args(["-H", "127.0.0.1", "-p", "0"])
+            .env("NO_COLOR", "1")
+            .env("MOTO_RECORDER_FILEPATH", &recording);
+        let proc = Proc::start("moto", cmd);
+        proc.wait_for_log("Running on http://127.0.0.1:");
+        let log = proc.log();
+        let url = log
+            .lines()
+            .find_map(|l| l.split("Running on ").nth(1))
+            .map(|u| u.trim().to_owned())
+            .unwrap_or_else(|| panic!("no URL in moto's log: {log}"));
+        let moto = Self {
+            _proc: proc,
+            url,
+            recording,
+        };
+        moto.helper(&["record", &moto.url]);
+        moto
+    }
+
+    /// Turns Docker off and creates `FUNCTION`: from then on moto accepts every Invoke and
+    /// runs nothing.
+    fn create_function(&self) {
+        self.helper(&["setup", &self.url, FUNCTION]);
+    }
+
+    fn helper(&self, args: &[&str]) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_lambda.py");
+        let out = Command::new(tool("CARPOOL_PYTHON", "the test venv's python"))
+            .arg(script)
+            .args(args)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap_or_else(|e| panic!("run {script}: {e}"));
+        assert!(
+            out.status.success(),
+            "{script} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every Invoke moto has seen, in order.
+    fn invocations(&self) -> Vec<Value> {
+        BufReader::new(self.helper(&["invocations", &self.url]).as_bytes())
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn each_spawn_is_one_event_invocation_and_an_unknown_function_is_reported() {
+    let moto = Moto::start();
+    // An unknown function: moto answers 404 ResourceNotFoundException, which is not retried.
+    let bad_coord = start_coordinator(
+        &moto.url,
+        &[
+            "--spawner",
+            "lambda",
+            "--lambda-function",
+            "no-such-function",
+            "--max-workers",
+            "1",
+        ],
+    );
+    let bad_client = bad_coord.client().await;
+    let task = bad_client.submit("echo", "1").await.expect("submit");
+    let s = eventually("a failed spawn", || async {
+        let s = stats_of(&bad_client.stats().await.ok()?, "echo");
+        (s.spawn_failures >= 1).then_some(s)
+    })
+    .await;
+    assert!(
+        s.last_spawn_error
+            .contains("ResourceNotFoundException (HTTP 404)"),
+        "{s:?}"
+    );
+    assert!(s.last_spawn_error.contains("no-such-function"), "{s:?}");
+    assert!(bad_coord.log().contains("spawn failed"), "the failure is logged");
+    assert_eq!(
+        bad_client.get(task).await.expect("get").state(),
+        pb::TaskState::Pending
+    );
+    let bad: Vec<Value> = moto
+        .invocations()
+        .into_iter()
+        .filter(|c| c["function"] == "no-such-function")
+        .collect();
+    assert!(!bad.is_empty(), "moto saw no invoke of the unknown function");
+    let ids: HashSet<&str> = bad
+        .iter()
+        .filter_map(|c| c["event"]["worker_id"].as_str())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        bad.len(),
+        "a failed spawn was invoked more than once: {bad:?}"
+    );
+    drop(bad_coord);
+
+    moto.create_function();
+    // moto accepts the invocation but runs nothing: the worker never connects, so the start
+    // timeout writes it off, and the pending task gets a new spawn.
+    let coord = start_coordinator(
+        &moto.url,
+        &[
+            "--spawner",
+            "lambda",
+            "--lambda-function",
+            FUNCTION,
+            "--advertise-url",
+            "https://carpool.example.com:50051",
+            "--worker-token",
+            "s3cret",
+            "--max-workers",
+            "1",
+            "--start-timeout",
+            "1s",
+        ],
+    );
+    let client = coord.client().await;
+    client.submit("echo", "1").await.expect("submit");
+    let s = eventually(
+        "a spawn written off by the start timeout, and a second spawn",
+        || async {
+            let s = stats_of(&client.stats().await.ok()?, "echo");
+            (s.spawn_failures >= 1 && s.workers_started >= 2).then_some(s)
+        },
+    )
+    .await;
+    assert!(
+        s.last_spawn_error
+            .contains("did not connect within the start timeout of 1s"),
+        "{s:?}"
+    );
+    assert_eq!(s.pending, 1, "the task stays in the pool: {s:?}");
+    let calls: Vec<Value> = moto
+        .invocations()
+        .into_iter()
+        .filter(|c| c["function"] == FUNCTION)
+        .collect();
+    assert!(calls.len() >= 2, "{calls:?}");
+    let mut worker_ids = HashSet::new();
+    for c in &calls {
+        assert_eq!(c["function"], FUNCTION, "{c}");
+        assert_eq!(c["invocation_type"], "Event", "{c}");
+        assert!(
+            c["sdk_request"].as_str().unwrap_or("").ends_with("max=1"),
+            "SDK retries must be off: {c}"
+        );
+        let e = &c["event"];
+        assert_eq!(e["coordinator_url"], "https://carpool.example.com:50051", "{c}");
+        assert_eq!(e["function"], "echo", "{c}");
+        assert_eq!(e["token"], "s3cret", "{c}");
+        let id = e["worker_id"].as_str().unwrap_or_default().to_owned();
+        assert!(worker_ids.insert(id), "a spawn was invoked twice: {calls:?}");
+    }
+}
+
+/// A container of the worker image, removed (`podman rm -f`) when dropped.
+struct Container {
+    proc: Option<Proc>,
+    name: String,
+    podman: std::path::PathBuf,
+}
+
+impl Container {
+    /// `podman run` of the image built from worker/Dockerfile, on the host's network (the
+    /// coordinator and the emulator listen on loopback), with `env` and `args`.
+    fn run(name: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
+        let podman = tool("CARPOOL_PODMAN", "podman");
+        let image = std::env::var("CARPOOL_WORKER_IMAGE").unwrap_or_else(|_| {
+            panic!(
+                "CARPOOL_WORKER_IMAGE is not set: `./scripts/test` builds the image with scripts/worker-image"
+            )
+        });
+        let name = format!("{name}-{}", std::process::id());
+        let mut cmd = Command::new(&podman);
+        cmd.args([
+            "--runtime",
+            "runc",
+            "run",
+            "--rm",
+            "--name",
+            &name,
+            "--network=host",
+        ])
+        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
+        for (k, v) in env {
+            cmd.arg("--env").arg(format!("{k}={v}"));
+        }
+        cmd.arg(&image).args(args);
+        Self {
+            proc: Some(Proc::start("container", cmd)),
+            name,
+            podman,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.proc.as_ref().map(Proc::log).unwrap_or_default()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.podman)
+            .args(["rm", "--force", "--time", "0", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        drop(self.proc.take());
+    }
+}
+
+async fn echo_twenty(client: &carpool_integration_tests::Client) -> HashSet<String> {
+    let results: Vec<pb::MapResponse> = client
+        .map(
+            "echo",
+            futures::stream::iter((0..20).map(|i| Bytes::from(format!("{{\"i\":{i}}}")))),
+        )
+        .await
+        .expect("map")
+        .map(|r| r.expect("map response"))
+        .collect()
+        .await;
+    assert_eq!(results.len(), 20);
+    let mut workers = HashSet::new();
+    for r in &results {
+        let result = r.result.as_ref().expect("accepted");
+        assert_eq!(result.state(), pb::TaskState::Succeeded, "{result:?}");
+        let out: Value = serde_json::from_slice(&payload::into_bytes(result.output.clone())).expect("JSON");
+        assert_eq!(
+            out["i"], r.seq,
+            "task {} got another task's output",
+            result.task_id
+        );
+        workers.insert(result.worker_id.clone());
+    }
+    workers
+}
+
+#[tokio::test]
+async fn the_worker_image_runs_as_a_lambda_function_and_as_a_plain_worker() {
+    // As a Lambda function: the image's entrypoint, with only the Runtime API's environment.
+    let (_emulator, url) = cargo_lambda();
+    let runtime_api = format!("{url}/.rt/{FUNCTION}");
+    let container = Container::run(
+        "carpool-lambda",
+        &[
+            ("AWS_LAMBDA_RUNTIME_API", runtime_api.as_str()),
+            ("AWS_LAMBDA_FUNCTION_NAME", FUNCTION),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024"),
+            ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+            ("RUST_LOG", "info"),
+            ("NO_COLOR", "1"),
+        ],
+        &[],
+    );
+    let deadline = Instant::now() + WAIT;
+    while !container.log().contains("serving Lambda invocations") {
+        assert!(
+            Instant::now() < deadline,
+            "the container did not start: {}",
+            container.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let coord = start_coordinator(
+        &url,
+        &[
+            "--spawner",
+            "lambda",
+            "--lambda-function",
+            FUNCTION,
+            "--max-workers",
+            "1",
+            "--keep-alive",
+            "30s",
+        ],
+    );
+    let client = coord.client().await;
+    let ran_on = echo_twenty(&client).await;
+    let workers = client.workers("echo").await.expect("workers");
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert!(ran_on.contains(&workers[0].worker_id));
+    assert!(is_request_id(&workers[0].instance), "{:?}", workers[0].instance);
+    assert_eq!(workers[0].memory_mb, 1024);
+    drop(client);
+    drop(coord);
+    drop(container);
+
+    // As a plain worker: the usual flags, external spawner.
+    let coord = Coordinator::start(&["--spawner", "external", "--keep-alive", "30s"]);
+    let client = coord.client().await;
+    let container = Container::run(
+        "carpool-worker",
+        &[("NO_COLOR", "1")],
+        &[
+            "--coordinator",
+            &coord.url,
+            "--function",
+            "echo",
+            "--id",
+            "in-a-container",
+        ],
+    );
+    eventually("the container to connect", || async {
+        let listed = client.workers("echo").await.ok()?;
+        listed
+            .iter()
+            .any(|w| w.worker_id == "in-a-container")
+            .then_some(())
+    })
+    .await;
+    let ran_on = echo_twenty(&client).await;
+    assert_eq!(
+        ran_on,
+        HashSet::from(["in-a-container".to_owned()]),
+        "{}",
+        container.log()
+    );
+}
