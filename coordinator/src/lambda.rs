@@ -81,7 +81,10 @@ impl LambdaSpawner {
                 "--advertise-url {coordinator_url:?} is not an http:// or https:// URL"
             )));
         }
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(https_client())
+            .load()
+            .await;
         if sdk.region().is_none() {
             return Err(Error::LambdaConfig(
                 "no AWS region: set AWS_REGION (or a profile's region)".into(),
@@ -166,6 +169,15 @@ impl Spawner for LambdaSpawner {
             }
         });
     }
+}
+
+/// The AWS SDK's HTTPS client on rustls with ring, the crypto provider the rest of carpool
+/// (tonic) uses.
+pub fn https_client() -> aws_sdk_lambda::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https()
 }
 
 /// What one Invoke call's outcome calls for.
