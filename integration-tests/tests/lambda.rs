@@ -26,10 +26,11 @@ use serde_json::Value;
 /// The function name the emulators serve the worker as.
 const FUNCTION: &str = "carpool-worker";
 
-/// The AWS settings a coordinator needs to reach an emulator at `endpoint`.
-fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
+/// The AWS settings a coordinator needs to reach an emulator at `endpoint`, named by
+/// `endpoint_var` (AWS_ENDPOINT_URL_LAMBDA, or AWS_ENDPOINT_URL for every service).
+fn aws_env(endpoint_var: &'static str, endpoint: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("AWS_ENDPOINT_URL_LAMBDA", endpoint.to_owned()),
+        (endpoint_var, endpoint.to_owned()),
         ("AWS_REGION", "us-east-1".to_owned()),
         ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
         ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
@@ -38,7 +39,11 @@ fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
 }
 
 fn start_coordinator(endpoint: &str, args: &[&str]) -> Coordinator {
-    let env = aws_env(endpoint);
+    start_coordinator_via("AWS_ENDPOINT_URL_LAMBDA", endpoint, args)
+}
+
+fn start_coordinator_via(endpoint_var: &'static str, endpoint: &str, args: &[&str]) -> Coordinator {
+    let env = aws_env(endpoint_var, endpoint);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Coordinator::start_with_env(args, &env)
 }
@@ -452,7 +457,8 @@ impl Moto {
 async fn each_spawn_is_one_event_invocation_and_an_unknown_function_is_reported() {
     let moto = Moto::start();
     // An unknown function: moto answers 404 ResourceNotFoundException, which is not retried.
-    let bad_coord = start_coordinator(
+    let bad_coord = start_coordinator_via(
+        "AWS_ENDPOINT_URL",
         &moto.url,
         &[
             "--spawner",
