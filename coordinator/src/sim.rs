@@ -55,38 +55,10 @@ pub struct SimReport {
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
-    Connect(String),
-    Done(String, u64, u32),
+    Connect(WorkerId),
+    Done(WorkerId, u64, u32),
     Timer(u64),
-    Exit(String),
-}
-
-/// Live simulated workers: a dense list plus an index by id.
-#[derive(Default)]
-struct Workers {
-    list: Vec<(String, SimWorker)>,
-    index: HashMap<String, usize>,
-}
-
-impl Workers {
-    fn insert(&mut self, id: String, w: SimWorker) {
-        self.index.insert(id.clone(), self.list.len());
-        self.list.push((id, w));
-    }
-
-    fn get_mut(&mut self, id: &str) -> Option<&mut SimWorker> {
-        let i = *self.index.get(id)?;
-        self.list.get_mut(i).map(|(_, w)| w)
-    }
-
-    fn remove(&mut self, id: &str) -> Option<SimWorker> {
-        let i = self.index.remove(id)?;
-        let (_, w) = self.list.swap_remove(i);
-        if let Some((moved, _)) = self.list.get(i) {
-            self.index.insert(moved.clone(), i);
-        }
-        Some(w)
-    }
+    Exit(WorkerId),
 }
 
 struct SimWorker {
@@ -104,8 +76,9 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
     let mut queue: BinaryHeap<Reverse<(Duration, u64, Event)>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut timers: HashMap<u64, Timer> = HashMap::new();
-    // Live workers, dense so that the per-step sweep of their channels is a tight loop.
-    let mut workers = Workers::default();
+    // Live workers. Only those the state has messaged are read after each step.
+    let mut workers: HashMap<WorkerId, SimWorker> = HashMap::new();
+    state.record_messages();
     let mut report = SimReport::default();
     let (mut finished, mut connecting) = (0usize, 0usize);
 
@@ -125,11 +98,7 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
             for s in fx.spawns.drain(..) {
                 seq += 1;
                 connecting += 1;
-                queue.push(Reverse((
-                    now + sim.cold_start,
-                    seq,
-                    Event::Connect(s.id.to_string()),
-                )));
+                queue.push(Reverse((now + sim.cold_start, seq, Event::Connect(s.id))));
             }
             for (d, t) in fx.timers.drain(..) {
                 seq += 1;
@@ -138,10 +107,10 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
             }
             let mut delivered = false;
             let mut samples = Vec::new();
-            for (id, w) in workers.list.iter_mut() {
-                if w.rx.is_empty() {
-                    continue; // an atomic load, far cheaper than trying to receive
-                }
+            for id in state.take_messaged() {
+                let Some(w) = workers.get_mut(&id) else {
+                    continue;
+                };
                 while let Ok(Ok(msg)) = w.rx.try_recv() {
                     delivered = true;
                     match msg.kind {
@@ -164,14 +133,14 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
                 }
             }
             for (id, running) in samples {
-                let _ = state.sample(&WorkerId::new(&id), sample(running, vcpus), base + now, &mut fx);
+                let _ = state.sample(&id, sample(running, vcpus), base + now, &mut fx);
             }
             if !delivered && fx.spawns.is_empty() && fx.timers.is_empty() {
                 break;
             }
         }
-        report.peak_workers = report.peak_workers.max(workers.list.len());
-        if finished >= accepted && workers.list.is_empty() && connecting == 0 {
+        report.peak_workers = report.peak_workers.max(workers.len());
+        if finished >= accepted && workers.is_empty() && connecting == 0 {
             break;
         }
         let Some(Reverse((at, _, event))) = queue.pop() else {
@@ -184,7 +153,7 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
                 connecting -= 1;
                 let (tx, rx) = unbounded_channel();
                 let hello = pb::Hello {
-                    worker_id: id.clone(),
+                    worker_id: id.to_string(),
                     function: sim.function.clone(),
                     vcpus,
                     memory_mb: config.memory_mb,
@@ -208,9 +177,8 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
                         started_unix_ms: 0,
                         finished_unix_ms: 0,
                     };
-                    let wid = WorkerId::new(&id);
-                    let _ = state.results(&wid, vec![result], t, &mut fx);
-                    let _ = state.sample(&wid, sample(running, vcpus), t, &mut fx);
+                    let _ = state.results(&id, vec![result], t, &mut fx);
+                    let _ = state.sample(&id, sample(running, vcpus), t, &mut fx);
                     finished += 1;
                     report.completion = report.completion.max(now);
                 }
@@ -222,7 +190,7 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
             }
             Event::Exit(id) => {
                 if let Some(w) = workers.remove(&id) {
-                    state.disconnect(&WorkerId::new(&id), w.conn, StreamEnd::Closed, t, &mut fx);
+                    state.disconnect(&id, w.conn, StreamEnd::Closed, t, &mut fx);
                 }
             }
         }

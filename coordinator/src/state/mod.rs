@@ -245,6 +245,9 @@ pub struct State {
     next_conn: u64,
     started_at: Instant,
     draining: bool,
+    /// With [`State::record_messages`]: the workers sent an Assign or a Shutdown since the
+    /// last [`State::take_messaged`] (the simulator reads only those workers' streams).
+    messaged: Option<Vec<WorkerId>>,
     /// Idempotency keys of submissions, to their task.
     keys: HashMap<String, TaskId>,
     /// Waiters for tasks reserved but not yet inserted (their accept is being written).
@@ -270,6 +273,7 @@ impl State {
             next_conn: 1,
             started_at: now,
             draining: false,
+            messaged: None,
             keys: HashMap::new(),
             early_waiters: HashMap::new(),
             finished: VecDeque::new(),
@@ -389,6 +393,9 @@ impl State {
             if let Some(w) = self.workers.get(&id) {
                 w.send(Kind::Assign(pb::Assign { tasks }));
             }
+            if let Some(log) = &mut self.messaged {
+                log.push(id);
+            }
         }
         self.spawn_for(function, now, fx);
     }
@@ -503,7 +510,22 @@ impl State {
             w.send(Kind::Shutdown(pb::Shutdown {
                 reason: reason as i32,
             }));
+            if let Some(log) = &mut self.messaged {
+                log.push(id.clone());
+            }
         }
+    }
+
+    /// From now on, remember which workers are sent an Assign or a Shutdown (for the
+    /// simulator, which then reads only their streams instead of every worker's).
+    pub fn record_messages(&mut self) {
+        self.messaged.get_or_insert_with(Vec::new);
+    }
+
+    /// The workers sent an Assign or a Shutdown since the last call (with
+    /// [`State::record_messages`]; otherwise none), in order, possibly repeated.
+    pub fn take_messaged(&mut self) -> Vec<WorkerId> {
+        self.messaged.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// A timer fired.

@@ -1,12 +1,11 @@
-//! The `carpool` CLI and the worker library API, against a real coordinator.
+//! The `carpool` CLI against a real coordinator, and its bench and experiment at a tiny size.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use carpool_integration_tests::{Coordinator, WAIT, bin, eventually, totals};
-use carpool_proto::pb;
+use carpool_integration_tests::{Coordinator, bin};
 use serde_json::Value;
 
 fn carpool(url: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
@@ -82,52 +81,6 @@ fn the_cli_runs_submits_gets_maps_and_reports() {
     assert!(!ok && err.contains("task 99999 not found"), "{err}");
     let (ok, _, err) = carpool(url, &["run", "nope", "x"], None);
     assert!(!ok && err.contains("unknown function"), "{err}");
-}
-
-// Several threads: the panic hook (a backtrace, if enabled) must not stall the worker's
-// stream the way it would on the test's single thread.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_handler_fails_its_task_and_the_worker_keeps_serving() {
-    let coord = Coordinator::start(&["--spawner", "external", "--keep-alive", "60s"]);
-    let client = coord.client().await;
-    let mut config = carpool_worker::WorkerConfig::new(coord.url.clone(), "fragile");
-    config.id = "lib-worker".into();
-    let worker = tokio::spawn(carpool_worker::run(
-        config,
-        |task: carpool_worker::Task| async move {
-            if task.payload.as_ref() == b"boom" {
-                panic!("the handler exploded");
-            }
-            Ok::<_, String>(task.payload)
-        },
-    ));
-    eventually("the library worker to connect", || async {
-        (totals(&client).await.workers_live == 1).then_some(())
-    })
-    .await;
-    let run = |payload: &'static str| {
-        let client = client.clone();
-        async move {
-            tokio::time::timeout(WAIT, client.run("fragile", payload))
-                .await
-                .unwrap_or_else(|_| panic!("no result for {payload:?} within {WAIT:?}"))
-                .expect("run")
-        }
-    };
-    let boom = run("boom").await;
-    assert_eq!(boom.state(), pb::TaskState::Failed);
-    assert!(
-        boom.error.contains("panicked") && boom.error.contains("exploded"),
-        "{}",
-        boom.error
-    );
-    let fine = run("fine").await;
-    assert_eq!(
-        (fine.state(), fine.worker_id.as_str()),
-        (pb::TaskState::Succeeded, "lib-worker")
-    );
-    assert!(!worker.is_finished(), "the worker died with its task");
-    worker.abort();
 }
 
 #[test]
