@@ -135,17 +135,7 @@ impl Coordinator {
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the coordinator did not exit within {WAIT:?} of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_exit(&mut self.child, "the coordinator (after SIGTERM)")
     }
 }
 
@@ -157,6 +147,18 @@ impl Drop for Coordinator {
             eprintln!("---- coordinator log ----\n{}", self.log());
         }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// `child`'s exit status once it has exited; panics naming `what` after [`WAIT`].
+fn wait_for_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what} did not exit within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -234,18 +236,7 @@ impl Proc {
 
     /// Its exit status once it has exited, waiting at most [`WAIT`].
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {WAIT:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_exit(&mut self.child, &self.name)
     }
 
     /// Waits until its log contains `text` (at most [`WAIT`]).

@@ -48,6 +48,20 @@ fn start_coordinator_via(endpoint_var: &'static str, endpoint: &str, args: &[&st
     Coordinator::start_with_env(args, &env)
 }
 
+/// `--spawner lambda --lambda-function FUNCTION --max-workers N` and `extra`.
+fn lambda_args<'a>(function: &'a str, max_workers: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--spawner",
+        "lambda",
+        "--lambda-function",
+        function,
+        "--max-workers",
+        max_workers,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// cargo-lambda serving the Lambda APIs only, on a loopback port; returns it and its URL.
 fn cargo_lambda() -> (Proc, String) {
     let port = free_port();
@@ -99,18 +113,7 @@ async fn a_hundred_tasks_run_on_lambda_invocations_through_the_emulator() {
     let _workers: Vec<Proc> = (0..3).map(|_| lambda_worker(&url, &[])).collect();
     let coord = start_coordinator(
         &url,
-        &[
-            "--spawner",
-            "lambda",
-            "--lambda-function",
-            FUNCTION,
-            "--max-workers",
-            "3",
-            "--slots",
-            "2",
-            "--keep-alive",
-            "60s",
-        ],
+        &lambda_args(FUNCTION, "3", &["--slots", "2", "--keep-alive", "60s"]),
     );
     let client = coord.client().await;
     // Sleeps of distinct lengths keep the slots busy, so the fleet grows past one worker.
@@ -181,17 +184,7 @@ async fn a_hundred_tasks_run_on_lambda_invocations_through_the_emulator() {
 async fn a_failed_invocation_is_one_invocation_and_the_task_waits_for_a_worker() {
     let (_emulator, url) = cargo_lambda();
     let worker = lambda_worker(&url, &[]);
-    let coord = start_coordinator(
-        &url,
-        &[
-            "--spawner",
-            "lambda",
-            "--lambda-function",
-            FUNCTION,
-            "--max-workers",
-            "1",
-        ],
-    );
+    let coord = start_coordinator(&url, &lambda_args(FUNCTION, "1", &[]));
     let client = coord.client().await;
     // The worker binary has no handler for this function: each invocation fails at once,
     // and the emulator answers the Event invoke with HTTP 500.
@@ -233,19 +226,7 @@ async fn sigterm_ends_a_lambda_session_and_its_task_goes_back_at_once() {
     let mut worker = lambda_worker(&url, &[]);
     // A long reconnect grace: the task must come back because the session ended cleanly,
     // not because the grace ran out.
-    let coord = start_coordinator(
-        &url,
-        &[
-            "--spawner",
-            "lambda",
-            "--lambda-function",
-            FUNCTION,
-            "--max-workers",
-            "1",
-            "--reconnect-grace",
-            "10m",
-        ],
-    );
+    let coord = start_coordinator(&url, &lambda_args(FUNCTION, "1", &["--reconnect-grace", "10m"]));
     let client = coord.client().await;
     let task = client.submit("sleep", "60000").await.expect("submit");
     eventually("the task to run", || async {
@@ -460,14 +441,7 @@ async fn each_spawn_is_one_event_invocation_and_an_unknown_function_is_reported(
     let bad_coord = start_coordinator_via(
         "AWS_ENDPOINT_URL",
         &moto.url,
-        &[
-            "--spawner",
-            "lambda",
-            "--lambda-function",
-            "no-such-function",
-            "--max-workers",
-            "1",
-        ],
+        &lambda_args("no-such-function", "1", &[]),
     );
     let bad_client = bad_coord.client().await;
     let task = bad_client.submit("echo", "1").await.expect("submit");
@@ -509,20 +483,18 @@ async fn each_spawn_is_one_event_invocation_and_an_unknown_function_is_reported(
     // timeout writes it off, and the pending task gets a new spawn.
     let coord = start_coordinator(
         &moto.url,
-        &[
-            "--spawner",
-            "lambda",
-            "--lambda-function",
+        &lambda_args(
             FUNCTION,
-            "--advertise-url",
-            "https://carpool.example.com:50051",
-            "--worker-token",
-            "s3cret",
-            "--max-workers",
             "1",
-            "--start-timeout",
-            "1s",
-        ],
+            &[
+                "--advertise-url",
+                "https://carpool.example.com:50051",
+                "--worker-token",
+                "s3cret",
+                "--start-timeout",
+                "1s",
+            ],
+        ),
     );
     let client = coord.client().await;
     client.submit("echo", "1").await.expect("submit");
@@ -672,19 +644,7 @@ async fn the_worker_image_runs_as_a_lambda_function_and_as_a_plain_worker() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let coord = start_coordinator(
-        &url,
-        &[
-            "--spawner",
-            "lambda",
-            "--lambda-function",
-            FUNCTION,
-            "--max-workers",
-            "1",
-            "--keep-alive",
-            "30s",
-        ],
-    );
+    let coord = start_coordinator(&url, &lambda_args(FUNCTION, "1", &["--keep-alive", "30s"]));
     let client = coord.client().await;
     let ran_on = echo_twenty(&client).await;
     let workers = client.workers("echo").await.expect("workers");

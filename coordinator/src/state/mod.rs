@@ -238,7 +238,7 @@ pub struct State {
     rules: Rules,
     tasks: HashMap<TaskId, Task>,
     next_task: TaskId,
-    workers: BTreeMap<WorkerId, Worker>,
+    workers: HashMap<WorkerId, Worker>,
     starting: HashMap<WorkerId, Starting>,
     functions: BTreeMap<Arc<str>, Function>,
     next_worker: u64,
@@ -266,7 +266,7 @@ impl State {
             config,
             tasks: HashMap::new(),
             next_task: 1,
-            workers: BTreeMap::new(),
+            workers: HashMap::new(),
             starting: HashMap::new(),
             functions: BTreeMap::new(),
             next_worker: 1,
@@ -423,8 +423,16 @@ impl State {
             return;
         }
         let mut free = f.starting as usize * slots_per_new as usize;
-        // One pass over the workers, compared by function pointer: no lookups per worker.
-        if let Some((key, _)) = self.functions.get_key_value(function) {
+        // When even every live worker's slots standing free could not shrink the spawn below
+        // the room left under the cap, the answer is the room: skip the scan of the fleet
+        // (a deep pool, e.g. conventional FaaS refilling its fleet).
+        let room = self.config.max_workers as usize - (f.workers.len() + f.starting as usize);
+        let free_bound = free + f.workers.len() * f.max_slots as usize;
+        let fleet_cannot_matter = f.pending as usize >= free_bound + room * slots_per_new as usize;
+        if fleet_cannot_matter {
+            free = free_bound;
+        } else if let Some((key, _)) = self.functions.get_key_value(function) {
+            // One pass over the workers, compared by function pointer: no lookups per worker.
             for w in self.workers.values().filter(|w| Arc::ptr_eq(&w.function, key)) {
                 let v = w.view(now);
                 if !w.stopping && w.tx.is_some() && !scheduler::assess(&rules, &v).is_final() {
