@@ -238,7 +238,7 @@ pub struct State {
     rules: Rules,
     tasks: HashMap<TaskId, Task>,
     next_task: TaskId,
-    workers: HashMap<WorkerId, Worker>,
+    workers: BTreeMap<WorkerId, Worker>,
     starting: HashMap<WorkerId, Starting>,
     functions: BTreeMap<Arc<str>, Function>,
     next_worker: u64,
@@ -266,7 +266,7 @@ impl State {
             config,
             tasks: HashMap::new(),
             next_task: 1,
-            workers: HashMap::new(),
+            workers: BTreeMap::new(),
             starting: HashMap::new(),
             functions: BTreeMap::new(),
             next_worker: 1,
@@ -328,27 +328,42 @@ impl State {
                         && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible
                         && scheduler::unbeatable(rules.placement, max_slots, w.running.len() as u32, w.slots)
                 });
-            // Otherwise one pass over the candidates; those found ineligible leave the set.
+            // Otherwise one pass: over the candidates (those found ineligible leave the set),
+            // or, when most of the fleet is a candidate anyway, over the fleet in order,
+            // which needs no lookup per worker.
             let mut stale: Vec<WorkerId> = Vec::new();
+            let eligible = |w: &Worker| {
+                Arc::ptr_eq(&function_key, &w.function)
+                    && !w.stopping
+                    && w.tx.is_some()
+                    && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible
+            };
             let best = hinted.map(|(id, _)| id.clone()).or_else(|| {
+                if f.candidates.len() * 2 > f.workers.len() {
+                    let fleet = self.workers.iter().filter_map(|(id, w)| {
+                        if eligible(w) {
+                            Some((id, w.running.len() as u32, w.slots))
+                        } else {
+                            if Arc::ptr_eq(&function_key, &w.function) {
+                                stale.push(id.clone());
+                            }
+                            None
+                        }
+                    });
+                    return scheduler::pick(rules.placement, max_slots, fleet).cloned();
+                }
                 scheduler::pick(
                     rules.placement,
                     max_slots,
-                    f.candidates.iter().filter_map(|id| {
-                        let w = self.workers.get(id).filter(|w| {
-                            Arc::ptr_eq(&function_key, &w.function)
-                                && !w.stopping
-                                && w.tx.is_some()
-                                && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible
-                        });
-                        match w {
+                    f.candidates
+                        .iter()
+                        .filter_map(|id| match self.workers.get(id).filter(|w| eligible(w)) {
                             Some(w) => Some((id, w.running.len() as u32, w.slots)),
                             None => {
                                 stale.push(id.clone());
                                 None
                             }
-                        }
-                    }),
+                        }),
                 )
                 .cloned()
             });
