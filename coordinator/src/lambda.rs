@@ -76,7 +76,7 @@ impl LambdaSpawner {
                 listen_url
             }
         };
-        if !(coordinator_url.starts_with("http://") || coordinator_url.starts_with("https://")) {
+        if !carpool_proto::is_http_url(&coordinator_url) {
             return Err(Error::LambdaConfig(format!(
                 "--advertise-url {coordinator_url:?} is not an http:// or https:// URL"
             )));

@@ -211,7 +211,7 @@ impl Cli {
             }
         }
         if let Some(url) = &self.advertise_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
+            && !carpool_proto::is_http_url(url)
         {
             return Err(format!(
                 "--advertise-url must be an http:// or https:// URL, got {url:?}"

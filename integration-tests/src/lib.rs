@@ -60,11 +60,7 @@ impl Coordinator {
 
     /// [`Coordinator::start`] with extra environment variables (e.g. AWS settings).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let log = std::env::temp_dir().join(format!(
-            "carpool-coordinator-{}-{}.log",
-            std::process::id(),
-            NEXT_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        let log = log_path("coordinator");
         let log_file =
             std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let mut child = Command::new(bin("carpool-coordinator"))
@@ -197,11 +193,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with stdout and stderr going to a log file.
     pub fn start(name: &str, mut cmd: Command) -> Self {
-        let log = std::env::temp_dir().join(format!(
-            "carpool-{name}-{}-{}.log",
-            std::process::id(),
-            NEXT_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        let log = log_path(name);
         let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let err = out
             .try_clone()
@@ -270,6 +262,15 @@ impl Drop for Proc {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// A fresh log file path for a process the test starts.
+fn log_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "carpool-{name}-{}-{}.log",
+        std::process::id(),
+        NEXT_LOG.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
 }
 
 static NEXT_LOG: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

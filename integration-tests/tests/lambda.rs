@@ -271,13 +271,7 @@ impl Rie {
                 "testing", "testing", None, None, "test",
             ))
             .endpoint_url(format!("http://127.0.0.1:{invoke_port}"))
-            .http_client(
-                aws_smithy_http_client::Builder::new()
-                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-                    ))
-                    .build_https(),
-            )
+            .http_client(carpool_coordinator::lambda::https_client())
             .build();
         Self {
             _proc: proc,

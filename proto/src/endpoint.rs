@@ -21,6 +21,11 @@ pub struct TlsOptions {
     pub domain: Option<String>,
 }
 
+/// Whether `url` is an `http://` or `https://` URL, the only kinds a coordinator is dialed at.
+pub fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
 /// An endpoint for `url` with keepalive, and TLS when the URL is `https://`.
 pub fn endpoint(url: &str, tls: &TlsOptions) -> Result<Endpoint, String> {
     let mut ep = Endpoint::from_shared(url.to_owned())

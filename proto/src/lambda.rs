@@ -43,7 +43,7 @@ impl WorkerEvent {
                 return Err(format!("malformed carpool worker event: `{name}` is empty"));
             }
         }
-        if !(event.coordinator_url.starts_with("http://") || event.coordinator_url.starts_with("https://")) {
+        if !crate::is_http_url(&event.coordinator_url) {
             return Err(format!(
                 "malformed carpool worker event: `coordinator_url` {:?} is not an http:// or https:// URL",
                 event.coordinator_url

@@ -16,7 +16,7 @@ pub mod auth;
 pub mod endpoint;
 pub mod lambda;
 pub use auth::{Bearer, Secret};
-pub use endpoint::{TlsOptions, endpoint};
+pub use endpoint::{TlsOptions, endpoint, is_http_url};
 
 /// Generated code of package `carpool.v1`.
 pub mod pb {

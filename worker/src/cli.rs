@@ -85,16 +85,26 @@ impl WorkerArgs {
         c.cpus.clone_from(&self.cpus);
         c.reconnect_for = self.reconnect_for;
         c.tls.domain.clone_from(&self.tls_domain);
-        if let Some(path) = &self.tls_ca {
-            c.tls.ca_pem =
-                Some(std::fs::read(path).map_err(|e| format!("--tls-ca {}: {e}", path.display()))?);
-        }
-        c.token = carpool_proto::Secret::from_value_or_file(
+        c.tls.ca_pem = self.tls_ca_pem()?;
+        c.token = self.worker_token()?;
+        Ok(c)
+    }
+
+    /// The PEM of `--tls-ca`, if given; fails if the file is unreadable.
+    pub fn tls_ca_pem(&self) -> Result<Option<Vec<u8>>, String> {
+        self.tls_ca
+            .as_ref()
+            .map(|path| std::fs::read(path).map_err(|e| format!("--tls-ca {}: {e}", path.display())))
+            .transpose()
+    }
+
+    /// The worker token from `--token` or `--token-file`, if given.
+    pub fn worker_token(&self) -> Result<Option<carpool_proto::Secret>, String> {
+        carpool_proto::Secret::from_value_or_file(
             self.token.as_deref(),
             self.token_file.as_deref(),
             "--token",
-        )?;
-        Ok(c)
+        )
     }
 }
 
@@ -188,23 +198,9 @@ where
     F: Fn(&str) -> Result<H, String> + Send + Sync + 'static,
     H: Handler,
 {
-    let tls_ca_pem = match &args.tls_ca {
-        Some(path) => match std::fs::read(path) {
-            Ok(pem) => Some(pem),
-            Err(e) => {
-                eprintln!("carpool-worker: --tls-ca {}: {e}", path.display());
-                return ExitCode::from(2);
-            }
-        },
-        None => None,
-    };
-    let token = match carpool_proto::Secret::from_value_or_file(
-        args.token.as_deref(),
-        args.token_file.as_deref(),
-        "--token",
-    ) {
-        Ok(t) => t.map(|t| t.expose().to_owned()),
-        Err(msg) => {
+    let (tls_ca_pem, token) = match (args.tls_ca_pem(), args.worker_token()) {
+        (Ok(pem), Ok(token)) => (pem, token),
+        (Err(msg), _) | (_, Err(msg)) => {
             eprintln!("carpool-worker: {msg}");
             return ExitCode::from(2);
         }

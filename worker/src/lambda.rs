@@ -68,7 +68,7 @@ pub struct LambdaDefaults {
     /// A CA to verify the coordinator's certificate with (PEM), if not the system's roots.
     pub tls_ca_pem: Option<Vec<u8>>,
     /// The worker token, when the event carries none (e.g. set on the function's environment).
-    pub token: Option<String>,
+    pub token: Option<carpool_proto::Secret>,
 }
 
 /// Serves invocations until the runtime stops: each event runs one session with the handler
@@ -162,8 +162,10 @@ where
         config.reconnect_for = self.defaults.reconnect_for;
         config.tls.domain = ev.tls_domain;
         config.tls.ca_pem.clone_from(&self.defaults.tls_ca_pem);
-        let token = ev.token.or_else(|| self.defaults.token.clone());
-        config.token = token.as_deref().map(carpool_proto::Secret::new);
+        config.token = match ev.token {
+            Some(t) => Some(carpool_proto::Secret::new(&t)),
+            None => self.defaults.token.clone(),
+        };
         config.stop = self.terminate.child_token();
         let worker_id = config.id.clone();
         info!(request_id, worker = %worker_id, timeout_ms = timeout.as_millis() as u64, "invocation started a session");

@@ -317,27 +317,24 @@ impl State {
         if let Some(id) = hint {
             f.candidates.insert(id.clone());
         }
+        let eligible = |w: &Worker| {
+            Arc::ptr_eq(&function_key, &w.function)
+                && !w.stopping
+                && w.tx.is_some()
+                && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible
+        };
         let mut batches: Vec<(WorkerId, Vec<pb::TaskAssignment>)> = Vec::new();
         while f.pending > 0 {
             let hinted = hint
                 .and_then(|id| self.workers.get_key_value(id))
                 .filter(|(_, w)| {
-                    Arc::ptr_eq(&function_key, &w.function)
-                        && !w.stopping
-                        && w.tx.is_some()
-                        && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible
+                    eligible(w)
                         && scheduler::unbeatable(rules.placement, max_slots, w.running.len() as u32, w.slots)
                 });
             // Otherwise one pass: over the candidates (those found ineligible leave the set),
             // or, when most of the fleet is a candidate anyway, over the fleet in order,
             // which needs no lookup per worker.
             let mut stale: Vec<WorkerId> = Vec::new();
-            let eligible = |w: &Worker| {
-                Arc::ptr_eq(&function_key, &w.function)
-                    && !w.stopping
-                    && w.tx.is_some()
-                    && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible
-            };
             let best = hinted.map(|(id, _)| id.clone()).or_else(|| {
                 if f.candidates.len() * 2 > f.workers.len() {
                     let fleet = self.workers.iter().filter_map(|(id, w)| {
