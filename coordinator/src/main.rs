@@ -144,6 +144,12 @@ struct Cli {
     /// exponential backoff and jitter; a function or client error is not.
     #[arg(long, env = "CARPOOL_LAMBDA_INVOKE_ATTEMPTS", default_value_t = 6)]
     lambda_invoke_attempts: u32,
+    /// Threads that serve the API and the worker streams [default: one per core]. Every
+    /// event takes one lock on the scheduling state, so with clients and workers on the same
+    /// few cores, 1 gives the most throughput (fewer wake-ups from thread to thread); more
+    /// keep a large fleet's tail latency down.
+    #[arg(long, env = "CARPOOL_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -291,8 +297,7 @@ impl Cli {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
@@ -302,6 +307,21 @@ async fn main() -> ExitCode {
         eprintln!("carpool-coordinator: {msg}");
         return ExitCode::from(2);
     }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.threads {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = runtime.enable_all().build();
+    match runtime {
+        Ok(rt) => rt.block_on(serve(cli)),
+        Err(e) => {
+            eprintln!("carpool-coordinator: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> ExitCode {
     let listen = cli.listen;
     let config = match cli.into_config() {
         Ok(c) => c,

@@ -125,43 +125,15 @@ pub fn cpu_estimate(sampled: f64, sampled_running: u32, running_now: u32) -> f64
     }
 }
 
-/// Picks among eligible candidates `(key, running, slots)` by the placement policy.
-/// Ties go to the first candidate, so callers that iterate in a stable order get a
-/// stable choice. The scan stops at a candidate no other can beat, so a large idle fleet
-/// costs O(1), not O(workers): for `spread` an idle worker; for `pack` one task short of
-/// full with `max_slots` slots (no eligible worker of at most `max_slots` slots is fuller).
-/// `max_slots` must be at least the slots of every candidate.
-pub fn pick<K: Copy>(
-    placement: Placement,
-    max_slots: u32,
-    candidates: impl IntoIterator<Item = (K, u32, u32)>,
-) -> Option<K> {
-    let mut best: Option<(K, f64)> = None;
-    for (key, running, slots) in candidates {
-        // An earlier candidate as good would have stopped the scan already.
-        if unbeatable(placement, max_slots, running, slots) {
-            return Some(key);
-        }
-        let fill = f64::from(running) / f64::from(slots.max(1));
-        let better = match (placement, best) {
-            (_, None) => true,
-            (Placement::Pack, Some((_, b))) => fill > b,
-            (Placement::Spread, Some((_, b))) => fill < b,
-        };
-        if better {
-            best = Some((key, fill));
-        }
-    }
-    best.map(|(k, _)| k)
-}
-
-/// Whether an eligible worker with `running` of `slots` is as good as any can be: for
-/// `spread` an idle one; for `pack` one task short of full with the most slots any worker
-/// of the function has (`max_slots`).
-pub fn unbeatable(placement: Placement, max_slots: u32, running: u32, slots: u32) -> bool {
+/// Where an eligible worker running `running` of its `slots` stands in the placement order:
+/// the lowest rank is picked first. `pack` ranks the fullest first, `spread` the emptiest.
+/// The fill is compared exactly (the bits of a non-negative `f64` order as its value does),
+/// so a worker's rank is a key an index of eligible workers can be sorted by.
+pub fn rank(placement: Placement, running: u32, slots: u32) -> u64 {
+    let fill = (f64::from(running) / f64::from(slots.max(1))).to_bits();
     match placement {
-        Placement::Pack => slots == max_slots && running + 1 == slots,
-        Placement::Spread => running == 0,
+        Placement::Pack => !fill,
+        Placement::Spread => fill,
     }
 }
 
@@ -324,31 +296,26 @@ mod tests {
         assert_eq!(cpu_estimate(0.4, 1, 2), 0.4);
     }
 
-    #[test]
-    fn pack_prefers_fullest_and_spread_emptiest() {
-        let c = [("a", 0, 2), ("b", 1, 2), ("c", 1, 4)];
-        assert_eq!(pick(Placement::Pack, 4, c), Some("b"));
-        assert_eq!(pick(Placement::Spread, 4, c), Some("a"));
-        assert_eq!(pick::<&str>(Placement::Pack, 4, []), None);
+    /// The candidate an index sorted by rank yields first (ties: the earlier one).
+    fn best<'a>(placement: Placement, candidates: &[(&'a str, u32, u32)]) -> Option<&'a str> {
+        candidates
+            .iter()
+            .min_by_key(|(_, running, slots)| rank(placement, *running, *slots))
+            .map(|(k, _, _)| *k)
     }
 
     #[test]
-    fn the_scan_stops_at_an_unbeatable_candidate() {
-        let mut seen = 0;
-        let candidates = (0..10_000u32).map(|i| {
-            seen += 1;
-            (i, 0, 1) // one-slot idle workers: each is perfect for both policies
-        });
-        assert_eq!(pick(Placement::Pack, 1, candidates), Some(0));
-        assert_eq!(seen, 1, "scanned past an unbeatable candidate");
-        // Pack: the worker one task short of full wins wherever it is.
+    fn pack_prefers_fullest_and_spread_emptiest() {
+        let c = [("a", 0, 2), ("b", 1, 2), ("c", 1, 4)];
+        assert_eq!(best(Placement::Pack, &c), Some("b"));
+        assert_eq!(best(Placement::Spread, &c), Some("a"));
+        assert_eq!(best(Placement::Pack, &[]), None);
         assert_eq!(
-            pick(Placement::Pack, 4, [("a", 0, 4), ("b", 3, 4), ("c", 2, 4)]),
+            best(Placement::Pack, &[("a", 0, 4), ("b", 3, 4), ("c", 2, 4)]),
             Some("b")
         );
-        // Spread: the first idle worker wins.
         assert_eq!(
-            pick(Placement::Spread, 4, [("a", 2, 4), ("b", 0, 4), ("c", 0, 4)]),
+            best(Placement::Spread, &[("a", 2, 4), ("b", 0, 4), ("c", 0, 4)]),
             Some("b")
         );
     }
@@ -357,20 +324,16 @@ mod tests {
     fn pack_with_mixed_sizes_still_finds_the_fullest() {
         // A one-slot idle worker is not the fullest when a 3-of-4 one exists.
         assert_eq!(
-            pick(Placement::Pack, 4, [("small", 0, 1), ("big", 3, 4)]),
+            best(Placement::Pack, &[("small", 0, 1), ("big", 3, 4)]),
             Some("big")
         );
         assert_eq!(
-            pick(Placement::Pack, 4, [("small", 0, 1), ("half", 2, 4)]),
+            best(Placement::Pack, &[("small", 0, 1), ("half", 2, 4)]),
             Some("half")
         );
-    }
-
-    #[test]
-    fn ties_go_to_the_first_candidate() {
-        let c = [("a", 1, 2), ("b", 1, 2)];
-        assert_eq!(pick(Placement::Pack, 4, c), Some("a"));
-        assert_eq!(pick(Placement::Spread, 4, c), Some("a"));
+        // Equal fills rank equal whatever the sizes: the index breaks the tie.
+        assert_eq!(rank(Placement::Pack, 1, 2), rank(Placement::Pack, 2, 4));
+        assert_eq!(rank(Placement::Spread, 0, 1), rank(Placement::Spread, 0, 8));
     }
 
     #[test]

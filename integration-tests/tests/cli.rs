@@ -93,9 +93,12 @@ fn the_benchmark_runs_at_a_tiny_size_and_prints_every_figure() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let keys = [
         "raw_unary_p50_us",
+        "raw_bidi_rtt_p50_us",
         "raw_bidi_msgs_per_s",
         "dispatch_p50_us",
         "dispatch_p99_us",
+        "streamed_dispatch_p50_us",
+        "streamed_dispatch_p99_us",
         "start_p50_us",
         "start_p99_us",
         "map_tasks_per_s",
@@ -119,7 +122,9 @@ fn the_benchmark_runs_at_a_tiny_size_and_prints_every_figure() {
     }
     for key in [
         "raw_unary_p50_us",
+        "raw_bidi_rtt_p50_us",
         "dispatch_p50_us",
+        "streamed_dispatch_p50_us",
         "map_tasks_per_s",
         "polling_p50_us",
         "pending_rss_mb",

@@ -456,3 +456,19 @@ async fn sigterm_drains_workers_and_exits_cleanly() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_coordinator_on_one_thread_runs_tasks_and_zero_threads_is_refused() {
+    let coord = Coordinator::start(&["--max-workers", "2", "--threads", "1"]);
+    let client = coord.client().await;
+    let r = client.run("echo", "\"one\"").await.expect("run");
+    assert_eq!(r.state(), pb::TaskState::Succeeded, "{r:?}");
+    // Refused by the flag parser, before anything is bound or started.
+    let out = std::process::Command::new(carpool_integration_tests::bin("carpool-coordinator"))
+        .args(["--listen", "127.0.0.1:0", "--threads", "0"])
+        .output()
+        .expect("carpool-coordinator runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--threads"), "{stderr}");
+}

@@ -80,6 +80,32 @@ pub async fn unary_rtt(url: &str, n: usize) -> Result<Samples, String> {
     Ok(s)
 }
 
+/// Round trips on one open bidirectional stream, one message at a time: the least any
+/// exchange over a stream (a Map submission, a worker's assignment) can take here.
+pub async fn bidi_rtt(url: &str, n: usize) -> Result<Samples, String> {
+    let channel = super::fake::channel(url).await?;
+    let (tx, rx) = mpsc::channel(1);
+    let mut inbound = pb::workers_client::WorkersClient::new(channel)
+        .connect(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let mut s = Samples::default();
+    for _ in 0..n {
+        let t = Instant::now();
+        let msg = pb::WorkerMessage {
+            kind: Some(pb::worker_message::Kind::Sample(pb::ResourceSample::default())),
+        };
+        tx.send(msg).await.map_err(|_| "echo stream closed")?;
+        match inbound.message().await {
+            Ok(Some(_)) => s.push(t.elapsed()),
+            Ok(None) => return Err("echo stream ended".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(s)
+}
+
 /// Messages per second through one pipelined bidirectional stream.
 pub async fn bidi_echo(url: &str, n: usize) -> Result<f64, String> {
     let channel = super::fake::channel(url).await?;

@@ -154,6 +154,16 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
             ),
             &mut rows,
         );
+        let ping = baselines::bidi_rtt(&raw, opts.latency_tasks).await?;
+        emit(
+            row(
+                "raw_bidi_rtt_p50_us",
+                "raw tonic bidi round trip on an open stream p50",
+                us(ping.percentile(50.0)),
+                "us",
+            ),
+            &mut rows,
+        );
         let mut echo = Vec::new();
         for _ in 0..opts.reps {
             echo.push(baselines::bidi_echo(&raw, opts.throughput_tasks).await?);
@@ -223,6 +233,28 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
                 "start_p99_us",
                 "submit to task start on the worker p99",
                 us(to_start.percentile(99.0)),
+                "us",
+            ),
+            &mut rows,
+        );
+        let streamed = streamed_latency(&client, opts.latency_tasks).await?;
+        emit(
+            at_most(
+                row(
+                    "streamed_dispatch_p50_us",
+                    "submit to result p50 over one Map stream (one at a time)",
+                    us(streamed.percentile(50.0)),
+                    "us",
+                ),
+                100.0,
+            ),
+            &mut rows,
+        );
+        emit(
+            row(
+                "streamed_dispatch_p99_us",
+                "submit to result p99 over one Map stream",
+                us(streamed.percentile(99.0)),
                 "us",
             ),
             &mut rows,
@@ -314,7 +346,9 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
 
     if opts.wants("fleet") {
         for &n in &opts.fleet {
-            for r in fleet(n).await? {
+            // Half as many dispatches as the one-at-a-time latency (1,000 in a full run:
+            // enough for a steady p99).
+            for r in fleet(n, (opts.latency_tasks / 2).max(1)).await? {
                 emit(r, &mut rows);
             }
         }
@@ -392,6 +426,28 @@ async fn dispatch_latency(
     Ok((total, to_start))
 }
 
+/// Submit to result one at a time through one open `Map` stream: the next input is sent
+/// when the previous result is back, so each task pays its dispatch alone, without a new
+/// HTTP/2 stream per task as a unary `Run` does.
+async fn streamed_latency(client: &Client, n: usize) -> Result<Samples, String> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let mut results = client
+        .map("noop", tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut s = Samples::default();
+    for _ in 0..n {
+        let t = Instant::now();
+        tx.send(Bytes::new()).await.map_err(|_| "Map stream closed")?;
+        match results.next().await {
+            Some(Ok(_)) => s.push(t.elapsed()),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("Map ended early".into()),
+        }
+    }
+    Ok(s)
+}
+
 async fn map_throughput(client: &Client, n: usize) -> Result<f64, String> {
     let inputs = futures::stream::iter((0..n).map(|_| Bytes::new()));
     let start = Instant::now();
@@ -428,7 +484,7 @@ async fn submit_throughput(client: &Client, n: usize, in_flight: usize) -> Resul
 
 /// `n` simulated workers on one coordinator: its CPU and memory while they sample at the
 /// normal interval, and dispatch latency among them.
-async fn fleet(n: usize) -> Result<Vec<Row>, String> {
+async fn fleet(n: usize, dispatches: usize) -> Result<Vec<Row>, String> {
     let (coord, url) = proc::coordinator(&["--spawner", "external", "--keep-alive", "1h"])?;
     let mut workers = Vec::with_capacity(n);
     let mut pending = futures::stream::iter((0..n).map(|i| {
@@ -449,7 +505,7 @@ async fn fleet(n: usize) -> Result<Vec<Row>, String> {
     let b = proc::usage(pid).ok_or("coordinator usage")?;
     let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
     let mut lat = Samples::default();
-    for _ in 0..200 {
+    for _ in 0..dispatches {
         let t = Instant::now();
         client
             .run("fleet", Bytes::new())

@@ -57,6 +57,10 @@ impl fmt::Display for WorkerId {
 /// A task's id, unique per coordinator.
 pub type TaskId = u64;
 
+/// A map keyed by task id. The coordinator hands the ids out itself, so a fast integer
+/// hash is safe here (maps keyed by what peers send keep the standard, keyed one).
+type TaskMap<V> = HashMap<TaskId, V, foldhash::fast::RandomState>;
+
 /// The sending half of a worker's stream.
 pub type WorkerTx = UnboundedSender<Result<CoordinatorMessage, Status>>;
 
@@ -144,9 +148,26 @@ struct Worker {
     /// Tasks taken away from it (cancelled, timed out): a late result for one is ignored,
     /// not a protocol error. Bounded.
     released: VecDeque<TaskId>,
+    /// Its key in its function's index of eligible workers, while it is in it.
+    indexed: Option<IndexKey>,
 }
 
 impl Worker {
+    /// Whether it may take one more task now.
+    fn eligible(&self, rules: &Rules, now: Instant) -> bool {
+        !self.stopping && self.tx.is_some() && scheduler::assess(rules, &self.view(now)) == Verdict::Eligible
+    }
+
+    /// Its key in the index of eligible workers, or `None` if it may take nothing now.
+    fn index_key(&self, rules: &Rules, now: Instant) -> Option<IndexKey> {
+        self.eligible(rules, now).then(|| {
+            (
+                scheduler::rank(rules.placement, self.running.len() as u32, self.slots),
+                self.conn,
+            )
+        })
+    }
+
     fn view(&self, now: Instant) -> WorkerView {
         WorkerView {
             age: now.saturating_duration_since(self.connected_at),
@@ -188,6 +209,10 @@ impl Worker {
     }
 }
 
+/// A worker's place in its function's index of eligible workers: its placement rank, then
+/// its connection number (older connections first among equals).
+type IndexKey = (u64, u64);
+
 /// A worker that was spawned and has not said hello yet.
 #[derive(Debug)]
 struct Starting {
@@ -209,13 +234,15 @@ struct Function {
     retried: u64,
     timed_out: u64,
     /// The most slots any worker of this function has had (never lowered: it only has to
-    /// be at least every live worker's, for the placement scan's early exit).
+    /// be at least every live worker's, for scale-out's bound on free slots).
     max_slots: u32,
     workers: BTreeSet<WorkerId>,
-    /// Workers that may be eligible: added on every event that can make a worker eligible
-    /// (connect, resume, sample, result, cancel, timeout), dropped lazily when a dispatch
-    /// finds them ineligible. Dispatch scans this, not the whole fleet.
-    candidates: BTreeSet<WorkerId>,
+    /// The workers that may take a task, best first by the placement policy: dispatch
+    /// takes the first, never scans the fleet. A worker is re-keyed ([`State::reindex`])
+    /// whenever it changes (connect, resume, sample, result, assignment, cancel, timeout,
+    /// shutdown, lost stream). Time alone only makes a worker ineligible (its deadline
+    /// fraction), so one found past it is dropped when dispatch meets it.
+    eligible: BTreeMap<IndexKey, WorkerId>,
     starting: u32,
     workers_started: u64,
     spawn_failures: u64,
@@ -236,9 +263,9 @@ struct Function {
 pub struct State {
     config: Arc<Config>,
     rules: Rules,
-    tasks: HashMap<TaskId, Task>,
+    tasks: TaskMap<Task>,
     next_task: TaskId,
-    workers: BTreeMap<WorkerId, Worker>,
+    workers: HashMap<WorkerId, Worker>,
     starting: HashMap<WorkerId, Starting>,
     functions: BTreeMap<Arc<str>, Function>,
     next_worker: u64,
@@ -251,7 +278,7 @@ pub struct State {
     /// Idempotency keys of submissions, to their task.
     keys: HashMap<String, TaskId>,
     /// Waiters for tasks reserved but not yet inserted (their accept is being written).
-    early_waiters: HashMap<TaskId, Vec<Waiter>>,
+    early_waiters: TaskMap<Vec<Waiter>>,
     /// Finished tasks in the order they finished, for the retention sweep.
     finished: VecDeque<(Instant, TaskId)>,
     /// Where accepted tasks and results are written, with `--state-dir`.
@@ -264,9 +291,9 @@ impl State {
         Self {
             rules: Rules::from(config.as_ref()),
             config,
-            tasks: HashMap::new(),
+            tasks: TaskMap::default(),
             next_task: 1,
-            workers: BTreeMap::new(),
+            workers: HashMap::new(),
             starting: HashMap::new(),
             functions: BTreeMap::new(),
             next_worker: 1,
@@ -275,7 +302,7 @@ impl State {
             draining: false,
             messaged: None,
             keys: HashMap::new(),
-            early_waiters: HashMap::new(),
+            early_waiters: TaskMap::default(),
             finished: VecDeque::new(),
             journal: None,
         }
@@ -302,81 +329,42 @@ impl State {
         self.dispatch_near(function, None, now, fx);
     }
 
-    /// [`State::dispatch`] after an event of worker `hint` (a result, a sample): if that
-    /// worker is eligible and no other can beat it, it is taken without scanning the fleet.
-    /// (Among equally good workers this prefers the hint over the first in order.)
-    fn dispatch_near(&mut self, function: &str, hint: Option<&WorkerId>, now: Instant, fx: &mut Effects) {
-        let Some(function_key) = self.functions.get_key_value(function).map(|(k, _)| k.clone()) else {
-            return;
-        };
+    /// [`State::dispatch`] after an event of worker `changed`, which is re-keyed in the
+    /// index of eligible workers first.
+    fn dispatch_near(&mut self, function: &str, changed: Option<&WorkerId>, now: Instant, fx: &mut Effects) {
+        if let Some(id) = changed {
+            self.reindex(id, now);
+        }
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
         let rules = self.rules;
-        let max_slots = f.max_slots;
-        if let Some(id) = hint {
-            f.candidates.insert(id.clone());
-        }
-        let eligible = |w: &Worker| {
-            Arc::ptr_eq(&function_key, &w.function)
-                && !w.stopping
-                && w.tx.is_some()
-                && scheduler::assess(&rules, &w.view(now)) == Verdict::Eligible
-        };
+        // Assignments per worker, in the order the workers were first chosen.
         let mut batches: Vec<(WorkerId, Vec<pb::TaskAssignment>)> = Vec::new();
+        let mut batch_of: HashMap<u64, usize, foldhash::fast::RandomState> = HashMap::default();
         while f.pending > 0 {
-            let hinted = hint
-                .and_then(|id| self.workers.get_key_value(id))
-                .filter(|(_, w)| {
-                    eligible(w)
-                        && scheduler::unbeatable(rules.placement, max_slots, w.running.len() as u32, w.slots)
-                });
-            // Otherwise one pass: over the candidates (those found ineligible leave the set),
-            // or, when most of the fleet is a candidate anyway, over the fleet in order,
-            // which needs no lookup per worker.
-            let mut stale: Vec<WorkerId> = Vec::new();
-            let best = hinted.map(|(id, _)| id.clone()).or_else(|| {
-                if f.candidates.len() * 2 > f.workers.len() {
-                    let fleet = self.workers.iter().filter_map(|(id, w)| {
-                        if eligible(w) {
-                            Some((id, w.running.len() as u32, w.slots))
-                        } else {
-                            if Arc::ptr_eq(&function_key, &w.function) {
-                                stale.push(id.clone());
-                            }
-                            None
-                        }
-                    });
-                    return scheduler::pick(rules.placement, max_slots, fleet).cloned();
-                }
-                scheduler::pick(
-                    rules.placement,
-                    max_slots,
-                    f.candidates
-                        .iter()
-                        .filter_map(|id| match self.workers.get(id).filter(|w| eligible(w)) {
-                            Some(w) => Some((id, w.running.len() as u32, w.slots)),
-                            None => {
-                                stale.push(id.clone());
-                                None
-                            }
-                        }),
-                )
-                .cloned()
-            });
-            for id in &stale {
-                f.candidates.remove(id);
-            }
-            let Some(worker_id) = best else {
+            let Some((&key, worker_id)) = f.eligible.first_key_value() else {
                 break;
+            };
+            let worker_id = worker_id.clone();
+            let Some(w) = self
+                .workers
+                .get_mut(&worker_id)
+                .filter(|w| w.eligible(&rules, now))
+            else {
+                // Gone, or past its deadline fraction since it was keyed.
+                f.eligible.remove(&key);
+                if let Some(w) = self.workers.get_mut(&worker_id) {
+                    w.indexed = None;
+                }
+                continue;
             };
             let Some(task_id) = pop_pending(&mut f.pool, &self.tasks) else {
                 // Pending count and pool disagree: trust the pool.
                 f.pending = 0;
                 break;
             };
-            let (Some(task), Some(w)) = (self.tasks.get_mut(&task_id), self.workers.get_mut(&worker_id))
-            else {
+            let Some(task) = self.tasks.get_mut(&task_id) else {
                 continue;
             };
             task.state = TaskState::Running;
@@ -386,6 +374,12 @@ impl State {
             w.assigned_total += 1;
             f.pending -= 1;
             f.running += 1;
+            // One more task changes its rank, or makes it full.
+            f.eligible.remove(&key);
+            w.indexed = w.index_key(&rules, now);
+            if let Some(k) = w.indexed {
+                f.eligible.insert(k, worker_id.clone());
+            }
             debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
             if let Some(limit) = task.timeout.or(self.config.task_timeout) {
                 fx.timers.push((limit, Timer::Task(task_id, task.attempts)));
@@ -396,9 +390,12 @@ impl State {
                 function: task.function.to_string(),
                 payload: task.payload.clone(),
             };
-            match batches.iter_mut().find(|(id, _)| *id == worker_id) {
-                Some((_, batch)) => batch.push(assignment),
-                None => batches.push((worker_id, vec![assignment])),
+            match batch_of.get(&w.conn) {
+                Some(&i) => batches[i].1.push(assignment),
+                None => {
+                    batch_of.insert(w.conn, batches.len());
+                    batches.push((worker_id, vec![assignment]));
+                }
             }
         }
         for (id, tasks) in batches {
@@ -410,6 +407,37 @@ impl State {
             }
         }
         self.spawn_for(function, now, fx);
+    }
+
+    /// Takes worker `id` out of its function's index of eligible workers.
+    fn unindex(&mut self, id: &WorkerId) {
+        if let Some(w) = self.workers.get_mut(id)
+            && let Some(k) = w.indexed.take()
+            && let Some(f) = self.functions.get_mut(&w.function)
+        {
+            f.eligible.remove(&k);
+        }
+    }
+
+    /// Puts worker `id` where it belongs in its function's index of eligible workers (or
+    /// takes it out) after it changed.
+    fn reindex(&mut self, id: &WorkerId, now: Instant) {
+        let Some(w) = self.workers.get_mut(id) else {
+            return;
+        };
+        let key = w.index_key(&self.rules, now);
+        if key == w.indexed {
+            return;
+        }
+        let old = std::mem::replace(&mut w.indexed, key);
+        if let Some(f) = self.functions.get_mut(&w.function) {
+            if let Some(k) = old {
+                f.eligible.remove(&k);
+            }
+            if let Some(k) = key {
+                f.eligible.insert(k, id.clone());
+            }
+        }
     }
 
     /// Starts workers for `function` when its pending tasks outgrow the free slots of its
@@ -489,15 +517,13 @@ impl State {
 
     /// Applies the idle rule to one worker: shutdown, keep, or look again later.
     fn evaluate(&mut self, id: &WorkerId, now: Instant, fx: &mut Effects) {
+        // Every worker event ends here: re-key it, whatever changed.
+        self.reindex(id, now);
         let Some(w) = self.workers.get(id) else {
             return;
         };
         if w.stopping || w.tx.is_none() {
             return;
-        }
-        // Every worker event ends here: the worker may be eligible again.
-        if let Some(f) = self.functions.get_mut(&w.function) {
-            f.candidates.insert(id.clone());
         }
         let pool_empty = self.functions.get(&w.function).is_none_or(|f| f.pending == 0);
         match scheduler::idle_action(&self.rules, &w.view(now), pool_empty) {
@@ -533,6 +559,7 @@ impl State {
             if let Some(log) = &mut self.messaged {
                 log.push(id.clone());
             }
+            self.unindex(id);
         }
     }
 
@@ -585,7 +612,7 @@ impl State {
 const RELEASED_MEMORY: usize = 1024;
 
 /// Pops the next task of a pool that is still pending (skipping cancelled ones).
-fn pop_pending(pool: &mut VecDeque<TaskId>, tasks: &HashMap<TaskId, Task>) -> Option<TaskId> {
+fn pop_pending(pool: &mut VecDeque<TaskId>, tasks: &TaskMap<Task>) -> Option<TaskId> {
     while let Some(id) = pool.pop_front() {
         if tasks.get(&id).is_some_and(|t| t.state == TaskState::Pending) {
             return Some(id);

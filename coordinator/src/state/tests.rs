@@ -580,3 +580,65 @@ fn samples_of_an_idle_worker_do_not_pile_up_keep_alive_timers() {
         .collect();
     assert_eq!(rearmed, vec![Duration::from_secs(20)]);
 }
+
+#[test]
+fn dispatch_takes_the_best_worker_from_the_index_among_many() {
+    // Pack over 1,000 two-slot workers: the half-full one wins wherever it is, then the
+    // oldest connection among the idle ones.
+    let (mut s, now) = state(external());
+    let mut rxs: Vec<Rx> = (0..1000)
+        .map(|i| connect(&mut s, &format!("w{i}"), 2, now).1)
+        .collect();
+    let first = submit(&mut s, now).0;
+    assert_eq!(assigned(&mut rxs[0]), vec![first]);
+    // w0 is half full: the next task joins it, then w1 (the oldest idle one) is next.
+    let second = submit(&mut s, now).0;
+    assert_eq!(assigned(&mut rxs[0]), vec![second]);
+    let third = submit(&mut s, now).0;
+    assert_eq!(assigned(&mut rxs[1]), vec![third]);
+    // A result makes w0 half full again: it is re-keyed, level with w1, and connected first.
+    s.results(
+        &WorkerId::new("w0"),
+        vec![result(first, 1)],
+        now,
+        &mut Effects::default(),
+    )
+    .expect("results");
+    let fourth = submit(&mut s, now).0;
+    assert_eq!(
+        assigned(&mut rxs[0]),
+        vec![fourth],
+        "w0 and w1 are equal; w0 connected first"
+    );
+    assert!(rxs[2..].iter_mut().all(|rx| assigned(rx).is_empty()));
+}
+
+#[test]
+fn a_busy_worker_leaves_the_index_and_a_calm_sample_brings_it_back() {
+    let (mut s, now) = state(external());
+    let (_, mut rx) = connect(&mut s, "w", 2, now);
+    let id = WorkerId::new("w");
+    // Load seen while none of our tasks ran is someone else's: it counts in full.
+    let busy = pb::ResourceSample {
+        running_tasks: 0,
+        ..sample(0.95)
+    };
+    s.sample(&id, busy, now, &mut Effects::default()).expect("sample");
+    let task = submit(&mut s, now).0;
+    assert!(assigned(&mut rx).is_empty(), "a busy worker got a task");
+    s.sample(&id, sample(0.1), now, &mut Effects::default())
+        .expect("sample");
+    assert_eq!(assigned(&mut rx), vec![task]);
+}
+
+#[test]
+fn a_worker_past_its_deadline_fraction_is_dropped_from_the_index_when_met() {
+    // Time alone makes it ineligible (no event re-keys it): dispatch must notice.
+    let (mut s, now) = state(external());
+    let (_, mut old) = connect(&mut s, "old", 2, now);
+    let later = now + Duration::from_secs(13 * 60); // past 0.8 of the 15-minute timeout
+    let (_, mut young) = connect(&mut s, "young", 2, later);
+    let task = submit(&mut s, later).0;
+    assert!(assigned(&mut old).is_empty(), "a draining worker got a task");
+    assert_eq!(assigned(&mut young), vec![task]);
+}

@@ -116,6 +116,7 @@ impl State {
             last_seen: now,
             recheck_at: None,
             released: VecDeque::new(),
+            indexed: None,
         };
         worker.send(Kind::Welcome(pb::Welcome {
             sample_interval_ms: self.config.sample_interval.as_millis() as u64,
@@ -306,6 +307,7 @@ impl State {
             info!(worker = %id, running = w.running.len(), grace_ms = self.config.reconnect_grace.as_millis() as u64, "stream broke; waiting for the worker to reconnect");
             w.tx = None;
             w.detached_since = Some(now);
+            self.unindex(id);
             return;
         }
         let cause = match end {
@@ -326,7 +328,9 @@ impl State {
         if let Some(f) = self.functions.get_mut(&w.function) {
             f.billed_gb_ms += billing::billed_gb_ms(alive, w.memory_mb);
             f.workers.remove(id);
-            f.candidates.remove(id);
+            if let Some(k) = w.indexed {
+                f.eligible.remove(&k);
+            }
         }
         self.give_back(&w.running, &format!("{cause} (worker {id})"), now);
         self.dispatch(&w.function, now, fx);
@@ -426,6 +430,8 @@ impl State {
                 _ => {}
             }
         }
+        // In id order, so their tasks go back to the pool in the same order every time.
+        gone.sort();
         for (id, cause) in gone {
             self.finalize(&id, cause, now, fx);
         }
