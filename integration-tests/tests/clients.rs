@@ -7,20 +7,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use carpool_integration_tests::Coordinator;
+use carpool_integration_tests::{Coordinator, tool};
 use serde_json::Value;
-
-fn tool(var: &str, what: &str) -> PathBuf {
-    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        panic!("{var} is not set: run the suite with scripts/test, which installs {what}")
-    });
-    assert!(
-        path.is_file(),
-        "{var}={} does not exist: run scripts/test",
-        path.display()
-    );
-    path
-}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -80,16 +80,26 @@ pub async fn unary_rtt(url: &str, n: usize) -> Result<Samples, String> {
     Ok(s)
 }
 
-/// Round trips on one open bidirectional stream, one message at a time: the least any
-/// exchange over a stream (a Map submission, a worker's assignment) can take here.
-pub async fn bidi_rtt(url: &str, n: usize) -> Result<Samples, String> {
+/// Opens an echo stream on the raw server: its sender (with room for `buffer` messages)
+/// and the replies.
+async fn open_echo(
+    url: &str,
+    buffer: usize,
+) -> Result<(mpsc::Sender<pb::WorkerMessage>, Streaming<pb::CoordinatorMessage>), String> {
     let channel = super::fake::channel(url).await?;
-    let (tx, rx) = mpsc::channel(1);
-    let mut inbound = pb::workers_client::WorkersClient::new(channel)
+    let (tx, rx) = mpsc::channel(buffer);
+    let inbound = pb::workers_client::WorkersClient::new(channel)
         .connect(ReceiverStream::new(rx))
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
+    Ok((tx, inbound))
+}
+
+/// Round trips on one open bidirectional stream, one message at a time: the least any
+/// exchange over a stream (a Map submission, a worker's assignment) can take here.
+pub async fn bidi_rtt(url: &str, n: usize) -> Result<Samples, String> {
+    let (tx, mut inbound) = open_echo(url, 1).await?;
     let mut s = Samples::default();
     for _ in 0..n {
         let t = Instant::now();
@@ -108,13 +118,7 @@ pub async fn bidi_rtt(url: &str, n: usize) -> Result<Samples, String> {
 
 /// Messages per second through one pipelined bidirectional stream.
 pub async fn bidi_echo(url: &str, n: usize) -> Result<f64, String> {
-    let channel = super::fake::channel(url).await?;
-    let (tx, rx) = mpsc::channel(1024);
-    let mut inbound = pb::workers_client::WorkersClient::new(channel)
-        .connect(ReceiverStream::new(rx))
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
+    let (tx, mut inbound) = open_echo(url, 1024).await?;
     let start = Instant::now();
     let sender = tokio::spawn(async move {
         for i in 0..n {

@@ -347,17 +347,16 @@ impl State {
                 break;
             };
             let worker_id = worker_id.clone();
-            let Some(w) = self
-                .workers
-                .get_mut(&worker_id)
-                .filter(|w| w.eligible(&rules, now))
-            else {
-                // Gone, or past its deadline fraction since it was keyed.
-                f.eligible.remove(&key);
-                if let Some(w) = self.workers.get_mut(&worker_id) {
-                    w.indexed = None;
+            let w = match self.workers.get_mut(&worker_id) {
+                Some(w) if w.eligible(&rules, now) => w,
+                stale => {
+                    // Gone, or past its deadline fraction since it was keyed.
+                    f.eligible.remove(&key);
+                    if let Some(w) = stale {
+                        w.indexed = None;
+                    }
+                    continue;
                 }
-                continue;
             };
             let Some(task_id) = pop_pending(&mut f.pool, &self.tasks) else {
                 // Pending count and pool disagree: trust the pool.
@@ -516,9 +515,8 @@ impl State {
     }
 
     /// Applies the idle rule to one worker: shutdown, keep, or look again later.
+    /// (The event that led here has re-keyed the worker already, in `dispatch_near`.)
     fn evaluate(&mut self, id: &WorkerId, now: Instant, fx: &mut Effects) {
-        // Every worker event ends here: re-key it, whatever changed.
-        self.reindex(id, now);
         let Some(w) = self.workers.get(id) else {
             return;
         };

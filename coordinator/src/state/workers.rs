@@ -320,6 +320,7 @@ impl State {
 
     /// Writes a worker off: bills its life and gives its running tasks back.
     fn finalize(&mut self, id: &WorkerId, cause: &str, now: Instant, fx: &mut Effects) {
+        self.unindex(id);
         let Some(w) = self.workers.remove(id) else {
             return;
         };
@@ -328,9 +329,6 @@ impl State {
         if let Some(f) = self.functions.get_mut(&w.function) {
             f.billed_gb_ms += billing::billed_gb_ms(alive, w.memory_mb);
             f.workers.remove(id);
-            if let Some(k) = w.indexed {
-                f.eligible.remove(&k);
-            }
         }
         self.give_back(&w.running, &format!("{cause} (worker {id})"), now);
         self.dispatch(&w.function, now, fx);
@@ -442,11 +440,14 @@ impl State {
             .filter(|(_, s)| now.saturating_duration_since(s.since) > start_timeout)
             .map(|(id, _)| id.clone())
             .collect();
+        if never_connected.is_empty() {
+            return;
+        }
+        let reason = format!(
+            "the worker did not connect within the start timeout of {}",
+            humantime::format_duration(start_timeout)
+        );
         for id in never_connected {
-            let reason = format!(
-                "the worker did not connect within the start timeout of {}",
-                humantime::format_duration(start_timeout)
-            );
             self.spawn_failed(&id, &reason, now, fx);
         }
     }
