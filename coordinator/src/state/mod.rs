@@ -12,10 +12,11 @@
 //! - `report.rs`: ListWorkers and Stats.
 
 mod report;
+mod table;
 mod tasks;
 mod workers;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -150,6 +151,9 @@ struct Worker {
     released: VecDeque<TaskId>,
     /// Its key in its function's index of eligible workers, while it is in it.
     indexed: Option<IndexKey>,
+    /// While a dispatch is under way: which of its batches of assignments is this
+    /// worker's (reset when the batches are sent).
+    batch: Option<usize>,
 }
 
 impl Worker {
@@ -236,7 +240,8 @@ struct Function {
     /// The most slots any worker of this function has had (never lowered: it only has to
     /// be at least every live worker's, for scale-out's bound on free slots).
     max_slots: u32,
-    workers: BTreeSet<WorkerId>,
+    /// Its workers in `State::workers` (connected, or detached within the grace).
+    workers: usize,
     /// The workers that may take a task, best first by the placement policy: dispatch
     /// takes the first, never scans the fleet. A worker is re-keyed ([`State::reindex`])
     /// whenever it changes (connect, resume, sample, result, assignment, cancel, timeout,
@@ -263,7 +268,7 @@ struct Function {
 pub struct State {
     config: Arc<Config>,
     rules: Rules,
-    tasks: TaskMap<Task>,
+    tasks: table::Table<Task>,
     next_task: TaskId,
     workers: HashMap<WorkerId, Worker>,
     starting: HashMap<WorkerId, Starting>,
@@ -291,7 +296,7 @@ impl State {
         Self {
             rules: Rules::from(config.as_ref()),
             config,
-            tasks: TaskMap::default(),
+            tasks: table::Table::default(),
             next_task: 1,
             workers: HashMap::new(),
             starting: HashMap::new(),
@@ -341,7 +346,6 @@ impl State {
         let rules = self.rules;
         // Assignments per worker, in the order the workers were first chosen.
         let mut batches: Vec<(WorkerId, Vec<pb::TaskAssignment>)> = Vec::new();
-        let mut batch_of: HashMap<u64, usize, foldhash::fast::RandomState> = HashMap::default();
         while f.pending > 0 {
             let Some((&key, worker_id)) = f.eligible.first_key_value() else {
                 break;
@@ -363,7 +367,7 @@ impl State {
                 f.pending = 0;
                 break;
             };
-            let Some(task) = self.tasks.get_mut(&task_id) else {
+            let Some(task) = self.tasks.get_mut(task_id) else {
                 continue;
             };
             task.state = TaskState::Running;
@@ -389,16 +393,17 @@ impl State {
                 function: task.function.to_string(),
                 payload: task.payload.clone(),
             };
-            match batch_of.get(&w.conn) {
-                Some(&i) => batches[i].1.push(assignment),
+            match w.batch {
+                Some(i) => batches[i].1.push(assignment),
                 None => {
-                    batch_of.insert(w.conn, batches.len());
+                    w.batch = Some(batches.len());
                     batches.push((worker_id, vec![assignment]));
                 }
             }
         }
         for (id, tasks) in batches {
-            if let Some(w) = self.workers.get(&id) {
+            if let Some(w) = self.workers.get_mut(&id) {
+                w.batch = None;
                 w.send(Kind::Assign(pb::Assign { tasks }));
             }
             if let Some(log) = &mut self.messaged {
@@ -458,15 +463,15 @@ impl State {
             return;
         }
         // At the cap there is nothing to decide: skip the scan of the fleet's free slots.
-        if f.workers.len() as u32 + f.starting >= self.config.max_workers {
+        if f.workers as u32 + f.starting >= self.config.max_workers {
             return;
         }
         let mut free = f.starting as usize * slots_per_new as usize;
         // When even every live worker's slots standing free could not shrink the spawn below
         // the room left under the cap, the answer is the room: skip the scan of the fleet
         // (a deep pool, e.g. conventional FaaS refilling its fleet).
-        let room = self.config.max_workers as usize - (f.workers.len() + f.starting as usize);
-        let free_bound = free + f.workers.len() * f.max_slots as usize;
+        let room = self.config.max_workers as usize - (f.workers + f.starting as usize);
+        let free_bound = free + f.workers * f.max_slots as usize;
         let fleet_cannot_matter = f.pending as usize >= free_bound + room * slots_per_new as usize;
         if fleet_cannot_matter {
             free = free_bound;
@@ -482,7 +487,7 @@ impl State {
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
-        let fleet = f.workers.len() as u32 + f.starting;
+        let fleet = f.workers as u32 + f.starting;
         let n = scheduler::workers_to_spawn(
             f.pending as usize,
             free,
@@ -610,9 +615,9 @@ impl State {
 const RELEASED_MEMORY: usize = 1024;
 
 /// Pops the next task of a pool that is still pending (skipping cancelled ones).
-fn pop_pending(pool: &mut VecDeque<TaskId>, tasks: &TaskMap<Task>) -> Option<TaskId> {
+fn pop_pending(pool: &mut VecDeque<TaskId>, tasks: &table::Table<Task>) -> Option<TaskId> {
     while let Some(id) = pool.pop_front() {
-        if tasks.get(&id).is_some_and(|t| t.state == TaskState::Pending) {
+        if tasks.get(id).is_some_and(|t| t.state == TaskState::Pending) {
             return Some(id);
         }
     }

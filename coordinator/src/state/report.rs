@@ -1,5 +1,6 @@
 //! What operators read: ListWorkers and Stats.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use carpool_proto::pb;
@@ -64,10 +65,10 @@ impl State {
         let mut total = pb::FunctionStats::default();
         let mut functions = Vec::with_capacity(self.functions.len());
         for (name, f) in &self.functions {
-            let live_gb_ms: f64 = f
+            let live_gb_ms: f64 = self
                 .workers
-                .iter()
-                .filter_map(|id| self.workers.get(id))
+                .values()
+                .filter(|w| Arc::ptr_eq(&w.function, name))
                 .map(|w| billing::billed_gb_ms(now.saturating_duration_since(w.connected_at), w.memory_mb))
                 .sum();
             let s = function_stats(name, f, live_gb_ms);
@@ -105,7 +106,7 @@ fn function_stats(name: &str, f: &Function, live_gb_ms: f64) -> pb::FunctionStat
         succeeded: f.succeeded,
         failed: f.failed,
         cancelled: f.cancelled,
-        workers_live: f.workers.len() as u32,
+        workers_live: f.workers as u32,
         workers_starting: f.starting,
         workers_started: f.workers_started,
         spawn_failures: f.spawn_failures,

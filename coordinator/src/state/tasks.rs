@@ -152,7 +152,7 @@ impl State {
 
     /// Makes `waiter` follow task `id` (now, if it has finished).
     pub fn follow(&mut self, id: TaskId, waiter: Waiter) {
-        match self.tasks.get_mut(&id) {
+        match self.tasks.get_mut(id) {
             Some(task) => match &task.result {
                 Some(r) => waiter.notify(r),
                 None => task.waiters.push(waiter),
@@ -264,7 +264,7 @@ impl State {
                 break;
             }
             self.finished.pop_front();
-            if let Some(task) = self.tasks.remove(&id) {
+            if let Some(task) = self.tasks.remove(id) {
                 if !task.key.is_empty() {
                     self.keys.remove(&task.key);
                 }
@@ -277,7 +277,7 @@ impl State {
 
     /// Records a task's final result, wakes its waiters and frees its payload.
     pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult, now: Instant) {
-        let Some(task) = self.tasks.get_mut(&id) else {
+        let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
         let state = result.state();
@@ -304,7 +304,7 @@ impl State {
     /// Cancels a task: a pending one leaves the pool, a running one is cancelled on its
     /// worker (whose slot is freed at once). Returns the state after the call.
     pub fn cancel(&mut self, id: TaskId, now: Instant, fx: &mut Effects) -> Result<TaskState> {
-        let task = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        let task = self.tasks.get(id).ok_or(Error::UnknownTask(id))?;
         let (state, function, worker, attempts) = (
             task.state,
             task.function.clone(),
@@ -356,7 +356,7 @@ impl State {
 
     /// Everything known about one task.
     pub fn get(&self, id: TaskId) -> Result<pb::TaskInfo> {
-        let t = self.tasks.get(&id).ok_or(Error::UnknownTask(id))?;
+        let t = self.tasks.get(id).ok_or(Error::UnknownTask(id))?;
         Ok(pb::TaskInfo {
             task_id: id,
             function: t.function.to_string(),
@@ -372,14 +372,14 @@ impl State {
     /// once. Every id is checked before anything is subscribed. Returns how many distinct
     /// results will be delivered.
     pub fn watch(&mut self, ids: &[TaskId], tx: &UnboundedSender<Completion>) -> Result<usize> {
-        if let Some(missing) = ids.iter().find(|id| !self.tasks.contains_key(id)) {
+        if let Some(missing) = ids.iter().find(|id| !self.tasks.contains_key(**id)) {
             return Err(Error::UnknownTask(*missing));
         }
         let mut unique: Vec<TaskId> = ids.to_vec();
         unique.sort_unstable();
         unique.dedup();
         for id in &unique {
-            if let Some(t) = self.tasks.get_mut(id) {
+            if let Some(t) = self.tasks.get_mut(*id) {
                 let waiter = Waiter {
                     tx: tx.clone(),
                     tag: *id,

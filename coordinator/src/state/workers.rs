@@ -117,6 +117,7 @@ impl State {
             recheck_at: None,
             released: VecDeque::new(),
             indexed: None,
+            batch: None,
         };
         worker.send(Kind::Welcome(pb::Welcome {
             sample_interval_ms: self.config.sample_interval.as_millis() as u64,
@@ -129,7 +130,7 @@ impl State {
         self.workers.insert(id.clone(), worker);
         if let Some(f) = self.functions.get_mut(&function) {
             f.max_slots = f.max_slots.max(slots);
-            f.workers.insert(id.clone());
+            f.workers += 1;
             f.consecutive_spawn_failures = 0;
             f.spawn_blocked_until = None;
         }
@@ -235,7 +236,7 @@ impl State {
         let function = w.function.clone();
         for r in &results {
             let held = w.running.iter().any(|&(t, _)| t == r.task_id) || w.released.contains(&r.task_id);
-            if !self.tasks.contains_key(&r.task_id) {
+            if !self.tasks.contains_key(r.task_id) {
                 return Err(Error::ResultForUnknownTask(id.to_string(), r.task_id));
             }
             if !held {
@@ -328,9 +329,11 @@ impl State {
         info!(worker = %id, alive_ms = alive.as_millis() as u64, tasks_done = w.done, lost = w.running.len(), cause, "worker gone");
         if let Some(f) = self.functions.get_mut(&w.function) {
             f.billed_gb_ms += billing::billed_gb_ms(alive, w.memory_mb);
-            f.workers.remove(id);
+            f.workers = f.workers.saturating_sub(1);
         }
-        self.give_back(&w.running, &format!("{cause} (worker {id})"), now);
+        if !w.running.is_empty() {
+            self.give_back(&w.running, &format!("{cause} (worker {id})"), now);
+        }
         self.dispatch(&w.function, now, fx);
     }
 
@@ -339,7 +342,7 @@ impl State {
     fn give_back(&mut self, tasks: &[(TaskId, u32)], cause: &str, now: Instant) {
         let max_attempts = self.config.max_attempts;
         for &(task_id, attempt) in tasks.iter().rev() {
-            let Some(t) = self.tasks.get_mut(&task_id) else {
+            let Some(t) = self.tasks.get_mut(task_id) else {
                 continue;
             };
             if t.state != TaskState::Running || t.attempts != attempt {
@@ -385,7 +388,7 @@ impl State {
     /// A task attempt's timer fired: if that attempt still runs, cancel it on its worker
     /// and give it back (or fail it).
     pub(super) fn time_out(&mut self, id: TaskId, attempt: u32, now: Instant, fx: &mut Effects) {
-        let Some(t) = self.tasks.get(&id) else {
+        let Some(t) = self.tasks.get(id) else {
             return;
         };
         if t.state != TaskState::Running || t.attempts != attempt {
