@@ -1,6 +1,6 @@
 //! What operators read: ListWorkers and Stats.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use carpool_proto::pb;
@@ -64,13 +64,14 @@ impl State {
     pub fn stats(&self, now: Instant) -> pb::StatsResponse {
         let mut total = pb::FunctionStats::default();
         let mut functions = Vec::with_capacity(self.functions.len());
+        // Live workers billed so far, per function, in one pass over the fleet.
+        let mut live: BTreeMap<&str, f64> = BTreeMap::new();
+        for w in self.workers.values() {
+            *live.entry(w.function.as_ref()).or_default() +=
+                billing::billed_gb_ms(now.saturating_duration_since(w.connected_at), w.memory_mb);
+        }
         for (name, f) in &self.functions {
-            let live_gb_ms: f64 = self
-                .workers
-                .values()
-                .filter(|w| Arc::ptr_eq(&w.function, name))
-                .map(|w| billing::billed_gb_ms(now.saturating_duration_since(w.connected_at), w.memory_mb))
-                .sum();
+            let live_gb_ms = live.get(name.as_ref()).copied().unwrap_or(0.0);
             let s = function_stats(name, f, live_gb_ms);
             add(&mut total, &s);
             functions.push(s);

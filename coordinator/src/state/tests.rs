@@ -331,6 +331,28 @@ fn billing_counts_each_worker_from_connect_to_disconnect() {
 }
 
 #[test]
+fn stats_bill_live_workers_to_their_own_function() {
+    let (mut s, now) = state(external());
+    let (_, _ra) = connect(&mut s, "a", 1, now);
+    let (_, _rb) = connect(&mut s, "b", 1, now + Duration::from_millis(500));
+    let (tx, _rg) = unbounded_channel();
+    let g = pb::Hello {
+        function: "g".into(),
+        ..hello("c", 1)
+    };
+    s.connect(g, tx, now, &mut Effects::default()).expect("connect");
+    let stats = s.stats(now + Duration::from_millis(1000));
+    let per: Vec<(String, u32, f64)> = stats
+        .functions
+        .iter()
+        .map(|f| (f.function.clone(), f.workers_live, f.billed_gb_ms))
+        .collect();
+    // f: 1000 ms + 500 ms at 2 GB; g: 1000 ms at 2 GB.
+    assert_eq!(per, vec![("f".into(), 2, 3000.0), ("g".into(), 1, 2000.0)]);
+    assert_eq!(stats.total.expect("total").billed_gb_ms, 5000.0);
+}
+
+#[test]
 fn a_broken_stream_keeps_its_tasks_through_a_reconnect_within_grace() {
     let (mut s, now) = state(external());
     let (conn, mut rx) = connect(&mut s, "a", 2, now);
