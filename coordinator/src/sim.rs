@@ -172,7 +172,7 @@ struct SimWorker {
 struct Fleet {
     slots: Vec<Option<SimWorker>>,
     free: Vec<u32>,
-    by_id: HashMap<WorkerId, u32, foldhash::fast::RandomState>,
+    by_id: HashMap<WorkerId, u32>,
     /// Streams of workers that have gone, emptied, for the next ones (the simulator keeps
     /// a sender of each, so they stay open).
     streams: Vec<Stream>,

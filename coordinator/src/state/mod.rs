@@ -58,10 +58,6 @@ impl fmt::Display for WorkerId {
 /// A task's id, unique per coordinator.
 pub type TaskId = u64;
 
-/// A map keyed by task id. The coordinator hands the ids out itself, so a fast integer
-/// hash is safe here (maps keyed by what peers send keep the standard, keyed one).
-type TaskMap<V> = HashMap<TaskId, V, foldhash::fast::RandomState>;
-
 /// The sending half of a worker's stream.
 pub type WorkerTx = UnboundedSender<Result<CoordinatorMessage, Status>>;
 
@@ -283,7 +279,7 @@ pub struct State {
     /// Idempotency keys of submissions, to their task.
     keys: HashMap<String, TaskId>,
     /// Waiters for tasks reserved but not yet inserted (their accept is being written).
-    early_waiters: TaskMap<Vec<Waiter>>,
+    early_waiters: HashMap<TaskId, Vec<Waiter>>,
     /// Finished tasks in the order they finished, for the retention sweep.
     finished: VecDeque<(Instant, TaskId)>,
     /// Where accepted tasks and results are written, with `--state-dir`.
@@ -307,7 +303,7 @@ impl State {
             draining: false,
             messaged: None,
             keys: HashMap::new(),
-            early_waiters: TaskMap::default(),
+            early_waiters: HashMap::new(),
             finished: VecDeque::new(),
             journal: None,
         }
@@ -378,11 +374,7 @@ impl State {
             f.pending -= 1;
             f.running += 1;
             // One more task changes its rank, or makes it full.
-            f.eligible.remove(&key);
-            w.indexed = w.index_key(&rules, now);
-            if let Some(k) = w.indexed {
-                f.eligible.insert(k, worker_id.clone());
-            }
+            rekey(&mut f.eligible, &worker_id, w, &rules, now);
             debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
             if let Some(limit) = task.timeout.or(self.config.task_timeout) {
                 fx.timers.push((limit, Timer::Task(task_id, task.attempts)));
@@ -426,21 +418,10 @@ impl State {
     /// Puts worker `id` where it belongs in its function's index of eligible workers (or
     /// takes it out) after it changed.
     fn reindex(&mut self, id: &WorkerId, now: Instant) {
-        let Some(w) = self.workers.get_mut(id) else {
-            return;
-        };
-        let key = w.index_key(&self.rules, now);
-        if key == w.indexed {
-            return;
-        }
-        let old = std::mem::replace(&mut w.indexed, key);
-        if let Some(f) = self.functions.get_mut(&w.function) {
-            if let Some(k) = old {
-                f.eligible.remove(&k);
-            }
-            if let Some(k) = key {
-                f.eligible.insert(k, id.clone());
-            }
+        if let Some(w) = self.workers.get_mut(id)
+            && let Some(f) = self.functions.get_mut(&w.function)
+        {
+            rekey(&mut f.eligible, id, w, &self.rules, now);
         }
     }
 
@@ -608,6 +589,27 @@ impl State {
     /// Workers connected now.
     pub fn live_workers(&self) -> usize {
         self.workers.len()
+    }
+}
+
+/// Moves worker `id` (`w`) to where it belongs now in its function's index of eligible
+/// workers `eligible`, or out of it.
+fn rekey(
+    eligible: &mut BTreeMap<IndexKey, WorkerId>,
+    id: &WorkerId,
+    w: &mut Worker,
+    rules: &Rules,
+    now: Instant,
+) {
+    let key = w.index_key(rules, now);
+    if key == w.indexed {
+        return;
+    }
+    if let Some(old) = std::mem::replace(&mut w.indexed, key) {
+        eligible.remove(&old);
+    }
+    if let Some(k) = key {
+        eligible.insert(k, id.clone());
     }
 }
 

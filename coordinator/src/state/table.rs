@@ -23,7 +23,6 @@ pub(super) struct Table<T> {
     /// One emptied chunk kept for the next one needed (a task at a time through a short
     /// retention would otherwise allocate a chunk per task).
     spare: Option<Box<[Option<T>]>>,
-    len: usize,
 }
 
 #[derive(Debug)]
@@ -38,7 +37,6 @@ impl<T> Default for Table<T> {
             base: 0,
             chunks: VecDeque::new(),
             spare: None,
-            len: 0,
         }
     }
 }
@@ -66,8 +64,8 @@ impl<T> Table<T> {
 
     /// Tasks present.
     #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.len
+    fn len(&self) -> usize {
+        self.chunks.iter().flatten().map(|c| c.live as usize).sum()
     }
 
     /// Puts `value` at `id`, returning what was there.
@@ -92,7 +90,6 @@ impl<T> Table<T> {
         let old = chunk.slots[(id % CHUNK) as usize].replace(value);
         if old.is_none() {
             chunk.live += 1;
-            self.len += 1;
         }
         old
     }
@@ -103,7 +100,6 @@ impl<T> Table<T> {
         let chunk = self.chunks.get_mut(c)?.as_mut()?;
         let old = chunk.slots[s].take()?;
         chunk.live -= 1;
-        self.len -= 1;
         if chunk.live == 0 {
             if let Some(emptied) = self.chunks[c].take() {
                 self.spare = Some(emptied.slots);
