@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use carpool_coordinator::config::vcpus_for_memory;
-use carpool_coordinator::sim::{SimConfig, SimReport, simulate};
+use carpool_coordinator::sim::{SimConfig, SimReport, TaskModel, simulate};
 use carpool_coordinator::{Config, SpawnerKind};
 use carpool_proto::Bytes;
 use futures::StreamExt;
@@ -210,18 +210,20 @@ pub fn simulated(
     max_workers: u32,
     conventional: bool,
 ) -> Outcome {
-    let r: SimReport = simulate(&SimConfig {
-        config: config(opts, memory_mb, max_workers, conventional),
-        function: "thumbnail".into(),
-        tasks: opts.tasks,
-        task_duration: if conventional {
-            model.task
-        } else {
-            model.task_shared
-        },
-        cold_start: model.cold_start,
-        exit_delay: model.exit_delay,
+    let task = TaskModel::cpu_bound(if conventional {
+        model.task
+    } else {
+        model.task_shared
     });
+    let mut sim = SimConfig::new(
+        config(opts, memory_mb, max_workers, conventional),
+        "thumbnail",
+        opts.tasks,
+        task,
+    );
+    sim.cold_start = model.cold_start;
+    sim.exit_delay = model.exit_delay;
+    let r: SimReport = simulate(&sim);
     Outcome {
         memory_mb,
         mode: if conventional { "conventional" } else { "carpool" },

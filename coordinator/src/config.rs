@@ -51,11 +51,18 @@ pub struct Config {
     pub memory_mb: u32,
     /// vCPUs of spawned workers; `None` derives them from `memory_mb` as Lambda does.
     pub vcpus: Option<u32>,
-    /// Concurrent tasks per worker; `None` uses the worker's vCPUs.
+    /// Pins every worker's concurrency limit at this many tasks; `None` lets each worker's
+    /// limit adapt to what it measures of itself (starting at its vCPUs, or at the level
+    /// learned for its function and memory size).
     pub slots: Option<u32>,
-    /// A worker whose last CPU sample is at or above this fraction gets no new task.
+    /// The most tasks an adaptive limit may rise to.
+    pub max_slots: u32,
+    /// CPU, as a fraction of a worker's vCPU allotment: a worker above it gets no new task,
+    /// and an adaptive limit stops rising at it. May exceed 1 (a worker that bursts past its
+    /// allotment, as on Lambda below 1769 MB per vCPU).
     pub cpu_threshold: f64,
-    /// A worker whose last memory sample is at or above this fraction of its limit gets no new task.
+    /// Memory, as a fraction of a worker's limit: a worker at or above it gets no new task,
+    /// and an adaptive limit falls to what fits under it.
     pub mem_threshold: f64,
     /// A worker older than this fraction of its execution timeout drains.
     pub deadline_fraction: f64,
@@ -82,6 +89,9 @@ pub struct Config {
     pub exec_functions: Vec<(String, String)>,
     /// `RUST_LOG` for local workers; `None` passes the coordinator's environment through.
     pub worker_log: Option<String>,
+    /// The only local directory local workers' `thumbnail` reads and writes (`--data-dir`
+    /// of each worker); `None`: only `s3://` objects.
+    pub worker_data_dir: Option<PathBuf>,
     /// How long a worker whose stream broke keeps its tasks, waiting for it to reconnect.
     pub reconnect_grace: Duration,
     /// A worker silent for this many sample intervals is treated as lost.
@@ -118,6 +128,7 @@ impl Default for Config {
             memory_mb: 2048,
             vcpus: None,
             slots: None,
+            max_slots: 256,
             cpu_threshold: 0.9,
             mem_threshold: 0.9,
             deadline_fraction: 0.8,
@@ -131,6 +142,7 @@ impl Default for Config {
             worker_bin: None,
             exec_functions: Vec::new(),
             worker_log: None,
+            worker_data_dir: None,
             reconnect_grace: Duration::from_secs(5),
             liveness_intervals: 10,
             task_timeout: None,
@@ -171,7 +183,7 @@ impl std::fmt::Debug for ServerTls {
 }
 
 /// Built-in functions of the `carpool-worker` binary.
-pub const BUILTIN_FUNCTIONS: [&str; 4] = ["echo", "sleep", "spin", "thumbnail"];
+pub const BUILTIN_FUNCTIONS: [&str; 6] = ["echo", "sleep", "spin", "hold", "mixed", "thumbnail"];
 
 impl Config {
     /// How long a connected worker may stay silent before it is treated as lost.
@@ -186,7 +198,8 @@ impl Config {
         self.vcpus.unwrap_or_else(|| vcpus_for_memory(self.memory_mb))
     }
 
-    /// Slots of a spawned worker.
+    /// The concurrency limit a spawned worker starts with when nothing is learned: pinned
+    /// `--slots`, else its vCPUs.
     pub fn worker_slots(&self) -> u32 {
         self.slots.unwrap_or_else(|| self.worker_vcpus()).max(1)
     }
@@ -205,10 +218,7 @@ impl Config {
     }
 }
 
-/// Lambda's vCPU allocation: 1769 MB buys one vCPU, rounded up, at most 6.
-pub fn vcpus_for_memory(memory_mb: u32) -> u32 {
-    memory_mb.div_ceil(1769).clamp(1, 6)
-}
+pub use carpool_proto::lambda::vcpus_for_memory;
 
 #[cfg(test)]
 mod tests {

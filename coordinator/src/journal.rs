@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The concurrency level learned per (function, memory size in MB).
+const LEARNED: TableDefinition<(&str, u32), u32> = TableDefinition::new("learned");
 const NEXT_ID: &str = "next_task_id";
 /// Most operations written in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -51,6 +53,7 @@ enum Op {
     Accept(u64, Box<StoredTask>, oneshot::Sender<Result<(), String>>),
     Finish(u64, Arc<pb::TaskResult>),
     Forget(u64),
+    Learn(Arc<str>, u32, u32),
 }
 
 /// The handle the coordinator writes through; cheap to clone.
@@ -66,6 +69,8 @@ pub struct Recovered {
     pub tasks: Vec<(u64, StoredTask)>,
     /// The first id never handed out.
     pub next_id: u64,
+    /// The concurrency level learned per (function, memory size in MB).
+    pub learned: Vec<((String, u32), u32)>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -110,6 +115,11 @@ impl Journal {
     pub fn forget(&self, id: u64) {
         let _ = self.ops.send(Op::Forget(id));
     }
+
+    /// Records the concurrency level learned for `function` at `memory_mb` (not waited for).
+    pub fn learn(&self, function: &Arc<str>, memory_mb: u32, level: u32) {
+        let _ = self.ops.send(Op::Learn(function.clone(), memory_mb, level));
+    }
 }
 
 fn storage(e: impl std::fmt::Display) -> Error {
@@ -122,6 +132,7 @@ fn load(db: &Database) -> Result<Recovered> {
     {
         txn.open_table(TASKS).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
+        txn.open_table(LEARNED).map_err(storage)?;
     }
     txn.commit().map_err(storage)?;
     let txn = db.begin_read().map_err(storage)?;
@@ -136,7 +147,22 @@ fn load(db: &Database) -> Result<Recovered> {
     let meta = txn.open_table(META).map_err(storage)?;
     let stored_next = meta.get(NEXT_ID).map_err(storage)?.map_or(1, |v| v.value());
     let next_id = stored_next.max(tasks.last().map_or(1, |(id, _)| id + 1));
-    Ok(Recovered { tasks, next_id })
+    let mut learned = Vec::new();
+    for entry in txn
+        .open_table(LEARNED)
+        .map_err(storage)?
+        .iter()
+        .map_err(storage)?
+    {
+        let (k, v) = entry.map_err(storage)?;
+        let (function, memory_mb) = k.value();
+        learned.push(((function.to_owned(), memory_mb), v.value()));
+    }
+    Ok(Recovered {
+        tasks,
+        next_id,
+        learned,
+    })
 }
 
 fn writer(db: Database, mut rx: mpsc::UnboundedReceiver<Op>) {
@@ -184,6 +210,10 @@ fn write(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                 Op::Forget(id) => {
                     tasks.remove(*id)?;
                 }
+                Op::Learn(function, memory_mb, level) => {
+                    txn.open_table(LEARNED)?
+                        .insert((function.as_ref(), *memory_mb), *level)?;
+                }
             }
         }
         if let Some(next) = next_id {
@@ -226,6 +256,8 @@ mod tests {
                 }),
             );
             j.forget(3);
+            j.learn(&Arc::from("echo"), 2048, 40);
+            j.learn(&Arc::from("echo"), 2048, 64);
             // An accept after them is acknowledged only once everything before it is written.
             j.accept(4, task("spin")).await.expect("accept 4");
         }
@@ -245,5 +277,6 @@ mod tests {
         let first = &rec.tasks[0].1;
         assert!(first.result.is_some() && first.payload.is_empty());
         assert!(rec.tasks[1].1.result.is_none());
+        assert_eq!(rec.learned, vec![(("echo".to_owned(), 2048), 64)]);
     }
 }

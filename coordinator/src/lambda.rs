@@ -171,13 +171,9 @@ impl Spawner for LambdaSpawner {
     }
 }
 
-/// The AWS SDK's HTTPS client on rustls with ring, the crypto provider the rest of carpool
-/// (tonic) uses.
+/// The AWS SDK's HTTPS client (on ring, like tonic).
 pub fn https_client() -> aws_sdk_lambda::config::SharedHttpClient {
-    use aws_smithy_http_client::tls;
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-        .build_https()
+    carpool_proto::aws_https_client()
 }
 
 /// What one Invoke call's outcome calls for.

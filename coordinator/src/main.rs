@@ -32,13 +32,19 @@ struct Cli {
     /// vCPUs of spawned workers [default: derived from --memory-mb, 1769 MB per vCPU].
     #[arg(long, env = "CARPOOL_VCPUS")]
     vcpus: Option<u32>,
-    /// Concurrent tasks per worker [default: the worker's vCPUs].
+    /// Pin every worker's concurrency limit at this many tasks [default: adaptive: each
+    /// worker's limit follows what it measures of itself, from its vCPUs or the learned level].
     #[arg(long, env = "CARPOOL_SLOTS")]
     slots: Option<u32>,
-    /// A worker whose CPU sample is at or above this fraction gets no new task.
+    /// The most tasks an adaptive concurrency limit may rise to.
+    #[arg(long, env = "CARPOOL_MAX_SLOTS", default_value_t = 256)]
+    max_slots: u32,
+    /// CPU as a fraction of a worker's vCPU allotment: above it a worker gets no new task, and
+    /// an adaptive limit stops rising at it (may exceed 1, for workers that burst past it).
     #[arg(long, env = "CARPOOL_CPU_THRESHOLD", default_value_t = 0.9)]
     cpu_threshold: f64,
-    /// A worker whose memory sample is at or above this fraction of its limit gets no new task.
+    /// Memory as a fraction of a worker's limit: at or above it a worker gets no new task, and
+    /// an adaptive limit falls to what fits under it.
     #[arg(long, env = "CARPOOL_MEM_THRESHOLD", default_value_t = 0.9)]
     mem_threshold: f64,
     /// A worker older than this fraction of its execution timeout drains.
@@ -68,6 +74,10 @@ struct Cli {
     /// The worker binary the local spawner runs [default: carpool-worker next to this binary].
     #[arg(long, env = "CARPOOL_WORKER_BIN")]
     worker_bin: Option<PathBuf>,
+    /// The only local directory local workers' `thumbnail` built-in reads and writes
+    /// [default: none: only s3:// objects].
+    #[arg(long, env = "CARPOOL_WORKER_DATA_DIR")]
+    worker_data_dir: Option<PathBuf>,
     /// A function served by a command in local workers, as NAME=COMMAND (repeatable); the
     /// command reads the payload on stdin and writes the output on stdout.
     #[arg(long = "exec", env = "CARPOOL_EXEC", value_parser = parse_exec)]
@@ -180,7 +190,6 @@ fn parse_exec(s: &str) -> Result<(String, String), String> {
 impl Cli {
     fn validate(&self) -> Result<(), String> {
         let fractions = [
-            ("--cpu-threshold", self.cpu_threshold),
             ("--mem-threshold", self.mem_threshold),
             ("--deadline-fraction", self.deadline_fraction),
         ];
@@ -188,6 +197,15 @@ impl Cli {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(format!("{flag} must be in (0, 1], got {v}"));
             }
+        }
+        if !(self.cpu_threshold > 0.0 && self.cpu_threshold <= 64.0) {
+            return Err(format!(
+                "--cpu-threshold must be in (0, 64] (a fraction of the vCPU allotment), got {}",
+                self.cpu_threshold
+            ));
+        }
+        if self.max_slots == 0 {
+            return Err("--max-slots must be at least 1".into());
         }
         if self.max_workers == 0 {
             return Err("--max-workers must be at least 1".into());
@@ -261,6 +279,7 @@ impl Cli {
             memory_mb: self.memory_mb,
             vcpus: self.vcpus,
             slots: self.slots,
+            max_slots: self.max_slots,
             cpu_threshold: self.cpu_threshold,
             mem_threshold: self.mem_threshold,
             deadline_fraction: self.deadline_fraction,
@@ -277,6 +296,7 @@ impl Cli {
             worker_bin: self.worker_bin,
             exec_functions: self.exec_functions,
             worker_log: None,
+            worker_data_dir: self.worker_data_dir,
             reconnect_grace: self.reconnect_grace,
             liveness_intervals: self.liveness_intervals.max(1),
             task_timeout: self.task_timeout,

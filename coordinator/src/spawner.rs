@@ -47,6 +47,7 @@ pub struct LocalSpawner {
     timeout: std::time::Duration,
     exec_functions: Vec<(String, String)>,
     log: Option<String>,
+    data_dir: Option<PathBuf>,
     token: Option<crate::auth::Secret>,
     tls: Option<(PathBuf, String)>,
     cpus: usize,
@@ -72,6 +73,7 @@ impl LocalSpawner {
             timeout: config.execution_timeout,
             exec_functions: config.exec_functions.clone(),
             log: config.worker_log.clone(),
+            data_dir: config.worker_data_dir.clone(),
             token: config.worker_token.clone(),
             tls: config
                 .tls
@@ -119,6 +121,9 @@ impl LocalSpawner {
             .find(|(n, _)| n == request.function.as_ref())
         {
             cmd.arg("--exec").arg(exec);
+        }
+        if let Some(dir) = &self.data_dir {
+            cmd.arg("--data-dir").arg(dir);
         }
         if let Some((ca, domain)) = &self.tls {
             cmd.arg("--tls-ca").arg(ca).arg("--tls-domain").arg(domain);

@@ -375,6 +375,7 @@ impl FakeWorker {
             memory_used_bytes: 100 << 20,
             memory_limit_bytes: 2048 << 20,
             running_tasks: running,
+            ..Default::default()
         }))
         .await;
     }
@@ -390,6 +391,7 @@ impl FakeWorker {
                 )),
                 started_unix_ms: 1,
                 finished_unix_ms: 2,
+                duration_us: 1000,
             }],
         }))
         .await;
@@ -445,6 +447,7 @@ pub fn hello(id: &str, function: &str, slots: u32) -> pb::Hello {
         timeout_ms: 0,
         instance: "test".into(),
         running_task_ids: Vec::new(),
+        max_slots: 0,
     }
 }
 

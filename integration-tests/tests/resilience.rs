@@ -273,10 +273,11 @@ async fn impossible_samples_and_foreign_results_end_the_worker_stream() {
     let client = coord.client().await;
     let mut bad = FakeWorker::connect(coord.channel().await, hello("bad-sample", "resize", 1)).await;
     bad.send(Up::Sample(pb::ResourceSample {
-        cpu: 7.0,
+        cpu: -1.0,
         memory_used_bytes: 1,
         memory_limit_bytes: 1,
         running_tasks: 0,
+        ..Default::default()
     }))
     .await;
     assert_eq!(bad.next_status().await.code(), Code::InvalidArgument);

@@ -6,7 +6,9 @@
 //! - [`payload`] converts between the wire [`pb::Payload`] and plain bytes.
 //! - [`endpoint`]: how clients and workers dial (keepalive, TLS).
 //! - [`auth`]: the bearer-token [`Secret`] and the [`Bearer`] interceptor clients and workers use.
-//! - [`lambda`]: the event a Lambda worker invocation receives from the coordinator.
+//! - [`lambda`]: the event a Lambda worker invocation receives from the coordinator, and
+//!   Lambda's vCPU rule.
+//! - `aws_https_client` (feature `aws`): the AWS SDK's HTTPS client, on ring.
 
 #![allow(missing_docs, unreachable_pub)]
 
@@ -15,6 +17,16 @@ pub use bytes::Bytes;
 pub mod auth;
 pub mod endpoint;
 pub mod lambda;
+
+/// The AWS SDK's HTTPS client on rustls with ring, the crypto provider the rest of carpool
+/// (tonic) uses: one provider in the whole tree (the SDK's default would add aws-lc).
+#[cfg(feature = "aws")]
+pub fn aws_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https()
+}
 pub use auth::{Bearer, Secret};
 pub use endpoint::{TlsOptions, endpoint, is_http_url};
 

@@ -1,7 +1,12 @@
-//! The built-in functions of the `carpool-worker` binary: `echo`, `sleep`, `spin`, and
-//! `--exec CMD` for any language.
+//! The built-in functions of the `carpool-worker` binary, one per kind of workload:
+//! `echo`, `sleep` (waiting), `spin` (CPU), `hold` (memory), `mixed` (a CPU burst, then a
+//! wait), `thumbnail` (the paper's task, see [`crate::thumbnail`]), and `--exec CMD` for
+//! any language.
 
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,6 +14,21 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::handler::{Handler, HandlerFuture, Outcome, Task};
+use crate::thumbnail::Files;
+
+/// The built-ins' names.
+pub const NAMES: [&str; 6] = ["echo", "sleep", "spin", "hold", "mixed", "thumbnail"];
+
+/// What the built-ins need to know about their worker.
+#[derive(Clone, Debug, Default)]
+pub struct BuiltinOptions {
+    /// Serve the function with this shell command instead of a built-in.
+    pub exec: Option<String>,
+    /// The only local directory `thumbnail` reads and writes (`s3://` objects need none).
+    pub data_dir: Option<PathBuf>,
+    /// The worker's memory size: `hold` refuses to hold more.
+    pub memory_mb: u32,
+}
 
 /// A built-in handler.
 #[derive(Clone, Debug)]
@@ -18,12 +38,21 @@ pub enum Builtin {
     /// Sleeps for the payload's milliseconds (I/O-bound stand-in).
     Sleep,
     /// Burns CPU for the payload's milliseconds of this thread's CPU time (CPU-bound
-    /// stand-in: under contention it takes longer, as real work would).
+    /// stand-in: under contention it takes longer, as real work would). Stops at once when
+    /// cancelled.
     Spin,
-    /// The paper's task (SeBS thumbnailer): decode the JPEG at `{"input": PATH}`, shrink it
-    /// to fit `{"size": N}` pixels (default 100, aspect kept), write it as JPEG to
-    /// `{"output": PATH}`.
-    Thumbnail,
+    /// Holds `{"mb": N}` MB of memory (every page touched) for `{"ms": T}` ms (memory-bound
+    /// stand-in); at most the worker's memory size.
+    Hold {
+        /// The worker's memory size in MB.
+        max_mb: u32,
+    },
+    /// Burns `{"cpu_ms": C}` ms of CPU, then waits `{"wait_ms": W}` ms (a task that
+    /// computes, then calls out).
+    Mixed,
+    /// The paper's task (SeBS thumbnailer): read a JPEG, shrink it, write it (local files in
+    /// the data directory, or `s3://` objects).
+    Thumbnail(Arc<Files>),
     /// Runs `sh -c CMD` with the payload on stdin; stdout is the output, a non-zero exit
     /// is a task error carrying stderr.
     Exec(String),
@@ -32,15 +61,20 @@ pub enum Builtin {
 impl Builtin {
     /// The handler for `function`: `--exec` serves any function, otherwise the function
     /// must be a built-in's name.
-    pub fn for_function(function: &str, exec: Option<String>) -> Result<Self, String> {
-        match (exec, function) {
-            (Some(cmd), _) => Ok(Builtin::Exec(cmd)),
+    pub fn for_function(function: &str, options: &BuiltinOptions) -> Result<Self, String> {
+        match (&options.exec, function) {
+            (Some(cmd), _) => Ok(Builtin::Exec(cmd.clone())),
             (None, "echo") => Ok(Builtin::Echo),
             (None, "sleep") => Ok(Builtin::Sleep),
             (None, "spin") => Ok(Builtin::Spin),
-            (None, "thumbnail") => Ok(Builtin::Thumbnail),
+            (None, "hold") => Ok(Builtin::Hold {
+                max_mb: options.memory_mb,
+            }),
+            (None, "mixed") => Ok(Builtin::Mixed),
+            (None, "thumbnail") => Ok(Builtin::Thumbnail(Arc::new(Files::new(options.data_dir.clone())))),
             (None, other) => Err(format!(
-                "no handler for function {other:?}: the built-ins are echo, sleep, spin and thumbnail; pass --exec CMD for others"
+                "no handler for function {other:?}: the built-ins are {}; pass --exec CMD for others",
+                NAMES.join(", ")
             )),
         }
     }
@@ -57,22 +91,77 @@ impl Handler for Builtin {
             }),
             Builtin::Spin => Box::pin(async move {
                 let ms = millis(&task.payload)?;
-                let spun = tokio::task::spawn_blocking(move || spin(Duration::from_millis(ms)))
-                    .await
-                    .map_err(|e| format!("spin failed: {e}"))?;
+                let spun = burn(Duration::from_millis(ms)).await?;
                 Ok(Bytes::from(format!(
                     "{{\"spun_ms\":{ms},\"wall_ms\":{}}}",
                     spun.as_millis()
                 )))
             }),
-            Builtin::Thumbnail => Box::pin(async move {
-                tokio::task::spawn_blocking(move || thumbnail(&task.payload))
-                    .await
-                    .map_err(|e| format!("thumbnail failed: {e}"))?
+            Builtin::Hold { max_mb } => Box::pin(hold(task.payload, max_mb)),
+            Builtin::Mixed => Box::pin(async move {
+                let (cpu_ms, wait_ms) = (field(&task.payload, "cpu_ms")?, field(&task.payload, "wait_ms")?);
+                burn(Duration::from_millis(cpu_ms)).await?;
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                Ok(Bytes::from(format!(
+                    "{{\"cpu_ms\":{cpu_ms},\"wait_ms\":{wait_ms}}}"
+                )))
             }),
+            Builtin::Thumbnail(files) => Box::pin(async move { files.thumbnail(&task.payload).await }),
             Builtin::Exec(cmd) => Box::pin(exec(cmd, task.payload)),
         }
     }
+}
+
+/// Sets its flag when dropped: a cancelled task's future is dropped, and the blocking loop
+/// it started sees the flag and stops (a `spawn_blocking` thread cannot be aborted).
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Burns `cpu` of CPU time on a blocking thread; stops early if the task is cancelled.
+async fn burn(cpu: Duration) -> Result<Duration, String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let _cancel = StopOnDrop(stop.clone());
+    tokio::task::spawn_blocking(move || spin(cpu, &stop))
+        .await
+        .map_err(|e| format!("spin failed: {e}"))
+}
+
+/// The memory-bound task: `{"mb": N, "ms": T}`.
+async fn hold(payload: Bytes, max_mb: u32) -> Outcome {
+    let (mb, ms) = (field(&payload, "mb")?, field(&payload, "ms")?);
+    if mb > u64::from(max_mb) {
+        return Err(format!("hold of {mb} MB refused: this worker has {max_mb} MB"));
+    }
+    let bytes = usize::try_from(mb * 1024 * 1024).map_err(|_| format!("{mb} MB does not fit in memory"))?;
+    // Touch every page, so the memory is resident (an untouched allocation is not).
+    let block = tokio::task::spawn_blocking(move || {
+        let mut v = vec![0u8; bytes];
+        for i in (0..v.len()).step_by(4096) {
+            v[i] = 1;
+        }
+        std::hint::black_box(&v);
+        v
+    })
+    .await
+    .map_err(|e| format!("hold failed: {e}"))?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    drop(block);
+    Ok(Bytes::from(format!("{{\"held_mb\":{mb},\"ms\":{ms}}}")))
+}
+
+/// A number in a JSON object payload: `{"NAME": N}`.
+fn field(payload: &[u8], name: &str) -> Result<u64, String> {
+    let value: serde_json::Value = serde_json::from_slice(payload)
+        .map_err(|e| format!("payload must be a JSON object with {name:?}: {e}"))?;
+    value
+        .get(name)
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| format!("payload needs a whole number {name:?}, got {value}"))
 }
 
 /// Reads a duration in milliseconds from a payload: `150` or `{"ms": 150}`.
@@ -85,48 +174,19 @@ fn millis(payload: &[u8]) -> Result<u64, String> {
         .ok_or_else(|| format!("payload must be a number of milliseconds or {{\"ms\": N}}, got {value}"))
 }
 
-/// The thumbnail task: `{"input": PATH, "output": PATH, "size": N}`.
-fn thumbnail(payload: &[u8]) -> Outcome {
-    let args: serde_json::Value = serde_json::from_slice(payload)
-        .map_err(|e| format!("payload must be JSON {{\"input\", \"output\"}}: {e}"))?;
-    let path = |key: &str| {
-        args.get(key)
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| format!("payload needs a string {key:?}"))
-    };
-    let (input, output) = (path("input")?, path("output")?);
-    let size = args
-        .get("size")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(100)
-        .clamp(1, 10_000) as u32;
-    let image = image::open(&input).map_err(|e| format!("{input}: {e}"))?;
-    let small = image.thumbnail(size, size);
-    small
-        .to_rgb8()
-        .save(&output)
-        .map_err(|e| format!("{output}: {e}"))?;
-    Ok(Bytes::from(format!(
-        "{{\"output\":{},\"width\":{},\"height\":{}}}",
-        serde_json::Value::String(output),
-        small.width(),
-        small.height()
-    )))
-}
-
-/// Busy-loops until this thread has used `cpu` of CPU time; returns the wall time taken.
-fn spin(cpu: Duration) -> Duration {
+/// Busy-loops until this thread has used `cpu` of CPU time, or `stop` is set; returns the
+/// wall time taken.
+fn spin(cpu: Duration, stop: &AtomicBool) -> Duration {
     let start = Instant::now();
     let Some(begin) = thread_cpu() else {
         // No thread clock: fall back to wall time.
-        while start.elapsed() < cpu {
+        while start.elapsed() < cpu && !stop.load(Ordering::Relaxed) {
             std::hint::spin_loop();
         }
         return start.elapsed();
     };
     let mut x: u64 = 1;
-    loop {
+    while !stop.load(Ordering::Relaxed) {
         for _ in 0..10_000 {
             x = x
                 .wrapping_mul(6364136223846793005)
@@ -162,6 +222,8 @@ async fn exec(cmd: String, payload: Bytes) -> Outcome {
     // A cancelled task drops this future: the guard kills the whole group, not just `sh`.
     // After a normal exit it ends whatever the command left running in the background.
     let _group = child.id().map(KillGroup);
+    // Its CPU and memory are the worker's.
+    let _counted = child.id().map(crate::children::register);
     if let Some(mut stdin) = child.stdin.take() {
         // A command that does not read its input closes the pipe early: not an error.
         let _ = stdin.write_all(&payload).await;
@@ -210,11 +272,56 @@ mod tests {
 
     #[test]
     fn unknown_function_without_exec_is_refused() {
-        assert!(Builtin::for_function("resize", None).is_err());
+        assert!(Builtin::for_function("resize", &BuiltinOptions::default()).is_err());
+        let exec = BuiltinOptions {
+            exec: Some("cat".into()),
+            ..BuiltinOptions::default()
+        };
         assert!(matches!(
-            Builtin::for_function("resize", Some("cat".into())),
+            Builtin::for_function("resize", &exec),
             Ok(Builtin::Exec(_))
         ));
+    }
+
+    fn task(payload: &str) -> Task {
+        Task {
+            id: 1,
+            attempt: 1,
+            function: "x".into(),
+            payload: Bytes::from(payload.to_owned()),
+        }
+    }
+
+    #[tokio::test]
+    async fn hold_keeps_its_memory_and_refuses_more_than_the_worker_has() {
+        let h = Builtin::Hold { max_mb: 64 };
+        let out = h.call(task(r#"{"mb": 8, "ms": 1}"#)).await;
+        assert_eq!(out.as_deref(), Ok(&b"{\"held_mb\":8,\"ms\":1}"[..]));
+        let err = h
+            .call(task(r#"{"mb": 65, "ms": 1}"#))
+            .await
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("refused") && err.contains("64 MB"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_spin_stops_burning_its_core() {
+        let before = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).expect("clock");
+        let spinning = tokio::spawn(Builtin::Spin.call(task("10000")));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        spinning.abort();
+        let _ = spinning.await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mid = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).expect("clock");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).expect("clock");
+        let burning = Duration::from(after) - Duration::from(mid);
+        assert!(
+            burning < Duration::from_millis(100),
+            "still burning after the cancel: {burning:?}"
+        );
+        assert!(Duration::from(mid) > Duration::from(before), "it never spun");
     }
 
     #[tokio::test]

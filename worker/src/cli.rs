@@ -12,6 +12,9 @@ use tracing_subscriber::EnvFilter;
 use crate::config::WorkerConfig;
 use crate::handler::Handler;
 
+/// The largest `--slots` or `--max-slots` a worker accepts.
+pub const MAX_SLOTS: i64 = 65_536;
+
 /// Flags every carpool worker understands (each also read from a `CARPOOL_…` variable).
 #[derive(clap::Args, Clone, Debug)]
 pub struct WorkerArgs {
@@ -31,9 +34,18 @@ pub struct WorkerArgs {
     /// vCPUs [default: the CPUs this process may use].
     #[arg(long, env = "CARPOOL_VCPUS")]
     pub vcpus: Option<u32>,
-    /// Tasks to run at once [default: the coordinator decides, from the vCPUs].
-    #[arg(long, env = "CARPOOL_SLOTS")]
+    /// Pin the tasks it runs at once [default: the coordinator adapts its concurrency limit
+    /// to what this worker measures of itself].
+    #[arg(long, env = "CARPOOL_SLOTS", value_parser = clap::value_parser!(u32).range(1..=MAX_SLOTS))]
     pub slots: Option<u32>,
+    /// Cap its adaptive concurrency limit below the coordinator's --max-slots.
+    #[arg(long, env = "CARPOOL_MAX_SLOTS", value_parser = clap::value_parser!(u32).range(1..=MAX_SLOTS))]
+    pub max_slots: Option<u32>,
+    /// How it measures itself: its process tree (this process and the children it started),
+    /// its cgroup (v2), or auto (the cgroup when it is a container's init process, else the
+    /// process tree). Never the whole machine.
+    #[arg(long, env = "CARPOOL_MEASURE", value_enum, default_value_t = crate::sampler::Measure::Auto)]
+    pub measure: crate::sampler::Measure,
     /// Execution timeout: the session ends when it passes, e.g. "15m".
     #[arg(long, env = "CARPOOL_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -81,8 +93,9 @@ impl WorkerArgs {
         c.memory_mb = self.memory_mb;
         c.vcpus = self.vcpus.unwrap_or(c.vcpus).max(1);
         c.slots = self.slots;
+        c.max_slots = self.max_slots;
+        c.measure = self.measure;
         c.timeout = self.timeout;
-        c.cpus.clone_from(&self.cpus);
         c.reconnect_for = self.reconnect_for;
         c.tls.domain.clone_from(&self.tls_domain);
         c.tls.ca_pem = self.tls_ca_pem()?;

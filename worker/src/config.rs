@@ -5,7 +5,7 @@ use std::time::Duration;
 use carpool_proto::{Secret, TlsOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::sampler::MemorySource;
+use crate::sampler::Measure;
 
 /// Everything a session needs.
 #[derive(Clone, Debug)]
@@ -16,20 +16,23 @@ pub struct WorkerConfig {
     pub id: String,
     /// The function this worker serves.
     pub function: String,
-    /// vCPUs of the instance.
+    /// vCPUs of the instance (what it tells the coordinator; its limit starts there).
     pub vcpus: u32,
+    /// The share of CPU time its CPU figure is a fraction of; `None`: `vcpus`. On Lambda,
+    /// what the memory size buys (1769 MB per vCPU), whatever cores the micro-VM shows.
+    pub vcpu_allotment: Option<f64>,
     /// Memory size in MB (billing size, and the memory limit outside a cgroup).
     pub memory_mb: u32,
-    /// Tasks to run at once; `None` lets the coordinator decide.
+    /// Pins its concurrency limit; `None` lets the coordinator adapt it.
     pub slots: Option<u32>,
+    /// Caps its adaptive limit below the coordinator's `--max-slots`.
+    pub max_slots: Option<u32>,
     /// How long this instance may live; the session ends when it passes.
     pub timeout: Duration,
-    /// CPUs this worker runs on (empty: all); the CPU sample covers these.
-    pub cpus: Vec<usize>,
     /// Where it runs (shown in ListWorkers).
     pub instance: String,
-    /// Where memory figures come from.
-    pub memory_source: MemorySource,
+    /// How it measures itself (its process tree or its cgroup; never the whole machine).
+    pub measure: Measure,
     /// How long to keep trying to reconnect after the stream breaks before giving up.
     pub reconnect_for: Duration,
     /// TLS settings for an `https://` coordinator URL.
@@ -52,15 +55,21 @@ impl WorkerConfig {
             function: function.into(),
             vcpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             memory_mb: 2048,
+            vcpu_allotment: None,
             slots: None,
+            max_slots: None,
             timeout: Duration::from_secs(900),
-            cpus: Vec::new(),
             instance: format!("pid {pid}"),
-            memory_source: MemorySource::Process,
+            measure: Measure::Auto,
             reconnect_for: Duration::from_secs(60),
             tls: TlsOptions::default(),
             token: None,
             stop: CancellationToken::new(),
         }
+    }
+
+    /// vCPUs its CPU figure is a fraction of.
+    pub fn allotment(&self) -> f64 {
+        self.vcpu_allotment.unwrap_or(f64::from(self.vcpus.max(1)))
     }
 }

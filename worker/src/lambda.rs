@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::config::WorkerConfig;
 use crate::handler::Handler;
-use crate::sampler::MemorySource;
+use crate::sampler::Measure;
 
 /// The environment variables lambda_runtime needs; checked first so that a missing one is a
 /// clear error rather than a panic.
@@ -155,7 +155,10 @@ where
         let mut config = WorkerConfig::new(ev.coordinator_url, ev.function);
         config.id = ev.worker_id;
         config.memory_mb = self.memory_mb;
-        config.memory_source = MemorySource::Process;
+        // The micro-VM shows cores it does not allot: the memory size buys the vCPUs.
+        config.vcpus = carpool_proto::lambda::vcpus_for_memory(self.memory_mb);
+        config.vcpu_allotment = Some(carpool_proto::lambda::vcpu_allotment(self.memory_mb));
+        config.measure = Measure::Process;
         config.slots = ev.slots;
         config.timeout = timeout;
         config.instance = request_id.clone();

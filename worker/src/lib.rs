@@ -3,8 +3,10 @@
 //!
 //! - [`handler`]: the [`Handler`] trait (any async closure) and [`Task`].
 //! - [`session`]: one session: hello, then assignments, cancellations, results, samples.
-//! - [`sampler`]: CPU and memory from /proc (and cgroup limits).
-//! - [`builtin`]: the binary's built-in functions (`echo`, `sleep`, `spin`, `--exec`).
+//! - [`sampler`]: the worker's own CPU and memory (its process tree or its cgroup).
+//! - [`children`]: the processes it started, counted as its own.
+//! - [`builtin`]: the binary's built-in functions (`echo`, `sleep`, `spin`, `hold`, `mixed`,
+//!   `thumbnail`, `--exec`); [`thumbnail`]: the paper's task, on S3 or a data directory.
 //! - [`cli`]: the standard flags and process setup, for `carpool-worker` and your own.
 //! - [`lambda`]: Lambda mode (detected from `AWS_LAMBDA_RUNTIME_API`): one session per
 //!   invocation, the invocation's deadline as the execution timeout.
@@ -20,6 +22,7 @@
 //! ```
 
 pub mod builtin;
+pub mod children;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -27,6 +30,7 @@ pub mod handler;
 pub mod lambda;
 pub mod sampler;
 pub mod session;
+pub mod thumbnail;
 
 use std::process::ExitCode;
 

@@ -1,9 +1,9 @@
-//! `carpool-worker`: a worker with the built-in functions `echo`, `sleep` and `spin`, or
-//! any command through `--exec`.
+//! `carpool-worker`: a worker with the built-in functions (`echo`, `sleep`, `spin`, `hold`,
+//! `mixed`, `thumbnail`), or any command through `--exec`.
 
 use std::process::ExitCode;
 
-use carpool_worker::builtin::Builtin;
+use carpool_worker::builtin::{Builtin, BuiltinOptions};
 use carpool_worker::cli::{WorkerArgs, run_main_with};
 use clap::Parser;
 
@@ -17,19 +17,27 @@ struct Cli {
     /// non-zero exit is a task error carrying stderr.
     #[arg(long, env = "CARPOOL_EXEC")]
     exec: Option<String>,
+    /// The only local directory the `thumbnail` built-in reads and writes [default: none:
+    /// only s3:// objects].
+    #[arg(long, env = "CARPOOL_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let exec = cli.exec;
+    let options = BuiltinOptions {
+        exec: cli.exec,
+        data_dir: cli.data_dir,
+        memory_mb: cli.worker.memory_mb,
+    };
     // Checked up front (outside Lambda), so a bad --function fails before any connection.
     if let Some(function) = &cli.worker.function
-        && let Err(msg) = Builtin::for_function(function, exec.clone())
+        && let Err(msg) = Builtin::for_function(function, &options)
     {
         eprintln!("carpool-worker: {msg}");
         return ExitCode::from(2);
     }
     run_main_with(cli.worker, move |function| {
-        Builtin::for_function(function, exec.clone())
+        Builtin::for_function(function, &options)
     })
 }

@@ -1,182 +1,340 @@
-//! Resource samples of the worker's instance, read from /proc (and cgroup limits where
-//! present).
+//! Resource samples of the worker itself, never of the machine it shares: a busy neighbour
+//! is not the worker's load.
 //!
-//! CPU is the busy share of the CPUs the worker may run on (its affinity set, which the
-//! local spawner pins to its vCPU count; on Lambda that is the whole micro-VM). Memory is,
-//! in order of preference: the cgroup's use against its limit (containers), the whole
-//! instance's use (Lambda, where the VM is the instance), or this process and its children
-//! against the configured memory size (a local process sharing a bigger machine).
+//! - **Process tree** (the default): CPU is this process's CPU time, plus that of the
+//!   children it has waited for (`getrusage(RUSAGE_CHILDREN)`), plus that of the children
+//!   it started and still runs ([`crate::children`]) and their descendants; memory is the
+//!   resident memory of the same tree. No scan of every process on the host: the children
+//!   are the ones it registered.
+//! - **Cgroup** (cgroup v2, the worker's own): `cpu.stat`'s `usage_usec`, `memory.current`,
+//!   `memory.max` and `memory.peak`. Chosen by `--measure auto` when the worker is the init
+//!   process of a container at the root of its cgroup namespace, where that cgroup is the
+//!   container's alone.
+//!
+//! CPU is a fraction of the worker's vCPU allotment (its `--vcpus`; on Lambda the share its
+//! memory size buys, 1769 MB per vCPU, whatever cores the micro-VM shows), so it may exceed
+//! 1.0 on an instance that lets it burst. It covers the span since the running tasks last
+//! grew (so a rise of the coordinator's limit is judged by the tasks it let in, not diluted by
+//! the quiet before them), or since the previous sample.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use carpool_proto::pb::ResourceSample;
-use procfs::{Current, CurrentSI};
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::time::{ClockId, clock_gettime};
 
-/// Where memory figures come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemorySource {
-    /// The whole instance (/proc/meminfo): right when the machine is the instance (Lambda).
-    Instance,
-    /// This process and its direct children against the configured size.
+/// How a worker measures itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Measure {
+    /// The cgroup when the worker is a container's init process at the root of its cgroup
+    /// namespace (the cgroup is then the container's alone), else the process tree.
+    #[default]
+    Auto,
+    /// Its own process tree: this process and the children it started.
     Process,
+    /// Its cgroup (v2): everything in it counts as the worker's.
+    Cgroup,
 }
 
-/// Shortest span a CPU figure is computed over; samples sent sooner (right after a task
-/// starts or ends) repeat the last figure instead of measuring noise.
-const MIN_CPU_SPAN: Duration = Duration::from_millis(100);
+/// Where figures come from, once decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    Tree,
+    Cgroup(PathBuf),
+}
 
-/// Takes samples; keeps the previous CPU reading to compute utilisation over the span.
+/// Shortest span a CPU figure is computed over; a sample sooner repeats the last figure.
+const MIN_CPU_SPAN: Duration = Duration::from_millis(10);
+/// Most descendants of one registered child that are followed.
+const MAX_DESCENDANTS: usize = 256;
+/// Memory that moved by this share of the limit since the last sample is material.
+const MATERIAL_MEMORY: f64 = 0.01;
+/// CPU that moved by this much (of the allotment) since the last sample is material.
+const MATERIAL_CPU: f64 = 0.1;
+
+/// Takes the worker's samples; keeps the start of the current CPU span.
 #[derive(Debug)]
 pub struct Sampler {
-    cpus: Vec<usize>,
+    source: Source,
+    /// vCPUs the CPU figure is a fraction of.
+    allotment: f64,
+    /// The memory limit: the configured size, or the cgroup's if lower.
     memory_limit: u64,
-    source: MemorySource,
-    prev: Option<(Instant, CpuTicks)>,
+    /// When the current CPU span started and the CPU time then.
+    span: Option<(Instant, Duration)>,
+    /// Whether the running tasks grew since the last sample (the span then restarted).
+    marked: bool,
     last_cpu: f64,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct CpuTicks {
-    busy: u64,
-    total: u64,
+    last_memory: u64,
+    peak: u64,
 }
 
 impl Sampler {
-    /// A sampler over `cpus` (empty: all), with `memory_mb` as the limit unless a cgroup
-    /// says otherwise.
-    pub fn new(cpus: Vec<usize>, memory_mb: u32, source: MemorySource) -> Self {
-        Self {
-            cpus,
-            memory_limit: u64::from(memory_mb) * 1024 * 1024,
-            source,
-            prev: None,
-            last_cpu: 0.0,
-        }
-    }
-
-    /// A sample now; `running` is the number of tasks in flight.
-    pub fn sample(&mut self, running: u32) -> ResourceSample {
-        let (memory_used_bytes, memory_limit_bytes) = self.memory();
-        ResourceSample {
-            cpu: self.cpu(),
-            memory_used_bytes,
-            memory_limit_bytes,
-            running_tasks: running,
-        }
-    }
-
-    fn cpu(&mut self) -> f64 {
-        let now = Instant::now();
-        if self
-            .prev
-            .is_some_and(|(at, _)| now.duration_since(at) < MIN_CPU_SPAN)
-        {
-            return self.last_cpu;
-        }
-        let Some(ticks) = self.ticks() else {
-            return self.last_cpu;
-        };
-        if let Some((_, prev)) = self.prev {
-            let total = ticks.total.saturating_sub(prev.total);
-            if total > 0 {
-                self.last_cpu = (ticks.busy.saturating_sub(prev.busy) as f64 / total as f64).clamp(0.0, 1.0);
+    /// A sampler measuring as `measure` says, with CPU over `allotment` vCPUs and
+    /// `memory_mb` as the memory limit (unless the cgroup's is lower).
+    pub fn new(measure: Measure, allotment: f64, memory_mb: u32) -> Self {
+        let source = match measure {
+            Measure::Process => Source::Tree,
+            Measure::Cgroup => {
+                Source::Cgroup(own_cgroup().unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup")))
             }
-        }
-        self.prev = Some((now, ticks));
-        self.last_cpu
-    }
-
-    fn ticks(&self) -> Option<CpuTicks> {
-        let stats = procfs::KernelStats::current().ok()?;
-        let mut sum = CpuTicks::default();
-        let mut add = |t: &procfs::CpuTime| {
-            let idle = t.idle + t.iowait.unwrap_or(0);
-            let total = t.user
-                + t.nice
-                + t.system
-                + t.idle
-                + t.iowait.unwrap_or(0)
-                + t.irq.unwrap_or(0)
-                + t.softirq.unwrap_or(0)
-                + t.steal.unwrap_or(0);
-            sum.busy += total.saturating_sub(idle);
-            sum.total += total;
-        };
-        if self.cpus.is_empty() {
-            add(&stats.total);
-        } else {
-            for cpu in &self.cpus {
-                if let Some(t) = stats.cpu_time.get(*cpu) {
-                    add(t);
-                }
-            }
-        }
-        Some(sum)
-    }
-
-    fn memory(&self) -> (u64, u64) {
-        if let Some(cgroup) = cgroup_memory() {
-            return cgroup;
-        }
-        match self.source {
-            MemorySource::Instance => match procfs::Meminfo::current() {
-                Ok(m) => {
-                    let available = m.mem_available.unwrap_or(m.mem_free);
-                    (m.mem_total.saturating_sub(available), m.mem_total)
-                }
-                Err(_) => (0, self.memory_limit),
+            Measure::Auto => match own_cgroup() {
+                Some(dir) if std::process::id() == 1 => Source::Cgroup(dir),
+                _ => Source::Tree,
             },
-            MemorySource::Process => (process_tree_rss(), self.memory_limit),
+        };
+        let mut memory_limit = u64::from(memory_mb) * 1024 * 1024;
+        if let Source::Cgroup(dir) = &source
+            && let Some(max) = read_u64(&dir.join("memory.max"))
+        {
+            memory_limit = memory_limit.min(max);
+        }
+        let mut s = Self {
+            source,
+            allotment: if allotment > 0.0 { allotment } else { 1.0 },
+            memory_limit: memory_limit.max(1),
+            span: None,
+            marked: false,
+            last_cpu: 0.0,
+            last_memory: 0,
+            peak: 0,
+        };
+        s.span = s.cpu_time().map(|t| (Instant::now(), t));
+        s
+    }
+
+    /// `"process tree"` or `"cgroup DIR"`, for the log.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::Tree => "process tree".to_owned(),
+            Source::Cgroup(dir) => format!("cgroup {}", dir.display()),
         }
     }
-}
 
-/// (used, limit) from cgroup v2 when a limit is set.
-fn cgroup_memory() -> Option<(u64, u64)> {
-    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?;
-    let limit: u64 = limit.trim().parse().ok()?; // "max" means no limit: not ours to report
-    let used: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.current")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((used, limit))
-}
+    /// The running tasks grew: the next CPU figure covers only the time from now (once per
+    /// sample: later growth before the sample keeps the span).
+    pub fn mark(&mut self) {
+        if !self.marked {
+            self.marked = true;
+            self.span = self.cpu_time().map(|t| (Instant::now(), t));
+        }
+    }
 
-/// Resident memory of this process and its direct children (`--exec` commands).
-fn process_tree_rss() -> u64 {
-    let me = match procfs::process::Process::myself() {
-        Ok(p) => p,
-        Err(_) => return 0,
-    };
-    let page = procfs::page_size();
-    let mut rss = me.stat().map_or(0, |s| s.rss * page);
-    if let Ok(all) = procfs::process::all_processes() {
-        for p in all.flatten() {
-            if let Ok(stat) = p.stat()
-                && stat.ppid == me.pid
-            {
-                rss += stat.rss * page;
+    /// A sample now; `running` tasks are in flight, the newest of them for `youngest`.
+    pub fn sample(&mut self, running: u32, youngest: Duration) -> ResourceSample {
+        let now = Instant::now();
+        let cpu_now = self.cpu_time();
+        if let (Some((at, before)), Some(t)) = (self.span, cpu_now) {
+            let span = now.saturating_duration_since(at);
+            if span >= MIN_CPU_SPAN {
+                self.last_cpu = t.saturating_sub(before).as_secs_f64() / span.as_secs_f64() / self.allotment;
+            }
+        }
+        self.span = cpu_now.map(|t| (now, t));
+        self.marked = false;
+        let used = self.memory_used();
+        self.last_memory = used;
+        self.peak = self.peak.max(used).max(self.memory_peak());
+        ResourceSample {
+            cpu: self.last_cpu,
+            memory_used_bytes: used,
+            memory_limit_bytes: self.memory_limit,
+            running_tasks: running,
+            memory_peak_bytes: self.peak,
+            youngest_task_ms: if running == 0 {
+                0
+            } else {
+                youngest.as_millis().min(u128::from(u32::MAX)) as u32
+            },
+        }
+    }
+
+    /// Whether memory or CPU moved materially since the last sample (a cheap look: no
+    /// message unless it did).
+    pub fn moved(&mut self) -> bool {
+        let used = self.memory_used();
+        self.peak = self.peak.max(used);
+        if used.abs_diff(self.last_memory) as f64 >= MATERIAL_MEMORY * self.memory_limit as f64 {
+            return true;
+        }
+        let (Some((at, before)), Some(t)) = (self.span, self.cpu_time()) else {
+            return false;
+        };
+        let span = at.elapsed();
+        span >= MIN_CPU_SPAN * 2 && {
+            let cpu = t.saturating_sub(before).as_secs_f64() / span.as_secs_f64() / self.allotment;
+            (cpu - self.last_cpu).abs() >= MATERIAL_CPU
+        }
+    }
+
+    /// CPU time of the tree (or cgroup) so far.
+    fn cpu_time(&self) -> Option<Duration> {
+        match &self.source {
+            Source::Cgroup(dir) => cgroup_usage(dir),
+            Source::Tree => {
+                let own = Duration::from(clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).ok()?);
+                let waited = getrusage(UsageWho::RUSAGE_CHILDREN)
+                    .map(|u| timeval(u.user_time()) + timeval(u.system_time()))
+                    .unwrap_or_default();
+                let ticks = procfs::ticks_per_second() as f64;
+                let live: u64 = descendants()
+                    .iter()
+                    .filter_map(|p| p.stat().ok())
+                    .map(|s| s.utime + s.stime + s.cutime.max(0) as u64 + s.cstime.max(0) as u64)
+                    .sum();
+                Some(own + waited + Duration::from_secs_f64(live as f64 / ticks))
             }
         }
     }
-    rss
+
+    /// Memory the tree (or cgroup) uses now.
+    fn memory_used(&self) -> u64 {
+        match &self.source {
+            Source::Cgroup(dir) => read_u64(&dir.join("memory.current")).unwrap_or(0),
+            Source::Tree => {
+                let page = procfs::page_size();
+                let own = procfs::process::Process::myself()
+                    .and_then(|p| p.statm())
+                    .map_or(0, |m| m.resident * page);
+                let children: u64 = descendants()
+                    .iter()
+                    .filter_map(|p| p.stat().ok())
+                    .map(|s| s.rss * page)
+                    .sum();
+                own + children
+            }
+        }
+    }
+
+    /// The kernel's high-water mark of the memory used: the cgroup's `memory.peak`, or this
+    /// process's own peak (`ru_maxrss`) plus its children's memory now.
+    fn memory_peak(&self) -> u64 {
+        match &self.source {
+            Source::Cgroup(dir) => read_u64(&dir.join("memory.peak")).unwrap_or(0),
+            Source::Tree => {
+                let own = getrusage(UsageWho::RUSAGE_SELF).map_or(0, |u| u.max_rss().max(0) as u64 * 1024);
+                let page = procfs::page_size();
+                let children: u64 = descendants()
+                    .iter()
+                    .filter_map(|p| p.stat().ok())
+                    .map(|s| s.rss * page)
+                    .sum();
+                own + children
+            }
+        }
+    }
+}
+
+fn timeval(t: nix::sys::time::TimeVal) -> Duration {
+    Duration::from_secs(t.tv_sec().max(0) as u64) + Duration::from_micros(t.tv_usec().max(0) as u64)
+}
+
+/// The registered children and their descendants that are still alive.
+fn descendants() -> Vec<procfs::process::Process> {
+    let mut out = Vec::new();
+    let mut todo: Vec<u32> = crate::children::registered();
+    while let Some(pid) = todo.pop() {
+        if out.len() >= MAX_DESCENDANTS {
+            break;
+        }
+        let Ok(p) = procfs::process::Process::new(pid as i32) else {
+            continue;
+        };
+        if let Ok(kids) = p.task_main_thread().and_then(|t| t.children()) {
+            todo.extend(kids);
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// This process's cgroup v2 directory, if it is at the root of its cgroup namespace
+/// (`0::/`) with the unified hierarchy mounted at /sys/fs/cgroup.
+fn own_cgroup() -> Option<PathBuf> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let at_root = membership.lines().any(|l| l.trim() == "0::/");
+    let dir = PathBuf::from("/sys/fs/cgroup");
+    (at_root && dir.join("cgroup.controllers").is_file() && dir.join("cpu.stat").is_file()).then_some(dir)
+}
+
+fn cgroup_usage(dir: &Path) -> Option<Duration> {
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
+        .map(Duration::from_micros)
+}
+
+/// A number in a cgroup file; `None` for "max" or an unreadable file.
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Burns CPU in a loop until killed.
+    fn busy_loop() -> std::process::Command {
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", "while :; do :; done"]);
+        c
+    }
+
+    /// Waits for the CPU span to cover `d` and samples.
+    fn sample_after(s: &mut Sampler, d: Duration) -> ResourceSample {
+        std::thread::sleep(d);
+        s.sample(0, Duration::ZERO)
+    }
+
     #[test]
     fn samples_are_within_bounds() {
-        let mut s = Sampler::new(Vec::new(), 2048, MemorySource::Process);
-        let a = s.sample(0);
-        std::thread::sleep(MIN_CPU_SPAN);
-        let b = s.sample(1);
-        for x in [a, b] {
-            assert!((0.0..=1.0).contains(&x.cpu), "{x:?}");
-            assert!(x.memory_used_bytes > 0 && x.memory_limit_bytes > 0, "{x:?}");
-        }
-        assert_eq!(b.running_tasks, 1);
+        let mut s = Sampler::new(Measure::Process, 1.0, 2048);
+        let x = sample_after(&mut s, Duration::from_millis(20));
+        assert!((0.0..=1.5).contains(&x.cpu), "{x:?}");
+        assert!(
+            x.memory_used_bytes > 0 && x.memory_limit_bytes == 2048 << 20,
+            "{x:?}"
+        );
+        assert!(x.memory_peak_bytes >= x.memory_used_bytes, "{x:?}");
+    }
+
+    #[test]
+    fn a_busy_neighbour_is_not_the_workers_load_but_its_own_child_is() {
+        let mut s = Sampler::new(Measure::Process, 1.0, 2048);
+        // A neighbour: started by a shell that exits at once, so it is not our child (it is
+        // adopted by init) and nothing registers it.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!"])
+            .output()
+            .expect("start a neighbour");
+        let neighbour: i32 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("its pid");
+        let kill = |pid: i32| {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        };
+        s.sample(0, Duration::ZERO);
+        let quiet = sample_after(&mut s, Duration::from_millis(400));
+        kill(neighbour);
+        assert!(
+            quiet.cpu < 0.25,
+            "a neighbour's load counted as the worker's: {quiet:?}"
+        );
+        // A child the worker started and registered: its load is the worker's.
+        let mut child = busy_loop().spawn().expect("start a child");
+        let registered = crate::children::register(child.id());
+        s.sample(0, Duration::ZERO);
+        let busy = sample_after(&mut s, Duration::from_millis(400));
+        drop(registered);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            busy.cpu > 0.5,
+            "the worker's own busy child did not count: {busy:?}"
+        );
     }
 }

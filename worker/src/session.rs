@@ -1,9 +1,13 @@
 //! One worker session: dial the coordinator, say hello, then run what it assigns until it
 //! says Shutdown (or the execution timeout passes, or the stream breaks).
 //!
-//! One `select!` loop owns everything: inbound messages (assign, cancel, shutdown), task
-//! completions, the sample timer and the execution deadline. Outgoing messages go through
-//! one mpsc channel that is the request stream.
+//! One `select!` loop owns everything: inbound messages (assign, cancel, shutdown, limit),
+//! task completions, the sample timer, the settle probe and the execution deadline.
+//! Outgoing messages go through one mpsc channel that is the request stream.
+//!
+//! Samples go on the Welcome's interval and when a figure moves materially: [`SETTLE`]
+//! after the running tasks change (once the newest has run long enough for its memory to
+//! show), or when memory or CPU move while tasks run ([`PROBE`]). Never one per task.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -30,6 +34,11 @@ use crate::sampler::Sampler;
 
 /// How long a finished session waits for the coordinator to close its side.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// How long after its running tasks change the worker reports (the coordinator raises a
+/// limit only on a sample whose newest task has run this long, so its memory shows).
+pub const SETTLE: Duration = Duration::from_millis(25);
+/// How often a worker with tasks running looks at its memory and CPU for a material move.
+pub const PROBE: Duration = Duration::from_millis(50);
 /// Outgoing messages queued before the session waits for the transport.
 const OUTBOX: usize = 256;
 
@@ -92,8 +101,10 @@ pub async fn dial(url: &str, tls: &TlsOptions) -> Result<Channel> {
 pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result<Summary> {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + config.timeout;
+    let sampler = Sampler::new(config.measure, config.allotment(), config.memory_mb);
+    info!(worker = %config.id, measures = %sampler.describe(), allotment = config.allotment(), "sampling itself");
     let mut s = Session {
-        sampler: Sampler::new(config.cpus.clone(), config.memory_mb, config.memory_source),
+        sampler,
         config,
         handler: Arc::new(handler),
         running: JoinSet::new(),
@@ -101,6 +112,9 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
         tasks_run: 0,
         shutdown: None,
         welcomed: false,
+        limit: 0,
+        newest: None,
+        changed: None,
     };
     let mut broken_since: Option<Instant> = None;
     let mut attempt: u32 = 0;
@@ -157,13 +171,20 @@ fn backoff(attempt: u32) -> Duration {
 struct Session<H> {
     config: WorkerConfig,
     handler: Arc<H>,
-    running: JoinSet<(u64, u32, u64, HandlerOutcome)>,
+    running: JoinSet<(u64, u32, u64, Duration, HandlerOutcome)>,
     handles: HashMap<u64, AbortHandle>,
     tasks_run: u64,
     shutdown: Option<pb::ShutdownReason>,
     sampler: Sampler,
     /// Set once a connection got its Welcome (resets the reconnect backoff).
     welcomed: bool,
+    /// The concurrency limit the coordinator last announced (Welcome, then Limit messages).
+    limit: u32,
+    /// When the newest running task started.
+    newest: Option<Instant>,
+    /// When the running tasks first changed since the last sample (a sample is due
+    /// [`SETTLE`] later).
+    changed: Option<Instant>,
 }
 
 impl<H: Handler> Session<H> {
@@ -186,6 +207,7 @@ impl<H: Handler> Session<H> {
             timeout_ms: remaining.as_millis().max(1) as u64,
             instance: self.config.instance.clone(),
             running_task_ids: self.handles.keys().copied().collect(),
+            max_slots: self.config.max_slots.unwrap_or(0),
         };
         send(&out, Up::Hello(hello)).await?;
         let mut inbound = client.connect(ReceiverStream::new(outbox)).await?.into_inner();
@@ -196,11 +218,13 @@ impl<H: Handler> Session<H> {
             other => return Err(Error::Protocol(format!("expected a welcome, got {other:?}"))),
         };
         self.welcomed = true;
+        self.limit = welcome.slots;
         let interval = Duration::from_millis(welcome.sample_interval_ms.max(10));
         info!(worker = %self.config.id, function = %self.config.function, slots = welcome.slots, resumed = !self.handles.is_empty(), "connected");
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let id = self.config.id.clone();
+        let mut last_probe = Instant::now();
 
         let reason = loop {
             if let Some(reason) = self.shutdown
@@ -208,13 +232,24 @@ impl<H: Handler> Session<H> {
             {
                 break EndReason::Shutdown(reason);
             }
+            // The next look at itself: SETTLE after a change, or PROBE while tasks run.
+            let probe_at = match self.changed {
+                Some(at) => Some(at + SETTLE),
+                None if !self.running.is_empty() => Some(last_probe + PROBE),
+                None => None,
+            };
             tokio::select! {
                 msg = inbound.message() => match msg? {
                     Some(CoordinatorMessage { kind: Some(Down::Assign(assign)) }) => {
+                        self.sampler.mark();
                         for a in assign.tasks {
                             self.start(a);
                         }
-                        send(&out, Up::Sample(self.sampler.sample(self.running.len() as u32))).await?;
+                        self.changed.get_or_insert_with(Instant::now);
+                    }
+                    Some(CoordinatorMessage { kind: Some(Down::Limit(l)) }) => {
+                        debug!(worker = %id, slots = l.slots, "concurrency limit moved");
+                        self.limit = l.slots;
                     }
                     Some(CoordinatorMessage { kind: Some(Down::Cancel(cancel)) }) => {
                         for task in cancel.task_ids {
@@ -238,20 +273,26 @@ impl<H: Handler> Session<H> {
                     let mut next = Some(joined);
                     while let Some(joined) = next {
                         // An Err is a task aborted because the coordinator cancelled it.
-                        if let Ok((task, attempt, started, outcome)) = joined {
+                        if let Ok((task, attempt, started, took, outcome)) = joined {
                             self.handles.remove(&task);
                             self.tasks_run += 1;
-                            results.push(result(task, attempt, started, outcome));
+                            results.push(result(task, attempt, started, took, outcome));
                         }
                         next = self.running.try_join_next();
                     }
                     if !results.is_empty() {
                         send(&out, Up::Results(pb::TaskResults { results })).await?;
                     }
-                    send(&out, Up::Sample(self.sampler.sample(self.running.len() as u32))).await?;
+                    self.changed.get_or_insert_with(Instant::now);
                 },
                 _ = tick.tick() => {
-                    send(&out, Up::Sample(self.sampler.sample(self.running.len() as u32))).await?;
+                    send(&out, Up::Sample(self.sample())).await?;
+                }
+                () = sleep_until_opt(probe_at) => {
+                    last_probe = Instant::now();
+                    if self.changed.is_some() || self.sampler.moved() {
+                        send(&out, Up::Sample(self.sample())).await?;
+                    }
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     warn!(worker = %id, running = self.running.len(), "execution timeout reached");
@@ -274,6 +315,16 @@ impl<H: Handler> Session<H> {
         Ok(reason)
     }
 
+    /// A sample now (and the running tasks' change is reported).
+    fn sample(&mut self) -> pb::ResourceSample {
+        self.changed = None;
+        if self.running.is_empty() {
+            self.newest = None;
+        }
+        let youngest = self.newest.map_or(Duration::ZERO, |t| t.elapsed());
+        self.sampler.sample(self.running.len() as u32, youngest)
+    }
+
     fn start(&mut self, a: pb::TaskAssignment) {
         debug!(worker = %self.config.id, task = a.task_id, attempt = a.attempt, "task started");
         let (id, attempt) = (a.task_id, a.attempt);
@@ -284,14 +335,16 @@ impl<H: Handler> Session<H> {
             payload: a.payload,
         };
         let fut = self.handler.call(task);
+        self.newest = Some(Instant::now());
         let handle = self.running.spawn(async move {
             let start = unix_ms();
+            let clock = Instant::now();
             // A panicking handler fails its task, never the worker.
             let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
                 Ok(outcome) => outcome,
                 Err(panic) => Err(format!("task {id} panicked: {}", panic_message(panic))),
             };
-            (id, attempt, start, outcome)
+            (id, attempt, start, clock.elapsed(), outcome)
         });
         self.handles.insert(id, handle);
     }
@@ -303,7 +356,13 @@ async fn send(out: &mpsc::Sender<WorkerMessage>, kind: Up) -> Result<()> {
         .map_err(|_| Error::StreamBroken)
 }
 
-fn result(task_id: u64, attempt: u32, started: u64, outcome: HandlerOutcome) -> pb::WorkerTaskResult {
+fn result(
+    task_id: u64,
+    attempt: u32,
+    started: u64,
+    took: Duration,
+    outcome: HandlerOutcome,
+) -> pb::WorkerTaskResult {
     pb::WorkerTaskResult {
         task_id,
         attempt,
@@ -313,6 +372,15 @@ fn result(task_id: u64, attempt: u32, started: u64, outcome: HandlerOutcome) -> 
         }),
         started_unix_ms: started,
         finished_unix_ms: unix_ms(),
+        duration_us: took.as_micros().clamp(1, u128::from(u64::MAX)) as u64,
+    }
+}
+
+/// Sleeps until `at`, or for ever without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -43,6 +43,7 @@ pub async fn spawn_worker(
         timeout_ms: 3_600_000,
         instance: String::new(),
         running_task_ids: Vec::new(),
+        max_slots: 0,
     };
     out.send(pb::WorkerMessage {
         kind: Some(Up::Hello(hello)),
@@ -81,6 +82,7 @@ pub async fn spawn_worker(
                             outcome: Some(pb::worker_task_result::Outcome::Output(Bytes::new())),
                             started_unix_ms: 0,
                             finished_unix_ms: 0,
+                            duration_us: 1,
                         }).collect();
                         if out.send(pb::WorkerMessage { kind: Some(Up::Results(pb::TaskResults { results })) }).await.is_err() {
                             break;
@@ -90,7 +92,7 @@ pub async fn spawn_worker(
                     Ok(None) | Err(_) => break,
                 },
                 _ = tick.tick() => {
-                    let sample = pb::ResourceSample { cpu: 0.05, memory_used_bytes: 64 << 20, memory_limit_bytes: 2048 << 20, running_tasks: 0 };
+                    let sample = pb::ResourceSample { cpu: 0.05, memory_used_bytes: 64 << 20, memory_limit_bytes: 2048 << 20, running_tasks: 0, ..Default::default() };
                     if out.send(pb::WorkerMessage { kind: Some(Up::Sample(sample)) }).await.is_err() {
                         break;
                     }

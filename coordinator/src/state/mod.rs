@@ -28,7 +28,7 @@ use tonic::Status;
 use tracing::{debug, info};
 
 use crate::config::{Config, SpawnerKind};
-use crate::scheduler::{self, IdleAction, Rules, StopReason, Verdict, WorkerView};
+use crate::scheduler::{self, IdleAction, Limit, LimitParams, Rules, StopReason, Verdict, WorkerView};
 
 pub use tasks::{Completion, Reserved, Submission, Waiter};
 pub use workers::StreamEnd;
@@ -117,7 +117,10 @@ struct Worker {
     conn: u64,
     vcpus: u32,
     memory_mb: u32,
-    slots: u32,
+    /// Its concurrency limit: how many tasks it may run at once, adapted to its samples.
+    limit: Limit,
+    /// How its limit moves (the rule's, capped by the worker's own maximum).
+    limit_params: LimitParams,
     timeout: Duration,
     connected_at: Instant,
     instance: String,
@@ -150,6 +153,8 @@ struct Worker {
     /// While a dispatch is under way: which of its batches of assignments is this
     /// worker's (reset when the batches are sent).
     batch: Option<usize>,
+    /// The highest memory use it has reported, as a fraction of its limit.
+    peak_mem: f64,
 }
 
 impl Worker {
@@ -162,7 +167,7 @@ impl Worker {
     fn index_key(&self, rules: &Rules, now: Instant) -> Option<IndexKey> {
         self.eligible(rules, now).then(|| {
             (
-                scheduler::rank(rules.placement, self.running.len() as u32, self.slots),
+                scheduler::rank(rules.placement, self.running.len() as u32, self.limit.value()),
                 self.conn,
             )
         })
@@ -179,7 +184,7 @@ impl Worker {
             ),
             mem: self.mem,
             running: self.running.len() as u32,
-            slots: self.slots,
+            slots: self.limit.value(),
             assigned_total: self.assigned_total,
             idle_for: if self.running.is_empty() {
                 now.saturating_duration_since(self.idle_since)
@@ -233,8 +238,8 @@ struct Function {
     cancelled: u64,
     retried: u64,
     timed_out: u64,
-    /// The most slots any worker of this function has had (never lowered: it only has to
-    /// be at least every live worker's, for scale-out's bound on free slots).
+    /// The highest pinned limit any worker of this function has had (never lowered: with
+    /// the cap on adaptive limits it bounds every live worker's free slots, for scale-out).
     max_slots: u32,
     /// Its workers in `State::workers` (connected, or detached within the grace).
     workers: usize,
@@ -257,6 +262,8 @@ struct Function {
     recent_cold_starts: VecDeque<u64>,
     /// Billed GB-ms of workers that have ended.
     billed_gb_ms: f64,
+    /// The highest memory use any of its workers reported, as a fraction of its limit.
+    peak_mem: f64,
 }
 
 /// The scheduling state.
@@ -284,6 +291,8 @@ pub struct State {
     finished: VecDeque<(Instant, TaskId)>,
     /// Where accepted tasks and results are written, with `--state-dir`.
     journal: Option<crate::journal::Journal>,
+    /// The concurrency limit learned per (function, memory size): where new workers start.
+    learned: BTreeMap<(Arc<str>, u32), u32>,
 }
 
 impl State {
@@ -306,6 +315,28 @@ impl State {
             early_waiters: HashMap::new(),
             finished: VecDeque::new(),
             journal: None,
+            learned: BTreeMap::new(),
+        }
+    }
+
+    /// The level learned for `function` at `memory_mb`, if any.
+    fn learned_limit(&self, function: &str, memory_mb: u32) -> Option<u32> {
+        self.learned
+            .iter()
+            .find(|((f, m), _)| f.as_ref() == function && *m == memory_mb)
+            .map(|(_, &v)| v)
+    }
+
+    /// Records `level` as learned for `function` at `memory_mb` (and in the journal).
+    fn learn(&mut self, function: &Arc<str>, memory_mb: u32, level: u32) {
+        let key = (function.clone(), memory_mb);
+        if self.learned.get(&key) == Some(&level) {
+            return;
+        }
+        debug!(function = %function, memory_mb, level, "learned a concurrency level");
+        self.learned.insert(key, level);
+        if let Some(j) = &self.journal {
+            j.learn(function, memory_mb, level);
         }
     }
 
@@ -371,6 +402,9 @@ impl State {
             task.worker = Some(worker_id.clone());
             w.running.push((task_id, task.attempts));
             w.assigned_total += 1;
+            if w.running.len() as u32 >= w.limit.value() {
+                w.limit.filled(now);
+            }
             f.pending -= 1;
             f.running += 1;
             // One more task changes its rank, or makes it full.
@@ -432,11 +466,9 @@ impl State {
             return;
         }
         let rules = self.rules;
-        let slots_per_new = self.config.worker_slots().min(
-            self.config
-                .max_tasks_per_worker
-                .map_or(u32::MAX, |q| q.min(u64::from(u32::MAX)) as u32),
-        );
+        let learned = self.learned_limit(function, self.config.memory_mb);
+        let slots_per_new = scheduler::new_worker_capacity(&rules, learned);
+        let cap = rules.limits.max;
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
@@ -452,7 +484,7 @@ impl State {
         // the room left under the cap, the answer is the room: skip the scan of the fleet
         // (a deep pool, e.g. conventional FaaS refilling its fleet).
         let room = self.config.max_workers as usize - (f.workers + f.starting as usize);
-        let free_bound = free + f.workers * f.max_slots as usize;
+        let free_bound = free + f.workers * f.max_slots.max(cap) as usize;
         let fleet_cannot_matter = f.pending as usize >= free_bound + room * slots_per_new as usize;
         if fleet_cannot_matter {
             free = free_bound;
@@ -461,7 +493,7 @@ impl State {
             for w in self.workers.values().filter(|w| Arc::ptr_eq(&w.function, key)) {
                 let v = w.view(now);
                 if !w.stopping && w.tx.is_some() && !scheduler::assess(&rules, &v).is_final() {
-                    free += v.slots.saturating_sub(v.running) as usize;
+                    free += scheduler::free_capacity(&w.limit, w.limit_params.max, v.running) as usize;
                 }
             }
         }

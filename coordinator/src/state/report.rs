@@ -28,7 +28,10 @@ impl State {
                     function: w.function.to_string(),
                     state: state as i32,
                     running_tasks: w.running.len() as u32,
-                    slots: w.slots,
+                    slots: w.limit.value(),
+                    slots_max: w.limit_params.max,
+                    slots_pinned: w.limit.phase() == crate::scheduler::limit::Phase::Pinned,
+                    slots_phase: w.limit.phase().as_str().to_owned(),
                     vcpus: w.vcpus,
                     memory_mb: w.memory_mb,
                     last_sample: w.sample,
@@ -51,7 +54,9 @@ impl State {
                     instance: s.instance.clone(),
                     memory_mb: self.config.memory_mb,
                     vcpus: self.config.worker_vcpus(),
-                    slots: self.config.worker_slots(),
+                    slots: self
+                        .learned_limit(&s.function, self.config.memory_mb)
+                        .unwrap_or_else(|| self.config.worker_slots()),
                     ..Default::default()
                 }),
         );
@@ -64,15 +69,19 @@ impl State {
     pub fn stats(&self, now: Instant) -> pb::StatsResponse {
         let mut total = pb::FunctionStats::default();
         let mut functions = Vec::with_capacity(self.functions.len());
-        // Live workers billed so far, per function, in one pass over the fleet.
-        let mut live: BTreeMap<&str, f64> = BTreeMap::new();
+        // Live workers billed so far, and their limits, per function, in one pass.
+        let mut live: BTreeMap<&str, (f64, f64, u32)> = BTreeMap::new();
         for w in self.workers.values() {
-            *live.entry(w.function.as_ref()).or_default() +=
-                billing::billed_gb_ms(now.saturating_duration_since(w.connected_at), w.memory_mb);
+            let e = live.entry(w.function.as_ref()).or_default();
+            e.0 += billing::billed_gb_ms(now.saturating_duration_since(w.connected_at), w.memory_mb);
+            e.1 += f64::from(w.limit.value());
+            e.2 += 1;
         }
         for (name, f) in &self.functions {
-            let live_gb_ms = live.get(name.as_ref()).copied().unwrap_or(0.0);
-            let s = function_stats(name, f, live_gb_ms);
+            let (live_gb_ms, limits, n) = live.get(name.as_ref()).copied().unwrap_or_default();
+            let mut s = function_stats(name, f, live_gb_ms);
+            s.slots_learned = self.learned_limit(name, self.config.memory_mb).unwrap_or(0);
+            s.slots_mean = if n > 0 { limits / f64::from(n) } else { 0.0 };
             add(&mut total, &s);
             functions.push(s);
         }
@@ -119,6 +128,8 @@ fn function_stats(name: &str, f: &Function, live_gb_ms: f64) -> pb::FunctionStat
         cold_start_p50_ms: median(f.recent_cold_starts.iter().copied()),
         cold_start_max_ms: f.recent_cold_starts.iter().copied().max().unwrap_or(0),
         last_spawn_error: f.last_spawn_error.clone(),
+        memory_peak_fraction: f.peak_mem,
+        ..Default::default()
     }
 }
 
@@ -147,4 +158,5 @@ fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
     total.timed_out += s.timed_out;
     total.cold_starts += s.cold_starts;
     total.cold_start_max_ms = total.cold_start_max_ms.max(s.cold_start_max_ms);
+    total.memory_peak_fraction = total.memory_peak_fraction.max(s.memory_peak_fraction);
 }

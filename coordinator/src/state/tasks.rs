@@ -245,6 +245,10 @@ impl State {
             }
         }
         self.next_task = self.next_task.max(recovered.next_id);
+        for ((function, memory_mb), level) in recovered.learned {
+            let key = self.function_key(&function);
+            self.learned.insert((key, memory_mb), level);
+        }
         info!(
             pending,
             done,

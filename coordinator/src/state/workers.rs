@@ -20,6 +20,10 @@ use crate::scheduler;
 /// Cold starts kept per function for Stats' median and maximum.
 const RECENT_COLD_STARTS: usize = 1024;
 
+/// The largest CPU figure a sample may carry: a worker allotted a small share of a vCPU
+/// (Lambda at 128 MB) that bursts over every core of a large machine.
+const MAX_CPU_FRACTION: f64 = 1024.0;
+
 /// Longest wait before spawning again after consecutive spawn failures.
 const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -82,11 +86,10 @@ impl State {
             // Started elsewhere (external spawner, or by hand): still one invocation.
             f.workers_started += 1;
         }
-        let slots = match hello.slots {
-            0 => self.config.slots.unwrap_or(hello.vcpus),
-            n => n,
-        }
-        .max(1);
+        let learned = self.learned_limit(&function, hello.memory_mb);
+        let limit = scheduler::initial_limit(&self.rules, hello.slots, hello.max_slots, learned, hello.vcpus);
+        let limit_params = scheduler::worker_limits(&self.rules, hello.max_slots);
+        let slots = limit.value();
         let timeout = match hello.timeout_ms {
             0 => self.config.execution_timeout,
             ms => Duration::from_millis(ms),
@@ -98,7 +101,8 @@ impl State {
             conn,
             vcpus: hello.vcpus,
             memory_mb: hello.memory_mb,
-            slots,
+            limit,
+            limit_params,
             timeout,
             connected_at: now,
             instance,
@@ -118,6 +122,7 @@ impl State {
             released: VecDeque::new(),
             indexed: None,
             batch: None,
+            peak_mem: 0.0,
         };
         worker.send(Kind::Welcome(pb::Welcome {
             sample_interval_ms: self.config.sample_interval.as_millis() as u64,
@@ -126,7 +131,7 @@ impl State {
         // Look again when it reaches its deadline fraction, to drain it.
         let until = scheduler::until_deadline(&self.rules, &worker.view(now));
         fx.timers.push((until, Timer::Worker(id.clone(), conn)));
-        info!(worker = %id, function = %function, slots, timeout_ms = timeout.as_millis() as u64, "connected");
+        info!(worker = %id, function = %function, slots, phase = worker.limit.phase().as_str(), timeout_ms = timeout.as_millis() as u64, "connected");
         self.workers.insert(id.clone(), worker);
         if let Some(f) = self.functions.get_mut(&function) {
             f.max_slots = f.max_slots.max(slots);
@@ -168,7 +173,7 @@ impl State {
         }
         w.send(Kind::Welcome(pb::Welcome {
             sample_interval_ms: self.config.sample_interval.as_millis() as u64,
-            slots: w.slots,
+            slots: w.limit.value(),
         }));
         if !stray.is_empty() {
             w.send(Kind::Cancel(pb::Cancel {
@@ -196,8 +201,11 @@ impl State {
         let Some(w) = self.workers.get_mut(id) else {
             return Ok(());
         };
-        let problem = if !s.cpu.is_finite() || !(0.0..=1.0).contains(&s.cpu) {
-            Some(format!("cpu {} is not a fraction in [0, 1]", s.cpu))
+        let problem = if !s.cpu.is_finite() || !(0.0..=MAX_CPU_FRACTION).contains(&s.cpu) {
+            Some(format!(
+                "cpu {} is not a fraction of the vCPU allotment in [0, {MAX_CPU_FRACTION}]",
+                s.cpu
+            ))
         } else if s.memory_limit_bytes == 0 {
             Some("memory_limit_bytes is 0".to_owned())
         } else if s.memory_used_bytes > s.memory_limit_bytes.saturating_mul(2) {
@@ -214,8 +222,33 @@ impl State {
         w.last_seen = now;
         w.cpu = s.cpu;
         w.mem = s.memory_used_bytes as f64 / s.memory_limit_bytes as f64;
+        w.peak_mem = w
+            .peak_mem
+            .max(w.mem)
+            .max(s.memory_peak_bytes as f64 / s.memory_limit_bytes as f64);
+        let observation = scheduler::Observation {
+            cpu: s.cpu,
+            mem: w.mem,
+            running: s.running_tasks,
+            youngest: Duration::from_millis(u64::from(s.youngest_task_ms)),
+        };
         w.sample = Some(s);
+        let (before, was_settled) = (w.limit.value(), w.limit.settled());
+        let moved = w.limit.observe(&w.limit_params, observation, now);
+        let (after, settled) = (w.limit.value(), w.limit.settled());
         let function = w.function.clone();
+        let memory_mb = w.memory_mb;
+        let peak = w.peak_mem;
+        if after != before {
+            debug!(worker = %id, from = before, to = after, why = ?moved, "concurrency limit moved");
+            w.send(Kind::Limit(pb::Limit { slots: after }));
+        }
+        if let Some(f) = self.functions.get_mut(&function) {
+            f.peak_mem = f.peak_mem.max(peak);
+        }
+        if settled && (after != before || !was_settled) {
+            self.learn(&function, memory_mb, after);
+        }
         self.dispatch_near(&function, Some(id), now, fx);
         self.evaluate(id, now, fx);
         Ok(())
@@ -258,6 +291,10 @@ impl State {
             };
             w.running.swap_remove(pos);
             w.done += 1;
+            w.limit.completed(match r.duration_us {
+                0 => Duration::from_millis(r.finished_unix_ms.saturating_sub(r.started_unix_ms)),
+                us => Duration::from_micros(us),
+            });
             if w.running.is_empty() {
                 w.idle_since = now;
             }

@@ -2,15 +2,21 @@
 //!
 //! State in, decision out: no I/O, no clock reads (ages are arguments). The state module
 //! calls these functions on every event and turns their answers into messages and spawns.
+//!
+//! - `mod.rs`: eligibility, placement, the idle rule and scale-out.
+//! - [`limit`]: each worker's adaptive concurrency limit.
+
+pub mod limit;
 
 use std::time::Duration;
 
 use crate::config::{Config, Placement};
+pub use limit::{Limit, LimitParams, Observation};
 
 /// The thresholds and policies the rule applies, taken from [`Config`].
 #[derive(Clone, Copy, Debug)]
 pub struct Rules {
-    /// CPU fraction at or above which a worker takes nothing new.
+    /// CPU fraction (of a worker's allotment) above which a worker takes nothing new.
     pub cpu_threshold: f64,
     /// Memory fraction at or above which a worker takes nothing new.
     pub mem_threshold: f64,
@@ -22,6 +28,10 @@ pub struct Rules {
     pub placement: Placement,
     /// Tasks a worker may run over its life (`None`: unlimited).
     pub max_tasks_per_worker: Option<u64>,
+    /// How concurrency limits move.
+    pub limits: LimitParams,
+    /// `--slots`: every worker's limit pinned at this.
+    pub pinned_slots: Option<u32>,
 }
 
 impl From<&Config> for Rules {
@@ -33,8 +43,71 @@ impl From<&Config> for Rules {
             keep_alive: c.keep_alive,
             placement: c.placement,
             max_tasks_per_worker: c.max_tasks_per_worker,
+            limits: LimitParams {
+                max: c.max_slots.max(1),
+                cpu_target: c.cpu_threshold,
+                mem_target: c.mem_threshold,
+                ..LimitParams::default()
+            },
+            pinned_slots: c.slots,
         }
     }
+}
+
+/// The concurrency limit a new worker starts with: pinned by `--slots` or by the worker
+/// itself (`hello_slots`), else the level learned for its function and memory size, else
+/// its vCPUs, probing upwards. `worker_max` is the worker's own cap (0: none).
+pub fn initial_limit(
+    rules: &Rules,
+    hello_slots: u32,
+    worker_max: u32,
+    learned: Option<u32>,
+    vcpus: u32,
+) -> Limit {
+    let mut params = rules.limits;
+    if worker_max > 0 {
+        params.max = params.max.min(worker_max);
+    }
+    match (rules.pinned_slots, hello_slots) {
+        (Some(n), _) => Limit::pinned(n),
+        (None, n) if n > 0 => Limit::pinned(n),
+        (None, _) => match learned {
+            Some(level) => Limit::learned(&params, level),
+            None => Limit::probing(&params, vcpus),
+        },
+    }
+}
+
+/// The limit parameters of one worker: the rule's, capped by the worker's own maximum.
+pub fn worker_limits(rules: &Rules, worker_max: u32) -> LimitParams {
+    let mut params = rules.limits;
+    if worker_max > 0 {
+        params.max = params.max.min(worker_max);
+    }
+    params
+}
+
+/// Tasks a new worker counts for in scale-out: its pinned or learned limit; a worker of a
+/// function with nothing learned yet counts as able to grow to the cap (so a first burst
+/// starts few workers and lets them find their level, instead of starting the whole fleet
+/// at the vCPU count); never more than its quota of tasks.
+pub fn new_worker_capacity(rules: &Rules, learned: Option<u32>) -> u32 {
+    let slots = rules.pinned_slots.or(learned).unwrap_or(rules.limits.max).max(1);
+    let quota = rules
+        .max_tasks_per_worker
+        .map_or(u32::MAX, |q| q.min(u64::from(u32::MAX)) as u32);
+    slots.min(quota).max(1)
+}
+
+/// Tasks a live worker can still take, for scale-out: up to its limit, or, while it is
+/// still probing upwards, up to the cap it may grow to.
+pub fn free_capacity(limit: &Limit, cap: u32, running: u32) -> u32 {
+    let room = if limit.settled() {
+        limit.value()
+    } else {
+        cap.max(limit.value())
+    };
+    room.saturating_sub(running)
 }
 
 /// What the rule needs to know about one live worker.
@@ -50,7 +123,7 @@ pub struct WorkerView {
     pub mem: f64,
     /// Tasks running on it now.
     pub running: u32,
-    /// Tasks it may run at once.
+    /// Tasks it may run at once: its concurrency limit now.
     pub slots: u32,
     /// Tasks assigned to it over its life.
     pub assigned_total: u64,
@@ -67,7 +140,7 @@ pub enum Verdict {
     Draining,
     /// It has run its quota of tasks (conventional FaaS mode): no new task ever.
     QuotaReached,
-    /// Its CPU is at or above the threshold: no new task until a lower sample.
+    /// Its CPU is above the threshold: no new task until a lower sample.
     CpuBusy,
     /// Its memory is at or above the threshold: no new task until a lower sample.
     MemoryBusy,
@@ -92,7 +165,7 @@ pub fn assess(rules: &Rules, w: &WorkerView) -> Verdict {
         .is_some_and(|quota| w.assigned_total >= quota)
     {
         Verdict::QuotaReached
-    } else if w.cpu >= rules.cpu_threshold {
+    } else if w.cpu > rules.cpu_threshold {
         Verdict::CpuBusy
     } else if w.mem >= rules.mem_threshold {
         Verdict::MemoryBusy
@@ -235,14 +308,21 @@ mod tests {
     }
 
     #[test]
-    fn cpu_at_threshold_is_busy_and_below_is_eligible() {
-        let busy = WorkerView { cpu: 0.9, ..worker() };
-        assert_eq!(assess(&rules(), &busy), Verdict::CpuBusy);
-        let calm = WorkerView {
-            cpu: 0.89,
+    fn cpu_above_threshold_is_busy_and_at_or_below_is_eligible() {
+        let busy = WorkerView {
+            cpu: 0.91,
             ..worker()
         };
-        assert_eq!(assess(&rules(), &calm), Verdict::Eligible);
+        assert_eq!(assess(&rules(), &busy), Verdict::CpuBusy);
+        let at = WorkerView { cpu: 0.9, ..worker() };
+        assert_eq!(assess(&rules(), &at), Verdict::Eligible);
+        // A threshold of 1 never holds back a worker that uses all its vCPUs but no more.
+        let r = Rules {
+            cpu_threshold: 1.0,
+            ..rules()
+        };
+        let full = WorkerView { cpu: 1.0, ..worker() };
+        assert_eq!(assess(&r, &full), Verdict::Eligible);
     }
 
     #[test]
@@ -399,6 +479,40 @@ mod tests {
         );
         let busy = WorkerView { running: 1, ..w };
         assert_eq!(idle_action(&rules(), &busy, false), IdleAction::Keep);
+    }
+
+    #[test]
+    fn a_new_workers_limit_is_pinned_learned_or_probing_from_its_vcpus() {
+        let r = rules();
+        assert_eq!(initial_limit(&r, 0, 0, None, 2).value(), 2);
+        assert!(!initial_limit(&r, 0, 0, None, 2).settled());
+        assert_eq!(initial_limit(&r, 0, 0, Some(40), 2).value(), 40);
+        assert!(initial_limit(&r, 0, 0, Some(40), 2).settled());
+        // The worker's own cap bounds the learned level.
+        assert_eq!(initial_limit(&r, 0, 16, Some(40), 2).value(), 16);
+        // --slots on the coordinator, or the worker's own --slots, pins it.
+        assert_eq!(initial_limit(&r, 3, 0, Some(40), 2).phase(), limit::Phase::Pinned);
+        let pinned = Rules {
+            pinned_slots: Some(5),
+            ..r
+        };
+        assert_eq!(initial_limit(&pinned, 3, 0, Some(40), 2).value(), 5);
+    }
+
+    #[test]
+    fn scale_out_counts_an_unlearned_worker_as_able_to_grow() {
+        let r = rules();
+        assert_eq!(new_worker_capacity(&r, None), 256);
+        assert_eq!(new_worker_capacity(&r, Some(12)), 12);
+        let conventional = Rules {
+            max_tasks_per_worker: Some(1),
+            ..r
+        };
+        assert_eq!(new_worker_capacity(&conventional, None), 1);
+        let probing = initial_limit(&r, 0, 0, None, 2);
+        assert_eq!(free_capacity(&probing, 256, 2), 254);
+        let learned = initial_limit(&r, 0, 0, Some(12), 2);
+        assert_eq!(free_capacity(&learned, 256, 2), 10);
     }
 
     #[test]

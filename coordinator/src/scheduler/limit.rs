@@ -1,0 +1,618 @@
+//! One worker's concurrency limit: how many tasks it may run at once, moved by what the
+//! worker measures of itself. A small pure controller: [`Limit::observe`] takes a sample
+//! and the time, [`Limit::completed`] a task's duration, and the limit comes out.
+//!
+//! How it moves (prior art: TCP slow start, Netflix's Gradient2 and AIMD limits, Azure
+//! Functions' dynamic concurrency, Temporal's resource-based slot supplier; the README's
+//! "Adaptive concurrency" says what was taken from each):
+//! - **Probing** (a new worker with nothing learned): the limit doubles on every sample that
+//!   covers its current level (taken while the worker ran at its limit, once the newest task
+//!   has run [`LimitParams::settle`] or a whole generation of tasks has finished) while CPU
+//!   and memory stay under target. Each rise is also capped by the headroom the sample
+//!   predicts: memory and CPU per task times the added tasks must stay under the targets,
+//!   so memory is always seen before more tasks are let in.
+//! - **Steady** (after the first pressure, at the cap, or started from a learned level):
+//!   the limit rises by a tenth at most once per window of completions, only while the last
+//!   rise paid off in completions per second; a rise that did not is undone.
+//! - **Falls** are multiplicative: memory at its target cuts the limit to what fits; task
+//!   durations inflated past the baseline (what they were at lower levels) cut it by the
+//!   ratio of the two, at most by half. Inflation is the signal that still works where CPU
+//!   figures lie (Lambda lets a worker burst past its allotment). CPU at its target stops
+//!   the climb but is no fault: every allotted vCPU busy is the goal for CPU-bound work.
+//! - **Pinned** (`--slots`): never moves.
+
+use std::time::{Duration, Instant};
+
+/// How limits move. Built from the coordinator's settings; the defaults are what the
+/// README documents.
+#[derive(Clone, Copy, Debug)]
+pub struct LimitParams {
+    /// The fewest tasks a worker is ever limited to.
+    pub min: u32,
+    /// The most (`--max-slots`).
+    pub max: u32,
+    /// CPU, as a fraction of the worker's allotment, at which the limit stops rising; a rise
+    /// may not be predicted to cross it.
+    pub cpu_target: f64,
+    /// Memory, as a fraction of the worker's limit, at which the limit falls to what fits; a
+    /// rise may not be predicted to cross it.
+    pub mem_target: f64,
+    /// How long the newest running task must have run before a sample counts as showing its
+    /// memory (a task that has just started may not have allocated yet).
+    pub settle: Duration,
+    /// A window's mean task duration this many times the baseline is inflated.
+    pub inflation: f64,
+    /// ... and only if it is also at least this much longer, so that microsecond noise in
+    /// tasks that take microseconds is never read as inflation.
+    pub inflation_floor: Duration,
+    /// Completions a window needs before its durations and throughput are judged.
+    pub window: u32,
+    /// Largest factor one rise multiplies the limit by (probing doubles).
+    pub max_growth: f64,
+    /// Smallest factor one fall multiplies it by (at most halving on inflation).
+    pub max_backoff: f64,
+    /// A steady rise adds this share of the limit (at least one task).
+    pub steady_step: f64,
+    /// After a fall or an undone rise, no rise for this long.
+    pub quiet: Duration,
+}
+
+impl Default for LimitParams {
+    fn default() -> Self {
+        Self {
+            min: 1,
+            max: 256,
+            cpu_target: 0.9,
+            mem_target: 0.9,
+            settle: Duration::from_millis(25),
+            inflation: 1.5,
+            inflation_floor: Duration::from_millis(2),
+            window: 4,
+            max_growth: 2.0,
+            max_backoff: 0.5,
+            steady_step: 0.1,
+            quiet: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How a limit is moving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Rising quickly while nothing presses on it.
+    Probing,
+    /// Found its level: rises slowly while rises pay off, falls on pressure.
+    Steady,
+    /// Set by `--slots`: never moves.
+    Pinned,
+}
+
+impl Phase {
+    /// Its name in ListWorkers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Probing => "probing",
+            Phase::Steady => "steady",
+            Phase::Pinned => "pinned",
+        }
+    }
+}
+
+/// What a worker's sample says about it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Observation {
+    /// CPU over its allotment (1.0: every allotted vCPU busy).
+    pub cpu: f64,
+    /// Memory over its limit.
+    pub mem: f64,
+    /// Tasks running when it was taken.
+    pub running: u32,
+    /// How long the newest of them had run.
+    pub youngest: Duration,
+}
+
+/// Why a limit moved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Move {
+    /// Nothing pressed on it.
+    Rise,
+    /// Memory reached its target: down to what fits.
+    MemoryFall,
+    /// Task durations inflated past the baseline.
+    InflationFall,
+    /// The last rise did not raise completions per second: undone.
+    NoGain,
+}
+
+/// Completions at the current level since it was filled.
+#[derive(Clone, Copy, Debug, Default)]
+struct Window {
+    /// When the worker first ran at this level; `None` until then.
+    since: Option<Instant>,
+    completions: u32,
+    /// Sum of their durations, in seconds.
+    total: f64,
+}
+
+impl Window {
+    fn mean(&self, at_least: u32) -> Option<f64> {
+        (self.completions >= at_least.max(1)).then(|| self.total / f64::from(self.completions))
+    }
+
+    fn rate(&self, now: Instant) -> Option<f64> {
+        let span = now.saturating_duration_since(self.since?).as_secs_f64();
+        (span > 0.0).then(|| f64::from(self.completions) / span)
+    }
+}
+
+/// One worker's concurrency limit.
+#[derive(Clone, Debug)]
+pub struct Limit {
+    value: u32,
+    phase: Phase,
+    /// Memory with nothing running (the worker's own base), the lowest seen.
+    idle_mem: Option<f64>,
+    /// Memory one task adds, the highest recent estimate (decays slowly).
+    per_task_mem: Option<f64>,
+    /// The long-term task duration, in seconds, at levels that did not inflate it.
+    baseline: Option<f64>,
+    window: Window,
+    /// Completions since the current level was filled (windows come and go within a level).
+    at_level: u32,
+    /// The level and completions per second before the last steady rise, to check it paid.
+    before_rise: Option<(u32, f64)>,
+    /// When it last fell (or a rise was undone): rises wait [`LimitParams::quiet`].
+    last_fall: Option<Instant>,
+}
+
+impl Limit {
+    /// A limit pinned at `slots`.
+    pub fn pinned(slots: u32) -> Self {
+        Self::new(slots.max(1), Phase::Pinned)
+    }
+
+    /// A new worker's limit with nothing learned: it starts at `start` (its vCPUs) and probes.
+    pub fn probing(p: &LimitParams, start: u32) -> Self {
+        let value = start.clamp(p.min, p.max.max(p.min));
+        let phase = if value >= p.max {
+            Phase::Steady
+        } else {
+            Phase::Probing
+        };
+        Self::new(value, phase)
+    }
+
+    /// A new worker's limit at a learned level.
+    pub fn learned(p: &LimitParams, level: u32) -> Self {
+        Self::new(level.clamp(p.min, p.max.max(p.min)), Phase::Steady)
+    }
+
+    fn new(value: u32, phase: Phase) -> Self {
+        Self {
+            value,
+            phase,
+            idle_mem: None,
+            per_task_mem: None,
+            baseline: None,
+            window: Window::default(),
+            at_level: 0,
+            before_rise: None,
+            last_fall: None,
+        }
+    }
+
+    /// Tasks the worker may run at once now.
+    pub fn value(&self) -> u32 {
+        self.value
+    }
+
+    /// How it is moving.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether it has found its level (scale-out counts a probing worker as able to grow).
+    pub fn settled(&self) -> bool {
+        self.phase != Phase::Probing
+    }
+
+    /// The coordinator has filled the worker to its limit: the window of this level starts.
+    pub fn filled(&mut self, now: Instant) {
+        self.window.since.get_or_insert(now);
+    }
+
+    /// A task finished after running `duration`.
+    pub fn completed(&mut self, duration: Duration) {
+        if self.window.since.is_some() {
+            self.window.completions += 1;
+            self.window.total += duration.as_secs_f64();
+            self.at_level = self.at_level.saturating_add(1);
+        }
+    }
+
+    /// A sample arrived: the limit may move. Returns why it moved, if it did.
+    pub fn observe(&mut self, p: &LimitParams, obs: Observation, now: Instant) -> Option<Move> {
+        if self.phase == Phase::Pinned {
+            return None;
+        }
+        self.learn_memory(p, &obs);
+        let judged = self.window.completions >= p.window;
+        let moved = match self.fall(p, &obs, now) {
+            Some(fall) => Some(fall),
+            None => self.rise(p, &obs, now),
+        };
+        // A window is judged once: the next one starts now (a move has started it already).
+        if judged && moved.is_none() {
+            self.window = Window {
+                since: Some(now),
+                ..Window::default()
+            };
+        }
+        moved
+    }
+
+    /// Updates the memory model: the base with nothing running, and what one task adds.
+    fn learn_memory(&mut self, p: &LimitParams, obs: &Observation) {
+        if obs.running == 0 {
+            self.idle_mem = Some(self.idle_mem.map_or(obs.mem, |m| m.min(obs.mem)));
+        } else if obs.youngest >= p.settle {
+            let base = self.idle_mem.unwrap_or(0.0);
+            let estimate = (obs.mem - base).max(0.0) / f64::from(obs.running);
+            let decayed = self.per_task_mem.map_or(0.0, |m| m * 0.75);
+            self.per_task_mem = Some(estimate.max(decayed));
+        }
+    }
+
+    /// Memory at its target, or inflated durations: the limit falls.
+    fn fall(&mut self, p: &LimitParams, obs: &Observation, now: Instant) -> Option<Move> {
+        if obs.mem >= p.mem_target && obs.running > 0 {
+            let base = self.idle_mem.unwrap_or(0.0);
+            let fit = match self.per_task_mem {
+                Some(t) if t > 0.0 => ((p.mem_target - base) / t).floor().max(0.0) as u32,
+                _ => self.value / 2,
+            };
+            let new = fit.min(self.value.saturating_sub(1)).max(p.min);
+            return self.fall_to(new, Move::MemoryFall, now);
+        }
+        let mean = self.window.mean(p.window)?;
+        let Some(base) = self.baseline else {
+            self.baseline = Some(mean);
+            return None;
+        };
+        let inflated = mean > base * p.inflation && mean - base > p.inflation_floor.as_secs_f64();
+        if inflated {
+            let gradient = (base / mean).max(p.max_backoff);
+            let new = ((f64::from(self.value) * gradient).floor() as u32)
+                .min(self.value.saturating_sub(1))
+                .max(p.min);
+            return self.fall_to(new, Move::InflationFall, now);
+        }
+        // Faster pulls the baseline down at once; slower (within tolerance) drifts it up.
+        self.baseline = Some(if mean < base {
+            mean
+        } else {
+            base + 0.2 * (mean - base)
+        });
+        None
+    }
+
+    fn fall_to(&mut self, new: u32, why: Move, now: Instant) -> Option<Move> {
+        self.phase = Phase::Steady;
+        self.last_fall = Some(now);
+        self.before_rise = None;
+        if new == self.value {
+            return None;
+        }
+        self.set(new);
+        Some(why)
+    }
+
+    /// Nothing presses on the limit and the sample covers its level: it may rise.
+    fn rise(&mut self, p: &LimitParams, obs: &Observation, now: Instant) -> Option<Move> {
+        let covered = obs.youngest >= p.settle || self.at_level >= self.value;
+        if obs.running < self.value || !covered || self.window.since.is_none() {
+            return None; // not running at its limit, or its newest tasks do not show yet
+        }
+        if self.value >= p.max {
+            self.phase = Phase::Steady;
+            return None;
+        }
+        if self
+            .last_fall
+            .is_some_and(|t| now.saturating_duration_since(t) < p.quiet)
+        {
+            return None;
+        }
+        // Headroom: what the targets leave for more tasks, at what each task costs now.
+        let running = f64::from(obs.running.max(1));
+        let by_cpu = if obs.cpu > 0.0 {
+            running * p.cpu_target / obs.cpu - running
+        } else {
+            f64::INFINITY
+        };
+        let by_mem = match self.per_task_mem {
+            Some(t) if t > 1e-9 => (p.mem_target - obs.mem) / t,
+            _ => f64::INFINITY,
+        };
+        let headroom = by_cpu.min(by_mem).floor();
+        if obs.cpu >= p.cpu_target || headroom < 1.0 {
+            self.phase = Phase::Steady; // CPU or memory is what binds now
+            return None;
+        }
+        let step = match self.phase {
+            Phase::Probing => f64::from(self.value) * (p.max_growth - 1.0),
+            Phase::Steady => {
+                // A steady rise must have paid off: a whole window at this level first.
+                let rate = self
+                    .window
+                    .rate(now)
+                    .filter(|_| self.window.completions >= p.window)?;
+                if let Some((level, before)) = self.before_rise {
+                    let gain = f64::from(self.value - level) / f64::from(level.max(1));
+                    if rate < before * (1.0 + 0.25 * gain) {
+                        self.last_fall = Some(now);
+                        self.before_rise = None;
+                        self.set(level);
+                        return Some(Move::NoGain);
+                    }
+                }
+                self.before_rise = Some((self.value, rate));
+                (f64::from(self.value) * p.steady_step).max(1.0)
+            }
+            Phase::Pinned => return None,
+        };
+        let new = (f64::from(self.value) + step.min(headroom)).floor() as u32;
+        let new = new.clamp(self.value + 1, p.max);
+        self.set(new);
+        if new >= p.max {
+            self.phase = Phase::Steady;
+        }
+        Some(Move::Rise)
+    }
+
+    fn set(&mut self, value: u32) {
+        self.value = value;
+        self.window = Window::default();
+        self.at_level = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn params() -> LimitParams {
+        LimitParams::default()
+    }
+
+    /// A settled sample at `running` tasks.
+    fn obs(cpu: f64, mem: f64, running: u32) -> Observation {
+        Observation {
+            cpu,
+            mem,
+            running,
+            youngest: 30 * MS,
+        }
+    }
+
+    /// Runs the worker at its limit: filled, then a settled sample with `per_task` CPU and
+    /// memory per task on top of `base` memory. Returns what moved.
+    fn step(
+        l: &mut Limit,
+        p: &LimitParams,
+        now: Instant,
+        cpu_per_task: f64,
+        mem_per_task: f64,
+    ) -> Option<Move> {
+        l.filled(now);
+        let n = l.value();
+        l.observe(
+            p,
+            obs(cpu_per_task * f64::from(n), 0.01 + mem_per_task * f64::from(n), n),
+            now,
+        )
+    }
+
+    #[test]
+    fn waiting_tasks_double_the_limit_up_to_the_cap() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::probing(&p, 2);
+        l.observe(&p, obs(0.0, 0.01, 0), t0); // idle base
+        let mut seen = vec![l.value()];
+        for i in 1..20 {
+            step(&mut l, &p, t0 + i * 30 * MS, 0.001, 0.0001);
+            seen.push(l.value());
+        }
+        assert_eq!(&seen[..9], &[2, 4, 8, 16, 32, 64, 128, 256, 256]);
+        assert_eq!(l.phase(), Phase::Steady, "at the cap it stops probing");
+    }
+
+    #[test]
+    fn cpu_bound_tasks_stay_at_the_vcpus() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::probing(&p, 2);
+        // Two single-threaded tasks keep both vCPUs busy: the target binds, no rise.
+        for i in 1..10 {
+            assert_eq!(step(&mut l, &p, t0 + i * 30 * MS, 0.5, 0.001), None);
+        }
+        assert_eq!((l.value(), l.phase()), (2, Phase::Steady));
+    }
+
+    #[test]
+    fn a_rise_is_capped_by_the_cpu_it_would_take() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::probing(&p, 2);
+        // 0.2 of the allotment per task: 2 run at 0.4, so 4 would be 0.8 and 5 would be 1.0.
+        assert_eq!(step(&mut l, &p, t0 + 30 * MS, 0.2, 0.001), Some(Move::Rise));
+        assert_eq!(l.value(), 4);
+        assert_eq!(
+            step(&mut l, &p, t0 + 60 * MS, 0.2, 0.001),
+            None,
+            "a fifth task would cross 0.9"
+        );
+        assert_eq!(l.value(), 4);
+    }
+
+    #[test]
+    fn memory_is_seen_before_more_tasks_are_let_in() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::probing(&p, 2);
+        l.observe(&p, obs(0.0, 0.01, 0), t0);
+        // A sample before the new tasks have settled (the newest ran 5 ms) raises nothing.
+        l.filled(t0);
+        let young = Observation {
+            youngest: 5 * MS,
+            ..obs(0.0, 0.02, 2)
+        };
+        assert_eq!(l.observe(&p, young, t0 + 5 * MS), None);
+        // Each task holds 0.1 of the memory: 0.01 + 2 x 0.1 = 0.21, room for 6 more under 0.9.
+        let mut levels = Vec::new();
+        for i in 1..8 {
+            step(&mut l, &p, t0 + i * 30 * MS, 0.0, 0.1);
+            levels.push(l.value());
+        }
+        assert_eq!(
+            levels,
+            vec![4, 8, 8, 8, 8, 8, 8],
+            "never past what fits under 0.9"
+        );
+        assert!(0.01 + 0.1 * f64::from(l.value()) < p.mem_target);
+    }
+
+    #[test]
+    fn memory_at_its_target_cuts_the_limit_to_what_fits() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::learned(&p, 20);
+        l.observe(&p, obs(0.0, 0.02, 0), t0);
+        l.filled(t0);
+        // Tasks grew after they were let in: 20 of them hold 0.95.
+        assert_eq!(
+            l.observe(&p, obs(0.1, 0.95, 20), t0 + 30 * MS),
+            Some(Move::MemoryFall)
+        );
+        // (0.9 - 0.02) / ((0.95 - 0.02) / 20) = 18.9 -> 18.
+        assert_eq!(l.value(), 18);
+    }
+
+    #[test]
+    fn inflated_durations_cut_the_limit_by_the_gradient() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::learned(&p, 8);
+        l.filled(t0);
+        for _ in 0..4 {
+            l.completed(100 * MS);
+        }
+        // The first full window sets the baseline (CPU at its target: no rise).
+        assert_eq!(l.observe(&p, obs(0.95, 0.1, 8), t0 + 400 * MS), None);
+        // Durations double: 8 x 0.5 = 4.
+        for _ in 0..4 {
+            l.completed(200 * MS);
+        }
+        assert_eq!(
+            l.observe(&p, obs(0.95, 0.1, 8), t0 + 800 * MS),
+            Some(Move::InflationFall)
+        );
+        assert_eq!(l.value(), 4);
+        // Four times slower: at most halved.
+        l.filled(t0 + 800 * MS);
+        for _ in 0..4 {
+            l.completed(400 * MS);
+        }
+        l.observe(&p, obs(0.95, 0.1, 4), t0 + 2 * 1000 * MS);
+        assert_eq!(l.value(), 2);
+    }
+
+    #[test]
+    fn microsecond_noise_is_not_inflation() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::learned(&p, 64);
+        l.filled(t0);
+        for _ in 0..8 {
+            l.completed(Duration::from_micros(5));
+        }
+        l.observe(&p, obs(0.95, 0.05, 64), t0 + 10 * MS);
+        for _ in 0..8 {
+            l.completed(Duration::from_micros(40)); // 8x, but 35 us
+        }
+        assert_eq!(l.observe(&p, obs(0.95, 0.05, 64), t0 + 20 * MS), None);
+        assert_eq!(l.value(), 64);
+    }
+
+    #[test]
+    fn a_steady_rise_that_does_not_pay_is_undone() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::learned(&p, 10);
+        // 10 running, 100 completions/s: a rise to 11.
+        l.filled(t0);
+        for _ in 0..10 {
+            l.completed(100 * MS);
+        }
+        assert_eq!(l.observe(&p, obs(0.3, 0.1, 10), t0 + 100 * MS), Some(Move::Rise));
+        assert_eq!(l.value(), 11);
+        // At 11 the rate stays at 100/s (a downstream is the bottleneck): back to 10.
+        let t1 = t0 + 100 * MS;
+        l.filled(t1);
+        for _ in 0..10 {
+            l.completed(100 * MS);
+        }
+        assert_eq!(
+            l.observe(&p, obs(0.3, 0.1, 11), t1 + 100 * MS),
+            Some(Move::NoGain)
+        );
+        assert_eq!(l.value(), 10);
+        // And it waits a quiet period before trying again.
+        let t2 = t1 + 100 * MS;
+        l.filled(t2);
+        for _ in 0..10 {
+            l.completed(100 * MS);
+        }
+        assert_eq!(l.observe(&p, obs(0.3, 0.1, 10), t2 + 100 * MS), None);
+    }
+
+    #[test]
+    fn a_worker_below_its_limit_does_not_raise_it() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::probing(&p, 2);
+        l.filled(t0);
+        assert_eq!(l.observe(&p, obs(0.0, 0.01, 1), t0 + 30 * MS), None);
+        assert_eq!(l.value(), 2);
+    }
+
+    #[test]
+    fn short_tasks_count_as_seen_once_a_generation_has_finished() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::probing(&p, 2);
+        l.filled(t0);
+        l.completed(Duration::from_micros(10));
+        l.completed(Duration::from_micros(10));
+        // The newest task started a moment ago, but two have come and gone at this level.
+        let fresh = Observation {
+            youngest: Duration::ZERO,
+            ..obs(0.1, 0.01, 2)
+        };
+        assert_eq!(l.observe(&p, fresh, t0 + MS), Some(Move::Rise));
+    }
+
+    #[test]
+    fn a_pinned_limit_never_moves() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::pinned(3);
+        for i in 1..5 {
+            assert_eq!(step(&mut l, &p, t0 + i * 30 * MS, 0.0, 0.5), None);
+        }
+        assert_eq!((l.value(), l.phase()), (3, Phase::Pinned));
+    }
+}

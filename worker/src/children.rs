@@ -1,0 +1,50 @@
+//! The processes this worker started (an `--exec` command, a runtime process), so that its
+//! samples count their CPU and memory as its own without scanning every process on the
+//! host. A handler of your own that starts processes registers them the same way:
+//!
+//! ```no_run
+//! # fn f(child: &std::process::Child) {
+//! let _counted = carpool_worker::children::register(child.id());
+//! // ... the child's CPU and memory count as the worker's while `_counted` lives.
+//! # }
+//! ```
+//!
+//! Their descendants are found from them (`/proc/PID/task/PID/children`), so a shell that
+//! starts a pipeline is counted whole.
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
+
+static CHILDREN: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+
+/// Keeps a child counted while it lives; dropping it stops counting the process.
+#[derive(Debug)]
+pub struct Registered(u32);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        CHILDREN
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.0);
+    }
+}
+
+/// Counts process `pid` (a child this worker started) in the worker's samples.
+pub fn register(pid: u32) -> Registered {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(pid);
+    Registered(pid)
+}
+
+/// The registered children now.
+pub(crate) fn registered() -> Vec<u32> {
+    CHILDREN
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .copied()
+        .collect()
+}
