@@ -114,6 +114,7 @@ fn config(opts: &ExperimentOptions, memory_mb: u32, max_workers: u32, convention
         max_tasks_per_worker: conventional.then_some(1),
         worker_bin: opts.worker_bin.clone(),
         worker_log: Some("warn".into()),
+        worker_data_dir: Some(opts.dir.clone()),
         ..Config::default()
     }
 }

@@ -4,11 +4,14 @@
 //!   workers and stats.
 //! - [`render`]: results and tables as the CLI prints them (JSON lines, text tables).
 //! - [`bench`]: `carpool bench`, the control plane's cost against its baselines.
+//! - [`compare`]: `carpool compare`, each workload four ways (conventional, static slots,
+//!   the best fixed slots, adaptive), measured and simulated.
 //! - [`experiment`]: the paper's experiment, measured where this machine can and simulated
 //!   for every memory size.
 //! - [`demo`]: the README's main job: carpool against conventional FaaS on local workers.
 
 pub mod bench;
+pub mod compare;
 pub mod demo;
 pub mod experiment;
 pub mod render;

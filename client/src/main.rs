@@ -112,6 +112,26 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Each kind of workload (waiting, CPU, memory, mixed) four ways on local workers:
+    /// conventional FaaS, static slots = vCPUs, the best fixed --slots of a sweep, and adaptive
+    /// (default flags); then the same simulated at the paper's scale.
+    Compare {
+        /// A few tasks of each and a two-value sweep (what the test suite runs).
+        #[arg(long)]
+        tiny: bool,
+        /// Only these workloads: io, cpu, memory, mixed.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Skip the measured runs: simulate only.
+        #[arg(long)]
+        simulate_only: bool,
+        /// Also simulate TASKS:WORKERS, e.g. 1000000:1000.
+        #[arg(long)]
+        scale: Option<String>,
+        /// Print the measured figures as one JSON object after the tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// The paper's experiment: thumbnail tasks per memory size, carpool against one
     /// invocation per task; measured where this machine can host it, simulated for all.
     Experiment {
@@ -232,6 +252,29 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         experiment::report(&opts, scale).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Compare {
+        tiny,
+        only,
+        simulate_only,
+        scale,
+        json,
+    } = &cli.command
+    {
+        let opts = carpool_client::compare::CompareOptions {
+            tiny: *tiny,
+            only: only.clone(),
+            simulate_only: *simulate_only,
+            scale: match scale {
+                Some(s) => Some(experiment::parse_scale(s)?),
+                None => None,
+            },
+        };
+        let done = carpool_client::compare::report(&opts, |section| print!("{section}")).await?;
+        if *json {
+            println!("{}", carpool_client::compare::json(&done));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Bench {
         tiny,
         json,
@@ -296,7 +339,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             render::workers_table(&client.workers(&function).await.map_err(e)?)
         ),
         Command::Stats => print!("{}", render::stats_table(&client.stats().await.map_err(e)?)),
-        Command::Demo { .. } | Command::Bench { .. } | Command::Experiment { .. } => {
+        Command::Demo { .. } | Command::Bench { .. } | Command::Experiment { .. } | Command::Compare { .. } => {
             unreachable!("handled above")
         }
     }

@@ -52,8 +52,8 @@ pub fn state_name(s: pb::TaskState) -> &'static str {
 /// Workers as a text table.
 pub fn workers_table(workers: &[pb::WorkerInfo]) -> String {
     let mut out = format!(
-        "{:<24} {:<12} {:<9} {:>7} {:>5} {:>6} {:>5} {:>8} {:>9}  {}\n",
-        "WORKER", "FUNCTION", "STATE", "RUNNING", "SLOTS", "CPU", "MEM", "DONE", "AGE", "INSTANCE"
+        "{:<24} {:<12} {:<9} {:>7} {:>5} {:<8} {:>6} {:>5} {:>8} {:>9}  {}\n",
+        "WORKER", "FUNCTION", "STATE", "RUNNING", "LIMIT", "(PHASE)", "CPU", "MEM", "DONE", "AGE", "INSTANCE"
     );
     for w in workers {
         let (cpu, mem) = w.last_sample.map_or((String::from("-"), String::from("-")), |s| {
@@ -68,12 +68,17 @@ pub fn workers_table(workers: &[pb::WorkerInfo]) -> String {
             (format!("{:.0}%", s.cpu * 100.0), mem)
         });
         out.push_str(&format!(
-            "{:<24} {:<12} {:<9} {:>7} {:>5} {:>6} {:>5} {:>8} {:>8.1}s  {}\n",
+            "{:<24} {:<12} {:<9} {:>7} {:>5} {:<8} {:>6} {:>5} {:>8} {:>8.1}s  {}\n",
             w.worker_id,
             w.function,
             w.state().as_str_name().trim_start_matches("WORKER_STATE_"),
             w.running_tasks,
             w.slots,
+            if w.slots_phase.is_empty() {
+                String::new()
+            } else {
+                format!("({})", w.slots_phase)
+            },
             cpu,
             mem,
             w.tasks_done,
@@ -87,7 +92,7 @@ pub fn workers_table(workers: &[pb::WorkerInfo]) -> String {
 /// Stats as a text table.
 pub fn stats_table(s: &pb::StatsResponse) -> String {
     let mut out = format!(
-        "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14} {:>12} {:>6} {:>17}\n",
+        "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14} {:>12} {:>6} {:>17} {:>8} {:>8}\n",
         "FUNCTION",
         "PENDING",
         "RUNNING",
@@ -100,7 +105,9 @@ pub fn stats_table(s: &pb::StatsResponse) -> String {
         "BILLED GB-s",
         "COST USD",
         "SPAWN!",
-        "COLD p50/max ms"
+        "COLD p50/max ms",
+        "LIMIT",
+        "LEARNED"
     );
     let rows = s.functions.iter().chain(s.total.as_ref());
     for f in rows {
@@ -110,7 +117,7 @@ pub fn stats_table(s: &pb::StatsResponse) -> String {
             f.function.as_str()
         };
         out.push_str(&format!(
-            "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14.3} {:>12.8} {:>6} {:>17}\n",
+            "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14.3} {:>12.8} {:>6} {:>17} {:>8} {:>8}\n",
             name,
             f.pending,
             f.running,
@@ -127,6 +134,16 @@ pub fn stats_table(s: &pb::StatsResponse) -> String {
                 "-".to_owned()
             } else {
                 format!("{}/{}", f.cold_start_p50_ms, f.cold_start_max_ms)
+            },
+            if f.workers_live == 0 || f.function.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.0}", f.slots_mean)
+            },
+            if f.slots_learned == 0 {
+                "-".to_owned()
+            } else {
+                f.slots_learned.to_string()
             }
         ));
     }

@@ -17,11 +17,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info};
 
 use crate::error::{Error, Result};
+use crate::scheduler::Learned;
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The concurrency level learned per (function, memory size in MB).
-const LEARNED: TableDefinition<(&str, u32), u32> = TableDefinition::new("learned");
+/// The concurrency level learned per (function, memory size in MB): (level, settled).
+const LEARNED: TableDefinition<(&str, u32), (u32, bool)> = TableDefinition::new("learned");
 const NEXT_ID: &str = "next_task_id";
 /// Most operations written in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -53,7 +54,7 @@ enum Op {
     Accept(u64, Box<StoredTask>, oneshot::Sender<Result<(), String>>),
     Finish(u64, Arc<pb::TaskResult>),
     Forget(u64),
-    Learn(Arc<str>, u32, u32),
+    Learn(Arc<str>, u32, Learned),
 }
 
 /// The handle the coordinator writes through; cheap to clone.
@@ -70,7 +71,7 @@ pub struct Recovered {
     /// The first id never handed out.
     pub next_id: u64,
     /// The concurrency level learned per (function, memory size in MB).
-    pub learned: Vec<((String, u32), u32)>,
+    pub learned: Vec<((String, u32), Learned)>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -117,8 +118,8 @@ impl Journal {
     }
 
     /// Records the concurrency level learned for `function` at `memory_mb` (not waited for).
-    pub fn learn(&self, function: &Arc<str>, memory_mb: u32, level: u32) {
-        let _ = self.ops.send(Op::Learn(function.clone(), memory_mb, level));
+    pub fn learn(&self, function: &Arc<str>, memory_mb: u32, learned: Learned) {
+        let _ = self.ops.send(Op::Learn(function.clone(), memory_mb, learned));
     }
 }
 
@@ -156,7 +157,8 @@ fn load(db: &Database) -> Result<Recovered> {
     {
         let (k, v) = entry.map_err(storage)?;
         let (function, memory_mb) = k.value();
-        learned.push(((function.to_owned(), memory_mb), v.value()));
+        let (level, settled) = v.value();
+        learned.push(((function.to_owned(), memory_mb), Learned { level, settled }));
     }
     Ok(Recovered {
         tasks,
@@ -210,9 +212,9 @@ fn write(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                 Op::Forget(id) => {
                     tasks.remove(*id)?;
                 }
-                Op::Learn(function, memory_mb, level) => {
+                Op::Learn(function, memory_mb, l) => {
                     txn.open_table(LEARNED)?
-                        .insert((function.as_ref(), *memory_mb), *level)?;
+                        .insert((function.as_ref(), *memory_mb), (l.level, l.settled))?;
                 }
             }
         }
@@ -256,8 +258,9 @@ mod tests {
                 }),
             );
             j.forget(3);
-            j.learn(&Arc::from("echo"), 2048, 40);
-            j.learn(&Arc::from("echo"), 2048, 64);
+            let level = |level| Learned { level, settled: true };
+            j.learn(&Arc::from("echo"), 2048, level(40));
+            j.learn(&Arc::from("echo"), 2048, level(64));
             // An accept after them is acknowledged only once everything before it is written.
             j.accept(4, task("spin")).await.expect("accept 4");
         }
@@ -277,6 +280,10 @@ mod tests {
         let first = &rec.tasks[0].1;
         assert!(first.result.is_some() && first.payload.is_empty());
         assert!(rec.tasks[1].1.result.is_none());
-        assert_eq!(rec.learned, vec![(("echo".to_owned(), 2048), 64)]);
+        let learned = Learned {
+            level: 64,
+            settled: true,
+        };
+        assert_eq!(rec.learned, vec![(("echo".to_owned(), 2048), learned)]);
     }
 }

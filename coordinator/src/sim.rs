@@ -266,6 +266,9 @@ struct SimWorker {
     sample_queued: bool,
     /// When its newest task started.
     newest: Duration,
+    /// The most tasks it ran at once since its last sample (more restarts the CPU span, as
+    /// the real worker's does).
+    most: usize,
 }
 
 impl SimWorker {
@@ -450,7 +453,10 @@ impl Sim<'_> {
                                 });
                             }
                             w.newest = now;
-                            w.span = (now, w.busy);
+                            if w.tasks.len() > w.most {
+                                w.most = w.tasks.len();
+                                w.span = (now, w.busy);
+                            }
                             started = true;
                         }
                         Some(Kind::Shutdown(_)) => exit = Some(w.conn),
@@ -551,6 +557,7 @@ impl Sim<'_> {
             0.0
         };
         w.span = (now, w.busy);
+        w.most = w.tasks.len();
         let mem_mb = sim.worker_base_mb + sim.task.mem_mb * w.tasks.len() as f64;
         self.report.peak_memory_fraction = self.report.peak_memory_fraction.max(mem_mb / memory_mb);
         let youngest = if w.tasks.is_empty() {
@@ -655,6 +662,7 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
                             span: (now, 0.0),
                             sample_queued: false,
                             newest: now,
+                            most: 0,
                         });
                         // Its first sample (nothing running: its base), then one per interval.
                         s.sample(slot, now);

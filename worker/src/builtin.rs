@@ -138,17 +138,21 @@ async fn hold(payload: Bytes, max_mb: u32) -> Outcome {
         return Err(format!("hold of {mb} MB refused: this worker has {max_mb} MB"));
     }
     let bytes = usize::try_from(mb * 1024 * 1024).map_err(|_| format!("{mb} MB does not fit in memory"))?;
-    // Touch every page, so the memory is resident (an untouched allocation is not).
-    let block = tokio::task::spawn_blocking(move || {
-        let mut v = vec![0u8; bytes];
-        for i in (0..v.len()).step_by(4096) {
-            v[i] = 1;
+    // Its own anonymous mapping, every page touched so that it is resident, and unmapped on
+    // drop: the memory comes and goes with the task (from the allocator's heap, freed memory
+    // would stay resident and look like the next task's).
+    let block = tokio::task::spawn_blocking(move || -> Result<Option<memmap2::MmapMut>, String> {
+        if bytes == 0 {
+            return Ok(None);
         }
-        std::hint::black_box(&v);
-        v
+        let mut map = memmap2::MmapMut::map_anon(bytes).map_err(|e| format!("hold of {mb} MB failed: {e}"))?;
+        for i in (0..map.len()).step_by(4096) {
+            map[i] = 1;
+        }
+        Ok(Some(map))
     })
     .await
-    .map_err(|e| format!("hold failed: {e}"))?;
+    .map_err(|e| format!("hold failed: {e}"))??;
     tokio::time::sleep(Duration::from_millis(ms)).await;
     drop(block);
     Ok(Bytes::from(format!("{{\"held_mb\":{mb},\"ms\":{ms}}}")))

@@ -115,6 +115,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
         limit: 0,
         newest: None,
         changed: None,
+        most_since_sample: 0,
     };
     let mut broken_since: Option<Instant> = None;
     let mut attempt: u32 = 0;
@@ -185,6 +186,8 @@ struct Session<H> {
     /// When the running tasks first changed since the last sample (a sample is due
     /// [`SETTLE`] later).
     changed: Option<Instant>,
+    /// The most tasks that ran at once since the last sample.
+    most_since_sample: u32,
 }
 
 impl<H: Handler> Session<H> {
@@ -241,9 +244,17 @@ impl<H: Handler> Session<H> {
             tokio::select! {
                 msg = inbound.message() => match msg? {
                     Some(CoordinatorMessage { kind: Some(Down::Assign(assign)) }) => {
-                        self.sampler.mark();
                         for a in assign.tasks {
                             self.start(a);
+                        }
+                        // More tasks than at any time since the last sample (the coordinator
+                        // raised the limit): the next CPU figure covers them alone. A refill
+                        // to the same level keeps the span, so a task's start-up burst is
+                        // averaged with the others' quiet.
+                        let running = self.running.len() as u32;
+                        if running > self.most_since_sample {
+                            self.most_since_sample = running;
+                            self.sampler.mark();
                         }
                         self.changed.get_or_insert_with(Instant::now);
                     }
@@ -318,6 +329,7 @@ impl<H: Handler> Session<H> {
     /// A sample now (and the running tasks' change is reported).
     fn sample(&mut self) -> pb::ResourceSample {
         self.changed = None;
+        self.most_since_sample = self.running.len() as u32;
         if self.running.is_empty() {
             self.newest = None;
         }

@@ -2,9 +2,10 @@
 //! own limits and the paper's polling design in the same run.
 //!
 //! The coordinator under test is the real `carpool-coordinator` binary in its own process
-//! (so its CPU and memory can be read from /proc); workers are lightweight in-process
-//! streams ([`fake`]) except for the idle-worker measurement, which runs the real
-//! `carpool-worker`.
+//! (so its CPU and memory can be read from /proc). What a user gets is measured through the
+//! real `carpool-worker`, spawned by the coordinator with default flags (section `real`,
+//! and the idle worker); lightweight in-process streams ([`fake`]) that answer at once show
+//! the coordinator's own ceiling, and are labelled so.
 //!
 //! - [`proc`]: reading CPU and RSS, starting the coordinator.
 //! - [`fake`]: simulated workers.
@@ -45,7 +46,7 @@ pub struct BenchOptions {
     pub poll_interval: Duration,
     /// Tasks through the polling design.
     pub poll_tasks: usize,
-    /// Only these sections (raw, dispatch, durability, fleet, idle, pending, polling);
+    /// Only these sections (raw, dispatch, real, durability, fleet, idle, pending, polling);
     /// empty: all.
     pub only: Vec<String>,
 }
@@ -197,12 +198,12 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
                 .push(fake::spawn_worker(ch, format!("bench-{i}"), "noop", 512, Some(starts.clone())).await?);
         }
         let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
-        let (total, to_start) = dispatch_latency(&client, &starts, opts.latency_tasks).await?;
+        let (total, to_start) = dispatch_latency(&client, "noop", &starts, opts.latency_tasks).await?;
         emit(
             at_most(
                 row(
                     "dispatch_p50_us",
-                    "submit to result p50 (no-op, one at a time)",
+                    "fake workers (coordinator's ceiling): submit to result p50, one at a time",
                     us(total.percentile(50.0)),
                     "us",
                 ),
@@ -213,7 +214,7 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
         emit(
             row(
                 "dispatch_p99_us",
-                "submit to result p99",
+                "fake workers: submit to result p99",
                 us(total.percentile(99.0)),
                 "us",
             ),
@@ -222,7 +223,7 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
         emit(
             row(
                 "start_p50_us",
-                "submit to task start on the worker p50",
+                "fake workers: submit to task start on the worker p50",
                 us(to_start.percentile(50.0)),
                 "us",
             ),
@@ -231,18 +232,18 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
         emit(
             row(
                 "start_p99_us",
-                "submit to task start on the worker p99",
+                "fake workers: submit to task start on the worker p99",
                 us(to_start.percentile(99.0)),
                 "us",
             ),
             &mut rows,
         );
-        let streamed = streamed_latency(&client, opts.latency_tasks).await?;
+        let streamed = streamed_latency(&client, "noop", opts.latency_tasks).await?;
         emit(
             at_most(
                 row(
                     "streamed_dispatch_p50_us",
-                    "submit to result p50 over one Map stream (one at a time)",
+                    "fake workers: submit to result p50 over one Map stream",
                     us(streamed.percentile(50.0)),
                     "us",
                 ),
@@ -253,18 +254,18 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
         emit(
             row(
                 "streamed_dispatch_p99_us",
-                "submit to result p99 over one Map stream",
+                "fake workers: submit to result p99 over one Map stream",
                 us(streamed.percentile(99.0)),
                 "us",
             ),
             &mut rows,
         );
-        let map = repeat(opts.reps, || map_throughput(&client, opts.throughput_tasks)).await?;
+        let map = repeat(opts.reps, || map_throughput(&client, "noop", opts.throughput_tasks)).await?;
         emit(
             at_least(
                 row(
                     "map_tasks_per_s",
-                    "no-op tasks/s through Map, 2 workers",
+                    "fake workers (coordinator's ceiling): no-op tasks/s through Map, 2 of them",
                     map,
                     "tasks/s",
                 ),
@@ -279,7 +280,7 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
         emit(
             row(
                 "submit_tasks_per_s",
-                "no-op tasks/s through unary Submit, 64 in flight",
+                "fake workers: no-op tasks/s through unary Submit, 64 in flight",
                 unary,
                 "tasks/s",
             ),
@@ -296,6 +297,15 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
             &mut rows,
         );
         drop((workers, coord));
+    }
+
+    // What a user gets: one real carpool-worker, spawned by the coordinator, default flags.
+    if opts.wants("real") {
+        let fake = rows.iter().find(|r| r.key == "dispatch_p50_us").map(|r| r.value);
+        let fake_streamed = rows.iter().find(|r| r.key == "streamed_dispatch_p50_us").map(|r| r.value);
+        for r in real_worker(opts, fake, fake_streamed).await? {
+            emit(r, &mut rows);
+        }
     }
 
     // The same with --state-dir: what durability costs.
@@ -318,7 +328,7 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
             workers.push(fake::spawn_worker(ch, format!("durable-{i}"), "noop", 512, None).await?);
         }
         let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
-        let durable_map = repeat(opts.reps, || map_throughput(&client, opts.throughput_tasks)).await?;
+        let durable_map = repeat(opts.reps, || map_throughput(&client, "noop", opts.throughput_tasks)).await?;
         emit(
             row(
                 "map_tasks_per_s_state_dir",
@@ -389,6 +399,84 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
     Ok(rows)
 }
 
+/// Dispatch latency and no-op throughput through one real `carpool-worker` that the
+/// coordinator spawns with default flags (2 vCPUs: 3538 MB). The coordinator keeps it alive
+/// between measurements (`--keep-alive 1h`, as for the fake workers). Latency targets are
+/// 1.5 times the fake workers' figures of the same run, when those were measured.
+async fn real_worker(opts: &BenchOptions, fake: Option<f64>, fake_streamed: Option<f64>) -> Result<Vec<Row>, String> {
+    let (coord, url) = proc::coordinator(&[
+        "--memory-mb",
+        "3538",
+        "--max-workers",
+        "1",
+        "--keep-alive",
+        "1h",
+        "--max-pending",
+        "10000000",
+    ])?;
+    let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
+    // Spawns the worker; its cold start is not a dispatch.
+    client.run("echo", Bytes::new()).await.map_err(|e| e.to_string())?;
+    let starts: fake::StartTimes = Arc::default();
+    let (total, _) = dispatch_latency(&client, "echo", &starts, opts.latency_tasks).await?;
+    let streamed = streamed_latency(&client, "echo", opts.latency_tasks).await?;
+    let map = repeat(opts.reps, || map_throughput(&client, "echo", opts.throughput_tasks)).await?;
+    let target = |r: Row, fake: Option<f64>| match fake {
+        Some(f) => at_most(r, (1.5 * f).round()),
+        None => r,
+    };
+    let rows = vec![
+        target(
+            row(
+                "real_dispatch_p50_us",
+                "one real carpool-worker (2 vCPUs, default flags): submit to result p50, one at a time",
+                us(total.percentile(50.0)),
+                "us",
+            ),
+            fake,
+        ),
+        row(
+            "real_dispatch_p99_us",
+            "one real carpool-worker: submit to result p99",
+            us(total.percentile(99.0)),
+            "us",
+        ),
+        target(
+            row(
+                "real_streamed_dispatch_p50_us",
+                "one real carpool-worker: submit to result p50 over one Map stream",
+                us(streamed.percentile(50.0)),
+                "us",
+            ),
+            fake_streamed,
+        ),
+        at_least(
+            row(
+                "real_map_tasks_per_s",
+                "one real carpool-worker: no-op tasks/s through Map",
+                map,
+                "tasks/s",
+            ),
+            20_000.0,
+        ),
+    ];
+    let limit = client
+        .workers("echo")
+        .await
+        .map_err(|e| e.to_string())?
+        .first()
+        .map_or(0, |w| w.slots);
+    let mut rows = rows;
+    rows.push(row(
+        "real_worker_limit",
+        "one real carpool-worker: its concurrency limit after the above",
+        f64::from(limit),
+        "tasks",
+    ));
+    drop(coord);
+    Ok(rows)
+}
+
 async fn repeat<F, Fut>(reps: usize, mut f: F) -> Result<f64, String>
 where
     F: FnMut() -> Fut,
@@ -403,6 +491,7 @@ where
 
 async fn dispatch_latency(
     client: &Client,
+    function: &str,
     starts: &fake::StartTimes,
     n: usize,
 ) -> Result<(Samples, Samples), String> {
@@ -411,7 +500,7 @@ async fn dispatch_latency(
     for _ in 0..n {
         let t = Instant::now();
         let r = client
-            .run("noop", Bytes::new())
+            .run(function, Bytes::new())
             .await
             .map_err(|e| e.to_string())?;
         total.push(t.elapsed());
@@ -429,10 +518,10 @@ async fn dispatch_latency(
 /// Submit to result one at a time through one open `Map` stream: the next input is sent
 /// when the previous result is back, so each task pays its dispatch alone, without a new
 /// HTTP/2 stream per task as a unary `Run` does.
-async fn streamed_latency(client: &Client, n: usize) -> Result<Samples, String> {
+async fn streamed_latency(client: &Client, function: &str, n: usize) -> Result<Samples, String> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let mut results = client
-        .map("noop", tokio_stream::wrappers::ReceiverStream::new(rx))
+        .map(function, tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .map_err(|e| e.to_string())?;
     let mut s = Samples::default();
@@ -448,10 +537,10 @@ async fn streamed_latency(client: &Client, n: usize) -> Result<Samples, String> 
     Ok(s)
 }
 
-async fn map_throughput(client: &Client, n: usize) -> Result<f64, String> {
+async fn map_throughput(client: &Client, function: &str, n: usize) -> Result<f64, String> {
     let inputs = futures::stream::iter((0..n).map(|_| Bytes::new()));
     let start = Instant::now();
-    let mut results = client.map("noop", inputs).await.map_err(|e| e.to_string())?;
+    let mut results = client.map(function, inputs).await.map_err(|e| e.to_string())?;
     let mut done = 0usize;
     while let Some(r) = results.next().await {
         r.map_err(|e| e.to_string())?;

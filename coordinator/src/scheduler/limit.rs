@@ -55,6 +55,10 @@ pub struct LimitParams {
     pub steady_step: f64,
     /// After a fall or an undone rise, no rise for this long.
     pub quiet: Duration,
+    /// CPU at its target this long, and for as long as a task typically runs, ends probing:
+    /// CPU-bound work keeps it there for a task's whole life, while a task's start-up burst
+    /// (loading, touching its memory) only holds the climb.
+    pub cpu_settle: Duration,
 }
 
 impl Default for LimitParams {
@@ -72,8 +76,20 @@ impl Default for LimitParams {
             max_backoff: 0.5,
             steady_step: 0.1,
             quiet: Duration::from_secs(1),
+            cpu_settle: Duration::from_millis(100),
         }
     }
+}
+
+/// What was learned of a function's concurrency at one memory size: where a new worker of
+/// it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Learned {
+    /// The level.
+    pub level: u32,
+    /// Whether a worker found its level there (it starts steady at it); otherwise a worker
+    /// only rose that far without pressure (it starts there and goes on probing).
+    pub settled: bool,
 }
 
 /// How a limit is moving.
@@ -163,6 +179,14 @@ pub struct Limit {
     before_rise: Option<(u32, f64)>,
     /// When it last fell (or a rise was undone): rises wait [`LimitParams::quiet`].
     last_fall: Option<Instant>,
+    /// Since when covered samples have shown CPU at its target.
+    cpu_busy_since: Option<Instant>,
+    /// Whether it ever fell: a limit that only rose has proven every level it reached.
+    fell: bool,
+    /// Whether it ever rose.
+    rose: bool,
+    /// How long a task typically runs, in seconds (a moving average of every completion).
+    typical: Option<f64>,
 }
 
 impl Limit {
@@ -182,9 +206,14 @@ impl Limit {
         Self::new(value, phase)
     }
 
-    /// A new worker's limit at a learned level.
-    pub fn learned(p: &LimitParams, level: u32) -> Self {
-        Self::new(level.clamp(p.min, p.max.max(p.min)), Phase::Steady)
+    /// A new worker's limit at a learned level: steady where a worker settled, probing on
+    /// from a level a worker only rose to (never below `vcpus`).
+    pub fn learned(p: &LimitParams, learned: Learned, vcpus: u32) -> Self {
+        if learned.settled {
+            Self::new(learned.level.clamp(p.min, p.max.max(p.min)), Phase::Steady)
+        } else {
+            Self::probing(p, learned.level.max(vcpus))
+        }
     }
 
     fn new(value: u32, phase: Phase) -> Self {
@@ -198,6 +227,10 @@ impl Limit {
             at_level: 0,
             before_rise: None,
             last_fall: None,
+            cpu_busy_since: None,
+            fell: false,
+            rose: false,
+            typical: None,
         }
     }
 
@@ -216,6 +249,23 @@ impl Limit {
         self.phase != Phase::Probing
     }
 
+    /// What this limit has shown about its function: the level it settled at, or, for one
+    /// that only ever rose, the highest it reached (unsettled). `None` for a pinned limit, or
+    /// one that never rose from where it started.
+    pub fn proven(&self) -> Option<Learned> {
+        match self.phase {
+            Phase::Pinned => None,
+            Phase::Steady => Some(Learned {
+                level: self.value,
+                settled: true,
+            }),
+            Phase::Probing => (!self.fell && self.rose).then_some(Learned {
+                level: self.value,
+                settled: false,
+            }),
+        }
+    }
+
     /// The coordinator has filled the worker to its limit: the window of this level starts.
     pub fn filled(&mut self, now: Instant) {
         self.window.since.get_or_insert(now);
@@ -223,6 +273,8 @@ impl Limit {
 
     /// A task finished after running `duration`.
     pub fn completed(&mut self, duration: Duration) {
+        let d = duration.as_secs_f64();
+        self.typical = Some(self.typical.map_or(d, |t| t + 0.2 * (d - t)));
         if self.window.since.is_some() {
             self.window.completions += 1;
             self.window.total += duration.as_secs_f64();
@@ -298,6 +350,7 @@ impl Limit {
 
     fn fall_to(&mut self, new: u32, why: Move, now: Instant) -> Option<Move> {
         self.phase = Phase::Steady;
+        self.fell = true;
         self.last_fall = Some(now);
         self.before_rise = None;
         if new == self.value {
@@ -334,11 +387,23 @@ impl Limit {
             Some(t) if t > 1e-9 => (p.mem_target - obs.mem) / t,
             _ => f64::INFINITY,
         };
-        let headroom = by_cpu.min(by_mem).floor();
-        if obs.cpu >= p.cpu_target || headroom < 1.0 {
-            self.phase = Phase::Steady; // CPU or memory is what binds now
+        if obs.cpu >= p.cpu_target || by_cpu < 1.0 {
+            // CPU binds. A task's start-up burst only holds the climb; CPU at its target for
+            // long ends probing (every allotted vCPU busy: the level for CPU-bound work).
+            let since = *self.cpu_busy_since.get_or_insert(now);
+            let busy = now.saturating_duration_since(since);
+            let whole_task = self.typical.is_some_and(|t| busy.as_secs_f64() >= t);
+            if busy >= p.cpu_settle && whole_task {
+                self.phase = Phase::Steady;
+            }
             return None;
         }
+        self.cpu_busy_since = None;
+        if by_mem < 1.0 {
+            self.phase = Phase::Steady; // memory is what binds now
+            return None;
+        }
+        let headroom = by_cpu.min(by_mem).floor();
         let step = match self.phase {
             Phase::Probing => f64::from(self.value) * (p.max_growth - 1.0),
             Phase::Steady => {
@@ -364,6 +429,7 @@ impl Limit {
         let new = (f64::from(self.value) + step.min(headroom)).floor() as u32;
         let new = new.clamp(self.value + 1, p.max);
         self.set(new);
+        self.rose = true;
         if new >= p.max {
             self.phase = Phase::Steady;
         }
@@ -385,6 +451,13 @@ mod tests {
 
     fn params() -> LimitParams {
         LimitParams::default()
+    }
+
+    fn settled(level: u32) -> Learned {
+        Learned {
+            level,
+            settled: true,
+        }
     }
 
     /// A settled sample at `running` tasks.
@@ -435,11 +508,45 @@ mod tests {
         let p = params();
         let t0 = Instant::now();
         let mut l = Limit::probing(&p, 2);
-        // Two single-threaded tasks keep both vCPUs busy: the target binds, no rise.
+        // Two single-threaded tasks keep both vCPUs busy: the target binds, no rise; once
+        // that has lasted a task's whole life (and 100 ms) the limit has found its level.
         for i in 1..10 {
+            assert_eq!(step(&mut l, &p, t0 + i * 30 * MS, 0.5, 0.001), None);
+            assert_eq!(l.phase(), Phase::Probing, "no task has finished: it may be a start-up burst");
+        }
+        l.completed(200 * MS);
+        for i in 10..18 {
             assert_eq!(step(&mut l, &p, t0 + i * 30 * MS, 0.5, 0.001), None);
         }
         assert_eq!((l.value(), l.phase()), (2, Phase::Steady));
+        assert_eq!(
+            l.proven(),
+            Some(Learned {
+                level: 2,
+                settled: true
+            })
+        );
+    }
+
+    #[test]
+    fn a_start_up_burst_of_cpu_holds_the_climb_but_does_not_end_it() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::probing(&p, 2);
+        // The tasks' first 25 ms touch their memory at full CPU...
+        assert_eq!(step(&mut l, &p, t0 + 30 * MS, 0.5, 0.01), None);
+        assert_eq!(l.phase(), Phase::Probing);
+        // ... then they wait: the climb goes on.
+        assert_eq!(step(&mut l, &p, t0 + 60 * MS, 0.01, 0.01), Some(Move::Rise));
+        assert_eq!(l.value(), 4);
+        assert_eq!(
+            l.proven(),
+            Some(Learned {
+                level: 4,
+                settled: false
+            }),
+            "a limit that only rose proves its level"
+        );
     }
 
     #[test]
@@ -489,7 +596,7 @@ mod tests {
     fn memory_at_its_target_cuts_the_limit_to_what_fits() {
         let p = params();
         let t0 = Instant::now();
-        let mut l = Limit::learned(&p, 20);
+        let mut l = Limit::learned(&p, settled(20), 2);
         l.observe(&p, obs(0.0, 0.02, 0), t0);
         l.filled(t0);
         // Tasks grew after they were let in: 20 of them hold 0.95.
@@ -505,7 +612,7 @@ mod tests {
     fn inflated_durations_cut_the_limit_by_the_gradient() {
         let p = params();
         let t0 = Instant::now();
-        let mut l = Limit::learned(&p, 8);
+        let mut l = Limit::learned(&p, settled(8), 2);
         l.filled(t0);
         for _ in 0..4 {
             l.completed(100 * MS);
@@ -534,7 +641,7 @@ mod tests {
     fn microsecond_noise_is_not_inflation() {
         let p = params();
         let t0 = Instant::now();
-        let mut l = Limit::learned(&p, 64);
+        let mut l = Limit::learned(&p, settled(64), 2);
         l.filled(t0);
         for _ in 0..8 {
             l.completed(Duration::from_micros(5));
@@ -551,7 +658,7 @@ mod tests {
     fn a_steady_rise_that_does_not_pay_is_undone() {
         let p = params();
         let t0 = Instant::now();
-        let mut l = Limit::learned(&p, 10);
+        let mut l = Limit::learned(&p, settled(10), 2);
         // 10 running, 100 completions/s: a rise to 11.
         l.filled(t0);
         for _ in 0..10 {

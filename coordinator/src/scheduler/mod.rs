@@ -11,7 +11,7 @@ pub mod limit;
 use std::time::Duration;
 
 use crate::config::{Config, Placement};
-pub use limit::{Limit, LimitParams, Observation};
+pub use limit::{Learned, Limit, LimitParams, Observation};
 
 /// The thresholds and policies the rule applies, taken from [`Config`].
 #[derive(Clone, Copy, Debug)]
@@ -61,7 +61,7 @@ pub fn initial_limit(
     rules: &Rules,
     hello_slots: u32,
     worker_max: u32,
-    learned: Option<u32>,
+    learned: Option<Learned>,
     vcpus: u32,
 ) -> Limit {
     let mut params = rules.limits;
@@ -72,7 +72,7 @@ pub fn initial_limit(
         (Some(n), _) => Limit::pinned(n),
         (None, n) if n > 0 => Limit::pinned(n),
         (None, _) => match learned {
-            Some(level) => Limit::learned(&params, level),
+            Some(l) => Limit::learned(&params, l, vcpus),
             None => Limit::probing(&params, vcpus),
         },
     }
@@ -87,12 +87,13 @@ pub fn worker_limits(rules: &Rules, worker_max: u32) -> LimitParams {
     params
 }
 
-/// Tasks a new worker counts for in scale-out: its pinned or learned limit; a worker of a
-/// function with nothing learned yet counts as able to grow to the cap (so a first burst
-/// starts few workers and lets them find their level, instead of starting the whole fleet
-/// at the vCPU count); never more than its quota of tasks.
-pub fn new_worker_capacity(rules: &Rules, learned: Option<u32>) -> u32 {
-    let slots = rules.pinned_slots.or(learned).unwrap_or(rules.limits.max).max(1);
+/// Tasks a new worker counts for in scale-out: its pinned limit, or the level its function
+/// settled at; a worker of a function whose level is not known yet counts as able to grow to
+/// the cap (so a first burst starts few workers and lets them find their level, instead of
+/// starting the whole fleet at the vCPU count); never more than its quota of tasks.
+pub fn new_worker_capacity(rules: &Rules, learned: Option<Learned>) -> u32 {
+    let settled = learned.filter(|l| l.settled).map(|l| l.level);
+    let slots = rules.pinned_slots.or(settled).unwrap_or(rules.limits.max).max(1);
     let quota = rules
         .max_tasks_per_worker
         .map_or(u32::MAX, |q| q.min(u64::from(u32::MAX)) as u32);
@@ -482,28 +483,47 @@ mod tests {
     }
 
     #[test]
+    fn a_level_only_risen_to_starts_a_worker_there_still_probing() {
+        let r = rules();
+        let risen = Learned {
+            level: 32,
+            settled: false,
+        };
+        let l = initial_limit(&r, 0, 0, Some(risen), 2);
+        assert_eq!((l.value(), l.settled()), (32, false));
+        assert_eq!(new_worker_capacity(&r, Some(risen)), 256, "its level is not known yet");
+    }
+
+    fn settled(level: u32) -> Learned {
+        Learned {
+            level,
+            settled: true,
+        }
+    }
+
+    #[test]
     fn a_new_workers_limit_is_pinned_learned_or_probing_from_its_vcpus() {
         let r = rules();
         assert_eq!(initial_limit(&r, 0, 0, None, 2).value(), 2);
         assert!(!initial_limit(&r, 0, 0, None, 2).settled());
-        assert_eq!(initial_limit(&r, 0, 0, Some(40), 2).value(), 40);
-        assert!(initial_limit(&r, 0, 0, Some(40), 2).settled());
+        assert_eq!(initial_limit(&r, 0, 0, Some(settled(40)), 2).value(), 40);
+        assert!(initial_limit(&r, 0, 0, Some(settled(40)), 2).settled());
         // The worker's own cap bounds the learned level.
-        assert_eq!(initial_limit(&r, 0, 16, Some(40), 2).value(), 16);
+        assert_eq!(initial_limit(&r, 0, 16, Some(settled(40)), 2).value(), 16);
         // --slots on the coordinator, or the worker's own --slots, pins it.
-        assert_eq!(initial_limit(&r, 3, 0, Some(40), 2).phase(), limit::Phase::Pinned);
+        assert_eq!(initial_limit(&r, 3, 0, Some(settled(40)), 2).phase(), limit::Phase::Pinned);
         let pinned = Rules {
             pinned_slots: Some(5),
             ..r
         };
-        assert_eq!(initial_limit(&pinned, 3, 0, Some(40), 2).value(), 5);
+        assert_eq!(initial_limit(&pinned, 3, 0, Some(settled(40)), 2).value(), 5);
     }
 
     #[test]
     fn scale_out_counts_an_unlearned_worker_as_able_to_grow() {
         let r = rules();
         assert_eq!(new_worker_capacity(&r, None), 256);
-        assert_eq!(new_worker_capacity(&r, Some(12)), 12);
+        assert_eq!(new_worker_capacity(&r, Some(settled(12))), 12);
         let conventional = Rules {
             max_tasks_per_worker: Some(1),
             ..r
@@ -511,7 +531,7 @@ mod tests {
         assert_eq!(new_worker_capacity(&conventional, None), 1);
         let probing = initial_limit(&r, 0, 0, None, 2);
         assert_eq!(free_capacity(&probing, 256, 2), 254);
-        let learned = initial_limit(&r, 0, 0, Some(12), 2);
+        let learned = initial_limit(&r, 0, 0, Some(settled(12)), 2);
         assert_eq!(free_capacity(&learned, 256, 2), 10);
     }
 

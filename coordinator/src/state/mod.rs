@@ -28,7 +28,9 @@ use tonic::Status;
 use tracing::{debug, info};
 
 use crate::config::{Config, SpawnerKind};
-use crate::scheduler::{self, IdleAction, Limit, LimitParams, Rules, StopReason, Verdict, WorkerView};
+use crate::scheduler::{
+    self, IdleAction, Learned, Limit, LimitParams, Rules, StopReason, Verdict, WorkerView,
+};
 
 pub use tasks::{Completion, Reserved, Submission, Waiter};
 pub use workers::StreamEnd;
@@ -292,7 +294,7 @@ pub struct State {
     /// Where accepted tasks and results are written, with `--state-dir`.
     journal: Option<crate::journal::Journal>,
     /// The concurrency limit learned per (function, memory size): where new workers start.
-    learned: BTreeMap<(Arc<str>, u32), u32>,
+    learned: BTreeMap<(Arc<str>, u32), Learned>,
 }
 
 impl State {
@@ -320,23 +322,23 @@ impl State {
     }
 
     /// The level learned for `function` at `memory_mb`, if any.
-    fn learned_limit(&self, function: &str, memory_mb: u32) -> Option<u32> {
+    fn learned_limit(&self, function: &str, memory_mb: u32) -> Option<Learned> {
         self.learned
             .iter()
             .find(|((f, m), _)| f.as_ref() == function && *m == memory_mb)
             .map(|(_, &v)| v)
     }
 
-    /// Records `level` as learned for `function` at `memory_mb` (and in the journal).
-    fn learn(&mut self, function: &Arc<str>, memory_mb: u32, level: u32) {
+    /// Records `learned` for `function` at `memory_mb` (and in the journal).
+    fn learn(&mut self, function: &Arc<str>, memory_mb: u32, learned: Learned) {
         let key = (function.clone(), memory_mb);
-        if self.learned.get(&key) == Some(&level) {
+        if self.learned.get(&key) == Some(&learned) {
             return;
         }
-        debug!(function = %function, memory_mb, level, "learned a concurrency level");
-        self.learned.insert(key, level);
+        debug!(function = %function, memory_mb, level = learned.level, settled = learned.settled, "learned a concurrency level");
+        self.learned.insert(key, learned);
         if let Some(j) = &self.journal {
-            j.learn(function, memory_mb, level);
+            j.learn(function, memory_mb, learned);
         }
     }
 

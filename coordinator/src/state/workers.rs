@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::{Effects, State, TaskId, Timer, Worker, WorkerId, WorkerTx};
 use crate::billing;
 use crate::error::{Error, Result};
-use crate::scheduler;
+use crate::scheduler::{self, Learned};
 
 /// Cold starts kept per function for Stats' median and maximum.
 const RECENT_COLD_STARTS: usize = 1024;
@@ -23,6 +23,11 @@ const RECENT_COLD_STARTS: usize = 1024;
 /// The largest CPU figure a sample may carry: a worker allotted a small share of a vCPU
 /// (Lambda at 128 MB) that bursts over every core of a large machine.
 const MAX_CPU_FRACTION: f64 = 1024.0;
+
+/// How many times its limit a worker's memory may be reported at: a local process is not
+/// stopped at its memory size (a Lambda instance would be), so a worker over it is real, if
+/// out of memory; beyond this the figure is nonsense.
+const MAX_MEMORY_OVER_LIMIT: u64 = 1024;
 
 /// Longest wait before spawning again after consecutive spawn failures.
 const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
@@ -208,7 +213,7 @@ impl State {
             ))
         } else if s.memory_limit_bytes == 0 {
             Some("memory_limit_bytes is 0".to_owned())
-        } else if s.memory_used_bytes > s.memory_limit_bytes.saturating_mul(2) {
+        } else if s.memory_used_bytes > s.memory_limit_bytes.saturating_mul(MAX_MEMORY_OVER_LIMIT) {
             Some(format!(
                 "memory_used_bytes {} is far above memory_limit_bytes {}",
                 s.memory_used_bytes, s.memory_limit_bytes
@@ -247,7 +252,11 @@ impl State {
             f.peak_mem = f.peak_mem.max(peak);
         }
         if settled && (after != before || !was_settled) {
-            self.learn(&function, memory_mb, after);
+            let level = Learned {
+                level: after,
+                settled: true,
+            };
+            self.learn(&function, memory_mb, level);
         }
         self.dispatch_near(&function, Some(id), now, fx);
         self.evaluate(id, now, fx);
@@ -364,6 +373,13 @@ impl State {
         };
         let alive = now.saturating_duration_since(w.connected_at);
         info!(worker = %id, alive_ms = alive.as_millis() as u64, tasks_done = w.done, lost = w.running.len(), cause, "worker gone");
+        // A limit that only rose proved the level it reached: the next worker starts there.
+        if let Some(risen) = w.limit.proven().filter(|l| !l.settled) {
+            let known = self.learned_limit(&w.function, w.memory_mb);
+            if known.is_none_or(|k| !k.settled && k.level < risen.level) {
+                self.learn(&w.function, w.memory_mb, risen);
+            }
+        }
         if let Some(f) = self.functions.get_mut(&w.function) {
             f.billed_gb_ms += billing::billed_gb_ms(alive, w.memory_mb);
             f.workers = f.workers.saturating_sub(1);

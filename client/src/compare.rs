@@ -1,0 +1,624 @@
+//! `carpool compare`: each kind of workload run four ways on local workers, with the real
+//! `carpool-coordinator` and `carpool-worker` binaries: conventional FaaS (one invocation per
+//! task), static slots (the worker's vCPUs, as before adaptive limits), the best fixed
+//! `--slots` a sweep finds, and adaptive (default flags), for a first batch and for a batch
+//! after it (starting from the learned level). Then the same comparison simulated, at the
+//! paper's scale and, with `--scale`, at a million tasks.
+//!
+//! Every figure of one table comes from the same run of the command, so their ratios hold
+//! on a noisy machine; the targets are checked against them in the output.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use carpool_coordinator::sim::{SimConfig, SimReport, TaskModel, simulate};
+use carpool_coordinator::{Config, config::vcpus_for_memory};
+use carpool_proto::Bytes;
+use futures::StreamExt;
+
+use crate::Client;
+use crate::bench::proc;
+
+/// One kind of workload.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Its short name, e.g. "io".
+    pub name: &'static str,
+    /// What it stands for.
+    pub what: &'static str,
+    /// The built-in that runs it.
+    pub function: &'static str,
+    /// Each task's payload.
+    pub payload: String,
+    /// Tasks per batch.
+    pub tasks: usize,
+    /// Memory size of the workers.
+    pub memory_mb: u32,
+    /// Fleet cap.
+    pub max_workers: u32,
+    /// What one task needs, for the simulator.
+    pub model: TaskModel,
+}
+
+impl Workload {
+    fn vcpus(&self) -> u32 {
+        vcpus_for_memory(self.memory_mb)
+    }
+}
+
+/// The workloads: waiting, CPU, memory, mixed. `tiny` makes each a second or so.
+pub fn workloads(tiny: bool) -> Vec<Workload> {
+    let cores = crate::demo::cores();
+    let n = |full: usize, small: usize| if tiny { small } else { full };
+    vec![
+        Workload {
+            name: "io",
+            what: "sleep 100 ms (an API call, an S3 read)",
+            function: "sleep",
+            payload: "100".into(),
+            tasks: n(1000, 40),
+            memory_mb: 1024,
+            max_workers: 8,
+            model: TaskModel::waiting(Duration::from_millis(100)),
+        },
+        Workload {
+            name: "cpu",
+            what: "spin 200 ms of CPU",
+            function: "spin",
+            payload: "200".into(),
+            tasks: n(40, 4),
+            memory_mb: 2048,
+            max_workers: (cores / 2).max(1),
+            model: TaskModel::cpu_bound(Duration::from_millis(200)),
+        },
+        Workload {
+            name: "memory",
+            what: "hold 40 MB for 500 ms",
+            function: "hold",
+            payload: r#"{"mb": 40, "ms": 500}"#.into(),
+            tasks: n(100, 8),
+            memory_mb: 1024,
+            max_workers: 4,
+            model: TaskModel {
+                cpu: Duration::from_millis(10),
+                wait: Duration::from_millis(500),
+                mem_mb: 40.0,
+            },
+        },
+        Workload {
+            name: "mixed",
+            what: "20 ms of CPU, then an 80 ms wait",
+            function: "mixed",
+            payload: r#"{"cpu_ms": 20, "wait_ms": 80}"#.into(),
+            tasks: n(100, 8),
+            memory_mb: 2048,
+            max_workers: (cores / 2).max(1),
+            model: TaskModel {
+                cpu: Duration::from_millis(20),
+                wait: Duration::from_millis(80),
+                mem_mb: 1.0,
+            },
+        },
+    ]
+}
+
+/// How the workers' concurrency is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    /// One invocation per task.
+    Conventional,
+    /// `--slots N`.
+    Fixed(u32),
+    /// Default flags: adaptive limits.
+    Adaptive,
+}
+
+impl Way {
+    fn args(self) -> Vec<String> {
+        match self {
+            Way::Conventional => vec!["--slots".into(), "1".into(), "--max-tasks-per-worker".into(), "1".into()],
+            Way::Fixed(n) => vec!["--slots".into(), n.to_string()],
+            Way::Adaptive => Vec::new(),
+        }
+    }
+}
+
+/// What one batch did.
+#[derive(Clone, Debug, Default)]
+pub struct Run {
+    /// How it was run, as printed.
+    pub label: String,
+    /// `--slots`, or "auto".
+    pub slots: String,
+    /// First submission to last result.
+    pub completion: Duration,
+    /// Billed GB-seconds.
+    pub gb_s: f64,
+    /// Worker invocations.
+    pub invocations: u64,
+    /// Tasks that did not succeed.
+    pub failed: u64,
+    /// Most tasks running on one worker at once (seen by polling ListWorkers).
+    pub peak_running: u32,
+    /// The highest memory any worker reported, as a fraction of its size.
+    pub peak_memory: f64,
+    /// The level learned for the function afterwards (0: none).
+    pub learned: u32,
+}
+
+/// Runs `batches` batches of `w` on a fresh coordinator set up for `way`.
+pub async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Vec<Run>, String> {
+    let mut args: Vec<String> = vec![
+        "--memory-mb".into(),
+        w.memory_mb.to_string(),
+        "--max-workers".into(),
+        w.max_workers.to_string(),
+    ];
+    args.extend(way.args());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (coord, url) = proc::coordinator(&refs)?;
+    let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
+    let mut runs = Vec::new();
+    let (mut gb_before, mut inv_before, mut failed_before) = (0.0, 0, 0);
+    for _ in 0..batches {
+        let mut run = batch(&client, w).await?;
+        let stats = settled(&client).await?;
+        let f = stats.functions.iter().find(|f| f.function == w.function).cloned().unwrap_or_default();
+        run.gb_s = f.billed_gb_ms / 1000.0 - gb_before;
+        run.invocations = f.workers_started - inv_before;
+        run.failed = run.failed.max(f.failed - failed_before);
+        run.peak_memory = f.memory_peak_fraction;
+        run.learned = f.slots_learned;
+        run.slots = match way {
+            Way::Fixed(n) => n.to_string(),
+            Way::Conventional => "1".into(),
+            Way::Adaptive => "auto".into(),
+        };
+        (gb_before, inv_before, failed_before) = (f.billed_gb_ms / 1000.0, f.workers_started, f.failed);
+        runs.push(run);
+    }
+    drop(coord);
+    Ok(runs)
+}
+
+/// One batch through Map, watching the fleet for the most tasks a worker ran at once.
+async fn batch(client: &Client, w: &Workload) -> Result<Run, String> {
+    let payload = Bytes::from(w.payload.clone());
+    let inputs = futures::stream::iter((0..w.tasks).map(move |_| payload.clone()));
+    let peak = Arc::new(AtomicU32::new(0));
+    let watch = {
+        let (client, peak, function) = (client.clone(), peak.clone(), w.function.to_owned());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(ws) = client.workers(&function).await {
+                    let most = ws.iter().map(|w| w.running_tasks).max().unwrap_or(0);
+                    peak.fetch_max(most, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut results = client.map(w.function, inputs).await.map_err(|e| e.to_string())?;
+    let mut run = Run::default();
+    let mut done = 0;
+    while let Some(r) = results.next().await {
+        let r = r.map_err(|e| e.to_string())?;
+        done += 1;
+        if r.result.as_ref().is_none_or(|res| res.state() != crate::TaskState::Succeeded) {
+            run.failed += 1;
+        }
+    }
+    run.completion = start.elapsed();
+    watch.abort();
+    run.peak_running = peak.load(Ordering::Relaxed);
+    if done != w.tasks {
+        return Err(format!("{}: {done} of {} results came back", w.name, w.tasks));
+    }
+    Ok(run)
+}
+
+/// Stats once the fleet has gone (the bill is closed).
+async fn settled(client: &Client) -> Result<carpool_proto::pb::StatsResponse, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = client.stats().await.map_err(|e| e.to_string())?;
+        let t = s.total.clone().unwrap_or_default();
+        if (t.workers_live == 0 && t.workers_starting == 0) || Instant::now() > deadline {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The four ways of one workload, measured.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    /// What was run.
+    pub workload: Workload,
+    /// One invocation per task.
+    pub conventional: Run,
+    /// `--slots` = the workers' vCPUs.
+    pub fixed_vcpus: Run,
+    /// Every `--slots` the sweep tried, highest first.
+    pub sweep: Vec<Run>,
+    /// Adaptive, first batch on a fresh coordinator.
+    pub adaptive: Run,
+    /// Adaptive, the next batch (from the learned level).
+    pub learned: Run,
+}
+
+impl Comparison {
+    /// Runs that fit in memory and lost nothing: the ones a sweep may pick.
+    fn sound(&self) -> impl Iterator<Item = &Run> {
+        self.sweep.iter().filter(|r| r.failed == 0 && r.peak_memory <= 1.0)
+    }
+
+    /// The sweep's run with the lowest bill.
+    pub fn best_cost(&self) -> Option<&Run> {
+        self.sound().min_by(|a, b| a.gb_s.total_cmp(&b.gb_s))
+    }
+
+    /// The sweep's run with the shortest completion.
+    pub fn best_time(&self) -> Option<&Run> {
+        self.sound().min_by_key(|r| r.completion)
+    }
+}
+
+/// `--slots` values the sweep tries, highest first: powers of two from the cap down.
+fn sweep_values(tiny: bool, vcpus: u32) -> Vec<u32> {
+    if tiny {
+        return vec![8, vcpus];
+    }
+    (0..=8).rev().map(|p| 1u32 << p).collect()
+}
+
+/// Measures every way for `w`. The sweep goes from the cap down and stops once a value is
+/// twice as slow and twice as costly as the best so far (lower values only get worse).
+pub async fn compare(w: &Workload, tiny: bool) -> Result<Comparison, String> {
+    let label = |mut r: Run, l: &str| {
+        r.label = l.to_owned();
+        r
+    };
+    let conventional = label(one(measure(w, Way::Conventional, 1).await?)?, "conventional FaaS");
+    let mut sweep: Vec<Run> = Vec::new();
+    for slots in sweep_values(tiny, w.vcpus()) {
+        let r = label(one(measure(w, Way::Fixed(slots), 1).await?)?, "fixed --slots");
+        let worse = sweep.iter().any(|b| {
+            b.failed == 0
+                && b.peak_memory <= 1.0
+                && r.completion > b.completion * 2
+                && r.gb_s > 2.0 * b.gb_s
+        });
+        sweep.push(r);
+        if worse {
+            break;
+        }
+    }
+    let vcpus = w.vcpus().to_string();
+    let fixed_vcpus = match sweep.iter().find(|r| r.slots == vcpus) {
+        Some(r) => r.clone(),
+        None => one(measure(w, Way::Fixed(w.vcpus()), 1).await?)?,
+    };
+    let fixed_vcpus = label(fixed_vcpus, "static slots = vCPUs");
+    let mut adaptive = measure(w, Way::Adaptive, 2).await?.into_iter();
+    let (first, next) = (adaptive.next(), adaptive.next());
+    Ok(Comparison {
+        workload: w.clone(),
+        conventional,
+        fixed_vcpus,
+        sweep,
+        adaptive: label(first.ok_or("no adaptive run")?, "adaptive, first batch"),
+        learned: label(next.ok_or("no second adaptive run")?, "adaptive, learned level"),
+    })
+}
+
+fn one(runs: Vec<Run>) -> Result<Run, String> {
+    runs.into_iter().next().ok_or_else(|| "no run".to_owned())
+}
+
+/// A target checked in the output.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    /// What is compared.
+    pub what: String,
+    /// Whether it holds.
+    pub met: bool,
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::INFINITY }
+}
+
+/// The issue's targets for this workload, from the figures of this run.
+pub fn verdicts(c: &Comparison) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let mut check = |what: String, met: bool| out.push(Verdict { what, met });
+    match c.workload.name {
+        "io" => {
+            if let (Some(cost), Some(time)) = (c.best_cost(), c.best_time()) {
+                for r in [&c.learned, &c.adaptive] {
+                    let g = ratio(r.gb_s, cost.gb_s);
+                    let t = ratio(r.completion.as_secs_f64(), time.completion.as_secs_f64());
+                    check(
+                        format!(
+                            "{}: within 15% of the best fixed --slots on billed GB-s ({:.2}x of --slots {}) and completion ({:.2}x of --slots {})",
+                            r.label, g, cost.slots, t, time.slots
+                        ),
+                        g <= 1.15 && t <= 1.15,
+                    );
+                }
+            }
+        }
+        "cpu" => {
+            let s = &c.fixed_vcpus;
+            for r in [&c.adaptive, &c.learned] {
+                let g = ratio(r.gb_s, s.gb_s);
+                let t = ratio(r.completion.as_secs_f64(), s.completion.as_secs_f64());
+                check(
+                    format!(
+                        "{}: within 5% of static slots = vCPUs on completion ({t:.3}x) and billed GB-s ({g:.3}x)",
+                        r.label
+                    ),
+                    g <= 1.05 && t <= 1.05,
+                );
+            }
+        }
+        "memory" => {
+            let fits = c.workload.memory_mb / 40;
+            for r in [&c.adaptive, &c.learned] {
+                check(
+                    format!(
+                        "{}: no task failed ({}), no worker out of memory (peak {:.2} of its size), {} running at once against {fits} that fit (within 20%)",
+                        r.label, r.failed, r.peak_memory, r.peak_running
+                    ),
+                    r.failed == 0
+                        && r.peak_memory < 1.0
+                        && f64::from(r.peak_running) >= 0.8 * f64::from(fits),
+                );
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The table of one comparison.
+pub fn table(c: &Comparison) -> String {
+    let w = &c.workload;
+    let mut out = format!(
+        "{} ({}): {} tasks, {} MB workers ({} vCPU{}), at most {} workers\n",
+        w.name,
+        w.what,
+        w.tasks,
+        w.memory_mb,
+        w.vcpus(),
+        if w.vcpus() == 1 { "" } else { "s" },
+        w.max_workers
+    );
+    out.push_str(&format!(
+        "  {:<26} {:>6} {:>11} {:>12} {:>12} {:>7} {:>13} {:>11}\n",
+        "way", "slots", "completion", "billed GB-s", "invocations", "failed", "peak running", "peak memory"
+    ));
+    let best_cost = c.best_cost().map(|r| r.slots.clone());
+    let best_time = c.best_time().map(|r| r.slots.clone());
+    let mut rows: Vec<(String, &Run)> = vec![
+        (c.conventional.label.clone(), &c.conventional),
+        (c.fixed_vcpus.label.clone(), &c.fixed_vcpus),
+    ];
+    for r in &c.sweep {
+        let mut tags = Vec::new();
+        if best_cost.as_deref() == Some(r.slots.as_str()) {
+            tags.push("best GB-s");
+        }
+        if best_time.as_deref() == Some(r.slots.as_str()) {
+            tags.push("best time");
+        }
+        if r.peak_memory > 1.0 {
+            tags.push("OUT OF MEMORY");
+        }
+        let label = if tags.is_empty() {
+            r.label.clone()
+        } else {
+            format!("{} ({})", r.label, tags.join(", "))
+        };
+        rows.push((label, r));
+    }
+    rows.push((c.adaptive.label.clone(), &c.adaptive));
+    rows.push((format!("{} ({})", c.learned.label, c.adaptive.learned), &c.learned));
+    for (label, r) in rows {
+        out.push_str(&format!(
+            "  {:<26} {:>6} {:>9.2} s {:>12.3} {:>12} {:>7} {:>13} {:>11.2}\n",
+            label,
+            r.slots,
+            r.completion.as_secs_f64(),
+            r.gb_s,
+            r.invocations,
+            r.failed,
+            r.peak_running,
+            r.peak_memory
+        ));
+    }
+    for v in verdicts(c) {
+        out.push_str(&format!("  target: {}: {}\n", v.what, if v.met { "met" } else { "MISSED" }));
+    }
+    out
+}
+
+/// One workload simulated at `memory_mb` with `max_workers`, four ways; the sweep is over
+/// every power of two up to the cap (the simulator is cheap).
+pub fn simulated(w: &Workload, memory_mb: u32, max_workers: u32, tasks: usize) -> Vec<(String, SimReport)> {
+    let config = |slots: Option<u32>, quota: Option<u64>| Config {
+        memory_mb,
+        max_workers,
+        slots,
+        max_tasks_per_worker: quota,
+        ..Config::default()
+    };
+    let run = |c: Config| simulate(&SimConfig::new(c, w.function, tasks, w.model));
+    let vcpus = vcpus_for_memory(memory_mb);
+    let mut out = vec![
+        ("conventional FaaS".to_owned(), run(config(Some(1), Some(1)))),
+        (format!("static --slots {vcpus}"), run(config(Some(vcpus), None))),
+    ];
+    let sweep: Vec<(u32, SimReport)> = (0..=8).map(|p| 1u32 << p).map(|n| (n, run(config(Some(n), None)))).collect();
+    let sound = || sweep.iter().filter(|(_, r)| r.failed == 0 && r.peak_memory_fraction <= 1.0);
+    if let Some((n, r)) = sound().min_by(|a, b| a.1.billed_gb_s.total_cmp(&b.1.billed_gb_s)) {
+        out.push((format!("best GB-s: --slots {n}"), r.clone()));
+    }
+    if let Some((n, r)) = sound().min_by_key(|(_, r)| r.completion) {
+        out.push((format!("best time: --slots {n}"), r.clone()));
+    }
+    out.push(("adaptive".to_owned(), run(config(None, None))));
+    out
+}
+
+/// The simulated rows of one workload at one size.
+pub fn simulated_table(w: &Workload, memory_mb: u32, max_workers: u32, tasks: usize) -> String {
+    let mut out = format!(
+        "  {} at {memory_mb} MB ({} vCPUs), {tasks} tasks, at most {max_workers} workers:\n",
+        w.name,
+        vcpus_for_memory(memory_mb)
+    );
+    for (label, r) in simulated(w, memory_mb, max_workers, tasks) {
+        out.push_str(&format!(
+            "    {:<24} {:>10.2} s {:>12.3} GB-s {:>9} invocations {:>5} peak running {:>6.2} peak memory\n",
+            label,
+            r.completion.as_secs_f64(),
+            r.billed_gb_s,
+            r.invocations,
+            r.peak_concurrency,
+            r.peak_memory_fraction
+        ));
+    }
+    out
+}
+
+/// What `carpool compare` runs.
+#[derive(Clone, Debug, Default)]
+pub struct CompareOptions {
+    /// A few tasks of each workload and a two-value sweep (seconds; the test suite's).
+    pub tiny: bool,
+    /// Only these workloads (io, cpu, memory, mixed); empty: all.
+    pub only: Vec<String>,
+    /// Skip the measured runs.
+    pub simulate_only: bool,
+    /// Also simulate TASKS tasks on up to WORKERS workers.
+    pub scale: Option<(usize, u32)>,
+}
+
+/// Runs the comparison, handing each finished section of the report to `emit`. Returns the
+/// measured comparisons (for a machine-readable summary).
+pub async fn report(opts: &CompareOptions, mut emit: impl FnMut(&str)) -> Result<Vec<Comparison>, String> {
+    let chosen: Vec<Workload> = workloads(opts.tiny)
+        .into_iter()
+        .filter(|w| opts.only.is_empty() || opts.only.iter().any(|o| o == w.name))
+        .collect();
+    if chosen.is_empty() {
+        return Err(format!("--only {:?}: the workloads are io, cpu, memory, mixed", opts.only));
+    }
+    let mut measured = Vec::new();
+    if !opts.simulate_only {
+        emit(&format!(
+            "measured on local workers (the real binaries, this machine: {} cores):\n",
+            crate::demo::cores()
+        ));
+        for w in &chosen {
+            let c = compare(w, opts.tiny).await?;
+            emit(&table(&c));
+            measured.push(c);
+        }
+    }
+    let paper_sizes: &[u32] = if opts.tiny { &[2048] } else { &[2048, 4096, 6144, 8192, 10240] };
+    let tasks = if opts.tiny { 20 } else { 100 };
+    emit(&format!(
+        "\nsimulated at the paper's scale ({tasks} tasks, at most 8 concurrent invocations):\n"
+    ));
+    for w in &chosen {
+        for &mb in paper_sizes {
+            emit(&simulated_table(w, mb, 8, tasks));
+        }
+    }
+    if let Some((tasks, workers)) = opts.scale {
+        emit(&format!("\nsimulated at scale ({tasks} tasks, at most {workers} workers):\n"));
+        for w in &chosen {
+            let wall = Instant::now();
+            let t = scale_table(w, tasks, workers);
+            emit(&format!("{t}    (simulated in {:.1} s)\n", wall.elapsed().as_secs_f64()));
+        }
+    }
+    Ok(measured)
+}
+
+/// A million-task comparison is costly: conventional, static, a few fixed values and
+/// adaptive, each on its own thread.
+fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
+    let vcpus = w.vcpus();
+    let ways: Vec<(String, Option<u32>, Option<u64>)> = vec![
+        ("conventional FaaS".into(), Some(1), Some(1)),
+        (format!("static --slots {vcpus}"), Some(vcpus), None),
+        ("fixed --slots 16".into(), Some(16), None),
+        ("fixed --slots 256".into(), Some(256), None),
+        ("adaptive".into(), None, None),
+    ];
+    let results: Vec<(String, SimReport)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ways
+            .iter()
+            .map(|(label, slots, quota)| {
+                let config = Config {
+                    memory_mb: w.memory_mb,
+                    max_workers: workers,
+                    slots: *slots,
+                    max_tasks_per_worker: *quota,
+                    ..Config::default()
+                };
+                let sim = SimConfig::new(config, w.function, tasks, w.model);
+                (label.clone(), s.spawn(move || simulate(&sim)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|(l, h)| h.join().ok().map(|r| (l, r)))
+            .collect()
+    });
+    let mut out = format!("  {} at {} MB:\n", w.name, w.memory_mb);
+    for (label, r) in results {
+        out.push_str(&format!(
+            "    {:<24} {:>10.2} s {:>14.3} GB-s {:>9} invocations {:>5} peak running {:>6.2} peak memory\n",
+            label,
+            r.completion.as_secs_f64(),
+            r.billed_gb_s,
+            r.invocations,
+            r.peak_concurrency,
+            r.peak_memory_fraction
+        ));
+    }
+    out
+}
+
+/// The measured comparisons as one JSON object: workload -> way -> figures, and the targets.
+pub fn json(comparisons: &[Comparison]) -> serde_json::Value {
+    let run = |r: &Run| {
+        serde_json::json!({
+            "slots": r.slots, "completion_s": r.completion.as_secs_f64(), "gb_s": r.gb_s,
+            "invocations": r.invocations, "failed": r.failed, "peak_running": r.peak_running,
+            "peak_memory": r.peak_memory, "learned": r.learned,
+        })
+    };
+    let mut out = serde_json::Map::new();
+    for c in comparisons {
+        out.insert(
+            c.workload.name.to_owned(),
+            serde_json::json!({
+                "conventional": run(&c.conventional),
+                "static": run(&c.fixed_vcpus),
+                "sweep": c.sweep.iter().map(run).collect::<Vec<_>>(),
+                "adaptive": run(&c.adaptive),
+                "learned": run(&c.learned),
+                "targets": verdicts(c).iter().map(|v| serde_json::json!({"what": v.what, "met": v.met})).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    serde_json::Value::Object(out)
+}
