@@ -117,7 +117,12 @@ pub enum Way {
 impl Way {
     fn args(self) -> Vec<String> {
         match self {
-            Way::Conventional => vec!["--slots".into(), "1".into(), "--max-tasks-per-worker".into(), "1".into()],
+            Way::Conventional => vec![
+                "--slots".into(),
+                "1".into(),
+                "--max-tasks-per-worker".into(),
+                "1".into(),
+            ],
             Way::Fixed(n) => vec!["--slots".into(), n.to_string()],
             Way::Adaptive => Vec::new(),
         }
@@ -164,7 +169,12 @@ pub async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Vec<Run>,
     for _ in 0..batches {
         let mut run = batch(&client, w).await?;
         let stats = settled(&client).await?;
-        let f = stats.functions.iter().find(|f| f.function == w.function).cloned().unwrap_or_default();
+        let f = stats
+            .functions
+            .iter()
+            .find(|f| f.function == w.function)
+            .cloned()
+            .unwrap_or_default();
         run.gb_s = f.billed_gb_ms / 1000.0 - gb_before;
         run.invocations = f.workers_started - inv_before;
         run.failed = run.failed.max(f.failed - failed_before);
@@ -206,7 +216,10 @@ async fn batch(client: &Client, w: &Workload) -> Result<Run, String> {
     while let Some(r) = results.next().await {
         let r = r.map_err(|e| e.to_string())?;
         done += 1;
-        if r.result.as_ref().is_none_or(|res| res.state() != crate::TaskState::Succeeded) {
+        if r.result
+            .as_ref()
+            .is_none_or(|res| res.state() != crate::TaskState::Succeeded)
+        {
             run.failed += 1;
         }
     }
@@ -252,7 +265,9 @@ pub struct Comparison {
 impl Comparison {
     /// Runs that fit in memory and lost nothing: the ones a sweep may pick.
     fn sound(&self) -> impl Iterator<Item = &Run> {
-        self.sweep.iter().filter(|r| r.failed == 0 && r.peak_memory <= 1.0)
+        self.sweep
+            .iter()
+            .filter(|r| r.failed == 0 && r.peak_memory <= 1.0)
     }
 
     /// The sweep's run with the lowest bill.
@@ -286,10 +301,7 @@ pub async fn compare(w: &Workload, tiny: bool) -> Result<Comparison, String> {
     for slots in sweep_values(tiny, w.vcpus()) {
         let r = label(one(measure(w, Way::Fixed(slots), 1).await?)?, "fixed --slots");
         let worse = sweep.iter().any(|b| {
-            b.failed == 0
-                && b.peak_memory <= 1.0
-                && r.completion > b.completion * 2
-                && r.gb_s > 2.0 * b.gb_s
+            b.failed == 0 && b.peak_memory <= 1.0 && r.completion > b.completion * 2 && r.gb_s > 2.0 * b.gb_s
         });
         sweep.push(r);
         if worse {
@@ -426,7 +438,10 @@ pub fn table(c: &Comparison) -> String {
         rows.push((label, r));
     }
     rows.push((c.adaptive.label.clone(), &c.adaptive));
-    rows.push((format!("{} ({})", c.learned.label, c.adaptive.learned), &c.learned));
+    rows.push((
+        format!("{} ({})", c.learned.label, c.adaptive.learned),
+        &c.learned,
+    ));
     for (label, r) in rows {
         out.push_str(&format!(
             "  {:<26} {:>6} {:>9.2} s {:>12.3} {:>12} {:>7} {:>13} {:>11.2}\n",
@@ -441,7 +456,11 @@ pub fn table(c: &Comparison) -> String {
         ));
     }
     for v in verdicts(c) {
-        out.push_str(&format!("  target: {}: {}\n", v.what, if v.met { "met" } else { "MISSED" }));
+        out.push_str(&format!(
+            "  target: {}: {}\n",
+            v.what,
+            if v.met { "met" } else { "MISSED" }
+        ));
     }
     out
 }
@@ -462,8 +481,15 @@ pub fn simulated(w: &Workload, memory_mb: u32, max_workers: u32, tasks: usize) -
         ("conventional FaaS".to_owned(), run(config(Some(1), Some(1)))),
         (format!("static --slots {vcpus}"), run(config(Some(vcpus), None))),
     ];
-    let sweep: Vec<(u32, SimReport)> = (0..=8).map(|p| 1u32 << p).map(|n| (n, run(config(Some(n), None)))).collect();
-    let sound = || sweep.iter().filter(|(_, r)| r.failed == 0 && r.peak_memory_fraction <= 1.0);
+    let sweep: Vec<(u32, SimReport)> = (0..=8)
+        .map(|p| 1u32 << p)
+        .map(|n| (n, run(config(Some(n), None))))
+        .collect();
+    let sound = || {
+        sweep
+            .iter()
+            .filter(|(_, r)| r.failed == 0 && r.peak_memory_fraction <= 1.0)
+    };
     if let Some((n, r)) = sound().min_by(|a, b| a.1.billed_gb_s.total_cmp(&b.1.billed_gb_s)) {
         out.push((format!("best GB-s: --slots {n}"), r.clone()));
     }
@@ -516,7 +542,10 @@ pub async fn report(opts: &CompareOptions, mut emit: impl FnMut(&str)) -> Result
         .filter(|w| opts.only.is_empty() || opts.only.iter().any(|o| o == w.name))
         .collect();
     if chosen.is_empty() {
-        return Err(format!("--only {:?}: the workloads are io, cpu, memory, mixed", opts.only));
+        return Err(format!(
+            "--only {:?}: the workloads are io, cpu, memory, mixed",
+            opts.only
+        ));
     }
     let mut measured = Vec::new();
     if !opts.simulate_only {
@@ -530,7 +559,11 @@ pub async fn report(opts: &CompareOptions, mut emit: impl FnMut(&str)) -> Result
             measured.push(c);
         }
     }
-    let paper_sizes: &[u32] = if opts.tiny { &[2048] } else { &[2048, 4096, 6144, 8192, 10240] };
+    let paper_sizes: &[u32] = if opts.tiny {
+        &[2048]
+    } else {
+        &[2048, 4096, 6144, 8192, 10240]
+    };
     let tasks = if opts.tiny { 20 } else { 100 };
     emit(&format!(
         "\nsimulated at the paper's scale ({tasks} tasks, at most 8 concurrent invocations):\n"
@@ -541,11 +574,16 @@ pub async fn report(opts: &CompareOptions, mut emit: impl FnMut(&str)) -> Result
         }
     }
     if let Some((tasks, workers)) = opts.scale {
-        emit(&format!("\nsimulated at scale ({tasks} tasks, at most {workers} workers):\n"));
+        emit(&format!(
+            "\nsimulated at scale ({tasks} tasks, at most {workers} workers):\n"
+        ));
         for w in &chosen {
             let wall = Instant::now();
             let t = scale_table(w, tasks, workers);
-            emit(&format!("{t}    (simulated in {:.1} s)\n", wall.elapsed().as_secs_f64()));
+            emit(&format!(
+                "{t}    (simulated in {:.1} s)\n",
+                wall.elapsed().as_secs_f64()
+            ));
         }
     }
     Ok(measured)

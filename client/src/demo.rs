@@ -1,7 +1,12 @@
-//! `carpool demo`: the same batch of CPU-bound `spin` tasks run twice on local workers,
-//! first as carpool (several tasks share each worker) and then as conventional FaaS (one
-//! worker invocation per task), with the same cap on concurrent workers; prints what each
-//! cost under the Lambda price model.
+//! `carpool demo`: two batches run twice each on local workers with default flags, first as
+//! carpool (several tasks share each worker, as many as its measured resources allow) and
+//! then as conventional FaaS (one worker invocation per task), with the same cap on
+//! concurrent workers; prints what each cost under the Lambda price model.
+//!
+//! - CPU-bound: `spin` tasks (a vCPU each), where sharing fills the vCPUs a single-threaded
+//!   function leaves idle.
+//! - I/O-bound: `sleep` tasks (an API call, an S3 read), where one worker runs many more
+//!   tasks than it has vCPUs: the adaptive limit finds how many.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,18 +23,68 @@ use crate::{Client, TaskState};
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
-    /// Number of tasks per mode.
+    /// Number of CPU-bound tasks per mode.
     pub tasks: usize,
     /// CPU time each `spin` task burns, in ms.
     pub spin_ms: u64,
-    /// Memory size of the workers (vCPUs follow it).
+    /// Memory size of the CPU batch's workers (vCPUs follow it).
     pub memory_mb: u32,
-    /// Cap on concurrent workers; `None` fits the workers' vCPUs to this machine's cores.
+    /// Cap on concurrent workers of the CPU batch; `None` fits the workers' vCPUs to this
+    /// machine's cores.
     pub max_workers: Option<u32>,
+    /// Number of I/O-bound tasks per mode (0: no I/O batch).
+    pub io_tasks: usize,
+    /// How long each `sleep` task waits, in ms.
+    pub sleep_ms: u64,
+    /// Memory size of the I/O batch's workers.
+    pub io_memory_mb: u32,
+    /// Cap on concurrent workers of the I/O batch.
+    pub io_max_workers: u32,
     /// The worker binary; `None` looks next to the running executable.
     pub worker_bin: Option<PathBuf>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            tasks: 40,
+            spin_ms: 200,
+            memory_mb: 2048,
+            max_workers: None,
+            io_tasks: 400,
+            sleep_ms: 100,
+            io_memory_mb: 1024,
+            io_max_workers: 8,
+            worker_bin: None,
+            progress: false,
+        }
+    }
+}
+
+/// One batch of the demo.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// What it stands for, e.g. "CPU-bound".
+    pub kind: &'static str,
+    /// The built-in that runs it.
+    pub function: &'static str,
+    /// Each task's payload.
+    pub payload: String,
+    /// Tasks per mode.
+    pub tasks: usize,
+    /// Workers' memory size.
+    pub memory_mb: u32,
+    /// Cap on concurrent workers.
+    pub max_workers: u32,
+}
+
+impl Batch {
+    /// The workers' vCPUs.
+    pub fn vcpus(&self) -> u32 {
+        vcpus_for_memory(self.memory_mb)
+    }
 }
 
 /// The outcome of one mode.
@@ -47,6 +102,8 @@ pub struct ModeReport {
     pub billed_gb_s: f64,
     /// The bill in USD.
     pub cost_usd: f64,
+    /// The concurrency limit carpool learned for the function (0 in conventional mode).
+    pub learned: u32,
 }
 
 /// What can stop the demo.
@@ -67,22 +124,45 @@ pub enum DemoError {
 }
 
 impl DemoOptions {
-    /// The worker vCPUs for this memory size.
+    /// The CPU batch's vCPUs per worker.
     pub fn vcpus(&self) -> u32 {
         vcpus_for_memory(self.memory_mb)
     }
 
-    /// The concurrent-worker cap actually used.
+    /// The CPU batch's concurrent-worker cap actually used.
     pub fn max_workers(&self) -> u32 {
         self.max_workers
             .unwrap_or_else(|| (cores() / self.vcpus()).max(1))
     }
 
-    fn config(&self, conventional: bool) -> Config {
+    /// The batches to run: CPU-bound, then I/O-bound (unless it has no tasks).
+    pub fn batches(&self) -> Vec<Batch> {
+        let mut out = vec![Batch {
+            kind: "CPU-bound",
+            function: "spin",
+            payload: self.spin_ms.to_string(),
+            tasks: self.tasks,
+            memory_mb: self.memory_mb,
+            max_workers: self.max_workers(),
+        }];
+        if self.io_tasks > 0 {
+            out.push(Batch {
+                kind: "I/O-bound",
+                function: "sleep",
+                payload: self.sleep_ms.to_string(),
+                tasks: self.io_tasks,
+                memory_mb: self.io_memory_mb,
+                max_workers: self.io_max_workers,
+            });
+        }
+        out
+    }
+
+    fn config(&self, batch: &Batch, conventional: bool) -> Config {
         Config {
             spawner: SpawnerKind::Local,
-            max_workers: self.max_workers(),
-            memory_mb: self.memory_mb,
+            max_workers: batch.max_workers,
+            memory_mb: batch.memory_mb,
             slots: conventional.then_some(1),
             max_tasks_per_worker: conventional.then_some(1),
             worker_bin: self.worker_bin.clone(),
@@ -97,21 +177,30 @@ pub fn cores() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
-/// Runs both modes, carpool first.
-pub async fn run(opts: &DemoOptions) -> Result<[ModeReport; 2], DemoError> {
-    let carpool = run_mode("carpool", opts.config(false), opts).await?;
-    let conventional = run_mode("conventional FaaS", opts.config(true), opts).await?;
-    Ok([carpool, conventional])
+/// Runs every batch in both modes, carpool first; one pair of reports per batch.
+pub async fn run(opts: &DemoOptions) -> Result<Vec<(Batch, [ModeReport; 2])>, DemoError> {
+    let mut out = Vec::new();
+    for batch in opts.batches() {
+        let carpool = run_mode("carpool", opts.config(&batch, false), &batch, opts).await?;
+        let conventional = run_mode("conventional FaaS", opts.config(&batch, true), &batch, opts).await?;
+        out.push((batch, [carpool, conventional]));
+    }
+    Ok(out)
 }
 
-async fn run_mode(mode: &'static str, config: Config, opts: &DemoOptions) -> Result<ModeReport, DemoError> {
+async fn run_mode(
+    mode: &'static str,
+    config: Config,
+    batch: &Batch,
+    opts: &DemoOptions,
+) -> Result<ModeReport, DemoError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(carpool_coordinator::run(listener, config, async {
         let _ = stopped.await;
     }));
-    let outcome = drive(mode, &url, opts).await;
+    let outcome = drive(mode, &url, batch, opts).await;
     let _ = stop.send(());
     match server.await {
         Ok(result) => result?,
@@ -120,22 +209,27 @@ async fn run_mode(mode: &'static str, config: Config, opts: &DemoOptions) -> Res
     outcome
 }
 
-async fn drive(mode: &'static str, url: &str, opts: &DemoOptions) -> Result<ModeReport, DemoError> {
+async fn drive(
+    mode: &'static str,
+    url: &str,
+    batch: &Batch,
+    opts: &DemoOptions,
+) -> Result<ModeReport, DemoError> {
     let client = Client::connect(url).await?;
     let bar = if opts.progress {
-        let bar = ProgressBar::new(opts.tasks as u64);
-        if let Ok(style) = ProgressStyle::with_template("{prefix:>18} [{bar:30}] {pos}/{len} {elapsed}") {
+        let bar = ProgressBar::new(batch.tasks as u64);
+        if let Ok(style) = ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {elapsed}") {
             bar.set_style(style.progress_chars("=> "));
         }
-        bar.set_prefix(mode);
+        bar.set_prefix(format!("{} {mode}", batch.kind));
         bar
     } else {
         ProgressBar::hidden()
     };
-    let payload = Bytes::from(opts.spin_ms.to_string());
-    let inputs = futures::stream::iter((0..opts.tasks).map(move |_| payload.clone()));
+    let payload = Bytes::from(batch.payload.clone());
+    let inputs = futures::stream::iter((0..batch.tasks).map(move |_| payload.clone()));
     let start = Instant::now();
-    let mut results = client.map("spin", inputs).await?;
+    let mut results = client.map(batch.function, inputs).await?;
     let mut succeeded = 0;
     let mut failures = Vec::new();
     while let Some(r) = results.next().await {
@@ -160,65 +254,85 @@ async fn drive(mode: &'static str, url: &str, opts: &DemoOptions) -> Result<Mode
     let deadline = Instant::now() + Duration::from_secs(15);
     let stats = loop {
         let stats = client.stats().await?;
-        let total = stats.total.unwrap_or_default();
+        let total = stats.total.clone().unwrap_or_default();
         if (total.workers_live == 0 && total.workers_starting == 0) || Instant::now() > deadline {
-            break total;
+            break stats;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let total = stats.total.clone().unwrap_or_default();
+    let learned = stats
+        .functions
+        .iter()
+        .find(|f| f.function == batch.function)
+        .map_or(0, |f| f.slots_learned);
     Ok(ModeReport {
         mode,
         succeeded,
-        invocations: stats.workers_started,
+        invocations: total.workers_started,
         completion,
-        billed_gb_s: stats.billed_gb_ms / 1000.0,
-        cost_usd: stats.cost_usd,
+        billed_gb_s: total.billed_gb_ms / 1000.0,
+        cost_usd: total.cost_usd,
+        learned: if mode == "carpool" { learned } else { 0 },
     })
 }
 
-/// The demo's table.
-pub fn table(opts: &DemoOptions, reports: &[ModeReport; 2]) -> String {
+/// The demo's tables, one per batch.
+pub fn table(reports: &[(Batch, [ModeReport; 2])]) -> String {
     let mut out = format!(
-        "carpool demo: {} spin tasks of {} ms CPU each, {} MB workers ({} vCPUs), at most {} concurrent worker(s); this machine has {} cores\n\n",
-        opts.tasks,
-        opts.spin_ms,
-        opts.memory_mb,
-        opts.vcpus(),
-        opts.max_workers(),
+        "carpool demo, default flags; this machine has {} cores\n",
         cores()
     );
-    out.push_str(&format!(
-        "{:<18} {:>6} {:>12} {:>12} {:>12} {:>16}\n",
-        "mode", "tasks", "invocations", "completion", "billed GB-s", "USD / 1M tasks"
-    ));
-    let per_million = |r: &ModeReport| r.cost_usd / opts.tasks.max(1) as f64 * 1e6;
-    for r in reports {
+    for (batch, modes) in reports {
         out.push_str(&format!(
-            "{:<18} {:>6} {:>12} {:>10.2} s {:>12.3} {:>16.2}\n",
-            r.mode,
-            r.succeeded,
-            r.invocations,
-            r.completion.as_secs_f64(),
-            r.billed_gb_s,
-            per_million(r)
+            "\n{}: {} {} tasks of {} ms each, {} MB workers ({} vCPU{}), at most {} concurrent worker(s)\n",
+            batch.kind,
+            batch.tasks,
+            batch.function,
+            batch.payload,
+            batch.memory_mb,
+            batch.vcpus(),
+            if batch.vcpus() == 1 { "" } else { "s" },
+            batch.max_workers
+        ));
+        out.push_str(&format!(
+            "{:<18} {:>6} {:>12} {:>12} {:>12} {:>16} {:>14}\n",
+            "mode", "tasks", "invocations", "completion", "billed GB-s", "USD / 1M tasks", "tasks at once"
+        ));
+        let per_million = |r: &ModeReport| r.cost_usd / batch.tasks.max(1) as f64 * 1e6;
+        for r in modes {
+            out.push_str(&format!(
+                "{:<18} {:>6} {:>12} {:>10.2} s {:>12.3} {:>16.2} {:>14}\n",
+                r.mode,
+                r.succeeded,
+                r.invocations,
+                r.completion.as_secs_f64(),
+                r.billed_gb_s,
+                per_million(r),
+                if r.learned > 0 {
+                    format!("{} (learned)", r.learned)
+                } else {
+                    "1".to_owned()
+                }
+            ));
+        }
+        let [c, f] = modes;
+        let saving = |ours: f64, theirs: f64| {
+            if theirs > 0.0 {
+                100.0 * (1.0 - ours / theirs)
+            } else {
+                0.0
+            }
+        };
+        out.push_str(&format!(
+            "{:<18} {:>6} {:>11.1}% {:>11.1}% {:>11.1}% {:>15.1}%\n",
+            "carpool saving",
+            "",
+            saving(c.invocations as f64, f.invocations as f64),
+            saving(c.completion.as_secs_f64(), f.completion.as_secs_f64()),
+            saving(c.billed_gb_s, f.billed_gb_s),
+            saving(per_million(c), per_million(f)),
         ));
     }
-    let [c, f] = reports;
-    let saving = |ours: f64, theirs: f64| {
-        if theirs > 0.0 {
-            100.0 * (1.0 - ours / theirs)
-        } else {
-            0.0
-        }
-    };
-    out.push_str(&format!(
-        "{:<18} {:>6} {:>11.1}% {:>11.1}% {:>11.1}% {:>15.1}%\n",
-        "carpool saving",
-        "",
-        saving(c.invocations as f64, f.invocations as f64),
-        saving(c.completion.as_secs_f64(), f.completion.as_secs_f64()),
-        saving(c.billed_gb_s, f.billed_gb_s),
-        saving(per_million(c), per_million(f)),
-    ));
     out
 }

@@ -157,20 +157,34 @@ enum Command {
         #[arg(long)]
         scale: Option<String>,
     },
-    /// Run spin tasks as carpool and as conventional FaaS on local workers and compare.
+    /// Run a CPU-bound and an I/O-bound batch as carpool and as conventional FaaS on local
+    /// workers, default flags, and compare.
     Demo {
-        /// Tasks per mode.
+        /// CPU-bound (spin) tasks per mode.
         #[arg(long, default_value_t = 40)]
         tasks: usize,
-        /// CPU milliseconds per task.
+        /// CPU milliseconds per spin task.
         #[arg(long, default_value_t = 200)]
         spin_ms: u64,
-        /// Worker memory size (vCPUs follow it: 2048 MB is 2 vCPUs).
+        /// Memory size of the CPU batch's workers (vCPUs follow it: 2048 MB is 2 vCPUs).
         #[arg(long, default_value_t = 2048)]
         memory_mb: u32,
-        /// Cap on concurrent workers [default: this machine's cores / the workers' vCPUs].
+        /// Cap on concurrent workers of the CPU batch [default: this machine's cores / the
+        /// workers' vCPUs].
         #[arg(long)]
         max_workers: Option<u32>,
+        /// I/O-bound (sleep) tasks per mode; 0 skips that batch.
+        #[arg(long, default_value_t = 400)]
+        io_tasks: usize,
+        /// Milliseconds each sleep task waits.
+        #[arg(long, default_value_t = 100)]
+        sleep_ms: u64,
+        /// Memory size of the I/O batch's workers.
+        #[arg(long, default_value_t = 1024)]
+        io_memory_mb: u32,
+        /// Cap on concurrent workers of the I/O batch.
+        #[arg(long, default_value_t = 8)]
+        io_max_workers: u32,
         /// The carpool-worker binary [default: next to this one].
         #[arg(long, env = "CARPOOL_WORKER_BIN")]
         worker_bin: Option<PathBuf>,
@@ -199,6 +213,10 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         spin_ms,
         memory_mb,
         max_workers,
+        io_tasks,
+        sleep_ms,
+        io_memory_mb,
+        io_max_workers,
         worker_bin,
     } = cli.command
     {
@@ -207,11 +225,15 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             spin_ms,
             memory_mb,
             max_workers,
+            io_tasks,
+            sleep_ms,
+            io_memory_mb,
+            io_max_workers,
             worker_bin,
             progress: true,
         };
         let reports = demo::run(&opts).await.map_err(|e| e.to_string())?;
-        print!("{}", demo::table(&opts, &reports));
+        print!("{}", demo::table(&reports));
         return Ok(ExitCode::SUCCESS);
     }
     let token = Secret::from_value_or_file(cli.token.as_deref(), cli.token_file.as_deref(), "--token")?;
@@ -339,7 +361,10 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             render::workers_table(&client.workers(&function).await.map_err(e)?)
         ),
         Command::Stats => print!("{}", render::stats_table(&client.stats().await.map_err(e)?)),
-        Command::Demo { .. } | Command::Bench { .. } | Command::Experiment { .. } | Command::Compare { .. } => {
+        Command::Demo { .. }
+        | Command::Bench { .. }
+        | Command::Experiment { .. }
+        | Command::Compare { .. } => {
             unreachable!("handled above")
         }
     }

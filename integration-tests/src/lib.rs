@@ -6,12 +6,15 @@
 //! - [`FakeWorker`]: a worker stream driven by the test itself, to script samples and
 //!   results exactly.
 //! - [`eventually`]: waits for a condition with a deadline and says what it waited for.
+//! - [`emulators`]: AWS emulators run for real (moto).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+pub mod emulators;
 
 use carpool_proto::Bearer;
 use carpool_proto::pb::workers_client::WorkersClient;

@@ -103,6 +103,11 @@ fn the_benchmark_runs_at_a_tiny_size_and_prints_every_figure() {
         "start_p99_us",
         "map_tasks_per_s",
         "submit_tasks_per_s",
+        "real_dispatch_p50_us",
+        "real_dispatch_p99_us",
+        "real_streamed_dispatch_p50_us",
+        "real_map_tasks_per_s",
+        "real_worker_limit",
         "map_tasks_per_s_state_dir",
         "submit_tasks_per_s_state_dir",
         "fleet_20_coordinator_cpu_pct",
@@ -126,6 +131,9 @@ fn the_benchmark_runs_at_a_tiny_size_and_prints_every_figure() {
         "dispatch_p50_us",
         "streamed_dispatch_p50_us",
         "map_tasks_per_s",
+        "real_dispatch_p50_us",
+        "real_map_tasks_per_s",
+        "real_worker_limit",
         "polling_p50_us",
         "pending_rss_mb",
     ] {
@@ -134,6 +142,97 @@ fn the_benchmark_runs_at_a_tiny_size_and_prints_every_figure() {
             "{key} measured nothing: {report}"
         );
     }
+}
+
+#[test]
+fn the_comparison_runs_every_workload_four_ways_through_real_workers() {
+    let out = Command::new(bin("carpool"))
+        .args(["compare", "--tiny", "--json"])
+        .output()
+        .expect("carpool compare runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = text.lines().last().unwrap_or_default();
+    let report: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}"));
+    for workload in ["io", "cpu", "memory", "mixed"] {
+        let w = &report[workload];
+        // Conventional FaaS is one invocation per task; every way ran every task.
+        let tasks = w["conventional"]["invocations"].as_u64().unwrap_or(0);
+        assert!(tasks > 0, "{workload}: {w}");
+        for way in ["conventional", "static", "adaptive", "learned"] {
+            assert_eq!(w[way]["failed"].as_u64(), Some(0), "{workload} {way}: {w}");
+            assert!(
+                w[way]["completion_s"].as_f64().unwrap_or(0.0) > 0.0,
+                "{workload} {way}: {w}"
+            );
+            assert!(
+                w[way]["gb_s"].as_f64().unwrap_or(0.0) > 0.0,
+                "{workload} {way}: {w}"
+            );
+        }
+        assert!(
+            w["sweep"].as_array().is_some_and(|s| s.len() >= 2),
+            "{workload}: {w}"
+        );
+        // Sharing starts fewer workers than one per task.
+        assert!(
+            w["adaptive"]["invocations"].as_u64().unwrap_or(u64::MAX) < tasks,
+            "{workload}: {w}"
+        );
+    }
+    for name in ["io", "cpu", "memory"] {
+        assert!(
+            report[name]["targets"].as_array().is_some_and(|t| !t.is_empty()),
+            "{name} has no targets: {report}"
+        );
+    }
+    // The simulated comparison at the paper's scale follows the measured one.
+    assert!(text.contains("simulated at the paper's scale"), "{text}");
+    assert_eq!(text.matches("    adaptive ").count(), 4, "{text}");
+}
+
+#[test]
+fn the_demo_runs_a_cpu_and_an_io_batch_and_carpool_starts_fewer_workers() {
+    let out = Command::new(bin("carpool"))
+        .args([
+            "demo",
+            "--tasks",
+            "4",
+            "--spin-ms",
+            "50",
+            "--io-tasks",
+            "40",
+            "--sleep-ms",
+            "50",
+        ])
+        .output()
+        .expect("carpool demo runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for kind in ["CPU-bound: 4 spin tasks", "I/O-bound: 40 sleep tasks"] {
+        assert!(text.contains(kind), "{text}");
+    }
+    // Per batch: carpool's invocations, then conventional FaaS's (one per task).
+    let invocations: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("carpool ") || l.starts_with("conventional FaaS"))
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace().skip_while(|c| c.parse::<u64>().is_err());
+            cols.next()?;
+            cols.next()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(invocations.len(), 4, "{text}");
+    assert_eq!((invocations[1], invocations[3]), (4, 40), "{text}");
+    assert!(invocations[0] < 4 && invocations[2] < 40, "{text}");
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use carpool_integration_tests::emulators::Moto;
 use carpool_integration_tests::{Coordinator, Proc, WAIT, bin, eventually, free_port, tool};
 use carpool_proto::pb;
 use carpool_proto::{Bytes, payload};
@@ -357,49 +358,20 @@ async fn the_invocation_deadline_is_the_workers_timeout_and_a_bad_event_fails_fa
     );
 }
 
-/// moto's AWS emulator in server mode, on a port it picks, recording every request.
-struct Moto {
-    _proc: Proc,
-    url: String,
-    recording: std::path::PathBuf,
-}
+/// moto with the Lambda helper script: records every request, turns Docker off.
+struct LambdaMoto(Moto);
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.recording);
-    }
-}
-
-impl Moto {
+impl LambdaMoto {
     fn start() -> Self {
-        let mut cmd = Command::new(tool("CARPOOL_MOTO_SERVER", "moto's moto_server"));
-        // moto's recorder writes to a file, by default in the working directory.
-        let recording =
-            std::env::temp_dir().join(format!("carpool-moto-{}-{}.rec", std::process::id(), free_port()));
-        cmd.args(["-H", "127.0.0.1", "-p", "0"])
-            .env("NO_COLOR", "1")
-            .env("MOTO_RECORDER_FILEPATH", &recording);
-        let proc = Proc::start("moto", cmd);
-        proc.wait_for_log("Running on http://127.0.0.1:");
-        let log = proc.log();
-        let url = log
-            .lines()
-            .find_map(|l| l.split("Running on ").nth(1))
-            .map(|u| u.trim().to_owned())
-            .unwrap_or_else(|| panic!("no URL in moto's log: {log}"));
-        let moto = Self {
-            _proc: proc,
-            url,
-            recording,
-        };
-        moto.helper(&["record", &moto.url]);
+        let moto = Self(Moto::start());
+        moto.helper(&["record", &moto.0.url]);
         moto
     }
 
     /// Turns Docker off and creates `FUNCTION`: from then on moto accepts every Invoke and
     /// runs nothing.
     fn create_function(&self) {
-        self.helper(&["setup", &self.url, FUNCTION]);
+        self.helper(&["setup", &self.0.url, FUNCTION]);
     }
 
     fn helper(&self, args: &[&str]) -> String {
@@ -420,7 +392,7 @@ impl Moto {
 
     /// Every Invoke moto has seen, in order.
     fn invocations(&self) -> Vec<Value> {
-        BufReader::new(self.helper(&["invocations", &self.url]).as_bytes())
+        BufReader::new(self.helper(&["invocations", &self.0.url]).as_bytes())
             .lines()
             .map_while(Result::ok)
             .filter_map(|l| serde_json::from_str(&l).ok())
@@ -430,11 +402,11 @@ impl Moto {
 
 #[tokio::test]
 async fn each_spawn_is_one_event_invocation_and_an_unknown_function_is_reported() {
-    let moto = Moto::start();
+    let moto = LambdaMoto::start();
     // An unknown function: moto answers 404 ResourceNotFoundException, which is not retried.
     let bad_coord = start_coordinator_via(
         "AWS_ENDPOINT_URL",
-        &moto.url,
+        &moto.0.url,
         &lambda_args("no-such-function", "1", &[]),
     );
     let bad_client = bad_coord.client().await;
@@ -476,7 +448,7 @@ async fn each_spawn_is_one_event_invocation_and_an_unknown_function_is_reported(
     // moto accepts the invocation but runs nothing: the worker never connects, so the start
     // timeout writes it off, and the pending task gets a new spawn.
     let coord = start_coordinator(
-        &moto.url,
+        &moto.0.url,
         &lambda_args(
             FUNCTION,
             "1",

@@ -145,7 +145,8 @@ async fn hold(payload: Bytes, max_mb: u32) -> Outcome {
         if bytes == 0 {
             return Ok(None);
         }
-        let mut map = memmap2::MmapMut::map_anon(bytes).map_err(|e| format!("hold of {mb} MB failed: {e}"))?;
+        let mut map =
+            memmap2::MmapMut::map_anon(bytes).map_err(|e| format!("hold of {mb} MB failed: {e}"))?;
         for i in (0..map.len()).step_by(4096) {
             map[i] = 1;
         }

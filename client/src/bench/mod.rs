@@ -260,7 +260,10 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
             ),
             &mut rows,
         );
-        let map = repeat(opts.reps, || map_throughput(&client, "noop", opts.throughput_tasks)).await?;
+        let map = repeat(opts.reps, || {
+            map_throughput(&client, "noop", opts.throughput_tasks)
+        })
+        .await?;
         emit(
             at_least(
                 row(
@@ -302,7 +305,10 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
     // What a user gets: one real carpool-worker, spawned by the coordinator, default flags.
     if opts.wants("real") {
         let fake = rows.iter().find(|r| r.key == "dispatch_p50_us").map(|r| r.value);
-        let fake_streamed = rows.iter().find(|r| r.key == "streamed_dispatch_p50_us").map(|r| r.value);
+        let fake_streamed = rows
+            .iter()
+            .find(|r| r.key == "streamed_dispatch_p50_us")
+            .map(|r| r.value);
         for r in real_worker(opts, fake, fake_streamed).await? {
             emit(r, &mut rows);
         }
@@ -328,7 +334,10 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
             workers.push(fake::spawn_worker(ch, format!("durable-{i}"), "noop", 512, None).await?);
         }
         let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
-        let durable_map = repeat(opts.reps, || map_throughput(&client, "noop", opts.throughput_tasks)).await?;
+        let durable_map = repeat(opts.reps, || {
+            map_throughput(&client, "noop", opts.throughput_tasks)
+        })
+        .await?;
         emit(
             row(
                 "map_tasks_per_s_state_dir",
@@ -403,7 +412,11 @@ pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Ve
 /// coordinator spawns with default flags (2 vCPUs: 3538 MB). The coordinator keeps it alive
 /// between measurements (`--keep-alive 1h`, as for the fake workers). Latency targets are
 /// 1.5 times the fake workers' figures of the same run, when those were measured.
-async fn real_worker(opts: &BenchOptions, fake: Option<f64>, fake_streamed: Option<f64>) -> Result<Vec<Row>, String> {
+async fn real_worker(
+    opts: &BenchOptions,
+    fake: Option<f64>,
+    fake_streamed: Option<f64>,
+) -> Result<Vec<Row>, String> {
     let (coord, url) = proc::coordinator(&[
         "--memory-mb",
         "3538",
@@ -416,11 +429,17 @@ async fn real_worker(opts: &BenchOptions, fake: Option<f64>, fake_streamed: Opti
     ])?;
     let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
     // Spawns the worker; its cold start is not a dispatch.
-    client.run("echo", Bytes::new()).await.map_err(|e| e.to_string())?;
+    client
+        .run("echo", Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?;
     let starts: fake::StartTimes = Arc::default();
     let (total, _) = dispatch_latency(&client, "echo", &starts, opts.latency_tasks).await?;
     let streamed = streamed_latency(&client, "echo", opts.latency_tasks).await?;
-    let map = repeat(opts.reps, || map_throughput(&client, "echo", opts.throughput_tasks)).await?;
+    let map = repeat(opts.reps, || {
+        map_throughput(&client, "echo", opts.throughput_tasks)
+    })
+    .await?;
     let target = |r: Row, fake: Option<f64>| match fake {
         Some(f) => at_most(r, (1.5 * f).round()),
         None => r,

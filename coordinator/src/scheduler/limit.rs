@@ -454,10 +454,7 @@ mod tests {
     }
 
     fn settled(level: u32) -> Learned {
-        Learned {
-            level,
-            settled: true,
-        }
+        Learned { level, settled: true }
     }
 
     /// A settled sample at `running` tasks.
@@ -512,7 +509,11 @@ mod tests {
         // that has lasted a task's whole life (and 100 ms) the limit has found its level.
         for i in 1..10 {
             assert_eq!(step(&mut l, &p, t0 + i * 30 * MS, 0.5, 0.001), None);
-            assert_eq!(l.phase(), Phase::Probing, "no task has finished: it may be a start-up burst");
+            assert_eq!(
+                l.phase(),
+                Phase::Probing,
+                "no task has finished: it may be a start-up burst"
+            );
         }
         l.completed(200 * MS);
         for i in 10..18 {

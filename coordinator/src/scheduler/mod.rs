@@ -491,14 +491,15 @@ mod tests {
         };
         let l = initial_limit(&r, 0, 0, Some(risen), 2);
         assert_eq!((l.value(), l.settled()), (32, false));
-        assert_eq!(new_worker_capacity(&r, Some(risen)), 256, "its level is not known yet");
+        assert_eq!(
+            new_worker_capacity(&r, Some(risen)),
+            256,
+            "its level is not known yet"
+        );
     }
 
     fn settled(level: u32) -> Learned {
-        Learned {
-            level,
-            settled: true,
-        }
+        Learned { level, settled: true }
     }
 
     #[test]
@@ -511,7 +512,10 @@ mod tests {
         // The worker's own cap bounds the learned level.
         assert_eq!(initial_limit(&r, 0, 16, Some(settled(40)), 2).value(), 16);
         // --slots on the coordinator, or the worker's own --slots, pins it.
-        assert_eq!(initial_limit(&r, 3, 0, Some(settled(40)), 2).phase(), limit::Phase::Pinned);
+        assert_eq!(
+            initial_limit(&r, 3, 0, Some(settled(40)), 2).phase(),
+            limit::Phase::Pinned
+        );
         let pinned = Rules {
             pinned_slots: Some(5),
             ..r

@@ -80,7 +80,9 @@ impl State {
         for (name, f) in &self.functions {
             let (live_gb_ms, limits, n) = live.get(name.as_ref()).copied().unwrap_or_default();
             let mut s = function_stats(name, f, live_gb_ms);
-            s.slots_learned = self.learned_limit(name, self.config.memory_mb).map_or(0, |l| l.level);
+            s.slots_learned = self
+                .learned_limit(name, self.config.memory_mb)
+                .map_or(0, |l| l.level);
             s.slots_mean = if n > 0 { limits / f64::from(n) } else { 0.0 };
             add(&mut total, &s);
             functions.push(s);

@@ -1,0 +1,247 @@
+//! Adaptive concurrency through the real binaries: a worker's limit climbs far past its vCPUs
+//! for waiting work and stops where memory fits; the level it learns survives a coordinator
+//! restart with a state directory; a worker judges itself by its own load, so a busy host
+//! does not make an idle worker look busy; and the thumbnail round trip through S3 (moto).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use carpool_integration_tests::emulators::Moto;
+use carpool_integration_tests::{Client, Coordinator, Proc, Process, eventually, totals};
+use carpool_proto::pb::{self, TaskState};
+use carpool_proto::{Bytes, payload};
+use futures::StreamExt;
+
+/// Runs `n` tasks of `function` with `input` through Map; returns how many succeeded and the
+/// most tasks one worker ran at once (ListWorkers, polled meanwhile).
+async fn batch(client: &Client, function: &str, input: &str, n: usize) -> (usize, u32) {
+    let peak = Arc::new(AtomicU32::new(0));
+    let watch = {
+        let (client, peak, function) = (client.clone(), peak.clone(), function.to_owned());
+        tokio::spawn(async move {
+            loop {
+                if let Ok(ws) = client.workers(&function).await {
+                    let most = ws.iter().map(|w| w.running_tasks).max().unwrap_or(0);
+                    peak.fetch_max(most, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let input = Bytes::from(input.to_owned());
+    let inputs = futures::stream::iter((0..n).map(move |_| input.clone()));
+    let mut results = client.map(function, inputs).await.expect("map");
+    let mut ok = 0;
+    while let Some(r) = results.next().await {
+        let r = r.expect("map response");
+        let res = r
+            .result
+            .unwrap_or_else(|| panic!("seq {} rejected: {}", r.seq, r.rejected));
+        assert_eq!(res.state(), TaskState::Succeeded, "{res:?}");
+        ok += 1;
+    }
+    watch.abort();
+    (ok, peak.load(Ordering::Relaxed))
+}
+
+/// The stats of `function`.
+async fn function_stats(client: &Client, function: &str) -> pb::FunctionStats {
+    let stats = client.stats().await.expect("stats");
+    stats
+        .functions
+        .into_iter()
+        .find(|f| f.function == function)
+        .unwrap_or_else(|| panic!("no stats for {function}"))
+}
+
+async fn fleet_gone(client: &Client) {
+    eventually("every worker to leave", || async {
+        let t = totals(client).await;
+        (t.workers_live == 0 && t.workers_starting == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn waiting_work_climbs_past_the_vcpus_and_the_learned_level_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("state dir");
+    let state_dir = dir.path().to_str().expect("utf-8 path");
+    // One 1-vCPU worker (1024 MB): with static slots it would run one task at a time.
+    let args = [
+        "--max-workers",
+        "1",
+        "--memory-mb",
+        "1024",
+        "--state-dir",
+        state_dir,
+    ];
+    let coord = Coordinator::start(&args);
+    let client = coord.client().await;
+    let (ok, peak) = batch(&client, "sleep", "100", 400).await;
+    assert_eq!(ok, 400);
+    assert!(
+        peak >= 16,
+        "one 1-vCPU worker ran at most {peak} waiting tasks at once"
+    );
+    fleet_gone(&client).await;
+    let learned = function_stats(&client, "sleep").await.slots_learned;
+    assert!(learned >= 16, "learned {learned}");
+    assert_eq!(
+        totals(&client).await.workers_started,
+        1,
+        "the first worker was enough"
+    );
+
+    // Restarted on the same state directory, it knows the level before any task runs...
+    assert!(coord.terminate().success());
+    let coord = Coordinator::start(&[&args[..], &["--keep-alive", "30s"]].concat());
+    let client = coord.client().await;
+    assert_eq!(function_stats(&client, "sleep").await.slots_learned, learned);
+    // ... and its first new worker starts there instead of at its one vCPU.
+    let r = client.run("sleep", "1").await.expect("run");
+    assert_eq!(r.state(), TaskState::Succeeded);
+    let workers = client.workers("sleep").await.expect("workers");
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert!(workers[0].slots >= learned, "{:?}", workers[0]);
+}
+
+#[tokio::test]
+async fn a_burst_of_memory_heavy_tasks_never_runs_a_worker_out_of_memory() {
+    // 512 MB workers, tasks of 30 MB: about 15 fit under the 0.9 memory threshold.
+    let coord = Coordinator::start(&["--max-workers", "1", "--memory-mb", "512"]);
+    let client = coord.client().await;
+    let (ok, peak) = batch(&client, "hold", r#"{"mb": 30, "ms": 300}"#, 60).await;
+    assert_eq!(ok, 60);
+    fleet_gone(&client).await;
+    let f = function_stats(&client, "hold").await;
+    assert_eq!(f.failed, 0);
+    assert!(
+        f.memory_peak_fraction > 0.0 && f.memory_peak_fraction < 1.0,
+        "the worker's memory peaked at {:.2} of its size",
+        f.memory_peak_fraction
+    );
+    assert!(peak >= 4, "it never climbed past its vCPU: {peak} at once");
+}
+
+#[tokio::test]
+async fn an_idle_worker_on_a_busy_host_is_not_judged_busy_and_keeps_its_tasks() {
+    let coord = Coordinator::start(&[
+        "--spawner",
+        "external",
+        "--keep-alive",
+        "60s",
+        "--sample-interval",
+        "200ms",
+    ]);
+    let client = coord.client().await;
+    // Neighbours that keep every core busy (they are not the worker's children).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _hogs: Vec<Proc> = (0..cores * 2)
+        .map(|_| {
+            let mut c = Command::new("sh");
+            c.args(["-c", "while :; do :; done"]);
+            Proc::start("busy-neighbour", c)
+        })
+        .collect();
+    let _worker = Process::worker(&["--coordinator", &coord.url, "--function", "echo", "--id", "calm"]);
+    // Several samples on the busy host.
+    let cpu = eventually("the worker's fifth sample", || async {
+        let ws = client.workers("echo").await.ok()?;
+        let w = ws.iter().find(|w| w.worker_id == "calm")?;
+        (w.age_ms >= 1000).then(|| w.last_sample.map_or(0.0, |s| s.cpu))
+    })
+    .await;
+    assert!(cpu < 0.5, "an idle worker on a busy host reported CPU {cpu}");
+    let (ok, _) = batch(&client, "echo", "x", 50).await;
+    assert_eq!(ok, 50);
+    let ws = client.workers("echo").await.expect("workers");
+    assert!(
+        ws.iter()
+            .any(|w| w.worker_id == "calm" && w.state() == pb::WorkerState::Active),
+        "the worker was sent away: {ws:?}"
+    );
+    let t = totals(&client).await;
+    assert_eq!((t.succeeded, t.workers_started), (50, 1));
+}
+
+#[tokio::test]
+async fn a_thumbnail_reads_and_writes_s3_objects() {
+    let moto = Moto::start();
+    let env = moto.aws_env("AWS_ENDPOINT_URL_S3");
+    let s3 = s3_client(&moto.url).await;
+    s3.create_bucket()
+        .bucket("photos")
+        .send()
+        .await
+        .expect("create bucket");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (image, _) = carpool_client::experiment::make_image(dir.path(), 600).expect("image");
+    let original = std::fs::read(&image).expect("read image");
+    s3.put_object()
+        .bucket("photos")
+        .key("in/cat.jpg")
+        .body(original.into())
+        .send()
+        .await
+        .expect("put");
+
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let coord = Coordinator::start_with_env(&["--max-workers", "1"], &env);
+    let client = coord.client().await;
+    let r = client
+        .run(
+            "thumbnail",
+            r#"{"input": "s3://photos/in/cat.jpg", "output": "s3://photos/out/cat.jpg", "size": 64}"#,
+        )
+        .await
+        .expect("run");
+    assert_eq!(r.state(), TaskState::Succeeded, "{}", r.error);
+    let out: serde_json::Value =
+        serde_json::from_slice(&payload::into_bytes(r.output)).expect("output is JSON");
+    assert_eq!(out["width"].as_u64(), Some(64), "{out}");
+    assert!(matches!(out["height"].as_u64(), Some(42 | 43)), "{out}");
+    let thumb = s3
+        .get_object()
+        .bucket("photos")
+        .key("out/cat.jpg")
+        .send()
+        .await
+        .expect("get")
+        .body
+        .collect()
+        .await
+        .expect("body")
+        .into_bytes();
+    assert_eq!(&thumb[..2], &[0xFF, 0xD8], "the object is not a JPEG");
+
+    // A missing object fails the task with S3's answer; a local path is refused (no data dir).
+    for (payload, want) in [
+        (
+            r#"{"input": "s3://photos/nope.jpg", "output": "s3://photos/x.jpg"}"#,
+            "NoSuchKey",
+        ),
+        (r#"{"input": "/etc/passwd", "output": "out.jpg"}"#, "--data-dir"),
+    ] {
+        let r = client.run("thumbnail", payload).await.expect("run");
+        assert_eq!(r.state(), TaskState::Failed);
+        assert!(r.error.contains(want), "{payload}: {}", r.error);
+    }
+}
+
+/// An S3 client of moto at `url` (path-style, throwaway credentials).
+async fn s3_client(url: &str) -> aws_sdk_s3::Client {
+    let credentials = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "test");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(url)
+        .credentials_provider(credentials)
+        .force_path_style(true)
+        .http_client(carpool_proto::aws_https_client())
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
