@@ -74,15 +74,17 @@ pub fn workloads(tiny: bool) -> Vec<Workload> {
         },
         Workload {
             name: "memory",
-            what: "hold 40 MB for 500 ms",
+            what: "hold 40 MB for 1 s",
             function: "hold",
-            payload: r#"{"mb": 40, "ms": 500}"#.into(),
-            tasks: n(100, 8),
+            payload: r#"{"mb": 40, "ms": 1000}"#.into(),
+            tasks: n(60, 8),
             memory_mb: 1024,
-            max_workers: 4,
+            // One 1-vCPU worker per core: more would share cores, and their tasks' durations
+            // would stretch with a contention that is this machine's, not the workload's.
+            max_workers: cores.max(1),
             model: TaskModel {
                 cpu: Duration::from_millis(10),
-                wait: Duration::from_millis(500),
+                wait: Duration::from_millis(1000),
                 mem_mb: 40.0,
             },
         },

@@ -748,7 +748,7 @@ pub fn table_row(r: &Row) -> String {
         None => "",
     };
     format!(
-        "{:<66} {:>14.1} {:<8} {:<20} {}",
+        "{:<86} {:>14.1} {:<8} {:<20} {}",
         r.what, r.value, r.unit, r.target, verdict
     )
 }
@@ -756,7 +756,7 @@ pub fn table_row(r: &Row) -> String {
 /// The table's header.
 pub fn table_header(opts: &BenchOptions) -> String {
     format!(
-        "carpool bench: {} cores, {} repetitions per throughput figure (median)\n{:<66} {:>14} {:<8} {:<20} {}",
+        "carpool bench: {} cores, {} repetitions per throughput figure (median)\n{:<86} {:>14} {:<8} {:<20} {}",
         crate::demo::cores(),
         opts.reps,
         "measurement",

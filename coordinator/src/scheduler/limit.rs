@@ -15,8 +15,8 @@
 //!   the limit rises by a tenth at most once per window of completions, only while the last
 //!   rise paid off in completions per second; a rise that did not is undone.
 //! - **Falls** are multiplicative: memory at its target cuts the limit to what fits; task
-//!   durations inflated past the baseline (what they were at lower levels) cut it by the
-//!   ratio of the two, at most by half. Inflation is the signal that still works where CPU
+//!   durations inflated past the baseline (what they were at lower levels) for two windows
+//!   in a row cut it by half the ratio of the two (smoothed, as Gradient2 does). Inflation is the signal that still works where CPU
 //!   figures lie (Lambda lets a worker burst past its allotment). CPU at its target stops
 //!   the climb but is no fault: every allotted vCPU busy is the goal for CPU-bound work.
 //! - **Pinned** (`--slots`): never moves.
@@ -170,8 +170,9 @@ pub struct Limit {
     idle_mem: Option<f64>,
     /// Memory one task adds, the highest recent estimate (decays slowly).
     per_task_mem: Option<f64>,
-    /// The long-term task duration, in seconds, at levels that did not inflate it.
-    baseline: Option<f64>,
+    /// The task duration, in seconds, at the lowest level judged so far, and that level:
+    /// durations at higher levels are compared with it.
+    baseline: Option<(f64, u32)>,
     window: Window,
     /// Completions since the current level was filled (windows come and go within a level).
     at_level: u32,
@@ -187,6 +188,8 @@ pub struct Limit {
     rose: bool,
     /// How long a task typically runs, in seconds (a moving average of every completion).
     typical: Option<f64>,
+    /// Whether the last judged window was inflated (a fall needs two in a row).
+    inflated_before: bool,
 }
 
 impl Limit {
@@ -231,6 +234,7 @@ impl Limit {
             fell: false,
             rose: false,
             typical: None,
+            inflated_before: false,
         }
     }
 
@@ -323,28 +327,50 @@ impl Limit {
                 Some(t) if t > 0.0 => ((p.mem_target - base) / t).floor().max(0.0) as u32,
                 _ => self.value / 2,
             };
-            let new = fit.min(self.value.saturating_sub(1)).max(p.min);
-            return self.fall_to(new, Move::MemoryFall, now);
+            // Down to what fits, and by one more only once the last fall has taken effect
+            // (its tasks still hold their memory until they end).
+            let new = if obs.running > self.value {
+                fit.min(self.value)
+            } else {
+                fit.min(self.value.saturating_sub(1))
+            };
+            return self.fall_to(new.max(p.min), Move::MemoryFall, now);
         }
         let mean = self.window.mean(p.window)?;
-        let Some(base) = self.baseline else {
-            self.baseline = Some(mean);
-            return None;
+        let base = match self.baseline {
+            // Inflation is judged against a lower level only; at or below the baseline's
+            // level, this window is the reference (pulled down at once if faster, drifting
+            // up slowly if slower).
+            Some((base, level)) if self.value > level => base,
+            Some((base, level)) if self.value == level => {
+                let drifted = if mean < base {
+                    mean
+                } else {
+                    base + 0.2 * (mean - base)
+                };
+                self.baseline = Some((drifted, level));
+                self.inflated_before = false;
+                return None;
+            }
+            _ => {
+                self.baseline = Some((mean, self.value));
+                self.inflated_before = false;
+                return None;
+            }
         };
         let inflated = mean > base * p.inflation && mean - base > p.inflation_floor.as_secs_f64();
-        if inflated {
+        if inflated && std::mem::replace(&mut self.inflated_before, true) {
+            // Two windows in a row: the limit falls by half the gradient (smoothed, as in
+            // Gradient2: one slow window is noise, a queue that builds is not).
             let gradient = (base / mean).max(p.max_backoff);
-            let new = ((f64::from(self.value) * gradient).floor() as u32)
+            let factor = 1.0 - 0.5 * (1.0 - gradient);
+            let new = ((f64::from(self.value) * factor).floor() as u32)
                 .min(self.value.saturating_sub(1))
                 .max(p.min);
+            self.inflated_before = false;
             return self.fall_to(new, Move::InflationFall, now);
         }
-        // Faster pulls the baseline down at once; slower (within tolerance) drifts it up.
-        self.baseline = Some(if mean < base {
-            mean
-        } else {
-            base + 0.2 * (mean - base)
-        });
+        self.inflated_before = inflated;
         None
     }
 
@@ -610,32 +636,69 @@ mod tests {
     }
 
     #[test]
+    fn memory_over_its_target_does_not_cascade_while_a_fall_takes_effect() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::learned(&p, settled(23), 2);
+        l.observe(&p, obs(0.0, 0.02, 0), t0);
+        l.filled(t0);
+        // 23 tasks at 0.04 each hold 0.94: down to 22 (what fits says 22).
+        assert_eq!(
+            l.observe(&p, obs(0.1, 0.94, 23), t0 + 30 * MS),
+            Some(Move::MemoryFall)
+        );
+        assert_eq!(l.value(), 22);
+        // Before a task has ended, the same memory is no reason to fall again.
+        assert_eq!(l.observe(&p, obs(0.1, 0.94, 23), t0 + 40 * MS), None);
+        assert_eq!(l.value(), 22);
+    }
+
+    #[test]
     fn inflated_durations_cut_the_limit_by_the_gradient() {
         let p = params();
         let t0 = Instant::now();
-        let mut l = Limit::learned(&p, settled(8), 2);
-        l.filled(t0);
-        for _ in 0..4 {
-            l.completed(100 * MS);
-        }
-        // The first full window sets the baseline (CPU at its target: no rise).
-        assert_eq!(l.observe(&p, obs(0.95, 0.1, 8), t0 + 400 * MS), None);
-        // Durations double: 8 x 0.5 = 4.
-        for _ in 0..4 {
-            l.completed(200 * MS);
-        }
-        assert_eq!(
-            l.observe(&p, obs(0.95, 0.1, 8), t0 + 800 * MS),
-            Some(Move::InflationFall)
-        );
+        let mut l = Limit::probing(&p, 4);
+        // One window of `ms`-long tasks, judged at `at` with `cpu`.
+        let window = |l: &mut Limit, ms: u32, at: Duration, cpu: f64| {
+            l.filled(t0 + at);
+            for _ in 0..4 {
+                l.completed(ms * MS);
+            }
+            l.observe(&p, obs(cpu, 0.1, l.value()), t0 + at)
+        };
+        // A window at 4 sets the baseline, and nothing presses: it doubles.
+        assert_eq!(window(&mut l, 100, 400 * MS, 0.2), Some(Move::Rise));
+        assert_eq!(l.value(), 8);
+        // At 8 durations double (CPU figures that lie: the sample says 0.5, no pressure seen,
+        // but the target holds the climb): one window is noise...
+        assert_eq!(window(&mut l, 200, 800 * MS, 0.95), None);
+        assert_eq!(l.value(), 8);
+        // ... two in a row are a queue: 8 x (1 - (1 - 0.5) / 2) = 6.
+        assert_eq!(window(&mut l, 200, 1200 * MS, 0.95), Some(Move::InflationFall));
+        assert_eq!(l.value(), 6);
+        // Four times slower than at 4: the gradient is capped at a half, so 6 x 0.75 = 4.
+        window(&mut l, 400, 1600 * MS, 0.95);
+        assert_eq!(window(&mut l, 400, 2000 * MS, 0.95), Some(Move::InflationFall));
         assert_eq!(l.value(), 4);
-        // Four times slower: at most halved.
-        l.filled(t0 + 800 * MS);
-        for _ in 0..4 {
-            l.completed(400 * MS);
+        // At the baseline's own level nothing is judged inflated: it is the reference.
+        assert_eq!(window(&mut l, 400, 2400 * MS, 0.95), None);
+        assert_eq!(window(&mut l, 400, 2800 * MS, 0.95), None);
+        assert_eq!(l.value(), 4);
+    }
+
+    #[test]
+    fn a_worker_started_at_a_learned_level_has_no_lower_level_to_be_inflated_against() {
+        let p = params();
+        let t0 = Instant::now();
+        let mut l = Limit::learned(&p, settled(22), 2);
+        for i in 1..6u32 {
+            l.filled(t0);
+            for _ in 0..4 {
+                l.completed(Duration::from_millis(500 + 100 * u64::from(i)));
+            }
+            assert_eq!(l.observe(&p, obs(0.95, 0.5, 22), t0 + i * 400 * MS), None);
         }
-        l.observe(&p, obs(0.95, 0.1, 4), t0 + 2 * 1000 * MS);
-        assert_eq!(l.value(), 2);
+        assert_eq!(l.value(), 22);
     }
 
     #[test]
