@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use carpool_coordinator::sim::{SimConfig, SimReport, TaskModel, simulate};
+use carpool_coordinator::sim::{SimConfig, SimReport, TaskModel, simulate, simulate_batches};
 use carpool_coordinator::{Config, config::vcpus_for_memory};
 use carpool_proto::Bytes;
 use futures::StreamExt;
@@ -412,7 +412,7 @@ pub fn table(c: &Comparison) -> String {
         w.max_workers
     );
     out.push_str(&format!(
-        "  {:<26} {:>6} {:>11} {:>12} {:>12} {:>7} {:>13} {:>11}\n",
+        "  {:<38} {:>6} {:>11} {:>12} {:>12} {:>7} {:>13} {:>11}\n",
         "way", "slots", "completion", "billed GB-s", "invocations", "failed", "peak running", "peak memory"
     ));
     let best_cost = c.best_cost().map(|r| r.slots.clone());
@@ -446,7 +446,7 @@ pub fn table(c: &Comparison) -> String {
     ));
     for (label, r) in rows {
         out.push_str(&format!(
-            "  {:<26} {:>6} {:>9.2} s {:>12.3} {:>12} {:>7} {:>13} {:>11.2}\n",
+            "  {:<38} {:>6} {:>9.2} s {:>12.3} {:>12} {:>7} {:>13} {:>11.2}\n",
             label,
             r.slots,
             r.completion.as_secs_f64(),
@@ -498,7 +498,11 @@ pub fn simulated(w: &Workload, memory_mb: u32, max_workers: u32, tasks: usize) -
     if let Some((n, r)) = sound().min_by_key(|(_, r)| r.completion) {
         out.push((format!("best time: --slots {n}"), r.clone()));
     }
-    out.push(("adaptive".to_owned(), run(config(None, None))));
+    let mut adaptive = simulate_batches(&SimConfig::new(config(None, None), w.function, tasks, w.model), 2);
+    let learned = adaptive.pop().unwrap_or_default();
+    let first = adaptive.pop().unwrap_or_default();
+    out.push(("adaptive, first batch".to_owned(), first));
+    out.push(("adaptive, learned level".to_owned(), learned));
     out
 }
 
@@ -600,7 +604,7 @@ fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
         (format!("static --slots {vcpus}"), Some(vcpus), None),
         ("fixed --slots 16".into(), Some(16), None),
         ("fixed --slots 256".into(), Some(256), None),
-        ("adaptive".into(), None, None),
+        ("adaptive (two batches)".into(), None, None),
     ];
     let results: Vec<(String, SimReport)> = std::thread::scope(|s| {
         let handles: Vec<_> = ways
@@ -614,13 +618,21 @@ fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
                     ..Config::default()
                 };
                 let sim = SimConfig::new(config, w.function, tasks, w.model);
-                (label.clone(), s.spawn(move || simulate(&sim)))
+                let batches = if slots.is_none() { 2 } else { 1 };
+                (label.clone(), s.spawn(move || simulate_batches(&sim, batches)))
             })
             .collect();
-        handles
-            .into_iter()
-            .filter_map(|(l, h)| h.join().ok().map(|r| (l, r)))
-            .collect()
+        let mut out = Vec::new();
+        for (label, h) in handles {
+            let Ok(reports) = h.join() else { continue };
+            if reports.len() == 2 {
+                out.push(("adaptive, first batch".to_owned(), reports[0].clone()));
+                out.push(("adaptive, learned level".to_owned(), reports[1].clone()));
+            } else if let Some(r) = reports.into_iter().next() {
+                out.push((label, r));
+            }
+        }
+        out
     });
     let mut out = format!("  {} at {} MB:\n", w.name, w.memory_mb);
     for (label, r) in results {

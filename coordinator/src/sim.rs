@@ -388,6 +388,8 @@ struct Sim<'a> {
     report: SimReport,
     /// Results delivered.
     done: u64,
+    /// When the current batch was submitted.
+    batch_start: Duration,
 }
 
 impl Sim<'_> {
@@ -538,7 +540,7 @@ impl Sim<'_> {
         let at = self.at(now);
         let _ = self.state.results(&id, vec![result], at, &mut self.fx);
         self.done += 1;
-        self.report.completion = self.report.completion.max(now);
+        self.report.completion = self.report.completion.max(now.saturating_sub(self.batch_start));
         self.queue_sample(slot, now);
     }
 
@@ -586,6 +588,13 @@ impl Sim<'_> {
 
 /// Runs the simulation to the end (every task finished and every worker gone).
 pub fn simulate(sim: &SimConfig) -> SimReport {
+    simulate_batches(sim, 1).pop().unwrap_or_default()
+}
+
+/// Runs `batches` batches one after the other on the same coordinator state (each submitted
+/// once the previous one has finished and its workers have gone, so later batches start
+/// from what the earlier ones taught it); one report per batch.
+pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
     let base = Instant::now();
     let config = Arc::new(sim.config.clone());
     let vcpus = config.worker_vcpus();
@@ -601,133 +610,161 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
         vcpus: f64::from(vcpus),
         report: SimReport::default(),
         done: 0,
+        batch_start: Duration::ZERO,
     };
-    let mut accepted = 0u64;
-    for _ in 0..sim.tasks {
-        let sub = Submission::new(sim.function.clone(), Bytes::new());
-        if s.state.submit(sub, None, base, &mut s.fx).is_ok() {
-            accepted += 1;
-        }
-    }
     let interval = config.sample_interval.max(Duration::from_millis(1));
     let mut connecting = 0usize;
     let mut now = Duration::ZERO;
-    loop {
-        // Settle: carry out effects and deliver messages until the coordinator is quiet at
-        // this instant.
+    let mut accepted = 0u64;
+    let mut before = pb::FunctionStats::default();
+    let mut reports = Vec::with_capacity(batches);
+    for _ in 0..batches {
+        s.report = SimReport::default();
+        s.batch_start = now;
+        for _ in 0..sim.tasks {
+            let sub = Submission::new(sim.function.clone(), Bytes::new());
+            if s.state.submit(sub, None, s.at(now), &mut s.fx).is_ok() {
+                accepted += 1;
+            }
+        }
+        now = s.run(now, accepted, &mut connecting, interval, vcpus);
+        let totals = s.state.stats(s.at(now)).total.unwrap_or_default();
+        let mut report = std::mem::take(&mut s.report);
+        report.invocations = totals.workers_started - before.workers_started;
+        report.billed_gb_s = (totals.billed_gb_ms - before.billed_gb_ms) / 1000.0;
+        report.cost_usd = totals.cost_usd - before.cost_usd;
+        report.succeeded = totals.succeeded - before.succeeded;
+        report.failed = totals.failed - before.failed;
+        reports.push(report);
+        before = totals;
+    }
+    reports
+}
+
+impl Sim<'_> {
+    /// Runs events from `now` until `accepted` results are in and the fleet has gone;
+    /// returns the time then.
+    fn run(
+        &mut self,
+        mut now: Duration,
+        accepted: u64,
+        connecting: &mut usize,
+        interval: Duration,
+        vcpus: u32,
+    ) -> Duration {
+        let (sim, s) = (self.sim, self);
+        let memory_mb = sim.config.memory_mb;
+        let timeout_ms = sim.config.execution_timeout.as_millis() as u64;
         loop {
-            for spawn in std::mem::take(&mut s.fx.spawns) {
-                connecting += 1;
-                s.queue.push(now + sim.cold_start, Event::Connect(spawn.id));
+            // Settle: carry out effects and deliver messages until the coordinator is quiet at
+            // this instant.
+            loop {
+                for spawn in std::mem::take(&mut s.fx.spawns) {
+                    *connecting += 1;
+                    s.queue.push(now + sim.cold_start, Event::Connect(spawn.id));
+                }
+                for (d, t) in std::mem::take(&mut s.fx.timers) {
+                    s.queue.push(now + d, Event::Timer(t));
+                }
+                s.queue.purge(&s.fleet);
+                if !s.deliver(now) && s.fx.spawns.is_empty() && s.fx.timers.is_empty() {
+                    break;
+                }
             }
-            for (d, t) in std::mem::take(&mut s.fx.timers) {
-                s.queue.push(now + d, Event::Timer(t));
-            }
-            s.queue.purge(&s.fleet);
-            if !s.deliver(now) && s.fx.spawns.is_empty() && s.fx.timers.is_empty() {
+            s.report.peak_workers = s.report.peak_workers.max(s.fleet.len());
+            if s.done >= accepted && s.fleet.len() == 0 && *connecting == 0 {
                 break;
             }
-        }
-        s.report.peak_workers = s.report.peak_workers.max(s.fleet.len());
-        if s.done >= accepted && s.fleet.len() == 0 && connecting == 0 {
-            break;
-        }
-        let Some((at, event)) = s.queue.pop() else {
-            break;
-        };
-        now = at;
-        let t = s.at(now);
-        match event {
-            Event::Connect(id) => {
-                connecting -= 1;
-                let stream = s.fleet.stream();
-                let hello = pb::Hello {
-                    worker_id: id.to_string(),
-                    function: sim.function.clone(),
-                    vcpus,
-                    memory_mb: config.memory_mb,
-                    timeout_ms: config.execution_timeout.as_millis() as u64,
-                    ..Default::default()
-                };
-                match s.state.connect(hello, stream.0.clone(), t, &mut s.fx) {
-                    Ok(conn) => {
-                        let slot = s.fleet.insert(SimWorker {
-                            id,
-                            stream,
-                            conn,
-                            tasks: Vec::new(),
-                            version: 0,
-                            advanced: now,
-                            busy: 0.0,
-                            span: (now, 0.0),
-                            sample_queued: false,
-                            newest: now,
-                            most: 0,
-                        });
-                        // Its first sample (nothing running: its base), then one per interval.
+            let Some((at, event)) = s.queue.pop() else {
+                break;
+            };
+            now = at;
+            let t = s.at(now);
+            match event {
+                Event::Connect(id) => {
+                    *connecting -= 1;
+                    let stream = s.fleet.stream();
+                    let hello = pb::Hello {
+                        worker_id: id.to_string(),
+                        function: sim.function.clone(),
+                        vcpus,
+                        memory_mb,
+                        timeout_ms,
+                        ..Default::default()
+                    };
+                    match s.state.connect(hello, stream.0.clone(), t, &mut s.fx) {
+                        Ok(conn) => {
+                            let slot = s.fleet.insert(SimWorker {
+                                id,
+                                stream,
+                                conn,
+                                tasks: Vec::new(),
+                                version: 0,
+                                advanced: now,
+                                busy: 0.0,
+                                span: (now, 0.0),
+                                sample_queued: false,
+                                newest: now,
+                                most: 0,
+                            });
+                            // Its first sample (nothing running: its base), then one per interval.
+                            s.sample(slot, now);
+                            s.queue.push(
+                                now + interval,
+                                Event::Sample {
+                                    slot,
+                                    conn,
+                                    periodic: true,
+                                },
+                            );
+                        }
+                        Err(_) => s.fleet.streams.push(stream),
+                    }
+                }
+                Event::CpuDone { slot, conn, version } => {
+                    if s.fleet.get(slot, conn).is_some_and(|w| w.version == version) {
+                        s.progress(slot, now);
+                    }
+                }
+                Event::Done {
+                    slot,
+                    conn,
+                    task,
+                    attempt,
+                } => {
+                    if s.fleet.get(slot, conn).is_some() {
+                        s.finish(slot, task, attempt, now);
+                        s.progress(slot, now);
+                    }
+                }
+                Event::Sample { slot, conn, periodic } => {
+                    if s.fleet.get(slot, conn).is_some() {
+                        if periodic {
+                            s.queue.push(
+                                now + interval,
+                                Event::Sample {
+                                    slot,
+                                    conn,
+                                    periodic: true,
+                                },
+                            );
+                        } else if let Some(w) = s.fleet.get_mut(slot, conn) {
+                            w.sample_queued = false;
+                        }
                         s.sample(slot, now);
-                        s.queue.push(
-                            now + interval,
-                            Event::Sample {
-                                slot,
-                                conn,
-                                periodic: true,
-                            },
-                        );
                     }
-                    Err(_) => s.fleet.streams.push(stream),
                 }
-            }
-            Event::CpuDone { slot, conn, version } => {
-                if s.fleet.get(slot, conn).is_some_and(|w| w.version == version) {
-                    s.progress(slot, now);
-                }
-            }
-            Event::Done {
-                slot,
-                conn,
-                task,
-                attempt,
-            } => {
-                if s.fleet.get(slot, conn).is_some() {
-                    s.finish(slot, task, attempt, now);
-                    s.progress(slot, now);
-                }
-            }
-            Event::Sample { slot, conn, periodic } => {
-                if s.fleet.get(slot, conn).is_some() {
-                    if periodic {
-                        s.queue.push(
-                            now + interval,
-                            Event::Sample {
-                                slot,
-                                conn,
-                                periodic: true,
-                            },
-                        );
-                    } else if let Some(w) = s.fleet.get_mut(slot, conn) {
-                        w.sample_queued = false;
+                Event::Timer(timer) => s.state.on_timer(timer, t, &mut s.fx),
+                Event::Exit { slot, conn } => {
+                    if let Some(w) = s.fleet.remove(slot, conn) {
+                        s.state.disconnect(&w.id, w.conn, StreamEnd::Closed, t, &mut s.fx);
+                        s.fleet.streams.push(w.stream);
                     }
-                    s.sample(slot, now);
-                }
-            }
-            Event::Timer(timer) => s.state.on_timer(timer, t, &mut s.fx),
-            Event::Exit { slot, conn } => {
-                if let Some(w) = s.fleet.remove(slot, conn) {
-                    s.state.disconnect(&w.id, w.conn, StreamEnd::Closed, t, &mut s.fx);
-                    s.fleet.streams.push(w.stream);
                 }
             }
         }
+        now
     }
-    let totals = s.state.stats(s.at(now)).total.unwrap_or_default();
-    let mut report = s.report;
-    report.invocations = totals.workers_started;
-    report.billed_gb_s = totals.billed_gb_ms / 1000.0;
-    report.cost_usd = totals.cost_usd;
-    report.succeeded = totals.succeeded;
-    report.failed = totals.failed;
-    report
 }
 
 #[cfg(test)]
@@ -806,6 +843,21 @@ mod tests {
             adaptive.billed_gb_s * 5.0 < fixed.billed_gb_s,
             "adaptive {adaptive:?} vs one slot {fixed:?}"
         );
+    }
+
+    #[test]
+    fn a_second_batch_starts_at_the_learned_level_and_costs_less() {
+        let mut s = SimConfig::new(
+            config(false, 8, None),
+            "sleep",
+            2000,
+            TaskModel::waiting(Duration::from_millis(100)),
+        );
+        s.config.memory_mb = 1024;
+        let r = simulate_batches(&s, 2);
+        assert_eq!((r[0].succeeded, r[1].succeeded), (2000, 2000));
+        assert!(r[1].billed_gb_s < r[0].billed_gb_s, "{r:?}");
+        assert!(r[1].completion < r[0].completion, "{r:?}");
     }
 
     #[test]

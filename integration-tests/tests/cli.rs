@@ -192,7 +192,7 @@ fn the_comparison_runs_every_workload_four_ways_through_real_workers() {
     }
     // The simulated comparison at the paper's scale follows the measured one.
     assert!(text.contains("simulated at the paper's scale"), "{text}");
-    assert_eq!(text.matches("    adaptive ").count(), 4, "{text}");
+    assert_eq!(text.matches("    adaptive, learned level").count(), 4, "{text}");
 }
 
 #[test]
