@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // clash with the generated `connect` constructor; clients are built from a `Channel`.
     tonic_prost_build::configure()
         .build_transport(false)
+        // prost's codec, but undecodable bytes are INVALID_ARGUMENT (see src/codec.rs).
+        .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out.join("carpool_descriptor.bin"))
         .compile_with_config(config, &["carpool.proto"], &["."])?;
     println!("cargo:rerun-if-changed=carpool.proto");

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Secret;
+use crate::error::Error;
 
 /// How eligible workers are ranked when a task is placed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,6 +47,20 @@ pub struct Config {
     pub spawner: SpawnerKind,
     /// Fleet cap per function (live plus starting workers).
     pub max_workers: u32,
+    /// Fleet cap over every function (live plus starting workers): with many functions,
+    /// `max_workers` each could otherwise add up to any number of paid invocations.
+    pub max_fleet: u32,
+    /// With the external and Lambda spawners, the only functions accepted (empty: any
+    /// name, up to `max_functions` at once). The local spawner serves its built-ins and
+    /// `exec_functions`.
+    pub functions: Vec<String>,
+    /// Most function entries kept at once (an idle one makes room for a new name).
+    pub max_functions: usize,
+    /// Spawns of one function that may fail in a row before its pending tasks fail with
+    /// the cause (a function no worker can run is not respawned for ever).
+    pub max_spawn_failures: u32,
+    /// Most connections served at once (every worker holds one; a new one past it waits).
+    pub max_connections: usize,
     /// Memory size of spawned workers, in MB: the billing size and, unless `vcpus` is set,
     /// what their vCPU count is derived from.
     pub memory_mb: u32,
@@ -125,6 +140,11 @@ impl Default for Config {
         Self {
             spawner: SpawnerKind::Local,
             max_workers: 8,
+            max_fleet: 64,
+            functions: Vec::new(),
+            max_functions: 1000,
+            max_spawn_failures: 10,
+            max_connections: 16_384,
             memory_mb: 2048,
             vcpus: None,
             slots: None,
@@ -135,7 +155,7 @@ impl Default for Config {
             execution_timeout: Duration::from_secs(900),
             keep_alive: Duration::ZERO,
             placement: Placement::Pack,
-            max_payload_bytes: 4 * 1024 * 1024,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_attempts: 3,
             max_tasks_per_worker: None,
             sample_interval: Duration::from_millis(500),
@@ -205,17 +225,120 @@ impl Config {
     }
 
     /// Whether tasks of `function` can be run by the workers this coordinator spawns.
-    /// With the external and Lambda spawners any name is accepted: the workers decide what
-    /// they serve.
+    /// With the external and Lambda spawners, the names of `functions`, or any name when
+    /// the list is empty (the workers decide what they serve).
     pub fn serves(&self, function: &str) -> bool {
         match self.spawner {
-            SpawnerKind::External | SpawnerKind::Lambda => true,
+            SpawnerKind::External | SpawnerKind::Lambda => {
+                self.functions.is_empty() || self.functions.iter().any(|f| f == function)
+            }
             SpawnerKind::Local => {
                 BUILTIN_FUNCTIONS.contains(&function)
                     || self.exec_functions.iter().any(|(name, _)| name == function)
             }
         }
     }
+
+    /// Checks every setting against its range, for the binary's flags and for library
+    /// users who build a `Config` themselves alike (messages name each setting by its flag).
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::Config(msg));
+        for (name, v) in [
+            ("mem_threshold", self.mem_threshold),
+            ("deadline_fraction", self.deadline_fraction),
+        ] {
+            if !(v > 0.0 && v <= 1.0) {
+                return bad(format!("--{} must be in (0, 1], got {v}", name.replace('_', "-")));
+            }
+        }
+        if !(self.cpu_threshold > 0.0 && self.cpu_threshold <= 64.0) {
+            return bad(format!(
+                "--cpu-threshold must be in (0, 64] (a fraction of the vCPU allotment), got {}",
+                self.cpu_threshold
+            ));
+        }
+        if self.sample_interval < MIN_SAMPLE_INTERVAL {
+            return bad(format!(
+                "--sample-interval must be at least {} (it sets the liveness lease), got {}",
+                humantime::format_duration(MIN_SAMPLE_INTERVAL),
+                humantime::format_duration(self.sample_interval)
+            ));
+        }
+        let counts = [
+            ("max_workers", u64::from(self.max_workers)),
+            ("max_fleet", u64::from(self.max_fleet)),
+            ("max_slots", u64::from(self.max_slots)),
+            ("max_attempts", u64::from(self.max_attempts)),
+            ("liveness_intervals", u64::from(self.liveness_intervals)),
+            ("max_spawn_failures", u64::from(self.max_spawn_failures)),
+            ("max_functions", self.max_functions as u64),
+            ("max_connections", self.max_connections as u64),
+            ("max_pending", self.max_pending),
+            ("max_payload_bytes", self.max_payload_bytes as u64),
+        ];
+        for (name, v) in counts {
+            if v == 0 {
+                return bad(format!("--{} must be at least 1", name.replace('_', "-")));
+            }
+        }
+        if self.slots == Some(0) || self.vcpus == Some(0) || self.max_tasks_per_worker == Some(0) {
+            return bad("--slots, --vcpus and --max-tasks-per-worker must be at least 1".into());
+        }
+        if self.memory_mb < 128 {
+            return bad(format!(
+                "--memory-mb must be at least 128, got {}",
+                self.memory_mb
+            ));
+        }
+        if self.max_payload_bytes > MAX_PAYLOAD_BYTES {
+            return bad(format!(
+                "--max-payload-bytes must be at most {MAX_PAYLOAD_BYTES}, got {}",
+                self.max_payload_bytes
+            ));
+        }
+        if self.execution_timeout.is_zero() {
+            return bad("--execution-timeout must be more than 0".into());
+        }
+        for f in &self.functions {
+            check_function_name(f).map_err(|e| Error::Config(format!("--functions: {e}")))?;
+        }
+        for (f, _) in &self.exec_functions {
+            check_function_name(f).map_err(|e| Error::Config(format!("--exec: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// The default `--max-payload-bytes`: 4 MiB less 16 KiB, so that a result carrying an
+/// output that large still fits the 4 MiB every default gRPC client receives.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024 - 16 * 1024;
+
+/// The largest `--max-payload-bytes` (messages are held whole in memory).
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;
+
+/// The shortest sample interval: the liveness lease is a multiple of it.
+pub const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The longest function name.
+pub const MAX_FUNCTION_NAME: usize = 128;
+
+/// Checks a function name: 1 to 128 bytes of letters, digits and `-_.:`.
+pub fn check_function_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_FUNCTION_NAME {
+        return Err(format!(
+            "function name {:?} must be 1 to {MAX_FUNCTION_NAME} bytes",
+            name.chars().take(40).collect::<String>()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(*c)))
+    {
+        return Err(format!(
+            "function name {name:?} has {c:?}; names are letters, digits and -_.:"
+        ));
+    }
+    Ok(())
 }
 
 pub use carpool_proto::lambda::vcpus_for_memory;
@@ -223,6 +346,65 @@ pub use carpool_proto::lambda::vcpus_for_memory;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_out_of_range_is_refused_with_the_setting_named() {
+        assert!(Config::default().validate().is_ok());
+        let cases: [(Config, &str); 5] = [
+            (
+                Config {
+                    sample_interval: Duration::ZERO,
+                    ..Config::default()
+                },
+                "sample_interval",
+            ),
+            (
+                Config {
+                    deadline_fraction: -0.5,
+                    ..Config::default()
+                },
+                "deadline_fraction",
+            ),
+            (
+                Config {
+                    max_workers: 0,
+                    ..Config::default()
+                },
+                "max_workers",
+            ),
+            (
+                Config {
+                    functions: vec!["a b".into()],
+                    ..Config::default()
+                },
+                "--functions",
+            ),
+            (
+                Config {
+                    cpu_threshold: f64::NAN,
+                    ..Config::default()
+                },
+                "cpu_threshold",
+            ),
+        ];
+        for (c, name) in cases {
+            let err = c.validate().err().map(|e| e.to_string()).unwrap_or_default();
+            let flag = if name.starts_with("--") {
+                name.to_owned()
+            } else {
+                format!("--{}", name.replace('_', "-"))
+            };
+            assert!(err.contains(&flag), "{err:?} should name {flag}");
+        }
+    }
+
+    #[test]
+    fn function_names_are_short_plain_words() {
+        assert!(check_function_name("resize-v2.jpeg:small_1").is_ok());
+        for bad in ["", "a b", "x/../y", "\u{1F600}", &"x".repeat(129)] {
+            assert!(check_function_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn vcpus_follow_lambda_memory_sizes() {

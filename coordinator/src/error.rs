@@ -33,7 +33,39 @@ pub enum Error {
     DuplicateHello(String),
     /// A Hello with missing or impossible fields.
     #[error("invalid hello: {0}")]
-    InvalidHello(&'static str),
+    InvalidHello(String),
+    /// A function name that is too long or has characters a name may not have.
+    #[error("invalid function name: {0}")]
+    BadFunctionName(String),
+    /// An idempotency key already used for a submission with other parameters.
+    #[error(
+        "idempotency key {0:?} already names task {1}, submitted with another function, payload or timeout"
+    )]
+    IdempotencyKeyReused(String, u64),
+    /// An idempotency key over the length limit.
+    #[error("idempotency key of {0} bytes exceeds the limit of {1} bytes")]
+    KeyTooLong(usize, usize),
+    /// Too many task ids in one Watch.
+    #[error("{0} task ids in one Watch; at most {1}")]
+    TooManyIds(usize, usize),
+    /// Every function entry is in use (`--max-functions`).
+    #[error("this coordinator already keeps {0} functions busy (--max-functions); retry later")]
+    TooManyFunctions(usize),
+    /// A peer's message that does not decode, or is too large (the status says which).
+    #[error("{}", .0.message())]
+    PeerMessage(Status),
+    /// A worker written off for silence (it may reconnect).
+    #[error("worker {0} was written off: silent past its liveness lease of {1}; reconnect to resume")]
+    WrittenOff(String, String),
+    /// A worker stream whose outbound queue filled up (the worker stopped reading).
+    #[error("worker {0} stopped reading its stream; its session is ended")]
+    StreamFull(String),
+    /// A setting is out of its range.
+    #[error("invalid setting: {0}")]
+    Config(String),
+    /// The TLS settings would not work (a local worker would refuse the certificate).
+    #[error("TLS: {0}")]
+    TlsConfig(String),
     /// A worker with this id is already connected.
     #[error("worker {0} is already connected")]
     WorkerExists(String),
@@ -80,17 +112,22 @@ impl From<Error> for Status {
         let code = match &e {
             Error::EmptyFunction
             | Error::UnknownFunction(..)
+            | Error::BadFunctionName(_)
             | Error::PayloadTooLarge { .. }
             | Error::InvalidHello(_)
             | Error::InvalidSample(..)
             | Error::ResultForUnknownTask(..)
+            | Error::KeyTooLong(..)
+            | Error::TooManyIds(..)
             | Error::EmptyMessage(_) => Code::InvalidArgument,
+            Error::PeerMessage(s) => s.code(),
             Error::ResultNotHeld(..) => Code::FailedPrecondition,
-            Error::PoolFull(_) => Code::ResourceExhausted,
+            Error::PoolFull(_) | Error::TooManyFunctions(_) | Error::StreamFull(_) => Code::ResourceExhausted,
             Error::UnknownTask(_) => Code::NotFound,
             Error::HelloExpected | Error::DuplicateHello(_) | Error::NoHello => Code::FailedPrecondition,
-            Error::WorkerExists(_) => Code::AlreadyExists,
-            Error::ShuttingDown | Error::Journal(_) => Code::Unavailable,
+            Error::WorkerExists(_) | Error::IdempotencyKeyReused(..) => Code::AlreadyExists,
+            Error::ShuttingDown | Error::Journal(_) | Error::WrittenOff(..) => Code::Unavailable,
+            Error::Config(_) | Error::TlsConfig(_) => Code::InvalidArgument,
             Error::WorkerBinaryMissing(_)
             | Error::LambdaConfig(_)
             | Error::Transport(_)

@@ -1,24 +1,88 @@
-//! The shared handle around the scheduling state: takes the lock for one event, then
-//! carries out the spawns and timers the event asked for, outside the lock.
+//! The driver around the scheduling state: takes the lock for one event, then carries out
+//! what the event returned (messages to workers and clients, journal writes, spawns,
+//! timers) after the lock is released.
+//!
+//! Every channel it sends on is bounded, and a full one is a decision, not growth: a worker
+//! whose stream queue is full has stopped reading and is written off; a client's result
+//! channel is sized so that it cannot fill (see the services). A panic while the state's
+//! lock is held ends the process (exit code 70): the state may be half-updated, and the
+//! journal, not a guess, is what makes a restart safe.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use carpool_proto::pb;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::Status;
+use tracing::{error, warn};
 
 use crate::config::Config;
 use crate::journal::Journal;
 use crate::spawner::Spawner;
-use crate::state::{Effects, State};
+use crate::state::{Conn, Effects, Outbound, State, WaiterId};
+
+/// Messages queued per worker stream before the worker counts as not reading.
+pub const WORKER_QUEUE: usize = 1024;
+
+/// What a waiting client receives: its tag and the result.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    /// The waiter's tag (a Map call's `seq`, a Watch's task id).
+    pub tag: u64,
+    /// The final result.
+    pub result: Arc<pb::TaskResult>,
+}
+
+/// The sending side of one worker stream.
+#[derive(Debug)]
+pub struct Link {
+    /// Messages, in order.
+    pub messages: mpsc::Sender<pb::CoordinatorMessage>,
+    /// The status the stream ends with, after its messages.
+    pub end: oneshot::Sender<Status>,
+}
+
+/// Where the state's messages go: the link behind each connection, the channel behind each
+/// waiter.
+#[derive(Debug, Default)]
+struct Routes {
+    links: HashMap<Conn, Link>,
+    waiters: HashMap<WaiterId, mpsc::Sender<Completion>>,
+}
+
+/// A registered waiter; dropping it unregisters the channel.
+#[derive(Debug)]
+pub struct WaiterGuard {
+    hub: Hub,
+    /// The waiter's handle, to pass to the state.
+    pub id: WaiterId,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        self.hub.routes().waiters.remove(&self.id);
+    }
+}
 
 /// A cheap-to-clone handle on the coordinator's state.
 #[derive(Clone)]
 pub struct Hub(Arc<Inner>);
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hub")
+    }
+}
+
 struct Inner {
     state: Mutex<State>,
+    routes: Mutex<Routes>,
+    next_waiter: AtomicU64,
     spawner: Arc<dyn Spawner>,
     config: Arc<Config>,
     /// Timers and spawner tasks, waited for at shutdown.
@@ -31,20 +95,27 @@ struct Inner {
     disconnected: Notify,
 }
 
+/// Takes a lock; a poisoned one ends the process (see the module's notes).
+fn lock_or_die<'a, T>(m: &'a Mutex<T>, what: &str) -> MutexGuard<'a, T> {
+    m.lock().unwrap_or_else(|_: PoisonError<_>| {
+        error!(what, "a panic left the coordinator's {what} half-updated; exiting so that a restart recovers from the journal");
+        std::process::exit(70)
+    })
+}
+
 impl Hub {
-    /// A hub over fresh state; with a journal, results are written to it.
+    /// A hub over fresh state; with a journal, the state's writes go to it.
     pub fn new(
         config: Arc<Config>,
         spawner: Arc<dyn Spawner>,
         stop: CancellationToken,
         journal: Option<Journal>,
     ) -> Self {
-        let mut state = State::new(config.clone(), Instant::now());
-        if let Some(j) = &journal {
-            state.set_journal(j.clone());
-        }
+        let state = State::new(config.clone(), Instant::now());
         Self(Arc::new(Inner {
             state: Mutex::new(state),
+            routes: Mutex::new(Routes::default()),
+            next_waiter: AtomicU64::new(1),
             journal,
             spawner,
             config,
@@ -52,6 +123,10 @@ impl Hub {
             stop,
             disconnected: Notify::new(),
         }))
+    }
+
+    fn routes(&self) -> MutexGuard<'_, Routes> {
+        lock_or_die(&self.0.routes, "routes")
     }
 
     /// The journal, when the coordinator has a state directory.
@@ -74,21 +149,67 @@ impl Hub {
         &self.0.tracker
     }
 
-    /// Runs one event against the state under the lock (no `.await` inside), then
-    /// carries out its effects.
+    /// A channel for a client that waits for up to `capacity` results (sized so it cannot
+    /// fill: a Run waits for one, a Watch for its ids, a Map for its results in flight).
+    pub fn waiter(&self, capacity: usize) -> (WaiterGuard, mpsc::Receiver<Completion>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let id = WaiterId(self.0.next_waiter.fetch_add(1, Ordering::Relaxed));
+        self.routes().waiters.insert(id, tx);
+        (
+            WaiterGuard {
+                hub: self.clone(),
+                id,
+            },
+            rx,
+        )
+    }
+
+    /// Runs one event against the state under the lock (no `.await` inside), then carries
+    /// out its effects.
     pub fn update<R>(&self, event: impl FnOnce(&mut State, Instant, &mut Effects) -> R) -> R {
+        self.update_linked(None, |s, now, fx| (event(s, now, fx), None)).0
+    }
+
+    /// [`Hub::update`] for an event that opens connection `conn` (the Option the event
+    /// returns): its link is registered before the event's messages (its Welcome) go out.
+    pub fn update_linked<R>(
+        &self,
+        link: Option<Link>,
+        event: impl FnOnce(&mut State, Instant, &mut Effects) -> (R, Option<Conn>),
+    ) -> (R, Option<Conn>) {
         let mut fx = Effects::default();
-        let out = {
-            let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
-            event(&mut state, Instant::now(), &mut fx)
-        };
-        self.apply(fx);
-        out
+        let mut state = lock_or_die(&self.0.state, "scheduling state");
+        let (out, conn) = event(&mut state, Instant::now(), &mut fx);
+        // Taking the routes before letting go of the state keeps messages in event order.
+        let mut routes = self.routes();
+        drop(state);
+        if let (Some(conn), Some(link)) = (conn, link) {
+            routes.links.insert(conn, link);
+        }
+        let full = send(&mut routes, std::mem::take(&mut fx.out));
+        drop(routes);
+        self.carry_out(fx);
+        self.write_off_full(full);
+        (out, conn)
+    }
+
+    /// Writes off the workers whose stream queue was full (which may free or fill others).
+    fn write_off_full(&self, mut full: Vec<Conn>) {
+        while let Some(conn) = full.pop() {
+            let mut fx = Effects::default();
+            let mut state = lock_or_die(&self.0.state, "scheduling state");
+            state.stream_full(conn, Instant::now(), &mut fx);
+            let mut routes = self.routes();
+            drop(state);
+            full.extend(send(&mut routes, std::mem::take(&mut fx.out)));
+            drop(routes);
+            self.carry_out(fx);
+        }
     }
 
     /// Reads the state under the lock.
     pub fn read<R>(&self, f: impl FnOnce(&State, Instant) -> R) -> R {
-        let state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = lock_or_die(&self.0.state, "scheduling state");
         f(&state, Instant::now())
     }
 
@@ -121,7 +242,7 @@ impl Hub {
     /// Returns how many were still connected at the end.
     pub async fn drain(&self, limit: std::time::Duration) -> usize {
         let deadline = tokio::time::Instant::now() + limit;
-        self.update(|s, _, _| s.drain());
+        self.update(|s, _, fx| s.drain(fx));
         loop {
             let woken = self.0.disconnected.notified();
             let live = self.read(|s, _| s.live_workers());
@@ -131,7 +252,13 @@ impl Hub {
         }
     }
 
-    fn apply(&self, fx: Effects) {
+    /// Journal writes, spawns and timers.
+    fn carry_out(&self, fx: Effects) {
+        if let Some(j) = &self.0.journal
+            && !fx.journal.is_empty()
+        {
+            j.apply(fx.journal);
+        }
         for request in fx.spawns {
             self.0.spawner.spawn(request, self.clone());
         }
@@ -145,4 +272,46 @@ impl Hub {
             });
         }
     }
+}
+
+/// Sends the state's messages; returns the connections whose queue was full.
+fn send(routes: &mut Routes, out: Vec<Outbound>) -> Vec<Conn> {
+    let mut full = Vec::new();
+    for o in out {
+        match o {
+            Outbound::Message { conn, message } => {
+                if let Some(link) = routes.links.get(&conn) {
+                    match link.messages.try_send(message) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => {
+                            if !full.contains(&conn) {
+                                full.push(conn);
+                            }
+                        }
+                        // The stream is gone; its reader reports the end.
+                        Err(TrySendError::Closed(_)) => {}
+                    }
+                }
+            }
+            Outbound::End { conn, error } => {
+                if let Some(link) = routes.links.remove(&conn)
+                    && let Some(e) = error
+                {
+                    let _ = link.end.send(e.into());
+                }
+            }
+            Outbound::Complete { waiter, tag, result } => {
+                if let Some(tx) = routes.waiters.get(&waiter)
+                    && let Err(TrySendError::Full(_)) = tx.try_send(Completion { tag, result })
+                {
+                    // Sized so it cannot happen; a lost result is still retrievable with Get.
+                    warn!(
+                        waiter = waiter.0,
+                        tag, "a waiter's channel was full; the result stays retrievable"
+                    );
+                }
+            }
+        }
+    }
+    full
 }

@@ -3,11 +3,17 @@
 //! One writer thread owns the redb database. Operations queue on a channel; the writer
 //! takes everything queued, writes it in one transaction, commits (one fsync) and only then
 //! acknowledges: concurrent submissions share a commit (group commit), so durability costs
-//! an fsync per batch, not per task. Results are written the same way but nobody waits for
-//! them: a result lost in a crash means the task runs again (at-least-once).
+//! an fsync per batch, not per task. The state's writes (an attempt started, a result, a
+//! forgotten task, a learned level) go the same way but nobody waits for them: a result lost
+//! in a crash means the task runs again (at-least-once). At shutdown [`Journal::close`]
+//! writes what is queued and joins the writer.
+//!
+//! The queue is bounded by what it serves: a submission waits for its write, and each task
+//! adds at most four unwaited writes over its life (attempts, result, forget).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use carpool_proto::Bytes;
 use carpool_proto::pb;
@@ -18,11 +24,15 @@ use tracing::{error, info};
 
 use crate::error::{Error, Result};
 use crate::scheduler::Learned;
+use crate::state::JournalOp;
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The concurrency level learned per (function, memory size in MB): (level, settled).
 const LEARNED: TableDefinition<(&str, u32), (u32, bool)> = TableDefinition::new("learned");
+/// The last attempt started of each unfinished task (so attempts keep counting across a
+/// restart, and a task that was running can be told from one that was waiting).
+const ATTEMPTS: TableDefinition<u64, u32> = TableDefinition::new("attempts");
 const NEXT_ID: &str = "next_task_id";
 /// Most operations written in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -48,26 +58,31 @@ pub struct StoredTask {
     /// Its final result, once it has one.
     #[prost(message, optional, tag = "6")]
     pub result: Option<pb::TaskResult>,
+    /// What its idempotency key stands for (see `Submission::fingerprint`).
+    #[prost(uint64, tag = "7")]
+    pub fingerprint: u64,
 }
 
 enum Op {
     Accept(u64, Box<StoredTask>, oneshot::Sender<Result<(), String>>),
-    Finish(u64, Arc<pb::TaskResult>),
-    Forget(u64),
-    Learn(Arc<str>, u32, Learned),
+    State(JournalOp),
+    /// Everything before it is written: acknowledge and stop.
+    Close(oneshot::Sender<()>),
 }
 
 /// The handle the coordinator writes through; cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
     ops: mpsc::UnboundedSender<Op>,
+    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 /// What a journal held when it was opened.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Every stored task by id, in id order.
-    pub tasks: Vec<(u64, StoredTask)>,
+    /// Every stored task by id, in id order, with the last attempt started of an
+    /// unfinished one (0: it never started).
+    pub tasks: Vec<(u64, StoredTask, u32)>,
     /// The first id never handed out.
     pub next_id: u64,
     /// The concurrency level learned per (function, memory size in MB).
@@ -81,17 +96,24 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `dir` and starts its writer thread.
+    /// Opens (or creates) the journal in `dir` and starts its writer thread. A record that
+    /// does not decode stops the start with its id: a journal is never silently rewritten.
     pub fn open(dir: &Path) -> Result<(Self, Recovered)> {
         std::fs::create_dir_all(dir)?;
         let db = Database::create(dir.join("carpool.redb")).map_err(storage)?;
         let recovered = load(&db)?;
         info!(dir = %dir.display(), tasks = recovered.tasks.len(), next_id = recovered.next_id, "journal opened");
         let (ops, rx) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("carpool-journal".into())
             .spawn(move || writer(db, rx))?;
-        Ok((Self { ops }, recovered))
+        Ok((
+            Self {
+                ops,
+                writer: Arc::new(Mutex::new(Some(writer))),
+            },
+            recovered,
+        ))
     }
 
     /// Stores a new task; resolves once it is on disk.
@@ -107,19 +129,23 @@ impl Journal {
         }
     }
 
-    /// Records a task's result (not waited for).
-    pub fn finish(&self, id: u64, result: Arc<pb::TaskResult>) {
-        let _ = self.ops.send(Op::Finish(id, result));
+    /// Queues the state's writes (not waited for).
+    pub fn apply(&self, ops: impl IntoIterator<Item = JournalOp>) {
+        for op in ops {
+            let _ = self.ops.send(Op::State(op));
+        }
     }
 
-    /// Drops a task whose retention has passed (not waited for).
-    pub fn forget(&self, id: u64) {
-        let _ = self.ops.send(Op::Forget(id));
-    }
-
-    /// Records the concurrency level learned for `function` at `memory_mb` (not waited for).
-    pub fn learn(&self, function: &Arc<str>, memory_mb: u32, learned: Learned) {
-        let _ = self.ops.send(Op::Learn(function.clone(), memory_mb, learned));
+    /// Writes everything queued, then stops and joins the writer thread.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.ops.send(Op::Close(done)).is_ok() {
+            let _ = wait.await;
+        }
+        let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
     }
 }
 
@@ -134,20 +160,30 @@ fn load(db: &Database) -> Result<Recovered> {
         txn.open_table(TASKS).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
         txn.open_table(LEARNED).map_err(storage)?;
+        txn.open_table(ATTEMPTS).map_err(storage)?;
     }
     txn.commit().map_err(storage)?;
     let txn = db.begin_read().map_err(storage)?;
+    let attempts_table = txn.open_table(ATTEMPTS).map_err(storage)?;
     let tasks_table = txn.open_table(TASKS).map_err(storage)?;
     let mut tasks = Vec::new();
     for entry in tasks_table.iter().map_err(storage)? {
         let (k, v) = entry.map_err(storage)?;
-        let task =
-            StoredTask::decode(v.value()).map_err(|e| Error::Journal(format!("task {}: {e}", k.value())))?;
-        tasks.push((k.value(), task));
+        let id = k.value();
+        let task = StoredTask::decode(v.value()).map_err(|e| {
+            Error::Journal(format!(
+                "the record of task {id} does not decode ({e}); refusing to start on a damaged journal: move the state directory aside, or restore it from a backup"
+            ))
+        })?;
+        let started = match &task.result {
+            Some(_) => 0,
+            None => attempts_table.get(id).map_err(storage)?.map_or(0, |a| a.value()),
+        };
+        tasks.push((id, task, started));
     }
     let meta = txn.open_table(META).map_err(storage)?;
     let stored_next = meta.get(NEXT_ID).map_err(storage)?.map_or(1, |v| v.value());
-    let next_id = stored_next.max(tasks.last().map_or(1, |(id, _)| id + 1));
+    let next_id = stored_next.max(tasks.last().map_or(1, |(id, _, _)| id + 1));
     let mut learned = Vec::new();
     for entry in txn
         .open_table(LEARNED)
@@ -180,10 +216,20 @@ fn writer(db: Database, mut rx: mpsc::UnboundedReceiver<Op>) {
         if let Err(e) = &outcome {
             error!(error = %e, ops = batch.len(), "journal write failed");
         }
+        let mut closing = None;
         for op in batch {
-            if let Op::Accept(_, _, done) = op {
-                let _ = done.send(outcome.clone());
+            match op {
+                Op::Accept(_, _, done) => {
+                    let _ = done.send(outcome.clone());
+                }
+                Op::Close(done) => closing = Some(done),
+                Op::State(_) => {}
             }
+        }
+        if let Some(done) = closing {
+            let _ = done.send(());
+            info!("journal closed");
+            return;
         }
     }
 }
@@ -192,6 +238,7 @@ fn write(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {
         let mut tasks = txn.open_table(TASKS)?;
+        let mut attempts = txn.open_table(ATTEMPTS)?;
         let mut next_id = None;
         for op in batch {
             match op {
@@ -199,23 +246,37 @@ fn write(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                     tasks.insert(*id, task.encode_to_vec().as_slice())?;
                     next_id = next_id.max(Some(id + 1));
                 }
-                Op::Finish(id, result) => {
+                Op::State(JournalOp::Started(id, attempt)) => {
+                    attempts.insert(*id, *attempt)?;
+                }
+                Op::State(JournalOp::Finish(id, result)) => {
                     // Keep what is needed to report it; the input is no longer needed.
-                    let mut stored = match tasks.get(*id)? {
-                        Some(v) => StoredTask::decode(v.value()).unwrap_or_default(),
+                    let stored = match tasks.get(*id)? {
+                        Some(v) => StoredTask::decode(v.value()),
                         None => continue, // forgotten already
+                    };
+                    let Ok(mut stored) = stored else {
+                        // Never rewrite what does not decode: the next start refuses it, by id.
+                        error!(
+                            task = id,
+                            "the journal's record of this task does not decode; its result is not written"
+                        );
+                        continue;
                     };
                     stored.payload = Bytes::new();
                     stored.result = Some(result.as_ref().clone());
                     tasks.insert(*id, stored.encode_to_vec().as_slice())?;
+                    attempts.remove(*id)?;
                 }
-                Op::Forget(id) => {
+                Op::State(JournalOp::Forget(id)) => {
                     tasks.remove(*id)?;
+                    attempts.remove(*id)?;
                 }
-                Op::Learn(function, memory_mb, l) => {
+                Op::State(JournalOp::Learn(function, memory_mb, l)) => {
                     txn.open_table(LEARNED)?
                         .insert((function.as_ref(), *memory_mb), (l.level, l.settled))?;
                 }
+                Op::Close(_) => {}
             }
         }
         if let Some(next) = next_id {
@@ -241,7 +302,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn accepted_tasks_and_results_survive_a_reopen() {
+    async fn accepted_tasks_results_attempts_and_levels_survive_a_reopen() {
         let dir = tempfile::tempdir().expect("temp dir");
         {
             let (j, rec) = Journal::open(dir.path()).expect("open");
@@ -249,33 +310,29 @@ mod tests {
             j.accept(1, task("echo")).await.expect("accept 1");
             j.accept(2, task("echo")).await.expect("accept 2");
             j.accept(3, task("echo")).await.expect("accept 3");
-            j.finish(
-                1,
-                Arc::new(pb::TaskResult {
-                    task_id: 1,
-                    state: 3,
-                    ..Default::default()
-                }),
-            );
-            j.forget(3);
+            let done = Arc::new(pb::TaskResult {
+                task_id: 1,
+                state: 3,
+                ..Default::default()
+            });
             let level = |level| Learned { level, settled: true };
-            j.learn(&Arc::from("echo"), 2048, level(40));
-            j.learn(&Arc::from("echo"), 2048, level(64));
+            j.apply([
+                JournalOp::Started(1, 1),
+                JournalOp::Started(2, 1),
+                JournalOp::Started(2, 2),
+                JournalOp::Finish(1, done),
+                JournalOp::Forget(3),
+                JournalOp::Learn(Arc::from("echo"), 2048, level(40)),
+                JournalOp::Learn(Arc::from("echo"), 2048, level(64)),
+            ]);
             // An accept after them is acknowledged only once everything before it is written.
             j.accept(4, task("spin")).await.expect("accept 4");
+            j.close().await;
         }
-        // The writer thread may still hold the file briefly after the handle is dropped.
-        let mut reopened = None;
-        for _ in 0..500 {
-            if let Ok((_, rec)) = Journal::open(dir.path()) {
-                reopened = Some(rec);
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let rec = reopened.expect("the journal reopens");
-        let ids: Vec<u64> = rec.tasks.iter().map(|(id, _)| *id).collect();
-        assert_eq!(ids, vec![1, 2, 4]);
+        let (_, rec) = Journal::open(dir.path()).expect("the journal reopens");
+        let ids: Vec<(u64, u32)> = rec.tasks.iter().map(|(id, _, a)| (*id, *a)).collect();
+        // Task 1 finished, task 2 ran twice and is unfinished, task 4 never started.
+        assert_eq!(ids, vec![(1, 0), (2, 2), (4, 0)]);
         assert_eq!(rec.next_id, 5, "ids are never reused, even after a forget");
         let first = &rec.tasks[0].1;
         assert!(first.result.is_some() && first.payload.is_empty());
@@ -285,5 +342,32 @@ mod tests {
             settled: true,
         };
         assert_eq!(rec.learned, vec![(("echo".to_owned(), 2048), learned)]);
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_stops_the_start_and_is_named() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let (j, _) = Journal::open(dir.path()).expect("open");
+            j.accept(7, task("echo")).await.expect("accept");
+            j.close().await;
+        }
+        {
+            let db = Database::create(dir.path().join("carpool.redb")).expect("db");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(TASKS)
+                .expect("table")
+                .insert(7, &b"\xff\xff\xff"[..])
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let err = Journal::open(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("task 7") && err.contains("refusing to start"),
+            "{err}"
+        );
     }
 }

@@ -26,6 +26,25 @@ struct Cli {
     /// Fleet cap per function: live plus starting workers.
     #[arg(long, env = "CARPOOL_MAX_WORKERS", default_value_t = 8)]
     max_workers: u32,
+    /// Fleet cap over all functions together: live plus starting workers.
+    #[arg(long, env = "CARPOOL_MAX_FLEET", default_value_t = 64)]
+    max_fleet: u32,
+    /// Accept only these functions (comma-separated or repeated) with the external and
+    /// Lambda spawners [default: any valid name, up to --max-functions at once].
+    #[arg(long, env = "CARPOOL_FUNCTIONS", value_delimiter = ',')]
+    functions: Vec<String>,
+    /// Most functions known at once; an idle one (nothing pending, running or live, nothing
+    /// learned) makes room for a new name, and with none idle a new name is refused.
+    #[arg(long, env = "CARPOOL_MAX_FUNCTIONS", default_value_t = 1000)]
+    max_functions: usize,
+    /// Spawns of a function that may fail in a row before its pending tasks fail with the
+    /// cause.
+    #[arg(long, env = "CARPOOL_MAX_SPAWN_FAILURES", default_value_t = 10)]
+    max_spawn_failures: u32,
+    /// Most connections served at once (workers and clients; one past it waits for one to
+    /// close).
+    #[arg(long, env = "CARPOOL_MAX_CONNECTIONS", default_value_t = 16_384)]
+    max_connections: usize,
     /// Memory size of spawned workers in MB (billing size; vCPUs follow it unless --vcpus).
     #[arg(long, env = "CARPOOL_MEMORY_MB", default_value_t = 2048)]
     memory_mb: u32,
@@ -59,8 +78,9 @@ struct Cli {
     /// Which eligible worker gets a task.
     #[arg(long, env = "CARPOOL_PLACEMENT", value_enum, default_value_t = PlacementArg::Pack)]
     placement: PlacementArg,
-    /// Largest task payload in bytes.
-    #[arg(long, env = "CARPOOL_MAX_PAYLOAD_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// Largest task payload, and largest task output, in bytes [default: 4 MiB less 16 KiB,
+    /// so that a full one with its envelope fits in a 4 MiB gRPC message; at most 64 MiB].
+    #[arg(long, env = "CARPOOL_MAX_PAYLOAD_BYTES", default_value_t = carpool_coordinator::config::DEFAULT_MAX_PAYLOAD_BYTES)]
     max_payload_bytes: usize,
     /// Attempts per task before it fails because its workers were lost.
     #[arg(long, env = "CARPOOL_MAX_ATTEMPTS", default_value_t = 3)]
@@ -188,40 +208,8 @@ fn parse_exec(s: &str) -> Result<(String, String), String> {
 }
 
 impl Cli {
+    /// Checks what only the flags can get wrong; [`Config::validate`] checks the ranges.
     fn validate(&self) -> Result<(), String> {
-        let fractions = [
-            ("--mem-threshold", self.mem_threshold),
-            ("--deadline-fraction", self.deadline_fraction),
-        ];
-        for (flag, v) in fractions {
-            if !(v > 0.0 && v <= 1.0) {
-                return Err(format!("{flag} must be in (0, 1], got {v}"));
-            }
-        }
-        if !(self.cpu_threshold > 0.0 && self.cpu_threshold <= 64.0) {
-            return Err(format!(
-                "--cpu-threshold must be in (0, 64] (a fraction of the vCPU allotment), got {}",
-                self.cpu_threshold
-            ));
-        }
-        if self.max_slots == 0 {
-            return Err("--max-slots must be at least 1".into());
-        }
-        if self.max_workers == 0 {
-            return Err("--max-workers must be at least 1".into());
-        }
-        if self.memory_mb < 128 {
-            return Err(format!(
-                "--memory-mb must be at least 128, got {}",
-                self.memory_mb
-            ));
-        }
-        if self.slots == Some(0) || self.vcpus == Some(0) {
-            return Err("--slots and --vcpus must be at least 1".into());
-        }
-        if self.max_attempts == 0 || self.max_tasks_per_worker == Some(0) {
-            return Err("--max-attempts and --max-tasks-per-worker must be at least 1".into());
-        }
         if matches!(self.spawner, SpawnerArg::Lambda) {
             if self
                 .lambda_function
@@ -276,6 +264,11 @@ impl Cli {
                 SpawnerArg::Lambda => SpawnerKind::Lambda,
             },
             max_workers: self.max_workers,
+            max_fleet: self.max_fleet,
+            functions: self.functions,
+            max_functions: self.max_functions,
+            max_spawn_failures: self.max_spawn_failures,
+            max_connections: self.max_connections,
             memory_mb: self.memory_mb,
             vcpus: self.vcpus,
             slots: self.slots,
@@ -298,7 +291,7 @@ impl Cli {
             worker_log: None,
             worker_data_dir: self.worker_data_dir,
             reconnect_grace: self.reconnect_grace,
-            liveness_intervals: self.liveness_intervals.max(1),
+            liveness_intervals: self.liveness_intervals,
             task_timeout: self.task_timeout,
             max_pending: self.max_pending,
             tls,
@@ -349,6 +342,10 @@ async fn serve(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = config.validate() {
+        eprintln!("carpool-coordinator: {e}");
+        return ExitCode::from(2);
+    }
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {

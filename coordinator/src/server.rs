@@ -1,28 +1,38 @@
 //! Serving: binds the services (with reflection and health) on a given listener and runs
-//! until a shutdown future resolves, then drains the fleet.
+//! until a shutdown future resolves, then drains the fleet and closes the journal.
+//!
+//! Connections are bounded: at most `max_connections` at once (a new one waits to be
+//! accepted), at most [`MAX_STREAMS_PER_CONNECTION`] calls on each, and a connection that
+//! sends nothing within [`PREFACE_TIMEOUT`] of being accepted is closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use carpool_proto::FILE_DESCRIPTOR_SET;
 use carpool_proto::pb::cluster_server::ClusterServer;
 use carpool_proto::pb::tasks_server::TasksServer;
 use carpool_proto::pb::workers_server::WorkersServer;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::{debug, info, warn};
 
 use crate::auth::bearer;
-use crate::config::{Config, SpawnerKind};
-use crate::error::Result;
+use crate::config::{Config, ServerTls, SpawnerKind};
+use crate::error::{Error, Result};
 use crate::hub::Hub;
 use crate::journal::Journal;
 use crate::service::cluster::ClusterService;
+use crate::service::peer::PeerErrorsLayer;
 use crate::service::tasks::TasksService;
 use crate::service::workers::WorkersService;
 use crate::spawner::{ExternalSpawner, LocalSpawner, Spawner};
@@ -36,6 +46,10 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const CLIENT_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for workers to finish their tasks.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// How long an accepted connection may stay silent (no HTTP/2 preface) before it is closed.
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent calls (HTTP/2 streams) on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// The URL workers on this machine dial to reach `addr` (an unspecified address becomes
 /// loopback).
@@ -50,10 +64,15 @@ pub fn local_url(addr: SocketAddr, tls: bool) -> String {
 }
 
 /// Serves the coordinator on `listener` until `shutdown` resolves, then tells every worker
-/// to drain, waits for them (at most [`DRAIN_LIMIT`]), ends what is left and returns.
+/// to drain, waits for them (at most [`DRAIN_LIMIT`]), ends what is left, writes what the
+/// journal has queued and returns. `config` is checked first ([`Config::validate`]).
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    config.validate()?;
     let addr = listener.local_addr()?;
     let config = Arc::new(config);
+    if let (Some(tls), SpawnerKind::Local) = (&config.tls, config.spawner) {
+        local_workers_accept(tls)?;
+    }
     let stop = CancellationToken::new();
     let spawner: Arc<dyn Spawner> = match config.spawner {
         SpawnerKind::Local => Arc::new(LocalSpawner::new(&config, local_url(addr, config.tls.is_some()))?),
@@ -88,7 +107,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     // Leave room above the payload limit for the envelope, so an oversize payload reaches
-    // our own check (INVALID_ARGUMENT with the sizes) instead of the codec's.
+    // our own check (INVALID_ARGUMENT with the sizes) instead of the codec's, and a worker's
+    // batch of results has room for one output at the limit.
     let max_message = config
         .max_payload_bytes
         .saturating_mul(2)
@@ -103,7 +123,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let server = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .layer(PeerErrorsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -124,7 +145,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             bearer(config.worker_token.clone(), "Workers"),
         ))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            incoming(listener, config.max_connections, server_stop.clone()),
             server_stop.clone().cancelled_owned(),
         );
     info!(%addr, spawner = ?config.spawner, "coordinator serving");
@@ -145,6 +166,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     {
         warn!("background tasks did not end in time");
     }
+    // Results of tasks that finished during the drain are queued: write them before leaving.
+    if let Some(j) = hub.journal() {
+        j.close().await;
+    }
     // Graceful shutdown also waits for idle client connections to go away; give them a
     // moment, then stop regardless: every stream that mattered has been drained above.
     let abort = server.abort_handle();
@@ -159,4 +184,148 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     }
     info!("coordinator stopped");
     Ok(())
+}
+
+/// Checks that a local worker, verifying as it does (the worker CA, the worker domain),
+/// would accept the certificate: a certificate made by plain `openssl req -x509` is marked
+/// as a CA, which rustls refuses as a server certificate, so no task would ever run.
+fn local_workers_accept(tls: &ServerTls) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let bad = |msg: String| Error::TlsConfig(msg);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&tls.cert_pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| bad(format!("--tls-cert does not hold PEM certificates: {e}")))?;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| bad("--tls-cert holds no certificate".into()))?;
+    let ca = std::fs::read(&tls.worker_ca).map_err(|e| bad(format!("{}: {e}", tls.worker_ca.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        let c = c.map_err(|e| bad(format!("{}: {e}", tls.worker_ca.display())))?;
+        roots
+            .add(c)
+            .map_err(|e| bad(format!("{}: {e}", tls.worker_ca.display())))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| bad(format!("the worker CA {}: {e}", tls.worker_ca.display())))?;
+    let name = ServerName::try_from(tls.worker_domain.clone())
+        .map_err(|e| bad(format!("--tls-domain {:?}: {e}", tls.worker_domain)))?;
+    use rustls::client::danger::ServerCertVerifier as _;
+    verifier
+        .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
+        .map_err(|e| {
+            bad(format!(
+                "local workers would refuse this certificate for {:?} ({e}). A certificate from plain \
+                 `openssl req -x509` is marked CA:TRUE, which TLS clients refuse as a server's: add \
+                 `-addext basicConstraints=critical,CA:FALSE -addext subjectAltName=DNS:{}`, or sign \
+                 the certificate with a CA and pass it as --tls-worker-ca",
+                tls.worker_domain, tls.worker_domain
+            ))
+        })?;
+    Ok(())
+}
+
+/// The listener's connections as the server's incoming stream: at most `max` at once, each
+/// holding a permit until it closes, and each only once it has sent something.
+fn incoming(
+    listener: TcpListener,
+    max: usize,
+    stop: CancellationToken,
+) -> ReceiverStream<std::io::Result<Counted>> {
+    let (tx, rx) = mpsc::channel(64);
+    let permits = Arc::new(Semaphore::new(max));
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p,
+                () = stop.cancelled() => break,
+            };
+            let Ok(permit) = permit else { break };
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = stop.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(PREFACE_TIMEOUT, stream.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        let _ = tx
+                            .send(Ok(Counted {
+                                stream,
+                                _permit: permit,
+                            }))
+                            .await;
+                    }
+                    _ => debug!(%peer, "closed a connection that sent nothing"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// An accepted connection that holds its place under the connection cap while it lives.
+struct Counted {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Counted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }

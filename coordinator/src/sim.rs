@@ -18,10 +18,9 @@ use std::time::{Duration, Instant};
 
 use carpool_proto::Bytes;
 use carpool_proto::pb::{self, coordinator_message::Kind};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::config::Config;
-use crate::state::{Effects, State, StreamEnd, Submission, Timer, WorkerId, WorkerTx};
+use crate::state::{Conn, Effects, Outbound, State, StreamEnd, Submission, Timer, WorkerId};
 
 /// What one task needs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -234,11 +233,6 @@ impl Queue {
     }
 }
 
-type Stream = (
-    WorkerTx,
-    UnboundedReceiver<Result<pb::CoordinatorMessage, tonic::Status>>,
-);
-
 /// A task running on a simulated worker.
 #[derive(Debug)]
 struct SimTask {
@@ -251,8 +245,7 @@ struct SimTask {
 
 struct SimWorker {
     id: WorkerId,
-    stream: Stream,
-    conn: u64,
+    conn: Conn,
     tasks: Vec<SimTask>,
     /// Bumped whenever the CPU share changes, so that a stale CpuDone is ignored.
     version: u64,
@@ -318,9 +311,8 @@ struct Fleet {
     slots: Vec<Option<SimWorker>>,
     free: Vec<u32>,
     by_id: HashMap<WorkerId, u32>,
-    /// Streams of workers that have gone, emptied, for the next ones (the simulator keeps
-    /// a sender of each, so they stay open).
-    streams: Vec<Stream>,
+    /// Slots by the connection the state gave each worker (its messages name that).
+    by_conn: HashMap<Conn, u32>,
 }
 
 impl Fleet {
@@ -328,12 +320,8 @@ impl Fleet {
         self.by_id.len()
     }
 
-    fn stream(&mut self) -> Stream {
-        self.streams.pop().unwrap_or_else(unbounded_channel)
-    }
-
     fn insert(&mut self, w: SimWorker) -> u32 {
-        let id = w.id.clone();
+        let (id, conn) = (w.id.clone(), w.conn);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slots[slot as usize] = Some(w);
@@ -345,6 +333,7 @@ impl Fleet {
             }
         };
         self.by_id.insert(id, slot);
+        self.by_conn.insert(conn, slot);
         slot
     }
 
@@ -368,10 +357,10 @@ impl Fleet {
 
     fn remove(&mut self, slot: u32, conn: u64) -> Option<SimWorker> {
         self.get_mut(slot, conn)?;
-        let mut w = self.slots[slot as usize].take()?;
+        let w = self.slots[slot as usize].take()?;
         self.by_id.remove(&w.id);
+        self.by_conn.remove(&w.conn);
         self.free.push(slot);
-        while w.stream.1.try_recv().is_ok() {}
         Some(w)
     }
 }
@@ -428,54 +417,62 @@ impl Sim<'_> {
         }
     }
 
-    /// Delivers what the state sent to the workers it messaged: assignments start tasks,
-    /// a Shutdown schedules the exit. Returns whether anything was delivered.
+    /// Delivers what the state sent to the workers: assignments start tasks, a Shutdown
+    /// (or the end of a stream) schedules the exit; results for clients and journal writes
+    /// go nowhere. Returns whether anything was delivered to a worker.
     fn deliver(&mut self, now: Duration) -> bool {
         let mut delivered = false;
-        for id in self.state.take_messaged() {
-            let Some(&slot) = self.fleet.by_id.get(&id) else {
+        self.fx.journal.clear();
+        let vcpus = self.vcpus;
+        let task = self.sim.task;
+        let mut started = Vec::new();
+        let mut exits = Vec::new();
+        for out in std::mem::take(&mut self.fx.out) {
+            let (conn, kind) = match out {
+                Outbound::Message { conn, message } => (conn, message.kind),
+                Outbound::End { conn, .. } => (conn, Some(Kind::Shutdown(pb::Shutdown::default()))),
+                Outbound::Complete { .. } => continue,
+            };
+            let Some(&slot) = self.fleet.by_conn.get(&conn) else {
                 continue;
             };
-            let mut started = false;
-            let mut exit = None;
-            let vcpus = self.vcpus;
-            let task = self.sim.task;
-            if let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) {
-                while let Ok(Ok(msg)) = w.stream.1.try_recv() {
-                    delivered = true;
-                    match msg.kind {
-                        Some(Kind::Assign(a)) => {
-                            w.advance(now, vcpus);
-                            for t in a.tasks {
-                                w.tasks.push(SimTask {
-                                    task: t.task_id,
-                                    attempt: t.attempt,
-                                    started: now,
-                                    cpu_left: task.cpu.as_secs_f64(),
-                                });
-                            }
-                            w.newest = now;
-                            if w.tasks.len() > w.most {
-                                w.most = w.tasks.len();
-                                w.span = (now, w.busy);
-                            }
-                            started = true;
-                        }
-                        Some(Kind::Shutdown(_)) => exit = Some(w.conn),
-                        _ => {}
+            let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) else {
+                continue;
+            };
+            delivered = true;
+            match kind {
+                Some(Kind::Assign(a)) => {
+                    w.advance(now, vcpus);
+                    for t in a.tasks {
+                        w.tasks.push(SimTask {
+                            task: t.task_id,
+                            attempt: t.attempt,
+                            started: now,
+                            cpu_left: task.cpu.as_secs_f64(),
+                        });
+                    }
+                    w.newest = now;
+                    if w.tasks.len() > w.most {
+                        w.most = w.tasks.len();
+                        w.span = (now, w.busy);
+                    }
+                    let n = w.tasks.len() as u32;
+                    self.report.peak_concurrency = self.report.peak_concurrency.max(n);
+                    if !started.contains(&slot) {
+                        started.push(slot);
                     }
                 }
-                let n = w.tasks.len() as u32;
-                self.report.peak_concurrency = self.report.peak_concurrency.max(n);
+                Some(Kind::Shutdown(_)) if !exits.contains(&(slot, conn)) => exits.push((slot, conn)),
+                _ => {}
             }
-            if started {
-                self.queue_sample(slot, now);
-                self.progress(slot, now);
-            }
-            if let Some(conn) = exit {
-                self.queue
-                    .push(now + self.sim.exit_delay, Event::Exit { slot, conn });
-            }
+        }
+        for slot in started {
+            self.queue_sample(slot, now);
+            self.progress(slot, now);
+        }
+        for (slot, conn) in exits {
+            self.queue
+                .push(now + self.sim.exit_delay, Event::Exit { slot, conn });
         }
         delivered
     }
@@ -596,10 +593,13 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
 /// from what the earlier ones taught it); one report per batch.
 pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
     let base = Instant::now();
-    let config = Arc::new(sim.config.clone());
+    // One function: its own cap is the fleet's.
+    let config = Arc::new(Config {
+        max_fleet: sim.config.max_fleet.max(sim.config.max_workers),
+        ..sim.config.clone()
+    });
     let vcpus = config.worker_vcpus();
-    let mut state = State::new(config.clone(), base);
-    state.record_messages();
+    let state = State::new(config.clone(), base);
     let mut s = Sim {
         sim,
         state,
@@ -683,7 +683,6 @@ impl Sim<'_> {
             match event {
                 Event::Connect(id) => {
                     *connecting -= 1;
-                    let stream = s.fleet.stream();
                     let hello = pb::Hello {
                         worker_id: id.to_string(),
                         function: sim.function.clone(),
@@ -692,11 +691,10 @@ impl Sim<'_> {
                         timeout_ms,
                         ..Default::default()
                     };
-                    match s.state.connect(hello, stream.0.clone(), t, &mut s.fx) {
-                        Ok(conn) => {
+                    if let Ok(conn) = s.state.connect(hello, t, &mut s.fx) {
+                        {
                             let slot = s.fleet.insert(SimWorker {
                                 id,
-                                stream,
                                 conn,
                                 tasks: Vec::new(),
                                 version: 0,
@@ -718,7 +716,6 @@ impl Sim<'_> {
                                 },
                             );
                         }
-                        Err(_) => s.fleet.streams.push(stream),
                     }
                 }
                 Event::CpuDone { slot, conn, version } => {
@@ -758,7 +755,6 @@ impl Sim<'_> {
                 Event::Exit { slot, conn } => {
                     if let Some(w) = s.fleet.remove(slot, conn) {
                         s.state.disconnect(&w.id, w.conn, StreamEnd::Closed, t, &mut s.fx);
-                        s.fleet.streams.push(w.stream);
                     }
                 }
             }

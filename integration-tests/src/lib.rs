@@ -449,8 +449,7 @@ pub fn hello(id: &str, function: &str, slots: u32) -> pb::Hello {
         slots,
         timeout_ms: 0,
         instance: "test".into(),
-        running_task_ids: Vec::new(),
-        max_slots: 0,
+        ..Default::default()
     }
 }
 

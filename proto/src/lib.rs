@@ -4,6 +4,7 @@
 //! - [`pb`] holds the generated messages, clients and servers of package `carpool.v1`.
 //! - [`FILE_DESCRIPTOR_SET`] is the encoded descriptor, served through gRPC reflection.
 //! - [`payload`] converts between the wire [`pb::Payload`] and plain bytes.
+//! - [`codec`]: prost's codec, with undecodable bytes reported as INVALID_ARGUMENT.
 //! - [`endpoint`]: how clients and workers dial (keepalive, TLS).
 //! - [`auth`]: the bearer-token [`Secret`] and the [`Bearer`] interceptor clients and workers use.
 //! - [`lambda`]: the event a Lambda worker invocation receives from the coordinator, and
@@ -15,6 +16,7 @@
 pub use bytes::Bytes;
 
 pub mod auth;
+pub mod codec;
 pub mod endpoint;
 pub mod lambda;
 

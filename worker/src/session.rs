@@ -109,6 +109,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
         handler: Arc::new(handler),
         running: JoinSet::new(),
         handles: HashMap::new(),
+        max_output: 0,
         tasks_run: 0,
         shutdown: None,
         welcomed: false,
@@ -173,7 +174,10 @@ struct Session<H> {
     config: WorkerConfig,
     handler: Arc<H>,
     running: JoinSet<(u64, u32, u64, Duration, HandlerOutcome)>,
-    handles: HashMap<u64, AbortHandle>,
+    /// Running tasks: their attempt and how to abort them.
+    handles: HashMap<u64, (u32, AbortHandle)>,
+    /// The largest output the coordinator accepts (its Welcome); 0 before one.
+    max_output: u64,
     tasks_run: u64,
     shutdown: Option<pb::ShutdownReason>,
     sampler: Sampler,
@@ -201,6 +205,7 @@ impl<H: Handler> Session<H> {
             .max_encoding_message_size(usize::MAX);
         let (out, outbox) = mpsc::channel::<WorkerMessage>(OUTBOX);
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let running: Vec<(u64, u32)> = self.handles.iter().map(|(&t, &(a, _))| (t, a)).collect();
         let hello = pb::Hello {
             worker_id: self.config.id.clone(),
             function: self.config.function.clone(),
@@ -209,7 +214,8 @@ impl<H: Handler> Session<H> {
             slots: self.config.slots.unwrap_or(0),
             timeout_ms: remaining.as_millis().max(1) as u64,
             instance: self.config.instance.clone(),
-            running_task_ids: self.handles.keys().copied().collect(),
+            running_task_ids: running.iter().map(|&(t, _)| t).collect(),
+            running_attempts: running.iter().map(|&(_, a)| a).collect(),
             max_slots: self.config.max_slots.unwrap_or(0),
         };
         send(&out, Up::Hello(hello)).await?;
@@ -222,6 +228,7 @@ impl<H: Handler> Session<H> {
         };
         self.welcomed = true;
         self.limit = welcome.slots;
+        self.max_output = welcome.max_output_bytes;
         let interval = Duration::from_millis(welcome.sample_interval_ms.max(10));
         info!(worker = %self.config.id, function = %self.config.function, slots = welcome.slots, resumed = !self.handles.is_empty(), "connected");
         let mut tick = tokio::time::interval(interval);
@@ -264,7 +271,7 @@ impl<H: Handler> Session<H> {
                     }
                     Some(CoordinatorMessage { kind: Some(Down::Cancel(cancel)) }) => {
                         for task in cancel.task_ids {
-                            if let Some(h) = self.handles.remove(&task) {
+                            if let Some((_, h)) = self.handles.remove(&task) {
                                 info!(worker = %id, task, "task cancelled");
                                 h.abort();
                             }
@@ -287,11 +294,12 @@ impl<H: Handler> Session<H> {
                         if let Ok((task, attempt, started, took, outcome)) = joined {
                             self.handles.remove(&task);
                             self.tasks_run += 1;
+                            let outcome = cap_output(outcome, self.max_output);
                             results.push(result(task, attempt, started, took, outcome));
                         }
                         next = self.running.try_join_next();
                     }
-                    if !results.is_empty() {
+                    for results in batches(results, self.max_output) {
                         send(&out, Up::Results(pb::TaskResults { results })).await?;
                     }
                     self.changed.get_or_insert_with(Instant::now);
@@ -358,8 +366,53 @@ impl<H: Handler> Session<H> {
             };
             (id, attempt, start, clock.elapsed(), outcome)
         });
-        self.handles.insert(id, handle);
+        self.handles.insert(id, (attempt, handle));
     }
+}
+
+/// `outcome`, or an error in its place when its output is larger than `max` bytes (the
+/// coordinator's limit, from its Welcome; 0: none known): the task fails with the sizes
+/// instead of the whole batch being refused.
+fn cap_output(outcome: HandlerOutcome, max: u64) -> HandlerOutcome {
+    match outcome {
+        Ok(out) if max > 0 && out.len() as u64 > max => Err(format!(
+            "output too large: {} bytes, the coordinator accepts at most {max}",
+            out.len()
+        )),
+        Err(e) if max > 0 && e.len() as u64 > max => {
+            let mut cut = (max as usize).min(e.len());
+            while !e.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            Err(e[..cut].to_owned())
+        }
+        other => other,
+    }
+}
+
+/// `results` split into messages whose outputs and errors add up to at most `max` bytes
+/// each (one result per message at least; 0: one message).
+fn batches(results: Vec<pb::WorkerTaskResult>, max: u64) -> Vec<Vec<pb::WorkerTaskResult>> {
+    let mut out: Vec<Vec<pb::WorkerTaskResult>> = Vec::new();
+    let mut size = 0u64;
+    for r in results {
+        let len = match &r.outcome {
+            Some(Outcome::Output(b)) => b.len() as u64,
+            Some(Outcome::Error(e)) => e.len() as u64,
+            None => 0,
+        };
+        match out.last_mut() {
+            Some(batch) if max == 0 || size + len <= max => {
+                size += len;
+                batch.push(r);
+            }
+            _ => {
+                size = len;
+                out.push(vec![r]);
+            }
+        }
+    }
+    out
 }
 
 async fn send(out: &mpsc::Sender<WorkerMessage>, kind: Up) -> Result<()> {

@@ -41,9 +41,7 @@ pub async fn spawn_worker(
         memory_mb: 2048,
         slots,
         timeout_ms: 3_600_000,
-        instance: String::new(),
-        running_task_ids: Vec::new(),
-        max_slots: 0,
+        ..Default::default()
     };
     out.send(pb::WorkerMessage {
         kind: Some(Up::Hello(hello)),

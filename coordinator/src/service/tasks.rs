@@ -3,6 +3,11 @@
 //! With a state directory a submission is written to the journal before it enters the pool
 //! and before it is acknowledged; the id (and idempotency key) is reserved first, under the
 //! lock, so a resubmission racing the write gets the same id.
+//!
+//! Results reach their callers through channels that cannot fill: a Run waits for one, a
+//! Watch for as many as its distinct ids (at most 10,000), a Map for at most
+//! [`MAP_IN_FLIGHT`] submissions in flight (past it, the call reads no more submissions
+//! until results are taken).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,13 +22,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use super::peer::from_peer;
 use crate::error::Error;
-use crate::hub::Hub;
+use crate::hub::{Completion, Hub};
 use crate::journal::StoredTask;
-use crate::state::{Completion, Reserved, Submission, Waiter, unix_ms};
+use crate::state::{Reserved, Submission, Waiter, unix_ms};
 
 /// Results queued per Map call before the sender waits for the client.
 const STREAM_BUFFER: usize = 1024;
+
+/// Most submissions of one Map call in flight (accepted, result not yet sent).
+pub const MAP_IN_FLIGHT: usize = 100_000;
 
 /// Serves the client API.
 pub struct TasksService {
@@ -63,23 +72,18 @@ enum Accepting {
 
 /// Reserves an id for `sub` and, without a journal, puts it in the pool at once. With a
 /// journal, returns the write to wait for; [`finish_accept`] then inserts or undoes it.
-fn start_accept(
-    hub: &Hub,
-    sub: Submission,
-    waiter: Option<Waiter>,
-) -> Result<(Accepting, Option<Waiter>), Error> {
+fn start_accept(hub: &Hub, sub: Submission, waiter: Option<Waiter>) -> Result<Accepting, Error> {
     let Some(journal) = hub.journal().cloned() else {
-        return Ok((
-            Accepting::Done(hub.update(|s, now, fx| s.submit(sub, waiter, now, fx))?),
-            None,
+        return Ok(Accepting::Done(
+            hub.update(|s, now, fx| s.submit(sub, waiter, now, fx))?,
         ));
     };
     match hub.update(|s, _, _| s.reserve(&sub))? {
         Reserved::Existing(id) => {
             if let Some(w) = waiter {
-                hub.update(|s, _, _| s.follow(id, w));
+                hub.update(|s, _, fx| s.follow(id, w, fx));
             }
-            Ok((Accepting::Done(id), None))
+            Ok(Accepting::Done(id))
         }
         Reserved::New(id) => {
             let stored = StoredTask {
@@ -89,12 +93,13 @@ fn start_accept(
                 key: sub.key.clone(),
                 submitted_unix_ms: unix_ms(),
                 result: None,
+                fingerprint: sub.fingerprint(),
             };
             let write = async move {
                 let outcome = journal.accept(id, stored).await;
                 (id, sub, outcome)
             };
-            Ok((Accepting::Writing(Box::pin(write)), waiter))
+            Ok(Accepting::Writing(Box::pin(write)))
         }
     }
 }
@@ -122,8 +127,8 @@ fn finish_accept(
 async fn accept(hub: &Hub, req: pb::SubmitRequest, waiter: Option<Waiter>) -> Result<u64, Error> {
     let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
     match start_accept(hub, sub, waiter)? {
-        (Accepting::Done(id), _) => Ok(id),
-        (Accepting::Writing(write), waiter) => {
+        Accepting::Done(id) => Ok(id),
+        Accepting::Writing(write) => {
             let (id, sub, outcome) = write.await;
             finish_accept(hub, id, sub, outcome, waiter)
         }
@@ -143,8 +148,9 @@ impl Tasks for TasksService {
     }
 
     async fn run(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::TaskResult>, Status> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let task_id = accept(&self.hub, request.into_inner(), Some(Waiter { tx, tag: 0 })).await?;
+        let (guard, mut rx) = self.hub.waiter(1);
+        let waiter = Waiter { id: guard.id, tag: 0 };
+        let task_id = accept(&self.hub, request.into_inner(), Some(waiter)).await?;
         match rx.recv().await {
             Some(c) => Ok(Response::new(c.result.as_ref().clone())),
             None => Err(Status::unavailable(format!(
@@ -162,15 +168,20 @@ impl Tasks for TasksService {
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let ids = request.into_inner().task_ids;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let expected = self.hub.update(|s, _, _| s.watch(&ids, &tx))?;
-        drop(tx);
-        let stream = futures::stream::unfold((rx, expected), |(mut rx, left)| async move {
+        let distinct = {
+            let mut d = ids.clone();
+            d.sort_unstable();
+            d.dedup();
+            d.len()
+        };
+        let (guard, rx) = self.hub.waiter(distinct);
+        let expected = self.hub.update(|s, _, fx| s.watch(&ids, guard.id, fx))?;
+        let stream = futures::stream::unfold((rx, expected, guard), |(mut rx, left, guard)| async move {
             if left == 0 {
                 return None;
             }
             let c: Completion = rx.recv().await?;
-            Some((Ok(c.result.as_ref().clone()), (rx, left - 1)))
+            Some((Ok(c.result.as_ref().clone()), (rx, left - 1, guard)))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -199,23 +210,27 @@ impl Tasks for TasksService {
 }
 
 /// One Map call: submissions in, results out as they finish. Journal writes of different
-/// submissions are in flight together, so they share commits.
+/// submissions are in flight together, so they share commits. A submission that does not
+/// decode (or is too large) ends the call with its status once the results of the
+/// submissions accepted before it have been sent.
 async fn serve_map(
     hub: Hub,
     mut inbound: Streaming<pb::MapRequest>,
     out: mpsc::Sender<Result<pb::MapResponse, Status>>,
 ) {
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Completion>();
+    let (guard, mut done_rx) = hub.waiter(MAP_IN_FLIGHT);
     let mut writes: FuturesUnordered<TaggedWriting> = FuturesUnordered::new();
     let mut default_function = String::new();
-    let mut outstanding: u64 = 0;
+    let mut outstanding: usize = 0;
     let mut inbound_open = true;
+    let mut ending: Option<Status> = None;
     loop {
         if !inbound_open && outstanding == 0 {
             break;
         }
+        let room = outstanding < MAP_IN_FLIGHT;
         let reply = tokio::select! {
-            msg = inbound.message(), if inbound_open => match msg {
+            msg = inbound.message(), if inbound_open && room => match msg {
                 Ok(Some(mut req)) => {
                     if req.function.is_empty() {
                         req.function.clone_from(&default_function);
@@ -223,14 +238,14 @@ async fn serve_map(
                         default_function.clone_from(&req.function);
                     }
                     let seq = req.seq;
-                    let waiter = Waiter { tx: done_tx.clone(), tag: seq };
+                    let waiter = Waiter { id: guard.id, tag: seq };
                     let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
                     match start_accept(&hub, sub, Some(waiter)) {
-                        Ok((Accepting::Done(_), _)) => {
+                        Ok(Accepting::Done(_)) => {
                             outstanding += 1;
                             continue;
                         }
-                        Ok((Accepting::Writing(write), _)) => {
+                        Ok(Accepting::Writing(write)) => {
                             outstanding += 1;
                             writes.push(Box::pin(async move { (seq, write.await) }));
                             continue;
@@ -243,13 +258,26 @@ async fn serve_map(
                     continue;
                 }
                 Err(status) => {
-                    // The client broke the call: its tasks still run, results stay retrievable.
-                    debug!(%status, "map request stream ended abnormally");
-                    break;
+                    inbound_open = false;
+                    match from_peer(&status) {
+                        // A malformed submission: the rest is not read, the accepted ones'
+                        // results are still sent, then the call ends with its status.
+                        Some(bad) => {
+                            debug!(%bad, "a Map submission did not decode; ending the call after its results");
+                            ending = Some(bad);
+                            continue;
+                        }
+                        // The client broke the call: its tasks still run, results stay
+                        // retrievable with Get.
+                        None => {
+                            debug!(%status, "map request stream ended abnormally");
+                            break;
+                        }
+                    }
                 }
             },
             Some((seq, (id, sub, outcome))) = writes.next() => {
-                let waiter = Waiter { tx: done_tx.clone(), tag: seq };
+                let waiter = Waiter { id: guard.id, tag: seq };
                 match finish_accept(&hub, id, sub, outcome, Some(waiter)) {
                     Ok(_) => continue,
                     Err(e) => {
@@ -264,8 +292,11 @@ async fn serve_map(
             }
         };
         if out.send(Ok(reply)).await.is_err() {
-            break;
+            return;
         }
+    }
+    if let Some(status) = ending {
+        let _ = out.send(Err(status)).await;
     }
 }
 

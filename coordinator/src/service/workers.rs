@@ -1,20 +1,24 @@
 //! `carpool.v1.Workers/Connect`: one stream per worker for its whole life.
 //!
-//! The handler waits for the hello, registers the worker with a clone of the stream's
-//! sender (how assignments and shutdowns are pushed later), then a spawned task reads the
-//! worker's messages until the stream ends. All cleanup happens in one place after that
-//! loop, whatever ended it.
+//! The handler waits for the hello, registers the worker together with its stream's
+//! [`Link`] (a bounded queue of messages, then the status the stream ends with), then a
+//! spawned task reads the worker's messages until the stream ends. All cleanup happens in
+//! one place after that loop, whatever ended it; the state decides how the stream ends (a
+//! violator hears why).
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use carpool_proto::pb::{self, worker_message::Kind, workers_server::Workers};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
+use super::peer::from_peer;
 use crate::error::Error;
-use crate::hub::Hub;
+use crate::hub::{Hub, Link, WORKER_QUEUE};
 use crate::state::{StreamEnd, WorkerId};
 
 /// How long a new stream may take to send its hello.
@@ -32,27 +36,39 @@ impl WorkersService {
     }
 }
 
+type Down = Pin<Box<dyn Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Workers for WorkersService {
-    type ConnectStream = UnboundedReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+    type ConnectStream = Down;
 
     async fn connect(
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
-            .await
-            .map_err(|_| Error::NoHello)??
-            .ok_or(Error::NoHello)?;
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) | Ok(Ok(None)) => return Err(Error::NoHello.into()),
+            Ok(Err(status)) => return Err(from_peer(&status).unwrap_or(status)),
+            Ok(Ok(Some(m))) => m,
+        };
         let hello = match first.kind {
             Some(Kind::Hello(hello)) => hello,
             _ => return Err(Error::HelloExpected.into()),
         };
         let id = WorkerId::new(&hello.worker_id);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let errors = tx.clone();
-        let conn = self.hub.update(|s, now, fx| s.connect(hello, tx, now, fx))?;
+        let (messages, rx) = mpsc::channel(WORKER_QUEUE);
+        let (end, ended) = oneshot::channel::<Status>();
+        let (outcome, conn) = self
+            .hub
+            .update_linked(Some(Link { messages, end }), |s, now, fx| {
+                match s.connect(hello, now, fx) {
+                    Ok(conn) => (Ok(()), Some(conn)),
+                    Err(e) => (Err(e), None),
+                }
+            });
+        outcome?;
+        let conn = conn.ok_or_else(|| Status::internal("a connected worker has no connection number"))?;
         let hub = self.hub.clone();
         tokio::spawn(async move {
             let end = match read_worker(&hub, &id, &mut inbound).await {
@@ -66,16 +82,17 @@ impl Workers for WorkersService {
                 }
                 Err(Ended::Violation(e)) => {
                     warn!(worker = %id, error = %e, "worker broke the protocol; ending its stream");
-                    // Tell the worker why, if it still listens.
-                    let _ = errors.send(Err(e.into()));
-                    StreamEnd::Violation
+                    StreamEnd::Violation(e)
                 }
             };
-            drop(errors);
             hub.update(|s, now, fx| s.disconnect(&id, conn, end, now, fx));
             hub.notify_disconnect();
         });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+        // Its messages, then the status the state ends it with (none: a clean end).
+        let last = futures::stream::once(ended).filter_map(|r| async move { r.ok().map(Err) });
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(Ok).chain(last),
+        )))
     }
 }
 
@@ -83,7 +100,8 @@ impl Workers for WorkersService {
 enum Ended {
     /// The transport failed.
     Broken(Status),
-    /// The worker sent something it must not.
+    /// The worker sent something it must not (including bytes that do not decode, or a
+    /// message over the size limit).
     Violation(Error),
 }
 
@@ -93,7 +111,17 @@ async fn read_worker(
     id: &WorkerId,
     inbound: &mut Streaming<pb::WorkerMessage>,
 ) -> Result<(), Ended> {
-    while let Some(msg) = inbound.message().await.map_err(Ended::Broken)? {
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(()),
+            Err(status) => {
+                return Err(match from_peer(&status) {
+                    Some(bad) => Ended::Violation(Error::PeerMessage(bad)),
+                    None => Ended::Broken(status),
+                });
+            }
+        };
         let applied = match msg.kind {
             Some(Kind::Sample(sample)) => hub.update(|s, now, fx| s.sample(id, sample, now, fx)),
             Some(Kind::Results(r)) => hub.update(|s, now, fx| s.results(id, r.results, now, fx)),
@@ -102,5 +130,4 @@ async fn read_worker(
         };
         applied.map_err(Ended::Violation)?;
     }
-    Ok(())
 }

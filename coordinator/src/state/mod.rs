@@ -2,15 +2,19 @@
 //!
 //! Every event (submit, sample, result, connect, disconnect, spawn failure, timer) is a
 //! method here that takes the time as an argument, applies the rule from
-//! [`crate::scheduler`], sends what it decided down the workers' channels (non-blocking)
-//! and returns spawns and timers as [`Effects`] for the caller to carry out after it has
-//! let go of the lock.
+//! [`crate::scheduler`] and returns everything it decided as [`Effects`]: messages for
+//! workers and clients, journal writes, spawns and timers, for the caller to carry out
+//! after it has let go of the lock. It sends nothing itself and holds no channel.
 //!
 //! - `mod.rs`: the types, dispatch and the idle/deadline evaluation of a worker.
+//! - `effects.rs`: what an event returns.
 //! - `tasks.rs`: client events (submit, cancel, get, watch).
-//! - `workers.rs`: worker and spawner events (connect, sample, results, disconnect).
+//! - `workers.rs`: worker events (connect, resume, claim, sample, results, disconnect).
+//! - `fleet.rs`: timeouts, the liveness sweep, held-back tasks, spawn outcomes.
 //! - `report.rs`: ListWorkers and Stats.
 
+mod effects;
+mod fleet;
 mod report;
 mod table;
 mod tasks;
@@ -22,9 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carpool_proto::Bytes;
-use carpool_proto::pb::{self, CoordinatorMessage, TaskState, coordinator_message::Kind};
-use tokio::sync::mpsc::UnboundedSender;
-use tonic::Status;
+use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{debug, info};
 
 use crate::config::{Config, SpawnerKind};
@@ -32,7 +34,8 @@ use crate::scheduler::{
     self, IdleAction, Learned, Limit, LimitParams, Rules, StopReason, Verdict, WorkerView,
 };
 
-pub use tasks::{Completion, Reserved, Submission, Waiter};
+pub use effects::{Conn, Effects, JournalOp, Outbound, SpawnRequest, Timer, Waiter, WaiterId};
+pub use tasks::{Reserved, Submission};
 pub use workers::StreamEnd;
 
 /// A worker's id, unique among the workers of one coordinator.
@@ -59,39 +62,6 @@ impl fmt::Display for WorkerId {
 
 /// A task's id, unique per coordinator.
 pub type TaskId = u64;
-
-/// The sending half of a worker's stream.
-pub type WorkerTx = UnboundedSender<Result<CoordinatorMessage, Status>>;
-
-/// A worker the coordinator asked a spawner to start.
-#[derive(Clone, Debug)]
-pub struct SpawnRequest {
-    /// The id the new worker must say in its hello.
-    pub id: WorkerId,
-    /// The function it serves.
-    pub function: Arc<str>,
-}
-
-/// Deferred re-evaluations.
-#[derive(Clone, Debug)]
-pub enum Timer {
-    /// Look at this worker again (keep-alive ran out, deadline fraction reached);
-    /// the number is its connection, so a timer never touches a later connection.
-    Worker(WorkerId, u64),
-    /// Try to place and spawn for this function again (after a spawn failure's backoff).
-    Function(Arc<str>),
-    /// This attempt of this task may have run past its timeout.
-    Task(TaskId, u32),
-}
-
-/// What the caller carries out once the lock is released.
-#[derive(Debug, Default)]
-pub struct Effects {
-    /// Workers to start.
-    pub spawns: Vec<SpawnRequest>,
-    /// Re-evaluations to schedule, after the given delay.
-    pub timers: Vec<(Duration, Timer)>,
-}
 
 /// One task.
 #[derive(Debug)]
@@ -138,8 +108,8 @@ struct Worker {
     idle_since: Instant,
     /// Told to shut down: gets nothing new.
     stopping: bool,
-    /// The stream's sender; `None` while the stream is broken and the worker may reconnect.
-    tx: Option<WorkerTx>,
+    /// Whether its stream is up; `false` while it is broken and the worker may reconnect.
+    attached: bool,
     /// When its stream broke (it keeps its tasks until the grace period ends).
     detached_since: Option<Instant>,
     /// When it last sent anything (the liveness lease).
@@ -162,7 +132,7 @@ struct Worker {
 impl Worker {
     /// Whether it may take one more task now.
     fn eligible(&self, rules: &Rules, now: Instant) -> bool {
-        !self.stopping && self.tx.is_some() && scheduler::assess(rules, &self.view(now)) == Verdict::Eligible
+        !self.stopping && self.attached && scheduler::assess(rules, &self.view(now)) == Verdict::Eligible
     }
 
     /// Its key in the index of eligible workers, or `None` if it may take nothing now.
@@ -196,10 +166,10 @@ impl Worker {
         }
     }
 
-    fn send(&self, kind: Kind) {
-        // A failed send means the stream is gone; its reader cleans up.
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Ok(CoordinatorMessage { kind: Some(kind) }));
+    /// Sends `kind` down its stream, if it is up.
+    fn send(&self, kind: Kind, fx: &mut Effects) {
+        if self.attached {
+            fx.message(self.conn, kind);
         }
     }
 
@@ -268,6 +238,13 @@ struct Function {
     peak_mem: f64,
 }
 
+impl Function {
+    /// Nothing pending, running, live or starting: its entry only holds counters.
+    fn is_idle(&self) -> bool {
+        self.pending == 0 && self.running == 0 && self.workers == 0 && self.starting == 0
+    }
+}
+
 /// The scheduling state.
 #[derive(Debug)]
 pub struct State {
@@ -282,17 +259,22 @@ pub struct State {
     next_conn: u64,
     started_at: Instant,
     draining: bool,
-    /// With [`State::record_messages`]: the workers sent an Assign or a Shutdown since the
-    /// last [`State::take_messaged`] (the simulator reads only those workers' streams).
-    messaged: Option<Vec<WorkerId>>,
     /// Idempotency keys of submissions, to their task.
-    keys: HashMap<String, TaskId>,
+    keys: HashMap<String, (TaskId, u64)>,
     /// Waiters for tasks reserved but not yet inserted (their accept is being written).
     early_waiters: HashMap<TaskId, Vec<Waiter>>,
     /// Finished tasks in the order they finished, for the retention sweep.
     finished: VecDeque<(Instant, TaskId)>,
-    /// Where accepted tasks and results are written, with `--state-dir`.
-    journal: Option<crate::journal::Journal>,
+    /// Whether events ask for journal writes (with `--state-dir`).
+    journaled: bool,
+    /// Tasks restored from the journal that were running when the coordinator stopped: held
+    /// out of their pools for the reconnect grace, for their workers to claim.
+    orphans: std::collections::BTreeSet<TaskId>,
+    /// Spawns written off as never started (bounded, oldest forgotten first): one that
+    /// arrives late is welcomed within its fleet cap, or sent away.
+    written_off: std::collections::HashSet<WorkerId>,
+    /// [`State::written_off`] in the order they were written off.
+    written_off_order: VecDeque<WorkerId>,
     /// The concurrency limit learned per (function, memory size): where new workers start.
     learned: BTreeMap<(Arc<str>, u32), Learned>,
 }
@@ -300,6 +282,7 @@ pub struct State {
 impl State {
     /// Empty state under `config`, started at `now`.
     pub fn new(config: Arc<Config>, now: Instant) -> Self {
+        let journaled = config.state_dir.is_some();
         Self {
             rules: Rules::from(config.as_ref()),
             config,
@@ -312,11 +295,13 @@ impl State {
             next_conn: 1,
             started_at: now,
             draining: false,
-            messaged: None,
             keys: HashMap::new(),
             early_waiters: HashMap::new(),
             finished: VecDeque::new(),
-            journal: None,
+            journaled,
+            orphans: std::collections::BTreeSet::new(),
+            written_off: std::collections::HashSet::new(),
+            written_off_order: VecDeque::new(),
             learned: BTreeMap::new(),
         }
     }
@@ -329,22 +314,18 @@ impl State {
             .map(|(_, &v)| v)
     }
 
-    /// Records `learned` for `function` at `memory_mb` (and in the journal).
-    fn learn(&mut self, function: &Arc<str>, memory_mb: u32, learned: Learned) {
+    /// Records `learned` for `function` at `memory_mb` (and asks the journal to).
+    fn learn(&mut self, function: &Arc<str>, memory_mb: u32, learned: Learned, fx: &mut Effects) {
         let key = (function.clone(), memory_mb);
         if self.learned.get(&key) == Some(&learned) {
             return;
         }
         debug!(function = %function, memory_mb, level = learned.level, settled = learned.settled, "learned a concurrency level");
         self.learned.insert(key, learned);
-        if let Some(j) = &self.journal {
-            j.learn(function, memory_mb, learned);
+        if self.journaled {
+            fx.journal
+                .push(JournalOp::Learn(function.clone(), memory_mb, learned));
         }
-    }
-
-    /// Writes results to `journal` from now on.
-    pub fn set_journal(&mut self, journal: crate::journal::Journal) {
-        self.journal = Some(journal);
     }
 
     /// The map's own key for `name`, creating the function's entry on first use.
@@ -355,6 +336,37 @@ impl State {
         let key: Arc<str> = Arc::from(name);
         self.functions.insert(key.clone(), Function::default());
         key
+    }
+
+    /// Makes sure a function entry for `name` can exist: past `--max-functions` entries an
+    /// idle one (nothing pending, running or live, nothing learned) makes room, and with none
+    /// idle the function is refused. Changes nothing when `name` has an entry.
+    fn make_room(&mut self, name: &str) -> crate::Result<()> {
+        if self.functions.contains_key(name) || self.functions.len() < self.config.max_functions {
+            return Ok(());
+        }
+        match self.evictable() {
+            Some(k) => {
+                self.functions.remove(&k);
+                Ok(())
+            }
+            None => Err(crate::Error::TooManyFunctions(self.config.max_functions)),
+        }
+    }
+
+    /// Whether [`State::make_room`] would let `name` have an entry (without changing anything).
+    fn has_room_for(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
+            || self.functions.len() < self.config.max_functions
+            || self.evictable().is_some()
+    }
+
+    /// An idle function entry (nothing pending, running or live, nothing learned).
+    fn evictable(&self) -> Option<Arc<str>> {
+        self.functions
+            .iter()
+            .find(|(k, f)| f.is_idle() && !self.learned.keys().any(|(lk, _)| lk == *k))
+            .map(|(k, _)| k.clone())
     }
 
     /// Places whatever pending tasks of `function` eligible workers can take, sends the
@@ -402,6 +414,9 @@ impl State {
             task.state = TaskState::Running;
             task.attempts += 1;
             task.worker = Some(worker_id.clone());
+            if self.journaled {
+                fx.journal.push(JournalOp::Started(task_id, task.attempts));
+            }
             w.running.push((task_id, task.attempts));
             w.assigned_total += 1;
             if w.running.len() as u32 >= w.limit.value() {
@@ -432,10 +447,7 @@ impl State {
         for (id, tasks) in batches {
             if let Some(w) = self.workers.get_mut(&id) {
                 w.batch = None;
-                w.send(Kind::Assign(pb::Assign { tasks }));
-            }
-            if let Some(log) = &mut self.messaged {
-                log.push(id);
+                w.send(Kind::Assign(pb::Assign { tasks }), fx);
             }
         }
         self.spawn_for(function, now, fx);
@@ -478,7 +490,9 @@ impl State {
             return;
         }
         // At the cap there is nothing to decide: skip the scan of the fleet's free slots.
-        if f.workers as u32 + f.starting >= self.config.max_workers {
+        let fleet_room =
+            (self.config.max_fleet as usize).saturating_sub(self.workers.len() + self.starting.len());
+        if f.workers as u32 + f.starting >= self.config.max_workers || fleet_room == 0 {
             return;
         }
         let mut free = f.starting as usize * slots_per_new as usize;
@@ -494,7 +508,7 @@ impl State {
             // One pass over the workers, compared by function pointer: no lookups per worker.
             for w in self.workers.values().filter(|w| Arc::ptr_eq(&w.function, key)) {
                 let v = w.view(now);
-                if !w.stopping && w.tx.is_some() && !scheduler::assess(&rules, &v).is_final() {
+                if !w.stopping && w.attached && !scheduler::assess(&rules, &v).is_final() {
                     free += scheduler::free_capacity(&w.limit, w.limit_params.max, v.running) as usize;
                 }
             }
@@ -509,7 +523,8 @@ impl State {
             fleet,
             self.config.max_workers,
             slots_per_new,
-        );
+        )
+        .min(fleet_room as u32);
         let key = self.function_key(function);
         for _ in 0..n {
             let id = WorkerId(Arc::from(format!("w{}-{}", self.next_worker, function)));
@@ -524,7 +539,6 @@ impl State {
             );
             if let Some(f) = self.functions.get_mut(function) {
                 f.starting += 1;
-                f.workers_started += 1;
             }
             info!(worker = %id, function, "spawning");
             fx.spawns.push(SpawnRequest {
@@ -540,7 +554,7 @@ impl State {
         let Some(w) = self.workers.get(id) else {
             return;
         };
-        if w.stopping || w.tx.is_none() {
+        if w.stopping || !w.attached {
             return;
         }
         let pool_empty = self.functions.get(&w.function).is_none_or(|f| f.pending == 0);
@@ -562,35 +576,23 @@ impl State {
                     StopReason::Deadline => pb::ShutdownReason::Deadline,
                     StopReason::Ineligible => pb::ShutdownReason::Ineligible,
                 };
-                self.stop(id, reason);
+                self.stop(id, reason, fx);
             }
         }
     }
 
-    fn stop(&mut self, id: &WorkerId, reason: pb::ShutdownReason) {
+    fn stop(&mut self, id: &WorkerId, reason: pb::ShutdownReason, fx: &mut Effects) {
         if let Some(w) = self.workers.get_mut(id) {
             info!(worker = %id, reason = reason.as_str_name(), "shutdown");
             w.stopping = true;
-            w.send(Kind::Shutdown(pb::Shutdown {
-                reason: reason as i32,
-            }));
-            if let Some(log) = &mut self.messaged {
-                log.push(id.clone());
-            }
+            w.send(
+                Kind::Shutdown(pb::Shutdown {
+                    reason: reason as i32,
+                }),
+                fx,
+            );
             self.unindex(id);
         }
-    }
-
-    /// From now on, remember which workers are sent an Assign or a Shutdown (for the
-    /// simulator, which then reads only their streams instead of every worker's).
-    pub fn record_messages(&mut self) {
-        self.messaged.get_or_insert_with(Vec::new);
-    }
-
-    /// The workers sent an Assign or a Shutdown since the last call (with
-    /// [`State::record_messages`]; otherwise none), in order, possibly repeated.
-    pub fn take_messaged(&mut self) -> Vec<WorkerId> {
-        self.messaged.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// A timer fired.
@@ -606,16 +608,17 @@ impl State {
             }
             Timer::Function(name) => self.dispatch(&name, now, fx),
             Timer::Task(id, attempt) => self.time_out(id, attempt, now, fx),
+            Timer::Orphans => self.release_orphans(now, fx),
         }
     }
 
     /// The coordinator is shutting down: nothing new is accepted or spawned, and every
     /// worker is told to finish and leave. Returns how many workers were told.
-    pub fn drain(&mut self) -> usize {
+    pub fn drain(&mut self, fx: &mut Effects) -> usize {
         self.draining = true;
         let ids: Vec<WorkerId> = self.workers.keys().cloned().collect();
         for id in &ids {
-            self.stop(id, pb::ShutdownReason::Drain);
+            self.stop(id, pb::ShutdownReason::Drain, fx);
         }
         ids.len()
     }

@@ -16,7 +16,7 @@ impl State {
             .iter()
             .filter(|(_, w)| function.is_empty() || w.function.as_ref() == function)
             .map(|(id, w)| {
-                let state = if w.stopping || w.tx.is_none() {
+                let state = if w.stopping || !w.attached {
                     pb::WorkerState::Stopping
                 } else if crate::scheduler::past_deadline(&self.rules, &w.view(now)) {
                     pb::WorkerState::Draining
@@ -69,17 +69,24 @@ impl State {
     pub fn stats(&self, now: Instant) -> pb::StatsResponse {
         let mut total = pb::FunctionStats::default();
         let mut functions = Vec::with_capacity(self.functions.len());
-        // Live workers billed so far, and their limits, per function, in one pass.
-        let mut live: BTreeMap<&str, (f64, f64, u32)> = BTreeMap::new();
+        // Live workers billed so far, their limits, and those only waiting to reconnect,
+        // per function, in one pass.
+        let mut live: BTreeMap<&str, (f64, f64, u32, u32)> = BTreeMap::new();
         for w in self.workers.values() {
             let e = live.entry(w.function.as_ref()).or_default();
             e.0 += billing::billed_gb_ms(now.saturating_duration_since(w.connected_at), w.memory_mb);
-            e.1 += f64::from(w.limit.value());
-            e.2 += 1;
+            if w.attached {
+                e.1 += f64::from(w.limit.value());
+                e.2 += 1;
+            } else {
+                e.3 += 1;
+            }
         }
         for (name, f) in &self.functions {
-            let (live_gb_ms, limits, n) = live.get(name.as_ref()).copied().unwrap_or_default();
+            let (live_gb_ms, limits, n, reconnecting) = live.get(name.as_ref()).copied().unwrap_or_default();
             let mut s = function_stats(name, f, live_gb_ms);
+            s.workers_live = n;
+            s.workers_reconnecting = reconnecting;
             s.slots_learned = self
                 .learned_limit(name, self.config.memory_mb)
                 .map_or(0, |l| l.level);
@@ -152,6 +159,7 @@ fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
     total.failed += s.failed;
     total.cancelled += s.cancelled;
     total.workers_live += s.workers_live;
+    total.workers_reconnecting += s.workers_reconnecting;
     total.workers_starting += s.workers_starting;
     total.workers_started += s.workers_started;
     total.spawn_failures += s.spawn_failures;

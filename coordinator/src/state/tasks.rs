@@ -5,22 +5,12 @@ use std::time::{Duration, Instant};
 
 use carpool_proto::Bytes;
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
-use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info};
 
-use super::{Effects, State, Task, TaskId, unix_ms};
+use super::{Effects, JournalOp, Outbound, State, Task, TaskId, Waiter, unix_ms};
 use crate::config::BUILTIN_FUNCTIONS;
 use crate::error::{Error, Result};
 use crate::journal::Recovered;
-
-/// A finished task, delivered to whoever waits for it.
-#[derive(Clone, Debug)]
-pub struct Completion {
-    /// The waiter's own tag (a Map call's `seq`).
-    pub tag: u64,
-    /// The final result.
-    pub result: Arc<pb::TaskResult>,
-}
 
 /// The id a submission gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +20,12 @@ pub enum Reserved {
     /// Its idempotency key already names this task.
     Existing(TaskId),
 }
+
+/// The longest idempotency key accepted.
+pub(crate) const MAX_KEY_BYTES: usize = 1024;
+
+/// The most task ids one Watch call may follow.
+pub(crate) const MAX_WATCH_IDS: usize = 10_000;
 
 /// A task as a client submits it.
 #[derive(Clone, Debug, Default)]
@@ -53,20 +49,28 @@ impl Submission {
             ..Self::default()
         }
     }
-}
 
-/// Someone waiting for a task's result (a Run, Watch or Map call).
-#[derive(Clone, Debug)]
-pub struct Waiter {
-    /// Where the completion goes; a closed receiver is simply skipped.
-    pub tx: UnboundedSender<Completion>,
-    /// Echoed in the completion.
-    pub tag: u64,
+    /// What an idempotency key stands for: a stable digest of the function, the timeout and
+    /// the payload (SHA-256, first 8 bytes), kept in the journal, so that a key reused with
+    /// other parameters is refused also after a restart.
+    pub fn fingerprint(&self) -> u64 {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.function.as_bytes());
+        h.update([0]);
+        h.update(self.timeout.map_or(0, |t| t.as_millis() as u64).to_le_bytes());
+        h.update(&self.payload);
+        let digest = h.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
+    }
 }
 
 impl Waiter {
-    fn notify(&self, result: &Arc<pb::TaskResult>) {
-        let _ = self.tx.send(Completion {
+    fn notify(&self, result: &Arc<pb::TaskResult>, fx: &mut Effects) {
+        fx.out.push(Outbound::Complete {
+            waiter: self.id,
             tag: self.tag,
             result: result.clone(),
         });
@@ -82,6 +86,7 @@ impl State {
         if function.is_empty() {
             return Err(Error::EmptyFunction);
         }
+        crate::config::check_function_name(function).map_err(Error::BadFunctionName)?;
         if payload_len > self.config.max_payload_bytes {
             return Err(Error::PayloadTooLarge {
                 size: payload_len,
@@ -89,9 +94,18 @@ impl State {
             });
         }
         if !self.config.serves(function) {
-            let mut known: Vec<&str> = BUILTIN_FUNCTIONS.to_vec();
-            known.extend(self.config.exec_functions.iter().map(|(n, _)| n.as_str()));
+            let known: Vec<String> = match self.config.spawner {
+                crate::config::SpawnerKind::Local => BUILTIN_FUNCTIONS
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .chain(self.config.exec_functions.iter().map(|(n, _)| n.clone()))
+                    .collect(),
+                _ => self.config.functions.clone(),
+            };
             return Err(Error::UnknownFunction(function.to_owned(), known.join(", ")));
+        }
+        if !self.has_room_for(function) {
+            return Err(Error::TooManyFunctions(self.config.max_functions));
         }
         Ok(())
     }
@@ -111,7 +125,7 @@ impl State {
         match self.reserve(&sub)? {
             Reserved::Existing(id) => {
                 if let Some(w) = waiter {
-                    self.follow(id, w);
+                    self.follow(id, w, fx);
                 }
                 Ok(id)
             }
@@ -125,36 +139,43 @@ impl State {
     /// Checks a submission and gives it an id (or the id its idempotency key already has),
     /// changing nothing else.
     pub fn reserve(&mut self, sub: &Submission) -> Result<Reserved> {
-        if let Some(&existing) = self.keys.get(&sub.key) {
+        if let Some(&(existing, fingerprint)) = self.keys.get(&sub.key) {
+            if fingerprint != sub.fingerprint() {
+                return Err(Error::IdempotencyKeyReused(sub.key.clone(), existing));
+            }
             debug!(task = existing, "idempotent resubmission");
             return Ok(Reserved::Existing(existing));
         }
         self.validate(&sub.function, sub.payload.len())?;
+        if sub.key.len() > MAX_KEY_BYTES {
+            return Err(Error::KeyTooLong(sub.key.len(), MAX_KEY_BYTES));
+        }
         let pending: u64 = self.functions.values().map(|f| f.pending).sum();
         if pending >= self.config.max_pending {
             return Err(Error::PoolFull(pending));
         }
+        self.make_room(&sub.function)?;
         let id = self.next_task;
         self.next_task += 1;
         if !sub.key.is_empty() {
-            self.keys.insert(sub.key.clone(), id);
+            self.keys.insert(sub.key.clone(), (id, sub.fingerprint()));
         }
         Ok(Reserved::New(id))
     }
 
     /// Undoes a reservation whose task could not be written.
     pub fn unreserve(&mut self, id: TaskId, key: &str) {
-        if self.keys.get(key) == Some(&id) {
+        if self.keys.get(key).is_some_and(|(k, _)| *k == id) {
             self.keys.remove(key);
         }
         self.early_waiters.remove(&id);
     }
 
     /// Makes `waiter` follow task `id` (now, if it has finished).
-    pub fn follow(&mut self, id: TaskId, waiter: Waiter) {
+    pub fn follow(&mut self, id: TaskId, waiter: Waiter, fx: &mut Effects) {
         match self.tasks.get_mut(id) {
             Some(task) => match &task.result {
-                Some(r) => waiter.notify(r),
+                Some(r) => waiter.notify(r, fx),
                 None => task.waiters.push(waiter),
             },
             None => self.early_waiters.entry(id).or_default().push(waiter),
@@ -197,15 +218,18 @@ impl State {
         self.dispatch(function, now, fx);
     }
 
-    /// Loads what a journal held: unfinished tasks go back to their pools (in id order),
-    /// finished ones keep their results; keys and the id counter carry on.
+    /// Loads what a journal held: finished tasks keep their results; unfinished ones go
+    /// back to their pools (in id order), except those that were running, which are held
+    /// back for the reconnect grace so that their workers can claim them; keys, attempt
+    /// counts, learned levels and the id counter carry on.
     pub fn restore(&mut self, recovered: Recovered, now: Instant, fx: &mut Effects) {
         let mut functions = Vec::new();
         let (mut pending, mut done) = (0usize, 0usize);
-        for (id, stored) in recovered.tasks {
+        let hold_back = !self.config.reconnect_grace.is_zero();
+        for (id, stored, started) in recovered.tasks {
             let key = self.function_key(&stored.function);
             if !stored.key.is_empty() {
-                self.keys.insert(stored.key.clone(), id);
+                self.keys.insert(stored.key.clone(), (id, stored.fingerprint));
             }
             let result = stored.result.map(Arc::new);
             let state = result.as_ref().map_or(TaskState::Pending, |r| r.state());
@@ -217,7 +241,7 @@ impl State {
                     timeout: (stored.timeout_ms > 0).then(|| Duration::from_millis(stored.timeout_ms)),
                     key: stored.key,
                     state,
-                    attempts: result.as_ref().map_or(0, |r| r.attempts),
+                    attempts: result.as_ref().map_or(started, |r| r.attempts),
                     worker: None,
                     submitted_unix_ms: stored.submitted_unix_ms,
                     result,
@@ -226,6 +250,10 @@ impl State {
             );
             if let Some(f) = self.functions.get_mut(&key) {
                 match state {
+                    TaskState::Pending if started > 0 && hold_back => {
+                        self.orphans.insert(id);
+                        pending += 1;
+                    }
                     TaskState::Pending => {
                         f.pool.push_back(id);
                         f.pending += 1;
@@ -251,17 +279,22 @@ impl State {
         }
         info!(
             pending,
+            held_back = self.orphans.len(),
             done,
             next_id = self.next_task,
             "restored from the journal"
         );
+        if !self.orphans.is_empty() {
+            fx.timers
+                .push((self.config.reconnect_grace, super::Timer::Orphans));
+        }
         for f in functions {
             self.dispatch(&f, now, fx);
         }
     }
 
     /// Forgets finished tasks older than the retention (memory and journal).
-    pub(super) fn expire(&mut self, now: Instant) {
+    pub(super) fn expire(&mut self, now: Instant, fx: &mut Effects) {
         let retention = self.config.result_retention;
         while let Some(&(at, id)) = self.finished.front() {
             if now.saturating_duration_since(at) < retention {
@@ -272,15 +305,15 @@ impl State {
                 if !task.key.is_empty() {
                     self.keys.remove(&task.key);
                 }
-                if let Some(j) = &self.journal {
-                    j.forget(id);
+                if self.journaled {
+                    fx.journal.push(JournalOp::Forget(id));
                 }
             }
         }
     }
 
     /// Records a task's final result, wakes its waiters and frees its payload.
-    pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult, now: Instant) {
+    pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult, now: Instant, fx: &mut Effects) {
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
@@ -296,10 +329,10 @@ impl State {
         task.payload = Bytes::new();
         let result = Arc::new(result);
         for w in task.waiters.drain(..) {
-            w.notify(&result);
+            w.notify(&result, fx);
         }
-        if let Some(j) = &self.journal {
-            j.finish(id, result.clone());
+        if self.journaled {
+            fx.journal.push(JournalOp::Finish(id, result.clone()));
         }
         task.result = Some(result);
         self.finished.push_back((now, id));
@@ -329,7 +362,7 @@ impl State {
                     && let Some(w) = self.workers.get_mut(wid)
                 {
                     w.release(id, now);
-                    w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }));
+                    w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }), fx);
                 }
             }
             done => return Ok(done),
@@ -350,6 +383,7 @@ impl State {
                 ..Default::default()
             },
             now,
+            fx,
         );
         if let Some(wid) = worker {
             self.dispatch_near(&function, Some(&wid), now, fx);
@@ -372,10 +406,13 @@ impl State {
         })
     }
 
-    /// Subscribes `tx` to the results of `ids` (tag = task id): finished ones are sent at
-    /// once. Every id is checked before anything is subscribed. Returns how many distinct
-    /// results will be delivered.
-    pub fn watch(&mut self, ids: &[TaskId], tx: &UnboundedSender<Completion>) -> Result<usize> {
+    /// Subscribes waiter `who` to the results of `ids` (tag = task id): finished ones are
+    /// sent at once. Every id is checked before anything is subscribed. Returns how many
+    /// distinct results will be delivered.
+    pub fn watch(&mut self, ids: &[TaskId], who: super::WaiterId, fx: &mut Effects) -> Result<usize> {
+        if ids.len() > MAX_WATCH_IDS {
+            return Err(Error::TooManyIds(ids.len(), MAX_WATCH_IDS));
+        }
         if let Some(missing) = ids.iter().find(|id| !self.tasks.contains_key(**id)) {
             return Err(Error::UnknownTask(*missing));
         }
@@ -384,12 +421,9 @@ impl State {
         unique.dedup();
         for id in &unique {
             if let Some(t) = self.tasks.get_mut(*id) {
-                let waiter = Waiter {
-                    tx: tx.clone(),
-                    tag: *id,
-                };
+                let waiter = Waiter { id: who, tag: *id };
                 match &t.result {
-                    Some(r) => waiter.notify(r),
+                    Some(r) => waiter.notify(r, fx),
                     None => t.waiters.push(waiter),
                 }
             }

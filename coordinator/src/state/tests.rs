@@ -5,12 +5,9 @@ use std::time::{Duration, Instant};
 
 use carpool_proto::Bytes;
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use super::*;
 use crate::config::{Config, Placement, SpawnerKind};
-
-type Rx = UnboundedReceiver<Result<pb::CoordinatorMessage, tonic::Status>>;
 
 fn state(config: Config) -> (State, Instant) {
     let now = Instant::now();
@@ -47,36 +44,50 @@ fn hello(id: &str, slots: u32) -> pb::Hello {
         slots,
         timeout_ms: 0,
         instance: "i".into(),
-        running_task_ids: Vec::new(),
-        max_slots: 0,
+        ..Default::default()
     }
 }
 
-fn connect(s: &mut State, id: &str, slots: u32, now: Instant) -> (u64, Rx) {
-    let (tx, rx) = unbounded_channel();
-    let conn = s
-        .connect(hello(id, slots), tx, now, &mut Effects::default())
-        .expect("connect");
-    (conn, rx)
+/// Connects worker `id`; its messages collect in `fx` under the returned connection.
+fn connect(s: &mut State, fx: &mut Effects, id: &str, slots: u32, now: Instant) -> Conn {
+    s.connect(hello(id, slots), now, fx).expect("connect")
 }
 
-/// The assigned task ids of every message waiting on `rx` (after the welcome).
-fn assigned(rx: &mut Rx) -> Vec<u64> {
-    let mut ids = Vec::new();
-    while let Ok(Ok(msg)) = rx.try_recv() {
-        if let Some(Kind::Assign(a)) = msg.kind {
-            ids.extend(a.tasks.iter().map(|t| t.task_id));
+/// Takes the messages for `conn` out of `fx` (leaving the rest).
+fn messages(fx: &mut Effects, conn: Conn) -> Vec<Kind> {
+    let mut mine = Vec::new();
+    fx.out.retain_mut(|o| match o {
+        Outbound::Message { conn: c, message } if *c == conn => {
+            mine.extend(message.kind.take());
+            false
         }
-    }
-    ids
+        _ => true,
+    });
+    mine
 }
 
-fn submit(s: &mut State, now: Instant) -> (TaskId, Effects) {
+/// The task ids assigned to `conn` in the messages waiting in `fx`.
+fn assigned(fx: &mut Effects, conn: Conn) -> Vec<u64> {
+    messages(fx, conn)
+        .into_iter()
+        .filter_map(|k| match k {
+            Kind::Assign(a) => Some(a.tasks.into_iter().map(|t| t.task_id)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+fn submit(s: &mut State, fx: &mut Effects, now: Instant) -> TaskId {
+    s.submit(Submission::new("f", Bytes::from_static(b"x")), None, now, fx)
+        .expect("submit")
+}
+
+/// Submits to a local-spawner state, returning the spawns the submission asked for.
+fn spawns(s: &mut State, now: Instant) -> Vec<SpawnRequest> {
     let mut fx = Effects::default();
-    let id = s
-        .submit(Submission::new("f", Bytes::from_static(b"x")), None, now, &mut fx)
-        .expect("submit");
-    (id, fx)
+    submit(s, &mut fx, now);
+    fx.spawns
 }
 
 fn result(task_id: TaskId, attempt: u32) -> pb::WorkerTaskResult {
@@ -93,20 +104,16 @@ fn result(task_id: TaskId, attempt: u32) -> pb::WorkerTaskResult {
 #[test]
 fn submit_assigns_at_once_up_to_the_slots() {
     let (mut s, now) = state(external());
-    let (_, mut rx) = connect(&mut s, "w", 2, now);
-    let ids: Vec<TaskId> = (0..3).map(|_| submit(&mut s, now).0).collect();
-    assert_eq!(assigned(&mut rx), ids[..2].to_vec());
+    let mut fx = Effects::default();
+    let rx = connect(&mut s, &mut fx, "w", 2, now);
+    let ids: Vec<TaskId> = (0..3).map(|_| submit(&mut s, &mut fx, now)).collect();
+    assert_eq!(assigned(&mut fx, rx), ids[..2].to_vec());
     let st = s.stats(now).total.expect("total");
     assert_eq!((st.running, st.pending), (2, 1));
     // A result frees a slot, which is refilled in the same event.
-    s.results(
-        &WorkerId::new("w"),
-        vec![result(ids[0], 1)],
-        now,
-        &mut Effects::default(),
-    )
-    .expect("results");
-    assert_eq!(assigned(&mut rx), vec![ids[2]]);
+    s.results(&WorkerId::new("w"), vec![result(ids[0], 1)], now, &mut fx)
+        .expect("results");
+    assert_eq!(assigned(&mut fx, rx), vec![ids[2]]);
     assert_eq!(s.get(ids[0]).expect("get").state(), TaskState::Succeeded);
 }
 
@@ -117,12 +124,13 @@ fn pack_fills_one_worker_before_the_next_and_spread_alternates() {
             placement,
             ..external()
         });
-        let (_, mut a) = connect(&mut s, "a", 2, now);
-        let (_, mut b) = connect(&mut s, "b", 2, now);
-        submit(&mut s, now);
-        submit(&mut s, now);
+        let mut fx = Effects::default();
+        let a = connect(&mut s, &mut fx, "a", 2, now);
+        let b = connect(&mut s, &mut fx, "b", 2, now);
+        submit(&mut s, &mut fx, now);
+        submit(&mut s, &mut fx, now);
         assert_eq!(
-            (assigned(&mut a).len(), assigned(&mut b).len()),
+            (assigned(&mut fx, a).len(), assigned(&mut fx, b).len()),
             expected,
             "{placement:?}"
         );
@@ -134,7 +142,7 @@ fn starting_workers_count_as_capacity_so_a_burst_does_not_over_spawn() {
     let (mut s, now) = state(local(8));
     let mut spawned = 0;
     for _ in 0..5 {
-        spawned += submit(&mut s, now).1.spawns.len();
+        spawned += spawns(&mut s, now).len();
     }
     // 5 tasks at 2 slots per worker: 3 workers, not 5.
     assert_eq!(spawned, 3);
@@ -151,8 +159,7 @@ fn starting_workers_count_as_capacity_so_a_burst_does_not_over_spawn() {
 #[test]
 fn a_failed_spawn_releases_its_capacity_and_retries_after_a_backoff() {
     let (mut s, now) = state(local(1));
-    let (_, fx) = submit(&mut s, now);
-    let id = fx.spawns[0].id.clone();
+    let id = spawns(&mut s, now)[0].id.clone();
     let mut fx = Effects::default();
     s.spawn_failed(&id, "boom", now, &mut fx);
     assert!(fx.spawns.is_empty(), "respawned without a backoff");
@@ -175,8 +182,7 @@ fn a_spawned_worker_that_never_connects_is_written_off_after_the_start_timeout()
         ..local(1)
     };
     let (mut s, now) = state(config);
-    let (_, fx) = submit(&mut s, now);
-    assert_eq!(fx.spawns.len(), 1);
+    assert_eq!(spawns(&mut s, now).len(), 1);
     let mut fx = Effects::default();
     s.sweep(now + Duration::from_secs(9), &mut fx);
     assert_eq!(
@@ -197,16 +203,15 @@ fn a_spawned_worker_that_never_connects_is_written_off_after_the_start_timeout()
 #[test]
 fn cold_starts_are_measured_from_spawn_to_hello() {
     let (mut s, now) = state(local(3));
+    let mut fx = Effects::default();
     let mut ids = Vec::new();
     for _ in 0..5 {
-        ids.extend(submit(&mut s, now).1.spawns.into_iter().map(|r| r.id));
+        ids.extend(spawns(&mut s, now).into_iter().map(|r| r.id));
     }
     assert_eq!(ids.len(), 3);
     for (i, id) in ids.iter().enumerate() {
-        let (tx, _rx) = unbounded_channel();
         let at = now + Duration::from_millis(100 * (i as u64 + 1));
-        s.connect(hello(id.as_str(), 2), tx, at, &mut Effects::default())
-            .expect("connect");
+        s.connect(hello(id.as_str(), 2), at, &mut fx).expect("connect");
     }
     let st = s.stats(now + Duration::from_secs(1)).total.expect("total");
     assert_eq!(
@@ -220,29 +225,22 @@ fn cold_starts_are_measured_from_spawn_to_hello() {
         .collect();
     assert_eq!(listed, vec![100, 200, 300]);
     // A worker started by hand has no cold start of ours.
-    let (tx, _rx) = unbounded_channel();
-    s.connect(hello("by-hand", 2), tx, now, &mut Effects::default())
-        .expect("connect");
+    s.connect(hello("by-hand", 2), now, &mut fx).expect("connect");
     assert_eq!(s.stats(now).total.expect("total").cold_starts, 3);
 }
 
 #[test]
 fn lost_worker_returns_its_tasks_to_the_front_of_the_pool() {
     let (mut s, now) = state(external());
-    let (conn, mut rx) = connect(&mut s, "a", 1, now);
-    let first = submit(&mut s, now).0;
-    let second = submit(&mut s, now).0;
-    assert_eq!(assigned(&mut rx), vec![first]);
-    s.disconnect(
-        &WorkerId::new("a"),
-        conn,
-        StreamEnd::Closed,
-        now,
-        &mut Effects::default(),
-    );
-    let (_, mut rx) = connect(&mut s, "b", 1, now);
+    let mut fx = Effects::default();
+    let conn = connect(&mut s, &mut fx, "a", 1, now);
+    let first = submit(&mut s, &mut fx, now);
+    let second = submit(&mut s, &mut fx, now);
+    assert_eq!(assigned(&mut fx, conn), vec![first]);
+    s.disconnect(&WorkerId::new("a"), conn, StreamEnd::Closed, now, &mut fx);
+    let rx = connect(&mut s, &mut fx, "b", 1, now);
     // The requeued task goes first, ahead of the one that was waiting.
-    assert_eq!(assigned(&mut rx), vec![first]);
+    assert_eq!(assigned(&mut fx, rx), vec![first]);
     let info = s.get(first).expect("get");
     assert_eq!((info.attempts, info.worker_id.as_str()), (2, "b"));
     assert_eq!(s.stats(now).total.expect("total").retried, 1);
@@ -255,17 +253,12 @@ fn a_task_fails_with_its_cause_once_out_of_attempts() {
         max_attempts: 2,
         ..external()
     });
-    let id = submit(&mut s, now).0;
+    let mut fx = Effects::default();
+    let id = submit(&mut s, &mut fx, now);
     for worker in ["a", "b"] {
-        let (conn, mut rx) = connect(&mut s, worker, 1, now);
-        assert_eq!(assigned(&mut rx), vec![id]);
-        s.disconnect(
-            &WorkerId::new(worker),
-            conn,
-            StreamEnd::Closed,
-            now,
-            &mut Effects::default(),
-        );
+        let conn = connect(&mut s, &mut fx, worker, 1, now);
+        assert_eq!(assigned(&mut fx, conn), vec![id]);
+        s.disconnect(&WorkerId::new(worker), conn, StreamEnd::Closed, now, &mut fx);
     }
     let info = s.get(id).expect("get");
     let error = info.result.clone().expect("result").error;
@@ -279,10 +272,11 @@ fn a_task_fails_with_its_cause_once_out_of_attempts() {
 #[test]
 fn a_result_for_a_stale_attempt_is_ignored() {
     let (mut s, now) = state(external());
-    let (_, mut rx) = connect(&mut s, "a", 1, now);
-    let (_, _rx_b) = connect(&mut s, "b", 1, now);
-    let id = submit(&mut s, now).0;
-    assert_eq!(assigned(&mut rx), vec![id]);
+    let mut fx = Effects::default();
+    let rx = connect(&mut s, &mut fx, "a", 1, now);
+    let _rx_b = connect(&mut s, &mut fx, "b", 1, now);
+    let id = submit(&mut s, &mut fx, now);
+    assert_eq!(assigned(&mut fx, rx), vec![id]);
     let mut fx = Effects::default();
     // From the right worker with a stale attempt number: ignored (the wrong worker is a
     // protocol violation, see below).
@@ -298,37 +292,21 @@ fn a_result_for_a_stale_attempt_is_ignored() {
 #[test]
 fn a_stale_disconnect_does_not_remove_a_newer_connection() {
     let (mut s, now) = state(external());
-    let (old, _rx) = connect(&mut s, "a", 1, now);
-    s.disconnect(
-        &WorkerId::new("a"),
-        old,
-        StreamEnd::Closed,
-        now,
-        &mut Effects::default(),
-    );
-    let (_, _rx2) = connect(&mut s, "a", 1, now);
-    s.disconnect(
-        &WorkerId::new("a"),
-        old,
-        StreamEnd::Closed,
-        now,
-        &mut Effects::default(),
-    );
+    let mut fx = Effects::default();
+    let old = connect(&mut s, &mut fx, "a", 1, now);
+    s.disconnect(&WorkerId::new("a"), old, StreamEnd::Closed, now, &mut fx);
+    let _rx2 = connect(&mut s, &mut fx, "a", 1, now);
+    s.disconnect(&WorkerId::new("a"), old, StreamEnd::Closed, now, &mut fx);
     assert_eq!(s.live_workers(), 1);
 }
 
 #[test]
 fn billing_counts_each_worker_from_connect_to_disconnect() {
     let (mut s, now) = state(external());
-    let (conn, _rx) = connect(&mut s, "a", 1, now);
+    let mut fx = Effects::default();
+    let conn = connect(&mut s, &mut fx, "a", 1, now);
     let later = now + Duration::from_millis(1500);
-    s.disconnect(
-        &WorkerId::new("a"),
-        conn,
-        StreamEnd::Closed,
-        later,
-        &mut Effects::default(),
-    );
+    s.disconnect(&WorkerId::new("a"), conn, StreamEnd::Closed, later, &mut fx);
     let t = s.stats(later).total.expect("total");
     assert_eq!(t.billed_gb_ms, 1500.0 * 2.0);
     assert_eq!(t.workers_started, 1);
@@ -338,14 +316,14 @@ fn billing_counts_each_worker_from_connect_to_disconnect() {
 #[test]
 fn stats_bill_live_workers_to_their_own_function() {
     let (mut s, now) = state(external());
-    let (_, _ra) = connect(&mut s, "a", 1, now);
-    let (_, _rb) = connect(&mut s, "b", 1, now + Duration::from_millis(500));
-    let (tx, _rg) = unbounded_channel();
+    let mut fx = Effects::default();
+    let _ra = connect(&mut s, &mut fx, "a", 1, now);
+    let _rb = connect(&mut s, &mut fx, "b", 1, now + Duration::from_millis(500));
     let g = pb::Hello {
         function: "g".into(),
         ..hello("c", 1)
     };
-    s.connect(g, tx, now, &mut Effects::default()).expect("connect");
+    s.connect(g, now, &mut fx).expect("connect");
     let stats = s.stats(now + Duration::from_millis(1000));
     let per: Vec<(String, u32, f64)> = stats
         .functions
@@ -360,28 +338,28 @@ fn stats_bill_live_workers_to_their_own_function() {
 #[test]
 fn a_broken_stream_keeps_its_tasks_through_a_reconnect_within_grace() {
     let (mut s, now) = state(external());
-    let (conn, mut rx) = connect(&mut s, "a", 2, now);
-    let t1 = submit(&mut s, now).0;
-    let t2 = submit(&mut s, now).0;
-    assert_eq!(assigned(&mut rx), vec![t1, t2]);
+    let mut fx = Effects::default();
+    let conn = connect(&mut s, &mut fx, "a", 2, now);
+    let t1 = submit(&mut s, &mut fx, now);
+    let t2 = submit(&mut s, &mut fx, now);
+    assert_eq!(assigned(&mut fx, conn), vec![t1, t2]);
     let mut fx = Effects::default();
     s.disconnect(&WorkerId::new("a"), conn, StreamEnd::Broken, now, &mut fx);
     // Detached: nothing requeued, nothing assigned to it.
-    let t3 = submit(&mut s, now).0;
+    let t3 = submit(&mut s, &mut fx, now);
     assert_eq!(s.get(t3).expect("get").state(), TaskState::Pending);
     // Back with only t1 still running (t2's result was lost with the stream): t1 is kept,
     // t2 goes back to the pool and comes straight back to it, and a stray task is cancelled.
-    let (tx, mut rx) = unbounded_channel();
     let mut h = hello("a", 2);
     h.running_task_ids = vec![t1, 999];
     let later = now + Duration::from_secs(1);
-    s.connect(h, tx, later, &mut fx).expect("resume");
+    let conn = s.connect(h, later, &mut fx).expect("resume");
     let mut cancelled = Vec::new();
     let mut got = Vec::new();
-    while let Ok(Ok(msg)) = rx.try_recv() {
-        match msg.kind {
-            Some(Kind::Cancel(c)) => cancelled.extend(c.task_ids),
-            Some(Kind::Assign(a)) => got.extend(a.tasks.iter().map(|t| (t.task_id, t.attempt))),
+    for kind in messages(&mut fx, conn) {
+        match kind {
+            Kind::Cancel(c) => cancelled.extend(c.task_ids),
+            Kind::Assign(a) => got.extend(a.tasks.iter().map(|t| (t.task_id, t.attempt))),
             _ => {}
         }
     }
@@ -398,9 +376,10 @@ fn after_the_grace_a_detached_worker_is_written_off_and_its_tasks_requeued() {
         reconnect_grace: Duration::from_secs(2),
         ..external()
     });
-    let (conn, mut rx) = connect(&mut s, "a", 1, now);
-    let t = submit(&mut s, now).0;
-    assert_eq!(assigned(&mut rx), vec![t]);
+    let mut fx = Effects::default();
+    let conn = connect(&mut s, &mut fx, "a", 1, now);
+    let t = submit(&mut s, &mut fx, now);
+    assert_eq!(assigned(&mut fx, conn), vec![t]);
     let mut fx = Effects::default();
     s.disconnect(&WorkerId::new("a"), conn, StreamEnd::Broken, now, &mut fx);
     s.sweep(now + Duration::from_secs(1), &mut fx);
@@ -413,9 +392,10 @@ fn after_the_grace_a_detached_worker_is_written_off_and_its_tasks_requeued() {
 #[test]
 fn a_silent_worker_is_treated_as_lost_after_its_lease() {
     let (mut s, now) = state(external());
-    let (_, mut rx) = connect(&mut s, "a", 1, now);
-    let t = submit(&mut s, now).0;
-    assert_eq!(assigned(&mut rx), vec![t]);
+    let mut fx = Effects::default();
+    let rx = connect(&mut s, &mut fx, "a", 1, now);
+    let t = submit(&mut s, &mut fx, now);
+    assert_eq!(assigned(&mut fx, rx), vec![t]);
     let lease = s.config.liveness_lease();
     let mut fx = Effects::default();
     s.sample(&WorkerId::new("a"), sample(0.1), now + lease / 2, &mut fx)
@@ -440,7 +420,8 @@ fn sample(cpu: f64) -> pb::ResourceSample {
 #[test]
 fn a_timed_out_attempt_is_cancelled_on_its_worker_and_retried() {
     let (mut s, now) = state(external());
-    let (_, mut rx) = connect(&mut s, "a", 1, now);
+    let mut fx = Effects::default();
+    let rx = connect(&mut s, &mut fx, "a", 1, now);
     let mut fx = Effects::default();
     let sub = Submission {
         timeout: Some(Duration::from_millis(300)),
@@ -453,10 +434,10 @@ fn a_timed_out_attempt_is_cancelled_on_its_worker_and_retried() {
     s.on_timer(Timer::Task(t, 1), now, &mut fx);
     let mut cancels = 0;
     let mut reassigned = Vec::new();
-    while let Ok(Ok(msg)) = rx.try_recv() {
-        match msg.kind {
-            Some(Kind::Cancel(c)) if c.task_ids == vec![t] => cancels += 1,
-            Some(Kind::Assign(a)) => reassigned.extend(a.tasks.iter().map(|x| x.attempt)),
+    for kind in messages(&mut fx, rx) {
+        match kind {
+            Kind::Cancel(c) if c.task_ids == vec![t] => cancels += 1,
+            Kind::Assign(a) => reassigned.extend(a.tasks.iter().map(|x| x.attempt)),
             _ => {}
         }
     }
@@ -492,8 +473,9 @@ fn a_full_pool_refuses_without_changing_anything() {
         max_pending: 2,
         ..external()
     });
-    submit(&mut s, now);
-    submit(&mut s, now);
+    let mut fx = Effects::default();
+    submit(&mut s, &mut fx, now);
+    submit(&mut s, &mut fx, now);
     let mut fx = Effects::default();
     let err = s
         .submit(Submission::new("f", Bytes::new()), None, now, &mut fx)
@@ -505,8 +487,9 @@ fn a_full_pool_refuses_without_changing_anything() {
 #[test]
 fn impossible_samples_and_results_for_tasks_never_held_are_violations() {
     let (mut s, now) = state(external());
-    let (_, _rx) = connect(&mut s, "a", 1, now);
-    let (_, _rx_b) = connect(&mut s, "b", 1, now);
+    let mut fx = Effects::default();
+    let _rx = connect(&mut s, &mut fx, "a", 1, now);
+    let _rx_b = connect(&mut s, &mut fx, "b", 1, now);
     let mut fx = Effects::default();
     let a = WorkerId::new("a");
     assert!(s.sample(&a, sample(f64::NAN), now, &mut fx).is_err());
@@ -514,7 +497,7 @@ fn impossible_samples_and_results_for_tasks_never_held_are_violations() {
     assert!(s.sample(&a, sample(5000.0), now, &mut fx).is_err());
     // Past the allotment is possible (a worker bursting on Lambda), not a violation.
     assert!(s.sample(&a, sample(1.5), now, &mut fx).is_ok());
-    let t = submit(&mut s, now).0; // goes to a (first in order)
+    let t = submit(&mut s, &mut fx, now); // goes to a (first in order)
     assert!(matches!(
         s.results(&WorkerId::new("b"), vec![result(t, 1)], now, &mut fx),
         Err(crate::Error::ResultNotHeld(..))
@@ -536,14 +519,15 @@ fn results_are_forgotten_after_the_retention_with_their_key() {
         result_retention: Duration::from_secs(60),
         ..external()
     });
-    let (_, mut rx) = connect(&mut s, "a", 1, now);
+    let mut fx = Effects::default();
+    let rx = connect(&mut s, &mut fx, "a", 1, now);
     let mut fx = Effects::default();
     let sub = Submission {
         key: "once".into(),
         ..Submission::new("f", Bytes::new())
     };
     let t = s.submit(sub.clone(), None, now, &mut fx).expect("submit");
-    assert_eq!(assigned(&mut rx), vec![t]);
+    assert_eq!(assigned(&mut fx, rx), vec![t]);
     s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut fx)
         .expect("result");
     s.sweep(now + Duration::from_secs(59), &mut fx);
@@ -558,7 +542,8 @@ fn results_are_forgotten_after_the_retention_with_their_key() {
 #[test]
 fn samples_of_an_idle_worker_do_not_pile_up_keep_alive_timers() {
     let (mut s, now) = state(external()); // keep-alive 60 s
-    let (_, _rx) = connect(&mut s, "a", 1, now);
+    let mut fx = Effects::default();
+    let _rx = connect(&mut s, &mut fx, "a", 1, now);
     let mut keep_alive_timers = 0;
     for i in 1..=100u64 {
         let mut fx = Effects::default();
@@ -617,59 +602,56 @@ fn dispatch_takes_the_best_worker_from_the_index_among_many() {
     // Pack over 1,000 two-slot workers: the half-full one wins wherever it is, then the
     // oldest connection among the idle ones.
     let (mut s, now) = state(external());
-    let mut rxs: Vec<Rx> = (0..1000)
-        .map(|i| connect(&mut s, &format!("w{i}"), 2, now).1)
+    let mut fx = Effects::default();
+    let rxs: Vec<Conn> = (0..1000)
+        .map(|i| connect(&mut s, &mut fx, &format!("w{i}"), 2, now))
         .collect();
-    let first = submit(&mut s, now).0;
-    assert_eq!(assigned(&mut rxs[0]), vec![first]);
+    let first = submit(&mut s, &mut fx, now);
+    assert_eq!(assigned(&mut fx, rxs[0]), vec![first]);
     // w0 is half full: the next task joins it, then w1 (the oldest idle one) is next.
-    let second = submit(&mut s, now).0;
-    assert_eq!(assigned(&mut rxs[0]), vec![second]);
-    let third = submit(&mut s, now).0;
-    assert_eq!(assigned(&mut rxs[1]), vec![third]);
+    let second = submit(&mut s, &mut fx, now);
+    assert_eq!(assigned(&mut fx, rxs[0]), vec![second]);
+    let third = submit(&mut s, &mut fx, now);
+    assert_eq!(assigned(&mut fx, rxs[1]), vec![third]);
     // A result makes w0 half full again: it is re-keyed, level with w1, and connected first.
-    s.results(
-        &WorkerId::new("w0"),
-        vec![result(first, 1)],
-        now,
-        &mut Effects::default(),
-    )
-    .expect("results");
-    let fourth = submit(&mut s, now).0;
+    s.results(&WorkerId::new("w0"), vec![result(first, 1)], now, &mut fx)
+        .expect("results");
+    let fourth = submit(&mut s, &mut fx, now);
     assert_eq!(
-        assigned(&mut rxs[0]),
+        assigned(&mut fx, rxs[0]),
         vec![fourth],
         "w0 and w1 are equal; w0 connected first"
     );
-    assert!(rxs[2..].iter_mut().all(|rx| assigned(rx).is_empty()));
+    assert!(rxs[2..].iter().all(|&rx| assigned(&mut fx, rx).is_empty()));
 }
 
 #[test]
 fn a_busy_worker_leaves_the_index_and_a_calm_sample_brings_it_back() {
     let (mut s, now) = state(external());
-    let (_, mut rx) = connect(&mut s, "w", 2, now);
+    let mut fx = Effects::default();
+    let rx = connect(&mut s, &mut fx, "w", 2, now);
     let id = WorkerId::new("w");
     // Load seen while none of our tasks ran is someone else's: it counts in full.
     let busy = pb::ResourceSample {
         running_tasks: 0,
         ..sample(0.95)
     };
-    s.sample(&id, busy, now, &mut Effects::default()).expect("sample");
-    let task = submit(&mut s, now).0;
-    assert!(assigned(&mut rx).is_empty(), "a busy worker got a task");
-    s.sample(&id, sample(0.1), now, &mut Effects::default())
-        .expect("sample");
-    assert_eq!(assigned(&mut rx), vec![task]);
+    s.sample(&id, busy, now, &mut fx).expect("sample");
+    let task = submit(&mut s, &mut fx, now);
+    assert!(assigned(&mut fx, rx).is_empty(), "a busy worker got a task");
+    s.sample(&id, sample(0.1), now, &mut fx).expect("sample");
+    assert_eq!(assigned(&mut fx, rx), vec![task]);
 }
 
 #[test]
 fn a_worker_past_its_deadline_fraction_is_dropped_from_the_index_when_met() {
     // Time alone makes it ineligible (no event re-keys it): dispatch must notice.
     let (mut s, now) = state(external());
-    let (_, mut old) = connect(&mut s, "old", 2, now);
+    let mut fx = Effects::default();
+    let old = connect(&mut s, &mut fx, "old", 2, now);
     let later = now + Duration::from_secs(13 * 60); // past 0.8 of the 15-minute timeout
-    let (_, mut young) = connect(&mut s, "young", 2, later);
-    let task = submit(&mut s, later).0;
-    assert!(assigned(&mut old).is_empty(), "a draining worker got a task");
-    assert_eq!(assigned(&mut young), vec![task]);
+    let young = connect(&mut s, &mut fx, "young", 2, later);
+    let task = submit(&mut s, &mut fx, later);
+    assert!(assigned(&mut fx, old).is_empty(), "a draining worker got a task");
+    assert_eq!(assigned(&mut fx, young), vec![task]);
 }

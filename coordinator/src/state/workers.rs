@@ -1,5 +1,5 @@
-//! Worker and spawner events: connect (or resume), sample, results, stream loss, the
-//! liveness sweep, task timeouts and spawn outcomes.
+//! Worker events: connect (or resume, or claim tasks after a coordinator restart), sample,
+//! results, stream loss.
 //!
 //! A worker's life: attached (stream up) -> detached (stream broke; keeps its tasks for
 //! the reconnect grace) -> attached again on a hello with the same id, or finalized: billed,
@@ -12,7 +12,7 @@ use carpool_proto::payload;
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind, worker_task_result::Outcome};
 use tracing::{debug, info, warn};
 
-use super::{Effects, State, TaskId, Timer, Worker, WorkerId, WorkerTx};
+use super::{Conn, Effects, JournalOp, Outbound, State, TaskId, Timer, Worker, WorkerId};
 use crate::billing;
 use crate::error::{Error, Result};
 use crate::scheduler::{self, Learned};
@@ -29,50 +29,81 @@ const MAX_CPU_FRACTION: f64 = 1024.0;
 /// out of memory; beyond this the figure is nonsense.
 const MAX_MEMORY_OVER_LIMIT: u64 = 1024;
 
-/// Longest wait before spawning again after consecutive spawn failures.
-const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
+/// The bounds of a Hello (anything outside is INVALID_ARGUMENT): memory from Lambda's
+/// smallest size to a large VM's, vCPUs, slots, a week of life, and the lengths of names.
+pub(crate) const HELLO_MEMORY_MB: std::ops::RangeInclusive<u32> = 128..=262_144;
+/// See [`HELLO_MEMORY_MB`].
+pub(crate) const HELLO_MAX_VCPUS: u32 = 512;
+/// See [`HELLO_MEMORY_MB`].
+pub(crate) const HELLO_MAX_SLOTS: u32 = 65_536;
+/// See [`HELLO_MEMORY_MB`].
+pub(crate) const HELLO_MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// See [`HELLO_MEMORY_MB`].
+pub(crate) const MAX_ID_BYTES: usize = 256;
+/// Tasks a reconnecting worker may say it runs.
+pub(crate) const HELLO_MAX_RUNNING: usize = HELLO_MAX_SLOTS as usize;
 
 /// How a worker stream ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum StreamEnd {
     /// The worker closed it: the session is over.
     Closed,
     /// It broke (reset, keepalive timeout): the worker may come back within the grace.
     Broken,
-    /// The worker broke the protocol: it is written off at once.
-    Violation,
+    /// The worker broke the protocol: it is written off at once, and told why.
+    Violation(Error),
+}
+
+/// Checks a hello's fields against their bounds.
+fn check_hello(h: &pb::Hello) -> Result<()> {
+    let problem = if h.worker_id.is_empty() || h.worker_id.len() > MAX_ID_BYTES {
+        format!("worker_id must be 1 to {MAX_ID_BYTES} bytes")
+    } else if let Err(e) = crate::config::check_function_name(&h.function) {
+        e
+    } else if h.vcpus == 0 || h.vcpus > HELLO_MAX_VCPUS {
+        format!("vcpus {} is not in 1..={HELLO_MAX_VCPUS}", h.vcpus)
+    } else if !HELLO_MEMORY_MB.contains(&h.memory_mb) {
+        format!(
+            "memory_mb {} is not in {}..={} (128 MB to 256 GiB)",
+            h.memory_mb,
+            HELLO_MEMORY_MB.start(),
+            HELLO_MEMORY_MB.end()
+        )
+    } else if h.slots > HELLO_MAX_SLOTS || h.max_slots > HELLO_MAX_SLOTS {
+        format!("slots and max_slots must be at most {HELLO_MAX_SLOTS}")
+    } else if Duration::from_millis(h.timeout_ms) > HELLO_MAX_TIMEOUT {
+        format!("timeout_ms {} is over a week", h.timeout_ms)
+    } else if h.instance.len() > MAX_ID_BYTES {
+        format!("instance must be at most {MAX_ID_BYTES} bytes")
+    } else if h.running_task_ids.len() > HELLO_MAX_RUNNING {
+        format!("running_task_ids lists more than {HELLO_MAX_RUNNING} tasks")
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidHello(problem))
 }
 
 impl State {
     /// A worker said hello: register it (or resume its session), welcome it, give it work.
     /// Returns its connection number (to pass to [`State::disconnect`]).
-    pub fn connect(&mut self, hello: pb::Hello, tx: WorkerTx, now: Instant, fx: &mut Effects) -> Result<u64> {
+    pub fn connect(&mut self, hello: pb::Hello, now: Instant, fx: &mut Effects) -> Result<Conn> {
         if self.draining {
             return Err(Error::ShuttingDown);
         }
-        if hello.worker_id.is_empty() {
-            return Err(Error::InvalidHello("worker_id is empty"));
-        }
-        if hello.function.is_empty() {
-            return Err(Error::InvalidHello("function is empty"));
-        }
-        if hello.vcpus == 0 {
-            return Err(Error::InvalidHello("vcpus is 0"));
-        }
-        if hello.memory_mb == 0 {
-            return Err(Error::InvalidHello("memory_mb is 0"));
-        }
+        check_hello(&hello)?;
         let id = WorkerId::new(&hello.worker_id);
         if let Some(existing) = self.workers.get(&id) {
             let same_instance = !hello.instance.is_empty() && hello.instance == existing.instance;
-            if (existing.tx.is_some() && !same_instance) || existing.function.as_ref() != hello.function {
+            if (existing.attached && !same_instance) || existing.function.as_ref() != hello.function {
                 return Err(Error::WorkerExists(hello.worker_id));
             }
-            return Ok(self.resume(&id, &hello.running_task_ids, tx, now, fx));
+            return Ok(self.resume(&id, &hello, now, fx));
         }
+        self.make_room(&hello.function)?;
         let function = self.function_key(&hello.function);
-        let mut instance = hello.instance;
+        let mut instance = hello.instance.clone();
         let mut cold_start_ms = 0;
+        let mut surplus = false;
         if let Some(s) = self.starting.remove(&id) {
             cold_start_ms = now.saturating_duration_since(s.since).as_millis() as u64;
             if let Some(f) = self.functions.get_mut(&s.function) {
@@ -87,9 +118,11 @@ impl State {
                 instance = s.instance;
             }
             info!(worker = %id, cold_start_ms, "spawned worker connected");
-        } else if let Some(f) = self.functions.get_mut(&function) {
-            // Started elsewhere (external spawner, or by hand): still one invocation.
-            f.workers_started += 1;
+        } else if self.written_off.remove(&id) {
+            // Written off as never started, it started late after all (Lambda queues an
+            // asynchronous invoke it cannot run yet): welcome within the cap, else send away.
+            surplus = self.fleet_full(&function);
+            info!(worker = %id, surplus, "a worker written off as never started arrived late");
         }
         let learned = self.learned_limit(&function, hello.memory_mb);
         let limit = scheduler::initial_limit(&self.rules, hello.slots, hello.max_slots, learned, hello.vcpus);
@@ -120,7 +153,7 @@ impl State {
             done: 0,
             idle_since: now,
             stopping: false,
-            tx: Some(tx),
+            attached: true,
             detached_since: None,
             last_seen: now,
             recheck_at: None,
@@ -129,10 +162,7 @@ impl State {
             batch: None,
             peak_mem: 0.0,
         };
-        worker.send(Kind::Welcome(pb::Welcome {
-            sample_interval_ms: self.config.sample_interval.as_millis() as u64,
-            slots,
-        }));
+        worker.send(Kind::Welcome(self.welcome(slots)), fx);
         // Look again when it reaches its deadline fraction, to drain it.
         let until = scheduler::until_deadline(&self.rules, &worker.view(now));
         fx.timers.push((until, Timer::Worker(id.clone(), conn)));
@@ -141,58 +171,131 @@ impl State {
         if let Some(f) = self.functions.get_mut(&function) {
             f.max_slots = f.max_slots.max(slots);
             f.workers += 1;
+            // Each worker that said hello is one billed invocation.
+            f.workers_started += 1;
             f.consecutive_spawn_failures = 0;
             f.spawn_blocked_until = None;
         }
-        self.dispatch_near(&function, Some(&id), now, fx);
+        if !hello.running_task_ids.is_empty() {
+            // A worker the coordinator does not know that runs tasks: its session outlived
+            // this coordinator's (a restart) or its lease. It keeps what is still wanted.
+            self.claim(&id, &hello.running_task_ids, &hello.running_attempts, now, fx);
+        }
+        if surplus {
+            self.stop(&id, pb::ShutdownReason::Surplus, fx);
+        } else {
+            self.dispatch_near(&function, Some(&id), now, fx);
+        }
         self.evaluate(&id, now, fx);
         Ok(conn)
     }
 
+    /// The Welcome a new connection gets.
+    fn welcome(&self, slots: u32) -> pb::Welcome {
+        pb::Welcome {
+            sample_interval_ms: self.config.sample_interval.as_millis() as u64,
+            slots,
+            max_output_bytes: self.config.max_payload_bytes as u64,
+        }
+    }
+
     /// The same worker is back on a new stream: keep the tasks both sides agree it runs,
-    /// give back those it lost, cancel those it runs but no longer holds.
-    fn resume(&mut self, id: &WorkerId, has: &[TaskId], tx: WorkerTx, now: Instant, fx: &mut Effects) -> u64 {
+    /// give back those it lost, claim those it runs that are waiting again, cancel the rest.
+    fn resume(&mut self, id: &WorkerId, hello: &pb::Hello, now: Instant, fx: &mut Effects) -> Conn {
         let conn = self.next_conn;
         self.next_conn += 1;
+        let welcome = self.welcome(self.workers.get(id).map_or(1, |w| w.limit.value()));
         let Some(w) = self.workers.get_mut(id) else {
             return conn;
         };
-        let has: HashSet<TaskId> = has.iter().copied().collect();
+        let has: HashSet<TaskId> = hello.running_task_ids.iter().copied().collect();
         let lost: Vec<(TaskId, u32)> = w
             .running
             .iter()
             .filter(|(t, _)| !has.contains(t))
             .copied()
             .collect();
-        let stray: Vec<TaskId> = has
-            .iter()
-            .filter(|t| !w.running.iter().any(|(r, _)| r == *t))
-            .copied()
-            .collect();
+        let (mut stray, mut stray_attempts) = (Vec::new(), Vec::new());
+        for (i, t) in hello.running_task_ids.iter().enumerate() {
+            if !w.running.iter().any(|(r, _)| r == t) {
+                stray.push(*t);
+                stray_attempts.push(hello.running_attempts.get(i).copied().unwrap_or(0));
+            }
+        }
         w.conn = conn;
-        w.tx = Some(tx);
+        w.attached = true;
         w.detached_since = None;
         w.last_seen = now;
         for (t, _) in &lost {
             w.release(*t, now);
         }
-        w.send(Kind::Welcome(pb::Welcome {
-            sample_interval_ms: self.config.sample_interval.as_millis() as u64,
-            slots: w.limit.value(),
-        }));
-        if !stray.is_empty() {
-            w.send(Kind::Cancel(pb::Cancel {
-                task_ids: stray.clone(),
-            }));
-        }
+        w.send(Kind::Welcome(welcome), fx);
         let until = scheduler::until_deadline(&self.rules, &w.view(now));
         fx.timers.push((until, Timer::Worker(id.clone(), conn)));
         let function = w.function.clone();
-        info!(worker = %id, kept = w.running.len(), lost = lost.len(), cancelled = stray.len(), "resumed");
-        self.give_back(&lost, &format!("worker {id} came back without it"), now);
+        info!(worker = %id, kept = w.running.len(), lost = lost.len(), stray = stray.len(), "resumed");
+        self.give_back(&lost, &format!("worker {id} came back without it"), now, fx);
+        if !stray.is_empty() {
+            self.claim(id, &stray, &stray_attempts, now, fx);
+        }
         self.dispatch_near(&function, Some(id), now, fx);
         self.evaluate(id, now, fx);
         conn
+    }
+
+    /// Worker `id` says it runs `tasks` (attempts in `attempts`, where it gives them): it
+    /// keeps each that still waits for a worker (held back after a restart, or back in its
+    /// pool), and is told to cancel the others (unknown, finished, or running elsewhere).
+    fn claim(&mut self, id: &WorkerId, tasks: &[TaskId], attempts: &[u32], now: Instant, fx: &mut Effects) {
+        let mut cancel = Vec::new();
+        let mut kept = 0;
+        for (i, &task_id) in tasks.iter().enumerate() {
+            let wanted = self
+                .tasks
+                .get(task_id)
+                .is_some_and(|t| t.state == TaskState::Pending);
+            let Some(w) = self.workers.get_mut(id).filter(|_| wanted) else {
+                cancel.push(task_id);
+                continue;
+            };
+            let Some(t) = self.tasks.get_mut(task_id) else {
+                continue;
+            };
+            let attempt = attempts.get(i).copied().unwrap_or(0).max(t.attempts).max(1);
+            t.state = TaskState::Running;
+            t.attempts = attempt;
+            t.worker = Some(id.clone());
+            w.running.push((task_id, attempt));
+            w.assigned_total += 1;
+            kept += 1;
+            let held_back = self.orphans.remove(&task_id);
+            if let Some(f) = self.functions.get_mut(&t.function) {
+                if !held_back {
+                    f.pending = f.pending.saturating_sub(1); // it stays in the pool, skipped
+                }
+                f.running += 1;
+            }
+            if let Some(limit) = t.timeout.or(self.config.task_timeout) {
+                fx.timers.push((limit, Timer::Task(task_id, attempt)));
+            }
+            if self.journaled {
+                fx.journal.push(JournalOp::Started(task_id, attempt));
+            }
+        }
+        if let Some(w) = self.workers.get_mut(id)
+            && !cancel.is_empty()
+        {
+            w.send(
+                Kind::Cancel(pb::Cancel {
+                    task_ids: cancel.clone(),
+                }),
+                fx,
+            );
+            for t in &cancel {
+                w.release(*t, now);
+            }
+        }
+        info!(worker = %id, kept, cancelled = cancel.len(), "reconciled the tasks a worker runs");
     }
 
     /// A resource sample arrived. Impossible values are a protocol violation.
@@ -246,7 +349,7 @@ impl State {
         let peak = w.peak_mem;
         if after != before {
             debug!(worker = %id, from = before, to = after, why = ?moved, "concurrency limit moved");
-            w.send(Kind::Limit(pb::Limit { slots: after }));
+            w.send(Kind::Limit(pb::Limit { slots: after }), fx);
         }
         if let Some(f) = self.functions.get_mut(&function) {
             f.peak_mem = f.peak_mem.max(peak);
@@ -256,7 +359,7 @@ impl State {
                 level: after,
                 settled: true,
             };
-            self.learn(&function, memory_mb, level);
+            self.learn(&function, memory_mb, level, fx);
         }
         self.dispatch_near(&function, Some(id), now, fx);
         self.evaluate(id, now, fx);
@@ -285,6 +388,7 @@ impl State {
                 return Err(Error::ResultNotHeld(id.to_string(), r.task_id));
             }
         }
+        let max_output = self.config.max_payload_bytes;
         for r in results {
             let Some(w) = self.workers.get_mut(id) else {
                 break;
@@ -311,6 +415,14 @@ impl State {
                 f.running = f.running.saturating_sub(1);
             }
             let (state, output, error) = match r.outcome {
+                Some(Outcome::Output(bytes)) if bytes.len() > max_output => (
+                    TaskState::Failed,
+                    None,
+                    format!(
+                        "the task's output of {} bytes is over the limit of {max_output} bytes (--max-payload-bytes)",
+                        bytes.len()
+                    ),
+                ),
                 Some(Outcome::Output(bytes)) => (
                     TaskState::Succeeded,
                     Some(payload::from_bytes(bytes)),
@@ -337,6 +449,7 @@ impl State {
                     finished_unix_ms: r.finished_unix_ms,
                 },
                 now,
+                fx,
             );
         }
         self.dispatch_near(&function, Some(id), now, fx);
@@ -344,40 +457,50 @@ impl State {
         Ok(())
     }
 
-    /// A worker's stream ended. Closed or violated: the worker is finalized now. Broken:
-    /// it keeps its tasks for the reconnect grace (the sweep finalizes it after that).
-    pub fn disconnect(&mut self, id: &WorkerId, conn: u64, end: StreamEnd, now: Instant, fx: &mut Effects) {
+    /// A worker's stream ended. Closed or violated: the worker is finalized now (a violator
+    /// hears why). Broken: it keeps its tasks for the reconnect grace (the sweep finalizes
+    /// it after that).
+    pub fn disconnect(&mut self, id: &WorkerId, conn: Conn, end: StreamEnd, now: Instant, fx: &mut Effects) {
         let Some(w) = self.workers.get_mut(id).filter(|w| w.conn == conn) else {
+            fx.out.push(Outbound::End { conn, error: None });
             return;
         };
-        if end == StreamEnd::Broken && !self.config.reconnect_grace.is_zero() && !self.draining {
-            info!(worker = %id, running = w.running.len(), grace_ms = self.config.reconnect_grace.as_millis() as u64, "stream broke; waiting for the worker to reconnect");
-            w.tx = None;
-            w.detached_since = Some(now);
-            self.unindex(id);
-            return;
+        match end {
+            StreamEnd::Broken if !self.config.reconnect_grace.is_zero() && !self.draining => {
+                info!(worker = %id, running = w.running.len(), grace_ms = self.config.reconnect_grace.as_millis() as u64, "stream broke; waiting for the worker to reconnect");
+                w.attached = false;
+                w.detached_since = Some(now);
+                fx.out.push(Outbound::End { conn, error: None });
+                self.unindex(id);
+            }
+            StreamEnd::Broken => self.finalize(id, "its worker's stream broke", None, now, fx),
+            StreamEnd::Closed => self.finalize(id, "its worker closed the stream", None, now, fx),
+            StreamEnd::Violation(e) => self.finalize(id, "its worker broke the protocol", Some(e), now, fx),
         }
-        let cause = match end {
-            StreamEnd::Closed => "its worker closed the stream",
-            StreamEnd::Broken => "its worker's stream broke",
-            StreamEnd::Violation => "its worker broke the protocol",
-        };
-        self.finalize(id, cause, now, fx);
     }
 
-    /// Writes a worker off: bills its life and gives its running tasks back.
-    fn finalize(&mut self, id: &WorkerId, cause: &str, now: Instant, fx: &mut Effects) {
+    /// Writes a worker off: ends its stream (with `error`, if it is to hear why), bills its
+    /// life and gives its running tasks back.
+    pub(super) fn finalize(
+        &mut self,
+        id: &WorkerId,
+        cause: &str,
+        error: Option<Error>,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
         self.unindex(id);
         let Some(w) = self.workers.remove(id) else {
             return;
         };
+        fx.out.push(Outbound::End { conn: w.conn, error });
         let alive = now.saturating_duration_since(w.connected_at);
         info!(worker = %id, alive_ms = alive.as_millis() as u64, tasks_done = w.done, lost = w.running.len(), cause, "worker gone");
         // A limit that only rose proved the level it reached: the next worker starts there.
         if let Some(risen) = w.limit.proven().filter(|l| !l.settled) {
             let known = self.learned_limit(&w.function, w.memory_mb);
             if known.is_none_or(|k| !k.settled && k.level < risen.level) {
-                self.learn(&w.function, w.memory_mb, risen);
+                self.learn(&w.function, w.memory_mb, risen, fx);
             }
         }
         if let Some(f) = self.functions.get_mut(&w.function) {
@@ -385,14 +508,14 @@ impl State {
             f.workers = f.workers.saturating_sub(1);
         }
         if !w.running.is_empty() {
-            self.give_back(&w.running, &format!("{cause} (worker {id})"), now);
+            self.give_back(&w.running, &format!("{cause} (worker {id})"), now, fx);
         }
         self.dispatch(&w.function, now, fx);
     }
 
     /// Returns running task attempts to the front of their pool, in order, or fails those
     /// out of attempts with `cause`. The caller has removed them from their worker.
-    fn give_back(&mut self, tasks: &[(TaskId, u32)], cause: &str, now: Instant) {
+    pub(super) fn give_back(&mut self, tasks: &[(TaskId, u32)], cause: &str, now: Instant, fx: &mut Effects) {
         let max_attempts = self.config.max_attempts;
         for &(task_id, attempt) in tasks.iter().rev() {
             let Some(t) = self.tasks.get_mut(task_id) else {
@@ -425,6 +548,7 @@ impl State {
                         ..Default::default()
                     },
                     now,
+                    fx,
                 );
             } else {
                 warn!(task = task_id, attempt, cause, "task back to the pool");
@@ -438,117 +562,19 @@ impl State {
         }
     }
 
-    /// A task attempt's timer fired: if that attempt still runs, cancel it on its worker
-    /// and give it back (or fail it).
-    pub(super) fn time_out(&mut self, id: TaskId, attempt: u32, now: Instant, fx: &mut Effects) {
-        let Some(t) = self.tasks.get(id) else {
-            return;
-        };
-        if t.state != TaskState::Running || t.attempts != attempt {
-            return;
-        }
-        let limit = t.timeout.or(self.config.task_timeout).unwrap_or_default();
-        let (function, worker) = (t.function.clone(), t.worker.clone());
-        if let Some(wid) = &worker
-            && let Some(w) = self.workers.get_mut(wid)
-        {
-            w.release(id, now);
-            w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }));
-        }
-        if let Some(f) = self.functions.get_mut(&function) {
-            f.timed_out += 1;
-        }
-        let cause = format!("it ran past its timeout of {} ms", limit.as_millis());
-        self.give_back(&[(id, attempt)], &cause, now);
-        self.dispatch_near(&function, worker.as_ref(), now, fx);
-        if let Some(wid) = worker {
-            self.evaluate(&wid, now, fx);
-        }
-    }
-
-    /// The liveness sweep: finalizes workers silent past their lease and detached workers
-    /// past the reconnect grace.
-    pub fn sweep(&mut self, now: Instant, fx: &mut Effects) {
-        self.expire(now);
-        let lease = self.config.liveness_lease();
-        let grace = self.config.reconnect_grace;
-        let mut gone = Vec::new();
-        for (id, w) in &self.workers {
-            match w.detached_since {
-                Some(since) if now.saturating_duration_since(since) >= grace => {
-                    gone.push((id.clone(), "its worker did not reconnect within the grace period"));
-                }
-                None if now.saturating_duration_since(w.last_seen) > lease => {
-                    gone.push((id.clone(), "its worker went silent past its liveness lease"));
-                }
-                _ => {}
-            }
-        }
-        // In id order, so their tasks go back to the pool in the same order every time.
-        gone.sort();
-        for (id, cause) in gone {
-            self.finalize(&id, cause, now, fx);
-        }
-        let start_timeout = self.config.start_timeout;
-        let never_connected: Vec<WorkerId> = self
-            .starting
+    /// A worker's stream could not take another message (its queue is full: it stopped
+    /// reading): it is written off.
+    pub fn stream_full(&mut self, conn: Conn, now: Instant, fx: &mut Effects) {
+        let Some(id) = self
+            .workers
             .iter()
-            .filter(|(_, s)| now.saturating_duration_since(s.since) > start_timeout)
+            .find(|(_, w)| w.conn == conn)
             .map(|(id, _)| id.clone())
-            .collect();
-        if never_connected.is_empty() {
-            return;
-        }
-        let reason = format!(
-            "the worker did not connect within the start timeout of {}",
-            humantime::format_duration(start_timeout)
-        );
-        for id in never_connected {
-            self.spawn_failed(&id, &reason, now, fx);
-        }
-    }
-
-    /// The spawner started the worker; `instance` says where (a pid, a request id).
-    pub fn spawned(&mut self, id: &WorkerId, instance: String) {
-        if let Some(s) = self.starting.get_mut(id) {
-            s.instance = instance;
-        } else if let Some(w) = self.workers.get_mut(id)
-            && w.instance.is_empty()
-        {
-            w.instance = instance;
-        }
-    }
-
-    /// The worker's process ended. Still starting: a failed spawn. Connected or waiting to
-    /// reconnect: it will not, so it is written off now rather than after the grace.
-    pub fn process_exited(&mut self, id: &WorkerId, reason: &str, now: Instant, fx: &mut Effects) {
-        if self.starting.contains_key(id) {
-            self.spawn_failed(id, reason, now, fx);
-        } else if self.workers.contains_key(id) {
-            self.finalize(id, "its worker process exited", now, fx);
-        }
-    }
-
-    /// A spawn failed, or the worker ended before it said hello: release the capacity it
-    /// reserved and try again after a backoff, so pending tasks are never stranded.
-    pub fn spawn_failed(&mut self, id: &WorkerId, reason: &str, now: Instant, fx: &mut Effects) {
-        let Some(s) = self.starting.remove(id) else {
+        else {
             return;
         };
-        let Some(f) = self.functions.get_mut(&s.function) else {
-            return;
-        };
-        f.starting = f.starting.saturating_sub(1);
-        f.spawn_failures += 1;
-        f.consecutive_spawn_failures += 1;
-        let backoff = Duration::from_millis(100)
-            .saturating_mul(1 << f.consecutive_spawn_failures.min(10))
-            .min(MAX_SPAWN_BACKOFF);
-        f.spawn_blocked_until = Some(now + backoff);
-        f.last_spawn_error = reason.to_owned();
-        f.last_spawn_error_at = Some(now);
-        warn!(worker = %id, function = %s.function, reason, backoff_ms = backoff.as_millis() as u64, "spawn failed");
-        fx.timers.push((backoff, Timer::Function(s.function.clone())));
-        self.dispatch(&s.function, now, fx);
+        warn!(worker = %id, "the worker stopped reading its stream; writing it off");
+        let error = Error::StreamFull(id.to_string());
+        self.finalize(&id, "its worker stopped reading its stream", Some(error), now, fx);
     }
 }

@@ -1,0 +1,275 @@
+//! The fleet's timers and spawn outcomes: task timeouts, the liveness sweep, tasks held back
+//! after a restart, and what spawners report (started, failed, exited).
+
+use std::time::{Duration, Instant};
+
+use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
+use tracing::{info, warn};
+
+use super::{Effects, State, TaskId, Timer, WorkerId};
+use crate::error::Error;
+
+/// Longest wait before spawning again after consecutive spawn failures.
+const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Spawns written off as never started that are remembered, so that one arriving late is
+/// recognised (the oldest are forgotten first).
+pub(super) const WRITTEN_OFF_MEMORY: usize = 4096;
+
+/// The longest a spawn failure's reason is kept (Stats, logs).
+const MAX_REASON_CHARS: usize = 300;
+
+/// A failure's reason on one line: whitespace (an emulator's whole HTML page, say)
+/// collapsed, and cut short.
+pub(super) fn one_line(reason: &str) -> String {
+    let mut line = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some((cut, _)) = line.char_indices().nth(MAX_REASON_CHARS) {
+        line.truncate(cut);
+        line.push_str("...");
+    }
+    line
+}
+
+impl State {
+    /// A task attempt's timer fired: if that attempt still runs, cancel it on its worker
+    /// and give it back (or fail it).
+    pub(super) fn time_out(&mut self, id: TaskId, attempt: u32, now: Instant, fx: &mut Effects) {
+        let Some(t) = self.tasks.get(id) else {
+            return;
+        };
+        if t.state != TaskState::Running || t.attempts != attempt {
+            return;
+        }
+        let limit = t.timeout.or(self.config.task_timeout).unwrap_or_default();
+        let (function, worker) = (t.function.clone(), t.worker.clone());
+        if let Some(wid) = &worker
+            && let Some(w) = self.workers.get_mut(wid)
+        {
+            w.release(id, now);
+            w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }), fx);
+        }
+        if let Some(f) = self.functions.get_mut(&function) {
+            f.timed_out += 1;
+        }
+        let cause = format!("it ran past its timeout of {} ms", limit.as_millis());
+        self.give_back(&[(id, attempt)], &cause, now, fx);
+        self.dispatch_near(&function, worker.as_ref(), now, fx);
+        if let Some(wid) = worker {
+            self.evaluate(&wid, now, fx);
+        }
+    }
+
+    /// The liveness sweep: finalizes workers silent past their lease (telling them, so a
+    /// live one reconnects) and detached workers past the reconnect grace; writes off spawns
+    /// that never connected; forgets results past their retention.
+    pub fn sweep(&mut self, now: Instant, fx: &mut Effects) {
+        self.expire(now, fx);
+        let lease = self.config.liveness_lease();
+        let grace = self.config.reconnect_grace;
+        let mut gone = Vec::new();
+        for (id, w) in &self.workers {
+            match w.detached_since {
+                Some(since) if now.saturating_duration_since(since) >= grace => {
+                    gone.push((id.clone(), false));
+                }
+                None if now.saturating_duration_since(w.last_seen) > lease => {
+                    gone.push((id.clone(), true));
+                }
+                _ => {}
+            }
+        }
+        // In id order, so their tasks go back to the pool in the same order every time.
+        gone.sort();
+        for (id, silent) in gone {
+            if silent {
+                let cause = "its worker went silent past its liveness lease";
+                let error = Error::WrittenOff(id.to_string(), humantime::format_duration(lease).to_string());
+                self.finalize(&id, cause, Some(error), now, fx);
+            } else {
+                let cause = "its worker did not reconnect within the grace period";
+                self.finalize(&id, cause, None, now, fx);
+            }
+        }
+        let start_timeout = self.config.start_timeout;
+        let never_connected: Vec<WorkerId> = self
+            .starting
+            .iter()
+            .filter(|(_, s)| now.saturating_duration_since(s.since) > start_timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if never_connected.is_empty() {
+            return;
+        }
+        let reason = format!(
+            "the worker did not connect within the start timeout of {}",
+            humantime::format_duration(start_timeout)
+        );
+        for id in never_connected {
+            // It may still start (Lambda queues an Event invoke it cannot run yet).
+            if self.written_off.len() >= WRITTEN_OFF_MEMORY
+                && let Some(oldest) = self.written_off_order.pop_front()
+            {
+                self.written_off.remove(&oldest);
+            }
+            self.written_off.insert(id.clone());
+            self.written_off_order.push_back(id.clone());
+            self.spawn_failed(&id, &reason, now, fx);
+        }
+    }
+
+    /// Tasks held back after a restart that no worker claimed within the grace go back to
+    /// work: to the front of their pools, their attempt spent (or failed, out of attempts).
+    pub(super) fn release_orphans(&mut self, now: Instant, fx: &mut Effects) {
+        let orphans = std::mem::take(&mut self.orphans);
+        if orphans.is_empty() {
+            return;
+        }
+        info!(
+            tasks = orphans.len(),
+            "tasks running at the restart and claimed by no worker go back to work"
+        );
+        let max_attempts = self.config.max_attempts;
+        let mut functions = Vec::new();
+        for id in orphans.into_iter().rev() {
+            let Some(t) = self.tasks.get_mut(id) else {
+                continue;
+            };
+            if t.state != TaskState::Pending {
+                continue;
+            }
+            let function = t.function.clone();
+            if t.attempts >= max_attempts {
+                let attempts = t.attempts;
+                let result = pb::TaskResult {
+                    task_id: id,
+                    state: TaskState::Failed as i32,
+                    error: format!(
+                        "task {id} failed after {attempts} attempts; the last one ended because the coordinator restarted while it ran and no worker claimed it"
+                    ),
+                    attempts,
+                    ..Default::default()
+                };
+                self.finish(id, result, now, fx);
+            } else if let Some(f) = self.functions.get_mut(&function) {
+                f.pool.push_front(id);
+                f.pending += 1;
+                f.retried += 1;
+            }
+            if !functions.contains(&function) {
+                functions.push(function);
+            }
+        }
+        for f in functions {
+            self.dispatch(&f, now, fx);
+        }
+    }
+
+    /// Whether `function`'s fleet (or the whole fleet) is at its cap.
+    pub(super) fn fleet_full(&self, function: &str) -> bool {
+        let total = self.workers.len() + self.starting.len();
+        let of_function = self
+            .functions
+            .get(function)
+            .map_or(0, |f| f.workers + f.starting as usize);
+        of_function >= self.config.max_workers as usize || total >= self.config.max_fleet as usize
+    }
+
+    /// The spawner started the worker; `instance` says where (a pid, a request id).
+    pub fn spawned(&mut self, id: &WorkerId, instance: String) {
+        if let Some(s) = self.starting.get_mut(id) {
+            s.instance = instance;
+        } else if let Some(w) = self.workers.get_mut(id)
+            && w.instance.is_empty()
+        {
+            w.instance = instance;
+        }
+    }
+
+    /// The worker's process ended. Still starting: a failed spawn. Connected or waiting to
+    /// reconnect: it will not, so it is written off now rather than after the grace.
+    pub fn process_exited(&mut self, id: &WorkerId, reason: &str, now: Instant, fx: &mut Effects) {
+        if self.starting.contains_key(id) {
+            self.spawn_failed(id, reason, now, fx);
+        } else if self.workers.contains_key(id) {
+            self.finalize(id, "its worker process exited", None, now, fx);
+        }
+    }
+
+    /// A spawn failed, or the worker ended before it said hello: release the capacity it
+    /// reserved and try again after a backoff, so pending tasks are never stranded. After
+    /// `--max-spawn-failures` failures in a row, the function's pending tasks fail with the
+    /// cause instead (a function no worker can run is not respawned for ever).
+    pub fn spawn_failed(&mut self, id: &WorkerId, reason: &str, now: Instant, fx: &mut Effects) {
+        let Some(s) = self.starting.remove(id) else {
+            return;
+        };
+        let reason = one_line(reason);
+        let limit = self.config.max_spawn_failures;
+        let Some(f) = self.functions.get_mut(&s.function) else {
+            return;
+        };
+        f.starting = f.starting.saturating_sub(1);
+        f.spawn_failures += 1;
+        f.consecutive_spawn_failures += 1;
+        let backoff = Duration::from_millis(100)
+            .saturating_mul(1 << f.consecutive_spawn_failures.min(10))
+            .min(MAX_SPAWN_BACKOFF);
+        f.spawn_blocked_until = Some(now + backoff);
+        f.last_spawn_error.clone_from(&reason);
+        f.last_spawn_error_at = Some(now);
+        let given_up = f.consecutive_spawn_failures >= limit;
+        warn!(worker = %id, function = %s.function, reason, backoff_ms = backoff.as_millis() as u64, "spawn failed");
+        if given_up {
+            f.consecutive_spawn_failures = 0;
+            let cause = format!(
+                "no worker of function {} could be started ({limit} spawns in a row failed; the last: {reason})",
+                s.function
+            );
+            self.fail_pending(&s.function, &cause, now, fx);
+        }
+        fx.timers.push((backoff, Timer::Function(s.function.clone())));
+        self.dispatch(&s.function, now, fx);
+    }
+
+    /// Fails every pending task of `function` with `cause`.
+    fn fail_pending(&mut self, function: &str, cause: &str, now: Instant, fx: &mut Effects) {
+        let Some(f) = self.functions.get_mut(function) else {
+            return;
+        };
+        let pool = std::mem::take(&mut f.pool);
+        f.pending = 0;
+        warn!(
+            function,
+            tasks = pool.len(),
+            cause,
+            "failing the function's pending tasks"
+        );
+        for id in pool {
+            if self.tasks.get(id).is_some_and(|t| t.state == TaskState::Pending) {
+                let result = pb::TaskResult {
+                    task_id: id,
+                    state: TaskState::Failed as i32,
+                    error: format!("task {id} failed: {cause}"),
+                    ..Default::default()
+                };
+                self.finish(id, result, now, fx);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_one_short_line() {
+        assert_eq!(one_line("a\n  b\tc "), "a b c");
+        let page = "<html>\n<body>".repeat(100);
+        let line = one_line(&page);
+        assert!(
+            !line.contains('\n') && line.chars().count() <= MAX_REASON_CHARS + 3,
+            "{line}"
+        );
+    }
+}
