@@ -2,12 +2,32 @@
 //! A missing or wrong token is UNAUTHENTICATED, and is logged without the token.
 
 pub use carpool_proto::Secret;
+use subtle::ConstantTimeEq;
 use tonic::{Request, Status};
 use tracing::warn;
 
-/// Compares in time independent of where the inputs differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// What an `authorization` header holds.
+enum Presented<'a> {
+    /// No header (or one that is not text).
+    Missing,
+    /// A header with another scheme than Bearer.
+    OtherScheme,
+    /// A Bearer token.
+    Token(&'a str),
+}
+
+/// Reads `value` as `<scheme> <credentials>`; the scheme is case-insensitive (RFC 7235)
+/// and may be followed by more than one space.
+fn parse(value: Option<&str>) -> Presented<'_> {
+    let Some(v) = value else {
+        return Presented::Missing;
+    };
+    match v.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Presented::Token(token.trim_start_matches(' '))
+        }
+        _ => Presented::OtherScheme,
+    }
 }
 
 /// An interceptor that admits requests carrying `authorization: Bearer <token>`; with no
@@ -20,20 +40,27 @@ pub fn bearer(
         let Some(expected) = &token else {
             return Ok(request);
         };
-        let presented = request
+        let header = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(p) if same(p.as_bytes(), expected.expose().as_bytes()) => Ok(request),
-            Some(_) => {
+            .and_then(|v| v.to_str().ok());
+        match parse(header) {
+            Presented::Token(p) if bool::from(p.as_bytes().ct_eq(expected.expose().as_bytes())) => {
+                Ok(request)
+            }
+            Presented::Token(_) => {
                 warn!(service, "rejected a request with a wrong token");
                 Err(Status::unauthenticated(format!(
                     "wrong bearer token for the {service} service"
                 )))
             }
-            None => {
+            Presented::OtherScheme => {
+                warn!(service, "rejected a request with another authorization scheme");
+                Err(Status::unauthenticated(format!(
+                    "the {service} service takes the Bearer scheme: `authorization: Bearer <token>`"
+                )))
+            }
+            Presented::Missing => {
                 warn!(service, "rejected a request without a token");
                 Err(Status::unauthenticated(format!(
                     "the {service} service needs an `authorization: Bearer <token>` header"
@@ -65,6 +92,16 @@ mod tests {
         assert!(!wrong.message().contains("s3cret"));
         let missing = check(with(None)).expect_err("no token");
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_another_scheme_is_named() {
+        let mut check = bearer(Some(Secret::new("s3cret")), "Tasks");
+        for h in ["bearer s3cret", "BEARER s3cret", "Bearer  s3cret"] {
+            assert!(check(with(Some(h))).is_ok(), "{h}");
+        }
+        let basic = check(with(Some("Basic czNjcmV0"))).expect_err("basic");
+        assert!(basic.message().contains("Bearer scheme"), "{}", basic.message());
     }
 
     #[test]

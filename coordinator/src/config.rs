@@ -61,6 +61,9 @@ pub struct Config {
     pub max_spawn_failures: u32,
     /// Most connections served at once (every worker holds one; a new one past it waits).
     pub max_connections: usize,
+    /// How long a new connection may take to send its first bytes (an HTTP/2 preface, a
+    /// TLS hello) before it is closed.
+    pub handshake_timeout: Duration,
     /// Memory size of spawned workers, in MB: the billing size and, unless `vcpus` is set,
     /// what their vCPU count is derived from.
     pub memory_mb: u32,
@@ -145,6 +148,7 @@ impl Default for Config {
             max_functions: 1000,
             max_spawn_failures: 10,
             max_connections: 16_384,
+            handshake_timeout: Duration::from_secs(10),
             memory_mb: 2048,
             vcpus: None,
             slots: None,
@@ -295,6 +299,9 @@ impl Config {
                 "--max-payload-bytes must be at most {MAX_PAYLOAD_BYTES}, got {}",
                 self.max_payload_bytes
             ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("--handshake-timeout must be more than 0".into());
         }
         if self.execution_timeout.is_zero() {
             return bad("--execution-timeout must be more than 0".into());

@@ -315,3 +315,51 @@ fn send(routes: &mut Routes, out: Vec<Outbound>) -> Vec<Conn> {
     }
     full
 }
+
+#[cfg(test)]
+mod tests {
+    use std::panic::AssertUnwindSafe;
+    use std::process::Command;
+
+    use super::*;
+    use crate::spawner::ExternalSpawner;
+
+    /// Set in the child process the test below starts.
+    const CHILD: &str = "CARPOOL_TEST_POISON_CHILD";
+
+    #[test]
+    fn a_panic_under_the_state_lock_ends_the_process_with_70() {
+        if std::env::var_os(CHILD).is_some() {
+            let hub = Hub::new(
+                Arc::new(Config::default()),
+                Arc::new(ExternalSpawner),
+                CancellationToken::new(),
+                None,
+            );
+            let poisoner = hub.clone();
+            let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                poisoner.update(|_, _, _| panic!("half-way through an event"))
+            }));
+            assert!(panicked.is_err());
+            // The next event finds the lock poisoned: the process ends here.
+            hub.read(|s, _| s.live_workers());
+            std::process::exit(0);
+        }
+        let exe = std::env::current_exe().expect("test binary");
+        let out = Command::new(exe)
+            .args([
+                "--exact",
+                "hub::tests::a_panic_under_the_state_lock_ends_the_process_with_70",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .expect("run the child");
+        assert_eq!(
+            out.status.code(),
+            Some(70),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

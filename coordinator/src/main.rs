@@ -45,6 +45,10 @@ struct Cli {
     /// close).
     #[arg(long, env = "CARPOOL_MAX_CONNECTIONS", default_value_t = 16_384)]
     max_connections: usize,
+    /// How long a new connection may take to send its first bytes (HTTP/2 preface or TLS
+    /// hello) before it is closed, e.g. "10s".
+    #[arg(long, env = "CARPOOL_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
     /// Memory size of spawned workers in MB (billing size; vCPUs follow it unless --vcpus).
     #[arg(long, env = "CARPOOL_MEMORY_MB", default_value_t = 2048)]
     memory_mb: u32,
@@ -269,6 +273,7 @@ impl Cli {
             max_functions: self.max_functions,
             max_spawn_failures: self.max_spawn_failures,
             max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
             memory_mb: self.memory_mb,
             vcpus: self.vcpus,
             slots: self.slots,
@@ -314,6 +319,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if let Err(msg) = cli.validate() {

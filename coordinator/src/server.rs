@@ -3,7 +3,8 @@
 //!
 //! Connections are bounded: at most `max_connections` at once (a new one waits to be
 //! accepted), at most [`MAX_STREAMS_PER_CONNECTION`] calls on each, and a connection that
-//! sends nothing within [`PREFACE_TIMEOUT`] of being accepted is closed.
+//! has not sent its first [`PREFACE_BYTES`] bytes (an HTTP/2 preface, a TLS hello) within
+//! `handshake_timeout` of being accepted is closed.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use carpool_proto::FILE_DESCRIPTOR_SET;
 use carpool_proto::pb::cluster_server::ClusterServer;
 use carpool_proto::pb::tasks_server::TasksServer;
 use carpool_proto::pb::workers_server::WorkersServer;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -46,8 +47,9 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const CLIENT_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for workers to finish their tasks.
 pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
-/// How long an accepted connection may stay silent (no HTTP/2 preface) before it is closed.
-pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes a new connection must send within the handshake timeout: the length of the
+/// HTTP/2 client preface (a TLS ClientHello is longer).
+pub const PREFACE_BYTES: usize = 24;
 /// Concurrent calls (HTTP/2 streams) on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
@@ -145,7 +147,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             bearer(config.worker_token.clone(), "Workers"),
         ))
         .serve_with_incoming_shutdown(
-            incoming(listener, config.max_connections, server_stop.clone()),
+            incoming(
+                listener,
+                config.max_connections,
+                config.handshake_timeout,
+                server_stop.clone(),
+            ),
             server_stop.clone().cancelled_owned(),
         );
     info!(%addr, spawner = ?config.spawner, "coordinator serving");
@@ -229,10 +236,12 @@ fn local_workers_accept(tls: &ServerTls) -> Result<()> {
 }
 
 /// The listener's connections as the server's incoming stream: at most `max` at once, each
-/// holding a permit until it closes, and each only once it has sent something.
+/// holding a permit until it closes, and each only once it has sent its first
+/// [`PREFACE_BYTES`] within `handshake` (one that closes or stalls before is dropped).
 fn incoming(
     listener: TcpListener,
     max: usize,
+    handshake: Duration,
     stop: CancellationToken,
 ) -> ReceiverStream<std::io::Result<Counted>> {
     let (tx, rx) = mpsc::channel(64);
@@ -258,17 +267,19 @@ fn incoming(
             let _ = stream.set_nodelay(true);
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(PREFACE_TIMEOUT, stream.peek(&mut first)).await {
-                    Ok(Ok(n)) if n > 0 => {
+                let mut stream = stream;
+                match tokio::time::timeout(handshake, preface(&mut stream)).await {
+                    Ok(Ok(Some(first))) => {
                         let _ = tx
                             .send(Ok(Counted {
+                                first,
+                                read: 0,
                                 stream,
                                 _permit: permit,
                             }))
                             .await;
                     }
-                    _ => debug!(%peer, "closed a connection that sent nothing"),
+                    _ => debug!(%peer, "closed a connection that did not start its handshake in time"),
                 }
             });
         }
@@ -276,8 +287,26 @@ fn incoming(
     ReceiverStream::new(rx)
 }
 
+/// Reads the first [`PREFACE_BYTES`] of `stream` (kept, to be read again by the server);
+/// `None` if it closes first.
+async fn preface(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut first = vec![0u8; PREFACE_BYTES];
+    let mut got = 0;
+    while got < PREFACE_BYTES {
+        match stream.read(&mut first[got..]).await? {
+            0 => return Ok(None),
+            n => got += n,
+        }
+    }
+    Ok(Some(first))
+}
+
 /// An accepted connection that holds its place under the connection cap while it lives.
 struct Counted {
+    /// The bytes read before it was handed to the server, served first.
+    first: Vec<u8>,
+    /// How many of `first` the server has read.
+    read: usize,
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
 }
@@ -296,6 +325,13 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.read < self.first.len() {
+            let n = (self.first.len() - self.read).min(buf.remaining());
+            let start = self.read;
+            buf.put_slice(&self.first[start..start + n]);
+            self.read += n;
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }

@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod emulators;
+pub mod raw;
 
 use carpool_proto::Bearer;
 use carpool_proto::pb::workers_client::WorkersClient;
@@ -63,11 +64,17 @@ impl Coordinator {
 
     /// [`Coordinator::start`] with extra environment variables (e.g. AWS settings).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_at("127.0.0.1:0", args, env)
+    }
+
+    /// [`Coordinator::start_with_env`] listening on `listen` (a restart on the address an
+    /// earlier coordinator had, for workers that reconnect to it).
+    pub fn start_at(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let log = log_path("coordinator");
         let log_file =
             std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
         let mut child = Command::new(bin("carpool-coordinator"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .env(
                 "RUST_LOG",
@@ -101,6 +108,30 @@ impl Coordinator {
             .unwrap_or_else(|| panic!("unexpected first line from carpool-coordinator: {line:?}"));
         guard.url = format!("http://{addr}");
         guard
+    }
+
+    /// Its `host:port`.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    /// Runs a coordinator with `args` that must refuse to start: returns its exit code and
+    /// what it wrote on stderr.
+    pub fn refused(args: &[&str]) -> (Option<i32>, String) {
+        let mut child = Command::new(bin("carpool-coordinator"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start carpool-coordinator: {e}"));
+        let status = wait_for_exit(&mut child, "a coordinator that should refuse to start");
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (status.code(), err)
     }
 
     /// What the coordinator has logged so far.

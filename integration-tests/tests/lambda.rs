@@ -215,6 +215,14 @@ async fn a_failed_invocation_is_one_invocation_and_the_task_waits_for_a_worker()
         (quiet && invocations == after.spawn_failures).then_some(())
     })
     .await;
+    // Nothing ran, so nothing is billed, and the error is one line.
+    let after = stats_of(&client.stats().await.expect("stats"), "no-such-builtin");
+    assert_eq!((after.billed_gb_ms, after.cost_usd), (0.0, 0.0), "{after:?}");
+    assert!(
+        !after.last_spawn_error.contains('\n'),
+        "{:?}",
+        after.last_spawn_error
+    );
     // The task was never stranded or failed: it waits in the pool for a worker that can run it.
     let info = client.get(task).await.expect("get");
     assert_eq!(info.state(), pb::TaskState::Pending, "{info:?}");
@@ -501,6 +509,78 @@ async fn each_spawn_is_one_event_invocation_and_an_unknown_function_is_reported(
         let id = e["worker_id"].as_str().unwrap_or_default().to_owned();
         assert!(worker_ids.insert(id), "a spawn was invoked twice: {calls:?}");
     }
+}
+
+/// The worker ids moto was invoked with, in order, once `n` spawns have been written off
+/// and another is starting.
+async fn written_off(client: &carpool_integration_tests::Client, moto: &LambdaMoto, n: usize) -> Vec<String> {
+    eventually("the spawns to be written off and replaced", || async {
+        let s = stats_of(&client.stats().await.ok()?, "echo");
+        let ids: Vec<String> = moto
+            .invocations()
+            .into_iter()
+            .filter_map(|c| c["event"]["worker_id"].as_str().map(str::to_owned))
+            .collect();
+        (s.spawn_failures as usize >= n && s.workers_starting == 1 && ids.len() > n).then_some(ids)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_worker_that_starts_after_its_start_timeout_is_welcomed_within_the_cap_or_sent_away() {
+    // Lambda queues an Event invoke it cannot run yet instead of refusing it: the worker may
+    // start after --start-timeout has written its spawn off. moto accepts and runs nothing,
+    // so the test plays the late workers itself.
+    let moto = LambdaMoto::start();
+    moto.create_function();
+    let coord = start_coordinator(
+        &moto.0.url,
+        &lambda_args(
+            FUNCTION,
+            "2",
+            &["--start-timeout", "1s", "--advertise-url", "http://127.0.0.1:1"],
+        ),
+    );
+    let client = coord.client().await;
+    let first_task = client.submit("echo", "\"late\"").await.expect("submit");
+    let late = |id: &str| pb::Hello {
+        worker_id: id.to_owned(),
+        function: "echo".into(),
+        vcpus: 1,
+        memory_mb: 2048,
+        slots: 1,
+        ..Default::default()
+    };
+    // The first spawn is written off and a second starts: the first arrives late, one of
+    // two places taken, and is welcomed with the waiting task.
+    let spawned = written_off(&client, &moto, 1).await;
+    let mut w =
+        carpool_integration_tests::FakeWorker::connect(coord.channel().await, late(&spawned[0])).await;
+    let got = w.expect_assign().await;
+    assert_eq!(got[0].task_id, first_task);
+    // A second task waits (both places are taken); the second spawn is written off too and
+    // a third starts: the second arrives late with no place left, and is sent away.
+    client.submit("echo", "\"more\"").await.expect("submit");
+    let spawned = written_off(&client, &moto, 2).await;
+    let mut surplus =
+        carpool_integration_tests::FakeWorker::connect(coord.channel().await, late(&spawned[1])).await;
+    match surplus.next().await {
+        carpool_proto::pb::coordinator_message::Kind::Shutdown(s) => {
+            assert_eq!(s.reason(), pb::ShutdownReason::Surplus);
+        }
+        other => panic!("expected Shutdown SURPLUS, got {other:?}"),
+    }
+    w.finish(&got[0], "\"late\"").await;
+    let r = eventually("the late worker's result", || async {
+        client.get(first_task).await.ok()?.result
+    })
+    .await;
+    assert_eq!(r.state(), pb::TaskState::Succeeded, "{r:?}");
+    let s = stats_of(&client.stats().await.expect("stats"), "echo");
+    assert_eq!(
+        s.workers_started, 2,
+        "each worker that said hello is one started: {s:?}"
+    );
 }
 
 /// A container of the worker image, removed (`podman rm -f`) when dropped.

@@ -195,7 +195,10 @@ async fn past_the_grace_the_task_goes_back_and_its_returning_worker_claims_it() 
     // Nobody else took it while it was back in the pool, and the worker came back still
     // running it: the coordinator adopts that run instead of starting a second one.
     assert_eq!(result.state(), pb::TaskState::Succeeded, "{result:?}");
-    assert_eq!(result.attempts, 1, "the task ran a second time although its first run was claimed");
+    assert_eq!(
+        result.attempts, 1,
+        "the task ran a second time although its first run was claimed"
+    );
     let t = totals(&client).await;
     assert_eq!((t.succeeded, t.retried), (1, 1));
 }

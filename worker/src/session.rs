@@ -9,7 +9,7 @@
 //! after the running tasks change (once the newest has run long enough for its memory to
 //! show), or when memory or CPU move while tasks run ([`PROBE`]). Never one per task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -110,6 +110,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
         running: JoinSet::new(),
         handles: HashMap::new(),
         max_output: 0,
+        recent: VecDeque::new(),
         tasks_run: 0,
         shutdown: None,
         welcomed: false,
@@ -129,6 +130,8 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
         match outcome {
             Ok(reason) => break reason,
             Err(e) if e.is_retryable() => {
+                // What was sent long enough before the break has been recorded.
+                s.forget_recent(Instant::now());
                 let since = *broken_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > s.config.reconnect_for {
                     warn!(worker = %s.config.id, error = %e, "coordinator unreachable for too long; giving up");
@@ -178,6 +181,9 @@ struct Session<H> {
     handles: HashMap<u64, (u32, AbortHandle)>,
     /// The largest output the coordinator accepts (its Welcome); 0 before one.
     max_output: u64,
+    /// Results sent in the last [`RESEND_WINDOW`], repeated in the next hello if the stream
+    /// breaks (they may not have been recorded).
+    recent: VecDeque<(Instant, pb::WorkerTaskResult)>,
     tasks_run: u64,
     shutdown: Option<pb::ShutdownReason>,
     sampler: Sampler,
@@ -216,6 +222,7 @@ impl<H: Handler> Session<H> {
             instance: self.config.instance.clone(),
             running_task_ids: running.iter().map(|&(t, _)| t).collect(),
             running_attempts: running.iter().map(|&(_, a)| a).collect(),
+            recent_results: self.recent.iter().map(|(_, r)| r.clone()).collect(),
             max_slots: self.config.max_slots.unwrap_or(0),
         };
         send(&out, Up::Hello(hello)).await?;
@@ -229,6 +236,8 @@ impl<H: Handler> Session<H> {
         self.welcomed = true;
         self.limit = welcome.slots;
         self.max_output = welcome.max_output_bytes;
+        // The coordinator has them now (it ignores what it already had).
+        self.recent.clear();
         let interval = Duration::from_millis(welcome.sample_interval_ms.max(10));
         info!(worker = %self.config.id, function = %self.config.function, slots = welcome.slots, resumed = !self.handles.is_empty(), "connected");
         let mut tick = tokio::time::interval(interval);
@@ -299,6 +308,7 @@ impl<H: Handler> Session<H> {
                         }
                         next = self.running.try_join_next();
                     }
+                    self.remember(&results);
                     for results in batches(results, self.max_output) {
                         send(&out, Up::Results(pb::TaskResults { results })).await?;
                     }
@@ -332,6 +342,32 @@ impl<H: Handler> Session<H> {
         })
         .await;
         Ok(reason)
+    }
+
+    /// Keeps `results` for [`RESEND_WINDOW`], within [`RESEND_BYTES`] (the oldest go first).
+    fn remember(&mut self, results: &[pb::WorkerTaskResult]) {
+        let now = Instant::now();
+        self.recent.extend(results.iter().map(|r| (now, r.clone())));
+        self.forget_recent(now);
+    }
+
+    /// Drops remembered results sent more than [`RESEND_WINDOW`] before `now`, and the
+    /// oldest past [`RESEND_BYTES`] or [`RESEND_COUNT`].
+    fn forget_recent(&mut self, now: Instant) {
+        let cap = if self.max_output > 0 {
+            (self.max_output as usize).min(RESEND_BYTES)
+        } else {
+            RESEND_BYTES
+        };
+        let mut bytes: usize = self.recent.iter().map(|(_, r)| result_bytes(r)).sum();
+        while let Some((at, r)) = self.recent.front() {
+            let old = now.saturating_duration_since(*at) > RESEND_WINDOW;
+            if !(old || bytes > cap || self.recent.len() > RESEND_COUNT) {
+                break;
+            }
+            bytes -= result_bytes(r);
+            self.recent.pop_front();
+        }
     }
 
     /// A sample now (and the running tasks' change is reported).
@@ -370,6 +406,25 @@ impl<H: Handler> Session<H> {
     }
 }
 
+/// How long a sent result is remembered, to repeat after a break: the coordinator records
+/// a result within milliseconds of receiving it, so one sent longer before the break is on
+/// record.
+pub const RESEND_WINDOW: Duration = Duration::from_secs(5);
+/// The most bytes of outputs remembered (and the coordinator's output limit, if lower), so
+/// that a hello that repeats them stays within the message limit.
+pub const RESEND_BYTES: usize = 4 << 20;
+/// The most results remembered.
+pub const RESEND_COUNT: usize = 4096;
+
+/// The bytes of a result's output or error.
+fn result_bytes(r: &pb::WorkerTaskResult) -> usize {
+    match &r.outcome {
+        Some(Outcome::Output(b)) => b.len(),
+        Some(Outcome::Error(e)) => e.len(),
+        None => 0,
+    }
+}
+
 /// `outcome`, or an error in its place when its output is larger than `max` bytes (the
 /// coordinator's limit, from its Welcome; 0: none known): the task fails with the sizes
 /// instead of the whole batch being refused.
@@ -396,11 +451,7 @@ fn batches(results: Vec<pb::WorkerTaskResult>, max: u64) -> Vec<Vec<pb::WorkerTa
     let mut out: Vec<Vec<pb::WorkerTaskResult>> = Vec::new();
     let mut size = 0u64;
     for r in results {
-        let len = match &r.outcome {
-            Some(Outcome::Output(b)) => b.len() as u64,
-            Some(Outcome::Error(e)) => e.len() as u64,
-            None => 0,
-        };
+        let len = result_bytes(&r) as u64;
         match out.last_mut() {
             Some(batch) if max == 0 || size + len <= max => {
                 size += len;

@@ -32,6 +32,9 @@ pub struct Rules {
     pub limits: LimitParams,
     /// `--slots`: every worker's limit pinned at this.
     pub pinned_slots: Option<u32>,
+    /// Whether the coordinator starts workers itself (local, Lambda): only then may a
+    /// worker too busy for the waiting work be sent away, since another can take its place.
+    pub spawns: bool,
 }
 
 impl From<&Config> for Rules {
@@ -50,6 +53,7 @@ impl From<&Config> for Rules {
                 ..LimitParams::default()
             },
             pinned_slots: c.slots,
+            spawns: c.spawner != crate::config::SpawnerKind::External,
         }
     }
 }
@@ -242,7 +246,12 @@ pub fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> IdleActio
     match assess(rules, w) {
         Verdict::Draining => IdleAction::Stop(StopReason::Deadline),
         Verdict::QuotaReached => IdleAction::Stop(StopReason::Ineligible),
-        Verdict::CpuBusy | Verdict::MemoryBusy if !pool_empty => IdleAction::Stop(StopReason::Ineligible),
+        // Too busy for the waiting work: make room for a fresh worker, when one can be
+        // started; workers started by hand are kept (their load may pass, and nothing would
+        // take their place).
+        Verdict::CpuBusy | Verdict::MemoryBusy if !pool_empty && rules.spawns => {
+            IdleAction::Stop(StopReason::Ineligible)
+        }
         _ if !pool_empty => IdleAction::Keep,
         _ if w.idle_for >= rules.keep_alive => IdleAction::Stop(StopReason::Idle),
         _ => IdleAction::RecheckAfter(rules.keep_alive - w.idle_for),
@@ -461,6 +470,12 @@ mod tests {
             idle_action(&rules(), &w, false),
             IdleAction::Stop(StopReason::Ineligible)
         );
+        // Under the external spawner nothing would replace it: it is kept for its load to pass.
+        let external = Rules {
+            spawns: false,
+            ..rules()
+        };
+        assert_eq!(idle_action(&external, &w, false), IdleAction::Keep);
         // With nothing waiting the same worker just idles out.
         assert_eq!(
             idle_action(&rules(), &w, true),

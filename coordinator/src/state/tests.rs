@@ -655,3 +655,24 @@ fn a_worker_past_its_deadline_fraction_is_dropped_from_the_index_when_met() {
     assert!(assigned(&mut fx, old).is_empty(), "a draining worker got a task");
     assert_eq!(assigned(&mut fx, young), vec![task]);
 }
+
+#[test]
+fn a_worker_written_off_for_silence_is_told_and_gets_its_task_back_when_it_returns() {
+    let (mut s, now) = state(external());
+    let mut fx = Effects::default();
+    let a = connect(&mut s, &mut fx, "a", 1, now);
+    let t = submit(&mut s, &mut fx, now);
+    assert_eq!(assigned(&mut fx, a), vec![t]);
+    let later = now + s.config.liveness_lease() + Duration::from_millis(1);
+    s.sweep(later, &mut fx);
+    assert!(
+        fx.out.iter().any(
+            |o| matches!(o, Outbound::End { conn, error: Some(crate::Error::WrittenOff(..)) } if *conn == a)
+        ),
+        "{:?}",
+        fx.out
+    );
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Pending);
+    let b = connect(&mut s, &mut fx, "a", 1, later);
+    assert_eq!(assigned(&mut fx, b), vec![t]);
+}

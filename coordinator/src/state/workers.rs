@@ -75,8 +75,10 @@ fn check_hello(h: &pb::Hello) -> Result<()> {
         format!("timeout_ms {} is over a week", h.timeout_ms)
     } else if h.instance.len() > MAX_ID_BYTES {
         format!("instance must be at most {MAX_ID_BYTES} bytes")
-    } else if h.running_task_ids.len() > HELLO_MAX_RUNNING {
-        format!("running_task_ids lists more than {HELLO_MAX_RUNNING} tasks")
+    } else if h.running_task_ids.len() > HELLO_MAX_RUNNING || h.recent_results.len() > HELLO_MAX_RUNNING {
+        format!("running_task_ids and recent_results hold at most {HELLO_MAX_RUNNING} entries each")
+    } else if !h.running_attempts.is_empty() && h.running_attempts.len() != h.running_task_ids.len() {
+        "running_attempts must have one entry per running_task_ids entry, or none".to_owned()
     } else {
         return Ok(());
     };
@@ -86,7 +88,7 @@ fn check_hello(h: &pb::Hello) -> Result<()> {
 impl State {
     /// A worker said hello: register it (or resume its session), welcome it, give it work.
     /// Returns its connection number (to pass to [`State::disconnect`]).
-    pub fn connect(&mut self, hello: pb::Hello, now: Instant, fx: &mut Effects) -> Result<Conn> {
+    pub fn connect(&mut self, mut hello: pb::Hello, now: Instant, fx: &mut Effects) -> Result<Conn> {
         if self.draining {
             return Err(Error::ShuttingDown);
         }
@@ -97,7 +99,7 @@ impl State {
             if (existing.attached && !same_instance) || existing.function.as_ref() != hello.function {
                 return Err(Error::WorkerExists(hello.worker_id));
             }
-            return Ok(self.resume(&id, &hello, now, fx));
+            return Ok(self.resume(&id, &mut hello, now, fx));
         }
         self.make_room(&hello.function)?;
         let function = self.function_key(&hello.function);
@@ -181,6 +183,7 @@ impl State {
             // this coordinator's (a restart) or its lease. It keeps what is still wanted.
             self.claim(&id, &hello.running_task_ids, &hello.running_attempts, now, fx);
         }
+        self.recover_results(&id, std::mem::take(&mut hello.recent_results), now, fx);
         if surplus {
             self.stop(&id, pb::ShutdownReason::Surplus, fx);
         } else {
@@ -201,14 +204,20 @@ impl State {
 
     /// The same worker is back on a new stream: keep the tasks both sides agree it runs,
     /// give back those it lost, claim those it runs that are waiting again, cancel the rest.
-    fn resume(&mut self, id: &WorkerId, hello: &pb::Hello, now: Instant, fx: &mut Effects) -> Conn {
+    fn resume(&mut self, id: &WorkerId, hello: &mut pb::Hello, now: Instant, fx: &mut Effects) -> Conn {
         let conn = self.next_conn;
         self.next_conn += 1;
         let welcome = self.welcome(self.workers.get(id).map_or(1, |w| w.limit.value()));
         let Some(w) = self.workers.get_mut(id) else {
             return conn;
         };
-        let has: HashSet<TaskId> = hello.running_task_ids.iter().copied().collect();
+        // Finished on it while the stream was down counts as kept: its result is repeated.
+        let has: HashSet<TaskId> = hello
+            .running_task_ids
+            .iter()
+            .copied()
+            .chain(hello.recent_results.iter().map(|r| r.task_id))
+            .collect();
         let lost: Vec<(TaskId, u32)> = w
             .running
             .iter()
@@ -238,9 +247,50 @@ impl State {
         if !stray.is_empty() {
             self.claim(id, &stray, &stray_attempts, now, fx);
         }
+        self.recover_results(id, std::mem::take(&mut hello.recent_results), now, fx);
         self.dispatch_near(&function, Some(id), now, fx);
         self.evaluate(id, now, fx);
         conn
+    }
+
+    /// Results worker `id` sent just before its last stream broke (its hello repeats them):
+    /// those of tasks it still holds, or that wait for a worker again (given back, or held
+    /// after a restart) at no later attempt, are recorded as if they had just arrived; the
+    /// rest (already recorded, running elsewhere, forgotten) are ignored.
+    fn recover_results(
+        &mut self,
+        id: &WorkerId,
+        results: Vec<pb::WorkerTaskResult>,
+        now: Instant,
+        fx: &mut Effects,
+    ) {
+        if results.is_empty() {
+            return;
+        }
+        let mut waiting = (Vec::new(), Vec::new());
+        let mut take = Vec::new();
+        for r in results {
+            let Some(t) = self.tasks.get(r.task_id) else {
+                continue;
+            };
+            match t.state {
+                TaskState::Pending if r.attempt >= t.attempts => {
+                    waiting.0.push(r.task_id);
+                    waiting.1.push(r.attempt);
+                    take.push(r);
+                }
+                TaskState::Running if t.worker.as_ref() == Some(id) => take.push(r),
+                _ => {}
+            }
+        }
+        if !waiting.0.is_empty() {
+            self.claim(id, &waiting.0, &waiting.1, now, fx);
+        }
+        let n = take.len();
+        if let Err(e) = self.results(id, take, now, fx) {
+            warn!(worker = %id, error = %e, "a repeated result was refused");
+        }
+        info!(worker = %id, recovered = n, "recorded results a worker repeated after its stream broke");
     }
 
     /// Worker `id` says it runs `tasks` (attempts in `attempts`, where it gives them): it
