@@ -411,7 +411,8 @@ async fn map(client: &Client, function: &str, input: Option<PathBuf>) -> Result<
             }
             None => {
                 failed += 1;
-                serde_json::json!({ "rejected": r.rejected })
+                let code = format!("{:?}", tonic::Code::from(r.rejected_code));
+                serde_json::json!({ "rejected": r.rejected, "code": code })
             }
         };
         line["seq"] = r.seq.into();

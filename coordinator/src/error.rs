@@ -113,16 +113,20 @@ impl From<Error> for Status {
             Error::EmptyFunction
             | Error::UnknownFunction(..)
             | Error::BadFunctionName(_)
-            | Error::PayloadTooLarge { .. }
             | Error::InvalidHello(_)
             | Error::InvalidSample(..)
             | Error::ResultForUnknownTask(..)
-            | Error::KeyTooLong(..)
-            | Error::TooManyIds(..)
             | Error::EmptyMessage(_) => Code::InvalidArgument,
             Error::PeerMessage(s) => s.code(),
             Error::ResultNotHeld(..) => Code::FailedPrecondition,
-            Error::PoolFull(_) | Error::TooManyFunctions(_) | Error::StreamFull(_) => Code::ResourceExhausted,
+            // Too large (gRPC's own code for a message over its limit, used for every size
+            // limit alike) or too many.
+            Error::PayloadTooLarge { .. }
+            | Error::KeyTooLong(..)
+            | Error::TooManyIds(..)
+            | Error::PoolFull(_)
+            | Error::TooManyFunctions(_)
+            | Error::StreamFull(_) => Code::ResourceExhausted,
             Error::UnknownTask(_) => Code::NotFound,
             Error::HelloExpected | Error::DuplicateHello(_) | Error::NoHello => Code::FailedPrecondition,
             Error::WorkerExists(_) | Error::IdempotencyKeyReused(..) => Code::AlreadyExists,

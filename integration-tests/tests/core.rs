@@ -265,7 +265,7 @@ async fn oversize_payload_is_rejected_and_changes_nothing() {
         .expect_err("oversize accepted");
     match err {
         carpool_client::Error::Status(s) => {
-            assert_eq!(s.code(), Code::InvalidArgument);
+            assert_eq!(s.code(), Code::ResourceExhausted);
             assert!(
                 s.message().contains("2000") && s.message().contains("1024"),
                 "{}",

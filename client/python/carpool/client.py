@@ -82,6 +82,14 @@ def _payload(p: Payload) -> pb.Payload:
     raise TypeError(f"payload must be str or bytes, not {type(p).__name__}")
 
 
+def _code(value: int) -> grpc.StatusCode:
+    """The grpc.StatusCode with this number (INVALID_ARGUMENT if none matches)."""
+    for c in grpc.StatusCode:
+        if c.value[0] == value:
+            return c
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
 def _state(value: int) -> str:
     return pb.TaskState.Name(value).removeprefix("TASK_STATE_")
 
@@ -154,7 +162,8 @@ class Client:
     def map(self, function: str, payloads: Iterable[Payload]) -> Iterator[Result]:
         """Runs every payload as a task over one streaming call; yields results as they
         finish, each with `seq`, its payload's position. A rejected submission raises
-        CarpoolError(INVALID_ARGUMENT) when its answer arrives."""
+        CarpoolError with the code Submit would have answered (INVALID_ARGUMENT,
+        RESOURCE_EXHAUSTED...) when its answer arrives."""
 
         def requests():
             for i, p in enumerate(payloads):
@@ -163,7 +172,7 @@ class Client:
         try:
             for response in self._tasks.Map(requests(), timeout=self._timeout, metadata=self._metadata):
                 if response.rejected:
-                    raise CarpoolError(grpc.StatusCode.INVALID_ARGUMENT, f"input {response.seq}: {response.rejected}")
+                    raise CarpoolError(_code(response.rejected_code), f"input {response.seq}: {response.rejected}")
                 yield _result(response.result, seq=response.seq)
         except grpc.RpcError as e:
             raise CarpoolError(e.code(), e.details()) from None

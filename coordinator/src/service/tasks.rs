@@ -250,7 +250,7 @@ async fn serve_map(
                             writes.push(Box::pin(async move { (seq, write.await) }));
                             continue;
                         }
-                        Err(e) => rejected(seq, &e),
+                        Err(e) => rejected(seq, e),
                     }
                 }
                 Ok(None) => {
@@ -282,13 +282,13 @@ async fn serve_map(
                     Ok(_) => continue,
                     Err(e) => {
                         outstanding -= 1;
-                        rejected(seq, &e)
+                        rejected(seq, e)
                     }
                 }
             }
             Some(c) = done_rx.recv() => {
                 outstanding -= 1;
-                pb::MapResponse { seq: c.tag, result: Some(c.result.as_ref().clone()), rejected: String::new() }
+                pb::MapResponse { seq: c.tag, result: Some(c.result.as_ref().clone()), ..Default::default() }
             }
         };
         if out.send(Ok(reply)).await.is_err() {
@@ -300,10 +300,12 @@ async fn serve_map(
     }
 }
 
-fn rejected(seq: u64, e: &Error) -> pb::MapResponse {
+fn rejected(seq: u64, e: Error) -> pb::MapResponse {
+    let status = Status::from(e);
     pb::MapResponse {
         seq,
         result: None,
-        rejected: e.to_string(),
+        rejected: status.message().to_owned(),
+        rejected_code: status.code() as i32,
     }
 }
