@@ -1,20 +1,9 @@
-//! carpool's Rust client (the shim other programs link) and the `carpool` CLI's pieces.
+//! carpool's Rust client: the library other programs link to submit work to a coordinator
+//! and read results, workers and stats. It depends on the contract, tonic and tokio only;
+//! the `carpool` command-line tool is the `carpool-cli` crate.
 //!
-//! - [`Client`]: connect, submit, run, get, cancel, watch, `map` over a stream of payloads,
-//!   workers and stats.
-//! - [`render`]: results and tables as the CLI prints them (JSON lines, text tables).
-//! - [`bench`]: `carpool bench`, the control plane's cost against its baselines.
-//! - [`compare`]: `carpool compare`, each workload four ways (conventional, static slots,
-//!   the best fixed slots, adaptive), measured and simulated.
-//! - [`experiment`]: the paper's experiment, measured where this machine can and simulated
-//!   for every memory size.
-//! - [`demo`]: the README's main job: carpool against conventional FaaS on local workers.
-
-pub mod bench;
-pub mod compare;
-pub mod demo;
-pub mod experiment;
-pub mod render;
+//! [`Client`]: connect, submit, run, get, cancel, watch, `map` over a stream of payloads,
+//! workers and stats.
 
 use carpool_proto::pb::{self, cluster_client::ClusterClient, tasks_client::TasksClient};
 use carpool_proto::{Bearer, Bytes, Secret, TlsOptions, payload};

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use carpool_proto::Bytes;
-use carpool_proto::pb;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
@@ -24,7 +23,7 @@ use tracing::{error, info};
 
 use crate::error::{Error, Result};
 use crate::scheduler::Learned;
-use crate::state::JournalOp;
+use crate::state::{JournalOp, Recovered, StoredTask};
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -37,32 +36,6 @@ const NEXT_ID: &str = "next_task_id";
 /// Most operations written in one transaction.
 const MAX_BATCH: usize = 4096;
 
-/// A task as stored: what is needed to run it again, and its result once known.
-#[derive(Clone, PartialEq, Message)]
-pub struct StoredTask {
-    /// The function it was submitted to.
-    #[prost(string, tag = "1")]
-    pub function: String,
-    /// Its input (emptied once it has a result).
-    #[prost(bytes = "bytes", tag = "2")]
-    pub payload: Bytes,
-    /// Per-attempt timeout in ms (0: the default).
-    #[prost(uint64, tag = "3")]
-    pub timeout_ms: u64,
-    /// Idempotency key (empty: none).
-    #[prost(string, tag = "4")]
-    pub key: String,
-    /// When it was accepted, Unix ms.
-    #[prost(uint64, tag = "5")]
-    pub submitted_unix_ms: u64,
-    /// Its final result, once it has one.
-    #[prost(message, optional, tag = "6")]
-    pub result: Option<pb::TaskResult>,
-    /// What its idempotency key stands for (see `Submission::fingerprint`).
-    #[prost(uint64, tag = "7")]
-    pub fingerprint: u64,
-}
-
 enum Op {
     Accept(u64, Box<StoredTask>, oneshot::Sender<Result<(), String>>),
     State(JournalOp),
@@ -72,21 +45,9 @@ enum Op {
 
 /// The handle the coordinator writes through; cheap to clone.
 #[derive(Clone)]
-pub struct Journal {
+pub(crate) struct Journal {
     ops: mpsc::UnboundedSender<Op>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
-}
-
-/// What a journal held when it was opened.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    /// Every stored task by id, in id order, with the last attempt started of an
-    /// unfinished one (0: it never started).
-    pub tasks: Vec<(u64, StoredTask, u32)>,
-    /// The first id never handed out.
-    pub next_id: u64,
-    /// The concurrency level learned per (function, memory size in MB).
-    pub learned: Vec<((String, u32), Learned)>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -98,7 +59,7 @@ impl std::fmt::Debug for Journal {
 impl Journal {
     /// Opens (or creates) the journal in `dir` and starts its writer thread. A record that
     /// does not decode stops the start with its id: a journal is never silently rewritten.
-    pub fn open(dir: &Path) -> Result<(Self, Recovered)> {
+    pub(crate) fn open(dir: &Path) -> Result<(Self, Recovered)> {
         std::fs::create_dir_all(dir)?;
         let db = Database::create(dir.join("carpool.redb")).map_err(storage)?;
         let recovered = load(&db)?;
@@ -117,7 +78,7 @@ impl Journal {
     }
 
     /// Stores a new task; resolves once it is on disk.
-    pub async fn accept(&self, id: u64, task: StoredTask) -> Result<()> {
+    pub(crate) async fn accept(&self, id: u64, task: StoredTask) -> Result<()> {
         let (done, wait) = oneshot::channel();
         self.ops
             .send(Op::Accept(id, Box::new(task), done))
@@ -130,14 +91,14 @@ impl Journal {
     }
 
     /// Queues the state's writes (not waited for).
-    pub fn apply(&self, ops: impl IntoIterator<Item = JournalOp>) {
+    pub(crate) fn apply(&self, ops: impl IntoIterator<Item = JournalOp>) {
         for op in ops {
             let _ = self.ops.send(Op::State(op));
         }
     }
 
     /// Writes everything queued, then stops and joins the writer thread.
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let (done, wait) = oneshot::channel();
         if self.ops.send(Op::Close(done)).is_ok() {
             let _ = wait.await;
@@ -310,7 +271,7 @@ mod tests {
             j.accept(1, task("echo")).await.expect("accept 1");
             j.accept(2, task("echo")).await.expect("accept 2");
             j.accept(3, task("echo")).await.expect("accept 3");
-            let done = Arc::new(pb::TaskResult {
+            let done = Arc::new(carpool_proto::pb::TaskResult {
                 task_id: 1,
                 state: 3,
                 ..Default::default()

@@ -29,9 +29,8 @@ use tracing::{info, warn};
 
 use crate::config::{Config, LambdaTarget};
 use crate::error::{Error, Result};
-use crate::hub::Hub;
-use crate::spawner::Spawner;
-use crate::state::SpawnRequest;
+use crate::spawner::{SpawnContext, Spawner};
+use crate::state::{SpawnOutcome, SpawnRequest};
 
 /// First wait between invoke attempts; doubled per attempt, with up to 100 % jitter.
 const FIRST_RETRY_WAIT: Duration = Duration::from_millis(200);
@@ -48,12 +47,19 @@ const RETRYABLE_CODES: [&str; 4] = [
 
 /// Starts workers as Lambda invocations.
 #[derive(Debug)]
-pub struct LambdaSpawner {
+pub(crate) struct LambdaSpawner {
+    /// The Lambda client (SDK retries off: [`invoke_with_retries`] decides).
     client: Client,
+    /// The function (and qualifier) whose invocations are the workers.
     target: LambdaTarget,
+    /// The URL the workers dial, carried in each event.
     coordinator_url: String,
+    /// The worker token, carried in each event.
     token: Option<crate::auth::Secret>,
+    /// `--slots`, carried in each event.
     slots: Option<u32>,
+    /// Where outcomes are reported.
+    context: SpawnContext,
 }
 
 impl LambdaSpawner {
@@ -62,7 +68,7 @@ impl LambdaSpawner {
     /// Region and credentials come from aws-config's default chain (environment, profile,
     /// instance role), and the endpoint from `AWS_ENDPOINT_URL_LAMBDA` / `AWS_ENDPOINT_URL`
     /// if set.
-    pub async fn new(config: &Config, listen_url: String) -> Result<Self> {
+    pub(crate) async fn new(config: &Config, listen_url: String, context: SpawnContext) -> Result<Self> {
         let target = config.lambda.clone();
         if target.function_name.trim().is_empty() {
             return Err(Error::LambdaConfig(
@@ -100,6 +106,7 @@ impl LambdaSpawner {
             coordinator_url,
             token: config.worker_token.clone(),
             slots: config.slots,
+            context,
         })
     }
 
@@ -116,20 +123,22 @@ impl LambdaSpawner {
 }
 
 impl Spawner for LambdaSpawner {
-    fn spawn(&self, request: SpawnRequest, hub: Hub) {
-        let payload = match serde_json::to_vec(&self.event(&request)) {
-            Ok(p) => p,
-            Err(e) => {
-                let reason = format!("could not encode the worker event: {e}");
-                hub.update(|s, now, fx| s.spawn_failed(&request.id, &reason, now, fx));
-                return;
-            }
-        };
+    fn spawn(&self, request: SpawnRequest) {
+        let payload = serde_json::to_vec(&self.event(&request));
         let client = self.client.clone();
         let target = self.target.clone();
-        let stop = hub.stop_token().clone();
-        hub.tracker().clone().spawn(async move {
+        let context = self.context.clone();
+        let stop = context.stop.clone();
+        self.context.tracker.spawn(async move {
             let id = request.id;
+            let payload = match payload {
+                Ok(p) => p,
+                Err(e) => {
+                    let reason = format!("could not encode the worker event: {e}");
+                    context.report(SpawnOutcome::Failed { id, reason }).await;
+                    return;
+                }
+            };
             let invoke = || {
                 client
                     .invoke()
@@ -159,12 +168,13 @@ impl Spawner for LambdaSpawner {
             match outcome {
                 Ok(request_id) => {
                     info!(worker = %id, function = %target.function_name, request_id, "invoked");
-                    hub.update(|s, _, _| s.spawned(&id, format!("lambda request {request_id}")));
+                    let instance = format!("lambda request {request_id}");
+                    context.report(SpawnOutcome::Started { id, instance }).await;
                 }
                 Err(reason) => {
                     let reason = format!("invoking {} failed: {reason}", target.function_name);
                     // A no-op for a worker that has connected in the meantime.
-                    hub.update(|s, now, fx| s.spawn_failed(&id, &reason, now, fx));
+                    context.report(SpawnOutcome::Failed { id, reason }).await;
                 }
             }
         });
@@ -178,7 +188,7 @@ pub fn https_client() -> aws_sdk_lambda::config::SharedHttpClient {
 
 /// What one Invoke call's outcome calls for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Attempt {
+pub(crate) enum Attempt {
     /// Accepted; carries the request id (empty if the answer had none).
     Accepted(String),
     /// May succeed if tried again (throttled, Lambda service error, transport failure).
@@ -188,7 +198,9 @@ pub enum Attempt {
 }
 
 /// Classifies an Invoke call's outcome for the retry policy.
-pub fn classify(result: std::result::Result<InvokeOutput, SdkError<InvokeError, HttpResponse>>) -> Attempt {
+pub(crate) fn classify(
+    result: std::result::Result<InvokeOutput, SdkError<InvokeError, HttpResponse>>,
+) -> Attempt {
     match result {
         Ok(out) => {
             // AWS never reports a function error for an Event invocation; a synchronous
@@ -247,7 +259,10 @@ pub fn classify(result: std::result::Result<InvokeOutput, SdkError<InvokeError, 
 /// Calls `attempt(n)` for n = 1, 2, … until it is accepted, fails for good, or `attempts`
 /// tries are spent, sleeping with exponential backoff and jitter between retries. Returns
 /// the request id or the last reason.
-pub async fn invoke_with_retries<F, Fut>(attempts: u32, mut attempt: F) -> std::result::Result<String, String>
+pub(crate) async fn invoke_with_retries<F, Fut>(
+    attempts: u32,
+    mut attempt: F,
+) -> std::result::Result<String, String>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Attempt>,

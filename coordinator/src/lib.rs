@@ -3,7 +3,7 @@
 //! - [`config`]: the settings ([`Config`]), built by the binary's flags or by tests.
 //! - [`scheduler`]: the scheduling rule as pure functions (no I/O, time is an argument).
 //! - [`state`]: the one owner of pools, tasks and workers; applies the rule on each event.
-//! - [`hub`]: the lock around the state, and the spawns and timers events ask for.
+//! - [`driver`]: the lock around the state, and the effects each event returns carried out.
 //! - [`service`]: the gRPC services (Tasks, Cluster, Workers).
 //! - [`spawner`]: how workers are started (local processes, or nothing for external ones).
 //! - [`billing`]: the Lambda cost model.
@@ -13,19 +13,20 @@
 //! - [`sim`]: the same scheduling state driven by a virtual clock, for experiments at any scale.
 
 pub mod auth;
-pub mod billing;
+mod billing;
 pub mod config;
-pub mod error;
-pub mod hub;
-pub mod journal;
-pub mod lambda;
-pub mod scheduler;
-pub mod server;
-pub mod service;
+mod driver;
+mod error;
+mod journal;
+mod lambda;
+mod scheduler;
+mod server;
+mod service;
 pub mod sim;
-pub mod spawner;
-pub mod state;
+mod spawner;
+mod state;
 
 pub use config::{Config, Placement, SpawnerKind};
 pub use error::{Error, Result};
+pub use lambda::https_client;
 pub use server::run;

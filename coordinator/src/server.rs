@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, ServerTlsConfig};
@@ -29,33 +30,33 @@ use tracing::{debug, info, warn};
 
 use crate::auth::bearer;
 use crate::config::{Config, ServerTls, SpawnerKind};
+use crate::driver::Driver;
 use crate::error::{Error, Result};
-use crate::hub::Hub;
 use crate::journal::Journal;
 use crate::service::cluster::ClusterService;
 use crate::service::peer::PeerErrorsLayer;
 use crate::service::tasks::TasksService;
 use crate::service::workers::WorkersService;
-use crate::spawner::{ExternalSpawner, LocalSpawner, Spawner};
+use crate::spawner::{ExternalSpawner, LocalSpawner, REPORTS, SpawnContext, Spawner};
 
 /// HTTP/2 keepalive on the server side: tonic leaves it off, and idle connections are cut
 /// by load balancers while a frozen Lambda stops answering.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a keepalive ping may go unanswered.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long shutdown waits for clients to close their connections.
-pub const CLIENT_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLIENT_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for workers to finish their tasks.
-pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 /// Bytes a new connection must send within the handshake timeout: the length of the
 /// HTTP/2 client preface (a TLS ClientHello is longer).
-pub const PREFACE_BYTES: usize = 24;
+pub(crate) const PREFACE_BYTES: usize = 24;
 /// Concurrent calls (HTTP/2 streams) on one connection.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// The URL workers on this machine dial to reach `addr` (an unspecified address becomes
 /// loopback).
-pub fn local_url(addr: SocketAddr, tls: bool) -> String {
+pub(crate) fn local_url(addr: SocketAddr, tls: bool) -> String {
     let ip = if addr.ip().is_unspecified() {
         std::net::IpAddr::from([127, 0, 0, 1])
     } else {
@@ -76,12 +77,18 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         local_workers_accept(tls)?;
     }
     let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (reports, outcomes) = mpsc::channel(REPORTS);
+    let context = SpawnContext {
+        reports,
+        tracker: tracker.clone(),
+        stop: stop.clone(),
+    };
+    let url = local_url(addr, config.tls.is_some());
     let spawner: Arc<dyn Spawner> = match config.spawner {
-        SpawnerKind::Local => Arc::new(LocalSpawner::new(&config, local_url(addr, config.tls.is_some()))?),
-        SpawnerKind::External => Arc::new(ExternalSpawner),
-        SpawnerKind::Lambda => {
-            Arc::new(crate::lambda::LambdaSpawner::new(&config, local_url(addr, config.tls.is_some())).await?)
-        }
+        SpawnerKind::Local => Arc::new(LocalSpawner::new(&config, url, context)?),
+        SpawnerKind::External => Arc::new(ExternalSpawner::new(context)),
+        SpawnerKind::Lambda => Arc::new(crate::lambda::LambdaSpawner::new(&config, url, context).await?),
     };
     let (journal, recovered) = match &config.state_dir {
         Some(dir) => {
@@ -90,11 +97,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
         None => (None, None),
     };
-    let hub = Hub::new(config.clone(), spawner, stop.clone(), journal);
+    let driver = Driver::new(config.clone(), spawner, outcomes, tracker, stop.clone(), journal);
     if let Some(r) = recovered {
-        hub.update(|s, now, fx| s.restore(r, now, fx));
+        driver.update(|s, now, effects| s.restore(r, now, effects));
     }
-    hub.start_sweeper();
+    driver.start_sweeper();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TasksServer<TasksService>>().await;
@@ -131,17 +138,17 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
-            TasksServer::new(TasksService::new(hub.clone()))
+            TasksServer::new(TasksService::new(driver.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
             bearer(config.client_token.clone(), "Tasks"),
         ))
         .add_service(InterceptedService::new(
-            ClusterServer::new(ClusterService::new(hub.clone())),
+            ClusterServer::new(ClusterService::new(driver.clone())),
             bearer(config.client_token.clone(), "Cluster"),
         ))
         .add_service(InterceptedService::new(
-            WorkersServer::new(WorkersService::new(hub.clone()))
+            WorkersServer::new(WorkersService::new(driver.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
             bearer(config.worker_token.clone(), "Workers"),
@@ -160,23 +167,21 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
 
     shutdown.await;
     info!("shutting down: draining workers");
-    let left = hub.drain(DRAIN_LIMIT).await;
+    let left = driver.drain(DRAIN_LIMIT).await;
     if left > 0 {
         warn!(left, "workers still connected after the drain limit; ending them");
     }
     stop.cancel();
     server_stop.cancel();
-    hub.tracker().close();
-    if tokio::time::timeout(DRAIN_LIMIT, hub.tracker().wait())
+    driver.tracker().close();
+    if tokio::time::timeout(DRAIN_LIMIT, driver.tracker().wait())
         .await
         .is_err()
     {
         warn!("background tasks did not end in time");
     }
     // Results of tasks that finished during the drain are queued: write them before leaving.
-    if let Some(j) = hub.journal() {
-        j.close().await;
-    }
+    driver.close_journal().await;
     // Graceful shutdown also waits for idle client connections to go away; give them a
     // moment, then stop regardless: every stream that mattered has been drained above.
     let abort = server.abort_handle();

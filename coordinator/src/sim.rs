@@ -371,7 +371,7 @@ struct Sim<'a> {
     state: State,
     queue: Queue,
     fleet: Fleet,
-    fx: Effects,
+    effects: Effects,
     base: Instant,
     vcpus: f64,
     report: SimReport,
@@ -422,12 +422,12 @@ impl Sim<'_> {
     /// go nowhere. Returns whether anything was delivered to a worker.
     fn deliver(&mut self, now: Duration) -> bool {
         let mut delivered = false;
-        self.fx.journal.clear();
+        self.effects.journal.clear();
         let vcpus = self.vcpus;
         let task = self.sim.task;
         let mut started = Vec::new();
         let mut exits = Vec::new();
-        for out in std::mem::take(&mut self.fx.out) {
+        for out in std::mem::take(&mut self.effects.out) {
             let (conn, kind) = match out {
                 Outbound::Message { conn, message } => (conn, message.kind),
                 Outbound::End { conn, .. } => (conn, Some(Kind::Shutdown(pb::Shutdown::default()))),
@@ -535,7 +535,7 @@ impl Sim<'_> {
             ..Default::default()
         };
         let at = self.at(now);
-        let _ = self.state.results(&id, vec![result], at, &mut self.fx);
+        let _ = self.state.results(&id, vec![result], at, &mut self.effects);
         self.done += 1;
         self.report.completion = self.report.completion.max(now.saturating_sub(self.batch_start));
         self.queue_sample(slot, now);
@@ -575,7 +575,7 @@ impl Sim<'_> {
         };
         let id = w.id.clone();
         let at = self.at(now);
-        let _ = self.state.sample(&id, s, at, &mut self.fx);
+        let _ = self.state.sample(&id, s, at, &mut self.effects);
     }
 
     fn state_memory_mb(&self) -> u32 {
@@ -605,7 +605,7 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         state,
         queue: Queue::default(),
         fleet: Fleet::default(),
-        fx: Effects::default(),
+        effects: Effects::default(),
         base,
         vcpus: f64::from(vcpus),
         report: SimReport::default(),
@@ -623,7 +623,7 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         s.batch_start = now;
         for _ in 0..sim.tasks {
             let sub = Submission::new(sim.function.clone(), Bytes::new());
-            if s.state.submit(sub, None, s.at(now), &mut s.fx).is_ok() {
+            if s.state.submit(sub, None, s.at(now), &mut s.effects).is_ok() {
                 accepted += 1;
             }
         }
@@ -659,15 +659,15 @@ impl Sim<'_> {
             // Settle: carry out effects and deliver messages until the coordinator is quiet at
             // this instant.
             loop {
-                for spawn in std::mem::take(&mut s.fx.spawns) {
+                for spawn in std::mem::take(&mut s.effects.spawns) {
                     *connecting += 1;
                     s.queue.push(now + sim.cold_start, Event::Connect(spawn.id));
                 }
-                for (d, t) in std::mem::take(&mut s.fx.timers) {
+                for (d, t) in std::mem::take(&mut s.effects.timers) {
                     s.queue.push(now + d, Event::Timer(t));
                 }
                 s.queue.purge(&s.fleet);
-                if !s.deliver(now) && s.fx.spawns.is_empty() && s.fx.timers.is_empty() {
+                if !s.deliver(now) && s.effects.spawns.is_empty() && s.effects.timers.is_empty() {
                     break;
                 }
             }
@@ -691,7 +691,7 @@ impl Sim<'_> {
                         timeout_ms,
                         ..Default::default()
                     };
-                    if let Ok(conn) = s.state.connect(hello, t, &mut s.fx) {
+                    if let Ok(conn) = s.state.connect(hello, t, &mut s.effects) {
                         {
                             let slot = s.fleet.insert(SimWorker {
                                 id,
@@ -751,10 +751,11 @@ impl Sim<'_> {
                         s.sample(slot, now);
                     }
                 }
-                Event::Timer(timer) => s.state.on_timer(timer, t, &mut s.fx),
+                Event::Timer(timer) => s.state.on_timer(timer, t, &mut s.effects),
                 Event::Exit { slot, conn } => {
                     if let Some(w) = s.fleet.remove(slot, conn) {
-                        s.state.disconnect(&w.id, w.conn, StreamEnd::Closed, t, &mut s.fx);
+                        s.state
+                            .disconnect(&w.id, w.conn, StreamEnd::Closed, t, &mut s.effects);
                     }
                 }
             }

@@ -4,59 +4,123 @@
 //!   coordinator (they also exit by themselves when their stdin, a pipe from the
 //!   coordinator, closes, so a coordinator killed with SIGKILL leaves none behind).
 //! - [`ExternalSpawner`]: starts nothing; workers started elsewhere connect.
+//! - `LambdaSpawner` (in `lambda`): one asynchronous invocation per worker.
+//!
+//! A spawner knows nothing of the coordinator's state: it reports what became of each spawn
+//! ([`SpawnOutcome`]) on a channel the driver consumes, so a spawn's life cycle (asked for,
+//! started or failed, exited) reads in one place, and the driver depends on spawners, never
+//! the other way round.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::hub::Hub;
-use crate::state::SpawnRequest;
+use crate::state::{SpawnOutcome, SpawnRequest};
 
-/// Starts workers. `spawn` must not block: it starts the work and reports back through
-/// the hub (`spawned`, `spawn_failed`).
-pub trait Spawner: Send + Sync + 'static {
+/// Reports queued from spawners to the driver before a spawner waits: every spawn makes at
+/// most two (started or failed, then exited), and spawns are bounded by the fleet caps.
+pub(crate) const REPORTS: usize = 1024;
+
+/// Starts workers. `spawn` must not block: it starts the work in a task of its own and
+/// reports the outcome.
+pub(crate) trait Spawner: Send + Sync + 'static {
     /// Starts one worker that will say hello with `request.id`.
-    fn spawn(&self, request: SpawnRequest, hub: Hub);
+    fn spawn(&self, request: SpawnRequest);
+}
+
+/// What every spawner needs from the coordinator: where to report, where to run its
+/// tasks, and when to stop.
+#[derive(Clone, Debug)]
+pub(crate) struct SpawnContext {
+    /// Where outcomes go (the driver applies them to the state).
+    pub(crate) reports: mpsc::Sender<SpawnOutcome>,
+    /// Spawn tasks run here, so that shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled when the coordinator stops: ends local workers and pending invokes.
+    pub(crate) stop: CancellationToken,
+}
+
+impl SpawnContext {
+    /// Reports `outcome`, waiting while the driver is behind (the driver only stops reading
+    /// once the coordinator stops, and then the report does not matter).
+    pub(crate) async fn report(&self, outcome: SpawnOutcome) {
+        let _ = self.reports.send(outcome).await;
+    }
 }
 
 /// Spawns nothing: the state never asks it to, since `SpawnerKind::External` disables scale-out.
-#[derive(Debug, Default)]
-pub struct ExternalSpawner;
+#[derive(Debug)]
+pub(crate) struct ExternalSpawner {
+    /// Where the refusal of an unexpected spawn goes.
+    context: SpawnContext,
+}
+
+impl ExternalSpawner {
+    /// A spawner that refuses every spawn.
+    pub(crate) fn new(context: SpawnContext) -> Self {
+        Self { context }
+    }
+}
 
 impl Spawner for ExternalSpawner {
-    fn spawn(&self, request: SpawnRequest, hub: Hub) {
-        hub.update(|s, now, fx| {
-            s.spawn_failed(&request.id, "the external spawner starts no workers", now, fx)
+    fn spawn(&self, request: SpawnRequest) {
+        let context = self.context.clone();
+        self.context.tracker.spawn(async move {
+            let reason = "the external spawner starts no workers".to_owned();
+            context
+                .report(SpawnOutcome::Failed {
+                    id: request.id,
+                    reason,
+                })
+                .await;
         });
     }
 }
 
 /// Starts workers as child processes of this coordinator.
 #[derive(Debug)]
-pub struct LocalSpawner {
+pub(crate) struct LocalSpawner {
+    /// The `carpool-worker` binary (or `--worker-bin`).
     worker_bin: PathBuf,
+    /// The URL workers dial (loopback, https with TLS).
     coordinator_url: String,
+    /// Memory size each worker reports (its billing size).
     memory_mb: u32,
+    /// vCPUs each worker reports, and how many CPUs it is pinned to.
     vcpus: u32,
+    /// `--slots`, passed on so that the worker says it is pinned.
     slots: Option<u32>,
+    /// Each worker's session timeout.
     timeout: std::time::Duration,
+    /// `--exec` functions: the one a worker serves is passed as its command.
     exec_functions: Vec<(String, String)>,
+    /// `RUST_LOG` for workers (tests quiet them), if set.
     log: Option<String>,
+    /// `--worker-data-dir`, the only directory `thumbnail` may use.
     data_dir: Option<PathBuf>,
+    /// The worker token, handed over in the environment.
     token: Option<crate::auth::Secret>,
+    /// With TLS: the CA file and the name workers verify.
     tls: Option<(PathBuf, String)>,
+    /// CPUs on this machine, to pin workers round-robin.
     cpus: usize,
+    /// Where the next worker's CPU list starts.
     next_cpu: AtomicUsize,
+    /// Where outcomes are reported.
+    context: SpawnContext,
 }
 
 impl LocalSpawner {
     /// A spawner whose workers dial `coordinator_url`. Fails if the worker binary is missing.
-    pub fn new(config: &Config, coordinator_url: String) -> Result<Self> {
+    pub(crate) fn new(config: &Config, coordinator_url: String, context: SpawnContext) -> Result<Self> {
         let worker_bin = match &config.worker_bin {
             Some(path) => path.clone(),
             None => default_worker_bin(),
@@ -81,6 +145,7 @@ impl LocalSpawner {
                 .map(|t| (t.worker_ca.clone(), t.worker_domain.clone())),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             next_cpu: AtomicUsize::new(0),
+            context,
         })
     }
 
@@ -141,7 +206,7 @@ impl LocalSpawner {
 }
 
 /// `carpool-worker` next to the running executable.
-pub fn default_worker_bin() -> PathBuf {
+pub(crate) fn default_worker_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     // Test executables live one level down, in `deps/`.
@@ -154,22 +219,27 @@ pub fn default_worker_bin() -> PathBuf {
 }
 
 impl Spawner for LocalSpawner {
-    fn spawn(&self, request: SpawnRequest, hub: Hub) {
+    fn spawn(&self, request: SpawnRequest) {
         let mut cmd = self.command(&request);
-        let stop = hub.stop_token().clone();
-        hub.tracker().clone().spawn(async move {
+        let context = self.context.clone();
+        let stop = context.stop.clone();
+        self.context.tracker.spawn(async move {
             let id = request.id;
             let mut child = match cmd.spawn() {
                 Ok(child) => child,
                 Err(e) => {
                     let reason = format!("could not start the worker process: {e}");
-                    hub.update(|s, now, fx| s.spawn_failed(&id, &reason, now, fx));
+                    context.report(SpawnOutcome::Failed { id, reason }).await;
                     return;
                 }
             };
             let pid = child.id().map(|p| format!("pid {p}")).unwrap_or_default();
             info!(worker = %id, %pid, "worker process started");
-            hub.update(|s, _, _| s.spawned(&id, pid));
+            let started = SpawnOutcome::Started {
+                id: id.clone(),
+                instance: pid,
+            };
+            context.report(started).await;
             // Holding the pipe keeps the worker alive; dropping it (or dying) ends it.
             let _stdin = child.stdin.take();
             let status = tokio::select! {
@@ -188,8 +258,9 @@ impl Spawner for LocalSpawner {
             if !matches!(status, Ok(s) if s.success()) {
                 warn!(worker = %id, ?status, "worker process ended abnormally");
             }
-            // A no-op for a worker that connected: only a still-starting one is written off.
-            hub.update(|s, now, fx| s.process_exited(&id, &reason, now, fx));
+            // For a worker that connected, the end of its session; for one still starting, a
+            // failed spawn.
+            context.report(SpawnOutcome::Exited { id, reason }).await;
         });
     }
 }

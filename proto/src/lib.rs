@@ -30,6 +30,14 @@ pub fn aws_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpCli
         .build_https()
 }
 pub use auth::{Bearer, Secret};
+
+/// Now, in milliseconds since the Unix epoch: the unit of every timestamp in the contract
+/// (`*_unix_ms` fields).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 pub use endpoint::{TlsOptions, endpoint, is_http_url};
 
 /// Generated code of package `carpool.v1`.

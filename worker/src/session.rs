@@ -393,7 +393,7 @@ impl<H: Handler> Session<H> {
         let fut = self.handler.call(task);
         self.newest = Some(Instant::now());
         let handle = self.running.spawn(async move {
-            let start = unix_ms();
+            let start = carpool_proto::unix_ms();
             let clock = Instant::now();
             // A panicking handler fails its task, never the worker.
             let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
@@ -487,7 +487,7 @@ fn result(
             Err(e) => Outcome::Error(e),
         }),
         started_unix_ms: started,
-        finished_unix_ms: unix_ms(),
+        finished_unix_ms: carpool_proto::unix_ms(),
         duration_us: took.as_micros().clamp(1, u128::from(u64::MAX)) as u64,
     }
 }
@@ -506,10 +506,4 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-text panic".to_owned())
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

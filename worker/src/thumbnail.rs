@@ -222,6 +222,30 @@ where
 }
 
 /// Decodes, shrinks and re-encodes: (jpeg, width, height).
+/// A photo-like JPEG `width` pixels wide (2:3), the same bytes every time: gradients with
+/// noise, so that it compresses like a photograph rather than a flat image. The paper's
+/// experiment and the tests feed it to `thumbnail`.
+pub fn synthetic_jpeg(width: u32) -> Result<Vec<u8>, String> {
+    let (w, h) = (width.max(3), (width * 2 / 3).max(2));
+    let mut seed: u32 = 0x1234_5678;
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        let n = (seed & 0x3f) as u8;
+        image::Rgb([
+            ((x * 255 / w) as u8).wrapping_add(n),
+            ((y * 255 / h) as u8).wrapping_add(n / 2),
+            (((x + y) * 127 / (w + h)) as u8).wrapping_add(n),
+        ])
+    });
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+        .encode_image(&img)
+        .map_err(|e| format!("encoding a {w}x{h} JPEG: {e}"))?;
+    Ok(out)
+}
+
 fn shrink(original: &[u8], size: u32) -> Result<(Vec<u8>, u32, u32), String> {
     let image = image::load_from_memory(original).map_err(|e| format!("decoding the input failed: {e}"))?;
     let small = image.thumbnail(size, size).to_rgb8();

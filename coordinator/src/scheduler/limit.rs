@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 /// How limits move. Built from the coordinator's settings; the defaults are what the
 /// README documents.
 #[derive(Clone, Copy, Debug)]
-pub struct LimitParams {
+pub(crate) struct LimitParams {
     /// The fewest tasks a worker is ever limited to.
     pub min: u32,
     /// The most (`--max-slots`).
@@ -84,7 +84,7 @@ impl Default for LimitParams {
 /// What was learned of a function's concurrency at one memory size: where a new worker of
 /// it starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Learned {
+pub(crate) struct Learned {
     /// The level.
     pub level: u32,
     /// Whether a worker found its level there (it starts steady at it); otherwise a worker
@@ -94,7 +94,7 @@ pub struct Learned {
 
 /// How a limit is moving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Rising quickly while nothing presses on it.
     Probing,
     /// Found its level: rises slowly while rises pay off, falls on pressure.
@@ -105,7 +105,7 @@ pub enum Phase {
 
 impl Phase {
     /// Its name in ListWorkers.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Phase::Probing => "probing",
             Phase::Steady => "steady",
@@ -116,7 +116,7 @@ impl Phase {
 
 /// What a worker's sample says about it.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// CPU over its allotment (1.0: every allotted vCPU busy).
     pub cpu: f64,
     /// Memory over its limit.
@@ -129,7 +129,7 @@ pub struct Observation {
 
 /// Why a limit moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Move {
+pub(crate) enum Move {
     /// Nothing pressed on it.
     Rise,
     /// Memory reached its target: down to what fits.
@@ -163,7 +163,7 @@ impl Window {
 
 /// One worker's concurrency limit.
 #[derive(Clone, Debug)]
-pub struct Limit {
+pub(crate) struct Limit {
     value: u32,
     phase: Phase,
     /// Memory with nothing running (the worker's own base), the lowest seen.
@@ -194,12 +194,12 @@ pub struct Limit {
 
 impl Limit {
     /// A limit pinned at `slots`.
-    pub fn pinned(slots: u32) -> Self {
+    pub(crate) fn pinned(slots: u32) -> Self {
         Self::new(slots.max(1), Phase::Pinned)
     }
 
     /// A new worker's limit with nothing learned: it starts at `start` (its vCPUs) and probes.
-    pub fn probing(p: &LimitParams, start: u32) -> Self {
+    pub(crate) fn probing(p: &LimitParams, start: u32) -> Self {
         let value = start.clamp(p.min, p.max.max(p.min));
         let phase = if value >= p.max {
             Phase::Steady
@@ -211,7 +211,7 @@ impl Limit {
 
     /// A new worker's limit at a learned level: steady where a worker settled, probing on
     /// from a level a worker only rose to (never below `vcpus`).
-    pub fn learned(p: &LimitParams, learned: Learned, vcpus: u32) -> Self {
+    pub(crate) fn learned(p: &LimitParams, learned: Learned, vcpus: u32) -> Self {
         if learned.settled {
             Self::new(learned.level.clamp(p.min, p.max.max(p.min)), Phase::Steady)
         } else {
@@ -239,24 +239,24 @@ impl Limit {
     }
 
     /// Tasks the worker may run at once now.
-    pub fn value(&self) -> u32 {
+    pub(crate) fn value(&self) -> u32 {
         self.value
     }
 
     /// How it is moving.
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         self.phase
     }
 
     /// Whether it has found its level (scale-out counts a probing worker as able to grow).
-    pub fn settled(&self) -> bool {
+    pub(crate) fn settled(&self) -> bool {
         self.phase != Phase::Probing
     }
 
     /// What this limit has shown about its function: the level it settled at, or, for one
     /// that only ever rose, the highest it reached (unsettled). `None` for a pinned limit, or
     /// one that never rose from where it started.
-    pub fn proven(&self) -> Option<Learned> {
+    pub(crate) fn proven(&self) -> Option<Learned> {
         match self.phase {
             Phase::Pinned => None,
             Phase::Steady => Some(Learned {
@@ -271,12 +271,12 @@ impl Limit {
     }
 
     /// The coordinator has filled the worker to its limit: the window of this level starts.
-    pub fn filled(&mut self, now: Instant) {
+    pub(crate) fn filled(&mut self, now: Instant) {
         self.window.since.get_or_insert(now);
     }
 
     /// A task finished after running `duration`.
-    pub fn completed(&mut self, duration: Duration) {
+    pub(crate) fn completed(&mut self, duration: Duration) {
         let d = duration.as_secs_f64();
         self.typical = Some(self.typical.map_or(d, |t| t + 0.2 * (d - t)));
         if self.window.since.is_some() {
@@ -287,7 +287,7 @@ impl Limit {
     }
 
     /// A sample arrived: the limit may move. Returns why it moved, if it did.
-    pub fn observe(&mut self, p: &LimitParams, obs: Observation, now: Instant) -> Option<Move> {
+    pub(crate) fn observe(&mut self, p: &LimitParams, obs: Observation, now: Instant) -> Option<Move> {
         if self.phase == Phase::Pinned {
             return None;
         }

@@ -6,16 +6,16 @@
 //! - `mod.rs`: eligibility, placement, the idle rule and scale-out.
 //! - [`limit`]: each worker's adaptive concurrency limit.
 
-pub mod limit;
+pub(crate) mod limit;
 
 use std::time::Duration;
 
 use crate::config::{Config, Placement};
-pub use limit::{Learned, Limit, LimitParams, Observation};
+pub(crate) use limit::{Learned, Limit, LimitParams, Observation};
 
 /// The thresholds and policies the rule applies, taken from [`Config`].
 #[derive(Clone, Copy, Debug)]
-pub struct Rules {
+pub(crate) struct Rules {
     /// CPU fraction (of a worker's allotment) above which a worker takes nothing new.
     pub cpu_threshold: f64,
     /// Memory fraction at or above which a worker takes nothing new.
@@ -61,7 +61,7 @@ impl From<&Config> for Rules {
 /// The concurrency limit a new worker starts with: pinned by `--slots` or by the worker
 /// itself (`hello_slots`), else the level learned for its function and memory size, else
 /// its vCPUs, probing upwards. `worker_max` is the worker's own cap (0: none).
-pub fn initial_limit(
+pub(crate) fn initial_limit(
     rules: &Rules,
     hello_slots: u32,
     worker_max: u32,
@@ -83,7 +83,7 @@ pub fn initial_limit(
 }
 
 /// The limit parameters of one worker: the rule's, capped by the worker's own maximum.
-pub fn worker_limits(rules: &Rules, worker_max: u32) -> LimitParams {
+pub(crate) fn worker_limits(rules: &Rules, worker_max: u32) -> LimitParams {
     let mut params = rules.limits;
     if worker_max > 0 {
         params.max = params.max.min(worker_max);
@@ -95,7 +95,7 @@ pub fn worker_limits(rules: &Rules, worker_max: u32) -> LimitParams {
 /// settled at; a worker of a function whose level is not known yet counts as able to grow to
 /// the cap (so a first burst starts few workers and lets them find their level, instead of
 /// starting the whole fleet at the vCPU count); never more than its quota of tasks.
-pub fn new_worker_capacity(rules: &Rules, learned: Option<Learned>) -> u32 {
+pub(crate) fn new_worker_capacity(rules: &Rules, learned: Option<Learned>) -> u32 {
     let settled = learned.filter(|l| l.settled).map(|l| l.level);
     let slots = rules.pinned_slots.or(settled).unwrap_or(rules.limits.max).max(1);
     let quota = rules
@@ -106,7 +106,7 @@ pub fn new_worker_capacity(rules: &Rules, learned: Option<Learned>) -> u32 {
 
 /// Tasks a live worker can still take, for scale-out: up to its limit, or, while it is
 /// still probing upwards, up to the cap it may grow to.
-pub fn free_capacity(limit: &Limit, cap: u32, running: u32) -> u32 {
+pub(crate) fn free_capacity(limit: &Limit, cap: u32, running: u32) -> u32 {
     let room = if limit.settled() {
         limit.value()
     } else {
@@ -117,7 +117,7 @@ pub fn free_capacity(limit: &Limit, cap: u32, running: u32) -> u32 {
 
 /// What the rule needs to know about one live worker.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct WorkerView {
+pub(crate) struct WorkerView {
     /// Time since the worker connected.
     pub age: Duration,
     /// Its execution timeout (how long it may live in total).
@@ -134,13 +134,21 @@ pub struct WorkerView {
     pub assigned_total: u64,
     /// How long it has been idle (zero while it runs anything).
     pub idle_for: Duration,
+    /// It has been told to shut down (it finishes what it runs, and takes nothing new).
+    pub stopping: bool,
+    /// Its stream is up; a worker reconnecting after a break is not sent work meanwhile.
+    pub attached: bool,
 }
 
 /// Whether a worker may take one more task, and if not, why not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// It may take one more task.
     Eligible,
+    /// It has been told to shut down: no new task ever.
+    Stopping,
+    /// Its stream is down (it may reconnect): no new task until it does.
+    Detached,
     /// Past the deadline fraction: no new task ever; shut down once idle.
     Draining,
     /// It has run its quota of tasks (conventional FaaS mode): no new task ever.
@@ -155,15 +163,29 @@ pub enum Verdict {
 
 impl Verdict {
     /// Whether the worker can never take a task again, whatever it reports.
-    pub fn is_final(self) -> bool {
-        matches!(self, Verdict::Draining | Verdict::QuotaReached)
+    pub(crate) fn is_final(self) -> bool {
+        matches!(
+            self,
+            Verdict::Stopping | Verdict::Draining | Verdict::QuotaReached
+        )
+    }
+
+    /// Whether the slots it has standing free count against new spawns: a worker that will
+    /// take work again once a sample or a result frees it, not one that never will or one
+    /// whose stream is down.
+    pub(crate) fn counts_as_capacity(self) -> bool {
+        !self.is_final() && self != Verdict::Detached
     }
 }
 
 /// Assesses one worker against every condition of the rule (the pool's emptiness is the
 /// caller's: it only asks when there is a task to place).
-pub fn assess(rules: &Rules, w: &WorkerView) -> Verdict {
-    if past_deadline(rules, w) {
+pub(crate) fn assess(rules: &Rules, w: &WorkerView) -> Verdict {
+    if w.stopping {
+        Verdict::Stopping
+    } else if !w.attached {
+        Verdict::Detached
+    } else if past_deadline(rules, w) {
         Verdict::Draining
     } else if rules
         .max_tasks_per_worker
@@ -182,12 +204,12 @@ pub fn assess(rules: &Rules, w: &WorkerView) -> Verdict {
 }
 
 /// Whether the worker's age has reached the deadline fraction of its timeout.
-pub fn past_deadline(rules: &Rules, w: &WorkerView) -> bool {
+pub(crate) fn past_deadline(rules: &Rules, w: &WorkerView) -> bool {
     w.age.as_secs_f64() >= rules.deadline_fraction * w.timeout.as_secs_f64()
 }
 
 /// Time until the worker reaches its deadline fraction (zero if it has).
-pub fn until_deadline(rules: &Rules, w: &WorkerView) -> Duration {
+pub(crate) fn until_deadline(rules: &Rules, w: &WorkerView) -> Duration {
     w.timeout.mul_f64(rules.deadline_fraction).saturating_sub(w.age)
 }
 
@@ -195,7 +217,7 @@ pub fn until_deadline(rules: &Rules, w: &WorkerView) -> Duration {
 /// overstates the load once some of them have ended (and would wrongly make a worker that
 /// just finished look busy), so it is scaled by the share still running. A sample taken
 /// with no task running is load that is not ours, and is kept as it is.
-pub fn cpu_estimate(sampled: f64, sampled_running: u32, running_now: u32) -> f64 {
+pub(crate) fn cpu_estimate(sampled: f64, sampled_running: u32, running_now: u32) -> f64 {
     if sampled_running == 0 || running_now >= sampled_running {
         sampled
     } else {
@@ -207,7 +229,7 @@ pub fn cpu_estimate(sampled: f64, sampled_running: u32, running_now: u32) -> f64
 /// the lowest rank is picked first. `pack` ranks the fullest first, `spread` the emptiest.
 /// The fill is compared exactly (the bits of a non-negative `f64` order as its value does),
 /// so a worker's rank is a key an index of eligible workers can be sorted by.
-pub fn rank(placement: Placement, running: u32, slots: u32) -> u64 {
+pub(crate) fn rank(placement: Placement, running: u32, slots: u32) -> u64 {
     let fill = (f64::from(running) / f64::from(slots.max(1))).to_bits();
     match placement {
         Placement::Pack => !fill,
@@ -217,7 +239,7 @@ pub fn rank(placement: Placement, running: u32, slots: u32) -> u64 {
 
 /// Why an idle worker is told to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
+pub(crate) enum StopReason {
     /// Nothing to do past the keep-alive.
     Idle,
     /// Past the deadline fraction.
@@ -228,7 +250,7 @@ pub enum StopReason {
 
 /// What to do with a worker that runs nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IdleAction {
+pub(crate) enum IdleAction {
     /// Keep it (it is busy, or eligible for the waiting work).
     Keep,
     /// Tell it to shut down.
@@ -239,11 +261,13 @@ pub enum IdleAction {
 
 /// The rule for a worker that may be idle: `pool_empty` says whether its function has
 /// work waiting.
-pub fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> IdleAction {
+pub(crate) fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> IdleAction {
     if w.running > 0 {
         return IdleAction::Keep;
     }
     match assess(rules, w) {
+        // Already told to go, or away: nothing to decide until it is back.
+        Verdict::Stopping | Verdict::Detached => IdleAction::Keep,
         Verdict::Draining => IdleAction::Stop(StopReason::Deadline),
         Verdict::QuotaReached => IdleAction::Stop(StopReason::Ineligible),
         // Too busy for the waiting work: make room for a fresh worker, when one can be
@@ -260,7 +284,7 @@ pub fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> IdleActio
 
 /// How many workers to start for one function: enough new slots to cover the pending
 /// tasks that the free slots of live and starting workers do not, within the fleet cap.
-pub fn workers_to_spawn(
+pub(crate) fn workers_to_spawn(
     pending: usize,
     free_slots: usize,
     fleet: u32,
@@ -274,6 +298,66 @@ pub fn workers_to_spawn(
     let wanted = uncovered.div_ceil(slots_per_new_worker.max(1) as usize);
     let room = max_workers.saturating_sub(fleet) as usize;
     wanted.min(room) as u32
+}
+
+/// Whether the free slots of a function's live workers could change how many workers to
+/// start. When the pending tasks outnumber even every slot that could stand free
+/// (`free_bound`) plus what the `room` left under the caps would add, the answer is the room,
+/// and the fleet need not be scanned (a deep pool, e.g. conventional FaaS refilling its
+/// fleet).
+pub(crate) fn free_slots_matter(
+    pending: usize,
+    free_bound: usize,
+    room: usize,
+    slots_per_new_worker: u32,
+) -> bool {
+    pending < free_bound + room * slots_per_new_worker as usize
+}
+
+/// The first wait after a failed spawn; doubled for each failure in a row.
+pub(crate) const SPAWN_BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// The longest wait between spawns of a function whose spawns keep failing.
+pub(crate) const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How long a function waits before its next spawn after `failures_in_a_row` failed ones.
+/// No jitter: a function's spawns go out in one place, not from a fleet in step.
+pub(crate) fn spawn_backoff(failures_in_a_row: u32) -> Duration {
+    SPAWN_BACKOFF_BASE
+        .saturating_mul(1 << failures_in_a_row.min(10))
+        .min(MAX_SPAWN_BACKOFF)
+}
+
+/// Whether a function's spawns have failed often enough in a row (`--max-spawn-failures`)
+/// for its pending tasks to fail with the cause rather than wait for ever.
+pub(crate) fn give_up_spawning(failures_in_a_row: u32, max_spawn_failures: u32) -> bool {
+    failures_in_a_row >= max_spawn_failures
+}
+
+/// What becomes of a task whose attempt ended without a result (its worker was lost, it
+/// timed out, it was running when the coordinator restarted and nobody claimed it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterLostAttempt {
+    /// Back to the front of its pool, for another attempt.
+    Retry,
+    /// Failed with the cause: it has had `--max-attempts` attempts.
+    Fail,
+}
+
+/// Retry or fail a task that has had `attempts` attempts of `max_attempts`.
+pub(crate) fn after_lost_attempt(attempts: u32, max_attempts: u32) -> AfterLostAttempt {
+    if attempts >= max_attempts {
+        AfterLostAttempt::Fail
+    } else {
+        AfterLostAttempt::Retry
+    }
+}
+
+/// How many more workers may start: the room under `--max-workers` for the function and
+/// under `--max-fleet` for every function together (workers live or starting).
+pub(crate) fn fleet_room(of_function: usize, total: usize, max_workers: u32, max_fleet: u32) -> usize {
+    (max_workers as usize)
+        .saturating_sub(of_function)
+        .min((max_fleet as usize).saturating_sub(total))
 }
 
 #[cfg(test)]
@@ -294,6 +378,8 @@ mod tests {
             slots: 2,
             assigned_total: 0,
             idle_for: Duration::ZERO,
+            stopping: false,
+            attached: true,
         }
     }
 
@@ -563,5 +649,84 @@ mod tests {
         // Starting workers' slots count as free: nothing more to start.
         assert_eq!(workers_to_spawn(4, 4, 2, 8, 2), 0);
         assert_eq!(workers_to_spawn(0, 0, 0, 8, 2), 0);
+    }
+
+    #[test]
+    fn spawn_backoff_doubles_per_failure_up_to_its_cap() {
+        assert_eq!(spawn_backoff(0), Duration::from_millis(100));
+        assert_eq!(spawn_backoff(1), Duration::from_millis(200));
+        assert_eq!(spawn_backoff(3), Duration::from_millis(800));
+        assert_eq!(spawn_backoff(7), MAX_SPAWN_BACKOFF);
+        assert_eq!(spawn_backoff(u32::MAX), MAX_SPAWN_BACKOFF);
+    }
+
+    #[test]
+    fn spawning_is_given_up_after_the_failures_allowed_in_a_row() {
+        assert!(!give_up_spawning(4, 5));
+        assert!(give_up_spawning(5, 5));
+        assert!(give_up_spawning(1, 1));
+    }
+
+    #[test]
+    fn a_lost_attempt_is_retried_until_the_attempts_are_spent() {
+        assert_eq!(after_lost_attempt(1, 3), AfterLostAttempt::Retry);
+        assert_eq!(after_lost_attempt(2, 3), AfterLostAttempt::Retry);
+        assert_eq!(after_lost_attempt(3, 3), AfterLostAttempt::Fail);
+        assert_eq!(after_lost_attempt(1, 1), AfterLostAttempt::Fail);
+    }
+
+    #[test]
+    fn fleet_room_is_the_tighter_of_the_function_cap_and_the_fleet_cap() {
+        assert_eq!(fleet_room(2, 2, 8, 100), 6);
+        assert_eq!(fleet_room(2, 98, 8, 100), 2);
+        assert_eq!(fleet_room(8, 8, 8, 100), 0);
+        assert_eq!(fleet_room(9, 120, 8, 100), 0);
+    }
+
+    #[test]
+    fn free_slots_matter_only_while_the_pool_is_shallower_than_every_slot_that_could_open() {
+        // 2 live workers of up to 8 slots, room for 3 more of 4 slots: 16 + 12 = 28.
+        assert!(free_slots_matter(27, 16, 3, 4));
+        assert!(!free_slots_matter(28, 16, 3, 4));
+        assert!(!free_slots_matter(1000, 16, 3, 4));
+    }
+
+    #[test]
+    fn a_stopping_or_detached_worker_takes_nothing_and_only_a_detached_one_may_come_back() {
+        let r = rules();
+        let stopping = WorkerView {
+            stopping: true,
+            ..worker()
+        };
+        assert_eq!(assess(&r, &stopping), Verdict::Stopping);
+        assert!(assess(&r, &stopping).is_final());
+        assert!(!assess(&r, &stopping).counts_as_capacity());
+        let detached = WorkerView {
+            attached: false,
+            ..worker()
+        };
+        assert_eq!(assess(&r, &detached), Verdict::Detached);
+        assert!(!assess(&r, &detached).is_final());
+        assert!(!assess(&r, &detached).counts_as_capacity());
+        let busy = WorkerView { cpu: 2.0, ..worker() };
+        assert!(assess(&r, &busy).counts_as_capacity());
+    }
+
+    #[test]
+    fn the_idle_rule_leaves_a_stopping_or_detached_worker_alone() {
+        let r = rules();
+        let idle = Duration::from_secs(3600);
+        let stopping = WorkerView {
+            stopping: true,
+            idle_for: idle,
+            ..worker()
+        };
+        assert_eq!(idle_action(&r, &stopping, true), IdleAction::Keep);
+        let detached = WorkerView {
+            attached: false,
+            idle_for: idle,
+            ..worker()
+        };
+        assert_eq!(idle_action(&r, &detached, true), IdleAction::Keep);
     }
 }

@@ -3,17 +3,17 @@
 use carpool_proto::pb::{self, cluster_server::Cluster};
 use tonic::{Request, Response, Status};
 
-use crate::hub::Hub;
+use crate::driver::Driver;
 
 /// Serves ListWorkers and Stats.
-pub struct ClusterService {
-    hub: Hub,
+pub(crate) struct ClusterService {
+    driver: Driver,
 }
 
 impl ClusterService {
-    /// A service over `hub`.
-    pub fn new(hub: Hub) -> Self {
-        Self { hub }
+    /// A service over `driver`.
+    pub(crate) fn new(driver: Driver) -> Self {
+        Self { driver }
     }
 }
 
@@ -24,11 +24,11 @@ impl Cluster for ClusterService {
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let function = request.into_inner().function;
-        let workers = self.hub.read(|s, now| s.list_workers(&function, now));
+        let workers = self.driver.read(|s, now| s.list_workers(&function, now));
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 
     async fn stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
-        Ok(Response::new(self.hub.read(|s, now| s.stats(now))))
+        Ok(Response::new(self.driver.read(|s, now| s.stats(now))))
     }
 }

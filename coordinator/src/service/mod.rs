@@ -1,6 +1,6 @@
-//! The gRPC services: each turns requests into hub events and decisions into replies.
+//! The gRPC services: each turns requests into driver events and decisions into replies.
 
-pub mod cluster;
+pub(crate) mod cluster;
 pub(crate) mod peer;
-pub mod tasks;
-pub mod workers;
+pub(crate) mod tasks;
+pub(crate) mod workers;

@@ -1,8 +1,7 @@
 //! `carpool.v1.Tasks`: submit, run, get, watch, cancel and the streaming Map.
 //!
-//! With a state directory a submission is written to the journal before it enters the pool
-//! and before it is acknowledged; the id (and idempotency key) is reserved first, under the
-//! lock, so a resubmission racing the write gets the same id.
+//! Submissions go through the driver ([`Driver::submit`]): with a state directory it writes
+//! each to the journal before it enters the pool and before it is acknowledged.
 //!
 //! Results reach their callers through channels that cannot fill: a Run waits for one, a
 //! Watch for as many as its distinct ids (at most 10,000), a Map for at most
@@ -23,26 +22,25 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
 use super::peer::from_peer;
-use crate::error::Error;
-use crate::hub::{Completion, Hub};
-use crate::journal::StoredTask;
-use crate::state::{Reserved, Submission, Waiter, unix_ms};
+use crate::driver::{Accepting, Completion, Driver};
+use crate::error::{Error, Result};
+use crate::state::{Submission, TaskId, Waiter};
 
 /// Results queued per Map call before the sender waits for the client.
 const STREAM_BUFFER: usize = 1024;
 
 /// Most submissions of one Map call in flight (accepted, result not yet sent).
-pub const MAP_IN_FLIGHT: usize = 100_000;
+pub(crate) const MAP_IN_FLIGHT: usize = 100_000;
 
 /// Serves the client API.
-pub struct TasksService {
-    hub: Hub,
+pub(crate) struct TasksService {
+    driver: Driver,
 }
 
 impl TasksService {
-    /// A service over `hub`.
-    pub fn new(hub: Hub) -> Self {
-        Self { hub }
+    /// A service over `driver`.
+    pub(crate) fn new(driver: Driver) -> Self {
+        Self { driver }
     }
 }
 
@@ -52,87 +50,16 @@ fn submission(function: String, input: Option<pb::Payload>, timeout_ms: u64, key
         payload: payload::into_bytes(input),
         timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
         key,
+        ..Submission::default()
     }
 }
 
-/// A finished journal write: the reserved id, the submission, and whether it is on disk.
-type Written = (u64, Submission, Result<(), Error>);
-/// A journal write in flight.
-type Writing = Pin<Box<dyn Future<Output = Written> + Send>>;
 /// A Map submission's journal write, tagged with its `seq`.
-type TaggedWriting = Pin<Box<dyn Future<Output = (u64, Written)> + Send>>;
+type TaggedWriting = Pin<Box<dyn Future<Output = (u64, Result<TaskId>)> + Send>>;
 
-/// What a reserved submission still needs before it may enter the pool.
-enum Accepting {
-    /// Nothing: it is in the pool (no journal) or it is an idempotent resubmission.
-    Done(u64),
-    /// Its journal write, which resolves to the reserved id, or why it failed.
-    Writing(Writing),
-}
-
-/// Reserves an id for `sub` and, without a journal, puts it in the pool at once. With a
-/// journal, returns the write to wait for; [`finish_accept`] then inserts or undoes it.
-fn start_accept(hub: &Hub, sub: Submission, waiter: Option<Waiter>) -> Result<Accepting, Error> {
-    let Some(journal) = hub.journal().cloned() else {
-        return Ok(Accepting::Done(
-            hub.update(|s, now, fx| s.submit(sub, waiter, now, fx))?,
-        ));
-    };
-    match hub.update(|s, _, _| s.reserve(&sub))? {
-        Reserved::Existing(id) => {
-            if let Some(w) = waiter {
-                hub.update(|s, _, fx| s.follow(id, w, fx));
-            }
-            Ok(Accepting::Done(id))
-        }
-        Reserved::New(id) => {
-            let stored = StoredTask {
-                function: sub.function.clone(),
-                payload: sub.payload.clone(),
-                timeout_ms: sub.timeout.map_or(0, |t| t.as_millis() as u64),
-                key: sub.key.clone(),
-                submitted_unix_ms: unix_ms(),
-                result: None,
-                fingerprint: sub.fingerprint(),
-            };
-            let write = async move {
-                let outcome = journal.accept(id, stored).await;
-                (id, sub, outcome)
-            };
-            Ok(Accepting::Writing(Box::pin(write)))
-        }
-    }
-}
-
-/// After the journal write: the task enters the pool, or its reservation is undone.
-fn finish_accept(
-    hub: &Hub,
-    id: u64,
-    sub: Submission,
-    outcome: Result<(), Error>,
-    waiter: Option<Waiter>,
-) -> Result<u64, Error> {
-    match outcome {
-        Ok(()) => {
-            hub.update(|s, now, fx| s.insert(id, sub, waiter, now, fx));
-            Ok(id)
-        }
-        Err(e) => {
-            hub.update(|s, _, _| s.unreserve(id, &sub.key));
-            Err(e)
-        }
-    }
-}
-
-async fn accept(hub: &Hub, req: pb::SubmitRequest, waiter: Option<Waiter>) -> Result<u64, Error> {
+async fn accept(driver: &Driver, req: pb::SubmitRequest, waiter: Option<Waiter>) -> Result<u64> {
     let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
-    match start_accept(hub, sub, waiter)? {
-        Accepting::Done(id) => Ok(id),
-        Accepting::Writing(write) => {
-            let (id, sub, outcome) = write.await;
-            finish_accept(hub, id, sub, outcome, waiter)
-        }
-    }
+    driver.submit_and_wait(sub, waiter).await
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -143,14 +70,14 @@ impl Tasks for TasksService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let task_id = accept(&self.hub, request.into_inner(), None).await?;
+        let task_id = accept(&self.driver, request.into_inner(), None).await?;
         Ok(Response::new(pb::SubmitResponse { task_id }))
     }
 
     async fn run(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::TaskResult>, Status> {
-        let (guard, mut rx) = self.hub.waiter(1);
+        let (guard, mut rx) = self.driver.waiter(1);
         let waiter = Waiter { id: guard.id, tag: 0 };
-        let task_id = accept(&self.hub, request.into_inner(), Some(waiter)).await?;
+        let task_id = accept(&self.driver, request.into_inner(), Some(waiter)).await?;
         match rx.recv().await {
             Some(c) => Ok(Response::new(c.result.as_ref().clone())),
             None => Err(Status::unavailable(format!(
@@ -161,7 +88,7 @@ impl Tasks for TasksService {
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::TaskInfo>, Status> {
         let id = request.into_inner().task_id;
-        Ok(Response::new(self.hub.read(|s, _| s.get(id))?))
+        Ok(Response::new(self.driver.read(|s, _| s.get(id))?))
     }
 
     type WatchStream = BoxStream<pb::TaskResult>;
@@ -174,8 +101,10 @@ impl Tasks for TasksService {
             d.dedup();
             d.len()
         };
-        let (guard, rx) = self.hub.waiter(distinct);
-        let expected = self.hub.update(|s, _, fx| s.watch(&ids, guard.id, fx))?;
+        let (guard, rx) = self.driver.waiter(distinct);
+        let expected = self
+            .driver
+            .update(|s, _, effects| s.watch(&ids, guard.id, effects))?;
         let stream = futures::stream::unfold((rx, expected, guard), |(mut rx, left, guard)| async move {
             if left == 0 {
                 return None;
@@ -191,7 +120,7 @@ impl Tasks for TasksService {
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let id = request.into_inner().task_id;
-        let state = self.hub.update(|s, now, fx| s.cancel(id, now, fx))?;
+        let state = self.driver.update(|s, now, effects| s.cancel(id, now, effects))?;
         Ok(Response::new(pb::CancelResponse { state: state as i32 }))
     }
 
@@ -204,7 +133,7 @@ impl Tasks for TasksService {
         let inbound = request.into_inner();
         let (out_tx, out_rx) = mpsc::channel(STREAM_BUFFER);
         // The spawned task notices a client that goes away (see tonic's streaming example).
-        tokio::spawn(serve_map(self.hub.clone(), inbound, out_tx));
+        tokio::spawn(serve_map(self.driver.clone(), inbound, out_tx));
         Ok(Response::new(ReceiverStream::new(out_rx)))
     }
 }
@@ -214,11 +143,11 @@ impl Tasks for TasksService {
 /// decode (or is too large) ends the call with its status once the results of the
 /// submissions accepted before it have been sent.
 async fn serve_map(
-    hub: Hub,
+    driver: Driver,
     mut inbound: Streaming<pb::MapRequest>,
     out: mpsc::Sender<Result<pb::MapResponse, Status>>,
 ) {
-    let (guard, mut done_rx) = hub.waiter(MAP_IN_FLIGHT);
+    let (guard, mut done_rx) = driver.waiter(MAP_IN_FLIGHT);
     let mut writes: FuturesUnordered<TaggedWriting> = FuturesUnordered::new();
     let mut default_function = String::new();
     let mut outstanding: usize = 0;
@@ -240,7 +169,7 @@ async fn serve_map(
                     let seq = req.seq;
                     let waiter = Waiter { id: guard.id, tag: seq };
                     let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
-                    match start_accept(&hub, sub, Some(waiter)) {
+                    match driver.submit(sub, Some(waiter)) {
                         Ok(Accepting::Done(_)) => {
                             outstanding += 1;
                             continue;
@@ -276,9 +205,8 @@ async fn serve_map(
                     }
                 }
             },
-            Some((seq, (id, sub, outcome))) = writes.next() => {
-                let waiter = Waiter { id: guard.id, tag: seq };
-                match finish_accept(&hub, id, sub, outcome, Some(waiter)) {
+            Some((seq, written)) = writes.next() => {
+                match written {
                     Ok(_) => continue,
                     Err(e) => {
                         outstanding -= 1;

@@ -17,22 +17,22 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
 use super::peer::from_peer;
+use crate::driver::{Driver, Link, WORKER_QUEUE};
 use crate::error::Error;
-use crate::hub::{Hub, Link, WORKER_QUEUE};
 use crate::state::{StreamEnd, WorkerId};
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the worker stream.
-pub struct WorkersService {
-    hub: Hub,
+pub(crate) struct WorkersService {
+    driver: Driver,
 }
 
 impl WorkersService {
-    /// A service over `hub`.
-    pub fn new(hub: Hub) -> Self {
-        Self { hub }
+    /// A service over `driver`.
+    pub(crate) fn new(driver: Driver) -> Self {
+        Self { driver }
     }
 }
 
@@ -60,18 +60,18 @@ impl Workers for WorkersService {
         let (messages, rx) = mpsc::channel(WORKER_QUEUE);
         let (end, ended) = oneshot::channel::<Status>();
         let (outcome, conn) = self
-            .hub
-            .update_linked(Some(Link { messages, end }), |s, now, fx| {
-                match s.connect(hello, now, fx) {
+            .driver
+            .update_linked(Some(Link { messages, end }), |s, now, effects| {
+                match s.connect(hello, now, effects) {
                     Ok(conn) => (Ok(()), Some(conn)),
                     Err(e) => (Err(e), None),
                 }
             });
         outcome?;
         let conn = conn.ok_or_else(|| Status::internal("a connected worker has no connection number"))?;
-        let hub = self.hub.clone();
+        let driver = self.driver.clone();
         tokio::spawn(async move {
-            let end = match read_worker(&hub, &id, &mut inbound).await {
+            let end = match read_worker(&driver, &id, &mut inbound).await {
                 Ok(()) => {
                     debug!(worker = %id, "worker closed its stream");
                     StreamEnd::Closed
@@ -85,8 +85,8 @@ impl Workers for WorkersService {
                     StreamEnd::Violation(e)
                 }
             };
-            hub.update(|s, now, fx| s.disconnect(&id, conn, end, now, fx));
-            hub.notify_disconnect();
+            driver.update(|s, now, effects| s.disconnect(&id, conn, end, now, effects));
+            driver.notify_disconnect();
         });
         // Its messages, then the status the state ends it with (none: a clean end).
         let last = futures::stream::once(ended).filter_map(|r| async move { r.ok().map(Err) });
@@ -105,9 +105,9 @@ enum Ended {
     Violation(Error),
 }
 
-/// Feeds a worker's messages to the hub until its stream ends.
+/// Feeds a worker's messages to the driver until its stream ends.
 async fn read_worker(
-    hub: &Hub,
+    driver: &Driver,
     id: &WorkerId,
     inbound: &mut Streaming<pb::WorkerMessage>,
 ) -> Result<(), Ended> {
@@ -123,8 +123,8 @@ async fn read_worker(
             }
         };
         let applied = match msg.kind {
-            Some(Kind::Sample(sample)) => hub.update(|s, now, fx| s.sample(id, sample, now, fx)),
-            Some(Kind::Results(r)) => hub.update(|s, now, fx| s.results(id, r.results, now, fx)),
+            Some(Kind::Sample(sample)) => driver.update(|s, now, effects| s.sample(id, sample, now, effects)),
+            Some(Kind::Results(r)) => driver.update(|s, now, effects| s.results(id, r.results, now, effects)),
             Some(Kind::Hello(_)) => Err(Error::DuplicateHello(id.to_string())),
             None => Err(Error::EmptyMessage(id.to_string())),
         };

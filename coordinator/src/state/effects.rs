@@ -13,17 +13,17 @@ use crate::error::Error;
 use crate::scheduler::Learned;
 
 /// One connection of a worker: the driver keeps the stream behind each number.
-pub type Conn = u64;
+pub(crate) type Conn = u64;
 
 /// A client waiting for results (a Run, Watch or Map call): the driver keeps the channel
 /// behind each handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WaiterId(pub u64);
+pub(crate) struct WaiterId(pub u64);
 
 /// Someone waiting for a task's result, and the tag its result carries back (a Map call's
 /// `seq`, a Watch's task id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Waiter {
+pub(crate) struct Waiter {
     /// Whose channel.
     pub id: WaiterId,
     /// Echoed with the result.
@@ -32,7 +32,7 @@ pub struct Waiter {
 
 /// A message for a peer.
 #[derive(Debug)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// Down a worker's stream.
     Message {
         /// The connection.
@@ -61,7 +61,7 @@ pub enum Outbound {
 /// A write for the journal (with `--state-dir`). None is waited for: a lost one means a
 /// task runs again, or a level is learned again.
 #[derive(Debug)]
-pub enum JournalOp {
+pub(crate) enum JournalOp {
     /// An attempt of a task started (so that attempts keep counting across a restart).
     Started(TaskId, u32),
     /// A task finished with this result.
@@ -74,16 +74,42 @@ pub enum JournalOp {
 
 /// A worker the coordinator asked a spawner to start.
 #[derive(Clone, Debug)]
-pub struct SpawnRequest {
+pub(crate) struct SpawnRequest {
     /// The id the new worker must say in its hello.
     pub id: WorkerId,
     /// The function it serves.
     pub function: Arc<str>,
 }
 
+/// What a spawner reports about a worker it was asked to start.
+#[derive(Debug)]
+pub(crate) enum SpawnOutcome {
+    /// It was started (a process, an accepted invoke); `instance` says where.
+    Started {
+        /// The spawn's worker id.
+        id: WorkerId,
+        /// Where it runs (a pid, a Lambda request id).
+        instance: String,
+    },
+    /// It could not be started.
+    Failed {
+        /// The spawn's worker id.
+        id: WorkerId,
+        /// Why, for Stats and the log.
+        reason: String,
+    },
+    /// Its process ended: before its hello a failed spawn, after it the end of its session.
+    Exited {
+        /// The spawn's worker id.
+        id: WorkerId,
+        /// How it ended.
+        reason: String,
+    },
+}
+
 /// Deferred re-evaluations.
 #[derive(Clone, Debug)]
-pub enum Timer {
+pub(crate) enum Timer {
     /// Look at this worker again (keep-alive ran out, deadline fraction reached);
     /// the number is its connection, so a timer never touches a later connection.
     Worker(WorkerId, Conn),
@@ -98,7 +124,7 @@ pub enum Timer {
 
 /// What the caller carries out once the lock is released.
 #[derive(Debug, Default)]
-pub struct Effects {
+pub(crate) struct Effects {
     /// Messages for peers, in order.
     pub out: Vec<Outbound>,
     /// Journal writes, in order.

@@ -1,16 +1,14 @@
 //! The fleet's timers and spawn outcomes: task timeouts, the liveness sweep, tasks held back
 //! after a restart, and what spawners report (started, failed, exited).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{info, warn};
 
 use super::{Effects, State, TaskId, Timer, WorkerId};
 use crate::error::Error;
-
-/// Longest wait before spawning again after consecutive spawn failures.
-const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
+use crate::scheduler::{self, AfterLostAttempt};
 
 /// Spawns written off as never started that are remembered, so that one arriving late is
 /// recognised (the oldest are forgotten first).
@@ -33,7 +31,7 @@ pub(super) fn one_line(reason: &str) -> String {
 impl State {
     /// A task attempt's timer fired: if that attempt still runs, cancel it on its worker
     /// and give it back (or fail it).
-    pub(super) fn time_out(&mut self, id: TaskId, attempt: u32, now: Instant, fx: &mut Effects) {
+    pub(super) fn time_out(&mut self, id: TaskId, attempt: u32, now: Instant, effects: &mut Effects) {
         let Some(t) = self.tasks.get(id) else {
             return;
         };
@@ -46,24 +44,24 @@ impl State {
             && let Some(w) = self.workers.get_mut(wid)
         {
             w.release(id, now);
-            w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }), fx);
+            w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }), effects);
         }
         if let Some(f) = self.functions.get_mut(&function) {
             f.timed_out += 1;
         }
         let cause = format!("it ran past its timeout of {} ms", limit.as_millis());
-        self.give_back(&[(id, attempt)], &cause, now, fx);
-        self.dispatch_near(&function, worker.as_ref(), now, fx);
+        self.give_back(&[(id, attempt)], &cause, now, effects);
+        self.dispatch_after_change(&function, worker.as_ref(), now, effects);
         if let Some(wid) = worker {
-            self.evaluate(&wid, now, fx);
+            self.evaluate(&wid, now, effects);
         }
     }
 
     /// The liveness sweep: finalizes workers silent past their lease (telling them, so a
     /// live one reconnects) and detached workers past the reconnect grace; writes off spawns
     /// that never connected; forgets results past their retention.
-    pub fn sweep(&mut self, now: Instant, fx: &mut Effects) {
-        self.expire(now, fx);
+    pub(crate) fn sweep(&mut self, now: Instant, effects: &mut Effects) {
+        self.expire(now, effects);
         let lease = self.config.liveness_lease();
         let grace = self.config.reconnect_grace;
         let mut gone = Vec::new();
@@ -84,10 +82,10 @@ impl State {
             if silent {
                 let cause = "its worker went silent past its liveness lease";
                 let error = Error::WrittenOff(id.to_string(), humantime::format_duration(lease).to_string());
-                self.finalize(&id, cause, Some(error), now, fx);
+                self.finalize(&id, cause, Some(error), now, effects);
             } else {
                 let cause = "its worker did not reconnect within the grace period";
-                self.finalize(&id, cause, None, now, fx);
+                self.finalize(&id, cause, None, now, effects);
             }
         }
         let start_timeout = self.config.start_timeout;
@@ -113,13 +111,13 @@ impl State {
             }
             self.written_off.insert(id.clone());
             self.written_off_order.push_back(id.clone());
-            self.spawn_failed(&id, &reason, now, fx);
+            self.spawn_failed(&id, &reason, now, effects);
         }
     }
 
     /// Tasks held back after a restart that no worker claimed within the grace go back to
     /// work: to the front of their pools, their attempt spent (or failed, out of attempts).
-    pub(super) fn release_orphans(&mut self, now: Instant, fx: &mut Effects) {
+    pub(super) fn release_orphans(&mut self, now: Instant, effects: &mut Effects) {
         let orphans = std::mem::take(&mut self.orphans);
         if orphans.is_empty() {
             return;
@@ -138,7 +136,7 @@ impl State {
                 continue;
             }
             let function = t.function.clone();
-            if t.attempts >= max_attempts {
+            if scheduler::after_lost_attempt(t.attempts, max_attempts) == AfterLostAttempt::Fail {
                 let attempts = t.attempts;
                 let result = pb::TaskResult {
                     task_id: id,
@@ -149,7 +147,7 @@ impl State {
                     attempts,
                     ..Default::default()
                 };
-                self.finish(id, result, now, fx);
+                self.finish(id, result, now, effects);
             } else if let Some(f) = self.functions.get_mut(&function) {
                 f.pool.push_front(id);
                 f.pending += 1;
@@ -160,22 +158,27 @@ impl State {
             }
         }
         for f in functions {
-            self.dispatch(&f, now, fx);
+            self.dispatch(&f, now, effects);
         }
     }
 
-    /// Whether `function`'s fleet (or the whole fleet) is at its cap.
-    pub(super) fn fleet_full(&self, function: &str) -> bool {
-        let total = self.workers.len() + self.starting.len();
+    /// How many more workers of `function` may start (see [`scheduler::fleet_room`]).
+    pub(super) fn fleet_room(&self, function: &str) -> usize {
         let of_function = self
             .functions
             .get(function)
             .map_or(0, |f| f.workers + f.starting as usize);
-        of_function >= self.config.max_workers as usize || total >= self.config.max_fleet as usize
+        let total = self.workers.len() + self.starting.len();
+        scheduler::fleet_room(of_function, total, self.config.max_workers, self.config.max_fleet)
+    }
+
+    /// Whether `function`'s fleet (or the whole fleet) is at its cap.
+    pub(super) fn fleet_full(&self, function: &str) -> bool {
+        self.fleet_room(function) == 0
     }
 
     /// The spawner started the worker; `instance` says where (a pid, a request id).
-    pub fn spawned(&mut self, id: &WorkerId, instance: String) {
+    pub(crate) fn spawned(&mut self, id: &WorkerId, instance: String) {
         if let Some(s) = self.starting.get_mut(id) {
             s.instance = instance;
         } else if let Some(w) = self.workers.get_mut(id)
@@ -185,13 +188,33 @@ impl State {
         }
     }
 
+    /// What a spawner reported about a spawn.
+    pub(crate) fn spawn_outcome(
+        &mut self,
+        outcome: super::SpawnOutcome,
+        now: Instant,
+        effects: &mut Effects,
+    ) {
+        match outcome {
+            super::SpawnOutcome::Started { id, instance } => self.spawned(&id, instance),
+            super::SpawnOutcome::Failed { id, reason } => self.spawn_failed(&id, &reason, now, effects),
+            super::SpawnOutcome::Exited { id, reason } => self.process_exited(&id, &reason, now, effects),
+        }
+    }
+
     /// The worker's process ended. Still starting: a failed spawn. Connected or waiting to
     /// reconnect: it will not, so it is written off now rather than after the grace.
-    pub fn process_exited(&mut self, id: &WorkerId, reason: &str, now: Instant, fx: &mut Effects) {
+    pub(crate) fn process_exited(
+        &mut self,
+        id: &WorkerId,
+        reason: &str,
+        now: Instant,
+        effects: &mut Effects,
+    ) {
         if self.starting.contains_key(id) {
-            self.spawn_failed(id, reason, now, fx);
+            self.spawn_failed(id, reason, now, effects);
         } else if self.workers.contains_key(id) {
-            self.finalize(id, "its worker process exited", None, now, fx);
+            self.finalize(id, "its worker process exited", None, now, effects);
         }
     }
 
@@ -199,7 +222,7 @@ impl State {
     /// reserved and try again after a backoff, so pending tasks are never stranded. After
     /// `--max-spawn-failures` failures in a row, the function's pending tasks fail with the
     /// cause instead (a function no worker can run is not respawned for ever).
-    pub fn spawn_failed(&mut self, id: &WorkerId, reason: &str, now: Instant, fx: &mut Effects) {
+    pub(crate) fn spawn_failed(&mut self, id: &WorkerId, reason: &str, now: Instant, effects: &mut Effects) {
         let Some(s) = self.starting.remove(id) else {
             return;
         };
@@ -211,13 +234,11 @@ impl State {
         f.starting = f.starting.saturating_sub(1);
         f.spawn_failures += 1;
         f.consecutive_spawn_failures += 1;
-        let backoff = Duration::from_millis(100)
-            .saturating_mul(1 << f.consecutive_spawn_failures.min(10))
-            .min(MAX_SPAWN_BACKOFF);
+        let backoff = scheduler::spawn_backoff(f.consecutive_spawn_failures);
         f.spawn_blocked_until = Some(now + backoff);
         f.last_spawn_error.clone_from(&reason);
         f.last_spawn_error_at = Some(now);
-        let given_up = f.consecutive_spawn_failures >= limit;
+        let given_up = scheduler::give_up_spawning(f.consecutive_spawn_failures, limit);
         warn!(worker = %id, function = %s.function, reason, backoff_ms = backoff.as_millis() as u64, "spawn failed");
         if given_up {
             f.consecutive_spawn_failures = 0;
@@ -225,14 +246,16 @@ impl State {
                 "no worker of function {} could be started ({limit} spawns in a row failed; the last: {reason})",
                 s.function
             );
-            self.fail_pending(&s.function, &cause, now, fx);
+            self.fail_pending(&s.function, &cause, now, effects);
         }
-        fx.timers.push((backoff, Timer::Function(s.function.clone())));
-        self.dispatch(&s.function, now, fx);
+        effects
+            .timers
+            .push((backoff, Timer::Function(s.function.clone())));
+        self.dispatch(&s.function, now, effects);
     }
 
     /// Fails every pending task of `function` with `cause`.
-    fn fail_pending(&mut self, function: &str, cause: &str, now: Instant, fx: &mut Effects) {
+    fn fail_pending(&mut self, function: &str, cause: &str, now: Instant, effects: &mut Effects) {
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
@@ -252,7 +275,7 @@ impl State {
                     error: format!("task {id} failed: {cause}"),
                     ..Default::default()
                 };
-                self.finish(id, result, now, fx);
+                self.finish(id, result, now, effects);
             }
         }
     }

@@ -15,6 +15,7 @@
 
 mod effects;
 mod fleet;
+mod records;
 mod report;
 mod table;
 mod tasks;
@@ -34,22 +35,25 @@ use crate::scheduler::{
     self, IdleAction, Learned, Limit, LimitParams, Rules, StopReason, Verdict, WorkerView,
 };
 
-pub use effects::{Conn, Effects, JournalOp, Outbound, SpawnRequest, Timer, Waiter, WaiterId};
-pub use tasks::{Reserved, Submission};
-pub use workers::StreamEnd;
+pub(crate) use effects::{
+    Conn, Effects, JournalOp, Outbound, SpawnOutcome, SpawnRequest, Timer, Waiter, WaiterId,
+};
+pub(crate) use records::{Recovered, StoredTask};
+pub(crate) use tasks::{Submission, Submitted};
+pub(crate) use workers::StreamEnd;
 
 /// A worker's id, unique among the workers of one coordinator.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkerId(Arc<str>);
+pub(crate) struct WorkerId(Arc<str>);
 
 impl WorkerId {
     /// Wraps an id.
-    pub fn new(id: &str) -> Self {
+    pub(crate) fn new(id: &str) -> Self {
         Self(Arc::from(id))
     }
 
     /// The id as text.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -61,7 +65,7 @@ impl fmt::Display for WorkerId {
 }
 
 /// A task's id, unique per coordinator.
-pub type TaskId = u64;
+pub(crate) type TaskId = u64;
 
 /// One task.
 #[derive(Debug)]
@@ -70,6 +74,9 @@ struct Task {
     /// Emptied once the task has finished.
     payload: Bytes,
     state: TaskState,
+    /// Taken but not yet acknowledged: its record is being written to the journal. It
+    /// counts as pending and is outside its pool until [`State::accepted`].
+    accepting: bool,
     attempts: u32,
     worker: Option<WorkerId>,
     submitted_unix_ms: u64,
@@ -132,7 +139,7 @@ struct Worker {
 impl Worker {
     /// Whether it may take one more task now.
     fn eligible(&self, rules: &Rules, now: Instant) -> bool {
-        !self.stopping && self.attached && scheduler::assess(rules, &self.view(now)) == Verdict::Eligible
+        scheduler::assess(rules, &self.view(now)) == Verdict::Eligible
     }
 
     /// Its key in the index of eligible workers, or `None` if it may take nothing now.
@@ -163,13 +170,15 @@ impl Worker {
             } else {
                 Duration::ZERO
             },
+            stopping: self.stopping,
+            attached: self.attached,
         }
     }
 
     /// Sends `kind` down its stream, if it is up.
-    fn send(&self, kind: Kind, fx: &mut Effects) {
+    fn send(&self, kind: Kind, effects: &mut Effects) {
         if self.attached {
-            fx.message(self.conn, kind);
+            effects.message(self.conn, kind);
         }
     }
 
@@ -200,15 +209,23 @@ struct Starting {
 
 /// Per-function pool and counters.
 #[derive(Debug, Default)]
-struct Function {
+struct FunctionPool {
     /// Pending task ids in order; may hold ids cancelled since (skipped when popped).
     pool: VecDeque<TaskId>,
+    /// Tasks in the pool, waiting for a worker (what dispatch may place).
     pending: u64,
+    /// Submissions whose journal record is being written: pending to their client, but
+    /// outside the pool until the write lands ([`State::accepted`]).
+    accepting: u64,
+    /// Tasks running on a worker.
     running: u64,
+    /// Tasks that finished with each end, over the coordinator's life (Stats reports them).
     succeeded: u64,
     failed: u64,
     cancelled: u64,
+    /// Attempts given back to the pool (lost worker, timeout, restart) for another try.
     retried: u64,
+    /// Attempts that ran past their timeout.
     timed_out: u64,
     /// The highest pinned limit any worker of this function has had (never lowered: with
     /// the cap on adaptive limits it bounds every live worker's free slots, for scale-out).
@@ -221,10 +238,16 @@ struct Function {
     /// shutdown, lost stream). Time alone only makes a worker ineligible (its deadline
     /// fraction), so one found past it is dropped when dispatch meets it.
     eligible: BTreeMap<IndexKey, WorkerId>,
+    /// Workers asked of the spawner that have not said hello yet.
     starting: u32,
+    /// Workers that said hello, over the coordinator's life.
     workers_started: u64,
+    /// Spawns that failed, over the coordinator's life.
     spawn_failures: u64,
+    /// Spawns failed since the last that succeeded: sets the backoff and, at
+    /// `--max-spawn-failures`, fails the pending tasks.
     consecutive_spawn_failures: u32,
+    /// No spawn for this function before then (the backoff after a failure).
     spawn_blocked_until: Option<Instant>,
     /// Why the most recent spawn failed, and when.
     last_spawn_error: String,
@@ -238,31 +261,33 @@ struct Function {
     peak_mem: f64,
 }
 
-impl Function {
+impl FunctionPool {
     /// Nothing pending, running, live or starting: its entry only holds counters.
     fn is_idle(&self) -> bool {
-        self.pending == 0 && self.running == 0 && self.workers == 0 && self.starting == 0
+        self.pending == 0
+            && self.accepting == 0
+            && self.running == 0
+            && self.workers == 0
+            && self.starting == 0
     }
 }
 
 /// The scheduling state.
 #[derive(Debug)]
-pub struct State {
+pub(crate) struct State {
     config: Arc<Config>,
     rules: Rules,
     tasks: table::Table<Task>,
     next_task: TaskId,
     workers: HashMap<WorkerId, Worker>,
     starting: HashMap<WorkerId, Starting>,
-    functions: BTreeMap<Arc<str>, Function>,
+    functions: BTreeMap<Arc<str>, FunctionPool>,
     next_worker: u64,
     next_conn: u64,
     started_at: Instant,
     draining: bool,
     /// Idempotency keys of submissions, to their task.
     keys: HashMap<String, (TaskId, u64)>,
-    /// Waiters for tasks reserved but not yet inserted (their accept is being written).
-    early_waiters: HashMap<TaskId, Vec<Waiter>>,
     /// Finished tasks in the order they finished, for the retention sweep.
     finished: VecDeque<(Instant, TaskId)>,
     /// Whether events ask for journal writes (with `--state-dir`).
@@ -281,7 +306,7 @@ pub struct State {
 
 impl State {
     /// Empty state under `config`, started at `now`.
-    pub fn new(config: Arc<Config>, now: Instant) -> Self {
+    pub(crate) fn new(config: Arc<Config>, now: Instant) -> Self {
         let journaled = config.state_dir.is_some();
         Self {
             rules: Rules::from(config.as_ref()),
@@ -296,7 +321,6 @@ impl State {
             started_at: now,
             draining: false,
             keys: HashMap::new(),
-            early_waiters: HashMap::new(),
             finished: VecDeque::new(),
             journaled,
             orphans: std::collections::BTreeSet::new(),
@@ -315,7 +339,7 @@ impl State {
     }
 
     /// Records `learned` for `function` at `memory_mb` (and asks the journal to).
-    fn learn(&mut self, function: &Arc<str>, memory_mb: u32, learned: Learned, fx: &mut Effects) {
+    fn learn(&mut self, function: &Arc<str>, memory_mb: u32, learned: Learned, effects: &mut Effects) {
         let key = (function.clone(), memory_mb);
         if self.learned.get(&key) == Some(&learned) {
             return;
@@ -323,7 +347,8 @@ impl State {
         debug!(function = %function, memory_mb, level = learned.level, settled = learned.settled, "learned a concurrency level");
         self.learned.insert(key, learned);
         if self.journaled {
-            fx.journal
+            effects
+                .journal
                 .push(JournalOp::Learn(function.clone(), memory_mb, learned));
         }
     }
@@ -334,7 +359,7 @@ impl State {
             return key.clone();
         }
         let key: Arc<str> = Arc::from(name);
-        self.functions.insert(key.clone(), Function::default());
+        self.functions.insert(key.clone(), FunctionPool::default());
         key
     }
 
@@ -371,13 +396,19 @@ impl State {
 
     /// Places whatever pending tasks of `function` eligible workers can take, sends the
     /// assignments, and spawns workers for what is left.
-    fn dispatch(&mut self, function: &str, now: Instant, fx: &mut Effects) {
-        self.dispatch_near(function, None, now, fx);
+    fn dispatch(&mut self, function: &str, now: Instant, effects: &mut Effects) {
+        self.dispatch_after_change(function, None, now, effects);
     }
 
     /// [`State::dispatch`] after an event of worker `changed`, which is re-keyed in the
     /// index of eligible workers first.
-    fn dispatch_near(&mut self, function: &str, changed: Option<&WorkerId>, now: Instant, fx: &mut Effects) {
+    fn dispatch_after_change(
+        &mut self,
+        function: &str,
+        changed: Option<&WorkerId>,
+        now: Instant,
+        effects: &mut Effects,
+    ) {
         if let Some(id) = changed {
             self.reindex(id, now);
         }
@@ -415,7 +446,7 @@ impl State {
             task.attempts += 1;
             task.worker = Some(worker_id.clone());
             if self.journaled {
-                fx.journal.push(JournalOp::Started(task_id, task.attempts));
+                effects.journal.push(JournalOp::Started(task_id, task.attempts));
             }
             w.running.push((task_id, task.attempts));
             w.assigned_total += 1;
@@ -428,7 +459,7 @@ impl State {
             rekey(&mut f.eligible, &worker_id, w, &rules, now);
             debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
             if let Some(limit) = task.timeout.or(self.config.task_timeout) {
-                fx.timers.push((limit, Timer::Task(task_id, task.attempts)));
+                effects.timers.push((limit, Timer::Task(task_id, task.attempts)));
             }
             let assignment = pb::TaskAssignment {
                 task_id,
@@ -447,10 +478,10 @@ impl State {
         for (id, tasks) in batches {
             if let Some(w) = self.workers.get_mut(&id) {
                 w.batch = None;
-                w.send(Kind::Assign(pb::Assign { tasks }), fx);
+                w.send(Kind::Assign(pb::Assign { tasks }), effects);
             }
         }
-        self.spawn_for(function, now, fx);
+        self.spawn_for(function, now, effects);
     }
 
     /// Takes worker `id` out of its function's index of eligible workers.
@@ -475,7 +506,7 @@ impl State {
 
     /// Starts workers for `function` when its pending tasks outgrow the free slots of its
     /// live and starting workers.
-    fn spawn_for(&mut self, function: &str, now: Instant, fx: &mut Effects) {
+    fn spawn_for(&mut self, function: &str, now: Instant, effects: &mut Effects) {
         if self.config.spawner == SpawnerKind::External || self.draining {
             return;
         }
@@ -489,26 +520,24 @@ impl State {
         if f.pending == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
             return;
         }
+        let of_function = f.workers + f.starting as usize;
+        let total = self.workers.len() + self.starting.len();
+        let room = scheduler::fleet_room(of_function, total, self.config.max_workers, self.config.max_fleet);
         // At the cap there is nothing to decide: skip the scan of the fleet's free slots.
-        let fleet_room =
-            (self.config.max_fleet as usize).saturating_sub(self.workers.len() + self.starting.len());
-        if f.workers as u32 + f.starting >= self.config.max_workers || fleet_room == 0 {
+        if room == 0 {
             return;
         }
         let mut free = f.starting as usize * slots_per_new as usize;
-        // When even every live worker's slots standing free could not shrink the spawn below
-        // the room left under the cap, the answer is the room: skip the scan of the fleet
-        // (a deep pool, e.g. conventional FaaS refilling its fleet).
-        let room = self.config.max_workers as usize - (f.workers + f.starting as usize);
         let free_bound = free + f.workers * f.max_slots.max(cap) as usize;
-        let fleet_cannot_matter = f.pending as usize >= free_bound + room * slots_per_new as usize;
+        let fleet_cannot_matter =
+            !scheduler::free_slots_matter(f.pending as usize, free_bound, room, slots_per_new);
         if fleet_cannot_matter {
             free = free_bound;
         } else if let Some((key, _)) = self.functions.get_key_value(function) {
             // One pass over the workers, compared by function pointer: no lookups per worker.
             for w in self.workers.values().filter(|w| Arc::ptr_eq(&w.function, key)) {
                 let v = w.view(now);
-                if !w.stopping && w.attached && !scheduler::assess(&rules, &v).is_final() {
+                if scheduler::assess(&rules, &v).counts_as_capacity() {
                     free += scheduler::free_capacity(&w.limit, w.limit_params.max, v.running) as usize;
                 }
             }
@@ -524,7 +553,7 @@ impl State {
             self.config.max_workers,
             slots_per_new,
         )
-        .min(fleet_room as u32);
+        .min(room as u32);
         let key = self.function_key(function);
         for _ in 0..n {
             let id = WorkerId(Arc::from(format!("w{}-{}", self.next_worker, function)));
@@ -541,7 +570,7 @@ impl State {
                 f.starting += 1;
             }
             info!(worker = %id, function, "spawning");
-            fx.spawns.push(SpawnRequest {
+            effects.spawns.push(SpawnRequest {
                 id,
                 function: key.clone(),
             });
@@ -549,14 +578,11 @@ impl State {
     }
 
     /// Applies the idle rule to one worker: shutdown, keep, or look again later.
-    /// (The event that led here has re-keyed the worker already, in `dispatch_near`.)
-    fn evaluate(&mut self, id: &WorkerId, now: Instant, fx: &mut Effects) {
+    /// (The event that led here has re-keyed the worker already, in `dispatch_after_change`.)
+    fn evaluate(&mut self, id: &WorkerId, now: Instant, effects: &mut Effects) {
         let Some(w) = self.workers.get(id) else {
             return;
         };
-        if w.stopping || !w.attached {
-            return;
-        }
         let pool_empty = self.functions.get(&w.function).is_none_or(|f| f.pending == 0);
         match scheduler::idle_action(&self.rules, &w.view(now), pool_empty) {
             IdleAction::Keep => {}
@@ -567,7 +593,7 @@ impl State {
                     if let Some(w) = self.workers.get_mut(id) {
                         w.recheck_at = Some(at);
                     }
-                    fx.timers.push((d, Timer::Worker(id.clone(), conn)));
+                    effects.timers.push((d, Timer::Worker(id.clone(), conn)));
                 }
             }
             IdleAction::Stop(reason) => {
@@ -576,12 +602,12 @@ impl State {
                     StopReason::Deadline => pb::ShutdownReason::Deadline,
                     StopReason::Ineligible => pb::ShutdownReason::Ineligible,
                 };
-                self.stop(id, reason, fx);
+                self.stop(id, reason, effects);
             }
         }
     }
 
-    fn stop(&mut self, id: &WorkerId, reason: pb::ShutdownReason, fx: &mut Effects) {
+    fn stop(&mut self, id: &WorkerId, reason: pb::ShutdownReason, effects: &mut Effects) {
         if let Some(w) = self.workers.get_mut(id) {
             info!(worker = %id, reason = reason.as_str_name(), "shutdown");
             w.stopping = true;
@@ -589,42 +615,42 @@ impl State {
                 Kind::Shutdown(pb::Shutdown {
                     reason: reason as i32,
                 }),
-                fx,
+                effects,
             );
             self.unindex(id);
         }
     }
 
     /// A timer fired.
-    pub fn on_timer(&mut self, timer: Timer, now: Instant, fx: &mut Effects) {
+    pub(crate) fn on_timer(&mut self, timer: Timer, now: Instant, effects: &mut Effects) {
         match timer {
             Timer::Worker(id, conn) => {
                 if let Some(w) = self.workers.get_mut(&id).filter(|w| w.conn == conn) {
                     if w.recheck_at.is_some_and(|at| at <= now) {
                         w.recheck_at = None;
                     }
-                    self.evaluate(&id, now, fx);
+                    self.evaluate(&id, now, effects);
                 }
             }
-            Timer::Function(name) => self.dispatch(&name, now, fx),
-            Timer::Task(id, attempt) => self.time_out(id, attempt, now, fx),
-            Timer::Orphans => self.release_orphans(now, fx),
+            Timer::Function(name) => self.dispatch(&name, now, effects),
+            Timer::Task(id, attempt) => self.time_out(id, attempt, now, effects),
+            Timer::Orphans => self.release_orphans(now, effects),
         }
     }
 
     /// The coordinator is shutting down: nothing new is accepted or spawned, and every
     /// worker is told to finish and leave. Returns how many workers were told.
-    pub fn drain(&mut self, fx: &mut Effects) -> usize {
+    pub(crate) fn drain(&mut self, effects: &mut Effects) -> usize {
         self.draining = true;
         let ids: Vec<WorkerId> = self.workers.keys().cloned().collect();
         for id in &ids {
-            self.stop(id, pb::ShutdownReason::Drain, fx);
+            self.stop(id, pb::ShutdownReason::Drain, effects);
         }
         ids.len()
     }
 
     /// Workers connected now.
-    pub fn live_workers(&self) -> usize {
+    pub(crate) fn live_workers(&self) -> usize {
         self.workers.len()
     }
 }
@@ -661,13 +687,6 @@ fn pop_pending(pool: &mut VecDeque<TaskId>, tasks: &table::Table<Task>) -> Optio
         }
     }
     None
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use carpool_proto::pb;
 
-use super::{Function, State};
+use super::{FunctionPool, State};
 use crate::billing;
 
 impl State {
     /// Connected and starting workers, optionally of one function, ordered by id.
-    pub fn list_workers(&self, function: &str, now: Instant) -> Vec<pb::WorkerInfo> {
+    pub(crate) fn list_workers(&self, function: &str, now: Instant) -> Vec<pb::WorkerInfo> {
         let mut out: Vec<pb::WorkerInfo> = self
             .workers
             .iter()
@@ -66,7 +66,7 @@ impl State {
 
     /// Counters per function and in total, with the bill so far (live workers billed up
     /// to `now`).
-    pub fn stats(&self, now: Instant) -> pb::StatsResponse {
+    pub(crate) fn stats(&self, now: Instant) -> pb::StatsResponse {
         let mut total = pb::FunctionStats::default();
         let mut functions = Vec::with_capacity(self.functions.len());
         // Live workers billed so far, their limits, and those only waiting to reconnect,
@@ -116,11 +116,11 @@ impl State {
     }
 }
 
-fn function_stats(name: &str, f: &Function, live_gb_ms: f64) -> pb::FunctionStats {
+fn function_stats(name: &str, f: &FunctionPool, live_gb_ms: f64) -> pb::FunctionStats {
     let billed_gb_ms = f.billed_gb_ms + live_gb_ms;
     pb::FunctionStats {
         function: name.to_owned(),
-        pending: f.pending,
+        pending: f.pending + f.accepting,
         running: f.running,
         succeeded: f.succeeded,
         failed: f.failed,

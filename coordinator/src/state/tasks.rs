@@ -7,18 +7,28 @@ use carpool_proto::Bytes;
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{debug, info};
 
-use super::{Effects, JournalOp, Outbound, State, Task, TaskId, Waiter, unix_ms};
+use super::{Effects, JournalOp, Outbound, State, Task, TaskId, Waiter};
+use super::{Recovered, StoredTask};
 use crate::config::BUILTIN_FUNCTIONS;
 use crate::error::{Error, Result};
-use crate::journal::Recovered;
 
-/// The id a submission gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reserved {
-    /// A new task with this id.
-    New(TaskId),
-    /// Its idempotency key already names this task.
-    Existing(TaskId),
+/// What a submission still needs once the state has taken it.
+#[derive(Debug)]
+pub(crate) enum Submitted {
+    /// Nothing: it is in its pool (no journal), or its key names a task already taken.
+    Done(TaskId),
+    /// Its record, to write to the journal before it is acknowledged.
+    Write(TaskId, Box<StoredTask>),
+}
+
+#[cfg(test)]
+impl Submitted {
+    /// The task's id, whichever way it was taken.
+    pub(crate) fn id(&self) -> TaskId {
+        match self {
+            Submitted::Done(id) | Submitted::Write(id, _) => *id,
+        }
+    }
 }
 
 /// The longest idempotency key accepted.
@@ -29,7 +39,7 @@ pub(crate) const MAX_WATCH_IDS: usize = 10_000;
 
 /// A task as a client submits it.
 #[derive(Clone, Debug, Default)]
-pub struct Submission {
+pub(crate) struct Submission {
     /// The function that runs it.
     pub function: String,
     /// Its input.
@@ -38,11 +48,13 @@ pub struct Submission {
     pub timeout: Option<Duration>,
     /// Idempotency key; empty: none.
     pub key: String,
+    /// When it was submitted (Unix ms), stamped by the caller: the state reads no clock.
+    pub submitted_unix_ms: u64,
 }
 
 impl Submission {
     /// A submission without timeout or key.
-    pub fn new(function: impl Into<String>, payload: Bytes) -> Self {
+    pub(crate) fn new(function: impl Into<String>, payload: Bytes) -> Self {
         Self {
             function: function.into(),
             payload,
@@ -53,7 +65,7 @@ impl Submission {
     /// What an idempotency key stands for: a stable digest of the function, the timeout and
     /// the payload (SHA-256, first 8 bytes), kept in the journal, so that a key reused with
     /// other parameters is refused also after a restart.
-    pub fn fingerprint(&self) -> u64 {
+    pub(crate) fn fingerprint(&self) -> u64 {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         h.update(self.function.as_bytes());
@@ -68,8 +80,8 @@ impl Submission {
 }
 
 impl Waiter {
-    fn notify(&self, result: &Arc<pb::TaskResult>, fx: &mut Effects) {
-        fx.out.push(Outbound::Complete {
+    fn notify(&self, result: &Arc<pb::TaskResult>, effects: &mut Effects) {
+        effects.out.push(Outbound::Complete {
             waiter: self.id,
             tag: self.tag,
             result: result.clone(),
@@ -79,7 +91,7 @@ impl Waiter {
 
 impl State {
     /// Checks a submission without changing anything.
-    pub fn validate(&self, function: &str, payload_len: usize) -> Result<()> {
+    pub(crate) fn validate(&self, function: &str, payload_len: usize) -> Result<()> {
         if self.draining {
             return Err(Error::ShuttingDown);
         }
@@ -110,119 +122,154 @@ impl State {
         Ok(())
     }
 
-    /// Accepts a task into its function's pool and places it at once if a worker can
-    /// take it; `waiter` (if any) gets its result. A known idempotency key returns the
-    /// task it was first used for (and `waiter` follows that task). Without a journal this
-    /// is the whole of a submission; with one, the service calls [`State::reserve`], writes
-    /// the task, then [`State::insert`].
-    pub fn submit(
+    /// Accepts a submission, the one way in: checked, given an id and inserted, all in one
+    /// event. Without a journal it enters its pool and is placed at once. With one it waits,
+    /// counted as pending but outside the pool, for its record ([`Submitted::Write`]) to be
+    /// written: the driver writes it and then calls [`State::accepted`] (or
+    /// [`State::not_accepted`]). A known idempotency key returns the task it names, which
+    /// `waiter` (if any) then follows; the same key with another submission is refused.
+    pub(crate) fn submit(
         &mut self,
         sub: Submission,
         waiter: Option<Waiter>,
         now: Instant,
-        fx: &mut Effects,
-    ) -> Result<TaskId> {
-        match self.reserve(&sub)? {
-            Reserved::Existing(id) => {
-                if let Some(w) = waiter {
-                    self.follow(id, w, fx);
-                }
-                Ok(id)
-            }
-            Reserved::New(id) => {
-                self.insert(id, sub, waiter, now, fx);
-                Ok(id)
-            }
-        }
-    }
-
-    /// Checks a submission and gives it an id (or the id its idempotency key already has),
-    /// changing nothing else.
-    pub fn reserve(&mut self, sub: &Submission) -> Result<Reserved> {
+        effects: &mut Effects,
+    ) -> Result<Submitted> {
         if let Some(&(existing, fingerprint)) = self.keys.get(&sub.key) {
             if fingerprint != sub.fingerprint() {
                 return Err(Error::IdempotencyKeyReused(sub.key.clone(), existing));
             }
             debug!(task = existing, "idempotent resubmission");
-            return Ok(Reserved::Existing(existing));
+            if let Some(w) = waiter {
+                self.follow(existing, w, effects);
+            }
+            return Ok(Submitted::Done(existing));
         }
         self.validate(&sub.function, sub.payload.len())?;
         if sub.key.len() > MAX_KEY_BYTES {
             return Err(Error::KeyTooLong(sub.key.len(), MAX_KEY_BYTES));
         }
-        let pending: u64 = self.functions.values().map(|f| f.pending).sum();
+        let pending: u64 = self.functions.values().map(|f| f.pending + f.accepting).sum();
         if pending >= self.config.max_pending {
             return Err(Error::PoolFull(pending));
         }
         self.make_room(&sub.function)?;
         let id = self.next_task;
         self.next_task += 1;
+        let fingerprint = sub.fingerprint();
         if !sub.key.is_empty() {
-            self.keys.insert(sub.key.clone(), (id, sub.fingerprint()));
+            self.keys.insert(sub.key.clone(), (id, fingerprint));
         }
-        Ok(Reserved::New(id))
-    }
-
-    /// Undoes a reservation whose task could not be written.
-    pub fn unreserve(&mut self, id: TaskId, key: &str) {
-        if self.keys.get(key).is_some_and(|(k, _)| *k == id) {
-            self.keys.remove(key);
-        }
-        self.early_waiters.remove(&id);
-    }
-
-    /// Makes `waiter` follow task `id` (now, if it has finished).
-    pub fn follow(&mut self, id: TaskId, waiter: Waiter, fx: &mut Effects) {
-        match self.tasks.get_mut(id) {
-            Some(task) => match &task.result {
-                Some(r) => waiter.notify(r, fx),
-                None => task.waiters.push(waiter),
-            },
-            None => self.early_waiters.entry(id).or_default().push(waiter),
-        }
-    }
-
-    /// Puts a reserved task in its pool and places it.
-    pub fn insert(
-        &mut self,
-        id: TaskId,
-        sub: Submission,
-        waiter: Option<Waiter>,
-        now: Instant,
-        fx: &mut Effects,
-    ) {
-        let function = sub.function.as_str();
-        let key = self.function_key(function);
-        let mut waiters: Vec<Waiter> = self.early_waiters.remove(&id).unwrap_or_default();
-        waiters.extend(waiter);
+        let record = self.journaled.then(|| StoredTask {
+            function: sub.function.clone(),
+            payload: sub.payload.clone(),
+            timeout_ms: sub.timeout.map_or(0, |t| t.as_millis() as u64),
+            key: sub.key.clone(),
+            submitted_unix_ms: sub.submitted_unix_ms,
+            result: None,
+            fingerprint,
+        });
+        let function = self.function_key(&sub.function);
         self.tasks.insert(
             id,
             Task {
-                function: key.clone(),
+                function: function.clone(),
                 payload: sub.payload,
                 timeout: sub.timeout,
                 key: sub.key,
                 state: TaskState::Pending,
+                accepting: record.is_some(),
                 attempts: 0,
                 worker: None,
-                submitted_unix_ms: unix_ms(),
+                submitted_unix_ms: sub.submitted_unix_ms,
                 result: None,
-                waiters,
+                waiters: waiter.into_iter().collect(),
             },
         );
-        if let Some(f) = self.functions.get_mut(&key) {
-            f.pool.push_back(id);
-            f.pending += 1;
+        if let Some(f) = self.functions.get_mut(&function) {
+            if record.is_some() {
+                f.accepting += 1;
+            } else {
+                f.pending += 1;
+            }
         }
-        debug!(task = id, function, "submitted");
-        self.dispatch(function, now, fx);
+        debug!(task = id, function = %function, "submitted");
+        match record {
+            Some(record) => Ok(Submitted::Write(id, Box::new(record))),
+            None => {
+                self.enter_pool(id, &function, now, effects);
+                Ok(Submitted::Done(id))
+            }
+        }
+    }
+
+    /// Task `id`'s record is on disk: it enters its pool (unless cancelled meanwhile).
+    pub(crate) fn accepted(&mut self, id: TaskId, now: Instant, effects: &mut Effects) {
+        let Some(t) = self.tasks.get_mut(id).filter(|t| t.accepting) else {
+            return;
+        };
+        t.accepting = false;
+        if t.state == TaskState::Pending {
+            let function = t.function.clone();
+            if let Some(f) = self.functions.get_mut(&function) {
+                f.accepting = f.accepting.saturating_sub(1);
+                f.pending += 1;
+            }
+            self.enter_pool(id, &function, now, effects);
+        }
+    }
+
+    /// Task `id`'s record could not be written (`why`): it is forgotten, its key freed, and
+    /// whoever followed it through its key is told.
+    pub(crate) fn not_accepted(&mut self, id: TaskId, why: &str, effects: &mut Effects) {
+        if !self.tasks.get(id).is_some_and(|t| t.accepting) {
+            return;
+        }
+        let Some(t) = self.tasks.remove(id) else {
+            return;
+        };
+        if self.keys.get(&t.key).is_some_and(|(k, _)| *k == id) {
+            self.keys.remove(&t.key);
+        }
+        if t.state == TaskState::Pending
+            && let Some(f) = self.functions.get_mut(&t.function)
+        {
+            f.accepting = f.accepting.saturating_sub(1);
+        }
+        let result = Arc::new(pb::TaskResult {
+            task_id: id,
+            state: TaskState::Failed as i32,
+            error: format!("task {id} was not accepted: {why}"),
+            ..Default::default()
+        });
+        for w in &t.waiters {
+            w.notify(&result, effects);
+        }
+    }
+
+    /// Puts pending task `id` at the back of its pool and places what can be placed.
+    fn enter_pool(&mut self, id: TaskId, function: &Arc<str>, now: Instant, effects: &mut Effects) {
+        if let Some(f) = self.functions.get_mut(function) {
+            f.pool.push_back(id);
+        }
+        self.dispatch(function, now, effects);
+    }
+
+    /// Makes `waiter` follow task `id` (now, if it has finished).
+    fn follow(&mut self, id: TaskId, waiter: Waiter, effects: &mut Effects) {
+        if let Some(task) = self.tasks.get_mut(id) {
+            match &task.result {
+                Some(r) => waiter.notify(r, effects),
+                None => task.waiters.push(waiter),
+            }
+        }
     }
 
     /// Loads what a journal held: finished tasks keep their results; unfinished ones go
     /// back to their pools (in id order), except those that were running, which are held
     /// back for the reconnect grace so that their workers can claim them; keys, attempt
     /// counts, learned levels and the id counter carry on.
-    pub fn restore(&mut self, recovered: Recovered, now: Instant, fx: &mut Effects) {
+    pub(crate) fn restore(&mut self, recovered: Recovered, now: Instant, effects: &mut Effects) {
         let mut functions = Vec::new();
         let (mut pending, mut done) = (0usize, 0usize);
         let hold_back = !self.config.reconnect_grace.is_zero();
@@ -241,6 +288,7 @@ impl State {
                     timeout: (stored.timeout_ms > 0).then(|| Duration::from_millis(stored.timeout_ms)),
                     key: stored.key,
                     state,
+                    accepting: false,
                     attempts: result.as_ref().map_or(started, |r| r.attempts),
                     worker: None,
                     submitted_unix_ms: stored.submitted_unix_ms,
@@ -285,16 +333,17 @@ impl State {
             "restored from the journal"
         );
         if !self.orphans.is_empty() {
-            fx.timers
+            effects
+                .timers
                 .push((self.config.reconnect_grace, super::Timer::Orphans));
         }
         for f in functions {
-            self.dispatch(&f, now, fx);
+            self.dispatch(&f, now, effects);
         }
     }
 
     /// Forgets finished tasks older than the retention (memory and journal).
-    pub(super) fn expire(&mut self, now: Instant, fx: &mut Effects) {
+    pub(super) fn expire(&mut self, now: Instant, effects: &mut Effects) {
         let retention = self.config.result_retention;
         while let Some(&(at, id)) = self.finished.front() {
             if now.saturating_duration_since(at) < retention {
@@ -306,14 +355,14 @@ impl State {
                     self.keys.remove(&task.key);
                 }
                 if self.journaled {
-                    fx.journal.push(JournalOp::Forget(id));
+                    effects.journal.push(JournalOp::Forget(id));
                 }
             }
         }
     }
 
     /// Records a task's final result, wakes its waiters and frees its payload.
-    pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult, now: Instant, fx: &mut Effects) {
+    pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult, now: Instant, effects: &mut Effects) {
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
@@ -329,10 +378,10 @@ impl State {
         task.payload = Bytes::new();
         let result = Arc::new(result);
         for w in task.waiters.drain(..) {
-            w.notify(&result, fx);
+            w.notify(&result, effects);
         }
         if self.journaled {
-            fx.journal.push(JournalOp::Finish(id, result.clone()));
+            effects.journal.push(JournalOp::Finish(id, result.clone()));
         }
         task.result = Some(result);
         self.finished.push_back((now, id));
@@ -340,18 +389,23 @@ impl State {
 
     /// Cancels a task: a pending one leaves the pool, a running one is cancelled on its
     /// worker (whose slot is freed at once). Returns the state after the call.
-    pub fn cancel(&mut self, id: TaskId, now: Instant, fx: &mut Effects) -> Result<TaskState> {
+    pub(crate) fn cancel(&mut self, id: TaskId, now: Instant, effects: &mut Effects) -> Result<TaskState> {
         let task = self.tasks.get(id).ok_or(Error::UnknownTask(id))?;
-        let (state, function, worker, attempts) = (
+        let (state, function, worker, attempts, accepting) = (
             task.state,
             task.function.clone(),
             task.worker.clone(),
             task.attempts,
+            task.accepting,
         );
         match state {
             TaskState::Pending => {
                 if let Some(f) = self.functions.get_mut(&function) {
-                    f.pending = f.pending.saturating_sub(1);
+                    if accepting {
+                        f.accepting = f.accepting.saturating_sub(1);
+                    } else {
+                        f.pending = f.pending.saturating_sub(1);
+                    }
                 }
             }
             TaskState::Running => {
@@ -362,7 +416,7 @@ impl State {
                     && let Some(w) = self.workers.get_mut(wid)
                 {
                     w.release(id, now);
-                    w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }), fx);
+                    w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }), effects);
                 }
             }
             done => return Ok(done),
@@ -383,17 +437,17 @@ impl State {
                 ..Default::default()
             },
             now,
-            fx,
+            effects,
         );
         if let Some(wid) = worker {
-            self.dispatch_near(&function, Some(&wid), now, fx);
-            self.evaluate(&wid, now, fx);
+            self.dispatch_after_change(&function, Some(&wid), now, effects);
+            self.evaluate(&wid, now, effects);
         }
         Ok(TaskState::Cancelled)
     }
 
     /// Everything known about one task.
-    pub fn get(&self, id: TaskId) -> Result<pb::TaskInfo> {
+    pub(crate) fn get(&self, id: TaskId) -> Result<pb::TaskInfo> {
         let t = self.tasks.get(id).ok_or(Error::UnknownTask(id))?;
         Ok(pb::TaskInfo {
             task_id: id,
@@ -409,7 +463,12 @@ impl State {
     /// Subscribes waiter `who` to the results of `ids` (tag = task id): finished ones are
     /// sent at once. Every id is checked before anything is subscribed. Returns how many
     /// distinct results will be delivered.
-    pub fn watch(&mut self, ids: &[TaskId], who: super::WaiterId, fx: &mut Effects) -> Result<usize> {
+    pub(crate) fn watch(
+        &mut self,
+        ids: &[TaskId],
+        who: super::WaiterId,
+        effects: &mut Effects,
+    ) -> Result<usize> {
         if ids.len() > MAX_WATCH_IDS {
             return Err(Error::TooManyIds(ids.len(), MAX_WATCH_IDS));
         }
@@ -423,7 +482,7 @@ impl State {
             if let Some(t) = self.tasks.get_mut(*id) {
                 let waiter = Waiter { id: who, tag: *id };
                 match &t.result {
-                    Some(r) => waiter.notify(r, fx),
+                    Some(r) => waiter.notify(r, effects),
                     None => t.waiters.push(waiter),
                 }
             }

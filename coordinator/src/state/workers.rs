@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::{Conn, Effects, JournalOp, Outbound, State, TaskId, Timer, Worker, WorkerId};
 use crate::billing;
 use crate::error::{Error, Result};
-use crate::scheduler::{self, Learned};
+use crate::scheduler::{self, AfterLostAttempt, Learned};
 
 /// Cold starts kept per function for Stats' median and maximum.
 const RECENT_COLD_STARTS: usize = 1024;
@@ -45,7 +45,7 @@ pub(crate) const HELLO_MAX_RUNNING: usize = HELLO_MAX_SLOTS as usize;
 
 /// How a worker stream ended.
 #[derive(Debug)]
-pub enum StreamEnd {
+pub(crate) enum StreamEnd {
     /// The worker closed it: the session is over.
     Closed,
     /// It broke (reset, keepalive timeout): the worker may come back within the grace.
@@ -88,7 +88,12 @@ fn check_hello(h: &pb::Hello) -> Result<()> {
 impl State {
     /// A worker said hello: register it (or resume its session), welcome it, give it work.
     /// Returns its connection number (to pass to [`State::disconnect`]).
-    pub fn connect(&mut self, mut hello: pb::Hello, now: Instant, fx: &mut Effects) -> Result<Conn> {
+    pub(crate) fn connect(
+        &mut self,
+        mut hello: pb::Hello,
+        now: Instant,
+        effects: &mut Effects,
+    ) -> Result<Conn> {
         if self.draining {
             return Err(Error::ShuttingDown);
         }
@@ -99,7 +104,7 @@ impl State {
             if (existing.attached && !same_instance) || existing.function.as_ref() != hello.function {
                 return Err(Error::WorkerExists(hello.worker_id));
             }
-            return Ok(self.resume(&id, &mut hello, now, fx));
+            return Ok(self.resume(&id, &mut hello, now, effects));
         }
         self.make_room(&hello.function)?;
         let function = self.function_key(&hello.function);
@@ -164,10 +169,10 @@ impl State {
             batch: None,
             peak_mem: 0.0,
         };
-        worker.send(Kind::Welcome(self.welcome(slots)), fx);
+        worker.send(Kind::Welcome(self.welcome(slots)), effects);
         // Look again when it reaches its deadline fraction, to drain it.
         let until = scheduler::until_deadline(&self.rules, &worker.view(now));
-        fx.timers.push((until, Timer::Worker(id.clone(), conn)));
+        effects.timers.push((until, Timer::Worker(id.clone(), conn)));
         info!(worker = %id, function = %function, slots, phase = worker.limit.phase().as_str(), timeout_ms = timeout.as_millis() as u64, "connected");
         self.workers.insert(id.clone(), worker);
         if let Some(f) = self.functions.get_mut(&function) {
@@ -181,15 +186,21 @@ impl State {
         if !hello.running_task_ids.is_empty() {
             // A worker the coordinator does not know that runs tasks: its session outlived
             // this coordinator's (a restart) or its lease. It keeps what is still wanted.
-            self.claim(&id, &hello.running_task_ids, &hello.running_attempts, now, fx);
+            self.claim(
+                &id,
+                &hello.running_task_ids,
+                &hello.running_attempts,
+                now,
+                effects,
+            );
         }
-        self.recover_results(&id, std::mem::take(&mut hello.recent_results), now, fx);
+        self.recover_results(&id, std::mem::take(&mut hello.recent_results), now, effects);
         if surplus {
-            self.stop(&id, pb::ShutdownReason::Surplus, fx);
+            self.stop(&id, pb::ShutdownReason::Surplus, effects);
         } else {
-            self.dispatch_near(&function, Some(&id), now, fx);
+            self.dispatch_after_change(&function, Some(&id), now, effects);
         }
-        self.evaluate(&id, now, fx);
+        self.evaluate(&id, now, effects);
         Ok(conn)
     }
 
@@ -204,7 +215,7 @@ impl State {
 
     /// The same worker is back on a new stream: keep the tasks both sides agree it runs,
     /// give back those it lost, claim those it runs that are waiting again, cancel the rest.
-    fn resume(&mut self, id: &WorkerId, hello: &mut pb::Hello, now: Instant, fx: &mut Effects) -> Conn {
+    fn resume(&mut self, id: &WorkerId, hello: &mut pb::Hello, now: Instant, effects: &mut Effects) -> Conn {
         let conn = self.next_conn;
         self.next_conn += 1;
         let welcome = self.welcome(self.workers.get(id).map_or(1, |w| w.limit.value()));
@@ -238,18 +249,18 @@ impl State {
         for (t, _) in &lost {
             w.release(*t, now);
         }
-        w.send(Kind::Welcome(welcome), fx);
+        w.send(Kind::Welcome(welcome), effects);
         let until = scheduler::until_deadline(&self.rules, &w.view(now));
-        fx.timers.push((until, Timer::Worker(id.clone(), conn)));
+        effects.timers.push((until, Timer::Worker(id.clone(), conn)));
         let function = w.function.clone();
         info!(worker = %id, kept = w.running.len(), lost = lost.len(), stray = stray.len(), "resumed");
-        self.give_back(&lost, &format!("worker {id} came back without it"), now, fx);
+        self.give_back(&lost, &format!("worker {id} came back without it"), now, effects);
         if !stray.is_empty() {
-            self.claim(id, &stray, &stray_attempts, now, fx);
+            self.claim(id, &stray, &stray_attempts, now, effects);
         }
-        self.recover_results(id, std::mem::take(&mut hello.recent_results), now, fx);
-        self.dispatch_near(&function, Some(id), now, fx);
-        self.evaluate(id, now, fx);
+        self.recover_results(id, std::mem::take(&mut hello.recent_results), now, effects);
+        self.dispatch_after_change(&function, Some(id), now, effects);
+        self.evaluate(id, now, effects);
         conn
     }
 
@@ -262,7 +273,7 @@ impl State {
         id: &WorkerId,
         results: Vec<pb::WorkerTaskResult>,
         now: Instant,
-        fx: &mut Effects,
+        effects: &mut Effects,
     ) {
         if results.is_empty() {
             return;
@@ -284,10 +295,10 @@ impl State {
             }
         }
         if !waiting.0.is_empty() {
-            self.claim(id, &waiting.0, &waiting.1, now, fx);
+            self.claim(id, &waiting.0, &waiting.1, now, effects);
         }
         let n = take.len();
-        if let Err(e) = self.results(id, take, now, fx) {
+        if let Err(e) = self.results(id, take, now, effects) {
             warn!(worker = %id, error = %e, "a repeated result was refused");
         }
         info!(worker = %id, recovered = n, "recorded results a worker repeated after its stream broke");
@@ -296,7 +307,14 @@ impl State {
     /// Worker `id` says it runs `tasks` (attempts in `attempts`, where it gives them): it
     /// keeps each that still waits for a worker (held back after a restart, or back in its
     /// pool), and is told to cancel the others (unknown, finished, or running elsewhere).
-    fn claim(&mut self, id: &WorkerId, tasks: &[TaskId], attempts: &[u32], now: Instant, fx: &mut Effects) {
+    fn claim(
+        &mut self,
+        id: &WorkerId,
+        tasks: &[TaskId],
+        attempts: &[u32],
+        now: Instant,
+        effects: &mut Effects,
+    ) {
         let mut cancel = Vec::new();
         let mut kept = 0;
         for (i, &task_id) in tasks.iter().enumerate() {
@@ -326,10 +344,10 @@ impl State {
                 f.running += 1;
             }
             if let Some(limit) = t.timeout.or(self.config.task_timeout) {
-                fx.timers.push((limit, Timer::Task(task_id, attempt)));
+                effects.timers.push((limit, Timer::Task(task_id, attempt)));
             }
             if self.journaled {
-                fx.journal.push(JournalOp::Started(task_id, attempt));
+                effects.journal.push(JournalOp::Started(task_id, attempt));
             }
         }
         if let Some(w) = self.workers.get_mut(id)
@@ -339,7 +357,7 @@ impl State {
                 Kind::Cancel(pb::Cancel {
                     task_ids: cancel.clone(),
                 }),
-                fx,
+                effects,
             );
             for t in &cancel {
                 w.release(*t, now);
@@ -349,12 +367,12 @@ impl State {
     }
 
     /// A resource sample arrived. Impossible values are a protocol violation.
-    pub fn sample(
+    pub(crate) fn sample(
         &mut self,
         id: &WorkerId,
         s: pb::ResourceSample,
         now: Instant,
-        fx: &mut Effects,
+        effects: &mut Effects,
     ) -> Result<()> {
         let Some(w) = self.workers.get_mut(id) else {
             return Ok(());
@@ -399,7 +417,7 @@ impl State {
         let peak = w.peak_mem;
         if after != before {
             debug!(worker = %id, from = before, to = after, why = ?moved, "concurrency limit moved");
-            w.send(Kind::Limit(pb::Limit { slots: after }), fx);
+            w.send(Kind::Limit(pb::Limit { slots: after }), effects);
         }
         if let Some(f) = self.functions.get_mut(&function) {
             f.peak_mem = f.peak_mem.max(peak);
@@ -409,21 +427,21 @@ impl State {
                 level: after,
                 settled: true,
             };
-            self.learn(&function, memory_mb, level, fx);
+            self.learn(&function, memory_mb, level, effects);
         }
-        self.dispatch_near(&function, Some(id), now, fx);
-        self.evaluate(id, now, fx);
+        self.dispatch_after_change(&function, Some(id), now, effects);
+        self.evaluate(id, now, effects);
         Ok(())
     }
 
     /// Results arrived: record those the worker holds, ignore late ones for tasks taken
     /// from it, refuse those it never held. Then refill it.
-    pub fn results(
+    pub(crate) fn results(
         &mut self,
         id: &WorkerId,
         results: Vec<pb::WorkerTaskResult>,
         now: Instant,
-        fx: &mut Effects,
+        effects: &mut Effects,
     ) -> Result<()> {
         let Some(w) = self.workers.get(id) else {
             return Ok(());
@@ -499,20 +517,27 @@ impl State {
                     finished_unix_ms: r.finished_unix_ms,
                 },
                 now,
-                fx,
+                effects,
             );
         }
-        self.dispatch_near(&function, Some(id), now, fx);
-        self.evaluate(id, now, fx);
+        self.dispatch_after_change(&function, Some(id), now, effects);
+        self.evaluate(id, now, effects);
         Ok(())
     }
 
     /// A worker's stream ended. Closed or violated: the worker is finalized now (a violator
     /// hears why). Broken: it keeps its tasks for the reconnect grace (the sweep finalizes
     /// it after that).
-    pub fn disconnect(&mut self, id: &WorkerId, conn: Conn, end: StreamEnd, now: Instant, fx: &mut Effects) {
+    pub(crate) fn disconnect(
+        &mut self,
+        id: &WorkerId,
+        conn: Conn,
+        end: StreamEnd,
+        now: Instant,
+        effects: &mut Effects,
+    ) {
         let Some(w) = self.workers.get_mut(id).filter(|w| w.conn == conn) else {
-            fx.out.push(Outbound::End { conn, error: None });
+            effects.out.push(Outbound::End { conn, error: None });
             return;
         };
         match end {
@@ -520,12 +545,14 @@ impl State {
                 info!(worker = %id, running = w.running.len(), grace_ms = self.config.reconnect_grace.as_millis() as u64, "stream broke; waiting for the worker to reconnect");
                 w.attached = false;
                 w.detached_since = Some(now);
-                fx.out.push(Outbound::End { conn, error: None });
+                effects.out.push(Outbound::End { conn, error: None });
                 self.unindex(id);
             }
-            StreamEnd::Broken => self.finalize(id, "its worker's stream broke", None, now, fx),
-            StreamEnd::Closed => self.finalize(id, "its worker closed the stream", None, now, fx),
-            StreamEnd::Violation(e) => self.finalize(id, "its worker broke the protocol", Some(e), now, fx),
+            StreamEnd::Broken => self.finalize(id, "its worker's stream broke", None, now, effects),
+            StreamEnd::Closed => self.finalize(id, "its worker closed the stream", None, now, effects),
+            StreamEnd::Violation(e) => {
+                self.finalize(id, "its worker broke the protocol", Some(e), now, effects)
+            }
         }
     }
 
@@ -537,20 +564,20 @@ impl State {
         cause: &str,
         error: Option<Error>,
         now: Instant,
-        fx: &mut Effects,
+        effects: &mut Effects,
     ) {
         self.unindex(id);
         let Some(w) = self.workers.remove(id) else {
             return;
         };
-        fx.out.push(Outbound::End { conn: w.conn, error });
+        effects.out.push(Outbound::End { conn: w.conn, error });
         let alive = now.saturating_duration_since(w.connected_at);
         info!(worker = %id, alive_ms = alive.as_millis() as u64, tasks_done = w.done, lost = w.running.len(), cause, "worker gone");
         // A limit that only rose proved the level it reached: the next worker starts there.
         if let Some(risen) = w.limit.proven().filter(|l| !l.settled) {
             let known = self.learned_limit(&w.function, w.memory_mb);
             if known.is_none_or(|k| !k.settled && k.level < risen.level) {
-                self.learn(&w.function, w.memory_mb, risen, fx);
+                self.learn(&w.function, w.memory_mb, risen, effects);
             }
         }
         if let Some(f) = self.functions.get_mut(&w.function) {
@@ -558,14 +585,20 @@ impl State {
             f.workers = f.workers.saturating_sub(1);
         }
         if !w.running.is_empty() {
-            self.give_back(&w.running, &format!("{cause} (worker {id})"), now, fx);
+            self.give_back(&w.running, &format!("{cause} (worker {id})"), now, effects);
         }
-        self.dispatch(&w.function, now, fx);
+        self.dispatch(&w.function, now, effects);
     }
 
     /// Returns running task attempts to the front of their pool, in order, or fails those
     /// out of attempts with `cause`. The caller has removed them from their worker.
-    pub(super) fn give_back(&mut self, tasks: &[(TaskId, u32)], cause: &str, now: Instant, fx: &mut Effects) {
+    pub(super) fn give_back(
+        &mut self,
+        tasks: &[(TaskId, u32)],
+        cause: &str,
+        now: Instant,
+        effects: &mut Effects,
+    ) {
         let max_attempts = self.config.max_attempts;
         for &(task_id, attempt) in tasks.iter().rev() {
             let Some(t) = self.tasks.get_mut(task_id) else {
@@ -578,7 +611,7 @@ impl State {
             if let Some(f) = self.functions.get_mut(&function) {
                 f.running = f.running.saturating_sub(1);
             }
-            if t.attempts >= max_attempts {
+            if scheduler::after_lost_attempt(t.attempts, max_attempts) == AfterLostAttempt::Fail {
                 warn!(
                     task = task_id,
                     attempts = t.attempts,
@@ -598,7 +631,7 @@ impl State {
                         ..Default::default()
                     },
                     now,
-                    fx,
+                    effects,
                 );
             } else {
                 warn!(task = task_id, attempt, cause, "task back to the pool");
@@ -614,7 +647,7 @@ impl State {
 
     /// A worker's stream could not take another message (its queue is full: it stopped
     /// reading): it is written off.
-    pub fn stream_full(&mut self, conn: Conn, now: Instant, fx: &mut Effects) {
+    pub(crate) fn stream_full(&mut self, conn: Conn, now: Instant, effects: &mut Effects) {
         let Some(id) = self
             .workers
             .iter()
@@ -625,6 +658,12 @@ impl State {
         };
         warn!(worker = %id, "the worker stopped reading its stream; writing it off");
         let error = Error::StreamFull(id.to_string());
-        self.finalize(&id, "its worker stopped reading its stream", Some(error), now, fx);
+        self.finalize(
+            &id,
+            "its worker stopped reading its stream",
+            Some(error),
+            now,
+            effects,
+        );
     }
 }

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::stats::Samples;
 
 /// Serves grpc.health (unary) and an echoing Workers stream on a free loopback port.
-pub async fn raw_server() -> Result<String, String> {
+pub(crate) async fn raw_server() -> Result<String, String> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
@@ -63,7 +63,7 @@ impl Workers for Echo {
 }
 
 /// Unary round trips, one at a time.
-pub async fn unary_rtt(url: &str, n: usize) -> Result<Samples, String> {
+pub(crate) async fn unary_rtt(url: &str, n: usize) -> Result<Samples, String> {
     let channel = super::fake::channel(url).await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     let mut s = Samples::default();
@@ -98,7 +98,7 @@ async fn open_echo(
 
 /// Round trips on one open bidirectional stream, one message at a time: the least any
 /// exchange over a stream (a Map submission, a worker's assignment) can take here.
-pub async fn bidi_rtt(url: &str, n: usize) -> Result<Samples, String> {
+pub(crate) async fn bidi_rtt(url: &str, n: usize) -> Result<Samples, String> {
     let (tx, mut inbound) = open_echo(url, 1).await?;
     let mut s = Samples::default();
     for _ in 0..n {
@@ -117,7 +117,7 @@ pub async fn bidi_rtt(url: &str, n: usize) -> Result<Samples, String> {
 }
 
 /// Messages per second through one pipelined bidirectional stream.
-pub async fn bidi_echo(url: &str, n: usize) -> Result<f64, String> {
+pub(crate) async fn bidi_echo(url: &str, n: usize) -> Result<f64, String> {
     let (tx, mut inbound) = open_echo(url, 1024).await?;
     let start = Instant::now();
     let sender = tokio::spawn(async move {
@@ -147,7 +147,7 @@ pub async fn bidi_echo(url: &str, n: usize) -> Result<f64, String> {
 /// The paper's prototype: a coordinator with an HTTP task queue that workers poll every
 /// `interval`; a client submits a task and waits for its result. Returns submit-to-result
 /// latencies of `n` tasks, one at a time, with `workers` pollers.
-pub async fn polling(interval: Duration, workers: usize, n: usize) -> Result<Samples, String> {
+pub(crate) async fn polling(interval: Duration, workers: usize, n: usize) -> Result<Samples, String> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;

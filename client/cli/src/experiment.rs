@@ -18,11 +18,11 @@ use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::{Client, TaskState};
+use carpool_client::{Client, TaskState};
 
 /// What to run.
 #[derive(Clone, Debug)]
-pub struct ExperimentOptions {
+pub(crate) struct ExperimentOptions {
     /// Tasks per mode and size.
     pub tasks: usize,
     /// Cap on concurrent invocations (the paper's 8).
@@ -39,7 +39,7 @@ pub struct ExperimentOptions {
 
 /// One mode at one size.
 #[derive(Clone, Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Memory size, MB.
     pub memory_mb: u32,
     /// "carpool" or "conventional".
@@ -60,7 +60,7 @@ pub struct Outcome {
 
 /// The model the simulator takes from the measured run.
 #[derive(Clone, Copy, Debug)]
-pub struct Model {
+pub(crate) struct Model {
     /// Mean task duration alone on its invocation (conventional FaaS).
     pub task: Duration,
     /// Mean task duration beside others on a shared invocation (carpool): tasks on sibling
@@ -73,36 +73,18 @@ pub struct Model {
 }
 
 /// This machine's cores.
-pub fn cores() -> u32 {
+pub(crate) fn cores() -> u32 {
     crate::demo::cores()
 }
 
-/// Writes a deterministic, hard-to-compress RGB JPEG of about 3 MB (a gradient with
-/// noise, as a photograph would be) and returns its path and size.
-pub fn make_image(dir: &Path, width: u32) -> Result<(PathBuf, u64), String> {
+/// Writes the synthetic input image (see [`carpool_worker::thumbnail::synthetic_jpeg`]) into
+/// `dir`; returns its path and size.
+fn make_image(dir: &Path, width: u32) -> Result<(PathBuf, u64), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join("input.jpg");
-    let (w, h) = (width.max(3), (width * 2 / 3).max(2));
-    let mut seed: u32 = 0x1234_5678;
-    let img = image::RgbImage::from_fn(w, h, |x, y| {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        let n = (seed & 0x3f) as u8;
-        image::Rgb([
-            ((x * 255 / w) as u8).wrapping_add(n),
-            ((y * 255 / h) as u8).wrapping_add(n / 2),
-            (((x + y) * 127 / (w + h)) as u8).wrapping_add(n),
-        ])
-    });
-    let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = std::io::BufWriter::new(file);
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
-        .encode_image(&img)
-        .map_err(|e| format!("encoding {}: {e}", path.display()))?;
-    drop(out);
-    let size = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
-    Ok((path, size))
+    let bytes = carpool_worker::thumbnail::synthetic_jpeg(width)?;
+    std::fs::write(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((path, bytes.len() as u64))
 }
 
 fn config(opts: &ExperimentOptions, memory_mb: u32, max_workers: u32, conventional: bool) -> Config {
@@ -120,7 +102,7 @@ fn config(opts: &ExperimentOptions, memory_mb: u32, max_workers: u32, convention
 }
 
 /// Runs one mode for real on local workers; returns the outcome and the mean task time.
-pub async fn measure(
+pub(crate) async fn measure(
     opts: &ExperimentOptions,
     image: &Path,
     memory_mb: u32,
@@ -204,7 +186,7 @@ async fn drive(
 }
 
 /// The simulated outcome of one mode at one size.
-pub fn simulated(
+pub(crate) fn simulated(
     opts: &ExperimentOptions,
     model: Model,
     memory_mb: u32,
@@ -239,7 +221,12 @@ pub fn simulated(
 
 /// The model from a measured conventional run: each invocation takes a cold start, its task,
 /// and a billed exit; `max_workers` run side by side.
-pub fn model_from(conventional: &Outcome, task: Duration, task_shared: Duration, tasks: usize) -> Model {
+pub(crate) fn model_from(
+    conventional: &Outcome,
+    task: Duration,
+    task_shared: Duration,
+    tasks: usize,
+) -> Model {
     let rounds = tasks.div_ceil(conventional.max_workers.max(1) as usize).max(1) as f64;
     let per_invocation = conventional.completion.as_secs_f64() / rounds;
     let gb = f64::from(conventional.memory_mb) / 1024.0;
@@ -254,10 +241,10 @@ pub fn model_from(conventional: &Outcome, task: Duration, task_shared: Duration,
 }
 
 /// How far the simulator may be from a measured run and still be trusted (relative).
-pub const MARGIN: f64 = 0.10;
+pub(crate) const MARGIN: f64 = 0.10;
 
 /// A table row.
-pub fn row(o: &Outcome) -> String {
+pub(crate) fn row(o: &Outcome) -> String {
     format!(
         "{:>7} {:>5} {:<13} {:<9} {:>4} {:>11} {:>10.2} s {:>10.3} {:>14.2}",
         o.memory_mb,
@@ -273,7 +260,7 @@ pub fn row(o: &Outcome) -> String {
 }
 
 /// The table header.
-pub fn header() -> String {
+pub(crate) fn header() -> String {
     format!(
         "{:>7} {:>5} {:<13} {:<9} {:>4} {:>11} {:>12} {:>10} {:>14}",
         "MB", "vCPUs", "mode", "source", "max", "invocations", "completion", "GB-s", "USD / 1M tasks"
@@ -285,7 +272,7 @@ type Panel = (&'static str, fn(&Outcome) -> f64);
 
 /// The paper's three figures (cost, invocations, completion time per memory size, carpool
 /// against conventional) as one SVG.
-pub fn chart(outcomes: &[Outcome]) -> String {
+pub(crate) fn chart(outcomes: &[Outcome]) -> String {
     let sizes: Vec<u32> = {
         let mut s: Vec<u32> = outcomes.iter().map(|o| o.memory_mb).collect();
         s.dedup();
@@ -359,7 +346,7 @@ pub fn chart(outcomes: &[Outcome]) -> String {
 }
 
 /// Parses `--scale TASKS:WORKERS`.
-pub fn parse_scale(s: &str) -> Result<(usize, u32), String> {
+pub(crate) fn parse_scale(s: &str) -> Result<(usize, u32), String> {
     let (t, w) = s
         .split_once(':')
         .ok_or_else(|| format!("--scale wants TASKS:WORKERS, got {s:?}"))?;
@@ -389,7 +376,7 @@ fn saving(ours: f64, theirs: f64) -> f64 {
 ///    its vCPUs exceed this machine's cores;
 /// 3. every size simulated at `opts.max_workers` concurrent invocations, with the savings;
 /// 4. with `scale`, one simulated run of TASKS tasks on up to WORKERS workers.
-pub async fn report(opts: &ExperimentOptions, scale: Option<(usize, u32)>) -> Result<(), String> {
+pub(crate) async fn report(opts: &ExperimentOptions, scale: Option<(usize, u32)>) -> Result<(), String> {
     let (image, bytes) = make_image(&opts.dir, opts.image_width)?;
     let cores = cores();
     println!(

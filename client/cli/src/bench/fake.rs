@@ -14,10 +14,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 /// When each task reached a worker (for submit-to-start latency).
-pub type StartTimes = Arc<Mutex<HashMap<u64, Instant>>>;
+pub(crate) type StartTimes = Arc<Mutex<HashMap<u64, Instant>>>;
 
 /// Opens a channel (one HTTP/2 connection) to `url`.
-pub async fn channel(url: &str) -> Result<Channel, String> {
+pub(crate) async fn channel(url: &str) -> Result<Channel, String> {
     carpool_proto::endpoint(url, &TlsOptions::default())?
         .connect()
         .await
@@ -26,7 +26,7 @@ pub async fn channel(url: &str) -> Result<Channel, String> {
 
 /// Connects one simulated worker of `function` with `slots`; it runs until the stream ends.
 /// Returns once the coordinator has welcomed it.
-pub async fn spawn_worker(
+pub(crate) async fn spawn_worker(
     channel: Channel,
     id: String,
     function: &str,

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 /// A payload as JSON: parsed if its text is JSON, a string if it is other text, and
 /// `{"base64": …}`-free byte counts for binary (the CLI never dumps raw bytes).
-pub fn payload_json(p: Option<&pb::Payload>) -> Value {
+pub(crate) fn payload_json(p: Option<&pb::Payload>) -> Value {
     match p.and_then(|p| p.data.as_ref()) {
         Some(Data::Text(t)) => serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone())),
         Some(Data::Binary(b)) => json!({ "binary_bytes": b.len() }),
@@ -14,7 +14,7 @@ pub fn payload_json(p: Option<&pb::Payload>) -> Value {
 }
 
 /// One task result as a JSON object (one line of `carpool map` output).
-pub fn result_json(r: &pb::TaskResult) -> Value {
+pub(crate) fn result_json(r: &pb::TaskResult) -> Value {
     let mut v = json!({
         "task_id": r.task_id,
         "state": state_name(r.state()),
@@ -32,7 +32,7 @@ pub fn result_json(r: &pb::TaskResult) -> Value {
 }
 
 /// A task's info as JSON.
-pub fn info_json(t: &pb::TaskInfo) -> Value {
+pub(crate) fn info_json(t: &pb::TaskInfo) -> Value {
     json!({
         "task_id": t.task_id,
         "function": t.function,
@@ -45,12 +45,12 @@ pub fn info_json(t: &pb::TaskInfo) -> Value {
 }
 
 /// `SUCCEEDED`, `FAILED`, … without the enum prefix.
-pub fn state_name(s: pb::TaskState) -> &'static str {
+pub(crate) fn state_name(s: pb::TaskState) -> &'static str {
     s.as_str_name().trim_start_matches("TASK_STATE_")
 }
 
 /// Workers as a text table.
-pub fn workers_table(workers: &[pb::WorkerInfo]) -> String {
+pub(crate) fn workers_table(workers: &[pb::WorkerInfo]) -> String {
     let mut out = format!(
         "{:<24} {:<12} {:<9} {:>7} {:>5} {:<8} {:>6} {:>5} {:>8} {:>9}  {}\n",
         "WORKER", "FUNCTION", "STATE", "RUNNING", "LIMIT", "(PHASE)", "CPU", "MEM", "DONE", "AGE", "INSTANCE"
@@ -90,7 +90,7 @@ pub fn workers_table(workers: &[pb::WorkerInfo]) -> String {
 }
 
 /// Stats as a text table.
-pub fn stats_table(s: &pb::StatsResponse) -> String {
+pub(crate) fn stats_table(s: &pb::StatsResponse) -> String {
     let mut out = format!(
         "{:<12} {:>8} {:>8} {:>10} {:>7} {:>9} {:>5} {:>8} {:>8} {:>14} {:>12} {:>6} {:>17} {:>8} {:>8}\n",
         "FUNCTION",

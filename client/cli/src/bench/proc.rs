@@ -9,7 +9,7 @@ use procfs::process::Process;
 
 /// CPU time (user + system) and resident memory of a process.
 #[derive(Clone, Copy, Debug)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// CPU seconds used so far.
     pub cpu: Duration,
     /// Resident set size in bytes.
@@ -19,7 +19,7 @@ pub struct Usage {
 }
 
 /// Reads `pid`'s usage.
-pub fn usage(pid: u32) -> Option<Usage> {
+pub(crate) fn usage(pid: u32) -> Option<Usage> {
     let p = Process::new(i32::try_from(pid).ok()?).ok()?;
     let stat = p.stat().ok()?;
     let ticks = procfs::ticks_per_second() as f64;
@@ -31,7 +31,7 @@ pub fn usage(pid: u32) -> Option<Usage> {
 }
 
 /// Share of one core used between two readings.
-pub fn cpu_share(a: &Usage, b: &Usage) -> f64 {
+pub(crate) fn cpu_share(a: &Usage, b: &Usage) -> f64 {
     let wall = b.at.duration_since(a.at).as_secs_f64();
     if wall <= 0.0 {
         0.0
@@ -41,7 +41,7 @@ pub fn cpu_share(a: &Usage, b: &Usage) -> f64 {
 }
 
 /// A binary of this installation (next to the running executable).
-pub fn sibling(name: &str) -> Result<PathBuf, String> {
+pub(crate) fn sibling(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = exe.parent().ok_or("no parent directory")?;
     for candidate in [dir.join(name), dir.join("..").join(name)] {
@@ -56,7 +56,7 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
 }
 
 /// A child process, killed when dropped.
-pub struct Guard(pub Child);
+pub(crate) struct Guard(pub Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -66,7 +66,7 @@ impl Drop for Guard {
 }
 
 /// Starts `carpool-coordinator` on a free loopback port with `args`; returns it and its URL.
-pub fn coordinator(args: &[&str]) -> Result<(Guard, String), String> {
+pub(crate) fn coordinator(args: &[&str]) -> Result<(Guard, String), String> {
     let mut child = Command::new(sibling("carpool-coordinator")?)
         .args(["--listen", "127.0.0.1:0"])
         .args(args)
@@ -91,7 +91,7 @@ pub fn coordinator(args: &[&str]) -> Result<(Guard, String), String> {
 
 /// Raises this process's open-file limit to its hard limit (a fleet of 10,000 workers is
 /// 10,000 sockets on each side); children inherit it.
-pub fn raise_nofile() -> u64 {
+pub(crate) fn raise_nofile() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((_, hard)) => {

@@ -4,12 +4,18 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use carpool_client::bench::{self, BenchOptions};
-use carpool_client::demo::{self, DemoOptions};
-use carpool_client::experiment::{self, ExperimentOptions};
-use carpool_client::{Client, ConnectOptions, render};
+mod bench;
+mod compare;
+mod demo;
+mod experiment;
+mod render;
+
+use bench::BenchOptions;
+use carpool_client::{Client, ConnectOptions};
 use carpool_proto::{Bytes, Secret, TlsOptions};
 use clap::{Parser, Subcommand};
+use demo::DemoOptions;
+use experiment::ExperimentOptions;
 use futures::StreamExt;
 use indicatif::ProgressBar;
 use tracing_subscriber::EnvFilter;
@@ -283,7 +289,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         json,
     } = &cli.command
     {
-        let opts = carpool_client::compare::CompareOptions {
+        let opts = crate::compare::CompareOptions {
             tiny: *tiny,
             only: only.clone(),
             simulate_only: *simulate_only,
@@ -292,9 +298,9 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
                 None => None,
             },
         };
-        let done = carpool_client::compare::report(&opts, |section| print!("{section}")).await?;
+        let done = crate::compare::report(&opts, |section| print!("{section}")).await?;
         if *json {
-            println!("{}", carpool_client::compare::json(&done));
+            println!("{}", crate::compare::json(&done));
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -12,10 +12,10 @@
 //! - [`baselines`]: raw tonic unary/bidi and the HTTP polling design.
 //! - [`stats`] holds the percentiles.
 
-pub mod baselines;
-pub mod fake;
-pub mod proc;
-pub mod stats;
+pub(crate) mod baselines;
+pub(crate) mod fake;
+pub(crate) mod proc;
+pub(crate) mod stats;
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -24,12 +24,12 @@ use carpool_proto::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::Client;
+use carpool_client::Client;
 use stats::{Samples, median};
 
 /// How much to measure.
 #[derive(Clone, Debug)]
-pub struct BenchOptions {
+pub(crate) struct BenchOptions {
     /// Repetitions of each throughput measurement (the median is reported).
     pub reps: usize,
     /// Tasks for each latency measurement (one at a time).
@@ -59,7 +59,7 @@ impl BenchOptions {
 
 impl BenchOptions {
     /// The full benchmark (a few minutes).
-    pub fn full() -> Self {
+    pub(crate) fn full() -> Self {
         Self {
             reps: 3,
             latency_tasks: 2000,
@@ -74,7 +74,7 @@ impl BenchOptions {
     }
 
     /// A tiny run that exercises every measurement in seconds (the test suite's).
-    pub fn tiny() -> Self {
+    pub(crate) fn tiny() -> Self {
         Self {
             reps: 1,
             latency_tasks: 50,
@@ -91,7 +91,7 @@ impl BenchOptions {
 
 /// One line of the report.
 #[derive(Clone, Debug)]
-pub struct Row {
+pub(crate) struct Row {
     /// Machine-readable key.
     pub key: String,
     /// What was measured.
@@ -134,7 +134,7 @@ fn us(d: Duration) -> f64 {
 }
 
 /// Runs every measurement, handing each row to `report` as soon as it is known.
-pub async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Vec<Row>, String> {
+pub(crate) async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Vec<Row>, String> {
     let mut rows = Vec::new();
     let mut emit = |r: Row, rows: &mut Vec<Row>| {
         report(&r);
@@ -741,7 +741,7 @@ async fn pending_memory(n: usize) -> Result<Vec<Row>, String> {
 }
 
 /// The report as a text table.
-pub fn table_row(r: &Row) -> String {
+pub(crate) fn table_row(r: &Row) -> String {
     let verdict = match r.met {
         Some(true) => "met",
         Some(false) => "MISSED",
@@ -754,7 +754,7 @@ pub fn table_row(r: &Row) -> String {
 }
 
 /// The table's header.
-pub fn table_header(opts: &BenchOptions) -> String {
+pub(crate) fn table_header(opts: &BenchOptions) -> String {
     format!(
         "carpool bench: {} cores, {} repetitions per throughput figure (median)\n{:<86} {:>14} {:<8} {:<20} {}",
         crate::demo::cores(),
@@ -768,7 +768,7 @@ pub fn table_header(opts: &BenchOptions) -> String {
 }
 
 /// The report as one JSON object: key -> value.
-pub fn json(rows: &[Row]) -> Value {
+pub(crate) fn json(rows: &[Row]) -> Value {
     let mut obj = serde_json::Map::new();
     for r in rows {
         obj.insert(r.key.clone(), json!(r.value));

@@ -18,11 +18,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::{Client, TaskState};
+use carpool_client::{Client, TaskState};
 
 /// What to run.
 #[derive(Clone, Debug)]
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     /// Number of CPU-bound tasks per mode.
     pub tasks: usize,
     /// CPU time each `spin` task burns, in ms.
@@ -65,7 +65,7 @@ impl Default for DemoOptions {
 
 /// One batch of the demo.
 #[derive(Clone, Debug)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// What it stands for, e.g. "CPU-bound".
     pub kind: &'static str,
     /// The built-in that runs it.
@@ -82,14 +82,14 @@ pub struct Batch {
 
 impl Batch {
     /// The workers' vCPUs.
-    pub fn vcpus(&self) -> u32 {
+    pub(crate) fn vcpus(&self) -> u32 {
         vcpus_for_memory(self.memory_mb)
     }
 }
 
 /// The outcome of one mode.
 #[derive(Clone, Debug)]
-pub struct ModeReport {
+pub(crate) struct ModeReport {
     /// "carpool" or "conventional FaaS".
     pub mode: &'static str,
     /// Tasks that succeeded.
@@ -108,10 +108,10 @@ pub struct ModeReport {
 
 /// What can stop the demo.
 #[derive(Debug, thiserror::Error)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     /// Talking to the in-process coordinator failed.
     #[error(transparent)]
-    Client(#[from] crate::Error),
+    Client(#[from] carpool_client::Error),
     /// The coordinator could not start.
     #[error("coordinator: {0}")]
     Coordinator(#[from] carpool_coordinator::Error),
@@ -125,18 +125,18 @@ pub enum DemoError {
 
 impl DemoOptions {
     /// The CPU batch's vCPUs per worker.
-    pub fn vcpus(&self) -> u32 {
+    pub(crate) fn vcpus(&self) -> u32 {
         vcpus_for_memory(self.memory_mb)
     }
 
     /// The CPU batch's concurrent-worker cap actually used.
-    pub fn max_workers(&self) -> u32 {
+    pub(crate) fn max_workers(&self) -> u32 {
         self.max_workers
             .unwrap_or_else(|| (cores() / self.vcpus()).max(1))
     }
 
     /// The batches to run: CPU-bound, then I/O-bound (unless it has no tasks).
-    pub fn batches(&self) -> Vec<Batch> {
+    pub(crate) fn batches(&self) -> Vec<Batch> {
         let mut out = vec![Batch {
             kind: "CPU-bound",
             function: "spin",
@@ -173,12 +173,12 @@ impl DemoOptions {
 }
 
 /// This machine's cores.
-pub fn cores() -> u32 {
+pub(crate) fn cores() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 /// Runs every batch in both modes, carpool first; one pair of reports per batch.
-pub async fn run(opts: &DemoOptions) -> Result<Vec<(Batch, [ModeReport; 2])>, DemoError> {
+pub(crate) async fn run(opts: &DemoOptions) -> Result<Vec<(Batch, [ModeReport; 2])>, DemoError> {
     let mut out = Vec::new();
     for batch in opts.batches() {
         let carpool = run_mode("carpool", opts.config(&batch, false), &batch, opts).await?;
@@ -278,7 +278,7 @@ async fn drive(
 }
 
 /// The demo's tables, one per batch.
-pub fn table(reports: &[(Batch, [ModeReport; 2])]) -> String {
+pub(crate) fn table(reports: &[(Batch, [ModeReport; 2])]) -> String {
     let mut out = format!(
         "carpool demo, default flags; this machine has {} cores\n",
         cores()

@@ -1,6 +1,8 @@
-//! The driver around the scheduling state: takes the lock for one event, then carries out
-//! what the event returned (messages to workers and clients, journal writes, spawns,
-//! timers) after the lock is released.
+//! The driver around the scheduling state: it takes the lock for one event, then carries
+//! out what the event returned (messages to workers and clients, journal writes, spawns,
+//! timers) after the lock is released. It is the only owner of the journal (a submission
+//! goes through it one way: taken by the state, written, acknowledged) and the consumer of
+//! what spawners report.
 //!
 //! Every channel it sends on is bounded, and a full one is a decision, not growth: a worker
 //! whose stream queue is full has stopped reading and is written off; a client's result
@@ -22,68 +24,88 @@ use tonic::Status;
 use tracing::{error, warn};
 
 use crate::config::Config;
+use crate::error::Result;
 use crate::journal::Journal;
 use crate::spawner::Spawner;
-use crate::state::{Conn, Effects, Outbound, State, WaiterId};
+use crate::state::{
+    Conn, Effects, Outbound, SpawnOutcome, State, Submission, Submitted, TaskId, Waiter, WaiterId,
+};
 
 /// Messages queued per worker stream before the worker counts as not reading.
-pub const WORKER_QUEUE: usize = 1024;
+pub(crate) const WORKER_QUEUE: usize = 1024;
 
 /// What a waiting client receives: its tag and the result.
 #[derive(Clone, Debug)]
-pub struct Completion {
+pub(crate) struct Completion {
     /// The waiter's tag (a Map call's `seq`, a Watch's task id).
-    pub tag: u64,
+    pub(crate) tag: u64,
     /// The final result.
-    pub result: Arc<pb::TaskResult>,
+    pub(crate) result: Arc<pb::TaskResult>,
 }
 
 /// The sending side of one worker stream.
 #[derive(Debug)]
-pub struct Link {
+pub(crate) struct Link {
     /// Messages, in order.
-    pub messages: mpsc::Sender<pb::CoordinatorMessage>,
+    pub(crate) messages: mpsc::Sender<pb::CoordinatorMessage>,
     /// The status the stream ends with, after its messages.
-    pub end: oneshot::Sender<Status>,
+    pub(crate) end: oneshot::Sender<Status>,
 }
 
 /// Where the state's messages go: the link behind each connection, the channel behind each
 /// waiter.
 #[derive(Debug, Default)]
 struct Routes {
+    /// Each open worker stream, by the connection number the state gave it.
     links: HashMap<Conn, Link>,
+    /// Each waiting client call, by its handle.
     waiters: HashMap<WaiterId, mpsc::Sender<Completion>>,
 }
 
 /// A registered waiter; dropping it unregisters the channel.
 #[derive(Debug)]
-pub struct WaiterGuard {
-    hub: Hub,
+pub(crate) struct WaiterGuard {
+    /// Whose routes to leave.
+    driver: Driver,
     /// The waiter's handle, to pass to the state.
-    pub id: WaiterId,
+    pub(crate) id: WaiterId,
 }
 
 impl Drop for WaiterGuard {
     fn drop(&mut self) {
-        self.hub.routes().waiters.remove(&self.id);
+        self.driver.routes().waiters.remove(&self.id);
     }
 }
 
-/// A cheap-to-clone handle on the coordinator's state.
-#[derive(Clone)]
-pub struct Hub(Arc<Inner>);
+/// A submission taken by the state, on its way to being acknowledged.
+pub(crate) enum Accepting {
+    /// Acknowledged: in its pool (no journal), or its key names a task already taken.
+    Done(TaskId),
+    /// Its record is being written; resolves once it is acknowledged (or refused).
+    Writing(std::pin::Pin<Box<dyn std::future::Future<Output = Result<TaskId>> + Send>>),
+}
 
-impl std::fmt::Debug for Hub {
+/// A cheap-to-clone handle that drives the coordinator's state.
+#[derive(Clone)]
+pub(crate) struct Driver(Arc<Inner>);
+
+impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hub")
+        f.write_str("Driver")
     }
 }
 
 struct Inner {
+    /// The scheduling state, locked for one event at a time.
     state: Mutex<State>,
+    /// Where the state's messages go; locked before the state's lock is let go, so that
+    /// messages leave in the order of their events.
     routes: Mutex<Routes>,
+    /// The next waiter handle.
     next_waiter: AtomicU64,
+    /// Starts the workers the state asks for.
     spawner: Arc<dyn Spawner>,
+    /// The settings.
     config: Arc<Config>,
     /// Timers and spawner tasks, waited for at shutdown.
     tracker: TaskTracker,
@@ -103,61 +125,112 @@ fn lock_or_die<'a, T>(m: &'a Mutex<T>, what: &str) -> MutexGuard<'a, T> {
     })
 }
 
-impl Hub {
-    /// A hub over fresh state; with a journal, the state's writes go to it.
-    pub fn new(
+impl Driver {
+    /// A driver over fresh state. With a journal, the state's writes go to it. What the
+    /// spawner reports arrives on `reports`, which the driver consumes until `stop`.
+    pub(crate) fn new(
         config: Arc<Config>,
         spawner: Arc<dyn Spawner>,
+        reports: mpsc::Receiver<SpawnOutcome>,
+        tracker: TaskTracker,
         stop: CancellationToken,
         journal: Option<Journal>,
     ) -> Self {
         let state = State::new(config.clone(), Instant::now());
-        Self(Arc::new(Inner {
+        let driver = Self(Arc::new(Inner {
             state: Mutex::new(state),
             routes: Mutex::new(Routes::default()),
             next_waiter: AtomicU64::new(1),
             journal,
             spawner,
             config,
-            tracker: TaskTracker::new(),
+            tracker,
             stop,
             disconnected: Notify::new(),
-        }))
+        }));
+        driver.consume(reports);
+        driver
+    }
+
+    /// Applies what spawners report, in order, until the coordinator stops.
+    fn consume(&self, mut reports: mpsc::Receiver<SpawnOutcome>) {
+        let driver = self.clone();
+        self.0.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    report = reports.recv() => match report {
+                        Some(outcome) => driver.update(|s, now, effects| s.spawn_outcome(outcome, now, effects)),
+                        None => break,
+                    },
+                    () = driver.0.stop.cancelled() => break,
+                }
+            }
+        });
     }
 
     fn routes(&self) -> MutexGuard<'_, Routes> {
         lock_or_die(&self.0.routes, "routes")
     }
 
-    /// The journal, when the coordinator has a state directory.
-    pub fn journal(&self) -> Option<&Journal> {
-        self.0.journal.as_ref()
+    /// Takes a submission (stamped with the time now). With a journal its record is written
+    /// before it is acknowledged: the returned write resolves once it is, and many of them
+    /// share one commit.
+    pub(crate) fn submit(&self, mut sub: Submission, waiter: Option<Waiter>) -> Result<Accepting> {
+        sub.submitted_unix_ms = carpool_proto::unix_ms();
+        let (id, record) = match self.update(|s, now, effects| s.submit(sub, waiter, now, effects))? {
+            Submitted::Done(id) => return Ok(Accepting::Done(id)),
+            Submitted::Write(id, record) => (id, record),
+        };
+        let Some(journal) = self.0.journal.clone() else {
+            // The state asks for a write only when it was built with a journal.
+            self.update(|s, now, effects| s.accepted(id, now, effects));
+            return Ok(Accepting::Done(id));
+        };
+        let driver = self.clone();
+        Ok(Accepting::Writing(Box::pin(async move {
+            match journal.accept(id, *record).await {
+                Ok(()) => {
+                    driver.update(|s, now, effects| s.accepted(id, now, effects));
+                    Ok(id)
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    driver.update(|s, _, effects| s.not_accepted(id, &why, effects));
+                    Err(e)
+                }
+            }
+        })))
     }
 
-    /// The configuration the coordinator runs with.
-    pub fn config(&self) -> &Config {
-        &self.0.config
+    /// [`Driver::submit`], waited for.
+    pub(crate) async fn submit_and_wait(&self, sub: Submission, waiter: Option<Waiter>) -> Result<TaskId> {
+        match self.submit(sub, waiter)? {
+            Accepting::Done(id) => Ok(id),
+            Accepting::Writing(write) => write.await,
+        }
     }
 
-    /// Cancelled when the coordinator stops.
-    pub fn stop_token(&self) -> &CancellationToken {
-        &self.0.stop
+    /// Writes what the journal has queued and closes it (at shutdown, after the drain).
+    pub(crate) async fn close_journal(&self) {
+        if let Some(j) = &self.0.journal {
+            j.close().await;
+        }
     }
 
-    /// Tracks background tasks (spawned workers, timers) so shutdown can wait for them.
-    pub fn tracker(&self) -> &TaskTracker {
+    /// Tracks background tasks (spawns, timers) so shutdown can wait for them.
+    pub(crate) fn tracker(&self) -> &TaskTracker {
         &self.0.tracker
     }
 
     /// A channel for a client that waits for up to `capacity` results (sized so it cannot
     /// fill: a Run waits for one, a Watch for its ids, a Map for its results in flight).
-    pub fn waiter(&self, capacity: usize) -> (WaiterGuard, mpsc::Receiver<Completion>) {
+    pub(crate) fn waiter(&self, capacity: usize) -> (WaiterGuard, mpsc::Receiver<Completion>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let id = WaiterId(self.0.next_waiter.fetch_add(1, Ordering::Relaxed));
         self.routes().waiters.insert(id, tx);
         (
             WaiterGuard {
-                hub: self.clone(),
+                driver: self.clone(),
                 id,
             },
             rx,
@@ -166,29 +239,30 @@ impl Hub {
 
     /// Runs one event against the state under the lock (no `.await` inside), then carries
     /// out its effects.
-    pub fn update<R>(&self, event: impl FnOnce(&mut State, Instant, &mut Effects) -> R) -> R {
-        self.update_linked(None, |s, now, fx| (event(s, now, fx), None)).0
+    pub(crate) fn update<R>(&self, event: impl FnOnce(&mut State, Instant, &mut Effects) -> R) -> R {
+        self.update_linked(None, |s, now, effects| (event(s, now, effects), None))
+            .0
     }
 
-    /// [`Hub::update`] for an event that opens connection `conn` (the Option the event
+    /// [`Driver::update`] for an event that opens connection `conn` (the Option the event
     /// returns): its link is registered before the event's messages (its Welcome) go out.
-    pub fn update_linked<R>(
+    pub(crate) fn update_linked<R>(
         &self,
         link: Option<Link>,
         event: impl FnOnce(&mut State, Instant, &mut Effects) -> (R, Option<Conn>),
     ) -> (R, Option<Conn>) {
-        let mut fx = Effects::default();
+        let mut effects = Effects::default();
         let mut state = lock_or_die(&self.0.state, "scheduling state");
-        let (out, conn) = event(&mut state, Instant::now(), &mut fx);
+        let (out, conn) = event(&mut state, Instant::now(), &mut effects);
         // Taking the routes before letting go of the state keeps messages in event order.
         let mut routes = self.routes();
         drop(state);
         if let (Some(conn), Some(link)) = (conn, link) {
             routes.links.insert(conn, link);
         }
-        let full = send(&mut routes, std::mem::take(&mut fx.out));
+        let full = send(&mut routes, std::mem::take(&mut effects.out));
         drop(routes);
-        self.carry_out(fx);
+        self.carry_out(effects);
         self.write_off_full(full);
         (out, conn)
     }
@@ -196,27 +270,27 @@ impl Hub {
     /// Writes off the workers whose stream queue was full (which may free or fill others).
     fn write_off_full(&self, mut full: Vec<Conn>) {
         while let Some(conn) = full.pop() {
-            let mut fx = Effects::default();
+            let mut effects = Effects::default();
             let mut state = lock_or_die(&self.0.state, "scheduling state");
-            state.stream_full(conn, Instant::now(), &mut fx);
+            state.stream_full(conn, Instant::now(), &mut effects);
             let mut routes = self.routes();
             drop(state);
-            full.extend(send(&mut routes, std::mem::take(&mut fx.out)));
+            full.extend(send(&mut routes, std::mem::take(&mut effects.out)));
             drop(routes);
-            self.carry_out(fx);
+            self.carry_out(effects);
         }
     }
 
     /// Reads the state under the lock.
-    pub fn read<R>(&self, f: impl FnOnce(&State, Instant) -> R) -> R {
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&State, Instant) -> R) -> R {
         let state = lock_or_die(&self.0.state, "scheduling state");
         f(&state, Instant::now())
     }
 
     /// Starts the liveness sweep: every sample interval, workers silent past their lease or
     /// detached past the reconnect grace are written off.
-    pub fn start_sweeper(&self) {
-        let hub = self.clone();
+    pub(crate) fn start_sweeper(&self) {
+        let driver = self.clone();
         let every = self
             .0
             .config
@@ -226,23 +300,23 @@ impl Hub {
             let mut tick = tokio::time::interval(every);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => hub.update(|s, now, fx| s.sweep(now, fx)),
-                    () = hub.0.stop.cancelled() => break,
+                    _ = tick.tick() => driver.update(|s, now, effects| s.sweep(now, effects)),
+                    () = driver.0.stop.cancelled() => break,
                 }
             }
         });
     }
 
     /// Called after a worker stream has been cleaned up.
-    pub fn notify_disconnect(&self) {
+    pub(crate) fn notify_disconnect(&self) {
         self.0.disconnected.notify_waiters();
     }
 
     /// Tells every worker to finish and leave, and waits until all have (or `limit` passes).
     /// Returns how many were still connected at the end.
-    pub async fn drain(&self, limit: std::time::Duration) -> usize {
+    pub(crate) async fn drain(&self, limit: std::time::Duration) -> usize {
         let deadline = tokio::time::Instant::now() + limit;
-        self.update(|s, _, fx| s.drain(fx));
+        self.update(|s, _, effects| s.drain(effects));
         loop {
             let woken = self.0.disconnected.notified();
             let live = self.read(|s, _| s.live_workers());
@@ -253,21 +327,21 @@ impl Hub {
     }
 
     /// Journal writes, spawns and timers.
-    fn carry_out(&self, fx: Effects) {
+    fn carry_out(&self, effects: Effects) {
         if let Some(j) = &self.0.journal
-            && !fx.journal.is_empty()
+            && !effects.journal.is_empty()
         {
-            j.apply(fx.journal);
+            j.apply(effects.journal);
         }
-        for request in fx.spawns {
-            self.0.spawner.spawn(request, self.clone());
+        for request in effects.spawns {
+            self.0.spawner.spawn(request);
         }
-        for (delay, timer) in fx.timers {
-            let hub = self.clone();
+        for (delay, timer) in effects.timers {
+            let driver = self.clone();
             self.0.tracker.spawn(async move {
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => hub.update(|s, now, fx| s.on_timer(timer, now, fx)),
-                    () = hub.0.stop.cancelled() => {}
+                    () = tokio::time::sleep(delay) => driver.update(|s, now, effects| s.on_timer(timer, now, effects)),
+                    () = driver.0.stop.cancelled() => {}
                 }
             });
         }
@@ -330,26 +404,41 @@ mod tests {
     #[test]
     fn a_panic_under_the_state_lock_ends_the_process_with_70() {
         if std::env::var_os(CHILD).is_some() {
-            let hub = Hub::new(
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let _inside = runtime.enter();
+            let stop = CancellationToken::new();
+            let tracker = TaskTracker::new();
+            let (reports, outcomes) = mpsc::channel(1);
+            let context = crate::spawner::SpawnContext {
+                reports,
+                tracker: tracker.clone(),
+                stop: stop.clone(),
+            };
+            let driver = Driver::new(
                 Arc::new(Config::default()),
-                Arc::new(ExternalSpawner),
-                CancellationToken::new(),
+                Arc::new(ExternalSpawner::new(context)),
+                outcomes,
+                tracker,
+                stop,
                 None,
             );
-            let poisoner = hub.clone();
+            let poisoner = driver.clone();
             let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 poisoner.update(|_, _, _| panic!("half-way through an event"))
             }));
             assert!(panicked.is_err());
             // The next event finds the lock poisoned: the process ends here.
-            hub.read(|s, _| s.live_workers());
+            driver.read(|s, _| s.live_workers());
             std::process::exit(0);
         }
         let exe = std::env::current_exe().expect("test binary");
         let out = Command::new(exe)
             .args([
                 "--exact",
-                "hub::tests::a_panic_under_the_state_lock_ends_the_process_with_70",
+                "driver::tests::a_panic_under_the_state_lock_ends_the_process_with_70",
                 "--nocapture",
             ])
             .env(CHILD, "1")

@@ -17,12 +17,12 @@ use carpool_coordinator::{Config, config::vcpus_for_memory};
 use carpool_proto::Bytes;
 use futures::StreamExt;
 
-use crate::Client;
 use crate::bench::proc;
+use carpool_client::Client;
 
 /// One kind of workload.
 #[derive(Clone, Debug)]
-pub struct Workload {
+pub(crate) struct Workload {
     /// Its short name, e.g. "io".
     pub name: &'static str,
     /// What it stands for.
@@ -48,7 +48,7 @@ impl Workload {
 }
 
 /// The workloads: waiting, CPU, memory, mixed. `tiny` makes each a second or so.
-pub fn workloads(tiny: bool) -> Vec<Workload> {
+pub(crate) fn workloads(tiny: bool) -> Vec<Workload> {
     let cores = crate::demo::cores();
     let n = |full: usize, small: usize| if tiny { small } else { full };
     vec![
@@ -107,7 +107,7 @@ pub fn workloads(tiny: bool) -> Vec<Workload> {
 
 /// How the workers' concurrency is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Way {
+pub(crate) enum Way {
     /// One invocation per task.
     Conventional,
     /// `--slots N`.
@@ -133,7 +133,7 @@ impl Way {
 
 /// What one batch did.
 #[derive(Clone, Debug, Default)]
-pub struct Run {
+pub(crate) struct Run {
     /// How it was run, as printed.
     pub label: String,
     /// `--slots`, or "auto".
@@ -155,7 +155,7 @@ pub struct Run {
 }
 
 /// Runs `batches` batches of `w` on a fresh coordinator set up for `way`.
-pub async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Vec<Run>, String> {
+pub(crate) async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Vec<Run>, String> {
     let mut args: Vec<String> = vec![
         "--memory-mb".into(),
         w.memory_mb.to_string(),
@@ -220,7 +220,7 @@ async fn batch(client: &Client, w: &Workload) -> Result<Run, String> {
         done += 1;
         if r.result
             .as_ref()
-            .is_none_or(|res| res.state() != crate::TaskState::Succeeded)
+            .is_none_or(|res| res.state() != carpool_client::TaskState::Succeeded)
         {
             run.failed += 1;
         }
@@ -249,7 +249,7 @@ async fn settled(client: &Client) -> Result<carpool_proto::pb::StatsResponse, St
 
 /// The four ways of one workload, measured.
 #[derive(Clone, Debug)]
-pub struct Comparison {
+pub(crate) struct Comparison {
     /// What was run.
     pub workload: Workload,
     /// One invocation per task.
@@ -273,12 +273,12 @@ impl Comparison {
     }
 
     /// The sweep's run with the lowest bill.
-    pub fn best_cost(&self) -> Option<&Run> {
+    pub(crate) fn best_cost(&self) -> Option<&Run> {
         self.sound().min_by(|a, b| a.gb_s.total_cmp(&b.gb_s))
     }
 
     /// The sweep's run with the shortest completion.
-    pub fn best_time(&self) -> Option<&Run> {
+    pub(crate) fn best_time(&self) -> Option<&Run> {
         self.sound().min_by_key(|r| r.completion)
     }
 }
@@ -293,7 +293,7 @@ fn sweep_values(tiny: bool, vcpus: u32) -> Vec<u32> {
 
 /// Measures every way for `w`. The sweep goes from the cap down and stops once a value is
 /// twice as slow and twice as costly as the best so far (lower values only get worse).
-pub async fn compare(w: &Workload, tiny: bool) -> Result<Comparison, String> {
+pub(crate) async fn compare(w: &Workload, tiny: bool) -> Result<Comparison, String> {
     let label = |mut r: Run, l: &str| {
         r.label = l.to_owned();
         r
@@ -334,7 +334,7 @@ fn one(runs: Vec<Run>) -> Result<Run, String> {
 
 /// A target checked in the output.
 #[derive(Clone, Debug)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     /// What is compared.
     pub what: String,
     /// Whether it holds.
@@ -346,7 +346,7 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 /// The targets for this workload, from the figures of this run.
-pub fn verdicts(c: &Comparison) -> Vec<Verdict> {
+pub(crate) fn verdicts(c: &Comparison) -> Vec<Verdict> {
     let mut out = Vec::new();
     let mut check = |what: String, met: bool| out.push(Verdict { what, met });
     match c.workload.name {
@@ -399,7 +399,7 @@ pub fn verdicts(c: &Comparison) -> Vec<Verdict> {
 }
 
 /// The table of one comparison.
-pub fn table(c: &Comparison) -> String {
+pub(crate) fn table(c: &Comparison) -> String {
     let w = &c.workload;
     let mut out = format!(
         "{} ({}): {} tasks, {} MB workers ({} vCPU{}), at most {} workers\n",
@@ -469,7 +469,12 @@ pub fn table(c: &Comparison) -> String {
 
 /// One workload simulated at `memory_mb` with `max_workers`, four ways; the sweep is over
 /// every power of two up to the cap (the simulator is cheap).
-pub fn simulated(w: &Workload, memory_mb: u32, max_workers: u32, tasks: usize) -> Vec<(String, SimReport)> {
+pub(crate) fn simulated(
+    w: &Workload,
+    memory_mb: u32,
+    max_workers: u32,
+    tasks: usize,
+) -> Vec<(String, SimReport)> {
     let config = |slots: Option<u32>, quota: Option<u64>| Config {
         memory_mb,
         max_workers,
@@ -507,7 +512,7 @@ pub fn simulated(w: &Workload, memory_mb: u32, max_workers: u32, tasks: usize) -
 }
 
 /// The simulated rows of one workload at one size.
-pub fn simulated_table(w: &Workload, memory_mb: u32, max_workers: u32, tasks: usize) -> String {
+pub(crate) fn simulated_table(w: &Workload, memory_mb: u32, max_workers: u32, tasks: usize) -> String {
     let mut out = format!(
         "  {} at {memory_mb} MB ({} vCPUs), {tasks} tasks, at most {max_workers} workers:\n",
         w.name,
@@ -529,7 +534,7 @@ pub fn simulated_table(w: &Workload, memory_mb: u32, max_workers: u32, tasks: us
 
 /// What `carpool compare` runs.
 #[derive(Clone, Debug, Default)]
-pub struct CompareOptions {
+pub(crate) struct CompareOptions {
     /// A few tasks of each workload and a two-value sweep (seconds; the test suite's).
     pub tiny: bool,
     /// Only these workloads (io, cpu, memory, mixed); empty: all.
@@ -542,7 +547,10 @@ pub struct CompareOptions {
 
 /// Runs the comparison, handing each finished section of the report to `emit`. Returns the
 /// measured comparisons (for a machine-readable summary).
-pub async fn report(opts: &CompareOptions, mut emit: impl FnMut(&str)) -> Result<Vec<Comparison>, String> {
+pub(crate) async fn report(
+    opts: &CompareOptions,
+    mut emit: impl FnMut(&str),
+) -> Result<Vec<Comparison>, String> {
     let chosen: Vec<Workload> = workloads(opts.tiny)
         .into_iter()
         .filter(|w| opts.only.is_empty() || opts.only.iter().any(|o| o == w.name))
@@ -650,7 +658,7 @@ fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
 }
 
 /// The measured comparisons as one JSON object: workload -> way -> figures, and the targets.
-pub fn json(comparisons: &[Comparison]) -> serde_json::Value {
+pub(crate) fn json(comparisons: &[Comparison]) -> serde_json::Value {
     let run = |r: &Run| {
         serde_json::json!({
             "slots": r.slots, "completion_s": r.completion.as_secs_f64(), "gb_s": r.gb_s,
