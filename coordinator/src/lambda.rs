@@ -268,33 +268,33 @@ where
     Fut: Future<Output = Attempt>,
 {
     let attempts = attempts.max(1);
+    let mut waits = retry_waits(attempts);
     let mut n = 1;
     loop {
         match attempt(n).await {
             Attempt::Accepted(request_id) => return Ok(request_id),
             Attempt::Fail(reason) => return Err(reason),
-            Attempt::Retry(reason) if n >= attempts => {
-                return Err(format!("{reason} (gave up after {attempts} attempts)"));
-            }
-            Attempt::Retry(_) => {
-                tokio::time::sleep(retry_wait(n)).await;
-                n += 1;
-            }
+            Attempt::Retry(reason) => match waits.next() {
+                Some(wait) => {
+                    tokio::time::sleep(wait).await;
+                    n += 1;
+                }
+                None => return Err(format!("{reason} (gave up after {attempts} attempts)")),
+            },
         }
     }
 }
 
-/// The wait before attempt `n + 1`: 200 ms doubled per attempt, capped at 10 s, plus up
-/// to 100 % jitter so that throttled spawns do not come back in step.
-fn retry_wait(n: u32) -> Duration {
-    let base = FIRST_RETRY_WAIT
-        .saturating_mul(1 << (n.saturating_sub(1)).min(8))
-        .min(MAX_RETRY_WAIT);
-    let jitter = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        % 1000;
-    base + base.mul_f64(f64::from(jitter) / 1000.0)
+/// The waits between `attempts` tries: 200 ms doubled per attempt, capped at 10 s, each
+/// with up to 100 % random jitter so that throttled spawns do not come back in step.
+fn retry_waits(attempts: u32) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(FIRST_RETRY_WAIT)
+        .with_max_delay(MAX_RETRY_WAIT)
+        .with_jitter()
+        .with_max_times(attempts.saturating_sub(1) as usize)
+        .build()
 }
 
 #[cfg(test)]
@@ -431,9 +431,12 @@ mod tests {
     }
 
     #[test]
-    fn waits_grow_and_are_capped() {
-        assert!(retry_wait(1) >= FIRST_RETRY_WAIT && retry_wait(1) < FIRST_RETRY_WAIT * 2);
-        assert!(retry_wait(3) >= FIRST_RETRY_WAIT * 4);
-        assert!(retry_wait(30) <= MAX_RETRY_WAIT * 2);
+    fn waits_grow_are_capped_and_end_with_the_attempts() {
+        let waits: Vec<Duration> = retry_waits(30).collect();
+        assert_eq!(waits.len(), 29, "one wait between each two of 30 attempts");
+        assert!(waits[0] >= FIRST_RETRY_WAIT && waits[0] < FIRST_RETRY_WAIT * 2);
+        assert!(waits[2] >= FIRST_RETRY_WAIT * 4);
+        assert!(waits.iter().all(|w| *w <= MAX_RETRY_WAIT * 2));
+        assert_eq!(retry_waits(1).count(), 0, "a single attempt has no wait");
     }
 }

@@ -361,7 +361,7 @@ async fn serve(cli: Cli) -> ExitCode {
     };
     match listener.local_addr() {
         // The one line on stdout: scripts and tests read the bound address from it.
-        Ok(addr) => println!("carpool-coordinator listening on {addr}"),
+        Ok(addr) => println!("{}{addr}", carpool_proto::LISTENING_LINE),
         Err(e) => {
             eprintln!("carpool-coordinator: {e}");
             return ExitCode::FAILURE;

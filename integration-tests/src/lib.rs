@@ -5,8 +5,11 @@
 //!   test panics).
 //! - [`FakeWorker`]: a worker stream driven by the test itself, to script samples and
 //!   results exactly.
+//! - [`Proc`]: every other process a test starts (workers, emulators), stopped on drop.
+//! - [`TcpProxy`]: a loopback proxy a test can cut, to break streams on purpose.
 //! - [`eventually`]: waits for a condition with a deadline and says what it waited for.
-//! - [`emulators`]: AWS emulators run for real (moto).
+//! - [`emulators`]: AWS emulators run for real (moto, cargo-lambda, the RIE, the image).
+//! - [`raw`]: hand-made gRPC frames, for bytes no client would send.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -15,7 +18,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod emulators;
+mod fake_worker;
+mod proxy;
 pub mod raw;
+
+pub use fake_worker::FakeWorker;
+pub use proxy::TcpProxy;
 
 use carpool_proto::Bearer;
 use carpool_proto::pb::workers_client::WorkersClient;
@@ -46,11 +54,10 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A running `carpool-coordinator`, killed on drop. Its log goes to a file, printed if the
-/// test fails.
+/// A running `carpool-coordinator` (a [`Proc`], killed on drop). Its log goes to a file,
+/// printed if the test fails.
 pub struct Coordinator {
-    child: Child,
-    log: PathBuf,
+    proc: Proc,
     /// `http://127.0.0.1:PORT` (for a coordinator serving TLS, swap in `https://`).
     pub url: String,
 }
@@ -70,22 +77,12 @@ impl Coordinator {
     /// [`Coordinator::start_with_env`] listening on `listen` (a restart on the address an
     /// earlier coordinator had, for workers that reconnect to it).
     pub fn start_at(listen: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let log = log_path("coordinator");
-        let log_file =
-            std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let mut child = Command::new(bin("carpool-coordinator"))
-            .args(["--listen", listen])
+        let mut cmd = Command::new(bin("carpool-coordinator"));
+        cmd.args(["--listen", listen])
             .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start carpool-coordinator: {e}"));
-        let stdout = child.stdout.take();
+            .envs(env.iter().copied());
+        let mut proc = Proc::spawn("coordinator", cmd, Stdio::piped(), Stop::Kill);
+        let stdout = proc.child.stdout.take();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             if let Some(out) = stdout {
@@ -95,16 +92,13 @@ impl Coordinator {
             }
         });
         let mut guard = Self {
-            log,
-            child,
+            proc,
             url: String::new(),
         };
         let line = rx
             .recv_timeout(WAIT)
             .unwrap_or_else(|_| panic!("carpool-coordinator did not print its address within {WAIT:?}"));
-        let addr = line
-            .trim()
-            .strip_prefix("carpool-coordinator listening on ")
+        let addr = carpool_proto::listening_address(&line)
             .unwrap_or_else(|| panic!("unexpected first line from carpool-coordinator: {line:?}"));
         guard.url = format!("http://{addr}");
         guard
@@ -136,7 +130,7 @@ impl Coordinator {
 
     /// What the coordinator has logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log()
     }
 
     /// A client of this coordinator.
@@ -157,26 +151,13 @@ impl Coordinator {
 
     /// SIGKILLs it (no drain, no flush) and waits for it to be gone.
     pub fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill9();
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        wait_for_exit(&mut self.child, "the coordinator (after SIGTERM)")
-    }
-}
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- coordinator log ----\n{}", self.log());
-        }
-        let _ = std::fs::remove_file(&self.log);
+        self.proc.signal(nix::sys::signal::Signal::SIGTERM);
+        self.proc.wait_exit()
     }
 }
 
@@ -215,26 +196,63 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("cannot pick a loopback port: {e}"))
 }
 
-/// A process a test started (an emulator, a worker), with its output in a log file. On
-/// drop it gets SIGINT, then SIGKILL if it has not exited within 5 s; its log is printed if
-/// the test failed.
+/// Every process a test starts (the coordinator, a worker, an emulator), with its output in
+/// a log file that is printed if the test fails. It is stopped on drop, by its handle:
+/// SIGINT then SIGKILL after 5 s ([`Proc::start`]), or SIGKILL at once (the coordinator
+/// and workers, whose tests end them abruptly on purpose).
 pub struct Proc {
     child: Child,
     log: PathBuf,
     name: String,
+    stop: Stop,
+}
+
+/// How a [`Proc`] is stopped on drop.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// SIGINT, then SIGKILL if it has not exited within 5 s.
+    Interrupt,
+    /// SIGKILL at once.
+    Kill,
 }
 
 impl Proc {
-    /// Starts `cmd` with stdout and stderr going to a log file.
-    pub fn start(name: &str, mut cmd: Command) -> Self {
+    /// Starts `cmd` with stdout and stderr going to a log file; SIGINT on drop.
+    pub fn start(name: &str, cmd: Command) -> Self {
         let log = log_path(name);
         let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let err = out
-            .try_clone()
-            .unwrap_or_else(|e| panic!("clone {}: {e}", log.display()));
+        Self::spawn_logged(name, cmd, Stdio::from(out), log, Stop::Interrupt)
+    }
+
+    /// Starts `carpool-worker` with `args`; SIGKILL on drop.
+    pub fn worker(args: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("carpool-worker"));
+        cmd.args(args);
+        Self::spawn("worker", cmd, Stdio::null(), Stop::Kill)
+    }
+
+    /// Starts `cmd` with stderr (and stdout, unless given) going to a log file, and
+    /// `RUST_LOG` passed on (default `warn`) unless `cmd` sets it.
+    fn spawn(name: &str, mut cmd: Command, stdout: Stdio, stop: Stop) -> Self {
+        let log = log_path(name);
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        }
+        Self::spawn_logged(name, cmd, stdout, log, stop)
+    }
+
+    fn spawn_logged(name: &str, mut cmd: Command, stdout: Stdio, log: PathBuf, stop: Stop) -> Self {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(out)
+            .stdout(stdout)
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
@@ -242,7 +260,14 @@ impl Proc {
             child,
             log,
             name: name.to_owned(),
+            stop,
         }
+    }
+
+    /// SIGKILLs it and waits for it to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Its process id.
@@ -282,15 +307,14 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        if let (Stop::Interrupt, Ok(None)) = (self.stop, self.child.try_wait()) {
             self.signal(nix::sys::signal::Signal::SIGINT);
             let deadline = Instant::now() + Duration::from_secs(5);
             while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
+        self.kill9();
         if std::thread::panicking() {
             eprintln!("---- {} log ----\n{}", self.name, self.log());
         }
@@ -329,147 +353,6 @@ where
     }
 }
 
-/// A worker stream driven by the test: it says hello, then sends exactly what the test
-/// tells it to.
-pub struct FakeWorker {
-    out: tmpsc::Sender<pb::WorkerMessage>,
-    inbound: tonic::Streaming<pb::CoordinatorMessage>,
-    /// The Welcome the coordinator answered with.
-    pub welcome: pb::Welcome,
-}
-
-impl FakeWorker {
-    /// Connects and says `hello`; panics unless a Welcome comes back.
-    pub async fn connect(channel: Channel, hello: pb::Hello) -> Self {
-        match Self::try_connect(
-            channel,
-            pb::WorkerMessage {
-                kind: Some(Up::Hello(hello)),
-            },
-        )
-        .await
-        {
-            Ok(w) => w,
-            Err(status) => panic!("worker connect refused: {status}"),
-        }
-    }
-
-    /// Opens the stream with `first` as the first message; the coordinator's refusal comes
-    /// back as its status.
-    pub async fn try_connect(channel: Channel, first: pb::WorkerMessage) -> Result<Self, tonic::Status> {
-        Self::open(channel, Bearer::default(), first).await
-    }
-
-    /// Connects with a token and says `hello`.
-    pub async fn connect_with(channel: Channel, bearer: Bearer, hello: pb::Hello) -> Self {
-        let first = pb::WorkerMessage {
-            kind: Some(Up::Hello(hello)),
-        };
-        match Self::open(channel, bearer, first).await {
-            Ok(w) => w,
-            Err(status) => panic!("worker connect refused: {status}"),
-        }
-    }
-
-    async fn open(channel: Channel, bearer: Bearer, first: pb::WorkerMessage) -> Result<Self, tonic::Status> {
-        let (out, rx) = tmpsc::channel(64);
-        out.send(first)
-            .await
-            .map_err(|_| tonic::Status::internal("send"))?;
-        let mut inbound = WorkersClient::with_interceptor(channel, bearer)
-            .connect(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        match inbound.message().await? {
-            Some(pb::CoordinatorMessage {
-                kind: Some(Down::Welcome(welcome)),
-            }) => Ok(Self {
-                out,
-                inbound,
-                welcome,
-            }),
-            other => Err(tonic::Status::internal(format!(
-                "expected a welcome, got {other:?}"
-            ))),
-        }
-    }
-
-    /// Sends one message.
-    pub async fn send(&self, kind: Up) {
-        self.out
-            .send(pb::WorkerMessage { kind: Some(kind) })
-            .await
-            .unwrap_or_else(|_| panic!("fake worker stream closed"));
-    }
-
-    /// Sends a sample.
-    pub async fn sample(&self, cpu: f64, running: u32) {
-        self.send(Up::Sample(pb::ResourceSample {
-            cpu,
-            memory_used_bytes: 100 << 20,
-            memory_limit_bytes: 2048 << 20,
-            running_tasks: running,
-            ..Default::default()
-        }))
-        .await;
-    }
-
-    /// Reports one task as done with `output`.
-    pub async fn finish(&self, task: &pb::TaskAssignment, output: &str) {
-        self.send(Up::Results(pb::TaskResults {
-            results: vec![pb::WorkerTaskResult {
-                task_id: task.task_id,
-                attempt: task.attempt,
-                outcome: Some(pb::worker_task_result::Outcome::Output(
-                    output.as_bytes().to_vec().into(),
-                )),
-                started_unix_ms: 1,
-                finished_unix_ms: 2,
-                duration_us: 1000,
-            }],
-        }))
-        .await;
-    }
-
-    /// The next message from the coordinator within `within`, or `None` if none came.
-    pub async fn next_within(&mut self, within: Duration) -> Option<Down> {
-        match tokio::time::timeout(within, self.inbound.message()).await {
-            Ok(Ok(Some(m))) => m.kind,
-            Ok(Ok(None)) => None,
-            Ok(Err(status)) => panic!("coordinator ended the worker stream: {status}"),
-            Err(_) => None,
-        }
-    }
-
-    /// Waits for the coordinator to end this stream with an error status, skipping any
-    /// messages before it.
-    pub async fn next_status(&mut self) -> tonic::Status {
-        loop {
-            match tokio::time::timeout(WAIT, self.inbound.message()).await {
-                Ok(Err(status)) => return status,
-                Ok(Ok(Some(_))) => continue,
-                Ok(Ok(None)) => panic!("the stream ended without an error status"),
-                Err(_) => panic!("no error status within {WAIT:?}"),
-            }
-        }
-    }
-
-    /// The next message, which must come within [`WAIT`].
-    pub async fn next(&mut self) -> Down {
-        self.next_within(WAIT)
-            .await
-            .unwrap_or_else(|| panic!("no message from the coordinator within {WAIT:?}"))
-    }
-
-    /// The next message, which must be an assignment; returns its tasks.
-    pub async fn expect_assign(&mut self) -> Vec<pb::TaskAssignment> {
-        match self.next().await {
-            Down::Assign(a) => a.tasks,
-            other => panic!("expected an assignment, got {other:?}"),
-        }
-    }
-}
-
 /// A hello for a fake worker of `function` with `slots`.
 pub fn hello(id: &str, function: &str, slots: u32) -> pb::Hello {
     pb::Hello {
@@ -492,108 +375,4 @@ pub async fn totals(client: &Client) -> pb::FunctionStats {
         .unwrap_or_else(|e| panic!("stats: {e}"))
         .total
         .unwrap_or_default()
-}
-
-/// A process started by a test (e.g. a `carpool-worker`), killed on drop.
-pub struct Process {
-    child: Child,
-}
-
-impl Process {
-    /// Starts `carpool-worker` with `args`.
-    pub fn worker(args: &[&str]) -> Self {
-        let child = Command::new(bin("carpool-worker"))
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start carpool-worker: {e}"));
-        Self { child }
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A TCP proxy on 127.0.0.1 that a test can cut: every connection through it is dropped
-/// at once, and while it refuses, new ones are closed as soon as they are accepted.
-pub struct TcpProxy {
-    /// The address to dial instead of the target.
-    pub addr: std::net::SocketAddr,
-    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    cut: tokio::sync::watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TcpProxy {
-    /// Starts forwarding to `target` (`http://host:port` or `host:port`).
-    pub async fn start(target: &str) -> Self {
-        let target = target.trim_start_matches("http://").to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
-        let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (cut, cuts) = tokio::sync::watch::channel(0u64);
-        let refusing = refuse.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if refusing.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: closed at once
-                }
-                let target = target.clone();
-                let mut cuts = cuts.clone();
-                cuts.mark_unchanged();
-                conns.spawn(async move {
-                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => {}
-                        _ = cuts.changed() => {} // both sockets drop here
-                    }
-                });
-            }
-        });
-        Self {
-            addr,
-            refuse,
-            cut,
-            task,
-        }
-    }
-
-    /// `http://` URL of the proxy.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Drops every connection through the proxy now.
-    pub fn cut(&self) {
-        self.cut.send_modify(|n| *n += 1);
-    }
-
-    /// While `true`, new connections are closed as soon as they are accepted.
-    pub fn refuse(&self, refuse: bool) {
-        self.refuse.store(refuse, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }

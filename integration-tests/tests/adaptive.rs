@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use carpool_integration_tests::emulators::Moto;
-use carpool_integration_tests::{Client, Coordinator, Proc, Process, eventually, totals};
+use carpool_integration_tests::{Client, Coordinator, Proc, eventually, totals};
 use carpool_proto::pb::{self, TaskState};
 use carpool_proto::{Bytes, payload};
 use futures::StreamExt;
@@ -147,7 +147,7 @@ async fn an_idle_worker_on_a_busy_host_is_not_judged_busy_and_keeps_its_tasks() 
             Proc::start("busy-neighbour", c)
         })
         .collect();
-    let _worker = Process::worker(&["--coordinator", &coord.url, "--function", "echo", "--id", "calm"]);
+    let _worker = Proc::worker(&["--coordinator", &coord.url, "--function", "echo", "--id", "calm"]);
     // Several samples on the busy host.
     let cpu = eventually("the worker's fifth sample", || async {
         let ws = client.workers("echo").await.ok()?;

@@ -13,88 +13,17 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use carpool_integration_tests::emulators::Moto;
-use carpool_integration_tests::{Coordinator, Proc, WAIT, bin, eventually, free_port, tool};
+use carpool_integration_tests::emulators::{
+    Container, FUNCTION, LambdaMoto, Rie, cargo_lambda, lambda_args, lambda_worker, start_coordinator,
+    start_coordinator_via,
+};
+use carpool_integration_tests::{Coordinator, Proc, WAIT, eventually};
 use carpool_proto::pb;
 use carpool_proto::{Bytes, payload};
 use futures::StreamExt;
 use serde_json::Value;
-
-/// The function name the emulators serve the worker as.
-const FUNCTION: &str = "carpool-worker";
-
-/// The AWS settings a coordinator needs to reach an emulator at `endpoint`, named by
-/// `endpoint_var` (AWS_ENDPOINT_URL_LAMBDA, or AWS_ENDPOINT_URL for every service).
-fn aws_env(endpoint_var: &'static str, endpoint: &str) -> Vec<(&'static str, String)> {
-    vec![
-        (endpoint_var, endpoint.to_owned()),
-        ("AWS_REGION", "us-east-1".to_owned()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-    ]
-}
-
-fn start_coordinator(endpoint: &str, args: &[&str]) -> Coordinator {
-    start_coordinator_via("AWS_ENDPOINT_URL_LAMBDA", endpoint, args)
-}
-
-fn start_coordinator_via(endpoint_var: &'static str, endpoint: &str, args: &[&str]) -> Coordinator {
-    let env = aws_env(endpoint_var, endpoint);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Coordinator::start_with_env(args, &env)
-}
-
-/// `--spawner lambda --lambda-function FUNCTION --max-workers N` and `extra`.
-fn lambda_args<'a>(function: &'a str, max_workers: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "--spawner",
-        "lambda",
-        "--lambda-function",
-        function,
-        "--max-workers",
-        max_workers,
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
-/// cargo-lambda serving the Lambda APIs only, on a loopback port; returns it and its URL.
-fn cargo_lambda() -> (Proc, String) {
-    let port = free_port();
-    let mut cmd = Command::new(tool("CARPOOL_CARGO_LAMBDA", "cargo-lambda"));
-    cmd.args([
-        "lambda",
-        "watch",
-        "--only-lambda-apis",
-        "--invoke-address",
-        "127.0.0.1",
-    ])
-    .args(["--invoke-port", &port.to_string()])
-    .env("NO_COLOR", "1");
-    let emulator = Proc::start("cargo-lambda", cmd);
-    emulator.wait_for_log("starting Runtime server");
-    (emulator, format!("http://127.0.0.1:{port}"))
-}
-
-/// A `carpool-worker` process in Lambda mode, polling `emulator`'s Runtime API.
-fn lambda_worker(emulator: &str, extra_env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(bin("carpool-worker"));
-    cmd.env("AWS_LAMBDA_RUNTIME_API", format!("{emulator}/.rt/{FUNCTION}"))
-        .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION)
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .envs(extra_env.iter().copied());
-    let worker = Proc::start("lambda-worker", cmd);
-    worker.wait_for_log("serving Lambda invocations");
-    worker
-}
 
 fn stats_of(s: &pb::StatsResponse, function: &str) -> pb::FunctionStats {
     s.functions
@@ -255,70 +184,6 @@ async fn sigterm_ends_a_lambda_session_and_its_task_goes_back_at_once() {
     assert!(worker.log().contains("told to stop"), "{}", worker.log());
 }
 
-/// AWS's Runtime Interface Emulator running the worker binary, with a function timeout.
-struct Rie {
-    _proc: Proc,
-    client: aws_sdk_lambda::Client,
-}
-
-impl Rie {
-    fn start(timeout_s: u32) -> Self {
-        let (invoke_port, runtime_port) = (free_port(), free_port());
-        let mut cmd = Command::new(tool("CARPOOL_LAMBDA_RIE", "AWS's aws-lambda-rie"));
-        cmd.arg("--runtime-interface-emulator-address")
-            .arg(format!("127.0.0.1:{invoke_port}"))
-            .arg("--runtime-api-address")
-            .arg(format!("127.0.0.1:{runtime_port}"))
-            .arg(bin("carpool-worker"))
-            .env("AWS_LAMBDA_FUNCTION_TIMEOUT", timeout_s.to_string())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1");
-        let proc = Proc::start("aws-lambda-rie", cmd);
-        let config = aws_sdk_lambda::Config::builder()
-            .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
-            .region(aws_sdk_lambda::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_lambda::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .endpoint_url(format!("http://127.0.0.1:{invoke_port}"))
-            .http_client(carpool_coordinator::https_client())
-            .build();
-        Self {
-            _proc: proc,
-            client: aws_sdk_lambda::Client::from_conf(config),
-        }
-    }
-
-    /// Invokes synchronously (the emulator's only mode) and returns the response payload.
-    async fn invoke(&self, event: Value) -> (String, Duration) {
-        let started = Instant::now();
-        let deadline = started + WAIT;
-        loop {
-            // The emulator may not be listening yet.
-            let sent = self
-                .client
-                .invoke()
-                .function_name("function")
-                .payload(aws_sdk_lambda::primitives::Blob::new(event.to_string()))
-                .send()
-                .await;
-            match sent {
-                Ok(out) => {
-                    let body = out
-                        .payload()
-                        .map(|p| String::from_utf8_lossy(p.as_ref()).into_owned());
-                    return (body.unwrap_or_default(), started.elapsed());
-                }
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("invoke: {}", aws_sdk_lambda::error::DisplayErrorContext(&e)),
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_invocation_deadline_is_the_workers_timeout_and_a_bad_event_fails_fast() {
     let coord = Coordinator::start(&["--spawner", "external", "--keep-alive", "60s"]);
@@ -365,48 +230,6 @@ async fn the_invocation_deadline_is_the_workers_timeout_and_a_bad_event_fails_fa
         took < Duration::from_secs(4),
         "the session outlived the function timeout: {took:?}"
     );
-}
-
-/// moto with the Lambda helper script: records every request, turns Docker off.
-struct LambdaMoto(Moto);
-
-impl LambdaMoto {
-    fn start() -> Self {
-        let moto = Self(Moto::start());
-        moto.helper(&["record", &moto.0.url]);
-        moto
-    }
-
-    /// Turns Docker off and creates `FUNCTION`: from then on moto accepts every Invoke and
-    /// runs nothing.
-    fn create_function(&self) {
-        self.helper(&["setup", &self.0.url, FUNCTION]);
-    }
-
-    fn helper(&self, args: &[&str]) -> String {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_lambda.py");
-        let out = Command::new(tool("CARPOOL_PYTHON", "the test venv's python"))
-            .arg(script)
-            .args(args)
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap_or_else(|e| panic!("run {script}: {e}"));
-        assert!(
-            out.status.success(),
-            "{script} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Every Invoke moto has seen, in order.
-    fn invocations(&self) -> Vec<Value> {
-        BufReader::new(self.helper(&["invocations", &self.0.url]).as_bytes())
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str(&l).ok())
-            .collect()
-    }
 }
 
 #[tokio::test]
@@ -581,62 +404,6 @@ async fn a_worker_that_starts_after_its_start_timeout_is_welcomed_within_the_cap
         s.workers_started, 2,
         "each worker that said hello is one started: {s:?}"
     );
-}
-
-/// A container of the worker image, removed (`podman rm -f`) when dropped.
-struct Container {
-    proc: Option<Proc>,
-    name: String,
-    podman: std::path::PathBuf,
-}
-
-impl Container {
-    /// `podman run` of the image built from worker/Dockerfile, on the host's network (the
-    /// coordinator and the emulator listen on loopback), with `env` and `args`.
-    fn run(name: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
-        let podman = tool("CARPOOL_PODMAN", "podman");
-        let image = std::env::var("CARPOOL_WORKER_IMAGE").unwrap_or_else(|_| {
-            panic!(
-                "CARPOOL_WORKER_IMAGE is not set: `./scripts/test` builds the image with scripts/worker-image"
-            )
-        });
-        let name = format!("{name}-{}", std::process::id());
-        let mut cmd = Command::new(&podman);
-        cmd.args([
-            "--runtime",
-            "runc",
-            "run",
-            "--rm",
-            "--name",
-            &name,
-            "--network=host",
-        ])
-        .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
-        for (k, v) in env {
-            cmd.arg("--env").arg(format!("{k}={v}"));
-        }
-        cmd.arg(&image).args(args);
-        Self {
-            proc: Some(Proc::start("container", cmd)),
-            name,
-            podman,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.proc.as_ref().map(Proc::log).unwrap_or_default()
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new(&self.podman)
-            .args(["rm", "--force", "--time", "0", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        drop(self.proc.take());
-    }
 }
 
 async fn echo_twenty(client: &carpool_integration_tests::Client) -> HashSet<String> {

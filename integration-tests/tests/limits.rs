@@ -425,7 +425,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 async fn a_cancelled_spin_stops_burning_its_core() {
     let coord = Coordinator::start(&["--spawner", "external", "--keep-alive", "60s"]);
     let client = coord.client().await;
-    let worker = carpool_integration_tests::Process::worker(&[
+    let worker = carpool_integration_tests::Proc::worker(&[
         "--coordinator",
         &coord.url,
         "--function",

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use carpool_integration_tests::{Coordinator, FakeWorker, Process, TcpProxy, eventually, hello, totals};
+use carpool_integration_tests::{Coordinator, FakeWorker, Proc, TcpProxy, eventually, hello, totals};
 use carpool_proto::pb::{self, worker_message::Kind as Up};
 use carpool_proto::{Bytes, payload};
 use futures::StreamExt;
@@ -134,12 +134,12 @@ async fn running_on(client: &carpool_client::Client, id: u64) -> pb::TaskInfo {
 async fn worker_behind_a_proxy(
     extra: &[&str],
     worker_id: &str,
-) -> (Coordinator, TcpProxy, Process, carpool_client::Client, u64) {
+) -> (Coordinator, TcpProxy, Proc, carpool_client::Client, u64) {
     let mut args = vec!["--spawner", "external", "--keep-alive", "60s"];
     args.extend_from_slice(extra);
     let coord = Coordinator::start(&args);
     let proxy = TcpProxy::start(&coord.url).await;
-    let worker = Process::worker(&[
+    let worker = Proc::worker(&[
         "--coordinator",
         &proxy.url(),
         "--function",

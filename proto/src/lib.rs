@@ -31,6 +31,15 @@ pub fn aws_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpCli
 }
 pub use auth::{Bearer, Secret};
 
+/// The coordinator's one line on stdout starts with this, followed by the bound address:
+/// scripts and tests read the address from it ([`listening_address`]).
+pub const LISTENING_LINE: &str = "carpool-coordinator listening on ";
+
+/// The address in the coordinator's first stdout line, if the line is that line.
+pub fn listening_address(line: &str) -> Option<&str> {
+    line.trim().strip_prefix(LISTENING_LINE)
+}
+
 /// Now, in milliseconds since the Unix epoch: the unit of every timestamp in the contract
 /// (`*_unix_ms` fields).
 pub fn unix_ms() -> u64 {

@@ -1,4 +1,4 @@
-//! A worker's settings, built from flags (see [`crate::cli`]) or directly.
+//! A worker's settings, built from the binary's flags or directly.
 
 use std::time::Duration;
 

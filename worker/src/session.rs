@@ -120,12 +120,12 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
         most_since_sample: 0,
     };
     let mut broken_since: Option<Instant> = None;
-    let mut attempt: u32 = 0;
+    let mut waits = reconnect_waits();
     let reason = loop {
         let outcome = s.connection(deadline).await;
         if std::mem::take(&mut s.welcomed) {
             broken_since = None;
-            attempt = 0;
+            waits = reconnect_waits();
         }
         match outcome {
             Ok(reason) => break reason,
@@ -137,8 +137,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
                     warn!(worker = %s.config.id, error = %e, "coordinator unreachable for too long; giving up");
                     return Err(e);
                 }
-                let wait = backoff(attempt);
-                attempt += 1;
+                let wait = waits.next().unwrap_or(Duration::from_secs(5));
                 warn!(worker = %s.config.id, error = %e, running = s.running.len(), wait_ms = wait.as_millis() as u64, "stream to the coordinator lost; reconnecting");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
@@ -159,17 +158,17 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
     Ok(summary)
 }
 
-/// Exponential backoff from 100 ms to 5 s, with up to 50 % jitter so that a fleet cut off
-/// at once does not reconnect at once.
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(100)
-        .saturating_mul(1 << attempt.min(6))
-        .min(Duration::from_secs(5));
-    let jitter = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
-        % 1000;
-    base + base.mul_f64(f64::from(jitter) / 2000.0)
+/// The waits between reconnects: from 100 ms, doubled up to 5 s, each with up to 100 %
+/// random jitter so that a fleet cut off at once does not reconnect at once. Endless: how
+/// long to keep trying is `--reconnect-for`'s to say.
+fn reconnect_waits() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// What outlives one stream: the running tasks and the counters.
@@ -506,4 +505,18 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-text panic".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_waits_grow_from_100_ms_are_capped_and_never_run_out() {
+        let waits: Vec<Duration> = reconnect_waits().take(100).collect();
+        assert_eq!(waits.len(), 100);
+        assert!(waits[0] >= Duration::from_millis(100) && waits[0] < Duration::from_millis(200));
+        assert!(waits[3] >= Duration::from_millis(800));
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(10)));
+    }
 }

@@ -14,6 +14,8 @@
 
 pub(crate) mod baselines;
 pub(crate) mod fake;
+mod fleet;
+mod measure;
 pub(crate) mod proc;
 pub(crate) mod stats;
 
@@ -25,6 +27,8 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use carpool_client::Client;
+use fleet::{fleet, idle_worker, pending_memory};
+use measure::{dispatch_latency, map_throughput, repeat, streamed_latency, submit_throughput};
 use stats::{Samples, median};
 
 /// How much to measure.
@@ -133,278 +137,256 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Runs every measurement, handing each row to `report` as soon as it is known.
+/// The targets for the figures of the fake workers (the coordinator's ceiling).
+const DISPATCH_P50_TARGET_US: f64 = 100.0;
+/// No-op tasks per second through Map, fake workers.
+const MAP_TARGET_TASKS_PER_S: f64 = 100_000.0;
+/// The most CPU an idle worker may use, in percent of a core.
+const IDLE_WORKER_TARGET: f64 = 1.0;
+
+/// The sections, in the order they run.
+const SECTIONS: [&str; 8] = [
+    "raw",
+    "dispatch",
+    "real",
+    "durability",
+    "fleet",
+    "idle",
+    "pending",
+    "polling",
+];
+
+/// Runs every measurement, handing each row to `report` as soon as its section is done.
 pub(crate) async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Result<Vec<Row>, String> {
-    let mut rows = Vec::new();
-    let mut emit = |r: Row, rows: &mut Vec<Row>| {
-        report(&r);
-        rows.push(r);
-    };
     proc::raise_nofile();
-
-    // The transport's own limits.
-    if opts.wants("raw") {
-        let raw = baselines::raw_server().await?;
-        let rtt = baselines::unary_rtt(&raw, opts.latency_tasks).await?;
-        emit(
-            row(
-                "raw_unary_p50_us",
-                "raw tonic unary round trip p50",
-                us(rtt.percentile(50.0)),
-                "us",
-            ),
-            &mut rows,
-        );
-        let ping = baselines::bidi_rtt(&raw, opts.latency_tasks).await?;
-        emit(
-            row(
-                "raw_bidi_rtt_p50_us",
-                "raw tonic bidi round trip on an open stream p50",
-                us(ping.percentile(50.0)),
-                "us",
-            ),
-            &mut rows,
-        );
-        let mut echo = Vec::new();
-        for _ in 0..opts.reps {
-            echo.push(baselines::bidi_echo(&raw, opts.throughput_tasks).await?);
-        }
-        emit(
-            row(
-                "raw_bidi_msgs_per_s",
-                "raw tonic bidi echo, one stream",
-                median(echo),
-                "msg/s",
-            ),
-            &mut rows,
-        );
-    }
-
-    // Dispatch latency and throughput on a coordinator with two simulated workers.
-    if opts.wants("dispatch") {
-        let (coord, url) = proc::coordinator(&[
-            "--spawner",
-            "external",
-            "--keep-alive",
-            "1h",
-            "--max-pending",
-            "10000000",
-        ])?;
-        let starts = Arc::new(Mutex::new(std::collections::HashMap::new()));
-        let mut workers = Vec::new();
-        for i in 0..2 {
-            let ch = fake::channel(&url).await?;
-            workers
-                .push(fake::spawn_worker(ch, format!("bench-{i}"), "noop", 512, Some(starts.clone())).await?);
-        }
-        let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
-        let (total, to_start) = dispatch_latency(&client, "noop", &starts, opts.latency_tasks).await?;
-        emit(
-            at_most(
-                row(
-                    "dispatch_p50_us",
-                    "fake workers (coordinator's ceiling): submit to result p50, one at a time",
-                    us(total.percentile(50.0)),
-                    "us",
-                ),
-                100.0,
-            ),
-            &mut rows,
-        );
-        emit(
-            row(
-                "dispatch_p99_us",
-                "fake workers: submit to result p99",
-                us(total.percentile(99.0)),
-                "us",
-            ),
-            &mut rows,
-        );
-        emit(
-            row(
-                "start_p50_us",
-                "fake workers: submit to task start on the worker p50",
-                us(to_start.percentile(50.0)),
-                "us",
-            ),
-            &mut rows,
-        );
-        emit(
-            row(
-                "start_p99_us",
-                "fake workers: submit to task start on the worker p99",
-                us(to_start.percentile(99.0)),
-                "us",
-            ),
-            &mut rows,
-        );
-        let streamed = streamed_latency(&client, "noop", opts.latency_tasks).await?;
-        emit(
-            at_most(
-                row(
-                    "streamed_dispatch_p50_us",
-                    "fake workers: submit to result p50 over one Map stream",
-                    us(streamed.percentile(50.0)),
-                    "us",
-                ),
-                100.0,
-            ),
-            &mut rows,
-        );
-        emit(
-            row(
-                "streamed_dispatch_p99_us",
-                "fake workers: submit to result p99 over one Map stream",
-                us(streamed.percentile(99.0)),
-                "us",
-            ),
-            &mut rows,
-        );
-        let map = repeat(opts.reps, || {
-            map_throughput(&client, "noop", opts.throughput_tasks)
-        })
-        .await?;
-        emit(
-            at_least(
-                row(
-                    "map_tasks_per_s",
-                    "fake workers (coordinator's ceiling): no-op tasks/s through Map, 2 of them",
-                    map,
-                    "tasks/s",
-                ),
-                100_000.0,
-            ),
-            &mut rows,
-        );
-        let unary = repeat(opts.reps, || {
-            submit_throughput(&client, opts.throughput_tasks / 4, 64)
-        })
-        .await?;
-        emit(
-            row(
-                "submit_tasks_per_s",
-                "fake workers: no-op tasks/s through unary Submit, 64 in flight",
-                unary,
-                "tasks/s",
-            ),
-            &mut rows,
-        );
-        let usage = proc::usage(coord.0.id()).ok_or("coordinator usage")?;
-        emit(
-            row(
-                "coordinator_rss_mb",
-                "coordinator RSS after the above",
-                usage.rss as f64 / 1e6,
-                "MB",
-            ),
-            &mut rows,
-        );
-        drop((workers, coord));
-    }
-
-    // What a user gets: one real carpool-worker, spawned by the coordinator, default flags.
-    if opts.wants("real") {
-        let fake = rows.iter().find(|r| r.key == "dispatch_p50_us").map(|r| r.value);
-        let fake_streamed = rows
-            .iter()
-            .find(|r| r.key == "streamed_dispatch_p50_us")
-            .map(|r| r.value);
-        for r in real_worker(opts, fake, fake_streamed).await? {
-            emit(r, &mut rows);
-        }
-    }
-
-    // The same with --state-dir: what durability costs.
-    if opts.wants("durability") {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let state_dir = dir.path().to_string_lossy().into_owned();
-        let (coord, url) = proc::coordinator(&[
-            "--spawner",
-            "external",
-            "--keep-alive",
-            "1h",
-            "--state-dir",
-            &state_dir,
-            "--max-pending",
-            "10000000",
-        ])?;
-        let mut workers = Vec::new();
-        for i in 0..2 {
-            let ch = fake::channel(&url).await?;
-            workers.push(fake::spawn_worker(ch, format!("durable-{i}"), "noop", 512, None).await?);
-        }
-        let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
-        let durable_map = repeat(opts.reps, || {
-            map_throughput(&client, "noop", opts.throughput_tasks)
-        })
-        .await?;
-        emit(
-            row(
-                "map_tasks_per_s_state_dir",
-                "no-op tasks/s through Map with --state-dir",
-                durable_map,
-                "tasks/s",
-            ),
-            &mut rows,
-        );
-        let durable_unary = repeat(opts.reps, || {
-            submit_throughput(&client, opts.throughput_tasks / 4, 64)
-        })
-        .await?;
-        emit(
-            row(
-                "submit_tasks_per_s_state_dir",
-                "unary Submit tasks/s with --state-dir (group commit)",
-                durable_unary,
-                "tasks/s",
-            ),
-            &mut rows,
-        );
-        drop((workers, coord));
-    }
-
-    if opts.wants("fleet") {
-        for &n in &opts.fleet {
-            // Half as many dispatches as the one-at-a-time latency (1,000 in a full run:
-            // enough for a steady p99).
-            for r in fleet(n, (opts.latency_tasks / 2).max(1)).await? {
-                emit(r, &mut rows);
+    let mut rows: Vec<Row> = Vec::new();
+    for section in SECTIONS.into_iter().filter(|s| opts.wants(s)) {
+        let found = |key: &str| rows.iter().find(|r| r.key == key).map(|r| r.value);
+        let measured = match section {
+            "raw" => raw(opts).await?,
+            "dispatch" => dispatch(opts).await?,
+            "real" => {
+                let (fake, streamed) = (found("dispatch_p50_us"), found("streamed_dispatch_p50_us"));
+                real_worker(opts, fake, streamed).await?
             }
+            "durability" => durability(opts).await?,
+            "fleet" => {
+                let mut measured = Vec::new();
+                for &n in &opts.fleet {
+                    // Half as many dispatches as the one-at-a-time latency (1,000 in a full
+                    // run: enough for a steady p99).
+                    measured.extend(fleet(n, (opts.latency_tasks / 2).max(1)).await?);
+                }
+                measured
+            }
+            "idle" => vec![at_most(idle_worker(opts.idle_secs).await?, IDLE_WORKER_TARGET)],
+            "pending" => pending_memory(opts.pending).await?,
+            _ => polling(opts).await?,
+        };
+        for r in measured {
+            report(&r);
+            rows.push(r);
         }
     }
-    if opts.wants("idle") {
-        emit(at_most(idle_worker(opts.idle_secs).await?, 1.0), &mut rows);
+    Ok(rows)
+}
+
+/// The transport's own limits: raw tonic round trips and a bidi echo.
+async fn raw(opts: &BenchOptions) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    let raw = baselines::raw_server().await?;
+    let rtt = baselines::unary_rtt(&raw, opts.latency_tasks).await?;
+    rows.push(row(
+        "raw_unary_p50_us",
+        "raw tonic unary round trip p50",
+        us(rtt.percentile(50.0)),
+        "us",
+    ));
+    let ping = baselines::bidi_rtt(&raw, opts.latency_tasks).await?;
+    rows.push(row(
+        "raw_bidi_rtt_p50_us",
+        "raw tonic bidi round trip on an open stream p50",
+        us(ping.percentile(50.0)),
+        "us",
+    ));
+    let mut echo = Vec::new();
+    for _ in 0..opts.reps {
+        echo.push(baselines::bidi_echo(&raw, opts.throughput_tasks).await?);
     }
-    if opts.wants("pending") {
-        for r in pending_memory(opts.pending).await? {
-            emit(r, &mut rows);
-        }
+    rows.push(row(
+        "raw_bidi_msgs_per_s",
+        "raw tonic bidi echo, one stream",
+        median(echo),
+        "msg/s",
+    ));
+
+    Ok(rows)
+}
+
+/// Dispatch latency and throughput on a coordinator with two fake in-process workers.
+async fn dispatch(opts: &BenchOptions) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    let (coord, url) = proc::coordinator(&[
+        "--spawner",
+        "external",
+        "--keep-alive",
+        "1h",
+        "--max-pending",
+        "10000000",
+    ])?;
+    let starts = Arc::new(Mutex::new(std::collections::HashMap::new()));
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        let ch = fake::channel(&url).await?;
+        workers.push(fake::spawn_worker(ch, format!("bench-{i}"), "noop", 512, Some(starts.clone())).await?);
     }
-    if opts.wants("polling") {
-        let poll = baselines::polling(opts.poll_interval, 2, opts.poll_tasks).await?;
-        let label = format!(
-            "paper's design: HTTP polling every {} ms, submit to result",
-            opts.poll_interval.as_millis()
-        );
-        emit(
-            row(
-                "polling_p50_us",
-                &format!("{label} p50"),
-                us(poll.percentile(50.0)),
-                "us",
-            ),
-            &mut rows,
-        );
-        emit(
-            row(
-                "polling_p99_us",
-                &format!("{label} p99"),
-                us(poll.percentile(99.0)),
-                "us",
-            ),
-            &mut rows,
-        );
+    let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
+    let (total, to_start) = dispatch_latency(&client, "noop", &starts, opts.latency_tasks).await?;
+    rows.push(at_most(
+        row(
+            "dispatch_p50_us",
+            "fake workers (coordinator's ceiling): submit to result p50, one at a time",
+            us(total.percentile(50.0)),
+            "us",
+        ),
+        DISPATCH_P50_TARGET_US,
+    ));
+    rows.push(row(
+        "dispatch_p99_us",
+        "fake workers: submit to result p99",
+        us(total.percentile(99.0)),
+        "us",
+    ));
+    rows.push(row(
+        "start_p50_us",
+        "fake workers: submit to task start on the worker p50",
+        us(to_start.percentile(50.0)),
+        "us",
+    ));
+    rows.push(row(
+        "start_p99_us",
+        "fake workers: submit to task start on the worker p99",
+        us(to_start.percentile(99.0)),
+        "us",
+    ));
+    let streamed = streamed_latency(&client, "noop", opts.latency_tasks).await?;
+    rows.push(at_most(
+        row(
+            "streamed_dispatch_p50_us",
+            "fake workers: submit to result p50 over one Map stream",
+            us(streamed.percentile(50.0)),
+            "us",
+        ),
+        DISPATCH_P50_TARGET_US,
+    ));
+    rows.push(row(
+        "streamed_dispatch_p99_us",
+        "fake workers: submit to result p99 over one Map stream",
+        us(streamed.percentile(99.0)),
+        "us",
+    ));
+    let map = repeat(opts.reps, || {
+        map_throughput(&client, "noop", opts.throughput_tasks)
+    })
+    .await?;
+    rows.push(at_least(
+        row(
+            "map_tasks_per_s",
+            "fake workers (coordinator's ceiling): no-op tasks/s through Map, 2 of them",
+            map,
+            "tasks/s",
+        ),
+        MAP_TARGET_TASKS_PER_S,
+    ));
+    let unary = repeat(opts.reps, || {
+        submit_throughput(&client, opts.throughput_tasks / 4, 64)
+    })
+    .await?;
+    rows.push(row(
+        "submit_tasks_per_s",
+        "fake workers: no-op tasks/s through unary Submit, 64 in flight",
+        unary,
+        "tasks/s",
+    ));
+    let usage = proc::usage(coord.0.id()).ok_or("coordinator usage")?;
+    rows.push(row(
+        "coordinator_rss_mb",
+        "coordinator RSS after the above",
+        usage.rss as f64 / 1e6,
+        "MB",
+    ));
+    drop((workers, coord));
+
+    Ok(rows)
+}
+
+/// The same with `--state-dir`: what durability costs.
+async fn durability(opts: &BenchOptions) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let state_dir = dir.path().to_string_lossy().into_owned();
+    let (coord, url) = proc::coordinator(&[
+        "--spawner",
+        "external",
+        "--keep-alive",
+        "1h",
+        "--state-dir",
+        &state_dir,
+        "--max-pending",
+        "10000000",
+    ])?;
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        let ch = fake::channel(&url).await?;
+        workers.push(fake::spawn_worker(ch, format!("durable-{i}"), "noop", 512, None).await?);
     }
+    let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
+    let durable_map = repeat(opts.reps, || {
+        map_throughput(&client, "noop", opts.throughput_tasks)
+    })
+    .await?;
+    rows.push(row(
+        "map_tasks_per_s_state_dir",
+        "no-op tasks/s through Map with --state-dir",
+        durable_map,
+        "tasks/s",
+    ));
+    let durable_unary = repeat(opts.reps, || {
+        submit_throughput(&client, opts.throughput_tasks / 4, 64)
+    })
+    .await?;
+    rows.push(row(
+        "submit_tasks_per_s_state_dir",
+        "unary Submit tasks/s with --state-dir (group commit)",
+        durable_unary,
+        "tasks/s",
+    ));
+    drop((workers, coord));
+
+    Ok(rows)
+}
+
+/// The paper's design for comparison: workers polling over HTTP.
+async fn polling(opts: &BenchOptions) -> Result<Vec<Row>, String> {
+    let mut rows = Vec::new();
+    let poll = baselines::polling(opts.poll_interval, 2, opts.poll_tasks).await?;
+    let label = format!(
+        "paper's design: HTTP polling every {} ms, submit to result",
+        opts.poll_interval.as_millis()
+    );
+    rows.push(row(
+        "polling_p50_us",
+        &format!("{label} p50"),
+        us(poll.percentile(50.0)),
+        "us",
+    ));
+    rows.push(row(
+        "polling_p99_us",
+        &format!("{label} p99"),
+        us(poll.percentile(99.0)),
+        "us",
+    ));
+
     Ok(rows)
 }
 
@@ -494,250 +476,6 @@ async fn real_worker(
     ));
     drop(coord);
     Ok(rows)
-}
-
-async fn repeat<F, Fut>(reps: usize, mut f: F) -> Result<f64, String>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<f64, String>>,
-{
-    let mut xs = Vec::new();
-    for _ in 0..reps.max(1) {
-        xs.push(f().await?);
-    }
-    Ok(median(xs))
-}
-
-async fn dispatch_latency(
-    client: &Client,
-    function: &str,
-    starts: &fake::StartTimes,
-    n: usize,
-) -> Result<(Samples, Samples), String> {
-    let mut total = Samples::default();
-    let mut to_start = Samples::default();
-    for _ in 0..n {
-        let t = Instant::now();
-        let r = client
-            .run(function, Bytes::new())
-            .await
-            .map_err(|e| e.to_string())?;
-        total.push(t.elapsed());
-        if let Some(at) = starts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&r.task_id)
-        {
-            to_start.push(at.saturating_duration_since(t));
-        }
-    }
-    Ok((total, to_start))
-}
-
-/// Submit to result one at a time through one open `Map` stream: the next input is sent
-/// when the previous result is back, so each task pays its dispatch alone, without a new
-/// HTTP/2 stream per task as a unary `Run` does.
-async fn streamed_latency(client: &Client, function: &str, n: usize) -> Result<Samples, String> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-    let mut results = client
-        .map(function, tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut s = Samples::default();
-    for _ in 0..n {
-        let t = Instant::now();
-        tx.send(Bytes::new()).await.map_err(|_| "Map stream closed")?;
-        match results.next().await {
-            Some(Ok(_)) => s.push(t.elapsed()),
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("Map ended early".into()),
-        }
-    }
-    Ok(s)
-}
-
-async fn map_throughput(client: &Client, function: &str, n: usize) -> Result<f64, String> {
-    let inputs = futures::stream::iter((0..n).map(|_| Bytes::new()));
-    let start = Instant::now();
-    let mut results = client.map(function, inputs).await.map_err(|e| e.to_string())?;
-    let mut done = 0usize;
-    while let Some(r) = results.next().await {
-        r.map_err(|e| e.to_string())?;
-        done += 1;
-    }
-    if done != n {
-        return Err(format!("Map returned {done} of {n} results"));
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
-}
-
-async fn submit_throughput(client: &Client, n: usize, in_flight: usize) -> Result<f64, String> {
-    let start = Instant::now();
-    let per = n.div_ceil(in_flight);
-    let mut loops = Vec::new();
-    for _ in 0..in_flight {
-        let c = client.clone();
-        loops.push(tokio::spawn(async move {
-            for _ in 0..per {
-                c.submit("noop", Bytes::new()).await.map_err(|e| e.to_string())?;
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    for l in loops {
-        l.await.map_err(|e| e.to_string())??;
-    }
-    Ok((per * in_flight) as f64 / start.elapsed().as_secs_f64())
-}
-
-/// `n` simulated workers on one coordinator: its CPU and memory while they sample at the
-/// normal interval, and dispatch latency among them.
-async fn fleet(n: usize, dispatches: usize) -> Result<Vec<Row>, String> {
-    let (coord, url) = proc::coordinator(&["--spawner", "external", "--keep-alive", "1h"])?;
-    let mut workers = Vec::with_capacity(n);
-    let mut pending = futures::stream::iter((0..n).map(|i| {
-        let url = url.clone();
-        async move {
-            let ch = fake::channel(&url).await?;
-            fake::spawn_worker(ch, format!("fleet-{i}"), "fleet", 1, None).await
-        }
-    }))
-    .buffer_unordered(256);
-    while let Some(w) = pending.next().await {
-        workers.push(w?);
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = coord.0.id();
-    let a = proc::usage(pid).ok_or("coordinator usage")?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let b = proc::usage(pid).ok_or("coordinator usage")?;
-    let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
-    let mut lat = Samples::default();
-    for _ in 0..dispatches {
-        let t = Instant::now();
-        client
-            .run("fleet", Bytes::new())
-            .await
-            .map_err(|e| e.to_string())?;
-        lat.push(t.elapsed());
-    }
-    let rows = vec![
-        row(
-            &format!("fleet_{n}_coordinator_cpu_pct"),
-            &format!("{n} workers: coordinator CPU (% of a core)"),
-            100.0 * proc::cpu_share(&a, &b),
-            "%",
-        ),
-        row(
-            &format!("fleet_{n}_coordinator_rss_mb"),
-            &format!("{n} workers: coordinator RSS"),
-            b.rss as f64 / 1e6,
-            "MB",
-        ),
-        at_most(
-            row(
-                &format!("fleet_{n}_dispatch_p99_us"),
-                &format!("{n} workers: submit to result p99"),
-                us(lat.percentile(99.0)),
-                "us",
-            ),
-            5000.0,
-        ),
-    ];
-    for w in workers {
-        w.abort();
-    }
-    drop(coord);
-    Ok(rows)
-}
-
-/// CPU used by a real, idle `carpool-worker` (sampler and stream) over `secs` seconds.
-async fn idle_worker(secs: u64) -> Result<Row, String> {
-    let (coord, url) = proc::coordinator(&["--spawner", "external", "--keep-alive", "1h"])?;
-    let child = std::process::Command::new(proc::sibling("carpool-worker")?)
-        .args(["--coordinator", &url, "--function", "echo"])
-        .env("RUST_LOG", "error")
-        .spawn()
-        .map_err(|e| format!("starting carpool-worker: {e}"))?;
-    let worker = proc::Guard(child);
-    let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .stats()
-        .await
-        .map_err(|e| e.to_string())?
-        .total
-        .unwrap_or_default()
-        .workers_live
-        == 0
-    {
-        if Instant::now() > deadline {
-            return Err("the idle worker never connected".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let a = proc::usage(worker.0.id()).ok_or("worker usage")?;
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    let b = proc::usage(worker.0.id()).ok_or("worker usage")?;
-    drop((worker, coord));
-    Ok(row(
-        "idle_worker_cpu_pct",
-        "idle worker's control overhead (% of a core)",
-        100.0 * proc::cpu_share(&a, &b),
-        "%",
-    ))
-}
-
-/// Coordinator memory with `n` pending tasks of 100 bytes.
-async fn pending_memory(n: usize) -> Result<Vec<Row>, String> {
-    let max = (n * 2).to_string();
-    let (coord, url) = proc::coordinator(&["--spawner", "external", "--max-pending", &max])?;
-    let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
-    let before = proc::usage(coord.0.id()).ok_or("coordinator usage")?;
-    let payload = Bytes::from(vec![b'x'; 100]);
-    let inputs = futures::stream::iter((0..n).map(move |_| payload.clone()));
-    let call = client.map("resize", inputs).await.map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let pending = client
-            .stats()
-            .await
-            .map_err(|e| e.to_string())?
-            .total
-            .unwrap_or_default()
-            .pending;
-        if pending as usize >= n {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!("only {pending} of {n} tasks became pending"));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let after = proc::usage(coord.0.id()).ok_or("coordinator usage")?;
-    drop(call);
-    drop(coord);
-    let total_mb = after.rss as f64 / 1e6;
-    let per_task = after.rss.saturating_sub(before.rss) as f64 / n as f64;
-    // The target, 1,000,000 pending tasks in under 1 GB, is 1,000 bytes per task.
-    Ok(vec![
-        row(
-            "pending_rss_mb",
-            &format!("coordinator RSS with {n} pending 100-byte tasks"),
-            total_mb,
-            "MB",
-        ),
-        at_most(
-            row(
-                "pending_bytes_per_task",
-                "memory per pending task",
-                per_task,
-                "bytes",
-            ),
-            1000.0,
-        ),
-    ])
 }
 
 /// The report as a text table.

@@ -82,9 +82,7 @@ pub(crate) fn coordinator(args: &[&str]) -> Result<(Guard, String), String> {
             .map_err(|e| e.to_string())?;
     }
     let guard = Guard(child);
-    let addr = line
-        .trim()
-        .strip_prefix("carpool-coordinator listening on ")
+    let addr = carpool_proto::listening_address(&line)
         .ok_or_else(|| format!("unexpected first line from carpool-coordinator: {line:?}"))?;
     Ok((guard, format!("http://{addr}")))
 }

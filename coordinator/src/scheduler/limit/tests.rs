@@ -1,0 +1,311 @@
+//! Unit tests of `limit`.
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn params() -> LimitParams {
+    LimitParams::default()
+}
+
+fn settled(level: u32) -> Learned {
+    Learned { level, settled: true }
+}
+
+/// A settled sample at `running` tasks.
+fn obs(cpu: f64, mem: f64, running: u32) -> Observation {
+    Observation {
+        cpu,
+        mem,
+        running,
+        youngest: 30 * MS,
+    }
+}
+
+/// Runs the worker at its limit: filled, then a settled sample with `per_task` CPU and
+/// memory per task on top of `base` memory. Returns what moved.
+fn step(l: &mut Limit, p: &LimitParams, now: Instant, cpu_per_task: f64, mem_per_task: f64) -> Option<Move> {
+    l.filled(now);
+    let n = l.value();
+    l.observe(
+        p,
+        obs(cpu_per_task * f64::from(n), 0.01 + mem_per_task * f64::from(n), n),
+        now,
+    )
+}
+
+#[test]
+fn waiting_tasks_double_the_limit_up_to_the_cap() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 2);
+    l.observe(&p, obs(0.0, 0.01, 0), t0); // idle base
+    let mut seen = vec![l.value()];
+    for i in 1..20 {
+        step(&mut l, &p, t0 + i * 30 * MS, 0.001, 0.0001);
+        seen.push(l.value());
+    }
+    assert_eq!(&seen[..9], &[2, 4, 8, 16, 32, 64, 128, 256, 256]);
+    assert_eq!(l.phase(), Phase::Steady, "at the cap it stops probing");
+}
+
+#[test]
+fn cpu_bound_tasks_stay_at_the_vcpus() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 2);
+    // Two single-threaded tasks keep both vCPUs busy: the target binds, no rise; once
+    // that has lasted a task's whole life (and 100 ms) the limit has found its level.
+    for i in 1..10 {
+        assert_eq!(step(&mut l, &p, t0 + i * 30 * MS, 0.5, 0.001), None);
+        assert_eq!(
+            l.phase(),
+            Phase::Probing,
+            "no task has finished: it may be a start-up burst"
+        );
+    }
+    l.completed(200 * MS);
+    for i in 10..18 {
+        assert_eq!(step(&mut l, &p, t0 + i * 30 * MS, 0.5, 0.001), None);
+    }
+    assert_eq!((l.value(), l.phase()), (2, Phase::Steady));
+    assert_eq!(
+        l.proven(),
+        Some(Learned {
+            level: 2,
+            settled: true
+        })
+    );
+}
+
+#[test]
+fn a_start_up_burst_of_cpu_holds_the_climb_but_does_not_end_it() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 2);
+    // The tasks' first 25 ms touch their memory at full CPU...
+    assert_eq!(step(&mut l, &p, t0 + 30 * MS, 0.5, 0.01), None);
+    assert_eq!(l.phase(), Phase::Probing);
+    // ... then they wait: the climb goes on.
+    assert_eq!(step(&mut l, &p, t0 + 60 * MS, 0.01, 0.01), Some(Move::Rise));
+    assert_eq!(l.value(), 4);
+    assert_eq!(
+        l.proven(),
+        Some(Learned {
+            level: 4,
+            settled: false
+        }),
+        "a limit that only rose proves its level"
+    );
+}
+
+#[test]
+fn a_rise_is_capped_by_the_cpu_it_would_take() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 2);
+    // 0.2 of the allotment per task: 2 run at 0.4, so 4 would be 0.8 and 5 would be 1.0.
+    assert_eq!(step(&mut l, &p, t0 + 30 * MS, 0.2, 0.001), Some(Move::Rise));
+    assert_eq!(l.value(), 4);
+    assert_eq!(
+        step(&mut l, &p, t0 + 60 * MS, 0.2, 0.001),
+        None,
+        "a fifth task would cross 0.9"
+    );
+    assert_eq!(l.value(), 4);
+}
+
+#[test]
+fn memory_is_seen_before_more_tasks_are_let_in() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 2);
+    l.observe(&p, obs(0.0, 0.01, 0), t0);
+    // A sample before the new tasks have settled (the newest ran 5 ms) raises nothing.
+    l.filled(t0);
+    let young = Observation {
+        youngest: 5 * MS,
+        ..obs(0.0, 0.02, 2)
+    };
+    assert_eq!(l.observe(&p, young, t0 + 5 * MS), None);
+    // Each task holds 0.1 of the memory: 0.01 + 2 x 0.1 = 0.21, room for 6 more under 0.9.
+    let mut levels = Vec::new();
+    for i in 1..8 {
+        step(&mut l, &p, t0 + i * 30 * MS, 0.0, 0.1);
+        levels.push(l.value());
+    }
+    assert_eq!(
+        levels,
+        vec![4, 8, 8, 8, 8, 8, 8],
+        "never past what fits under 0.9"
+    );
+    assert!(0.01 + 0.1 * f64::from(l.value()) < p.mem_target);
+}
+
+#[test]
+fn memory_at_its_target_cuts_the_limit_to_what_fits() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::learned(&p, settled(20), 2);
+    l.observe(&p, obs(0.0, 0.02, 0), t0);
+    l.filled(t0);
+    // Tasks grew after they were let in: 20 of them hold 0.95.
+    assert_eq!(
+        l.observe(&p, obs(0.1, 0.95, 20), t0 + 30 * MS),
+        Some(Move::MemoryFall)
+    );
+    // (0.9 - 0.02) / ((0.95 - 0.02) / 20) = 18.9 -> 18.
+    assert_eq!(l.value(), 18);
+}
+
+#[test]
+fn memory_over_its_target_does_not_cascade_while_a_fall_takes_effect() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::learned(&p, settled(23), 2);
+    l.observe(&p, obs(0.0, 0.02, 0), t0);
+    l.filled(t0);
+    // 23 tasks at 0.04 each hold 0.94: down to 22 (what fits says 22).
+    assert_eq!(
+        l.observe(&p, obs(0.1, 0.94, 23), t0 + 30 * MS),
+        Some(Move::MemoryFall)
+    );
+    assert_eq!(l.value(), 22);
+    // Before a task has ended, the same memory is no reason to fall again.
+    assert_eq!(l.observe(&p, obs(0.1, 0.94, 23), t0 + 40 * MS), None);
+    assert_eq!(l.value(), 22);
+}
+
+#[test]
+fn inflated_durations_cut_the_limit_by_the_gradient() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 4);
+    // One window of `ms`-long tasks, judged at `at` with `cpu`.
+    let window = |l: &mut Limit, ms: u32, at: Duration, cpu: f64| {
+        l.filled(t0 + at);
+        for _ in 0..4 {
+            l.completed(ms * MS);
+        }
+        l.observe(&p, obs(cpu, 0.1, l.value()), t0 + at)
+    };
+    // A window at 4 sets the baseline, and nothing presses: it doubles.
+    assert_eq!(window(&mut l, 100, 400 * MS, 0.2), Some(Move::Rise));
+    assert_eq!(l.value(), 8);
+    // At 8 durations double (CPU figures that lie: the sample says 0.5, no pressure seen,
+    // but the target holds the climb): one window is noise...
+    assert_eq!(window(&mut l, 200, 800 * MS, 0.95), None);
+    assert_eq!(l.value(), 8);
+    // ... two in a row are a queue: 8 x (1 - (1 - 0.5) / 2) = 6.
+    assert_eq!(window(&mut l, 200, 1200 * MS, 0.95), Some(Move::InflationFall));
+    assert_eq!(l.value(), 6);
+    // Four times slower than at 4: the gradient is capped at a half, so 6 x 0.75 = 4.
+    window(&mut l, 400, 1600 * MS, 0.95);
+    assert_eq!(window(&mut l, 400, 2000 * MS, 0.95), Some(Move::InflationFall));
+    assert_eq!(l.value(), 4);
+    // At the baseline's own level nothing is judged inflated: it is the reference.
+    assert_eq!(window(&mut l, 400, 2400 * MS, 0.95), None);
+    assert_eq!(window(&mut l, 400, 2800 * MS, 0.95), None);
+    assert_eq!(l.value(), 4);
+}
+
+#[test]
+fn a_worker_started_at_a_learned_level_has_no_lower_level_to_be_inflated_against() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::learned(&p, settled(22), 2);
+    for i in 1..6u32 {
+        l.filled(t0);
+        for _ in 0..4 {
+            l.completed(Duration::from_millis(500 + 100 * u64::from(i)));
+        }
+        assert_eq!(l.observe(&p, obs(0.95, 0.5, 22), t0 + i * 400 * MS), None);
+    }
+    assert_eq!(l.value(), 22);
+}
+
+#[test]
+fn microsecond_noise_is_not_inflation() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::learned(&p, settled(64), 2);
+    l.filled(t0);
+    for _ in 0..8 {
+        l.completed(Duration::from_micros(5));
+    }
+    l.observe(&p, obs(0.95, 0.05, 64), t0 + 10 * MS);
+    for _ in 0..8 {
+        l.completed(Duration::from_micros(40)); // 8x, but 35 us
+    }
+    assert_eq!(l.observe(&p, obs(0.95, 0.05, 64), t0 + 20 * MS), None);
+    assert_eq!(l.value(), 64);
+}
+
+#[test]
+fn a_steady_rise_that_does_not_pay_is_undone() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::learned(&p, settled(10), 2);
+    // 10 running, 100 completions/s: a rise to 11.
+    l.filled(t0);
+    for _ in 0..10 {
+        l.completed(100 * MS);
+    }
+    assert_eq!(l.observe(&p, obs(0.3, 0.1, 10), t0 + 100 * MS), Some(Move::Rise));
+    assert_eq!(l.value(), 11);
+    // At 11 the rate stays at 100/s (a downstream is the bottleneck): back to 10.
+    let t1 = t0 + 100 * MS;
+    l.filled(t1);
+    for _ in 0..10 {
+        l.completed(100 * MS);
+    }
+    assert_eq!(
+        l.observe(&p, obs(0.3, 0.1, 11), t1 + 100 * MS),
+        Some(Move::NoGain)
+    );
+    assert_eq!(l.value(), 10);
+    // And it waits a quiet period before trying again.
+    let t2 = t1 + 100 * MS;
+    l.filled(t2);
+    for _ in 0..10 {
+        l.completed(100 * MS);
+    }
+    assert_eq!(l.observe(&p, obs(0.3, 0.1, 10), t2 + 100 * MS), None);
+}
+
+#[test]
+fn a_worker_below_its_limit_does_not_raise_it() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 2);
+    l.filled(t0);
+    assert_eq!(l.observe(&p, obs(0.0, 0.01, 1), t0 + 30 * MS), None);
+    assert_eq!(l.value(), 2);
+}
+
+#[test]
+fn short_tasks_count_as_seen_once_a_generation_has_finished() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 2);
+    l.filled(t0);
+    l.completed(Duration::from_micros(10));
+    l.completed(Duration::from_micros(10));
+    // The newest task started a moment ago, but two have come and gone at this level.
+    let fresh = Observation {
+        youngest: Duration::ZERO,
+        ..obs(0.1, 0.01, 2)
+    };
+    assert_eq!(l.observe(&p, fresh, t0 + MS), Some(Move::Rise));
+}
+
+#[test]
+fn a_pinned_limit_never_moves() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::pinned(3);
+    for i in 1..5 {
+        assert_eq!(step(&mut l, &p, t0 + i * 30 * MS, 0.0, 0.5), None);
+    }
+    assert_eq!((l.value(), l.phase()), (3, Phase::Pinned));
+}

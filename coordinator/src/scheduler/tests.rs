@@ -1,0 +1,369 @@
+//! Unit tests of `mod`.
+
+use super::*;
+
+fn rules() -> Rules {
+    Rules::from(&Config::default())
+}
+
+fn worker() -> WorkerView {
+    WorkerView {
+        age: Duration::from_secs(10),
+        timeout: Duration::from_secs(100),
+        cpu: 0.1,
+        mem: 0.1,
+        running: 0,
+        slots: 2,
+        assigned_total: 0,
+        idle_for: Duration::ZERO,
+        stopping: false,
+        attached: true,
+    }
+}
+
+#[test]
+fn fresh_idle_worker_is_eligible() {
+    assert_eq!(assess(&rules(), &worker()), Verdict::Eligible);
+}
+
+#[test]
+fn deadline_fraction_stops_assignment() {
+    let w = WorkerView {
+        age: Duration::from_secs(80),
+        ..worker()
+    };
+    assert_eq!(assess(&rules(), &w), Verdict::Draining);
+    let w = WorkerView {
+        age: Duration::from_millis(79_999),
+        ..worker()
+    };
+    assert_eq!(assess(&rules(), &w), Verdict::Eligible);
+    assert_eq!(until_deadline(&rules(), &w), Duration::from_millis(1));
+}
+
+#[test]
+fn cpu_above_threshold_is_busy_and_at_or_below_is_eligible() {
+    let busy = WorkerView {
+        cpu: 0.91,
+        ..worker()
+    };
+    assert_eq!(assess(&rules(), &busy), Verdict::CpuBusy);
+    let at = WorkerView { cpu: 0.9, ..worker() };
+    assert_eq!(assess(&rules(), &at), Verdict::Eligible);
+    // A threshold of 1 never holds back a worker that uses all its vCPUs but no more.
+    let r = Rules {
+        cpu_threshold: 1.0,
+        ..rules()
+    };
+    let full = WorkerView { cpu: 1.0, ..worker() };
+    assert_eq!(assess(&r, &full), Verdict::Eligible);
+}
+
+#[test]
+fn memory_at_threshold_is_busy() {
+    let w = WorkerView {
+        mem: 0.95,
+        ..worker()
+    };
+    assert_eq!(assess(&rules(), &w), Verdict::MemoryBusy);
+}
+
+#[test]
+fn slots_cap_running_tasks() {
+    let w = WorkerView {
+        running: 2,
+        ..worker()
+    };
+    assert_eq!(assess(&rules(), &w), Verdict::Full);
+    let w = WorkerView {
+        running: 1,
+        ..worker()
+    };
+    assert_eq!(assess(&rules(), &w), Verdict::Eligible);
+}
+
+#[test]
+fn quota_makes_conventional_faas() {
+    let r = Rules {
+        max_tasks_per_worker: Some(1),
+        ..rules()
+    };
+    let w = WorkerView {
+        assigned_total: 1,
+        ..worker()
+    };
+    assert_eq!(assess(&r, &w), Verdict::QuotaReached);
+    assert_eq!(
+        idle_action(&r, &w, false),
+        IdleAction::Stop(StopReason::Ineligible)
+    );
+}
+
+#[test]
+fn cpu_of_finished_tasks_does_not_count_against_a_worker() {
+    // Sampled at 100% with two tasks running; both ended since.
+    assert_eq!(cpu_estimate(1.0, 2, 0), 0.0);
+    assert_eq!(cpu_estimate(1.0, 2, 1), 0.5);
+    // Load seen while nothing of ours ran is someone else's: it stays.
+    assert_eq!(cpu_estimate(0.95, 0, 0), 0.95);
+    // More running than sampled: the sample is the best we know.
+    assert_eq!(cpu_estimate(0.4, 1, 2), 0.4);
+}
+
+/// The candidate an index sorted by rank yields first (ties: the earlier one).
+fn best<'a>(placement: Placement, candidates: &[(&'a str, u32, u32)]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .min_by_key(|(_, running, slots)| rank(placement, *running, *slots))
+        .map(|(k, _, _)| *k)
+}
+
+#[test]
+fn pack_prefers_fullest_and_spread_emptiest() {
+    let c = [("a", 0, 2), ("b", 1, 2), ("c", 1, 4)];
+    assert_eq!(best(Placement::Pack, &c), Some("b"));
+    assert_eq!(best(Placement::Spread, &c), Some("a"));
+    assert_eq!(best(Placement::Pack, &[]), None);
+    assert_eq!(
+        best(Placement::Pack, &[("a", 0, 4), ("b", 3, 4), ("c", 2, 4)]),
+        Some("b")
+    );
+    assert_eq!(
+        best(Placement::Spread, &[("a", 2, 4), ("b", 0, 4), ("c", 0, 4)]),
+        Some("b")
+    );
+}
+
+#[test]
+fn pack_with_mixed_sizes_still_finds_the_fullest() {
+    // A one-slot idle worker is not the fullest when a 3-of-4 one exists.
+    assert_eq!(
+        best(Placement::Pack, &[("small", 0, 1), ("big", 3, 4)]),
+        Some("big")
+    );
+    assert_eq!(
+        best(Placement::Pack, &[("small", 0, 1), ("half", 2, 4)]),
+        Some("half")
+    );
+    // Equal fills rank equal whatever the sizes: the index breaks the tie.
+    assert_eq!(rank(Placement::Pack, 1, 2), rank(Placement::Pack, 2, 4));
+    assert_eq!(rank(Placement::Spread, 0, 1), rank(Placement::Spread, 0, 8));
+}
+
+#[test]
+fn idle_worker_with_empty_pool_stops_after_keep_alive() {
+    let r = Rules {
+        keep_alive: Duration::from_secs(5),
+        ..rules()
+    };
+    let w = WorkerView {
+        idle_for: Duration::from_secs(2),
+        ..worker()
+    };
+    assert_eq!(
+        idle_action(&r, &w, true),
+        IdleAction::RecheckAfter(Duration::from_secs(3))
+    );
+    let w = WorkerView {
+        idle_for: Duration::from_secs(5),
+        ..worker()
+    };
+    assert_eq!(idle_action(&r, &w, true), IdleAction::Stop(StopReason::Idle));
+}
+
+#[test]
+fn zero_keep_alive_stops_an_idle_worker_at_once() {
+    assert_eq!(
+        idle_action(&rules(), &worker(), true),
+        IdleAction::Stop(StopReason::Idle)
+    );
+}
+
+#[test]
+fn idle_worker_with_work_waiting_is_kept_if_eligible() {
+    assert_eq!(idle_action(&rules(), &worker(), false), IdleAction::Keep);
+}
+
+#[test]
+fn idle_ineligible_worker_with_work_waiting_stops() {
+    let w = WorkerView {
+        cpu: 0.99,
+        ..worker()
+    };
+    assert_eq!(
+        idle_action(&rules(), &w, false),
+        IdleAction::Stop(StopReason::Ineligible)
+    );
+    // Under the external spawner nothing would replace it: it is kept for its load to pass.
+    let external = Rules {
+        spawns: false,
+        ..rules()
+    };
+    assert_eq!(idle_action(&external, &w, false), IdleAction::Keep);
+    // With nothing waiting the same worker just idles out.
+    assert_eq!(
+        idle_action(&rules(), &w, true),
+        IdleAction::Stop(StopReason::Idle)
+    );
+}
+
+#[test]
+fn draining_worker_stops_when_idle_but_not_while_busy() {
+    let w = WorkerView {
+        age: Duration::from_secs(90),
+        ..worker()
+    };
+    assert_eq!(
+        idle_action(&rules(), &w, false),
+        IdleAction::Stop(StopReason::Deadline)
+    );
+    let busy = WorkerView { running: 1, ..w };
+    assert_eq!(idle_action(&rules(), &busy, false), IdleAction::Keep);
+}
+
+#[test]
+fn a_level_only_risen_to_starts_a_worker_there_still_probing() {
+    let r = rules();
+    let risen = Learned {
+        level: 32,
+        settled: false,
+    };
+    let l = initial_limit(&r, 0, 0, Some(risen), 2);
+    assert_eq!((l.value(), l.settled()), (32, false));
+    assert_eq!(
+        new_worker_capacity(&r, Some(risen)),
+        256,
+        "its level is not known yet"
+    );
+}
+
+fn settled(level: u32) -> Learned {
+    Learned { level, settled: true }
+}
+
+#[test]
+fn a_new_workers_limit_is_pinned_learned_or_probing_from_its_vcpus() {
+    let r = rules();
+    assert_eq!(initial_limit(&r, 0, 0, None, 2).value(), 2);
+    assert!(!initial_limit(&r, 0, 0, None, 2).settled());
+    assert_eq!(initial_limit(&r, 0, 0, Some(settled(40)), 2).value(), 40);
+    assert!(initial_limit(&r, 0, 0, Some(settled(40)), 2).settled());
+    // The worker's own cap bounds the learned level.
+    assert_eq!(initial_limit(&r, 0, 16, Some(settled(40)), 2).value(), 16);
+    // --slots on the coordinator, or the worker's own --slots, pins it.
+    assert_eq!(
+        initial_limit(&r, 3, 0, Some(settled(40)), 2).phase(),
+        limit::Phase::Pinned
+    );
+    let pinned = Rules {
+        pinned_slots: Some(5),
+        ..r
+    };
+    assert_eq!(initial_limit(&pinned, 3, 0, Some(settled(40)), 2).value(), 5);
+}
+
+#[test]
+fn scale_out_counts_an_unlearned_worker_as_able_to_grow() {
+    let r = rules();
+    assert_eq!(new_worker_capacity(&r, None), 256);
+    assert_eq!(new_worker_capacity(&r, Some(settled(12))), 12);
+    let conventional = Rules {
+        max_tasks_per_worker: Some(1),
+        ..r
+    };
+    assert_eq!(new_worker_capacity(&conventional, None), 1);
+    let probing = initial_limit(&r, 0, 0, None, 2);
+    assert_eq!(free_capacity(&probing, 256, 2), 254);
+    let learned = initial_limit(&r, 0, 0, Some(settled(12)), 2);
+    assert_eq!(free_capacity(&learned, 256, 2), 10);
+}
+
+#[test]
+fn spawn_covers_uncovered_pending_within_cap() {
+    // 10 pending, 3 free slots, 2 slots per new worker: 4 workers wanted.
+    assert_eq!(workers_to_spawn(10, 3, 0, 8, 2), 4);
+    // Cap of 8 with 6 already in the fleet leaves room for 2.
+    assert_eq!(workers_to_spawn(10, 3, 6, 8, 2), 2);
+    // Starting workers' slots count as free: nothing more to start.
+    assert_eq!(workers_to_spawn(4, 4, 2, 8, 2), 0);
+    assert_eq!(workers_to_spawn(0, 0, 0, 8, 2), 0);
+}
+
+#[test]
+fn spawn_backoff_doubles_per_failure_up_to_its_cap() {
+    assert_eq!(spawn_backoff(0), Duration::from_millis(100));
+    assert_eq!(spawn_backoff(1), Duration::from_millis(200));
+    assert_eq!(spawn_backoff(3), Duration::from_millis(800));
+    assert_eq!(spawn_backoff(7), MAX_SPAWN_BACKOFF);
+    assert_eq!(spawn_backoff(u32::MAX), MAX_SPAWN_BACKOFF);
+}
+
+#[test]
+fn spawning_is_given_up_after_the_failures_allowed_in_a_row() {
+    assert!(!give_up_spawning(4, 5));
+    assert!(give_up_spawning(5, 5));
+    assert!(give_up_spawning(1, 1));
+}
+
+#[test]
+fn a_lost_attempt_is_retried_until_the_attempts_are_spent() {
+    assert_eq!(after_lost_attempt(1, 3), AfterLostAttempt::Retry);
+    assert_eq!(after_lost_attempt(2, 3), AfterLostAttempt::Retry);
+    assert_eq!(after_lost_attempt(3, 3), AfterLostAttempt::Fail);
+    assert_eq!(after_lost_attempt(1, 1), AfterLostAttempt::Fail);
+}
+
+#[test]
+fn fleet_room_is_the_tighter_of_the_function_cap_and_the_fleet_cap() {
+    assert_eq!(fleet_room(2, 2, 8, 100), 6);
+    assert_eq!(fleet_room(2, 98, 8, 100), 2);
+    assert_eq!(fleet_room(8, 8, 8, 100), 0);
+    assert_eq!(fleet_room(9, 120, 8, 100), 0);
+}
+
+#[test]
+fn free_slots_matter_only_while_the_pool_is_shallower_than_every_slot_that_could_open() {
+    // 2 live workers of up to 8 slots, room for 3 more of 4 slots: 16 + 12 = 28.
+    assert!(free_slots_matter(27, 16, 3, 4));
+    assert!(!free_slots_matter(28, 16, 3, 4));
+    assert!(!free_slots_matter(1000, 16, 3, 4));
+}
+
+#[test]
+fn a_stopping_or_detached_worker_takes_nothing_and_only_a_detached_one_may_come_back() {
+    let r = rules();
+    let stopping = WorkerView {
+        stopping: true,
+        ..worker()
+    };
+    assert_eq!(assess(&r, &stopping), Verdict::Stopping);
+    assert!(assess(&r, &stopping).is_final());
+    assert!(!assess(&r, &stopping).counts_as_capacity());
+    let detached = WorkerView {
+        attached: false,
+        ..worker()
+    };
+    assert_eq!(assess(&r, &detached), Verdict::Detached);
+    assert!(!assess(&r, &detached).is_final());
+    assert!(!assess(&r, &detached).counts_as_capacity());
+    let busy = WorkerView { cpu: 2.0, ..worker() };
+    assert!(assess(&r, &busy).counts_as_capacity());
+}
+
+#[test]
+fn the_idle_rule_leaves_a_stopping_or_detached_worker_alone() {
+    let r = rules();
+    let idle = Duration::from_secs(3600);
+    let stopping = WorkerView {
+        stopping: true,
+        idle_for: idle,
+        ..worker()
+    };
+    assert_eq!(idle_action(&r, &stopping, true), IdleAction::Keep);
+    let detached = WorkerView {
+        attached: false,
+        idle_for: idle,
+        ..worker()
+    };
+    assert_eq!(idle_action(&r, &detached, true), IdleAction::Keep);
+}

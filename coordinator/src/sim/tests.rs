@@ -1,0 +1,143 @@
+//! Unit tests of `mod`.
+
+use super::*;
+
+fn config(conventional: bool, max_workers: u32, slots: Option<u32>) -> Config {
+    Config {
+        max_workers,
+        memory_mb: 2048,
+        slots: if conventional { Some(1) } else { slots },
+        max_tasks_per_worker: conventional.then_some(1),
+        ..Config::default()
+    }
+}
+
+fn spin(conventional: bool, max_workers: u32, slots: Option<u32>) -> SimConfig {
+    SimConfig::new(
+        config(conventional, max_workers, slots),
+        "spin",
+        40,
+        TaskModel::cpu_bound(Duration::from_millis(200)),
+    )
+}
+
+#[test]
+fn carpool_fills_both_vcpus_of_one_worker() {
+    let r = simulate(&spin(false, 1, Some(2)));
+    assert_eq!((r.succeeded, r.invocations, r.peak_concurrency), (40, 1, 2));
+    // 50 ms cold start, then 20 rounds of two 200 ms tasks side by side.
+    assert_eq!(r.completion, Duration::from_millis(50 + 20 * 200));
+    // Billed from hello to exit: 20 rounds of 200 ms at 2 GB.
+    assert!((r.billed_gb_s - 8.0).abs() < 1e-3, "{r:?}");
+}
+
+#[test]
+fn conventional_faas_is_one_invocation_per_task() {
+    let r = simulate(&spin(true, 1, None));
+    assert_eq!((r.succeeded, r.invocations), (40, 40));
+    assert_eq!(r.completion, Duration::from_millis(40 * (50 + 200)));
+    assert!((r.billed_gb_s - 16.0).abs() < 1e-3, "{r:?}");
+}
+
+#[test]
+fn cpu_bound_tasks_share_the_vcpus_when_oversubscribed() {
+    // Four at once on two vCPUs: each takes twice as long, the batch no less.
+    let r = simulate(&spin(false, 1, Some(4)));
+    assert_eq!((r.succeeded, r.peak_concurrency), (40, 4));
+    assert_eq!(r.completion, Duration::from_millis(50 + 10 * 400));
+}
+
+#[test]
+fn adaptive_cpu_bound_stays_near_the_vcpus_and_matches_static() {
+    let fixed = simulate(&spin(false, 1, Some(2)));
+    let adaptive = simulate(&spin(false, 1, None));
+    assert_eq!(adaptive.succeeded, 40);
+    let ratio = adaptive.completion.as_secs_f64() / fixed.completion.as_secs_f64();
+    assert!(ratio < 1.05, "adaptive {adaptive:?} vs static {fixed:?}");
+}
+
+#[test]
+fn waiting_tasks_climb_far_past_the_vcpus() {
+    let mut s = SimConfig::new(
+        config(false, 8, None),
+        "sleep",
+        4000,
+        TaskModel::waiting(Duration::from_millis(100)),
+    );
+    s.config.memory_mb = 1024;
+    let adaptive = simulate(&s);
+    s.config.slots = Some(1);
+    let fixed = simulate(&s);
+    assert_eq!(adaptive.succeeded, 4000);
+    assert!(adaptive.peak_concurrency >= 128, "{adaptive:?}");
+    assert!(
+        adaptive.billed_gb_s * 5.0 < fixed.billed_gb_s,
+        "adaptive {adaptive:?} vs one slot {fixed:?}"
+    );
+}
+
+#[test]
+fn a_second_batch_starts_at_the_learned_level_and_costs_less() {
+    let mut s = SimConfig::new(
+        config(false, 8, None),
+        "sleep",
+        2000,
+        TaskModel::waiting(Duration::from_millis(100)),
+    );
+    s.config.memory_mb = 1024;
+    let r = simulate_batches(&s, 2);
+    assert_eq!((r[0].succeeded, r[1].succeeded), (2000, 2000));
+    assert!(r[1].billed_gb_s < r[0].billed_gb_s, "{r:?}");
+    assert!(r[1].completion < r[0].completion, "{r:?}");
+}
+
+#[test]
+fn memory_bound_tasks_never_overfill_a_worker() {
+    let task = TaskModel {
+        cpu: Duration::from_millis(5),
+        wait: Duration::from_millis(300),
+        mem_mb: 40.0,
+    };
+    let mut s = SimConfig::new(config(false, 4, None), "hold", 400, task);
+    s.config.memory_mb = 1024;
+    let r = simulate(&s);
+    assert_eq!(r.succeeded, 400);
+    assert!(r.peak_memory_fraction < 1.0, "{r:?}");
+    // (1024 - 8) / 40 = 25 fit; within 20 % of that.
+    assert!(r.peak_concurrency >= 20, "{r:?}");
+}
+
+/// The figures of a fixed model, pinned: a change to how the simulator or the state
+/// runs (data structures, event order, dropping dead timers) must not move them. At 5,000
+/// invocations, conventional FaaS also has the queue purge its dead deadline timers
+/// and the fleet reuse its slots.
+#[test]
+fn a_fixed_model_gives_the_same_figures() {
+    for (conventional, completion_ms, invocations, gb_s) in
+        [(false, 4_681, 50, 920.516), (true, 16_495, 5_000, 2_840.0)]
+    {
+        let mut s = spin(conventional, 50, Some(3));
+        s.config.memory_mb = 4096;
+        s.config.keep_alive = Duration::from_millis(30);
+        s.tasks = 5_000;
+        s.task = TaskModel::cpu_bound(Duration::from_millis(137));
+        s.cold_start = Duration::from_millis(23);
+        s.exit_delay = Duration::from_millis(5);
+        let r = simulate(&s);
+        assert_eq!(
+            (r.succeeded, r.invocations, r.completion, r.peak_workers),
+            (5_000, invocations, Duration::from_millis(completion_ms), 50),
+            "conventional: {conventional}"
+        );
+        assert!((r.billed_gb_s - gb_s).abs() < 1e-6, "{r:?}");
+    }
+}
+
+#[test]
+fn a_large_batch_respects_the_fleet_cap_and_finishes_every_task() {
+    let mut s = spin(false, 100, None);
+    s.tasks = 20_000;
+    let r = simulate(&s);
+    assert_eq!(r.succeeded, 20_000);
+    assert!(r.peak_workers <= 100 && r.invocations >= 100, "{r:?}");
+}
