@@ -352,6 +352,15 @@ async fn serve(cli: Cli) -> ExitCode {
         eprintln!("carpool-coordinator: {e}");
         return ExitCode::from(2);
     }
+    // The handlers are in place before the address is printed: a SIGTERM sent as soon as
+    // the address is known drains, it does not kill.
+    let shutdown = match shutdown_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("carpool-coordinator: cannot install the signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -367,7 +376,7 @@ async fn serve(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match carpool_coordinator::run(listener, config, shutdown_signal()).await {
+    match carpool_coordinator::run(listener, config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("carpool-coordinator: {e}");
@@ -377,17 +386,14 @@ async fn serve(cli: Cli) -> ExitCode {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
+    })
 }

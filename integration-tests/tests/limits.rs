@@ -358,7 +358,9 @@ async fn results_of_the_drain_survive_and_a_damaged_journal_refuses_to_start() {
     assert_eq!(info.state(), pb::TaskState::Succeeded, "{info:?}");
     assert_eq!(info.attempts, 1);
     drop(client);
-    assert!(coord.terminate().success());
+    let log = coord.log();
+    let status = coord.terminate();
+    assert!(status.success(), "{status:?}: {log}");
 
     // Damage the task's record: the next start refuses, naming it.
     {

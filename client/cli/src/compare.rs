@@ -170,7 +170,9 @@ pub(crate) async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Ve
     let (mut gb_before, mut inv_before, mut failed_before) = (0.0, 0, 0);
     for _ in 0..batches {
         let mut run = batch(&client, w).await?;
-        let stats = settled(&client).await?;
+        let stats = crate::shared::settled(&client, Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?;
         let f = stats
             .functions
             .iter()
@@ -232,19 +234,6 @@ async fn batch(client: &Client, w: &Workload) -> Result<Run, String> {
         return Err(format!("{}: {done} of {} results came back", w.name, w.tasks));
     }
     Ok(run)
-}
-
-/// Stats once the fleet has gone (the bill is closed).
-async fn settled(client: &Client) -> Result<carpool_proto::pb::StatsResponse, String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = client.stats().await.map_err(|e| e.to_string())?;
-        let t = s.total.clone().unwrap_or_default();
-        if (t.workers_live == 0 && t.workers_starting == 0) || Instant::now() > deadline {
-            return Ok(s);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The four ways of one workload, measured.

@@ -15,10 +15,10 @@ use carpool_coordinator::{Config, SpawnerKind, config::vcpus_for_memory};
 use carpool_proto::Bytes;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use carpool_client::{Client, TaskState};
+
+use crate::shared::{self, saving};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -112,12 +112,9 @@ pub(crate) enum DemoError {
     /// Talking to the in-process coordinator failed.
     #[error(transparent)]
     Client(#[from] carpool_client::Error),
-    /// The coordinator could not start.
-    #[error("coordinator: {0}")]
-    Coordinator(#[from] carpool_coordinator::Error),
-    /// Binding a port failed.
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
+    /// The in-process coordinator could not start, or failed.
+    #[error(transparent)]
+    Coordinator(#[from] shared::InProcError),
     /// Tasks did not all succeed.
     #[error("{0}")]
     Incomplete(String),
@@ -194,19 +191,7 @@ async fn run_mode(
     batch: &Batch,
     opts: &DemoOptions,
 ) -> Result<ModeReport, DemoError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(carpool_coordinator::run(listener, config, async {
-        let _ = stopped.await;
-    }));
-    let outcome = drive(mode, &url, batch, opts).await;
-    let _ = stop.send(());
-    match server.await {
-        Ok(result) => result?,
-        Err(join) => return Err(DemoError::Incomplete(format!("coordinator task failed: {join}"))),
-    }
-    outcome
+    shared::with_coordinator(config, |url| async move { drive(mode, &url, batch, opts).await }).await?
 }
 
 async fn drive(
@@ -251,15 +236,7 @@ async fn drive(
         )));
     }
     // The bill closes when the last worker has left.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let stats = loop {
-        let stats = client.stats().await?;
-        let total = stats.total.clone().unwrap_or_default();
-        if (total.workers_live == 0 && total.workers_starting == 0) || Instant::now() > deadline {
-            break stats;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let stats = shared::settled(&client, Duration::from_secs(15)).await?;
     let total = stats.total.clone().unwrap_or_default();
     let learned = stats
         .functions
@@ -317,13 +294,6 @@ pub(crate) fn table(reports: &[(Batch, [ModeReport; 2])]) -> String {
             ));
         }
         let [c, f] = modes;
-        let saving = |ours: f64, theirs: f64| {
-            if theirs > 0.0 {
-                100.0 * (1.0 - ours / theirs)
-            } else {
-                0.0
-            }
-        };
         out.push_str(&format!(
             "{:<18} {:>6} {:>11.1}% {:>11.1}% {:>11.1}% {:>15.1}%\n",
             "carpool saving",

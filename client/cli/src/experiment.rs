@@ -15,10 +15,10 @@ use carpool_coordinator::sim::{SimConfig, SimReport, TaskModel, simulate};
 use carpool_coordinator::{Config, SpawnerKind};
 use carpool_proto::Bytes;
 use futures::StreamExt;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 use carpool_client::{Client, TaskState};
+
+use crate::shared::{self, saving};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -109,22 +109,12 @@ pub(crate) async fn measure(
     max_workers: u32,
     conventional: bool,
 ) -> Result<(Outcome, Duration), String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
-    let (stop, stopped) = oneshot::channel::<()>();
     let cfg = config(opts, memory_mb, max_workers, conventional);
-    let server = tokio::spawn(carpool_coordinator::run(listener, cfg, async {
-        let _ = stopped.await;
-    }));
-    let outcome = drive(opts, &url, image, memory_mb, max_workers, conventional).await;
-    let _ = stop.send(());
-    server
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    outcome
+    shared::with_coordinator(cfg, |url| async move {
+        drive(opts, &url, image, memory_mb, max_workers, conventional).await
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 async fn drive(
@@ -156,19 +146,11 @@ async fn drive(
         task_ms.push(res.finished_unix_ms.saturating_sub(res.started_unix_ms));
     }
     let completion = start.elapsed();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let totals = loop {
-        let t = client
-            .stats()
-            .await
-            .map_err(|e| e.to_string())?
-            .total
-            .unwrap_or_default();
-        if (t.workers_live == 0 && t.workers_starting == 0) || std::time::Instant::now() > deadline {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let totals = shared::settled(&client, Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?
+        .total
+        .unwrap_or_default();
     let mean = task_ms.iter().sum::<u64>() as f64 / task_ms.len().max(1) as f64;
     Ok((
         Outcome {
@@ -359,14 +341,6 @@ pub(crate) fn parse_scale(s: &str) -> Result<(usize, u32), String> {
 
 fn relative(a: f64, b: f64) -> f64 {
     if b > 0.0 { (a - b) / b } else { 0.0 }
-}
-
-fn saving(ours: f64, theirs: f64) -> f64 {
-    if theirs > 0.0 {
-        100.0 * (1.0 - ours / theirs)
-    } else {
-        0.0
-    }
 }
 
 /// Runs the whole experiment and prints its report (and writes `chart.svg` in `opts.dir`):

@@ -9,6 +9,7 @@ mod compare;
 mod demo;
 mod experiment;
 mod render;
+mod shared;
 
 use bench::BenchOptions;
 use carpool_client::{Client, ConnectOptions};
