@@ -47,6 +47,9 @@ pub struct Config {
     pub spawner: SpawnerKind,
     /// Fleet cap per function (live plus starting workers).
     pub max_workers: u32,
+    /// Where `/metrics` is served (its own address, never the gRPC port); `None`: not
+    /// served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Fleet cap over every function (live plus starting workers): with many functions,
     /// `max_workers` each could otherwise add up to any number of paid invocations.
     pub max_fleet: u32,
@@ -107,6 +110,9 @@ pub struct Config {
     pub exec_functions: Vec<(String, String)>,
     /// `RUST_LOG` for local workers; `None` passes the coordinator's environment through.
     pub worker_log: Option<String>,
+    /// `--log-format` for local workers (`text` or `json`), so that their lines, which share
+    /// the coordinator's stderr, have its format; `None`: their own default.
+    pub worker_log_format: Option<String>,
     /// The only local directory local workers' `thumbnail` reads and writes (`--data-dir`
     /// of each worker); `None`: only `s3://` objects.
     pub worker_data_dir: Option<PathBuf>,
@@ -147,6 +153,7 @@ impl Default for Config {
             functions: Vec::new(),
             max_functions: 1000,
             max_spawn_failures: 10,
+            metrics_listen: None,
             max_connections: 16_384,
             handshake_timeout: Duration::from_secs(10),
             memory_mb: 2048,
@@ -166,6 +173,7 @@ impl Default for Config {
             worker_bin: None,
             exec_functions: Vec::new(),
             worker_log: None,
+            worker_log_format: None,
             worker_data_dir: None,
             reconnect_grace: Duration::from_secs(5),
             liveness_intervals: 10,

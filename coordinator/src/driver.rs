@@ -26,6 +26,7 @@ use tracing::{error, warn};
 use crate::config::Config;
 use crate::error::Result;
 use crate::journal::Journal;
+use crate::metrics::Metrics;
 use crate::spawner::Spawner;
 use crate::state::{
     Conn, Effects, Outbound, SpawnOutcome, State, Submission, Submitted, TaskId, Waiter, WaiterId,
@@ -115,6 +116,8 @@ struct Inner {
     journal: Option<Journal>,
     /// Woken whenever a worker stream ends (shutdown waits on it for the fleet to drain).
     disconnected: Notify,
+    /// What `/metrics` exports; the state's observations are recorded here.
+    metrics: Arc<Metrics>,
 }
 
 /// Takes a lock; a poisoned one ends the process (see the module's notes).
@@ -137,6 +140,7 @@ impl Driver {
         journal: Option<Journal>,
     ) -> Self {
         let state = State::new(config.clone(), Instant::now());
+        let metrics = Arc::new(Metrics::new(config.spawner));
         let driver = Self(Arc::new(Inner {
             state: Mutex::new(state),
             routes: Mutex::new(Routes::default()),
@@ -147,6 +151,7 @@ impl Driver {
             tracker,
             stop,
             disconnected: Notify::new(),
+            metrics,
         }));
         driver.consume(reports);
         driver
@@ -326,8 +331,16 @@ impl Driver {
         }
     }
 
-    /// Journal writes, spawns and timers.
+    /// The metrics this driver records.
+    pub(crate) fn metrics(&self) -> Arc<Metrics> {
+        self.0.metrics.clone()
+    }
+
+    /// Journal writes, spawns, timers and observations.
     fn carry_out(&self, effects: Effects) {
+        if !effects.observed.is_empty() {
+            self.0.metrics.observe(&effects.observed);
+        }
         if let Some(j) = &self.0.journal
             && !effects.journal.is_empty()
         {

@@ -10,6 +10,7 @@
 //! - [`auth`]: bearer tokens for workers and clients.
 //! - [`journal`]: the embedded store behind `--state-dir` (accepted means durable).
 //! - [`server`]: [`run`] serves everything on a bound listener until shutdown.
+//! - `metrics`: `/metrics` for Prometheus, on `--metrics-listen`.
 //! - [`sim`]: the same scheduling state driven by a virtual clock, for experiments at any scale.
 
 pub mod auth;
@@ -19,6 +20,7 @@ mod driver;
 mod error;
 mod journal;
 mod lambda;
+mod metrics;
 mod scheduler;
 mod server;
 mod service;

@@ -10,7 +10,6 @@ use carpool_coordinator::config::ServerTls;
 use carpool_coordinator::{Config, Placement, SpawnerKind};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 /// carpool's coordinator: keeps a pool of tasks per function and packs them into workers
 /// that hold one gRPC stream each, starting new workers only when running ones are full.
@@ -23,6 +22,14 @@ struct Cli {
     /// How workers are started.
     #[arg(long, env = "CARPOOL_SPAWNER", value_enum, default_value_t = SpawnerArg::Local)]
     spawner: SpawnerArg,
+    /// Log format on stderr: `text`, or `json` (one object per line, task and worker ids as
+    /// fields).
+    #[arg(long, env = "CARPOOL_LOG_FORMAT", default_value = "text", value_parser = carpool_proto::LOG_FORMATS)]
+    log_format: String,
+    /// Serve Prometheus metrics on this address, at /metrics (its own port, never the gRPC
+    /// one) [default: off]; e.g. 0.0.0.0:9464.
+    #[arg(long, env = "CARPOOL_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Fleet cap per function: live plus starting workers.
     #[arg(long, env = "CARPOOL_MAX_WORKERS", default_value_t = 8)]
     max_workers: u32,
@@ -269,6 +276,7 @@ impl Cli {
             },
             max_workers: self.max_workers,
             max_fleet: self.max_fleet,
+            metrics_listen: self.metrics_listen,
             functions: self.functions,
             max_functions: self.max_functions,
             max_spawn_failures: self.max_spawn_failures,
@@ -294,6 +302,7 @@ impl Cli {
             worker_bin: self.worker_bin,
             exec_functions: self.exec_functions,
             worker_log: None,
+            worker_log_format: Some(self.log_format.clone()),
             worker_data_dir: self.worker_data_dir,
             reconnect_grace: self.reconnect_grace,
             liveness_intervals: self.liveness_intervals,
@@ -316,12 +325,8 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    carpool_proto::init_logging(&cli.log_format, "info");
     if let Err(msg) = cli.validate() {
         eprintln!("carpool-coordinator: {msg}");
         return ExitCode::from(2);

@@ -97,6 +97,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
         None => (None, None),
     };
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .map_err(|e| Error::Config(format!("--metrics-listen {at}: {e}")))?,
+        ),
+        None => None,
+    };
     let driver = Driver::new(config.clone(), spawner, outcomes, tracker, stop.clone(), journal);
     if let Some(r) = recovered {
         driver.update(|s, now, effects| s.restore(r, now, effects));
@@ -164,6 +172,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         );
     info!(%addr, spawner = ?config.spawner, "coordinator serving");
     let server = tokio::spawn(server);
+    if let Some(metrics_listener) = metrics_listener {
+        tokio::spawn(crate::metrics::serve(
+            metrics_listener,
+            driver.clone(),
+            driver.metrics(),
+            server_stop.clone(),
+        ));
+    }
 
     shutdown.await;
     info!("shutting down: draining workers");

@@ -104,6 +104,8 @@ pub(crate) struct LocalSpawner {
     exec_functions: Vec<(String, String)>,
     /// `RUST_LOG` for workers (tests quiet them), if set.
     log: Option<String>,
+    /// `--log-format` for workers (the coordinator's), if set.
+    log_format: Option<String>,
     /// `--worker-data-dir`, the only directory `thumbnail` may use.
     data_dir: Option<PathBuf>,
     /// The worker token, handed over in the environment.
@@ -137,6 +139,7 @@ impl LocalSpawner {
             timeout: config.execution_timeout,
             exec_functions: config.exec_functions.clone(),
             log: config.worker_log.clone(),
+            log_format: config.worker_log_format.clone(),
             data_dir: config.worker_data_dir.clone(),
             token: config.worker_token.clone(),
             tls: config
@@ -199,6 +202,9 @@ impl LocalSpawner {
         }
         if let Some(filter) = &self.log {
             cmd.env("RUST_LOG", filter);
+        }
+        if let Some(format) = &self.log_format {
+            cmd.env("CARPOOL_LOG_FORMAT", format);
         }
         cmd.stdin(Stdio::piped()).kill_on_drop(true);
         cmd

@@ -376,3 +376,35 @@ pub async fn totals(client: &Client) -> pb::FunctionStats {
         .total
         .unwrap_or_default()
 }
+
+/// GETs `path` (with its query, already encoded) from `http://{addr}` over HTTP/1.1;
+/// returns the status and the body. `accept`, if given, is sent as the Accept header.
+pub async fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("handshake {addr}: {e}"))?;
+    tokio::spawn(connection);
+    let mut request = hyper::Request::get(path).header(hyper::header::HOST, addr);
+    if let Some(a) = accept {
+        request = request.header(hyper::header::ACCEPT, a);
+    }
+    let request = request
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("GET {addr}{path}: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("GET {addr}{path}: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}

@@ -31,6 +31,27 @@ pub fn aws_https_client() -> aws_smithy_runtime_api::client::http::SharedHttpCli
 }
 pub use auth::{Bearer, Secret};
 
+/// Sets up a binary's logs on stderr: `format` is `text` (colours only on a terminal) or
+/// `json` (one object per line, with each event's fields, such as `task` and `worker`, and
+/// its spans); `RUST_LOG` filters, else `default_filter`.
+#[cfg(feature = "logging")]
+pub fn init_logging(format: &str, default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().with_current_span(false).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+/// The values `--log-format` takes.
+pub const LOG_FORMATS: [&str; 2] = ["text", "json"];
+
 /// The coordinator's one line on stdout starts with this, followed by the bound address:
 /// scripts and tests read the address from it ([`listening_address`]).
 pub const LISTENING_LINE: &str = "carpool-coordinator listening on ";

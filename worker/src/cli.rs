@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 use crate::config::WorkerConfig;
 use crate::handler::Handler;
@@ -21,6 +20,10 @@ pub struct WorkerArgs {
     /// The coordinator to dial.
     #[arg(long, env = "CARPOOL_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
+    /// Log format on stderr: `text`, or `json` (one object per line, task and worker ids as
+    /// fields).
+    #[arg(long, env = "CARPOOL_LOG_FORMAT", default_value = "text", value_parser = carpool_proto::LOG_FORMATS)]
+    pub log_format: String,
     /// This worker's id [default: generated].
     #[arg(long, env = "CARPOOL_WORKER_ID")]
     pub id: Option<String>,
@@ -136,11 +139,7 @@ where
     F: Fn(&str) -> Result<H, String> + Send + Sync + 'static,
     H: Handler,
 {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    carpool_proto::init_logging(&args.log_format, "info");
     if !args.cpus.is_empty()
         && let Err(e) = pin(&args.cpus)
     {

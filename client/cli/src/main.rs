@@ -19,7 +19,6 @@ use demo::DemoOptions;
 use experiment::ExperimentOptions;
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use tracing_subscriber::EnvFilter;
 
 /// carpool: many short serverless tasks share one function instance.
 #[derive(Parser, Debug)]
@@ -33,6 +32,10 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     coordinator: String,
+    /// Log format on stderr: `text`, or `json` (one object per line, task and worker ids as
+    /// fields).
+    #[arg(long, global = true, env = "CARPOOL_LOG_FORMAT", default_value = "text", value_parser = carpool_proto::LOG_FORMATS)]
+    log_format: String,
     /// The coordinator's client token (`authorization: Bearer …`).
     #[arg(
         long,
@@ -200,12 +203,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    carpool_proto::init_logging(&cli.log_format, "warn");
     match execute(cli).await {
         Ok(code) => code,
         Err(msg) => {

@@ -133,6 +133,30 @@ pub(crate) struct Effects {
     pub spawns: Vec<SpawnRequest>,
     /// Re-evaluations to schedule, after the given delay.
     pub timers: Vec<(Duration, Timer)>,
+    /// What the metrics record (after the lock is let go).
+    pub observed: Vec<Observation>,
+}
+
+/// Something the metrics count or time, as the state saw it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Observation {
+    /// A task ended. Times in ms; `None` where the task never ran (cancelled while pending,
+    /// failed before any attempt) or a clock went backwards.
+    Finished {
+        /// Submitted to started (schedule-to-start).
+        to_start_ms: Option<u64>,
+        /// Started to finished, on its worker.
+        execution_ms: Option<u64>,
+        /// Submitted to its result.
+        to_result_ms: Option<u64>,
+    },
+    /// A spawned worker said hello this long after it was asked for.
+    ColdStart(u64),
+    /// A worker was told to shut down.
+    Shutdown(pb::ShutdownReason),
+    /// A spawn failed: `spawner` (the spawner reported an error), `exited` (its process
+    /// ended before hello) or `no_hello` (it did not say hello within the start timeout).
+    SpawnFailed(&'static str),
 }
 
 impl Effects {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{info, warn};
 
-use super::{Effects, State, TaskId, Timer, WorkerId};
+use super::{Effects, Observation, State, TaskId, Timer, WorkerId};
 use crate::error::Error;
 use crate::scheduler::{self, AfterLostAttempt};
 
@@ -111,7 +111,7 @@ impl State {
             }
             self.written_off.insert(id.clone());
             self.written_off_order.push_back(id.clone());
-            self.spawn_failed(&id, &reason, now, effects);
+            self.spawn_failed(&id, "no_hello", &reason, now, effects);
         }
     }
 
@@ -197,7 +197,9 @@ impl State {
     ) {
         match outcome {
             super::SpawnOutcome::Started { id, instance } => self.spawned(&id, instance),
-            super::SpawnOutcome::Failed { id, reason } => self.spawn_failed(&id, &reason, now, effects),
+            super::SpawnOutcome::Failed { id, reason } => {
+                self.spawn_failed(&id, "spawner", &reason, now, effects);
+            }
             super::SpawnOutcome::Exited { id, reason } => self.process_exited(&id, &reason, now, effects),
         }
     }
@@ -212,7 +214,7 @@ impl State {
         effects: &mut Effects,
     ) {
         if self.starting.contains_key(id) {
-            self.spawn_failed(id, reason, now, effects);
+            self.spawn_failed(id, "exited", reason, now, effects);
         } else if self.workers.contains_key(id) {
             self.finalize(id, "its worker process exited", None, now, effects);
         }
@@ -222,10 +224,19 @@ impl State {
     /// reserved and try again after a backoff, so pending tasks are never stranded. After
     /// `--max-spawn-failures` failures in a row, the function's pending tasks fail with the
     /// cause instead (a function no worker can run is not respawned for ever).
-    pub(crate) fn spawn_failed(&mut self, id: &WorkerId, reason: &str, now: Instant, effects: &mut Effects) {
+    /// `kind` names the failure for the metrics (see [`Observation::SpawnFailed`]).
+    pub(crate) fn spawn_failed(
+        &mut self,
+        id: &WorkerId,
+        kind: &'static str,
+        reason: &str,
+        now: Instant,
+        effects: &mut Effects,
+    ) {
         let Some(s) = self.starting.remove(id) else {
             return;
         };
+        effects.observed.push(Observation::SpawnFailed(kind));
         let reason = one_line(reason);
         let limit = self.config.max_spawn_failures;
         let Some(f) = self.functions.get_mut(&s.function) else {

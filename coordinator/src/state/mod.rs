@@ -36,7 +36,7 @@ use crate::scheduler::{
 };
 
 pub(crate) use effects::{
-    Conn, Effects, JournalOp, Outbound, SpawnOutcome, SpawnRequest, Timer, Waiter, WaiterId,
+    Conn, Effects, JournalOp, Observation, Outbound, SpawnOutcome, SpawnRequest, Timer, Waiter, WaiterId,
 };
 pub(crate) use records::{Recovered, StoredTask};
 pub(crate) use tasks::{Submission, Submitted};
@@ -611,6 +611,7 @@ impl State {
         if let Some(w) = self.workers.get_mut(id) {
             info!(worker = %id, reason = reason.as_str_name(), "shutdown");
             w.stopping = true;
+            effects.observed.push(Observation::Shutdown(reason));
             w.send(
                 Kind::Shutdown(pb::Shutdown {
                     reason: reason as i32,

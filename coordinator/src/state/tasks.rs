@@ -7,7 +7,7 @@ use carpool_proto::Bytes;
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{debug, info};
 
-use super::{Effects, JournalOp, Outbound, State, Task, TaskId, Waiter};
+use super::{Effects, JournalOp, Observation, Outbound, State, Task, TaskId, Waiter};
 use super::{Recovered, StoredTask};
 use crate::config::BUILTIN_FUNCTIONS;
 use crate::error::{Error, Result};
@@ -376,6 +376,12 @@ impl State {
         }
         task.state = state;
         task.payload = Bytes::new();
+        let since = |from: u64, to: u64| (from > 0 && to >= from).then(|| to - from);
+        effects.observed.push(Observation::Finished {
+            to_start_ms: since(task.submitted_unix_ms, result.started_unix_ms),
+            execution_ms: since(result.started_unix_ms, result.finished_unix_ms),
+            to_result_ms: since(task.submitted_unix_ms, result.finished_unix_ms),
+        });
         let result = Arc::new(result);
         for w in task.waiters.drain(..) {
             w.notify(&result, effects);

@@ -162,7 +162,7 @@ fn a_failed_spawn_releases_its_capacity_and_retries_after_a_backoff() {
     let (mut s, now) = state(local(1));
     let id = spawns(&mut s, now)[0].id.clone();
     let mut effects = Effects::default();
-    s.spawn_failed(&id, "boom", now, &mut effects);
+    s.spawn_failed(&id, "spawner", "boom", now, &mut effects);
     assert!(effects.spawns.is_empty(), "respawned without a backoff");
     assert!(matches!(effects.timers.as_slice(), [(_, Timer::Function(_))]));
     let st = s.stats(now).total.expect("total");

@@ -120,6 +120,9 @@ impl State {
                     f.recent_cold_starts.pop_front();
                 }
                 f.recent_cold_starts.push_back(cold_start_ms);
+                effects
+                    .observed
+                    .push(super::Observation::ColdStart(cold_start_ms));
             }
             if instance.is_empty() {
                 instance = s.instance;

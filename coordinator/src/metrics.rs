@@ -1,0 +1,458 @@
+//! `/metrics` in the Prometheus exposition format (OpenMetrics text), on its own address
+//! (`--metrics-listen`), never on the gRPC port.
+//!
+//! Two sources, neither inside the state's lock for longer than a Stats call:
+//! - what the state observed (task times, cold starts, shutdowns, spawn failures) comes out
+//!   of each event as [`Observation`]s, recorded by the driver after the lock is let go;
+//! - counts and levels (tasks by outcome, retries, spawns, the bill, pending, workers, limits)
+//!   are read from the same Stats snapshot the Stats RPC returns, at each scrape, so the two
+//!   always agree.
+//!
+//! Labels are low-cardinality only: `function` (bounded by `--max-functions`), `outcome`,
+//! `reason`, `state`, `spawner`. Never a task id or a worker id.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::Router;
+use axum::extract::State as Extract;
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use carpool_proto::pb;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::SpawnerKind;
+use crate::driver::Driver;
+use crate::state::Observation;
+
+/// The content type of the OpenMetrics exposition (what Prometheus asks for first).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the classic text format (what `curl` and `promtool` get).
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabel {
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    function: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerStateLabels {
+    function: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpawnLabels {
+    function: String,
+    spawner: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+type FloatCounter = Counter<f64, AtomicU64>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric the coordinator exports, and the registry that encodes them.
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Submitted to started, per task.
+    to_start: Histogram,
+    /// Started to finished on the worker, per task.
+    execution: Histogram,
+    /// Submitted to result, per task.
+    to_result: Histogram,
+    /// Asked for to hello, per spawned worker.
+    cold_start: Histogram,
+    /// Shutdowns sent, by reason.
+    shutdowns: Family<ReasonLabel, Counter>,
+    /// Failed spawns, by reason.
+    spawn_failures: Family<ReasonLabel, Counter>,
+    /// Stats-derived counters, brought up to the snapshot at each scrape.
+    tasks: Family<OutcomeLabels, Counter>,
+    retries: Family<FunctionLabel, Counter>,
+    spawns: Family<SpawnLabels, Counter>,
+    billed: Family<FunctionLabel, FloatCounter>,
+    cost: Family<FunctionLabel, FloatCounter>,
+    /// Stats-derived levels.
+    pending: Family<FunctionLabel, Gauge>,
+    slots_in_use: Family<FunctionLabel, Gauge>,
+    workers: Family<WorkerStateLabels, Gauge>,
+    limit: Family<FunctionLabel, FloatGauge>,
+    learned: Family<FunctionLabel, Gauge>,
+    /// The spawner, as the `spawner` label of spawns.
+    spawner: &'static str,
+    /// One scrape at a time (each brings the counters up to its snapshot).
+    scrape: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Seconds buckets from 1 ms to about 2 minutes (doubling), for task and start times.
+fn time_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 18)
+}
+
+impl Metrics {
+    /// The metrics of a coordinator whose workers come from `spawner`.
+    pub(crate) fn new(spawner: SpawnerKind) -> Self {
+        let mut registry = Registry::with_prefix("carpool");
+        let m = Self {
+            to_start: Histogram::new(time_buckets()),
+            execution: Histogram::new(time_buckets()),
+            to_result: Histogram::new(time_buckets()),
+            cold_start: Histogram::new(time_buckets()),
+            shutdowns: Family::default(),
+            spawn_failures: Family::default(),
+            tasks: Family::default(),
+            retries: Family::default(),
+            spawns: Family::default(),
+            billed: Family::default(),
+            cost: Family::default(),
+            pending: Family::default(),
+            slots_in_use: Family::default(),
+            workers: Family::default(),
+            limit: Family::default(),
+            learned: Family::default(),
+            spawner: match spawner {
+                SpawnerKind::Local => "local",
+                SpawnerKind::Lambda => "lambda",
+                SpawnerKind::External => "external",
+            },
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        registry.register_with_unit(
+            "task_schedule_to_start",
+            "Time from a task's submission to the start of the attempt that ended it",
+            Unit::Seconds,
+            m.to_start.clone(),
+        );
+        registry.register_with_unit(
+            "task_execution",
+            "Time a task's last attempt ran on its worker",
+            Unit::Seconds,
+            m.execution.clone(),
+        );
+        registry.register_with_unit(
+            "task_submit_to_result",
+            "Time from a task's submission to its result",
+            Unit::Seconds,
+            m.to_result.clone(),
+        );
+        registry.register_with_unit(
+            "worker_cold_start",
+            "Time from a spawn request to the worker's hello",
+            Unit::Seconds,
+            m.cold_start.clone(),
+        );
+        registry.register(
+            "worker_shutdowns",
+            "Shutdowns sent to workers, by reason",
+            m.shutdowns.clone(),
+        );
+        registry.register(
+            "spawn_failures",
+            "Spawns that failed, by reason",
+            m.spawn_failures.clone(),
+        );
+        registry.register(
+            "tasks",
+            "Tasks that ended, by function and outcome",
+            m.tasks.clone(),
+        );
+        registry.register(
+            "task_retries",
+            "Attempts given back to the pool for another try",
+            m.retries.clone(),
+        );
+        registry.register(
+            "worker_spawns",
+            "Workers started that said hello",
+            m.spawns.clone(),
+        );
+        registry.register(
+            "billed_gigabyte_seconds",
+            "Billed GB-seconds of workers (Lambda's model; live workers up to now)",
+            m.billed.clone(),
+        );
+        registry.register(
+            "cost_usd",
+            "The bill in USD: GB-seconds and requests",
+            m.cost.clone(),
+        );
+        registry.register("tasks_pending", "Tasks waiting for a worker", m.pending.clone());
+        registry.register("slots_in_use", "Tasks running on workers", m.slots_in_use.clone());
+        registry.register("workers", "Workers by state (live, starting)", m.workers.clone());
+        registry.register(
+            "concurrency_limit",
+            "Mean concurrency limit of a function's live workers",
+            m.limit.clone(),
+        );
+        registry.register(
+            "concurrency_learned",
+            "Concurrency level learned for a function at the coordinator's memory size (0: none)",
+            m.learned.clone(),
+        );
+        // Known label values start at zero, so a rate over them exists before the first.
+        for reason in ["idle", "deadline", "ineligible", "drain", "surplus"] {
+            drop(m.shutdowns.get_or_create(&ReasonLabel { reason }));
+        }
+        for reason in ["spawner", "exited", "no_hello"] {
+            drop(m.spawn_failures.get_or_create(&ReasonLabel { reason }));
+        }
+        Self { registry, ..m }
+    }
+
+    /// Records what one event observed.
+    pub(crate) fn observe(&self, observed: &[Observation]) {
+        for o in observed {
+            match *o {
+                Observation::Finished {
+                    to_start_ms,
+                    execution_ms,
+                    to_result_ms,
+                } => {
+                    for (h, ms) in [
+                        (&self.to_start, to_start_ms),
+                        (&self.execution, execution_ms),
+                        (&self.to_result, to_result_ms),
+                    ] {
+                        if let Some(ms) = ms {
+                            h.observe(ms as f64 / 1000.0);
+                        }
+                    }
+                }
+                Observation::ColdStart(ms) => self.cold_start.observe(ms as f64 / 1000.0),
+                Observation::Shutdown(reason) => {
+                    let reason = shutdown_reason(reason);
+                    self.shutdowns.get_or_create(&ReasonLabel { reason }).inc();
+                }
+                Observation::SpawnFailed(reason) => {
+                    self.spawn_failures.get_or_create(&ReasonLabel { reason }).inc();
+                }
+            }
+        }
+    }
+
+    /// The exposition, with the Stats-derived metrics brought up to `stats`.
+    pub(crate) fn render(&self, stats: &pb::StatsResponse) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        for f in &stats.functions {
+            let function = || FunctionLabel {
+                function: f.function.clone(),
+            };
+            for (outcome, n) in [
+                ("succeeded", f.succeeded),
+                ("failed", f.failed),
+                ("cancelled", f.cancelled),
+            ] {
+                let labels = OutcomeLabels {
+                    function: f.function.clone(),
+                    outcome,
+                };
+                catch_up(&self.tasks.get_or_create(&labels), n);
+            }
+            catch_up(&self.retries.get_or_create(&function()), f.retried);
+            let spawns = SpawnLabels {
+                function: f.function.clone(),
+                spawner: self.spawner,
+            };
+            catch_up(&self.spawns.get_or_create(&spawns), f.workers_started);
+            catch_up_f64(&self.billed.get_or_create(&function()), f.billed_gb_ms / 1000.0);
+            catch_up_f64(&self.cost.get_or_create(&function()), f.cost_usd);
+            self.pending.get_or_create(&function()).set(gauge(f.pending));
+            self.slots_in_use.get_or_create(&function()).set(gauge(f.running));
+            for (state, n) in [("live", f.workers_live), ("starting", f.workers_starting)] {
+                let labels = WorkerStateLabels {
+                    function: f.function.clone(),
+                    state,
+                };
+                self.workers.get_or_create(&labels).set(i64::from(n));
+            }
+            self.limit.get_or_create(&function()).set(f.slots_mean);
+            self.learned
+                .get_or_create(&function())
+                .set(i64::from(f.slots_learned));
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            warn!(error = %e, "encoding the metrics failed");
+        }
+        out
+    }
+}
+
+/// Raises a counter to `target` (Stats counts only grow; a function forgotten and seen
+/// again starts lower, and its counter then waits until it passes the old figure).
+fn catch_up(c: &Counter, target: u64) {
+    let now = c.get();
+    if target > now {
+        c.inc_by(target - now);
+    }
+}
+
+fn catch_up_f64(c: &FloatCounter, target: f64) {
+    let now = c.get();
+    if target > now {
+        c.inc_by(target - now);
+    }
+}
+
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn shutdown_reason(r: pb::ShutdownReason) -> &'static str {
+    match r {
+        pb::ShutdownReason::Idle => "idle",
+        pb::ShutdownReason::Deadline => "deadline",
+        pb::ShutdownReason::Ineligible => "ineligible",
+        pb::ShutdownReason::Drain => "drain",
+        pb::ShutdownReason::Surplus => "surplus",
+        _ => "other",
+    }
+}
+
+/// Serves `/metrics` on `listener` until `stop`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    driver: Driver,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state((driver, metrics));
+    if let Some(addr) = addr {
+        info!(%addr, "metrics on /metrics");
+    }
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        warn!(error = %e, "the metrics endpoint stopped");
+    }
+}
+
+async fn scrape(
+    Extract((driver, metrics)): Extract<(Driver, Arc<Metrics>)>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    let stats = driver.read(|s, now| s.stats(now));
+    let open = metrics.render(&stats);
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(header::CONTENT_TYPE, OPENMETRICS)], open)
+    } else {
+        ([(header::CONTENT_TYPE, TEXT_FORMAT)], classic(&open))
+    }
+}
+
+/// OpenMetrics text as the classic Prometheus text format (0.0.4): a counter family is
+/// named with its `_total` suffix, and there are no `# UNIT` or `# EOF` lines.
+fn classic(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_follow_stats_and_observations_fill_the_histograms() {
+        let m = Metrics::new(SpawnerKind::Local);
+        m.observe(&[
+            Observation::Finished {
+                to_start_ms: Some(3),
+                execution_ms: Some(100),
+                to_result_ms: Some(103),
+            },
+            Observation::Shutdown(pb::ShutdownReason::Idle),
+            Observation::SpawnFailed("exited"),
+        ]);
+        let stats = pb::StatsResponse {
+            functions: vec![pb::FunctionStats {
+                function: "echo".into(),
+                succeeded: 7,
+                failed: 1,
+                pending: 4,
+                workers_live: 2,
+                billed_gb_ms: 1500.0,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = m.render(&stats);
+        for line in [
+            r#"carpool_tasks_total{function="echo",outcome="succeeded"} 7"#,
+            r#"carpool_tasks_total{function="echo",outcome="failed"} 1"#,
+            r#"carpool_tasks_pending{function="echo"} 4"#,
+            r#"carpool_workers{function="echo",state="live"} 2"#,
+            r#"carpool_billed_gigabyte_seconds_total{function="echo"} 1.5"#,
+            r#"carpool_worker_shutdowns_total{reason="idle"} 1"#,
+            r#"carpool_spawn_failures_total{reason="exited"} 1"#,
+            "carpool_task_execution_seconds_count 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let plain = classic(&text);
+        assert!(plain.contains("# TYPE carpool_tasks_total counter"), "{plain}");
+        assert!(!plain.contains("# EOF") && !plain.contains("# UNIT"));
+        // A later snapshot raises the counters to it; an earlier figure never lowers them.
+        let mut later = stats.clone();
+        later.functions[0].succeeded = 9;
+        assert!(m.render(&later).contains(r#"outcome="succeeded"} 9"#));
+        assert!(m.render(&stats).contains(r#"outcome="succeeded"} 9"#));
+    }
+}

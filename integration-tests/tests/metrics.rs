@@ -1,0 +1,234 @@
+//! `/metrics` scraped by the real Prometheus server (Debian's `prometheus` package, which
+//! `./scripts/test` installs), its figures read back through Prometheus's HTTP query API
+//! and compared with what Stats says; `promtool check metrics` on the exposition; and
+//! `--log-format json` on the binaries.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
+use std::process::{Command, Stdio};
+
+use bytes::Bytes;
+use carpool_integration_tests::{Coordinator, Proc, eventually, free_port, http_get, totals};
+use futures::StreamExt;
+use serde_json::Value;
+
+/// A program of the `prometheus` package, which the test command installs.
+fn prometheus_tool(name: &str) -> String {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .expect("sh");
+    let path = String::from_utf8_lossy(&found.stdout).trim().to_owned();
+    assert!(
+        !path.is_empty(),
+        "{name} is missing: `./scripts/test` installs Debian's prometheus package"
+    );
+    path
+}
+
+/// One instant-query value from Prometheus (`None` while the series does not exist yet).
+async fn query(prometheus: &str, promql: &str) -> Option<f64> {
+    let encoded: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, body) = http_get(prometheus, &format!("/api/v1/query?query={encoded}"), None)
+        .await
+        .ok()?;
+    if status != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_the_coordinator_and_its_counters_match_stats() {
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let coord = Coordinator::start(&["--metrics-listen", &metrics_addr]);
+    let client = coord.client().await;
+
+    // Work with every outcome: successes, a failure (an unknown program), a cancellation.
+    let inputs = futures::stream::iter((0..40).map(|i| Bytes::from(format!("\"{i}\""))));
+    let results: Vec<_> = client.map("echo", inputs).await.expect("map").collect().await;
+    assert_eq!(results.len(), 40);
+    let held = client.submit("sleep", "60000").await.expect("submit");
+    client.cancel(held).await.expect("cancel");
+    // The bill closes when the fleet has left.
+    let stats = eventually("the fleet to leave", || async {
+        let t = totals(&client).await;
+        (t.workers_live == 0 && t.workers_starting == 0).then_some(t)
+    })
+    .await;
+
+    // promtool accepts the exposition, in both formats Prometheus reads.
+    for accept in [None, Some("application/openmetrics-text; version=1.0.0")] {
+        let (status, body) = http_get(&metrics_addr, "/metrics", accept)
+            .await
+            .expect("GET /metrics");
+        assert_eq!(status, 200);
+        if accept.is_none() {
+            let mut check = Command::new(prometheus_tool("promtool"))
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("promtool");
+            std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), body.as_bytes())
+                .expect("write");
+            let out = check.wait_with_output().expect("promtool");
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}\n{body}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            assert!(body.trim_end().ends_with("# EOF"), "{body}");
+        }
+    }
+
+    // The real server scrapes it every second.
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: carpool\n    static_configs:\n      - targets: ['{metrics_addr}']\n"
+        ),
+    )
+    .expect("config");
+    let web = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(prometheus_tool("prometheus"));
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"));
+    let prometheus = Proc::start("prometheus", cmd);
+
+    let succeeded = eventually("Prometheus to have scraped the succeeded tasks", || async {
+        query(&web, r#"sum(carpool_tasks_total{outcome="succeeded"})"#).await
+    })
+    .await;
+    assert_eq!(succeeded, stats.succeeded as f64, "{}", prometheus.log());
+    for (promql, expected) in [
+        (
+            r#"sum(carpool_tasks_total{outcome="failed"})"#,
+            stats.failed as f64,
+        ),
+        (
+            r#"sum(carpool_tasks_total{outcome="cancelled"})"#,
+            stats.cancelled as f64,
+        ),
+        ("sum(carpool_worker_spawns_total)", stats.workers_started as f64),
+        ("sum(carpool_task_retries_total)", stats.retried as f64),
+        ("sum(carpool_tasks_pending)", stats.pending as f64),
+        (
+            "sum(carpool_task_execution_seconds_count)",
+            (stats.succeeded + stats.failed) as f64,
+        ),
+    ] {
+        let got = eventually(promql, || async { query(&web, promql).await }).await;
+        assert_eq!(got, expected, "{promql}");
+    }
+    let billed = eventually("the bill", || async {
+        query(&web, "sum(carpool_billed_gigabyte_seconds_total)").await
+    })
+    .await;
+    let stats_billed = stats.billed_gb_ms / 1000.0;
+    assert!(
+        (billed - stats_billed).abs() <= 1e-6 * stats_billed.max(1.0),
+        "Prometheus {billed} GB-s, Stats {stats_billed} GB-s"
+    );
+    let cost = eventually("the cost", || async {
+        query(&web, "sum(carpool_cost_usd_total)").await
+    })
+    .await;
+    assert!(
+        (cost - stats.cost_usd).abs() <= 1e-9,
+        "Prometheus {cost} USD, Stats {} USD",
+        stats.cost_usd
+    );
+    let idle = eventually("idle shutdowns", || async {
+        query(&web, r#"sum(carpool_worker_shutdowns_total{reason="idle"})"#).await
+    })
+    .await;
+    assert!(idle >= 1.0, "{idle}");
+}
+
+#[tokio::test]
+async fn the_metrics_port_is_refused_when_taken_and_logs_can_be_json() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let (code, err) = Coordinator::refused(&["--metrics-listen", &addr]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("--metrics-listen"), "{err}");
+
+    let coord = Coordinator::start_with_env(&["--log-format", "json"], &[("RUST_LOG", "debug")]);
+    let client = coord.client().await;
+    let id = client.submit("echo", "hi").await.expect("submit");
+    eventually("the task to finish", || async {
+        (client.get(id).await.ok()?.state() == carpool_proto::pb::TaskState::Succeeded).then_some(())
+    })
+    .await;
+    let log = coord.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let assigned = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "assigned")
+        .unwrap_or_else(|| panic!("no assignment logged:\n{log}"));
+    assert_eq!(assigned["fields"]["task"], id, "{assigned}");
+    assert!(assigned["fields"]["worker"].is_string(), "{assigned}");
+    assert!(assigned["level"].is_string() && assigned["timestamp"].is_string());
+}
+
+#[tokio::test]
+async fn every_query_of_the_grafana_dashboard_names_an_exported_metric() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("read the dashboard"))
+        .expect("the dashboard is JSON");
+    assert!(dashboard["title"].is_string() && dashboard["panels"].is_array());
+
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let coord = Coordinator::start(&["--metrics-listen", &metrics_addr]);
+    let client = coord.client().await;
+    client.run("echo", "x").await.expect("run");
+    let (_, body) = http_get(&metrics_addr, "/metrics", None)
+        .await
+        .expect("GET /metrics");
+    let exported: std::collections::HashSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            queries += 1;
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("carpool_"))
+                .collect();
+            assert!(!names.is_empty(), "{expr} names no carpool metric");
+            for name in names {
+                assert!(
+                    exported.contains(name),
+                    "{expr}: {name} is not exported; exported: {exported:?}"
+                );
+            }
+        }
+    }
+    assert!(queries >= 5, "{queries}");
+}
