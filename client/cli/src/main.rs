@@ -10,6 +10,7 @@ mod demo;
 mod experiment;
 mod render;
 mod shared;
+mod top;
 
 use bench::BenchOptions;
 use carpool_client::{Client, ConnectOptions};
@@ -103,6 +104,9 @@ enum Command {
     },
     /// Print task counts, workers and the bill.
     Stats,
+    /// A live view of the coordinator, refreshed every second: functions (pending, running,
+    /// rates, limits, cost) and workers (state, running/limit, CPU, memory, age); q quits.
+    Top,
     /// Measure the control plane: dispatch latency, throughput, fleet scale, worker overhead,
     /// memory per pending task, against raw tonic and the paper's polling design.
     Bench {
@@ -338,6 +342,10 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Top = cli.command {
+        top::run(&cli.coordinator, &options).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = Client::connect_with(&cli.coordinator, &options)
         .await
         .map_err(|e| e.to_string())?;
@@ -369,6 +377,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         ),
         Command::Stats => print!("{}", render::stats_table(&client.stats().await.map_err(e)?)),
         Command::Demo { .. }
+        | Command::Top
         | Command::Bench { .. }
         | Command::Experiment { .. }
         | Command::Compare { .. } => {
