@@ -6,11 +6,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use carpool_proto::Bytes;
 use carpool_proto::pb::{
     self,
     workers_server::{Workers, WorkersServer},
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -146,21 +150,22 @@ pub(crate) async fn bidi_echo(url: &str, n: usize) -> Result<f64, String> {
 
 /// The paper's prototype: a coordinator with an HTTP task queue that workers poll every
 /// `interval`; a client submits a task and waits for its result. Returns submit-to-result
-/// latencies of `n` tasks, one at a time, with `workers` pollers.
+/// latencies of `n` tasks, one at a time, with `workers` pollers. Served by axum, requested
+/// over keep-alive hyper connections.
 pub(crate) async fn polling(interval: Duration, workers: usize, n: usize) -> Result<Samples, String> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let queue = Arc::new(PollQueue::default());
-    let server_queue = queue.clone();
-    let server = tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let _ = sock.set_nodelay(true);
-            let q = server_queue.clone();
-            tokio::spawn(serve_http(sock, q));
-        }
+    let app = axum::Router::new()
+        .route("/run", axum::routing::post(run_task))
+        .route("/poll", axum::routing::get(poll))
+        .route("/result/{id}", axum::routing::post(result))
+        .with_state(Arc::new(PollQueue::default()));
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
     });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let mut pollers = Vec::new();
     for _ in 0..workers {
         pollers.push(tokio::spawn(poller(addr, interval)));
@@ -169,7 +174,7 @@ pub(crate) async fn polling(interval: Duration, workers: usize, n: usize) -> Res
     let mut s = Samples::default();
     for _ in 0..n {
         let t = Instant::now();
-        client.request("POST", "/run", b"noop").await?;
+        client.request(Method::POST, "/run").await?;
         s.push(t.elapsed());
     }
     for p in pollers {
@@ -192,65 +197,46 @@ struct PollQueue {
     inner: Mutex<Queue>,
 }
 
-async fn serve_http(sock: TcpStream, q: Arc<PollQueue>) {
-    let mut conn = BufReader::new(sock);
-    while let Ok(Some((method, path, _body))) = read_request(&mut conn).await {
-        let (status, body): (&str, Vec<u8>) = match (method.as_str(), path.as_str()) {
-            ("POST", "/run") => {
-                let (tx, rx) = oneshot::channel();
-                {
-                    let mut g = q.inner.lock().unwrap_or_else(PoisonError::into_inner);
-                    g.last += 1;
-                    let id = g.last;
-                    g.waiting.push_back(id);
-                    g.done.insert(id, tx);
-                }
-                let _ = rx.await;
-                ("200 OK", b"done".to_vec())
-            }
-            ("GET", "/poll") => {
-                let next = q
-                    .inner
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .waiting
-                    .pop_front();
-                match next {
-                    Some(id) => ("200 OK", id.to_string().into_bytes()),
-                    None => ("204 No Content", Vec::new()),
-                }
-            }
-            ("POST", p) if p.starts_with("/result/") => {
-                let id: u64 = p["/result/".len()..].parse().unwrap_or(0);
-                if let Some(tx) = q
-                    .inner
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .done
-                    .remove(&id)
-                {
-                    let _ = tx.send(());
-                }
-                ("200 OK", Vec::new())
-            }
-            _ => ("404 Not Found", Vec::new()),
-        };
-        let mut response =
-            format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-        response.extend_from_slice(&body);
-        if conn.get_mut().write_all(&response).await.is_err() {
-            break;
-        }
+impl PollQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A client's task: queued, answered once a poller has reported it done.
+async fn run_task(State(q): State<Arc<PollQueue>>) -> &'static str {
+    let (tx, rx) = oneshot::channel();
+    {
+        let mut g = q.lock();
+        g.last += 1;
+        let id = g.last;
+        g.waiting.push_back(id);
+        g.done.insert(id, tx);
+    }
+    let _ = rx.await;
+    "done"
+}
+
+/// A poller asks for work: a task id, or 204 when there is none.
+async fn poll(State(q): State<Arc<PollQueue>>) -> Result<String, StatusCode> {
+    let next = q.lock().waiting.pop_front();
+    next.map(|id| id.to_string()).ok_or(StatusCode::NO_CONTENT)
+}
+
+/// A poller reports task `id` done.
+async fn result(State(q): State<Arc<PollQueue>>, Path(id): Path<u64>) -> StatusCode {
+    if let Some(tx) = q.lock().done.remove(&id) {
+        let _ = tx.send(());
+    }
+    StatusCode::OK
 }
 
 async fn poller(addr: std::net::SocketAddr, interval: Duration) -> Result<(), String> {
     let mut http = Http::connect(addr).await?;
     loop {
-        let (status, body) = http.request("GET", "/poll", b"").await?;
-        if status == 200 {
-            let id = String::from_utf8_lossy(&body).into_owned();
-            http.request("POST", &format!("/result/{id}"), b"").await?;
+        let (status, body) = http.request(Method::GET, "/poll").await?;
+        if status == StatusCode::OK {
+            http.request(Method::POST, &format!("/result/{body}")).await?;
         } else {
             tokio::time::sleep(interval).await;
         }
@@ -259,72 +245,40 @@ async fn poller(addr: std::net::SocketAddr, interval: Duration) -> Result<(), St
 
 /// A keep-alive HTTP/1.1 client connection.
 struct Http {
-    conn: BufReader<TcpStream>,
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
 }
 
 impl Http {
     async fn connect(addr: std::net::SocketAddr) -> Result<Self, String> {
         let sock = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         sock.set_nodelay(true).map_err(|e| e.to_string())?;
-        Ok(Self {
-            conn: BufReader::new(sock),
-        })
-    }
-
-    async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(body);
-        self.conn
-            .get_mut()
-            .write_all(&request)
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
             .await
             .map_err(|e| e.to_string())?;
-        let (status, _, body) = read_request(&mut self.conn)
+        tokio::spawn(connection);
+        Ok(Self { sender })
+    }
+
+    async fn request(&mut self, method: Method, path: &str) -> Result<(StatusCode, String), String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "bench")
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
             .await
             .map_err(|e| e.to_string())?
-            .ok_or("connection closed")?;
-        let code = status
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        Ok((code, body))
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
-}
-
-/// Reads one HTTP/1.1 message: (first word and second word of the start line joined as
-/// method/status line, path, body).
-async fn read_request(conn: &mut BufReader<TcpStream>) -> std::io::Result<Option<(String, String, Vec<u8>)>> {
-    let mut start = String::new();
-    if conn.read_line(&mut start).await? == 0 {
-        return Ok(None);
-    }
-    let mut parts = start.split_whitespace();
-    let (a, b) = (
-        parts.next().unwrap_or("").to_owned(),
-        parts.next().unwrap_or("").to_owned(),
-    );
-    let mut length = 0usize;
-    loop {
-        let mut line = String::new();
-        conn.read_line(&mut line).await?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some(v) = line.strip_prefix("Content-Length: ") {
-            length = v.parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    conn.read_exact(&mut body).await?;
-    // For a response, `a` is the protocol and `b` the status code: report "HTTP/1.1 200".
-    if a.starts_with("HTTP/") {
-        return Ok(Some((format!("{a} {b}"), String::new(), body)));
-    }
-    Ok(Some((a, b, body)))
 }
