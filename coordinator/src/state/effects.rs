@@ -120,6 +120,8 @@ pub(crate) enum Timer {
     /// Tasks restored from the journal that were running when the coordinator stopped, and
     /// that no reconnecting worker has claimed within the reconnect grace, go back to work.
     Orphans,
+    /// The pause after a restart is over: pending tasks are placed again.
+    Settled,
 }
 
 /// What the caller carries out once the lock is released.

@@ -295,6 +295,10 @@ pub(crate) struct State {
     /// Tasks restored from the journal that were running when the coordinator stopped: held
     /// out of their pools for the reconnect grace, for their workers to claim.
     orphans: std::collections::BTreeSet<TaskId>,
+    /// Just restarted on a journal with unfinished tasks: nothing is placed yet, so that
+    /// workers that ran tasks whose start was not yet on disk reconnect and claim them
+    /// before anyone else is given them (see [`RESTART_SETTLE`]).
+    settling: bool,
     /// Spawns written off as never started (bounded, oldest forgotten first): one that
     /// arrives late is welcomed within its fleet cap, or sent away.
     written_off: std::collections::HashSet<WorkerId>,
@@ -324,6 +328,7 @@ impl State {
             finished: VecDeque::new(),
             journaled,
             orphans: std::collections::BTreeSet::new(),
+            settling: false,
             written_off: std::collections::HashSet::new(),
             written_off_order: VecDeque::new(),
             learned: BTreeMap::new(),
@@ -411,6 +416,9 @@ impl State {
     ) {
         if let Some(id) = changed {
             self.reindex(id, now);
+        }
+        if self.settling {
+            return;
         }
         let Some(f) = self.functions.get_mut(function) else {
             return;
@@ -636,6 +644,13 @@ impl State {
             Timer::Function(name) => self.dispatch(&name, now, effects),
             Timer::Task(id, attempt) => self.time_out(id, attempt, now, effects),
             Timer::Orphans => self.release_orphans(now, effects),
+            Timer::Settled => {
+                self.settling = false;
+                let functions: Vec<Arc<str>> = self.functions.keys().cloned().collect();
+                for f in functions {
+                    self.dispatch(&f, now, effects);
+                }
+            }
         }
     }
 
@@ -676,6 +691,13 @@ fn rekey(
         eligible.insert(k, id.clone());
     }
 }
+
+/// How long placement waits after a restart on a journal with unfinished tasks (at most the
+/// reconnect grace). A task's start is journaled without waiting, so a crash can lose it:
+/// the task then looks as if it never started, and would go to whichever worker reconnects
+/// first while the one running it is still on its way back. Workers retry within
+/// 100-200 ms of the coordinator's return, so a short pause lets them claim their tasks.
+pub(crate) const RESTART_SETTLE: Duration = Duration::from_secs(2);
 
 /// How many released task ids a worker remembers.
 const RELEASED_MEMORY: usize = 1024;

@@ -337,6 +337,12 @@ impl State {
                 .timers
                 .push((self.config.reconnect_grace, super::Timer::Orphans));
         }
+        if pending > 0 && hold_back {
+            self.settling = true;
+            let pause = super::RESTART_SETTLE.min(self.config.reconnect_grace);
+            effects.timers.push((pause, super::Timer::Settled));
+            return;
+        }
         for f in functions {
             self.dispatch(&f, now, effects);
         }
