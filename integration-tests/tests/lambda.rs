@@ -353,7 +353,9 @@ async fn written_off(client: &carpool_integration_tests::Client, moto: &LambdaMo
 async fn a_worker_that_starts_after_its_start_timeout_is_welcomed_within_the_cap_or_sent_away() {
     // Lambda queues an Event invoke it cannot run yet instead of refusing it: the worker may
     // start after --start-timeout has written its spawn off. moto accepts and runs nothing,
-    // so the test plays the late workers itself.
+    // so the test plays the late workers itself. The start timeout leaves the test time to
+    // connect a late worker while the replacement spawn still counts as starting, also on a
+    // loaded machine.
     let moto = LambdaMoto::start();
     moto.create_function();
     let coord = start_coordinator(
@@ -361,7 +363,7 @@ async fn a_worker_that_starts_after_its_start_timeout_is_welcomed_within_the_cap
         &lambda_args(
             FUNCTION,
             "2",
-            &["--start-timeout", "1s", "--advertise-url", "http://127.0.0.1:1"],
+            &["--start-timeout", "3s", "--advertise-url", "http://127.0.0.1:1"],
         ),
     );
     let client = coord.client().await;

@@ -15,6 +15,8 @@
 
 mod effects;
 mod fleet;
+mod parts;
+mod progress;
 mod records;
 mod report;
 mod table;
@@ -38,6 +40,7 @@ use crate::scheduler::{
 pub(crate) use effects::{
     Conn, Effects, JournalOp, Observation, Outbound, SpawnOutcome, SpawnRequest, Timer, Waiter, WaiterId,
 };
+use parts::{FunctionPool, IndexKey, Starting, Task, Worker};
 pub(crate) use records::{Recovered, StoredTask};
 pub(crate) use tasks::{Submission, Submitted};
 pub(crate) use workers::StreamEnd;
@@ -66,211 +69,6 @@ impl fmt::Display for WorkerId {
 
 /// A task's id, unique per coordinator.
 pub(crate) type TaskId = u64;
-
-/// One task.
-#[derive(Debug)]
-struct Task {
-    function: Arc<str>,
-    /// Emptied once the task has finished.
-    payload: Bytes,
-    state: TaskState,
-    /// Taken but not yet acknowledged: its record is being written to the journal. It
-    /// counts as pending and is outside its pool until [`State::accepted`].
-    accepting: bool,
-    attempts: u32,
-    worker: Option<WorkerId>,
-    submitted_unix_ms: u64,
-    result: Option<Arc<pb::TaskResult>>,
-    waiters: Vec<Waiter>,
-    /// Per-attempt limit.
-    timeout: Option<Duration>,
-    /// Its idempotency key (empty: none), forgotten with it.
-    key: String,
-}
-
-/// A connected worker.
-#[derive(Debug)]
-struct Worker {
-    function: Arc<str>,
-    /// Which connection of this id (timers carry it).
-    conn: u64,
-    vcpus: u32,
-    memory_mb: u32,
-    /// Its concurrency limit: how many tasks it may run at once, adapted to its samples.
-    limit: Limit,
-    /// How its limit moves (the rule's, capped by the worker's own maximum).
-    limit_params: LimitParams,
-    timeout: Duration,
-    connected_at: Instant,
-    instance: String,
-    /// Spawn to hello, in ms; 0 if this coordinator did not spawn it.
-    cold_start_ms: u64,
-    sample: Option<pb::ResourceSample>,
-    cpu: f64,
-    mem: f64,
-    /// Running tasks with the attempt each runs.
-    running: Vec<(TaskId, u32)>,
-    assigned_total: u64,
-    done: u64,
-    idle_since: Instant,
-    /// Told to shut down: gets nothing new.
-    stopping: bool,
-    /// Whether its stream is up; `false` while it is broken and the worker may reconnect.
-    attached: bool,
-    /// When its stream broke (it keeps its tasks until the grace period ends).
-    detached_since: Option<Instant>,
-    /// When it last sent anything (the liveness lease).
-    last_seen: Instant,
-    /// When the keep-alive recheck already scheduled for it fires, so that samples (which
-    /// re-evaluate it every interval) do not pile up timers.
-    recheck_at: Option<Instant>,
-    /// Tasks taken away from it (cancelled, timed out): a late result for one is ignored,
-    /// not a protocol error. Bounded.
-    released: VecDeque<TaskId>,
-    /// Its key in its function's index of eligible workers, while it is in it.
-    indexed: Option<IndexKey>,
-    /// While a dispatch is under way: which of its batches of assignments is this
-    /// worker's (reset when the batches are sent).
-    batch: Option<usize>,
-    /// The highest memory use it has reported, as a fraction of its limit.
-    peak_mem: f64,
-}
-
-impl Worker {
-    /// Whether it may take one more task now.
-    fn eligible(&self, rules: &Rules, now: Instant) -> bool {
-        scheduler::assess(rules, &self.view(now)) == Verdict::Eligible
-    }
-
-    /// Its key in the index of eligible workers, or `None` if it may take nothing now.
-    fn index_key(&self, rules: &Rules, now: Instant) -> Option<IndexKey> {
-        self.eligible(rules, now).then(|| {
-            (
-                scheduler::rank(rules.placement, self.running.len() as u32, self.limit.value()),
-                self.conn,
-            )
-        })
-    }
-
-    fn view(&self, now: Instant) -> WorkerView {
-        WorkerView {
-            age: now.saturating_duration_since(self.connected_at),
-            timeout: self.timeout,
-            cpu: scheduler::cpu_estimate(
-                self.cpu,
-                self.sample.map_or(0, |s| s.running_tasks),
-                self.running.len() as u32,
-            ),
-            mem: self.mem,
-            running: self.running.len() as u32,
-            slots: self.limit.value(),
-            assigned_total: self.assigned_total,
-            idle_for: if self.running.is_empty() {
-                now.saturating_duration_since(self.idle_since)
-            } else {
-                Duration::ZERO
-            },
-            stopping: self.stopping,
-            attached: self.attached,
-        }
-    }
-
-    /// Sends `kind` down its stream, if it is up.
-    fn send(&self, kind: Kind, effects: &mut Effects) {
-        if self.attached {
-            effects.message(self.conn, kind);
-        }
-    }
-
-    /// Takes a task away from this worker, remembering it so a late result is ignored.
-    fn release(&mut self, task: TaskId, now: Instant) {
-        self.running.retain(|(t, _)| *t != task);
-        if self.running.is_empty() {
-            self.idle_since = now;
-        }
-        if self.released.len() >= RELEASED_MEMORY {
-            self.released.pop_front();
-        }
-        self.released.push_back(task);
-    }
-}
-
-/// A worker's place in its function's index of eligible workers: its placement rank, then
-/// its connection number (older connections first among equals).
-type IndexKey = (u64, u64);
-
-/// A worker that was spawned and has not said hello yet.
-#[derive(Debug)]
-struct Starting {
-    function: Arc<str>,
-    since: Instant,
-    instance: String,
-}
-
-/// Per-function pool and counters.
-#[derive(Debug, Default)]
-struct FunctionPool {
-    /// Pending task ids in order; may hold ids cancelled since (skipped when popped).
-    pool: VecDeque<TaskId>,
-    /// Tasks in the pool, waiting for a worker (what dispatch may place).
-    pending: u64,
-    /// Submissions whose journal record is being written: pending to their client, but
-    /// outside the pool until the write lands ([`State::accepted`]).
-    accepting: u64,
-    /// Tasks running on a worker.
-    running: u64,
-    /// Tasks that finished with each end, over the coordinator's life (Stats reports them).
-    succeeded: u64,
-    failed: u64,
-    cancelled: u64,
-    /// Attempts given back to the pool (lost worker, timeout, restart) for another try.
-    retried: u64,
-    /// Attempts that ran past their timeout.
-    timed_out: u64,
-    /// The highest pinned limit any worker of this function has had (never lowered: with
-    /// the cap on adaptive limits it bounds every live worker's free slots, for scale-out).
-    max_slots: u32,
-    /// Its workers in `State::workers` (connected, or detached within the grace).
-    workers: usize,
-    /// The workers that may take a task, best first by the placement policy: dispatch
-    /// takes the first, never scans the fleet. A worker is re-keyed ([`State::reindex`])
-    /// whenever it changes (connect, resume, sample, result, assignment, cancel, timeout,
-    /// shutdown, lost stream). Time alone only makes a worker ineligible (its deadline
-    /// fraction), so one found past it is dropped when dispatch meets it.
-    eligible: BTreeMap<IndexKey, WorkerId>,
-    /// Workers asked of the spawner that have not said hello yet.
-    starting: u32,
-    /// Workers that said hello, over the coordinator's life.
-    workers_started: u64,
-    /// Spawns that failed, over the coordinator's life.
-    spawn_failures: u64,
-    /// Spawns failed since the last that succeeded: sets the backoff and, at
-    /// `--max-spawn-failures`, fails the pending tasks.
-    consecutive_spawn_failures: u32,
-    /// No spawn for this function before then (the backoff after a failure).
-    spawn_blocked_until: Option<Instant>,
-    /// Why the most recent spawn failed, and when.
-    last_spawn_error: String,
-    last_spawn_error_at: Option<Instant>,
-    /// Spawned workers that said hello, and the cold starts (ms) of the most recent ones.
-    cold_starts: u64,
-    recent_cold_starts: VecDeque<u64>,
-    /// Billed GB-ms of workers that have ended.
-    billed_gb_ms: f64,
-    /// The highest memory use any of its workers reported, as a fraction of its limit.
-    peak_mem: f64,
-}
-
-impl FunctionPool {
-    /// Nothing pending, running, live or starting: its entry only holds counters.
-    fn is_idle(&self) -> bool {
-        self.pending == 0
-            && self.accepting == 0
-            && self.running == 0
-            && self.workers == 0
-            && self.starting == 0
-    }
-}
 
 /// The scheduling state.
 #[derive(Debug)]

@@ -1,0 +1,217 @@
+//! The comparison as text and JSON: the measured table, the simulated ones, the verdicts.
+
+use super::*;
+
+/// The table of one comparison.
+pub(crate) fn table(c: &Comparison) -> String {
+    let w = &c.workload;
+    let mut out = format!(
+        "{} ({}): {} tasks, {} MB workers ({} vCPU{}), at most {} workers\n",
+        w.name,
+        w.what,
+        w.tasks,
+        w.memory_mb,
+        w.vcpus(),
+        if w.vcpus() == 1 { "" } else { "s" },
+        w.max_workers
+    );
+    out.push_str(&format!(
+        "  {:<38} {:>6} {:>11} {:>12} {:>12} {:>7} {:>13} {:>11}\n",
+        "way", "slots", "completion", "billed GB-s", "invocations", "failed", "peak running", "peak memory"
+    ));
+    let best_cost = c.best_cost().map(|r| r.slots.clone());
+    let best_time = c.best_time().map(|r| r.slots.clone());
+    let mut rows: Vec<(String, &Run)> = vec![
+        (c.conventional.label.clone(), &c.conventional),
+        (c.fixed_vcpus.label.clone(), &c.fixed_vcpus),
+    ];
+    for r in &c.sweep {
+        let mut tags = Vec::new();
+        if best_cost.as_deref() == Some(r.slots.as_str()) {
+            tags.push("best GB-s");
+        }
+        if best_time.as_deref() == Some(r.slots.as_str()) {
+            tags.push("best time");
+        }
+        if r.peak_memory > 1.0 {
+            tags.push("OUT OF MEMORY");
+        }
+        let label = if tags.is_empty() {
+            r.label.clone()
+        } else {
+            format!("{} ({})", r.label, tags.join(", "))
+        };
+        rows.push((label, r));
+    }
+    rows.push((c.adaptive.label.clone(), &c.adaptive));
+    rows.push((
+        format!("{} ({})", c.learned.label, c.adaptive.learned),
+        &c.learned,
+    ));
+    for (label, r) in rows {
+        out.push_str(&format!(
+            "  {:<38} {:>6} {:>9.2} s {:>12.3} {:>12} {:>7} {:>13} {:>11.2}\n",
+            label,
+            r.slots,
+            r.completion.as_secs_f64(),
+            r.gb_s,
+            r.invocations,
+            r.failed,
+            r.peak_running,
+            r.peak_memory
+        ));
+    }
+    for v in verdicts(c) {
+        out.push_str(&format!(
+            "  target: {}: {}\n",
+            v.what,
+            if v.met { "met" } else { "MISSED" }
+        ));
+    }
+    out
+}
+
+/// One workload simulated at `memory_mb` with `max_workers`, four ways; the sweep is over
+/// every power of two up to the cap (the simulator is cheap).
+pub(crate) fn simulated(
+    w: &Workload,
+    memory_mb: u32,
+    max_workers: u32,
+    tasks: usize,
+) -> Vec<(String, SimReport)> {
+    let config = |slots: Option<u32>, quota: Option<u64>| Config {
+        memory_mb,
+        max_workers,
+        slots,
+        max_tasks_per_worker: quota,
+        ..Config::default()
+    };
+    let run = |c: Config| simulate(&SimConfig::new(c, w.function, tasks, w.model));
+    let vcpus = vcpus_for_memory(memory_mb);
+    let mut out = vec![
+        ("conventional FaaS".to_owned(), run(config(Some(1), Some(1)))),
+        (format!("static --slots {vcpus}"), run(config(Some(vcpus), None))),
+    ];
+    let sweep: Vec<(u32, SimReport)> = (0..=8)
+        .map(|p| 1u32 << p)
+        .map(|n| (n, run(config(Some(n), None))))
+        .collect();
+    let sound = || {
+        sweep
+            .iter()
+            .filter(|(_, r)| r.failed == 0 && r.peak_memory_fraction <= 1.0)
+    };
+    if let Some((n, r)) = sound().min_by(|a, b| a.1.billed_gb_s.total_cmp(&b.1.billed_gb_s)) {
+        out.push((format!("best GB-s: --slots {n}"), r.clone()));
+    }
+    if let Some((n, r)) = sound().min_by_key(|(_, r)| r.completion) {
+        out.push((format!("best time: --slots {n}"), r.clone()));
+    }
+    let mut adaptive = simulate_batches(&SimConfig::new(config(None, None), w.function, tasks, w.model), 2);
+    let learned = adaptive.pop().unwrap_or_default();
+    let first = adaptive.pop().unwrap_or_default();
+    out.push(("adaptive, first batch".to_owned(), first));
+    out.push(("adaptive, learned level".to_owned(), learned));
+    out
+}
+
+/// The simulated rows of one workload at one size.
+pub(crate) fn simulated_table(w: &Workload, memory_mb: u32, max_workers: u32, tasks: usize) -> String {
+    let mut out = format!(
+        "  {} at {memory_mb} MB ({} vCPUs), {tasks} tasks, at most {max_workers} workers:\n",
+        w.name,
+        vcpus_for_memory(memory_mb)
+    );
+    for (label, r) in simulated(w, memory_mb, max_workers, tasks) {
+        out.push_str(&format!(
+            "    {:<24} {:>10.2} s {:>12.3} GB-s {:>9} invocations {:>5} peak running {:>6.2} peak memory\n",
+            label,
+            r.completion.as_secs_f64(),
+            r.billed_gb_s,
+            r.invocations,
+            r.peak_concurrency,
+            r.peak_memory_fraction
+        ));
+    }
+    out
+}
+
+/// A million-task comparison is costly: conventional, static, a few fixed values and
+/// adaptive, each on its own thread.
+pub(super) fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
+    let vcpus = w.vcpus();
+    let ways: Vec<(String, Option<u32>, Option<u64>)> = vec![
+        ("conventional FaaS".into(), Some(1), Some(1)),
+        (format!("static --slots {vcpus}"), Some(vcpus), None),
+        ("fixed --slots 16".into(), Some(16), None),
+        ("fixed --slots 256".into(), Some(256), None),
+        ("adaptive (two batches)".into(), None, None),
+    ];
+    let results: Vec<(String, SimReport)> = std::thread::scope(|s| {
+        let handles: Vec<_> = ways
+            .iter()
+            .map(|(label, slots, quota)| {
+                let config = Config {
+                    memory_mb: w.memory_mb,
+                    max_workers: workers,
+                    slots: *slots,
+                    max_tasks_per_worker: *quota,
+                    ..Config::default()
+                };
+                let sim = SimConfig::new(config, w.function, tasks, w.model);
+                let batches = if slots.is_none() { 2 } else { 1 };
+                (label.clone(), s.spawn(move || simulate_batches(&sim, batches)))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (label, h) in handles {
+            let Ok(reports) = h.join() else { continue };
+            if reports.len() == 2 {
+                out.push(("adaptive, first batch".to_owned(), reports[0].clone()));
+                out.push(("adaptive, learned level".to_owned(), reports[1].clone()));
+            } else if let Some(r) = reports.into_iter().next() {
+                out.push((label, r));
+            }
+        }
+        out
+    });
+    let mut out = format!("  {} at {} MB:\n", w.name, w.memory_mb);
+    for (label, r) in results {
+        out.push_str(&format!(
+            "    {:<24} {:>10.2} s {:>14.3} GB-s {:>9} invocations {:>5} peak running {:>6.2} peak memory\n",
+            label,
+            r.completion.as_secs_f64(),
+            r.billed_gb_s,
+            r.invocations,
+            r.peak_concurrency,
+            r.peak_memory_fraction
+        ));
+    }
+    out
+}
+
+/// The measured comparisons as one JSON object: workload -> way -> figures, and the targets.
+pub(crate) fn json(comparisons: &[Comparison]) -> serde_json::Value {
+    let run = |r: &Run| {
+        serde_json::json!({
+            "slots": r.slots, "completion_s": r.completion.as_secs_f64(), "gb_s": r.gb_s,
+            "invocations": r.invocations, "failed": r.failed, "peak_running": r.peak_running,
+            "peak_memory": r.peak_memory, "learned": r.learned,
+        })
+    };
+    let mut out = serde_json::Map::new();
+    for c in comparisons {
+        out.insert(
+            c.workload.name.to_owned(),
+            serde_json::json!({
+                "conventional": run(&c.conventional),
+                "static": run(&c.fixed_vcpus),
+                "sweep": c.sweep.iter().map(run).collect::<Vec<_>>(),
+                "adaptive": run(&c.adaptive),
+                "learned": run(&c.learned),
+                "targets": verdicts(c).iter().map(|v| serde_json::json!({"what": v.what, "met": v.met})).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    serde_json::Value::Object(out)
+}

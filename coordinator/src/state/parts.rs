@@ -1,0 +1,209 @@
+//! What the state is made of: tasks, workers, spawns not yet connected, and the pool and
+//! counters of each function.
+
+use super::*;
+
+/// One task.
+#[derive(Debug)]
+pub(super) struct Task {
+    pub(super) function: Arc<str>,
+    /// Emptied once the task has finished.
+    pub(super) payload: Bytes,
+    pub(super) state: TaskState,
+    /// Taken but not yet acknowledged: its record is being written to the journal. It
+    /// counts as pending and is outside its pool until [`State::accepted`].
+    pub(super) accepting: bool,
+    pub(super) attempts: u32,
+    pub(super) worker: Option<WorkerId>,
+    pub(super) submitted_unix_ms: u64,
+    pub(super) result: Option<Arc<pb::TaskResult>>,
+    pub(super) waiters: Vec<Waiter>,
+    /// Per-attempt limit.
+    pub(super) timeout: Option<Duration>,
+    /// Its idempotency key (empty: none), forgotten with it.
+    pub(super) key: String,
+}
+
+/// A connected worker.
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub(super) function: Arc<str>,
+    /// Which connection of this id (timers carry it).
+    pub(super) conn: u64,
+    pub(super) vcpus: u32,
+    pub(super) memory_mb: u32,
+    /// Its concurrency limit: how many tasks it may run at once, adapted to its samples.
+    pub(super) limit: Limit,
+    /// How its limit moves (the rule's, capped by the worker's own maximum).
+    pub(super) limit_params: LimitParams,
+    pub(super) timeout: Duration,
+    pub(super) connected_at: Instant,
+    pub(super) instance: String,
+    /// Spawn to hello, in ms; 0 if this coordinator did not spawn it.
+    pub(super) cold_start_ms: u64,
+    pub(super) sample: Option<pb::ResourceSample>,
+    pub(super) cpu: f64,
+    pub(super) mem: f64,
+    /// Running tasks with the attempt each runs.
+    pub(super) running: Vec<(TaskId, u32)>,
+    pub(super) assigned_total: u64,
+    pub(super) done: u64,
+    pub(super) idle_since: Instant,
+    /// Told to shut down: gets nothing new.
+    pub(super) stopping: bool,
+    /// Whether its stream is up; `false` while it is broken and the worker may reconnect.
+    pub(super) attached: bool,
+    /// When its stream broke (it keeps its tasks until the grace period ends).
+    pub(super) detached_since: Option<Instant>,
+    /// When it last sent anything (the liveness lease).
+    pub(super) last_seen: Instant,
+    /// When the keep-alive recheck already scheduled for it fires, so that samples (which
+    /// re-evaluate it every interval) do not pile up timers.
+    pub(super) recheck_at: Option<Instant>,
+    /// Tasks taken away from it (cancelled, timed out): a late result for one is ignored,
+    /// not a protocol error. Bounded.
+    pub(super) released: VecDeque<TaskId>,
+    /// Its key in its function's index of eligible workers, while it is in it.
+    pub(super) indexed: Option<IndexKey>,
+    /// While a dispatch is under way: which of its batches of assignments is this
+    /// worker's (reset when the batches are sent).
+    pub(super) batch: Option<usize>,
+    /// The highest memory use it has reported, as a fraction of its limit.
+    pub(super) peak_mem: f64,
+}
+
+impl Worker {
+    /// Whether it may take one more task now.
+    pub(super) fn eligible(&self, rules: &Rules, now: Instant) -> bool {
+        scheduler::assess(rules, &self.view(now)) == Verdict::Eligible
+    }
+
+    /// Its key in the index of eligible workers, or `None` if it may take nothing now.
+    pub(super) fn index_key(&self, rules: &Rules, now: Instant) -> Option<IndexKey> {
+        self.eligible(rules, now).then(|| {
+            (
+                scheduler::rank(rules.placement, self.running.len() as u32, self.limit.value()),
+                self.conn,
+            )
+        })
+    }
+
+    pub(super) fn view(&self, now: Instant) -> WorkerView {
+        WorkerView {
+            age: now.saturating_duration_since(self.connected_at),
+            timeout: self.timeout,
+            cpu: scheduler::cpu_estimate(
+                self.cpu,
+                self.sample.map_or(0, |s| s.running_tasks),
+                self.running.len() as u32,
+            ),
+            mem: self.mem,
+            running: self.running.len() as u32,
+            slots: self.limit.value(),
+            assigned_total: self.assigned_total,
+            idle_for: if self.running.is_empty() {
+                now.saturating_duration_since(self.idle_since)
+            } else {
+                Duration::ZERO
+            },
+            stopping: self.stopping,
+            attached: self.attached,
+        }
+    }
+
+    /// Sends `kind` down its stream, if it is up.
+    pub(super) fn send(&self, kind: Kind, effects: &mut Effects) {
+        if self.attached {
+            effects.message(self.conn, kind);
+        }
+    }
+
+    /// Takes a task away from this worker, remembering it so a late result is ignored.
+    pub(super) fn release(&mut self, task: TaskId, now: Instant) {
+        self.running.retain(|(t, _)| *t != task);
+        if self.running.is_empty() {
+            self.idle_since = now;
+        }
+        if self.released.len() >= RELEASED_MEMORY {
+            self.released.pop_front();
+        }
+        self.released.push_back(task);
+    }
+}
+
+/// A worker's place in its function's index of eligible workers: its placement rank, then
+/// its connection number (older connections first among equals).
+pub(super) type IndexKey = (u64, u64);
+
+/// A worker that was spawned and has not said hello yet.
+#[derive(Debug)]
+pub(super) struct Starting {
+    pub(super) function: Arc<str>,
+    pub(super) since: Instant,
+    pub(super) instance: String,
+}
+
+/// Per-function pool and counters.
+#[derive(Debug, Default)]
+pub(super) struct FunctionPool {
+    /// Pending task ids in order; may hold ids cancelled since (skipped when popped).
+    pub(super) pool: VecDeque<TaskId>,
+    /// Tasks in the pool, waiting for a worker (what dispatch may place).
+    pub(super) pending: u64,
+    /// Submissions whose journal record is being written: pending to their client, but
+    /// outside the pool until the write lands ([`State::accepted`]).
+    pub(super) accepting: u64,
+    /// Tasks running on a worker.
+    pub(super) running: u64,
+    /// Tasks that finished with each end, over the coordinator's life (Stats reports them).
+    pub(super) succeeded: u64,
+    pub(super) failed: u64,
+    pub(super) cancelled: u64,
+    /// Attempts given back to the pool (lost worker, timeout, restart) for another try.
+    pub(super) retried: u64,
+    /// Attempts that ran past their timeout.
+    pub(super) timed_out: u64,
+    /// The highest pinned limit any worker of this function has had (never lowered: with
+    /// the cap on adaptive limits it bounds every live worker's free slots, for scale-out).
+    pub(super) max_slots: u32,
+    /// Its workers in `State::workers` (connected, or detached within the grace).
+    pub(super) workers: usize,
+    /// The workers that may take a task, best first by the placement policy: dispatch
+    /// takes the first, never scans the fleet. A worker is re-keyed ([`State::reindex`])
+    /// whenever it changes (connect, resume, sample, result, assignment, cancel, timeout,
+    /// shutdown, lost stream). Time alone only makes a worker ineligible (its deadline
+    /// fraction), so one found past it is dropped when dispatch meets it.
+    pub(super) eligible: BTreeMap<IndexKey, WorkerId>,
+    /// Workers asked of the spawner that have not said hello yet.
+    pub(super) starting: u32,
+    /// Workers that said hello, over the coordinator's life.
+    pub(super) workers_started: u64,
+    /// Spawns that failed, over the coordinator's life.
+    pub(super) spawn_failures: u64,
+    /// Spawns failed since the last that succeeded: sets the backoff and, at
+    /// `--max-spawn-failures`, fails the pending tasks.
+    pub(super) consecutive_spawn_failures: u32,
+    /// No spawn for this function before then (the backoff after a failure).
+    pub(super) spawn_blocked_until: Option<Instant>,
+    /// Why the most recent spawn failed, and when.
+    pub(super) last_spawn_error: String,
+    pub(super) last_spawn_error_at: Option<Instant>,
+    /// Spawned workers that said hello, and the cold starts (ms) of the most recent ones.
+    pub(super) cold_starts: u64,
+    pub(super) recent_cold_starts: VecDeque<u64>,
+    /// Billed GB-ms of workers that have ended.
+    pub(super) billed_gb_ms: f64,
+    /// The highest memory use any of its workers reported, as a fraction of its limit.
+    pub(super) peak_mem: f64,
+}
+
+impl FunctionPool {
+    /// Nothing pending, running, live or starting: its entry only holds counters.
+    pub(super) fn is_idle(&self) -> bool {
+        self.pending == 0
+            && self.accepting == 0
+            && self.running == 0
+            && self.workers == 0
+            && self.starting == 0
+    }
+}

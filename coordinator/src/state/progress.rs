@@ -1,0 +1,182 @@
+//! What a connected worker reports: resource samples (which move its limit and its place
+//! in the index) and results (which free its slots and end tasks).
+
+use std::time::{Duration, Instant};
+
+use carpool_proto::payload;
+use carpool_proto::pb::{self, TaskState, coordinator_message::Kind, worker_task_result::Outcome};
+use tracing::debug;
+
+use super::{Effects, State, WorkerId};
+use crate::error::{Error, Result};
+use crate::scheduler::{self, Learned};
+
+/// The largest CPU figure a sample may carry: a worker allotted a small share of a vCPU
+/// (Lambda at 128 MB) that bursts over every core of a large machine.
+const MAX_CPU_FRACTION: f64 = 1024.0;
+
+/// How many times its limit a worker's memory may be reported at: a local process is not
+/// stopped at its memory size (a Lambda instance would be), so a worker over it is real, if
+/// out of memory; beyond this the figure is nonsense.
+const MAX_MEMORY_OVER_LIMIT: u64 = 1024;
+
+impl State {
+    /// A resource sample arrived. Impossible values are a protocol violation.
+    pub(crate) fn sample(
+        &mut self,
+        id: &WorkerId,
+        s: pb::ResourceSample,
+        now: Instant,
+        effects: &mut Effects,
+    ) -> Result<()> {
+        let Some(w) = self.workers.get_mut(id) else {
+            return Ok(());
+        };
+        let problem = if !s.cpu.is_finite() || !(0.0..=MAX_CPU_FRACTION).contains(&s.cpu) {
+            Some(format!(
+                "cpu {} is not a fraction of the vCPU allotment in [0, {MAX_CPU_FRACTION}]",
+                s.cpu
+            ))
+        } else if s.memory_limit_bytes == 0 {
+            Some("memory_limit_bytes is 0".to_owned())
+        } else if s.memory_used_bytes > s.memory_limit_bytes.saturating_mul(MAX_MEMORY_OVER_LIMIT) {
+            Some(format!(
+                "memory_used_bytes {} is far above memory_limit_bytes {}",
+                s.memory_used_bytes, s.memory_limit_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(Error::InvalidSample(id.to_string(), p));
+        }
+        w.last_seen = now;
+        w.cpu = s.cpu;
+        w.mem = s.memory_used_bytes as f64 / s.memory_limit_bytes as f64;
+        w.peak_mem = w
+            .peak_mem
+            .max(w.mem)
+            .max(s.memory_peak_bytes as f64 / s.memory_limit_bytes as f64);
+        let observation = scheduler::Observation {
+            cpu: s.cpu,
+            mem: w.mem,
+            running: s.running_tasks,
+            youngest: Duration::from_millis(u64::from(s.youngest_task_ms)),
+        };
+        w.sample = Some(s);
+        let (before, was_settled) = (w.limit.value(), w.limit.settled());
+        let moved = w.limit.observe(&w.limit_params, observation, now);
+        let (after, settled) = (w.limit.value(), w.limit.settled());
+        let function = w.function.clone();
+        let memory_mb = w.memory_mb;
+        let peak = w.peak_mem;
+        if after != before {
+            debug!(worker = %id, from = before, to = after, why = ?moved, "concurrency limit moved");
+            w.send(Kind::Limit(pb::Limit { slots: after }), effects);
+        }
+        if let Some(f) = self.functions.get_mut(&function) {
+            f.peak_mem = f.peak_mem.max(peak);
+        }
+        if settled && (after != before || !was_settled) {
+            let level = Learned {
+                level: after,
+                settled: true,
+            };
+            self.learn(&function, memory_mb, level, effects);
+        }
+        self.dispatch_after_change(&function, Some(id), now, effects);
+        self.evaluate(id, now, effects);
+        Ok(())
+    }
+
+    /// Results arrived: record those the worker holds, ignore late ones for tasks taken
+    /// from it, refuse those it never held. Then refill it.
+    pub(crate) fn results(
+        &mut self,
+        id: &WorkerId,
+        results: Vec<pb::WorkerTaskResult>,
+        now: Instant,
+        effects: &mut Effects,
+    ) -> Result<()> {
+        let Some(w) = self.workers.get(id) else {
+            return Ok(());
+        };
+        let function = w.function.clone();
+        for r in &results {
+            let held = w.running.iter().any(|&(t, _)| t == r.task_id) || w.released.contains(&r.task_id);
+            if !self.tasks.contains_key(r.task_id) {
+                return Err(Error::ResultForUnknownTask(id.to_string(), r.task_id));
+            }
+            if !held {
+                return Err(Error::ResultNotHeld(id.to_string(), r.task_id));
+            }
+        }
+        let max_output = self.config.max_payload_bytes;
+        for r in results {
+            let Some(w) = self.workers.get_mut(id) else {
+                break;
+            };
+            w.last_seen = now;
+            let Some(pos) = w
+                .running
+                .iter()
+                .position(|&(t, a)| t == r.task_id && a == r.attempt)
+            else {
+                debug!(worker = %id, task = r.task_id, attempt = r.attempt, "ignored a late result");
+                continue;
+            };
+            w.running.swap_remove(pos);
+            w.done += 1;
+            w.limit.completed(match r.duration_us {
+                0 => Duration::from_millis(r.finished_unix_ms.saturating_sub(r.started_unix_ms)),
+                us => Duration::from_micros(us),
+            });
+            if w.running.is_empty() {
+                w.idle_since = now;
+            }
+            if let Some(f) = self.functions.get_mut(&function) {
+                f.running = f.running.saturating_sub(1);
+            }
+            let (state, output, error) = match r.outcome {
+                Some(Outcome::Output(bytes)) if bytes.len() > max_output => (
+                    TaskState::Failed,
+                    None,
+                    format!(
+                        "the task's output of {} bytes is over the limit of {max_output} bytes (--max-payload-bytes)",
+                        bytes.len()
+                    ),
+                ),
+                Some(Outcome::Output(bytes)) => (
+                    TaskState::Succeeded,
+                    Some(payload::from_bytes(bytes)),
+                    String::new(),
+                ),
+                Some(Outcome::Error(e)) => (TaskState::Failed, None, e),
+                None => (
+                    TaskState::Failed,
+                    None,
+                    "the worker sent a result without output or error".to_owned(),
+                ),
+            };
+            debug!(task = r.task_id, worker = %id, state = state.as_str_name(), "finished");
+            self.finish(
+                r.task_id,
+                pb::TaskResult {
+                    task_id: r.task_id,
+                    state: state as i32,
+                    output,
+                    error,
+                    worker_id: id.to_string(),
+                    attempts: r.attempt,
+                    started_unix_ms: r.started_unix_ms,
+                    finished_unix_ms: r.finished_unix_ms,
+                },
+                now,
+                effects,
+            );
+        }
+        self.dispatch_after_change(&function, Some(id), now, effects);
+        self.evaluate(id, now, effects);
+        Ok(())
+    }
+}

@@ -1,0 +1,115 @@
+//! With a journal: submissions being written, restarts.
+
+use super::*;
+
+/// With a journal, a submission waits outside the pool for its write. A worker freed while
+/// the pool is empty (the next submission still being written) must still get that
+/// submission once it is written.
+#[test]
+fn a_submission_written_after_the_pool_ran_dry_is_still_placed() {
+    let (mut s, now) = state(Config {
+        state_dir: Some("unused".into()),
+        slots: Some(1),
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let conn = connect(&mut s, &mut effects, "a", 1, now);
+    let first = s
+        .submit(Submission::new("f", Bytes::new()), None, now, &mut effects)
+        .expect("submit");
+    let second = s
+        .submit(Submission::new("f", Bytes::new()), None, now, &mut effects)
+        .expect("submit");
+    assert!(matches!(first, Submitted::Write(..)) && matches!(second, Submitted::Write(..)));
+    assert_eq!(
+        s.stats(now).total.expect("total").pending,
+        2,
+        "both count as pending"
+    );
+    s.accepted(first.id(), now, &mut effects);
+    assert_eq!(assigned(&mut effects, conn), vec![first.id()]);
+    // The worker finishes with the pool empty: the second is still being written.
+    s.results(
+        &WorkerId::new("a"),
+        vec![result(first.id(), 1)],
+        now,
+        &mut effects,
+    )
+    .expect("results");
+    assert_eq!(s.stats(now).total.expect("total").pending, 1);
+    s.accepted(second.id(), now, &mut effects);
+    assert_eq!(assigned(&mut effects, conn), vec![second.id()]);
+    assert_eq!(s.stats(now).total.expect("total").pending, 0);
+}
+
+/// A submission cancelled while its record is written is not placed once written, and
+/// counts once.
+#[test]
+fn a_submission_cancelled_while_written_is_not_placed() {
+    let (mut s, now) = state(Config {
+        state_dir: Some("unused".into()),
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let conn = connect(&mut s, &mut effects, "a", 2, now);
+    let t = s
+        .submit(Submission::new("f", Bytes::new()), None, now, &mut effects)
+        .expect("submit");
+    assert_eq!(
+        s.cancel(t.id(), now, &mut effects).expect("cancel"),
+        TaskState::Cancelled
+    );
+    s.accepted(t.id(), now, &mut effects);
+    assert!(assigned(&mut effects, conn).is_empty());
+    let total = s.stats(now).total.expect("total");
+    assert_eq!((total.pending, total.cancelled), (0, 1));
+}
+
+/// After a restart, nothing is placed for a short pause: a worker that was running a task
+/// whose start never reached the journal claims it before another worker is given it.
+#[test]
+fn after_a_restart_placement_waits_for_running_workers_to_claim_their_tasks() {
+    let (mut s, now) = state(Config {
+        state_dir: Some("unused".into()),
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let stored = |payload: &'static [u8]| StoredTask {
+        function: "f".into(),
+        payload: Bytes::from_static(payload),
+        ..Default::default()
+    };
+    s.restore(
+        Recovered {
+            tasks: vec![(1, stored(b"a"), 0), (2, stored(b"b"), 0)],
+            next_id: 3,
+            learned: Vec::new(),
+        },
+        now,
+        &mut effects,
+    );
+    let pause = effects
+        .timers
+        .iter()
+        .find(|(_, t)| matches!(t, Timer::Settled))
+        .map(|(d, _)| *d)
+        .expect("a pause is armed");
+    assert!(pause <= RESTART_SETTLE);
+    // Another worker connects first: it is given nothing yet.
+    let other = connect(&mut s, &mut effects, "other", 4, now);
+    assert!(assigned(&mut effects, other).is_empty());
+    // The worker that was running task 1 comes back and claims it.
+    let mut back = hello("runner", 4);
+    back.running_task_ids = vec![1];
+    back.running_attempts = vec![1];
+    let runner = s.connect(back, now, &mut effects).expect("connect");
+    assert!(assigned(&mut effects, runner).is_empty());
+    assert_eq!(s.get(1).expect("task 1").state(), TaskState::Running);
+    // Once the pause is over, the rest is placed, and task 1 is not given out again.
+    s.on_timer(Timer::Settled, now + pause, &mut effects);
+    let given: Vec<u64> = assigned(&mut effects, other)
+        .into_iter()
+        .chain(assigned(&mut effects, runner))
+        .collect();
+    assert_eq!(given, vec![2]);
+}

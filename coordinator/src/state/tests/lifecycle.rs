@@ -1,0 +1,352 @@
+//! Workers over their life: breaks, grace, silence, timeouts, limits, the index.
+
+use super::*;
+
+#[test]
+fn a_broken_stream_keeps_its_tasks_through_a_reconnect_within_grace() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let conn = connect(&mut s, &mut effects, "a", 2, now);
+    let t1 = submit(&mut s, &mut effects, now);
+    let t2 = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, conn), vec![t1, t2]);
+    let mut effects = Effects::default();
+    s.disconnect(&WorkerId::new("a"), conn, StreamEnd::Broken, now, &mut effects);
+    // Detached: nothing requeued, nothing assigned to it.
+    let t3 = submit(&mut s, &mut effects, now);
+    assert_eq!(s.get(t3).expect("get").state(), TaskState::Pending);
+    // Back with only t1 still running (t2's result was lost with the stream): t1 is kept,
+    // t2 goes back to the pool and comes straight back to it, and a stray task is cancelled.
+    let mut h = hello("a", 2);
+    h.running_task_ids = vec![t1, 999];
+    let later = now + Duration::from_secs(1);
+    let conn = s.connect(h, later, &mut effects).expect("resume");
+    let mut cancelled = Vec::new();
+    let mut got = Vec::new();
+    for kind in messages(&mut effects, conn) {
+        match kind {
+            Kind::Cancel(c) => cancelled.extend(c.task_ids),
+            Kind::Assign(a) => got.extend(a.tasks.iter().map(|t| (t.task_id, t.attempt))),
+            _ => {}
+        }
+    }
+    assert_eq!(cancelled, vec![999]);
+    assert_eq!(got, vec![(t2, 2)], "t2 should be re-run as attempt 2");
+    assert_eq!(s.get(t1).expect("get").attempts, 1, "t1 must not be re-run");
+    assert_eq!(s.get(t3).expect("get").state(), TaskState::Pending);
+    assert_eq!(s.stats(later).total.expect("total").retried, 1);
+}
+
+#[test]
+fn after_the_grace_a_detached_worker_is_written_off_and_its_tasks_requeued() {
+    let (mut s, now) = state(Config {
+        reconnect_grace: Duration::from_secs(2),
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let conn = connect(&mut s, &mut effects, "a", 1, now);
+    let t = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, conn), vec![t]);
+    let mut effects = Effects::default();
+    s.disconnect(&WorkerId::new("a"), conn, StreamEnd::Broken, now, &mut effects);
+    s.sweep(now + Duration::from_secs(1), &mut effects);
+    assert_eq!(s.live_workers(), 1, "written off before the grace ended");
+    s.sweep(now + Duration::from_secs(2), &mut effects);
+    assert_eq!(s.live_workers(), 0);
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Pending);
+}
+
+#[test]
+fn a_silent_worker_is_treated_as_lost_after_its_lease() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let rx = connect(&mut s, &mut effects, "a", 1, now);
+    let t = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, rx), vec![t]);
+    let lease = s.config.liveness_lease();
+    let mut effects = Effects::default();
+    s.sample(&WorkerId::new("a"), sample(0.1), now + lease / 2, &mut effects)
+        .expect("sample");
+    s.sweep(now + lease, &mut effects);
+    assert_eq!(s.live_workers(), 1, "a sample renews the lease");
+    s.sweep(now + lease / 2 + lease + Duration::from_millis(1), &mut effects);
+    assert_eq!(s.live_workers(), 0);
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Pending);
+}
+
+fn sample(cpu: f64) -> pb::ResourceSample {
+    pb::ResourceSample {
+        cpu,
+        memory_used_bytes: 1,
+        memory_limit_bytes: 2,
+        running_tasks: 1,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_timed_out_attempt_is_cancelled_on_its_worker_and_retried() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let rx = connect(&mut s, &mut effects, "a", 1, now);
+    let mut effects = Effects::default();
+    let sub = Submission {
+        timeout: Some(Duration::from_millis(300)),
+        ..Submission::new("f", Bytes::new())
+    };
+    let t = s.submit(sub, None, now, &mut effects).expect("submit").id();
+    assert!(effects.timers.iter().any(
+        |(d, timer)| *d == Duration::from_millis(300) && matches!(timer, Timer::Task(id, 1) if *id == t)
+    ));
+    s.on_timer(Timer::Task(t, 1), now, &mut effects);
+    let mut cancels = 0;
+    let mut reassigned = Vec::new();
+    for kind in messages(&mut effects, rx) {
+        match kind {
+            Kind::Cancel(c) if c.task_ids == vec![t] => cancels += 1,
+            Kind::Assign(a) => reassigned.extend(a.tasks.iter().map(|x| x.attempt)),
+            _ => {}
+        }
+    }
+    assert_eq!(cancels, 1);
+    assert_eq!(reassigned, vec![1, 2], "first attempt, then the retry");
+    // The late result of attempt 1 is ignored; attempt 2's counts.
+    s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
+        .expect("late result");
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Running);
+    s.results(&WorkerId::new("a"), vec![result(t, 2)], now, &mut effects)
+        .expect("result");
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Succeeded);
+    assert_eq!(s.stats(now).total.expect("total").timed_out, 1);
+}
+
+#[test]
+fn an_idempotency_key_returns_the_first_task() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let keyed = || Submission {
+        key: "k1".into(),
+        ..Submission::new("f", Bytes::from_static(b"x"))
+    };
+    let a = s.submit(keyed(), None, now, &mut effects).expect("submit").id();
+    let b = s.submit(keyed(), None, now, &mut effects).expect("resubmit").id();
+    assert_eq!(a, b);
+    assert_eq!(s.stats(now).total.expect("total").pending, 1);
+}
+
+#[test]
+fn a_full_pool_refuses_without_changing_anything() {
+    let (mut s, now) = state(Config {
+        max_pending: 2,
+        ..external()
+    });
+    let mut effects = Effects::default();
+    submit(&mut s, &mut effects, now);
+    submit(&mut s, &mut effects, now);
+    let mut effects = Effects::default();
+    let err = s
+        .submit(Submission::new("f", Bytes::new()), None, now, &mut effects)
+        .expect_err("accepted");
+    assert!(matches!(err, crate::Error::PoolFull(2)), "{err:?}");
+    assert_eq!(s.stats(now).total.expect("total").pending, 2);
+}
+
+#[test]
+fn impossible_samples_and_results_for_tasks_never_held_are_violations() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let _rx = connect(&mut s, &mut effects, "a", 1, now);
+    let _rx_b = connect(&mut s, &mut effects, "b", 1, now);
+    let mut effects = Effects::default();
+    let a = WorkerId::new("a");
+    assert!(s.sample(&a, sample(f64::NAN), now, &mut effects).is_err());
+    assert!(s.sample(&a, sample(-0.1), now, &mut effects).is_err());
+    assert!(s.sample(&a, sample(5000.0), now, &mut effects).is_err());
+    // Past the allotment is possible (a worker bursting on Lambda), not a violation.
+    assert!(s.sample(&a, sample(1.5), now, &mut effects).is_ok());
+    let t = submit(&mut s, &mut effects, now); // goes to a (first in order)
+    assert!(matches!(
+        s.results(&WorkerId::new("b"), vec![result(t, 1)], now, &mut effects),
+        Err(crate::Error::ResultNotHeld(..))
+    ));
+    assert!(matches!(
+        s.results(&a, vec![result(4242, 1)], now, &mut effects),
+        Err(crate::Error::ResultForUnknownTask(..))
+    ));
+    assert_eq!(
+        s.get(t).expect("get").state(),
+        TaskState::Running,
+        "a refused result changed the task"
+    );
+}
+
+#[test]
+fn results_are_forgotten_after_the_retention_with_their_key() {
+    let (mut s, now) = state(Config {
+        result_retention: Duration::from_secs(60),
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let rx = connect(&mut s, &mut effects, "a", 1, now);
+    let mut effects = Effects::default();
+    let sub = Submission {
+        key: "once".into(),
+        ..Submission::new("f", Bytes::new())
+    };
+    let t = s
+        .submit(sub.clone(), None, now, &mut effects)
+        .expect("submit")
+        .id();
+    assert_eq!(assigned(&mut effects, rx), vec![t]);
+    s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
+        .expect("result");
+    s.sweep(now + Duration::from_secs(59), &mut effects);
+    assert!(s.get(t).is_ok(), "forgotten before the retention");
+    s.sweep(now + Duration::from_secs(60), &mut effects);
+    assert!(matches!(s.get(t), Err(crate::Error::UnknownTask(_))));
+    // The key is free again: it names a new task now.
+    let again = s.submit(sub, None, now, &mut effects).expect("submit").id();
+    assert_ne!(again, t);
+}
+
+#[test]
+fn samples_of_an_idle_worker_do_not_pile_up_keep_alive_timers() {
+    let (mut s, now) = state(external()); // keep-alive 60 s
+    let mut effects = Effects::default();
+    let _rx = connect(&mut s, &mut effects, "a", 1, now);
+    let mut keep_alive_timers = 0;
+    for i in 1..=100u64 {
+        let mut effects = Effects::default();
+        s.sample(
+            &WorkerId::new("a"),
+            sample(0.1),
+            now + Duration::from_millis(500 * i),
+            &mut effects,
+        )
+        .expect("sample");
+        keep_alive_timers += effects
+            .timers
+            .iter()
+            .filter(|(_, t)| matches!(t, Timer::Worker(..)))
+            .count();
+    }
+    assert_eq!(
+        keep_alive_timers, 0,
+        "the recheck armed at connect already covers these samples"
+    );
+    // It runs a task that ends at 20 s, so at 60 s, when the recheck fires, it has been idle
+    // for only 40 s: exactly one new recheck is armed, for the remaining 20 s.
+    let mut effects = Effects::default();
+    let t = s
+        .submit(
+            Submission::new("f", Bytes::new()),
+            None,
+            now + Duration::from_secs(10),
+            &mut effects,
+        )
+        .expect("submit")
+        .id();
+    s.results(
+        &WorkerId::new("a"),
+        vec![result(t, 1)],
+        now + Duration::from_secs(20),
+        &mut effects,
+    )
+    .expect("result");
+    let mut effects = Effects::default();
+    s.on_timer(
+        Timer::Worker(WorkerId::new("a"), 1),
+        now + Duration::from_secs(60),
+        &mut effects,
+    );
+    let rearmed: Vec<Duration> = effects
+        .timers
+        .iter()
+        .filter(|(_, t)| matches!(t, Timer::Worker(..)))
+        .map(|(d, _)| *d)
+        .collect();
+    assert_eq!(rearmed, vec![Duration::from_secs(20)]);
+}
+
+#[test]
+fn dispatch_takes_the_best_worker_from_the_index_among_many() {
+    // Pack over 1,000 two-slot workers: the half-full one wins wherever it is, then the
+    // oldest connection among the idle ones.
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let rxs: Vec<Conn> = (0..1000)
+        .map(|i| connect(&mut s, &mut effects, &format!("w{i}"), 2, now))
+        .collect();
+    let first = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, rxs[0]), vec![first]);
+    // w0 is half full: the next task joins it, then w1 (the oldest idle one) is next.
+    let second = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, rxs[0]), vec![second]);
+    let third = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, rxs[1]), vec![third]);
+    // A result makes w0 half full again: it is re-keyed, level with w1, and connected first.
+    s.results(&WorkerId::new("w0"), vec![result(first, 1)], now, &mut effects)
+        .expect("results");
+    let fourth = submit(&mut s, &mut effects, now);
+    assert_eq!(
+        assigned(&mut effects, rxs[0]),
+        vec![fourth],
+        "w0 and w1 are equal; w0 connected first"
+    );
+    assert!(rxs[2..].iter().all(|&rx| assigned(&mut effects, rx).is_empty()));
+}
+
+#[test]
+fn a_busy_worker_leaves_the_index_and_a_calm_sample_brings_it_back() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let rx = connect(&mut s, &mut effects, "w", 2, now);
+    let id = WorkerId::new("w");
+    // Load seen while none of our tasks ran is someone else's: it counts in full.
+    let busy = pb::ResourceSample {
+        running_tasks: 0,
+        ..sample(0.95)
+    };
+    s.sample(&id, busy, now, &mut effects).expect("sample");
+    let task = submit(&mut s, &mut effects, now);
+    assert!(assigned(&mut effects, rx).is_empty(), "a busy worker got a task");
+    s.sample(&id, sample(0.1), now, &mut effects).expect("sample");
+    assert_eq!(assigned(&mut effects, rx), vec![task]);
+}
+
+#[test]
+fn a_worker_past_its_deadline_fraction_is_dropped_from_the_index_when_met() {
+    // Time alone makes it ineligible (no event re-keys it): dispatch must notice.
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let old = connect(&mut s, &mut effects, "old", 2, now);
+    let later = now + Duration::from_secs(13 * 60); // past 0.8 of the 15-minute timeout
+    let young = connect(&mut s, &mut effects, "young", 2, later);
+    let task = submit(&mut s, &mut effects, later);
+    assert!(
+        assigned(&mut effects, old).is_empty(),
+        "a draining worker got a task"
+    );
+    assert_eq!(assigned(&mut effects, young), vec![task]);
+}
+
+#[test]
+fn a_worker_written_off_for_silence_is_told_and_gets_its_task_back_when_it_returns() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let a = connect(&mut s, &mut effects, "a", 1, now);
+    let t = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, a), vec![t]);
+    let later = now + s.config.liveness_lease() + Duration::from_millis(1);
+    s.sweep(later, &mut effects);
+    assert!(
+        effects.out.iter().any(
+            |o| matches!(o, Outbound::End { conn, error: Some(crate::Error::WrittenOff(..)) } if *conn == a)
+        ),
+        "{:?}",
+        effects.out
+    );
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Pending);
+    let b = connect(&mut s, &mut effects, "a", 1, later);
+    assert_eq!(assigned(&mut effects, b), vec![t]);
+}
