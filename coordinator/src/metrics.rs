@@ -12,7 +12,7 @@
 //! `reason`, `state`, `spawner`. Never a task id or a worker id.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
@@ -21,11 +21,11 @@ use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use carpool_proto::pb;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -75,13 +75,13 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub(crate) struct Metrics {
     registry: Registry,
     /// Submitted to started, per task.
-    to_start: Histogram,
+    to_start: TimeHistogram,
     /// Started to finished on the worker, per task.
-    execution: Histogram,
+    execution: TimeHistogram,
     /// Submitted to result, per task.
-    to_result: Histogram,
+    to_result: TimeHistogram,
     /// Asked for to hello, per spawned worker.
-    cold_start: Histogram,
+    cold_start: TimeHistogram,
     /// Shutdowns sent, by reason.
     shutdowns: Family<ReasonLabel, Counter>,
     /// Failed spawns, by reason.
@@ -110,9 +110,59 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Seconds buckets from 1 ms to about 2 minutes (doubling), for task and start times.
-fn time_buckets() -> impl Iterator<Item = f64> {
-    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 18)
+/// Finite buckets of a [`TimeHistogram`]: 1 ms doubling to 131 s, then +Inf.
+const BUCKETS: usize = 18;
+
+/// A histogram of whole milliseconds, exported in seconds, recorded with three relaxed
+/// atomic additions and no lock (prometheus-client's own histogram takes a mutex per
+/// observation, which on the dispatch path cost several per cent of Map throughput).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TimeHistogram(Arc<TimeCounts>);
+
+#[derive(Debug, Default)]
+struct TimeCounts {
+    /// Observations per bucket: `[i]` holds those in (2^(i-1), 2^i] ms, `[BUCKETS]` the
+    /// rest (+Inf).
+    buckets: [AtomicU64; BUCKETS + 1],
+    count: AtomicU64,
+    sum_ms: AtomicU64,
+}
+
+impl TimeHistogram {
+    /// Records one observation of `ms` milliseconds.
+    pub(crate) fn observe_ms(&self, ms: u64) {
+        let bucket = if ms <= 1 {
+            0
+        } else {
+            (u64::BITS - (ms - 1).leading_zeros()) as usize
+        };
+        self.0.buckets[bucket.min(BUCKETS)].fetch_add(1, Ordering::Relaxed);
+        self.0.count.fetch_add(1, Ordering::Relaxed);
+        self.0.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+impl EncodeMetric for TimeHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = (0..=BUCKETS)
+            .map(|i| {
+                let bound = if i == BUCKETS {
+                    f64::INFINITY
+                } else {
+                    f64::from(1u32 << i) / 1000.0
+                };
+                (bound, self.0.buckets[i].load(Ordering::Relaxed))
+            })
+            .collect();
+        // The count is the sum of the buckets read, so the two always agree in one scrape.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.0.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 impl Metrics {
@@ -120,10 +170,10 @@ impl Metrics {
     pub(crate) fn new(spawner: SpawnerKind) -> Self {
         let mut registry = Registry::with_prefix("carpool");
         let m = Self {
-            to_start: Histogram::new(time_buckets()),
-            execution: Histogram::new(time_buckets()),
-            to_result: Histogram::new(time_buckets()),
-            cold_start: Histogram::new(time_buckets()),
+            to_start: TimeHistogram::default(),
+            execution: TimeHistogram::default(),
+            to_result: TimeHistogram::default(),
+            cold_start: TimeHistogram::default(),
             shutdowns: Family::default(),
             spawn_failures: Family::default(),
             tasks: Family::default(),
@@ -241,11 +291,11 @@ impl Metrics {
                         (&self.to_result, to_result_ms),
                     ] {
                         if let Some(ms) = ms {
-                            h.observe(ms as f64 / 1000.0);
+                            h.observe_ms(ms);
                         }
                     }
                 }
-                Observation::ColdStart(ms) => self.cold_start.observe(ms as f64 / 1000.0),
+                Observation::ColdStart(ms) => self.cold_start.observe_ms(ms),
                 Observation::Shutdown(reason) => {
                     let reason = shutdown_reason(reason);
                     self.shutdowns.get_or_create(&ReasonLabel { reason }).inc();
@@ -409,6 +459,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_time_lands_in_the_first_bucket_that_holds_it() {
+        let h = TimeHistogram::default();
+        for ms in [0, 1, 2, 3, 4, 5, 1000, u64::MAX / 4] {
+            h.observe_ms(ms);
+        }
+        let at = |i: usize| h.0.buckets[i].load(Ordering::Relaxed);
+        assert_eq!((at(0), at(1), at(2), at(3)), (2, 1, 2, 1), "<=1, 2, 3-4, 5-8 ms");
+        assert_eq!(at(10), 1, "1000 ms is in (512, 1024]");
+        assert_eq!(at(BUCKETS), 1, "beyond the last bound: +Inf");
+        assert_eq!(h.0.count.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
     fn counters_follow_stats_and_observations_fill_the_histograms() {
         let m = Metrics::new(SpawnerKind::Local);
         m.observe(&[
@@ -442,6 +505,10 @@ mod tests {
             r#"carpool_worker_shutdowns_total{reason="idle"} 1"#,
             r#"carpool_spawn_failures_total{reason="exited"} 1"#,
             "carpool_task_execution_seconds_count 1",
+            "carpool_task_execution_seconds_sum 0.1",
+            r#"carpool_task_execution_seconds_bucket{le="0.064"} 0"#,
+            r#"carpool_task_execution_seconds_bucket{le="0.128"} 1"#,
+            r#"carpool_task_execution_seconds_bucket{le="+Inf"} 1"#,
             "# EOF",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
