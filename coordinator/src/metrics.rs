@@ -331,8 +331,8 @@ impl Metrics {
                 spawner: self.spawner,
             };
             catch_up(&self.spawns.get_or_create(&spawns), f.workers_started);
-            catch_up_f64(&self.billed.get_or_create(&function()), f.billed_gb_ms / 1000.0);
-            catch_up_f64(&self.cost.get_or_create(&function()), f.cost_usd);
+            catch_up(&self.billed.get_or_create(&function()), f.billed_gb_ms / 1000.0);
+            catch_up(&self.cost.get_or_create(&function()), f.cost_usd);
             self.pending.get_or_create(&function()).set(gauge(f.pending));
             self.slots_in_use.get_or_create(&function()).set(gauge(f.running));
             for (state, n) in [("live", f.workers_live), ("starting", f.workers_starting)] {
@@ -357,14 +357,11 @@ impl Metrics {
 
 /// Raises a counter to `target` (Stats counts only grow; a function forgotten and seen
 /// again starts lower, and its counter then waits until it passes the old figure).
-fn catch_up(c: &Counter, target: u64) {
-    let now = c.get();
-    if target > now {
-        c.inc_by(target - now);
-    }
-}
-
-fn catch_up_f64(c: &FloatCounter, target: f64) {
+fn catch_up<N, A>(c: &Counter<N, A>, target: N)
+where
+    N: PartialOrd + std::ops::Sub<Output = N> + Copy,
+    A: prometheus_client::metrics::counter::Atomic<N>,
+{
     let now = c.get();
     if target > now {
         c.inc_by(target - now);

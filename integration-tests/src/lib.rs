@@ -187,6 +187,17 @@ pub fn tool(var: &str, what: &str) -> PathBuf {
     path
 }
 
+/// A program of a Debian package the test command installs, found on PATH; panics saying
+/// so if it is missing (a test never skips silently).
+pub fn installed(name: &str, package: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is missing: `./scripts/test` installs Debian's {package} package"))
+}
+
 /// A free loopback port, for tools that cannot report the port they bound. The OS picks
 /// it; it is released just before the tool binds it.
 pub fn free_port() -> u16 {

@@ -13,17 +13,8 @@ use futures::StreamExt;
 use serde_json::Value;
 
 /// A program of the `prometheus` package, which the test command installs.
-fn prometheus_tool(name: &str) -> String {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .expect("sh");
-    let path = String::from_utf8_lossy(&found.stdout).trim().to_owned();
-    assert!(
-        !path.is_empty(),
-        "{name} is missing: `./scripts/test` installs Debian's prometheus package"
-    );
-    path
+fn prometheus_tool(name: &str) -> std::path::PathBuf {
+    carpool_integration_tests::installed(name, "prometheus")
 }
 
 /// One instant-query value from Prometheus (`None` while the series does not exist yet).

@@ -10,21 +10,13 @@ use carpool_integration_tests::{Coordinator, Proc, bin, eventually};
 
 /// A tmux server of this test's own (its own socket), killed with everything in it on drop.
 struct Tmux {
-    tmux: String,
+    tmux: std::path::PathBuf,
     socket: String,
 }
 
 impl Tmux {
     fn start(command: &str) -> Self {
-        let found = Command::new("sh")
-            .args(["-c", "command -v tmux"])
-            .output()
-            .expect("sh");
-        let tmux = String::from_utf8_lossy(&found.stdout).trim().to_owned();
-        assert!(
-            !tmux.is_empty(),
-            "tmux is missing: `./scripts/test` installs Debian's tmux package"
-        );
+        let tmux = carpool_integration_tests::installed("tmux", "tmux");
         let socket = format!("carpool-top-{}", std::process::id());
         let me = Self { tmux, socket };
         let ok = me

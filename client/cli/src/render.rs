@@ -56,17 +56,7 @@ pub(crate) fn workers_table(workers: &[pb::WorkerInfo]) -> String {
         "WORKER", "FUNCTION", "STATE", "RUNNING", "LIMIT", "(PHASE)", "CPU", "MEM", "DONE", "AGE", "INSTANCE"
     );
     for w in workers {
-        let (cpu, mem) = w.last_sample.map_or((String::from("-"), String::from("-")), |s| {
-            let mem = if s.memory_limit_bytes > 0 {
-                format!(
-                    "{:.0}%",
-                    100.0 * s.memory_used_bytes as f64 / s.memory_limit_bytes as f64
-                )
-            } else {
-                "-".into()
-            };
-            (format!("{:.0}%", s.cpu * 100.0), mem)
-        });
+        let (cpu, mem) = sample_percents(w.last_sample.as_ref());
         out.push_str(&format!(
             "{:<24} {:<12} {:<9} {:>7} {:>5} {:<8} {:>6} {:>5} {:>8} {:>8.1}s  {}\n",
             w.worker_id,
@@ -156,4 +146,20 @@ pub(crate) fn stats_table(s: &pb::StatsResponse) -> String {
         }
     }
     out
+}
+
+/// A worker's last sample as CPU and memory percentages ("-" where unknown).
+pub(crate) fn sample_percents(sample: Option<&pb::ResourceSample>) -> (String, String) {
+    let Some(s) = sample else {
+        return ("-".into(), "-".into());
+    };
+    let mem = if s.memory_limit_bytes > 0 {
+        format!(
+            "{:.0}%",
+            100.0 * s.memory_used_bytes as f64 / s.memory_limit_bytes as f64
+        )
+    } else {
+        "-".into()
+    };
+    (format!("{:.0}%", s.cpu * 100.0), mem)
 }

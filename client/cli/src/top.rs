@@ -103,21 +103,13 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
     frame.render_widget(table, functions);
 
     let rows = view.workers.iter().map(|w| {
-        let sample = w.last_sample.unwrap_or_default();
-        let memory = if sample.memory_limit_bytes > 0 {
-            format!(
-                "{:.0}%",
-                100.0 * sample.memory_used_bytes as f64 / sample.memory_limit_bytes as f64
-            )
-        } else {
-            "-".into()
-        };
+        let (cpu, memory) = crate::render::sample_percents(w.last_sample.as_ref());
         Row::new(vec![
             w.worker_id.clone(),
             w.function.clone(),
             state_name(w.state()),
             format!("{}/{}", w.running_tasks, w.slots),
-            format!("{:.0}%", 100.0 * sample.cpu),
+            cpu,
             memory,
             format!("{}s", w.age_ms / 1000),
             w.tasks_done.to_string(),
@@ -174,30 +166,26 @@ pub(crate) fn rates(
         .collect()
 }
 
-/// One refresh: Stats and the workers, through `client` (connected on demand).
+/// One refresh: Stats and the workers, through `client` (connected on demand; dropped on
+/// an error, so the next refresh dials afresh: the coordinator may be back on its address).
 async fn refresh(
     url: &str,
     options: &ConnectOptions,
     client: &mut Option<Client>,
 ) -> Result<(pb::StatsResponse, Vec<pb::WorkerInfo>), String> {
-    if client.is_none() {
-        *client = Some(
-            Client::connect_with(url, options)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let Some(c) = client.as_ref() else {
-        return Err("not connected".into());
+    let c = match client.take() {
+        Some(c) => c,
+        None => Client::connect_with(url, options)
+            .await
+            .map_err(|e| e.to_string())?,
     };
-    let fetched = async { Ok::<_, carpool_client::Error>((c.stats().await?, c.workers("").await?)) }.await;
-    match fetched {
-        Ok(both) => Ok(both),
-        Err(e) => {
-            // A fresh connection next time: the coordinator may be back on the same address.
-            *client = None;
-            Err(e.to_string())
+    let both = (c.stats().await, c.workers("").await);
+    match both {
+        (Ok(stats), Ok(workers)) => {
+            *client = Some(c);
+            Ok((stats, workers))
         }
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
     }
 }
 

@@ -320,15 +320,13 @@ impl State {
         let learned = self.learned_limit(function, self.config.memory_mb);
         let slots_per_new = scheduler::new_worker_capacity(&rules, learned);
         let cap = rules.limits.max;
+        let room = self.fleet_room(function);
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
         if f.pending == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
             return;
         }
-        let of_function = f.workers + f.starting as usize;
-        let total = self.workers.len() + self.starting.len();
-        let room = scheduler::fleet_room(of_function, total, self.config.max_workers, self.config.max_fleet);
         // At the cap there is nothing to decide: skip the scan of the fleet's free slots.
         if room == 0 {
             return;

@@ -123,15 +123,7 @@ pub(crate) fn simulated_table(w: &Workload, memory_mb: u32, max_workers: u32, ta
         vcpus_for_memory(memory_mb)
     );
     for (label, r) in simulated(w, memory_mb, max_workers, tasks) {
-        out.push_str(&format!(
-            "    {:<24} {:>10.2} s {:>12.3} GB-s {:>9} invocations {:>5} peak running {:>6.2} peak memory\n",
-            label,
-            r.completion.as_secs_f64(),
-            r.billed_gb_s,
-            r.invocations,
-            r.peak_concurrency,
-            r.peak_memory_fraction
-        ));
+        out.push_str(&sim_line(&label, &r, 12));
     }
     out
 }
@@ -177,15 +169,7 @@ pub(super) fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
     });
     let mut out = format!("  {} at {} MB:\n", w.name, w.memory_mb);
     for (label, r) in results {
-        out.push_str(&format!(
-            "    {:<24} {:>10.2} s {:>14.3} GB-s {:>9} invocations {:>5} peak running {:>6.2} peak memory\n",
-            label,
-            r.completion.as_secs_f64(),
-            r.billed_gb_s,
-            r.invocations,
-            r.peak_concurrency,
-            r.peak_memory_fraction
-        ));
+        out.push_str(&sim_line(&label, &r, 14));
     }
     out
 }
@@ -214,4 +198,18 @@ pub(crate) fn json(comparisons: &[Comparison]) -> serde_json::Value {
         );
     }
     serde_json::Value::Object(out)
+}
+
+/// One simulated run as a line: completion, GB-s (in a column `gb_width` wide),
+/// invocations, peak running tasks and peak memory.
+fn sim_line(label: &str, r: &SimReport, gb_width: usize) -> String {
+    format!(
+        "    {:<24} {:>10.2} s {:>gb_width$.3} GB-s {:>9} invocations {:>5} peak running {:>6.2} peak memory\n",
+        label,
+        r.completion.as_secs_f64(),
+        r.billed_gb_s,
+        r.invocations,
+        r.peak_concurrency,
+        r.peak_memory_fraction
+    )
 }
