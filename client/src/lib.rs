@@ -96,6 +96,25 @@ impl Client {
         Ok(self.tasks.clone().run(req).await?.into_inner())
     }
 
+    /// Runs a fully specified request (per-task timeout, idempotency key) and waits for
+    /// its result.
+    pub async fn run_request(&self, request: pb::SubmitRequest) -> Result<TaskResult> {
+        Ok(self.tasks.clone().run(request).await?.into_inner())
+    }
+
+    /// A request for `function` with `input` and a per-attempt `timeout` (`None`: the
+    /// coordinator's default), for [`Client::submit_request`] and [`Client::run_request`].
+    pub fn request(
+        function: &str,
+        input: impl Into<Bytes>,
+        timeout: Option<std::time::Duration>,
+    ) -> pb::SubmitRequest {
+        pb::SubmitRequest {
+            timeout_ms: timeout.map_or(0, |t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
+            ..submit_request(function, input.into())
+        }
+    }
+
     /// A task's state, attempts, worker and timings.
     pub async fn get(&self, task_id: u64) -> Result<TaskInfo> {
         Ok(self

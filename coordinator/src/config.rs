@@ -108,6 +108,10 @@ pub struct Config {
     /// Functions served by running a command (`--exec`) in local workers, as (name, command).
     /// The built-in functions `echo`, `sleep` and `spin` need no entry.
     pub exec_functions: Vec<(String, String)>,
+    /// Functions served by a Lambda runtime command (`--runtime`) hosted in each worker, as
+    /// (name, command): the local spawner passes the command to its workers, the Lambda
+    /// spawner puts it in the event.
+    pub runtime_functions: Vec<(String, String)>,
     /// `RUST_LOG` for local workers; `None` passes the coordinator's environment through.
     pub worker_log: Option<String>,
     /// `--log-format` for local workers (`text` or `json`), so that their lines, which share
@@ -172,6 +176,7 @@ impl Default for Config {
             sample_interval: Duration::from_millis(500),
             worker_bin: None,
             exec_functions: Vec::new(),
+            runtime_functions: Vec::new(),
             worker_log: None,
             worker_log_format: None,
             worker_data_dir: None,
@@ -247,6 +252,7 @@ impl Config {
             SpawnerKind::Local => {
                 BUILTIN_FUNCTIONS.contains(&function)
                     || self.exec_functions.iter().any(|(name, _)| name == function)
+                    || self.runtime_functions.iter().any(|(name, _)| name == function)
             }
         }
     }
@@ -319,6 +325,12 @@ impl Config {
         }
         for (f, _) in &self.exec_functions {
             check_function_name(f).map_err(|e| Error::Config(format!("--exec: {e}")))?;
+        }
+        for (f, _) in &self.runtime_functions {
+            check_function_name(f).map_err(|e| Error::Config(format!("--runtime: {e}")))?;
+            if self.exec_functions.iter().any(|(e, _)| e == f) {
+                return bad(format!("function {f:?} is given both --exec and --runtime"));
+            }
         }
         Ok(())
     }

@@ -58,6 +58,8 @@ pub(crate) struct LambdaSpawner {
     token: Option<crate::auth::Secret>,
     /// `--slots`, carried in each event.
     slots: Option<u32>,
+    /// `--runtime` functions: the one an invocation serves is carried in its event.
+    runtimes: Vec<(String, String)>,
     /// Where outcomes are reported.
     context: SpawnContext,
 }
@@ -106,6 +108,7 @@ impl LambdaSpawner {
             coordinator_url,
             token: config.worker_token.clone(),
             slots: config.slots,
+            runtimes: config.runtime_functions.clone(),
             context,
         })
     }
@@ -118,6 +121,11 @@ impl LambdaSpawner {
             token: self.token.as_ref().map(|t| t.expose().to_owned()),
             slots: self.slots,
             tls_domain: None,
+            runtime: self
+                .runtimes
+                .iter()
+                .find(|(n, _)| n == request.function.as_ref())
+                .map(|(_, cmd)| cmd.clone()),
         }
     }
 }

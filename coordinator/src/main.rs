@@ -113,6 +113,12 @@ struct Cli {
     /// command reads the payload on stdin and writes the output on stdout.
     #[arg(long = "exec", env = "CARPOOL_EXEC", value_parser = parse_exec)]
     exec_functions: Vec<(String, String)>,
+    /// A function served by a Lambda runtime in its workers, as NAME=COMMAND (repeatable),
+    /// e.g. `--runtime 'resize=python3 -m awslambdaric app.handler'`: each worker hosts the
+    /// Lambda Runtime API and runs copies of the command, one per task it runs at once.
+    /// Local workers get it as `--runtime`; Lambda workers in the event.
+    #[arg(long = "runtime", env = "CARPOOL_RUNTIME", value_parser = parse_exec)]
+    runtime_functions: Vec<(String, String)>,
     /// How long a worker whose stream broke keeps its tasks, waiting for it to reconnect.
     #[arg(long, env = "CARPOOL_RECONNECT_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     reconnect_grace: Duration,
@@ -301,6 +307,7 @@ impl Cli {
             sample_interval: self.sample_interval,
             worker_bin: self.worker_bin,
             exec_functions: self.exec_functions,
+            runtime_functions: self.runtime_functions,
             worker_log: None,
             worker_log_format: Some(self.log_format.clone()),
             worker_data_dir: self.worker_data_dir,

@@ -102,6 +102,8 @@ pub(crate) struct LocalSpawner {
     timeout: std::time::Duration,
     /// `--exec` functions: the one a worker serves is passed as its command.
     exec_functions: Vec<(String, String)>,
+    /// `--runtime` functions: the one a worker serves is passed as its runtime command.
+    runtime_functions: Vec<(String, String)>,
     /// `RUST_LOG` for workers (tests quiet them), if set.
     log: Option<String>,
     /// `--log-format` for workers (the coordinator's), if set.
@@ -138,6 +140,7 @@ impl LocalSpawner {
             slots: config.slots,
             timeout: config.execution_timeout,
             exec_functions: config.exec_functions.clone(),
+            runtime_functions: config.runtime_functions.clone(),
             log: config.worker_log.clone(),
             log_format: config.worker_log_format.clone(),
             data_dir: config.worker_data_dir.clone(),
@@ -190,6 +193,13 @@ impl LocalSpawner {
         {
             cmd.arg("--exec").arg(exec);
         }
+        if let Some((_, runtime)) = self
+            .runtime_functions
+            .iter()
+            .find(|(n, _)| n == request.function.as_ref())
+        {
+            cmd.arg("--runtime").arg(runtime);
+        }
         if let Some(dir) = &self.data_dir {
             cmd.arg("--data-dir").arg(dir);
         }
@@ -206,6 +216,9 @@ impl LocalSpawner {
         if let Some(format) = &self.log_format {
             cmd.env("CARPOOL_LOG_FORMAT", format);
         }
+        // The coordinator's own `CARPOOL_EXEC` and `CARPOOL_RUNTIME` are NAME=COMMAND lists,
+        // not a worker's command: a worker gets its function's command as a flag, or none.
+        cmd.env_remove("CARPOOL_EXEC").env_remove("CARPOOL_RUNTIME");
         cmd.stdin(Stdio::piped()).kill_on_drop(true);
         cmd
     }

@@ -26,7 +26,15 @@ pub struct WorkerEvent {
     /// The name to verify the coordinator's certificate against, if not the URL's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_domain: Option<String>,
+    /// A Lambda runtime command to serve the function with, e.g. `python3 -m awslambdaric
+    /// app.handler` (the coordinator's `--runtime NAME=COMMAND`); absent: the worker's own
+    /// `--runtime` (`CARPOOL_RUNTIME` on the function), else its built-in handlers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
+
+/// The longest runtime command an event may carry.
+pub const MAX_RUNTIME_COMMAND: usize = 4096;
 
 /// Lambda's vCPU allocation, rounded up to whole vCPUs: 1769 MB buys one, at most 6.
 pub fn vcpus_for_memory(memory_mb: u32) -> u32 {
@@ -60,6 +68,13 @@ impl WorkerEvent {
                 event.coordinator_url
             ));
         }
+        if let Some(runtime) = &event.runtime
+            && (runtime.trim().is_empty() || runtime.len() > MAX_RUNTIME_COMMAND)
+        {
+            return Err(format!(
+                "malformed carpool worker event: `runtime` must be a command of 1 to {MAX_RUNTIME_COMMAND} bytes"
+            ));
+        }
         if event.slots == Some(0) {
             return Err("malformed carpool worker event: `slots` is 0".to_owned());
         }
@@ -80,6 +95,7 @@ mod tests {
             token: Some("t".into()),
             slots: Some(2),
             tls_domain: None,
+            runtime: Some("python3 -m awslambdaric app.handler".into()),
         };
         let json = serde_json::to_vec(&e).unwrap_or_default();
         assert_eq!(WorkerEvent::parse(&json), Ok(e));

@@ -297,6 +297,7 @@ mod tests {
             attempt: 1,
             function: "x".into(),
             payload: Bytes::from(payload.to_owned()),
+            timeout: None,
         }
     }
 
@@ -339,6 +340,7 @@ mod tests {
             attempt: 1,
             function: "x".into(),
             payload: Bytes::new(),
+            timeout: None,
         };
         let out = Builtin::Exec("echo oops >&2; exit 3".into()).call(task).await;
         let err = out.err().unwrap_or_default();

@@ -9,7 +9,8 @@ use tokio::io::AsyncReadExt;
 use tracing::{error, info, warn};
 
 use crate::config::WorkerConfig;
-use crate::handler::Handler;
+use crate::handler::{BrokenFuture, Handler, PrepareFuture, Served};
+use crate::runtime::{RuntimeHost, RuntimeSettings};
 
 /// The largest `--slots` or `--max-slots` a worker accepts.
 pub const MAX_SLOTS: i64 = 65_536;
@@ -76,6 +77,12 @@ pub struct WorkerArgs {
     /// File holding the worker token.
     #[arg(long, env = "CARPOOL_WORKER_TOKEN_FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// Serve the function with this Lambda runtime command, e.g. `python3 -m awslambdaric
+    /// app.handler`: the worker hosts the Lambda Runtime API on loopback and runs one copy
+    /// of the command per task it runs at once, so existing `handler(event, context)`
+    /// functions run unchanged (replaces the binary's own handler).
+    #[arg(long, env = "CARPOOL_RUNTIME")]
+    pub runtime: Option<String>,
     /// Exit when stdin closes: the local spawner holds the other end, so workers never
     /// outlive their coordinator.
     #[arg(long)]
@@ -175,12 +182,20 @@ where
             return ExitCode::from(2);
         }
     };
-    let handler = match make(&config.function) {
-        Ok(h) => h,
-        Err(msg) => {
-            eprintln!("carpool-worker: {msg}");
-            return ExitCode::from(2);
-        }
+    let handler = match &args.runtime {
+        Some(command) => Served::Runtime(Arc::new(RuntimeHost::new(RuntimeSettings {
+            command: command.clone(),
+            function: config.function.clone(),
+            memory_mb: config.memory_mb,
+            function_arn: None,
+        }))),
+        None => match make(&config.function) {
+            Ok(h) => Served::Own(h),
+            Err(msg) => {
+                eprintln!("carpool-worker: {msg}");
+                return ExitCode::from(2);
+            }
+        },
     };
     if args.exit_with_stdin {
         tokio::spawn(exit_when_stdin_closes());
@@ -223,6 +238,7 @@ where
         reconnect_for: args.reconnect_for,
         tls_ca_pem,
         token,
+        runtime: args.runtime.clone(),
     };
     match crate::lambda::serve(defaults, make).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -246,6 +262,18 @@ impl<H> Clone for SharedHandler<H> {
 impl<H: Handler> Handler for SharedHandler<H> {
     fn call(&self, task: crate::Task) -> crate::handler::HandlerFuture {
         self.0.call(task)
+    }
+
+    fn prepare(&self) -> PrepareFuture {
+        self.0.prepare()
+    }
+
+    fn limit(&self, slots: u32) {
+        self.0.limit(slots);
+    }
+
+    fn broken(&self) -> BrokenFuture {
+        self.0.broken()
     }
 }
 

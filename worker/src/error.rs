@@ -21,6 +21,9 @@ pub enum Error {
     /// A setting is missing or impossible.
     #[error("configuration: {0}")]
     Config(String),
+    /// The handler cannot run tasks (a Lambda runtime that failed to initialize).
+    #[error("handler: {0}")]
+    Handler(String),
     /// An I/O error (runtime, CPU pinning).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -37,7 +40,9 @@ impl Error {
                 s.code(),
                 Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::DeadlineExceeded
             ),
-            Error::BadUrl(..) | Error::Protocol(_) | Error::Config(_) | Error::Io(_) => false,
+            Error::BadUrl(..) | Error::Protocol(_) | Error::Config(_) | Error::Handler(_) | Error::Io(_) => {
+                false
+            }
         }
     }
 }

@@ -16,6 +16,10 @@ pub struct Task {
     pub function: String,
     /// Its input, unchanged from the submission.
     pub payload: Bytes,
+    /// How long this attempt may run: the submission's timeout (or the coordinator's
+    /// default), else what is left of the worker's session. Past it the coordinator
+    /// cancels the task (the future is dropped).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// What a handler returns: the output bytes, or an error message for the client.
@@ -23,6 +27,10 @@ pub type Outcome = Result<Bytes, String>;
 
 /// A boxed future of a handler's outcome.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+/// A boxed future of a handler's readiness: `Err` says why it cannot serve.
+pub type PrepareFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+/// A boxed future that resolves, with the reason, when a handler cannot serve any more.
+pub type BrokenFuture = Pin<Box<dyn Future<Output = String> + Send + 'static>>;
 
 /// Runs tasks. Implemented for every `Fn(Task) -> impl Future<Output = Result<O, E>>` with
 /// `O: Into<Bytes>` and `E: Display`, so a closure is a handler:
@@ -42,6 +50,23 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>
 pub trait Handler: Send + Sync + 'static {
     /// Starts one task.
     fn call(&self, task: Task) -> HandlerFuture;
+
+    /// Gets ready before the session dials (a handler that starts processes starts them
+    /// here); an error ends the session before it connects. Ready at once by default.
+    fn prepare(&self) -> PrepareFuture {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The concurrency limit the coordinator gave this worker: at each connection and
+    /// whenever it moves. A handler that keeps something per task slot (the Lambda
+    /// runtime's processes) follows it. Ignored by default.
+    fn limit(&self, _slots: u32) {}
+
+    /// Resolves, with the reason, when the handler can no longer run tasks (its runtime
+    /// failed to initialize); the session then ends with that error. Never by default.
+    fn broken(&self) -> BrokenFuture {
+        Box::pin(std::future::pending())
+    }
 }
 
 impl<F, Fut, O, E> Handler for F
@@ -54,5 +79,41 @@ where
     fn call(&self, task: Task) -> HandlerFuture {
         let fut = self(task);
         Box::pin(async move { fut.await.map(Into::into).map_err(|e| e.to_string()) })
+    }
+}
+
+/// The handler a worker runs: its own, or a hosted Lambda runtime (`--runtime`).
+pub(crate) enum Served<H> {
+    Own(H),
+    Runtime(std::sync::Arc<crate::runtime::RuntimeHost>),
+}
+
+impl<H: Handler> Handler for Served<H> {
+    fn call(&self, task: Task) -> HandlerFuture {
+        match self {
+            Served::Own(h) => h.call(task),
+            Served::Runtime(r) => r.call(task),
+        }
+    }
+
+    fn prepare(&self) -> PrepareFuture {
+        match self {
+            Served::Own(h) => h.prepare(),
+            Served::Runtime(r) => r.prepare(),
+        }
+    }
+
+    fn limit(&self, slots: u32) {
+        match self {
+            Served::Own(h) => h.limit(slots),
+            Served::Runtime(r) => r.limit(slots),
+        }
+    }
+
+    fn broken(&self) -> BrokenFuture {
+        match self {
+            Served::Own(h) => h.broken(),
+            Served::Runtime(r) => r.broken(),
+        }
     }
 }

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::WorkerConfig;
-use crate::handler::Handler;
+use crate::handler::{Handler, Served};
+use crate::runtime::{RuntimeHost, RuntimeSettings};
 use crate::sampler::Measure;
 
 /// The environment variables lambda_runtime needs; checked first so that a missing one is a
@@ -69,6 +70,9 @@ pub struct LambdaDefaults {
     pub tls_ca_pem: Option<Vec<u8>>,
     /// The worker token, when the event carries none (e.g. set on the function's environment).
     pub token: Option<carpool_proto::Secret>,
+    /// The Lambda runtime command to host (`--runtime`, `CARPOOL_RUNTIME`), when the event
+    /// names none.
+    pub runtime: Option<String>,
 }
 
 /// Serves invocations until the runtime stops: each event runs one session with the handler
@@ -104,6 +108,7 @@ where
         terminate,
         active,
         warned_deadline: AtomicBool::new(false),
+        hosted: std::sync::Mutex::new(None),
     });
     info!(memory_mb, "serving Lambda invocations");
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
@@ -122,6 +127,9 @@ struct Shared<F> {
     /// Held while a session runs (SIGTERM waits for it before the process exits).
     active: Arc<tokio::sync::Semaphore>,
     warned_deadline: AtomicBool,
+    /// The hosted Lambda runtime, kept warm across invocations (its copies keep their
+    /// module state, as Lambda's own do): (function, command, host).
+    hosted: std::sync::Mutex<Option<(String, String, Arc<RuntimeHost>)>>,
 }
 
 impl<F, H> Shared<F>
@@ -139,10 +147,14 @@ where
             error!(request_id, error = %msg, "rejected the invocation's event");
             diagnostic("InvalidCarpoolEvent", msg)
         })?;
-        let handler = (self.make)(&ev.function).map_err(|msg| {
-            error!(request_id, worker = %ev.worker_id, error = %msg, "no handler for the event's function");
-            diagnostic("UnknownCarpoolFunction", msg)
-        })?;
+        let runtime = ev.runtime.clone().or_else(|| self.defaults.runtime.clone());
+        let handler = match runtime {
+            Some(command) => Served::Runtime(self.host(&ev.function, command, &event.context.invoked_function_arn)),
+            None => Served::Own((self.make)(&ev.function).map_err(|msg| {
+                error!(request_id, worker = %ev.worker_id, error = %msg, "no handler for the event's function");
+                diagnostic("UnknownCarpoolFunction", msg)
+            })?),
+        };
         let timeout = match remaining(event.context.deadline, SystemTime::now()) {
             Some(t) => t,
             None => {
@@ -185,6 +197,31 @@ where
                 Err(diagnostic("CarpoolSessionFailed", e.to_string()))
             }
         }
+    }
+}
+
+impl<F> Shared<F> {
+    /// The runtime host for `function` and `command`: the warm one if it is the same,
+    /// else a new one (the old one's copies are stopped: one function per instance).
+    fn host(&self, function: &str, command: String, arn: &str) -> Arc<RuntimeHost> {
+        let mut hosted = self
+            .hosted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((f, c, host)) = hosted.as_ref()
+            && f == function
+            && *c == command
+        {
+            return host.clone();
+        }
+        let host = Arc::new(RuntimeHost::new(RuntimeSettings {
+            command: command.clone(),
+            function: function.to_owned(),
+            memory_mb: self.memory_mb,
+            function_arn: (!arn.is_empty()).then(|| arn.to_owned()),
+        }));
+        *hosted = Some((function.to_owned(), command, host.clone()));
+        host
     }
 }
 

@@ -8,6 +8,8 @@
 //! - [`builtin`]: the binary's built-in functions (`echo`, `sleep`, `spin`, `hold`, `mixed`,
 //!   `thumbnail`, `--exec`); [`thumbnail`]: the paper's task, on S3 or a data directory.
 //! - [`cli`]: the standard flags and process setup, for `carpool-worker` and your own.
+//! - [`runtime`]: existing Lambda handlers as task code: the worker hosts the Lambda Runtime
+//!   API and runs copies of a runtime process (`--runtime`), as many as its limit.
 //! - [`lambda`]: Lambda mode (detected from `AWS_LAMBDA_RUNTIME_API`): one session per
 //!   invocation, the invocation's deadline as the execution timeout.
 //!
@@ -28,6 +30,7 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod lambda;
+pub mod runtime;
 pub mod sampler;
 pub mod session;
 pub mod thumbnail;

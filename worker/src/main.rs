@@ -1,5 +1,6 @@
 //! `carpool-worker`: a worker with the built-in functions (`echo`, `sleep`, `spin`, `hold`,
-//! `mixed`, `thumbnail`), or any command through `--exec`.
+//! `mixed`, `thumbnail`), any command through `--exec`, or existing Lambda handlers through
+//! `--runtime`.
 
 use std::process::ExitCode;
 
@@ -15,7 +16,7 @@ struct Cli {
     worker: WorkerArgs,
     /// Serve the function with this shell command: payload on stdin, output on stdout,
     /// non-zero exit is a task error carrying stderr.
-    #[arg(long, env = "CARPOOL_EXEC")]
+    #[arg(long, env = "CARPOOL_EXEC", conflicts_with = "runtime")]
     exec: Option<String>,
     /// The only local directory the `thumbnail` built-in reads and writes [default: none:
     /// only s3:// objects].
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     };
     // Checked up front (outside Lambda), so a bad --function fails before any connection.
     if let Some(function) = &cli.worker.function
+        && cli.worker.runtime.is_none()
         && let Err(msg) = Builtin::for_function(function, &options)
     {
         eprintln!("carpool-worker: {msg}");

@@ -103,7 +103,10 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
     let deadline = tokio::time::Instant::now() + config.timeout;
     let sampler = Sampler::new(config.measure, config.allotment(), config.memory_mb);
     info!(worker = %config.id, measures = %sampler.describe(), allotment = config.allotment(), "sampling itself");
+    // A handler that must start something (a Lambda runtime) does so before the dial.
+    handler.prepare().await.map_err(Error::Handler)?;
     let mut s = Session {
+        deadline,
         sampler,
         config,
         handler: Arc::new(handler),
@@ -174,6 +177,8 @@ fn reconnect_waits() -> backon::ExponentialBackoff {
 /// What outlives one stream: the running tasks and the counters.
 struct Session<H> {
     config: WorkerConfig,
+    /// When the session's execution timeout passes.
+    deadline: tokio::time::Instant,
     handler: Arc<H>,
     running: JoinSet<(u64, u32, u64, Duration, HandlerOutcome)>,
     /// Running tasks: their attempt and how to abort them.
@@ -234,6 +239,8 @@ impl<H: Handler> Session<H> {
         };
         self.welcomed = true;
         self.limit = welcome.slots;
+        self.handler.limit(welcome.slots);
+        let mut broken = self.handler.broken();
         self.max_output = welcome.max_output_bytes;
         // The coordinator has them now (it ignores what it already had).
         self.recent.clear();
@@ -276,6 +283,7 @@ impl<H: Handler> Session<H> {
                     Some(CoordinatorMessage { kind: Some(Down::Limit(l)) }) => {
                         debug!(worker = %id, slots = l.slots, "concurrency limit moved");
                         self.limit = l.slots;
+                        self.handler.limit(l.slots);
                     }
                     Some(CoordinatorMessage { kind: Some(Down::Cancel(cancel)) }) => {
                         for task in cancel.task_ids {
@@ -321,6 +329,10 @@ impl<H: Handler> Session<H> {
                     if self.changed.is_some() || self.sampler.moved() {
                         send(&out, Up::Sample(self.sample())).await?;
                     }
+                }
+                msg = &mut broken => {
+                    warn!(worker = %id, error = %msg, running = self.running.len(), "the handler cannot run tasks; ending the session");
+                    return Err(Error::Handler(msg));
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     warn!(worker = %id, running = self.running.len(), "execution timeout reached");
@@ -388,6 +400,13 @@ impl<H: Handler> Session<H> {
             attempt,
             function: a.function,
             payload: a.payload,
+            // The attempt's own limit, else what is left of the session.
+            timeout: Some(if a.timeout_ms > 0 {
+                Duration::from_millis(a.timeout_ms)
+            } else {
+                self.deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+            }),
         };
         let fut = self.handler.call(task);
         self.newest = Some(Instant::now());

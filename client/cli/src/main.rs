@@ -68,6 +68,9 @@ enum Command {
         /// The payload as text (e.g. JSON); "-" reads stdin.
         #[arg(default_value = "")]
         payload: String,
+        /// Longest one attempt may run, e.g. "30s" [default: the coordinator's].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
     /// Submit one task, wait, and print its result as JSON.
     Run {
@@ -76,6 +79,9 @@ enum Command {
         /// The payload as text (e.g. JSON); "-" reads stdin.
         #[arg(default_value = "")]
         payload: String,
+        /// Longest one attempt may run, e.g. "30s" [default: the coordinator's].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
     /// Print a task's state, attempts, worker and result as JSON.
     Get {
@@ -351,15 +357,22 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     let e = |e: carpool_client::Error| e.to_string();
     match cli.command {
-        Command::Submit { function, payload } => {
-            let id = client
-                .submit(&function, read_payload(payload)?)
-                .await
-                .map_err(e)?;
+        Command::Submit {
+            function,
+            payload,
+            timeout,
+        } => {
+            let request = carpool_client::Client::request(&function, read_payload(payload)?, timeout);
+            let id = client.submit_request(request).await.map_err(e)?;
             println!("{id}");
         }
-        Command::Run { function, payload } => {
-            let r = client.run(&function, read_payload(payload)?).await.map_err(e)?;
+        Command::Run {
+            function,
+            payload,
+            timeout,
+        } => {
+            let request = carpool_client::Client::request(&function, read_payload(payload)?, timeout);
+            let r = client.run_request(request).await.map_err(e)?;
             println!("{}", render::result_json(&r));
             if r.state() != carpool_client::TaskState::Succeeded {
                 return Ok(ExitCode::FAILURE);

@@ -264,7 +264,8 @@ impl State {
             // One more task changes its rank, or makes it full.
             rekey(&mut f.eligible, &worker_id, w, &rules, now);
             debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
-            if let Some(limit) = task.timeout.or(self.config.task_timeout) {
+            let limit = task.timeout.or(self.config.task_timeout);
+            if let Some(limit) = limit {
                 effects.timers.push((limit, Timer::Task(task_id, task.attempts)));
             }
             let assignment = pb::TaskAssignment {
@@ -272,6 +273,7 @@ impl State {
                 attempt: task.attempts,
                 function: task.function.to_string(),
                 payload: task.payload.clone(),
+                timeout_ms: limit.map_or(0, |l| l.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
             };
             match w.batch {
                 Some(i) => batches[i].1.push(assignment),

@@ -1,0 +1,423 @@
+//! Existing Lambda functions as task code, unchanged: the worker hosts the Lambda Runtime
+//! API on loopback and runs copies of the user's runtime process (`python3 -m awslambdaric
+//! app.handler`, `npx aws-lambda-ric index.handler`, any custom runtime) against it.
+//!
+//! - Each copy gets its own API on its own loopback port (`AWS_LAMBDA_RUNTIME_API`), as
+//!   each Lambda sandbox has its own: the host always knows which process holds which
+//!   invocation. A copy runs one invocation at a time; module state lives across them.
+//! - As many copies run as the coordinator's concurrency limit for this worker (at most
+//!   [`MAX_RUNTIMES`]); they are started and stopped as the limit moves (idle ones first).
+//! - Each task is one invocation: its payload is the event, the response its output, an
+//!   error response a task error `errorType: errorMessage`. The deadline header is the
+//!   attempt's own timeout ([`crate::Task::timeout`]).
+//! - A copy that exits mid-task fails that task with its exit status and the end of its
+//!   stderr, and is replaced. One still running its task [`TIMEOUT_GRACE`] past the
+//!   deadline is killed (its task fails with Lambda's "Task timed out" message) and
+//!   replaced; a task the coordinator cancels (its timeout passed there first) has its copy
+//!   killed and replaced at once.
+//! - An init error (`/runtime/init/error`, or a copy that exits before it asks for its first
+//!   invocation) fails the session with the runtime's message; before the first connection
+//!   ([`Handler::prepare`](crate::Handler::prepare)) the worker exits without dialing.
+//!
+//! [`api`] serves the endpoints; [`process`] starts, watches and kills the copies.
+
+mod api;
+mod process;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::handler::{BrokenFuture, Handler, HandlerFuture, Outcome, PrepareFuture, Task};
+
+/// The most runtime processes one worker runs, whatever its limit (past it, tasks wait for
+/// a free copy).
+pub const MAX_RUNTIMES: usize = 1024;
+/// How long past an invocation's deadline its copy may still answer before it is killed.
+pub const TIMEOUT_GRACE: Duration = Duration::from_secs(1);
+/// How long the first copy may take to ask for its first invocation (its init) before the
+/// worker gives up on the runtime.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest response or error body a copy may post (Lambda's limit for a synchronous
+/// response); a larger response fails its task.
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+/// Copies in a row that die while idle (after their init) before the runtime is given up.
+const IDLE_CRASHES: u32 = 5;
+
+/// What the runtime processes are told about their function.
+#[derive(Clone, Debug)]
+pub struct RuntimeSettings {
+    /// The command, run with `sh -c` (as `exec COMMAND`), e.g. `python3 -m awslambdaric
+    /// app.handler`.
+    pub command: String,
+    /// The carpool function served (the default `AWS_LAMBDA_FUNCTION_NAME`).
+    pub function: String,
+    /// The worker's memory size (the default `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
+    pub memory_mb: u32,
+    /// The ARN in `Lambda-Runtime-Invoked-Function-Arn`; `None`: one made of the region
+    /// and the function name.
+    pub function_arn: Option<String>,
+}
+
+/// The handler that runs each task as an invocation of a Lambda runtime process. Dropping
+/// it kills every copy.
+pub struct RuntimeHost {
+    inner: Arc<Inner>,
+}
+
+/// What the copies, their APIs and the handler share.
+struct Inner {
+    settings: RuntimeSettings,
+    arn: String,
+    /// Invocations not yet taken by a copy (at most the tasks the session runs, which the
+    /// coordinator's limit bounds).
+    queue: Mutex<VecDeque<Job>>,
+    /// Notified (all waiters) when a job is queued.
+    queued: Notify,
+    /// The live copies.
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Starting, ready (a copy asked for an invocation) or broken (with the reason).
+    health: watch::Sender<Health>,
+    /// Cancelled when the host is dropped: every copy is killed.
+    stop: CancellationToken,
+    next_slot: AtomicU64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Health {
+    Starting,
+    Ready,
+    Broken(String),
+}
+
+/// One task waiting for a copy.
+struct Job {
+    task: u64,
+    attempt: u32,
+    payload: Bytes,
+    deadline_ms: u64,
+    /// When its copy is killed if it has not answered.
+    kill_at: Option<Instant>,
+    timeout: Option<Duration>,
+    done: oneshot::Sender<Outcome>,
+    /// Cancelled when the task's future is dropped (the coordinator cancelled it).
+    abandoned: CancellationToken,
+}
+
+/// The invocation a copy holds.
+struct Current {
+    request_id: String,
+    task: u64,
+    kill_at: Option<Instant>,
+    timeout: Option<Duration>,
+    done: oneshot::Sender<Outcome>,
+    abandoned: CancellationToken,
+}
+
+/// One copy of the runtime: its API's port and what it is doing.
+struct Slot {
+    index: u64,
+    state: Mutex<SlotState>,
+    /// Notified when its invocation starts or ends, or it is retired.
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct SlotState {
+    current: Option<Current>,
+    /// Set when the limit fell: it takes no new invocation and is stopped once idle.
+    retired: bool,
+    /// Whether its process asked for an invocation yet (its init is done).
+    asked: bool,
+    /// The error its process posted to `/runtime/init/error`.
+    init_error: Option<String>,
+    /// Its process (the leader of its process group) while it runs.
+    pid: Option<u32>,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl RuntimeHost {
+    /// A host for `settings.command`; no copy runs until [`Handler::prepare`] or the first
+    /// limit.
+    pub fn new(settings: RuntimeSettings) -> Self {
+        let arn = settings.function_arn.clone().unwrap_or_else(|| {
+            let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".to_owned());
+            let name =
+                std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| settings.function.clone());
+            format!("arn:aws:lambda:{region}:000000000000:function:{name}")
+        });
+        let (health, _) = watch::channel(Health::Starting);
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                arn,
+                queue: Mutex::new(VecDeque::new()),
+                queued: Notify::new(),
+                slots: Mutex::new(Vec::new()),
+                health,
+                stop: CancellationToken::new(),
+                next_slot: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The command its copies run.
+    pub fn command(&self) -> &str {
+        &self.inner.settings.command
+    }
+
+    /// How many copies run now (retired ones still finishing a task included).
+    pub fn copies(&self) -> usize {
+        self.inner.slots().len()
+    }
+}
+
+impl Drop for RuntimeHost {
+    /// Kills every copy now (the process may be about to exit, with no time for the
+    /// supervisors to do it).
+    fn drop(&mut self) {
+        self.inner.stop.cancel();
+        for slot in self.inner.slots().iter() {
+            if let Some(pid) = slot.lock().pid {
+                process::kill_group(pid);
+            }
+        }
+    }
+}
+
+impl Handler for RuntimeHost {
+    fn call(&self, task: Task) -> HandlerFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let (done, result) = oneshot::channel();
+            let abandoned = CancellationToken::new();
+            let guard = abandoned.clone().drop_guard();
+            let now_ms = carpool_proto::unix_ms();
+            let deadline_ms = match task.timeout {
+                Some(t) => now_ms.saturating_add(t.as_millis() as u64),
+                // No limit at all: Lambda's longest, so that the handler sees a sane number.
+                None => now_ms.saturating_add(15 * 60 * 1000),
+            };
+            inner.enqueue(Job {
+                task: task.id,
+                attempt: task.attempt,
+                payload: task.payload,
+                deadline_ms,
+                kill_at: task.timeout.map(|t| Instant::now() + t + TIMEOUT_GRACE),
+                timeout: task.timeout,
+                done,
+                abandoned,
+            });
+            let outcome = result.await;
+            guard.disarm();
+            outcome.unwrap_or_else(|_| {
+                Err("the Lambda runtime host stopped before the task finished".to_owned())
+            })
+        })
+    }
+
+    fn prepare(&self) -> PrepareFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if inner.slots().is_empty() {
+                inner.resize(1)?;
+            }
+            let mut health = inner.health.subscribe();
+            let ready = tokio::time::timeout(INIT_TIMEOUT, health.wait_for(|h| *h != Health::Starting)).await;
+            match ready {
+                Err(_) => Err(format!(
+                    "the Lambda runtime {:?} did not ask for an invocation within {} s of its start",
+                    inner.settings.command,
+                    INIT_TIMEOUT.as_secs()
+                )),
+                Ok(Err(_)) => Err("the Lambda runtime host stopped".to_owned()),
+                Ok(Ok(h)) => match &*h {
+                    Health::Broken(msg) => Err(msg.clone()),
+                    _ => Ok(()),
+                },
+            }
+        })
+    }
+
+    fn limit(&self, slots: u32) {
+        if let Err(msg) = self.inner.resize(slots as usize) {
+            self.inner.fail(msg);
+        }
+    }
+
+    fn broken(&self) -> BrokenFuture {
+        let mut health = self.inner.health.subscribe();
+        Box::pin(async move {
+            let reason = match health.wait_for(|h| matches!(h, Health::Broken(_))).await {
+                Ok(h) => match &*h {
+                    Health::Broken(msg) => Some(msg.clone()),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+            match reason {
+                Some(msg) => msg,
+                None => std::future::pending().await,
+            }
+        })
+    }
+}
+
+impl Inner {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn enqueue(&self, job: Job) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(job);
+        self.queued.notify_waiters();
+    }
+
+    /// The next live job for `slot`, now its invocation; `None` if it is retired or nothing
+    /// waits. Jobs whose task was cancelled while they waited are dropped.
+    fn take_for(&self, slot: &Slot) -> Option<(Invocation, String)> {
+        let mut state = slot.lock();
+        if state.retired || state.current.is_some() {
+            return None;
+        }
+        let job = {
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                let job = queue.pop_front()?;
+                if !job.abandoned.is_cancelled() && !job.done.is_closed() {
+                    break job;
+                }
+            }
+        };
+        let request_id = format!("carpool-{}-{}", job.task, job.attempt);
+        let (done, job) = split(job);
+        state.current = Some(Current {
+            request_id: request_id.clone(),
+            task: job.task,
+            kill_at: job.kill_at,
+            timeout: job.timeout,
+            done,
+            abandoned: job.abandoned.clone(),
+        });
+        drop(state);
+        slot.changed.notify_one();
+        Some((job, request_id))
+    }
+
+    /// Starts or retires copies until `target` (at least 1, at most [`MAX_RUNTIMES`]) take
+    /// invocations; idle ones are retired first.
+    fn resize(self: &Arc<Self>, target: usize) -> Result<(), String> {
+        let target = target.clamp(1, MAX_RUNTIMES);
+        if self.stop.is_cancelled() {
+            return Ok(());
+        }
+        let mut slots = self.slots();
+        let live: Vec<&Arc<Slot>> = slots.iter().filter(|s| !s.lock().retired).collect();
+        if live.len() > target {
+            let mut excess = live.len() - target;
+            // Idle copies first, then the newest busy ones (they stop after their task).
+            let mut order: Vec<&Arc<Slot>> = live.clone();
+            order.sort_by_key(|s| (s.lock().current.is_some(), std::cmp::Reverse(s.index)));
+            for slot in order {
+                if excess == 0 {
+                    break;
+                }
+                slot.lock().retired = true;
+                slot.changed.notify_one();
+                excess -= 1;
+            }
+            // Their `next` calls must look again (a retired copy takes nothing).
+            self.queued.notify_waiters();
+            return Ok(());
+        }
+        for _ in live.len()..target {
+            let slot = Arc::new(Slot {
+                index: self.next_slot.fetch_add(1, Ordering::Relaxed),
+                state: Mutex::new(SlotState::default()),
+                changed: Notify::new(),
+            });
+            let listener =
+                api::bind().map_err(|e| format!("cannot listen for a Lambda runtime on loopback: {e}"))?;
+            slots.push(slot.clone());
+            tokio::spawn(process::supervise(self.clone(), slot, listener));
+        }
+        Ok(())
+    }
+
+    /// Takes `slot` out of the live copies.
+    fn remove(&self, slot: &Slot) {
+        self.slots().retain(|s| s.index != slot.index);
+    }
+
+    /// Marks the runtime unusable: the session ends with `msg`.
+    fn fail(&self, msg: String) {
+        let first = self.health.send_if_modified(|h| {
+            if matches!(h, Health::Broken(_)) {
+                false
+            } else {
+                *h = Health::Broken(msg.clone());
+                true
+            }
+        });
+        if first {
+            warn!(function = %self.settings.function, error = %msg, "the Lambda runtime cannot serve tasks");
+        }
+    }
+
+    /// A copy asked for its first invocation: its init is done.
+    fn initialized(&self, slot: &Slot) {
+        let first = !std::mem::replace(&mut slot.lock().asked, true);
+        if first {
+            self.health.send_if_modified(|h| {
+                if *h == Health::Starting {
+                    *h = Health::Ready;
+                    true
+                } else {
+                    false
+                }
+            });
+            info!(function = %self.settings.function, copy = slot.index, "Lambda runtime copy ready");
+        }
+    }
+}
+
+/// The job's result sender apart from the rest (which goes to the copy).
+fn split(job: Job) -> (oneshot::Sender<Outcome>, Invocation) {
+    (
+        job.done,
+        Invocation {
+            task: job.task,
+            attempt: job.attempt,
+            payload: job.payload,
+            deadline_ms: job.deadline_ms,
+            kill_at: job.kill_at,
+            timeout: job.timeout,
+            abandoned: job.abandoned,
+        },
+    )
+}
+
+/// What the `next` call hands a copy.
+struct Invocation {
+    task: u64,
+    attempt: u32,
+    payload: Bytes,
+    deadline_ms: u64,
+    kill_at: Option<Instant>,
+    timeout: Option<Duration>,
+    abandoned: CancellationToken,
+}

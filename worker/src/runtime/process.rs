@@ -1,0 +1,294 @@
+//! One copy's life: start the runtime process against its API, watch it and its
+//! invocation, kill it when its task is cancelled or overruns, replace it when it dies.
+
+use std::collections::VecDeque;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{IDLE_CRASHES, Inner, RuntimeSettings, Slot};
+
+/// The most of a copy's stderr kept to explain its death.
+const TAIL_BYTES: usize = 2048;
+
+/// How a copy's process ended.
+enum End {
+    /// It exited (or was killed by someone else).
+    Exited(String),
+    /// Its task was cancelled: killed.
+    Abandoned,
+    /// Its task ran past its deadline and grace: killed.
+    TimedOut(Option<Duration>),
+    /// Retired (the limit fell) while idle: killed.
+    Retired,
+    /// The host stopped: killed.
+    Stopped,
+}
+
+/// Runs copy `slot` until it is retired or the host stops: serves its API on `listener`
+/// and keeps one runtime process running against it.
+pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>, listener: std::net::TcpListener) {
+    let api = match listener
+        .local_addr()
+        .and_then(|a| tokio::net::TcpListener::from_std(listener).map(|l| (a, l)))
+    {
+        Ok((addr, listener)) => {
+            let router = super::api::router(inner.clone(), slot.clone());
+            let server = tokio::spawn(async move { axum::serve(listener, router).await });
+            (addr, server)
+        }
+        Err(e) => {
+            inner.fail(format!("cannot serve the Lambda Runtime API on loopback: {e}"));
+            inner.remove(&slot);
+            return;
+        }
+    };
+    let (addr, server) = api;
+    let mut idle_crashes = 0u32;
+    loop {
+        if inner.stop.is_cancelled() || slot.lock().retired {
+            break;
+        }
+        slot.lock().asked = false;
+        let started = match start(&inner.settings, &addr.to_string()) {
+            Ok(s) => s,
+            Err(e) => {
+                inner.fail(format!(
+                    "cannot start the Lambda runtime {:?}: {e}",
+                    inner.settings.command
+                ));
+                break;
+            }
+        };
+        let (mut child, tail, reader) = started;
+        let pid = child.id();
+        slot.lock().pid = pid;
+        let counted = pid.map(crate::children::register);
+        info!(function = %inner.settings.function, copy = slot.index, pid, "Lambda runtime copy started");
+        let end = watch(&inner, &slot, &mut child).await;
+        // Reaped: its pid may be reused from now on.
+        slot.lock().pid = None;
+        drop(counted);
+        // What it wrote last, to explain an exit (the pipe closes with the process).
+        let _ = tokio::time::timeout(Duration::from_millis(200), reader).await;
+        let stderr = last_lines(&tail);
+        let (current, asked, init_error) = {
+            let mut st = slot.lock();
+            (st.current.take(), st.asked, st.init_error.take())
+        };
+        match end {
+            End::Exited(status) => {
+                if let Some(c) = current {
+                    warn!(task = c.task, copy = slot.index, %status, "the Lambda runtime exited mid-task; its task fails and a copy replaces it");
+                    let _ = c.done.send(Err(format!(
+                        "the Lambda runtime process exited mid-task ({status}){stderr}"
+                    )));
+                    idle_crashes = 0;
+                } else if !asked || init_error.is_some() {
+                    inner.fail(init_error.unwrap_or_else(|| {
+                        format!(
+                            "the Lambda runtime {:?} exited before asking for an invocation ({status}){stderr}",
+                            inner.settings.command
+                        )
+                    }));
+                    break;
+                } else {
+                    idle_crashes += 1;
+                    warn!(copy = slot.index, %status, idle_crashes, "the Lambda runtime exited while idle");
+                    if idle_crashes >= IDLE_CRASHES {
+                        inner.fail(format!(
+                            "the Lambda runtime {:?} exited while idle {IDLE_CRASHES} times in a row (last: {status}){stderr}",
+                            inner.settings.command
+                        ));
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100) * idle_crashes).await;
+                }
+            }
+            End::Abandoned => {
+                if let Some(c) = current {
+                    info!(
+                        task = c.task,
+                        copy = slot.index,
+                        "task cancelled: its Lambda runtime copy was killed and is replaced"
+                    );
+                }
+            }
+            End::TimedOut(timeout) => {
+                if let Some(c) = current {
+                    let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
+                    warn!(
+                        task = c.task,
+                        copy = slot.index,
+                        "the handler ran past its timeout: its Lambda runtime copy was killed and is replaced"
+                    );
+                    let _ = c
+                        .done
+                        .send(Err(format!("Task timed out after {secs:.2} seconds")));
+                }
+            }
+            End::Retired | End::Stopped => break,
+        }
+    }
+    server.abort();
+    inner.remove(&slot);
+}
+
+/// Waits until the process exits or must be killed (then kills it).
+async fn watch(inner: &Inner, slot: &Slot, child: &mut Child) -> End {
+    loop {
+        let changed = slot.changed.notified();
+        let (watched, retired_idle) = {
+            let st = slot.lock();
+            (
+                st.current
+                    .as_ref()
+                    .map(|c| (c.request_id.clone(), c.abandoned.clone(), c.kill_at, c.timeout)),
+                st.retired && st.current.is_none(),
+            )
+        };
+        if retired_idle {
+            kill(child).await;
+            return End::Retired;
+        }
+        let (id, abandoned, kill_at, timeout) = match watched {
+            Some((id, a, k, t)) => (Some(id), Some(a), k, t),
+            None => (None, None, None, None),
+        };
+        tokio::select! {
+            status = child.wait() => return End::Exited(describe(status)),
+            () = changed => {}
+            () = cancelled(abandoned) => if holds(slot, id.as_deref()) {
+                kill(child).await;
+                return End::Abandoned;
+            },
+            () = sleep_until(kill_at) => if holds(slot, id.as_deref()) {
+                kill(child).await;
+                return End::TimedOut(timeout);
+            },
+            () = inner.stop.cancelled() => {
+                kill(child).await;
+                return End::Stopped;
+            }
+        }
+    }
+}
+
+/// Whether the slot still runs invocation `id`.
+fn holds(slot: &Slot, id: Option<&str>) -> bool {
+    let st = slot.lock();
+    st.current.as_ref().map(|c| c.request_id.as_str()) == id
+}
+
+async fn cancelled(token: Option<CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Kills the process's whole group (a runtime may start helpers) and reaps it.
+async fn kill(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        kill_group(pid);
+    }
+    let _ = child.kill().await;
+}
+
+/// SIGKILL to process group `pid` (a copy and whatever it started).
+pub(super) fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+fn describe(status: std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("its status is unknown: {e}"),
+    }
+}
+
+type Tail = Arc<Mutex<VecDeque<u8>>>;
+
+/// Starts the runtime command (`sh -c`, in its own process group) with
+/// `AWS_LAMBDA_RUNTIME_API` at `api`, and what Lambda would set when it is not set already.
+/// Its stderr is passed through to the worker's, and its end kept.
+fn start(
+    settings: &RuntimeSettings,
+    api: &str,
+) -> std::io::Result<(Child, Tail, tokio::task::JoinHandle<()>)> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(&settings.command)
+        .env("AWS_LAMBDA_RUNTIME_API", api)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let task_root = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| ".".to_owned());
+    let defaults = [
+        ("AWS_LAMBDA_FUNCTION_NAME", settings.function.clone()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", settings.memory_mb.to_string()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".to_owned()),
+        ("LAMBDA_TASK_ROOT", task_root),
+    ];
+    for (name, value) in defaults {
+        if std::env::var_os(name).is_none() {
+            cmd.env(name, value);
+        }
+    }
+    let mut child = cmd.spawn()?;
+    let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_BYTES)));
+    let stderr = child.stderr.take();
+    let keep = tail.clone();
+    let reader = tokio::spawn(async move {
+        let Some(mut stderr) = stderr else { return };
+        let mut out = tokio::io::stderr();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let _ = out.write_all(&buf[..n]).await;
+            let mut t = keep.lock().unwrap_or_else(PoisonError::into_inner);
+            t.extend(&buf[..n]);
+            let excess = t.len().saturating_sub(TAIL_BYTES);
+            t.drain(..excess);
+        }
+    });
+    Ok((child, tail, reader))
+}
+
+/// The last lines of a copy's stderr, as `; stderr: …`, or nothing.
+fn last_lines(tail: &Tail) -> String {
+    let bytes: Vec<u8> = tail
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .copied()
+        .collect();
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let last = lines[lines.len().saturating_sub(5)..].join(" | ");
+    if last.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {last}")
+    }
+}
