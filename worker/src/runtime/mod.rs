@@ -421,3 +421,6 @@ struct Invocation {
     timeout: Option<Duration>,
     abandoned: CancellationToken,
 }
+
+#[cfg(test)]
+mod tests;
