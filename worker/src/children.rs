@@ -48,3 +48,16 @@ pub(crate) fn registered() -> Vec<u32> {
         .copied()
         .collect()
 }
+
+/// SIGKILLs every registered child and its process group, for a worker about to exit
+/// without unwinding (its stdin closed, Lambda's SIGTERM): nothing it started outlives it.
+pub(crate) fn kill_all() {
+    use nix::sys::signal::{Signal, kill, killpg};
+    for pid in registered() {
+        if let Ok(raw) = i32::try_from(pid) {
+            let pid = nix::unistd::Pid::from_raw(raw);
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+}

@@ -295,5 +295,6 @@ async fn exit_when_stdin_closes() {
         }
     }
     warn!("stdin closed: the coordinator that started this worker is gone; exiting");
+    crate::children::kill_all();
     std::process::exit(3);
 }

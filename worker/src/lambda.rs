@@ -258,6 +258,8 @@ fn watch_sigterm(terminate: CancellationToken, active: Arc<tokio::sync::Semaphor
         warn!("SIGTERM: ending the session");
         terminate.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), active.acquire()).await;
+        // The hosted runtime's copies (kept warm between invocations) go with it.
+        crate::children::kill_all();
         std::process::exit(0);
     });
 }

@@ -225,7 +225,7 @@ type Tail = Arc<Mutex<VecDeque<u8>>>;
 
 /// Starts the runtime command (`sh -c`, in its own process group) with
 /// `AWS_LAMBDA_RUNTIME_API` at `api`, and what Lambda would set when it is not set already.
-/// Its stderr is passed through to the worker's, and its end kept.
+/// What it writes (both streams) goes to the worker's stderr, and its end is kept.
 fn start(
     settings: &RuntimeSettings,
     api: &str,
@@ -235,7 +235,7 @@ fn start(
         .arg(&settings.command)
         .env("AWS_LAMBDA_RUNTIME_API", api)
         .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
@@ -255,27 +255,36 @@ fn start(
     }
     let mut child = cmd.spawn()?;
     let tail: Tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_BYTES)));
-    let stderr = child.stderr.take();
-    let keep = tail.clone();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let out = tokio::spawn(forward(stdout, tail.clone()));
+    let err = forward(stderr, tail.clone());
     let reader = tokio::spawn(async move {
-        let Some(mut stderr) = stderr else { return };
-        let mut out = tokio::io::stderr();
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stderr.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            let _ = out.write_all(&buf[..n]).await;
-            let mut t = keep.lock().unwrap_or_else(PoisonError::into_inner);
-            t.extend(&buf[..n]);
-            let excess = t.len().saturating_sub(TAIL_BYTES);
-            t.drain(..excess);
-        }
+        err.await;
+        let _ = out.await;
     });
     Ok((child, tail, reader))
 }
 
-/// The last lines of a copy's stderr, as `; stderr: …`, or nothing.
+/// Copies what a copy writes to the worker's stderr (Lambda sends both of a runtime's
+/// streams to its log; the worker's own stdout may be closed), keeping the end of it in
+/// `tail`. A write that fails is dropped: the copy is never blocked on its output.
+async fn forward(stream: Option<impl tokio::io::AsyncRead + Unpin>, tail: Tail) {
+    let Some(mut stream) = stream else { return };
+    let mut out = tokio::io::stderr();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let _ = out.write_all(&buf[..n]).await;
+        let mut t = tail.lock().unwrap_or_else(PoisonError::into_inner);
+        t.extend(&buf[..n]);
+        let excess = t.len().saturating_sub(TAIL_BYTES);
+        t.drain(..excess);
+    }
+}
+
+/// The last lines a copy wrote, as `; stderr: …`, or nothing.
 fn last_lines(tail: &Tail) -> String {
     let bytes: Vec<u8> = tail
         .lock()

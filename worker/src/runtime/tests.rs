@@ -77,16 +77,26 @@ async fn each_task_is_one_invocation_with_lambdas_headers() {
     let host = python_host(&dir);
     host.prepare().await.unwrap();
     let before = carpool_proto::unix_ms();
-    let out = json(&host.call(task(7, r#"{"n": 1}"#, Some(Duration::from_secs(5)))).await);
+    let out = json(
+        &host
+            .call(task(7, r#"{"n": 1}"#, Some(Duration::from_secs(5))))
+            .await,
+    );
     assert_eq!(out["event"]["n"], 1);
     assert_eq!(out["rid"], "carpool-7-1");
     assert_eq!(out["arn"], "arn:aws:lambda:eu-west-1:123456789012:function:unit");
     // The deadline is the attempt's own timeout from when the task arrived.
     let deadline = out["deadline"].as_u64().unwrap();
-    assert!(deadline >= before + 5000 && deadline <= carpool_proto::unix_ms() + 5000, "{deadline}");
+    assert!(
+        deadline >= before + 5000 && deadline <= carpool_proto::unix_ms() + 5000,
+        "{deadline}"
+    );
     // Module state lives across the invocations of one copy.
     let again = json(&host.call(task(8, "2", None)).await);
-    assert_eq!((again["pid"].clone(), again["count"].clone()), (out["pid"].clone(), 2.into()));
+    assert_eq!(
+        (again["pid"].clone(), again["count"].clone()),
+        (out["pid"].clone(), 2.into())
+    );
 }
 
 #[tokio::test]
@@ -99,7 +109,8 @@ async fn copies_follow_the_limit_up_and_down() {
     // Four slow tasks at once run in four processes.
     let calls: Vec<_> = (0..4).map(|i| host.call(task(i, r#""sleep""#, None))).collect();
     let outs = futures::future::join_all(calls).await;
-    let pids: std::collections::BTreeSet<u64> = outs.iter().map(|o| json(o)["pid"].as_u64().unwrap()).collect();
+    let pids: std::collections::BTreeSet<u64> =
+        outs.iter().map(|o| json(o)["pid"].as_u64().unwrap()).collect();
     assert_eq!(pids.len(), 4, "{outs:?}");
     host.limit(2);
     until("2 copies", || host.copies() == 2).await;
@@ -111,12 +122,18 @@ async fn a_cancelled_task_has_its_copy_killed_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let host = python_host(&dir);
     host.prepare().await.unwrap();
-    let first = json(&host.call(task(1, "1", None)).await)["pid"].as_u64().unwrap();
+    let first = json(&host.call(task(1, "1", None)).await)["pid"]
+        .as_u64()
+        .unwrap();
     // The coordinator cancels a task by dropping its future.
     let hanging = host.call(task(2, r#""hang""#, None));
     let _ = tokio::time::timeout(Duration::from_millis(500), hanging).await;
     let next = json(&host.call(task(3, "3", None)).await);
-    assert_ne!(next["pid"].as_u64().unwrap(), first, "the hanging copy was not replaced");
+    assert_ne!(
+        next["pid"].as_u64().unwrap(),
+        first,
+        "the hanging copy was not replaced"
+    );
     assert_eq!(next["count"], 1);
 }
 
@@ -125,7 +142,9 @@ async fn a_handler_past_its_timeout_and_grace_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let host = python_host(&dir);
     host.prepare().await.unwrap();
-    let out = host.call(task(1, r#""hang""#, Some(Duration::from_millis(300)))).await;
+    let out = host
+        .call(task(1, r#""hang""#, Some(Duration::from_millis(300))))
+        .await;
     assert_eq!(out, Err("Task timed out after 0.30 seconds".to_owned()));
     assert_eq!(json(&host.call(task(2, "2", None)).await)["count"], 1);
 }
@@ -134,6 +153,9 @@ async fn a_handler_past_its_timeout_and_grace_is_killed() {
 async fn a_runtime_that_exits_before_asking_fails_with_its_status_and_stderr() {
     let host = host("echo 'no handler here' >&2; exit 7");
     let err = host.prepare().await.unwrap_err();
-    assert!(err.contains("exit status: 7") && err.contains("no handler here"), "{err}");
+    assert!(
+        err.contains("exit status: 7") && err.contains("no handler here"),
+        "{err}"
+    );
     assert_eq!(host.broken().await, err);
 }
