@@ -42,6 +42,9 @@ pub(crate) struct DemoOptions {
     pub io_max_workers: u32,
     /// The worker binary; `None` looks next to the running executable.
     pub worker_bin: Option<PathBuf>,
+    /// Run the batches as Python Lambda handlers under awslambdaric with this Python;
+    /// `None`: the Rust built-ins.
+    pub python: Option<String>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
 }
@@ -58,6 +61,7 @@ impl Default for DemoOptions {
             io_memory_mb: 1024,
             io_max_workers: 8,
             worker_bin: None,
+            python: None,
             progress: false,
         }
     }
@@ -68,7 +72,7 @@ impl Default for DemoOptions {
 pub(crate) struct Batch {
     /// What it stands for, e.g. "CPU-bound".
     pub kind: &'static str,
-    /// The built-in that runs it.
+    /// The function that runs it: a built-in, or a Python handler (`py-spin`, `py-sleep`).
     pub function: &'static str,
     /// Each task's payload.
     pub payload: String,
@@ -134,9 +138,14 @@ impl DemoOptions {
 
     /// The batches to run: CPU-bound, then I/O-bound (unless it has no tasks).
     pub(crate) fn batches(&self) -> Vec<Batch> {
+        let python = self.python.is_some();
         let mut out = vec![Batch {
-            kind: "CPU-bound",
-            function: "spin",
+            kind: if python {
+                "CPU-bound, Python handler"
+            } else {
+                "CPU-bound"
+            },
+            function: if python { "py-spin" } else { "spin" },
             payload: self.spin_ms.to_string(),
             tasks: self.tasks,
             memory_mb: self.memory_mb,
@@ -144,8 +153,12 @@ impl DemoOptions {
         }];
         if self.io_tasks > 0 {
             out.push(Batch {
-                kind: "I/O-bound",
-                function: "sleep",
+                kind: if python {
+                    "I/O-bound, Python handler"
+                } else {
+                    "I/O-bound"
+                },
+                function: if python { "py-sleep" } else { "sleep" },
                 payload: self.sleep_ms.to_string(),
                 tasks: self.io_tasks,
                 memory_mb: self.io_memory_mb,
@@ -155,8 +168,22 @@ impl DemoOptions {
         out
     }
 
-    fn config(&self, batch: &Batch, conventional: bool) -> Config {
+    fn config(&self, batch: &Batch, conventional: bool, handlers: Option<&std::path::Path>) -> Config {
+        let runtime_functions = match (&self.python, handlers) {
+            (Some(python), Some(dir)) => ["spin", "sleep"]
+                .iter()
+                .map(|f| {
+                    let cmd = format!(
+                        "cd '{}' && exec '{python}' -m awslambdaric carpool_demo.{f}",
+                        dir.display()
+                    );
+                    (format!("py-{f}"), cmd)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         Config {
+            runtime_functions,
             spawner: SpawnerKind::Local,
             max_workers: batch.max_workers,
             memory_mb: batch.memory_mb,
@@ -176,10 +203,16 @@ pub(crate) fn cores() -> u32 {
 
 /// Runs every batch in both modes, carpool first; one pair of reports per batch.
 pub(crate) async fn run(opts: &DemoOptions) -> Result<Vec<(Batch, [ModeReport; 2])>, DemoError> {
+    let handlers = match &opts.python {
+        Some(python) => Some(python_handlers(python)?),
+        None => None,
+    };
+    let dir = handlers.as_ref().map(|d| d.path());
     let mut out = Vec::new();
     for batch in opts.batches() {
-        let carpool = run_mode("carpool", opts.config(&batch, false), &batch, opts).await?;
-        let conventional = run_mode("conventional FaaS", opts.config(&batch, true), &batch, opts).await?;
+        let carpool = run_mode("carpool", opts.config(&batch, false, dir), &batch, opts).await?;
+        let conventional =
+            run_mode("conventional FaaS", opts.config(&batch, true, dir), &batch, opts).await?;
         out.push((batch, [carpool, conventional]));
     }
     Ok(out)
@@ -252,6 +285,40 @@ async fn drive(
         cost_usd: total.cost_usd,
         learned: if mode == "carpool" { learned } else { 0 },
     })
+}
+
+/// The demo's task code as Python Lambda handlers: the event is the payload (milliseconds).
+const PYTHON_HANDLERS: &str = r#"import time
+
+
+def spin(event, context):
+    # Burns `event` ms of this thread's CPU time, as the built-in spin does.
+    end = time.thread_time() + event / 1000
+    while time.thread_time() < end:
+        pass
+    return {"spun_ms": event}
+
+
+def sleep(event, context):
+    time.sleep(event / 1000)
+    return {"slept_ms": event}
+"#;
+
+/// A directory with `carpool_demo.py`; checks that `python` has awslambdaric.
+fn python_handlers(python: &str) -> Result<tempfile::TempDir, DemoError> {
+    let fail = |msg: String| DemoError::Incomplete(format!("--python: {msg}"));
+    let check = std::process::Command::new(python)
+        .args(["-c", "import awslambdaric"])
+        .output()
+        .map_err(|e| fail(format!("cannot run {python:?}: {e}")))?;
+    if !check.status.success() {
+        return Err(fail(format!(
+            "{python:?} has no awslambdaric (pip install awslambdaric)"
+        )));
+    }
+    let dir = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
+    std::fs::write(dir.path().join("carpool_demo.py"), PYTHON_HANDLERS).map_err(|e| fail(e.to_string()))?;
+    Ok(dir)
 }
 
 /// The demo's tables, one per batch.

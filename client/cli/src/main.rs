@@ -128,9 +128,14 @@ enum Command {
         /// Fleet sizes to measure, e.g. "100,1000,10000".
         #[arg(long, value_delimiter = ',')]
         fleet: Vec<usize>,
-        /// Only these sections: raw, dispatch, durability, fleet, idle, pending, polling.
+        /// Only these sections: raw, dispatch, real, durability, fleet, idle, pending,
+        /// polling, handlers.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// A Python with awslambdaric: adds section `handlers` (per-task overhead of a Python
+        /// Lambda handler under the Runtime API, against --exec and the built-in).
+        #[arg(long)]
+        python: Option<String>,
     },
     /// Each kind of workload (waiting, CPU, memory, mixed) four ways on local workers:
     /// conventional FaaS, static slots = vCPUs, the best fixed --slots of a sweep, and adaptive
@@ -208,6 +213,11 @@ enum Command {
         /// The carpool-worker binary [default: next to this one].
         #[arg(long, env = "CARPOOL_WORKER_BIN")]
         worker_bin: Option<PathBuf>,
+        /// Run both batches as Python Lambda handlers (`handler(event, context)`) under
+        /// awslambdaric, hosted by the workers (`--runtime`), with this Python (it needs
+        /// `pip install awslambdaric`) [default: the Rust built-ins].
+        #[arg(long)]
+        python: Option<String>,
     },
 }
 
@@ -235,6 +245,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         io_memory_mb,
         io_max_workers,
         worker_bin,
+        python,
     } = cli.command
     {
         let opts = DemoOptions {
@@ -247,6 +258,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             io_memory_mb,
             io_max_workers,
             worker_bin,
+            python,
             progress: true,
         };
         let reports = demo::run(&opts).await.map_err(|e| e.to_string())?;
@@ -320,6 +332,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         reps,
         fleet,
         only,
+        python,
     } = &cli.command
     {
         let mut opts = if *tiny {
@@ -334,6 +347,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             opts.fleet.clone_from(fleet);
         }
         opts.only.clone_from(only);
+        opts.python.clone_from(python);
         if !json {
             println!("{}", bench::table_header(&opts));
         }

@@ -20,15 +20,30 @@ pub(super) async fn dispatch_latency(
     starts: &fake::StartTimes,
     n: usize,
 ) -> Result<(Samples, Samples), String> {
+    dispatch_latency_of(client, function, Bytes::new(), starts, n).await
+}
+
+/// Submit to result of `n` tasks one at a time (every one must succeed), and submit to
+/// start where the fake workers noted the start.
+pub(super) async fn dispatch_latency_of(
+    client: &Client,
+    function: &str,
+    payload: Bytes,
+    starts: &fake::StartTimes,
+    n: usize,
+) -> Result<(Samples, Samples), String> {
     let mut total = Samples::default();
     let mut to_start = Samples::default();
     for _ in 0..n {
         let t = Instant::now();
         let r = client
-            .run(function, Bytes::new())
+            .run(function, payload.clone())
             .await
             .map_err(|e| e.to_string())?;
         total.push(t.elapsed());
+        if r.state() != carpool_client::TaskState::Succeeded {
+            return Err(format!("task {} failed: {}", r.task_id, r.error));
+        }
         if let Some(at) = starts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -63,12 +78,28 @@ pub(super) async fn streamed_latency(client: &Client, function: &str, n: usize) 
 }
 
 pub(super) async fn map_throughput(client: &Client, function: &str, n: usize) -> Result<f64, String> {
-    let inputs = futures::stream::iter((0..n).map(|_| Bytes::new()));
+    map_throughput_of(client, function, Bytes::new(), n).await
+}
+
+/// Tasks of `function` with `payload` per second through one Map call; every one must
+/// succeed.
+pub(super) async fn map_throughput_of(
+    client: &Client,
+    function: &str,
+    payload: Bytes,
+    n: usize,
+) -> Result<f64, String> {
+    let inputs = futures::stream::iter((0..n).map(move |_| payload.clone()));
     let start = Instant::now();
     let mut results = client.map(function, inputs).await.map_err(|e| e.to_string())?;
     let mut done = 0usize;
     while let Some(r) = results.next().await {
-        r.map_err(|e| e.to_string())?;
+        let r = r.map_err(|e| e.to_string())?;
+        match r.result {
+            Some(res) if res.state() == carpool_client::TaskState::Succeeded => {}
+            Some(res) => return Err(format!("task {} failed: {}", res.task_id, res.error)),
+            None => return Err(format!("submission {} rejected: {}", r.seq, r.rejected)),
+        }
         done += 1;
     }
     if done != n {

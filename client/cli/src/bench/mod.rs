@@ -15,6 +15,7 @@
 pub(crate) mod baselines;
 pub(crate) mod fake;
 mod fleet;
+mod handlers;
 mod measure;
 pub(crate) mod proc;
 pub(crate) mod stats;
@@ -28,7 +29,10 @@ use serde_json::{Value, json};
 
 use carpool_client::Client;
 use fleet::{fleet, idle_worker, pending_memory};
-use measure::{dispatch_latency, map_throughput, repeat, streamed_latency, submit_throughput};
+use measure::{
+    dispatch_latency, dispatch_latency_of, map_throughput, map_throughput_of, repeat, streamed_latency,
+    submit_throughput,
+};
 use stats::{Samples, median};
 
 /// How much to measure.
@@ -50,14 +54,20 @@ pub(crate) struct BenchOptions {
     pub poll_interval: Duration,
     /// Tasks through the polling design.
     pub poll_tasks: usize,
-    /// Only these sections (raw, dispatch, real, durability, fleet, idle, pending, polling);
-    /// empty: all.
+    /// Only these sections (raw, dispatch, real, durability, fleet, idle, pending, polling,
+    /// handlers); empty: all but handlers, which runs when `python` is given or it is named.
     pub only: Vec<String>,
+    /// A Python with awslambdaric, for section `handlers`.
+    pub python: Option<String>,
 }
 
 impl BenchOptions {
     fn wants(&self, section: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|s| s == section)
+        let named = self.only.iter().any(|s| s == section);
+        if section == "handlers" {
+            return named || (self.only.is_empty() && self.python.is_some());
+        }
+        self.only.is_empty() || named
     }
 }
 
@@ -74,6 +84,7 @@ impl BenchOptions {
             poll_interval: Duration::from_millis(100),
             poll_tasks: 50,
             only: Vec::new(),
+            python: None,
         }
     }
 
@@ -89,6 +100,7 @@ impl BenchOptions {
             poll_interval: Duration::from_millis(20),
             poll_tasks: 5,
             only: Vec::new(),
+            python: None,
         }
     }
 }
@@ -145,7 +157,7 @@ const MAP_TARGET_TASKS_PER_S: f64 = 100_000.0;
 const IDLE_WORKER_TARGET: f64 = 1.0;
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "raw",
     "dispatch",
     "real",
@@ -154,6 +166,7 @@ const SECTIONS: [&str; 8] = [
     "idle",
     "pending",
     "polling",
+    "handlers",
 ];
 
 /// Runs every measurement, handing each row to `report` as soon as its section is done.
@@ -181,6 +194,7 @@ pub(crate) async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Re
             }
             "idle" => vec![at_most(idle_worker(opts.idle_secs).await?, IDLE_WORKER_TARGET)],
             "pending" => pending_memory(opts.pending).await?,
+            "handlers" => handlers::handlers(opts, opts.python.as_deref().unwrap_or("python3")).await?,
             _ => polling(opts).await?,
         };
         for r in measured {
