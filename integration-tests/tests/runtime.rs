@@ -349,3 +349,61 @@ async fn runtime_copies_follow_the_workers_limit_and_stop_with_it() {
     })
     .await;
 }
+
+/// Runs `n` events through Map; returns each output's (pid, invocation count).
+async fn invocations(client: &Client, function: &str, n: u64) -> Vec<(u64, u64)> {
+    let inputs = futures::stream::iter((0..n).map(|i| Bytes::from(format!("{{\"n\": {i}}}"))));
+    let mut results = client.map(function, inputs).await.expect("map");
+    let mut out = Vec::new();
+    while let Some(r) = results.next().await {
+        let o = output(&r.expect("map response").result.expect("a result"));
+        out.push((o["pid"].as_u64().unwrap(), o["invocation"].as_u64().unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_lambda_the_event_names_the_runtime_and_its_copies_stay_warm_between_invocations() {
+    use carpool_integration_tests::emulators::Rie;
+    let coord = Coordinator::start(&["--spawner", "external", "--keep-alive", "1s"]);
+    let client = coord.client().await;
+    // AWS's emulator runs carpool-worker as the function; the event names the runtime.
+    let rie = std::sync::Arc::new(Rie::start(60));
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        let event = serde_json::json!({
+            "coordinator_url": coord.url,
+            "worker_id": format!("rie-{round}"),
+            "function": "resize",
+            "runtime": python_runtime("app"),
+        });
+        let invoker = rie.clone();
+        let invocation = tokio::spawn(async move { invoker.invoke(event).await });
+        rounds.push(invocations(&client, "resize", 50).await);
+        let (body, _) = invocation.await.expect("invocation");
+        let summary: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("summary {body:?}: {e}"));
+        assert_eq!(summary["tasks_run"], 50, "{summary}");
+    }
+    // The second invocation found the first one's runtime processes warm: their module
+    // state went on counting.
+    let first: BTreeMap<u64, u64> = rounds[0].iter().fold(BTreeMap::new(), |mut m, &(pid, n)| {
+        let e = m.entry(pid).or_insert(0);
+        *e = (*e).max(n);
+        m
+    });
+    let warm: Vec<&(u64, u64)> = rounds[1]
+        .iter()
+        .filter(|(pid, _)| first.contains_key(pid))
+        .collect();
+    assert!(
+        !warm.is_empty(),
+        "no runtime process of the first invocation served the second"
+    );
+    for (pid, n) in warm {
+        assert!(
+            *n > first[pid],
+            "process {pid} started counting again: {n} after {}",
+            first[pid]
+        );
+    }
+}
