@@ -16,6 +16,13 @@ use std::collections::BTreeSet;
 use std::sync::{Mutex, PoisonError};
 
 static CHILDREN: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+/// Set once [`kill_all`] ran: the children's deaths are the worker's own exit, not news.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the worker is killing its children on its way out.
+pub(crate) fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Keeps a child counted while it lives; dropping it stops counting the process.
 #[derive(Debug)]
@@ -53,6 +60,7 @@ pub(crate) fn registered() -> Vec<u32> {
 /// without unwinding (its stdin closed, Lambda's SIGTERM): nothing it started outlives it.
 pub(crate) fn kill_all() {
     use nix::sys::signal::{Signal, kill, killpg};
+    STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
     for pid in registered() {
         if let Ok(raw) = i32::try_from(pid) {
             let pid = nix::unistd::Pid::from_raw(raw);

@@ -181,6 +181,11 @@ impl RuntimeHost {
     pub fn copies(&self) -> usize {
         self.inner.slots().len()
     }
+
+    /// How many copies finished their init (asked for an invocation).
+    pub fn ready_copies(&self) -> usize {
+        self.inner.slots().iter().filter(|s| s.lock().asked).count()
+    }
 }
 
 impl Drop for RuntimeHost {

@@ -81,6 +81,9 @@ pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>, listener: std:
             let mut st = slot.lock();
             (st.current.take(), st.asked, st.init_error.take())
         };
+        if crate::children::stopping() {
+            break;
+        }
         match end {
             End::Exited(status) => {
                 if let Some(c) = current {
@@ -232,7 +235,7 @@ fn start(
 ) -> std::io::Result<(Child, Tail, tokio::task::JoinHandle<()>)> {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(&settings.command)
+        .arg(shell_line(&settings.command))
         .env("AWS_LAMBDA_RUNTIME_API", api)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -284,6 +287,22 @@ async fn forward(stream: Option<impl tokio::io::AsyncRead + Unpin>, tail: Tail) 
     }
 }
 
+/// `command` for `sh -c`: a plain command is `exec`ed, so that the copy is the runtime
+/// itself rather than a shell waiting on it; one with shell syntax (`cd DIR && …`, a pipe,
+/// a variable) runs as written (its process group is killed whole either way).
+fn shell_line(command: &str) -> String {
+    let plain = !command.contains(|c: char| ";&|<>()$`\\\n\"'*?~{}#".contains(c))
+        && command
+            .split_whitespace()
+            .next()
+            .is_some_and(|first| first != "exec" && !first.contains('='));
+    if plain {
+        format!("exec {command}")
+    } else {
+        command.to_owned()
+    }
+}
+
 /// The last lines a copy wrote, as `; stderr: …`, or nothing.
 fn last_lines(tail: &Tail) -> String {
     let bytes: Vec<u8> = tail
@@ -299,5 +318,26 @@ fn last_lines(tail: &Tail) -> String {
         String::new()
     } else {
         format!("; stderr: {last}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_line;
+
+    #[test]
+    fn a_plain_command_is_execed_and_shell_syntax_left_alone() {
+        assert_eq!(
+            shell_line("python3 -m awslambdaric app.handler"),
+            "exec python3 -m awslambdaric app.handler"
+        );
+        for line in [
+            "cd /var/task && node ric.mjs index.handler",
+            "A=1 node x",
+            "exec node x",
+            "node $RIC",
+        ] {
+            assert_eq!(shell_line(line), line);
+        }
     }
 }

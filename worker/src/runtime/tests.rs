@@ -105,7 +105,10 @@ async fn copies_follow_the_limit_up_and_down() {
     let host = Arc::new(python_host(&dir));
     host.prepare().await.unwrap();
     host.limit(4);
-    until("4 copies", || host.copies() == 4).await;
+    until("4 copies ready", || {
+        host.copies() == 4 && host.ready_copies() == 4
+    })
+    .await;
     // Four slow tasks at once run in four processes.
     let calls: Vec<_> = (0..4).map(|i| host.call(task(i, r#""sleep""#, None))).collect();
     let outs = futures::future::join_all(calls).await;
