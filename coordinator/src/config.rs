@@ -130,6 +130,12 @@ pub struct Config {
     pub max_pending: u64,
     /// Where accepted tasks and results are kept across restarts; `None`: in memory only.
     pub state_dir: Option<PathBuf>,
+    /// Keep them in PostgreSQL instead (`postgres://…`): several coordinators may share the
+    /// database, and the one holding its lease is active.
+    pub state_url: Option<String>,
+    /// How long the lease of a coordinator with `state_url` lasts without a renewal (it
+    /// renews every third of it): how soon a standby takes over from one that died.
+    pub lease: Duration,
     /// How long a finished task's result stays retrievable.
     pub result_retention: Duration,
     /// Serve TLS with this identity; `None`: plaintext.
@@ -185,6 +191,8 @@ impl Default for Config {
             task_timeout: None,
             max_pending: 1_000_000,
             state_dir: None,
+            state_url: None,
+            lease: Duration::from_secs(2),
             result_retention: Duration::from_secs(3600),
             tls: None,
             worker_token: None,
@@ -316,6 +324,17 @@ impl Config {
         }
         if self.handshake_timeout.is_zero() {
             return bad("--handshake-timeout must be more than 0".into());
+        }
+        if self.state_dir.is_some() && self.state_url.is_some() {
+            return bad("--state-dir and --state-url are alternatives: give one".into());
+        }
+        if let Some(url) = &self.state_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return bad("--state-url must be a postgres:// (or postgresql://) URL".into());
+        }
+        if self.lease < Duration::from_millis(300) || self.lease > Duration::from_secs(600) {
+            return bad("--lease must be from 300ms to 10m".into());
         }
         if self.execution_timeout.is_zero() {
             return bad("--execution-timeout must be more than 0".into());

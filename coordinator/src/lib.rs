@@ -26,6 +26,7 @@ mod server;
 mod service;
 pub mod sim;
 mod spawner;
+mod standby;
 mod state;
 
 pub use config::{Config, Placement, SpawnerKind};

@@ -135,6 +135,20 @@ struct Cli {
     /// memory only]. A task is acknowledged only once it is on disk.
     #[arg(long, env = "CARPOOL_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Keep them in PostgreSQL instead, e.g. `postgres://carpool@db.internal/carpool`: the
+    /// coordinator creates and migrates its tables; several coordinators may share the
+    /// database, one active (it holds the lease), the others standing by to take over.
+    #[arg(
+        long,
+        env = "CARPOOL_STATE_URL",
+        hide_env_values = true,
+        conflicts_with = "state_dir"
+    )]
+    state_url: Option<String>,
+    /// With --state-url: how long the active coordinator's lease lasts unrenewed (renewed
+    /// every third of it); a standby takes over this long after the active one died at most.
+    #[arg(long, env = "CARPOOL_LEASE", default_value = "2s", value_parser = humantime::parse_duration)]
+    lease: Duration,
     /// How long a finished task's result stays retrievable with Get, e.g. "1h".
     #[arg(long, env = "CARPOOL_RESULT_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
     result_retention: Duration,
@@ -317,6 +331,8 @@ impl Cli {
             max_pending: self.max_pending,
             tls,
             state_dir: self.state_dir,
+            state_url: self.state_url,
+            lease: self.lease,
             result_retention: self.result_retention,
             worker_token,
             client_token,

@@ -26,13 +26,14 @@ use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, ServerTlsConfig};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::bearer;
 use crate::config::{Config, ServerTls, SpawnerKind};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::journal::Journal;
+use crate::journal::postgres::Store;
 use crate::service::cluster::ClusterService;
 use crate::service::peer::PeerErrorsLayer;
 use crate::service::tasks::TasksService;
@@ -53,6 +54,8 @@ pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 pub(crate) const PREFACE_BYTES: usize = 24;
 /// Concurrent calls (HTTP/2 streams) on one connection.
 pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// How long a coordinator with `--state-url` waits for its database at start.
+pub(crate) const DATABASE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The URL workers on this machine dial to reach `addr` (an unspecified address becomes
 /// loopback).
@@ -72,6 +75,9 @@ pub(crate) fn local_url(addr: SocketAddr, tls: bool) -> String {
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
     let addr = listener.local_addr()?;
+    let listener = Arc::new(listener);
+    let shutdown = std::pin::pin!(shutdown);
+    let mut shutdown = shutdown;
     let config = Arc::new(config);
     if let (Some(tls), SpawnerKind::Local) = (&config.tls, config.spawner) {
         local_workers_accept(tls)?;
@@ -85,17 +91,33 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         stop: stop.clone(),
     };
     let url = local_url(addr, config.tls.is_some());
+    let mut lease = None;
+    let (journal, recovered) = match (&config.state_dir, &config.state_url) {
+        (Some(dir), _) => {
+            let (j, r) = Journal::open(dir)?;
+            (Some(j), Some(r))
+        }
+        (None, Some(state_url)) => {
+            let advertise = config.advertise_url.clone().unwrap_or_else(|| url.clone());
+            let store = Store::connect(state_url, advertise, config.lease, DATABASE_PATIENCE).await?;
+            let Some(term) =
+                crate::standby::until_active(listener.clone(), &store, &config, shutdown.as_mut()).await?
+            else {
+                info!("stopped while standing by");
+                return Ok(());
+            };
+            let renewing = CancellationToken::new();
+            store.keep(term, renewing.clone());
+            let (j, r) = Journal::open_postgres(store.clone(), term).await?;
+            lease = Some((store, term, renewing));
+            (Some(j), Some(r))
+        }
+        (None, None) => (None, None),
+    };
     let spawner: Arc<dyn Spawner> = match config.spawner {
         SpawnerKind::Local => Arc::new(LocalSpawner::new(&config, url, context)?),
         SpawnerKind::External => Arc::new(ExternalSpawner::new(context)),
         SpawnerKind::Lambda => Arc::new(crate::lambda::LambdaSpawner::new(&config, url, context).await?),
-    };
-    let (journal, recovered) = match &config.state_dir {
-        Some(dir) => {
-            let (j, r) = Journal::open(dir)?;
-            (Some(j), Some(r))
-        }
-        None => (None, None),
     };
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(
@@ -181,7 +203,21 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         ));
     }
 
-    shutdown.await;
+    let lost = lease
+        .as_ref()
+        .map(|(store, _, _)| store.lost.clone())
+        .unwrap_or_default();
+    tokio::select! {
+        () = &mut shutdown => {}
+        () = lost.cancelled() => {
+            // Another coordinator is active: it owns the tasks now. Stop at once, writing
+            // nothing (the writer is fenced already) and telling no worker to drain.
+            error!("this coordinator lost its lease to another; stopping");
+            stop.cancel();
+            server_stop.cancel();
+            return Err(Error::Journal("lost the lease to another coordinator".into()));
+        }
+    }
     info!("shutting down: draining workers");
     let left = driver.drain(DRAIN_LIMIT).await;
     if left > 0 {
@@ -198,6 +234,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     }
     // Results of tasks that finished during the drain are queued: write them before leaving.
     driver.close_journal().await;
+    if let Some((store, term, renewing)) = &lease {
+        renewing.cancel();
+        store.release(*term).await;
+    }
     // Graceful shutdown also waits for idle client connections to go away; give them a
     // moment, then stop regardless: every stream that mattered has been drained above.
     let abort = server.abort_handle();
@@ -259,8 +299,8 @@ fn local_workers_accept(tls: &ServerTls) -> Result<()> {
 /// The listener's connections as the server's incoming stream: at most `max` at once, each
 /// holding a permit until it closes, and each only once it has sent its first
 /// [`PREFACE_BYTES`] within `handshake` (one that closes or stalls before is dropped).
-fn incoming(
-    listener: TcpListener,
+pub(crate) fn incoming(
+    listener: Arc<TcpListener>,
     max: usize,
     handshake: Duration,
     stop: CancellationToken,
@@ -323,7 +363,7 @@ async fn preface(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
 }
 
 /// An accepted connection that holds its place under the connection cap while it lives.
-struct Counted {
+pub(crate) struct Counted {
     /// The bytes read before it was handed to the server, served first.
     first: Vec<u8>,
     /// How many of `first` the server has read.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub mod emulators;
 mod fake_worker;
+pub mod postgres;
 mod proxy;
 pub mod raw;
 
@@ -147,6 +148,16 @@ impl Coordinator {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
+    }
+
+    /// Sends it `signal` (SIGSTOP to pause it, SIGCONT to go on).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        self.proc.signal(signal);
+    }
+
+    /// Its exit status once it has exited on its own, waiting at most [`WAIT`].
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.proc.wait_exit()
     }
 
     /// SIGKILLs it (no drain, no flush) and waits for it to be gone.

@@ -18,7 +18,8 @@ pub const MAX_SLOTS: i64 = 65_536;
 /// Flags every carpool worker understands (each also read from a `CARPOOL_…` variable).
 #[derive(clap::Args, Clone, Debug)]
 pub struct WorkerArgs {
-    /// The coordinator to dial.
+    /// The coordinator to dial; several, comma-separated (an active coordinator and its
+    /// standbys), are dialled in turn until one takes the session.
     #[arg(long, env = "CARPOOL_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     pub coordinator: String,
     /// Log format on stderr: `text`, or `json` (one object per line, task and worker ids as

@@ -10,7 +10,8 @@ use crate::sampler::Measure;
 /// Everything a session needs.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// The coordinator's URL, e.g. `http://127.0.0.1:50051`.
+    /// The coordinator's URL, e.g. `http://127.0.0.1:50051`; or several, comma-separated
+    /// (an active coordinator and its standbys), dialled in turn until one takes the session.
     pub coordinator_url: String,
     /// This worker's id (the spawner's, or any unique name).
     pub id: String,

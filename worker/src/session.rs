@@ -106,6 +106,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
     // A handler that must start something (a Lambda runtime) does so before the dial.
     handler.prepare().await.map_err(Error::Handler)?;
     let mut s = Session {
+        url_index: 0,
         deadline,
         sampler,
         config,
@@ -135,6 +136,8 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
             Err(e) if e.is_retryable() => {
                 // What was sent long enough before the break has been recorded.
                 s.forget_recent(Instant::now());
+                // With several coordinators (active and standbys), try the next one.
+                s.url_index += 1;
                 let since = *broken_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > s.config.reconnect_for {
                     warn!(worker = %s.config.id, error = %e, "coordinator unreachable for too long; giving up");
@@ -161,14 +164,15 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
     Ok(summary)
 }
 
-/// The waits between reconnects: from 100 ms, doubled up to 5 s, each with up to 100 %
-/// random jitter so that a fleet cut off at once does not reconnect at once. Endless: how
-/// long to keep trying is `--reconnect-for`'s to say.
+/// The waits between reconnects: from 100 ms, doubled up to 1 s, each with up to 100 %
+/// random jitter so that a fleet cut off at once does not reconnect at once (a standby
+/// takes over within seconds; a worker should find it as soon). Endless: how long to keep
+/// trying is `--reconnect-for`'s to say.
 fn reconnect_waits() -> backon::ExponentialBackoff {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+        .with_max_delay(Duration::from_secs(1))
         .with_jitter()
         .without_max_times()
         .build()
@@ -177,6 +181,8 @@ fn reconnect_waits() -> backon::ExponentialBackoff {
 /// What outlives one stream: the running tasks and the counters.
 struct Session<H> {
     config: WorkerConfig,
+    /// Which of the coordinator URLs it dials now.
+    url_index: usize,
     /// When the session's execution timeout passes.
     deadline: tokio::time::Instant,
     handler: Arc<H>,
@@ -205,10 +211,26 @@ struct Session<H> {
 }
 
 impl<H: Handler> Session<H> {
+    /// The coordinator URL to dial now: one of the comma-separated URLs in turn.
+    fn url(&self) -> &str {
+        let urls: Vec<&str> = self
+            .config
+            .coordinator_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        match urls.len() {
+            0 => &self.config.coordinator_url,
+            n => urls[self.url_index % n],
+        }
+    }
+
     /// One connection: hello, welcome, then serve until Shutdown-and-idle, the deadline, or
     /// an error (a broken stream is retryable; a refusal is not).
     async fn connection(&mut self, deadline: tokio::time::Instant) -> Result<EndReason> {
-        let channel = dial(&self.config.coordinator_url, &self.config.tls).await?;
+        let url = self.url().to_owned();
+        let channel = dial(&url, &self.config.tls).await?;
         let bearer = Bearer::new(self.config.token.as_ref()).map_err(Error::Config)?;
         let mut client = WorkersClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(usize::MAX)
@@ -535,7 +557,7 @@ mod tests {
         let waits: Vec<Duration> = reconnect_waits().take(100).collect();
         assert_eq!(waits.len(), 100);
         assert!(waits[0] >= Duration::from_millis(100) && waits[0] < Duration::from_millis(200));
-        assert!(waits[3] >= Duration::from_millis(800));
-        assert!(waits.iter().all(|w| *w <= Duration::from_secs(10)));
+        assert!(waits[3] >= Duration::from_millis(800) && waits[20] >= Duration::from_secs(1));
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(2)));
     }
 }

@@ -109,7 +109,7 @@ pub(crate) struct State {
 impl State {
     /// Empty state under `config`, started at `now`.
     pub(crate) fn new(config: Arc<Config>, now: Instant) -> Self {
-        let journaled = config.state_dir.is_some();
+        let journaled = config.state_dir.is_some() || config.state_url.is_some();
         Self {
             rules: Rules::from(config.as_ref()),
             config,

@@ -1,26 +1,15 @@
-//! Accepted means durable: the embedded journal behind `--state-dir`.
-//!
-//! One writer thread owns the redb database. Operations queue on a channel; the writer
-//! takes everything queued, writes it in one transaction, commits (one fsync) and only then
-//! acknowledges: concurrent submissions share a commit (group commit), so durability costs
-//! an fsync per batch, not per task. The state's writes (an attempt started, a result, a
-//! forgotten task, a learned level) go the same way but nobody waits for them: a result lost
-//! in a crash means the task runs again (at-least-once). At shutdown [`Journal::close`]
-//! writes what is queued and joins the writer.
-//!
-//! The queue is bounded by what it serves: a submission waits for its write, and each task
-//! adds at most four unwaited writes over its life (attempts, result, forget).
+//! The embedded backend (`--state-dir`): one writer thread owns the redb database and
+//! writes each batch in one transaction (one fsync).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 
 use carpool_proto::Bytes;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{error, info};
 
+use super::{MAX_BATCH, Op, storage};
 use crate::error::{Error, Result};
 use crate::scheduler::Learned;
 use crate::state::{JournalOp, Recovered, StoredTask};
@@ -33,85 +22,19 @@ const LEARNED: TableDefinition<(&str, u32), (u32, bool)> = TableDefinition::new(
 /// restart, and a task that was running can be told from one that was waiting).
 const ATTEMPTS: TableDefinition<u64, u32> = TableDefinition::new("attempts");
 const NEXT_ID: &str = "next_task_id";
-/// Most operations written in one transaction.
-const MAX_BATCH: usize = 4096;
-
-enum Op {
-    Accept(u64, Box<StoredTask>, oneshot::Sender<Result<(), String>>),
-    State(JournalOp),
-    /// Everything before it is written: acknowledge and stop.
-    Close(oneshot::Sender<()>),
-}
-
-/// The handle the coordinator writes through; cheap to clone.
-#[derive(Clone)]
-pub(crate) struct Journal {
-    ops: mpsc::UnboundedSender<Op>,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
-}
-
-impl std::fmt::Debug for Journal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Journal")
-    }
-}
-
-impl Journal {
-    /// Opens (or creates) the journal in `dir` and starts its writer thread. A record that
-    /// does not decode stops the start with its id: a journal is never silently rewritten.
-    pub(crate) fn open(dir: &Path) -> Result<(Self, Recovered)> {
-        std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("carpool.redb")).map_err(storage)?;
-        let recovered = load(&db)?;
-        info!(dir = %dir.display(), tasks = recovered.tasks.len(), next_id = recovered.next_id, "journal opened");
-        let (ops, rx) = mpsc::unbounded_channel();
-        let writer = std::thread::Builder::new()
-            .name("carpool-journal".into())
-            .spawn(move || writer(db, rx))?;
-        Ok((
-            Self {
-                ops,
-                writer: Arc::new(Mutex::new(Some(writer))),
-            },
-            recovered,
-        ))
-    }
-
-    /// Stores a new task; resolves once it is on disk.
-    pub(crate) async fn accept(&self, id: u64, task: StoredTask) -> Result<()> {
-        let (done, wait) = oneshot::channel();
-        self.ops
-            .send(Op::Accept(id, Box::new(task), done))
-            .map_err(|_| Error::Journal("the journal writer has stopped".into()))?;
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Journal(e)),
-            Err(_) => Err(Error::Journal("the journal writer has stopped".into())),
-        }
-    }
-
-    /// Queues the state's writes (not waited for).
-    pub(crate) fn apply(&self, ops: impl IntoIterator<Item = JournalOp>) {
-        for op in ops {
-            let _ = self.ops.send(Op::State(op));
-        }
-    }
-
-    /// Writes everything queued, then stops and joins the writer thread.
-    pub(crate) async fn close(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.ops.send(Op::Close(done)).is_ok() {
-            let _ = wait.await;
-        }
-        let handle = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
-    }
-}
-
-fn storage(e: impl std::fmt::Display) -> Error {
-    Error::Journal(e.to_string())
+/// Opens (or creates) the database in `dir`, reads it, and starts its writer thread.
+pub(super) fn open(
+    dir: &Path,
+) -> Result<(mpsc::UnboundedSender<Op>, std::thread::JoinHandle<()>, Recovered)> {
+    std::fs::create_dir_all(dir)?;
+    let db = Database::create(dir.join("carpool.redb")).map_err(storage)?;
+    let recovered = load(&db)?;
+    info!(dir = %dir.display(), tasks = recovered.tasks.len(), next_id = recovered.next_id, "journal opened");
+    let (ops, rx) = mpsc::unbounded_channel();
+    let writer = std::thread::Builder::new()
+        .name("carpool-journal".into())
+        .spawn(move || writer(db, rx))?;
+    Ok((ops, writer, recovered))
 }
 
 fn load(db: &Database) -> Result<Recovered> {
@@ -252,6 +175,9 @@ fn write(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use super::super::Journal;
     use super::*;
 
     fn task(function: &str) -> StoredTask {

@@ -1,0 +1,372 @@
+//! More than one coordinator: state in a real PostgreSQL server (each test runs its own
+//! cluster, `initdb` in a temporary directory), one active coordinator holding the lease,
+//! standbys that take over. Through the real binaries, with real workers that reconnect.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use carpool_integration_tests::postgres::Postgres;
+use carpool_integration_tests::{Coordinator, Proc, bin, eventually, totals};
+use carpool_proto::pb;
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A real worker of `function` with `id`, dialling every coordinator in `urls`.
+fn worker(urls: &str, function: &str, id: &str, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(bin("carpool-worker"));
+    cmd.args(["--coordinator", urls, "--function", function, "--id", id])
+        .args(extra)
+        .env("RUST_LOG", "info");
+    Proc::start(id, cmd)
+}
+
+/// Whether `coord` reports SERVING for the Tasks service.
+async fn serving(coord: &Coordinator) -> bool {
+    let Ok(channel) = tonic::transport::Channel::from_shared(coord.url.clone())
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let request = HealthCheckRequest {
+        service: "carpool.v1.Tasks".into(),
+    };
+    matches!(
+        HealthClient::new(channel).check(request).await,
+        Ok(r) if r.get_ref().status == 1
+    )
+}
+
+/// The index of the one active coordinator among `coords` (waits for one).
+async fn active(coords: &[&Coordinator]) -> usize {
+    eventually("a coordinator to be active", || async {
+        for (i, c) in coords.iter().enumerate() {
+            if serving(c).await {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await
+}
+
+fn args(url: &str) -> Vec<String> {
+    [
+        "--spawner",
+        "external",
+        "--state-url",
+        url,
+        "--keep-alive",
+        "60s",
+        "--reconnect-grace",
+        "5s",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn keyed(key: &str, payload: &str) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        function: "job".into(),
+        input: Some(carpool_proto::payload::text(format!("{payload}\n"))),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn takeovers_under_load_lose_nothing_run_nothing_twice_and_keep_idempotency_keys() {
+    let pg = Postgres::start();
+    let args = args(&pg.url());
+    let mut coords = vec![Coordinator::start(&refs(&args))];
+    assert_eq!(active(&[&coords[0]]).await, 0);
+    coords.push(Coordinator::start(&refs(&args)));
+    let addrs: Vec<String> = coords.iter().map(|c| c.addr().to_owned()).collect();
+    let urls = format!("{},{}", coords[0].url, coords[1].url);
+    // Each task appends its payload to a file, so runs can be counted outside carpool.
+    let runs = tempfile::NamedTempFile::new().expect("runs file");
+    let runs_path = runs.path().to_string_lossy().into_owned();
+    let exec = format!("read p; sleep 0.3; echo \"$p\" >> {runs_path}; echo \"$p\"");
+    let workers: Vec<Proc> = (0..3)
+        .map(|i| {
+            worker(
+                &urls,
+                "job",
+                &format!("w{i}"),
+                &["--exec", &exec, "--slots", "4", "--reconnect-for", "120s"],
+            )
+        })
+        .collect();
+    let mut acked: HashMap<u64, String> = HashMap::new();
+    let mut keys: HashMap<String, u64> = HashMap::new();
+    let mut next = 0u32;
+    for round in 0..3 {
+        let i = active(&coords.iter().collect::<Vec<_>>()).await;
+        let client = coords[i].client().await;
+        for _ in 0..40 {
+            let p = format!("t{next}");
+            next += 1;
+            let id = client.submit_request(keyed(&p, &p)).await.expect("acknowledged");
+            acked.insert(id, p.clone());
+            keys.insert(p, id);
+        }
+        eventually("some of the wave to be running", || async {
+            (totals(&client).await.running >= 4).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200 + 150 * round)).await;
+        // kill -9 the active one; it comes back on its address as a standby.
+        let dead = coords.remove(i);
+        dead.kill9();
+        coords.insert(i, Coordinator::start_at(&addrs[i], &refs(&args), &[]));
+    }
+    let i = active(&coords.iter().collect::<Vec<_>>()).await;
+    let client = coords[i].client().await;
+    let done = eventually("every acknowledged task to finish", || async {
+        let t = totals(&client).await;
+        (t.pending == 0 && t.running == 0 && t.succeeded + t.failed == acked.len() as u64).then_some(t)
+    })
+    .await;
+    assert_eq!(done.failed, 0, "{done:?}");
+    for (id, p) in &acked {
+        let r = client
+            .get(*id)
+            .await
+            .expect("known after the takeovers")
+            .result
+            .expect("result");
+        assert_eq!(r.state(), pb::TaskState::Succeeded, "{p}: {r:?}");
+        let out = carpool_proto::payload::into_bytes(r.output);
+        assert_eq!(String::from_utf8_lossy(&out).trim(), p.as_str());
+    }
+    let ran = std::fs::read_to_string(runs.path()).expect("runs");
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for line in ran.lines() {
+        *counts.entry(line.trim()).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
+    assert_eq!(counts.len(), acked.len(), "some acknowledged task never ran");
+    // Idempotency keys still name their first task after the takeovers.
+    for (key, id) in keys.iter().take(10) {
+        assert_eq!(
+            client.submit_request(keyed(key, key)).await.expect("resubmit"),
+            *id,
+            "{key}"
+        );
+    }
+    for w in &workers {
+        assert!(
+            !w.log().contains("FailedPrecondition"),
+            "a worker session was refused: {}",
+            w.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_active_coordinator_writes_nothing_after_the_standby_took_over() {
+    let pg = Postgres::start();
+    let args = args(&pg.url());
+    let mut a = Coordinator::start(&refs(&args));
+    assert_eq!(active(&[&a]).await, 0);
+    let b = Coordinator::start(&refs(&args));
+    // The standby refuses, naming the active coordinator, and is NOT_SERVING.
+    let refused = b
+        .client()
+        .await
+        .submit("job", "x")
+        .await
+        .expect_err("a standby refuses");
+    let status = match refused {
+        carpool_client::Error::Status(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains(&a.url), "{status:?}");
+    assert!(!serving(&b).await);
+    let first = a.client().await.submit("job", "before").await.expect("submit");
+    let a_client = a.client().await;
+
+    a.signal(nix::sys::signal::Signal::SIGSTOP);
+    let started = Instant::now();
+    eventually("the standby to take over", || async {
+        serving(&b).await.then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    let b_client = b.client().await;
+    assert_eq!(
+        b_client
+            .get(first)
+            .await
+            .expect("the task is the new one's")
+            .task_id,
+        first
+    );
+    // A submission sent to the paused one, answered once it runs again: refused, unwritten.
+    let late = tokio::spawn(async move { a_client.submit("job", "late").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+    let late = late.await.expect("join");
+    assert!(
+        late.is_err(),
+        "the old leader acknowledged a task after losing its lease: {late:?}"
+    );
+    let status = a.wait_exit();
+    assert!(!status.success(), "the old leader went on: {status:?}");
+    assert!(a.log().contains("lost its lease"), "{}", a.log());
+    // The database holds what the active one knows, and nothing from the paused one.
+    let db = pg.client().await;
+    let rows = db
+        .query("SELECT id FROM carpool_tasks ORDER BY id", &[])
+        .await
+        .expect("query");
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        ids,
+        vec![first as i64],
+        "the paused coordinator wrote after the takeover"
+    );
+    let second = b_client
+        .submit("job", "after")
+        .await
+        .expect("the new one accepts");
+    assert!(second > first);
+    eprintln!("takeover from a paused coordinator in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_restart_under_load_is_ridden_out_and_loses_nothing() {
+    let mut pg = Postgres::start();
+    let args = args(&pg.url());
+    let coord = Coordinator::start(&refs(&args));
+    assert_eq!(active(&[&coord]).await, 0);
+    let _workers: Vec<Proc> = (0..2)
+        .map(|i| {
+            worker(
+                &coord.url,
+                "job",
+                &format!("w{i}"),
+                &["--exec", "read p; echo \"$p\"", "--slots", "8"],
+            )
+        })
+        .collect();
+    let client = coord.client().await;
+    let submitting = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let (mut acked, mut refused) = (Vec::new(), 0u32);
+            let until = Instant::now() + Duration::from_secs(6);
+            let mut n = 0;
+            while Instant::now() < until {
+                let p = format!("t{n}");
+                n += 1;
+                match client.submit_request(keyed("", &p)).await {
+                    Ok(id) => acked.push((id, p)),
+                    Err(carpool_client::Error::Status(s)) if s.code() == Code::Unavailable => refused += 1,
+                    Err(e) => panic!("unexpected: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (acked, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.stop();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    pg.restart();
+    let (acked, refused) = submitting.await.expect("submitter");
+    assert!(
+        refused > 0,
+        "no submission was refused while the database was down"
+    );
+    eventually("every acknowledged task to finish", || async {
+        let t = totals(&client).await;
+        (t.pending == 0 && t.running == 0 && t.succeeded == acked.len() as u64).then_some(())
+    })
+    .await;
+    for (id, p) in &acked {
+        let r = client.get(*id).await.expect("get").result.expect("result");
+        assert_eq!(
+            String::from_utf8_lossy(&carpool_proto::payload::into_bytes(r.output)).trim(),
+            p
+        );
+    }
+    // Every result reached the database once it was back.
+    let db = pg.client().await;
+    let unfinished: i64 = eventually("the results to be written", || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM carpool_tasks WHERE result IS NULL", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 0).then_some(n)
+    })
+    .await;
+    assert_eq!(unfinished, 0);
+    let stored: i64 = db
+        .query_one("SELECT count(*) FROM carpool_tasks", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert!(
+        stored >= acked.len() as i64,
+        "{stored} stored, {} acknowledged",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_at_the_previous_schema_version_is_upgraded_and_its_tasks_run() {
+    let pg = Postgres::start();
+    let db = pg.client().await;
+    // What a coordinator of schema version 1 left: its tables, one task waiting.
+    db.batch_execute(include_str!("../../coordinator/src/journal/schema/v1.sql"))
+        .await
+        .expect("schema v1");
+    db.batch_execute(
+        "CREATE TABLE carpool_schema (version INTEGER NOT NULL); INSERT INTO carpool_schema VALUES (1);
+         INSERT INTO carpool_tasks VALUES (7, 'echo', convert_to('\"from v1\"', 'UTF8'), 0, 'k7', 0, 0, NULL);
+         UPDATE carpool_meta SET value = 8 WHERE key = 'next_task_id';",
+    )
+    .await
+    .expect("a v1 task");
+    let coord = Coordinator::start(&["--state-url", &pg.url()]);
+    let client = coord.client().await;
+    let done = eventually("the v1 task to run", || async {
+        let info = client.get(7).await.ok()?;
+        info.result.filter(|r| r.state() == pb::TaskState::Succeeded)
+    })
+    .await;
+    assert_eq!(
+        carpool_proto::payload::into_bytes(done.output).as_ref(),
+        b"\"from v1\""
+    );
+    let version: i32 = db
+        .query_one("SELECT version FROM carpool_schema", &[])
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 2);
+    let url: String = db
+        .query_one("SELECT url FROM carpool_lease", &[])
+        .await
+        .expect("lease")
+        .get(0);
+    assert_eq!(url, coord.url, "version 2 names the active coordinator");
+    assert_eq!(
+        client.submit("echo", "1").await.expect("submit"),
+        8,
+        "ids go on from v1's"
+    );
+}
