@@ -19,6 +19,11 @@ static CHILDREN: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
 /// Set once [`kill_all`] ran: the children's deaths are the worker's own exit, not news.
 static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Tests that start processes, or measure this process's CPU, take turns: the test binary
+/// is one process tree.
+#[cfg(test)]
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Whether the worker is killing its children on its way out.
 pub(crate) fn stopping() -> bool {
     STOPPING.load(std::sync::atomic::Ordering::Relaxed)

@@ -302,6 +302,7 @@ mod tests {
 
     #[test]
     fn a_busy_neighbour_is_not_the_workers_load_but_its_own_child_is() {
+        let _alone = crate::children::SERIAL.blocking_lock();
         let mut s = Sampler::new(Measure::Process, 1.0, 2048);
         // A neighbour: started by a shell that exits at once, so it is not our child (it is
         // adopted by init) and nothing registers it.

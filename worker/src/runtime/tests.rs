@@ -73,6 +73,7 @@ async fn until(what: &str, check: impl Fn() -> bool) {
 
 #[tokio::test]
 async fn each_task_is_one_invocation_with_lambdas_headers() {
+    let _alone = crate::children::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let host = python_host(&dir);
     host.prepare().await.unwrap();
@@ -101,6 +102,7 @@ async fn each_task_is_one_invocation_with_lambdas_headers() {
 
 #[tokio::test]
 async fn copies_follow_the_limit_up_and_down() {
+    let _alone = crate::children::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let host = Arc::new(python_host(&dir));
     host.prepare().await.unwrap();
@@ -122,6 +124,7 @@ async fn copies_follow_the_limit_up_and_down() {
 
 #[tokio::test]
 async fn a_cancelled_task_has_its_copy_killed_and_replaced() {
+    let _alone = crate::children::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let host = python_host(&dir);
     host.prepare().await.unwrap();
@@ -142,6 +145,7 @@ async fn a_cancelled_task_has_its_copy_killed_and_replaced() {
 
 #[tokio::test]
 async fn a_handler_past_its_timeout_and_grace_is_killed() {
+    let _alone = crate::children::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let host = python_host(&dir);
     host.prepare().await.unwrap();
@@ -154,6 +158,7 @@ async fn a_handler_past_its_timeout_and_grace_is_killed() {
 
 #[tokio::test]
 async fn a_runtime_that_exits_before_asking_fails_with_its_status_and_stderr() {
+    let _alone = crate::children::SERIAL.lock().await;
     let host = host("echo 'no handler here' >&2; exit 7");
     let err = host.prepare().await.unwrap_err();
     assert!(
