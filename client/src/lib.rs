@@ -58,8 +58,32 @@ impl Client {
         Self::connect_with(url, &ConnectOptions::default()).await
     }
 
-    /// Connects with a token (and, later, other options).
+    /// Connects with a token (and, later, other options). `url` may name several
+    /// coordinators, comma-separated (an active one and its standbys): the first that
+    /// answers as active is used (a standby answers UNAVAILABLE).
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self> {
+        let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        if urls.len() < 2 {
+            return Self::connect_one(url, options).await;
+        }
+        let mut last = None;
+        for one in urls {
+            let client = match Self::connect_one(one, options).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match client.cluster.clone().stats(pb::StatsRequest::default()).await {
+                Ok(_) => return Ok(client),
+                Err(status) => last = Some(Error::Status(status)),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::BadUrl(url.to_owned(), "no URL".into())))
+    }
+
+    async fn connect_one(url: &str, options: &ConnectOptions) -> Result<Self> {
         let channel = carpool_proto::endpoint(url, &options.tls)
             .map_err(|e| Error::BadUrl(url.to_owned(), e))?
             .connect()

@@ -125,24 +125,34 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
     };
     let mut broken_since: Option<Instant> = None;
     let mut waits = reconnect_waits();
+    // Coordinator URLs tried since the last wait.
+    let mut tried = 0;
     let reason = loop {
         let outcome = s.connection(deadline).await;
         if std::mem::take(&mut s.welcomed) {
             broken_since = None;
             waits = reconnect_waits();
+            tried = 0;
         }
         match outcome {
             Ok(reason) => break reason,
             Err(e) if e.is_retryable() => {
                 // What was sent long enough before the break has been recorded.
                 s.forget_recent(Instant::now());
-                // With several coordinators (active and standbys), try the next one.
+                // With several coordinators (active and standbys), try the next one: at once,
+                // until each has been tried since the last wait.
                 s.url_index += 1;
                 let since = *broken_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > s.config.reconnect_for {
                     warn!(worker = %s.config.id, error = %e, "coordinator unreachable for too long; giving up");
                     return Err(e);
                 }
+                tried += 1;
+                if tried < s.urls() {
+                    debug!(worker = %s.config.id, error = %e, next = %s.url(), "trying the next coordinator");
+                    continue;
+                }
+                tried = 0;
                 let wait = waits.next().unwrap_or(Duration::from_secs(5));
                 warn!(worker = %s.config.id, error = %e, running = s.running.len(), wait_ms = wait.as_millis() as u64, "stream to the coordinator lost; reconnecting");
                 tokio::select! {
@@ -164,7 +174,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
     Ok(summary)
 }
 
-/// The waits between reconnects: from 100 ms, doubled up to 1 s, each with up to 100 %
+/// The waits between reconnects: from 100 ms, doubled up to 500 ms, each with up to 100 %
 /// random jitter so that a fleet cut off at once does not reconnect at once (a standby
 /// takes over within seconds; a worker should find it as soon). Endless: how long to keep
 /// trying is `--reconnect-for`'s to say.
@@ -172,7 +182,7 @@ fn reconnect_waits() -> backon::ExponentialBackoff {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_millis(500))
         .with_jitter()
         .without_max_times()
         .build()
@@ -211,6 +221,16 @@ struct Session<H> {
 }
 
 impl<H: Handler> Session<H> {
+    /// How many coordinator URLs it has.
+    fn urls(&self) -> usize {
+        self.config
+            .coordinator_url
+            .split(',')
+            .filter(|u| !u.trim().is_empty())
+            .count()
+            .max(1)
+    }
+
     /// The coordinator URL to dial now: one of the comma-separated URLs in turn.
     fn url(&self) -> &str {
         let urls: Vec<&str> = self
@@ -557,7 +577,7 @@ mod tests {
         let waits: Vec<Duration> = reconnect_waits().take(100).collect();
         assert_eq!(waits.len(), 100);
         assert!(waits[0] >= Duration::from_millis(100) && waits[0] < Duration::from_millis(200));
-        assert!(waits[3] >= Duration::from_millis(800) && waits[20] >= Duration::from_secs(1));
-        assert!(waits.iter().all(|w| *w <= Duration::from_secs(2)));
+        assert!(waits[3] >= Duration::from_millis(500) && waits[20] >= Duration::from_millis(500));
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(1)));
     }
 }

@@ -136,6 +136,11 @@ enum Command {
         /// Lambda handler under the Runtime API, against --exec and the built-in).
         #[arg(long)]
         python: Option<String>,
+        /// A PostgreSQL database of the bench's own (`postgres://…`; it leaves its tasks
+        /// there): adds section `postgres` (Map and Submit in memory, with --state-dir and
+        /// with --state-url through a real worker; kill -9 takeover time).
+        #[arg(long)]
+        state_url: Option<String>,
     },
     /// Each kind of workload (waiting, CPU, memory, mixed) four ways on local workers:
     /// conventional FaaS, static slots = vCPUs, the best fixed --slots of a sweep, and adaptive
@@ -333,6 +338,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         fleet,
         only,
         python,
+        state_url,
     } = &cli.command
     {
         let mut opts = if *tiny {
@@ -348,6 +354,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         }
         opts.only.clone_from(only);
         opts.python.clone_from(python);
+        opts.state_url.clone_from(state_url);
         if !json {
             println!("{}", bench::table_header(&opts));
         }

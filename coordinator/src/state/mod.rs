@@ -493,9 +493,10 @@ fn rekey(
 /// How long placement waits after a restart on a journal with unfinished tasks (at most the
 /// reconnect grace). A task's start is journaled without waiting, so a crash can lose it:
 /// the task then looks as if it never started, and would go to whichever worker reconnects
-/// first while the one running it is still on its way back. Workers retry within
-/// 100-200 ms of the coordinator's return, so a short pause lets them claim their tasks.
-pub(crate) const RESTART_SETTLE: Duration = Duration::from_secs(2);
+/// first while the one running it is still on its way back. Workers wait at most 1 s
+/// between reconnects (500 ms, jittered), trying every coordinator URL they have at each,
+/// so this pause lets them claim their tasks.
+pub(crate) const RESTART_SETTLE: Duration = Duration::from_secs(1);
 
 /// How many released task ids a worker remembers.
 const RELEASED_MEMORY: usize = 1024;

@@ -109,6 +109,16 @@ pub(super) async fn map_throughput_of(
 }
 
 pub(super) async fn submit_throughput(client: &Client, n: usize, in_flight: usize) -> Result<f64, String> {
+    submit_throughput_of(client, "noop", n, in_flight).await
+}
+
+/// Unary Submits of `function` per second, `in_flight` at a time (acknowledged, not run).
+pub(super) async fn submit_throughput_of(
+    client: &Client,
+    function: &'static str,
+    n: usize,
+    in_flight: usize,
+) -> Result<f64, String> {
     let start = Instant::now();
     let per = n.div_ceil(in_flight);
     let mut loops = Vec::new();
@@ -116,7 +126,9 @@ pub(super) async fn submit_throughput(client: &Client, n: usize, in_flight: usiz
         let c = client.clone();
         loops.push(tokio::spawn(async move {
             for _ in 0..per {
-                c.submit("noop", Bytes::new()).await.map_err(|e| e.to_string())?;
+                c.submit(function, Bytes::new())
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Ok::<_, String>(())
         }));

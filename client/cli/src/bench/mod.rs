@@ -17,6 +17,7 @@ pub(crate) mod fake;
 mod fleet;
 mod handlers;
 mod measure;
+mod postgres;
 pub(crate) mod proc;
 pub(crate) mod stats;
 
@@ -31,7 +32,7 @@ use carpool_client::Client;
 use fleet::{fleet, idle_worker, pending_memory};
 use measure::{
     dispatch_latency, dispatch_latency_of, map_throughput, map_throughput_of, repeat, streamed_latency,
-    submit_throughput,
+    submit_throughput, submit_throughput_of,
 };
 use stats::{Samples, median};
 
@@ -59,6 +60,8 @@ pub(crate) struct BenchOptions {
     pub only: Vec<String>,
     /// A Python with awslambdaric, for section `handlers`.
     pub python: Option<String>,
+    /// A PostgreSQL database of the bench's own, for section `postgres`.
+    pub state_url: Option<String>,
 }
 
 impl BenchOptions {
@@ -66,6 +69,9 @@ impl BenchOptions {
         let named = self.only.iter().any(|s| s == section);
         if section == "handlers" {
             return named || (self.only.is_empty() && self.python.is_some());
+        }
+        if section == "postgres" {
+            return named || (self.only.is_empty() && self.state_url.is_some());
         }
         self.only.is_empty() || named
     }
@@ -85,6 +91,7 @@ impl BenchOptions {
             poll_tasks: 50,
             only: Vec::new(),
             python: None,
+            state_url: None,
         }
     }
 
@@ -101,6 +108,7 @@ impl BenchOptions {
             poll_tasks: 5,
             only: Vec::new(),
             python: None,
+            state_url: None,
         }
     }
 }
@@ -157,7 +165,7 @@ const MAP_TARGET_TASKS_PER_S: f64 = 100_000.0;
 const IDLE_WORKER_TARGET: f64 = 1.0;
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "raw",
     "dispatch",
     "real",
@@ -167,6 +175,7 @@ const SECTIONS: [&str; 9] = [
     "pending",
     "polling",
     "handlers",
+    "postgres",
 ];
 
 /// Runs every measurement, handing each row to `report` as soon as its section is done.
@@ -195,6 +204,12 @@ pub(crate) async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Re
             "idle" => vec![at_most(idle_worker(opts.idle_secs).await?, IDLE_WORKER_TARGET)],
             "pending" => pending_memory(opts.pending).await?,
             "handlers" => handlers::handlers(opts, opts.python.as_deref().unwrap_or("python3")).await?,
+            "postgres" => match &opts.state_url {
+                Some(url) => postgres::postgres(opts, url).await?,
+                None => {
+                    return Err("section postgres needs --state-url: a PostgreSQL database of its own".into());
+                }
+            },
             _ => polling(opts).await?,
         };
         for r in measured {

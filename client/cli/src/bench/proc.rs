@@ -67,8 +67,13 @@ impl Drop for Guard {
 
 /// Starts `carpool-coordinator` on a free loopback port with `args`; returns it and its URL.
 pub(crate) fn coordinator(args: &[&str]) -> Result<(Guard, String), String> {
+    coordinator_at("127.0.0.1:0", args)
+}
+
+/// [`coordinator`] listening on `listen` (a restart on an earlier one's address).
+pub(crate) fn coordinator_at(listen: &str, args: &[&str]) -> Result<(Guard, String), String> {
     let mut child = Command::new(sibling("carpool-coordinator")?)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", listen])
         .args(args)
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
