@@ -133,6 +133,9 @@ pub struct Config {
     /// Keep them in PostgreSQL instead (`postgres://…`): several coordinators may share the
     /// database, and the one holding its lease is active.
     pub state_url: Option<String>,
+    /// PEM of the CA that signed the database's certificate, for a `state_url` with
+    /// `sslmode=require`; `None`: the system's roots.
+    pub state_ca: Option<PathBuf>,
     /// How long the lease of a coordinator with `state_url` lasts without a renewal (it
     /// renews every third of it): how soon a standby takes over from one that died.
     pub lease: Duration,
@@ -192,6 +195,7 @@ impl Default for Config {
             max_pending: 1_000_000,
             state_dir: None,
             state_url: None,
+            state_ca: None,
             lease: Duration::from_secs(2),
             result_retention: Duration::from_secs(3600),
             tls: None,

@@ -145,6 +145,10 @@ struct Cli {
         conflicts_with = "state_dir"
     )]
     state_url: Option<String>,
+    /// With --state-url and `sslmode=require` in it: the PEM of the CA that signed the
+    /// database's certificate [default: the system's roots].
+    #[arg(long, env = "CARPOOL_STATE_CA")]
+    state_ca: Option<PathBuf>,
     /// With --state-url: how long the active coordinator's lease lasts unrenewed (renewed
     /// every third of it); a standby takes over this long after the active one died at most.
     #[arg(long, env = "CARPOOL_LEASE", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -332,6 +336,7 @@ impl Cli {
             tls,
             state_dir: self.state_dir,
             state_url: self.state_url,
+            state_ca: self.state_ca,
             lease: self.lease,
             result_retention: self.result_retention,
             worker_token,

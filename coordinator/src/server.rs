@@ -99,7 +99,14 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
         (None, Some(state_url)) => {
             let advertise = config.advertise_url.clone().unwrap_or_else(|| url.clone());
-            let store = Store::connect(state_url, advertise, config.lease, DATABASE_PATIENCE).await?;
+            let store = Store::connect(
+                state_url,
+                config.state_ca.as_deref(),
+                advertise,
+                config.lease,
+                DATABASE_PATIENCE,
+            )
+            .await?;
             let Some(term) =
                 crate::standby::until_active(listener.clone(), &store, &config, shutdown.as_mut()).await?
             else {

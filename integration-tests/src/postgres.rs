@@ -17,6 +17,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Whether it serves TLS (`ssl=on`, with the certificate given at start).
+    tls: bool,
 }
 
 /// The directory of PostgreSQL's server programs: `CARPOOL_PG_BIN`, else the newest
@@ -61,6 +63,15 @@ fn as_database_user(program: PathBuf) -> Command {
 impl Postgres {
     /// A fresh cluster (superuser `carpool`, trust on loopback), started and accepting.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`Postgres::start`] serving TLS with this certificate and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Self {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("carpool-pg-")
@@ -88,11 +99,26 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        if let Some((cert, key)) = tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).expect("write the server's TLS files");
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .expect("chmod the server's TLS files");
+                if let Ok(Some(user)) = nix::unistd::User::from_name("postgres")
+                    && nix::unistd::geteuid().is_root()
+                {
+                    nix::unistd::chown(&path, Some(user.uid), Some(user.gid))
+                        .expect("chown the server's TLS files");
+                }
+            }
+        }
         let mut pg = Self {
             proc: None,
             bin,
             dir,
             port: free_port(),
+            tls: tls.is_some(),
         };
         pg.run();
         pg
@@ -106,6 +132,9 @@ impl Postgres {
             .arg(self.dir.path())
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-p"])
             .arg(self.port.to_string());
+        if self.tls {
+            cmd.args(["-c", "ssl=on"]);
+        }
         self.proc = Some(Proc::start("postgres", cmd));
         // Accepting connections, not only listening (it refuses while it starts up).
         let deadline = Instant::now() + WAIT;

@@ -370,3 +370,34 @@ async fn a_database_at_the_previous_schema_version_is_upgraded_and_its_tasks_run
         "ids go on from v1's"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_sslmode_require_the_database_connection_is_tls_verified_against_state_ca() {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let pg = Postgres::start_tls(&certified.cert.pem(), &certified.signing_key.serialize_pem());
+    let ca = tempfile::NamedTempFile::new().expect("ca file");
+    std::fs::write(ca.path(), certified.cert.pem()).expect("write ca");
+    let url = format!(
+        "postgres://carpool@localhost:{}/postgres?sslmode=require",
+        pg.port
+    );
+    let coord = Coordinator::start(&["--state-url", &url, "--state-ca", &ca.path().to_string_lossy()]);
+    let client = coord.client().await;
+    let r = client.run("echo", "\"over tls\"").await.expect("run");
+    assert_eq!(r.state(), pb::TaskState::Succeeded, "{r:?}");
+    let db = pg.client().await;
+    let tls: Vec<bool> = db
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'carpool-coordinator'",
+            &[],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !tls.is_empty() && tls.iter().all(|t| *t),
+        "the coordinator's connections: {tls:?}"
+    );
+}

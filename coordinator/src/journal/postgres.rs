@@ -79,6 +79,7 @@ impl Store {
     /// long as `patience`.
     pub(crate) async fn connect(
         url: &str,
+        ca: Option<&std::path::Path>,
         advertise: String,
         lease: Duration,
         patience: Duration,
@@ -90,13 +91,15 @@ impl Store {
         if config.get_application_name().is_none() {
             config.application_name("carpool-coordinator");
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let recycling = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match config.get_ssl_mode() {
+            // TLS only when asked for: `prefer` (the default) would refuse a server whose
+            // certificate the roots do not vouch for instead of going on in plain TCP.
+            tokio_postgres::config::SslMode::Require => Manager::from_config(config, tls(ca)?, recycling),
+            _ => Manager::from_config(config, NoTls, recycling),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -285,6 +288,41 @@ impl Store {
             learned,
         })
     }
+}
+
+/// TLS to the database for `sslmode=require`: the server's certificate is verified against
+/// `ca` (PEM) or, without one, the system's roots, and its name against the URL's host.
+fn tls(ca: Option<&std::path::Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let bad = |msg: String| Error::Config(format!("--state-ca: {msg}"));
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| bad(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(bad(format!("{} holds no certificate", path.display())));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS to the database: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// Brings the schema of the database behind `client` to `target` (tests stop at an older

@@ -207,7 +207,9 @@ pub(crate) async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Re
             "postgres" => match &opts.state_url {
                 Some(url) => postgres::postgres(opts, url).await?,
                 None => {
-                    return Err("section postgres needs --state-url: a PostgreSQL database of its own".into());
+                    return Err(
+                        "section postgres needs --state-url: a PostgreSQL database of its own".into(),
+                    );
                 }
             },
             _ => polling(opts).await?,
