@@ -430,3 +430,34 @@ pub async fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// A file each run of a task appends its payload to, so that runs are counted outside
+/// carpool (exactly-once checks).
+pub struct RunLog(tempfile::NamedTempFile);
+
+impl Default for RunLog {
+    fn default() -> Self {
+        Self(tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("a runs file: {e}")))
+    }
+}
+
+impl RunLog {
+    /// An `--exec` command that reads its payload line, works for 0.3 s, appends the line
+    /// to the file and answers it.
+    pub fn exec(&self) -> String {
+        let path = self.0.path().display();
+        format!("read p; sleep 0.3; echo \"$p\" >> {path}; echo \"$p\"")
+    }
+
+    /// Asserts that `expected` payloads ran, each exactly once.
+    pub fn assert_each_ran_once(&self, expected: usize) {
+        let ran = std::fs::read_to_string(self.0.path()).unwrap_or_default();
+        let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for line in ran.lines() {
+            *counts.entry(line.trim()).or_default() += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "ran more than once: {twice:?}");
+        assert_eq!(counts.len(), expected, "some acknowledged task never ran");
+    }
+}

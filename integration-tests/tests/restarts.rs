@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use carpool_integration_tests::{
-    Coordinator, FakeWorker, Proc, TcpProxy, bin, eventually, hello, raw, totals,
+    Coordinator, FakeWorker, Proc, RunLog, TcpProxy, bin, eventually, hello, raw, totals,
 };
 use carpool_proto::pb::{self, worker_message::Kind as Up};
 use prost::Message;
@@ -252,10 +252,8 @@ async fn many_restarts_under_load_lose_nothing_and_run_nothing_twice() {
     let mut coord = Coordinator::start(&args);
     let listen = coord.addr().to_owned();
     let url = coord.url.clone();
-    // Each task appends its payload to a file, so runs can be counted outside carpool.
-    let runs = tempfile::NamedTempFile::new().expect("runs file");
-    let runs_path = runs.path().to_string_lossy().into_owned();
-    let exec = format!("read p; sleep 0.3; echo \"$p\" >> {runs_path}; echo \"$p\"");
+    let runs = RunLog::default();
+    let exec = runs.exec();
     let workers: Vec<Proc> = (0..3)
         .map(|i| {
             worker(
@@ -303,14 +301,7 @@ async fn many_restarts_under_load_lose_nothing_and_run_nothing_twice() {
         let out = carpool_proto::payload::into_bytes(r.output);
         assert_eq!(String::from_utf8_lossy(&out).trim(), p.as_str());
     }
-    let ran = std::fs::read_to_string(runs.path()).expect("runs");
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for line in ran.lines() {
-        *counts.entry(line.trim()).or_default() += 1;
-    }
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "ran more than once: {twice:?}");
-    assert_eq!(counts.len(), acked.len(), "some acknowledged task never ran");
+    runs.assert_each_ran_once(acked.len());
     for w in &workers {
         let log = w.log();
         assert!(

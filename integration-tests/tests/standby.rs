@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use carpool_integration_tests::postgres::Postgres;
-use carpool_integration_tests::{Coordinator, Proc, bin, eventually, totals};
+use carpool_integration_tests::{Coordinator, Proc, RunLog, bin, eventually, totals};
 use carpool_proto::pb;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -92,10 +92,8 @@ async fn takeovers_under_load_lose_nothing_run_nothing_twice_and_keep_idempotenc
     coords.push(Coordinator::start(&refs(&args)));
     let addrs: Vec<String> = coords.iter().map(|c| c.addr().to_owned()).collect();
     let urls = format!("{},{}", coords[0].url, coords[1].url);
-    // Each task appends its payload to a file, so runs can be counted outside carpool.
-    let runs = tempfile::NamedTempFile::new().expect("runs file");
-    let runs_path = runs.path().to_string_lossy().into_owned();
-    let exec = format!("read p; sleep 0.3; echo \"$p\" >> {runs_path}; echo \"$p\"");
+    let runs = RunLog::default();
+    let exec = runs.exec();
     let workers: Vec<Proc> = (0..3)
         .map(|i| {
             worker(
@@ -148,14 +146,7 @@ async fn takeovers_under_load_lose_nothing_run_nothing_twice_and_keep_idempotenc
         let out = carpool_proto::payload::into_bytes(r.output);
         assert_eq!(String::from_utf8_lossy(&out).trim(), p.as_str());
     }
-    let ran = std::fs::read_to_string(runs.path()).expect("runs");
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for line in ran.lines() {
-        *counts.entry(line.trim()).or_default() += 1;
-    }
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "ran more than once: {twice:?}");
-    assert_eq!(counts.len(), acked.len(), "some acknowledged task never ran");
+    runs.assert_each_ran_once(acked.len());
     // Idempotency keys still name their first task after the takeovers.
     for (key, id) in keys.iter().take(10) {
         assert_eq!(

@@ -96,18 +96,10 @@ enum Health {
     Broken(String),
 }
 
-/// One task waiting for a copy.
+/// One task waiting for a copy: the invocation, and where its outcome goes.
 struct Job {
-    task: u64,
-    attempt: u32,
-    payload: Bytes,
-    deadline_ms: u64,
-    /// When its copy is killed if it has not answered.
-    kill_at: Option<Instant>,
-    timeout: Option<Duration>,
+    invocation: Invocation,
     done: oneshot::Sender<Outcome>,
-    /// Cancelled when the task's future is dropped (the coordinator cancelled it).
-    abandoned: CancellationToken,
 }
 
 /// The invocation a copy holds.
@@ -215,14 +207,16 @@ impl Handler for RuntimeHost {
                 None => now_ms.saturating_add(15 * 60 * 1000),
             };
             inner.enqueue(Job {
-                task: task.id,
-                attempt: task.attempt,
-                payload: task.payload,
-                deadline_ms,
-                kill_at: task.timeout.map(|t| Instant::now() + t + TIMEOUT_GRACE),
-                timeout: task.timeout,
+                invocation: Invocation {
+                    task: task.id,
+                    attempt: task.attempt,
+                    payload: task.payload,
+                    deadline_ms,
+                    kill_at: task.timeout.map(|t| Instant::now() + t + TIMEOUT_GRACE),
+                    timeout: task.timeout,
+                    abandoned,
+                },
                 done,
-                abandoned,
             });
             let outcome = result.await;
             guard.disarm();
@@ -303,13 +297,16 @@ impl Inner {
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             loop {
                 let job = queue.pop_front()?;
-                if !job.abandoned.is_cancelled() && !job.done.is_closed() {
+                if !job.invocation.abandoned.is_cancelled() && !job.done.is_closed() {
                     break job;
                 }
             }
         };
+        let Job {
+            invocation: job,
+            done,
+        } = job;
         let request_id = format!("carpool-{}-{}", job.task, job.attempt);
-        let (done, job) = split(job);
         state.current = Some(Current {
             request_id: request_id.clone(),
             task: job.task,
@@ -400,30 +397,16 @@ impl Inner {
     }
 }
 
-/// The job's result sender apart from the rest (which goes to the copy).
-fn split(job: Job) -> (oneshot::Sender<Outcome>, Invocation) {
-    (
-        job.done,
-        Invocation {
-            task: job.task,
-            attempt: job.attempt,
-            payload: job.payload,
-            deadline_ms: job.deadline_ms,
-            kill_at: job.kill_at,
-            timeout: job.timeout,
-            abandoned: job.abandoned,
-        },
-    )
-}
-
 /// What the `next` call hands a copy.
 struct Invocation {
     task: u64,
     attempt: u32,
     payload: Bytes,
     deadline_ms: u64,
+    /// When its copy is killed if it has not answered.
     kill_at: Option<Instant>,
     timeout: Option<Duration>,
+    /// Cancelled when the task's future is dropped (the coordinator cancelled it).
     abandoned: CancellationToken,
 }
 

@@ -164,6 +164,19 @@ const MAP_TARGET_TASKS_PER_S: f64 = 100_000.0;
 /// The most CPU an idle worker may use, in percent of a core.
 const IDLE_WORKER_TARGET: f64 = 1.0;
 
+/// A coordinator with one real worker of 2 vCPUs (3538 MB), kept alive between
+/// measurements, and room for a whole throughput run pending.
+const REAL_WORKER: [&str; 8] = [
+    "--memory-mb",
+    "3538",
+    "--max-workers",
+    "1",
+    "--keep-alive",
+    "1h",
+    "--max-pending",
+    "10000000",
+];
+
 /// The sections, in the order they run.
 const SECTIONS: [&str; 10] = [
     "raw",
@@ -430,16 +443,7 @@ async fn real_worker(
     fake: Option<f64>,
     fake_streamed: Option<f64>,
 ) -> Result<Vec<Row>, String> {
-    let (coord, url) = proc::coordinator(&[
-        "--memory-mb",
-        "3538",
-        "--max-workers",
-        "1",
-        "--keep-alive",
-        "1h",
-        "--max-pending",
-        "10000000",
-    ])?;
+    let (coord, url) = proc::coordinator(&REAL_WORKER)?;
     let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
     // Spawns the worker; its cold start is not a dispatch.
     client

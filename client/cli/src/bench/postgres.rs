@@ -104,16 +104,7 @@ async fn throughput(opts: &BenchOptions, url: &str) -> Result<Vec<Row>, String> 
         ("state_url", "--state-url (PostgreSQL)", vec!["--state-url", url]),
     ];
     for (key, label, flags) in stores {
-        let mut args = vec![
-            "--memory-mb",
-            "3538",
-            "--max-workers",
-            "1",
-            "--keep-alive",
-            "1h",
-            "--max-pending",
-            "10000000",
-        ];
+        let mut args = REAL_WORKER.to_vec();
         args.extend(flags);
         let (coord, url) = proc::coordinator(&args)?;
         let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
