@@ -392,3 +392,46 @@ async fn with_sslmode_require_the_database_connection_is_tls_verified_against_st
         "the coordinator's connections: {tls:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_client_given_every_coordinator_uses_the_active_one() {
+    let pg = Postgres::start();
+    let args = args(&pg.url());
+    let a = Coordinator::start(&refs(&args));
+    assert_eq!(active(&[&a]).await, 0);
+    let b = Coordinator::start(&refs(&args));
+    let python = carpool_integration_tests::tool("CARPOOL_PYTHON", "the Python client");
+    // The standby first: the client goes on to the active one.
+    let targets = format!("{},{}", b.addr(), a.addr());
+    let script =
+        "import sys\nfrom carpool import Client\nprint(Client(sys.argv[1], timeout=10).submit('job', 'x'))";
+    let out = Command::new(&python)
+        .args(["-c", script, &targets])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a task id");
+    assert_eq!(
+        a.client()
+            .await
+            .get(id)
+            .await
+            .expect("the active one has it")
+            .task_id,
+        id
+    );
+    // Only the standby: its UNAVAILABLE, naming the active one.
+    let only = b.addr().to_owned() + "," + b.addr();
+    let out = Command::new(&python)
+        .args(["-c", script, &only])
+        .output()
+        .expect("python runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("UNAVAILABLE") && err.contains(&a.url),
+        "{err}"
+    );
+}

@@ -111,17 +111,36 @@ def _result(r, seq: Optional[int] = None) -> Result:
 
 
 class Client:
-    """A connection to a coordinator (`host:port`, plaintext)."""
+    """A connection to a coordinator (`host:port`, plaintext).
+
+    `target` may name several, comma-separated (an active coordinator and its standbys, which
+    share a database): the first that answers as active is used; a standby answers
+    UNAVAILABLE, and if none is active that error is raised.
+    """
 
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout: Optional[float] = None, token: Optional[str] = None):
+        self._timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        targets = [t.strip() for t in target.split(",") if t.strip()] or [target]
+        for i, one in enumerate(targets):
+            self._open(one)
+            if len(targets) == 1:
+                return
+            try:
+                self._cluster.Stats(pb.StatsRequest(), timeout=timeout or 10, metadata=self._metadata)
+                return
+            except grpc.RpcError as e:
+                self._channel.close()
+                if i == len(targets) - 1:
+                    raise CarpoolError(e.code(), e.details()) from None
+
+    def _open(self, target: str) -> None:
         self._channel = grpc.insecure_channel(
             target,
             options=[("grpc.keepalive_time_ms", 20000), ("grpc.max_receive_message_length", -1)],
         )
         self._tasks = rpc.TasksStub(self._channel)
         self._cluster = rpc.ClusterStub(self._channel)
-        self._timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
 
     def __enter__(self) -> "Client":
         return self
