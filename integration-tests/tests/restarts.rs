@@ -70,10 +70,12 @@ async fn a_restarted_coordinator_keeps_what_a_reconnecting_worker_runs_and_attem
     let url = first.url.clone();
     let client = first.client().await;
     // Attempt 1 runs on a, which is killed; after the grace attempt 2 goes to b.
-    let a = worker(&url, "slow", "a", &["--exec", "sleep 3; cat"]);
+    let mut a = worker(&url, "slow", "a", &["--exec", "sleep 3; cat"]);
     let task = client.submit("slow", "kept").await.expect("submit");
     assert_eq!(running(&client, task).await.worker_id, "a");
-    drop(a);
+    // SIGKILL, at once: a stop that waits (a SIGINT the environment ignores, then the
+    // guard's 5 s) would let attempt 1 finish on a.
+    a.kill9();
     let b = worker(&url, "slow", "b", &["--exec", "sleep 3; cat"]);
     let info = eventually("attempt 2 to run on b", || async {
         let info = client.get(task).await.ok()?;
