@@ -62,7 +62,7 @@ impl Client {
     /// coordinators, comma-separated (an active one and its standbys): the first that
     /// answers as active is used (a standby answers UNAVAILABLE).
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self> {
-        let urls: Vec<&str> = url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+        let urls = carpool_proto::coordinator_urls(url);
         if urls.len() < 2 {
             return Self::connect_one(url, options).await;
         }

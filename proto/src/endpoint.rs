@@ -26,6 +26,13 @@ pub fn is_http_url(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
 }
 
+/// The coordinators a comma-separated list names (an active one and its standbys), in
+/// order; a single URL is a list of one.
+pub fn coordinator_urls(list: &str) -> Vec<&str> {
+    let urls: Vec<&str> = list.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    if urls.is_empty() { vec![list] } else { urls }
+}
+
 /// An endpoint for `url` with keepalive, and TLS when the URL is `https://`.
 pub fn endpoint(url: &str, tls: &TlsOptions) -> Result<Endpoint, String> {
     let mut ep = Endpoint::from_shared(url.to_owned())
@@ -50,4 +57,18 @@ pub fn endpoint(url: &str, tls: &TlsOptions) -> Result<Endpoint, String> {
         return Err(format!("a TLS CA was given but {url} is not an https:// URL"));
     }
     Ok(ep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coordinator_urls;
+
+    #[test]
+    fn a_list_of_coordinators_splits_on_commas_and_one_url_is_a_list_of_one() {
+        assert_eq!(
+            coordinator_urls("http://a:1, http://b:2,"),
+            vec!["http://a:1", "http://b:2"]
+        );
+        assert_eq!(coordinator_urls("http://a:1"), vec!["http://a:1"]);
+    }
 }

@@ -64,13 +64,19 @@ pub(crate) fn registered() -> Vec<u32> {
 /// SIGKILLs every registered child and its process group, for a worker about to exit
 /// without unwinding (its stdin closed, Lambda's SIGTERM): nothing it started outlives it.
 pub(crate) fn kill_all() {
-    use nix::sys::signal::{Signal, kill, killpg};
     STOPPING.store(true, std::sync::atomic::Ordering::Relaxed);
     for pid in registered() {
-        if let Ok(raw) = i32::try_from(pid) {
-            let pid = nix::unistd::Pid::from_raw(raw);
-            let _ = killpg(pid, Signal::SIGKILL);
-            let _ = kill(pid, Signal::SIGKILL);
-        }
+        kill_group(pid);
+    }
+}
+
+/// SIGKILL to process `pid` and, if it leads one, its process group (a runtime copy and
+/// whatever it started).
+pub(crate) fn kill_group(pid: u32) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    if let Ok(raw) = i32::try_from(pid) {
+        let pid = nix::unistd::Pid::from_raw(raw);
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = kill(pid, Signal::SIGKILL);
     }
 }

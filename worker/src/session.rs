@@ -106,6 +106,10 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
     // A handler that must start something (a Lambda runtime) does so before the dial.
     handler.prepare().await.map_err(Error::Handler)?;
     let mut s = Session {
+        urls: carpool_proto::coordinator_urls(&config.coordinator_url)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
         url_index: 0,
         deadline,
         sampler,
@@ -148,7 +152,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
                     return Err(e);
                 }
                 tried += 1;
-                if tried < s.urls() {
+                if tried < s.urls.len() {
                     debug!(worker = %s.config.id, error = %e, next = %s.url(), "trying the next coordinator");
                     continue;
                 }
@@ -191,7 +195,9 @@ fn reconnect_waits() -> backon::ExponentialBackoff {
 /// What outlives one stream: the running tasks and the counters.
 struct Session<H> {
     config: WorkerConfig,
-    /// Which of the coordinator URLs it dials now.
+    /// The coordinators it may dial (`config.coordinator_url`, split once).
+    urls: Vec<String>,
+    /// Which of them it dials now.
     url_index: usize,
     /// When the session's execution timeout passes.
     deadline: tokio::time::Instant,
@@ -221,29 +227,9 @@ struct Session<H> {
 }
 
 impl<H: Handler> Session<H> {
-    /// How many coordinator URLs it has.
-    fn urls(&self) -> usize {
-        self.config
-            .coordinator_url
-            .split(',')
-            .filter(|u| !u.trim().is_empty())
-            .count()
-            .max(1)
-    }
-
-    /// The coordinator URL to dial now: one of the comma-separated URLs in turn.
+    /// The coordinator URL to dial now: one of its URLs in turn.
     fn url(&self) -> &str {
-        let urls: Vec<&str> = self
-            .config
-            .coordinator_url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .collect();
-        match urls.len() {
-            0 => &self.config.coordinator_url,
-            n => urls[self.url_index % n],
-        }
+        &self.urls[self.url_index % self.urls.len()]
     }
 
     /// One connection: hello, welcome, then serve until Shutdown-and-idle, the deadline, or

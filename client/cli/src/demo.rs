@@ -307,15 +307,7 @@ def sleep(event, context):
 /// A directory with `carpool_demo.py`; checks that `python` has awslambdaric.
 fn python_handlers(python: &str) -> Result<tempfile::TempDir, DemoError> {
     let fail = |msg: String| DemoError::Incomplete(format!("--python: {msg}"));
-    let check = std::process::Command::new(python)
-        .args(["-c", "import awslambdaric"])
-        .output()
-        .map_err(|e| fail(format!("cannot run {python:?}: {e}")))?;
-    if !check.status.success() {
-        return Err(fail(format!(
-            "{python:?} has no awslambdaric (pip install awslambdaric)"
-        )));
-    }
+    shared::check_awslambdaric(python).map_err(fail)?;
     let dir = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
     std::fs::write(dir.path().join("carpool_demo.py"), PYTHON_HANDLERS).map_err(|e| fail(e.to_string()))?;
     Ok(dir)

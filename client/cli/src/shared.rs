@@ -72,6 +72,21 @@ pub(crate) fn saving(ours: f64, theirs: f64) -> f64 {
     }
 }
 
+/// Checks that `python` runs and has AWS's awslambdaric (what `--python` promises).
+pub(crate) fn check_awslambdaric(python: &str) -> Result<(), String> {
+    let check = std::process::Command::new(python)
+        .args(["-c", "import awslambdaric"])
+        .output()
+        .map_err(|e| format!("cannot run {python:?}: {e}"))?;
+    if check.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{python:?} has no awslambdaric (pip install awslambdaric)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,7 +187,7 @@ impl Drop for RuntimeHost {
         self.inner.stop.cancel();
         for slot in self.inner.slots().iter() {
             if let Some(pid) = slot.lock().pid {
-                process::kill_group(pid);
+                crate::children::kill_group(pid);
             }
         }
     }

@@ -205,16 +205,9 @@ async fn sleep_until(at: Option<Instant>) {
 /// Kills the process's whole group (a runtime may start helpers) and reaps it.
 async fn kill(child: &mut Child) {
     if let Some(pid) = child.id() {
-        kill_group(pid);
+        crate::children::kill_group(pid);
     }
     let _ = child.kill().await;
-}
-
-/// SIGKILL to process group `pid` (a copy and whatever it started).
-pub(super) fn kill_group(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    }
 }
 
 fn describe(status: std::io::Result<ExitStatus>) -> String {

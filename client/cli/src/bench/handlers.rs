@@ -16,15 +16,8 @@ const HANDLER: &str = "def handler(event, context):\n    return event\n";
 const EXEC: &str = "import sys\nsys.stdout.write(sys.stdin.read())\n";
 
 pub(super) async fn handlers(opts: &BenchOptions, python: &str) -> Result<Vec<Row>, String> {
-    let check = std::process::Command::new(python)
-        .args(["-c", "import awslambdaric"])
-        .output()
-        .map_err(|e| format!("section handlers: cannot run {python:?}: {e}"))?;
-    if !check.status.success() {
-        return Err(format!(
-            "section handlers: {python:?} has no awslambdaric (pip install awslambdaric), or pass --python PATH"
-        ));
-    }
+    crate::shared::check_awslambdaric(python)
+        .map_err(|e| format!("section handlers: {e}, or pass --python PATH"))?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     std::fs::write(dir.path().join("bench_handler.py"), HANDLER).map_err(|e| e.to_string())?;
     std::fs::write(dir.path().join("bench_exec.py"), EXEC).map_err(|e| e.to_string())?;
