@@ -3,18 +3,18 @@
 use std::time::Duration;
 
 /// USD per GB-second of x86 Lambda.
-pub(crate) const PRICE_PER_GB_SECOND: f64 = 0.0000166667;
+pub const PRICE_PER_GB_SECOND: f64 = 0.0000166667;
 /// USD per invocation.
-pub(crate) const PRICE_PER_REQUEST: f64 = 0.20 / 1_000_000.0;
+pub const PRICE_PER_REQUEST: f64 = 0.20 / 1_000_000.0;
 
 /// Billed GB-milliseconds of one invocation: duration rounded up to the millisecond, times GB.
-pub(crate) fn billed_gb_ms(alive: Duration, memory_mb: u32) -> f64 {
+pub fn billed_gb_ms(alive: Duration, memory_mb: u32) -> f64 {
     let ms = alive.as_nanos().div_ceil(1_000_000) as f64;
     ms * f64::from(memory_mb) / 1024.0
 }
 
 /// The bill in USD for `gb_ms` of compute over `invocations` requests.
-pub(crate) fn cost_usd(gb_ms: f64, invocations: u64) -> f64 {
+pub fn cost_usd(gb_ms: f64, invocations: u64) -> f64 {
     gb_ms / 1000.0 * PRICE_PER_GB_SECOND + invocations as f64 * PRICE_PER_REQUEST
 }
 

@@ -14,7 +14,7 @@
 //! - [`sim`]: the same scheduling state driven by a virtual clock, for experiments at any scale.
 
 pub mod auth;
-mod billing;
+pub mod billing;
 pub mod config;
 mod driver;
 mod error;

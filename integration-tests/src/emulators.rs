@@ -72,6 +72,20 @@ impl Moto {
             ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
         ]
     }
+
+    /// An S3 client of this moto (path-style, throwaway credentials).
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let credentials = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "test");
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(credentials)
+            .force_path_style(true)
+            .http_client(carpool_proto::aws_https_client())
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
 }
 
 /// The AWS settings a coordinator needs to reach an emulator at `endpoint`, named by

@@ -172,7 +172,7 @@ async fn an_idle_worker_on_a_busy_host_is_not_judged_busy_and_keeps_its_tasks() 
 async fn a_thumbnail_reads_and_writes_s3_objects() {
     let moto = Moto::start();
     let env = moto.aws_env("AWS_ENDPOINT_URL_S3");
-    let s3 = s3_client(&moto.url).await;
+    let s3 = moto.s3();
     s3.create_bucket()
         .bucket("photos")
         .send()
@@ -228,18 +228,4 @@ async fn a_thumbnail_reads_and_writes_s3_objects() {
         assert_eq!(r.state(), TaskState::Failed);
         assert!(r.error.contains(want), "{payload}: {}", r.error);
     }
-}
-
-/// An S3 client of moto at `url` (path-style, throwaway credentials).
-async fn s3_client(url: &str) -> aws_sdk_s3::Client {
-    let credentials = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "test");
-    let config = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(url)
-        .credentials_provider(credentials)
-        .force_path_style(true)
-        .http_client(carpool_proto::aws_https_client())
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
 }

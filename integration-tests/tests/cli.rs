@@ -163,7 +163,13 @@ fn the_comparison_runs_every_workload_four_ways_through_real_workers() {
         // Conventional FaaS is one invocation per task; every way ran every task.
         let tasks = w["conventional"]["invocations"].as_u64().unwrap_or(0);
         assert!(tasks > 0, "{workload}: {w}");
-        for way in ["conventional", "static", "adaptive", "learned"] {
+        // Lambda as it bills: one billed request per task.
+        assert_eq!(
+            w["lambda"]["invocations"].as_u64(),
+            Some(tasks),
+            "{workload}: {w}"
+        );
+        for way in ["conventional", "lambda", "static", "adaptive", "learned"] {
             assert_eq!(w[way]["failed"].as_u64(), Some(0), "{workload} {way}: {w}");
             assert!(
                 w[way]["completion_s"].as_f64().unwrap_or(0.0) > 0.0,
@@ -220,19 +226,40 @@ fn the_demo_runs_a_cpu_and_an_io_batch_and_carpool_starts_fewer_workers() {
     for kind in ["CPU-bound: 4 spin tasks", "I/O-bound: 40 sleep tasks"] {
         assert!(text.contains(kind), "{text}");
     }
-    // Per batch: carpool's invocations, then conventional FaaS's (one per task).
-    let invocations: Vec<u64> = text
+    // Per batch, three rows: carpool, Lambda as it bills, one cold invocation per task;
+    // each with its tasks, billed requests and cold starts.
+    let rows: Vec<(String, [u64; 3])> = text
         .lines()
-        .filter(|l| l.starts_with("carpool ") || l.starts_with("conventional FaaS"))
+        .filter(|l| {
+            ["carpool ", "Lambda as it bills", "one cold invocation per task"]
+                .iter()
+                .any(|m| l.starts_with(m))
+        })
         .filter_map(|l| {
-            let mut cols = l.split_whitespace().skip_while(|c| c.parse::<u64>().is_err());
-            cols.next()?;
-            cols.next()?.parse().ok()
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let first = cols.iter().position(|c| c.parse::<u64>().is_ok())?;
+            let n = |i: usize| cols.get(first + i)?.parse::<u64>().ok();
+            Some((cols[..first].join(" "), [n(0)?, n(1)?, n(2)?]))
         })
         .collect();
-    assert_eq!(invocations.len(), 4, "{text}");
-    assert_eq!((invocations[1], invocations[3]), (4, 40), "{text}");
-    assert!(invocations[0] < 4 && invocations[2] < 40, "{text}");
+    assert_eq!(rows.len(), 6, "{text}");
+    for (batch, tasks) in [(0, 4), (1, 40)] {
+        let [carpool, lambda, worst] = [&rows[batch * 3], &rows[batch * 3 + 1], &rows[batch * 3 + 2]];
+        assert_eq!(carpool.0, "carpool", "{text}");
+        assert_eq!(lambda.0, "Lambda as it bills", "{text}");
+        assert_eq!(worst.0, "one cold invocation per task", "{text}");
+        // Every mode ran every task; Lambda bills one request per task, on warm sandboxes
+        // reused (fewer cold starts than tasks); the worst case starts a worker per task;
+        // carpool starts fewer workers than tasks.
+        assert!(
+            rows[batch * 3..batch * 3 + 3].iter().all(|r| r.1[0] == tasks),
+            "{text}"
+        );
+        assert_eq!(lambda.1[1], tasks, "{text}");
+        assert!(lambda.1[2] < tasks, "{text}");
+        assert_eq!(worst.1[2], tasks, "{text}");
+        assert!(carpool.1[2] < tasks, "{text}");
+    }
 }
 
 #[test]
@@ -258,20 +285,22 @@ fn the_experiment_runs_at_a_tiny_size_and_writes_its_table_and_chart() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Both modes measured at each size next to the simulator (two checks at the size that
-    // fits), the 3-vCPU size flagged as sharing this machine's cores, then every size simulated.
+    // The three modes (carpool, Lambda as it bills, one cold invocation per task) measured
+    // at each size next to the simulator (three checks at the size that fits), the 3-vCPU
+    // size flagged as sharing this machine's cores, then every size simulated.
     assert_eq!(
         text.lines().filter(|l| l.contains("measured  ")).count(),
-        4,
+        6,
         "{text}"
     );
     assert_eq!(
         text.lines()
             .filter(|l| l.contains("simulated vs measured"))
             .count(),
-        2,
+        3,
         "{text}"
     );
+    assert!(text.contains("Lambda as it bills"), "{text}");
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 3 {
         assert!(text.contains("4096 MB has 3 vCPUs"), "{text}");
     }

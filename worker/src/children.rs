@@ -70,6 +70,37 @@ pub(crate) fn kill_all() {
     }
 }
 
+/// This process's resident memory now, in bytes (0 if it cannot be read).
+pub(crate) fn own_resident_bytes() -> u64 {
+    procfs::process::Process::myself()
+        .and_then(|p| p.statm())
+        .map_or(0, |m| m.resident * procfs::page_size())
+}
+
+/// The most memory process `pid` and its children have held, in bytes: each one's
+/// high-water mark (`VmHWM`) added up, so never less than their true peak together (0 for
+/// a process gone or unreadable).
+pub(crate) fn peak_bytes(pid: u32) -> u64 {
+    let Ok(raw) = i32::try_from(pid) else {
+        return 0;
+    };
+    let hwm = |p: &procfs::process::Process| p.status().ok().and_then(|s| s.vmhwm).unwrap_or(0) * 1024;
+    let Ok(leader) = procfs::process::Process::new(raw) else {
+        return 0;
+    };
+    let children: u64 = leader
+        .task_main_thread()
+        .ok()
+        .and_then(|t| t.children().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|c| i32::try_from(c).ok())
+        .filter_map(|c| procfs::process::Process::new(c).ok())
+        .map(|c| hwm(&c))
+        .sum();
+    hwm(&leader) + children
+}
+
 /// SIGKILL to process `pid` and, if it leads one, its process group (a runtime copy and
 /// whatever it started).
 pub(crate) fn kill_group(pid: u32) {

@@ -69,8 +69,14 @@ impl WorkerConfig {
         }
     }
 
-    /// vCPUs its CPU figure is a fraction of.
+    /// vCPUs its CPU figure is a fraction of: what it is allotted (`vcpu_allotment`, else
+    /// `vcpus`), but never more than the CPUs it can actually run on (its affinity mask and
+    /// its cgroup's quota, as `available_parallelism` reads them). A worker of 6 vCPUs
+    /// pinned to 2 cores can never show more than a third of 6 busy, so judging it against 6
+    /// would never see CPU pressure.
     pub fn allotment(&self) -> f64 {
-        self.vcpu_allotment.unwrap_or(f64::from(self.vcpus.max(1)))
+        let allotted = self.vcpu_allotment.unwrap_or(f64::from(self.vcpus.max(1)));
+        let runnable = std::thread::available_parallelism().map_or(allotted, |n| n.get() as f64);
+        allotted.min(runnable)
     }
 }

@@ -25,6 +25,17 @@ pub struct Task {
 /// What a handler returns: the output bytes, or an error message for the client.
 pub type Outcome = Result<Bytes, String>;
 
+/// What a handler that queues tasks itself (the Lambda runtime host) runs now: the
+/// worker's samples report these, not the tasks handed over, so that a level counts as
+/// reached only once its tasks really run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Running {
+    /// Tasks running now (a task waiting for a free copy is not running).
+    pub tasks: u32,
+    /// When the newest of them started running.
+    pub newest: Option<std::time::Instant>,
+}
+
 /// A boxed future of a handler's outcome.
 pub type HandlerFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 /// A boxed future of a handler's readiness: `Err` says why it cannot serve.
@@ -66,6 +77,12 @@ pub trait Handler: Send + Sync + 'static {
     /// failed to initialize); the session then ends with that error. Never by default.
     fn broken(&self) -> BrokenFuture {
         Box::pin(std::future::pending())
+    }
+
+    /// What runs now, for a handler that may hold tasks before they run; `None` (the
+    /// default): every task handed over runs at once.
+    fn running(&self) -> Option<Running> {
+        None
     }
 }
 
@@ -114,6 +131,13 @@ impl<H: Handler> Handler for Served<H> {
         match self {
             Served::Own(h) => h.broken(),
             Served::Runtime(r) => r.broken(),
+        }
+    }
+
+    fn running(&self) -> Option<Running> {
+        match self {
+            Served::Own(h) => h.running(),
+            Served::Runtime(r) => r.running(),
         }
     }
 }

@@ -208,17 +208,18 @@ impl Sampler {
     }
 
     /// The kernel's high-water mark of the memory used: the cgroup's `memory.peak`, or this
-    /// process's own peak (`ru_maxrss`) plus its children's memory now.
+    /// process's own peak (`ru_maxrss`) plus each live child's own peak (`VmHWM`). Added
+    /// up, the peaks of processes that peaked at different moments overstate the tree's
+    /// true peak, never understate it: a peak under the size is a peak under the size.
     fn memory_peak(&self) -> u64 {
         match &self.source {
             Source::Cgroup(dir) => read_u64(&dir.join("memory.peak")).unwrap_or(0),
             Source::Tree => {
                 let own = getrusage(UsageWho::RUSAGE_SELF).map_or(0, |u| u.max_rss().max(0) as u64 * 1024);
-                let page = procfs::page_size();
                 let children: u64 = descendants()
                     .iter()
-                    .filter_map(|p| p.stat().ok())
-                    .map(|s| s.rss * page)
+                    .filter_map(|p| p.status().ok())
+                    .map(|s| s.vmhwm.unwrap_or(0) * 1024)
                     .sum();
                 own + children
             }

@@ -410,14 +410,20 @@ impl<H: Handler> Session<H> {
     }
 
     /// A sample now (and the running tasks' change is reported).
+    /// A handler that holds tasks before they run (a runtime copy still starting) says what
+    /// runs: a task counts toward a level only once it really runs.
     fn sample(&mut self) -> pb::ResourceSample {
         self.changed = None;
         self.most_since_sample = self.running.len() as u32;
         if self.running.is_empty() {
             self.newest = None;
         }
-        let youngest = self.newest.map_or(Duration::ZERO, |t| t.elapsed());
-        self.sampler.sample(self.running.len() as u32, youngest)
+        let (running, newest) = match self.handler.running() {
+            Some(r) => (r.tasks, r.newest),
+            None => (self.running.len() as u32, self.newest),
+        };
+        let youngest = newest.map_or(Duration::ZERO, |t| t.elapsed());
+        self.sampler.sample(running, youngest)
     }
 
     fn start(&mut self, a: pb::TaskAssignment) {

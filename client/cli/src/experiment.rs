@@ -1,6 +1,8 @@
 //! `carpool experiment`: the paper's experiment. Thumbnail tasks (decode a ~3 MB JPEG,
-//! shrink it to 100x100, encode) at each of the paper's memory sizes, as carpool and as
-//! conventional FaaS (one invocation per task), at most N concurrent invocations.
+//! shrink it to 100x100, encode) at each of the paper's memory sizes, at most N concurrent
+//! invocations, three ways: carpool; Lambda as it bills (warm sandboxes, one request at a
+//! time each, billed per request and init: the fair rival); and one cold invocation per
+//! task (the worst case, as the paper's baseline was run).
 //!
 //! What this machine can host is measured (local workers, the real binaries); the
 //! simulator ([`carpool_coordinator::sim`]), which drives the real scheduling code with a
@@ -18,6 +20,7 @@ use futures::StreamExt;
 
 use carpool_client::{Client, TaskState};
 
+use crate::demo::{Mode, mode_config};
 use crate::shared::{self, saving};
 
 /// What to run.
@@ -42,8 +45,8 @@ pub(crate) struct ExperimentOptions {
 pub(crate) struct Outcome {
     /// Memory size, MB.
     pub memory_mb: u32,
-    /// "carpool" or "conventional".
-    pub mode: &'static str,
+    /// How it ran.
+    pub mode: Mode,
     /// "measured" or "simulated".
     pub source: &'static str,
     /// Concurrent invocations allowed.
@@ -61,7 +64,7 @@ pub(crate) struct Outcome {
 /// The model the simulator takes from the measured run.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Model {
-    /// Mean task duration alone on its invocation (conventional FaaS).
+    /// Mean task duration alone on its invocation (one task per worker).
     pub task: Duration,
     /// Mean task duration beside others on a shared invocation (carpool): tasks on sibling
     /// vCPUs slow each other a little (memory bandwidth, shared caches).
@@ -87,17 +90,13 @@ fn make_image(dir: &Path, width: u32) -> Result<(PathBuf, u64), String> {
     Ok((path, bytes.len() as u64))
 }
 
-fn config(opts: &ExperimentOptions, memory_mb: u32, max_workers: u32, conventional: bool) -> Config {
+fn config(opts: &ExperimentOptions, memory_mb: u32, max_workers: u32, mode: Mode) -> Config {
     Config {
         spawner: SpawnerKind::Local,
         max_workers,
         memory_mb,
-        slots: conventional.then_some(1),
-        max_tasks_per_worker: conventional.then_some(1),
-        worker_bin: opts.worker_bin.clone(),
-        worker_log: Some("warn".into()),
         worker_data_dir: Some(opts.dir.clone()),
-        ..Config::default()
+        ..mode_config(mode, opts.worker_bin.clone())
     }
 }
 
@@ -107,11 +106,11 @@ pub(crate) async fn measure(
     image: &Path,
     memory_mb: u32,
     max_workers: u32,
-    conventional: bool,
+    mode: Mode,
 ) -> Result<(Outcome, Duration), String> {
-    let cfg = config(opts, memory_mb, max_workers, conventional);
+    let cfg = config(opts, memory_mb, max_workers, mode);
     shared::with_coordinator(cfg, |url| async move {
-        drive(opts, &url, image, memory_mb, max_workers, conventional).await
+        drive(opts, &url, image, memory_mb, max_workers, mode).await
     })
     .await
     .map_err(|e| e.to_string())?
@@ -123,7 +122,7 @@ async fn drive(
     image: &Path,
     memory_mb: u32,
     max_workers: u32,
-    conventional: bool,
+    mode: Mode,
 ) -> Result<(Outcome, Duration), String> {
     let client = Client::connect(url).await.map_err(|e| e.to_string())?;
     let dir = opts.dir.clone();
@@ -152,16 +151,17 @@ async fn drive(
         .total
         .unwrap_or_default();
     let mean = task_ms.iter().sum::<u64>() as f64 / task_ms.len().max(1) as f64;
+    let (billed_gb_s, invocations, usd) = crate::demo::bill(mode, &totals);
     Ok((
         Outcome {
             memory_mb,
-            mode: if conventional { "conventional" } else { "carpool" },
+            mode,
             source: "measured",
             max_workers,
-            invocations: totals.workers_started,
+            invocations,
             completion,
-            billed_gb_s: totals.billed_gb_ms / 1000.0,
-            usd_per_million: totals.cost_usd / opts.tasks.max(1) as f64 * 1e6,
+            billed_gb_s,
+            usd_per_million: usd / opts.tasks.max(1) as f64 * 1e6,
         },
         Duration::from_secs_f64(mean / 1000.0),
     ))
@@ -173,25 +173,28 @@ pub(crate) fn simulated(
     model: Model,
     memory_mb: u32,
     max_workers: u32,
-    conventional: bool,
+    mode: Mode,
 ) -> Outcome {
-    let task = TaskModel::cpu_bound(if conventional {
-        model.task
-    } else {
+    let task = TaskModel::cpu_bound(if mode == Mode::Carpool {
         model.task_shared
+    } else {
+        model.task
     });
     let mut sim = SimConfig::new(
-        config(opts, memory_mb, max_workers, conventional),
+        config(opts, memory_mb, max_workers, mode),
         "thumbnail",
         opts.tasks,
         task,
     );
     sim.cold_start = model.cold_start;
     sim.exit_delay = model.exit_delay;
-    let r: SimReport = simulate(&sim);
+    let mut r: SimReport = simulate(&sim);
+    if mode == Mode::LambdaBilled {
+        r = r.billed_per_request();
+    }
     Outcome {
         memory_mb,
-        mode: if conventional { "conventional" } else { "carpool" },
+        mode,
         source: "simulated",
         max_workers,
         invocations: r.invocations,
@@ -228,10 +231,10 @@ pub(crate) const MARGIN: f64 = 0.10;
 /// A table row.
 pub(crate) fn row(o: &Outcome) -> String {
     format!(
-        "{:>7} {:>5} {:<13} {:<9} {:>4} {:>11} {:>10.2} s {:>10.3} {:>14.2}",
+        "{:>7} {:>5} {:<28} {:<9} {:>4} {:>11} {:>10.2} s {:>10.3} {:>14.2}",
         o.memory_mb,
         vcpus_for_memory(o.memory_mb),
-        o.mode,
+        o.mode.label(),
         o.source,
         o.max_workers,
         o.invocations,
@@ -244,8 +247,8 @@ pub(crate) fn row(o: &Outcome) -> String {
 /// The table header.
 pub(crate) fn header() -> String {
     format!(
-        "{:>7} {:>5} {:<13} {:<9} {:>4} {:>11} {:>12} {:>10} {:>14}",
-        "MB", "vCPUs", "mode", "source", "max", "invocations", "completion", "GB-s", "USD / 1M tasks"
+        "{:>7} {:>5} {:<28} {:<9} {:>4} {:>11} {:>12} {:>10} {:>14}",
+        "MB", "vCPUs", "mode", "source", "max", "requests", "completion", "GB-s", "USD / 1M tasks"
     )
 }
 
@@ -271,7 +274,7 @@ pub(crate) fn chart(outcomes: &[Outcome]) -> String {
         pw * 3.0 + 40.0,
         ph + top + 60.0
     );
-    svg.push_str("<text x=\"10\" y=\"18\" font-size=\"14\">carpool (blue) vs conventional FaaS (grey), simulated, per memory size</text>\n");
+    svg.push_str("<text x=\"10\" y=\"18\" font-size=\"14\">carpool (blue) vs Lambda as it bills (grey), simulated, per memory size</text>\n");
     for (p, (title, value)) in panels.iter().enumerate() {
         let x0 = 20.0 + p as f64 * pw;
         let max = outcomes.iter().map(value).fold(0.0_f64, f64::max).max(1e-12);
@@ -282,7 +285,7 @@ pub(crate) fn chart(outcomes: &[Outcome]) -> String {
         ));
         let group = (pw - 40.0) / sizes.len().max(1) as f64;
         for (i, size) in sizes.iter().enumerate() {
-            for (j, mode) in ["carpool", "conventional"].iter().enumerate() {
+            for (j, mode) in [Mode::Carpool, Mode::LambdaBilled].iter().enumerate() {
                 let Some(o) = outcomes.iter().find(|o| o.memory_mb == *size && o.mode == *mode) else {
                     continue;
                 };
@@ -290,9 +293,10 @@ pub(crate) fn chart(outcomes: &[Outcome]) -> String {
                 let x = x0 + 10.0 + i as f64 * group + j as f64 * group * 0.4;
                 let color = if j == 0 { "#1f77b4" } else { "#999999" };
                 svg.push_str(&format!(
-                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{color}\"><title>{mode} {size} MB: {:.3}</title></rect>\n",
+                    "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{color}\"><title>{} {size} MB: {:.3}</title></rect>\n",
                     top + ph - h,
                     group * 0.38,
+                    mode.label(),
                     value(o)
                 ));
                 let v = value(o);
@@ -361,8 +365,9 @@ pub(crate) async fn report(opts: &ExperimentOptions, scale: Option<(usize, u32)>
     );
     let size = opts.sizes.iter().copied().min().unwrap_or(2048);
     let fit = (cores / vcpus_for_memory(size)).max(1);
-    let (conv, task) = measure(opts, &image, size, fit, true).await?;
-    let (pool, task_shared) = measure(opts, &image, size, fit, false).await?;
+    let (conv, task) = measure(opts, &image, size, fit, Mode::ColdPerTask).await?;
+    let (lambda, _) = measure(opts, &image, size, fit, Mode::LambdaBilled).await?;
+    let (pool, task_shared) = measure(opts, &image, size, fit, Mode::Carpool).await?;
     let model = model_from(&conv, task, task_shared, opts.tasks);
     println!(
         "model from the measured runs: task {:.1} ms alone, {:.1} ms beside others, cold start {:.1} ms, billed exit {:.1} ms\n",
@@ -373,8 +378,8 @@ pub(crate) async fn report(opts: &ExperimentOptions, scale: Option<(usize, u32)>
     );
     println!("check of the simulator against this machine ({size} MB, at most {fit} concurrent):");
     println!("{}", header());
-    for measured in [&pool, &conv] {
-        let sim = simulated(opts, model, size, fit, measured.mode == "conventional");
+    for measured in [&pool, &lambda, &conv] {
+        let sim = simulated(opts, model, size, fit, measured.mode);
         let (dt, dc) = (
             relative(sim.completion.as_secs_f64(), measured.completion.as_secs_f64()),
             relative(sim.billed_gb_s, measured.billed_gb_s),
@@ -398,12 +403,12 @@ pub(crate) async fn report(opts: &ExperimentOptions, scale: Option<(usize, u32)>
         println!("{}", header());
     }
     for mb in larger {
-        for conventional in [false, true] {
-            let (measured, _) = measure(opts, &image, mb, 1, conventional).await?;
+        for mode in [Mode::Carpool, Mode::LambdaBilled, Mode::ColdPerTask] {
+            let (measured, _) = measure(opts, &image, mb, 1, mode).await?;
             println!(
                 "{}\n{}",
                 row(&measured),
-                row(&simulated(opts, model, mb, 1, conventional))
+                row(&simulated(opts, model, mb, 1, mode))
             );
         }
         let need = vcpus_for_memory(mb);
@@ -419,20 +424,24 @@ pub(crate) async fn report(opts: &ExperimentOptions, scale: Option<(usize, u32)>
         opts.max_workers,
         opts.max_workers * vcpus_for_memory(size)
     );
-    println!("{}  saving", header());
+    println!("{}  carpool's saving", header());
     let mut all = Vec::new();
     for &mb in &opts.sizes {
-        let c = simulated(opts, model, mb, opts.max_workers, false);
-        let f = simulated(opts, model, mb, opts.max_workers, true);
+        let c = simulated(opts, model, mb, opts.max_workers, Mode::Carpool);
+        let l = simulated(opts, model, mb, opts.max_workers, Mode::LambdaBilled);
+        let f = simulated(opts, model, mb, opts.max_workers, Mode::ColdPerTask);
         println!(
-            "{}\n{}  cost {:.1}%, time {:.1}%",
+            "{}\n{}  cost {:.1}%, time {:.1}%\n{}  cost {:.1}%, time {:.1}% (worst case)",
             row(&c),
+            row(&l),
+            saving(c.usd_per_million, l.usd_per_million),
+            saving(c.completion.as_secs_f64(), l.completion.as_secs_f64()),
             row(&f),
             saving(c.usd_per_million, f.usd_per_million),
             saving(c.completion.as_secs_f64(), f.completion.as_secs_f64())
         );
         all.push(c);
-        all.push(f);
+        all.push(l);
     }
     if let Some((tasks, workers)) = scale {
         let big = ExperimentOptions {
@@ -442,11 +451,11 @@ pub(crate) async fn report(opts: &ExperimentOptions, scale: Option<(usize, u32)>
         let wall = std::time::Instant::now();
         // The two modes are independent simulations: one thread each.
         let (c, f) = std::thread::scope(|s| {
-            let conventional = s.spawn(|| simulated(&big, model, size, workers, true));
-            let c = simulated(&big, model, size, workers, false);
-            (c, conventional.join())
+            let lambda = s.spawn(|| simulated(&big, model, size, workers, Mode::LambdaBilled));
+            let c = simulated(&big, model, size, workers, Mode::Carpool);
+            (c, lambda.join())
         });
-        let f = f.map_err(|_| "the simulation of conventional FaaS panicked".to_owned())?;
+        let f = f.map_err(|_| "the simulation of Lambda as it bills panicked".to_owned())?;
         println!(
             "\nat scale: {tasks} tasks, at most {workers} concurrent invocations, {size} MB (simulated side by side in {:.1} s):",
             wall.elapsed().as_secs_f64()

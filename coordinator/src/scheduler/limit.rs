@@ -125,6 +125,9 @@ pub(crate) struct Observation {
     pub running: u32,
     /// How long the newest of them had run.
     pub youngest: Duration,
+    /// The most memory the worker has held (the kernel's high-water mark), over its limit:
+    /// a rise is judged from the peak, so a burst between two samples is not missed.
+    pub peak: f64,
 }
 
 /// Why a limit moved.
@@ -410,7 +413,7 @@ impl Limit {
             f64::INFINITY
         };
         let by_mem = match self.per_task_mem {
-            Some(t) if t > 1e-9 => (p.mem_target - obs.mem) / t,
+            Some(t) if t > 1e-9 => (p.mem_target - obs.mem.max(obs.peak)) / t,
             _ => f64::INFINITY,
         };
         if obs.cpu >= p.cpu_target || by_cpu < 1.0 {

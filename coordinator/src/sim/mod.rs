@@ -113,6 +113,27 @@ pub struct SimReport {
     /// The highest memory any worker held, as a fraction of its memory size (above 1.0: it
     /// would have run out of memory).
     pub peak_memory_fraction: f64,
+    /// What Lambda would bill per request for the same attempts (each one's duration and
+    /// each cold start's init), in GB-seconds: the bill of a run at `--slots 1` on warm
+    /// sandboxes (Stats' `request_billed_gb_ms`).
+    pub request_billed_gb_s: f64,
+    /// Attempts that finished on a worker (each one request).
+    pub requests: u64,
+}
+
+impl SimReport {
+    /// This run billed as Lambda bills a sandbox per request (for a run at `--slots 1`
+    /// whose workers stay warm): its GB-s are the requests' and inits', its invocations the
+    /// requests, its USD those plus the per-request price.
+    pub fn billed_per_request(&self) -> SimReport {
+        let gb_ms = self.request_billed_gb_s * 1000.0;
+        SimReport {
+            invocations: self.requests,
+            billed_gb_s: self.request_billed_gb_s,
+            cost_usd: crate::billing::cost_usd(gb_ms, self.requests),
+            ..self.clone()
+        }
+    }
 }
 
 mod fleet;
@@ -391,6 +412,8 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         report.cost_usd = totals.cost_usd - before.cost_usd;
         report.succeeded = totals.succeeded - before.succeeded;
         report.failed = totals.failed - before.failed;
+        report.request_billed_gb_s = (totals.request_billed_gb_ms - before.request_billed_gb_ms) / 1000.0;
+        report.requests = totals.requests - before.requests;
         reports.push(report);
         before = totals;
     }

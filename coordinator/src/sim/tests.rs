@@ -27,8 +27,13 @@ fn carpool_fills_both_vcpus_of_one_worker() {
     assert_eq!((r.succeeded, r.invocations, r.peak_concurrency), (40, 1, 2));
     // 50 ms cold start, then 20 rounds of two 200 ms tasks side by side.
     assert_eq!(r.completion, Duration::from_millis(50 + 20 * 200));
-    // Billed from hello to exit: 20 rounds of 200 ms at 2 GB.
-    assert!((r.billed_gb_s - 8.0).abs() < 1e-3, "{r:?}");
+    // Billed from its spawn to its exit, as Lambda bills an invocation with its init: the
+    // 50 ms cold start and 20 rounds of 200 ms, at 2 GB.
+    assert!((r.billed_gb_s - 8.1).abs() < 1e-3, "{r:?}");
+    // Per request (what Lambda's sandboxes would bill for the same durations): 40 of
+    // 200 ms and one 50 ms init.
+    assert_eq!(r.requests, 40);
+    assert!((r.request_billed_gb_s - 16.1).abs() < 1e-3, "{r:?}");
 }
 
 #[test]
@@ -36,7 +41,26 @@ fn conventional_faas_is_one_invocation_per_task() {
     let r = simulate(&spin(true, 1, None));
     assert_eq!((r.succeeded, r.invocations), (40, 40));
     assert_eq!(r.completion, Duration::from_millis(40 * (50 + 200)));
-    assert!((r.billed_gb_s - 16.0).abs() < 1e-3, "{r:?}");
+    // Each invocation billed with its init: 40 x 250 ms at 2 GB.
+    assert!((r.billed_gb_s - 20.0).abs() < 1e-3, "{r:?}");
+}
+
+#[test]
+fn lambda_as_it_bills_is_warm_sandboxes_billed_per_request_and_init() {
+    // One sandbox kept warm, one request at a time: one cold start, then 40 requests.
+    let mut s = spin(false, 1, Some(1));
+    s.config.keep_alive = Duration::from_secs(2);
+    let r = simulate(&s).billed_per_request();
+    assert_eq!(
+        (r.succeeded, r.invocations),
+        (40, 40),
+        "one billed request per task"
+    );
+    assert_eq!(r.completion, Duration::from_millis(50 + 40 * 200));
+    // 40 requests of 200 ms and one 50 ms init, at 2 GB; the sandbox's idle time is free.
+    assert!((r.billed_gb_s - 16.1).abs() < 1e-3, "{r:?}");
+    let usd = 16.1 * 0.0000166667 + 40.0 * 0.2 / 1e6;
+    assert!((r.cost_usd - usd).abs() < 1e-12, "{r:?}");
 }
 
 #[test]
@@ -114,7 +138,7 @@ fn memory_bound_tasks_never_overfill_a_worker() {
 #[test]
 fn a_fixed_model_gives_the_same_figures() {
     for (conventional, completion_ms, invocations, gb_s) in
-        [(false, 4_681, 50, 920.516), (true, 16_495, 5_000, 2_840.0)]
+        [(false, 4_681, 50, 925.116), (true, 16_495, 5_000, 3_300.0)]
     {
         let mut s = spin(conventional, 50, Some(3));
         s.config.memory_mb = 4096;

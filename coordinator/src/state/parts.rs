@@ -38,6 +38,10 @@ pub(super) struct Worker {
     pub(super) limit_params: LimitParams,
     pub(super) timeout: Duration,
     pub(super) connected_at: Instant,
+    /// Where its bill starts: its spawn (a process's start, a Lambda invocation's, init
+    /// included, as Lambda bills it), or its hello for a worker this coordinator did not
+    /// start.
+    pub(super) billed_from: Instant,
     pub(super) instance: String,
     /// Spawn to hello, in ms; 0 if this coordinator did not spawn it.
     pub(super) cold_start_ms: u64,
@@ -193,6 +197,11 @@ pub(super) struct FunctionPool {
     pub(super) recent_cold_starts: VecDeque<u64>,
     /// Billed GB-ms of workers that have ended.
     pub(super) billed_gb_ms: f64,
+    /// What Lambda bills per request for the same attempts: each attempt's own duration
+    /// (rounded up to the ms) and each spawned worker's init (spawn to hello), in GB-ms;
+    /// and the attempts that finished on a worker (each one request).
+    pub(super) request_gb_ms: f64,
+    pub(super) requests: u64,
     /// The highest memory use any of its workers reported, as a fraction of its limit.
     pub(super) peak_mem: f64,
 }

@@ -8,6 +8,7 @@ use carpool_proto::pb::{self, TaskState, coordinator_message::Kind, worker_task_
 use tracing::debug;
 
 use super::{Effects, State, WorkerId};
+use crate::billing;
 use crate::error::{Error, Result};
 use crate::scheduler::{self, Learned};
 
@@ -62,6 +63,7 @@ impl State {
             mem: w.mem,
             running: s.running_tasks,
             youngest: Duration::from_millis(u64::from(s.youngest_task_ms)),
+            peak: s.memory_peak_bytes as f64 / s.memory_limit_bytes as f64,
         };
         w.sample = Some(s);
         let (before, was_settled) = (w.limit.value(), w.limit.settled());
@@ -127,15 +129,19 @@ impl State {
             };
             w.running.swap_remove(pos);
             w.done += 1;
-            w.limit.completed(match r.duration_us {
+            let took = match r.duration_us {
                 0 => Duration::from_millis(r.finished_unix_ms.saturating_sub(r.started_unix_ms)),
                 us => Duration::from_micros(us),
-            });
+            };
+            w.limit.completed(took);
+            let memory_mb = w.memory_mb;
             if w.running.is_empty() {
                 w.idle_since = now;
             }
             if let Some(f) = self.functions.get_mut(&function) {
                 f.running = f.running.saturating_sub(1);
+                f.request_gb_ms += billing::billed_gb_ms(took, memory_mb);
+                f.requests += 1;
             }
             let (state, output, error) = match r.outcome {
                 Some(Outcome::Output(bytes)) if bytes.len() > max_output => (

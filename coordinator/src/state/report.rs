@@ -74,7 +74,7 @@ impl State {
         let mut live: BTreeMap<&str, (f64, f64, u32, u32)> = BTreeMap::new();
         for w in self.workers.values() {
             let e = live.entry(w.function.as_ref()).or_default();
-            e.0 += billing::billed_gb_ms(now.saturating_duration_since(w.connected_at), w.memory_mb);
+            e.0 += billing::billed_gb_ms(now.saturating_duration_since(w.billed_from), w.memory_mb);
             if w.attached {
                 e.1 += f64::from(w.limit.value());
                 e.2 += 1;
@@ -138,6 +138,8 @@ fn function_stats(name: &str, f: &FunctionPool, live_gb_ms: f64) -> pb::Function
         cold_start_max_ms: f.recent_cold_starts.iter().copied().max().unwrap_or(0),
         last_spawn_error: f.last_spawn_error.clone(),
         memory_peak_fraction: f.peak_mem,
+        request_billed_gb_ms: f.request_gb_ms,
+        requests: f.requests,
         ..Default::default()
     }
 }
@@ -164,6 +166,8 @@ fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
     total.workers_started += s.workers_started;
     total.spawn_failures += s.spawn_failures;
     total.billed_gb_ms += s.billed_gb_ms;
+    total.request_billed_gb_ms += s.request_billed_gb_ms;
+    total.requests += s.requests;
     total.retried += s.retried;
     total.timed_out += s.timed_out;
     total.cold_starts += s.cold_starts;

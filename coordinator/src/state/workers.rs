@@ -100,8 +100,10 @@ impl State {
         let function = self.function_key(&hello.function);
         let mut instance = hello.instance.clone();
         let mut cold_start_ms = 0;
+        let mut billed_from = now;
         let mut surplus = false;
         if let Some(s) = self.starting.remove(&id) {
+            billed_from = s.since;
             cold_start_ms = now.saturating_duration_since(s.since).as_millis() as u64;
             if let Some(f) = self.functions.get_mut(&s.function) {
                 f.starting = f.starting.saturating_sub(1);
@@ -110,6 +112,9 @@ impl State {
                     f.recent_cold_starts.pop_front();
                 }
                 f.recent_cold_starts.push_back(cold_start_ms);
+                // Lambda bills a cold sandbox's init as well as its requests.
+                f.request_gb_ms +=
+                    billing::billed_gb_ms(Duration::from_millis(cold_start_ms), hello.memory_mb);
                 effects
                     .observed
                     .push(super::Observation::ColdStart(cold_start_ms));
@@ -143,6 +148,7 @@ impl State {
             limit_params,
             timeout,
             connected_at: now,
+            billed_from,
             instance,
             cold_start_ms,
             sample: None,
@@ -404,18 +410,23 @@ impl State {
         let Some(w) = self.workers.remove(id) else {
             return;
         };
+        // Told to stop, and gone with nothing running and no fault.
+        let orderly = w.stopping && w.running.is_empty() && error.is_none();
         effects.out.push(Outbound::End { conn: w.conn, error });
         let alive = now.saturating_duration_since(w.connected_at);
         info!(worker = %id, alive_ms = alive.as_millis() as u64, tasks_done = w.done, lost = w.running.len(), cause, "worker gone");
         // A limit that only rose proved the level it reached: the next worker starts there.
-        if let Some(risen) = w.limit.proven().filter(|l| !l.settled) {
+        // Only a worker that ended its session in order teaches that: one written off or
+        // broken may have been lost to the very level it was trying.
+        if let Some(risen) = w.limit.proven().filter(|l| !l.settled && orderly) {
             let known = self.learned_limit(&w.function, w.memory_mb);
             if known.is_none_or(|k| !k.settled && k.level < risen.level) {
                 self.learn(&w.function, w.memory_mb, risen, effects);
             }
         }
         if let Some(f) = self.functions.get_mut(&w.function) {
-            f.billed_gb_ms += billing::billed_gb_ms(alive, w.memory_mb);
+            f.billed_gb_ms +=
+                billing::billed_gb_ms(now.saturating_duration_since(w.billed_from), w.memory_mb);
             f.workers = f.workers.saturating_sub(1);
         }
         if !w.running.is_empty() {

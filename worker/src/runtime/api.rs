@@ -110,11 +110,12 @@ fn event(inner: &Inner, invocation: Invocation, request_id: &str) -> Response {
     response
 }
 
-async fn response(State((_, slot)): State<Ctx>, Path(id): Path<String>, body: Body) -> Response {
+async fn response(State((inner, slot)): State<Ctx>, Path(id): Path<String>, body: Body) -> Response {
     let body = axum::body::to_bytes(body, MAX_RESPONSE_BYTES).await;
     let Some(current) = take(&slot, &id) else {
         return unknown(&id);
     };
+    inner.finished();
     match body {
         Ok(bytes) => {
             debug!(
@@ -135,16 +136,21 @@ async fn response(State((_, slot)): State<Ctx>, Path(id): Path<String>, body: Bo
 }
 
 async fn error(
-    State((_, slot)): State<Ctx>,
+    State((inner, slot)): State<Ctx>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = axum::body::to_bytes(body, MAX_RESPONSE_BYTES)
-        .await
-        .unwrap_or_default();
+    let body = axum::body::to_bytes(body, MAX_RESPONSE_BYTES).await;
     let Some(current) = take(&slot, &id) else {
         return unknown(&id);
+    };
+    inner.finished();
+    let Ok(body) = body else {
+        // As for a response: the task fails with the sizes, the runtime hears 413.
+        let msg = format!("the handler's error body is larger than {MAX_RESPONSE_BYTES} bytes");
+        let _ = current.done.send(Err(msg.clone()));
+        return answer(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", &msg);
     };
     let msg = describe_error(&headers, &body);
     debug!(task = current.task, copy = slot.index, error = %msg, "invocation failed");

@@ -5,8 +5,11 @@
 //! - Each copy gets its own API on its own loopback port (`AWS_LAMBDA_RUNTIME_API`), as
 //!   each Lambda sandbox has its own: the host always knows which process holds which
 //!   invocation. A copy runs one invocation at a time; module state lives across them.
-//! - As many copies run as the coordinator's concurrency limit for this worker (at most
-//!   [`MAX_RUNTIMES`]); they are started and stopped as the limit moves (idle ones first).
+//! - Copies follow the work, paced ([`pace`]): one starts for a task that has no copy,
+//!   never more than the coordinator's concurrency limit (at most [`MAX_RUNTIMES`]), at
+//!   most as many initializing at once as the worker has CPUs, and only while memory holds
+//!   every copy at the largest peak a copy has shown. Warm copies stay up to the limit;
+//!   past it, idle ones are stopped first.
 //! - Each task is one invocation: its payload is the event, the response its output, an
 //!   error response a task error `errorType: errorMessage`. The deadline header is the
 //!   attempt's own timeout ([`crate::Task::timeout`]).
@@ -19,13 +22,15 @@
 //!   invocation) fails the session with the runtime's message; before the first connection
 //!   ([`Handler::prepare`](crate::Handler::prepare)) the worker exits without dialing.
 //!
-//! [`api`] serves the endpoints; [`process`] starts, watches and kills the copies.
+//! [`api`] serves the endpoints; [`process`] starts, watches and kills the copies;
+//! [`pace`] says how many copies to start.
 
 mod api;
+mod pace;
 mod process;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,6 +54,12 @@ pub const INIT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 /// Copies in a row that die while idle (after their init) before the runtime is given up.
 const IDLE_CRASHES: u32 = 5;
+/// The share of the worker's memory size its process and its copies may hold together at
+/// their peak (the coordinator's memory target, 0.9 by default, sits above it, so copies
+/// alone never make the limit fall).
+pub const COPY_MEMORY_SHARE: f64 = 0.85;
+/// How often the copies' memory peaks are read again (at most), when copies may start.
+const PEAKS_EVERY: Duration = Duration::from_millis(50);
 
 /// What the runtime processes are told about their function.
 #[derive(Clone, Debug)]
@@ -87,6 +98,27 @@ struct Inner {
     /// Cancelled when the host is dropped: every copy is killed.
     stop: CancellationToken,
     next_slot: AtomicU64,
+    /// The coordinator's concurrency limit for this worker (1 until it says).
+    limit: AtomicUsize,
+    /// Copies that may initialize at once: the CPUs the worker can run on.
+    ramp: usize,
+    /// What the worker and its copies may hold together, in bytes.
+    budget: u64,
+    /// Whether a task has finished on some copy.
+    completed: AtomicBool,
+    /// The worker's own memory, the largest peak a ready copy has shown, and when they
+    /// were read.
+    memory: Mutex<MemoryLook>,
+    /// When the newest running invocation was handed to its copy.
+    newest: Mutex<Option<Instant>>,
+}
+
+/// The memory figures copy starts are judged by (read at most every [`PEAKS_EVERY`]).
+#[derive(Default)]
+struct MemoryLook {
+    at: Option<Instant>,
+    own_bytes: u64,
+    copy_peak: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -131,6 +163,8 @@ struct SlotState {
     init_error: Option<String>,
     /// Its process (the leader of its process group) while it runs.
     pid: Option<u32>,
+    /// The most memory its process has held (the kernel's high-water mark), at the last look.
+    peak: u64,
 }
 
 impl Slot {
@@ -150,6 +184,10 @@ impl RuntimeHost {
             format!("arn:aws:lambda:{region}:000000000000:function:{name}")
         });
         let (health, _) = watch::channel(Health::Starting);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let allotment = carpool_proto::lambda::vcpu_allotment(settings.memory_mb);
+        let ramp = (allotment.ceil() as usize).clamp(1, cpus.max(1));
+        let budget = (f64::from(settings.memory_mb) * 1024.0 * 1024.0 * COPY_MEMORY_SHARE) as u64;
         Self {
             inner: Arc::new(Inner {
                 settings,
@@ -160,6 +198,12 @@ impl RuntimeHost {
                 health,
                 stop: CancellationToken::new(),
                 next_slot: AtomicU64::new(0),
+                limit: AtomicUsize::new(1),
+                ramp,
+                budget,
+                completed: AtomicBool::new(false),
+                memory: Mutex::new(MemoryLook::default()),
+                newest: Mutex::new(None),
             }),
         }
     }
@@ -178,18 +222,25 @@ impl RuntimeHost {
     pub fn ready_copies(&self) -> usize {
         self.inner.slots().iter().filter(|s| s.lock().asked).count()
     }
+
+    /// How many copies may initialize at once.
+    pub fn ramp(&self) -> usize {
+        self.inner.ramp
+    }
 }
 
 impl Drop for RuntimeHost {
     /// Kills every copy now (the process may be about to exit, with no time for the
     /// supervisors to do it).
     fn drop(&mut self) {
-        self.inner.stop.cancel();
+        // Killed before their `next` calls are answered: a runtime client told the worker
+        // is stopping would print a traceback on its way out.
         for slot in self.inner.slots().iter() {
             if let Some(pid) = slot.lock().pid {
                 crate::children::kill_group(pid);
             }
         }
+        self.inner.stop.cancel();
     }
 }
 
@@ -230,7 +281,7 @@ impl Handler for RuntimeHost {
         let inner = self.inner.clone();
         Box::pin(async move {
             if inner.slots().is_empty() {
-                inner.resize(1)?;
+                inner.fit()?;
             }
             let mut health = inner.health.subscribe();
             let ready = tokio::time::timeout(INIT_TIMEOUT, health.wait_for(|h| *h != Health::Starting)).await;
@@ -250,9 +301,24 @@ impl Handler for RuntimeHost {
     }
 
     fn limit(&self, slots: u32) {
-        if let Err(msg) = self.inner.resize(slots as usize) {
-            self.inner.fail(msg);
-        }
+        self.inner
+            .limit
+            .store((slots as usize).clamp(1, MAX_RUNTIMES), Ordering::Relaxed);
+        self.inner.refit();
+    }
+
+    fn running(&self) -> Option<crate::handler::Running> {
+        let tasks = self
+            .inner
+            .slots()
+            .iter()
+            .filter(|s| s.lock().current.is_some())
+            .count();
+        let newest = *self.inner.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(crate::handler::Running {
+            tasks: tasks as u32,
+            newest: if tasks == 0 { None } else { newest },
+        })
     }
 
     fn broken(&self) -> BrokenFuture {
@@ -278,12 +344,27 @@ impl Inner {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn enqueue(&self, job: Job) {
+    fn enqueue(self: &Arc<Self>, job: Job) {
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push_back(job);
         self.queued.notify_waiters();
+        self.refit();
+    }
+
+    /// [`Inner::fit`], failing the runtime if a copy cannot be started.
+    fn refit(self: &Arc<Self>) {
+        if let Err(msg) = self.fit() {
+            self.fail(msg);
+        }
+    }
+
+    /// An invocation ended on a copy: its memory shows in the copy's peak, and a copy may
+    /// be free for the queue (or more may start).
+    fn finished(self: &Arc<Self>) {
+        self.completed.store(true, Ordering::Relaxed);
+        self.refit();
     }
 
     /// The next live job for `slot`, now its invocation; `None` if it is retired or nothing
@@ -317,36 +398,47 @@ impl Inner {
         });
         drop(state);
         slot.changed.notify_one();
+        *self.newest.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         Some((job, request_id))
     }
 
-    /// Starts or retires copies until `target` (at least 1, at most [`MAX_RUNTIMES`]) take
-    /// invocations; idle ones are retired first.
-    fn resize(self: &Arc<Self>, target: usize) -> Result<(), String> {
-        let target = target.clamp(1, MAX_RUNTIMES);
+    /// Starts the copies the work asks for and [`pace`] allows, or retires those past the
+    /// limit (idle ones first).
+    fn fit(self: &Arc<Self>) -> Result<(), String> {
         if self.stop.is_cancelled() {
             return Ok(());
         }
+        let limit = self.limit.load(Ordering::Relaxed).clamp(1, MAX_RUNTIMES);
+        let queued = self.queue.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let look = self.look_at_memory();
         let mut slots = self.slots();
         let live: Vec<&Arc<Slot>> = slots.iter().filter(|s| !s.lock().retired).collect();
-        if live.len() > target {
-            let mut excess = live.len() - target;
-            // Idle copies first, then the newest busy ones (they stop after their task).
-            let mut order: Vec<&Arc<Slot>> = live.clone();
-            order.sort_by_key(|s| (s.lock().current.is_some(), std::cmp::Reverse(s.index)));
-            for slot in order {
-                if excess == 0 {
-                    break;
-                }
-                slot.lock().retired = true;
-                slot.changed.notify_one();
-                excess -= 1;
-            }
-            // Their `next` calls must look again (a retired copy takes nothing).
-            self.queued.notify_waiters();
+        if live.len() > limit {
+            self.retire(&live, live.len() - limit);
             return Ok(());
         }
-        for _ in live.len()..target {
+        let mut census = pace::Census {
+            limit,
+            live: live.len(),
+            queued,
+            ramp: self.ramp,
+            completed: self.completed.load(Ordering::Relaxed),
+            own_bytes: look.own_bytes,
+            copy_peak: look.copy_peak,
+            budget: self.budget,
+            ..pace::Census::default()
+        };
+        for slot in &live {
+            let st = slot.lock();
+            census.starting += usize::from(!st.asked);
+            census.busy += usize::from(st.current.is_some());
+            census.peaks_sum += st.peak;
+        }
+        let (n, hold) = pace::to_start(&census);
+        if n == 0 && hold != pace::Hold::NoWork {
+            tracing::debug!(function = %self.settings.function, ?hold, live = census.live, queued, "no copy started");
+        }
+        for _ in 0..n {
             let slot = Arc::new(Slot {
                 index: self.next_slot.fetch_add(1, Ordering::Relaxed),
                 state: Mutex::new(SlotState::default()),
@@ -358,6 +450,47 @@ impl Inner {
             tokio::spawn(process::supervise(self.clone(), slot, listener));
         }
         Ok(())
+    }
+
+    /// Retires `excess` of the `live` copies: idle ones first, then the newest busy ones
+    /// (they stop after their task).
+    fn retire(&self, live: &[&Arc<Slot>], mut excess: usize) {
+        let mut order: Vec<&Arc<Slot>> = live.to_vec();
+        order.sort_by_key(|s| (s.lock().current.is_some(), std::cmp::Reverse(s.index)));
+        for slot in order {
+            if excess == 0 {
+                break;
+            }
+            slot.lock().retired = true;
+            slot.changed.notify_one();
+            excess -= 1;
+        }
+        // Their `next` calls must look again (a retired copy takes nothing).
+        self.queued.notify_waiters();
+    }
+
+    /// The worker's own memory and the copies' peaks, read again if the last look is older
+    /// than [`PEAKS_EVERY`] (each copy's peak is kept in its slot).
+    fn look_at_memory(&self) -> MemoryLook {
+        let mut look = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
+        if look.at.is_none_or(|at| at.elapsed() >= PEAKS_EVERY) {
+            look.at = Some(Instant::now());
+            look.own_bytes = crate::children::own_resident_bytes();
+            for slot in self.slots().iter() {
+                let mut st = slot.lock();
+                if let Some(pid) = st.pid {
+                    st.peak = st.peak.max(crate::children::peak_bytes(pid));
+                }
+                if st.asked {
+                    look.copy_peak = look.copy_peak.max(st.peak);
+                }
+            }
+        }
+        MemoryLook {
+            at: look.at,
+            own_bytes: look.own_bytes,
+            copy_peak: look.copy_peak,
+        }
     }
 
     /// Takes `slot` out of the live copies.
@@ -380,8 +513,8 @@ impl Inner {
         }
     }
 
-    /// A copy asked for its first invocation: its init is done.
-    fn initialized(&self, slot: &Slot) {
+    /// A copy asked for its first invocation: its init is done (and another may start).
+    fn initialized(self: &Arc<Self>, slot: &Slot) {
         let first = !std::mem::replace(&mut slot.lock().asked, true);
         if first {
             self.health.send_if_modified(|h| {
@@ -393,6 +526,9 @@ impl Inner {
                 }
             });
             info!(function = %self.settings.function, copy = slot.index, "Lambda runtime copy ready");
+            // Its init's memory counts from now on.
+            self.memory.lock().unwrap_or_else(PoisonError::into_inner).at = None;
+            self.refit();
         }
     }
 }

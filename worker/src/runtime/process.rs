@@ -54,7 +54,11 @@ pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>, listener: std:
         if inner.stop.is_cancelled() || slot.lock().retired {
             break;
         }
-        slot.lock().asked = false;
+        {
+            let mut st = slot.lock();
+            st.asked = false;
+            st.peak = 0;
+        }
         let started = match start(&inner.settings, &addr.to_string()) {
             Ok(s) => s,
             Err(e) => {
@@ -235,9 +239,7 @@ fn start(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let task_root = std::env::current_dir()
-        .map(|d| d.display().to_string())
-        .unwrap_or_else(|_| ".".to_owned());
+    let task_root = task_root(&settings.command).display().to_string();
     let defaults = [
         ("AWS_LAMBDA_FUNCTION_NAME", settings.function.clone()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", settings.memory_mb.to_string()),
@@ -296,6 +298,22 @@ fn shell_line(command: &str) -> String {
     }
 }
 
+/// Where the handler lives (`LAMBDA_TASK_ROOT`): the directory a command of the form
+/// `cd DIR && …` moves to (relative to the worker's own), else the worker's directory.
+fn task_root(command: &str) -> std::path::PathBuf {
+    let here = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let moved = command
+        .trim_start()
+        .strip_prefix("cd ")
+        .and_then(|rest| rest.split_once("&&"))
+        .map(|(dir, _)| dir.trim().trim_matches(|c| c == '"' || c == '\''))
+        .filter(|dir| !dir.is_empty() && !dir.contains(|c: char| "$`~;|".contains(c)));
+    match moved {
+        Some(dir) => here.join(dir),
+        None => here,
+    }
+}
+
 /// The last lines a copy wrote, as `; stderr: …`, or nothing.
 fn last_lines(tail: &Tail) -> String {
     let bytes: Vec<u8> = tail
@@ -316,7 +334,26 @@ fn last_lines(tail: &Tail) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::shell_line;
+    use super::{shell_line, task_root};
+
+    #[test]
+    fn the_task_root_is_where_a_cd_form_moves_to() {
+        let here = std::env::current_dir().unwrap_or_default();
+        assert_eq!(task_root("python3 -m awslambdaric app.handler"), here);
+        assert_eq!(
+            task_root("cd /var/task && exec python3 -m awslambdaric app.handler"),
+            std::path::PathBuf::from("/var/task")
+        );
+        assert_eq!(
+            task_root("cd 'handlers/thumb' && node ric.mjs index.handler"),
+            here.join("handlers/thumb")
+        );
+        assert_eq!(
+            task_root("cd $HOME && node x"),
+            here,
+            "shell expansions are not guessed"
+        );
+    }
 
     #[test]
     fn a_plain_command_is_execed_and_shell_syntax_left_alone() {

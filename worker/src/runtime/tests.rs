@@ -101,25 +101,86 @@ async fn each_task_is_one_invocation_with_lambdas_headers() {
 }
 
 #[tokio::test]
-async fn copies_follow_the_limit_up_and_down() {
+async fn copies_follow_the_work_up_to_the_limit_and_fall_with_it() {
     let _alone = crate::children::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let host = Arc::new(python_host(&dir));
     host.prepare().await.unwrap();
     host.limit(4);
-    until("4 copies ready", || {
-        host.copies() == 4 && host.ready_copies() == 4
-    })
-    .await;
-    // Four slow tasks at once run in four processes.
-    let calls: Vec<_> = (0..4).map(|i| host.call(task(i, r#""sleep""#, None))).collect();
+    // A limit alone starts nothing: there is no work for more than the first copy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(host.copies(), 1);
+    // Twelve slow tasks at once: copies start (at most `ramp` initializing at a time) up to
+    // the limit, never past it.
+    let calls: Vec<_> = (0..12).map(|i| host.call(task(i, r#""sleep""#, None))).collect();
+    let watcher = {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..400 {
+                most = most.max(host.copies());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            most
+        })
+    };
     let outs = futures::future::join_all(calls).await;
     let pids: std::collections::BTreeSet<u64> =
         outs.iter().map(|o| json(o)["pid"].as_u64().unwrap()).collect();
-    assert_eq!(pids.len(), 4, "{outs:?}");
+    assert!(
+        pids.len() > 1 && pids.len() <= 4,
+        "{} copies: {outs:?}",
+        pids.len()
+    );
+    // Warm copies stay up to the limit.
+    until("4 copies ready", || host.ready_copies() == 4).await;
+    assert!(watcher.await.unwrap() <= 4);
     host.limit(2);
     until("2 copies", || host.copies() == 2).await;
-    assert_eq!(json(&host.call(task(9, "1", None)).await)["event"], 1);
+    assert_eq!(json(&host.call(task(99, "1", None)).await)["event"], 1);
+}
+
+#[tokio::test]
+async fn one_task_at_a_time_needs_one_copy_whatever_the_limit() {
+    let _alone = crate::children::SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = python_host(&dir);
+    host.prepare().await.unwrap();
+    host.limit(32);
+    let mut pids = std::collections::BTreeSet::new();
+    for i in 0..5 {
+        pids.insert(
+            json(&host.call(task(i, "1", None)).await)["pid"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert_eq!(pids.len(), 1);
+    assert_eq!(host.copies(), 1);
+}
+
+#[tokio::test]
+async fn a_task_waiting_for_a_copy_is_not_reported_as_running() {
+    let _alone = crate::children::SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Arc::new(python_host(&dir));
+    host.prepare().await.unwrap();
+    host.limit(1);
+    let a = host.call(task(1, r#""sleep""#, None));
+    let b = host.call(task(2, r#""sleep""#, None));
+    let both = tokio::spawn(futures::future::join(a, b));
+    until("one invocation running", || {
+        host.running().is_some_and(|r| r.tasks == 1 && r.newest.is_some())
+    })
+    .await;
+    // Two handed over, one copy: one runs, one waits (and is not counted).
+    assert_eq!(host.running().map(|r| r.tasks), Some(1));
+    let (a, b) = both.await.unwrap();
+    assert_eq!(
+        (json(&a)["event"].clone(), json(&b)["event"].clone()),
+        ("sleep".into(), "sleep".into())
+    );
+    assert_eq!(host.running().map(|r| r.tasks), Some(0));
 }
 
 #[tokio::test]

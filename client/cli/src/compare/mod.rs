@@ -113,8 +113,11 @@ pub(crate) fn workloads(tiny: bool) -> Vec<Workload> {
 /// How the workers' concurrency is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Way {
-    /// One invocation per task.
+    /// One cold invocation per task (the worst case).
     Conventional,
+    /// Lambda as it bills: warm sandboxes, one request at a time each (`--slots 1`, kept
+    /// warm between requests), billed per request and init (the fair rival).
+    LambdaBilled,
     /// `--slots N`.
     Fixed(u32),
     /// Default flags: adaptive limits.
@@ -130,6 +133,7 @@ impl Way {
                 "--max-tasks-per-worker".into(),
                 "1".into(),
             ],
+            Way::LambdaBilled => vec!["--slots".into(), "1".into(), "--keep-alive".into(), "2s".into()],
             Way::Fixed(n) => vec!["--slots".into(), n.to_string()],
             Way::Adaptive => Vec::new(),
         }
@@ -173,6 +177,7 @@ pub(crate) async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Ve
     let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
     let mut runs = Vec::new();
     let (mut gb_before, mut inv_before, mut failed_before) = (0.0, 0, 0);
+    let per_request = way == Way::LambdaBilled;
     for _ in 0..batches {
         let mut run = batch(&client, w).await?;
         let stats = crate::shared::settled(&client, Duration::from_secs(30))
@@ -184,17 +189,22 @@ pub(crate) async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Ve
             .find(|f| f.function == w.function)
             .cloned()
             .unwrap_or_default();
-        run.gb_s = f.billed_gb_ms / 1000.0 - gb_before;
-        run.invocations = f.workers_started - inv_before;
+        let (gb_ms, invocations) = if per_request {
+            (f.request_billed_gb_ms, f.requests)
+        } else {
+            (f.billed_gb_ms, f.workers_started)
+        };
+        run.gb_s = gb_ms / 1000.0 - gb_before;
+        run.invocations = invocations - inv_before;
         run.failed = run.failed.max(f.failed - failed_before);
         run.peak_memory = f.memory_peak_fraction;
         run.learned = f.slots_learned;
         run.slots = match way {
             Way::Fixed(n) => n.to_string(),
-            Way::Conventional => "1".into(),
+            Way::Conventional | Way::LambdaBilled => "1".into(),
             Way::Adaptive => "auto".into(),
         };
-        (gb_before, inv_before, failed_before) = (f.billed_gb_ms / 1000.0, f.workers_started, f.failed);
+        (gb_before, inv_before, failed_before) = (gb_ms / 1000.0, invocations, f.failed);
         runs.push(run);
     }
     drop(coord);
@@ -246,8 +256,10 @@ async fn batch(client: &Client, w: &Workload) -> Result<Run, String> {
 pub(crate) struct Comparison {
     /// What was run.
     pub workload: Workload,
-    /// One invocation per task.
+    /// One cold invocation per task (the worst case).
     pub conventional: Run,
+    /// Lambda as it bills (the fair rival).
+    pub lambda: Run,
     /// `--slots` = the workers' vCPUs.
     pub fixed_vcpus: Run,
     /// Every `--slots` the sweep tried, highest first.
@@ -292,7 +304,14 @@ pub(crate) async fn compare(w: &Workload, tiny: bool) -> Result<Comparison, Stri
         r.label = l.to_owned();
         r
     };
-    let conventional = label(one(measure(w, Way::Conventional, 1).await?)?, "conventional FaaS");
+    let conventional = label(
+        one(measure(w, Way::Conventional, 1).await?)?,
+        "one cold invocation per task",
+    );
+    let lambda = label(
+        one(measure(w, Way::LambdaBilled, 1).await?)?,
+        "Lambda as it bills",
+    );
     let mut sweep: Vec<Run> = Vec::new();
     for slots in sweep_values(tiny, w.vcpus()) {
         let r = label(one(measure(w, Way::Fixed(slots), 1).await?)?, "fixed --slots");
@@ -315,6 +334,7 @@ pub(crate) async fn compare(w: &Workload, tiny: bool) -> Result<Comparison, Stri
     Ok(Comparison {
         workload: w.clone(),
         conventional,
+        lambda,
         fixed_vcpus,
         sweep,
         adaptive: label(first.ok_or("no adaptive run")?, "adaptive, first batch"),
@@ -388,6 +408,18 @@ pub(crate) fn verdicts(c: &Comparison) -> Vec<Verdict> {
             }
         }
         _ => {}
+    }
+    // Against the fair rival, for every workload: Lambda's warm sandboxes billed per request.
+    for r in [&c.adaptive, &c.learned] {
+        let g = ratio(r.gb_s, c.lambda.gb_s);
+        let t = ratio(r.completion.as_secs_f64(), c.lambda.completion.as_secs_f64());
+        check(
+            format!(
+                "{}: no costlier than Lambda as it bills ({g:.2}x its GB-s, {t:.2}x its completion)",
+                r.label
+            ),
+            g <= 1.0,
+        );
     }
     out
 }

@@ -22,6 +22,7 @@ pub(crate) fn table(c: &Comparison) -> String {
     let best_cost = c.best_cost().map(|r| r.slots.clone());
     let best_time = c.best_time().map(|r| r.slots.clone());
     let mut rows: Vec<(String, &Run)> = vec![
+        (c.lambda.label.clone(), &c.lambda),
         (c.conventional.label.clone(), &c.conventional),
         (c.fixed_vcpus.label.clone(), &c.fixed_vcpus),
     ];
@@ -88,8 +89,16 @@ pub(crate) fn simulated(
     };
     let run = |c: Config| simulate(&SimConfig::new(c, w.function, tasks, w.model));
     let vcpus = vcpus_for_memory(memory_mb);
+    let warm = Config {
+        keep_alive: Duration::from_secs(2),
+        ..config(Some(1), None)
+    };
     let mut out = vec![
-        ("conventional FaaS".to_owned(), run(config(Some(1), Some(1)))),
+        ("Lambda as it bills".to_owned(), run(warm).billed_per_request()),
+        (
+            "one cold invocation/task".to_owned(),
+            run(config(Some(1), Some(1))),
+        ),
         (format!("static --slots {vcpus}"), run(config(Some(vcpus), None))),
     ];
     let sweep: Vec<(u32, SimReport)> = (0..=8)
@@ -133,7 +142,8 @@ pub(crate) fn simulated_table(w: &Workload, memory_mb: u32, max_workers: u32, ta
 pub(super) fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
     let vcpus = w.vcpus();
     let ways: Vec<(String, Option<u32>, Option<u64>)> = vec![
-        ("conventional FaaS".into(), Some(1), Some(1)),
+        ("Lambda as it bills".into(), Some(1), None),
+        ("one cold invocation/task".into(), Some(1), Some(1)),
         (format!("static --slots {vcpus}"), Some(vcpus), None),
         ("fixed --slots 16".into(), Some(16), None),
         ("fixed --slots 256".into(), Some(256), None),
@@ -143,16 +153,32 @@ pub(super) fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
         let handles: Vec<_> = ways
             .iter()
             .map(|(label, slots, quota)| {
+                let per_request = label == "Lambda as it bills";
                 let config = Config {
                     memory_mb: w.memory_mb,
                     max_workers: workers,
                     slots: *slots,
                     max_tasks_per_worker: *quota,
+                    keep_alive: if per_request {
+                        Duration::from_secs(2)
+                    } else {
+                        Duration::ZERO
+                    },
                     ..Config::default()
                 };
                 let sim = SimConfig::new(config, w.function, tasks, w.model);
                 let batches = if slots.is_none() { 2 } else { 1 };
-                (label.clone(), s.spawn(move || simulate_batches(&sim, batches)))
+                (
+                    label.clone(),
+                    s.spawn(move || {
+                        let reports = simulate_batches(&sim, batches);
+                        if per_request {
+                            reports.iter().map(SimReport::billed_per_request).collect()
+                        } else {
+                            reports
+                        }
+                    }),
+                )
             })
             .collect();
         let mut out = Vec::new();
@@ -189,6 +215,7 @@ pub(crate) fn json(comparisons: &[Comparison]) -> serde_json::Value {
             c.workload.name.to_owned(),
             serde_json::json!({
                 "conventional": run(&c.conventional),
+                "lambda": run(&c.lambda),
                 "static": run(&c.fixed_vcpus),
                 "sweep": c.sweep.iter().map(run).collect::<Vec<_>>(),
                 "adaptive": run(&c.adaptive),

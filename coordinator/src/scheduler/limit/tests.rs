@@ -19,6 +19,7 @@ fn obs(cpu: f64, mem: f64, running: u32) -> Observation {
         mem,
         running,
         youngest: 30 * MS,
+        peak: mem,
     }
 }
 
