@@ -208,3 +208,87 @@ async fn a_worker_starting_many_copies_keeps_its_session_and_starts_them_for_wor
     assert_eq!(ws.len(), 1, "{ws:?}");
     assert_eq!(ws[0].worker_id, "busy-starting");
 }
+
+/// An HTTP service on loopback that answers every request after `delay`; stopped with
+/// the returned guard.
+async fn slow_service(delay: std::time::Duration) -> (String, tokio_util::sync::DropGuard) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = tokio::select! {
+                accepted = listener.accept() => match accepted { Ok(c) => c, Err(_) => continue },
+                () = token.cancelled() => return,
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                    .await;
+            });
+        }
+    });
+    (url, stop.drop_guard())
+}
+
+#[tokio::test]
+async fn interpreters_that_wait_climb_past_the_vcpus_and_stop_where_memory_holds() {
+    let (url, _service) = slow_service(std::time::Duration::from_millis(300)).await;
+    let python = tool(
+        "CARPOOL_PYTHON",
+        "the test venv's Python, with awslambdaric and boto3",
+    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("handlers");
+    let runtime = format!(
+        "wait=cd '{}' && exec '{}' -m awslambdaric wait.handler",
+        dir.display(),
+        python.display()
+    );
+    // 512 MB: about a dozen interpreters with boto3 fit; the work would take 60 at once.
+    let coord = Coordinator::start(&["--max-workers", "1", "--memory-mb", "512", "--runtime", &runtime]);
+    let client = coord.client().await;
+    for batch in ["first", "second"] {
+        let event = Bytes::from(serde_json::json!({ "url": url }).to_string());
+        let inputs = futures::stream::iter(std::iter::repeat_n(event, 60));
+        let mut results = client.map("wait", inputs).await.expect("map");
+        let mut pids = BTreeSet::new();
+        while let Some(r) = results.next().await {
+            let result = r.expect("map response").result.expect("accepted");
+            assert_eq!(result.state(), TaskState::Succeeded, "{}", result.error);
+            let out: Value = serde_json::from_slice(&payload::into_bytes(result.output)).expect("JSON");
+            assert_eq!(out["status"], 200, "{out}");
+            pids.insert(out["pid"].as_u64().expect("pid"));
+        }
+        fleet_gone(&client).await;
+        let stats = client.stats().await.expect("stats");
+        let f = stats
+            .functions
+            .iter()
+            .find(|f| f.function == "wait")
+            .expect("wait's stats");
+        assert!(
+            f.memory_peak_fraction < 1.0,
+            "{batch} batch: memory peaked at {:.2} of the size",
+            f.memory_peak_fraction
+        );
+        assert_eq!(f.retried, 0, "{batch} batch: {f:?}");
+        // Past its one vCPU (waiting work runs side by side), not past what memory holds.
+        assert!(pids.len() > 2, "{batch} batch: {} copies", pids.len());
+        assert!(
+            pids.len() < 20,
+            "{batch} batch: {} interpreters in 512 MB",
+            pids.len()
+        );
+    }
+}

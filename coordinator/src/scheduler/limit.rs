@@ -473,4 +473,6 @@ impl Limit {
 }
 
 #[cfg(test)]
+mod replay;
+#[cfg(test)]
 mod tests;

@@ -258,6 +258,7 @@ impl State {
             w.assigned_total += 1;
             if w.running.len() as u32 >= w.limit.value() {
                 w.limit.filled(now);
+                tracing::trace!(worker = %worker_id, limit = w.limit.value(), "limit filled");
             }
             f.pending -= 1;
             f.running += 1;

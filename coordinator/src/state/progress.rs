@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use carpool_proto::payload;
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind, worker_task_result::Outcome};
-use tracing::debug;
+use tracing::{debug, trace};
 
 use super::{Effects, State, WorkerId};
 use crate::billing;
@@ -68,6 +68,8 @@ impl State {
         w.sample = Some(s);
         let (before, was_settled) = (w.limit.value(), w.limit.settled());
         let moved = w.limit.observe(&w.limit_params, observation, now);
+        // What the controller saw and did, for replaying a run in its unit tests.
+        trace!(worker = %id, cpu = observation.cpu, mem = observation.mem, peak = observation.peak, running = observation.running, youngest_ms = observation.youngest.as_millis() as u64, limit = w.limit.value(), "limit sample");
         let (after, settled) = (w.limit.value(), w.limit.settled());
         let function = w.function.clone();
         let memory_mb = w.memory_mb;
@@ -134,6 +136,7 @@ impl State {
                 us => Duration::from_micros(us),
             };
             w.limit.completed(took);
+            trace!(worker = %id, task = r.task_id, duration_us = took.as_micros() as u64, "limit completion");
             let memory_mb = w.memory_mb;
             if w.running.is_empty() {
                 w.idle_since = now;
