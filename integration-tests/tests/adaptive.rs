@@ -119,8 +119,13 @@ async fn a_burst_of_memory_heavy_tasks_never_runs_a_worker_out_of_memory() {
     fleet_gone(&client).await;
     let f = function_stats(&client, "hold").await;
     assert_eq!(f.failed, 0);
+    eprintln!(
+        "memory peak {:.3} of the size, {peak} at once",
+        f.memory_peak_fraction
+    );
+    // With margin: the peak is the kernel's high-water mark, not a sample's reading.
     assert!(
-        f.memory_peak_fraction > 0.0 && f.memory_peak_fraction < 1.0,
+        f.memory_peak_fraction > 0.0 && f.memory_peak_fraction < 0.95,
         "the worker's memory peaked at {:.2} of its size",
         f.memory_peak_fraction
     );

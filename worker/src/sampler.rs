@@ -134,6 +134,11 @@ impl Sampler {
         self.span = cpu_now.map(|t| (now, t));
         self.marked = false;
         let used = self.memory_used();
+        // Memory still rising by a material step: the newest tasks (or runtime copies) have
+        // not shown what they hold yet, so none counts as settled (youngest 0) and the
+        // coordinator neither raises the limit nor learns a task's size from this sample.
+        let rising = used > self.last_memory + (MATERIAL_MEMORY * self.memory_limit as f64) as u64;
+        let youngest = if rising { Duration::ZERO } else { youngest };
         self.last_memory = used;
         self.peak = self.peak.max(used).max(self.memory_peak());
         ResourceSample {

@@ -204,6 +204,12 @@ impl DemoOptions {
             (Some(python), Some(dir)) => ["spin", "sleep"]
                 .iter()
                 .map(|f| {
+                    // The handlers run in their own directory: a relative path to the Python
+                    // would no longer name it there.
+                    let python = match std::fs::canonicalize(python) {
+                        Ok(p) if python.contains('/') => p.display().to_string(),
+                        _ => python.clone(),
+                    };
                     let cmd = format!(
                         "cd '{}' && exec '{python}' -m awslambdaric carpool_demo.{f}",
                         dir.display()

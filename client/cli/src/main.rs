@@ -142,9 +142,10 @@ enum Command {
         #[arg(long)]
         state_url: Option<String>,
     },
-    /// Each kind of workload (waiting, CPU, memory, mixed) four ways on local workers:
-    /// conventional FaaS, static slots = vCPUs, the best fixed --slots of a sweep, and adaptive
-    /// (default flags); then the same simulated at the paper's scale.
+    /// Each kind of workload (waiting, CPU, memory, mixed) on local workers: Lambda as it
+    /// bills (warm sandboxes, one request each, init billed), one cold invocation per task
+    /// (the worst case), static slots = vCPUs, the best fixed --slots of a sweep, and
+    /// adaptive (default flags); then the same simulated at the paper's scale.
     Compare {
         /// A few tasks of each and a two-value sweep (what the test suite runs).
         #[arg(long)]
@@ -162,8 +163,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The paper's experiment: thumbnail tasks per memory size, carpool against one
-    /// invocation per task; measured where this machine can host it, simulated for all.
+    /// The paper's experiment: thumbnail tasks per memory size, carpool against Lambda as
+    /// it bills and one cold invocation per task; measured where this machine can host it,
+    /// simulated for all.
     Experiment {
         /// Tasks per mode and size.
         #[arg(long, default_value_t = 100)]
@@ -187,8 +189,9 @@ enum Command {
         #[arg(long)]
         scale: Option<String>,
     },
-    /// Run a CPU-bound and an I/O-bound batch as carpool and as conventional FaaS on local
-    /// workers, default flags, and compare.
+    /// Run a CPU-bound and an I/O-bound batch on local workers as carpool (default flags),
+    /// as Lambda as it bills (warm sandboxes, one request each, init billed) and as one cold
+    /// invocation per task, and compare.
     Demo {
         /// CPU-bound (spin) tasks per mode.
         #[arg(long, default_value_t = 40)]
