@@ -232,7 +232,7 @@ impl std::fmt::Debug for ServerTls {
 }
 
 /// Built-in functions of the `carpool-worker` binary.
-pub const BUILTIN_FUNCTIONS: [&str; 6] = ["echo", "sleep", "spin", "hold", "mixed", "thumbnail"];
+pub const BUILTIN_FUNCTIONS: [&str; 6] = carpool_proto::bounds::BUILTINS;
 
 impl Config {
     /// How long a connected worker may stay silent before it is treated as lost.
@@ -314,10 +314,24 @@ impl Config {
         if self.slots == Some(0) || self.vcpus == Some(0) || self.max_tasks_per_worker == Some(0) {
             return bad("--slots, --vcpus and --max-tasks-per-worker must be at least 1".into());
         }
-        if self.memory_mb < 128 {
+        // The workers it spawns would be refused at their hello past these: refuse now.
+        let flag = |name: &str| match name {
+            "timeout" => "--execution-timeout".to_owned(),
+            other => format!("--{}", other.replace('_', "-")),
+        };
+        carpool_proto::bounds::check_shape(
+            self.memory_mb,
+            self.vcpus,
+            self.slots,
+            self.execution_timeout,
+            &flag,
+        )
+        .map_err(Error::Config)?;
+        if self.max_slots > carpool_proto::bounds::MAX_SLOTS {
             return bad(format!(
-                "--memory-mb must be at least 128, got {}",
-                self.memory_mb
+                "--max-slots {} is over {}",
+                self.max_slots,
+                carpool_proto::bounds::MAX_SLOTS
             ));
         }
         if self.max_payload_bytes > MAX_PAYLOAD_BYTES {
@@ -348,15 +362,29 @@ impl Config {
         }
         for (f, _) in &self.exec_functions {
             check_function_name(f).map_err(|e| Error::Config(format!("--exec: {e}")))?;
+            check_not_builtin(f, "--exec")?;
         }
         for (f, _) in &self.runtime_functions {
             check_function_name(f).map_err(|e| Error::Config(format!("--runtime: {e}")))?;
+            check_not_builtin(f, "--runtime")?;
             if self.exec_functions.iter().any(|(e, _)| e == f) {
                 return bad(format!("function {f:?} is given both --exec and --runtime"));
             }
         }
         Ok(())
     }
+}
+
+/// Refuses a `--exec` or `--runtime` function named like a built-in (it would silently
+/// replace it in every worker).
+fn check_not_builtin(name: &str, flag: &str) -> Result<(), Error> {
+    if carpool_proto::bounds::BUILTINS.contains(&name) {
+        return Err(Error::Config(format!(
+            "{flag} {name}=…: {name:?} is a built-in function of every worker ({}); give yours another name",
+            carpool_proto::bounds::BUILTINS.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// The default `--max-payload-bytes`: 4 MiB less 16 KiB, so that a result carrying an

@@ -17,14 +17,14 @@ use std::time::Instant;
 
 use carpool_proto::pb;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 use tracing::{error, warn};
 
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::spawner::Spawner;
@@ -116,6 +116,9 @@ struct Inner {
     journal: Option<Journal>,
     /// Woken whenever a worker stream ends (shutdown waits on it for the fleet to drain).
     disconnected: Notify,
+    /// The outcome of each submission's record write while it is in flight, for repeats of
+    /// its idempotency key to wait on: `None` until written, then `Ok` or the write's error.
+    writes: Mutex<HashMap<TaskId, watch::Sender<Option<std::result::Result<(), String>>>>>,
     /// What `/metrics` exports; the state's observations are recorded here.
     metrics: Arc<Metrics>,
 }
@@ -151,6 +154,7 @@ impl Driver {
             tracker,
             stop,
             disconnected: Notify::new(),
+            writes: Mutex::new(HashMap::new()),
             metrics,
         }));
         driver.consume(reports);
@@ -182,13 +186,43 @@ impl Driver {
     /// share one commit.
     pub(crate) fn submit(&self, mut sub: Submission, waiter: Option<Waiter>) -> Result<Accepting> {
         sub.submitted_unix_ms = carpool_proto::unix_ms();
-        let (id, record) = match self.update(|s, now, effects| s.submit(sub, waiter, now, effects))? {
+        // The write's outcome is registered (or looked up) under the state's lock, so a
+        // repeat of the key always finds the first write it must wait for.
+        let (submitted, first_write) = self.update(|s, now, effects| {
+            let submitted = s.submit(sub, waiter, now, effects)?;
+            let mut writes = lock_or_die(&self.0.writes, "record writes");
+            let first_write = match &submitted {
+                Submitted::Write(id, _) => {
+                    writes.insert(*id, watch::channel(None).0);
+                    None
+                }
+                Submitted::Pending(id) => writes.get(id).map(watch::Sender::subscribe),
+                Submitted::Done(_) => None,
+            };
+            Ok::<_, Error>((submitted, first_write))
+        })?;
+        let (id, record) = match submitted {
             Submitted::Done(id) => return Ok(Accepting::Done(id)),
+            Submitted::Pending(id) => {
+                let Some(mut outcome) = first_write else {
+                    // Its write ended between the two looks: it is in the state now.
+                    return Ok(Accepting::Done(id));
+                };
+                return Ok(Accepting::Writing(Box::pin(async move {
+                    let done = outcome.wait_for(Option::is_some).await;
+                    match done.as_deref() {
+                        Ok(Some(Ok(()))) => Ok(id),
+                        Ok(Some(Err(why))) => Err(Error::Journal(why.clone())),
+                        _ => Err(Error::ShuttingDown),
+                    }
+                })));
+            }
             Submitted::Write(id, record) => (id, record),
         };
         let Some(journal) = self.0.journal.clone() else {
             // The state asks for a write only when it was built with a journal.
             self.update(|s, now, effects| s.accepted(id, now, effects));
+            self.written(id, Ok(()));
             return Ok(Accepting::Done(id));
         };
         let driver = self.clone();
@@ -196,15 +230,24 @@ impl Driver {
             match journal.accept(id, *record).await {
                 Ok(()) => {
                     driver.update(|s, now, effects| s.accepted(id, now, effects));
+                    driver.written(id, Ok(()));
                     Ok(id)
                 }
                 Err(e) => {
                     let why = e.to_string();
                     driver.update(|s, _, effects| s.not_accepted(id, &why, effects));
+                    driver.written(id, Err(why));
                     Err(e)
                 }
             }
         })))
+    }
+
+    /// Task `id`'s record write ended: repeats of its key that wait on it learn the outcome.
+    fn written(&self, id: TaskId, outcome: std::result::Result<(), String>) {
+        if let Some(tx) = lock_or_die(&self.0.writes, "record writes").remove(&id) {
+            tx.send_replace(Some(outcome));
+        }
     }
 
     /// [`Driver::submit`], waited for.
@@ -265,11 +308,42 @@ impl Driver {
         if let (Some(conn), Some(link)) = (conn, link) {
             routes.links.insert(conn, link);
         }
+        let durable_first = self.hold_back_final_states(&mut effects);
         let full = send(&mut routes, std::mem::take(&mut effects.out));
         drop(routes);
         self.carry_out(effects);
+        if let Some((journal, held)) = durable_first {
+            // Final states reach their waiters once the journal holds them (never, if the
+            // lease is lost first: the client then retries on the active coordinator).
+            let driver = self.clone();
+            let written = journal.barrier();
+            self.0.tracker.spawn(async move {
+                if written.await.is_ok() {
+                    let full = send(&mut driver.routes(), held);
+                    driver.write_off_full(full);
+                }
+            });
+        }
         self.write_off_full(full);
         (out, conn)
+    }
+
+    /// With a journal, the results for waiters of an event that also writes final states:
+    /// taken out of `effects`, to be sent once those writes are durable.
+    fn hold_back_final_states(&self, effects: &mut Effects) -> Option<(Journal, Vec<Outbound>)> {
+        let journal = self.0.journal.as_ref()?;
+        if !effects
+            .journal
+            .iter()
+            .any(|op| matches!(op, crate::state::JournalOp::Finish(..)))
+        {
+            return None;
+        }
+        let (held, now): (Vec<Outbound>, Vec<Outbound>) = std::mem::take(&mut effects.out)
+            .into_iter()
+            .partition(|o| matches!(o, Outbound::Complete { .. }));
+        effects.out = now;
+        (!held.is_empty()).then(|| (journal.clone(), held))
     }
 
     /// Writes off the workers whose stream queue was full (which may free or fill others).

@@ -27,7 +27,8 @@ struct Cli {
     #[arg(long, env = "CARPOOL_LOG_FORMAT", default_value = "text", value_parser = carpool_proto::LOG_FORMATS)]
     log_format: String,
     /// Serve Prometheus metrics on this address, at /metrics (its own port, never the gRPC
-    /// one) [default: off]; e.g. 0.0.0.0:9464.
+    /// one) [default: off]; e.g. 127.0.0.1:9464 (beyond loopback only with
+    /// --allow-unauthenticated: /metrics has no token).
     #[arg(long, env = "CARPOOL_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
     /// Fleet cap per function: live plus starting workers.
@@ -191,6 +192,10 @@ struct Cli {
     /// File holding the client token.
     #[arg(long, env = "CARPOOL_CLIENT_TOKEN_FILE")]
     client_token_file: Option<PathBuf>,
+    /// Listen beyond loopback without tokens (protected mode off): anyone who reaches the
+    /// port may submit tasks, read results, or connect as a worker and take tasks.
+    #[arg(long, env = "CARPOOL_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
     /// A spawned worker that has not connected this long after its spawn is written off
     /// (its capacity is released and the spawn counts as failed), e.g. "60s".
     #[arg(long, env = "CARPOOL_START_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -262,6 +267,34 @@ impl Cli {
         {
             return Err(format!(
                 "--advertise-url must be an http:// or https:// URL, got {url:?}"
+            ));
+        }
+        self.check_protected()
+    }
+
+    /// Protected mode (as Redis has it): listening beyond loopback needs tokens for both
+    /// kinds of peer, or `--allow-unauthenticated`.
+    fn check_protected(&self) -> Result<(), String> {
+        if self.allow_unauthenticated {
+            return Ok(());
+        }
+        let client = self.client_token.is_some() || self.client_token_file.is_some();
+        let worker = self.worker_token.is_some() || self.worker_token_file.is_some();
+        let public = |a: &SocketAddr| !a.ip().is_loopback();
+        if public(&self.listen) && !(client && worker) {
+            return Err(format!(
+                "--listen {} is reachable beyond this machine, and without {} anyone who reaches it may submit tasks, read results or take tasks as a worker: give --client-token (or --client-token-file) and --worker-token (or --worker-token-file), listen on 127.0.0.1, or say --allow-unauthenticated",
+                self.listen,
+                match (client, worker) {
+                    (false, false) => "a client token and a worker token",
+                    (false, true) => "a client token",
+                    _ => "a worker token",
+                }
+            ));
+        }
+        if let Some(m) = self.metrics_listen.as_ref().filter(|m| public(m)) {
+            return Err(format!(
+                "--metrics-listen {m} is reachable beyond this machine and /metrics has no token: listen on 127.0.0.1 (behind your scraper's proxy) or say --allow-unauthenticated"
             ));
         }
         Ok(())

@@ -173,6 +173,31 @@ impl Postgres {
         self.run();
     }
 
+    /// Freezes the server (`SIGSTOP` to it and every process it started) or thaws it
+    /// (`SIGCONT`): a database that stops answering without closing anything.
+    pub fn freeze(&self, frozen: bool) {
+        let Some(proc) = &self.proc else { return };
+        let signal = if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        let mut pids = vec![proc.pid()];
+        let mut i = 0;
+        while i < pids.len() {
+            let pid = pids[i];
+            let children =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            pids.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            i += 1;
+        }
+        for pid in pids {
+            if let Ok(raw) = i32::try_from(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal);
+            }
+        }
+    }
+
     /// A connection for the test's own queries.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)

@@ -7,9 +7,9 @@ use std::time::Duration;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 /// Interval of HTTP/2 keepalive pings.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
 /// How long a ping may go unanswered before the connection is declared dead.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// TLS settings for `https://` coordinator URLs.
 #[derive(Clone, Debug, Default)]

@@ -6,6 +6,8 @@
 //! - [`payload`] converts between the wire [`pb::Payload`] and plain bytes.
 //! - [`codec`]: prost's codec, with undecodable bytes reported as INVALID_ARGUMENT.
 //! - [`endpoint`]: how clients and workers dial (keepalive, TLS).
+//! - [`bounds`]: the bounds of a worker's shape (memory, vCPUs, slots, life) and the
+//!   built-in function names, shared by the coordinator's checks and the worker's.
 //! - [`auth`]: the bearer-token [`Secret`] and the [`Bearer`] interceptor clients and workers use.
 //! - [`lambda`]: the event a Lambda worker invocation receives from the coordinator, and
 //!   Lambda's vCPU rule.
@@ -16,6 +18,7 @@
 pub use bytes::Bytes;
 
 pub mod auth;
+pub mod bounds;
 pub mod codec;
 pub mod endpoint;
 pub mod lambda;

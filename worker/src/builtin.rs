@@ -17,7 +17,7 @@ use crate::handler::{Handler, HandlerFuture, Outcome, Task};
 use crate::thumbnail::Files;
 
 /// The built-ins' names.
-pub const NAMES: [&str; 6] = ["echo", "sleep", "spin", "hold", "mixed", "thumbnail"];
+pub const NAMES: [&str; 6] = carpool_proto::bounds::BUILTINS;
 
 /// What the built-ins need to know about their worker.
 #[derive(Clone, Debug, Default)]

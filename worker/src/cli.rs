@@ -111,6 +111,16 @@ impl WorkerArgs {
         c.tls.domain.clone_from(&self.tls_domain);
         c.tls.ca_pem = self.tls_ca_pem()?;
         c.token = self.worker_token()?;
+        // The coordinator would refuse the hello past these bounds: refuse at start.
+        let flag = |name: &str| format!("--{}", name.replace('_', "-"));
+        carpool_proto::bounds::check_shape(
+            c.memory_mb,
+            self.vcpus,
+            c.slots.max(c.max_slots),
+            c.timeout,
+            &flag,
+        )?;
+        check_urls(&c.coordinator_url, &c.tls)?;
         Ok(c)
     }
 
@@ -130,6 +140,29 @@ impl WorkerArgs {
             "--token",
         )
     }
+}
+
+/// Checks every entry of a coordinator URL list now (trimmed; empty entries are skipped), so
+/// that a bad one is named at start rather than found at the first failover.
+pub fn check_urls(list: &str, tls: &carpool_proto::TlsOptions) -> Result<(), String> {
+    let mut seen = 0;
+    for (i, url) in list.split(',').map(str::trim).enumerate() {
+        if url.is_empty() {
+            continue;
+        }
+        seen += 1;
+        if !carpool_proto::is_http_url(url) {
+            return Err(format!(
+                "--coordinator entry {} ({url:?}) is not an http:// or https:// URL",
+                i + 1
+            ));
+        }
+        carpool_proto::endpoint(url, tls).map_err(|e| format!("--coordinator entry {}: {e}", i + 1))?;
+    }
+    if seen == 0 {
+        return Err(format!("--coordinator {list:?} names no coordinator"));
+    }
+    Ok(())
 }
 
 /// Sets up logging, pins the CPUs, runs one session with `handler` and maps the outcome

@@ -331,17 +331,36 @@ mod tests {
             quiet.cpu < 0.25,
             "a neighbour's load counted as the worker's: {quiet:?}"
         );
-        // A child the worker started and registered: its load is the worker's.
+        // A child the worker started and registered: its load is the worker's. Judged by
+        // what the child itself consumed (its CPU time as the kernel counts it), not by a
+        // share of wall time, which a loaded host does not give it.
         let mut child = busy_loop().spawn().expect("start a child");
         let registered = crate::children::register(child.id());
+        let child_cpu = || {
+            let ticks = procfs::ticks_per_second() as f64;
+            i32::try_from(child.id())
+                .ok()
+                .and_then(|pid| procfs::process::Process::new(pid).ok())
+                .and_then(|p| p.stat().ok())
+                .map_or(0.0, |st| (st.utime + st.stime) as f64 / ticks)
+        };
         s.sample(0, Duration::ZERO);
-        let busy = sample_after(&mut s, Duration::from_millis(400));
+        let (begin, child_before) = (Instant::now(), child_cpu());
+        std::thread::sleep(Duration::from_millis(400));
+        let child_spent = child_cpu() - child_before;
+        let busy = s.sample(0, Duration::ZERO);
+        let span = begin.elapsed().as_secs_f64();
         drop(registered);
         let _ = child.kill();
         let _ = child.wait();
+        // The sample's CPU time (its share of one vCPU over the span) holds the child's own,
+        // within the clock tick the kernel counts in.
+        let tick = 1.0 / procfs::ticks_per_second() as f64;
+        assert!(child_spent > 0.0, "the child never ran: {busy:?}");
         assert!(
-            busy.cpu > 0.5,
-            "the worker's own busy child did not count: {busy:?}"
+            busy.cpu * span >= child_spent - 2.0 * tick,
+            "the worker's own busy child did not count: it spent {child_spent:.3} s, the sample shows {:.3} s: {busy:?}",
+            busy.cpu * span
         );
     }
 }

@@ -29,6 +29,9 @@ const MAX_BATCH: usize = 4096;
 enum Op {
     Accept(u64, Box<StoredTask>, oneshot::Sender<Result<(), String>>),
     State(JournalOp),
+    /// Resolves once everything queued before it is durable (dropped, unresolved, if it
+    /// never will be: the lease was lost, the store failed).
+    Barrier(oneshot::Sender<()>),
     /// Everything before it is written: acknowledge and stop.
     Close(oneshot::Sender<()>),
 }
@@ -95,6 +98,15 @@ impl Journal {
         for op in ops {
             let _ = self.ops.send(Op::State(op));
         }
+    }
+
+    /// Resolves `Ok` once every write queued so far is durable; `Err` if it never will be.
+    /// A final state reaches a client only behind one: none sees a result the journal does
+    /// not hold.
+    pub(crate) fn barrier(&self) -> oneshot::Receiver<()> {
+        let (done, wait) = oneshot::channel();
+        let _ = self.ops.send(Op::Barrier(done));
+        wait
     }
 
     /// Writes everything queued, then stops and joins the writer.

@@ -10,7 +10,12 @@
 //!   third of [`Store::lease`]; a standby takes it once it has expired, with the next term.
 //! - **Fencing.** Every write transaction first reads the term `FOR SHARE`: one that is not
 //!   this coordinator's aborts, so a paused old leader writes nothing once another has taken
-//!   over (and a takeover waits for a write in flight to commit first).
+//!   over (and a takeover waits for a write in flight to commit first). That lock is never
+//!   held for long by a paused process: the server ends a transaction idle for half a lease
+//!   (`idle_in_transaction_session_timeout`), and a lock waits at most as long
+//!   (`lock_timeout`), so a standby takes over within the lease plus one try whatever the
+//!   old leader is doing. Lease times are the database's `clock_timestamp()` (the moment the
+//!   row is written, not the start of a statement that may have waited for its lock).
 //! - **Group commit.** As with redb: the writer takes everything queued (at most
 //!   [`super::MAX_BATCH`]) and writes it in one transaction of a few array statements.
 //! - **Outages.** A write that fails for want of the database fails the submissions in it
@@ -24,7 +29,7 @@ use std::time::Duration;
 use carpool_proto::pb;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -91,6 +96,17 @@ impl Store {
         if config.get_application_name().is_none() {
             config.application_name("carpool-coordinator");
         }
+        // A coordinator paused in the middle of a write (a stalled VM, SIGSTOP) must not
+        // hold the lease row's lock for as long as it is frozen: the server ends a
+        // transaction left idle for half a lease, so the lock is gone before the lease
+        // expires; and a standby's attempt waits at most as long for a lock, then tries
+        // again. Both are session settings sent at connection start (no extra round trip).
+        let guard_ms = (lease.as_millis() / 2).max(100);
+        let mut options = config.get_options().map(str::to_owned).unwrap_or_default();
+        options.push_str(&format!(
+            " -c idle_in_transaction_session_timeout={guard_ms} -c lock_timeout={guard_ms}"
+        ));
+        config.options(options.trim());
         let recycling = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -145,8 +161,8 @@ impl Store {
         let taken = client
             .query_opt(
                 "UPDATE carpool_lease SET holder = $1, url = $2, term = term + 1, \
-                 expires_at = now() + make_interval(secs => $3) \
-                 WHERE id = 1 AND expires_at < now() RETURNING term",
+                 expires_at = clock_timestamp() + make_interval(secs => $3) \
+                 WHERE id = 1 AND expires_at < clock_timestamp() RETURNING term",
                 &[&self.holder, &self.url, &secs],
             )
             .await
@@ -167,7 +183,7 @@ impl Store {
         let secs = self.lease.as_secs_f64();
         let n = client
             .execute(
-                "UPDATE carpool_lease SET expires_at = now() + make_interval(secs => $2) \
+                "UPDATE carpool_lease SET expires_at = clock_timestamp() + make_interval(secs => $2) \
                  WHERE id = 1 AND term = $1",
                 &[&term, &secs],
             )
@@ -368,11 +384,14 @@ enum Failed {
 
 /// The writer task: group commit under lease `term`.
 pub(super) async fn writer(store: Store, term: i64, mut rx: mpsc::UnboundedReceiver<Op>) {
-    // The state's writes of a batch that failed, written with the next one.
+    // The state's writes of a batch that failed, written with the next one (and the
+    // barriers behind them, which resolve once they are).
     let mut carried: Vec<JournalOp> = Vec::new();
+    let mut carried_barriers: Vec<oneshot::Sender<()>> = Vec::new();
     let mut wait = Duration::from_millis(100);
     loop {
         let mut batch: Vec<Op> = carried.drain(..).map(Op::State).collect();
+        batch.extend(carried_barriers.drain(..).map(Op::Barrier));
         if batch.is_empty() {
             match rx.recv().await {
                 Some(op) => batch.push(op),
@@ -418,6 +437,12 @@ pub(super) async fn writer(store: Store, term: i64, mut rx: mpsc::UnboundedRecei
                     carried.push(op)
                 }
                 Op::State(_) => {}
+                Op::Barrier(done) if failed.is_none() => {
+                    let _ = done.send(());
+                }
+                Op::Barrier(done) if !matches!(outcome, Err(Failed::Fenced)) => carried_barriers.push(done),
+                // Fenced: what it waited for will never be written.
+                Op::Barrier(_) => {}
             }
         }
         if matches!(outcome, Err(Failed::Fenced)) {
@@ -485,7 +510,7 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
                     (l.level as i32, l.settled),
                 );
             }
-            Op::Close(_) => {}
+            Op::Close(_) | Op::Barrier(_) => {}
         }
     }
     if !new.ids.is_empty() {

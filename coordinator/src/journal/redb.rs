@@ -107,6 +107,11 @@ fn writer(db: Database, mut rx: mpsc::UnboundedReceiver<Op>) {
                     let _ = done.send(outcome.clone());
                 }
                 Op::Close(done) => closing = Some(done),
+                Op::Barrier(done) => {
+                    if outcome.is_ok() {
+                        let _ = done.send(());
+                    }
+                }
                 Op::State(_) => {}
             }
         }
@@ -160,7 +165,7 @@ fn write(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                     txn.open_table(LEARNED)?
                         .insert((function.as_ref(), *memory_mb), (l.level, l.settled))?;
                 }
-                Op::Close(_) => {}
+                Op::Close(_) | Op::Barrier(_) => {}
             }
         }
         if let Some(next) = next_id {

@@ -64,6 +64,27 @@ impl State {
         self.expire(now, effects);
         let lease = self.config.liveness_lease();
         let grace = self.config.reconnect_grace;
+        // The sweep runs many times a lease. A gap of half a lease or more since the last
+        // one is this process's own pause (a stalled VM, SIGSTOP, a long page-in): its
+        // workers' silence is its own, so they get a fresh lease and grace, not a write-off.
+        let gap = self
+            .last_sweep
+            .replace(now)
+            .map(|last| now.saturating_duration_since(last));
+        if let Some(gap) = gap.filter(|g| *g >= lease / 2) {
+            warn!(
+                paused_ms = gap.as_millis() as u64,
+                workers = self.workers.len(),
+                "this coordinator was paused; its workers get a fresh lease"
+            );
+            for w in self.workers.values_mut() {
+                w.last_seen = w.last_seen.max(now);
+                if let Some(since) = w.detached_since.as_mut() {
+                    *since = (*since).max(now);
+                }
+            }
+            return;
+        }
         let mut gone = Vec::new();
         for (id, w) in &self.workers {
             match w.detached_since {

@@ -102,6 +102,8 @@ pub(crate) struct State {
     written_off: std::collections::HashSet<WorkerId>,
     /// [`State::written_off`] in the order they were written off.
     written_off_order: VecDeque<WorkerId>,
+    /// When the liveness sweep last ran: a much longer gap is this coordinator's own pause.
+    last_sweep: Option<Instant>,
     /// The concurrency limit learned per (function, memory size): where new workers start.
     learned: BTreeMap<(Arc<str>, u32), Learned>,
 }
@@ -129,6 +131,7 @@ impl State {
             settling: false,
             written_off: std::collections::HashSet::new(),
             written_off_order: VecDeque::new(),
+            last_sweep: None,
             learned: BTreeMap::new(),
         }
     }

@@ -19,6 +19,10 @@ pub(crate) enum Submitted {
     Done(TaskId),
     /// Its record, to write to the journal before it is acknowledged.
     Write(TaskId, Box<StoredTask>),
+    /// Its key names a task whose record is still being written (a client retrying while
+    /// its first attempt is in flight): it is acknowledged only once that write is, and
+    /// refused with that write's error if it fails.
+    Pending(TaskId),
 }
 
 #[cfg(test)]
@@ -26,7 +30,7 @@ impl Submitted {
     /// The task's id, whichever way it was taken.
     pub(crate) fn id(&self) -> TaskId {
         match self {
-            Submitted::Done(id) | Submitted::Write(id, _) => *id,
+            Submitted::Done(id) | Submitted::Write(id, _) | Submitted::Pending(id) => *id,
         }
     }
 }
@@ -143,7 +147,12 @@ impl State {
             if let Some(w) = waiter {
                 self.follow(existing, w, effects);
             }
-            return Ok(Submitted::Done(existing));
+            let writing = self.tasks.get(existing).is_some_and(|t| t.accepting);
+            return Ok(if writing {
+                Submitted::Pending(existing)
+            } else {
+                Submitted::Done(existing)
+            });
         }
         self.validate(&sub.function, sub.payload.len())?;
         if sub.key.len() > MAX_KEY_BYTES {

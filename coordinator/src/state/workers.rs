@@ -20,14 +20,15 @@ use crate::scheduler::{self, AfterLostAttempt};
 const RECENT_COLD_STARTS: usize = 1024;
 
 /// The bounds of a Hello (anything outside is INVALID_ARGUMENT): memory from Lambda's
-/// smallest size to a large VM's, vCPUs, slots, a week of life, and the lengths of names.
-pub(crate) const HELLO_MEMORY_MB: std::ops::RangeInclusive<u32> = 128..=262_144;
+/// smallest size to a large VM's, vCPUs, slots, a week of life (one table with the
+/// coordinator's and the worker's flags, [`carpool_proto::bounds`]), and the lengths of names.
+pub(crate) const HELLO_MEMORY_MB: std::ops::RangeInclusive<u32> = carpool_proto::bounds::MEMORY_MB;
 /// See [`HELLO_MEMORY_MB`].
-pub(crate) const HELLO_MAX_VCPUS: u32 = 512;
+pub(crate) const HELLO_MAX_VCPUS: u32 = carpool_proto::bounds::MAX_VCPUS;
 /// See [`HELLO_MEMORY_MB`].
-pub(crate) const HELLO_MAX_SLOTS: u32 = 65_536;
+pub(crate) const HELLO_MAX_SLOTS: u32 = carpool_proto::bounds::MAX_SLOTS;
 /// See [`HELLO_MEMORY_MB`].
-pub(crate) const HELLO_MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const HELLO_MAX_TIMEOUT: Duration = carpool_proto::bounds::MAX_TIMEOUT;
 /// See [`HELLO_MEMORY_MB`].
 pub(crate) const MAX_ID_BYTES: usize = 256;
 /// Tasks a reconnecting worker may say it runs.

@@ -67,9 +67,51 @@ fn a_silent_worker_is_treated_as_lost_after_its_lease() {
     let mut effects = Effects::default();
     s.sample(&WorkerId::new("a"), sample(0.1), now + lease / 2, &mut effects)
         .expect("sample");
-    s.sweep(now + lease, &mut effects);
+    // The sweep runs many times a lease (a longer gap is the coordinator's own pause).
+    sweep_every(&mut s, now, now + lease, &mut effects);
     assert_eq!(s.live_workers(), 1, "a sample renews the lease");
-    s.sweep(now + lease / 2 + lease + Duration::from_millis(1), &mut effects);
+    sweep_every(
+        &mut s,
+        now + lease,
+        now + lease / 2 + lease + Duration::from_millis(1),
+        &mut effects,
+    );
+    assert_eq!(s.live_workers(), 0);
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Pending);
+}
+
+/// Sweeps every 100 ms from `from` to `to` (the sweeper's cadence), and at `to`.
+fn sweep_every(s: &mut State, from: Instant, to: Instant, effects: &mut Effects) {
+    let mut at = from;
+    while at < to {
+        s.sweep(at, effects);
+        at += Duration::from_millis(100);
+    }
+    s.sweep(to, effects);
+}
+
+#[test]
+fn a_coordinator_that_was_paused_gives_its_workers_a_fresh_lease_instead_of_writing_them_off() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let a = connect(&mut s, &mut effects, "a", 1, now);
+    let t = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, a), vec![t]);
+    let lease = s.config.liveness_lease();
+    s.sweep(now, &mut effects);
+    // Frozen for three leases: the first sweep after it sees its own gap.
+    let woke = now + lease * 3;
+    let mut effects = Effects::default();
+    s.sweep(woke, &mut effects);
+    assert_eq!(s.live_workers(), 1, "written off for the coordinator's own pause");
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Running);
+    // A worker that stays silent after that is still written off, one lease later.
+    sweep_every(
+        &mut s,
+        woke,
+        woke + lease + Duration::from_millis(1),
+        &mut effects,
+    );
     assert_eq!(s.live_workers(), 0);
     assert_eq!(s.get(t).expect("get").state(), TaskState::Pending);
 }
