@@ -118,10 +118,13 @@ struct Inner {
     disconnected: Notify,
     /// The outcome of each submission's record write while it is in flight, for repeats of
     /// its idempotency key to wait on: `None` until written, then `Ok` or the write's error.
-    writes: Mutex<HashMap<TaskId, watch::Sender<Option<std::result::Result<(), String>>>>>,
+    writes: Mutex<HashMap<TaskId, watch::Sender<WriteOutcome>>>,
     /// What `/metrics` exports; the state's observations are recorded here.
     metrics: Arc<Metrics>,
 }
+
+/// A record write's outcome as its key's repeats see it: `None` while in flight.
+type WriteOutcome = Option<std::result::Result<(), String>>;
 
 /// Takes a lock; a poisoned one ends the process (see the module's notes).
 fn lock_or_die<'a, T>(m: &'a Mutex<T>, what: &str) -> MutexGuard<'a, T> {
