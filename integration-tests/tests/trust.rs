@@ -65,37 +65,37 @@ fn flags_the_workers_would_refuse_and_a_shadowed_built_in_are_refused_at_start()
         assert!(err.contains(names), "{args:?}: {err}");
     }
     // The worker refuses the same bounds at start, naming the flag.
+    let err = worker_refused(&[
+        "--coordinator",
+        "http://127.0.0.1:1",
+        "--function",
+        "echo",
+        "--memory-mb",
+        "300000",
+    ]);
+    assert!(err.contains("--memory-mb 300000"), "{err}");
+}
+
+/// Runs `carpool-worker` with `args`, which it must refuse at start (exit 2); its message.
+fn worker_refused(args: &[&str]) -> String {
     let out = Command::new(bin("carpool-worker"))
-        .args([
-            "--coordinator",
-            "http://127.0.0.1:1",
-            "--function",
-            "echo",
-            "--memory-mb",
-            "300000",
-        ])
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .expect("run the worker");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("--memory-mb 300000"), "{err}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    err
 }
 
 #[tokio::test]
 async fn a_coordinator_url_list_is_checked_whole_at_start_and_tolerates_blank_entries() {
-    let out = Command::new(bin("carpool-worker"))
-        .args([
-            "--coordinator",
-            "http://127.0.0.1:1,garbage",
-            "--function",
-            "echo",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the worker");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = worker_refused(&[
+        "--coordinator",
+        "http://127.0.0.1:1,garbage",
+        "--function",
+        "echo",
+    ]);
     assert!(err.contains("entry 2") && err.contains("garbage"), "{err}");
     // Blanks and spaces around entries are fine: the worker serves.
     let coord = Coordinator::start(&["--spawner", "external", "--keep-alive", "30s"]);

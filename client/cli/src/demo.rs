@@ -206,7 +206,9 @@ impl DemoOptions {
                 .map(|f| {
                     // The handlers run in their own directory: a relative path to the Python
                     // would no longer name it there.
-                    let python = match std::fs::canonicalize(python) {
+                    // Made absolute, not resolved: a venv's python is a link that must stay
+                    // one (resolved, it is the base interpreter without the venv's packages).
+                    let python = match std::path::absolute(python) {
                         Ok(p) if python.contains('/') => p.display().to_string(),
                         _ => python.clone(),
                     };

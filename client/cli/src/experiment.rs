@@ -69,6 +69,9 @@ pub(crate) struct Model {
     /// Mean task duration beside others on a shared invocation (carpool): tasks on sibling
     /// vCPUs slow each other a little (memory bandwidth, shared caches).
     pub task_shared: Duration,
+    /// Mean task duration alone on a warm sandbox (Lambda as it bills): faster than on a
+    /// fresh one, whose caches are cold.
+    pub task_warm: Duration,
     /// Spawn to hello.
     pub cold_start: Duration,
     /// Billed time an invocation lives beyond its task (Shutdown to stream end).
@@ -175,10 +178,10 @@ pub(crate) fn simulated(
     max_workers: u32,
     mode: Mode,
 ) -> Outcome {
-    let task = TaskModel::cpu_bound(if mode == Mode::Carpool {
-        model.task_shared
-    } else {
-        model.task
+    let task = TaskModel::cpu_bound(match mode {
+        Mode::Carpool => model.task_shared,
+        Mode::LambdaBilled => model.task_warm,
+        Mode::ColdPerTask => model.task,
     });
     let mut sim = SimConfig::new(
         config(opts, memory_mb, max_workers, mode),
@@ -210,6 +213,7 @@ pub(crate) fn model_from(
     conventional: &Outcome,
     task: Duration,
     task_shared: Duration,
+    task_warm: Duration,
     tasks: usize,
 ) -> Model {
     let rounds = tasks.div_ceil(conventional.max_workers.max(1) as usize).max(1) as f64;
@@ -220,6 +224,7 @@ pub(crate) fn model_from(
     Model {
         task,
         task_shared,
+        task_warm,
         cold_start: Duration::from_secs_f64((per_invocation - task.as_secs_f64() - exit).max(0.0)),
         exit_delay: Duration::from_secs_f64(exit),
     }
@@ -366,12 +371,13 @@ pub(crate) async fn report(opts: &ExperimentOptions, scale: Option<(usize, u32)>
     let size = opts.sizes.iter().copied().min().unwrap_or(2048);
     let fit = (cores / vcpus_for_memory(size)).max(1);
     let (conv, task) = measure(opts, &image, size, fit, Mode::ColdPerTask).await?;
-    let (lambda, _) = measure(opts, &image, size, fit, Mode::LambdaBilled).await?;
+    let (lambda, task_warm) = measure(opts, &image, size, fit, Mode::LambdaBilled).await?;
     let (pool, task_shared) = measure(opts, &image, size, fit, Mode::Carpool).await?;
-    let model = model_from(&conv, task, task_shared, opts.tasks);
+    let model = model_from(&conv, task, task_shared, task_warm, opts.tasks);
     println!(
-        "model from the measured runs: task {:.1} ms alone, {:.1} ms beside others, cold start {:.1} ms, billed exit {:.1} ms\n",
+        "model from the measured runs: task {:.1} ms alone on a fresh worker, {:.1} ms alone on a warm one, {:.1} ms beside others, cold start {:.1} ms, billed exit {:.1} ms\n",
         model.task.as_secs_f64() * 1e3,
+        model.task_warm.as_secs_f64() * 1e3,
         model.task_shared.as_secs_f64() * 1e3,
         model.cold_start.as_secs_f64() * 1e3,
         model.exit_delay.as_secs_f64() * 1e3
