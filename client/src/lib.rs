@@ -11,6 +11,9 @@ use futures::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+/// How long a probe of one coordinator of a list may take before the next is tried.
+const PROBE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub use carpool_proto::pb::{MapResponse, StatsResponse, TaskInfo, TaskResult, TaskState, WorkerInfo};
 
 /// What a client call can fail with.
@@ -63,8 +66,8 @@ impl Client {
     /// answers as active is used (a standby answers UNAVAILABLE).
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Self> {
         let urls = carpool_proto::coordinator_urls(url);
-        if urls.len() < 2 {
-            return Self::connect_one(url, options).await;
+        if let [one] = urls[..] {
+            return Self::connect_one(one, options).await;
         }
         let mut last = None;
         for one in urls {
@@ -75,9 +78,19 @@ impl Client {
                     continue;
                 }
             };
-            match client.cluster.clone().stats(pb::StatsRequest::default()).await {
-                Ok(_) => return Ok(client),
-                Err(status) => last = Some(Error::Status(status)),
+            // A coordinator that accepted the connection but does not answer (frozen) must
+            // not hold the others up: each probe has a deadline.
+            let mut cluster = client.cluster.clone();
+            let probe = cluster.stats(pb::StatsRequest::default());
+            match tokio::time::timeout(PROBE_DEADLINE, probe).await {
+                Ok(Ok(_)) => return Ok(client),
+                Ok(Err(status)) => last = Some(Error::Status(status)),
+                Err(_) => {
+                    last = Some(Error::Connect(
+                        one.to_owned(),
+                        format!("no answer within {} s", PROBE_DEADLINE.as_secs()),
+                    ))
+                }
             }
         }
         Err(last.unwrap_or_else(|| Error::BadUrl(url.to_owned(), "no URL".into())))

@@ -342,3 +342,30 @@ async fn a_final_state_reaches_its_waiter_only_once_the_journal_holds_it() {
         .get(0);
     assert_eq!(finished, 1, "the result the client saw is in the database");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_given_a_frozen_first_coordinator_answers_from_the_next() {
+    let frozen = Coordinator::start(&["--spawner", "external"]);
+    let live = Coordinator::start(&["--spawner", "external"]);
+    frozen.signal(Signal::SIGSTOP);
+    let list = format!("{},{}", frozen.url, live.url);
+    let mut child = Command::new(bin("carpool"))
+        .args(["--coordinator", &list, "stats"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the CLI");
+    // The probe of the frozen one has a deadline (5 s); without one the CLI waited on it.
+    let status = eventually("the CLI to answer past the frozen coordinator", || {
+        let done = child.try_wait().ok().flatten();
+        async move { done }
+    })
+    .await;
+    frozen.signal(Signal::SIGCONT);
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(status.success(), "{err}");
+}

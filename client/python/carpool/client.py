@@ -110,8 +110,16 @@ def _result(r, seq: Optional[int] = None) -> Result:
     )
 
 
+def _grpc_target(one: str) -> str:
+    """`host:port` for grpc from `host:port` or `http://host:port` (as the CLI and the
+    workers take them)."""
+    if one.startswith("https://"):
+        raise ValueError(f"{one!r}: TLS is not supported by this client yet; use http:// or host:port")
+    return one[len("http://"):].rstrip("/") if one.startswith("http://") else one
+
+
 class Client:
-    """A connection to a coordinator (`host:port`, plaintext).
+    """A connection to a coordinator (`host:port` or `http://host:port`, plaintext).
 
     `target` may name several, comma-separated (an active coordinator and its standbys, which
     share a database): the first that answers as active is used; a standby answers
@@ -121,7 +129,9 @@ class Client:
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout: Optional[float] = None, token: Optional[str] = None):
         self._timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        targets = [t.strip() for t in target.split(",") if t.strip()] or [target]
+        targets = [_grpc_target(t.strip()) for t in target.split(",") if t.strip()]
+        if not targets:
+            raise ValueError(f"{target!r} names no coordinator")
         for i, one in enumerate(targets):
             self._open(one)
             if len(targets) == 1:

@@ -20,6 +20,16 @@ def client():
         yield c
 
 
+def test_http_urls_and_blank_entries_name_the_same_coordinator():
+    if not TARGET:
+        pytest.fail("CARPOOL_TARGET is not set: run through the integration test (scripts/test)")
+    for target in [f"http://{TARGET}", f" , http://{TARGET}/ , ,"]:
+        with Client(target, timeout=60) as c:
+            assert c.run("echo", "hi").output == "hi"
+    with pytest.raises(ValueError):
+        Client(" , ,")
+
+
 def test_map_returns_every_result_once(client):
     inputs = [json.dumps({"i": i}) for i in range(100)]
     results = list(client.map("echo", inputs))
