@@ -177,7 +177,12 @@ pub(crate) async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Ve
     let client = Client::connect(&url).await.map_err(|e| e.to_string())?;
     let mut runs = Vec::new();
     let (mut gb_before, mut inv_before, mut failed_before) = (0.0, 0, 0);
-    let per_request = way == Way::LambdaBilled;
+    // Lambda as it bills is billed per request; every other way for its workers' lives.
+    let mode = if way == Way::LambdaBilled {
+        crate::demo::Mode::LambdaBilled
+    } else {
+        crate::demo::Mode::Carpool
+    };
     for _ in 0..batches {
         let mut run = batch(&client, w).await?;
         let stats = crate::shared::settled(&client, Duration::from_secs(30))
@@ -189,12 +194,8 @@ pub(crate) async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Ve
             .find(|f| f.function == w.function)
             .cloned()
             .unwrap_or_default();
-        let (gb_ms, invocations) = if per_request {
-            (f.request_billed_gb_ms, f.requests)
-        } else {
-            (f.billed_gb_ms, f.workers_started)
-        };
-        run.gb_s = gb_ms / 1000.0 - gb_before;
+        let (gb_s, invocations, _) = crate::demo::bill(mode, &f);
+        run.gb_s = gb_s - gb_before;
         run.invocations = invocations - inv_before;
         run.failed = run.failed.max(f.failed - failed_before);
         run.peak_memory = f.memory_peak_fraction;
@@ -204,7 +205,7 @@ pub(crate) async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Ve
             Way::Conventional | Way::LambdaBilled => "1".into(),
             Way::Adaptive => "auto".into(),
         };
-        (gb_before, inv_before, failed_before) = (gb_ms / 1000.0, invocations, f.failed);
+        (gb_before, inv_before, failed_before) = (gb_s, invocations, f.failed);
         runs.push(run);
     }
     drop(coord);
