@@ -26,7 +26,7 @@
 //! [`pace`] says how many copies to start.
 
 mod api;
-mod pace;
+use carpool_core::pace;
 mod process;
 
 use std::collections::VecDeque;

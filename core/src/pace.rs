@@ -20,7 +20,7 @@
 
 /// What the host sees of its copies when it decides.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Census {
+pub struct Census {
     /// The coordinator's limit for this worker.
     pub limit: usize,
     /// Copies that take invocations (not retired), starting ones included.
@@ -46,7 +46,7 @@ pub(crate) struct Census {
 }
 
 /// How many copies to start now (0 or more), and why none if none.
-pub(crate) fn to_start(c: &Census) -> (usize, Hold) {
+pub fn to_start(c: &Census) -> (usize, Hold) {
     let wanted = (c.busy + c.queued).clamp(1, c.limit.max(1));
     if c.live >= wanted {
         return (0, Hold::NoWork);
@@ -85,7 +85,7 @@ fn memory_room(c: &Census) -> usize {
 
 /// Why fewer copies start than the work asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Hold {
+pub enum Hold {
     /// Every task has a copy (or the limit is reached).
     NoWork,
     /// Enough copies are initializing already.
