@@ -16,6 +16,20 @@ pub enum Placement {
     Spread,
 }
 
+/// When the coordinator starts another worker for tasks its workers have no slot for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScaleOut {
+    /// Only for the work the live and starting workers will not have finished by the time a
+    /// new worker could run its first task (its measured cold start and init against the
+    /// tasks' measured duration), and only as many as each get enough of it to pay for
+    /// their start: fewer cold starts, fewer runtime inits billed.
+    #[default]
+    Paced,
+    /// One more worker's slots for every task no slot covers, at once (what Lambda does:
+    /// a sandbox per concurrent request); the baseline "Lambda as it bills" runs so.
+    Eager,
+}
+
 /// How new workers are started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SpawnerKind {
@@ -93,6 +107,8 @@ pub struct Config {
     pub keep_alive: Duration,
     /// Ranking of eligible workers.
     pub placement: Placement,
+    /// When another worker is started for tasks with no slot.
+    pub scale_out: ScaleOut,
     /// Largest accepted task payload, in bytes.
     pub max_payload_bytes: usize,
     /// Attempts per task before it fails because its workers kept being lost.
@@ -179,6 +195,7 @@ impl Default for Config {
             execution_timeout: Duration::from_secs(900),
             keep_alive: Duration::ZERO,
             placement: Placement::Pack,
+            scale_out: ScaleOut::Paced,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_attempts: 3,
             max_tasks_per_worker: None,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use carpool_coordinator::auth::Secret;
-use carpool_coordinator::config::ServerTls;
+use carpool_coordinator::config::{ScaleOut, ServerTls};
 use carpool_coordinator::{Config, Placement, SpawnerKind};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
@@ -90,6 +90,11 @@ struct Cli {
     /// Which eligible worker gets a task.
     #[arg(long, env = "CARPOOL_PLACEMENT", value_enum, default_value_t = PlacementArg::Pack)]
     placement: PlacementArg,
+    /// When another worker is started for tasks no slot covers: `paced` only for work the
+    /// live workers will not have finished before a new one could run its first task
+    /// (measured), `eager` at once, as Lambda starts a sandbox per request.
+    #[arg(long, env = "CARPOOL_SCALE_OUT", value_enum, default_value_t = ScaleOutArg::Paced)]
+    scale_out: ScaleOutArg,
     /// Largest task payload, and largest task output, in bytes [default: 4 MiB less 16 KiB,
     /// so that a full one with its envelope fits in a 4 MiB gRPC message; at most 64 MiB].
     #[arg(long, env = "CARPOOL_MAX_PAYLOAD_BYTES", default_value_t = carpool_coordinator::config::DEFAULT_MAX_PAYLOAD_BYTES)]
@@ -233,6 +238,14 @@ enum SpawnerArg {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScaleOutArg {
+    /// Only where a new worker would still find enough work when it is ready.
+    Paced,
+    /// One worker's slots for every uncovered task, at once.
+    Eager,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum PlacementArg {
     /// Fullest eligible worker first (fewest workers, lowest cost).
     Pack,
@@ -351,6 +364,10 @@ impl Cli {
             placement: match self.placement {
                 PlacementArg::Pack => Placement::Pack,
                 PlacementArg::Spread => Placement::Spread,
+            },
+            scale_out: match self.scale_out {
+                ScaleOutArg::Paced => ScaleOut::Paced,
+                ScaleOutArg::Eager => ScaleOut::Eager,
             },
             max_payload_bytes: self.max_payload_bytes,
             max_attempts: self.max_attempts,

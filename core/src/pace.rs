@@ -18,6 +18,11 @@
 //!   largest peak any ready copy has shown (the kernel's high-water mark, so the peak of a
 //!   task between two looks is not missed), plus the new ones, stays under the budget.
 
+/// The share of the worker's memory size its process and its copies may hold together at
+/// their peak (the coordinator's memory target, 0.9 by default, sits above it, so copies
+/// alone never make the limit fall).
+pub const COPY_MEMORY_SHARE: f64 = 0.85;
+
 /// What the host sees of its copies when it decides.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Census {

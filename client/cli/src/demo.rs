@@ -17,7 +17,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use carpool_coordinator::{Config, SpawnerKind, config::vcpus_for_memory};
+use carpool_coordinator::{Config, SpawnerKind, config::ScaleOut, config::vcpus_for_memory};
 use carpool_proto::Bytes;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -246,6 +246,8 @@ pub(crate) fn mode_config(mode: Mode, worker_bin: Option<PathBuf>) -> Config {
         Mode::LambdaBilled => Config {
             slots: Some(1),
             keep_alive: Duration::from_secs(2),
+            // A sandbox per concurrent request, at once, as Lambda starts them.
+            scale_out: ScaleOut::Eager,
             ..base
         },
         Mode::ColdPerTask => Config {

@@ -35,6 +35,8 @@ pub(crate) struct Rules {
     /// Whether the coordinator starts workers itself (local, Lambda): only then may a
     /// worker too busy for the waiting work be sent away, since another can take its place.
     pub spawns: bool,
+    /// When another worker is started for uncovered tasks.
+    pub scale_out: crate::config::ScaleOut,
 }
 
 impl From<&Config> for Rules {
@@ -54,6 +56,7 @@ impl From<&Config> for Rules {
             },
             pinned_slots: c.slots,
             spawns: c.spawner != crate::config::SpawnerKind::External,
+            scale_out: c.scale_out,
         }
     }
 }
@@ -280,6 +283,91 @@ pub(crate) fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> Id
         _ if w.idle_for >= rules.keep_alive => IdleAction::Stop(StopReason::Idle),
         _ => IdleAction::RecheckAfter(rules.keep_alive - w.idle_for),
     }
+}
+
+/// What it costs a function to bring a new worker into use, against what its tasks take:
+/// moving averages of how long its workers took from their spawn to their first result (a
+/// cold start, a runtime copy's init, one task) and to running their whole level (every
+/// copy's init, at the worker's pace), and the median of its recent attempts'
+/// durations (a median, because the first task on each runtime copy also waits for the
+/// copy's init: a minority that would drag a mean up).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Reach {
+    /// Spawn to first result, seconds.
+    first: Option<f64>,
+    /// Spawn to the first sample with as many tasks running (on ready copies) as the
+    /// worker's limit, seconds.
+    level: Option<f64>,
+    /// The latest attempts' durations, seconds, oldest first (at most [`RECENT_DURATIONS`]).
+    recent: std::collections::VecDeque<f64>,
+}
+
+/// How many attempts' durations a function's [`Reach`] keeps.
+pub(crate) const RECENT_DURATIONS: usize = 64;
+
+impl Reach {
+    /// A worker's first result came `after` its spawn.
+    pub(crate) fn first_result(&mut self, after: Duration) {
+        self.first = Some(ewma(self.first, after.as_secs_f64(), 0.3));
+    }
+
+    /// A worker first ran its whole limit `after` its spawn.
+    pub(crate) fn level_reached(&mut self, after: Duration) {
+        self.level = Some(ewma(self.level, after.as_secs_f64(), 0.3));
+    }
+
+    /// An attempt took `took`.
+    pub(crate) fn task(&mut self, took: Duration) {
+        if self.recent.len() >= RECENT_DURATIONS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(took.as_secs_f64());
+    }
+
+    /// The median of the recent attempts' durations, seconds.
+    fn typical(&self) -> Option<f64> {
+        let mut d: Vec<f64> = self.recent.iter().copied().collect();
+        d.sort_by(f64::total_cmp);
+        d.get(d.len() / 2).copied()
+    }
+
+    /// Turns: how many tasks one busy slot finishes, one after another, in the time a new
+    /// worker takes to finish its first (0 while either is unknown, or when a worker is
+    /// ready before a task ends).
+    pub(crate) fn turns(&self) -> u32 {
+        let reach = match (self.first, self.level) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        match (reach, self.typical()) {
+            (Some(reach), Some(task)) if task > 0.0 => {
+                ((reach / task).floor() - 1.0).clamp(0.0, 1000.0) as u32
+            }
+            _ => 0,
+        }
+    }
+}
+
+fn ewma(old: Option<f64>, new: f64, weight: f64) -> f64 {
+    old.map_or(new, |o| o + weight * (new - o))
+}
+
+/// What scale-out counts toward the pending tasks, by the rule's [`ScaleOut`]: `per_new`,
+/// the tasks one new (or starting) worker covers, and `ahead`, the tasks each slot of a live
+/// worker will still finish before a new worker could. Eager: one worker's slots, nothing
+/// ahead. Paced, with `turns` measured ([`Reach::turns`]): live workers will finish `turns`
+/// more tasks per slot before a new worker is of any use, and a new worker is only worth
+/// its start (a cold start, its runtime's init) if it gets that many turns of work too.
+/// A quota of tasks per worker (conventional FaaS) caps what a new worker covers.
+///
+/// [`ScaleOut`]: crate::config::ScaleOut
+pub(crate) fn coverage(rules: &Rules, slots_per_new: u32, turns: u32) -> (u32, u32) {
+    let turns = match rules.scale_out {
+        crate::config::ScaleOut::Eager => 0,
+        crate::config::ScaleOut::Paced if rules.max_tasks_per_worker.is_some() => 0,
+        crate::config::ScaleOut::Paced => turns,
+    };
+    (slots_per_new.saturating_mul(turns + 1), turns)
 }
 
 /// How many workers to start for one function: enough new slots to cover the pending

@@ -367,3 +367,47 @@ fn the_idle_rule_leaves_a_stopping_or_detached_worker_alone() {
     };
     assert_eq!(idle_action(&r, &detached, true), IdleAction::Keep);
 }
+
+#[test]
+fn turns_weigh_reaching_a_level_from_cold_against_a_task() {
+    let ms = Duration::from_millis;
+    let mut r = Reach::default();
+    assert_eq!(r.turns(), 0, "nothing known");
+    r.first_result(ms(800));
+    assert_eq!(r.turns(), 0, "no task duration yet");
+    // The first task on each copy also waited for the copy's init: the median ignores it.
+    for d in [780, 80, 80, 80, 80, 790, 80] {
+        r.task(ms(d));
+    }
+    // 800 ms to a first result, 80 ms a task: 9 more turns per slot meanwhile.
+    assert_eq!(r.turns(), 9);
+    // Reaching the whole level (its copies started a few at a time) took longer.
+    r.level_reached(ms(1600));
+    assert_eq!(r.turns(), 19);
+    // A worker ready before a task ends: no turns.
+    let mut quick = Reach::default();
+    quick.first_result(ms(50));
+    quick.task(ms(200));
+    assert_eq!(quick.turns(), 0);
+}
+
+#[test]
+fn coverage_paces_scale_out_only_where_asked_and_never_past_a_quota() {
+    let paced = rules();
+    assert_eq!(coverage(&paced, 4, 9), (40, 9), "a new worker must get 10 turns");
+    assert_eq!(
+        coverage(&paced, 4, 0),
+        (4, 0),
+        "a cheap start: its slots, as before"
+    );
+    let eager = Rules {
+        scale_out: crate::config::ScaleOut::Eager,
+        ..rules()
+    };
+    assert_eq!(coverage(&eager, 4, 9), (4, 0));
+    let conventional = Rules {
+        max_tasks_per_worker: Some(1),
+        ..rules()
+    };
+    assert_eq!(coverage(&conventional, 1, 9), (1, 0));
+}

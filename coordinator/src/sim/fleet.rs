@@ -10,6 +10,9 @@ pub(super) struct SimTask {
     pub(super) started: Duration,
     /// CPU seconds it still needs; 0 once it waits.
     pub(super) cpu_left: f64,
+    /// Whether it runs (on a ready runtime copy, when copies are modelled); a task waiting
+    /// for a copy uses no CPU and is not reported as running.
+    pub(super) on_copy: bool,
 }
 
 pub(super) struct SimWorker {
@@ -31,11 +34,30 @@ pub(super) struct SimWorker {
     /// The most tasks it ran at once since its last sample (more restarts the CPU span, as
     /// the real worker's does).
     pub(super) most: usize,
+    /// Runtime copies in their init: CPU seconds each still needs.
+    pub(super) inits: Vec<f64>,
+    /// Ready copies with no task.
+    pub(super) idle: usize,
+    /// Its concurrency limit, as the coordinator last set it.
+    pub(super) limit: usize,
+    /// Whether a task has finished on it (its working memory is known).
+    pub(super) completed: bool,
 }
 
 impl SimWorker {
+    /// What shares its vCPUs now: tasks in their CPU phase and copies in their init.
     pub(super) fn in_cpu(&self) -> usize {
-        self.tasks.iter().filter(|t| t.cpu_left > 0.0).count()
+        self.running().filter(|t| t.cpu_left > 0.0).count() + self.inits.len()
+    }
+
+    /// The tasks that run (not waiting for a copy).
+    pub(super) fn running(&self) -> impl Iterator<Item = &SimTask> {
+        self.tasks.iter().filter(|t| t.on_copy)
+    }
+
+    /// Runtime copies alive: starting, idle and busy.
+    pub(super) fn copies(&self) -> usize {
+        self.inits.len() + self.idle + self.running().count()
     }
 
     /// Accounts CPU progress up to `now` at the share that held since the last change.
@@ -50,12 +72,18 @@ impl SimWorker {
             return;
         }
         let rate = (vcpus / n).min(1.0);
-        for t in self.tasks.iter_mut().filter(|t| t.cpu_left > 0.0) {
-            t.cpu_left = (t.cpu_left - dt * rate).max(0.0);
+        let phases = self
+            .tasks
+            .iter_mut()
+            .filter(|t| t.on_copy && t.cpu_left > 0.0)
+            .map(|t| &mut t.cpu_left)
+            .chain(self.inits.iter_mut());
+        for left in phases {
+            *left = (*left - dt * rate).max(0.0);
             // Under a microsecond left is done (the clock has nanoseconds; rounding must not
             // leave a phase that ends at the same instant for ever).
-            if t.cpu_left < 1e-6 {
-                t.cpu_left = 0.0;
+            if *left < 1e-6 {
+                *left = 0.0;
             }
         }
         self.busy += dt * n.min(vcpus) / vcpus;
@@ -65,10 +93,10 @@ impl SimWorker {
     pub(super) fn next_cpu_end(&self, now: Duration, vcpus: f64) -> Option<Duration> {
         let n = self.in_cpu() as f64;
         let left = self
-            .tasks
-            .iter()
+            .running()
             .filter(|t| t.cpu_left > 0.0)
             .map(|t| t.cpu_left)
+            .chain(self.inits.iter().copied())
             .fold(f64::INFINITY, f64::min);
         (n > 0.0 && left.is_finite()).then(|| now + Duration::from_secs_f64(left / (vcpus / n).min(1.0)))
     }

@@ -16,6 +16,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use carpool_core::pace;
 use carpool_proto::Bytes;
 use carpool_proto::pb::{self, coordinator_message::Kind};
 
@@ -53,6 +54,18 @@ impl TaskModel {
     }
 }
 
+/// A Lambda runtime's copies (interpreters), when the worker hosts one: a task runs only on
+/// a ready copy, a copy is costly to start, and a worker starts copies as the real worker
+/// does (the same pacing rule, [`carpool_core::pace`]): for work it holds, a few at a time,
+/// while memory holds them, and keeps them warm up to its limit.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CopyModel {
+    /// CPU time one copy's init takes on one vCPU (interpreter start and imports).
+    pub init_cpu: Duration,
+    /// Memory a ready copy holds with no task, in MB (a task's own comes on top).
+    pub mem_mb: f64,
+}
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -72,6 +85,8 @@ pub struct SimConfig {
     pub worker_base_mb: f64,
     /// How long after its running tasks change a worker reports (the real worker's).
     pub settle: Duration,
+    /// The runtime copies tasks run in (`None`: tasks run in the worker, as built-ins do).
+    pub copy: Option<CopyModel>,
 }
 
 impl SimConfig {
@@ -87,6 +102,7 @@ impl SimConfig {
             exit_delay: Duration::ZERO,
             worker_base_mb: 8.0,
             settle: Duration::from_millis(25),
+            copy: None,
         }
     }
 }
@@ -201,7 +217,7 @@ impl Sim<'_> {
         let mut delivered = false;
         self.effects.journal.clear();
         let vcpus = self.vcpus;
-        let task = self.sim.task;
+        let (task, copies) = (self.sim.task, self.sim.copy);
         let mut started = Vec::new();
         let mut exits = Vec::new();
         for out in std::mem::take(&mut self.effects.out) {
@@ -226,15 +242,20 @@ impl Sim<'_> {
                             attempt: t.attempt,
                             started: now,
                             cpu_left: task.cpu.as_secs_f64(),
+                            on_copy: copies.is_none(),
                         });
                     }
-                    w.newest = now;
-                    if w.tasks.len() > w.most {
-                        w.most = w.tasks.len();
-                        w.span = (now, w.busy);
+                    if copies.is_none() {
+                        w.newest = now;
+                        Self::ran(w, &mut self.report, now);
                     }
-                    let n = w.tasks.len() as u32;
-                    self.report.peak_concurrency = self.report.peak_concurrency.max(n);
+                    if !started.contains(&slot) {
+                        started.push(slot);
+                    }
+                }
+                Some(Kind::Welcome(welcome)) => w.limit = welcome.slots as usize,
+                Some(Kind::Limit(limit)) => {
+                    w.limit = limit.slots as usize;
                     if !started.contains(&slot) {
                         started.push(slot);
                     }
@@ -261,8 +282,11 @@ impl Sim<'_> {
         let mut ended = Vec::new();
         if let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) {
             w.advance(now, vcpus);
+        }
+        self.place(slot, now);
+        if let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) {
             let conn = w.conn;
-            for t in w.tasks.iter_mut().filter(|t| t.cpu_left == 0.0) {
+            for t in w.tasks.iter_mut().filter(|t| t.on_copy && t.cpu_left == 0.0) {
                 // Marked as waiting (below zero), so its end is queued once.
                 t.cpu_left = -1.0;
                 let (task, attempt) = (t.task, t.attempt);
@@ -287,6 +311,75 @@ impl Sim<'_> {
         self.replan(slot, now);
     }
 
+    /// A task runs on worker `w` from `now`: the most it ran at once since its last sample.
+    fn ran(w: &mut SimWorker, report: &mut SimReport, now: Duration) {
+        let n = w.running().count();
+        if n > w.most {
+            w.most = n;
+            w.span = (now, w.busy);
+        }
+        report.peak_concurrency = report.peak_concurrency.max(n as u32);
+    }
+
+    /// With runtime copies modelled, on worker `slot`: copies done with their init are
+    /// ready, ready copies take the tasks waiting for one, idle copies past the limit
+    /// retire, and new copies start as the pacing rule allows.
+    fn place(&mut self, slot: u32, now: Duration) {
+        let Some(copy) = self.sim.copy else {
+            return;
+        };
+        let (task_mb, base_mb) = (self.sim.task.mem_mb, self.sim.worker_base_mb);
+        let memory_mb = f64::from(self.sim.config.memory_mb);
+        let ramp = (self.vcpus.floor() as usize).max(1);
+        let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) else {
+            return;
+        };
+        let before = w.inits.len();
+        w.inits.retain(|left| *left > 0.0);
+        w.idle += before - w.inits.len();
+        let mut took = false;
+        for t in w.tasks.iter_mut().filter(|t| !t.on_copy) {
+            if w.idle == 0 {
+                break;
+            }
+            w.idle -= 1;
+            t.on_copy = true;
+            took = true;
+        }
+        if took {
+            w.newest = now;
+            Self::ran(w, &mut self.report, now);
+        }
+        let excess = w.copies().saturating_sub(w.limit.max(1)).min(w.idle);
+        w.idle -= excess;
+        let busy = w.running().count();
+        let live = w.copies();
+        let copy_peak = if w.completed {
+            copy.mem_mb + task_mb
+        } else if busy + w.idle > 0 {
+            copy.mem_mb
+        } else {
+            0.0
+        };
+        let bytes = |mb: f64| (mb * 1024.0 * 1024.0) as u64;
+        let census = pace::Census {
+            limit: w.limit,
+            live,
+            starting: w.inits.len(),
+            busy,
+            queued: w.tasks.len() - busy,
+            ramp,
+            completed: w.completed,
+            own_bytes: bytes(base_mb),
+            copy_peak: bytes(copy_peak),
+            peaks_sum: bytes(copy.mem_mb * live as f64 + task_mb * busy as f64),
+            budget: bytes(memory_mb * pace::COPY_MEMORY_SHARE),
+        };
+        let (n, _) = pace::to_start(&census);
+        let init = copy.init_cpu.as_secs_f64().max(1e-6);
+        w.inits.extend(std::iter::repeat_n(init, n));
+    }
+
     /// A task ends: its result goes to the state and the worker will report (the caller
     /// re-plans its CPU).
     fn finish(&mut self, slot: u32, task: u64, attempt: u32, now: Duration) {
@@ -302,7 +395,12 @@ impl Sim<'_> {
         else {
             return;
         };
-        let t = w.tasks.swap_remove(pos);
+        let t = w.tasks.remove(pos);
+        if self.sim.copy.is_some() {
+            // Its copy is free for the next task, and a task's working memory is known.
+            w.idle += 1;
+            w.completed = true;
+        }
         let id = w.id.clone();
         let result = pb::WorkerTaskResult {
             task_id: task,
@@ -333,10 +431,12 @@ impl Sim<'_> {
             0.0
         };
         w.span = (now, w.busy);
-        w.most = w.tasks.len();
-        let mem_mb = sim.worker_base_mb + sim.task.mem_mb * w.tasks.len() as f64;
+        let running = w.running().count();
+        w.most = running;
+        let copies_mb = sim.copy.map_or(0.0, |c| c.mem_mb * w.copies() as f64);
+        let mem_mb = sim.worker_base_mb + copies_mb + sim.task.mem_mb * running as f64;
         self.report.peak_memory_fraction = self.report.peak_memory_fraction.max(mem_mb / memory_mb);
-        let youngest = if w.tasks.is_empty() {
+        let youngest = if running == 0 {
             0
         } else {
             now.saturating_sub(w.newest).as_millis() as u32
@@ -346,7 +446,7 @@ impl Sim<'_> {
             cpu: cpu.clamp(0.0, 1.0),
             memory_used_bytes: (mem_mb * mb) as u64,
             memory_limit_bytes: (memory_mb * mb) as u64,
-            running_tasks: w.tasks.len() as u32,
+            running_tasks: running as u32,
             memory_peak_bytes: 0,
             youngest_task_ms: youngest,
         };
@@ -483,6 +583,10 @@ impl Sim<'_> {
                                 sample_queued: false,
                                 newest: now,
                                 most: 0,
+                                inits: Vec::new(),
+                                idle: 0,
+                                limit: 1,
+                                completed: false,
                             });
                             // Its first sample (nothing running: its base), then one per interval.
                             s.sample(slot, now);

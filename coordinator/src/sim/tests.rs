@@ -165,3 +165,88 @@ fn a_large_batch_respects_the_fleet_cap_and_finishes_every_task() {
     assert_eq!(r.succeeded, 20_000);
     assert!(r.peak_workers <= 100 && r.invocations >= 100, "{r:?}");
 }
+
+/// A thumbnailer under a Lambda runtime client, in the shape measured of the real one
+/// (`scripts/bench-handlers`): each copy imports for 700 ms of CPU and holds 60 MB; a task
+/// takes 60 ms of CPU, 20 ms of S3, 40 MB more.
+fn thumbnailer(memory_mb: u32, slots: Option<u32>, lambda: bool) -> SimConfig {
+    let task = TaskModel {
+        cpu: Duration::from_millis(60),
+        wait: Duration::from_millis(20),
+        mem_mb: 40.0,
+    };
+    let mut s = SimConfig::new(config(false, 8, slots), "spin", 100, task);
+    s.config.memory_mb = memory_mb;
+    if lambda {
+        s.config.keep_alive = Duration::from_secs(2);
+        s.config.scale_out = crate::config::ScaleOut::Eager;
+    }
+    s.cold_start = Duration::from_millis(100);
+    s.copy = Some(CopyModel {
+        init_cpu: Duration::from_millis(700),
+        mem_mb: 60.0,
+    });
+    s
+}
+
+#[test]
+fn tasks_wait_for_a_ready_copy_and_copies_are_reused() {
+    // One worker, one copy: a cold start, one init, then 100 tasks one after another.
+    let mut s = thumbnailer(2048, Some(1), false);
+    s.config.max_workers = 1;
+    let r = simulate(&s);
+    assert_eq!((r.succeeded, r.invocations, r.peak_concurrency), (100, 1, 1));
+    // 2048 MB has 1.16 vCPUs: a single-threaded init runs at one.
+    assert_eq!(r.completion, Duration::from_millis(100 + 700 + 100 * 80), "{r:?}");
+    assert!(r.peak_memory_fraction < 0.06, "{r:?}");
+}
+
+#[test]
+fn a_runtime_with_a_costly_start_learns_a_level_whose_second_batch_costs_no_more() {
+    for memory_mb in [2048, 4096] {
+        let adaptive = simulate_batches(&thumbnailer(memory_mb, None, false), 2);
+        let lambda = simulate_batches(&thumbnailer(memory_mb, Some(1), true), 2)
+            .iter()
+            .map(SimReport::billed_per_request)
+            .collect::<Vec<_>>();
+        let best_fixed = [1, 2, 4, 8]
+            .iter()
+            .flat_map(|&n| simulate_batches(&thumbnailer(memory_mb, Some(n), false), 2))
+            .map(|r| r.billed_gb_s)
+            .fold(f64::INFINITY, f64::min);
+        let (first, second) = (&adaptive[0], &adaptive[1]);
+        assert_eq!((first.succeeded, second.succeeded), (100, 100));
+        assert!(
+            second.billed_gb_s <= first.billed_gb_s,
+            "{memory_mb} MB: the learned batch {second:?} cost more than the first {first:?}"
+        );
+        assert!(second.completion < first.completion, "{first:?} {second:?}");
+        for r in &adaptive {
+            assert!(r.peak_memory_fraction < COPY_SHARE, "{memory_mb} MB: {r:?}");
+            assert!(
+                r.billed_gb_s <= 1.25 * best_fixed,
+                "{memory_mb} MB: {r:?} against the best fixed {best_fixed}"
+            );
+            assert!(
+                r.billed_gb_s < lambda[1].billed_gb_s,
+                "{memory_mb} MB: {r:?} against Lambda as it bills {:?}",
+                lambda[1]
+            );
+        }
+    }
+}
+
+const COPY_SHARE: f64 = carpool_core::pace::COPY_MEMORY_SHARE;
+
+#[test]
+fn eager_scale_out_starts_a_worker_per_uncovered_slot_paced_only_what_pays() {
+    // Lambda's way: 40 requests, at most 8 sandboxes: all 8 start.
+    let few = |s: SimConfig| SimConfig { tasks: 40, ..s };
+    let eager = simulate_batches(&few(thumbnailer(2048, Some(1), true)), 2);
+    assert_eq!((eager[0].invocations, eager[1].invocations), (8, 8));
+    // Paced, once a worker has shown what reaching its level costs (700 ms of init
+    // against 80 ms tasks): fewer workers, each with enough turns to pay for its init.
+    let paced = simulate_batches(&few(thumbnailer(2048, Some(1), false)), 2);
+    assert!(paced[1].invocations < 8, "{paced:?}");
+    assert!(paced[1].billed_gb_s < eager[1].billed_gb_s, "{paced:?} {eager:?}");
+}

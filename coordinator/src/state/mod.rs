@@ -337,8 +337,9 @@ impl State {
         if room == 0 {
             return;
         }
+        let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_per_new, f.reach.turns());
         let mut free = f.starting as usize * slots_per_new as usize;
-        let free_bound = free + f.workers * f.max_slots.max(cap) as usize;
+        let free_bound = free + f.workers * f.max_slots.max(cap) as usize * (1 + ahead as usize);
         let fleet_cannot_matter =
             !scheduler::free_slots_matter(f.pending as usize, free_bound, room, slots_per_new);
         if fleet_cannot_matter {
@@ -349,6 +350,8 @@ impl State {
                 let v = w.view(now);
                 if scheduler::assess(&rules, &v).counts_as_capacity() {
                     free += scheduler::free_capacity(&w.limit, w.limit_params.max, v.running) as usize;
+                    // What its busy slots finish before a new worker could.
+                    free += w.limit.value() as usize * ahead as usize;
                 }
             }
         }

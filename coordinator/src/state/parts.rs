@@ -52,6 +52,9 @@ pub(super) struct Worker {
     pub(super) running: Vec<(TaskId, u32)>,
     pub(super) assigned_total: u64,
     pub(super) done: u64,
+    /// It has run as many tasks at once as its limit, on ready runtime copies (its level
+    /// reached from cold).
+    pub(super) reached: bool,
     pub(super) idle_since: Instant,
     /// Told to shut down: gets nothing new.
     pub(super) stopping: bool,
@@ -204,6 +207,10 @@ pub(super) struct FunctionPool {
     pub(super) requests: u64,
     /// The highest memory use any of its workers reported, as a fraction of its limit.
     pub(super) peak_mem: f64,
+    /// What a new worker costs before it is any use, and what a task takes: how long its
+    /// workers took from their spawn to their first result, and its attempts' durations
+    /// (moving averages; `None` until seen). Scale-out weighs one against the other.
+    pub(super) reach: scheduler::Reach,
 }
 
 impl FunctionPool {

@@ -71,6 +71,12 @@ impl State {
         // What the controller saw and did, for replaying a run in its unit tests.
         trace!(worker = %id, cpu = observation.cpu, mem = observation.mem, peak = observation.peak, running = observation.running, youngest_ms = observation.youngest.as_millis() as u64, limit = w.limit.value(), "limit sample");
         let (after, settled) = (w.limit.value(), w.limit.settled());
+        // The first time it runs its whole level, the cost of reaching a level from cold
+        // is known (its spawn, its runtime copies' init, paced).
+        let reached = (!w.reached && observation.running >= before.max(1)).then(|| {
+            w.reached = true;
+            now.saturating_duration_since(w.billed_from)
+        });
         let function = w.function.clone();
         let memory_mb = w.memory_mb;
         let peak = w.peak_mem;
@@ -80,6 +86,9 @@ impl State {
         }
         if let Some(f) = self.functions.get_mut(&function) {
             f.peak_mem = f.peak_mem.max(peak);
+            if let Some(after) = reached {
+                f.reach.level_reached(after);
+            }
         }
         if settled && (after != before || !was_settled) {
             let level = Learned {
@@ -130,11 +139,13 @@ impl State {
                 continue;
             };
             w.running.swap_remove(pos);
+            let first = w.done == 0;
             w.done += 1;
             let took = match r.duration_us {
                 0 => Duration::from_millis(r.finished_unix_ms.saturating_sub(r.started_unix_ms)),
                 us => Duration::from_micros(us),
             };
+            let spawned_for = now.saturating_duration_since(w.billed_from);
             w.limit.completed(took);
             trace!(worker = %id, task = r.task_id, duration_us = took.as_micros() as u64, "limit completion");
             let memory_mb = w.memory_mb;
@@ -145,6 +156,10 @@ impl State {
                 f.running = f.running.saturating_sub(1);
                 f.request_gb_ms += billing::billed_gb_ms(took, memory_mb);
                 f.requests += 1;
+                f.reach.task(took);
+                if first {
+                    f.reach.first_result(spawned_for);
+                }
             }
             let (state, output, error) = match r.outcome {
                 Some(Outcome::Output(bytes)) if bytes.len() > max_output => (

@@ -158,6 +158,7 @@ impl State {
             running: Vec::new(),
             assigned_total: 0,
             done: 0,
+            reached: false,
             idle_since: now,
             stopping: false,
             attached: true,

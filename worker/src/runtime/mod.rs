@@ -54,10 +54,7 @@ pub const INIT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 /// Copies in a row that die while idle (after their init) before the runtime is given up.
 const IDLE_CRASHES: u32 = 5;
-/// The share of the worker's memory size its process and its copies may hold together at
-/// their peak (the coordinator's memory target, 0.9 by default, sits above it, so copies
-/// alone never make the limit fall).
-pub const COPY_MEMORY_SHARE: f64 = 0.85;
+pub use carpool_core::pace::COPY_MEMORY_SHARE;
 /// How often the copies' memory peaks are read again (at most), when copies may start.
 const PEAKS_EVERY: Duration = Duration::from_millis(50);
 

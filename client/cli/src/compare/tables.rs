@@ -91,6 +91,7 @@ pub(crate) fn simulated(
     let vcpus = vcpus_for_memory(memory_mb);
     let warm = Config {
         keep_alive: Duration::from_secs(2),
+        scale_out: ScaleOut::Eager,
         ..config(Some(1), None)
     };
     let mut out = vec![
@@ -163,6 +164,11 @@ pub(super) fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
                         Duration::from_secs(2)
                     } else {
                         Duration::ZERO
+                    },
+                    scale_out: if per_request {
+                        ScaleOut::Eager
+                    } else {
+                        ScaleOut::Paced
                     },
                     ..Config::default()
                 };
