@@ -3,6 +3,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 mod bench;
 mod compare;
@@ -10,6 +11,7 @@ mod demo;
 mod experiment;
 mod render;
 mod shared;
+mod simulate;
 mod top;
 
 use bench::BenchOptions;
@@ -189,6 +191,44 @@ enum Command {
         #[arg(long)]
         scale: Option<String>,
     },
+    /// Simulate a handler of a measured shape (its runtime copy's init and size, its task's
+    /// CPU, wait and memory) at sizes and fleets this machine cannot host: adaptive, each
+    /// fixed --slots of a sweep and Lambda as it bills, two batches each.
+    Simulate {
+        /// Tasks per batch.
+        #[arg(long, default_value_t = 100)]
+        tasks: usize,
+        /// Cap on concurrent invocations.
+        #[arg(long, default_value_t = 8)]
+        max_workers: u32,
+        /// Memory sizes in MB.
+        #[arg(long, value_delimiter = ',', default_value = "2048,4096")]
+        sizes: Vec<u32>,
+        /// Fixed --slots to compare.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+        sweep: Vec<u32>,
+        /// CPU time of one runtime copy's init (interpreter and imports), e.g. "700ms".
+        #[arg(long, value_parser = humantime::parse_duration)]
+        init_cpu: Duration,
+        /// Memory a ready copy holds, MB.
+        #[arg(long)]
+        copy_mb: f64,
+        /// CPU time of one task.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        task_cpu: Duration,
+        /// Wait of one task (network), after its CPU.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        task_wait: Duration,
+        /// A task's own memory on top of its copy's, MB.
+        #[arg(long, default_value_t = 0.0)]
+        task_mb: f64,
+        /// A worker's spawn to its hello.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        cold_start: Duration,
+        /// Print one JSON object per way, size and batch instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a CPU-bound and an I/O-bound batch on local workers as carpool (default flags),
     /// as Lambda as it bills (warm sandboxes, one request each, init billed) and as one cold
     /// invocation per task, and compare.
@@ -283,6 +323,36 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         domain: cli.tls_domain.clone(),
     };
     let options = ConnectOptions { token, tls };
+    if let Command::Simulate {
+        tasks,
+        max_workers,
+        sizes,
+        sweep,
+        init_cpu,
+        copy_mb,
+        task_cpu,
+        task_wait,
+        task_mb,
+        cold_start,
+        json,
+    } = &cli.command
+    {
+        let model = simulate::HandlerModel {
+            init_cpu: *init_cpu,
+            copy_mb: *copy_mb,
+            task_cpu: *task_cpu,
+            task_wait: *task_wait,
+            task_mb: *task_mb,
+            cold_start: *cold_start,
+        };
+        let ways = simulate::run(&model, sizes, *tasks, *max_workers, sweep);
+        if *json {
+            print!("{}", simulate::json_lines(&ways, *tasks));
+        } else {
+            print!("{}", simulate::table(&ways, *tasks));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Command::Experiment {
         tasks,
         max_workers,
@@ -414,6 +484,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         ),
         Command::Stats => print!("{}", render::stats_table(&client.stats().await.map_err(e)?)),
         Command::Demo { .. }
+        | Command::Simulate { .. }
         | Command::Top
         | Command::Bench { .. }
         | Command::Experiment { .. }

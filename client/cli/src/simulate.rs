@@ -1,0 +1,178 @@
+//! `carpool simulate`: a handler's measured shape (its runtime copy's init and size, its
+//! task's CPU, wait and memory) run through the simulator at sizes and fleets this machine
+//! cannot host: adaptive (default flags), each fixed `--slots` of a sweep and Lambda as it
+//! bills, a first batch and a second from what the first taught the coordinator.
+
+use std::time::Duration;
+
+use carpool_coordinator::Config;
+use carpool_coordinator::config::ScaleOut;
+use carpool_coordinator::sim::{CopyModel, SimConfig, SimReport, TaskModel, simulate_batches};
+
+/// A handler's shape, as measured.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HandlerModel {
+    /// One runtime copy's init (interpreter and imports), CPU time.
+    pub init_cpu: Duration,
+    /// What a ready copy holds, MB.
+    pub copy_mb: f64,
+    /// A task's CPU time.
+    pub task_cpu: Duration,
+    /// A task's wait (network), after its CPU.
+    pub task_wait: Duration,
+    /// A task's own memory on top of its copy's, MB.
+    pub task_mb: f64,
+    /// A worker's spawn to its hello.
+    pub cold_start: Duration,
+}
+
+/// One way at one size: its first and second batch.
+#[derive(Clone, Debug)]
+pub(crate) struct Way {
+    /// "adaptive", "--slots N" or "Lambda as it bills".
+    pub label: String,
+    /// Memory size, MB.
+    pub memory_mb: u32,
+    /// The two batches.
+    pub batches: Vec<SimReport>,
+}
+
+/// The function name the simulated tasks go to.
+const FUNCTION: &str = "handler";
+
+fn sim(
+    model: &HandlerModel,
+    memory_mb: u32,
+    tasks: usize,
+    max_workers: u32,
+    slots: Option<u32>,
+    lambda: bool,
+) -> SimConfig {
+    let config = Config {
+        memory_mb,
+        max_workers,
+        slots,
+        exec_functions: vec![(FUNCTION.to_owned(), "handler".to_owned())],
+        keep_alive: if lambda {
+            Duration::from_secs(2)
+        } else {
+            Duration::ZERO
+        },
+        scale_out: if lambda { ScaleOut::Eager } else { ScaleOut::Paced },
+        ..Config::default()
+    };
+    let task = TaskModel {
+        cpu: model.task_cpu,
+        wait: model.task_wait,
+        mem_mb: model.task_mb,
+    };
+    let mut s = SimConfig::new(config, FUNCTION, tasks, task);
+    s.cold_start = model.cold_start;
+    s.copy = Some(CopyModel {
+        init_cpu: model.init_cpu,
+        mem_mb: model.copy_mb,
+    });
+    s
+}
+
+/// Every way at every size, two batches each.
+pub(crate) fn run(
+    model: &HandlerModel,
+    sizes: &[u32],
+    tasks: usize,
+    max_workers: u32,
+    sweep: &[u32],
+) -> Vec<Way> {
+    let mut ways = Vec::new();
+    for &memory_mb in sizes {
+        let mut plan: Vec<(String, Option<u32>, bool)> = vec![("adaptive".into(), None, false)];
+        plan.extend(sweep.iter().map(|&n| (format!("--slots {n}"), Some(n), false)));
+        plan.push(("Lambda as it bills".into(), Some(1), true));
+        for (label, slots, lambda) in plan {
+            let mut batches = simulate_batches(&sim(model, memory_mb, tasks, max_workers, slots, lambda), 2);
+            if lambda {
+                batches = batches.iter().map(SimReport::billed_per_request).collect();
+            }
+            ways.push(Way {
+                label,
+                memory_mb,
+                batches,
+            });
+        }
+    }
+    ways
+}
+
+/// One JSON object per way, size and batch (for scripts).
+pub(crate) fn json_lines(ways: &[Way], tasks: usize) -> String {
+    let mut out = String::new();
+    for w in ways {
+        for (i, r) in w.batches.iter().enumerate() {
+            let line = serde_json::json!({
+                "way": w.label,
+                "memory_mb": w.memory_mb,
+                "batch": i + 1,
+                "gb_s": r.billed_gb_s,
+                "completion_s": r.completion.as_secs_f64(),
+                "usd_per_million": r.cost_usd / tasks.max(1) as f64 * 1e6,
+                "invocations": r.invocations,
+                "peak_memory_fraction": r.peak_memory_fraction,
+                "peak_concurrency": r.peak_concurrency,
+                "succeeded": r.succeeded,
+            });
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A table for people.
+pub(crate) fn table(ways: &[Way], tasks: usize) -> String {
+    let mut out = format!(
+        "{:<20} {:>6} {:>6} {:>10} {:>12} {:>9} {:>8} {:>9}\n",
+        "way", "MB", "batch", "GB-s", "completion s", "USD/1M", "workers", "peak mem"
+    );
+    for w in ways {
+        for (i, r) in w.batches.iter().enumerate() {
+            out.push_str(&format!(
+                "{:<20} {:>6} {:>6} {:>10.2} {:>12.2} {:>9.2} {:>8} {:>9.2}\n",
+                w.label,
+                w.memory_mb,
+                i + 1,
+                r.billed_gb_s,
+                r.completion.as_secs_f64(),
+                r.cost_usd / tasks.max(1) as f64 * 1e6,
+                r.invocations,
+                r.peak_memory_fraction
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_way_runs_two_batches_and_lambda_is_billed_per_request() {
+        let model = HandlerModel {
+            init_cpu: Duration::from_millis(500),
+            copy_mb: 50.0,
+            task_cpu: Duration::from_millis(50),
+            task_wait: Duration::from_millis(100),
+            task_mb: 20.0,
+            cold_start: Duration::from_millis(100),
+        };
+        let ways = run(&model, &[2048], 40, 4, &[1, 2]);
+        assert_eq!(ways.len(), 4);
+        for w in &ways {
+            assert_eq!(w.batches.len(), 2);
+            assert!(w.batches.iter().all(|b| b.succeeded == 40), "{w:?}");
+        }
+        let lambda = &ways[3];
+        assert_eq!(lambda.batches[0].invocations, 40, "one billed request per task");
+        assert_eq!(json_lines(&ways, 40).lines().count(), 8);
+    }
+}
