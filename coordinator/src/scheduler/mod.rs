@@ -372,18 +372,27 @@ pub(crate) fn coverage(rules: &Rules, slots_per_new: u32, turns: u32) -> (u32, u
 
 /// How many workers to start for one function: enough new slots to cover the pending
 /// tasks that the free slots of live and starting workers do not, within the fleet cap.
+/// With `whole` (paced scale-out), a new worker is started only for a whole new worker's
+/// worth of uncovered tasks (the live workers take a remainder sooner than a new one could
+/// pay for its start), except the first of a function with none.
 pub(crate) fn workers_to_spawn(
     pending: usize,
     free_slots: usize,
     fleet: u32,
     max_workers: u32,
     slots_per_new_worker: u32,
+    whole: bool,
 ) -> u32 {
     let uncovered = pending.saturating_sub(free_slots);
     if uncovered == 0 {
         return 0;
     }
-    let wanted = uncovered.div_ceil(slots_per_new_worker.max(1) as usize);
+    let per_new = slots_per_new_worker.max(1) as usize;
+    let wanted = if whole {
+        (uncovered / per_new).max(usize::from(fleet == 0))
+    } else {
+        uncovered.div_ceil(per_new)
+    };
     let room = max_workers.saturating_sub(fleet) as usize;
     wanted.min(room) as u32
 }

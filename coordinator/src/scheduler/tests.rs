@@ -281,12 +281,12 @@ fn scale_out_counts_an_unlearned_worker_as_able_to_grow() {
 #[test]
 fn spawn_covers_uncovered_pending_within_cap() {
     // 10 pending, 3 free slots, 2 slots per new worker: 4 workers wanted.
-    assert_eq!(workers_to_spawn(10, 3, 0, 8, 2), 4);
+    assert_eq!(workers_to_spawn(10, 3, 0, 8, 2, false), 4);
     // Cap of 8 with 6 already in the fleet leaves room for 2.
-    assert_eq!(workers_to_spawn(10, 3, 6, 8, 2), 2);
+    assert_eq!(workers_to_spawn(10, 3, 6, 8, 2, false), 2);
     // Starting workers' slots count as free: nothing more to start.
-    assert_eq!(workers_to_spawn(4, 4, 2, 8, 2), 0);
-    assert_eq!(workers_to_spawn(0, 0, 0, 8, 2), 0);
+    assert_eq!(workers_to_spawn(4, 4, 2, 8, 2, false), 0);
+    assert_eq!(workers_to_spawn(0, 0, 0, 8, 2, false), 0);
 }
 
 #[test]
@@ -389,6 +389,19 @@ fn turns_weigh_reaching_a_level_from_cold_against_a_task() {
     quick.first_result(ms(50));
     quick.task(ms(200));
     assert_eq!(quick.turns(), 0);
+}
+
+#[test]
+fn paced_scale_out_starts_workers_only_for_whole_covers() {
+    // 100 pending, nothing live: 80 a worker covers, one worker (the 20 left are the first
+    // one's, sooner than a second could pay for its start).
+    assert_eq!(workers_to_spawn(100, 0, 0, 8, 80, true), 1);
+    assert_eq!(workers_to_spawn(100, 0, 0, 8, 80, false), 2);
+    assert_eq!(workers_to_spawn(170, 0, 0, 8, 80, true), 2);
+    // One live: a remainder is its own.
+    assert_eq!(workers_to_spawn(100, 80, 1, 8, 80, true), 0);
+    // None live and a small batch: still one.
+    assert_eq!(workers_to_spawn(3, 0, 0, 8, 80, true), 1);
 }
 
 #[test]

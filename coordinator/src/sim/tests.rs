@@ -220,7 +220,12 @@ fn a_runtime_with_a_costly_start_learns_a_level_whose_second_batch_costs_no_more
             second.billed_gb_s <= first.billed_gb_s,
             "{memory_mb} MB: the learned batch {second:?} cost more than the first {first:?}"
         );
-        assert!(second.completion < first.completion, "{first:?} {second:?}");
+        // Paced scale-out may take fewer workers than the first batch ended with (cheaper),
+        // at the price of a little time.
+        assert!(
+            second.completion.as_secs_f64() <= 1.25 * first.completion.as_secs_f64(),
+            "{first:?} {second:?}"
+        );
         for r in &adaptive {
             assert!(r.peak_memory_fraction < COPY_SHARE, "{memory_mb} MB: {r:?}");
             assert!(

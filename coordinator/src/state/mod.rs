@@ -365,6 +365,7 @@ impl State {
             fleet,
             self.config.max_workers,
             slots_per_new,
+            ahead > 0,
         )
         .min(room as u32);
         let key = self.function_key(function);
