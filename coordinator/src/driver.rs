@@ -421,7 +421,22 @@ impl Driver {
         if let Some(j) = &self.0.journal
             && !effects.journal.is_empty()
         {
+            let reserved = effects.journal.iter().find_map(|op| match op {
+                crate::state::JournalOp::Reserve(until) => Some(*until),
+                _ => None,
+            });
             j.apply(effects.journal);
+            if let Some(until) = reserved {
+                // The new ids may be handed out once the reservation is durable (never, if
+                // the lease is lost first).
+                let written = j.barrier();
+                let driver = self.clone();
+                self.0.tracker.spawn(async move {
+                    if written.await.is_ok() {
+                        driver.update(|s, _, _| s.ids_reserved(until));
+                    }
+                });
+            }
         }
         for request in effects.spawns {
             self.0.spawner.spawn(request);

@@ -22,6 +22,10 @@ pub enum Error {
     /// No task has this id.
     #[error("task {0} not found")]
     UnknownTask(u64),
+    /// Every task id reserved in the journal is handed out and the next block is not
+    /// durable yet (the journal is slow or away).
+    #[error("task ids are being reserved in the journal, which is slow or away; retry")]
+    IdsNotReserved,
     /// A worker's first message was not a Hello.
     #[error("the first message on a worker stream must be a hello")]
     HelloExpected,
@@ -130,7 +134,9 @@ impl From<Error> for Status {
             Error::UnknownTask(_) => Code::NotFound,
             Error::HelloExpected | Error::DuplicateHello(_) | Error::NoHello => Code::FailedPrecondition,
             Error::WorkerExists(_) | Error::IdempotencyKeyReused(..) => Code::AlreadyExists,
-            Error::ShuttingDown | Error::Journal(_) | Error::WrittenOff(..) => Code::Unavailable,
+            Error::ShuttingDown | Error::Journal(_) | Error::WrittenOff(..) | Error::IdsNotReserved => {
+                Code::Unavailable
+            }
             Error::Config(_) | Error::TlsConfig(_) => Code::InvalidArgument,
             Error::WorkerBinaryMissing(_)
             | Error::LambdaConfig(_)

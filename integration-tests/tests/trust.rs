@@ -284,6 +284,55 @@ async fn a_repeated_idempotency_key_is_acknowledged_only_once_the_first_write_is
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn task_ids_never_repeat_after_a_takeover_not_even_those_never_written() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let args = ["--spawner", "external", "--state-url", &url, "--lease", "2s"];
+    let leader = Coordinator::start(&args);
+    let client = leader.client().await;
+    let warm = eventually("the first coordinator to be active", || async {
+        client.submit("job", "warm").await.ok()
+    })
+    .await;
+    let standby = Coordinator::start(&args);
+    // The database freezes: submissions get ids in the leader's memory, never written.
+    pg.freeze(true);
+    let hanging: Vec<_> = (0..3)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.submit("job", "never written").await })
+        })
+        .collect();
+    let handed_out = eventually("the leader to hand out ids it cannot write", || async {
+        let mut seen = Vec::new();
+        for id in warm + 1..=warm + 8 {
+            if client.get(id).await.is_ok() {
+                seen.push(id);
+            }
+        }
+        (seen.len() == 3).then_some(seen)
+    })
+    .await;
+    leader.kill9();
+    for h in hanging {
+        h.abort();
+    }
+    pg.freeze(false);
+    let standby_client = standby.client().await;
+    let after = eventually("the standby to take over", || async {
+        standby_client.submit("job", "after").await.ok()
+    })
+    .await;
+    let highest = *handed_out.iter().max().expect("three ids");
+    assert!(
+        after > highest,
+        "the new leader gave id {after}, at or below ids the old one handed out: {handed_out:?}"
+    );
+    let info = standby_client.get(after).await.expect("the new task");
+    assert_eq!(info.function, "job");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_final_state_reaches_its_waiter_only_once_the_journal_holds_it() {
     let pg = Postgres::start();
     let url = pg.url();

@@ -55,6 +55,11 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+/// How many task ids a coordinator reserves in its journal at a time (a block at its start,
+/// another once half of the last is used): ids never repeat for the life of the journal,
+/// even those handed out in memory and never written, and a takeover skips at most a block.
+pub(crate) const ID_BLOCK: u64 = 1 << 20;
+
 impl Journal {
     /// Opens (or creates) the embedded journal in `dir` and starts its writer thread. A
     /// record that does not decode stops the start with its id: a journal is never silently
@@ -67,7 +72,8 @@ impl Journal {
     /// The journal in PostgreSQL, for the holder of lease `term` (see [`postgres`]): reads
     /// what is stored and starts the writer, whose every transaction checks the term.
     pub(crate) async fn open_postgres(store: postgres::Store, term: i64) -> Result<(Self, Recovered)> {
-        let recovered = store.load().await?;
+        let mut recovered = store.load().await?;
+        recovered.reserved_until = store.reserve(term, recovered.next_id + ID_BLOCK).await?;
         let (ops, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(postgres::writer(store, term, rx));
         Ok((Self::with(ops, Writer::Task(writer)), recovered))

@@ -235,6 +235,27 @@ impl Store {
         });
     }
 
+    /// Reserves the task ids below `until` for the holder of lease `term`, before it hands
+    /// out any: the next coordinator to load the journal starts at or above it. Returns it.
+    pub(crate) async fn reserve(&self, term: i64, until: u64) -> Result<u64> {
+        let client = self.pool.get().await.map_err(db)?;
+        let until = until as i64;
+        let updated = client
+            .execute(
+                "UPDATE carpool_meta SET value = GREATEST(value, $1) WHERE key = 'next_task_id' \
+                 AND EXISTS (SELECT 1 FROM carpool_lease WHERE id = 1 AND term = $2)",
+                &[&until, &term],
+            )
+            .await
+            .map_err(db)?;
+        if updated == 0 {
+            return Err(Error::Journal(format!(
+                "the lease of term {term} was lost before this coordinator could reserve task ids"
+            )));
+        }
+        Ok(until as u64)
+    }
+
     /// Everything stored, as a restart reads it.
     pub(crate) async fn load(&self) -> Result<Recovered> {
         let client = self.pool.get().await.map_err(db)?;
@@ -301,6 +322,7 @@ impl Store {
         Ok(Recovered {
             tasks,
             next_id,
+            reserved_until: 0,
             learned,
         })
     }
@@ -494,6 +516,7 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
     let mut finished: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
     let mut forgotten: Vec<i64> = Vec::new();
     let mut learned: BTreeMap<(String, i32), (i32, bool)> = BTreeMap::new();
+    let mut reserve: Option<i64> = None;
     for op in batch {
         match op {
             Op::Accept(id, task, _) => new.push(*id, task),
@@ -510,6 +533,7 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
                     (l.level as i32, l.settled),
                 );
             }
+            Op::State(JournalOp::Reserve(until)) => reserve = reserve.max(Some(*until as i64)),
             Op::Close(_) | Op::Barrier(_) => {}
         }
     }
@@ -526,6 +550,14 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
         txn.execute(
             "UPDATE carpool_meta SET value = GREATEST(value, $1) WHERE key = 'next_task_id'",
             &[&next],
+        )
+        .await
+        .map_err(database)?;
+    }
+    if let Some(until) = reserve {
+        txn.execute(
+            "UPDATE carpool_meta SET value = GREATEST(value, $1) WHERE key = 'next_task_id'",
+            &[&until],
         )
         .await
         .map_err(database)?;

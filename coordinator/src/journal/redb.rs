@@ -28,7 +28,9 @@ pub(super) fn open(
 ) -> Result<(mpsc::UnboundedSender<Op>, std::thread::JoinHandle<()>, Recovered)> {
     std::fs::create_dir_all(dir)?;
     let db = Database::create(dir.join("carpool.redb")).map_err(storage)?;
-    let recovered = load(&db)?;
+    let mut recovered = load(&db)?;
+    recovered.reserved_until = recovered.next_id + super::ID_BLOCK;
+    reserve(&db, recovered.reserved_until).map_err(storage)?;
     info!(dir = %dir.display(), tasks = recovered.tasks.len(), next_id = recovered.next_id, "journal opened");
     let (ops, rx) = mpsc::unbounded_channel();
     let writer = std::thread::Builder::new()
@@ -83,8 +85,21 @@ fn load(db: &Database) -> Result<Recovered> {
     Ok(Recovered {
         tasks,
         next_id,
+        reserved_until: 0,
         learned,
     })
+}
+
+/// Ids below `until` may be handed out: stored before any is.
+fn reserve(db: &Database, until: u64) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let current = meta.get(NEXT_ID)?.map_or(1, |v| v.value());
+        meta.insert(NEXT_ID, current.max(until))?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 fn writer(db: Database, mut rx: mpsc::UnboundedReceiver<Op>) {
@@ -165,6 +180,7 @@ fn write(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                     txn.open_table(LEARNED)?
                         .insert((function.as_ref(), *memory_mb), (l.level, l.settled))?;
                 }
+                Op::State(JournalOp::Reserve(until)) => next_id = next_id.max(Some(*until)),
                 Op::Close(_) | Op::Barrier(_) => {}
             }
         }
@@ -199,6 +215,11 @@ mod tests {
         {
             let (j, rec) = Journal::open(dir.path()).expect("open");
             assert_eq!((rec.tasks.len(), rec.next_id), (0, 1));
+            assert_eq!(
+                rec.reserved_until,
+                1 + super::super::ID_BLOCK,
+                "a block reserved at once"
+            );
             j.accept(1, task("echo")).await.expect("accept 1");
             j.accept(2, task("echo")).await.expect("accept 2");
             j.accept(3, task("echo")).await.expect("accept 3");
@@ -225,7 +246,10 @@ mod tests {
         let ids: Vec<(u64, u32)> = rec.tasks.iter().map(|(id, _, a)| (*id, *a)).collect();
         // Task 1 finished, task 2 ran twice and is unfinished, task 4 never started.
         assert_eq!(ids, vec![(1, 0), (2, 2), (4, 0)]);
-        assert_eq!(rec.next_id, 5, "ids are never reused, even after a forget");
+        // Ids never repeat, even after a forget, and not even those the first opening could
+        // have handed out without writing: the reopened journal starts above its reservation.
+        let block = super::super::ID_BLOCK;
+        assert_eq!((rec.next_id, rec.reserved_until), (1 + block, 1 + 2 * block));
         let first = &rec.tasks[0].1;
         assert!(first.result.is_some() && first.payload.is_empty());
         assert!(rec.tasks[1].1.result.is_none());

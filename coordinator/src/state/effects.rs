@@ -70,6 +70,9 @@ pub(crate) enum JournalOp {
     Forget(TaskId),
     /// A concurrency level was learned for (function, memory size).
     Learn(Arc<str>, u32, Learned),
+    /// Task ids below this may be handed out: reserved in the journal before any is, so
+    /// that the next coordinator to load it starts above every id this one could have given.
+    Reserve(u64),
 }
 
 /// A worker the coordinator asked a spawner to start.

@@ -77,6 +77,10 @@ pub(crate) struct State {
     rules: Rules,
     tasks: table::Table<Task>,
     next_task: TaskId,
+    /// Ids below this may be handed out (reserved in the journal; `TaskId::MAX` without one).
+    id_limit: TaskId,
+    /// A reservation of more ids is on its way to the journal.
+    reserving: bool,
     workers: HashMap<WorkerId, Worker>,
     starting: HashMap<WorkerId, Starting>,
     functions: BTreeMap<Arc<str>, FunctionPool>,
@@ -117,6 +121,8 @@ impl State {
             config,
             tasks: table::Table::default(),
             next_task: 1,
+            id_limit: TaskId::MAX,
+            reserving: false,
             workers: HashMap::new(),
             starting: HashMap::new(),
             functions: BTreeMap::new(),

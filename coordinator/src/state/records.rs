@@ -41,6 +41,9 @@ pub(crate) struct Recovered {
     pub tasks: Vec<(u64, StoredTask, u32)>,
     /// The first id never handed out.
     pub next_id: u64,
+    /// Ids below this are reserved for this coordinator (reserved in the journal as it was
+    /// opened); 0: no reservation (ids are not limited).
+    pub reserved_until: u64,
     /// The concurrency level learned per (function, memory size in MB).
     pub learned: Vec<((String, u32), Learned)>,
 }

@@ -132,6 +132,25 @@ impl State {
     /// written: the driver writes it and then calls [`State::accepted`] (or
     /// [`State::not_accepted`]). A known idempotency key returns the task it names, which
     /// `waiter` (if any) then follows; the same key with another submission is refused.
+    /// Once half of the reserved ids are handed out, reserves the next block in the journal
+    /// (one reservation at a time); ids above what is durable are never handed out.
+    fn reserve_ids(&mut self, effects: &mut Effects) {
+        let block = crate::journal::ID_BLOCK;
+        if self.id_limit == TaskId::MAX || self.reserving || self.next_task + block / 2 < self.id_limit {
+            return;
+        }
+        self.reserving = true;
+        let until = self.id_limit.saturating_add(block);
+        debug!(until, "reserving task ids");
+        effects.journal.push(JournalOp::Reserve(until));
+    }
+
+    /// The journal holds the reservation of the ids below `until`: they may be handed out.
+    pub(crate) fn ids_reserved(&mut self, until: TaskId) {
+        self.id_limit = self.id_limit.max(until);
+        self.reserving = false;
+    }
+
     pub(crate) fn submit(
         &mut self,
         sub: Submission,
@@ -164,7 +183,11 @@ impl State {
         }
         self.make_room(&sub.function)?;
         let id = self.next_task;
+        if id >= self.id_limit {
+            return Err(Error::IdsNotReserved);
+        }
         self.next_task += 1;
+        self.reserve_ids(effects);
         let fingerprint = sub.fingerprint();
         if !sub.key.is_empty() {
             self.keys.insert(sub.key.clone(), (id, fingerprint));
@@ -330,6 +353,9 @@ impl State {
             }
         }
         self.next_task = self.next_task.max(recovered.next_id);
+        if recovered.reserved_until > 0 {
+            self.id_limit = recovered.reserved_until;
+        }
         for ((function, memory_mb), level) in recovered.learned {
             let key = self.function_key(&function);
             self.learned.insert((key, memory_mb), level);

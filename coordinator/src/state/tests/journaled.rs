@@ -83,6 +83,7 @@ fn after_a_restart_placement_waits_for_running_workers_to_claim_their_tasks() {
         Recovered {
             tasks: vec![(1, stored(b"a"), 0), (2, stored(b"b"), 0)],
             next_id: 3,
+            reserved_until: 0,
             learned: Vec::new(),
         },
         now,
@@ -112,4 +113,63 @@ fn after_a_restart_placement_waits_for_running_workers_to_claim_their_tasks() {
         .chain(assigned(&mut effects, runner))
         .collect();
     assert_eq!(given, vec![2]);
+}
+
+/// Ids are handed out only below what the journal holds reserved: the next block is asked
+/// for once half is used, and while it is not durable, a submission past the reserved ids
+/// is refused (UNAVAILABLE) rather than given an id the next coordinator could give again.
+#[test]
+fn task_ids_are_handed_out_only_below_a_durable_reservation() {
+    let (mut s, now) = state(Config {
+        state_dir: Some("unused".into()),
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let block = crate::journal::ID_BLOCK;
+    // Opened with ids 1..=5 used and a block reserved above them.
+    s.restore(
+        Recovered {
+            next_id: 6,
+            reserved_until: 6 + block,
+            ..Default::default()
+        },
+        now,
+        &mut effects,
+    );
+    let submit = |s: &mut State, effects: &mut Effects| {
+        s.submit(Submission::new("f", Bytes::new()), None, now, effects)
+            .map(|t| t.id())
+    };
+    assert_eq!(submit(&mut s, &mut effects).expect("submit"), 6);
+    assert!(
+        !effects
+            .journal
+            .iter()
+            .any(|op| matches!(op, JournalOp::Reserve(_)))
+    );
+    // Half the block used: the next is asked for, once.
+    s.next_task = 6 + block / 2;
+    effects.journal.clear();
+    submit(&mut s, &mut effects).expect("submit");
+    submit(&mut s, &mut effects).expect("submit");
+    let asked: Vec<_> = effects
+        .journal
+        .iter()
+        .filter_map(|op| match op {
+            JournalOp::Reserve(until) => Some(*until),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![6 + 2 * block]);
+    // The block used up before the journal holds the next: refused, nothing changed.
+    s.next_task = 6 + block;
+    let refused = submit(&mut s, &mut effects);
+    assert!(
+        matches!(refused, Err(crate::error::Error::IdsNotReserved)),
+        "{refused:?}"
+    );
+    assert_eq!(s.next_task, 6 + block);
+    // Durable now: ids go on where they stopped.
+    s.ids_reserved(6 + 2 * block);
+    assert_eq!(submit(&mut s, &mut effects).expect("submit"), 6 + block);
 }
