@@ -89,7 +89,7 @@ pub enum Error {
     #[error("worker {0} sent a result for task {1}, which it does not hold")]
     ResultNotHeld(String, u64),
     /// The state directory could not be read or written.
-    #[error("state directory: {0}")]
+    #[error("{0}")]
     Journal(String),
     /// The coordinator is shutting down and takes no new work.
     #[error("the coordinator is shutting down")]

@@ -99,6 +99,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
         (None, Some(state_url)) => {
             let advertise = config.advertise_url.clone().unwrap_or_else(|| url.clone());
+            // While the database is not reachable yet, the port answers: NOT_SERVING, and
+            // UNAVAILABLE saying why.
+            let waiting = crate::standby::NotServing::start(listener.clone(), &config, || {
+                "this coordinator is waiting for its database (--state-url)".to_owned()
+            })
+            .await?;
             let store = Store::connect(
                 state_url,
                 config.state_ca.as_deref(),
@@ -106,7 +112,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
                 config.lease,
                 DATABASE_PATIENCE,
             )
-            .await?;
+            .await;
+            waiting.stop().await;
+            let store = store?;
             let Some(term) =
                 crate::standby::until_active(listener.clone(), &store, &config, shutdown.as_mut()).await?
             else {

@@ -43,49 +43,17 @@ pub(crate) async fn until_active(
     };
     info!(active = %active, "standing by: another coordinator holds the lease");
     let active = Arc::new(Mutex::new(active));
-    let (health, health_service) = tonic_health::server::health_reporter();
-    for service in SERVICES {
-        health
-            .set_service_status(service, ServingStatus::NotServing)
-            .await;
-    }
     let answer = active.clone();
-    let refuse = move || {
+    let server = NotServing::start(listener, config, move || {
         let url = answer.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        async move {
-            let to = if url.is_empty() {
-                "unknown yet".to_owned()
-            } else {
-                url
-            };
-            Status::unavailable(format!(
-                "this coordinator is a standby; the active coordinator is {to}"
-            ))
-            .into_http::<axum::body::Body>()
-        }
-    };
-    let routes = tonic::service::Routes::new(health_service)
-        .prepare()
-        .into_axum_router()
-        .fallback(refuse);
-    let stop = CancellationToken::new();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
-    }
-    let server = builder
-        .add_routes(tonic::service::Routes::from(routes))
-        .serve_with_incoming_shutdown(
-            crate::server::incoming(
-                listener,
-                config.max_connections,
-                config.handshake_timeout,
-                stop.clone(),
-            ),
-            stop.clone().cancelled_owned(),
-        );
-    let server = tokio::spawn(server);
+        let to = if url.is_empty() {
+            "unknown yet".to_owned()
+        } else {
+            url
+        };
+        format!("this coordinator is a standby; the active coordinator is {to}")
+    })
+    .await?;
     let outcome = loop {
         tokio::select! {
             () = tokio::time::sleep(POLL) => {}
@@ -103,17 +71,73 @@ pub(crate) async fn until_active(
             Err(e) => warn!(error = %e, "cannot read the lease; retrying"),
         }
     };
-    stop.cancel();
-    // Open standby connections are closed: clients and workers reconnect to the active one.
-    let abort = server.abort_handle();
-    if tokio::time::timeout(Duration::from_millis(500), server)
-        .await
-        .is_err()
-    {
-        abort.abort();
-    }
+    server.stop().await;
     if let Some(term) = outcome {
         info!(term, "took the lease: this coordinator is active");
     }
     Ok(outcome)
+}
+
+/// The listener served with every Tasks, Cluster and Workers call refused (UNAVAILABLE, with
+/// the message `why` gives at that moment) and NOT_SERVING on `grpc.health.v1`: while a
+/// coordinator stands by, or waits for its database.
+pub(crate) struct NotServing {
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+}
+
+impl NotServing {
+    pub(crate) async fn start(
+        listener: Arc<TcpListener>,
+        config: &Config,
+        why: impl Fn() -> String + Clone + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for service in SERVICES {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+        let refuse = move || {
+            let message = why();
+            async move { Status::unavailable(message).into_http::<axum::body::Body>() }
+        };
+        let routes = tonic::service::Routes::new(health_service)
+            .prepare()
+            .into_axum_router()
+            .fallback(refuse);
+        let stop = CancellationToken::new();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+            builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+        }
+        let server = builder
+            .add_routes(tonic::service::Routes::from(routes))
+            .serve_with_incoming_shutdown(
+                crate::server::incoming(
+                    listener,
+                    config.max_connections,
+                    config.handshake_timeout,
+                    stop.clone(),
+                ),
+                stop.clone().cancelled_owned(),
+            );
+        Ok(Self {
+            stop,
+            server: tokio::spawn(server),
+        })
+    }
+
+    /// Stops serving; open connections are closed (clients and workers reconnect).
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        let abort = self.server.abort_handle();
+        if tokio::time::timeout(Duration::from_millis(500), self.server)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
 }

@@ -179,7 +179,12 @@ fn wait_for_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
         if let Ok(Some(status)) = child.try_wait() {
             return status;
         }
-        assert!(Instant::now() < deadline, "{what} did not exit within {WAIT:?}");
+        if Instant::now() >= deadline {
+            // Stopped by its handle before the test fails.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {WAIT:?}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -88,6 +88,59 @@ fn worker_refused(args: &[&str]) -> String {
     err
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn database_mistakes_fail_at_once_with_the_servers_words_and_an_unreachable_one_is_not_serving() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    // A database that does not exist, a role the server does not know, TLS required of a
+    // server that offers none: no wait mends them, so the start fails at once (well within
+    // the minute an unreachable database is waited for), saying what the server said.
+    let missing = url.replace("/postgres", "/nosuchdb");
+    let stranger = url.replace("carpool@", "stranger@");
+    let tls = format!("{url}?sslmode=require");
+    for (state_url, says) in [
+        (&missing, "\"nosuchdb\" does not exist"),
+        (&stranger, "\"stranger\" does not exist"),
+        (&tls, "does not support TLS"),
+    ] {
+        let (code, err) = Coordinator::refused(&["--spawner", "external", "--state-url", state_url]);
+        assert_ne!(code, Some(0), "{err}");
+        assert!(err.contains(says), "{state_url}: {err}");
+        assert!(!err.contains("state directory"), "{err}");
+    }
+    // Nothing listens on the database's port yet: the coordinator waits, and meanwhile its
+    // port answers NOT_SERVING, and UNAVAILABLE saying why.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let away = format!("postgres://carpool@127.0.0.1:{port}/postgres");
+    let coord = Coordinator::start(&["--spawner", "external", "--state-url", &away]);
+    let channel = tonic::transport::Channel::from_shared(coord.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("the port answers while the database is away");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "carpool.v1.Tasks".into(),
+        })
+        .await
+        .expect("health answers");
+    assert_eq!(health.get_ref().status, 2, "NOT_SERVING");
+    let refused = coord
+        .client()
+        .await
+        .submit("job", "x")
+        .await
+        .expect_err("refused");
+    assert!(
+        refused.to_string().contains("waiting for its database"),
+        "{refused}"
+    );
+}
+
 #[tokio::test]
 async fn a_coordinator_url_list_is_checked_whole_at_start_and_tolerates_blank_entries() {
     let err = worker_refused(&[

@@ -135,5 +135,5 @@ impl Journal {
 }
 
 fn storage(e: impl std::fmt::Display) -> Error {
-    Error::Journal(e.to_string())
+    Error::Journal(format!("the state directory: {e}"))
 }

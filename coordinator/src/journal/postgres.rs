@@ -74,8 +74,40 @@ pub(crate) enum Lease {
     Held(String),
 }
 
-fn db(e: impl std::fmt::Display) -> Error {
-    Error::Journal(format!("the database: {e}"))
+fn db(e: impl std::error::Error) -> Error {
+    Error::Journal(format!("the database: {}", chain(&e)))
+}
+
+/// An error with its sources, as one line: "db error" alone says nothing; the server's
+/// own message is in its source.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !out.contains(&next) {
+            out.push_str(": ");
+            out.push_str(&next);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Whether a failure to connect is one that waiting cannot fix: the server refused who we
+/// are (SQLSTATE class 28: a wrong password, an unknown role), the database does not exist
+/// (3D000), we may not connect to it (42501), or TLS was required and the server does not
+/// offer it or its certificate does not verify.
+fn hopeless(e: &deadpool_postgres::PoolError) -> bool {
+    let deadpool_postgres::PoolError::Backend(e) = e else {
+        return false;
+    };
+    if let Some(server) = e.as_db_error() {
+        let code = server.code().code();
+        return code.starts_with("28") || code == "3D000" || code == "42501";
+    }
+    let text = chain(e);
+    text.contains("does not support TLS") || text.contains("certificate") || text.contains("TLS handshake")
 }
 
 impl Store {
@@ -133,6 +165,13 @@ impl Store {
         let started = std::time::Instant::now();
         let mut wait = Duration::from_millis(100);
         loop {
+            // Only an unreachable server is waited for; a refusal waiting cannot change
+            // fails the start at once, with the server's own words.
+            if let Err(e) = store.pool.get().await
+                && hopeless(&e)
+            {
+                return Err(Error::Config(format!("--state-url: {}", chain(&e))));
+            }
             match store.migrate().await {
                 Ok(version) => {
                     info!(version, "database schema ready");
