@@ -69,6 +69,9 @@ pub(crate) fn local_url(addr: SocketAddr, tls: bool) -> String {
     format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
+/// How long a start waits for its database before its port answers NOT_SERVING meanwhile.
+const QUIET_DATABASE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Serves the coordinator on `listener` until `shutdown` resolves, then tells every worker
 /// to drain, waits for them (at most [`DRAIN_LIMIT`]), ends what is left, writes what the
 /// journal has queued and returns. `config` is checked first ([`Config::validate`]).
@@ -99,22 +102,29 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
         (None, Some(state_url)) => {
             let advertise = config.advertise_url.clone().unwrap_or_else(|| url.clone());
-            // While the database is not reachable yet, the port answers: NOT_SERVING, and
-            // UNAVAILABLE saying why.
-            let waiting = crate::standby::NotServing::start(listener.clone(), &config, || {
-                "this coordinator is waiting for its database (--state-url)".to_owned()
-            })
-            .await?;
-            let store = Store::connect(
+            let connecting = Store::connect(
                 state_url,
                 config.state_ca.as_deref(),
                 advertise,
                 config.lease,
                 DATABASE_PATIENCE,
-            )
-            .await;
-            waiting.stop().await;
-            let store = store?;
+            );
+            tokio::pin!(connecting);
+            let store = tokio::select! {
+                // A database that answers at once: callers queue a moment, as for any start.
+                store = &mut connecting => store,
+                // One that does not: meanwhile the port answers NOT_SERVING, and
+                // UNAVAILABLE saying why, instead of keeping callers waiting in silence.
+                () = tokio::time::sleep(QUIET_DATABASE_WAIT) => {
+                    let waiting = crate::standby::NotServing::start(listener.clone(), &config, || {
+                        "this coordinator is waiting for its database (--state-url)".to_owned()
+                    })
+                    .await?;
+                    let store = connecting.await;
+                    waiting.stop().await;
+                    store
+                }
+            }?;
             let Some(term) =
                 crate::standby::until_active(listener.clone(), &store, &config, shutdown.as_mut()).await?
             else {

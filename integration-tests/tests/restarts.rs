@@ -108,6 +108,44 @@ async fn a_restarted_coordinator_keeps_what_a_reconnecting_worker_runs_and_attem
 }
 
 #[tokio::test]
+async fn an_attempt_a_coordinator_restart_cost_is_not_counted_against_max_attempts() {
+    let (_dir, state) = state_dir("forgive");
+    let args = [
+        "--spawner",
+        "external",
+        "--state-dir",
+        state.as_str(),
+        "--max-attempts",
+        "1",
+        "--keep-alive",
+        "60s",
+        "--reconnect-grace",
+        "300ms",
+    ];
+    let first = Coordinator::start(&args);
+    let listen = first.addr().to_owned();
+    let url = first.url.clone();
+    let client = first.client().await;
+    let mut a = worker(&url, "slow", "a", &["--exec", "sleep 3; cat"]);
+    let task = client.submit("slow", "again").await.expect("submit");
+    assert_eq!(running(&client, task).await.worker_id, "a");
+    // The coordinator dies while its only attempt runs, and the worker with it.
+    first.kill9();
+    a.kill9();
+    let second = Coordinator::start_at(&listen, &args, &[]);
+    let client = second.client().await;
+    let _b = worker(&second.url, "slow", "b", &["--exec", "sleep 1; cat"]);
+    let done = finished(&client, task).await;
+    let result = done.result.clone().expect("result");
+    assert_eq!(
+        result.state(),
+        pb::TaskState::Succeeded,
+        "the attempt the restart cost was counted: {result:?}"
+    );
+    assert_eq!(done.worker_id, "b");
+}
+
+#[tokio::test]
 async fn a_worker_written_off_for_silence_hears_it_and_its_task_goes_back() {
     let coord = Coordinator::start(&[
         "--spawner",

@@ -6,9 +6,9 @@ use std::time::Instant;
 use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{info, warn};
 
-use super::{Effects, Observation, State, TaskId, Timer, WorkerId};
+use super::{Effects, JournalOp, Observation, State, TaskId, Timer, WorkerId};
 use crate::error::Error;
-use crate::scheduler::{self, AfterLostAttempt};
+use crate::scheduler;
 
 /// Spawns written off as never started that are remembered, so that one arriving late is
 /// recognised (the oldest are forgotten first).
@@ -137,7 +137,9 @@ impl State {
     }
 
     /// Tasks held back after a restart that no worker claimed within the grace go back to
-    /// work: to the front of their pools, their attempt spent (or failed, out of attempts).
+    /// work, to the front of their pools. The attempt the restart cost them is not counted
+    /// against `--max-attempts` (it is given back, in the journal too): a coordinator's
+    /// restart is not the task's fault.
     pub(super) fn release_orphans(&mut self, now: Instant, effects: &mut Effects) {
         let orphans = std::mem::take(&mut self.orphans);
         if orphans.is_empty() {
@@ -145,9 +147,8 @@ impl State {
         }
         info!(
             tasks = orphans.len(),
-            "tasks running at the restart and claimed by no worker go back to work"
+            "tasks running at the restart and claimed by no worker go back to work, their attempt not counted"
         );
-        let max_attempts = self.config.max_attempts;
         let mut functions = Vec::new();
         for id in orphans.into_iter().rev() {
             let Some(t) = self.tasks.get_mut(id) else {
@@ -156,20 +157,12 @@ impl State {
             if t.state != TaskState::Pending {
                 continue;
             }
-            let function = t.function.clone();
-            if scheduler::after_lost_attempt(t.attempts, max_attempts) == AfterLostAttempt::Fail {
-                let attempts = t.attempts;
-                let result = pb::TaskResult {
-                    task_id: id,
-                    state: TaskState::Failed as i32,
-                    error: format!(
-                        "task {id} failed after {attempts} attempts; the last one ended because the coordinator restarted while it ran and no worker claimed it"
-                    ),
-                    attempts,
-                    ..Default::default()
-                };
-                self.finish(id, result, now, effects);
-            } else if let Some(f) = self.functions.get_mut(&function) {
+            t.attempts = t.attempts.saturating_sub(1);
+            let (function, attempts) = (t.function.clone(), t.attempts);
+            if self.journaled {
+                effects.journal.push(JournalOp::Started(id, attempts));
+            }
+            if let Some(f) = self.functions.get_mut(&function) {
                 f.pool.push_front(id);
                 f.pending += 1;
                 f.retried += 1;

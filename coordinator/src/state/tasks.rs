@@ -321,7 +321,16 @@ impl State {
                     key: stored.key,
                     state,
                     accepting: false,
-                    attempts: result.as_ref().map_or(started, |r| r.attempts),
+                    // A running attempt that is not held back for its worker was lost to
+                    // the restart: it does not count against `--max-attempts`.
+                    attempts: result.as_ref().map_or(
+                        if hold_back {
+                            started
+                        } else {
+                            started.saturating_sub(1)
+                        },
+                        |r| r.attempts,
+                    ),
                     worker: None,
                     submitted_unix_ms: stored.submitted_unix_ms,
                     result,

@@ -173,3 +173,51 @@ fn task_ids_are_handed_out_only_below_a_durable_reservation() {
     s.ids_reserved(6 + 2 * block);
     assert_eq!(submit(&mut s, &mut effects).expect("submit"), 6 + block);
 }
+
+/// An attempt a restart cost a task (it was running, and no worker claimed it within the
+/// grace) is not counted against `--max-attempts`: a task on its last attempt runs again.
+#[test]
+fn an_attempt_lost_to_a_restart_is_not_counted() {
+    let (mut s, now) = state(Config {
+        state_dir: Some("unused".into()),
+        max_attempts: 2,
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let running = StoredTask {
+        function: "f".into(),
+        payload: Bytes::from_static(b"x"),
+        ..Default::default()
+    };
+    // Task 1 was on its second and last attempt when the coordinator died.
+    s.restore(
+        Recovered {
+            tasks: vec![(1, running, 2)],
+            next_id: 2,
+            ..Default::default()
+        },
+        now,
+        &mut effects,
+    );
+    effects.journal.clear();
+    s.on_timer(Timer::Orphans, now + s.config.reconnect_grace, &mut effects);
+    let info = s.get(1).expect("task 1");
+    assert_eq!(
+        (info.state(), info.attempts),
+        (TaskState::Pending, 1),
+        "back to work, its lost attempt given back"
+    );
+    assert!(
+        effects
+            .journal
+            .iter()
+            .any(|op| matches!(op, JournalOp::Started(1, 1))),
+        "the journal is told: {:?}",
+        effects.journal
+    );
+    // A worker takes it once the restart's pause is over: attempt 2, its last, runs.
+    s.on_timer(Timer::Settled, now + s.config.reconnect_grace, &mut effects);
+    let conn = connect(&mut s, &mut effects, "a", 1, now);
+    assert_eq!(assigned(&mut effects, conn), vec![1]);
+    assert_eq!(s.get(1).expect("task 1").attempts, 2);
+}
