@@ -30,6 +30,15 @@ fn parse(value: Option<&str>) -> Presented<'_> {
     }
 }
 
+/// Whether an HTTP request with `header` (its `authorization`) carries `expected` as a
+/// Bearer token (compared in constant time); with no token expected, every request does.
+pub(crate) fn admits(expected: Option<&Secret>, header: Option<&str>) -> bool {
+    let Some(expected) = expected else {
+        return true;
+    };
+    matches!(parse(header), Presented::Token(p) if bool::from(p.as_bytes().ct_eq(expected.expose().as_bytes())))
+}
+
 /// An interceptor that admits requests carrying `authorization: Bearer <token>`; with no
 /// token configured it admits everything.
 pub fn bearer(

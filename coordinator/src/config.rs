@@ -163,6 +163,8 @@ pub struct Config {
     pub worker_token: Option<Secret>,
     /// Token clients must present on Tasks and Cluster; `None` admits any client.
     pub client_token: Option<Secret>,
+    /// Token a scraper must send on `/metrics` (`authorization: Bearer …`); `None`: none.
+    pub metrics_token: Option<Secret>,
     /// A spawned worker that has not said hello this long after its spawn is written off
     /// (its capacity released, the spawn counted as failed).
     pub start_timeout: Duration,
@@ -218,6 +220,7 @@ impl Default for Config {
             tls: None,
             worker_token: None,
             client_token: None,
+            metrics_token: None,
             start_timeout: Duration::from_secs(60),
             advertise_url: None,
             lambda: LambdaTarget::default(),

@@ -197,6 +197,18 @@ struct Cli {
     /// File holding the client token.
     #[arg(long, env = "CARPOOL_CLIENT_TOKEN_FILE")]
     client_token_file: Option<PathBuf>,
+    /// Token a scraper must send on /metrics (`authorization: Bearer <token>`) [default:
+    /// none required].
+    #[arg(
+        long,
+        env = "CARPOOL_METRICS_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "metrics_token_file"
+    )]
+    metrics_token: Option<String>,
+    /// File holding the metrics token.
+    #[arg(long, env = "CARPOOL_METRICS_TOKEN_FILE")]
+    metrics_token_file: Option<PathBuf>,
     /// Listen beyond loopback without tokens (protected mode off): anyone who reaches the
     /// port may submit tasks, read results, or connect as a worker and take tasks.
     #[arg(long, env = "CARPOOL_ALLOW_UNAUTHENTICATED")]
@@ -305,9 +317,14 @@ impl Cli {
                 }
             ));
         }
-        if let Some(m) = self.metrics_listen.as_ref().filter(|m| public(m)) {
+        let metrics_token = self.metrics_token.is_some() || self.metrics_token_file.is_some();
+        if let Some(m) = self
+            .metrics_listen
+            .as_ref()
+            .filter(|m| public(m) && !metrics_token)
+        {
             return Err(format!(
-                "--metrics-listen {m} is reachable beyond this machine and /metrics has no token: listen on 127.0.0.1 (behind your scraper's proxy) or say --allow-unauthenticated"
+                "--metrics-listen {m} is reachable beyond this machine and /metrics has no token: give --metrics-token (or --metrics-token-file), listen on 127.0.0.1 (behind your scraper's proxy), or say --allow-unauthenticated"
             ));
         }
         Ok(())
@@ -323,6 +340,11 @@ impl Cli {
             self.client_token.as_deref(),
             self.client_token_file.as_deref(),
             "--client-token",
+        )?;
+        let metrics_token = Secret::from_value_or_file(
+            self.metrics_token.as_deref(),
+            self.metrics_token_file.as_deref(),
+            "--metrics-token",
         )?;
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => {
@@ -391,6 +413,7 @@ impl Cli {
             result_retention: self.result_retention,
             worker_token,
             client_token,
+            metrics_token,
             start_timeout: self.start_timeout,
             advertise_url: self.advertise_url,
             lambda: carpool_coordinator::config::LambdaTarget {
@@ -399,6 +422,41 @@ impl Cli {
                 invoke_attempts: self.lambda_invoke_attempts,
             },
         })
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every connection is a descriptor,
+/// and a soft limit of 1,024 (a common default) is used up long before `--max-connections`.
+/// Says so when even the hard limit is below the connection budget.
+fn raise_open_files(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let now = if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(
+                    from = soft,
+                    to = hard,
+                    "raised the open-file limit to its hard limit"
+                );
+                hard
+            }
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "could not raise the open-file limit");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    if now < max_connections as u64 + 64 {
+        tracing::warn!(
+            open_files = now,
+            max_connections,
+            "the open-file limit is below --max-connections: connections past it fail to be accepted; lower --max-connections or raise the hard limit"
+        );
     }
 }
 
@@ -435,6 +493,7 @@ async fn serve(cli: Cli) -> ExitCode {
         eprintln!("carpool-coordinator: {e}");
         return ExitCode::from(2);
     }
+    raise_open_files(config.max_connections);
     // The handlers are in place before the address is printed: a SIGTERM sent as soon as
     // the address is known drains, it does not kill.
     let shutdown = match shutdown_signal() {

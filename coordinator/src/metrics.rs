@@ -17,19 +17,25 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::State as Extract;
-use axum::http::{HeaderMap, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use carpool_proto::pb;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use crate::auth::Secret;
 
 use crate::config::SpawnerKind;
 use crate::driver::Driver;
@@ -383,42 +389,88 @@ fn shutdown_reason(r: pb::ShutdownReason) -> &'static str {
     }
 }
 
-/// Serves `/metrics` on `listener` until `stop`.
+/// What a scrape reads, and the token it must bring.
+#[derive(Clone)]
+pub(crate) struct Scrapes {
+    pub driver: Driver,
+    pub metrics: Arc<Metrics>,
+    pub token: Option<Secret>,
+}
+
+/// Serves `/metrics` on `listener` until `stop`: each connection holds one of `permits`
+/// (the coordinator's one budget of connections) while it lives, and must send each request
+/// head within `head_timeout` (a silent or slow client is closed).
 pub(crate) async fn serve(
     listener: TcpListener,
-    driver: Driver,
-    metrics: Arc<Metrics>,
+    scrapes: Scrapes,
+    permits: Arc<Semaphore>,
+    head_timeout: Duration,
     stop: CancellationToken,
 ) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let app = Router::new()
-        .route("/metrics", get(scrape))
-        .with_state((driver, metrics));
+    let app = Router::new().route("/metrics", get(scrape)).with_state(scrapes);
     if let Some(addr) = addr {
         info!(%addr, "metrics on /metrics");
     }
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    if let Err(e) = served {
-        warn!(error = %e, "the metrics endpoint stopped");
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    warn!(error = %e, "accepting a metrics connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        // Past the budget the connection waits for a place, as on the gRPC port.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p,
+            () = stop.cancelled() => break,
+        };
+        let Ok(permit) = permit else { break };
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                r = connection => {
+                    if let Err(e) = r {
+                        debug!(%peer, error = %e, "a metrics connection ended");
+                    }
+                }
+                () = stop.cancelled() => {}
+            }
+        });
     }
 }
 
-async fn scrape(
-    Extract((driver, metrics)): Extract<(Driver, Arc<Metrics>)>,
-    headers: HeaderMap,
-) -> impl IntoResponse {
-    let stats = driver.read(|s, now| s.stats(now));
-    let open = metrics.render(&stats);
+async fn scrape(Extract(scrapes): Extract<Scrapes>, headers: HeaderMap) -> Response {
+    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !crate::auth::admits(scrapes.token.as_ref(), presented) {
+        warn!("refused a scrape without the metrics token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "/metrics needs `authorization: Bearer <token>` (--metrics-token)\n",
+        )
+            .into_response();
+    }
+    let stats = scrapes.driver.read(|s, now| s.stats(now));
+    let open = scrapes.metrics.render(&stats);
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("application/openmetrics-text"));
     if wants_openmetrics {
-        ([(header::CONTENT_TYPE, OPENMETRICS)], open)
+        ([(header::CONTENT_TYPE, OPENMETRICS)], open).into_response()
     } else {
-        ([(header::CONTENT_TYPE, TEXT_FORMAT)], classic(&open))
+        ([(header::CONTENT_TYPE, TEXT_FORMAT)], classic(&open)).into_response()
     }
 }
 

@@ -184,6 +184,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
+    // One budget of connections for both ports: idle or slow metrics connections cannot
+    // use up the descriptors the gRPC port needs.
+    let permits = Arc::new(Semaphore::new(config.max_connections));
     let server = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -211,7 +214,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .serve_with_incoming_shutdown(
             incoming(
                 listener,
-                config.max_connections,
+                permits.clone(),
                 config.handshake_timeout,
                 server_stop.clone(),
             ),
@@ -222,8 +225,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     if let Some(metrics_listener) = metrics_listener {
         tokio::spawn(crate::metrics::serve(
             metrics_listener,
-            driver.clone(),
-            driver.metrics(),
+            crate::metrics::Scrapes {
+                driver: driver.clone(),
+                metrics: driver.metrics(),
+                token: config.metrics_token.clone(),
+            },
+            permits,
+            config.handshake_timeout,
             server_stop.clone(),
         ));
     }
@@ -321,24 +329,19 @@ fn local_workers_accept(tls: &ServerTls) -> Result<()> {
     Ok(())
 }
 
-/// The listener's connections as the server's incoming stream: at most `max` at once, each
+/// The listener's connections as the server's incoming stream: at most `permits` at once
+/// (shared with the metrics listener: one budget of `--max-connections`), each
 /// holding a permit until it closes, and each only once it has sent its first
 /// [`PREFACE_BYTES`] within `handshake` (one that closes or stalls before is dropped).
 pub(crate) fn incoming(
     listener: Arc<TcpListener>,
-    max: usize,
+    permits: Arc<Semaphore>,
     handshake: Duration,
     stop: CancellationToken,
 ) -> ReceiverStream<std::io::Result<Counted>> {
     let (tx, rx) = mpsc::channel(64);
-    let permits = Arc::new(Semaphore::new(max));
     tokio::spawn(async move {
         loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p,
-                () = stop.cancelled() => break,
-            };
-            let Ok(permit) = permit else { break };
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(conn) => conn,
@@ -350,6 +353,13 @@ pub(crate) fn incoming(
                 },
                 () = stop.cancelled() => break,
             };
+            // Past the budget, the connection waits here (and no other is accepted) until
+            // one of either port closes: a listener holds no place in reserve.
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p,
+                () = stop.cancelled() => break,
+            };
+            let Ok(permit) = permit else { break };
             let _ = stream.set_nodelay(true);
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -117,7 +117,7 @@ impl NotServing {
             .serve_with_incoming_shutdown(
                 crate::server::incoming(
                     listener,
-                    config.max_connections,
+                    Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
                     config.handshake_timeout,
                     stop.clone(),
                 ),

@@ -223,3 +223,100 @@ async fn every_query_of_the_grafana_dashboard_names_an_exported_metric() {
     }
     assert!(queries >= 5, "{queries}");
 }
+
+/// One raw HTTP/1.1 GET of /metrics, with `authorization` if given: the status code.
+fn scrape_status(addr: &str, authorization: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: carpool\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read");
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
+#[tokio::test]
+async fn the_metrics_port_takes_a_token_closes_silent_clients_and_shares_the_connection_budget() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let coord = Coordinator::start(&[
+        "--metrics-listen",
+        &metrics_addr,
+        "--metrics-token",
+        "s3cret",
+        "--handshake-timeout",
+        "300ms",
+    ]);
+    // The token: missing or wrong is 401, right is the exposition.
+    eventually("the metrics port to listen", || async {
+        std::net::TcpStream::connect(&metrics_addr).ok()
+    })
+    .await;
+    assert_eq!(scrape_status(&metrics_addr, None), 401);
+    assert_eq!(scrape_status(&metrics_addr, Some("Bearer wrong")), 401);
+    assert_eq!(scrape_status(&metrics_addr, Some("bearer s3cret")), 200);
+    // A client that sends nothing, or half a request head, is closed after the timeout.
+    for sent in [&b""[..], b"GET /metrics HTTP/1.1\r\nHost: carpool\r\n"] {
+        let mut slow = std::net::TcpStream::connect(&metrics_addr).expect("connect");
+        slow.write_all(sent).expect("write");
+        slow.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        let closed = slow.read_to_end(&mut answer).is_ok();
+        assert!(closed, "a silent metrics client was kept past the timeout");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    drop(coord);
+    // One budget for both ports: two idle metrics connections hold both places of
+    // --max-connections 2, and a gRPC caller waits until one goes.
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let coord = Coordinator::start(&[
+        "--metrics-listen",
+        &metrics_addr,
+        "--max-connections",
+        "2",
+        "--handshake-timeout",
+        "60s",
+    ]);
+    eventually("the metrics port to listen", || async {
+        std::net::TcpStream::connect(&metrics_addr).ok()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&metrics_addr).expect("connect"))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let channel = tonic::transport::Channel::from_shared(coord.url.clone())
+        .expect("url")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(500));
+    let waited = match channel.connect().await {
+        Err(_) => true,
+        Ok(c) => carpool_client::Client::from_channel(c, None)
+            .expect("client")
+            .stats()
+            .await
+            .is_err(),
+    };
+    assert!(
+        waited,
+        "idle metrics connections did not count against --max-connections"
+    );
+    held.clear();
+    let client = eventually("a place to free up", || async {
+        carpool_client::Client::connect(&coord.url).await.ok()
+    })
+    .await;
+    client.stats().await.expect("served once a place is free");
+}
