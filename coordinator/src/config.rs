@@ -144,6 +144,13 @@ pub struct Config {
     pub task_timeout: Option<Duration>,
     /// Pending tasks (all functions) past which submissions are refused with RESOURCE_EXHAUSTED.
     pub max_pending: u64,
+    /// Bytes of payloads held in memory for unfinished tasks (pending, being written,
+    /// running), all functions: a submission that would pass it is refused with
+    /// RESOURCE_EXHAUSTED.
+    pub max_pending_bytes: u64,
+    /// Bytes of finished tasks' results held in memory: past it the oldest are evicted
+    /// (still readable from the journal when there is one).
+    pub max_result_bytes: u64,
     /// Where accepted tasks and results are kept across restarts; `None`: in memory only.
     pub state_dir: Option<PathBuf>,
     /// Keep them in PostgreSQL instead (`postgres://…`): several coordinators may share the
@@ -212,6 +219,8 @@ impl Default for Config {
             liveness_intervals: 10,
             task_timeout: None,
             max_pending: 1_000_000,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             state_dir: None,
             state_url: None,
             state_ca: None,
@@ -325,6 +334,7 @@ impl Config {
             ("max_connections", self.max_connections as u64),
             ("max_pending", self.max_pending),
             ("max_payload_bytes", self.max_payload_bytes as u64),
+            ("max_result_bytes", self.max_result_bytes),
         ];
         for (name, v) in counts {
             if v == 0 {
@@ -358,6 +368,12 @@ impl Config {
             return bad(format!(
                 "--max-payload-bytes must be at most {MAX_PAYLOAD_BYTES}, got {}",
                 self.max_payload_bytes
+            ));
+        }
+        if self.max_pending_bytes < self.max_payload_bytes as u64 {
+            return bad(format!(
+                "--max-pending-bytes ({}) must be at least --max-payload-bytes ({}): a task of the largest payload must fit",
+                self.max_pending_bytes, self.max_payload_bytes
             ));
         }
         if self.handshake_timeout.is_zero() {
@@ -413,6 +429,12 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024 - 16 * 1024;
 
 /// The largest `--max-payload-bytes` (messages are held whole in memory).
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default `--max-pending-bytes`: 1 GiB of payloads held for unfinished tasks.
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 1 << 30;
+
+/// Default `--max-result-bytes`: 512 MiB of results held in memory.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 512 << 20;
 
 /// The shortest sample interval: the liveness lease is a multiple of it.
 pub const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);

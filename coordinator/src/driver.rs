@@ -40,8 +40,9 @@ pub(crate) const WORKER_QUEUE: usize = 1024;
 pub(crate) struct Completion {
     /// The waiter's tag (a Map call's `seq`, a Watch's task id).
     pub(crate) tag: u64,
-    /// The final result.
-    pub(crate) result: Arc<pb::TaskResult>,
+    /// The final result, or why it could not be read (one evicted from memory whose read
+    /// from the journal failed).
+    pub(crate) result: std::result::Result<Arc<pb::TaskResult>, Status>,
 }
 
 /// The sending side of one worker stream.
@@ -261,6 +262,14 @@ impl Driver {
         }
     }
 
+    /// The result of finished task `id`, evicted from memory, read back from the journal.
+    pub(crate) async fn evicted_result(&self, id: TaskId) -> Result<pb::TaskResult> {
+        match &self.0.journal {
+            Some(j) => j.result(id).await,
+            None => Err(Error::UnknownTask(id)),
+        }
+    }
+
     /// Writes what the journal has queued and closes it (at shutdown, after the drain).
     pub(crate) async fn close_journal(&self) {
         if let Some(j) = &self.0.journal {
@@ -312,6 +321,7 @@ impl Driver {
             routes.links.insert(conn, link);
         }
         let durable_first = self.hold_back_final_states(&mut effects);
+        self.load_evicted(&mut effects);
         let full = send(&mut routes, std::mem::take(&mut effects.out));
         drop(routes);
         self.carry_out(effects);
@@ -347,6 +357,36 @@ impl Driver {
             .partition(|o| matches!(o, Outbound::Complete { .. }));
         effects.out = now;
         (!held.is_empty()).then(|| (journal.clone(), held))
+    }
+
+    /// Results evicted from memory that waiters asked for: taken out of `effects` and read
+    /// back from the journal (the state asks only with one), each in a task of its own.
+    fn load_evicted(&self, effects: &mut Effects) {
+        if !effects.out.iter().any(|o| matches!(o, Outbound::Load { .. })) {
+            return;
+        }
+        let (loads, rest): (Vec<Outbound>, Vec<Outbound>) = std::mem::take(&mut effects.out)
+            .into_iter()
+            .partition(|o| matches!(o, Outbound::Load { .. }));
+        effects.out = rest;
+        let Some(journal) = self.0.journal.clone() else {
+            return;
+        };
+        for load in loads {
+            let Outbound::Load { waiter, tag, task } = load else {
+                continue;
+            };
+            let (driver, journal) = (self.clone(), journal.clone());
+            self.0.tracker.spawn(async move {
+                let result = journal.result(task).await.map(Arc::new).map_err(Status::from);
+                if let Err(e) = &result {
+                    warn!(task, error = %e.message(), "an evicted result could not be read back from the journal");
+                }
+                if let Some(tx) = driver.routes().waiters.get(&waiter) {
+                    let _ = tx.try_send(Completion { tag, result });
+                }
+            });
+        }
     }
 
     /// Writes off the workers whose stream queue was full (which may free or fill others).
@@ -479,9 +519,14 @@ fn send(routes: &mut Routes, out: Vec<Outbound>) -> Vec<Conn> {
                     let _ = link.end.send(e.into());
                 }
             }
+            // Taken out before (see `Driver::load_evicted`).
+            Outbound::Load { .. } => {}
             Outbound::Complete { waiter, tag, result } => {
                 if let Some(tx) = routes.waiters.get(&waiter)
-                    && let Err(TrySendError::Full(_)) = tx.try_send(Completion { tag, result })
+                    && let Err(TrySendError::Full(_)) = tx.try_send(Completion {
+                        tag,
+                        result: Ok(result),
+                    })
                 {
                     // Sized so it cannot happen; a lost result is still retrievable with Get.
                     warn!(

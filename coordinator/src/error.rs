@@ -79,6 +79,24 @@ pub enum Error {
     /// The pending pool is at `--max-pending`.
     #[error("the pool is full: {0} tasks pending (--max-pending); retry later")]
     PoolFull(u64),
+    /// The payloads of unfinished tasks would pass `--max-pending-bytes`.
+    #[error(
+        "the pool is full: {held} bytes of payloads are held for unfinished tasks, and {size} more would pass --max-pending-bytes {limit}; retry later"
+    )]
+    PoolBytesFull {
+        /// Bytes held now.
+        held: u64,
+        /// The refused payload's size.
+        size: usize,
+        /// The limit.
+        limit: u64,
+    },
+    /// A finished task's result was evicted from memory (past `--max-result-bytes`) and no
+    /// journal holds it.
+    #[error(
+        "task {0} finished ({1}), but its result was evicted from memory (past --max-result-bytes) and no journal keeps it; run the coordinator with --state-dir or --state-url to keep every result readable for --result-retention"
+    )]
+    ResultEvicted(u64, String),
     /// A sample with values no machine can have.
     #[error("worker {0} sent an impossible sample: {1}")]
     InvalidSample(String, String),
@@ -122,13 +140,14 @@ impl From<Error> for Status {
             | Error::ResultForUnknownTask(..)
             | Error::EmptyMessage(_) => Code::InvalidArgument,
             Error::PeerMessage(s) => s.code(),
-            Error::ResultNotHeld(..) => Code::FailedPrecondition,
+            Error::ResultNotHeld(..) | Error::ResultEvicted(..) => Code::FailedPrecondition,
             // Too large (gRPC's own code for a message over its limit, used for every size
             // limit alike) or too many.
             Error::PayloadTooLarge { .. }
             | Error::KeyTooLong(..)
             | Error::TooManyIds(..)
             | Error::PoolFull(_)
+            | Error::PoolBytesFull { .. }
             | Error::TooManyFunctions(_)
             | Error::StreamFull(_) => Code::ResourceExhausted,
             Error::UnknownTask(_) => Code::NotFound,

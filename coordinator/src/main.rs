@@ -137,6 +137,15 @@ struct Cli {
     /// Pending tasks past which submissions get RESOURCE_EXHAUSTED.
     #[arg(long, env = "CARPOOL_MAX_PENDING", default_value_t = 1_000_000)]
     max_pending: u64,
+    /// Bytes of payloads held in memory for unfinished tasks (pending, running), all
+    /// functions: a submission past it gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CARPOOL_MAX_PENDING_BYTES", default_value_t = carpool_coordinator::config::DEFAULT_MAX_PENDING_BYTES)]
+    max_pending_bytes: u64,
+    /// Bytes of finished tasks' results held in memory: past it the oldest results are
+    /// evicted (Get and Watch read them back from --state-dir or --state-url; without a
+    /// journal they answer FAILED_PRECONDITION).
+    #[arg(long, env = "CARPOOL_MAX_RESULT_BYTES", default_value_t = carpool_coordinator::config::DEFAULT_MAX_RESULT_BYTES)]
+    max_result_bytes: u64,
     /// Keep accepted tasks and results here, so they survive a crash and restart [default:
     /// memory only]. A task is acknowledged only once it is on disk.
     #[arg(long, env = "CARPOOL_STATE_DIR")]
@@ -405,6 +414,8 @@ impl Cli {
             liveness_intervals: self.liveness_intervals,
             task_timeout: self.task_timeout,
             max_pending: self.max_pending,
+            max_pending_bytes: self.max_pending_bytes,
+            max_result_bytes: self.max_result_bytes,
             tls,
             state_dir: self.state_dir,
             state_url: self.state_url,

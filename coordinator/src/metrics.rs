@@ -70,6 +70,11 @@ struct SpawnLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -104,6 +109,8 @@ pub(crate) struct Metrics {
     workers: Family<WorkerStateLabels, Gauge>,
     limit: Family<FunctionLabel, FloatGauge>,
     learned: Family<FunctionLabel, Gauge>,
+    /// Bytes held in memory, by kind (payloads of unfinished tasks, results).
+    held: Family<HeldLabel, Gauge>,
     /// The spawner, as the `spawner` label of spawns.
     spawner: &'static str,
     /// One scrape at a time (each brings the counters up to its snapshot).
@@ -192,6 +199,7 @@ impl Metrics {
             workers: Family::default(),
             limit: Family::default(),
             learned: Family::default(),
+            held: Family::default(),
             spawner: match spawner {
                 SpawnerKind::Local => "local",
                 SpawnerKind::Lambda => "lambda",
@@ -272,6 +280,12 @@ impl Metrics {
             "Concurrency level learned for a function at the coordinator's memory size (0: none)",
             m.learned.clone(),
         );
+        registry.register_with_unit(
+            "held",
+            "Bytes held in memory: payloads of unfinished tasks (--max-pending-bytes) and results (--max-result-bytes)",
+            Unit::Bytes,
+            m.held.clone(),
+        );
         // Known label values start at zero, so a rate over them exists before the first.
         for reason in ["idle", "deadline", "ineligible", "drain", "surplus"] {
             drop(m.shutdowns.get_or_create(&ReasonLabel { reason }));
@@ -313,9 +327,16 @@ impl Metrics {
         }
     }
 
-    /// The exposition, with the Stats-derived metrics brought up to `stats`.
-    pub(crate) fn render(&self, stats: &pb::StatsResponse) -> String {
+    /// The exposition, with the Stats-derived metrics brought up to `stats`, and the bytes
+    /// held in memory (payloads, results).
+    pub(crate) fn render(&self, stats: &pb::StatsResponse, held: (u64, u64)) -> String {
         let _one = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        self.held
+            .get_or_create(&HeldLabel { kind: "payloads" })
+            .set(gauge(held.0));
+        self.held
+            .get_or_create(&HeldLabel { kind: "results" })
+            .set(gauge(held.1));
         for f in &stats.functions {
             let function = || FunctionLabel {
                 function: f.function.clone(),
@@ -461,8 +482,8 @@ async fn scrape(Extract(scrapes): Extract<Scrapes>, headers: HeaderMap) -> Respo
         )
             .into_response();
     }
-    let stats = scrapes.driver.read(|s, now| s.stats(now));
-    let open = scrapes.metrics.render(&stats);
+    let (stats, held) = scrapes.driver.read(|s, now| (s.stats(now), s.held_bytes()));
+    let open = scrapes.metrics.render(&stats, held);
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
@@ -544,7 +565,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let text = m.render(&stats);
+        let text = m.render(&stats, (0, 0));
         for line in [
             r#"carpool_tasks_total{function="echo",outcome="succeeded"} 7"#,
             r#"carpool_tasks_total{function="echo",outcome="failed"} 1"#,
@@ -568,7 +589,7 @@ mod tests {
         // A later snapshot raises the counters to it; an earlier figure never lowers them.
         let mut later = stats.clone();
         later.functions[0].succeeded = 9;
-        assert!(m.render(&later).contains(r#"outcome="succeeded"} 9"#));
-        assert!(m.render(&stats).contains(r#"outcome="succeeded"} 9"#));
+        assert!(m.render(&later, (0, 0)).contains(r#"outcome="succeeded"} 9"#));
+        assert!(m.render(&stats, (0, 0)).contains(r#"outcome="succeeded"} 9"#));
     }
 }

@@ -573,3 +573,148 @@ async fn watch_ids_are_bounded() {
     assert_eq!(c, Code::ResourceExhausted, "{msg}");
     assert!(msg.contains("10000"), "{msg}");
 }
+
+fn big(function: &str, fill: char, key: &str) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        function: function.into(),
+        input: Some(carpool_proto::payload::text(fill.to_string().repeat(3 << 20))),
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
+fn output_of(r: &pb::TaskResult) -> (usize, Option<char>) {
+    match r.output.as_ref().and_then(|p| p.data.as_ref()) {
+        Some(pb::payload::Data::Text(t)) => (t.len(), t.chars().next()),
+        _ => (0, None),
+    }
+}
+
+/// The attack of a client that holds memory through payloads and results: pending payloads
+/// are refused past `--max-pending-bytes`, and results past `--max-result-bytes` are evicted
+/// oldest first, after which reads of them say so (there is no journal to read them from).
+#[tokio::test]
+async fn held_payloads_and_results_are_bounded_in_bytes() {
+    // Nothing serves `f`: its payloads stay pending.
+    let coord = Coordinator::start(&["--spawner", "external", "--max-pending-bytes", "10000000"]);
+    let client = coord.client().await;
+    for i in 0..3 {
+        client
+            .submit_request(big("f", 'p', &format!("p{i}")))
+            .await
+            .expect("under the budget");
+    }
+    let (c, message) = code(
+        client
+            .submit_request(big("f", 'p', "p3"))
+            .await
+            .expect_err("past the budget"),
+    );
+    assert_eq!(c, Code::ResourceExhausted, "{message}");
+    assert!(message.contains("--max-pending-bytes"), "{message}");
+    assert_eq!(totals(&client).await.pending, 3, "the refusal changed something");
+    drop(coord);
+
+    // Real workers echo 3 MiB back; a budget of 10 MB holds three results.
+    let coord = Coordinator::start(&["--max-result-bytes", "10000000", "--max-workers", "1"]);
+    let client = coord.client().await;
+    let mut ids = Vec::new();
+    for (i, fill) in ['a', 'b', 'c', 'd', 'e', 'f'].into_iter().enumerate() {
+        let r = client
+            .run_request(big("echo", fill, &format!("r{i}")))
+            .await
+            .expect("run");
+        assert_eq!(
+            output_of(&r),
+            (3 << 20, Some(fill)),
+            "a live waiter gets its whole result"
+        );
+        ids.push(r.task_id);
+    }
+    let (c, message) = code(client.get(ids[0]).await.expect_err("evicted"));
+    assert_eq!(c, Code::FailedPrecondition, "{message}");
+    assert!(
+        message.contains("evicted") && message.contains("--max-result-bytes"),
+        "{message}"
+    );
+    let (c, _) = code(
+        client
+            .watch(ids.clone())
+            .await
+            .map(|_| ())
+            .expect_err("a watch of an evicted result"),
+    );
+    assert_eq!(c, Code::FailedPrecondition);
+    let (c, _) = code(
+        client
+            .run_request(big("echo", 'a', "r0"))
+            .await
+            .expect_err("a Run repeating an evicted task's key"),
+    );
+    assert_eq!(c, Code::FailedPrecondition);
+    // The newest are kept whole.
+    let last = client.get(ids[5]).await.expect("kept");
+    assert_eq!(output_of(&last.result.expect("result")), (3 << 20, Some('f')));
+}
+
+/// With a journal, an evicted result is read back from it: by Get, by Watch and by a Run
+/// that repeats its key, also after a restart (which loads no more than the budget).
+#[tokio::test]
+async fn with_a_journal_evicted_results_are_read_back_from_it() {
+    let dir = std::env::temp_dir().join(format!("carpool-evict-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state_dir = dir.to_string_lossy().into_owned();
+    let args = [
+        "--state-dir",
+        state_dir.as_str(),
+        "--max-result-bytes",
+        "7000000",
+        "--max-workers",
+        "1",
+    ];
+    let fills = ['a', 'b', 'c', 'd'];
+    let mut ids = Vec::new();
+    let coord = Coordinator::start(&args);
+    let client = coord.client().await;
+    for (i, fill) in fills.into_iter().enumerate() {
+        let r = client
+            .run_request(big("echo", fill, &format!("r{i}")))
+            .await
+            .expect("run");
+        ids.push(r.task_id);
+    }
+    let check = |client: carpool_client::Client, ids: Vec<u64>| async move {
+        for (id, fill) in ids.iter().zip(fills) {
+            let info = client.get(*id).await.expect("get");
+            assert_eq!(output_of(&info.result.expect("a result")), (3 << 20, Some(fill)));
+        }
+        let mut watched: Vec<(u64, (usize, Option<char>))> = client
+            .watch(ids.clone())
+            .await
+            .expect("watch")
+            .map(|r| {
+                let r = r.expect("a result");
+                (r.task_id, output_of(&r))
+            })
+            .collect()
+            .await;
+        watched.sort_unstable();
+        let expected: Vec<_> = ids
+            .iter()
+            .zip(fills)
+            .map(|(id, f)| (*id, (3 << 20, Some(f))))
+            .collect();
+        assert_eq!(watched, expected);
+        let again = client
+            .run_request(big("echo", 'a', "r0"))
+            .await
+            .expect("a Run repeating the first key");
+        assert_eq!((again.task_id, output_of(&again)), (ids[0], (3 << 20, Some('a'))));
+    };
+    check(client, ids.clone()).await;
+    drop(coord);
+    let coord = Coordinator::start(&args);
+    check(coord.client().await, ids).await;
+    drop(coord);
+    let _ = std::fs::remove_dir_all(&dir);
+}

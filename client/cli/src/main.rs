@@ -130,8 +130,8 @@ enum Command {
         /// Fleet sizes to measure, e.g. "100,1000,10000".
         #[arg(long, value_delimiter = ',')]
         fleet: Vec<usize>,
-        /// Only these sections: raw, dispatch, real, durability, fleet, idle, pending,
-        /// polling, handlers.
+        /// Only these sections: raw, dispatch, real, durability, fleet, idle, pending, held,
+        /// polling, handlers, postgres.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// A Python with awslambdaric: adds section `handlers` (per-task overhead of a Python

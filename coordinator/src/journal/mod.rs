@@ -18,6 +18,7 @@ mod redb;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use carpool_proto::pb;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -42,11 +43,19 @@ enum Writer {
     Task(tokio::task::JoinHandle<()>),
 }
 
+/// Where evicted results are read back from.
+#[derive(Clone)]
+enum Reader {
+    Redb(Arc<::redb::Database>),
+    Postgres(postgres::Store),
+}
+
 /// The handle the coordinator writes through; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Journal {
     ops: mpsc::UnboundedSender<Op>,
     writer: Arc<Mutex<Option<Writer>>>,
+    reader: Reader,
 }
 
 impl std::fmt::Debug for Journal {
@@ -65,8 +74,11 @@ impl Journal {
     /// record that does not decode stops the start with its id: a journal is never silently
     /// rewritten.
     pub(crate) fn open(dir: &Path) -> Result<(Self, Recovered)> {
-        let (ops, writer, recovered) = redb::open(dir)?;
-        Ok((Self::with(ops, Writer::Thread(writer)), recovered))
+        let (ops, writer, db, recovered) = redb::open(dir)?;
+        Ok((
+            Self::with(ops, Writer::Thread(writer), Reader::Redb(db)),
+            recovered,
+        ))
     }
 
     /// The journal in PostgreSQL, for the holder of lease `term` (see [`postgres`]): reads
@@ -75,15 +87,38 @@ impl Journal {
         let mut recovered = store.load().await?;
         recovered.reserved_until = store.reserve(term, recovered.next_id + ID_BLOCK).await?;
         let (ops, rx) = mpsc::unbounded_channel();
+        let reader = Reader::Postgres(store.clone());
         let writer = tokio::spawn(postgres::writer(store, term, rx));
-        Ok((Self::with(ops, Writer::Task(writer)), recovered))
+        Ok((Self::with(ops, Writer::Task(writer), reader), recovered))
     }
 
-    fn with(ops: mpsc::UnboundedSender<Op>, writer: Writer) -> Self {
+    fn with(ops: mpsc::UnboundedSender<Op>, writer: Writer, reader: Reader) -> Self {
         Self {
             ops,
             writer: Arc::new(Mutex::new(Some(writer))),
+            reader,
         }
+    }
+
+    /// The stored result of finished task `id` (one evicted from memory): read once every
+    /// write queued before the call is durable, so a result whose write is still queued is
+    /// found. `UnknownTask` if the journal no longer holds it (its retention passed).
+    pub(crate) async fn result(&self, id: u64) -> Result<pb::TaskResult> {
+        if self.barrier().await.is_err() {
+            return Err(Error::Journal(format!(
+                "the result of task {id} was evicted from memory and the journal cannot be read now (its writes are failing); retry"
+            )));
+        }
+        let found = match &self.reader {
+            Reader::Redb(db) => {
+                let db = db.clone();
+                tokio::task::spawn_blocking(move || redb::result(&db, id))
+                    .await
+                    .map_err(|e| Error::Journal(format!("reading the journal: {e}")))??
+            }
+            Reader::Postgres(store) => store.result(id).await?,
+        };
+        found.ok_or(Error::UnknownTask(id))
     }
 
     /// Stores a new task; resolves once it is durable.

@@ -296,6 +296,21 @@ impl Store {
     }
 
     /// Everything stored, as a restart reads it.
+    /// The stored result of task `id`, if the database holds one.
+    pub(crate) async fn result(&self, id: u64) -> Result<Option<pb::TaskResult>> {
+        let client = self.pool.get().await.map_err(db)?;
+        let row = client
+            .query_opt("SELECT result FROM carpool_tasks WHERE id = $1", &[&(id as i64)])
+            .await
+            .map_err(db)?;
+        match row.and_then(|r| r.get::<_, Option<Vec<u8>>>(0)) {
+            Some(bytes) => pb::TaskResult::decode(bytes.as_slice())
+                .map(Some)
+                .map_err(|e| Error::Journal(format!("the stored result of task {id} does not decode: {e}"))),
+            None => Ok(None),
+        }
+    }
+
     pub(crate) async fn load(&self) -> Result<Recovered> {
         let client = self.pool.get().await.map_err(db)?;
         let rows = client

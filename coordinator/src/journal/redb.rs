@@ -1,9 +1,12 @@
 //! The embedded backend (`--state-dir`): one writer thread owns the redb database and
-//! writes each batch in one transaction (one fsync).
+//! writes each batch in one transaction (one fsync); reads of evicted results run beside it
+//! in read transactions.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use carpool_proto::Bytes;
+use carpool_proto::pb;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::mpsc;
@@ -22,21 +25,41 @@ const LEARNED: TableDefinition<(&str, u32), (u32, bool)> = TableDefinition::new(
 /// restart, and a task that was running can be told from one that was waiting).
 const ATTEMPTS: TableDefinition<u64, u32> = TableDefinition::new("attempts");
 const NEXT_ID: &str = "next_task_id";
+/// What opening gives: the writer's queue and thread, the database for reads, and what it held.
+type Opened = (
+    mpsc::UnboundedSender<Op>,
+    std::thread::JoinHandle<()>,
+    Arc<Database>,
+    Recovered,
+);
+
 /// Opens (or creates) the database in `dir`, reads it, and starts its writer thread.
-pub(super) fn open(
-    dir: &Path,
-) -> Result<(mpsc::UnboundedSender<Op>, std::thread::JoinHandle<()>, Recovered)> {
+pub(super) fn open(dir: &Path) -> Result<Opened> {
     std::fs::create_dir_all(dir)?;
-    let db = Database::create(dir.join("carpool.redb")).map_err(storage)?;
+    let db = Arc::new(Database::create(dir.join("carpool.redb")).map_err(storage)?);
     let mut recovered = load(&db)?;
     recovered.reserved_until = recovered.next_id + super::ID_BLOCK;
     reserve(&db, recovered.reserved_until).map_err(storage)?;
     info!(dir = %dir.display(), tasks = recovered.tasks.len(), next_id = recovered.next_id, "journal opened");
     let (ops, rx) = mpsc::unbounded_channel();
+    let reader = db.clone();
     let writer = std::thread::Builder::new()
         .name("carpool-journal".into())
-        .spawn(move || writer(db, rx))?;
-    Ok((ops, writer, recovered))
+        .spawn(move || writer(&db, rx))?;
+    Ok((ops, writer, reader, recovered))
+}
+
+/// The stored result of task `id`, if the journal holds one (a read transaction: it runs
+/// beside the writer's).
+pub(super) fn result(db: &Database, id: u64) -> Result<Option<pb::TaskResult>> {
+    let txn = db.begin_read().map_err(storage)?;
+    let tasks = txn.open_table(TASKS).map_err(storage)?;
+    let Some(value) = tasks.get(id).map_err(storage)? else {
+        return Ok(None);
+    };
+    let stored = StoredTask::decode(value.value())
+        .map_err(|e| Error::Journal(format!("the journal's record of task {id} does not decode: {e}")))?;
+    Ok(stored.result)
 }
 
 fn load(db: &Database) -> Result<Recovered> {
@@ -102,7 +125,7 @@ fn reserve(db: &Database, until: u64) -> Result<(), redb::Error> {
     Ok(())
 }
 
-fn writer(db: Database, mut rx: mpsc::UnboundedReceiver<Op>) {
+fn writer(db: &Database, mut rx: mpsc::UnboundedReceiver<Op>) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -111,7 +134,7 @@ fn writer(db: Database, mut rx: mpsc::UnboundedReceiver<Op>) {
                 Err(_) => break,
             }
         }
-        let outcome = write(&db, &batch).map_err(|e| e.to_string());
+        let outcome = write(db, &batch).map_err(|e| e.to_string());
         if let Err(e) = &outcome {
             error!(error = %e, ops = batch.len(), "journal write failed");
         }

@@ -79,7 +79,7 @@ impl Tasks for TasksService {
         let waiter = Waiter { id: guard.id, tag: 0 };
         let task_id = accept(&self.driver, request.into_inner(), Some(waiter)).await?;
         match rx.recv().await {
-            Some(c) => Ok(Response::new(c.result.as_ref().clone())),
+            Some(c) => Ok(Response::new(c.result?.as_ref().clone())),
             None => Err(Status::unavailable(format!(
                 "task {task_id}: the coordinator stopped before it finished"
             ))),
@@ -88,7 +88,12 @@ impl Tasks for TasksService {
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::TaskInfo>, Status> {
         let id = request.into_inner().task_id;
-        Ok(Response::new(self.driver.read(|s, _| s.get(id))?))
+        let mut info = self.driver.read(|s, _| s.get(id))?;
+        if info.result.is_none() && !matches!(info.state(), pb::TaskState::Pending | pb::TaskState::Running) {
+            // Evicted from memory (past --max-result-bytes): the journal keeps it.
+            info.result = Some(self.driver.evicted_result(id).await?);
+        }
+        Ok(Response::new(info))
     }
 
     type WatchStream = BoxStream<pb::TaskResult>;
@@ -110,7 +115,7 @@ impl Tasks for TasksService {
                 return None;
             }
             let c: Completion = rx.recv().await?;
-            Some((Ok(c.result.as_ref().clone()), (rx, left - 1, guard)))
+            Some((c.result.map(|r| r.as_ref().clone()), (rx, left - 1, guard)))
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -216,7 +221,15 @@ async fn serve_map(
             }
             Some(c) = done_rx.recv() => {
                 outstanding -= 1;
-                pb::MapResponse { seq: c.tag, result: Some(c.result.as_ref().clone()), ..Default::default() }
+                match c.result {
+                    Ok(result) => pb::MapResponse { seq: c.tag, result: Some(result.as_ref().clone()), ..Default::default() },
+                    Err(status) => pb::MapResponse {
+                        seq: c.tag,
+                        result: None,
+                        rejected: status.message().to_owned(),
+                        rejected_code: status.code() as i32,
+                    },
+                }
             }
         };
         if out.send(Ok(reply)).await.is_err() {

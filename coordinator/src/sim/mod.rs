@@ -224,7 +224,7 @@ impl Sim<'_> {
             let (conn, kind) = match out {
                 Outbound::Message { conn, message } => (conn, message.kind),
                 Outbound::End { conn, .. } => (conn, Some(Kind::Shutdown(pb::Shutdown::default()))),
-                Outbound::Complete { .. } => continue,
+                Outbound::Complete { .. } | Outbound::Load { .. } => continue,
             };
             let Some(&slot) = self.fleet.by_conn.get(&conn) else {
                 continue;

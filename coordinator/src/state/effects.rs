@@ -56,6 +56,16 @@ pub(crate) enum Outbound {
         /// The result.
         result: Arc<pb::TaskResult>,
     },
+    /// A finished task's result for a waiter, evicted from memory: to be read back from the
+    /// journal (only with one).
+    Load {
+        /// Who waits.
+        waiter: WaiterId,
+        /// Its tag for this task.
+        tag: u64,
+        /// The task.
+        task: TaskId,
+    },
 }
 
 /// A write for the journal (with `--state-dir`). None is waited for: a lost one means a

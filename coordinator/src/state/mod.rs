@@ -92,6 +92,13 @@ pub(crate) struct State {
     keys: HashMap<String, (TaskId, u64)>,
     /// Finished tasks in the order they finished, for the retention sweep.
     finished: VecDeque<(Instant, TaskId)>,
+    /// The first `evicted` of [`State::finished`] have had their results evicted from memory
+    /// (oldest first, past `--max-result-bytes`).
+    evicted: usize,
+    /// Bytes of payloads held for unfinished tasks (bounded by `--max-pending-bytes`).
+    payload_bytes: u64,
+    /// Bytes of results held in memory (kept under `--max-result-bytes` by eviction).
+    result_bytes: u64,
     /// Whether events ask for journal writes (with `--state-dir`).
     journaled: bool,
     /// Tasks restored from the journal that were running when the coordinator stopped: held
@@ -132,6 +139,9 @@ impl State {
             draining: false,
             keys: HashMap::new(),
             finished: VecDeque::new(),
+            evicted: 0,
+            payload_bytes: 0,
+            result_bytes: 0,
             journaled,
             orphans: std::collections::BTreeSet::new(),
             settling: false,

@@ -83,6 +83,20 @@ impl Submission {
     }
 }
 
+/// What a result costs in memory, as `--max-result-bytes` counts it: its encoded size and
+/// its struct.
+fn result_size(result: &pb::TaskResult) -> u64 {
+    use prost::Message;
+    (result.encoded_len() + std::mem::size_of::<pb::TaskResult>()) as u64
+}
+
+impl Task {
+    /// Finished, with its result evicted from memory.
+    pub(super) fn evicted(&self) -> bool {
+        self.result.is_none() && !matches!(self.state, TaskState::Pending | TaskState::Running)
+    }
+}
+
 impl Waiter {
     fn notify(&self, result: &Arc<pb::TaskResult>, effects: &mut Effects) {
         effects.out.push(Outbound::Complete {
@@ -163,6 +177,9 @@ impl State {
                 return Err(Error::IdempotencyKeyReused(sub.key.clone(), existing));
             }
             debug!(task = existing, "idempotent resubmission");
+            if waiter.is_some() {
+                self.readable(existing)?;
+            }
             if let Some(w) = waiter {
                 self.follow(existing, w, effects);
             }
@@ -180,6 +197,14 @@ impl State {
         let pending: u64 = self.functions.values().map(|f| f.pending + f.accepting).sum();
         if pending >= self.config.max_pending {
             return Err(Error::PoolFull(pending));
+        }
+        let size = sub.payload.len();
+        if self.payload_bytes + size as u64 > self.config.max_pending_bytes {
+            return Err(Error::PoolBytesFull {
+                held: self.payload_bytes,
+                size,
+                limit: self.config.max_pending_bytes,
+            });
         }
         self.make_room(&sub.function)?;
         let id = self.next_task;
@@ -202,6 +227,7 @@ impl State {
             fingerprint,
         });
         let function = self.function_key(&sub.function);
+        self.payload_bytes += size as u64;
         self.tasks.insert(
             id,
             Task {
@@ -260,6 +286,7 @@ impl State {
         let Some(t) = self.tasks.remove(id) else {
             return;
         };
+        self.payload_bytes = self.payload_bytes.saturating_sub(t.payload.len() as u64);
         if self.keys.get(&t.key).is_some_and(|(k, _)| *k == id) {
             self.keys.remove(&t.key);
         }
@@ -287,12 +314,46 @@ impl State {
         self.dispatch(function, now, effects);
     }
 
-    /// Makes `waiter` follow task `id` (now, if it has finished).
+    /// Makes `waiter` follow task `id` (now, if it has finished; from the journal, if its
+    /// result was evicted: see [`State::readable`]).
     fn follow(&mut self, id: TaskId, waiter: Waiter, effects: &mut Effects) {
         if let Some(task) = self.tasks.get_mut(id) {
             match &task.result {
                 Some(r) => waiter.notify(r, effects),
+                None if task.evicted() => effects.out.push(Outbound::Load {
+                    waiter: waiter.id,
+                    tag: waiter.tag,
+                    task: id,
+                }),
                 None => task.waiters.push(waiter),
+            }
+        }
+    }
+
+    /// Whether task `id`'s result can be given to a waiter: refused if it was evicted from
+    /// memory and no journal keeps it.
+    fn readable(&self, id: TaskId) -> Result<()> {
+        match self.tasks.get(id) {
+            Some(t) if t.evicted() && !self.journaled => {
+                Err(Error::ResultEvicted(id, t.state.as_str_name().to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes held in memory: payloads of unfinished tasks, and results.
+    pub(crate) fn held_bytes(&self) -> (u64, u64) {
+        (self.payload_bytes, self.result_bytes)
+    }
+
+    /// Evicts the oldest results held in memory until they fit in `--max-result-bytes`.
+    fn evict(&mut self) {
+        while self.result_bytes > self.config.max_result_bytes && self.evicted < self.finished.len() {
+            let (_, id) = self.finished[self.evicted];
+            self.evicted += 1;
+            if let Some(result) = self.tasks.get_mut(id).and_then(|t| t.result.take()) {
+                self.result_bytes = self.result_bytes.saturating_sub(result_size(&result));
+                debug!(task = id, "result evicted from memory");
             }
         }
     }
@@ -312,6 +373,8 @@ impl State {
             }
             let result = stored.result.map(Arc::new);
             let state = result.as_ref().map_or(TaskState::Pending, |r| r.state());
+            self.payload_bytes += stored.payload.len() as u64;
+            self.result_bytes += result.as_deref().map_or(0, result_size);
             self.tasks.insert(
                 id,
                 Task {
@@ -361,6 +424,7 @@ impl State {
                 functions.push(key);
             }
         }
+        self.evict();
         self.next_task = self.next_task.max(recovered.next_id);
         if recovered.reserved_until > 0 {
             self.id_limit = recovered.reserved_until;
@@ -400,7 +464,11 @@ impl State {
                 break;
             }
             self.finished.pop_front();
+            self.evicted = self.evicted.saturating_sub(1);
             if let Some(task) = self.tasks.remove(id) {
+                self.result_bytes = self
+                    .result_bytes
+                    .saturating_sub(task.result.as_deref().map_or(0, result_size));
                 if !task.key.is_empty() {
                     self.keys.remove(&task.key);
                 }
@@ -425,6 +493,7 @@ impl State {
             }
         }
         task.state = state;
+        self.payload_bytes = self.payload_bytes.saturating_sub(task.payload.len() as u64);
         task.payload = Bytes::new();
         let since = |from: u64, to: u64| (from > 0 && to >= from).then(|| to - from);
         effects.observed.push(Observation::Finished {
@@ -439,8 +508,10 @@ impl State {
         if self.journaled {
             effects.journal.push(JournalOp::Finish(id, result.clone()));
         }
+        self.result_bytes += result_size(&result);
         task.result = Some(result);
         self.finished.push_back((now, id));
+        self.evict();
     }
 
     /// Cancels a task: a pending one leaves the pool, a running one is cancelled on its
@@ -502,8 +573,11 @@ impl State {
         Ok(TaskState::Cancelled)
     }
 
-    /// Everything known about one task.
+    /// Everything known about one task. A finished task whose result was evicted has
+    /// `result: None` with a journal (the caller reads it from there) and is refused
+    /// without one.
     pub(crate) fn get(&self, id: TaskId) -> Result<pb::TaskInfo> {
+        self.readable(id)?;
         let t = self.tasks.get(id).ok_or(Error::UnknownTask(id))?;
         Ok(pb::TaskInfo {
             task_id: id,
@@ -531,17 +605,14 @@ impl State {
         if let Some(missing) = ids.iter().find(|id| !self.tasks.contains_key(**id)) {
             return Err(Error::UnknownTask(*missing));
         }
+        for id in ids {
+            self.readable(*id)?;
+        }
         let mut unique: Vec<TaskId> = ids.to_vec();
         unique.sort_unstable();
         unique.dedup();
         for id in &unique {
-            if let Some(t) = self.tasks.get_mut(*id) {
-                let waiter = Waiter { id: who, tag: *id };
-                match &t.result {
-                    Some(r) => waiter.notify(r, effects),
-                    None => t.waiters.push(waiter),
-                }
-            }
+            self.follow(*id, Waiter { id: who, tag: *id }, effects);
         }
         Ok(unique.len())
     }

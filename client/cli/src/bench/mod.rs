@@ -16,6 +16,7 @@ pub(crate) mod baselines;
 pub(crate) mod fake;
 mod fleet;
 mod handlers;
+mod held;
 mod measure;
 mod postgres;
 pub(crate) mod proc;
@@ -178,7 +179,7 @@ const REAL_WORKER: [&str; 8] = [
 ];
 
 /// The sections, in the order they run.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "raw",
     "dispatch",
     "real",
@@ -186,6 +187,7 @@ const SECTIONS: [&str; 10] = [
     "fleet",
     "idle",
     "pending",
+    "held",
     "polling",
     "handlers",
     "postgres",
@@ -216,6 +218,7 @@ pub(crate) async fn run(opts: &BenchOptions, mut report: impl FnMut(&Row)) -> Re
             }
             "idle" => vec![at_most(idle_worker(opts.idle_secs).await?, IDLE_WORKER_TARGET)],
             "pending" => pending_memory(opts.pending).await?,
+            "held" => held::held_memory().await?,
             "handlers" => handlers::handlers(opts, opts.python.as_deref().unwrap_or("python3")).await?,
             "postgres" => match &opts.state_url {
                 Some(url) => postgres::postgres(opts, url).await?,

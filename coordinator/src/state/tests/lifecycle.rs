@@ -392,3 +392,168 @@ fn a_worker_written_off_for_silence_is_told_and_gets_its_task_back_when_it_retur
     let b = connect(&mut s, &mut effects, "a", 1, later);
     assert_eq!(assigned(&mut effects, b), vec![t]);
 }
+
+#[test]
+fn payloads_held_for_unfinished_tasks_are_bounded_in_bytes_and_freed_by_their_results() {
+    let (mut s, now) = state(Config {
+        max_pending_bytes: 10,
+        max_payload_bytes: 10,
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let four = || Submission::new("f", Bytes::from_static(b"1234"));
+    let a = s.submit(four(), None, now, &mut effects).expect("first").id();
+    s.submit(four(), None, now, &mut effects).expect("second");
+    let err = s
+        .submit(four(), None, now, &mut effects)
+        .expect_err("past the bytes");
+    assert!(
+        matches!(
+            err,
+            crate::Error::PoolBytesFull {
+                held: 8,
+                size: 4,
+                limit: 10
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::ResourceExhausted);
+    // Refused before anything changed; a smaller one still fits.
+    assert_eq!(s.stats(now).total.expect("total").pending, 2);
+    s.submit(
+        Submission::new("f", Bytes::from_static(b"12")),
+        None,
+        now,
+        &mut effects,
+    )
+    .expect("fits");
+    // A running task holds its payload; its result frees it.
+    let rx = connect(&mut s, &mut effects, "a", 1, now);
+    assert_eq!(assigned(&mut effects, rx), vec![a]);
+    s.submit(four(), None, now, &mut effects)
+        .expect_err("still full while it runs");
+    s.results(&WorkerId::new("a"), vec![result(a, 1)], now, &mut effects)
+        .expect("result");
+    s.submit(four(), None, now, &mut effects)
+        .expect("its payload was freed");
+}
+
+#[test]
+fn results_past_their_byte_budget_are_evicted_oldest_first_and_reads_of_them_are_refused_without_a_journal() {
+    let one = result_size_for_tests();
+    let (mut s, now) = state(Config {
+        max_result_bytes: 2 * one,
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let rx = connect(&mut s, &mut effects, "a", 1, now);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let mut effects = Effects::default();
+        let t = s
+            .submit(
+                Submission {
+                    key: format!("k{}", ids.len()),
+                    ..Submission::new("f", Bytes::new())
+                },
+                None,
+                now,
+                &mut effects,
+            )
+            .expect("submit")
+            .id();
+        assert_eq!(assigned(&mut effects, rx), vec![t]);
+        s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
+            .expect("result");
+        ids.push(t);
+    }
+    // The oldest result went; the two newest stay.
+    let err = s.get(ids[0]).expect_err("evicted");
+    assert!(matches!(err, crate::Error::ResultEvicted(..)), "{err:?}");
+    assert_eq!(tonic::Status::from(err).code(), tonic::Code::FailedPrecondition);
+    for t in &ids[1..] {
+        assert!(s.get(*t).expect("kept").result.is_some());
+    }
+    let who = crate::state::WaiterId(7);
+    let mut effects = Effects::default();
+    assert!(matches!(
+        s.watch(&ids, who, &mut effects),
+        Err(crate::Error::ResultEvicted(..))
+    ));
+    assert!(effects.out.is_empty(), "a refused watch delivered something");
+    // A Run repeating the evicted task's key is refused too; a plain Submit gets its id.
+    let waiter = Waiter { id: who, tag: 0 };
+    let repeat = || Submission {
+        key: "k0".into(),
+        ..Submission::new("f", Bytes::new())
+    };
+    assert!(matches!(
+        s.submit(repeat(), Some(waiter), now, &mut effects),
+        Err(crate::Error::ResultEvicted(..))
+    ));
+    assert_eq!(
+        s.submit(repeat(), None, now, &mut effects).expect("submit").id(),
+        ids[0]
+    );
+    // The retention sweep forgets them all and the count comes back to zero.
+    s.sweep(now + Duration::from_secs(3600), &mut effects);
+    assert_eq!(s.held_bytes(), (0, 0));
+}
+
+#[test]
+fn with_a_journal_an_evicted_result_is_loaded_for_its_waiter() {
+    let one = result_size_for_tests();
+    let (mut s, now) = state(Config {
+        max_result_bytes: one,
+        state_dir: Some("unused".into()),
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let rx = connect(&mut s, &mut effects, "a", 1, now);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut effects = Effects::default();
+        let t = s
+            .submit(Submission::new("f", Bytes::new()), None, now, &mut effects)
+            .expect("submit")
+            .id();
+        s.accepted(t, now, &mut effects);
+        assert_eq!(assigned(&mut effects, rx), vec![t]);
+        s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
+            .expect("result");
+        ids.push(t);
+    }
+    let info = s.get(ids[0]).expect("get");
+    assert!(info.result.is_none() && info.state() == TaskState::Succeeded);
+    let mut effects = Effects::default();
+    assert_eq!(
+        s.watch(&ids, crate::state::WaiterId(3), &mut effects)
+            .expect("watch"),
+        2
+    );
+    let loads: Vec<_> = effects
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Load { task, .. } => Some(*task),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        loads,
+        vec![ids[0]],
+        "the evicted one is read back, the other sent"
+    );
+}
+
+/// What one task's result through `result()` costs in memory.
+fn result_size_for_tests() -> u64 {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let _rx = connect(&mut s, &mut effects, "a", 1, now);
+    let t = submit(&mut s, &mut effects, now);
+    s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
+        .expect("result");
+    s.held_bytes().1
+}
