@@ -295,7 +295,6 @@ impl Store {
         Ok(until as u64)
     }
 
-    /// Everything stored, as a restart reads it.
     /// The stored result of task `id`, if the database holds one.
     pub(crate) async fn result(&self, id: u64) -> Result<Option<pb::TaskResult>> {
         let client = self.pool.get().await.map_err(db)?;
@@ -311,6 +310,7 @@ impl Store {
         }
     }
 
+    /// Everything stored, as a restart reads it.
     pub(crate) async fn load(&self) -> Result<Recovered> {
         let client = self.pool.get().await.map_err(db)?;
         let rows = client

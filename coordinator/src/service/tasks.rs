@@ -23,7 +23,7 @@ use tracing::debug;
 
 use super::peer::from_peer;
 use crate::driver::{Accepting, Completion, Driver};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::state::{Submission, TaskId, Waiter};
 
 /// Results queued per Map call before the sender waits for the client.
@@ -223,12 +223,7 @@ async fn serve_map(
                 outstanding -= 1;
                 match c.result {
                     Ok(result) => pb::MapResponse { seq: c.tag, result: Some(result.as_ref().clone()), ..Default::default() },
-                    Err(status) => pb::MapResponse {
-                        seq: c.tag,
-                        result: None,
-                        rejected: status.message().to_owned(),
-                        rejected_code: status.code() as i32,
-                    },
+                    Err(status) => rejected(c.tag, status),
                 }
             }
         };
@@ -241,8 +236,8 @@ async fn serve_map(
     }
 }
 
-fn rejected(seq: u64, e: Error) -> pb::MapResponse {
-    let status = Status::from(e);
+fn rejected(seq: u64, status: impl Into<Status>) -> pb::MapResponse {
+    let status = status.into();
     pb::MapResponse {
         seq,
         result: None,

@@ -177,10 +177,8 @@ impl State {
                 return Err(Error::IdempotencyKeyReused(sub.key.clone(), existing));
             }
             debug!(task = existing, "idempotent resubmission");
-            if waiter.is_some() {
-                self.readable(existing)?;
-            }
             if let Some(w) = waiter {
+                self.readable(existing)?;
                 self.follow(existing, w, effects);
             }
             let writing = self.tasks.get(existing).is_some_and(|t| t.accepting);

@@ -448,26 +448,15 @@ fn results_past_their_byte_budget_are_evicted_oldest_first_and_reads_of_them_are
     });
     let mut effects = Effects::default();
     let rx = connect(&mut s, &mut effects, "a", 1, now);
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let mut effects = Effects::default();
-        let t = s
-            .submit(
-                Submission {
-                    key: format!("k{}", ids.len()),
-                    ..Submission::new("f", Bytes::new())
-                },
-                None,
-                now,
-                &mut effects,
-            )
-            .expect("submit")
-            .id();
-        assert_eq!(assigned(&mut effects, rx), vec![t]);
-        s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
-            .expect("result");
-        ids.push(t);
-    }
+    let ids: Vec<TaskId> = (0..3)
+        .map(|i| {
+            let sub = Submission {
+                key: format!("k{i}"),
+                ..Submission::new("f", Bytes::new())
+            };
+            run_on_a(&mut s, sub, rx, now)
+        })
+        .collect();
     // The oldest result went; the two newest stay.
     let err = s.get(ids[0]).expect_err("evicted");
     assert!(matches!(err, crate::Error::ResultEvicted(..)), "{err:?}");
@@ -511,19 +500,9 @@ fn with_a_journal_an_evicted_result_is_loaded_for_its_waiter() {
     });
     let mut effects = Effects::default();
     let rx = connect(&mut s, &mut effects, "a", 1, now);
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let mut effects = Effects::default();
-        let t = s
-            .submit(Submission::new("f", Bytes::new()), None, now, &mut effects)
-            .expect("submit")
-            .id();
-        s.accepted(t, now, &mut effects);
-        assert_eq!(assigned(&mut effects, rx), vec![t]);
-        s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
-            .expect("result");
-        ids.push(t);
-    }
+    let ids: Vec<TaskId> = (0..2)
+        .map(|_| run_on_a(&mut s, Submission::new("f", Bytes::new()), rx, now))
+        .collect();
     let info = s.get(ids[0]).expect("get");
     assert!(info.result.is_none() && info.state() == TaskState::Succeeded);
     let mut effects = Effects::default();
@@ -556,4 +535,16 @@ fn result_size_for_tests() -> u64 {
     s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
         .expect("result");
     s.held_bytes().1
+}
+
+/// Submits `sub` (accepting its journal write, if any), checks that worker `a` (on `rx`)
+/// gets it, and finishes it there.
+fn run_on_a(s: &mut State, sub: Submission, rx: Conn, now: Instant) -> TaskId {
+    let mut effects = Effects::default();
+    let t = s.submit(sub, None, now, &mut effects).expect("submit").id();
+    s.accepted(t, now, &mut effects);
+    assert_eq!(assigned(&mut effects, rx), vec![t]);
+    s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
+        .expect("result");
+    t
 }
