@@ -117,7 +117,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
                 // UNAVAILABLE saying why, instead of keeping callers waiting in silence.
                 () = tokio::time::sleep(QUIET_DATABASE_WAIT) => {
                     let waiting = crate::standby::NotServing::start(listener.clone(), &config, || {
-                        "this coordinator is waiting for its database (--state-url)".to_owned()
+                        tonic::Status::unavailable("this coordinator is waiting for its database (--state-url)")
                     })
                     .await?;
                     let store = connecting.await;

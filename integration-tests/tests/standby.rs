@@ -236,6 +236,59 @@ async fn a_paused_active_coordinator_writes_nothing_after_the_standby_took_over(
     eprintln!("takeover from a paused coordinator in {took:?}");
 }
 
+/// A paused active coordinator keeps its workers' connections open and silent. Its worker
+/// notices the silence by its keepalive, and the standby, seeing the lease no longer
+/// renewed, says in its refusals when it will take over: the worker waits for it rather than
+/// dialing the frozen one again, and runs the standby's first task while the old one is
+/// still frozen.
+#[tokio::test(flavor = "multi_thread")]
+async fn while_the_active_coordinator_is_paused_its_worker_waits_for_the_standby() {
+    let pg = Postgres::start();
+    let mut args = args(&pg.url());
+    // A long lease: the stretch between a missed renewal and the takeover is seconds wide.
+    args.extend(["--lease".to_owned(), "9s".to_owned()]);
+    let a = Coordinator::start(&refs(&args));
+    assert_eq!(active(&[&a]).await, 0);
+    let b = Coordinator::start(&refs(&args));
+    let urls = format!("{},{}", a.url, b.url);
+    let w = worker(&urls, "echo", "w", &["--reconnect-for", "120s"]);
+    let a_client = a.client().await;
+    let r = a_client.run("echo", "before").await.expect("run on a");
+    assert_eq!(r.state(), carpool_client::TaskState::Succeeded);
+
+    a.signal(nix::sys::signal::Signal::SIGSTOP);
+    // The standby's refusals: first plain, then, once the renewal is missed, with the hint.
+    let b_client = b.client().await;
+    let hint = eventually("the standby to say when it takes over", || async {
+        match b_client.submit("echo", "probe").await {
+            Err(carpool_client::Error::Status(s)) if s.code() == Code::Unavailable => s
+                .metadata()
+                .get(carpool_proto::TAKEOVER_IN_MS)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .map(|ms| (ms, s.message().to_owned())),
+            Err(e) => panic!("unexpected refusal: {e:?}"),
+            Ok(id) => panic!("the standby accepted task {id} before the lease expired"),
+        }
+    })
+    .await;
+    assert!(hint.0 <= 9_000, "{hint:?}");
+    assert!(hint.1.contains("missed its lease renewal"), "{hint:?}");
+    // The worker reaches the standby, which runs a task while the old one is still frozen.
+    eventually("the standby to take over", || async {
+        serving(&b).await.then_some(())
+    })
+    .await;
+    let r = b_client.run("echo", "after").await.expect("run on the standby");
+    assert_eq!(r.state(), carpool_client::TaskState::Succeeded);
+    assert!(
+        w.log().contains("a standby is taking over; waiting for it"),
+        "{}",
+        w.log()
+    );
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+    drop(w);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_restart_under_load_is_ridden_out_and_loses_nothing() {
     let mut pg = Postgres::start();

@@ -11,6 +11,11 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
 /// How long a ping may go unanswered before the connection is declared dead.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Metadata on a standby's UNAVAILABLE once the active coordinator has missed a lease
+/// renewal: in how many ms the lease expires and this standby takes over. A worker that
+/// gets it retries that standby then, rather than dialing the silent one again.
+pub const TAKEOVER_IN_MS: &str = "carpool-takeover-in-ms";
+
 /// TLS settings for `https://` coordinator URLs.
 #[derive(Clone, Debug, Default)]
 pub struct TlsOptions {

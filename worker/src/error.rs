@@ -30,6 +30,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// How long until a standby that refused this worker expects to take over from a
+    /// coordinator that missed its lease renewal (its [`carpool_proto::TAKEOVER_IN_MS`]),
+    /// at most 5 s.
+    pub fn takeover_in(&self) -> Option<std::time::Duration> {
+        let Error::Status(s) = self else {
+            return None;
+        };
+        if s.code() != tonic::Code::Unavailable {
+            return None;
+        }
+        let ms: u64 = s
+            .metadata()
+            .get(carpool_proto::TAKEOVER_IN_MS)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(std::time::Duration::from_millis(ms.min(5_000)))
+    }
+
     /// Whether reconnecting may help: transport failures yes; the coordinator's deliberate
     /// refusals (bad token, duplicate id, protocol violation) and bad settings no.
     pub fn is_retryable(&self) -> bool {
@@ -49,3 +69,31 @@ impl Error {
 
 /// Result with the worker's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a standby's UNAVAILABLE with the metadata is a takeover hint, capped at 5 s.
+    #[test]
+    fn a_takeover_hint_is_read_from_a_standbys_refusal() {
+        let with = |code, value: &str| {
+            let mut s = tonic::Status::new(code, "standby");
+            s.metadata_mut()
+                .insert(carpool_proto::TAKEOVER_IN_MS, value.parse().expect("ascii"));
+            Error::Status(s)
+        };
+        assert_eq!(
+            with(tonic::Code::Unavailable, "250").takeover_in(),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(
+            with(tonic::Code::Unavailable, "999999").takeover_in(),
+            Some(std::time::Duration::from_secs(5))
+        );
+        assert_eq!(with(tonic::Code::Unavailable, "soon").takeover_in(), None);
+        assert_eq!(with(tonic::Code::Unauthenticated, "250").takeover_in(), None);
+        assert_eq!(Error::Status(tonic::Status::unavailable("x")).takeover_in(), None);
+        assert_eq!(Error::StreamBroken.takeover_in(), None);
+    }
+}

@@ -87,9 +87,21 @@ pub struct Summary {
     pub reason: EndReason,
 }
 
+/// A worker's HTTP/2 keepalive: a coordinator that answers no ping for this long after this
+/// long without a frame is taken for gone, and the worker dials the next coordinator (a
+/// paused active one is noticed within 2 s, about when a standby's lease takeover comes).
+/// Tighter than a client's: a worker's stream is its only link, and a false alarm costs a
+/// reconnect with its tasks kept.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// See [`KEEPALIVE_INTERVAL`].
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Opens a channel to the coordinator (keepalive on, TLS for `https://`).
 pub async fn dial(url: &str, tls: &TlsOptions) -> Result<Channel> {
-    let endpoint = carpool_proto::endpoint(url, tls).map_err(|e| Error::BadUrl(url.to_owned(), e))?;
+    let endpoint = carpool_proto::endpoint(url, tls)
+        .map_err(|e| Error::BadUrl(url.to_owned(), e))?
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     endpoint
         .connect()
         .await
@@ -143,14 +155,26 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
             Err(e) if e.is_retryable() => {
                 // What was sent long enough before the break has been recorded.
                 s.forget_recent(Instant::now());
-                // With several coordinators (active and standbys), try the next one: at once,
-                // until each has been tried since the last wait.
-                s.url_index += 1;
                 let since = *broken_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > s.config.reconnect_for {
                     warn!(worker = %s.config.id, error = %e, "coordinator unreachable for too long; giving up");
                     return Err(e);
                 }
+                // A standby about to take over from a coordinator that went silent: wait for
+                // it, rather than dial the silent one again (which answers nothing for as
+                // long as the keepalive takes to give up).
+                if let Some(wait) = e.takeover_in() {
+                    info!(worker = %s.config.id, url = %s.url(), wait_ms = wait.as_millis() as u64, "a standby is taking over; waiting for it");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = tokio::time::sleep_until(deadline) => break EndReason::Timeout,
+                        () = s.config.stop.cancelled() => break EndReason::Terminated,
+                    }
+                    continue;
+                }
+                // With several coordinators (active and standbys), try the next one: at once,
+                // until each has been tried since the last wait.
+                s.url_index += 1;
                 tried += 1;
                 if tried < s.urls.len() {
                     debug!(worker = %s.config.id, error = %e, next = %s.url(), "trying the next coordinator");

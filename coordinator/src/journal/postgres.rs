@@ -70,8 +70,9 @@ pub(crate) struct Store {
 pub(crate) enum Lease {
     /// Ours, with this term.
     Ours(i64),
-    /// Another's, reachable at this URL (empty if it gave none).
-    Held(String),
+    /// Another's, reachable at `url` (empty if it gave none), expiring in `expires_in`
+    /// unless renewed (zero once past).
+    Held { url: String, expires_in: Duration },
 }
 
 fn db(e: impl std::error::Error) -> Error {
@@ -210,10 +211,18 @@ impl Store {
             return Ok(Lease::Ours(row.get(0)));
         }
         let row = client
-            .query_one("SELECT url FROM carpool_lease WHERE id = 1", &[])
+            .query_one(
+                "SELECT url, GREATEST(EXTRACT(EPOCH FROM expires_at - clock_timestamp()), 0)::float8 \
+                 FROM carpool_lease WHERE id = 1",
+                &[],
+            )
             .await
             .map_err(db)?;
-        Ok(Lease::Held(row.get(0)))
+        let secs: f64 = row.get(1);
+        Ok(Lease::Held {
+            url: row.get(0),
+            expires_in: Duration::try_from_secs_f64(secs).unwrap_or_default(),
+        })
     }
 
     /// Extends lease `term`; `false` if another coordinator holds it now.

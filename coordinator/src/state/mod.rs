@@ -104,10 +104,11 @@ pub(crate) struct State {
     /// Tasks restored from the journal that were running when the coordinator stopped: held
     /// out of their pools for the reconnect grace, for their workers to claim.
     orphans: std::collections::BTreeSet<TaskId>,
-    /// Just restarted on a journal with unfinished tasks: nothing is placed yet, so that
-    /// workers that ran tasks whose start was not yet on disk reconnect and claim them
-    /// before anyone else is given them (see [`RESTART_SETTLE`]).
-    settling: bool,
+    /// Just restarted on a journal with unfinished tasks: the functions that had some place
+    /// nothing yet, so that workers that ran tasks whose start was not yet on disk reconnect
+    /// and claim them before anyone else is given them (see [`RESTART_SETTLE`]). Functions
+    /// with nothing restored are placed at once.
+    settling: std::collections::HashSet<Arc<str>>,
     /// Spawns written off as never started (bounded, oldest forgotten first): one that
     /// arrives late is welcomed within its fleet cap, or sent away.
     written_off: std::collections::HashSet<WorkerId>,
@@ -144,7 +145,7 @@ impl State {
             result_bytes: 0,
             journaled,
             orphans: std::collections::BTreeSet::new(),
-            settling: false,
+            settling: std::collections::HashSet::new(),
             written_off: std::collections::HashSet::new(),
             written_off_order: VecDeque::new(),
             last_sweep: None,
@@ -234,7 +235,7 @@ impl State {
         if let Some(id) = changed {
             self.reindex(id, now);
         }
-        if self.settling {
+        if self.settling.contains(function) {
             return;
         }
         let Some(f) = self.functions.get_mut(function) else {
@@ -467,8 +468,7 @@ impl State {
             Timer::Task(id, attempt) => self.time_out(id, attempt, now, effects),
             Timer::Orphans => self.release_orphans(now, effects),
             Timer::Settled => {
-                self.settling = false;
-                let functions: Vec<Arc<str>> = self.functions.keys().cloned().collect();
+                let functions: Vec<Arc<str>> = self.settling.drain().collect();
                 for f in functions {
                     self.dispatch(&f, now, effects);
                 }
@@ -514,8 +514,8 @@ fn rekey(
     }
 }
 
-/// How long placement waits after a restart on a journal with unfinished tasks (at most the
-/// reconnect grace). A task's start is journaled without waiting, so a crash can lose it:
+/// How long placement of a function waits after a restart on a journal with unfinished tasks
+/// of it (at most the reconnect grace; work of other functions is placed at once). A task's start is journaled without waiting, so a crash can lose it:
 /// the task then looks as if it never started, and would go to whichever worker reconnects
 /// first while the one running it is still on its way back. Workers wait at most 1 s
 /// between reconnects (500 ms, jittered), trying every coordinator URL they have at each,

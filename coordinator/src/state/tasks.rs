@@ -362,6 +362,7 @@ impl State {
     /// counts, learned levels and the id counter carry on.
     pub(crate) fn restore(&mut self, recovered: Recovered, now: Instant, effects: &mut Effects) {
         let mut functions = Vec::new();
+        let mut with_pending = std::collections::HashSet::new();
         let (mut pending, mut done) = (0usize, 0usize);
         let hold_back = !self.config.reconnect_grace.is_zero();
         for (id, stored, started) in recovered.tasks {
@@ -408,6 +409,7 @@ impl State {
                         f.pool.push_back(id);
                         f.pending += 1;
                         pending += 1;
+                        with_pending.insert(key.clone());
                     }
                     TaskState::Succeeded => f.succeeded += 1,
                     TaskState::Failed => f.failed += 1,
@@ -443,11 +445,10 @@ impl State {
                 .timers
                 .push((self.config.reconnect_grace, super::Timer::Orphans));
         }
-        if pending > 0 && hold_back {
-            self.settling = true;
+        if hold_back && !with_pending.is_empty() {
             let pause = super::RESTART_SETTLE.min(self.config.reconnect_grace);
             effects.timers.push((pause, super::Timer::Settled));
-            return;
+            self.settling = with_pending;
         }
         for f in functions {
             self.dispatch(&f, now, effects);

@@ -115,6 +115,55 @@ fn after_a_restart_placement_waits_for_running_workers_to_claim_their_tasks() {
     assert_eq!(given, vec![2]);
 }
 
+/// The pause after a restart holds only the functions that had work restored: another
+/// function's new work is placed at once (a takeover does not delay it by the pause).
+#[test]
+fn after_a_restart_a_function_with_nothing_restored_is_placed_at_once() {
+    let (mut s, now) = state(Config {
+        state_dir: Some("unused".into()),
+        ..external()
+    });
+    let mut effects = Effects::default();
+    s.restore(
+        Recovered {
+            tasks: vec![(
+                1,
+                StoredTask {
+                    function: "f".into(),
+                    payload: Bytes::from_static(b"a"),
+                    ..Default::default()
+                },
+                0,
+            )],
+            next_id: 2,
+            reserved_until: 0,
+            learned: Vec::new(),
+        },
+        now,
+        &mut effects,
+    );
+    let f_worker = connect(&mut s, &mut effects, "f-worker", 2, now);
+    let g_worker = s
+        .connect(
+            pb::Hello {
+                function: "g".into(),
+                ..hello("g-worker", 2)
+            },
+            now,
+            &mut effects,
+        )
+        .expect("connect");
+    let g = s
+        .submit(Submission::new("g", Bytes::new()), None, now, &mut effects)
+        .expect("submit");
+    s.accepted(g.id(), now, &mut effects);
+    assert_eq!(assigned(&mut effects, g_worker), vec![g.id()]);
+    // f's restored task still waits for the pause.
+    assert!(assigned(&mut effects, f_worker).is_empty());
+    s.on_timer(Timer::Settled, now + RESTART_SETTLE, &mut effects);
+    assert_eq!(assigned(&mut effects, f_worker), vec![1]);
+}
+
 /// Ids are handed out only below what the journal holds reserved: the next block is asked
 /// for once half is used, and while it is not durable, a submission past the reserved ids
 /// is refused (UNAVAILABLE) rather than given an id the next coordinator could give again.
