@@ -16,6 +16,13 @@
 //! 1.0 on an instance that lets it burst. It covers the span since the running tasks last
 //! grew (so a rise of the coordinator's limit is judged by the tasks it let in, not diluted by
 //! the quiet before them), or since the previous sample.
+//!
+//! CPU wait is measured over the same span: the time the tree's threads were ready to run
+//! but waited for a CPU (the kernel's run delay, `/proc/PID/task/TID/schedstat`, summed over
+//! the threads of this process and of its registered children), or, for a cgroup, its CPU
+//! pressure (`cpu.pressure`, the time some of its tasks waited). A worker whose tasks wait
+//! runs more of them than the CPU it can actually have, whatever its CPU share shows (a host
+//! whose cores it shares, or fewer cores than its allotment).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -63,9 +70,12 @@ pub struct Sampler {
     memory_limit: u64,
     /// When the current CPU span started and the CPU time then.
     span: Option<(Instant, Duration)>,
+    /// The CPU wait when the span started.
+    wait_span: Option<Duration>,
     /// Whether the running tasks grew since the last sample (the span then restarted).
     marked: bool,
     last_cpu: f64,
+    last_wait: f64,
     last_memory: u64,
     peak: u64,
 }
@@ -95,12 +105,15 @@ impl Sampler {
             allotment: if allotment > 0.0 { allotment } else { 1.0 },
             memory_limit: memory_limit.max(1),
             span: None,
+            wait_span: None,
             marked: false,
             last_cpu: 0.0,
+            last_wait: 0.0,
             last_memory: 0,
             peak: 0,
         };
         s.span = s.cpu_time().map(|t| (Instant::now(), t));
+        s.wait_span = s.wait_time();
         s
     }
 
@@ -118,6 +131,7 @@ impl Sampler {
         if !self.marked {
             self.marked = true;
             self.span = self.cpu_time().map(|t| (Instant::now(), t));
+            self.wait_span = self.wait_time();
         }
     }
 
@@ -125,13 +139,20 @@ impl Sampler {
     pub fn sample(&mut self, running: u32, youngest: Duration) -> ResourceSample {
         let now = Instant::now();
         let cpu_now = self.cpu_time();
+        let wait_now = self.wait_time();
         if let (Some((at, before)), Some(t)) = (self.span, cpu_now) {
             let span = now.saturating_duration_since(at);
             if span >= MIN_CPU_SPAN {
-                self.last_cpu = t.saturating_sub(before).as_secs_f64() / span.as_secs_f64() / self.allotment;
+                let per_allotment = span.as_secs_f64() * self.allotment;
+                self.last_cpu = t.saturating_sub(before).as_secs_f64() / per_allotment;
+                self.last_wait = match (self.wait_span, wait_now) {
+                    (Some(before), Some(w)) => w.saturating_sub(before).as_secs_f64() / per_allotment,
+                    _ => 0.0,
+                };
             }
         }
         self.span = cpu_now.map(|t| (now, t));
+        self.wait_span = wait_now;
         self.marked = false;
         let used = self.memory_used();
         // Memory still rising by a material step: the newest tasks (or runtime copies) have
@@ -152,6 +173,7 @@ impl Sampler {
             } else {
                 youngest.as_millis().min(u128::from(u32::MAX)) as u32
             },
+            cpu_wait: self.last_wait,
         }
     }
 
@@ -189,6 +211,19 @@ impl Sampler {
                     .map(|s| s.utime + s.stime + s.cutime.max(0) as u64 + s.cstime.max(0) as u64)
                     .sum();
                 Some(own + waited + Duration::from_secs_f64(live as f64 / ticks))
+            }
+        }
+    }
+
+    /// Time the tree's threads waited for a CPU so far (the cgroup's: the time some of its
+    /// tasks did); `None` where the kernel does not say.
+    fn wait_time(&self) -> Option<Duration> {
+        match &self.source {
+            Source::Cgroup(dir) => cgroup_pressure(dir),
+            Source::Tree => {
+                let own = run_delay(&procfs::process::Process::myself().ok()?)?;
+                let children: u64 = descendants().iter().filter_map(run_delay).sum();
+                Some(Duration::from_nanos(own + children))
             }
         }
     }
@@ -272,6 +307,30 @@ fn cgroup_usage(dir: &Path) -> Option<Duration> {
         .map(Duration::from_micros)
 }
 
+/// The run delay of every thread of `p`, in ns (threads that have exited no longer count:
+/// the figure is read as a difference over a short span).
+fn run_delay(p: &procfs::process::Process) -> Option<u64> {
+    let total = p
+        .tasks()
+        .ok()?
+        .filter_map(|t| t.ok()?.schedstat().ok())
+        .map(|s| s.run_delay)
+        .sum();
+    Some(total)
+}
+
+/// The time some of the cgroup's tasks waited for a CPU (`cpu.pressure`'s `some total`).
+fn cgroup_pressure(dir: &Path) -> Option<Duration> {
+    let pressure = std::fs::read_to_string(dir.join("cpu.pressure")).ok()?;
+    pressure
+        .lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_micros)
+}
+
 /// A number in a cgroup file; `None` for "max" or an unreadable file.
 fn read_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -304,6 +363,34 @@ mod tests {
             "{x:?}"
         );
         assert!(x.memory_peak_bytes >= x.memory_used_bytes, "{x:?}");
+    }
+
+    /// More busy children than the cores the worker can run on: some of them always wait
+    /// for a CPU, and the sample shows it (the kernel's run delay), whatever the host's load.
+    #[test]
+    fn children_that_queue_for_a_cpu_show_as_cpu_wait() {
+        let _alone = crate::children::SERIAL.blocking_lock();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut s = Sampler::new(Measure::Process, cores as f64, 2048);
+        let mut children: Vec<_> = (0..=cores)
+            .map(|_| busy_loop().spawn().expect("start a child"))
+            .collect();
+        let registered: Vec<_> = children
+            .iter()
+            .map(|c| crate::children::register(c.id()))
+            .collect();
+        s.sample(0, Duration::ZERO);
+        let crowded = sample_after(&mut s, Duration::from_millis(400));
+        drop(registered);
+        for c in &mut children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(
+            crowded.cpu_wait > 0.0,
+            "{cores} cores, {} busy children, no wait: {crowded:?}",
+            cores + 1
+        );
     }
 
     #[test]

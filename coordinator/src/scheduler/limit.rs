@@ -19,6 +19,11 @@
 //!   in a row cut it by half the ratio of the two (smoothed, as Gradient2 does). Inflation is the signal that still works where CPU
 //!   figures lie (Lambda lets a worker burst past its allotment). CPU at its target stops
 //!   the climb but is no fault: every allotted vCPU busy is the goal for CPU-bound work.
+//!   CPU here is what the tasks asked for: the CPU they used plus the time they waited for
+//!   one (the kernel's run delay), so a worker whose cores are shared or fewer than its
+//!   allotment stops climbing when its tasks queue for a CPU, not when it reaches a share it
+//!   can never reach. Tasks that wait for a CPU for a whole task's time cut the limit to
+//!   the level the CPU meets (running tasks over what they asked for).
 //! - **Pinned** (`--slots`): never moves.
 
 use std::time::{Duration, Instant};
@@ -59,6 +64,10 @@ pub(crate) struct LimitParams {
     /// CPU-bound work keeps it there for a task's whole life, while a task's start-up burst
     /// (loading, touching its memory) only holds the climb.
     pub cpu_settle: Duration,
+    /// CPU wait (threads ready to run, waiting for a CPU), as a fraction of the allotment,
+    /// at which the worker runs more tasks than its CPU can: held for a whole task, the limit
+    /// falls to what the CPU runs.
+    pub cpu_wait_fall: f64,
 }
 
 impl Default for LimitParams {
@@ -77,6 +86,7 @@ impl Default for LimitParams {
             steady_step: 0.1,
             quiet: Duration::from_secs(1),
             cpu_settle: Duration::from_millis(100),
+            cpu_wait_fall: 0.25,
         }
     }
 }
@@ -119,6 +129,9 @@ impl Phase {
 pub(crate) struct Observation {
     /// CPU over its allotment (1.0: every allotted vCPU busy).
     pub cpu: f64,
+    /// Time its threads waited for a CPU, over its allotment: `cpu + wait` is what its
+    /// tasks asked for (the CPU it could not have shows here, not in `cpu`).
+    pub wait: f64,
     /// Memory over its limit.
     pub mem: f64,
     /// Tasks running when it was taken.
@@ -137,6 +150,8 @@ pub(crate) enum Move {
     Rise,
     /// Memory reached its target: down to what fits.
     MemoryFall,
+    /// Its tasks waited for a CPU for a whole task: down to what the CPU runs.
+    CpuFall,
     /// Task durations inflated past the baseline.
     InflationFall,
     /// The last rise did not raise completions per second: undone.
@@ -185,6 +200,8 @@ pub(crate) struct Limit {
     last_fall: Option<Instant>,
     /// Since when covered samples have shown CPU at its target.
     cpu_busy_since: Option<Instant>,
+    /// Since when samples have shown its tasks waiting for a CPU.
+    cpu_waiting_since: Option<Instant>,
     /// Whether it ever fell: a limit that only rose has proven every level it reached.
     fell: bool,
     /// Whether it ever rose.
@@ -234,6 +251,7 @@ impl Limit {
             before_rise: None,
             last_fall: None,
             cpu_busy_since: None,
+            cpu_waiting_since: None,
             fell: false,
             rose: false,
             typical: None,
@@ -339,6 +357,9 @@ impl Limit {
             };
             return self.fall_to(new.max(p.min), Move::MemoryFall, now);
         }
+        if let Some(fall) = self.cpu_fall(p, obs, now) {
+            return Some(fall);
+        }
         let mean = self.window.mean(p.window)?;
         let base = match self.baseline {
             // Inflation is judged against a lower level only; at or below the baseline's
@@ -377,6 +398,33 @@ impl Limit {
         None
     }
 
+    /// Tasks waiting for a CPU while the worker runs its whole level, for as long as a task
+    /// typically runs (a burst of new tasks is shorter): more tasks run than the CPU the worker
+    /// can actually have runs at once (its allotment, or less on a host whose cores it
+    /// shares). The limit falls to the level whose demand the CPU meets: the tasks running
+    /// over what they asked for, in allotments.
+    fn cpu_fall(&mut self, p: &LimitParams, obs: &Observation, now: Instant) -> Option<Move> {
+        // Only at its level: below it, what waits is not the level's doing (runtime copies
+        // starting, say).
+        if obs.wait < p.cpu_wait_fall || obs.running == 0 || obs.running < self.value {
+            self.cpu_waiting_since = None;
+            return None;
+        }
+        let since = *self.cpu_waiting_since.get_or_insert(now);
+        let waited = now.saturating_duration_since(since);
+        let whole_task = self.typical.is_some_and(|t| waited.as_secs_f64() >= t);
+        if waited < p.cpu_settle || !whole_task || obs.youngest < p.settle {
+            return None;
+        }
+        self.cpu_waiting_since = None;
+        let demand = obs.cpu + obs.wait;
+        let fit = (f64::from(obs.running) / demand).floor() as u32;
+        if fit >= self.value {
+            return None; // it waits, but fewer tasks would leave the CPU idle
+        }
+        self.fall_to(fit.max(p.min), Move::CpuFall, now)
+    }
+
     fn fall_to(&mut self, new: u32, why: Move, now: Instant) -> Option<Move> {
         self.phase = Phase::Steady;
         self.fell = true;
@@ -405,10 +453,12 @@ impl Limit {
         {
             return None;
         }
-        // Headroom: what the targets leave for more tasks, at what each task costs now.
+        // Headroom: what the targets leave for more tasks, at what each task costs now (the
+        // CPU it asked for, including what it waited for).
         let running = f64::from(obs.running.max(1));
-        let by_cpu = if obs.cpu > 0.0 {
-            running * p.cpu_target / obs.cpu - running
+        let demand = obs.cpu + obs.wait;
+        let by_cpu = if demand > 0.0 {
+            running * p.cpu_target / demand - running
         } else {
             f64::INFINITY
         };
@@ -416,7 +466,7 @@ impl Limit {
             Some(t) if t > 1e-9 => (p.mem_target - obs.mem.max(obs.peak)) / t,
             _ => f64::INFINITY,
         };
-        if obs.cpu >= p.cpu_target || by_cpu < 1.0 {
+        if demand >= p.cpu_target || by_cpu < 1.0 {
             // CPU binds. A task's start-up burst only holds the climb; CPU at its target for
             // long ends probing (every allotted vCPU busy: the level for CPU-bound work).
             let since = *self.cpu_busy_since.get_or_insert(now);

@@ -449,6 +449,9 @@ impl Sim<'_> {
             running_tasks: running as u32,
             memory_peak_bytes: 0,
             youngest_task_ms: youngest,
+            // The simulated cores are never oversubscribed (processor sharing within the
+            // allotment): nothing waits.
+            cpu_wait: 0.0,
         };
         let id = w.id.clone();
         let at = self.at(now);

@@ -15,6 +15,9 @@ use crate::scheduler::{self, Learned};
 /// The largest CPU figure a sample may carry: a worker allotted a small share of a vCPU
 /// (Lambda at 128 MB) that bursts over every core of a large machine.
 const MAX_CPU_FRACTION: f64 = 1024.0;
+/// The most CPU wait a sample may report, over the allotment (threads waiting for a CPU:
+/// far more than any worker runs).
+const MAX_CPU_WAIT: f64 = 1_048_576.0;
 
 /// How many times its limit a worker's memory may be reported at: a local process is not
 /// stopped at its memory size (a Lambda instance would be), so a worker over it is real, if
@@ -38,6 +41,11 @@ impl State {
                 "cpu {} is not a fraction of the vCPU allotment in [0, {MAX_CPU_FRACTION}]",
                 s.cpu
             ))
+        } else if !s.cpu_wait.is_finite() || !(0.0..=MAX_CPU_WAIT).contains(&s.cpu_wait) {
+            Some(format!(
+                "cpu_wait {} is not a fraction of the vCPU allotment in [0, {MAX_CPU_WAIT}]",
+                s.cpu_wait
+            ))
         } else if s.memory_limit_bytes == 0 {
             Some("memory_limit_bytes is 0".to_owned())
         } else if s.memory_used_bytes > s.memory_limit_bytes.saturating_mul(MAX_MEMORY_OVER_LIMIT) {
@@ -60,6 +68,7 @@ impl State {
             .max(s.memory_peak_bytes as f64 / s.memory_limit_bytes as f64);
         let observation = scheduler::Observation {
             cpu: s.cpu,
+            wait: s.cpu_wait,
             mem: w.mem,
             running: s.running_tasks,
             youngest: Duration::from_millis(u64::from(s.youngest_task_ms)),
@@ -69,7 +78,7 @@ impl State {
         let (before, was_settled) = (w.limit.value(), w.limit.settled());
         let moved = w.limit.observe(&w.limit_params, observation, now);
         // What the controller saw and did, for replaying a run in its unit tests.
-        trace!(worker = %id, cpu = observation.cpu, mem = observation.mem, peak = observation.peak, running = observation.running, youngest_ms = observation.youngest.as_millis() as u64, limit = w.limit.value(), "limit sample");
+        trace!(worker = %id, cpu = observation.cpu, wait = observation.wait, mem = observation.mem, peak = observation.peak, running = observation.running, youngest_ms = observation.youngest.as_millis() as u64, limit = w.limit.value(), "limit sample");
         let (after, settled) = (w.limit.value(), w.limit.settled());
         // The first time it runs its whole level, the cost of reaching a level from cold
         // is known (its spawn, its runtime copies' init, paced).

@@ -41,6 +41,8 @@ fn parse(text: &str) -> Vec<(Duration, Recorded)> {
                         peak: num(4),
                         running: num(5) as u32,
                         youngest: Duration::from_millis(num(6) as u64),
+                        // Recorded before workers reported it.
+                        wait: 0.0,
                     },
                     num(7) as u32,
                 ),

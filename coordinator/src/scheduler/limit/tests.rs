@@ -20,6 +20,7 @@ fn obs(cpu: f64, mem: f64, running: u32) -> Observation {
         running,
         youngest: 30 * MS,
         peak: mem,
+        wait: 0.0,
     }
 }
 
@@ -77,6 +78,92 @@ fn cpu_bound_tasks_stay_at_the_vcpus() {
             settled: true
         })
     );
+}
+
+/// Pinned to fewer cores than its allotment, or sharing them with neighbours, a worker's
+/// CPU share stays under the target however many tasks it runs (here 0.6), but its tasks
+/// queue for a CPU: what they asked for (used plus waited) binds the climb and, held for a
+/// task's whole life, ends probing at the level reached.
+#[test]
+fn tasks_waiting_for_a_cpu_stop_the_climb_where_the_cpu_share_cannot_reach_the_target() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 2);
+    let starved = |running: u32| Observation {
+        wait: 0.4,
+        ..obs(0.6, 0.05, running)
+    };
+    for i in 1..10 {
+        l.filled(t0 + i * 30 * MS);
+        assert_eq!(l.observe(&p, starved(2), t0 + i * 30 * MS), None, "sample {i}");
+    }
+    l.completed(200 * MS);
+    for i in 10..18 {
+        l.filled(t0 + i * 30 * MS);
+        assert_eq!(l.observe(&p, starved(2), t0 + i * 30 * MS), None);
+    }
+    assert_eq!((l.value(), l.phase()), (2, Phase::Steady));
+    // The same CPU share with nothing waiting is headroom: it would have risen.
+    let mut free = Limit::probing(&p, 2);
+    free.filled(t0);
+    assert_eq!(
+        free.observe(&p, obs(0.3, 0.05, 2), t0 + 30 * MS),
+        Some(Move::Rise)
+    );
+}
+
+/// A level above what the CPU runs (learned on an idle host, say): its tasks wait for a CPU.
+/// A burst of waiting shorter than a task does nothing; waiting for a whole task cuts the
+/// limit to the running tasks over what they asked for.
+#[test]
+fn tasks_waiting_for_a_cpu_for_a_whole_task_cut_the_limit_to_what_the_cpu_runs() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::learned(&p, settled(6), 2);
+    l.completed(300 * MS);
+    // Six CPU-bound tasks on an allotment of two: it is all busy and four wait.
+    let crowded = Observation {
+        wait: 2.0,
+        ..obs(1.0, 0.05, 6)
+    };
+    l.filled(t0);
+    assert_eq!(
+        l.observe(&p, crowded, t0),
+        None,
+        "the first sample starts the count"
+    );
+    assert_eq!(l.observe(&p, crowded, t0 + 100 * MS), None, "shorter than a task");
+    // A quiet sample in between starts the count again.
+    assert_eq!(l.observe(&p, obs(1.0, 0.05, 6), t0 + 200 * MS), None);
+    assert_eq!(l.observe(&p, crowded, t0 + 300 * MS), None);
+    assert_eq!(l.observe(&p, crowded, t0 + 500 * MS), None);
+    assert_eq!(l.observe(&p, crowded, t0 + 700 * MS), Some(Move::CpuFall));
+    // 6 tasks asked for 3 allotments: 2 is what the CPU runs.
+    assert_eq!(l.value(), 2);
+    // Below its level, waiting is not the level's doing (runtime copies starting): no fall.
+    let mut n = Limit::learned(&p, settled(3), 2);
+    n.completed(10 * MS);
+    let starting = Observation {
+        wait: 0.5,
+        ..obs(0.95, 0.05, 1)
+    };
+    for i in 0..20 {
+        n.filled(t0);
+        assert_eq!(n.observe(&p, starting, t0 + i * 50 * MS), None);
+    }
+    assert_eq!(n.value(), 3);
+    // A little waiting (under a quarter of the allotment) is no fall.
+    let mut m = Limit::learned(&p, settled(3), 2);
+    m.completed(10 * MS);
+    let some = Observation {
+        wait: 0.2,
+        ..obs(1.0, 0.05, 3)
+    };
+    for i in 0..20 {
+        m.filled(t0);
+        assert_eq!(m.observe(&p, some, t0 + i * 50 * MS), None);
+    }
+    assert_eq!(m.value(), 3);
 }
 
 #[test]
