@@ -3,8 +3,8 @@
 //! and the time, [`Limit::completed`] a task's duration, and the limit comes out.
 //!
 //! How it moves (prior art: TCP slow start, Netflix's Gradient2 and AIMD limits, Azure
-//! Functions' dynamic concurrency, Temporal's resource-based slot supplier; the README's
-//! "Adaptive concurrency" says what was taken from each):
+//! Functions' dynamic concurrency, Temporal's resource-based slot supplier;
+//! docs/adaptive-concurrency.md says what was taken from each):
 //! - **Probing** (a new worker with nothing learned): the limit doubles on every sample that
 //!   covers its current level (taken while the worker ran at its limit, once the newest task
 //!   has run [`LimitParams::settle`] or a whole generation of tasks has finished) while CPU
@@ -29,7 +29,7 @@
 use std::time::{Duration, Instant};
 
 /// How limits move. Built from the coordinator's settings; the defaults are what the
-/// README documents.
+/// docs/configuration.md documents.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LimitParams {
     /// The fewest tasks a worker is ever limited to.

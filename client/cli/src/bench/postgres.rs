@@ -26,7 +26,7 @@ const PAUSE_TARGET_MS: f64 = 3_000.0;
 
 pub(super) async fn postgres(opts: &BenchOptions, server: &str) -> Result<Vec<Row>, String> {
     // A database of the run's own on that server, dropped at the end: every figure starts
-    // from an empty journal (a takeover reads every retained task; see the README).
+    // from an empty journal (a takeover reads every retained task; see docs/standby.md).
     let scratch = Scratch::create(server, "throughput").await?;
     let mut rows = throughput(opts, &scratch.url).await;
     scratch.drop_it().await;
