@@ -29,7 +29,8 @@ use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::spawner::Spawner;
 use crate::state::{
-    Conn, Effects, Outbound, SpawnOutcome, State, Submission, Submitted, TaskId, Waiter, WaiterId,
+    Conn, Effects, Event, Outbound, Reply, SpawnOutcome, State, Submission, Submitted, TaskId, Waiter,
+    WaiterId,
 };
 
 /// Messages queued per worker stream before the worker counts as not reading.
@@ -172,7 +173,7 @@ impl Driver {
             loop {
                 tokio::select! {
                     report = reports.recv() => match report {
-                        Some(outcome) => driver.update(|s, now, effects| s.spawn_outcome(outcome, now, effects)),
+                        Some(outcome) => driver.apply(Event::Spawn(outcome)),
                         None => break,
                     },
                     () = driver.0.stop.cancelled() => break,
@@ -193,7 +194,16 @@ impl Driver {
         // The write's outcome is registered (or looked up) under the state's lock, so a
         // repeat of the key always finds the first write it must wait for.
         let (submitted, first_write) = self.update(|s, now, effects| {
-            let submitted = s.submit(sub, waiter, now, effects)?;
+            let submitted = s
+                .handle(
+                    now,
+                    Event::Submit {
+                        submission: sub,
+                        waiter,
+                    },
+                    effects,
+                )
+                .and_then(Reply::submitted)?;
             let mut writes = lock_or_die(&self.0.writes, "record writes");
             let first_write = match &submitted {
                 Submitted::Write(id, _) => {
@@ -225,7 +235,7 @@ impl Driver {
         };
         let Some(journal) = self.0.journal.clone() else {
             // The state asks for a write only when it was built with a journal.
-            self.update(|s, now, effects| s.accepted(id, now, effects));
+            self.apply(Event::Accepted(id));
             self.written(id, Ok(()));
             return Ok(Accepting::Done(id));
         };
@@ -233,13 +243,13 @@ impl Driver {
         Ok(Accepting::Writing(Box::pin(async move {
             match journal.accept(id, *record).await {
                 Ok(()) => {
-                    driver.update(|s, now, effects| s.accepted(id, now, effects));
+                    driver.apply(Event::Accepted(id));
                     driver.written(id, Ok(()));
                     Ok(id)
                 }
                 Err(e) => {
                     let why = e.to_string();
-                    driver.update(|s, _, effects| s.not_accepted(id, &why, effects));
+                    driver.apply(Event::NotAccepted { id, why: why.clone() });
                     driver.written(id, Err(why));
                     Err(e)
                 }
@@ -297,9 +307,23 @@ impl Driver {
         )
     }
 
-    /// Runs one event against the state under the lock (no `.await` inside), then carries
+    /// Applies one event to the state under the lock (no `.await` inside), then carries out
+    /// its effects; returns the state's reply, or its refusal (nothing changed then).
+    pub(crate) fn handle(&self, event: Event) -> Result<Reply> {
+        self.update(|s, now, effects| s.handle(now, event, effects))
+    }
+
+    /// [`Driver::handle`] for an event whose reply is only ever `Done`: one the state
+    /// cannot refuse (a refusal would be a defect, logged).
+    pub(crate) fn apply(&self, event: Event) {
+        if let Err(e) = self.handle(event) {
+            warn!(error = %e, "an event the state should have taken was refused");
+        }
+    }
+
+    /// Runs `event` against the state under the lock (no `.await` inside), then carries
     /// out its effects.
-    pub(crate) fn update<R>(&self, event: impl FnOnce(&mut State, Instant, &mut Effects) -> R) -> R {
+    fn update<R>(&self, event: impl FnOnce(&mut State, Instant, &mut Effects) -> R) -> R {
         self.update_linked(None, |s, now, effects| (event(s, now, effects), None))
             .0
     }
@@ -394,7 +418,9 @@ impl Driver {
         while let Some(conn) = full.pop() {
             let mut effects = Effects::default();
             let mut state = lock_or_die(&self.0.state, "scheduling state");
-            state.stream_full(conn, Instant::now(), &mut effects);
+            if let Err(e) = state.handle(Instant::now(), Event::StreamFull(conn), &mut effects) {
+                warn!(error = %e, "a full stream could not be written off");
+            }
             let mut routes = self.routes();
             drop(state);
             full.extend(send(&mut routes, std::mem::take(&mut effects.out)));
@@ -422,7 +448,7 @@ impl Driver {
             let mut tick = tokio::time::interval(every);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => driver.update(|s, now, effects| s.sweep(now, effects)),
+                    _ = tick.tick() => driver.apply(Event::Sweep),
                     () = driver.0.stop.cancelled() => break,
                 }
             }
@@ -438,7 +464,9 @@ impl Driver {
     /// Returns how many were still connected at the end.
     pub(crate) async fn drain(&self, limit: std::time::Duration) -> usize {
         let deadline = tokio::time::Instant::now() + limit;
-        self.update(|s, _, effects| s.drain(effects));
+        if let Ok(Reply::Drained(told)) = self.handle(Event::Drain) {
+            tracing::info!(workers = told, "told every worker to finish and leave");
+        }
         loop {
             let woken = self.0.disconnected.notified();
             let live = self.read(|s, _| s.live_workers());
@@ -473,7 +501,7 @@ impl Driver {
                 let driver = self.clone();
                 self.0.tracker.spawn(async move {
                     if written.await.is_ok() {
-                        driver.update(|s, _, _| s.ids_reserved(until));
+                        driver.apply(Event::IdsReserved(until));
                     }
                 });
             }
@@ -485,7 +513,7 @@ impl Driver {
             let driver = self.clone();
             self.0.tracker.spawn(async move {
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => driver.update(|s, now, effects| s.on_timer(timer, now, effects)),
+                    () = tokio::time::sleep(delay) => driver.apply(Event::Timer(timer)),
                     () = driver.0.stop.cancelled() => {}
                 }
             });

@@ -118,6 +118,10 @@ pub enum Error {
     /// The Lambda spawner's settings are incomplete (no function, no region, no advertise URL).
     #[error("lambda spawner: {0}")]
     LambdaConfig(String),
+    /// The state answered an event with a reply of another kind (a defect, never the
+    /// caller's doing).
+    #[error("internal: {0}")]
+    Internal(String),
     /// Binding or serving failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -158,6 +162,7 @@ impl From<Error> for Status {
             }
             Error::Config(_) | Error::TlsConfig(_) => Code::InvalidArgument,
             Error::WorkerBinaryMissing(_)
+            | Error::Internal(_)
             | Error::LambdaConfig(_)
             | Error::Transport(_)
             | Error::Reflection(_)

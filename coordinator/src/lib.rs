@@ -19,7 +19,6 @@ pub mod config;
 mod driver;
 mod error;
 mod journal;
-mod lambda;
 mod metrics;
 mod scheduler;
 mod server;
@@ -31,5 +30,5 @@ mod state;
 
 pub use config::{Config, Placement, SpawnerKind};
 pub use error::{Error, Result};
-pub use lambda::https_client;
 pub use server::run;
+pub use spawner::lambda::https_client;

@@ -39,6 +39,7 @@ use crate::service::peer::PeerErrorsLayer;
 use crate::service::tasks::TasksService;
 use crate::service::workers::WorkersService;
 use crate::spawner::{ExternalSpawner, LocalSpawner, REPORTS, SpawnContext, Spawner};
+use crate::state::Event;
 
 /// HTTP/2 keepalive on the server side: tonic leaves it off, and idle connections are cut
 /// by load balancers while a frozen Lambda stops answering.
@@ -142,7 +143,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let spawner: Arc<dyn Spawner> = match config.spawner {
         SpawnerKind::Local => Arc::new(LocalSpawner::new(&config, url, context)?),
         SpawnerKind::External => Arc::new(ExternalSpawner::new(context)),
-        SpawnerKind::Lambda => Arc::new(crate::lambda::LambdaSpawner::new(&config, url, context).await?),
+        SpawnerKind::Lambda => Arc::new(crate::spawner::LambdaSpawner::new(&config, url, context).await?),
     };
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(
@@ -154,7 +155,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     };
     let driver = Driver::new(config.clone(), spawner, outcomes, tracker, stop.clone(), journal);
     if let Some(r) = recovered {
-        driver.update(|s, now, effects| s.restore(r, now, effects));
+        driver.apply(Event::Restore(r));
     }
     driver.start_sweeper();
 

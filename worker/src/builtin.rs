@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::handler::{Handler, HandlerFuture, Outcome, Task};
+#[cfg(feature = "thumbnail")]
 use crate::thumbnail::Files;
 
 /// The built-ins' names.
@@ -51,7 +52,8 @@ pub enum Builtin {
     /// computes, then calls out).
     Mixed,
     /// The paper's task (SeBS thumbnailer): read a JPEG, shrink it, write it (local files in
-    /// the data directory, or `s3://` objects).
+    /// the data directory, or `s3://` objects). With the `thumbnail` feature (on by default).
+    #[cfg(feature = "thumbnail")]
     Thumbnail(Arc<Files>),
     /// Runs `sh -c CMD` with the payload on stdin; stdout is the output, a non-zero exit
     /// is a task error carrying stderr.
@@ -71,7 +73,13 @@ impl Builtin {
                 max_mb: options.memory_mb,
             }),
             (None, "mixed") => Ok(Builtin::Mixed),
+            #[cfg(feature = "thumbnail")]
             (None, "thumbnail") => Ok(Builtin::Thumbnail(Arc::new(Files::new(options.data_dir.clone())))),
+            #[cfg(not(feature = "thumbnail"))]
+            (None, "thumbnail") => Err(
+                "the thumbnail built-in is not in this build of carpool-worker (built without the `thumbnail` feature)"
+                    .to_owned(),
+            ),
             (None, other) => Err(format!(
                 "no handler for function {other:?}: the built-ins are {}; pass --exec CMD for others",
                 NAMES.join(", ")
@@ -106,6 +114,7 @@ impl Handler for Builtin {
                     "{{\"cpu_ms\":{cpu_ms},\"wait_ms\":{wait_ms}}}"
                 )))
             }),
+            #[cfg(feature = "thumbnail")]
             Builtin::Thumbnail(files) => Box::pin(async move { files.thumbnail(&task.payload).await }),
             Builtin::Exec(cmd) => Box::pin(exec(cmd, task.payload)),
         }

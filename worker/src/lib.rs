@@ -33,6 +33,7 @@ pub mod lambda;
 pub mod runtime;
 pub mod sampler;
 pub mod session;
+#[cfg(feature = "thumbnail")]
 pub mod thumbnail;
 
 use std::process::ExitCode;

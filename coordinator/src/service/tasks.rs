@@ -24,7 +24,7 @@ use tracing::debug;
 use super::peer::from_peer;
 use crate::driver::{Accepting, Completion, Driver};
 use crate::error::Result;
-use crate::state::{Submission, TaskId, Waiter};
+use crate::state::{Event, Reply, Submission, TaskId, Waiter};
 
 /// Results queued per Map call before the sender waits for the client.
 const STREAM_BUFFER: usize = 1024;
@@ -109,7 +109,11 @@ impl Tasks for TasksService {
         let (guard, rx) = self.driver.waiter(distinct);
         let expected = self
             .driver
-            .update(|s, _, effects| s.watch(&ids, guard.id, effects))?;
+            .handle(Event::Watch {
+                ids: ids.clone(),
+                waiter: guard.id,
+            })
+            .and_then(Reply::watching)?;
         let stream = futures::stream::unfold((rx, expected, guard), |(mut rx, left, guard)| async move {
             if left == 0 {
                 return None;
@@ -125,7 +129,7 @@ impl Tasks for TasksService {
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let id = request.into_inner().task_id;
-        let state = self.driver.update(|s, now, effects| s.cancel(id, now, effects))?;
+        let state = self.driver.handle(Event::Cancel(id)).and_then(Reply::cancelled)?;
         Ok(Response::new(pb::CancelResponse { state: state as i32 }))
     }
 

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use super::peer::from_peer;
 use crate::driver::{Driver, Link, WORKER_QUEUE};
 use crate::error::Error;
-use crate::state::{StreamEnd, WorkerId};
+use crate::state::{Event, Reply, StreamEnd, WorkerId};
 
 /// How long a new stream may take to send its hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,7 +62,10 @@ impl Workers for WorkersService {
         let (outcome, conn) = self
             .driver
             .update_linked(Some(Link { messages, end }), |s, now, effects| {
-                match s.connect(hello, now, effects) {
+                match s
+                    .handle(now, Event::Hello(hello), effects)
+                    .and_then(Reply::connected)
+                {
                     Ok(conn) => (Ok(()), Some(conn)),
                     Err(e) => (Err(e), None),
                 }
@@ -85,7 +88,11 @@ impl Workers for WorkersService {
                     StreamEnd::Violation(e)
                 }
             };
-            driver.update(|s, now, effects| s.disconnect(&id, conn, end, now, effects));
+            driver.apply(Event::Disconnect {
+                worker: id,
+                conn,
+                end,
+            });
             driver.notify_disconnect();
         });
         // Its messages, then the status the state ends it with (none: a clean end).
@@ -123,8 +130,18 @@ async fn read_worker(
             }
         };
         let applied = match msg.kind {
-            Some(Kind::Sample(sample)) => driver.update(|s, now, effects| s.sample(id, sample, now, effects)),
-            Some(Kind::Results(r)) => driver.update(|s, now, effects| s.results(id, r.results, now, effects)),
+            Some(Kind::Sample(sample)) => driver
+                .handle(Event::Sample {
+                    worker: id.clone(),
+                    sample,
+                })
+                .map(drop),
+            Some(Kind::Results(r)) => driver
+                .handle(Event::Results {
+                    worker: id.clone(),
+                    results: r.results,
+                })
+                .map(drop),
             Some(Kind::Hello(_)) => Err(Error::DuplicateHello(id.to_string())),
             None => Err(Error::EmptyMessage(id.to_string())),
         };

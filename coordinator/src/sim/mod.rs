@@ -21,7 +21,7 @@ use carpool_proto::Bytes;
 use carpool_proto::pb::{self, coordinator_message::Kind};
 
 use crate::config::Config;
-use crate::state::{Conn, Effects, Outbound, State, StreamEnd, Submission, Timer, WorkerId};
+use crate::state::{self, Conn, Effects, Outbound, State, StreamEnd, Submission, Timer, WorkerId};
 
 /// What one task needs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -410,7 +410,11 @@ impl Sim<'_> {
             ..Default::default()
         };
         let at = self.at(now);
-        let _ = self.state.results(&id, vec![result], at, &mut self.effects);
+        let results = state::Event::Results {
+            worker: id,
+            results: vec![result],
+        };
+        let _ = self.state.handle(at, results, &mut self.effects);
         self.done += 1;
         self.report.completion = self.report.completion.max(now.saturating_sub(self.batch_start));
         self.queue_sample(slot, now);
@@ -455,7 +459,14 @@ impl Sim<'_> {
         };
         let id = w.id.clone();
         let at = self.at(now);
-        let _ = self.state.sample(&id, s, at, &mut self.effects);
+        let _ = self.state.handle(
+            at,
+            state::Event::Sample {
+                worker: id,
+                sample: s,
+            },
+            &mut self.effects,
+        );
     }
 
     fn state_memory_mb(&self) -> u32 {
@@ -503,7 +514,11 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         s.batch_start = now;
         for _ in 0..sim.tasks {
             let sub = Submission::new(sim.function.clone(), Bytes::new());
-            if s.state.submit(sub, None, s.at(now), &mut s.effects).is_ok() {
+            let submit = state::Event::Submit {
+                submission: sub,
+                waiter: None,
+            };
+            if s.state.handle(s.at(now), submit, &mut s.effects).is_ok() {
                 accepted += 1;
             }
         }
@@ -573,7 +588,11 @@ impl Sim<'_> {
                         timeout_ms,
                         ..Default::default()
                     };
-                    if let Ok(conn) = s.state.connect(hello, t, &mut s.effects) {
+                    if let Ok(conn) = s
+                        .state
+                        .handle(t, state::Event::Hello(hello), &mut s.effects)
+                        .and_then(state::Reply::connected)
+                    {
                         {
                             let slot = s.fleet.insert(SimWorker {
                                 id,
@@ -637,11 +656,17 @@ impl Sim<'_> {
                         s.sample(slot, now);
                     }
                 }
-                Event::Timer(timer) => s.state.on_timer(timer, t, &mut s.effects),
+                Event::Timer(timer) => {
+                    let _ = s.state.handle(t, state::Event::Timer(timer), &mut s.effects);
+                }
                 Event::Exit { slot, conn } => {
                     if let Some(w) = s.fleet.remove(slot, conn) {
-                        s.state
-                            .disconnect(&w.id, w.conn, StreamEnd::Closed, t, &mut s.effects);
+                        let end = state::Event::Disconnect {
+                            worker: w.id,
+                            conn: w.conn,
+                            end: StreamEnd::Closed,
+                        };
+                        let _ = s.state.handle(t, end, &mut s.effects);
                     }
                 }
             }

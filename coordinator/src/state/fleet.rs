@@ -60,7 +60,7 @@ impl State {
     /// The liveness sweep: finalizes workers silent past their lease (telling them, so a
     /// live one reconnects) and detached workers past the reconnect grace; writes off spawns
     /// that never connected; forgets results past their retention.
-    pub(crate) fn sweep(&mut self, now: Instant, effects: &mut Effects) {
+    pub(super) fn sweep(&mut self, now: Instant, effects: &mut Effects) {
         self.expire(now, effects);
         let lease = self.config.liveness_lease();
         let grace = self.config.reconnect_grace;
@@ -192,7 +192,7 @@ impl State {
     }
 
     /// The spawner started the worker; `instance` says where (a pid, a request id).
-    pub(crate) fn spawned(&mut self, id: &WorkerId, instance: String) {
+    pub(super) fn spawned(&mut self, id: &WorkerId, instance: String) {
         if let Some(s) = self.starting.get_mut(id) {
             s.instance = instance;
         } else if let Some(w) = self.workers.get_mut(id)
@@ -203,7 +203,7 @@ impl State {
     }
 
     /// What a spawner reported about a spawn.
-    pub(crate) fn spawn_outcome(
+    pub(super) fn spawn_outcome(
         &mut self,
         outcome: super::SpawnOutcome,
         now: Instant,

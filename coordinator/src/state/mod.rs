@@ -1,11 +1,13 @@
 //! The one owner of scheduling state: pools, tasks and workers.
 //!
-//! Every event (submit, sample, result, connect, disconnect, spawn failure, timer) is a
-//! method here that takes the time as an argument, applies the rule from
-//! [`crate::scheduler`] and returns everything it decided as [`Effects`]: messages for
-//! workers and clients, journal writes, spawns and timers, for the caller to carry out
-//! after it has let go of the lock. It sends nothing itself and holds no channel.
+//! Every event (submit, sample, result, connect, disconnect, spawn outcome, timer, …) is
+//! a variant of [`Event`], applied by [`State::handle`] with the time as an argument: it
+//! applies the rule from [`crate::scheduler`] and returns everything it decided as
+//! [`Effects`]: messages for workers and clients, journal writes, spawns and timers, for the
+//! caller to carry out after it has let go of the lock. It sends nothing itself and holds
+//! no channel.
 //!
+//! - `event.rs`: every event, and [`State::handle`], the one way in.
 //! - `mod.rs`: the types, dispatch and the idle/deadline evaluation of a worker.
 //! - `effects.rs`: what an event returns.
 //! - `tasks.rs`: client events (submit, cancel, get, watch).
@@ -14,6 +16,7 @@
 //! - `report.rs`: ListWorkers and Stats.
 
 mod effects;
+mod event;
 mod fleet;
 mod parts;
 mod progress;
@@ -40,6 +43,7 @@ use crate::scheduler::{
 pub(crate) use effects::{
     Conn, Effects, JournalOp, Observation, Outbound, SpawnOutcome, SpawnRequest, Timer, Waiter, WaiterId,
 };
+pub(crate) use event::{Event, Reply};
 use parts::{FunctionPool, IndexKey, Starting, Task, Worker};
 pub(crate) use records::{Recovered, StoredTask};
 pub(crate) use tasks::{Submission, Submitted};
@@ -454,7 +458,7 @@ impl State {
     }
 
     /// A timer fired.
-    pub(crate) fn on_timer(&mut self, timer: Timer, now: Instant, effects: &mut Effects) {
+    pub(super) fn on_timer(&mut self, timer: Timer, now: Instant, effects: &mut Effects) {
         match timer {
             Timer::Worker(id, conn) => {
                 if let Some(w) = self.workers.get_mut(&id).filter(|w| w.conn == conn) {
@@ -478,7 +482,7 @@ impl State {
 
     /// The coordinator is shutting down: nothing new is accepted or spawned, and every
     /// worker is told to finish and leave. Returns how many workers were told.
-    pub(crate) fn drain(&mut self, effects: &mut Effects) -> usize {
+    pub(super) fn drain(&mut self, effects: &mut Effects) -> usize {
         self.draining = true;
         let ids: Vec<WorkerId> = self.workers.keys().cloned().collect();
         for id in &ids {

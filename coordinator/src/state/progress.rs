@@ -26,7 +26,7 @@ const MAX_MEMORY_OVER_LIMIT: u64 = 1024;
 
 impl State {
     /// A resource sample arrived. Impossible values are a protocol violation.
-    pub(crate) fn sample(
+    pub(super) fn sample(
         &mut self,
         id: &WorkerId,
         s: pb::ResourceSample,
@@ -113,7 +113,7 @@ impl State {
 
     /// Results arrived: record those the worker holds, ignore late ones for tasks taken
     /// from it, refuse those it never held. Then refill it.
-    pub(crate) fn results(
+    pub(super) fn results(
         &mut self,
         id: &WorkerId,
         results: Vec<pb::WorkerTaskResult>,

@@ -160,12 +160,12 @@ impl State {
     }
 
     /// The journal holds the reservation of the ids below `until`: they may be handed out.
-    pub(crate) fn ids_reserved(&mut self, until: TaskId) {
+    pub(super) fn ids_reserved(&mut self, until: TaskId) {
         self.id_limit = self.id_limit.max(until);
         self.reserving = false;
     }
 
-    pub(crate) fn submit(
+    pub(super) fn submit(
         &mut self,
         sub: Submission,
         waiter: Option<Waiter>,
@@ -260,7 +260,7 @@ impl State {
     }
 
     /// Task `id`'s record is on disk: it enters its pool (unless cancelled meanwhile).
-    pub(crate) fn accepted(&mut self, id: TaskId, now: Instant, effects: &mut Effects) {
+    pub(super) fn accepted(&mut self, id: TaskId, now: Instant, effects: &mut Effects) {
         let Some(t) = self.tasks.get_mut(id).filter(|t| t.accepting) else {
             return;
         };
@@ -277,7 +277,7 @@ impl State {
 
     /// Task `id`'s record could not be written (`why`): it is forgotten, its key freed, and
     /// whoever followed it through its key is told.
-    pub(crate) fn not_accepted(&mut self, id: TaskId, why: &str, effects: &mut Effects) {
+    pub(super) fn not_accepted(&mut self, id: TaskId, why: &str, effects: &mut Effects) {
         if !self.tasks.get(id).is_some_and(|t| t.accepting) {
             return;
         }
@@ -360,7 +360,7 @@ impl State {
     /// back to their pools (in id order), except those that were running, which are held
     /// back for the reconnect grace so that their workers can claim them; keys, attempt
     /// counts, learned levels and the id counter carry on.
-    pub(crate) fn restore(&mut self, recovered: Recovered, now: Instant, effects: &mut Effects) {
+    pub(super) fn restore(&mut self, recovered: Recovered, now: Instant, effects: &mut Effects) {
         let mut functions = Vec::new();
         let mut with_pending = std::collections::HashSet::new();
         let (mut pending, mut done) = (0usize, 0usize);
@@ -515,7 +515,7 @@ impl State {
 
     /// Cancels a task: a pending one leaves the pool, a running one is cancelled on its
     /// worker (whose slot is freed at once). Returns the state after the call.
-    pub(crate) fn cancel(&mut self, id: TaskId, now: Instant, effects: &mut Effects) -> Result<TaskState> {
+    pub(super) fn cancel(&mut self, id: TaskId, now: Instant, effects: &mut Effects) -> Result<TaskState> {
         let task = self.tasks.get(id).ok_or(Error::UnknownTask(id))?;
         let (state, function, worker, attempts, accepting) = (
             task.state,
@@ -592,7 +592,7 @@ impl State {
     /// Subscribes waiter `who` to the results of `ids` (tag = task id): finished ones are
     /// sent at once. Every id is checked before anything is subscribed. Returns how many
     /// distinct results will be delivered.
-    pub(crate) fn watch(
+    pub(super) fn watch(
         &mut self,
         ids: &[TaskId],
         who: super::WaiterId,

@@ -79,7 +79,7 @@ fn check_hello(h: &pb::Hello) -> Result<()> {
 impl State {
     /// A worker said hello: register it (or resume its session), welcome it, give it work.
     /// Returns its connection number (to pass to [`State::disconnect`]).
-    pub(crate) fn connect(
+    pub(super) fn connect(
         &mut self,
         mut hello: pb::Hello,
         now: Instant,
@@ -370,7 +370,7 @@ impl State {
     /// A worker's stream ended. Closed or violated: the worker is finalized now (a violator
     /// hears why). Broken: it keeps its tasks for the reconnect grace (the sweep finalizes
     /// it after that).
-    pub(crate) fn disconnect(
+    pub(super) fn disconnect(
         &mut self,
         id: &WorkerId,
         conn: Conn,
@@ -494,7 +494,7 @@ impl State {
 
     /// A worker's stream could not take another message (its queue is full: it stopped
     /// reading): it is written off.
-    pub(crate) fn stream_full(&mut self, conn: Conn, now: Instant, effects: &mut Effects) {
+    pub(super) fn stream_full(&mut self, conn: Conn, now: Instant, effects: &mut Effects) {
         let Some(id) = self
             .workers
             .iter()

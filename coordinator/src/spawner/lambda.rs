@@ -27,9 +27,9 @@ use aws_sdk_lambda::types::InvocationType;
 use carpool_proto::lambda::WorkerEvent;
 use tracing::{info, warn};
 
+use super::{SpawnContext, Spawner};
 use crate::config::{Config, LambdaTarget};
 use crate::error::{Error, Result};
-use crate::spawner::{SpawnContext, Spawner};
 use crate::state::{SpawnOutcome, SpawnRequest};
 
 /// First wait between invoke attempts; doubled per attempt, with up to 100 % jitter.

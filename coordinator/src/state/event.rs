@@ -1,0 +1,181 @@
+//! Every way the coordinator's state can change, in one place: an [`Event`] goes into
+//! [`State::handle`] with the time, and what the state decided comes out as [`Effects`]
+//! (what to send, write, spawn and arm) and a [`Reply`] for the caller. The driver, the
+//! simulator and the tests all speak it; nothing outside `state` changes the state otherwise.
+
+use std::time::Instant;
+
+use carpool_proto::pb::{self, TaskState};
+
+use super::{
+    Conn, Effects, Recovered, SpawnOutcome, State, StreamEnd, Submission, Submitted, TaskId, Timer, Waiter,
+    WaiterId, WorkerId,
+};
+use crate::error::{Error, Result};
+
+/// Something that happened to the coordinator.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A client submits a task (Submit, Run, an item of Map); `waiter` hears its end.
+    Submit {
+        submission: Submission,
+        waiter: Option<Waiter>,
+    },
+    /// A submission's record is durable: it enters its pool.
+    Accepted(TaskId),
+    /// A submission's record could not be written: the task is forgotten, and whoever
+    /// waits on it told why.
+    NotAccepted { id: TaskId, why: String },
+    /// A client cancels a task.
+    Cancel(TaskId),
+    /// A client waits for the ends of these tasks.
+    Watch { ids: Vec<TaskId>, waiter: WaiterId },
+    /// A worker opens a stream and says who it is (a new worker, or one coming back).
+    Hello(pb::Hello),
+    /// A worker's resource sample.
+    Sample {
+        worker: WorkerId,
+        sample: pb::ResourceSample,
+    },
+    /// A worker's finished tasks.
+    Results {
+        worker: WorkerId,
+        results: Vec<pb::WorkerTaskResult>,
+    },
+    /// A worker's stream `conn` ended.
+    Disconnect {
+        worker: WorkerId,
+        conn: Conn,
+        end: StreamEnd,
+    },
+    /// The queue of messages to the worker on `conn` is full: it is not reading.
+    StreamFull(Conn),
+    /// A spawn started, failed, or its process exited.
+    Spawn(SpawnOutcome),
+    /// The periodic look at the fleet: silent workers, spawns that never said hello,
+    /// detached workers past their grace.
+    Sweep,
+    /// A timer the state armed went off.
+    Timer(Timer),
+    /// Task ids below this are reserved durably: they may be handed out.
+    IdsReserved(TaskId),
+    /// What a journal held, loaded at start or at a takeover.
+    Restore(Recovered),
+    /// The coordinator is shutting down: nothing new is taken, every worker told to leave.
+    Drain,
+}
+
+/// What the caller of [`State::handle`] learns beyond the effects.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Nothing to say.
+    Done,
+    /// A submission was taken: its id, and whether its record must be written first.
+    Submitted(Submitted),
+    /// The state a cancelled task is in now.
+    Cancelled(TaskState),
+    /// How many of the watched tasks had not ended yet.
+    Watching(usize),
+    /// A worker's stream was welcomed as this connection.
+    Connected(Conn),
+    /// How many workers were told to leave.
+    Drained(usize),
+}
+
+impl State {
+    /// Applies `event` at `now`: what it decided is added to `effects`, and its answer (or
+    /// its refusal, before anything changed) is returned.
+    pub(crate) fn handle(&mut self, now: Instant, event: Event, effects: &mut Effects) -> Result<Reply> {
+        Ok(match event {
+            Event::Submit { submission, waiter } => {
+                Reply::Submitted(self.submit(submission, waiter, now, effects)?)
+            }
+            Event::Accepted(id) => {
+                self.accepted(id, now, effects);
+                Reply::Done
+            }
+            Event::NotAccepted { id, why } => {
+                self.not_accepted(id, &why, effects);
+                Reply::Done
+            }
+            Event::Cancel(id) => Reply::Cancelled(self.cancel(id, now, effects)?),
+            Event::Watch { ids, waiter } => Reply::Watching(self.watch(&ids, waiter, effects)?),
+            Event::Hello(hello) => Reply::Connected(self.connect(hello, now, effects)?),
+            Event::Sample { worker, sample } => {
+                self.sample(&worker, sample, now, effects)?;
+                Reply::Done
+            }
+            Event::Results { worker, results } => {
+                self.results(&worker, results, now, effects)?;
+                Reply::Done
+            }
+            Event::Disconnect { worker, conn, end } => {
+                self.disconnect(&worker, conn, end, now, effects);
+                Reply::Done
+            }
+            Event::StreamFull(conn) => {
+                self.stream_full(conn, now, effects);
+                Reply::Done
+            }
+            Event::Spawn(outcome) => {
+                self.spawn_outcome(outcome, now, effects);
+                Reply::Done
+            }
+            Event::Sweep => {
+                self.sweep(now, effects);
+                Reply::Done
+            }
+            Event::Timer(timer) => {
+                self.on_timer(timer, now, effects);
+                Reply::Done
+            }
+            Event::IdsReserved(until) => {
+                self.ids_reserved(until);
+                Reply::Done
+            }
+            Event::Restore(recovered) => {
+                self.restore(recovered, now, effects);
+                Reply::Done
+            }
+            Event::Drain => Reply::Drained(self.drain(effects)),
+        })
+    }
+}
+
+impl Reply {
+    /// The submission's outcome, for the caller of an [`Event::Submit`].
+    pub(crate) fn submitted(self) -> Result<Submitted> {
+        match self {
+            Reply::Submitted(s) => Ok(s),
+            other => Err(other.unexpected("a submission")),
+        }
+    }
+
+    /// The task's state, for the caller of an [`Event::Cancel`].
+    pub(crate) fn cancelled(self) -> Result<TaskState> {
+        match self {
+            Reply::Cancelled(s) => Ok(s),
+            other => Err(other.unexpected("a cancellation")),
+        }
+    }
+
+    /// How many watched tasks have not ended, for the caller of an [`Event::Watch`].
+    pub(crate) fn watching(self) -> Result<usize> {
+        match self {
+            Reply::Watching(n) => Ok(n),
+            other => Err(other.unexpected("a watch")),
+        }
+    }
+
+    /// The connection, for the caller of an [`Event::Hello`].
+    pub(crate) fn connected(self) -> Result<Conn> {
+        match self {
+            Reply::Connected(c) => Ok(c),
+            other => Err(other.unexpected("a hello")),
+        }
+    }
+
+    fn unexpected(&self, to: &str) -> Error {
+        Error::Internal(format!("the state answered {to} with {self:?}"))
+    }
+}
