@@ -42,8 +42,11 @@ pub enum SpawnerKind {
     Lambda,
 }
 
+/// Invoke attempts per spawn unless told otherwise (`--lambda-invoke-attempts`).
+pub const DEFAULT_INVOKE_ATTEMPTS: u32 = 6;
+
 /// Where the Lambda spawner sends its invocations.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LambdaTarget {
     /// The function's name or ARN.
     pub function_name: String,
@@ -52,6 +55,16 @@ pub struct LambdaTarget {
     /// Invoke attempts per spawn (throttling and transient errors are retried, with
     /// exponential backoff and jitter; a function error or a client error is not).
     pub invoke_attempts: u32,
+}
+
+impl Default for LambdaTarget {
+    fn default() -> Self {
+        Self {
+            function_name: String::new(),
+            qualifier: None,
+            invoke_attempts: DEFAULT_INVOKE_ATTEMPTS,
+        }
+    }
 }
 
 /// Everything the coordinator needs to run.

@@ -238,7 +238,7 @@ struct Cli {
     lambda_qualifier: Option<String>,
     /// Invoke attempts per spawn: throttling and Lambda service errors are retried with
     /// exponential backoff and jitter; a function or client error is not.
-    #[arg(long, env = "CARPOOL_LAMBDA_INVOKE_ATTEMPTS", default_value_t = 6)]
+    #[arg(long, env = "CARPOOL_LAMBDA_INVOKE_ATTEMPTS", default_value_t = carpool_coordinator::config::DEFAULT_INVOKE_ATTEMPTS)]
     lambda_invoke_attempts: u32,
     /// Threads that serve the API and the worker streams. Every event takes one lock on the
     /// scheduling state, so more threads mostly add wake-ups from thread to thread (1 doubled
@@ -408,7 +408,8 @@ impl Cli {
             exec_functions: self.exec_functions,
             runtime_functions: self.runtime_functions,
             worker_log: None,
-            worker_log_format: Some(self.log_format.clone()),
+            // Workers log as their coordinator does; text is their own default.
+            worker_log_format: (self.log_format != "text").then(|| self.log_format.clone()),
             worker_data_dir: self.worker_data_dir,
             reconnect_grace: self.reconnect_grace,
             liveness_intervals: self.liveness_intervals,
@@ -549,4 +550,19 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binary with no flags runs what a library user gets from `Config::default()`: one
+    /// set of defaults, not two that drift (docs/configuration.md is held to `--help` by the
+    /// integration tests).
+    #[test]
+    fn the_binarys_defaults_are_config_default() {
+        let cli = Cli::try_parse_from(["carpool-coordinator"]).expect("no flags parse");
+        let config = cli.into_config().expect("the defaults make a config");
+        assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
+    }
 }
