@@ -31,4 +31,3 @@ mod state;
 pub use config::{Config, Placement, SpawnerKind};
 pub use error::{Error, Result};
 pub use server::run;
-pub use spawner::lambda::https_client;

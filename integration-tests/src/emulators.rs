@@ -186,7 +186,7 @@ impl Rie {
                 "testing", "testing", None, None, "test",
             ))
             .endpoint_url(format!("http://127.0.0.1:{invoke_port}"))
-            .http_client(carpool_coordinator::https_client())
+            .http_client(carpool_proto::aws_https_client())
             .build();
         Self {
             _proc: proc,

@@ -90,7 +90,7 @@ impl LambdaSpawner {
             )));
         }
         let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(https_client())
+            .http_client(carpool_proto::aws_https_client())
             .load()
             .await;
         if sdk.region().is_none() {
@@ -187,11 +187,6 @@ impl Spawner for LambdaSpawner {
             }
         });
     }
-}
-
-/// The AWS SDK's HTTPS client (on ring, like tonic).
-pub fn https_client() -> aws_sdk_lambda::config::SharedHttpClient {
-    carpool_proto::aws_https_client()
 }
 
 /// What one Invoke call's outcome calls for.

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::state::{SpawnOutcome, SpawnRequest};
 
-pub(crate) mod lambda;
+mod lambda;
 mod local;
 
 pub(crate) use lambda::LambdaSpawner;
