@@ -76,16 +76,24 @@ const QUIET_DATABASE_WAIT: std::time::Duration = std::time::Duration::from_milli
 /// Serves the coordinator on `listener` until `shutdown` resolves, then tells every worker
 /// to drain, waits for them (at most [`DRAIN_LIMIT`]), ends what is left, writes what the
 /// journal has queued and returns. `config` is checked first ([`Config::validate`]).
+///
+/// The steps: open the state (a journal, or a database after standing by for its lease),
+/// build the spawner, start the driver on what was recovered, serve the gRPC port and the
+/// metrics port, wait for the end (a shutdown, or the lease lost), shut down.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     config.validate()?;
     let addr = listener.local_addr()?;
     let listener = Arc::new(listener);
-    let shutdown = std::pin::pin!(shutdown);
-    let mut shutdown = shutdown;
+    let mut shutdown = std::pin::pin!(shutdown);
     let config = Arc::new(config);
     if let (Some(tls), SpawnerKind::Local) = (&config.tls, config.spawner) {
         local_workers_accept(tls)?;
     }
+    let url = local_url(addr, config.tls.is_some());
+    let Some(opened) = open_state(&listener, &config, &url, shutdown.as_mut()).await? else {
+        info!("stopped while standing by");
+        return Ok(());
+    };
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let (reports, outcomes) = mpsc::channel(REPORTS);
@@ -94,57 +102,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         tracker: tracker.clone(),
         stop: stop.clone(),
     };
-    let url = local_url(addr, config.tls.is_some());
-    let mut lease = None;
-    let (journal, recovered) = match (&config.state_dir, &config.state_url) {
-        (Some(dir), _) => {
-            let (j, r) = Journal::open(dir)?;
-            (Some(j), Some(r))
-        }
-        (None, Some(state_url)) => {
-            let advertise = config.advertise_url.clone().unwrap_or_else(|| url.clone());
-            let connecting = Store::connect(
-                state_url,
-                config.state_ca.as_deref(),
-                advertise,
-                config.lease,
-                DATABASE_PATIENCE,
-            );
-            tokio::pin!(connecting);
-            let store = tokio::select! {
-                // A database that answers at once: callers queue a moment, as for any start.
-                store = &mut connecting => store,
-                // One that does not: meanwhile the port answers NOT_SERVING, and
-                // UNAVAILABLE saying why, instead of keeping callers waiting in silence.
-                () = tokio::time::sleep(QUIET_DATABASE_WAIT) => {
-                    let waiting = crate::standby::NotServing::start(listener.clone(), &config, || {
-                        tonic::Status::unavailable("this coordinator is waiting for its database (--state-url)")
-                    })
-                    .await?;
-                    let store = connecting.await;
-                    waiting.stop().await;
-                    store
-                }
-            }?;
-            let Some(term) =
-                crate::standby::until_active(listener.clone(), &store, &config, shutdown.as_mut()).await?
-            else {
-                info!("stopped while standing by");
-                return Ok(());
-            };
-            let renewing = CancellationToken::new();
-            store.keep(term, renewing.clone());
-            let (j, r) = Journal::open_postgres(store.clone(), term).await?;
-            lease = Some((store, term, renewing));
-            (Some(j), Some(r))
-        }
-        (None, None) => (None, None),
-    };
-    let spawner: Arc<dyn Spawner> = match config.spawner {
-        SpawnerKind::Local => Arc::new(LocalSpawner::new(&config, url, context)?),
-        SpawnerKind::External => Arc::new(ExternalSpawner::new(context)),
-        SpawnerKind::Lambda => Arc::new(crate::spawner::LambdaSpawner::new(&config, url, context).await?),
-    };
+    let spawner = build_spawner(&config, url, context).await?;
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(
             TcpListener::bind(at)
@@ -153,12 +111,161 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         ),
         None => None,
     };
-    let driver = Driver::new(config.clone(), spawner, outcomes, tracker, stop.clone(), journal);
-    if let Some(r) = recovered {
+    let driver = Driver::new(
+        config.clone(),
+        spawner,
+        outcomes,
+        tracker,
+        stop.clone(),
+        opened.journal,
+    );
+    if let Some(r) = opened.recovered {
         driver.apply(Event::Restore(r));
     }
     driver.start_sweeper();
 
+    let server_stop = CancellationToken::new();
+    // One budget of connections for both ports: idle or slow metrics connections cannot
+    // use up the descriptors the gRPC port needs.
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let server = serve_grpc(listener, &config, &driver, permits.clone(), &server_stop).await?;
+    info!(%addr, spawner = ?config.spawner, "coordinator serving");
+    if let Some(metrics_listener) = metrics_listener {
+        tokio::spawn(crate::metrics::serve(
+            metrics_listener,
+            crate::metrics::Scrapes {
+                driver: driver.clone(),
+                metrics: driver.metrics(),
+                token: config.metrics_token.clone(),
+            },
+            permits,
+            config.handshake_timeout,
+            server_stop.clone(),
+        ));
+    }
+
+    let lost = opened
+        .lease
+        .as_ref()
+        .map(|held| held.store.lost.clone())
+        .unwrap_or_default();
+    tokio::select! {
+        () = &mut shutdown => {}
+        () = lost.cancelled() => {
+            // Another coordinator is active: it owns the tasks now. Stop at once, writing
+            // nothing (the writer is fenced already) and telling no worker to drain.
+            error!("this coordinator lost its lease to another; stopping");
+            stop.cancel();
+            server_stop.cancel();
+            return Err(Error::Journal("lost the lease to another coordinator".into()));
+        }
+    }
+    shut_down(&driver, &stop, &server_stop, opened.lease, server).await
+}
+
+/// What opening the state gave: the journal and what it held, and with `--state-url` the
+/// lease this coordinator holds.
+struct Opened {
+    journal: Option<Journal>,
+    recovered: Option<crate::state::Recovered>,
+    lease: Option<HeldLease>,
+}
+
+/// The lease of an active coordinator on a shared database, renewed until `renewing` is
+/// cancelled.
+struct HeldLease {
+    store: Store,
+    term: i64,
+    renewing: CancellationToken,
+}
+
+/// Opens the state: a journal in `--state-dir`, or the database of `--state-url` once this
+/// coordinator holds its lease (standing by meanwhile, and answering NOT_SERVING while the
+/// database does not answer); nothing in memory only. `None`: `shutdown` came while standing
+/// by.
+async fn open_state(
+    listener: &Arc<TcpListener>,
+    config: &Arc<Config>,
+    url: &str,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<Opened>> {
+    let state_url = match (&config.state_dir, &config.state_url) {
+        (Some(dir), _) => {
+            let (journal, recovered) = Journal::open(dir)?;
+            return Ok(Some(Opened {
+                journal: Some(journal),
+                recovered: Some(recovered),
+                lease: None,
+            }));
+        }
+        (None, None) => {
+            return Ok(Some(Opened {
+                journal: None,
+                recovered: None,
+                lease: None,
+            }));
+        }
+        (None, Some(state_url)) => state_url,
+    };
+    let advertise = config.advertise_url.clone().unwrap_or_else(|| url.to_owned());
+    let connecting = Store::connect(
+        state_url,
+        config.state_ca.as_deref(),
+        advertise,
+        config.lease,
+        DATABASE_PATIENCE,
+    );
+    tokio::pin!(connecting);
+    let store = tokio::select! {
+        // A database that answers at once: callers queue a moment, as for any start.
+        store = &mut connecting => store,
+        // One that does not: meanwhile the port answers NOT_SERVING, and UNAVAILABLE
+        // saying why, instead of keeping callers waiting in silence.
+        () = tokio::time::sleep(QUIET_DATABASE_WAIT) => {
+            let waiting = crate::standby::NotServing::start(listener.clone(), config, || {
+                tonic::Status::unavailable("this coordinator is waiting for its database (--state-url)")
+            })
+            .await?;
+            let store = connecting.await;
+            waiting.stop().await;
+            store
+        }
+    }?;
+    let Some(term) = crate::standby::until_active(listener.clone(), &store, config, shutdown).await? else {
+        return Ok(None);
+    };
+    let renewing = CancellationToken::new();
+    store.keep(term, renewing.clone());
+    let (journal, recovered) = Journal::open_postgres(store.clone(), term).await?;
+    Ok(Some(Opened {
+        journal: Some(journal),
+        recovered: Some(recovered),
+        lease: Some(HeldLease {
+            store,
+            term,
+            renewing,
+        }),
+    }))
+}
+
+/// The spawner `--spawner` names; its workers dial `url`.
+async fn build_spawner(config: &Config, url: String, context: SpawnContext) -> Result<Arc<dyn Spawner>> {
+    Ok(match config.spawner {
+        SpawnerKind::Local => Arc::new(LocalSpawner::new(config, url, context)?),
+        SpawnerKind::External => Arc::new(ExternalSpawner::new(context)),
+        SpawnerKind::Lambda => Arc::new(crate::spawner::LambdaSpawner::new(config, url, context).await?),
+    })
+}
+
+/// Serves the gRPC port (Tasks, Cluster and Workers behind their tokens, health,
+/// reflection) on `listener` until `server_stop`, in a task of its own.
+async fn serve_grpc(
+    listener: Arc<TcpListener>,
+    config: &Config,
+    driver: &Driver,
+    permits: Arc<Semaphore>,
+    server_stop: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<TasksServer<TasksService>>().await;
     health.set_serving::<ClusterServer<ClusterService>>().await;
@@ -178,16 +285,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .max_payload_bytes
         .saturating_mul(2)
         .saturating_add(64 * 1024);
-
-    let server_stop = CancellationToken::new();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
-    // One budget of connections for both ports: idle or slow metrics connections cannot
-    // use up the descriptors the gRPC port needs.
-    let permits = Arc::new(Semaphore::new(config.max_connections));
     let server = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -213,45 +315,22 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             bearer(config.worker_token.clone(), "Workers"),
         ))
         .serve_with_incoming_shutdown(
-            incoming(
-                listener,
-                permits.clone(),
-                config.handshake_timeout,
-                server_stop.clone(),
-            ),
+            incoming(listener, permits, config.handshake_timeout, server_stop.clone()),
             server_stop.clone().cancelled_owned(),
         );
-    info!(%addr, spawner = ?config.spawner, "coordinator serving");
-    let server = tokio::spawn(server);
-    if let Some(metrics_listener) = metrics_listener {
-        tokio::spawn(crate::metrics::serve(
-            metrics_listener,
-            crate::metrics::Scrapes {
-                driver: driver.clone(),
-                metrics: driver.metrics(),
-                token: config.metrics_token.clone(),
-            },
-            permits,
-            config.handshake_timeout,
-            server_stop.clone(),
-        ));
-    }
+    Ok(tokio::spawn(server))
+}
 
-    let lost = lease
-        .as_ref()
-        .map(|(store, _, _)| store.lost.clone())
-        .unwrap_or_default();
-    tokio::select! {
-        () = &mut shutdown => {}
-        () = lost.cancelled() => {
-            // Another coordinator is active: it owns the tasks now. Stop at once, writing
-            // nothing (the writer is fenced already) and telling no worker to drain.
-            error!("this coordinator lost its lease to another; stopping");
-            stop.cancel();
-            server_stop.cancel();
-            return Err(Error::Journal("lost the lease to another coordinator".into()));
-        }
-    }
+/// A shutdown in order: every worker told to drain and waited for (at most
+/// [`DRAIN_LIMIT`]), background tasks ended, the journal's queue written, the lease given
+/// up so that a standby takes over at once, then the server stopped.
+async fn shut_down(
+    driver: &Driver,
+    stop: &CancellationToken,
+    server_stop: &CancellationToken,
+    lease: Option<HeldLease>,
+    server: tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+) -> Result<()> {
     info!("shutting down: draining workers");
     let left = driver.drain(DRAIN_LIMIT).await;
     if left > 0 {
@@ -268,9 +347,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     }
     // Results of tasks that finished during the drain are queued: write them before leaving.
     driver.close_journal().await;
-    if let Some((store, term, renewing)) = &lease {
-        renewing.cancel();
-        store.release(*term).await;
+    if let Some(held) = &lease {
+        held.renewing.cancel();
+        held.store.release(held.term).await;
     }
     // Graceful shutdown also waits for idle client connections to go away; give them a
     // moment, then stop regardless: every stream that mattered has been drained above.
