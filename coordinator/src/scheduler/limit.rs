@@ -129,8 +129,8 @@ impl Phase {
 pub(crate) struct Observation {
     /// CPU over its allotment (1.0: every allotted vCPU busy).
     pub cpu: f64,
-    /// Time its threads waited for a CPU, over its allotment: `cpu + wait` is what its
-    /// tasks asked for (the CPU it could not have shows here, not in `cpu`).
+    /// Time its threads waited for a CPU, over its allotment (the CPU it could not have
+    /// shows here, not in `cpu`); see [`Observation::demand`].
     pub wait: f64,
     /// Memory over its limit.
     pub mem: f64,
@@ -141,6 +141,16 @@ pub(crate) struct Observation {
     /// The most memory the worker has held (the kernel's high-water mark), over its limit:
     /// a rise is judged from the peak, so a burst between two samples is not missed.
     pub peak: f64,
+}
+
+impl Observation {
+    /// What the worker's tasks asked for of the CPU: what they used, plus what they waited
+    /// for, counted up to what they used. Waiting far beyond its own use is a busy host's
+    /// doing (neighbours taking the cores while the worker's threads barely run: an I/O-bound
+    /// worker next to a busy coordinator), not its level's, and is not the worker's load.
+    pub(crate) fn demand(&self) -> f64 {
+        self.cpu + self.wait.min(self.cpu)
+    }
 }
 
 /// Why a limit moved.
@@ -406,7 +416,11 @@ impl Limit {
     fn cpu_fall(&mut self, p: &LimitParams, obs: &Observation, now: Instant) -> Option<Move> {
         // Only at its level: below it, what waits is not the level's doing (runtime copies
         // starting, say).
-        if obs.wait < p.cpu_wait_fall || obs.running == 0 || obs.running < self.value {
+        // Tasks shorter than a sample's settle time are not what loads the CPU at a level
+        // (their rate is): a worker of microsecond tasks waits on a busy host whatever its
+        // level.
+        let short = self.typical.is_none_or(|t| t < p.settle.as_secs_f64());
+        if obs.wait.min(obs.cpu) < p.cpu_wait_fall || obs.running == 0 || obs.running < self.value || short {
             self.cpu_waiting_since = None;
             return None;
         }
@@ -417,7 +431,7 @@ impl Limit {
             return None;
         }
         self.cpu_waiting_since = None;
-        let demand = obs.cpu + obs.wait;
+        let demand = obs.demand();
         let fit = (f64::from(obs.running) / demand).floor() as u32;
         if fit >= self.value {
             return None; // it waits, but fewer tasks would leave the CPU idle
@@ -456,7 +470,11 @@ impl Limit {
         // Headroom: what the targets leave for more tasks, at what each task costs now (the
         // CPU it asked for, including what it waited for).
         let running = f64::from(obs.running.max(1));
-        let demand = obs.cpu + obs.wait;
+        // Tasks known to be shorter than a sample's settle time are not what loads the CPU
+        // at a level (their rate is): a worker of microsecond tasks waits on a busy host
+        // whatever its level, so only the CPU it used counts.
+        let short = self.typical.is_some_and(|t| t < p.settle.as_secs_f64());
+        let demand = if short { obs.cpu } else { obs.demand() };
         let by_cpu = if demand > 0.0 {
             running * p.cpu_target / demand - running
         } else {

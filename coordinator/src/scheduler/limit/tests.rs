@@ -103,6 +103,15 @@ fn tasks_waiting_for_a_cpu_stop_the_climb_where_the_cpu_share_cannot_reach_the_t
         assert_eq!(l.observe(&p, starved(2), t0 + i * 30 * MS), None);
     }
     assert_eq!((l.value(), l.phase()), (2, Phase::Steady));
+    // A waiting worker whose own use is small (an I/O-bound one next to a busy coordinator):
+    // its wait counts only up to its use, so it climbs on.
+    let mut io = Limit::probing(&p, 2);
+    io.filled(t0);
+    let victim = Observation {
+        wait: 0.8,
+        ..obs(0.05, 0.05, 2)
+    };
+    assert_eq!(io.observe(&p, victim, t0 + 30 * MS), Some(Move::Rise));
     // The same CPU share with nothing waiting is headroom: it would have risen.
     let mut free = Limit::probing(&p, 2);
     free.filled(t0);
@@ -138,7 +147,17 @@ fn tasks_waiting_for_a_cpu_for_a_whole_task_cut_the_limit_to_what_the_cpu_runs()
     assert_eq!(l.observe(&p, crowded, t0 + 300 * MS), None);
     assert_eq!(l.observe(&p, crowded, t0 + 500 * MS), None);
     assert_eq!(l.observe(&p, crowded, t0 + 700 * MS), Some(Move::CpuFall));
-    // 6 tasks asked for 3 allotments: 2 is what the CPU runs.
+    // 6 tasks used the whole allotment and waited for twice that: counted up to what they
+    // used, they asked for 2 allotments, so 3 first.
+    assert_eq!(l.value(), 3);
+    // At 3, the allotment busy and half of it waited for: 1.5 allotments asked, 2 it is.
+    let still = Observation {
+        wait: 0.5,
+        ..obs(1.0, 0.05, 3)
+    };
+    l.filled(t0 + 800 * MS);
+    assert_eq!(l.observe(&p, still, t0 + 800 * MS), None);
+    assert_eq!(l.observe(&p, still, t0 + 1200 * MS), Some(Move::CpuFall));
     assert_eq!(l.value(), 2);
     // Below its level, waiting is not the level's doing (runtime copies starting): no fall.
     let mut n = Limit::learned(&p, settled(3), 2);
@@ -152,6 +171,19 @@ fn tasks_waiting_for_a_cpu_for_a_whole_task_cut_the_limit_to_what_the_cpu_runs()
         assert_eq!(n.observe(&p, starting, t0 + i * 50 * MS), None);
     }
     assert_eq!(n.value(), 3);
+    // Microsecond tasks: their rate loads the CPU, not the level; no fall however long
+    // their threads wait on a busy host.
+    let mut q = Limit::learned(&p, settled(8), 2);
+    q.completed(Duration::from_micros(20));
+    let flooded = Observation {
+        wait: 5.0,
+        ..obs(1.0, 0.05, 8)
+    };
+    for i in 0..20 {
+        q.filled(t0);
+        assert_eq!(q.observe(&p, flooded, t0 + i * 50 * MS), None);
+    }
+    assert_eq!(q.value(), 8);
     // A little waiting (under a quarter of the allotment) is no fall.
     let mut m = Limit::learned(&p, settled(3), 2);
     m.completed(10 * MS);
