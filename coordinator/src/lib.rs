@@ -19,6 +19,7 @@ pub mod config;
 mod driver;
 mod error;
 mod journal;
+mod listener;
 mod metrics;
 mod scheduler;
 mod server;

@@ -8,23 +8,18 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use carpool_proto::FILE_DESCRIPTOR_SET;
 use carpool_proto::pb::cluster_server::ClusterServer;
 use carpool_proto::pb::tasks_server::TasksServer;
 use carpool_proto::pb::workers_server::WorkersServer;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Identity, ServerTlsConfig};
 use tracing::{debug, error, info, warn};
 
@@ -50,9 +45,6 @@ pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 pub(crate) const CLIENT_GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for workers to finish their tasks.
 pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
-/// Bytes a new connection must send within the handshake timeout: the length of the
-/// HTTP/2 client preface (a TLS ClientHello is longer).
-pub(crate) const PREFACE_BYTES: usize = 24;
 /// Concurrent calls (HTTP/2 streams) on one connection.
 pub(crate) const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 /// How long a coordinator with `--state-url` waits for its database at start.
@@ -315,7 +307,7 @@ async fn serve_grpc(
             bearer(config.worker_token.clone(), "Workers"),
         ))
         .serve_with_incoming_shutdown(
-            incoming(listener, permits, config.handshake_timeout, server_stop.clone()),
+            crate::listener::incoming(listener, permits, config.handshake_timeout, server_stop.clone()),
             server_stop.clone().cancelled_owned(),
         );
     Ok(tokio::spawn(server))
@@ -407,137 +399,4 @@ fn local_workers_accept(tls: &ServerTls) -> Result<()> {
             ))
         })?;
     Ok(())
-}
-
-/// The listener's connections as the server's incoming stream: at most `permits` at once
-/// (shared with the metrics listener: one budget of `--max-connections`), each
-/// holding a permit until it closes, and each only once it has sent its first
-/// [`PREFACE_BYTES`] within `handshake` (one that closes or stalls before is dropped).
-pub(crate) fn incoming(
-    listener: Arc<TcpListener>,
-    permits: Arc<Semaphore>,
-    handshake: Duration,
-    stop: CancellationToken,
-) -> ReceiverStream<std::io::Result<Counted>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = stop.cancelled() => break,
-            };
-            // Past the budget, the connection waits here (and no other is accepted) until
-            // one of either port closes: a listener holds no place in reserve.
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p,
-                () = stop.cancelled() => break,
-            };
-            let Ok(permit) = permit else { break };
-            let _ = stream.set_nodelay(true);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut stream = stream;
-                match tokio::time::timeout(handshake, preface(&mut stream)).await {
-                    Ok(Ok(Some(first))) => {
-                        let _ = tx
-                            .send(Ok(Counted {
-                                first,
-                                read: 0,
-                                stream,
-                                _permit: permit,
-                            }))
-                            .await;
-                    }
-                    _ => debug!(%peer, "closed a connection that did not start its handshake in time"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-/// Reads the first [`PREFACE_BYTES`] of `stream` (kept, to be read again by the server);
-/// `None` if it closes first.
-async fn preface(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let mut first = vec![0u8; PREFACE_BYTES];
-    let mut got = 0;
-    while got < PREFACE_BYTES {
-        match stream.read(&mut first[got..]).await? {
-            0 => return Ok(None),
-            n => got += n,
-        }
-    }
-    Ok(Some(first))
-}
-
-/// An accepted connection that holds its place under the connection cap while it lives.
-pub(crate) struct Counted {
-    /// The bytes read before it was handed to the server, served first.
-    first: Vec<u8>,
-    /// How many of `first` the server has read.
-    read: usize,
-    stream: TcpStream,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Connected for Counted {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.read < self.first.len() {
-            let n = (self.first.len() - self.read).min(buf.remaining());
-            let start = self.read;
-            buf.put_slice(&self.first[start..start + n]);
-            self.read += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }

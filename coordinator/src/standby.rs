@@ -186,7 +186,7 @@ impl NotServing {
         let server = builder
             .add_routes(tonic::service::Routes::from(routes))
             .serve_with_incoming_shutdown(
-                crate::server::incoming(
+                crate::listener::incoming(
                     listener,
                     Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
                     config.handshake_timeout,
