@@ -11,40 +11,23 @@
 //! Labels are low-cardinality only: `function` (bounded by `--max-functions`), `outcome`,
 //! `reason`, `state`, `spawner`. Never a task id or a worker id.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::Router;
-use axum::extract::State as Extract;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use carpool_proto::pb;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
-use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
-
-use crate::auth::Secret;
+use tracing::warn;
 
 use crate::config::SpawnerKind;
-use crate::driver::Driver;
-use crate::state::Observation;
 
-/// The content type of the OpenMetrics exposition (what Prometheus asks for first).
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The content type of the classic text format (what `curl` and `promtool` get).
-const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) mod http;
+use crate::state::Observation;
+pub(crate) use http::{Scrapes, serve};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FunctionLabel {
@@ -410,120 +393,6 @@ fn shutdown_reason(r: pb::ShutdownReason) -> &'static str {
     }
 }
 
-/// What a scrape reads, and the token it must bring.
-#[derive(Clone)]
-pub(crate) struct Scrapes {
-    pub driver: Driver,
-    pub metrics: Arc<Metrics>,
-    pub token: Option<Secret>,
-}
-
-/// Serves `/metrics` on `listener` until `stop`: each connection holds one of `permits`
-/// (the coordinator's one budget of connections) while it lives, and must send each request
-/// head within `head_timeout` (a silent or slow client is closed).
-pub(crate) async fn serve(
-    listener: TcpListener,
-    scrapes: Scrapes,
-    permits: Arc<Semaphore>,
-    head_timeout: Duration,
-    stop: CancellationToken,
-) {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let app = Router::new().route("/metrics", get(scrape)).with_state(scrapes);
-    if let Some(addr) = addr {
-        info!(%addr, "metrics on /metrics");
-    }
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    warn!(error = %e, "accepting a metrics connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
-        };
-        // Past the budget the connection waits for a place, as on the gRPC port.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p,
-            () = stop.cancelled() => break,
-        };
-        let Ok(permit) = permit else { break };
-        let service = TowerToHyperService::new(app.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(head_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                r = connection => {
-                    if let Err(e) = r {
-                        debug!(%peer, error = %e, "a metrics connection ended");
-                    }
-                }
-                () = stop.cancelled() => {}
-            }
-        });
-    }
-}
-
-async fn scrape(Extract(scrapes): Extract<Scrapes>, headers: HeaderMap) -> Response {
-    let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !crate::auth::admits(scrapes.token.as_ref(), presented) {
-        warn!("refused a scrape without the metrics token");
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "/metrics needs `authorization: Bearer <token>` (--metrics-token)\n",
-        )
-            .into_response();
-    }
-    let (stats, held) = scrapes.driver.read(|s, now| (s.stats(now), s.held_bytes()));
-    let open = scrapes.metrics.render(&stats, held);
-    let wants_openmetrics = headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("application/openmetrics-text"));
-    if wants_openmetrics {
-        ([(header::CONTENT_TYPE, OPENMETRICS)], open).into_response()
-    } else {
-        ([(header::CONTENT_TYPE, TEXT_FORMAT)], classic(&open)).into_response()
-    }
-}
-
-/// OpenMetrics text as the classic Prometheus text format (0.0.4): a counter family is
-/// named with its `_total` suffix, and there are no `# UNIT` or `# EOF` lines.
-fn classic(open: &str) -> String {
-    let counters: std::collections::HashSet<&str> = open
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(open.len());
-    for line in open.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
-            let rest = line.strip_prefix(tag)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{tag}{name}_total {tail}"))
-        });
-        match renamed {
-            Some(l) => out.push_str(&l),
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,7 +452,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
-        let plain = classic(&text);
+        let plain = http::classic(&text);
         assert!(plain.contains("# TYPE carpool_tasks_total counter"), "{plain}");
         assert!(!plain.contains("# EOF") && !plain.contains("# UNIT"));
         // A later snapshot raises the counters to it; an earlier figure never lowers them.
