@@ -9,8 +9,9 @@ use tokio::io::AsyncReadExt;
 use tracing::{error, info, warn};
 
 use crate::config::WorkerConfig;
-use crate::handler::{BrokenFuture, Handler, PrepareFuture, Served};
+use crate::handler::{BrokenFuture, Handler, PrepareFuture};
 use crate::runtime::{RuntimeHost, RuntimeSettings};
+use crate::served::Served;
 
 /// The largest `--slots` or `--max-slots` a worker accepts.
 pub const MAX_SLOTS: i64 = 65_536;

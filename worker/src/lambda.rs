@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::WorkerConfig;
-use crate::handler::{Handler, Served};
+use crate::handler::Handler;
 use crate::runtime::{RuntimeHost, RuntimeSettings};
 use crate::sampler::Measure;
+use crate::served::Served;
 
 /// The environment variables lambda_runtime needs; checked first so that a missing one is a
 /// clear error rather than a panic.

@@ -32,6 +32,7 @@ pub mod handler;
 pub mod lambda;
 pub mod runtime;
 pub mod sampler;
+mod served;
 pub mod session;
 #[cfg(feature = "thumbnail")]
 pub mod thumbnail;
