@@ -2,6 +2,7 @@
 //! `--max-connections`, each handed on only once it has sent the start of its handshake in
 //! time, and holding its place in the budget while it lives.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,25 +32,7 @@ pub(crate) fn incoming(
 ) -> ReceiverStream<std::io::Result<Counted>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = stop.cancelled() => break,
-            };
-            // Past the budget, the connection waits here (and no other is accepted) until
-            // one of either port closes: a listener holds no place in reserve.
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p,
-                () = stop.cancelled() => break,
-            };
-            let Ok(permit) = permit else { break };
+        while let Some((stream, peer, permit)) = accept(&listener, &permits, &stop).await {
             let _ = stream.set_nodelay(true);
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -71,6 +54,34 @@ pub(crate) fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The next connection on `listener` with its place in the budget `permits` (shared by both
+/// ports); `None` once `stop` is cancelled. Past the budget, the connection waits here (and
+/// no other is accepted) until one of either port closes: a listener holds no place in
+/// reserve. A failed accept (out of descriptors, say) is logged and retried after 50 ms.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let (stream, peer) = loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => break conn,
+                Err(e) => {
+                    warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = stop.cancelled() => return None,
+        }
+    };
+    let permit = tokio::select! {
+        p = permits.clone().acquire_owned() => p.ok()?,
+        () = stop.cancelled() => return None,
+    };
+    Some((stream, peer, permit))
 }
 
 /// Reads the first [`PREFACE_BYTES`] of `stream` (kept, to be read again by the server);

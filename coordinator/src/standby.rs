@@ -107,15 +107,18 @@ impl Active {
         }
     }
 
+    /// How long until this standby tries for the lease at its expiry, once the holder
+    /// missed a renewal.
+    fn takeover_in(&self) -> Option<Duration> {
+        self.takeover_at.map(|at| {
+            at.saturating_duration_since(Instant::now())
+                .saturating_add(EXPIRY_MARGIN)
+        })
+    }
+
     /// When to try for the lease next: at its expiry once the holder missed a renewal.
     fn next_poll(&self) -> Duration {
-        match self.takeover_at {
-            Some(at) => at
-                .saturating_duration_since(Instant::now())
-                .saturating_add(EXPIRY_MARGIN)
-                .min(POLL),
-            None => POLL,
-        }
+        self.takeover_in().map_or(POLL, |d| d.min(POLL))
     }
 
     /// The UNAVAILABLE a standby answers: who is active, and once it missed a renewal, in how
@@ -126,15 +129,12 @@ impl Active {
         } else {
             &self.url
         };
-        let Some(at) = self.takeover_at else {
+        let Some(takeover_in) = self.takeover_in() else {
             return Status::unavailable(format!(
                 "this coordinator is a standby; the active coordinator is {to}"
             ));
         };
-        let in_ms = at
-            .saturating_duration_since(Instant::now())
-            .saturating_add(EXPIRY_MARGIN)
-            .as_millis() as u64;
+        let in_ms = takeover_in.as_millis() as u64;
         let mut status = Status::unavailable(format!(
             "this coordinator is a standby; the active coordinator {to} missed its lease renewal, \
              and this one takes over in about {in_ms} ms"

@@ -112,9 +112,15 @@ impl Sampler {
             last_memory: 0,
             peak: 0,
         };
-        s.span = s.cpu_time().map(|t| (Instant::now(), t));
-        s.wait_span = s.wait_time();
+        s.restart_span();
         s
+    }
+
+    /// The CPU span starts now.
+    fn restart_span(&mut self) {
+        let (cpu, wait) = self.cpu_and_wait();
+        self.span = cpu.map(|t| (Instant::now(), t));
+        self.wait_span = wait;
     }
 
     /// `"process tree"` or `"cgroup DIR"`, for the log.
@@ -130,16 +136,14 @@ impl Sampler {
     pub fn mark(&mut self) {
         if !self.marked {
             self.marked = true;
-            self.span = self.cpu_time().map(|t| (Instant::now(), t));
-            self.wait_span = self.wait_time();
+            self.restart_span();
         }
     }
 
     /// A sample now; `running` tasks are in flight, the newest of them for `youngest`.
     pub fn sample(&mut self, running: u32, youngest: Duration) -> ResourceSample {
         let now = Instant::now();
-        let cpu_now = self.cpu_time();
-        let wait_now = self.wait_time();
+        let (cpu_now, wait_now) = self.cpu_and_wait();
         if let (Some((at, before)), Some(t)) = (self.span, cpu_now) {
             let span = now.saturating_duration_since(at);
             if span >= MIN_CPU_SPAN {
@@ -199,31 +203,23 @@ impl Sampler {
     fn cpu_time(&self) -> Option<Duration> {
         match &self.source {
             Source::Cgroup(dir) => cgroup_usage(dir),
-            Source::Tree => {
-                let own = Duration::from(clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).ok()?);
-                let waited = getrusage(UsageWho::RUSAGE_CHILDREN)
-                    .map(|u| timeval(u.user_time()) + timeval(u.system_time()))
-                    .unwrap_or_default();
-                let ticks = procfs::ticks_per_second() as f64;
-                let live: u64 = descendants()
-                    .iter()
-                    .filter_map(|p| p.stat().ok())
-                    .map(|s| s.utime + s.stime + s.cutime.max(0) as u64 + s.cstime.max(0) as u64)
-                    .sum();
-                Some(own + waited + Duration::from_secs_f64(live as f64 / ticks))
-            }
+            Source::Tree => tree_cpu(&descendants()),
         }
     }
 
-    /// Time the tree's threads waited for a CPU so far (the cgroup's: the time some of its
-    /// tasks did); `None` where the kernel does not say.
-    fn wait_time(&self) -> Option<Duration> {
+    /// CPU time so far, and the time the tree's threads waited for a CPU so far (the
+    /// cgroup's: the time some of its tasks did; `None` where the kernel does not say),
+    /// from one walk of the tree.
+    fn cpu_and_wait(&self) -> (Option<Duration>, Option<Duration>) {
         match &self.source {
-            Source::Cgroup(dir) => cgroup_pressure(dir),
+            Source::Cgroup(dir) => (cgroup_usage(dir), cgroup_pressure(dir)),
             Source::Tree => {
-                let own = run_delay(&procfs::process::Process::myself().ok()?)?;
-                let children: u64 = descendants().iter().filter_map(run_delay).sum();
-                Some(Duration::from_nanos(own + children))
+                let tree = descendants();
+                let wait = procfs::process::Process::myself()
+                    .ok()
+                    .and_then(|me| run_delay(&me))
+                    .map(|own| Duration::from_nanos(own + tree.iter().filter_map(run_delay).sum::<u64>()));
+                (tree_cpu(&tree), wait)
             }
         }
     }
@@ -305,6 +301,22 @@ fn cgroup_usage(dir: &Path) -> Option<Duration> {
         .find_map(|l| l.strip_prefix("usage_usec "))
         .and_then(|v| v.trim().parse().ok())
         .map(Duration::from_micros)
+}
+
+/// CPU time of this process, of the children it has waited for, and of `tree` (its live
+/// registered children and their descendants).
+fn tree_cpu(tree: &[procfs::process::Process]) -> Option<Duration> {
+    let own = Duration::from(clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).ok()?);
+    let waited = getrusage(UsageWho::RUSAGE_CHILDREN)
+        .map(|u| timeval(u.user_time()) + timeval(u.system_time()))
+        .unwrap_or_default();
+    let ticks = procfs::ticks_per_second() as f64;
+    let live: u64 = tree
+        .iter()
+        .filter_map(|p| p.stat().ok())
+        .map(|s| s.utime + s.stime + s.cutime.max(0) as u64 + s.cstime.max(0) as u64)
+        .sum();
+    Some(own + waited + Duration::from_secs_f64(live as f64 / ticks))
 }
 
 /// The run delay of every thread of `p`, in ns (threads that have exited no longer count:

@@ -50,24 +50,8 @@ pub(crate) async fn serve(
     if let Some(addr) = addr {
         info!(%addr, "metrics on /metrics");
     }
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    warn!(error = %e, "accepting a metrics connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.cancelled() => break,
-        };
-        // Past the budget the connection waits for a place, as on the gRPC port.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p,
-            () = stop.cancelled() => break,
-        };
-        let Ok(permit) = permit else { break };
+    // Past the budget the connection waits for a place, as on the gRPC port.
+    while let Some((stream, peer, permit)) = crate::listener::accept(&listener, &permits, &stop).await {
         let service = TowerToHyperService::new(app.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
