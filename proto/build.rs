@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         // prost's codec, but undecodable bytes are INVALID_ARGUMENT (see src/codec.rs).
         .codec_path("crate::codec::Codec")
+        // The messages are `carpool-messages`' (generated there without tonic); only the
+        // services are generated here.
+        .extern_path(".carpool.v1", "::carpool_messages::pb")
         .file_descriptor_set_path(out.join("carpool_descriptor.bin"))
         .compile_with_config(config, &["carpool.proto"], &["."])?;
     println!("cargo:rerun-if-changed=carpool.proto");

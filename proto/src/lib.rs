@@ -1,7 +1,8 @@
 //! carpool's gRPC contract.
 //!
 //! - `carpool.proto` (next to this crate's `Cargo.toml`) is the source of truth.
-//! - [`pb`] holds the generated messages, clients and servers of package `carpool.v1`.
+//! - [`pb`] holds the clients and servers of package `carpool.v1`, and re-exports its
+//!   messages from `carpool-messages` (which the pure core uses without any gRPC runtime).
 //! - [`FILE_DESCRIPTOR_SET`] is the encoded descriptor, served through gRPC reflection.
 //! - [`payload`] converts between the wire [`pb::Payload`] and plain bytes.
 //! - [`codec`]: prost's codec, with undecodable bytes reported as INVALID_ARGUMENT.
@@ -15,10 +16,9 @@
 
 #![allow(missing_docs, unreachable_pub)]
 
-pub use bytes::Bytes;
+pub use carpool_messages::{Bytes, bounds, payload};
 
 pub mod auth;
-pub mod bounds;
 pub mod codec;
 pub mod endpoint;
 pub mod lambda;
@@ -75,6 +75,7 @@ pub use endpoint::{TAKEOVER_IN_MS, TlsOptions, coordinator_urls, endpoint, is_ht
 
 /// Generated code of package `carpool.v1`.
 pub mod pb {
+    pub use carpool_messages::pb::*;
     tonic::include_proto!("carpool.v1");
 }
 
@@ -83,44 +84,3 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("carp
 
 /// The text of `carpool.proto` as compiled into this crate (the contract check compares it).
 pub const PROTO_SOURCE: &str = include_str!("../carpool.proto");
-
-/// Conversions between [`pb::Payload`] and bytes.
-pub mod payload {
-    use super::pb::{Payload, payload::Data};
-    use bytes::Bytes;
-
-    /// The bytes a payload carries (text as UTF-8); an unset payload is empty.
-    pub fn into_bytes(p: Option<Payload>) -> Bytes {
-        match p.and_then(|p| p.data) {
-            Some(Data::Text(t)) => Bytes::from(t),
-            Some(Data::Binary(b)) => b,
-            None => Bytes::new(),
-        }
-    }
-
-    /// How many bytes a payload carries, without copying it.
-    pub fn len(p: Option<&Payload>) -> usize {
-        match p.and_then(|p| p.data.as_ref()) {
-            Some(Data::Text(t)) => t.len(),
-            Some(Data::Binary(b)) => b.len(),
-            None => 0,
-        }
-    }
-
-    /// A payload for output bytes: text when they are valid UTF-8 (so grpcurl
-    /// users read JSON as JSON), binary otherwise.
-    pub fn from_bytes(bytes: Bytes) -> Payload {
-        let data = match std::str::from_utf8(&bytes) {
-            Ok(text) => Data::Text(text.to_owned()),
-            Err(_) => Data::Binary(bytes),
-        };
-        Payload { data: Some(data) }
-    }
-
-    /// A text payload.
-    pub fn text(s: impl Into<String>) -> Payload {
-        Payload {
-            data: Some(Data::Text(s.into())),
-        }
-    }
-}

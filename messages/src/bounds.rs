@@ -78,3 +78,14 @@ mod tests {
         assert!(e.starts_with("--timeout of 691200 s"), "{e}");
     }
 }
+
+/// Lambda's vCPU allocation, rounded up to whole vCPUs: 1769 MB buys one, at most 6.
+pub fn vcpus_for_memory(memory_mb: u32) -> u32 {
+    memory_mb.div_ceil(1769).clamp(1, 6)
+}
+
+/// Lambda's vCPU allotment as a share of CPU time: 1769 MB buys one vCPU (1024 MB buys
+/// 0.58), at most 6. What a worker's CPU figure is a fraction of.
+pub fn vcpu_allotment(memory_mb: u32) -> f64 {
+    (f64::from(memory_mb) / 1769.0).clamp(0.05, 6.0)
+}
