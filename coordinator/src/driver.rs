@@ -147,8 +147,8 @@ impl Driver {
         stop: CancellationToken,
         journal: Option<Journal>,
     ) -> Self {
-        let state = State::new(config.clone(), Instant::now());
-        let metrics = Arc::new(Metrics::new(config.spawner));
+        let state = State::new(Arc::new(config.core()), Instant::now());
+        let metrics = Arc::new(Metrics::new(config.fleet.spawner));
         let driver = Self(Arc::new(Inner {
             state: Mutex::new(state),
             routes: Mutex::new(Routes::default()),
@@ -227,7 +227,7 @@ impl Driver {
                     match done.as_deref() {
                         Ok(Some(Ok(()))) => Ok(id),
                         Ok(Some(Err(why))) => Err(Error::Journal(why.clone())),
-                        _ => Err(Error::ShuttingDown),
+                        _ => Err(carpool_core::Error::ShuttingDown.into()),
                     }
                 })));
             }
@@ -276,7 +276,7 @@ impl Driver {
     pub(crate) async fn evicted_result(&self, id: TaskId) -> Result<pb::TaskResult> {
         match &self.0.journal {
             Some(j) => j.result(id).await,
-            None => Err(Error::UnknownTask(id)),
+            None => Err(carpool_core::Error::UnknownTask(id).into()),
         }
     }
 
@@ -311,6 +311,7 @@ impl Driver {
     /// its effects; returns the state's reply, or its refusal (nothing changed then).
     pub(crate) fn handle(&self, event: Event) -> Result<Reply> {
         self.update(|s, now, effects| s.handle(now, event, effects))
+            .map_err(Error::from)
     }
 
     /// [`Driver::handle`] for an event whose reply is only ever `Done`: one the state
@@ -442,6 +443,7 @@ impl Driver {
         let every = self
             .0
             .config
+            .fleet
             .sample_interval
             .max(std::time::Duration::from_millis(10));
         self.0.tracker.spawn(async move {
@@ -544,7 +546,7 @@ fn send(routes: &mut Routes, out: Vec<Outbound>) -> Vec<Conn> {
                 if let Some(link) = routes.links.remove(&conn)
                     && let Some(e) = error
                 {
-                    let _ = link.end.send(e.into());
+                    let _ = link.end.send(Error::from(e).into());
                 }
             }
             // Taken out before (see `Driver::load_evicted`).

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use carpool_coordinator::auth::Secret;
-use carpool_coordinator::config::{ScaleOut, ServerTls};
+use carpool_coordinator::config::{
+    Fleet, Functions, Journal, Limits, Listen, LocalWorkers, ScaleOut, ServerTls,
+};
 use carpool_coordinator::{Config, Placement, SpawnerKind};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
@@ -370,64 +372,76 @@ impl Cli {
             _ => None,
         };
         Ok(Config {
-            spawner: match self.spawner {
-                SpawnerArg::Local => SpawnerKind::Local,
-                SpawnerArg::External => SpawnerKind::External,
-                SpawnerArg::Lambda => SpawnerKind::Lambda,
+            fleet: Fleet {
+                spawner: match self.spawner {
+                    SpawnerArg::Local => SpawnerKind::Local,
+                    SpawnerArg::External => SpawnerKind::External,
+                    SpawnerArg::Lambda => SpawnerKind::Lambda,
+                },
+                max_workers: self.max_workers,
+                max_fleet: self.max_fleet,
+                max_spawn_failures: self.max_spawn_failures,
+                memory_mb: self.memory_mb,
+                vcpus: self.vcpus,
+                slots: self.slots,
+                max_slots: self.max_slots,
+                cpu_threshold: self.cpu_threshold,
+                mem_threshold: self.mem_threshold,
+                deadline_fraction: self.deadline_fraction,
+                execution_timeout: self.execution_timeout,
+                keep_alive: self.keep_alive,
+                placement: match self.placement {
+                    PlacementArg::Pack => Placement::Pack,
+                    PlacementArg::Spread => Placement::Spread,
+                },
+                scale_out: match self.scale_out {
+                    ScaleOutArg::Paced => ScaleOut::Paced,
+                    ScaleOutArg::Eager => ScaleOut::Eager,
+                },
+                max_tasks_per_worker: self.max_tasks_per_worker,
+                sample_interval: self.sample_interval,
+                reconnect_grace: self.reconnect_grace,
+                liveness_intervals: self.liveness_intervals,
+                start_timeout: self.start_timeout,
             },
-            max_workers: self.max_workers,
-            max_fleet: self.max_fleet,
-            metrics_listen: self.metrics_listen,
-            functions: self.functions,
-            max_functions: self.max_functions,
-            max_spawn_failures: self.max_spawn_failures,
-            max_connections: self.max_connections,
-            handshake_timeout: self.handshake_timeout,
-            memory_mb: self.memory_mb,
-            vcpus: self.vcpus,
-            slots: self.slots,
-            max_slots: self.max_slots,
-            cpu_threshold: self.cpu_threshold,
-            mem_threshold: self.mem_threshold,
-            deadline_fraction: self.deadline_fraction,
-            execution_timeout: self.execution_timeout,
-            keep_alive: self.keep_alive,
-            placement: match self.placement {
-                PlacementArg::Pack => Placement::Pack,
-                PlacementArg::Spread => Placement::Spread,
+            listen: Listen {
+                metrics_listen: self.metrics_listen,
+                max_connections: self.max_connections,
+                handshake_timeout: self.handshake_timeout,
+                tls,
+                worker_token,
+                client_token,
+                metrics_token,
+                advertise_url: self.advertise_url,
             },
-            scale_out: match self.scale_out {
-                ScaleOutArg::Paced => ScaleOut::Paced,
-                ScaleOutArg::Eager => ScaleOut::Eager,
+            functions: Functions {
+                only: self.functions,
+                exec: self.exec_functions,
+                runtime: self.runtime_functions,
             },
-            max_payload_bytes: self.max_payload_bytes,
-            max_attempts: self.max_attempts,
-            max_tasks_per_worker: self.max_tasks_per_worker,
-            sample_interval: self.sample_interval,
-            worker_bin: self.worker_bin,
-            exec_functions: self.exec_functions,
-            runtime_functions: self.runtime_functions,
-            worker_log: None,
-            // Workers log as their coordinator does; text is their own default.
-            worker_log_format: (self.log_format != "text").then(|| self.log_format.clone()),
-            worker_data_dir: self.worker_data_dir,
-            reconnect_grace: self.reconnect_grace,
-            liveness_intervals: self.liveness_intervals,
-            task_timeout: self.task_timeout,
-            max_pending: self.max_pending,
-            max_pending_bytes: self.max_pending_bytes,
-            max_result_bytes: self.max_result_bytes,
-            tls,
-            state_dir: self.state_dir,
-            state_url: self.state_url,
-            state_ca: self.state_ca,
-            lease: self.lease,
-            result_retention: self.result_retention,
-            worker_token,
-            client_token,
-            metrics_token,
-            start_timeout: self.start_timeout,
-            advertise_url: self.advertise_url,
+            limits: Limits {
+                max_functions: self.max_functions,
+                max_payload_bytes: self.max_payload_bytes,
+                max_attempts: self.max_attempts,
+                task_timeout: self.task_timeout,
+                max_pending: self.max_pending,
+                max_pending_bytes: self.max_pending_bytes,
+                max_result_bytes: self.max_result_bytes,
+                result_retention: self.result_retention,
+            },
+            local: LocalWorkers {
+                worker_bin: self.worker_bin,
+                worker_log: None,
+                // Workers log as their coordinator does; text is their own default.
+                worker_log_format: (self.log_format != "text").then(|| self.log_format.clone()),
+                worker_data_dir: self.worker_data_dir,
+            },
+            journal: Journal {
+                state_dir: self.state_dir,
+                state_url: self.state_url,
+                state_ca: self.state_ca,
+                lease: self.lease,
+            },
             lambda: carpool_coordinator::config::LambdaTarget {
                 function_name: self.lambda_function.unwrap_or_default(),
                 qualifier: self.lambda_qualifier,
@@ -505,7 +519,7 @@ async fn serve(cli: Cli) -> ExitCode {
         eprintln!("carpool-coordinator: {e}");
         return ExitCode::from(2);
     }
-    raise_open_files(config.max_connections);
+    raise_open_files(config.listen.max_connections);
     // The handlers are in place before the address is printed: a SIGTERM sent as soon as
     // the address is known drains, it does not kill.
     let shutdown = match shutdown_signal() {

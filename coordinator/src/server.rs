@@ -78,10 +78,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let listener = Arc::new(listener);
     let mut shutdown = std::pin::pin!(shutdown);
     let config = Arc::new(config);
-    if let (Some(tls), SpawnerKind::Local) = (&config.tls, config.spawner) {
+    if let (Some(tls), SpawnerKind::Local) = (&config.listen.tls, config.fleet.spawner) {
         local_workers_accept(tls)?;
     }
-    let url = local_url(addr, config.tls.is_some());
+    let url = local_url(addr, config.listen.tls.is_some());
     let Some(opened) = open_state(&listener, &config, &url, shutdown.as_mut()).await? else {
         info!("stopped while standing by");
         return Ok(());
@@ -95,7 +95,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         stop: stop.clone(),
     };
     let spawner = build_spawner(&config, url, context).await?;
-    let metrics_listener = match config.metrics_listen {
+    let metrics_listener = match config.listen.metrics_listen {
         Some(at) => Some(
             TcpListener::bind(at)
                 .await
@@ -119,19 +119,19 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let server_stop = CancellationToken::new();
     // One budget of connections for both ports: idle or slow metrics connections cannot
     // use up the descriptors the gRPC port needs.
-    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let permits = Arc::new(Semaphore::new(config.listen.max_connections));
     let server = serve_grpc(listener, &config, &driver, permits.clone(), &server_stop).await?;
-    info!(%addr, spawner = ?config.spawner, "coordinator serving");
+    info!(%addr, spawner = ?config.fleet.spawner, "coordinator serving");
     if let Some(metrics_listener) = metrics_listener {
         tokio::spawn(crate::metrics::serve(
             metrics_listener,
             crate::metrics::Scrapes {
                 driver: driver.clone(),
                 metrics: driver.metrics(),
-                token: config.metrics_token.clone(),
+                token: config.listen.metrics_token.clone(),
             },
             permits,
-            config.handshake_timeout,
+            config.listen.handshake_timeout,
             server_stop.clone(),
         ));
     }
@@ -181,7 +181,7 @@ async fn open_state(
     url: &str,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<Opened>> {
-    let state_url = match (&config.state_dir, &config.state_url) {
+    let state_url = match (&config.journal.state_dir, &config.journal.state_url) {
         (Some(dir), _) => {
             let (journal, recovered) = Journal::open(dir)?;
             return Ok(Some(Opened {
@@ -199,12 +199,16 @@ async fn open_state(
         }
         (None, Some(state_url)) => state_url,
     };
-    let advertise = config.advertise_url.clone().unwrap_or_else(|| url.to_owned());
+    let advertise = config
+        .listen
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| url.to_owned());
     let connecting = Store::connect(
         state_url,
-        config.state_ca.as_deref(),
+        config.journal.state_ca.as_deref(),
         advertise,
-        config.lease,
+        config.journal.lease,
         DATABASE_PATIENCE,
     );
     tokio::pin!(connecting);
@@ -242,7 +246,7 @@ async fn open_state(
 
 /// The spawner `--spawner` names; its workers dial `url`.
 async fn build_spawner(config: &Config, url: String, context: SpawnContext) -> Result<Arc<dyn Spawner>> {
-    Ok(match config.spawner {
+    Ok(match config.fleet.spawner {
         SpawnerKind::Local => Arc::new(LocalSpawner::new(config, url, context)?),
         SpawnerKind::External => Arc::new(ExternalSpawner::new(context)),
         SpawnerKind::Lambda => Arc::new(crate::spawner::LambdaSpawner::new(config, url, context).await?),
@@ -274,11 +278,12 @@ async fn serve_grpc(
     // our own check (INVALID_ARGUMENT with the sizes) instead of the codec's, and a worker's
     // batch of results has room for one output at the limit.
     let max_message = config
+        .limits
         .max_payload_bytes
         .saturating_mul(2)
         .saturating_add(64 * 1024);
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
+    if let Some(tls) = &config.listen.tls {
         let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
     }
@@ -294,20 +299,25 @@ async fn serve_grpc(
             TasksServer::new(TasksService::new(driver.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
-            bearer(config.client_token.clone(), "Tasks"),
+            bearer(config.listen.client_token.clone(), "Tasks"),
         ))
         .add_service(InterceptedService::new(
             ClusterServer::new(ClusterService::new(driver.clone())),
-            bearer(config.client_token.clone(), "Cluster"),
+            bearer(config.listen.client_token.clone(), "Cluster"),
         ))
         .add_service(InterceptedService::new(
             WorkersServer::new(WorkersService::new(driver.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
-            bearer(config.worker_token.clone(), "Workers"),
+            bearer(config.listen.worker_token.clone(), "Workers"),
         ))
         .serve_with_incoming_shutdown(
-            crate::listener::incoming(listener, permits, config.handshake_timeout, server_stop.clone()),
+            crate::listener::incoming(
+                listener,
+                permits,
+                config.listen.handshake_timeout,
+                server_stop.clone(),
+            ),
             server_stop.clone().cancelled_owned(),
         );
     Ok(tokio::spawn(server))

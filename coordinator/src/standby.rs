@@ -179,7 +179,7 @@ impl NotServing {
             .fallback(refuse);
         let stop = CancellationToken::new();
         let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &config.tls {
+        if let Some(tls) = &config.listen.tls {
             let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
             builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
         }
@@ -188,8 +188,8 @@ impl NotServing {
             .serve_with_incoming_shutdown(
                 crate::listener::incoming(
                     listener,
-                    Arc::new(tokio::sync::Semaphore::new(config.max_connections)),
-                    config.handshake_timeout,
+                    Arc::new(tokio::sync::Semaphore::new(config.listen.max_connections)),
+                    config.listen.handshake_timeout,
                     stop.clone(),
                 ),
                 stop.clone().cancelled_owned(),

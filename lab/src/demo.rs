@@ -221,41 +221,37 @@ impl DemoOptions {
                 .collect(),
             _ => Vec::new(),
         };
-        Config {
-            runtime_functions,
-            spawner: SpawnerKind::Local,
-            max_workers: batch.max_workers,
-            memory_mb: batch.memory_mb,
-            ..mode_config(mode, self.worker_bin.clone())
-        }
+        let mut config = mode_config(mode, self.worker_bin.clone());
+        config.functions.runtime = runtime_functions;
+        config.fleet.max_workers = batch.max_workers;
+        config.fleet.memory_mb = batch.memory_mb;
+        config
     }
 }
 
 /// The settings that make a local coordinator run as `mode`.
 pub(crate) fn mode_config(mode: Mode, worker_bin: Option<PathBuf>) -> Config {
-    let base = Config {
-        spawner: SpawnerKind::Local,
-        worker_bin,
-        worker_log: Some("warn".into()),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.fleet.spawner = SpawnerKind::Local;
+    config.local.worker_bin = worker_bin;
+    config.local.worker_log = Some("warn".into());
+    let fleet = &mut config.fleet;
     match mode {
-        Mode::Carpool => base,
+        Mode::Carpool => {}
         // A sandbox stays warm between requests (its idle time is not billed), so a
         // short gap in the stream of tasks does not cost a cold start.
-        Mode::LambdaBilled => Config {
-            slots: Some(1),
-            keep_alive: Duration::from_secs(2),
+        Mode::LambdaBilled => {
+            fleet.slots = Some(1);
+            fleet.keep_alive = Duration::from_secs(2);
             // A sandbox per concurrent request, at once, as Lambda starts them.
-            scale_out: ScaleOut::Eager,
-            ..base
-        },
-        Mode::ColdPerTask => Config {
-            slots: Some(1),
-            max_tasks_per_worker: Some(1),
-            ..base
-        },
+            fleet.scale_out = ScaleOut::Eager;
+        }
+        Mode::ColdPerTask => {
+            fleet.slots = Some(1);
+            fleet.max_tasks_per_worker = Some(1);
+        }
     }
+    config
 }
 
 /// The bill of a run as `mode`, from its Stats once its workers left: billed GB-s, the

@@ -12,9 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use carpool_coordinator::Config;
 use carpool_coordinator::config::vcpus_for_memory;
-use carpool_coordinator::sim::{SimConfig, SimReport, TaskModel, simulate};
-use carpool_coordinator::{Config, SpawnerKind};
+use carpool_core::sim::{SimConfig, SimReport, TaskModel, simulate};
 use carpool_proto::Bytes;
 use futures::StreamExt;
 
@@ -94,13 +94,11 @@ fn make_image(dir: &Path, width: u32) -> Result<(PathBuf, u64), String> {
 }
 
 fn config(opts: &ExperimentOptions, memory_mb: u32, max_workers: u32, mode: Mode) -> Config {
-    Config {
-        spawner: SpawnerKind::Local,
-        max_workers,
-        memory_mb,
-        worker_data_dir: Some(opts.dir.clone()),
-        ..mode_config(mode, opts.worker_bin.clone())
-    }
+    let mut config = mode_config(mode, opts.worker_bin.clone());
+    config.fleet.max_workers = max_workers;
+    config.fleet.memory_mb = memory_mb;
+    config.local.worker_data_dir = Some(opts.dir.clone());
+    config
 }
 
 /// Runs one mode for real on local workers; returns the outcome and the mean task time.
@@ -184,7 +182,7 @@ pub(crate) fn simulated(
         Mode::ColdPerTask => model.task,
     });
     let mut sim = SimConfig::new(
-        config(opts, memory_mb, max_workers, mode),
+        config(opts, memory_mb, max_workers, mode).core(),
         "thumbnail",
         opts.tasks,
         task,

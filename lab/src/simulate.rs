@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use carpool_coordinator::Config;
-use carpool_coordinator::config::ScaleOut;
-use carpool_coordinator::sim::{CopyModel, SimConfig, SimReport, TaskModel, simulate_batches};
+use carpool_core::Config;
+use carpool_core::config::{Fleet, Functions, ScaleOut};
+use carpool_core::sim::{CopyModel, SimConfig, SimReport, TaskModel, simulate_batches};
 
 /// A handler's shape, as measured.
 #[derive(Clone, Copy, Debug)]
@@ -49,16 +49,22 @@ fn sim(
     lambda: bool,
 ) -> SimConfig {
     let config = Config {
-        memory_mb,
-        max_workers,
-        slots,
-        exec_functions: vec![(FUNCTION.to_owned(), "handler".to_owned())],
-        keep_alive: if lambda {
-            Duration::from_secs(2)
-        } else {
-            Duration::ZERO
+        fleet: Fleet {
+            memory_mb,
+            max_workers,
+            slots,
+            keep_alive: if lambda {
+                Duration::from_secs(2)
+            } else {
+                Duration::ZERO
+            },
+            scale_out: if lambda { ScaleOut::Eager } else { ScaleOut::Paced },
+            ..Default::default()
         },
-        scale_out: if lambda { ScaleOut::Eager } else { ScaleOut::Paced },
+        functions: Functions {
+            exec: vec![(FUNCTION.to_owned(), "handler".to_owned())],
+            ..Default::default()
+        },
         ..Config::default()
     };
     let task = TaskModel {

@@ -56,6 +56,17 @@ pub fn check_shape(
     Ok(())
 }
 
+/// Lambda's vCPU allocation, rounded up to whole vCPUs: 1769 MB buys one, at most 6.
+pub fn vcpus_for_memory(memory_mb: u32) -> u32 {
+    memory_mb.div_ceil(1769).clamp(1, 6)
+}
+
+/// Lambda's vCPU allotment as a share of CPU time: 1769 MB buys one vCPU (1024 MB buys
+/// 0.58), at most 6. What a worker's CPU figure is a fraction of.
+pub fn vcpu_allotment(memory_mb: u32) -> f64 {
+    (f64::from(memory_mb) / 1769.0).clamp(0.05, 6.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,15 +88,4 @@ mod tests {
         let e = check_shape(2048, None, None, day * 8, &flag).unwrap_err();
         assert!(e.starts_with("--timeout of 691200 s"), "{e}");
     }
-}
-
-/// Lambda's vCPU allocation, rounded up to whole vCPUs: 1769 MB buys one, at most 6.
-pub fn vcpus_for_memory(memory_mb: u32) -> u32 {
-    memory_mb.div_ceil(1769).clamp(1, 6)
-}
-
-/// Lambda's vCPU allotment as a share of CPU time: 1769 MB buys one vCPU (1024 MB buys
-/// 0.58), at most 6. What a worker's CPU figure is a fraction of.
-pub fn vcpu_allotment(memory_mb: u32) -> f64 {
-    (f64::from(memory_mb) / 1769.0).clamp(0.05, 6.0)
 }

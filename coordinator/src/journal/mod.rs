@@ -64,10 +64,7 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-/// How many task ids a coordinator reserves in its journal at a time (a block at its start,
-/// another once half of the last is used): ids never repeat for the life of the journal,
-/// even those handed out in memory and never written, and a takeover skips at most a block.
-pub(crate) const ID_BLOCK: u64 = 1 << 20;
+pub(crate) use carpool_core::state::ID_BLOCK;
 
 impl Journal {
     /// Opens (or creates) the embedded journal in `dir` and starts its writer thread. A
@@ -118,7 +115,7 @@ impl Journal {
             }
             Reader::Postgres(store) => store.result(id).await?,
         };
-        found.ok_or(Error::UnknownTask(id))
+        found.ok_or(carpool_core::Error::UnknownTask(id).into())
     }
 
     /// Stores a new task; resolves once it is durable.

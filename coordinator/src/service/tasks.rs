@@ -24,7 +24,7 @@ use tracing::debug;
 use super::peer::from_peer;
 use crate::driver::{Accepting, Completion, Driver};
 use crate::error::Result;
-use crate::state::{Event, Reply, Submission, TaskId, Waiter};
+use crate::state::{Event, Submission, TaskId, Waiter};
 
 /// Results queued per Map call before the sender waits for the client.
 const STREAM_BUFFER: usize = 1024;
@@ -88,7 +88,7 @@ impl Tasks for TasksService {
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::TaskInfo>, Status> {
         let id = request.into_inner().task_id;
-        let mut info = self.driver.read(|s, _| s.get(id))?;
+        let mut info = self.driver.read(|s, _| s.get(id)).map_err(crate::error::status)?;
         if info.result.is_none() && !matches!(info.state(), pb::TaskState::Pending | pb::TaskState::Running) {
             // Evicted from memory (past --max-result-bytes): the journal keeps it.
             info.result = Some(self.driver.evicted_result(id).await?);
@@ -113,7 +113,7 @@ impl Tasks for TasksService {
                 ids: ids.clone(),
                 waiter: guard.id,
             })
-            .and_then(Reply::watching)?;
+            .and_then(|r| r.watching().map_err(crate::Error::from))?;
         let stream = futures::stream::unfold((rx, expected, guard), |(mut rx, left, guard)| async move {
             if left == 0 {
                 return None;
@@ -129,7 +129,10 @@ impl Tasks for TasksService {
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
         let id = request.into_inner().task_id;
-        let state = self.driver.handle(Event::Cancel(id)).and_then(Reply::cancelled)?;
+        let state = self
+            .driver
+            .handle(Event::Cancel(id))
+            .and_then(|r| r.cancelled().map_err(crate::Error::from))?;
         Ok(Response::new(pb::CancelResponse { state: state as i32 }))
     }
 

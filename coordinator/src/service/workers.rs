@@ -70,7 +70,7 @@ impl Workers for WorkersService {
                     Err(e) => (Err(e), None),
                 }
             });
-        outcome?;
+        outcome.map_err(crate::error::status)?;
         let conn = conn.ok_or_else(|| Status::internal("a connected worker has no connection number"))?;
         let driver = self.driver.clone();
         tokio::spawn(async move {
@@ -85,7 +85,7 @@ impl Workers for WorkersService {
                 }
                 Err(Ended::Violation(e)) => {
                     warn!(worker = %id, error = %e, "worker broke the protocol; ending its stream");
-                    StreamEnd::Violation(e)
+                    StreamEnd::Violation(e.into_core())
                 }
             };
             driver.apply(Event::Disconnect {

@@ -65,7 +65,7 @@ pub(crate) struct LambdaSpawner {
 }
 
 impl LambdaSpawner {
-    /// A spawner for `config.lambda`, whose workers dial `config.advertise_url` (or
+    /// A spawner for `config.lambda`, whose workers dial `config.listen.advertise_url` (or
     /// `listen_url`, the listen address, for workers on this machine such as an emulator's).
     /// Region and credentials come from aws-config's default chain (environment, profile,
     /// instance role), and the endpoint from `AWS_ENDPOINT_URL_LAMBDA` / `AWS_ENDPOINT_URL`
@@ -77,7 +77,7 @@ impl LambdaSpawner {
                 "no function to invoke: pass --lambda-function NAME (or CARPOOL_LAMBDA_FUNCTION)".into(),
             ));
         }
-        let coordinator_url = match &config.advertise_url {
+        let coordinator_url = match &config.listen.advertise_url {
             Some(url) => url.clone(),
             None => {
                 warn!(url = %listen_url, "no --advertise-url: Lambda workers will dial the listen address, which only workers on this machine can reach");
@@ -106,9 +106,9 @@ impl LambdaSpawner {
             client: Client::from_conf(lambda_config),
             target,
             coordinator_url,
-            token: config.worker_token.clone(),
-            slots: config.slots,
-            runtimes: config.runtime_functions.clone(),
+            token: config.listen.worker_token.clone(),
+            slots: config.fleet.slots,
+            runtimes: config.functions.runtime.clone(),
             context,
         })
     }

@@ -53,7 +53,7 @@ pub(crate) struct LocalSpawner {
 impl LocalSpawner {
     /// A spawner whose workers dial `coordinator_url`. Fails if the worker binary is missing.
     pub(crate) fn new(config: &Config, coordinator_url: String, context: SpawnContext) -> Result<Self> {
-        let worker_bin = match &config.worker_bin {
+        let worker_bin = match &config.local.worker_bin {
             Some(path) => path.clone(),
             None => default_worker_bin(),
         };
@@ -63,17 +63,18 @@ impl LocalSpawner {
         Ok(Self {
             worker_bin,
             coordinator_url,
-            memory_mb: config.memory_mb,
-            vcpus: config.worker_vcpus(),
-            slots: config.slots,
-            timeout: config.execution_timeout,
-            exec_functions: config.exec_functions.clone(),
-            runtime_functions: config.runtime_functions.clone(),
-            log: config.worker_log.clone(),
-            log_format: config.worker_log_format.clone(),
-            data_dir: config.worker_data_dir.clone(),
-            token: config.worker_token.clone(),
+            memory_mb: config.fleet.memory_mb,
+            vcpus: config.fleet.worker_vcpus(),
+            slots: config.fleet.slots,
+            timeout: config.fleet.execution_timeout,
+            exec_functions: config.functions.exec.clone(),
+            runtime_functions: config.functions.runtime.clone(),
+            log: config.local.worker_log.clone(),
+            log_format: config.local.worker_log_format.clone(),
+            data_dir: config.local.worker_data_dir.clone(),
+            token: config.listen.worker_token.clone(),
             tls: config
+                .listen
                 .tls
                 .as_ref()
                 .map(|t| (t.worker_ca.clone(), t.worker_domain.clone())),

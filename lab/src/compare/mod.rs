@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use carpool_coordinator::sim::{SimConfig, SimReport, TaskModel, simulate, simulate_batches};
-use carpool_coordinator::{Config, config::ScaleOut, config::vcpus_for_memory};
+use carpool_coordinator::{config::ScaleOut, config::vcpus_for_memory};
+use carpool_core::sim::{SimConfig, SimReport, TaskModel, simulate, simulate_batches};
 use carpool_proto::Bytes;
 use futures::StreamExt;
 

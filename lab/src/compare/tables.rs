@@ -1,6 +1,9 @@
 //! The comparison as text and JSON: the measured table, the simulated ones, the verdicts.
 
 use super::*;
+// The simulator's settings are the core's.
+use carpool_core::Config;
+use carpool_core::config::Fleet;
 
 /// The table of one comparison.
 pub(crate) fn table(c: &Comparison) -> String {
@@ -81,17 +84,23 @@ pub(crate) fn simulated(
     tasks: usize,
 ) -> Vec<(String, SimReport)> {
     let config = |slots: Option<u32>, quota: Option<u64>| Config {
-        memory_mb,
-        max_workers,
-        slots,
-        max_tasks_per_worker: quota,
+        fleet: Fleet {
+            memory_mb,
+            max_workers,
+            slots,
+            max_tasks_per_worker: quota,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let run = |c: Config| simulate(&SimConfig::new(c, w.function, tasks, w.model));
     let vcpus = vcpus_for_memory(memory_mb);
     let warm = Config {
-        keep_alive: Duration::from_secs(2),
-        scale_out: ScaleOut::Eager,
+        fleet: Fleet {
+            keep_alive: Duration::from_secs(2),
+            scale_out: ScaleOut::Eager,
+            ..config(Some(1), None).fleet.clone()
+        },
         ..config(Some(1), None)
     };
     let mut out = vec![
@@ -156,19 +165,22 @@ pub(super) fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
             .map(|(label, slots, quota)| {
                 let per_request = label == "Lambda as it bills";
                 let config = Config {
-                    memory_mb: w.memory_mb,
-                    max_workers: workers,
-                    slots: *slots,
-                    max_tasks_per_worker: *quota,
-                    keep_alive: if per_request {
-                        Duration::from_secs(2)
-                    } else {
-                        Duration::ZERO
-                    },
-                    scale_out: if per_request {
-                        ScaleOut::Eager
-                    } else {
-                        ScaleOut::Paced
+                    fleet: Fleet {
+                        memory_mb: w.memory_mb,
+                        max_workers: workers,
+                        slots: *slots,
+                        max_tasks_per_worker: *quota,
+                        keep_alive: if per_request {
+                            Duration::from_secs(2)
+                        } else {
+                            Duration::ZERO
+                        },
+                        scale_out: if per_request {
+                            ScaleOut::Eager
+                        } else {
+                            ScaleOut::Paced
+                        },
+                        ..Default::default()
                     },
                     ..Config::default()
                 };

@@ -4,10 +4,13 @@ use super::*;
 
 fn config(conventional: bool, max_workers: u32, slots: Option<u32>) -> Config {
     Config {
-        max_workers,
-        memory_mb: 2048,
-        slots: if conventional { Some(1) } else { slots },
-        max_tasks_per_worker: conventional.then_some(1),
+        fleet: crate::config::Fleet {
+            max_workers,
+            memory_mb: 2048,
+            slots: if conventional { Some(1) } else { slots },
+            max_tasks_per_worker: conventional.then_some(1),
+            ..Default::default()
+        },
         ..Config::default()
     }
 }
@@ -49,7 +52,7 @@ fn conventional_faas_is_one_invocation_per_task() {
 fn lambda_as_it_bills_is_warm_sandboxes_billed_per_request_and_init() {
     // One sandbox kept warm, one request at a time: one cold start, then 40 requests.
     let mut s = spin(false, 1, Some(1));
-    s.config.keep_alive = Duration::from_secs(2);
+    s.config.fleet.keep_alive = Duration::from_secs(2);
     let r = simulate(&s).billed_per_request();
     assert_eq!(
         (r.succeeded, r.invocations),
@@ -88,9 +91,9 @@ fn waiting_tasks_climb_far_past_the_vcpus() {
         4000,
         TaskModel::waiting(Duration::from_millis(100)),
     );
-    s.config.memory_mb = 1024;
+    s.config.fleet.memory_mb = 1024;
     let adaptive = simulate(&s);
-    s.config.slots = Some(1);
+    s.config.fleet.slots = Some(1);
     let fixed = simulate(&s);
     assert_eq!(adaptive.succeeded, 4000);
     assert!(adaptive.peak_concurrency >= 128, "{adaptive:?}");
@@ -108,7 +111,7 @@ fn a_second_batch_starts_at_the_learned_level_and_costs_less() {
         2000,
         TaskModel::waiting(Duration::from_millis(100)),
     );
-    s.config.memory_mb = 1024;
+    s.config.fleet.memory_mb = 1024;
     let r = simulate_batches(&s, 2);
     assert_eq!((r[0].succeeded, r[1].succeeded), (2000, 2000));
     assert!(r[1].billed_gb_s < r[0].billed_gb_s, "{r:?}");
@@ -123,7 +126,7 @@ fn memory_bound_tasks_never_overfill_a_worker() {
         mem_mb: 40.0,
     };
     let mut s = SimConfig::new(config(false, 4, None), "hold", 400, task);
-    s.config.memory_mb = 1024;
+    s.config.fleet.memory_mb = 1024;
     let r = simulate(&s);
     assert_eq!(r.succeeded, 400);
     assert!(r.peak_memory_fraction < 1.0, "{r:?}");
@@ -141,8 +144,8 @@ fn a_fixed_model_gives_the_same_figures() {
         [(false, 4_681, 50, 925.116), (true, 16_495, 5_000, 3_300.0)]
     {
         let mut s = spin(conventional, 50, Some(3));
-        s.config.memory_mb = 4096;
-        s.config.keep_alive = Duration::from_millis(30);
+        s.config.fleet.memory_mb = 4096;
+        s.config.fleet.keep_alive = Duration::from_millis(30);
         s.tasks = 5_000;
         s.task = TaskModel::cpu_bound(Duration::from_millis(137));
         s.cold_start = Duration::from_millis(23);
@@ -176,10 +179,10 @@ fn thumbnailer(memory_mb: u32, slots: Option<u32>, lambda: bool) -> SimConfig {
         mem_mb: 40.0,
     };
     let mut s = SimConfig::new(config(false, 8, slots), "spin", 100, task);
-    s.config.memory_mb = memory_mb;
+    s.config.fleet.memory_mb = memory_mb;
     if lambda {
-        s.config.keep_alive = Duration::from_secs(2);
-        s.config.scale_out = crate::config::ScaleOut::Eager;
+        s.config.fleet.keep_alive = Duration::from_secs(2);
+        s.config.fleet.scale_out = crate::config::ScaleOut::Eager;
     }
     s.cold_start = Duration::from_millis(100);
     s.copy = Some(CopyModel {
@@ -193,7 +196,7 @@ fn thumbnailer(memory_mb: u32, slots: Option<u32>, lambda: bool) -> SimConfig {
 fn tasks_wait_for_a_ready_copy_and_copies_are_reused() {
     // One worker, one copy: a cold start, one init, then 100 tasks one after another.
     let mut s = thumbnailer(2048, Some(1), false);
-    s.config.max_workers = 1;
+    s.config.fleet.max_workers = 1;
     let r = simulate(&s);
     assert_eq!((r.succeeded, r.invocations, r.peak_concurrency), (100, 1, 1));
     // 2048 MB has 1.16 vCPUs: a single-threaded init runs at one.
@@ -241,7 +244,7 @@ fn a_runtime_with_a_costly_start_learns_a_level_whose_second_batch_costs_no_more
     }
 }
 
-const COPY_SHARE: f64 = carpool_core::pace::COPY_MEMORY_SHARE;
+const COPY_SHARE: f64 = crate::pace::COPY_MEMORY_SHARE;
 
 #[test]
 fn eager_scale_out_starts_a_worker_per_uncovered_slot_paced_only_what_pays() {

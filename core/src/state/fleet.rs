@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
+use carpool_messages::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{info, warn};
 
 use super::{Effects, JournalOp, Observation, State, TaskId, Timer, WorkerId};
@@ -38,7 +38,7 @@ impl State {
         if t.state != TaskState::Running || t.attempts != attempt {
             return;
         }
-        let limit = t.timeout.or(self.config.task_timeout).unwrap_or_default();
+        let limit = t.timeout.or(self.config.limits.task_timeout).unwrap_or_default();
         let (function, worker) = (t.function.clone(), t.worker.clone());
         if let Some(wid) = &worker
             && let Some(w) = self.workers.get_mut(wid)
@@ -62,8 +62,8 @@ impl State {
     /// that never connected; forgets results past their retention.
     pub(super) fn sweep(&mut self, now: Instant, effects: &mut Effects) {
         self.expire(now, effects);
-        let lease = self.config.liveness_lease();
-        let grace = self.config.reconnect_grace;
+        let lease = self.config.fleet.liveness_lease();
+        let grace = self.config.fleet.reconnect_grace;
         // The sweep runs many times a lease. A gap of half a lease or more since the last
         // one is this process's own pause (a stalled VM, SIGSTOP, a long page-in): its
         // workers' silence is its own, so they get a fresh lease and grace, not a write-off.
@@ -109,7 +109,7 @@ impl State {
                 self.finalize(&id, cause, None, now, effects);
             }
         }
-        let start_timeout = self.config.start_timeout;
+        let start_timeout = self.config.fleet.start_timeout;
         let never_connected: Vec<WorkerId> = self
             .starting
             .iter()
@@ -183,7 +183,12 @@ impl State {
             .get(function)
             .map_or(0, |f| f.workers + f.starting as usize);
         let total = self.workers.len() + self.starting.len();
-        scheduler::fleet_room(of_function, total, self.config.max_workers, self.config.max_fleet)
+        scheduler::fleet_room(
+            of_function,
+            total,
+            self.config.fleet.max_workers,
+            self.config.fleet.max_fleet,
+        )
     }
 
     /// Whether `function`'s fleet (or the whole fleet) is at its cap.
@@ -220,13 +225,7 @@ impl State {
 
     /// The worker's process ended. Still starting: a failed spawn. Connected or waiting to
     /// reconnect: it will not, so it is written off now rather than after the grace.
-    pub(crate) fn process_exited(
-        &mut self,
-        id: &WorkerId,
-        reason: &str,
-        now: Instant,
-        effects: &mut Effects,
-    ) {
+    pub(crate) fn process_exited(&mut self, id: &WorkerId, reason: &str, now: Instant, effects: &mut Effects) {
         if self.starting.contains_key(id) {
             self.spawn_failed(id, "exited", reason, now, effects);
         } else if self.workers.contains_key(id) {
@@ -252,7 +251,7 @@ impl State {
         };
         effects.observed.push(Observation::SpawnFailed(kind));
         let reason = one_line(reason);
-        let limit = self.config.max_spawn_failures;
+        let limit = self.config.fleet.max_spawn_failures;
         let Some(f) = self.functions.get_mut(&s.function) else {
             return;
         };

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use carpool_proto::pb::{self, TaskState};
+use carpool_messages::pb::{self, TaskState};
 
 use super::{
     Conn, Effects, Recovered, SpawnOutcome, State, StreamEnd, Submission, Submitted, TaskId, Timer, Waiter,
@@ -15,37 +15,56 @@ use crate::error::{Error, Result};
 
 /// Something that happened to the coordinator.
 #[derive(Debug)]
-pub(crate) enum Event {
+pub enum Event {
     /// A client submits a task (Submit, Run, an item of Map); `waiter` hears its end.
     Submit {
+        /// What is submitted.
         submission: Submission,
+        /// Who hears the task's end, if anyone.
         waiter: Option<Waiter>,
     },
     /// A submission's record is durable: it enters its pool.
     Accepted(TaskId),
     /// A submission's record could not be written: the task is forgotten, and whoever
     /// waits on it told why.
-    NotAccepted { id: TaskId, why: String },
+    NotAccepted {
+        /// The task.
+        id: TaskId,
+        /// Why its record was not written.
+        why: String,
+    },
     /// A client cancels a task.
     Cancel(TaskId),
     /// A client waits for the ends of these tasks.
-    Watch { ids: Vec<TaskId>, waiter: WaiterId },
+    Watch {
+        /// The tasks.
+        ids: Vec<TaskId>,
+        /// Who hears their ends.
+        waiter: WaiterId,
+    },
     /// A worker opens a stream and says who it is (a new worker, or one coming back).
     Hello(pb::Hello),
     /// A worker's resource sample.
     Sample {
+        /// The worker.
         worker: WorkerId,
+        /// What it measured.
         sample: pb::ResourceSample,
     },
     /// A worker's finished tasks.
     Results {
+        /// The worker.
         worker: WorkerId,
+        /// Its results, in the order sent.
         results: Vec<pb::WorkerTaskResult>,
     },
     /// A worker's stream `conn` ended.
     Disconnect {
+        /// The worker.
         worker: WorkerId,
+        /// Its connection that ended (an older one's end changes nothing).
         conn: Conn,
+        /// How the stream ended.
         end: StreamEnd,
     },
     /// The queue of messages to the worker on `conn` is full: it is not reading.
@@ -67,7 +86,7 @@ pub(crate) enum Event {
 
 /// What the caller of [`State::handle`] learns beyond the effects.
 #[derive(Debug)]
-pub(crate) enum Reply {
+pub enum Reply {
     /// Nothing to say.
     Done,
     /// A submission was taken: its id, and whether its record must be written first.
@@ -85,7 +104,7 @@ pub(crate) enum Reply {
 impl State {
     /// Applies `event` at `now`: what it decided is added to `effects`, and its answer (or
     /// its refusal, before anything changed) is returned.
-    pub(crate) fn handle(&mut self, now: Instant, event: Event, effects: &mut Effects) -> Result<Reply> {
+    pub fn handle(&mut self, now: Instant, event: Event, effects: &mut Effects) -> Result<Reply> {
         Ok(match event {
             Event::Submit { submission, waiter } => {
                 Reply::Submitted(self.submit(submission, waiter, now, effects)?)
@@ -144,7 +163,7 @@ impl State {
 
 impl Reply {
     /// The submission's outcome, for the caller of an [`Event::Submit`].
-    pub(crate) fn submitted(self) -> Result<Submitted> {
+    pub fn submitted(self) -> Result<Submitted> {
         match self {
             Reply::Submitted(s) => Ok(s),
             other => Err(other.unexpected("a submission")),
@@ -152,7 +171,7 @@ impl Reply {
     }
 
     /// The task's state, for the caller of an [`Event::Cancel`].
-    pub(crate) fn cancelled(self) -> Result<TaskState> {
+    pub fn cancelled(self) -> Result<TaskState> {
         match self {
             Reply::Cancelled(s) => Ok(s),
             other => Err(other.unexpected("a cancellation")),
@@ -160,7 +179,7 @@ impl Reply {
     }
 
     /// How many watched tasks have not ended, for the caller of an [`Event::Watch`].
-    pub(crate) fn watching(self) -> Result<usize> {
+    pub fn watching(self) -> Result<usize> {
         match self {
             Reply::Watching(n) => Ok(n),
             other => Err(other.unexpected("a watch")),
@@ -168,7 +187,7 @@ impl Reply {
     }
 
     /// The connection, for the caller of an [`Event::Hello`].
-    pub(crate) fn connected(self) -> Result<Conn> {
+    pub fn connected(self) -> Result<Conn> {
         match self {
             Reply::Connected(c) => Ok(c),
             other => Err(other.unexpected("a hello")),

@@ -3,14 +3,14 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use carpool_proto::pb;
+use carpool_messages::pb;
 
 use super::{FunctionPool, State};
 use crate::billing;
 
 impl State {
     /// Connected and starting workers, optionally of one function, ordered by id.
-    pub(crate) fn list_workers(&self, function: &str, now: Instant) -> Vec<pb::WorkerInfo> {
+    pub fn list_workers(&self, function: &str, now: Instant) -> Vec<pb::WorkerInfo> {
         let mut out: Vec<pb::WorkerInfo> = self
             .workers
             .iter()
@@ -52,11 +52,11 @@ impl State {
                     state: pb::WorkerState::Starting as i32,
                     age_ms: now.saturating_duration_since(s.since).as_millis() as u64,
                     instance: s.instance.clone(),
-                    memory_mb: self.config.memory_mb,
-                    vcpus: self.config.worker_vcpus(),
+                    memory_mb: self.config.fleet.memory_mb,
+                    vcpus: self.config.fleet.worker_vcpus(),
                     slots: self
-                        .learned_limit(&s.function, self.config.memory_mb)
-                        .map_or_else(|| self.config.worker_slots(), |l| l.level),
+                        .learned_limit(&s.function, self.config.fleet.memory_mb)
+                        .map_or_else(|| self.config.fleet.worker_slots(), |l| l.level),
                     ..Default::default()
                 }),
         );
@@ -66,7 +66,7 @@ impl State {
 
     /// Counters per function and in total, with the bill so far (live workers billed up
     /// to `now`).
-    pub(crate) fn stats(&self, now: Instant) -> pb::StatsResponse {
+    pub fn stats(&self, now: Instant) -> pb::StatsResponse {
         let mut total = pb::FunctionStats::default();
         let mut functions = Vec::with_capacity(self.functions.len());
         // Live workers billed so far, their limits, and those only waiting to reconnect,
@@ -88,7 +88,7 @@ impl State {
             s.workers_live = n;
             s.workers_reconnecting = reconnecting;
             s.slots_learned = self
-                .learned_limit(name, self.config.memory_mb)
+                .learned_limit(name, self.config.fleet.memory_mb)
                 .map_or(0, |l| l.level);
             s.slots_mean = if n > 0 { limits / f64::from(n) } else { 0.0 };
             add(&mut total, &s);

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carpool_proto::Bytes;
-use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
+use carpool_messages::Bytes;
+use carpool_messages::pb::{self, TaskState, coordinator_message::Kind};
 
 use super::*;
-use crate::config::{Config, Placement, SpawnerKind};
+use crate::config::{Config, Fleet, Functions, Limits, Placement, SpawnerKind};
 
 fn state(config: Config) -> (State, Instant) {
     let now = Instant::now();
@@ -16,8 +16,11 @@ fn state(config: Config) -> (State, Instant) {
 
 fn external() -> Config {
     Config {
-        spawner: SpawnerKind::External,
-        keep_alive: Duration::from_secs(60),
+        fleet: Fleet {
+            spawner: SpawnerKind::External,
+            keep_alive: Duration::from_secs(60),
+            ..Fleet::default()
+        },
         ..Config::default()
     }
 }
@@ -27,10 +30,16 @@ fn external() -> Config {
 /// their own).
 fn local(max_workers: u32) -> Config {
     Config {
-        max_workers,
-        memory_mb: 2048, // 2 vCPUs
-        slots: Some(2),
-        exec_functions: vec![("f".into(), "cat".into())],
+        fleet: Fleet {
+            max_workers,
+            memory_mb: 2048, // 2 vCPUs
+            slots: Some(2),
+            ..Fleet::default()
+        },
+        functions: Functions {
+            exec: vec![("f".into(), "cat".into())],
+            ..Functions::default()
+        },
         ..Config::default()
     }
 }
@@ -122,7 +131,10 @@ fn submit_assigns_at_once_up_to_the_slots() {
 fn pack_fills_one_worker_before_the_next_and_spread_alternates() {
     for (placement, expected) in [(Placement::Pack, (2, 0)), (Placement::Spread, (1, 1))] {
         let (mut s, now) = state(Config {
-            placement,
+            fleet: Fleet {
+                placement,
+                ..external().fleet.clone()
+            },
             ..external()
         });
         let mut effects = Effects::default();
@@ -179,7 +191,10 @@ fn a_failed_spawn_releases_its_capacity_and_retries_after_a_backoff() {
 #[test]
 fn a_spawned_worker_that_never_connects_is_written_off_after_the_start_timeout() {
     let config = Config {
-        start_timeout: Duration::from_secs(10),
+        fleet: Fleet {
+            start_timeout: Duration::from_secs(10),
+            ..local(1).fleet.clone()
+        },
         ..local(1)
     };
     let (mut s, now) = state(config);
@@ -253,7 +268,10 @@ fn lost_worker_returns_its_tasks_to_the_front_of_the_pool() {
 #[test]
 fn a_task_fails_with_its_cause_once_out_of_attempts() {
     let (mut s, now) = state(Config {
-        max_attempts: 2,
+        limits: Limits {
+            max_attempts: 2,
+            ..external().limits.clone()
+        },
         ..external()
     });
     let mut effects = Effects::default();

@@ -6,24 +6,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use carpool_proto::pb;
+use carpool_messages::pb;
 
 use super::{TaskId, WorkerId};
 use crate::error::Error;
 use crate::scheduler::Learned;
 
 /// One connection of a worker: the driver keeps the stream behind each number.
-pub(crate) type Conn = u64;
+pub type Conn = u64;
 
 /// A client waiting for results (a Run, Watch or Map call): the driver keeps the channel
 /// behind each handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct WaiterId(pub u64);
+pub struct WaiterId(pub u64);
 
 /// Someone waiting for a task's result, and the tag its result carries back (a Map call's
 /// `seq`, a Watch's task id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Waiter {
+pub struct Waiter {
     /// Whose channel.
     pub id: WaiterId,
     /// Echoed with the result.
@@ -32,7 +32,7 @@ pub(crate) struct Waiter {
 
 /// A message for a peer.
 #[derive(Debug)]
-pub(crate) enum Outbound {
+pub enum Outbound {
     /// Down a worker's stream.
     Message {
         /// The connection.
@@ -71,7 +71,7 @@ pub(crate) enum Outbound {
 /// A write for the journal (with `--state-dir`). None is waited for: a lost one means a
 /// task runs again, or a level is learned again.
 #[derive(Debug)]
-pub(crate) enum JournalOp {
+pub enum JournalOp {
     /// An attempt of a task started (so that attempts keep counting across a restart).
     Started(TaskId, u32),
     /// A task finished with this result.
@@ -87,7 +87,7 @@ pub(crate) enum JournalOp {
 
 /// A worker the coordinator asked a spawner to start.
 #[derive(Clone, Debug)]
-pub(crate) struct SpawnRequest {
+pub struct SpawnRequest {
     /// The id the new worker must say in its hello.
     pub id: WorkerId,
     /// The function it serves.
@@ -96,7 +96,7 @@ pub(crate) struct SpawnRequest {
 
 /// What a spawner reports about a worker it was asked to start.
 #[derive(Debug)]
-pub(crate) enum SpawnOutcome {
+pub enum SpawnOutcome {
     /// It was started (a process, an accepted invoke); `instance` says where.
     Started {
         /// The spawn's worker id.
@@ -122,7 +122,7 @@ pub(crate) enum SpawnOutcome {
 
 /// Deferred re-evaluations.
 #[derive(Clone, Debug)]
-pub(crate) enum Timer {
+pub enum Timer {
     /// Look at this worker again (keep-alive ran out, deadline fraction reached);
     /// the number is its connection, so a timer never touches a later connection.
     Worker(WorkerId, Conn),
@@ -139,7 +139,7 @@ pub(crate) enum Timer {
 
 /// What the caller carries out once the lock is released.
 #[derive(Debug, Default)]
-pub(crate) struct Effects {
+pub struct Effects {
     /// Messages for peers, in order.
     pub out: Vec<Outbound>,
     /// Journal writes, in order.
@@ -154,7 +154,7 @@ pub(crate) struct Effects {
 
 /// Something the metrics count or time, as the state saw it.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Observation {
+pub enum Observation {
     /// A task ended. Times in ms; `None` where the task never ran (cancelled while pending,
     /// failed before any attempt) or a clock went backwards.
     Finished {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 /// How limits move. Built from the coordinator's settings; the defaults are what the
 /// docs/configuration.md documents.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct LimitParams {
+pub struct LimitParams {
     /// The fewest tasks a worker is ever limited to.
     pub min: u32,
     /// The most (`--max-slots`).
@@ -94,7 +94,7 @@ impl Default for LimitParams {
 /// What was learned of a function's concurrency at one memory size: where a new worker of
 /// it starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Learned {
+pub struct Learned {
     /// The level.
     pub level: u32,
     /// Whether a worker found its level there (it starts steady at it); otherwise a worker
@@ -104,7 +104,7 @@ pub(crate) struct Learned {
 
 /// How a limit is moving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
+pub enum Phase {
     /// Rising quickly while nothing presses on it.
     Probing,
     /// Found its level: rises slowly while rises pay off, falls on pressure.
@@ -115,7 +115,7 @@ pub(crate) enum Phase {
 
 impl Phase {
     /// Its name in ListWorkers.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Phase::Probing => "probing",
             Phase::Steady => "steady",
@@ -126,7 +126,7 @@ impl Phase {
 
 /// What a worker's sample says about it.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Observation {
+pub struct Observation {
     /// CPU over its allotment (1.0: every allotted vCPU busy).
     pub cpu: f64,
     /// Time its threads waited for a CPU, over its allotment (the CPU it could not have
@@ -148,14 +148,14 @@ impl Observation {
     /// for, counted up to what they used. Waiting far beyond its own use is a busy host's
     /// doing (neighbours taking the cores while the worker's threads barely run: an I/O-bound
     /// worker next to a busy coordinator), not its level's, and is not the worker's load.
-    pub(crate) fn demand(&self) -> f64 {
+    pub fn demand(&self) -> f64 {
         self.cpu + self.wait.min(self.cpu)
     }
 }
 
 /// Why a limit moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Move {
+pub enum Move {
     /// Nothing pressed on it.
     Rise,
     /// Memory reached its target: down to what fits.
@@ -191,7 +191,7 @@ impl Window {
 
 /// One worker's concurrency limit.
 #[derive(Clone, Debug)]
-pub(crate) struct Limit {
+pub struct Limit {
     value: u32,
     phase: Phase,
     /// Memory with nothing running (the worker's own base), the lowest seen.
@@ -224,12 +224,12 @@ pub(crate) struct Limit {
 
 impl Limit {
     /// A limit pinned at `slots`.
-    pub(crate) fn pinned(slots: u32) -> Self {
+    pub fn pinned(slots: u32) -> Self {
         Self::new(slots.max(1), Phase::Pinned)
     }
 
     /// A new worker's limit with nothing learned: it starts at `start` (its vCPUs) and probes.
-    pub(crate) fn probing(p: &LimitParams, start: u32) -> Self {
+    pub fn probing(p: &LimitParams, start: u32) -> Self {
         let value = start.clamp(p.min, p.max.max(p.min));
         let phase = if value >= p.max {
             Phase::Steady
@@ -241,7 +241,7 @@ impl Limit {
 
     /// A new worker's limit at a learned level: steady where a worker settled, probing on
     /// from a level a worker only rose to (never below `vcpus`).
-    pub(crate) fn learned(p: &LimitParams, learned: Learned, vcpus: u32) -> Self {
+    pub fn learned(p: &LimitParams, learned: Learned, vcpus: u32) -> Self {
         if learned.settled {
             Self::new(learned.level.clamp(p.min, p.max.max(p.min)), Phase::Steady)
         } else {
@@ -270,24 +270,24 @@ impl Limit {
     }
 
     /// Tasks the worker may run at once now.
-    pub(crate) fn value(&self) -> u32 {
+    pub fn value(&self) -> u32 {
         self.value
     }
 
     /// How it is moving.
-    pub(crate) fn phase(&self) -> Phase {
+    pub fn phase(&self) -> Phase {
         self.phase
     }
 
     /// Whether it has found its level (scale-out counts a probing worker as able to grow).
-    pub(crate) fn settled(&self) -> bool {
+    pub fn settled(&self) -> bool {
         self.phase != Phase::Probing
     }
 
     /// What this limit has shown about its function: the level it settled at, or, for one
     /// that only ever rose, the highest it reached (unsettled). `None` for a pinned limit, or
     /// one that never rose from where it started.
-    pub(crate) fn proven(&self) -> Option<Learned> {
+    pub fn proven(&self) -> Option<Learned> {
         match self.phase {
             Phase::Pinned => None,
             Phase::Steady => Some(Learned {
@@ -302,12 +302,12 @@ impl Limit {
     }
 
     /// The coordinator has filled the worker to its limit: the window of this level starts.
-    pub(crate) fn filled(&mut self, now: Instant) {
+    pub fn filled(&mut self, now: Instant) {
         self.window.since.get_or_insert(now);
     }
 
     /// A task finished after running `duration`.
-    pub(crate) fn completed(&mut self, duration: Duration) {
+    pub fn completed(&mut self, duration: Duration) {
         let d = duration.as_secs_f64();
         self.typical = Some(self.typical.map_or(d, |t| t + 0.2 * (d - t)));
         if self.window.since.is_some() {
@@ -318,7 +318,7 @@ impl Limit {
     }
 
     /// A sample arrived: the limit may move. Returns why it moved, if it did.
-    pub(crate) fn observe(&mut self, p: &LimitParams, obs: Observation, now: Instant) -> Option<Move> {
+    pub fn observe(&mut self, p: &LimitParams, obs: Observation, now: Instant) -> Option<Move> {
         if self.phase == Phase::Pinned {
             return None;
         }

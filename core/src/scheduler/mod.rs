@@ -6,16 +6,16 @@
 //! - `mod.rs`: eligibility, placement, the idle rule and scale-out.
 //! - [`limit`]: each worker's adaptive concurrency limit.
 
-pub(crate) mod limit;
+pub mod limit;
 
 use std::time::Duration;
 
 use crate::config::{Config, Placement};
-pub(crate) use limit::{Learned, Limit, LimitParams, Observation};
+pub use limit::{Learned, Limit, LimitParams, Observation};
 
 /// The thresholds and policies the rule applies, taken from [`Config`].
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Rules {
+pub struct Rules {
     /// CPU fraction (of a worker's allotment) above which a worker takes nothing new.
     pub cpu_threshold: f64,
     /// Memory fraction at or above which a worker takes nothing new.
@@ -40,7 +40,8 @@ pub(crate) struct Rules {
 }
 
 impl From<&Config> for Rules {
-    fn from(c: &Config) -> Self {
+    fn from(config: &Config) -> Self {
+        let c = &config.fleet;
         Self {
             cpu_threshold: c.cpu_threshold,
             mem_threshold: c.mem_threshold,
@@ -64,7 +65,7 @@ impl From<&Config> for Rules {
 /// The concurrency limit a new worker starts with: pinned by `--slots` or by the worker
 /// itself (`hello_slots`), else the level learned for its function and memory size, else
 /// its vCPUs, probing upwards. `worker_max` is the worker's own cap (0: none).
-pub(crate) fn initial_limit(
+pub fn initial_limit(
     rules: &Rules,
     hello_slots: u32,
     worker_max: u32,
@@ -86,7 +87,7 @@ pub(crate) fn initial_limit(
 }
 
 /// The limit parameters of one worker: the rule's, capped by the worker's own maximum.
-pub(crate) fn worker_limits(rules: &Rules, worker_max: u32) -> LimitParams {
+pub fn worker_limits(rules: &Rules, worker_max: u32) -> LimitParams {
     let mut params = rules.limits;
     if worker_max > 0 {
         params.max = params.max.min(worker_max);
@@ -98,7 +99,7 @@ pub(crate) fn worker_limits(rules: &Rules, worker_max: u32) -> LimitParams {
 /// settled at; a worker of a function whose level is not known yet counts as able to grow to
 /// the cap (so a first burst starts few workers and lets them find their level, instead of
 /// starting the whole fleet at the vCPU count); never more than its quota of tasks.
-pub(crate) fn new_worker_capacity(rules: &Rules, learned: Option<Learned>) -> u32 {
+pub fn new_worker_capacity(rules: &Rules, learned: Option<Learned>) -> u32 {
     let settled = learned.filter(|l| l.settled).map(|l| l.level);
     let slots = rules.pinned_slots.or(settled).unwrap_or(rules.limits.max).max(1);
     let quota = rules
@@ -109,7 +110,7 @@ pub(crate) fn new_worker_capacity(rules: &Rules, learned: Option<Learned>) -> u3
 
 /// Tasks a live worker can still take, for scale-out: up to its limit, or, while it is
 /// still probing upwards, up to the cap it may grow to.
-pub(crate) fn free_capacity(limit: &Limit, cap: u32, running: u32) -> u32 {
+pub fn free_capacity(limit: &Limit, cap: u32, running: u32) -> u32 {
     let room = if limit.settled() {
         limit.value()
     } else {
@@ -120,7 +121,7 @@ pub(crate) fn free_capacity(limit: &Limit, cap: u32, running: u32) -> u32 {
 
 /// What the rule needs to know about one live worker.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct WorkerView {
+pub struct WorkerView {
     /// Time since the worker connected.
     pub age: Duration,
     /// Its execution timeout (how long it may live in total).
@@ -145,7 +146,7 @@ pub(crate) struct WorkerView {
 
 /// Whether a worker may take one more task, and if not, why not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// It may take one more task.
     Eligible,
     /// It has been told to shut down: no new task ever.
@@ -166,7 +167,7 @@ pub(crate) enum Verdict {
 
 impl Verdict {
     /// Whether the worker can never take a task again, whatever it reports.
-    pub(crate) fn is_final(self) -> bool {
+    pub fn is_final(self) -> bool {
         matches!(
             self,
             Verdict::Stopping | Verdict::Draining | Verdict::QuotaReached
@@ -176,14 +177,14 @@ impl Verdict {
     /// Whether the slots it has standing free count against new spawns: a worker that will
     /// take work again once a sample or a result frees it, not one that never will or one
     /// whose stream is down.
-    pub(crate) fn counts_as_capacity(self) -> bool {
+    pub fn counts_as_capacity(self) -> bool {
         !self.is_final() && self != Verdict::Detached
     }
 }
 
 /// Assesses one worker against every condition of the rule (the pool's emptiness is the
 /// caller's: it only asks when there is a task to place).
-pub(crate) fn assess(rules: &Rules, w: &WorkerView) -> Verdict {
+pub fn assess(rules: &Rules, w: &WorkerView) -> Verdict {
     if w.stopping {
         Verdict::Stopping
     } else if !w.attached {
@@ -207,12 +208,12 @@ pub(crate) fn assess(rules: &Rules, w: &WorkerView) -> Verdict {
 }
 
 /// Whether the worker's age has reached the deadline fraction of its timeout.
-pub(crate) fn past_deadline(rules: &Rules, w: &WorkerView) -> bool {
+pub fn past_deadline(rules: &Rules, w: &WorkerView) -> bool {
     w.age.as_secs_f64() >= rules.deadline_fraction * w.timeout.as_secs_f64()
 }
 
 /// Time until the worker reaches its deadline fraction (zero if it has).
-pub(crate) fn until_deadline(rules: &Rules, w: &WorkerView) -> Duration {
+pub fn until_deadline(rules: &Rules, w: &WorkerView) -> Duration {
     w.timeout.mul_f64(rules.deadline_fraction).saturating_sub(w.age)
 }
 
@@ -220,7 +221,7 @@ pub(crate) fn until_deadline(rules: &Rules, w: &WorkerView) -> Duration {
 /// overstates the load once some of them have ended (and would wrongly make a worker that
 /// just finished look busy), so it is scaled by the share still running. A sample taken
 /// with no task running is load that is not ours, and is kept as it is.
-pub(crate) fn cpu_estimate(sampled: f64, sampled_running: u32, running_now: u32) -> f64 {
+pub fn cpu_estimate(sampled: f64, sampled_running: u32, running_now: u32) -> f64 {
     if sampled_running == 0 || running_now >= sampled_running {
         sampled
     } else {
@@ -232,7 +233,7 @@ pub(crate) fn cpu_estimate(sampled: f64, sampled_running: u32, running_now: u32)
 /// the lowest rank is picked first. `pack` ranks the fullest first, `spread` the emptiest.
 /// The fill is compared exactly (the bits of a non-negative `f64` order as its value does),
 /// so a worker's rank is a key an index of eligible workers can be sorted by.
-pub(crate) fn rank(placement: Placement, running: u32, slots: u32) -> u64 {
+pub fn rank(placement: Placement, running: u32, slots: u32) -> u64 {
     let fill = (f64::from(running) / f64::from(slots.max(1))).to_bits();
     match placement {
         Placement::Pack => !fill,
@@ -242,7 +243,7 @@ pub(crate) fn rank(placement: Placement, running: u32, slots: u32) -> u64 {
 
 /// Why an idle worker is told to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StopReason {
+pub enum StopReason {
     /// Nothing to do past the keep-alive.
     Idle,
     /// Past the deadline fraction.
@@ -253,7 +254,7 @@ pub(crate) enum StopReason {
 
 /// What to do with a worker that runs nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum IdleAction {
+pub enum IdleAction {
     /// Keep it (it is busy, or eligible for the waiting work).
     Keep,
     /// Tell it to shut down.
@@ -264,7 +265,7 @@ pub(crate) enum IdleAction {
 
 /// The rule for a worker that may be idle: `pool_empty` says whether its function has
 /// work waiting.
-pub(crate) fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> IdleAction {
+pub fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> IdleAction {
     if w.running > 0 {
         return IdleAction::Keep;
     }
@@ -292,7 +293,7 @@ pub(crate) fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> Id
 /// durations (a median, because the first task on each runtime copy also waits for the
 /// copy's init: a minority that would drag a mean up).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Reach {
+pub struct Reach {
     /// Spawn to first result, seconds.
     first: Option<f64>,
     /// Spawn to the first sample with as many tasks running (on ready copies) as the
@@ -303,21 +304,21 @@ pub(crate) struct Reach {
 }
 
 /// How many attempts' durations a function's [`Reach`] keeps.
-pub(crate) const RECENT_DURATIONS: usize = 64;
+pub const RECENT_DURATIONS: usize = 64;
 
 impl Reach {
     /// A worker's first result came `after` its spawn.
-    pub(crate) fn first_result(&mut self, after: Duration) {
+    pub fn first_result(&mut self, after: Duration) {
         self.first = Some(ewma(self.first, after.as_secs_f64(), 0.3));
     }
 
     /// A worker first ran its whole limit `after` its spawn.
-    pub(crate) fn level_reached(&mut self, after: Duration) {
+    pub fn level_reached(&mut self, after: Duration) {
         self.level = Some(ewma(self.level, after.as_secs_f64(), 0.3));
     }
 
     /// An attempt took `took`.
-    pub(crate) fn task(&mut self, took: Duration) {
+    pub fn task(&mut self, took: Duration) {
         if self.recent.len() >= RECENT_DURATIONS {
             self.recent.pop_front();
         }
@@ -334,7 +335,7 @@ impl Reach {
     /// Turns: how many tasks one busy slot finishes, one after another, in the time a new
     /// worker takes to finish its first (0 while either is unknown, or when a worker is
     /// ready before a task ends).
-    pub(crate) fn turns(&self) -> u32 {
+    pub fn turns(&self) -> u32 {
         let reach = match (self.first, self.level) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -361,7 +362,7 @@ fn ewma(old: Option<f64>, new: f64, weight: f64) -> f64 {
 /// A quota of tasks per worker (conventional FaaS) caps what a new worker covers.
 ///
 /// [`ScaleOut`]: crate::config::ScaleOut
-pub(crate) fn coverage(rules: &Rules, slots_per_new: u32, turns: u32) -> (u32, u32) {
+pub fn coverage(rules: &Rules, slots_per_new: u32, turns: u32) -> (u32, u32) {
     let turns = match rules.scale_out {
         crate::config::ScaleOut::Eager => 0,
         crate::config::ScaleOut::Paced if rules.max_tasks_per_worker.is_some() => 0,
@@ -375,7 +376,7 @@ pub(crate) fn coverage(rules: &Rules, slots_per_new: u32, turns: u32) -> (u32, u
 /// With `whole` (paced scale-out), a new worker is started only for a whole new worker's
 /// worth of uncovered tasks (the live workers take a remainder sooner than a new one could
 /// pay for its start), except the first of a function with none.
-pub(crate) fn workers_to_spawn(
+pub fn workers_to_spawn(
     pending: usize,
     free_slots: usize,
     fleet: u32,
@@ -402,23 +403,18 @@ pub(crate) fn workers_to_spawn(
 /// (`free_bound`) plus what the `room` left under the caps would add, the answer is the room,
 /// and the fleet need not be scanned (a deep pool, e.g. conventional FaaS refilling its
 /// fleet).
-pub(crate) fn free_slots_matter(
-    pending: usize,
-    free_bound: usize,
-    room: usize,
-    slots_per_new_worker: u32,
-) -> bool {
+pub fn free_slots_matter(pending: usize, free_bound: usize, room: usize, slots_per_new_worker: u32) -> bool {
     pending < free_bound + room * slots_per_new_worker as usize
 }
 
 /// The first wait after a failed spawn; doubled for each failure in a row.
-pub(crate) const SPAWN_BACKOFF_BASE: Duration = Duration::from_millis(100);
+pub const SPAWN_BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// The longest wait between spawns of a function whose spawns keep failing.
-pub(crate) const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
+pub const MAX_SPAWN_BACKOFF: Duration = Duration::from_secs(10);
 
 /// How long a function waits before its next spawn after `failures_in_a_row` failed ones.
 /// No jitter: a function's spawns go out in one place, not from a fleet in step.
-pub(crate) fn spawn_backoff(failures_in_a_row: u32) -> Duration {
+pub fn spawn_backoff(failures_in_a_row: u32) -> Duration {
     SPAWN_BACKOFF_BASE
         .saturating_mul(1 << failures_in_a_row.min(10))
         .min(MAX_SPAWN_BACKOFF)
@@ -426,14 +422,14 @@ pub(crate) fn spawn_backoff(failures_in_a_row: u32) -> Duration {
 
 /// Whether a function's spawns have failed often enough in a row (`--max-spawn-failures`)
 /// for its pending tasks to fail with the cause rather than wait for ever.
-pub(crate) fn give_up_spawning(failures_in_a_row: u32, max_spawn_failures: u32) -> bool {
+pub fn give_up_spawning(failures_in_a_row: u32, max_spawn_failures: u32) -> bool {
     failures_in_a_row >= max_spawn_failures
 }
 
 /// What becomes of a task whose attempt ended without a result (its worker was lost, it
 /// timed out, it was running when the coordinator restarted and nobody claimed it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum AfterLostAttempt {
+pub enum AfterLostAttempt {
     /// Back to the front of its pool, for another attempt.
     Retry,
     /// Failed with the cause: it has had `--max-attempts` attempts.
@@ -441,7 +437,7 @@ pub(crate) enum AfterLostAttempt {
 }
 
 /// Retry or fail a task that has had `attempts` attempts of `max_attempts`.
-pub(crate) fn after_lost_attempt(attempts: u32, max_attempts: u32) -> AfterLostAttempt {
+pub fn after_lost_attempt(attempts: u32, max_attempts: u32) -> AfterLostAttempt {
     if attempts >= max_attempts {
         AfterLostAttempt::Fail
     } else {
@@ -451,7 +447,7 @@ pub(crate) fn after_lost_attempt(attempts: u32, max_attempts: u32) -> AfterLostA
 
 /// How many more workers may start: the room under `--max-workers` for the function and
 /// under `--max-fleet` for every function together (workers live or starting).
-pub(crate) fn fleet_room(of_function: usize, total: usize, max_workers: u32, max_fleet: u32) -> usize {
+pub fn fleet_room(of_function: usize, total: usize, max_workers: u32, max_fleet: u32) -> usize {
     (max_workers as usize)
         .saturating_sub(of_function)
         .min((max_fleet as usize).saturating_sub(total))

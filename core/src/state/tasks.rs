@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carpool_proto::Bytes;
-use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
+use carpool_messages::Bytes;
+use carpool_messages::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{debug, info};
 
 use super::{Effects, JournalOp, Observation, Outbound, State, Task, TaskId, Waiter};
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 
 /// What a submission still needs once the state has taken it.
 #[derive(Debug)]
-pub(crate) enum Submitted {
+pub enum Submitted {
     /// Nothing: it is in its pool (no journal), or its key names a task already taken.
     Done(TaskId),
     /// Its record, to write to the journal before it is acknowledged.
@@ -28,7 +28,7 @@ pub(crate) enum Submitted {
 #[cfg(test)]
 impl Submitted {
     /// The task's id, whichever way it was taken.
-    pub(crate) fn id(&self) -> TaskId {
+    pub fn id(&self) -> TaskId {
         match self {
             Submitted::Done(id) | Submitted::Write(id, _) | Submitted::Pending(id) => *id,
         }
@@ -43,7 +43,7 @@ pub(crate) const MAX_WATCH_IDS: usize = 10_000;
 
 /// A task as a client submits it.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Submission {
+pub struct Submission {
     /// The function that runs it.
     pub function: String,
     /// Its input.
@@ -58,7 +58,7 @@ pub(crate) struct Submission {
 
 impl Submission {
     /// A submission without timeout or key.
-    pub(crate) fn new(function: impl Into<String>, payload: Bytes) -> Self {
+    pub fn new(function: impl Into<String>, payload: Bytes) -> Self {
         Self {
             function: function.into(),
             payload,
@@ -69,7 +69,7 @@ impl Submission {
     /// What an idempotency key stands for: a stable digest of the function, the timeout and
     /// the payload (SHA-256, first 8 bytes), kept in the journal, so that a key reused with
     /// other parameters is refused also after a restart.
-    pub(crate) fn fingerprint(&self) -> u64 {
+    pub fn fingerprint(&self) -> u64 {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         h.update(self.function.as_bytes());
@@ -109,7 +109,7 @@ impl Waiter {
 
 impl State {
     /// Checks a submission without changing anything.
-    pub(crate) fn validate(&self, function: &str, payload_len: usize) -> Result<()> {
+    pub fn validate(&self, function: &str, payload_len: usize) -> Result<()> {
         if self.draining {
             return Err(Error::ShuttingDown);
         }
@@ -117,25 +117,25 @@ impl State {
             return Err(Error::EmptyFunction);
         }
         crate::config::check_function_name(function).map_err(Error::BadFunctionName)?;
-        if payload_len > self.config.max_payload_bytes {
+        if payload_len > self.config.limits.max_payload_bytes {
             return Err(Error::PayloadTooLarge {
                 size: payload_len,
-                limit: self.config.max_payload_bytes,
+                limit: self.config.limits.max_payload_bytes,
             });
         }
         if !self.config.serves(function) {
-            let known: Vec<String> = match self.config.spawner {
+            let known: Vec<String> = match self.config.fleet.spawner {
                 crate::config::SpawnerKind::Local => BUILTIN_FUNCTIONS
                     .iter()
                     .map(|s| (*s).to_owned())
-                    .chain(self.config.exec_functions.iter().map(|(n, _)| n.clone()))
+                    .chain(self.config.functions.exec.iter().map(|(n, _)| n.clone()))
                     .collect(),
-                _ => self.config.functions.clone(),
+                _ => self.config.functions.only.clone(),
             };
             return Err(Error::UnknownFunction(function.to_owned(), known.join(", ")));
         }
         if !self.has_room_for(function) {
-            return Err(Error::TooManyFunctions(self.config.max_functions));
+            return Err(Error::TooManyFunctions(self.config.limits.max_functions));
         }
         Ok(())
     }
@@ -149,7 +149,7 @@ impl State {
     /// Once half of the reserved ids are handed out, reserves the next block in the journal
     /// (one reservation at a time); ids above what is durable are never handed out.
     fn reserve_ids(&mut self, effects: &mut Effects) {
-        let block = crate::journal::ID_BLOCK;
+        let block = crate::state::ID_BLOCK;
         if self.id_limit == TaskId::MAX || self.reserving || self.next_task + block / 2 < self.id_limit {
             return;
         }
@@ -193,15 +193,15 @@ impl State {
             return Err(Error::KeyTooLong(sub.key.len(), MAX_KEY_BYTES));
         }
         let pending: u64 = self.functions.values().map(|f| f.pending + f.accepting).sum();
-        if pending >= self.config.max_pending {
+        if pending >= self.config.limits.max_pending {
             return Err(Error::PoolFull(pending));
         }
         let size = sub.payload.len();
-        if self.payload_bytes + size as u64 > self.config.max_pending_bytes {
+        if self.payload_bytes + size as u64 > self.config.limits.max_pending_bytes {
             return Err(Error::PoolBytesFull {
                 held: self.payload_bytes,
                 size,
-                limit: self.config.max_pending_bytes,
+                limit: self.config.limits.max_pending_bytes,
             });
         }
         self.make_room(&sub.function)?;
@@ -340,13 +340,13 @@ impl State {
     }
 
     /// Bytes held in memory: payloads of unfinished tasks, and results.
-    pub(crate) fn held_bytes(&self) -> (u64, u64) {
+    pub fn held_bytes(&self) -> (u64, u64) {
         (self.payload_bytes, self.result_bytes)
     }
 
     /// Evicts the oldest results held in memory until they fit in `--max-result-bytes`.
     fn evict(&mut self) {
-        while self.result_bytes > self.config.max_result_bytes && self.evicted < self.finished.len() {
+        while self.result_bytes > self.config.limits.max_result_bytes && self.evicted < self.finished.len() {
             let (_, id) = self.finished[self.evicted];
             self.evicted += 1;
             if let Some(result) = self.tasks.get_mut(id).and_then(|t| t.result.take()) {
@@ -364,7 +364,7 @@ impl State {
         let mut functions = Vec::new();
         let mut with_pending = std::collections::HashSet::new();
         let (mut pending, mut done) = (0usize, 0usize);
-        let hold_back = !self.config.reconnect_grace.is_zero();
+        let hold_back = !self.config.fleet.reconnect_grace.is_zero();
         for (id, stored, started) in recovered.tasks {
             let key = self.function_key(&stored.function);
             if !stored.key.is_empty() {
@@ -443,10 +443,10 @@ impl State {
         if !self.orphans.is_empty() {
             effects
                 .timers
-                .push((self.config.reconnect_grace, super::Timer::Orphans));
+                .push((self.config.fleet.reconnect_grace, super::Timer::Orphans));
         }
         if hold_back && !with_pending.is_empty() {
-            let pause = super::RESTART_SETTLE.min(self.config.reconnect_grace);
+            let pause = super::RESTART_SETTLE.min(self.config.fleet.reconnect_grace);
             effects.timers.push((pause, super::Timer::Settled));
             self.settling = with_pending;
         }
@@ -457,7 +457,7 @@ impl State {
 
     /// Forgets finished tasks older than the retention (memory and journal).
     pub(super) fn expire(&mut self, now: Instant, effects: &mut Effects) {
-        let retention = self.config.result_retention;
+        let retention = self.config.limits.result_retention;
         while let Some(&(at, id)) = self.finished.front() {
             if now.saturating_duration_since(at) < retention {
                 break;
@@ -575,7 +575,7 @@ impl State {
     /// Everything known about one task. A finished task whose result was evicted has
     /// `result: None` with a journal (the caller reads it from there) and is refused
     /// without one.
-    pub(crate) fn get(&self, id: TaskId) -> Result<pb::TaskInfo> {
+    pub fn get(&self, id: TaskId) -> Result<pb::TaskInfo> {
         self.readable(id)?;
         let t = self.tasks.get(id).ok_or(Error::UnknownTask(id))?;
         Ok(pb::TaskInfo {

@@ -40,7 +40,10 @@ fn a_broken_stream_keeps_its_tasks_through_a_reconnect_within_grace() {
 #[test]
 fn after_the_grace_a_detached_worker_is_written_off_and_its_tasks_requeued() {
     let (mut s, now) = state(Config {
-        reconnect_grace: Duration::from_secs(2),
+        fleet: Fleet {
+            reconnect_grace: Duration::from_secs(2),
+            ..external().fleet.clone()
+        },
         ..external()
     });
     let mut effects = Effects::default();
@@ -63,7 +66,7 @@ fn a_silent_worker_is_treated_as_lost_after_its_lease() {
     let rx = connect(&mut s, &mut effects, "a", 1, now);
     let t = submit(&mut s, &mut effects, now);
     assert_eq!(assigned(&mut effects, rx), vec![t]);
-    let lease = s.config.liveness_lease();
+    let lease = s.config.fleet.liveness_lease();
     let mut effects = Effects::default();
     s.sample(&WorkerId::new("a"), sample(0.1), now + lease / 2, &mut effects)
         .expect("sample");
@@ -97,7 +100,7 @@ fn a_coordinator_that_was_paused_gives_its_workers_a_fresh_lease_instead_of_writ
     let a = connect(&mut s, &mut effects, "a", 1, now);
     let t = submit(&mut s, &mut effects, now);
     assert_eq!(assigned(&mut effects, a), vec![t]);
-    let lease = s.config.liveness_lease();
+    let lease = s.config.fleet.liveness_lease();
     s.sweep(now, &mut effects);
     // Frozen for three leases: the first sweep after it sees its own gap.
     let woke = now + lease * 3;
@@ -179,7 +182,10 @@ fn an_idempotency_key_returns_the_first_task() {
 #[test]
 fn a_full_pool_refuses_without_changing_anything() {
     let (mut s, now) = state(Config {
-        max_pending: 2,
+        limits: Limits {
+            max_pending: 2,
+            ..external().limits.clone()
+        },
         ..external()
     });
     let mut effects = Effects::default();
@@ -225,7 +231,10 @@ fn impossible_samples_and_results_for_tasks_never_held_are_violations() {
 #[test]
 fn results_are_forgotten_after_the_retention_with_their_key() {
     let (mut s, now) = state(Config {
-        result_retention: Duration::from_secs(60),
+        limits: Limits {
+            result_retention: Duration::from_secs(60),
+            ..external().limits.clone()
+        },
         ..external()
     });
     let mut effects = Effects::default();
@@ -379,7 +388,7 @@ fn a_worker_written_off_for_silence_is_told_and_gets_its_task_back_when_it_retur
     let a = connect(&mut s, &mut effects, "a", 1, now);
     let t = submit(&mut s, &mut effects, now);
     assert_eq!(assigned(&mut effects, a), vec![t]);
-    let later = now + s.config.liveness_lease() + Duration::from_millis(1);
+    let later = now + s.config.fleet.liveness_lease() + Duration::from_millis(1);
     s.sweep(later, &mut effects);
     assert!(
         effects.out.iter().any(
@@ -396,8 +405,11 @@ fn a_worker_written_off_for_silence_is_told_and_gets_its_task_back_when_it_retur
 #[test]
 fn payloads_held_for_unfinished_tasks_are_bounded_in_bytes_and_freed_by_their_results() {
     let (mut s, now) = state(Config {
-        max_pending_bytes: 10,
-        max_payload_bytes: 10,
+        limits: Limits {
+            max_pending_bytes: 10,
+            max_payload_bytes: 10,
+            ..external().limits.clone()
+        },
         ..external()
     });
     let mut effects = Effects::default();
@@ -418,7 +430,7 @@ fn payloads_held_for_unfinished_tasks_are_bounded_in_bytes_and_freed_by_their_re
         ),
         "{err:?}"
     );
-    assert_eq!(tonic::Status::from(err).code(), tonic::Code::ResourceExhausted);
+    assert_eq!(err.kind(), crate::Kind::Exhausted);
     // Refused before anything changed; a smaller one still fits.
     assert_eq!(s.stats(now).total.expect("total").pending, 2);
     s.submit(
@@ -443,7 +455,10 @@ fn payloads_held_for_unfinished_tasks_are_bounded_in_bytes_and_freed_by_their_re
 fn results_past_their_byte_budget_are_evicted_oldest_first_and_reads_of_them_are_refused_without_a_journal() {
     let one = result_size_for_tests();
     let (mut s, now) = state(Config {
-        max_result_bytes: 2 * one,
+        limits: Limits {
+            max_result_bytes: 2 * one,
+            ..external().limits.clone()
+        },
         ..external()
     });
     let mut effects = Effects::default();
@@ -460,7 +475,7 @@ fn results_past_their_byte_budget_are_evicted_oldest_first_and_reads_of_them_are
     // The oldest result went; the two newest stay.
     let err = s.get(ids[0]).expect_err("evicted");
     assert!(matches!(err, crate::Error::ResultEvicted(..)), "{err:?}");
-    assert_eq!(tonic::Status::from(err).code(), tonic::Code::FailedPrecondition);
+    assert_eq!(err.kind(), crate::Kind::Precondition);
     for t in &ids[1..] {
         assert!(s.get(*t).expect("kept").result.is_some());
     }
@@ -494,8 +509,11 @@ fn results_past_their_byte_budget_are_evicted_oldest_first_and_reads_of_them_are
 fn with_a_journal_an_evicted_result_is_loaded_for_its_waiter() {
     let one = result_size_for_tests();
     let (mut s, now) = state(Config {
-        max_result_bytes: one,
-        state_dir: Some("unused".into()),
+        limits: Limits {
+            max_result_bytes: one,
+            ..external().limits.clone()
+        },
+        journaled: true,
         ..external()
     });
     let mut effects = Effects::default();

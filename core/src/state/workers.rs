@@ -8,7 +8,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
+use carpool_messages::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{info, warn};
 
 use super::{Conn, Effects, JournalOp, Outbound, State, TaskId, Timer, Worker, WorkerId};
@@ -21,14 +21,14 @@ const RECENT_COLD_STARTS: usize = 1024;
 
 /// The bounds of a Hello (anything outside is INVALID_ARGUMENT): memory from Lambda's
 /// smallest size to a large VM's, vCPUs, slots, a week of life (one table with the
-/// coordinator's and the worker's flags, [`carpool_proto::bounds`]), and the lengths of names.
-pub(crate) const HELLO_MEMORY_MB: std::ops::RangeInclusive<u32> = carpool_proto::bounds::MEMORY_MB;
+/// coordinator's and the worker's flags, [`carpool_messages::bounds`]), and the lengths of names.
+pub(crate) const HELLO_MEMORY_MB: std::ops::RangeInclusive<u32> = carpool_messages::bounds::MEMORY_MB;
 /// See [`HELLO_MEMORY_MB`].
-pub(crate) const HELLO_MAX_VCPUS: u32 = carpool_proto::bounds::MAX_VCPUS;
+pub(crate) const HELLO_MAX_VCPUS: u32 = carpool_messages::bounds::MAX_VCPUS;
 /// See [`HELLO_MEMORY_MB`].
-pub(crate) const HELLO_MAX_SLOTS: u32 = carpool_proto::bounds::MAX_SLOTS;
+pub(crate) const HELLO_MAX_SLOTS: u32 = carpool_messages::bounds::MAX_SLOTS;
 /// See [`HELLO_MEMORY_MB`].
-pub(crate) const HELLO_MAX_TIMEOUT: Duration = carpool_proto::bounds::MAX_TIMEOUT;
+pub(crate) const HELLO_MAX_TIMEOUT: Duration = carpool_messages::bounds::MAX_TIMEOUT;
 /// See [`HELLO_MEMORY_MB`].
 pub(crate) const MAX_ID_BYTES: usize = 256;
 /// Tasks a reconnecting worker may say it runs.
@@ -36,7 +36,7 @@ pub(crate) const HELLO_MAX_RUNNING: usize = HELLO_MAX_SLOTS as usize;
 
 /// How a worker stream ended.
 #[derive(Debug)]
-pub(crate) enum StreamEnd {
+pub enum StreamEnd {
     /// The worker closed it: the session is over.
     Closed,
     /// It broke (reset, keepalive timeout): the worker may come back within the grace.
@@ -135,7 +135,7 @@ impl State {
         let limit_params = scheduler::worker_limits(&self.rules, hello.max_slots);
         let slots = limit.value();
         let timeout = match hello.timeout_ms {
-            0 => self.config.execution_timeout,
+            0 => self.config.fleet.execution_timeout,
             ms => Duration::from_millis(ms),
         };
         let conn = self.next_conn;
@@ -208,9 +208,9 @@ impl State {
     /// The Welcome a new connection gets.
     fn welcome(&self, slots: u32) -> pb::Welcome {
         pb::Welcome {
-            sample_interval_ms: self.config.sample_interval.as_millis() as u64,
+            sample_interval_ms: self.config.fleet.sample_interval.as_millis() as u64,
             slots,
-            max_output_bytes: self.config.max_payload_bytes as u64,
+            max_output_bytes: self.config.limits.max_payload_bytes as u64,
         }
     }
 
@@ -344,7 +344,7 @@ impl State {
                 }
                 f.running += 1;
             }
-            if let Some(limit) = t.timeout.or(self.config.task_timeout) {
+            if let Some(limit) = t.timeout.or(self.config.limits.task_timeout) {
                 effects.timers.push((limit, Timer::Task(task_id, attempt)));
             }
             if self.journaled {
@@ -383,8 +383,8 @@ impl State {
             return;
         };
         match end {
-            StreamEnd::Broken if !self.config.reconnect_grace.is_zero() && !self.draining => {
-                info!(worker = %id, running = w.running.len(), grace_ms = self.config.reconnect_grace.as_millis() as u64, "stream broke; waiting for the worker to reconnect");
+            StreamEnd::Broken if !self.config.fleet.reconnect_grace.is_zero() && !self.draining => {
+                info!(worker = %id, running = w.running.len(), grace_ms = self.config.fleet.reconnect_grace.as_millis() as u64, "stream broke; waiting for the worker to reconnect");
                 w.attached = false;
                 w.detached_since = Some(now);
                 effects.out.push(Outbound::End { conn, error: None });
@@ -446,7 +446,7 @@ impl State {
         now: Instant,
         effects: &mut Effects,
     ) {
-        let max_attempts = self.config.max_attempts;
+        let max_attempts = self.config.limits.max_attempts;
         for &(task_id, attempt) in tasks.iter().rev() {
             let Some(t) = self.tasks.get_mut(task_id) else {
                 continue;

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use carpool_proto::payload;
-use carpool_proto::pb::{self, TaskState, coordinator_message::Kind, worker_task_result::Outcome};
+use carpool_messages::payload;
+use carpool_messages::pb::{self, TaskState, coordinator_message::Kind, worker_task_result::Outcome};
 use tracing::{debug, trace};
 
 use super::{Effects, State, WorkerId};
@@ -133,7 +133,7 @@ impl State {
                 return Err(Error::ResultNotHeld(id.to_string(), r.task_id));
             }
         }
-        let max_output = self.config.max_payload_bytes;
+        let max_output = self.config.limits.max_payload_bytes;
         for r in results {
             let Some(w) = self.workers.get_mut(id) else {
                 break;

@@ -31,8 +31,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carpool_proto::Bytes;
-use carpool_proto::pb::{self, TaskState, coordinator_message::Kind};
+use carpool_messages::Bytes;
+use carpool_messages::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{debug, info};
 
 use crate::config::{Config, SpawnerKind};
@@ -40,27 +40,27 @@ use crate::scheduler::{
     self, IdleAction, Learned, Limit, LimitParams, Rules, StopReason, Verdict, WorkerView,
 };
 
-pub(crate) use effects::{
+pub use effects::{
     Conn, Effects, JournalOp, Observation, Outbound, SpawnOutcome, SpawnRequest, Timer, Waiter, WaiterId,
 };
-pub(crate) use event::{Event, Reply};
+pub use event::{Event, Reply};
 use parts::{FunctionPool, IndexKey, Starting, Task, Worker};
-pub(crate) use records::{Recovered, StoredTask};
-pub(crate) use tasks::{Submission, Submitted};
-pub(crate) use workers::StreamEnd;
+pub use records::{Recovered, StoredTask};
+pub use tasks::{Submission, Submitted};
+pub use workers::StreamEnd;
 
 /// A worker's id, unique among the workers of one coordinator.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct WorkerId(Arc<str>);
+pub struct WorkerId(Arc<str>);
 
 impl WorkerId {
     /// Wraps an id.
-    pub(crate) fn new(id: &str) -> Self {
+    pub fn new(id: &str) -> Self {
         Self(Arc::from(id))
     }
 
     /// The id as text.
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -72,11 +72,11 @@ impl fmt::Display for WorkerId {
 }
 
 /// A task's id, unique per coordinator.
-pub(crate) type TaskId = u64;
+pub type TaskId = u64;
 
 /// The scheduling state.
 #[derive(Debug)]
-pub(crate) struct State {
+pub struct State {
     config: Arc<Config>,
     rules: Rules,
     tasks: table::Table<Task>,
@@ -126,8 +126,8 @@ pub(crate) struct State {
 
 impl State {
     /// Empty state under `config`, started at `now`.
-    pub(crate) fn new(config: Arc<Config>, now: Instant) -> Self {
-        let journaled = config.state_dir.is_some() || config.state_url.is_some();
+    pub fn new(config: Arc<Config>, now: Instant) -> Self {
+        let journaled = config.journaled;
         Self {
             rules: Rules::from(config.as_ref()),
             config,
@@ -194,7 +194,7 @@ impl State {
     /// idle one (nothing pending, running or live, nothing learned) makes room, and with none
     /// idle the function is refused. Changes nothing when `name` has an entry.
     fn make_room(&mut self, name: &str) -> crate::Result<()> {
-        if self.functions.contains_key(name) || self.functions.len() < self.config.max_functions {
+        if self.functions.contains_key(name) || self.functions.len() < self.config.limits.max_functions {
             return Ok(());
         }
         match self.evictable() {
@@ -202,14 +202,14 @@ impl State {
                 self.functions.remove(&k);
                 Ok(())
             }
-            None => Err(crate::Error::TooManyFunctions(self.config.max_functions)),
+            None => Err(crate::Error::TooManyFunctions(self.config.limits.max_functions)),
         }
     }
 
     /// Whether [`State::make_room`] would let `name` have an entry (without changing anything).
     fn has_room_for(&self, name: &str) -> bool {
         self.functions.contains_key(name)
-            || self.functions.len() < self.config.max_functions
+            || self.functions.len() < self.config.limits.max_functions
             || self.evictable().is_some()
     }
 
@@ -289,7 +289,7 @@ impl State {
             // One more task changes its rank, or makes it full.
             rekey(&mut f.eligible, &worker_id, w, &rules, now);
             debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
-            let limit = task.timeout.or(self.config.task_timeout);
+            let limit = task.timeout.or(self.config.limits.task_timeout);
             if let Some(limit) = limit {
                 effects.timers.push((limit, Timer::Task(task_id, task.attempts)));
             }
@@ -340,11 +340,11 @@ impl State {
     /// Starts workers for `function` when its pending tasks outgrow the free slots of its
     /// live and starting workers.
     fn spawn_for(&mut self, function: &str, now: Instant, effects: &mut Effects) {
-        if self.config.spawner == SpawnerKind::External || self.draining {
+        if self.config.fleet.spawner == SpawnerKind::External || self.draining {
             return;
         }
         let rules = self.rules;
-        let learned = self.learned_limit(function, self.config.memory_mb);
+        let learned = self.learned_limit(function, self.config.fleet.memory_mb);
         let slots_per_new = scheduler::new_worker_capacity(&rules, learned);
         let cap = rules.limits.max;
         let room = self.fleet_room(function);
@@ -384,7 +384,7 @@ impl State {
             f.pending as usize,
             free,
             fleet,
-            self.config.max_workers,
+            self.config.fleet.max_workers,
             slots_per_new,
             ahead > 0,
         )
@@ -492,7 +492,7 @@ impl State {
     }
 
     /// Workers connected now.
-    pub(crate) fn live_workers(&self) -> usize {
+    pub fn live_workers(&self) -> usize {
         self.workers.len()
     }
 }
@@ -518,13 +518,18 @@ fn rekey(
     }
 }
 
+/// How many task ids a coordinator reserves in its journal at a time (a block at its start,
+/// another once half of the last is used): ids never repeat for the life of the journal,
+/// even those handed out in memory and never written, and a takeover skips at most a block.
+pub const ID_BLOCK: u64 = 1 << 20;
+
 /// How long placement of a function waits after a restart on a journal with unfinished tasks
 /// of it (at most the reconnect grace; work of other functions is placed at once). A task's start is journaled without waiting, so a crash can lose it:
 /// the task then looks as if it never started, and would go to whichever worker reconnects
 /// first while the one running it is still on its way back. Workers wait at most 1 s
 /// between reconnects (500 ms, jittered), trying every coordinator URL they have at each,
 /// so this pause lets them claim their tasks.
-pub(crate) const RESTART_SETTLE: Duration = Duration::from_secs(1);
+pub const RESTART_SETTLE: Duration = Duration::from_secs(1);
 
 /// How many released task ids a worker remembers.
 const RELEASED_MEMORY: usize = 1024;

@@ -16,9 +16,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carpool_core::pace;
-use carpool_proto::Bytes;
-use carpool_proto::pb::{self, coordinator_message::Kind};
+use crate::pace;
+use carpool_messages::Bytes;
+use carpool_messages::pb::{self, coordinator_message::Kind};
 
 use crate::config::Config;
 use crate::state::{self, Conn, Effects, Outbound, State, StreamEnd, Submission, Timer, WorkerId};
@@ -56,7 +56,7 @@ impl TaskModel {
 
 /// A Lambda runtime's copies (interpreters), when the worker hosts one: a task runs only on
 /// a ready copy, a copy is costly to start, and a worker starts copies as the real worker
-/// does (the same pacing rule, [`carpool_core::pace`]): for work it holds, a few at a time,
+/// does (the same pacing rule, [`crate::pace`]): for work it holds, a few at a time,
 /// while memory holds them, and keeps them warm up to its limit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CopyModel {
@@ -329,7 +329,7 @@ impl Sim<'_> {
             return;
         };
         let (task_mb, base_mb) = (self.sim.task.mem_mb, self.sim.worker_base_mb);
-        let memory_mb = f64::from(self.sim.config.memory_mb);
+        let memory_mb = f64::from(self.sim.config.fleet.memory_mb);
         let ramp = (self.vcpus.floor() as usize).max(1);
         let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) else {
             return;
@@ -470,7 +470,7 @@ impl Sim<'_> {
     }
 
     fn state_memory_mb(&self) -> u32 {
-        self.sim.config.memory_mb
+        self.sim.config.fleet.memory_mb
     }
 }
 
@@ -486,10 +486,13 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
     let base = Instant::now();
     // One function: its own cap is the fleet's.
     let config = Arc::new(Config {
-        max_fleet: sim.config.max_fleet.max(sim.config.max_workers),
+        fleet: crate::config::Fleet {
+            max_fleet: sim.config.fleet.max_fleet.max(sim.config.fleet.max_workers),
+            ..sim.config.fleet.clone()
+        },
         ..sim.config.clone()
     });
-    let vcpus = config.worker_vcpus();
+    let vcpus = config.fleet.worker_vcpus();
     let state = State::new(config.clone(), base);
     let mut s = Sim {
         sim,
@@ -503,7 +506,7 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         done: 0,
         batch_start: Duration::ZERO,
     };
-    let interval = config.sample_interval.max(Duration::from_millis(1));
+    let interval = config.fleet.sample_interval.max(Duration::from_millis(1));
     let mut connecting = 0usize;
     let mut now = Duration::ZERO;
     let mut accepted = 0u64;
@@ -550,8 +553,8 @@ impl Sim<'_> {
         vcpus: u32,
     ) -> Duration {
         let (sim, s) = (self.sim, self);
-        let memory_mb = sim.config.memory_mb;
-        let timeout_ms = sim.config.execution_timeout.as_millis() as u64;
+        let memory_mb = sim.config.fleet.memory_mb;
+        let timeout_ms = sim.config.fleet.execution_timeout.as_millis() as u64;
         loop {
             // Settle: carry out effects and deliver messages until the coordinator is quiet at
             // this instant.

@@ -8,8 +8,11 @@ use super::*;
 #[test]
 fn a_submission_written_after_the_pool_ran_dry_is_still_placed() {
     let (mut s, now) = state(Config {
-        state_dir: Some("unused".into()),
-        slots: Some(1),
+        journaled: true,
+        fleet: Fleet {
+            slots: Some(1),
+            ..external().fleet.clone()
+        },
         ..external()
     });
     let mut effects = Effects::default();
@@ -47,7 +50,7 @@ fn a_submission_written_after_the_pool_ran_dry_is_still_placed() {
 #[test]
 fn a_submission_cancelled_while_written_is_not_placed() {
     let (mut s, now) = state(Config {
-        state_dir: Some("unused".into()),
+        journaled: true,
         ..external()
     });
     let mut effects = Effects::default();
@@ -70,7 +73,7 @@ fn a_submission_cancelled_while_written_is_not_placed() {
 #[test]
 fn after_a_restart_placement_waits_for_running_workers_to_claim_their_tasks() {
     let (mut s, now) = state(Config {
-        state_dir: Some("unused".into()),
+        journaled: true,
         ..external()
     });
     let mut effects = Effects::default();
@@ -120,7 +123,7 @@ fn after_a_restart_placement_waits_for_running_workers_to_claim_their_tasks() {
 #[test]
 fn after_a_restart_a_function_with_nothing_restored_is_placed_at_once() {
     let (mut s, now) = state(Config {
-        state_dir: Some("unused".into()),
+        journaled: true,
         ..external()
     });
     let mut effects = Effects::default();
@@ -170,11 +173,11 @@ fn after_a_restart_a_function_with_nothing_restored_is_placed_at_once() {
 #[test]
 fn task_ids_are_handed_out_only_below_a_durable_reservation() {
     let (mut s, now) = state(Config {
-        state_dir: Some("unused".into()),
+        journaled: true,
         ..external()
     });
     let mut effects = Effects::default();
-    let block = crate::journal::ID_BLOCK;
+    let block = crate::state::ID_BLOCK;
     // Opened with ids 1..=5 used and a block reserved above them.
     s.restore(
         Recovered {
@@ -228,8 +231,11 @@ fn task_ids_are_handed_out_only_below_a_durable_reservation() {
 #[test]
 fn an_attempt_lost_to_a_restart_is_not_counted() {
     let (mut s, now) = state(Config {
-        state_dir: Some("unused".into()),
-        max_attempts: 2,
+        journaled: true,
+        limits: Limits {
+            max_attempts: 2,
+            ..external().limits.clone()
+        },
         ..external()
     });
     let mut effects = Effects::default();
@@ -249,7 +255,7 @@ fn an_attempt_lost_to_a_restart_is_not_counted() {
         &mut effects,
     );
     effects.journal.clear();
-    s.on_timer(Timer::Orphans, now + s.config.reconnect_grace, &mut effects);
+    s.on_timer(Timer::Orphans, now + s.config.fleet.reconnect_grace, &mut effects);
     let info = s.get(1).expect("task 1");
     assert_eq!(
         (info.state(), info.attempts),
@@ -265,7 +271,7 @@ fn an_attempt_lost_to_a_restart_is_not_counted() {
         effects.journal
     );
     // A worker takes it once the restart's pause is over: attempt 2, its last, runs.
-    s.on_timer(Timer::Settled, now + s.config.reconnect_grace, &mut effects);
+    s.on_timer(Timer::Settled, now + s.config.fleet.reconnect_grace, &mut effects);
     let conn = connect(&mut s, &mut effects, "a", 1, now);
     assert_eq!(assigned(&mut effects, conn), vec![1]);
     assert_eq!(s.get(1).expect("task 1").attempts, 2);

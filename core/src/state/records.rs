@@ -1,15 +1,15 @@
 //! What the state keeps across a restart: the records the journal stores and gives back.
 //! The state defines them, the journal only writes and reads them.
 
-use carpool_proto::Bytes;
-use carpool_proto::pb;
+use carpool_messages::Bytes;
+use carpool_messages::pb;
 use prost::Message;
 
 use crate::scheduler::Learned;
 
 /// A task as stored: what is needed to run it again, and its result once known.
 #[derive(Clone, PartialEq, Message)]
-pub(crate) struct StoredTask {
+pub struct StoredTask {
     /// The function it was submitted to.
     #[prost(string, tag = "1")]
     pub function: String,
@@ -35,7 +35,7 @@ pub(crate) struct StoredTask {
 
 /// What a journal held when it was opened.
 #[derive(Debug, Default)]
-pub(crate) struct Recovered {
+pub struct Recovered {
     /// Every stored task by id, in id order, with the last attempt started of an
     /// unfinished one (0: it never started).
     pub tasks: Vec<(u64, StoredTask, u32)>,
