@@ -98,18 +98,29 @@ impl Default for Listen {
 }
 
 /// Where accepted work is kept across restarts.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct Journal {
-    /// Where accepted tasks and results are kept across restarts; `None`: in memory only.
+    /// Keep accepted tasks and results here, so they survive a crash and restart [default:
+    /// memory only]. A task is acknowledged only once it is on disk.
+    #[arg(long, env = "CARPOOL_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Keep them in PostgreSQL instead (`postgres://…`): several coordinators may share the
-    /// database, and the one holding its lease is active.
+    /// Keep them in PostgreSQL instead, e.g. `postgres://carpool@db.internal/carpool`: the
+    /// coordinator creates and migrates its tables; several coordinators may share the
+    /// database, one active (it holds the lease), the others standing by to take over.
+    #[arg(
+        long,
+        env = "CARPOOL_STATE_URL",
+        hide_env_values = true,
+        conflicts_with = "state_dir"
+    )]
     pub state_url: Option<String>,
-    /// PEM of the CA that signed the database's certificate, for a `state_url` with
-    /// `sslmode=require`; `None`: the system's roots.
+    /// With --state-url and `sslmode=require` in it: the PEM of the CA that signed the
+    /// database's certificate [default: the system's roots].
+    #[arg(long, env = "CARPOOL_STATE_CA")]
     pub state_ca: Option<PathBuf>,
-    /// How long the lease of a coordinator with `state_url` lasts without a renewal (it
-    /// renews every third of it): how soon a standby takes over from one that died.
+    /// With --state-url: how long the active coordinator's lease lasts unrenewed (renewed
+    /// every third of it); a standby takes over this long after the active one died at most.
+    #[arg(long, env = "CARPOOL_LEASE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub lease: Duration,
 }
 

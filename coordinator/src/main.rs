@@ -6,24 +6,23 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use carpool_coordinator::auth::Secret;
-use carpool_coordinator::config::{
-    Fleet, Functions, Journal, Limits, Listen, LocalWorkers, ScaleOut, ServerTls,
-};
-use carpool_coordinator::{Config, Placement, SpawnerKind};
-use clap::{Parser, ValueEnum};
+use carpool_coordinator::config::{Fleet, Functions, Journal, Limits, Listen, LocalWorkers, ServerTls};
+use carpool_coordinator::{Config, SpawnerKind};
+use clap::Parser;
 use tokio::net::TcpListener;
 
-/// carpool's coordinator: keeps a pool of tasks per function and packs them into workers
-/// that hold one gRPC stream each, starting new workers only when running ones are full.
+/// The binary's flags: the settings' parts flattened in (their fields' docs are the help),
+/// and what only the binary reads (listening, TLS and token files, logs, threads). The text
+/// is `about`, not a doc comment: a flattened part would clear a doc comment's long form.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "carpool's coordinator: keeps a pool of tasks per function and packs them into workers that hold one gRPC stream each, starting new workers only when running ones are full."
+)]
 struct Cli {
     /// Address to listen on (port 0 picks a free one; the bound address is printed).
     #[arg(long, env = "CARPOOL_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
-    /// How workers are started.
-    #[arg(long, env = "CARPOOL_SPAWNER", value_enum, default_value_t = SpawnerArg::Local)]
-    spawner: SpawnerArg,
     /// Log format on stderr: `text`, or `json` (one object per line, task and worker ids as
     /// fields).
     #[arg(long, env = "CARPOOL_LOG_FORMAT", default_value = "text", value_parser = carpool_proto::LOG_FORMATS)]
@@ -33,24 +32,6 @@ struct Cli {
     /// --allow-unauthenticated: /metrics has no token).
     #[arg(long, env = "CARPOOL_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// Fleet cap per function: live plus starting workers.
-    #[arg(long, env = "CARPOOL_MAX_WORKERS", default_value_t = 8)]
-    max_workers: u32,
-    /// Fleet cap over all functions together: live plus starting workers.
-    #[arg(long, env = "CARPOOL_MAX_FLEET", default_value_t = 64)]
-    max_fleet: u32,
-    /// Accept only these functions (comma-separated or repeated) with the external and
-    /// Lambda spawners [default: any valid name, up to --max-functions at once].
-    #[arg(long, env = "CARPOOL_FUNCTIONS", value_delimiter = ',')]
-    functions: Vec<String>,
-    /// Most functions known at once; an idle one (nothing pending, running or live, nothing
-    /// learned) makes room for a new name, and with none idle a new name is refused.
-    #[arg(long, env = "CARPOOL_MAX_FUNCTIONS", default_value_t = 1000)]
-    max_functions: usize,
-    /// Spawns of a function that may fail in a row before its pending tasks fail with the
-    /// cause.
-    #[arg(long, env = "CARPOOL_MAX_SPAWN_FAILURES", default_value_t = 10)]
-    max_spawn_failures: u32,
     /// Most connections served at once (workers and clients; one past it waits for one to
     /// close).
     #[arg(long, env = "CARPOOL_MAX_CONNECTIONS", default_value_t = 16_384)]
@@ -59,57 +40,6 @@ struct Cli {
     /// hello) before it is closed, e.g. "10s".
     #[arg(long, env = "CARPOOL_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     handshake_timeout: Duration,
-    /// Memory size of spawned workers in MB (billing size; vCPUs follow it unless --vcpus).
-    #[arg(long, env = "CARPOOL_MEMORY_MB", default_value_t = 2048)]
-    memory_mb: u32,
-    /// vCPUs of spawned workers [default: derived from --memory-mb, 1769 MB per vCPU].
-    #[arg(long, env = "CARPOOL_VCPUS")]
-    vcpus: Option<u32>,
-    /// Pin every worker's concurrency limit at this many tasks [default: adaptive: each
-    /// worker's limit follows what it measures of itself, from its vCPUs or the learned level].
-    #[arg(long, env = "CARPOOL_SLOTS")]
-    slots: Option<u32>,
-    /// The most tasks an adaptive concurrency limit may rise to.
-    #[arg(long, env = "CARPOOL_MAX_SLOTS", default_value_t = 256)]
-    max_slots: u32,
-    /// CPU as a fraction of a worker's vCPU allotment: above it a worker gets no new task, and
-    /// an adaptive limit stops rising at it (may exceed 1, for workers that burst past it).
-    #[arg(long, env = "CARPOOL_CPU_THRESHOLD", default_value_t = 0.9)]
-    cpu_threshold: f64,
-    /// Memory as a fraction of a worker's limit: at or above it a worker gets no new task, and
-    /// an adaptive limit falls to what fits under it.
-    #[arg(long, env = "CARPOOL_MEM_THRESHOLD", default_value_t = 0.9)]
-    mem_threshold: f64,
-    /// A worker older than this fraction of its execution timeout drains.
-    #[arg(long, env = "CARPOOL_DEADLINE_FRACTION", default_value_t = 0.8)]
-    deadline_fraction: f64,
-    /// Execution timeout of a worker (Lambda's function timeout), e.g. "15m".
-    #[arg(long, env = "CARPOOL_EXECUTION_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
-    execution_timeout: Duration,
-    /// How long an idle worker with nothing to do is kept before Shutdown, e.g. "0s", "30s".
-    #[arg(long, env = "CARPOOL_KEEP_ALIVE", default_value = "0s", value_parser = humantime::parse_duration)]
-    keep_alive: Duration,
-    /// Which eligible worker gets a task.
-    #[arg(long, env = "CARPOOL_PLACEMENT", value_enum, default_value_t = PlacementArg::Pack)]
-    placement: PlacementArg,
-    /// When another worker is started for tasks no slot covers: `paced` only for work the
-    /// live workers will not have finished before a new one could run its first task
-    /// (measured), `eager` at once, as Lambda starts a sandbox per request.
-    #[arg(long, env = "CARPOOL_SCALE_OUT", value_enum, default_value_t = ScaleOutArg::Paced)]
-    scale_out: ScaleOutArg,
-    /// Largest task payload, and largest task output, in bytes [default: 4 MiB less 16 KiB,
-    /// so that a full one with its envelope fits in a 4 MiB gRPC message; at most 64 MiB].
-    #[arg(long, env = "CARPOOL_MAX_PAYLOAD_BYTES", default_value_t = carpool_coordinator::config::DEFAULT_MAX_PAYLOAD_BYTES)]
-    max_payload_bytes: usize,
-    /// Attempts per task before it fails because its workers were lost.
-    #[arg(long, env = "CARPOOL_MAX_ATTEMPTS", default_value_t = 3)]
-    max_attempts: u32,
-    /// Tasks one worker runs over its life (1 = conventional FaaS) [default: unlimited].
-    #[arg(long, env = "CARPOOL_MAX_TASKS_PER_WORKER")]
-    max_tasks_per_worker: Option<u64>,
-    /// How often workers report CPU and memory when nothing else happens.
-    #[arg(long, env = "CARPOOL_SAMPLE_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
-    sample_interval: Duration,
     /// The worker binary the local spawner runs [default: carpool-worker next to this binary].
     #[arg(long, env = "CARPOOL_WORKER_BIN")]
     worker_bin: Option<PathBuf>,
@@ -117,62 +47,6 @@ struct Cli {
     /// [default: none: only s3:// objects].
     #[arg(long, env = "CARPOOL_WORKER_DATA_DIR")]
     worker_data_dir: Option<PathBuf>,
-    /// A function served by a command in local workers, as NAME=COMMAND (repeatable); the
-    /// command reads the payload on stdin and writes the output on stdout.
-    #[arg(long = "exec", env = "CARPOOL_EXEC", value_parser = parse_exec)]
-    exec_functions: Vec<(String, String)>,
-    /// A function served by a Lambda runtime in its workers, as NAME=COMMAND (repeatable),
-    /// e.g. `--runtime 'resize=python3 -m awslambdaric app.handler'`: each worker hosts the
-    /// Lambda Runtime API and runs copies of the command, one per task it runs at once.
-    /// Local workers get it as `--runtime`; Lambda workers in the event.
-    #[arg(long = "runtime", env = "CARPOOL_RUNTIME", value_parser = parse_exec)]
-    runtime_functions: Vec<(String, String)>,
-    /// How long a worker whose stream broke keeps its tasks, waiting for it to reconnect.
-    #[arg(long, env = "CARPOOL_RECONNECT_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
-    reconnect_grace: Duration,
-    /// A worker silent for this many sample intervals is treated as lost.
-    #[arg(long, env = "CARPOOL_LIVENESS_INTERVALS", default_value_t = 10)]
-    liveness_intervals: u32,
-    /// Per-attempt task timeout when a submission gives none, e.g. "5m" [default: none].
-    #[arg(long, env = "CARPOOL_TASK_TIMEOUT", value_parser = humantime::parse_duration)]
-    task_timeout: Option<Duration>,
-    /// Pending tasks past which submissions get RESOURCE_EXHAUSTED.
-    #[arg(long, env = "CARPOOL_MAX_PENDING", default_value_t = 1_000_000)]
-    max_pending: u64,
-    /// Bytes of payloads held in memory for unfinished tasks (pending, running), all
-    /// functions: a submission past it gets RESOURCE_EXHAUSTED.
-    #[arg(long, env = "CARPOOL_MAX_PENDING_BYTES", default_value_t = carpool_coordinator::config::DEFAULT_MAX_PENDING_BYTES)]
-    max_pending_bytes: u64,
-    /// Bytes of finished tasks' results held in memory: past it the oldest results are
-    /// evicted (Get and Watch read them back from --state-dir or --state-url; without a
-    /// journal they answer FAILED_PRECONDITION).
-    #[arg(long, env = "CARPOOL_MAX_RESULT_BYTES", default_value_t = carpool_coordinator::config::DEFAULT_MAX_RESULT_BYTES)]
-    max_result_bytes: u64,
-    /// Keep accepted tasks and results here, so they survive a crash and restart [default:
-    /// memory only]. A task is acknowledged only once it is on disk.
-    #[arg(long, env = "CARPOOL_STATE_DIR")]
-    state_dir: Option<PathBuf>,
-    /// Keep them in PostgreSQL instead, e.g. `postgres://carpool@db.internal/carpool`: the
-    /// coordinator creates and migrates its tables; several coordinators may share the
-    /// database, one active (it holds the lease), the others standing by to take over.
-    #[arg(
-        long,
-        env = "CARPOOL_STATE_URL",
-        hide_env_values = true,
-        conflicts_with = "state_dir"
-    )]
-    state_url: Option<String>,
-    /// With --state-url and `sslmode=require` in it: the PEM of the CA that signed the
-    /// database's certificate [default: the system's roots].
-    #[arg(long, env = "CARPOOL_STATE_CA")]
-    state_ca: Option<PathBuf>,
-    /// With --state-url: how long the active coordinator's lease lasts unrenewed (renewed
-    /// every third of it); a standby takes over this long after the active one died at most.
-    #[arg(long, env = "CARPOOL_LEASE", default_value = "2s", value_parser = humantime::parse_duration)]
-    lease: Duration,
-    /// How long a finished task's result stays retrievable with Get, e.g. "1h".
-    #[arg(long, env = "CARPOOL_RESULT_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
-    result_retention: Duration,
     /// Serve TLS with this PEM certificate (chain); needs --tls-key.
     #[arg(long, env = "CARPOOL_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -224,10 +98,6 @@ struct Cli {
     /// port may submit tasks, read results, or connect as a worker and take tasks.
     #[arg(long, env = "CARPOOL_ALLOW_UNAUTHENTICATED")]
     allow_unauthenticated: bool,
-    /// A spawned worker that has not connected this long after its spawn is written off
-    /// (its capacity is released and the spawn counts as failed), e.g. "60s".
-    #[arg(long, env = "CARPOOL_START_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
-    start_timeout: Duration,
     /// The URL Lambda workers dial, e.g. https://carpool.example.com:50051 [default: the
     /// listen address, reachable only from this machine].
     #[arg(long, env = "CARPOOL_ADVERTISE_URL")]
@@ -248,45 +118,24 @@ struct Cli {
     /// large fleet needs more than a core.
     #[arg(long, env = "CARPOOL_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: u16,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum SpawnerArg {
-    /// Child processes of carpool-worker on this machine.
-    Local,
-    /// Workers started elsewhere connect by themselves.
-    External,
-    /// Asynchronous invocations of an AWS Lambda function (see --lambda-function).
-    Lambda,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum ScaleOutArg {
-    /// Only where a new worker would still find enough work when it is ready.
-    Paced,
-    /// One worker's slots for every uncovered task, at once.
-    Eager,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum PlacementArg {
-    /// Fullest eligible worker first (fewest workers, lowest cost).
-    Pack,
-    /// Emptiest eligible worker first (lowest latency).
-    Spread,
-}
-
-fn parse_exec(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((name, cmd)) if !name.is_empty() && !cmd.is_empty() => Ok((name.to_owned(), cmd.to_owned())),
-        _ => Err(format!("expected NAME=COMMAND, got {s:?}")),
-    }
+    /// What the pool holds at most.
+    #[command(flatten)]
+    limits: Limits,
+    /// The workers.
+    #[command(flatten)]
+    fleet: Fleet,
+    /// Which functions are served.
+    #[command(flatten)]
+    functions: Functions,
+    /// Where accepted work is kept.
+    #[command(flatten)]
+    journal: Journal,
 }
 
 impl Cli {
     /// Checks what only the flags can get wrong; [`Config::validate`] checks the ranges.
     fn validate(&self) -> Result<(), String> {
-        if matches!(self.spawner, SpawnerArg::Lambda) {
+        if self.fleet.spawner == SpawnerKind::Lambda {
             if self
                 .lambda_function
                 .as_deref()
@@ -372,38 +221,7 @@ impl Cli {
             _ => None,
         };
         Ok(Config {
-            fleet: Fleet {
-                spawner: match self.spawner {
-                    SpawnerArg::Local => SpawnerKind::Local,
-                    SpawnerArg::External => SpawnerKind::External,
-                    SpawnerArg::Lambda => SpawnerKind::Lambda,
-                },
-                max_workers: self.max_workers,
-                max_fleet: self.max_fleet,
-                max_spawn_failures: self.max_spawn_failures,
-                memory_mb: self.memory_mb,
-                vcpus: self.vcpus,
-                slots: self.slots,
-                max_slots: self.max_slots,
-                cpu_threshold: self.cpu_threshold,
-                mem_threshold: self.mem_threshold,
-                deadline_fraction: self.deadline_fraction,
-                execution_timeout: self.execution_timeout,
-                keep_alive: self.keep_alive,
-                placement: match self.placement {
-                    PlacementArg::Pack => Placement::Pack,
-                    PlacementArg::Spread => Placement::Spread,
-                },
-                scale_out: match self.scale_out {
-                    ScaleOutArg::Paced => ScaleOut::Paced,
-                    ScaleOutArg::Eager => ScaleOut::Eager,
-                },
-                max_tasks_per_worker: self.max_tasks_per_worker,
-                sample_interval: self.sample_interval,
-                reconnect_grace: self.reconnect_grace,
-                liveness_intervals: self.liveness_intervals,
-                start_timeout: self.start_timeout,
-            },
+            fleet: self.fleet,
             listen: Listen {
                 metrics_listen: self.metrics_listen,
                 max_connections: self.max_connections,
@@ -414,21 +232,8 @@ impl Cli {
                 metrics_token,
                 advertise_url: self.advertise_url,
             },
-            functions: Functions {
-                only: self.functions,
-                exec: self.exec_functions,
-                runtime: self.runtime_functions,
-            },
-            limits: Limits {
-                max_functions: self.max_functions,
-                max_payload_bytes: self.max_payload_bytes,
-                max_attempts: self.max_attempts,
-                task_timeout: self.task_timeout,
-                max_pending: self.max_pending,
-                max_pending_bytes: self.max_pending_bytes,
-                max_result_bytes: self.max_result_bytes,
-                result_retention: self.result_retention,
-            },
+            functions: self.functions,
+            limits: self.limits,
             local: LocalWorkers {
                 worker_bin: self.worker_bin,
                 worker_log: None,
@@ -436,12 +241,7 @@ impl Cli {
                 worker_log_format: (self.log_format != "text").then(|| self.log_format.clone()),
                 worker_data_dir: self.worker_data_dir,
             },
-            journal: Journal {
-                state_dir: self.state_dir,
-                state_url: self.state_url,
-                state_ca: self.state_ca,
-                lease: self.lease,
-            },
+            journal: self.journal,
             lambda: carpool_coordinator::config::LambdaTarget {
                 function_name: self.lambda_function.unwrap_or_default(),
                 qualifier: self.lambda_qualifier,

@@ -9,6 +9,7 @@ pub use carpool_messages::bounds::vcpus_for_memory;
 
 /// How eligible workers are ranked when a task is placed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Placement {
     /// Fullest eligible worker first: fewest live workers, lowest cost.
     #[default]
@@ -19,6 +20,7 @@ pub enum Placement {
 
 /// When the coordinator starts another worker for tasks its workers have no slot for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum ScaleOut {
     /// Only for the work the live and starting workers will not have finished by the time a
     /// new worker could run its first task (its measured cold start and init against the
@@ -33,6 +35,7 @@ pub enum ScaleOut {
 
 /// How new workers are started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum SpawnerKind {
     /// Child processes of the `carpool-worker` binary on this machine.
     #[default]
@@ -46,25 +49,36 @@ pub enum SpawnerKind {
 /// What the pool holds at most, and how long: every limit on what a client can make the
 /// coordinator keep.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Limits {
-    /// Most function entries kept at once (an idle one makes room for a new name).
+    /// Most functions known at once; an idle one (nothing pending, running or live, nothing
+    /// learned) makes room for a new name, and with none idle a new name is refused.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_FUNCTIONS", default_value_t = Limits::default().max_functions))]
     pub max_functions: usize,
-    /// Largest accepted task payload, in bytes.
+    /// Largest task payload, and largest task output, in bytes [default: 4 MiB less 16 KiB,
+    /// so that a full one with its envelope fits in a 4 MiB gRPC message; at most 64 MiB].
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_PAYLOAD_BYTES", default_value_t = Limits::default().max_payload_bytes))]
     pub max_payload_bytes: usize,
-    /// Pending tasks (all functions) past which submissions are refused with RESOURCE_EXHAUSTED.
+    /// Pending tasks past which submissions get RESOURCE_EXHAUSTED.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_PENDING", default_value_t = Limits::default().max_pending))]
     pub max_pending: u64,
-    /// Bytes of payloads held in memory for unfinished tasks (pending, being written,
-    /// running), all functions: a submission that would pass it is refused with
-    /// RESOURCE_EXHAUSTED.
+    /// Bytes of payloads held in memory for unfinished tasks (pending, running), all
+    /// functions: a submission past it gets RESOURCE_EXHAUSTED.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_PENDING_BYTES", default_value_t = Limits::default().max_pending_bytes))]
     pub max_pending_bytes: u64,
-    /// Bytes of finished tasks' results held in memory: past it the oldest are evicted
-    /// (still readable from the journal when there is one).
+    /// Bytes of finished tasks' results held in memory: past it the oldest results are
+    /// evicted (Get and Watch read them back from --state-dir or --state-url; without a
+    /// journal they answer FAILED_PRECONDITION).
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_RESULT_BYTES", default_value_t = Limits::default().max_result_bytes))]
     pub max_result_bytes: u64,
-    /// How long a finished task's result stays retrievable.
+    /// How long a finished task's result stays retrievable with Get, e.g. "1h".
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_RESULT_RETENTION", default_value = "1h", value_parser = humantime::parse_duration))]
     pub result_retention: Duration,
-    /// Per-attempt task timeout when a submission gives none; `None`: no limit.
+    /// Per-attempt task timeout when a submission gives none, e.g. "5m" [default: none].
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_TASK_TIMEOUT", value_parser = humantime::parse_duration))]
     pub task_timeout: Option<Duration>,
-    /// Attempts per task before it fails because its workers kept being lost.
+    /// Attempts per task before it fails because its workers were lost.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_ATTEMPTS", default_value_t = Limits::default().max_attempts))]
     pub max_attempts: u32,
 }
 
@@ -85,56 +99,74 @@ impl Default for Limits {
 
 /// The workers: how many, of what shape, how they are started, given work and let go.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Fleet {
-    /// Which spawner starts workers when the pool outgrows the fleet.
+    /// How workers are started.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_SPAWNER", value_enum, default_value_t = Fleet::default().spawner))]
     pub spawner: SpawnerKind,
-    /// Fleet cap per function (live plus starting workers).
+    /// Fleet cap per function: live plus starting workers.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_WORKERS", default_value_t = Fleet::default().max_workers))]
     pub max_workers: u32,
-    /// Fleet cap over every function (live plus starting workers): with many functions,
-    /// `max_workers` each could otherwise add up to any number of paid invocations.
+    /// Fleet cap over all functions together: live plus starting workers.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_FLEET", default_value_t = Fleet::default().max_fleet))]
     pub max_fleet: u32,
-    /// Spawns of one function that may fail in a row before its pending tasks fail with
-    /// the cause (a function no worker can run is not respawned for ever).
+    /// Spawns of a function that may fail in a row before its pending tasks fail with the
+    /// cause.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_SPAWN_FAILURES", default_value_t = Fleet::default().max_spawn_failures))]
     pub max_spawn_failures: u32,
-    /// Memory size of spawned workers, in MB: the billing size and, unless `vcpus` is set,
-    /// what their vCPU count is derived from.
+    /// Memory size of spawned workers in MB (billing size; vCPUs follow it unless --vcpus).
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MEMORY_MB", default_value_t = Fleet::default().memory_mb))]
     pub memory_mb: u32,
-    /// vCPUs of spawned workers; `None` derives them from `memory_mb` as Lambda does.
+    /// vCPUs of spawned workers [default: derived from --memory-mb, 1769 MB per vCPU].
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_VCPUS"))]
     pub vcpus: Option<u32>,
-    /// Pins every worker's concurrency limit at this many tasks; `None` lets each worker's
-    /// limit adapt to what it measures of itself (starting at its vCPUs, or at the level
-    /// learned for its function and memory size).
+    /// Pin every worker's concurrency limit at this many tasks [default: adaptive: each
+    /// worker's limit follows what it measures of itself, from its vCPUs or the learned level].
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_SLOTS"))]
     pub slots: Option<u32>,
-    /// The most tasks an adaptive limit may rise to.
+    /// The most tasks an adaptive concurrency limit may rise to.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_SLOTS", default_value_t = Fleet::default().max_slots))]
     pub max_slots: u32,
-    /// CPU, as a fraction of a worker's vCPU allotment: a worker above it gets no new task,
-    /// and an adaptive limit stops rising at it. May exceed 1 (a worker that bursts past its
-    /// allotment, as on Lambda below 1769 MB per vCPU).
+    /// CPU as a fraction of a worker's vCPU allotment: above it a worker gets no new task, and
+    /// an adaptive limit stops rising at it (may exceed 1, for workers that burst past it).
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_CPU_THRESHOLD", default_value_t = Fleet::default().cpu_threshold))]
     pub cpu_threshold: f64,
-    /// Memory, as a fraction of a worker's limit: a worker at or above it gets no new task,
-    /// and an adaptive limit falls to what fits under it.
+    /// Memory as a fraction of a worker's limit: at or above it a worker gets no new task, and
+    /// an adaptive limit falls to what fits under it.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MEM_THRESHOLD", default_value_t = Fleet::default().mem_threshold))]
     pub mem_threshold: f64,
     /// A worker older than this fraction of its execution timeout drains.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_DEADLINE_FRACTION", default_value_t = Fleet::default().deadline_fraction))]
     pub deadline_fraction: f64,
-    /// Execution timeout of spawned workers, and of connecting workers that state none.
+    /// Execution timeout of a worker (Lambda's function timeout), e.g. "15m".
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_EXECUTION_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration))]
     pub execution_timeout: Duration,
-    /// How long an idle worker with an empty pool is kept before it gets Shutdown.
+    /// How long an idle worker with nothing to do is kept before Shutdown, e.g. "0s", "30s".
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_KEEP_ALIVE", default_value = "0s", value_parser = humantime::parse_duration))]
     pub keep_alive: Duration,
-    /// Ranking of eligible workers.
+    /// Which eligible worker gets a task.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_PLACEMENT", value_enum, default_value_t = Fleet::default().placement))]
     pub placement: Placement,
-    /// When another worker is started for tasks with no slot.
+    /// When another worker is started for tasks no slot covers: `paced` only for work the
+    /// live workers will not have finished before a new one could run its first task
+    /// (measured), `eager` at once, as Lambda starts a sandbox per request.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_SCALE_OUT", value_enum, default_value_t = Fleet::default().scale_out))]
     pub scale_out: ScaleOut,
-    /// Tasks a worker may run over its whole life; `Some(1)` is conventional FaaS
-    /// (one invocation per task), `None` is carpool's sharing.
+    /// Tasks one worker runs over its life (1 = conventional FaaS) [default: unlimited].
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_TASKS_PER_WORKER"))]
     pub max_tasks_per_worker: Option<u64>,
-    /// How often workers sample and report CPU and memory when nothing else happens.
+    /// How often workers report CPU and memory when nothing else happens.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_SAMPLE_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration))]
     pub sample_interval: Duration,
     /// How long a worker whose stream broke keeps its tasks, waiting for it to reconnect.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_RECONNECT_GRACE", default_value = "5s", value_parser = humantime::parse_duration))]
     pub reconnect_grace: Duration,
     /// A worker silent for this many sample intervals is treated as lost.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_LIVENESS_INTERVALS", default_value_t = Fleet::default().liveness_intervals))]
     pub liveness_intervals: u32,
-    /// A spawned worker that has not said hello this long after its spawn is written off
-    /// (its capacity released, the spawn counted as failed).
+    /// A spawned worker that has not connected this long after its spawn is written off
+    /// (its capacity is released and the spawn counts as failed), e.g. "60s".
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_START_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration))]
     pub start_timeout: Duration,
 }
 
@@ -167,17 +199,24 @@ impl Default for Fleet {
 
 /// Which functions this coordinator serves.
 #[derive(Clone, Debug, PartialEq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Functions {
-    /// With the external and Lambda spawners, the only functions accepted (empty: any
-    /// name, up to `max_functions` at once). The local spawner serves its built-ins and
-    /// `exec_functions`.
+    /// Accept only these functions (comma-separated or repeated) with the external and
+    /// Lambda spawners [default: any valid name, up to --max-functions at once].
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "functions", env = "CARPOOL_FUNCTIONS", value_delimiter = ',')
+    )]
     pub only: Vec<String>,
-    /// Functions served by running a command (`--exec`) in local workers, as (name, command).
-    /// The built-in functions `echo`, `sleep` and `spin` need no entry.
+    /// A function served by a command in local workers, as NAME=COMMAND (repeatable); the
+    /// command reads the payload on stdin and writes the output on stdout.
+    #[cfg_attr(feature = "cli", arg(long = "exec", env = "CARPOOL_EXEC", value_parser = parse_exec))]
     pub exec: Vec<(String, String)>,
-    /// Functions served by a Lambda runtime command (`--runtime`) hosted in each worker, as
-    /// (name, command): the local spawner passes the command to its workers, the Lambda
-    /// spawner puts it in the event.
+    /// A function served by a Lambda runtime in its workers, as NAME=COMMAND (repeatable),
+    /// e.g. `--runtime 'resize=python3 -m awslambdaric app.handler'`: each worker hosts the
+    /// Lambda Runtime API and runs copies of the command, one per task it runs at once.
+    /// Local workers get it as `--runtime`; Lambda workers in the event.
+    #[cfg_attr(feature = "cli", arg(long = "runtime", env = "CARPOOL_RUNTIME", value_parser = parse_exec))]
     pub runtime: Vec<(String, String)>,
 }
 
@@ -350,6 +389,14 @@ impl Config {
         self.limits.validate()?;
         self.fleet.validate()?;
         self.functions.validate()
+    }
+}
+
+/// Parses a `--exec` or `--runtime` value, `NAME=COMMAND`.
+pub fn parse_exec(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, cmd)) if !name.is_empty() && !cmd.is_empty() => Ok((name.to_owned(), cmd.to_owned())),
+        _ => Err(format!("expected NAME=COMMAND, got {s:?}")),
     }
 }
 

@@ -49,7 +49,16 @@ fn the_users_command_depends_on_the_client_and_not_on_the_lab() {
 /// dependencies: not the dev or build ones).
 fn resolved_dependencies(package: &str) -> Vec<String> {
     let out = std::process::Command::new(env!("CARGO"))
-        .args(["tree", "--offline", "-e", "normal", "--prefix", "none", "-p", package])
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "-p",
+            package,
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree runs");

@@ -225,7 +225,13 @@ impl State {
 
     /// The worker's process ended. Still starting: a failed spawn. Connected or waiting to
     /// reconnect: it will not, so it is written off now rather than after the grace.
-    pub(crate) fn process_exited(&mut self, id: &WorkerId, reason: &str, now: Instant, effects: &mut Effects) {
+    pub(crate) fn process_exited(
+        &mut self,
+        id: &WorkerId,
+        reason: &str,
+        now: Instant,
+        effects: &mut Effects,
+    ) {
         if self.starting.contains_key(id) {
             self.spawn_failed(id, "exited", reason, now, effects);
         } else if self.workers.contains_key(id) {
