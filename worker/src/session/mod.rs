@@ -1,15 +1,18 @@
 //! One worker session: dial the coordinator, say hello, then run what it assigns until it
 //! says Shutdown (or the execution timeout passes, or the stream breaks).
 //!
-//! One `select!` loop owns everything: inbound messages (assign, cancel, shutdown, limit),
-//! task completions, the sample timer, the settle probe and the execution deadline.
-//! Outgoing messages go through one mpsc channel that is the request stream.
+//! What the session knows and decides is its protocol state ([`protocol`], pure: events in,
+//! actions out, unit-tested on scripted sequences). This file is the I/O around it: dialing
+//! and reconnecting, and one `select!` loop that turns inbound messages, task completions,
+//! the sample timer, the settle probe and the execution deadline into events, and carries
+//! out the actions (start or abort a task, send, tell the handler its limit). Outgoing
+//! messages go through one mpsc channel that is the request stream.
 //!
 //! Samples go on the Welcome's interval and when a figure moves materially: [`SETTLE`]
 //! after the running tasks change (once the newest has run long enough for its memory to
 //! show), or when memory or CPU move while tasks run ([`PROBE`]). Never one per task.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +20,6 @@ use std::time::{Duration, Instant};
 use carpool_proto::pb::workers_client::WorkersClient;
 use carpool_proto::pb::{
     self, CoordinatorMessage, WorkerMessage, coordinator_message::Kind as Down, worker_message::Kind as Up,
-    worker_task_result::Outcome,
 };
 use carpool_proto::{Bearer, TlsOptions};
 use futures::FutureExt;
@@ -29,16 +31,16 @@ use tracing::{debug, info, warn};
 
 use crate::config::WorkerConfig;
 use crate::error::{Error, Result};
-use crate::handler::{Handler, Outcome as HandlerOutcome, Task};
+use crate::handler::{Handler, Task};
 use crate::sampler::Sampler;
+
+mod protocol;
+
+use protocol::{Action, Finished, Joined, Protocol};
+pub use protocol::{PROBE, RESEND_BYTES, RESEND_COUNT, RESEND_WINDOW, SETTLE};
 
 /// How long a finished session waits for the coordinator to close its side.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
-/// How long after its running tasks change the worker reports (the coordinator raises a
-/// limit only on a sample whose newest task has run this long, so its memory shows).
-pub const SETTLE: Duration = Duration::from_millis(25);
-/// How often a worker with tasks running looks at its memory and CPU for a material move.
-pub const PROBE: Duration = Duration::from_millis(50);
 /// Outgoing messages queued before the session waits for the transport.
 const OUTBOX: usize = 256;
 
@@ -117,6 +119,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
     info!(worker = %config.id, measures = %sampler.describe(), allotment = config.allotment(), "sampling itself");
     // A handler that must start something (a Lambda runtime) does so before the dial.
     handler.prepare().await.map_err(Error::Handler)?;
+    let config_id = config.id.clone();
     let mut s = Session {
         urls: carpool_proto::coordinator_urls(&config.coordinator_url)
             .into_iter()
@@ -129,15 +132,8 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
         handler: Arc::new(handler),
         running: JoinSet::new(),
         handles: HashMap::new(),
-        max_output: 0,
-        recent: VecDeque::new(),
-        tasks_run: 0,
-        shutdown: None,
         welcomed: false,
-        limit: 0,
-        newest: None,
-        changed: None,
-        most_since_sample: 0,
+        protocol: Protocol::new(&config_id, Instant::now()),
     };
     let mut broken_since: Option<Instant> = None;
     let mut waits = reconnect_waits();
@@ -154,7 +150,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
             Ok(reason) => break reason,
             Err(e) if e.is_retryable() => {
                 // What was sent long enough before the break has been recorded.
-                s.forget_recent(Instant::now());
+                s.protocol.forget_recent(Instant::now());
                 let since = *broken_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > s.config.reconnect_for {
                     warn!(worker = %s.config.id, error = %e, "coordinator unreachable for too long; giving up");
@@ -182,7 +178,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
                 }
                 tried = 0;
                 let wait = waits.next().unwrap_or(Duration::from_secs(5));
-                warn!(worker = %s.config.id, error = %e, running = s.running.len(), wait_ms = wait.as_millis() as u64, "stream to the coordinator lost; reconnecting");
+                warn!(worker = %s.config.id, error = %e, running = s.protocol.spawned(), wait_ms = wait.as_millis() as u64, "stream to the coordinator lost; reconnecting");
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = tokio::time::sleep_until(deadline) => break EndReason::Timeout,
@@ -194,7 +190,7 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
     };
     let summary = Summary {
         worker_id: s.config.id,
-        tasks_run: s.tasks_run,
+        tasks_run: s.protocol.tasks_run(),
         alive: started.elapsed(),
         reason,
     };
@@ -216,7 +212,7 @@ fn reconnect_waits() -> backon::ExponentialBackoff {
         .build()
 }
 
-/// What outlives one stream: the running tasks and the counters.
+/// What outlives one stream: the running tasks and the protocol state.
 struct Session<H> {
     config: WorkerConfig,
     /// The coordinators it may dial (`config.coordinator_url`, split once).
@@ -226,28 +222,14 @@ struct Session<H> {
     /// When the session's execution timeout passes.
     deadline: tokio::time::Instant,
     handler: Arc<H>,
-    running: JoinSet<(u64, u32, u64, Duration, HandlerOutcome)>,
-    /// Running tasks: their attempt and how to abort them.
-    handles: HashMap<u64, (u32, AbortHandle)>,
-    /// The largest output the coordinator accepts (its Welcome); 0 before one.
-    max_output: u64,
-    /// Results sent in the last [`RESEND_WINDOW`], repeated in the next hello if the stream
-    /// breaks (they may not have been recorded).
-    recent: VecDeque<(Instant, pb::WorkerTaskResult)>,
-    tasks_run: u64,
-    shutdown: Option<pb::ShutdownReason>,
+    running: JoinSet<Finished>,
+    /// How to abort each running task.
+    handles: HashMap<u64, AbortHandle>,
     sampler: Sampler,
     /// Set once a connection got its Welcome (resets the reconnect backoff).
     welcomed: bool,
-    /// The concurrency limit the coordinator last announced (Welcome, then Limit messages).
-    limit: u32,
-    /// When the newest running task started.
-    newest: Option<Instant>,
-    /// When the running tasks first changed since the last sample (a sample is due
-    /// [`SETTLE`] later).
-    changed: Option<Instant>,
-    /// The most tasks that ran at once since the last sample.
-    most_since_sample: u32,
+    /// What the session knows and decides (pure).
+    protocol: Protocol,
 }
 
 impl<H: Handler> Session<H> {
@@ -267,7 +249,7 @@ impl<H: Handler> Session<H> {
             .max_encoding_message_size(usize::MAX);
         let (out, outbox) = mpsc::channel::<WorkerMessage>(OUTBOX);
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let running: Vec<(u64, u32)> = self.handles.iter().map(|(&t, &(a, _))| (t, a)).collect();
+        let (running_task_ids, running_attempts, recent_results) = self.protocol.resume();
         let hello = pb::Hello {
             worker_id: self.config.id.clone(),
             function: self.config.function.clone(),
@@ -276,9 +258,9 @@ impl<H: Handler> Session<H> {
             slots: self.config.slots.unwrap_or(0),
             timeout_ms: remaining.as_millis().max(1) as u64,
             instance: self.config.instance.clone(),
-            running_task_ids: running.iter().map(|&(t, _)| t).collect(),
-            running_attempts: running.iter().map(|&(_, a)| a).collect(),
-            recent_results: self.recent.iter().map(|(_, r)| r.clone()).collect(),
+            running_task_ids,
+            running_attempts,
+            recent_results,
             max_slots: self.config.max_slots.unwrap_or(0),
         };
         send(&out, Up::Hello(hello)).await?;
@@ -290,108 +272,64 @@ impl<H: Handler> Session<H> {
             other => return Err(Error::Protocol(format!("expected a welcome, got {other:?}"))),
         };
         self.welcomed = true;
-        self.limit = welcome.slots;
-        self.handler.limit(welcome.slots);
+        let actions = self.protocol.welcomed(&welcome, Instant::now());
+        self.carry_out(actions, &out).await?;
         let mut broken = self.handler.broken();
-        self.max_output = welcome.max_output_bytes;
-        // The coordinator has them now (it ignores what it already had).
-        self.recent.clear();
         let interval = Duration::from_millis(welcome.sample_interval_ms.max(10));
-        info!(worker = %self.config.id, function = %self.config.function, slots = welcome.slots, resumed = !self.handles.is_empty(), "connected");
+        info!(worker = %self.config.id, function = %self.config.function, slots = welcome.slots, resumed = self.protocol.resuming(), "connected");
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let id = self.config.id.clone();
-        let mut last_probe = Instant::now();
 
         let reason = loop {
-            if let Some(reason) = self.shutdown
-                && self.running.is_empty()
-            {
+            if let Some(reason) = self.protocol.done() {
                 break EndReason::Shutdown(reason);
             }
-            // The next look at itself: SETTLE after a change, or PROBE while tasks run.
-            let probe_at = match self.changed {
-                Some(at) => Some(at + SETTLE),
-                None if !self.running.is_empty() => Some(last_probe + PROBE),
-                None => None,
-            };
             tokio::select! {
                 msg = inbound.message() => match msg? {
-                    Some(CoordinatorMessage { kind: Some(Down::Assign(assign)) }) => {
-                        for a in assign.tasks {
-                            self.start(a);
-                        }
-                        // More tasks than at any time since the last sample (the coordinator
-                        // raised the limit): the next CPU figure covers them alone. A refill
-                        // to the same level keeps the span, so a task's start-up burst is
-                        // averaged with the others' quiet.
-                        let running = self.running.len() as u32;
-                        if running > self.most_since_sample {
-                            self.most_since_sample = running;
-                            self.sampler.mark();
-                        }
-                        self.changed.get_or_insert_with(Instant::now);
+                    Some(CoordinatorMessage { kind: Some(kind) }) => {
+                        let actions = self.protocol.message(kind, Instant::now());
+                        self.carry_out(actions, &out).await?;
                     }
-                    Some(CoordinatorMessage { kind: Some(Down::Limit(l)) }) => {
-                        debug!(worker = %id, slots = l.slots, "concurrency limit moved");
-                        self.limit = l.slots;
-                        self.handler.limit(l.slots);
-                    }
-                    Some(CoordinatorMessage { kind: Some(Down::Cancel(cancel)) }) => {
-                        for task in cancel.task_ids {
-                            if let Some((_, h)) = self.handles.remove(&task) {
-                                info!(worker = %id, task, "task cancelled");
-                                h.abort();
-                            }
-                        }
-                    }
-                    Some(CoordinatorMessage { kind: Some(Down::Shutdown(s)) }) => {
-                        let reason = s.reason();
-                        info!(worker = %id, reason = reason.as_str_name(), running = self.running.len(), "shutdown received");
-                        self.shutdown = Some(reason);
-                    }
-                    Some(other) => warn!(worker = %id, ?other, "unexpected message ignored"),
+                    Some(other) => warn!(worker = %id, ?other, "empty message ignored"),
                     // Closed without a Shutdown: the coordinator dropped this session.
                     None => return Err(Error::StreamBroken),
                 },
-                Some(joined) = self.running.join_next() => {
-                    let mut results = Vec::new();
-                    let mut next = Some(joined);
-                    while let Some(joined) = next {
+                Some(first) = self.running.join_next() => {
+                    let mut joined = Vec::new();
+                    let mut next = Some(first);
+                    while let Some(j) = next {
                         // An Err is a task aborted because the coordinator cancelled it.
-                        if let Ok((task, attempt, started, took, outcome)) = joined {
-                            self.handles.remove(&task);
-                            self.tasks_run += 1;
-                            let outcome = cap_output(outcome, self.max_output);
-                            results.push(result(task, attempt, started, took, outcome));
-                        }
+                        joined.push(match j {
+                            Ok(finished) => {
+                                self.handles.remove(&finished.task);
+                                Joined::Finished(finished)
+                            }
+                            Err(_) => Joined::Aborted,
+                        });
                         next = self.running.try_join_next();
                     }
-                    self.remember(&results);
-                    for results in batches(results, self.max_output) {
-                        send(&out, Up::Results(pb::TaskResults { results })).await?;
-                    }
-                    self.changed.get_or_insert_with(Instant::now);
+                    let actions = self.protocol.joined(joined, Instant::now());
+                    self.carry_out(actions, &out).await?;
                 },
                 _ = tick.tick() => {
                     send(&out, Up::Sample(self.sample())).await?;
                 }
-                () = sleep_until_opt(probe_at) => {
-                    last_probe = Instant::now();
-                    if self.changed.is_some() || self.sampler.moved() {
+                () = sleep_until_opt(self.protocol.probe_at()) => {
+                    if self.protocol.probed(Instant::now(), self.sampler.moved()) {
                         send(&out, Up::Sample(self.sample())).await?;
                     }
                 }
                 msg = &mut broken => {
-                    warn!(worker = %id, error = %msg, running = self.running.len(), "the handler cannot run tasks; ending the session");
+                    warn!(worker = %id, error = %msg, running = self.protocol.spawned(), "the handler cannot run tasks; ending the session");
                     return Err(Error::Handler(msg));
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    warn!(worker = %id, running = self.running.len(), "execution timeout reached");
+                    warn!(worker = %id, running = self.protocol.spawned(), "execution timeout reached");
                     break EndReason::Timeout;
                 }
                 () = self.config.stop.cancelled() => {
-                    warn!(worker = %id, running = self.running.len(), "told to stop; ending the session, the coordinator gives back what runs here");
+                    warn!(worker = %id, running = self.protocol.spawned(), "told to stop; ending the session, the coordinator gives back what runs here");
                     break EndReason::Terminated;
                 }
             }
@@ -407,51 +345,38 @@ impl<H: Handler> Session<H> {
         Ok(reason)
     }
 
-    /// Keeps `results` for [`RESEND_WINDOW`], within [`RESEND_BYTES`] (the oldest go first).
-    fn remember(&mut self, results: &[pb::WorkerTaskResult]) {
-        let now = Instant::now();
-        self.recent.extend(results.iter().map(|r| (now, r.clone())));
-        self.forget_recent(now);
-    }
-
-    /// Drops remembered results sent more than [`RESEND_WINDOW`] before `now`, and the
-    /// oldest past [`RESEND_BYTES`] or [`RESEND_COUNT`].
-    fn forget_recent(&mut self, now: Instant) {
-        let cap = if self.max_output > 0 {
-            (self.max_output as usize).min(RESEND_BYTES)
-        } else {
-            RESEND_BYTES
-        };
-        let mut bytes: usize = self.recent.iter().map(|(_, r)| result_bytes(r)).sum();
-        while let Some((at, r)) = self.recent.front() {
-            let old = now.saturating_duration_since(*at) > RESEND_WINDOW;
-            if !(old || bytes > cap || self.recent.len() > RESEND_COUNT) {
-                break;
+    /// Carries out what the protocol state decided, in order.
+    async fn carry_out(&mut self, actions: Vec<Action>, out: &mpsc::Sender<WorkerMessage>) -> Result<()> {
+        for action in actions {
+            match action {
+                Action::Start(a) => self.start(a),
+                Action::Abort(task) => {
+                    if let Some(h) = self.handles.remove(&task) {
+                        h.abort();
+                    }
+                }
+                Action::Limit(slots) => self.handler.limit(slots),
+                Action::MarkSampler => self.sampler.mark(),
+                Action::Send(kind) => send(out, kind).await?,
             }
-            bytes -= result_bytes(r);
-            self.recent.pop_front();
         }
+        Ok(())
     }
 
     /// A sample now (and the running tasks' change is reported).
     /// A handler that holds tasks before they run (a runtime copy still starting) says what
     /// runs: a task counts toward a level only once it really runs.
     fn sample(&mut self) -> pb::ResourceSample {
-        self.changed = None;
-        self.most_since_sample = self.running.len() as u32;
-        if self.running.is_empty() {
-            self.newest = None;
-        }
+        let (spawned, newest) = self.protocol.sampling();
         let (running, newest) = match self.handler.running() {
             Some(r) => (r.tasks, r.newest),
-            None => (self.running.len() as u32, self.newest),
+            None => (spawned, newest),
         };
         let youngest = newest.map_or(Duration::ZERO, |t| t.elapsed());
         self.sampler.sample(running, youngest)
     }
 
     fn start(&mut self, a: pb::TaskAssignment) {
-        debug!(worker = %self.config.id, task = a.task_id, attempt = a.attempt, "task started");
         let (id, attempt) = (a.task_id, a.attempt);
         let task = Task {
             id,
@@ -467,105 +392,31 @@ impl<H: Handler> Session<H> {
             }),
         };
         let fut = self.handler.call(task);
-        self.newest = Some(Instant::now());
         let handle = self.running.spawn(async move {
-            let start = carpool_proto::unix_ms();
+            let started_unix_ms = carpool_proto::unix_ms();
             let clock = Instant::now();
             // A panicking handler fails its task, never the worker.
             let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
                 Ok(outcome) => outcome,
                 Err(panic) => Err(format!("task {id} panicked: {}", panic_message(panic))),
             };
-            (id, attempt, start, clock.elapsed(), outcome)
+            Finished {
+                task: id,
+                attempt,
+                started_unix_ms,
+                finished_unix_ms: carpool_proto::unix_ms(),
+                took: clock.elapsed(),
+                outcome,
+            }
         });
-        self.handles.insert(id, (attempt, handle));
+        self.handles.insert(id, handle);
     }
-}
-
-/// How long a sent result is remembered, to repeat after a break: the coordinator records
-/// a result within milliseconds of receiving it, so one sent longer before the break is on
-/// record.
-pub const RESEND_WINDOW: Duration = Duration::from_secs(5);
-/// The most bytes of outputs remembered (and the coordinator's output limit, if lower), so
-/// that a hello that repeats them stays within the message limit.
-pub const RESEND_BYTES: usize = 4 << 20;
-/// The most results remembered.
-pub const RESEND_COUNT: usize = 4096;
-
-/// The bytes of a result's output or error.
-fn result_bytes(r: &pb::WorkerTaskResult) -> usize {
-    match &r.outcome {
-        Some(Outcome::Output(b)) => b.len(),
-        Some(Outcome::Error(e)) => e.len(),
-        None => 0,
-    }
-}
-
-/// `outcome`, or an error in its place when its output is larger than `max` bytes (the
-/// coordinator's limit, from its Welcome; 0: none known): the task fails with the sizes
-/// instead of the whole batch being refused.
-fn cap_output(outcome: HandlerOutcome, max: u64) -> HandlerOutcome {
-    match outcome {
-        Ok(out) if max > 0 && out.len() as u64 > max => Err(format!(
-            "output too large: {} bytes, the coordinator accepts at most {max}",
-            out.len()
-        )),
-        Err(e) if max > 0 && e.len() as u64 > max => {
-            let mut cut = (max as usize).min(e.len());
-            while !e.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            Err(e[..cut].to_owned())
-        }
-        other => other,
-    }
-}
-
-/// `results` split into messages whose outputs and errors add up to at most `max` bytes
-/// each (one result per message at least; 0: one message).
-fn batches(results: Vec<pb::WorkerTaskResult>, max: u64) -> Vec<Vec<pb::WorkerTaskResult>> {
-    let mut out: Vec<Vec<pb::WorkerTaskResult>> = Vec::new();
-    let mut size = 0u64;
-    for r in results {
-        let len = result_bytes(&r) as u64;
-        match out.last_mut() {
-            Some(batch) if max == 0 || size + len <= max => {
-                size += len;
-                batch.push(r);
-            }
-            _ => {
-                size = len;
-                out.push(vec![r]);
-            }
-        }
-    }
-    out
 }
 
 async fn send(out: &mpsc::Sender<WorkerMessage>, kind: Up) -> Result<()> {
     out.send(WorkerMessage { kind: Some(kind) })
         .await
         .map_err(|_| Error::StreamBroken)
-}
-
-fn result(
-    task_id: u64,
-    attempt: u32,
-    started: u64,
-    took: Duration,
-    outcome: HandlerOutcome,
-) -> pb::WorkerTaskResult {
-    pb::WorkerTaskResult {
-        task_id,
-        attempt,
-        outcome: Some(match outcome {
-            Ok(bytes) => Outcome::Output(bytes),
-            Err(e) => Outcome::Error(e),
-        }),
-        started_unix_ms: started,
-        finished_unix_ms: carpool_proto::unix_ms(),
-        duration_us: took.as_micros().clamp(1, u128::from(u64::MAX)) as u64,
-    }
 }
 
 /// Sleeps until `at`, or for ever without one.
