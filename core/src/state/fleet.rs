@@ -151,20 +151,21 @@ impl State {
         );
         let mut functions = Vec::new();
         for id in orphans.into_iter().rev() {
-            let Some(t) = self.tasks.get_mut(id) else {
+            let released = self.update_task(id, |t| {
+                let held = std::mem::take(&mut t.held);
+                (held && t.state == TaskState::Pending).then(|| {
+                    t.attempts = t.attempts.saturating_sub(1);
+                    (t.function.clone(), t.attempts)
+                })
+            });
+            let Some(Some((function, attempts))) = released else {
                 continue;
             };
-            if t.state != TaskState::Pending {
-                continue;
-            }
-            t.attempts = t.attempts.saturating_sub(1);
-            let (function, attempts) = (t.function.clone(), t.attempts);
             if self.journaled {
                 effects.journal.push(JournalOp::Started(id, attempts));
             }
             if let Some(f) = self.functions.get_mut(&function) {
                 f.pool.push_front(id);
-                f.pending += 1;
                 f.retried += 1;
             }
             if !functions.contains(&function) {
@@ -289,8 +290,8 @@ impl State {
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
+        // Each leaves its count as it fails (see `finish`).
         let pool = std::mem::take(&mut f.pool);
-        f.pending = 0;
         warn!(
             function,
             tasks = pool.len(),

@@ -10,11 +10,13 @@
 //! - `event.rs`: every event, and [`State::handle`], the one way in.
 //! - `mod.rs`: the types, dispatch and the idle/deadline evaluation of a worker.
 //! - `effects.rs`: what an event returns.
+//! - `counts.rs`: each function's task counts, moved only as its tasks change phase.
 //! - `tasks.rs`: client events (submit, cancel, get, watch).
 //! - `workers.rs`: worker events (connect, resume, claim, sample, results, disconnect).
 //! - `fleet.rs`: timeouts, the liveness sweep, held-back tasks, spawn outcomes.
 //! - `report.rs`: ListWorkers and Stats.
 
+mod counts;
 mod effects;
 mod event;
 mod fleet;
@@ -33,13 +35,14 @@ use std::time::{Duration, Instant};
 
 use carpool_messages::Bytes;
 use carpool_messages::pb::{self, TaskState, coordinator_message::Kind};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, SpawnerKind};
 use crate::scheduler::{
     self, IdleAction, Learned, Limit, LimitParams, Rules, StopReason, Verdict, WorkerView,
 };
 
+use counts::TaskCounts;
 pub use effects::{
     Conn, Effects, JournalOp, Observation, Outbound, SpawnOutcome, SpawnRequest, Timer, Waiter, WaiterId,
 };
@@ -122,6 +125,9 @@ pub struct State {
     last_sweep: Option<Instant>,
     /// The concurrency limit learned per (function, memory size): where new workers start.
     learned: BTreeMap<(Arc<str>, u32), Learned>,
+    /// Recount the tasks after every dispatch (the state's unit tests).
+    #[cfg(test)]
+    recount: bool,
 }
 
 impl State {
@@ -154,6 +160,8 @@ impl State {
             written_off_order: VecDeque::new(),
             last_sweep: None,
             learned: BTreeMap::new(),
+            #[cfg(test)]
+            recount: false,
         }
     }
 
@@ -242,19 +250,16 @@ impl State {
         if self.settling.contains(function) {
             return;
         }
-        let Some(f) = self.functions.get_mut(function) else {
-            return;
-        };
         let rules = self.rules;
         // Assignments per worker, in the order the workers were first chosen.
         let mut batches: Vec<(WorkerId, Vec<pb::TaskAssignment>)> = Vec::new();
-        while f.pending > 0 {
+        while let Some(f) = self.functions.get_mut(function).filter(|f| f.tasks.pending() > 0) {
             let Some((&key, worker_id)) = f.eligible.first_key_value() else {
                 break;
             };
             let worker_id = worker_id.clone();
-            let w = match self.workers.get_mut(&worker_id) {
-                Some(w) if w.eligible(&rules, now) => w,
+            match self.workers.get_mut(&worker_id) {
+                Some(w) if w.eligible(&rules, now) => {}
                 stale => {
                     // Gone, or past its deadline fraction since it was keyed.
                     f.eligible.remove(&key);
@@ -263,43 +268,55 @@ impl State {
                     }
                     continue;
                 }
-            };
+            }
             let Some(task_id) = pop_pending(&mut f.pool, &self.tasks) else {
-                // Pending count and pool disagree: trust the pool.
-                f.pending = 0;
+                // The counts say pending, the pool has none: a defect (the counts follow
+                // the tasks), never worth looping over.
+                warn!(
+                    function,
+                    pending = f.tasks.pending(),
+                    "pending tasks counted but none in the pool"
+                );
                 break;
             };
-            let Some(task) = self.tasks.get_mut(task_id) else {
+            let journaled = self.journaled;
+            let task_timeout = self.config.limits.task_timeout;
+            let Some((assignment, limit)) = self.update_task(task_id, |task| {
+                task.state = TaskState::Running;
+                task.attempts += 1;
+                task.worker = Some(worker_id.clone());
+                let limit = task.timeout.or(task_timeout);
+                let assignment = pb::TaskAssignment {
+                    task_id,
+                    attempt: task.attempts,
+                    function: task.function.to_string(),
+                    payload: task.payload.clone(),
+                    timeout_ms: limit.map_or(0, |l| l.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
+                };
+                (assignment, limit)
+            }) else {
                 continue;
             };
-            task.state = TaskState::Running;
-            task.attempts += 1;
-            task.worker = Some(worker_id.clone());
-            if self.journaled {
-                effects.journal.push(JournalOp::Started(task_id, task.attempts));
+            let attempt = assignment.attempt;
+            if journaled {
+                effects.journal.push(JournalOp::Started(task_id, attempt));
             }
-            w.running.push((task_id, task.attempts));
+            if let Some(limit) = limit {
+                effects.timers.push((limit, Timer::Task(task_id, attempt)));
+            }
+            let (Some(f), Some(w)) = (self.functions.get_mut(function), self.workers.get_mut(&worker_id))
+            else {
+                continue;
+            };
+            w.running.push((task_id, attempt));
             w.assigned_total += 1;
             if w.running.len() as u32 >= w.limit.value() {
                 w.limit.filled(now);
                 tracing::trace!(worker = %worker_id, limit = w.limit.value(), "limit filled");
             }
-            f.pending -= 1;
-            f.running += 1;
             // One more task changes its rank, or makes it full.
             rekey(&mut f.eligible, &worker_id, w, &rules, now);
-            debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
-            let limit = task.timeout.or(self.config.limits.task_timeout);
-            if let Some(limit) = limit {
-                effects.timers.push((limit, Timer::Task(task_id, task.attempts)));
-            }
-            let assignment = pb::TaskAssignment {
-                task_id,
-                attempt: task.attempts,
-                function: task.function.to_string(),
-                payload: task.payload.clone(),
-                timeout_ms: limit.map_or(0, |l| l.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
-            };
+            debug!(task = task_id, worker = %worker_id, attempt, "assigned");
             match w.batch {
                 Some(i) => batches[i].1.push(assignment),
                 None => {
@@ -315,6 +332,12 @@ impl State {
             }
         }
         self.spawn_for(function, now, effects);
+        // Every event ends here: in the state's unit tests, the counts must agree with the
+        // tasks (the simulator's, with thousands of events, skip the recount).
+        #[cfg(test)]
+        if self.recount {
+            self.check_counts();
+        }
     }
 
     /// Takes worker `id` out of its function's index of eligible workers.
@@ -351,7 +374,7 @@ impl State {
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
-        if f.pending == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
+        if f.tasks.pending() == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
             return;
         }
         // At the cap there is nothing to decide: skip the scan of the fleet's free slots.
@@ -362,7 +385,7 @@ impl State {
         let mut free = f.starting as usize * slots_per_new as usize;
         let free_bound = free + f.workers * f.max_slots.max(cap) as usize * (1 + ahead as usize);
         let fleet_cannot_matter =
-            !scheduler::free_slots_matter(f.pending as usize, free_bound, room, slots_per_new);
+            !scheduler::free_slots_matter(f.tasks.pending() as usize, free_bound, room, slots_per_new);
         if fleet_cannot_matter {
             free = free_bound;
         } else if let Some((key, _)) = self.functions.get_key_value(function) {
@@ -381,7 +404,7 @@ impl State {
         };
         let fleet = f.workers as u32 + f.starting;
         let n = scheduler::workers_to_spawn(
-            f.pending as usize,
+            f.tasks.pending() as usize,
             free,
             fleet,
             self.config.fleet.max_workers,
@@ -418,7 +441,10 @@ impl State {
         let Some(w) = self.workers.get(id) else {
             return;
         };
-        let pool_empty = self.functions.get(&w.function).is_none_or(|f| f.pending == 0);
+        let pool_empty = self
+            .functions
+            .get(&w.function)
+            .is_none_or(|f| f.tasks.pending() == 0);
         match scheduler::idle_action(&self.rules, &w.view(now), pool_empty) {
             IdleAction::Keep => {}
             IdleAction::RecheckAfter(d) => {

@@ -13,6 +13,9 @@ pub(super) struct Task {
     /// Taken but not yet acknowledged: its record is being written to the journal. It
     /// counts as pending and is outside its pool until [`State::accepted`].
     pub(super) accepting: bool,
+    /// Restored as running at a restart, held out of its pool for its worker to claim (its
+    /// id is in `State::orphans` too, in order).
+    pub(super) held: bool,
     pub(super) attempts: u32,
     pub(super) worker: Option<WorkerId>,
     pub(super) submitted_unix_ms: u64,
@@ -155,17 +158,9 @@ pub(super) struct Starting {
 pub(super) struct FunctionPool {
     /// Pending task ids in order; may hold ids cancelled since (skipped when popped).
     pub(super) pool: VecDeque<TaskId>,
-    /// Tasks in the pool, waiting for a worker (what dispatch may place).
-    pub(super) pending: u64,
-    /// Submissions whose journal record is being written: pending to their client, but
-    /// outside the pool until the write lands ([`State::accepted`]).
-    pub(super) accepting: u64,
-    /// Tasks running on a worker.
-    pub(super) running: u64,
-    /// Tasks that finished with each end, over the coordinator's life (Stats reports them).
-    pub(super) succeeded: u64,
-    pub(super) failed: u64,
-    pub(super) cancelled: u64,
+    /// How many of its tasks are in each phase (changed only as its tasks change: see
+    /// `counts.rs`).
+    pub(super) tasks: TaskCounts,
     /// Attempts given back to the pool (lost worker, timeout, restart) for another try.
     pub(super) retried: u64,
     /// Attempts that ran past their timeout.
@@ -216,9 +211,9 @@ pub(super) struct FunctionPool {
 impl FunctionPool {
     /// Nothing pending, running, live or starting: its entry only holds counters.
     pub(super) fn is_idle(&self) -> bool {
-        self.pending == 0
-            && self.accepting == 0
-            && self.running == 0
+        self.tasks.pending() == 0
+            && self.tasks.accepting() == 0
+            && self.tasks.running() == 0
             && self.workers == 0
             && self.starting == 0
     }

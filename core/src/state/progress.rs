@@ -162,7 +162,6 @@ impl State {
                 w.idle_since = now;
             }
             if let Some(f) = self.functions.get_mut(&function) {
-                f.running = f.running.saturating_sub(1);
                 f.request_gb_ms += billing::billed_gb_ms(took, memory_mb);
                 f.requests += 1;
                 f.reach.task(took);

@@ -120,11 +120,11 @@ fn function_stats(name: &str, f: &FunctionPool, live_gb_ms: f64) -> pb::Function
     let billed_gb_ms = f.billed_gb_ms + live_gb_ms;
     pb::FunctionStats {
         function: name.to_owned(),
-        pending: f.pending + f.accepting,
-        running: f.running,
-        succeeded: f.succeeded,
-        failed: f.failed,
-        cancelled: f.cancelled,
+        pending: f.tasks.pending() + f.tasks.accepting(),
+        running: f.tasks.running(),
+        succeeded: f.tasks.succeeded(),
+        failed: f.tasks.failed(),
+        cancelled: f.tasks.cancelled(),
         workers_live: f.workers as u32,
         workers_starting: f.starting,
         workers_started: f.workers_started,

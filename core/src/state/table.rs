@@ -58,6 +58,15 @@ impl<T> Table<T> {
         self.chunks.get_mut(c)?.as_mut()?.slots[s].as_mut()
     }
 
+    /// Every value present, in no particular order.
+    #[cfg(test)]
+    pub(super) fn values(&self) -> impl Iterator<Item = &T> {
+        self.chunks
+            .iter()
+            .flatten()
+            .flat_map(|c| c.slots.iter().flatten())
+    }
+
     pub(super) fn contains_key(&self, id: TaskId) -> bool {
         self.get(id).is_some()
     }

@@ -192,7 +192,11 @@ impl State {
         if sub.key.len() > MAX_KEY_BYTES {
             return Err(Error::KeyTooLong(sub.key.len(), MAX_KEY_BYTES));
         }
-        let pending: u64 = self.functions.values().map(|f| f.pending + f.accepting).sum();
+        let pending: u64 = self
+            .functions
+            .values()
+            .map(|f| f.tasks.pending() + f.tasks.accepting())
+            .sum();
         if pending >= self.config.limits.max_pending {
             return Err(Error::PoolFull(pending));
         }
@@ -226,7 +230,7 @@ impl State {
         });
         let function = self.function_key(&sub.function);
         self.payload_bytes += size as u64;
-        self.tasks.insert(
+        self.add_task(
             id,
             Task {
                 function: function.clone(),
@@ -235,6 +239,7 @@ impl State {
                 key: sub.key,
                 state: TaskState::Pending,
                 accepting: record.is_some(),
+                held: false,
                 attempts: 0,
                 worker: None,
                 submitted_unix_ms: sub.submitted_unix_ms,
@@ -242,13 +247,6 @@ impl State {
                 waiters: waiter.into_iter().collect(),
             },
         );
-        if let Some(f) = self.functions.get_mut(&function) {
-            if record.is_some() {
-                f.accepting += 1;
-            } else {
-                f.pending += 1;
-            }
-        }
         debug!(task = id, function = %function, "submitted");
         match record {
             Some(record) => Ok(Submitted::Write(id, Box::new(record))),
@@ -261,16 +259,14 @@ impl State {
 
     /// Task `id`'s record is on disk: it enters its pool (unless cancelled meanwhile).
     pub(super) fn accepted(&mut self, id: TaskId, now: Instant, effects: &mut Effects) {
-        let Some(t) = self.tasks.get_mut(id).filter(|t| t.accepting) else {
+        if !self.tasks.get(id).is_some_and(|t| t.accepting) {
             return;
-        };
-        t.accepting = false;
-        if t.state == TaskState::Pending {
-            let function = t.function.clone();
-            if let Some(f) = self.functions.get_mut(&function) {
-                f.accepting = f.accepting.saturating_sub(1);
-                f.pending += 1;
-            }
+        }
+        let entered = self.update_task(id, |t| {
+            t.accepting = false;
+            (t.state == TaskState::Pending).then(|| t.function.clone())
+        });
+        if let Some(Some(function)) = entered {
             self.enter_pool(id, &function, now, effects);
         }
     }
@@ -281,17 +277,12 @@ impl State {
         if !self.tasks.get(id).is_some_and(|t| t.accepting) {
             return;
         }
-        let Some(t) = self.tasks.remove(id) else {
+        let Some(t) = self.remove_task(id) else {
             return;
         };
         self.payload_bytes = self.payload_bytes.saturating_sub(t.payload.len() as u64);
         if self.keys.get(&t.key).is_some_and(|(k, _)| *k == id) {
             self.keys.remove(&t.key);
-        }
-        if t.state == TaskState::Pending
-            && let Some(f) = self.functions.get_mut(&t.function)
-        {
-            f.accepting = f.accepting.saturating_sub(1);
         }
         let result = Arc::new(pb::TaskResult {
             task_id: id,
@@ -374,7 +365,8 @@ impl State {
             let state = result.as_ref().map_or(TaskState::Pending, |r| r.state());
             self.payload_bytes += stored.payload.len() as u64;
             self.result_bytes += result.as_deref().map_or(0, result_size);
-            self.tasks.insert(
+            let held = state == TaskState::Pending && started > 0 && hold_back;
+            self.add_task(
                 id,
                 Task {
                     function: key.clone(),
@@ -383,6 +375,7 @@ impl State {
                     key: stored.key,
                     state,
                     accepting: false,
+                    held,
                     // A running attempt that is not held back for its worker was lost to
                     // the restart: it does not count against `--max-attempts`.
                     attempts: result.as_ref().map_or(
@@ -399,22 +392,15 @@ impl State {
                     waiters: Vec::new(),
                 },
             );
-            if let Some(f) = self.functions.get_mut(&key) {
-                match state {
-                    TaskState::Pending if started > 0 && hold_back => {
-                        self.orphans.insert(id);
-                        pending += 1;
-                    }
-                    TaskState::Pending => {
-                        f.pool.push_back(id);
-                        f.pending += 1;
-                        pending += 1;
-                        with_pending.insert(key.clone());
-                    }
-                    TaskState::Succeeded => f.succeeded += 1,
-                    TaskState::Failed => f.failed += 1,
-                    _ => f.cancelled += 1,
+            if held {
+                self.orphans.insert(id);
+                pending += 1;
+            } else if state == TaskState::Pending {
+                if let Some(f) = self.functions.get_mut(&key) {
+                    f.pool.push_back(id);
                 }
+                pending += 1;
+                with_pending.insert(key.clone());
             }
             if state != TaskState::Pending {
                 done += 1;
@@ -464,7 +450,7 @@ impl State {
             }
             self.finished.pop_front();
             self.evicted = self.evicted.saturating_sub(1);
-            if let Some(task) = self.tasks.remove(id) {
+            if let Some(task) = self.remove_task(id) {
                 self.result_bytes = self
                     .result_bytes
                     .saturating_sub(task.result.as_deref().map_or(0, result_size));
@@ -480,18 +466,14 @@ impl State {
 
     /// Records a task's final result, wakes its waiters and frees its payload.
     pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult, now: Instant, effects: &mut Effects) {
+        let state = result.state();
+        // The task moves to its end (and its function's counts with it).
+        if self.update_task(id, |task| task.state = state).is_none() {
+            return;
+        }
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
-        let state = result.state();
-        if let Some(f) = self.functions.get_mut(&task.function) {
-            match state {
-                TaskState::Succeeded => f.succeeded += 1,
-                TaskState::Failed => f.failed += 1,
-                _ => f.cancelled += 1,
-            }
-        }
-        task.state = state;
         self.payload_bytes = self.payload_bytes.saturating_sub(task.payload.len() as u64);
         task.payload = Bytes::new();
         let since = |from: u64, to: u64| (from > 0 && to >= from).then(|| to - from);
@@ -517,27 +499,16 @@ impl State {
     /// worker (whose slot is freed at once). Returns the state after the call.
     pub(super) fn cancel(&mut self, id: TaskId, now: Instant, effects: &mut Effects) -> Result<TaskState> {
         let task = self.tasks.get(id).ok_or(Error::UnknownTask(id))?;
-        let (state, function, worker, attempts, accepting) = (
+        let (state, function, worker, attempts) = (
             task.state,
             task.function.clone(),
             task.worker.clone(),
             task.attempts,
-            task.accepting,
         );
         match state {
-            TaskState::Pending => {
-                if let Some(f) = self.functions.get_mut(&function) {
-                    if accepting {
-                        f.accepting = f.accepting.saturating_sub(1);
-                    } else {
-                        f.pending = f.pending.saturating_sub(1);
-                    }
-                }
-            }
+            // It leaves its count as it ends (see `finish`); the pool skips it.
+            TaskState::Pending => {}
             TaskState::Running => {
-                if let Some(f) = self.functions.get_mut(&function) {
-                    f.running = f.running.saturating_sub(1);
-                }
                 if let Some(wid) = &worker
                     && let Some(w) = self.workers.get_mut(wid)
                 {

@@ -323,28 +323,30 @@ impl State {
                 .tasks
                 .get(task_id)
                 .is_some_and(|t| t.state == TaskState::Pending);
-            let Some(w) = self.workers.get_mut(id).filter(|_| wanted) else {
+            if !(wanted && self.workers.contains_key(id)) {
                 cancel.push(task_id);
                 continue;
-            };
-            let Some(t) = self.tasks.get_mut(task_id) else {
+            }
+            // Held back for it or back in its pool (where it stays, skipped): running now.
+            let claimed = self.update_task(task_id, |t| {
+                let attempt = attempts.get(i).copied().unwrap_or(0).max(t.attempts).max(1);
+                t.state = TaskState::Running;
+                t.held = false;
+                t.attempts = attempt;
+                t.worker = Some(id.clone());
+                (attempt, t.timeout)
+            });
+            let Some((attempt, timeout)) = claimed else {
                 continue;
             };
-            let attempt = attempts.get(i).copied().unwrap_or(0).max(t.attempts).max(1);
-            t.state = TaskState::Running;
-            t.attempts = attempt;
-            t.worker = Some(id.clone());
+            self.orphans.remove(&task_id);
+            let Some(w) = self.workers.get_mut(id) else {
+                continue;
+            };
             w.running.push((task_id, attempt));
             w.assigned_total += 1;
             kept += 1;
-            let held_back = self.orphans.remove(&task_id);
-            if let Some(f) = self.functions.get_mut(&t.function) {
-                if !held_back {
-                    f.pending = f.pending.saturating_sub(1); // it stays in the pool, skipped
-                }
-                f.running += 1;
-            }
-            if let Some(limit) = t.timeout.or(self.config.limits.task_timeout) {
+            if let Some(limit) = timeout.or(self.config.limits.task_timeout) {
                 effects.timers.push((limit, Timer::Task(task_id, attempt)));
             }
             if self.journaled {
@@ -455,9 +457,6 @@ impl State {
                 continue;
             }
             let function = t.function.clone();
-            if let Some(f) = self.functions.get_mut(&function) {
-                f.running = f.running.saturating_sub(1);
-            }
             if scheduler::after_lost_attempt(t.attempts, max_attempts) == AfterLostAttempt::Fail {
                 warn!(
                     task = task_id,
@@ -482,10 +481,9 @@ impl State {
                 );
             } else {
                 warn!(task = task_id, attempt, cause, "task back to the pool");
-                t.state = TaskState::Pending;
+                self.update_task(task_id, |t| t.state = TaskState::Pending);
                 if let Some(f) = self.functions.get_mut(&function) {
                     f.retried += 1;
-                    f.pending += 1;
                     f.pool.push_front(task_id);
                 }
             }

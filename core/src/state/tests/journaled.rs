@@ -276,3 +276,41 @@ fn an_attempt_lost_to_a_restart_is_not_counted() {
     assert_eq!(assigned(&mut effects, conn), vec![1]);
     assert_eq!(s.get(1).expect("task 1").attempts, 2);
 }
+
+/// A task held back at a restart for its worker counts as nothing pending; cancelling it
+/// must not take a pending task's place in the counts (the counts follow the tasks). Before
+/// they did, the cancel lowered the pending count of the function, and its one pending task
+/// was never placed.
+#[test]
+fn cancelling_a_task_held_back_at_a_restart_leaves_the_pending_work_placeable() {
+    let (mut s, now) = state(Config {
+        journaled: true,
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let stored = |payload: &'static [u8]| StoredTask {
+        function: "f".into(),
+        payload: Bytes::from_static(payload),
+        ..Default::default()
+    };
+    // Task 1 was running (held back for its worker); task 2 was pending.
+    s.restore(
+        Recovered {
+            tasks: vec![(1, stored(b"a"), 1), (2, stored(b"b"), 0)],
+            next_id: 3,
+            ..Default::default()
+        },
+        now,
+        &mut effects,
+    );
+    assert_eq!(
+        s.cancel(1, now, &mut effects).expect("cancel"),
+        TaskState::Cancelled
+    );
+    s.on_timer(Timer::Settled, now + RESTART_SETTLE, &mut effects);
+    let conn = connect(&mut s, &mut effects, "a", 1, now);
+    assert_eq!(assigned(&mut effects, conn), vec![2]);
+    let stats = s.stats(now);
+    let f = stats.functions.iter().find(|f| f.function == "f").expect("f");
+    assert_eq!((f.pending, f.running, f.cancelled), (0, 1, 1));
+}

@@ -11,7 +11,9 @@ use crate::config::{Config, Fleet, Functions, Limits, Placement, SpawnerKind};
 
 fn state(config: Config) -> (State, Instant) {
     let now = Instant::now();
-    (State::new(Arc::new(config), now), now)
+    let mut s = State::new(Arc::new(config), now);
+    s.recount = true;
+    (s, now)
 }
 
 fn external() -> Config {
