@@ -1,6 +1,7 @@
 //! A function's task counts, kept by one rule: a task moves between them only when its
 //! phase changes, and its phase changes only through [`State::add_task`],
-//! [`State::update_task`] and [`State::remove_task`]. No other code touches a count, so
+//! [`State::update_task`] and [`State::remove_task`] (dispatch inlines `update_task` on its
+//! hot path). No other code touches a count, so
 //! what Stats, dispatch and scale-out read always agrees with the tasks themselves (the
 //! state's unit tests recount them after every dispatch).
 

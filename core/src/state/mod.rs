@@ -253,13 +253,16 @@ impl State {
         let rules = self.rules;
         // Assignments per worker, in the order the workers were first chosen.
         let mut batches: Vec<(WorkerId, Vec<pb::TaskAssignment>)> = Vec::new();
-        while let Some(f) = self.functions.get_mut(function).filter(|f| f.tasks.pending() > 0) {
+        let Some(f) = self.functions.get_mut(function) else {
+            return;
+        };
+        while f.tasks.pending() > 0 {
             let Some((&key, worker_id)) = f.eligible.first_key_value() else {
                 break;
             };
             let worker_id = worker_id.clone();
-            match self.workers.get_mut(&worker_id) {
-                Some(w) if w.eligible(&rules, now) => {}
+            let w = match self.workers.get_mut(&worker_id) {
+                Some(w) if w.eligible(&rules, now) => w,
                 stale => {
                     // Gone, or past its deadline fraction since it was keyed.
                     f.eligible.remove(&key);
@@ -268,7 +271,7 @@ impl State {
                     }
                     continue;
                 }
-            }
+            };
             let Some(task_id) = pop_pending(&mut f.pool, &self.tasks) else {
                 // The counts say pending, the pool has none: a defect (the counts follow
                 // the tasks), never worth looping over.
@@ -279,36 +282,20 @@ impl State {
                 );
                 break;
             };
-            let journaled = self.journaled;
-            let task_timeout = self.config.limits.task_timeout;
-            let Some((assignment, limit)) = self.update_task(task_id, |task| {
-                task.state = TaskState::Running;
-                task.attempts += 1;
-                task.worker = Some(worker_id.clone());
-                let limit = task.timeout.or(task_timeout);
-                let assignment = pb::TaskAssignment {
-                    task_id,
-                    attempt: task.attempts,
-                    function: task.function.to_string(),
-                    payload: task.payload.clone(),
-                    timeout_ms: limit.map_or(0, |l| l.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
-                };
-                (assignment, limit)
-            }) else {
+            let Some(task) = self.tasks.get_mut(task_id) else {
                 continue;
             };
-            let attempt = assignment.attempt;
-            if journaled {
-                effects.journal.push(JournalOp::Started(task_id, attempt));
+            // `update_task` inlined (the fields are borrowed apart here): the task moves
+            // from pending to running in its function's counts.
+            let before = task.phase();
+            task.state = TaskState::Running;
+            task.attempts += 1;
+            task.worker = Some(worker_id.clone());
+            f.tasks.moved(Some(before), Some(task.phase()));
+            if self.journaled {
+                effects.journal.push(JournalOp::Started(task_id, task.attempts));
             }
-            if let Some(limit) = limit {
-                effects.timers.push((limit, Timer::Task(task_id, attempt)));
-            }
-            let (Some(f), Some(w)) = (self.functions.get_mut(function), self.workers.get_mut(&worker_id))
-            else {
-                continue;
-            };
-            w.running.push((task_id, attempt));
+            w.running.push((task_id, task.attempts));
             w.assigned_total += 1;
             if w.running.len() as u32 >= w.limit.value() {
                 w.limit.filled(now);
@@ -316,7 +303,18 @@ impl State {
             }
             // One more task changes its rank, or makes it full.
             rekey(&mut f.eligible, &worker_id, w, &rules, now);
-            debug!(task = task_id, worker = %worker_id, attempt, "assigned");
+            debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
+            let limit = task.timeout.or(self.config.limits.task_timeout);
+            if let Some(limit) = limit {
+                effects.timers.push((limit, Timer::Task(task_id, task.attempts)));
+            }
+            let assignment = pb::TaskAssignment {
+                task_id,
+                attempt: task.attempts,
+                function: task.function.to_string(),
+                payload: task.payload.clone(),
+                timeout_ms: limit.map_or(0, |l| l.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
+            };
             match w.batch {
                 Some(i) => batches[i].1.push(assignment),
                 None => {
