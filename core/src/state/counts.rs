@@ -1,7 +1,8 @@
 //! A function's task counts, kept by one rule: a task moves between them only when its
 //! phase changes, and its phase changes only through [`State::add_task`],
-//! [`State::update_task`] and [`State::remove_task`] (dispatch inlines `update_task` on its
-//! hot path). No other code touches a count, so
+//! [`State::update_task`] and [`State::remove_task`]; `finish`, which holds the task
+//! already, uses [`change_task`], and dispatch, which holds the function's pool, moves the
+//! count itself, one lookup each. No other code touches a count, so
 //! what Stats, dispatch and scale-out read always agrees with the tasks themselves (the
 //! state's unit tests recount them after every dispatch).
 
@@ -104,6 +105,25 @@ impl TaskCounts {
     }
 }
 
+/// Changes `task` with `change`, moving it between its function's counts (in
+/// `functions`) if its phase changed. For a caller that already holds the task (finish);
+/// [`State::update_task`] finds it by id.
+pub(super) fn change_task<R>(
+    functions: &mut BTreeMap<Arc<str>, FunctionPool>,
+    task: &mut Task,
+    change: impl FnOnce(&mut Task) -> R,
+) -> R {
+    let before = task.phase();
+    let out = change(task);
+    let after = task.phase();
+    if before != after
+        && let Some(f) = functions.get_mut(&task.function)
+    {
+        f.tasks.moved(Some(before), Some(after));
+    }
+    out
+}
+
 impl State {
     /// Adds task `id` to the table, counted in its phase.
     pub(super) fn add_task(&mut self, id: TaskId, task: Task) {
@@ -117,15 +137,7 @@ impl State {
     /// phase changed: the one way a task's state, acceptance or hold changes.
     pub(super) fn update_task<R>(&mut self, id: TaskId, change: impl FnOnce(&mut Task) -> R) -> Option<R> {
         let task = self.tasks.get_mut(id)?;
-        let before = task.phase();
-        let out = change(task);
-        let after = task.phase();
-        if before != after
-            && let Some(f) = self.functions.get_mut(&task.function)
-        {
-            f.tasks.moved(Some(before), Some(after));
-        }
-        Some(out)
+        Some(change_task(&mut self.functions, task, change))
     }
 
     /// Forgets task `id` (an ended one stays counted).

@@ -285,8 +285,7 @@ impl State {
             let Some(task) = self.tasks.get_mut(task_id) else {
                 continue;
             };
-            // `update_task` inlined (the fields are borrowed apart here): the task moves
-            // from pending to running in its function's counts.
+            // From pending to running, in its function's counts too.
             let before = task.phase();
             task.state = TaskState::Running;
             task.attempts += 1;

@@ -466,14 +466,12 @@ impl State {
 
     /// Records a task's final result, wakes its waiters and frees its payload.
     pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult, now: Instant, effects: &mut Effects) {
-        let state = result.state();
-        // The task moves to its end (and its function's counts with it).
-        if self.update_task(id, |task| task.state = state).is_none() {
-            return;
-        }
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
+        let state = result.state();
+        // The task moves to its end (and its function's counts with it).
+        super::counts::change_task(&mut self.functions, task, |task| task.state = state);
         self.payload_bytes = self.payload_bytes.saturating_sub(task.payload.len() as u64);
         task.payload = Bytes::new();
         let since = |from: u64, to: u64| (from > 0 && to >= from).then(|| to - from);
