@@ -153,6 +153,8 @@ impl State {
     /// ended counts are over the coordinator's life, so at least the tasks still held).
     #[cfg(test)]
     pub(super) fn check_counts(&self) {
+        self.workers.check();
+        self.spawns.check();
         let mut recount: std::collections::HashMap<Arc<str>, TaskCounts> = Default::default();
         for task in self.tasks.values() {
             recount

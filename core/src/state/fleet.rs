@@ -10,10 +10,6 @@ use super::{Effects, JournalOp, Observation, State, TaskId, Timer, WorkerId};
 use crate::error::Error;
 use crate::scheduler;
 
-/// Spawns written off as never started that are remembered, so that one arriving late is
-/// recognised (the oldest are forgotten first).
-pub(super) const WRITTEN_OFF_MEMORY: usize = 4096;
-
 /// The longest a spawn failure's reason is kept (Stats, logs).
 const MAX_REASON_CHARS: usize = 300;
 
@@ -86,7 +82,7 @@ impl State {
             return;
         }
         let mut gone = Vec::new();
-        for (id, w) in &self.workers {
+        for (id, w) in self.workers.iter() {
             match w.detached_since {
                 Some(since) if now.saturating_duration_since(since) >= grace => {
                     gone.push((id.clone(), false));
@@ -110,12 +106,7 @@ impl State {
             }
         }
         let start_timeout = self.config.fleet.start_timeout;
-        let never_connected: Vec<WorkerId> = self
-            .starting
-            .iter()
-            .filter(|(_, s)| now.saturating_duration_since(s.since) > start_timeout)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let never_connected = self.spawns.overdue(now, start_timeout);
         if never_connected.is_empty() {
             return;
         }
@@ -125,13 +116,7 @@ impl State {
         );
         for id in never_connected {
             // It may still start (Lambda queues an Event invoke it cannot run yet).
-            if self.written_off.len() >= WRITTEN_OFF_MEMORY
-                && let Some(oldest) = self.written_off_order.pop_front()
-            {
-                self.written_off.remove(&oldest);
-            }
-            self.written_off.insert(id.clone());
-            self.written_off_order.push_back(id.clone());
+            self.spawns.write_off(&id);
             self.spawn_failed(&id, "no_hello", &reason, now, effects);
         }
     }
@@ -179,11 +164,8 @@ impl State {
 
     /// How many more workers of `function` may start (see [`scheduler::fleet_room`]).
     pub(super) fn fleet_room(&self, function: &str) -> usize {
-        let of_function = self
-            .functions
-            .get(function)
-            .map_or(0, |f| f.workers + f.starting as usize);
-        let total = self.workers.len() + self.starting.len();
+        let of_function = self.workers.of(function) + self.spawns.of(function) as usize;
+        let total = self.workers.len() + self.spawns.len();
         scheduler::fleet_room(
             of_function,
             total,
@@ -199,8 +181,8 @@ impl State {
 
     /// The spawner started the worker; `instance` says where (a pid, a request id).
     pub(super) fn spawned(&mut self, id: &WorkerId, instance: String) {
-        if let Some(s) = self.starting.get_mut(id) {
-            s.instance = instance;
+        if self.spawns.contains(id) {
+            self.spawns.started(id, instance);
         } else if let Some(w) = self.workers.get_mut(id)
             && w.instance.is_empty()
         {
@@ -233,7 +215,7 @@ impl State {
         now: Instant,
         effects: &mut Effects,
     ) {
-        if self.starting.contains_key(id) {
+        if self.spawns.contains(id) {
             self.spawn_failed(id, "exited", reason, now, effects);
         } else if self.workers.contains_key(id) {
             self.finalize(id, "its worker process exited", None, now, effects);
@@ -253,7 +235,7 @@ impl State {
         now: Instant,
         effects: &mut Effects,
     ) {
-        let Some(s) = self.starting.remove(id) else {
+        let Some(s) = self.spawns.end(id) else {
             return;
         };
         effects.observed.push(Observation::SpawnFailed(kind));
@@ -262,7 +244,6 @@ impl State {
         let Some(f) = self.functions.get_mut(&s.function) else {
             return;
         };
-        f.starting = f.starting.saturating_sub(1);
         f.spawn_failures += 1;
         f.consecutive_spawn_failures += 1;
         let backoff = scheduler::spawn_backoff(f.consecutive_spawn_failures);

@@ -11,6 +11,9 @@
 //! - `mod.rs`: the types, dispatch and the idle/deadline evaluation of a worker.
 //! - `effects.rs`: what an event returns.
 //! - `counts.rs`: each function's task counts, moved only as its tasks change phase.
+//! - `roster.rs`: the workers that said hello, counted per function by the same owner.
+//! - `spawns.rs`: the spawns not yet connected (counted per function) and those written off.
+//! - `levels.rs`: the concurrency levels learned per (function, memory size).
 //! - `tasks.rs`: client events (submit, cancel, get, watch).
 //! - `workers.rs`: worker events (connect, resume, claim, sample, results, disconnect).
 //! - `fleet.rs`: timeouts, the liveness sweep, held-back tasks, spawn outcomes.
@@ -20,10 +23,13 @@ mod counts;
 mod effects;
 mod event;
 mod fleet;
+mod levels;
 mod parts;
 mod progress;
 mod records;
 mod report;
+mod roster;
+mod spawns;
 mod table;
 mod tasks;
 mod workers;
@@ -47,7 +53,7 @@ pub use effects::{
     Conn, Effects, JournalOp, Observation, Outbound, SpawnOutcome, SpawnRequest, Timer, Waiter, WaiterId,
 };
 pub use event::{Event, Reply};
-use parts::{FunctionPool, IndexKey, Starting, Task, Worker};
+use parts::{FunctionPool, IndexKey, Task, Worker};
 pub use records::{Recovered, StoredTask};
 pub use tasks::{Submission, Submitted};
 pub use workers::StreamEnd;
@@ -88,10 +94,11 @@ pub struct State {
     id_limit: TaskId,
     /// A reservation of more ids is on its way to the journal.
     reserving: bool,
-    workers: HashMap<WorkerId, Worker>,
-    starting: HashMap<WorkerId, Starting>,
+    /// The workers that said hello, counted per function.
+    workers: roster::Roster,
+    /// The workers asked of a spawner that have not said hello, and those written off.
+    spawns: spawns::Spawns,
     functions: BTreeMap<Arc<str>, FunctionPool>,
-    next_worker: u64,
     next_conn: u64,
     started_at: Instant,
     draining: bool,
@@ -116,15 +123,10 @@ pub struct State {
     /// and claim them before anyone else is given them (see [`RESTART_SETTLE`]). Functions
     /// with nothing restored are placed at once.
     settling: std::collections::HashSet<Arc<str>>,
-    /// Spawns written off as never started (bounded, oldest forgotten first): one that
-    /// arrives late is welcomed within its fleet cap, or sent away.
-    written_off: std::collections::HashSet<WorkerId>,
-    /// [`State::written_off`] in the order they were written off.
-    written_off_order: VecDeque<WorkerId>,
     /// When the liveness sweep last ran: a much longer gap is this coordinator's own pause.
     last_sweep: Option<Instant>,
     /// The concurrency limit learned per (function, memory size): where new workers start.
-    learned: BTreeMap<(Arc<str>, u32), Learned>,
+    learned: levels::Levels,
     /// Recount the tasks after every dispatch (the state's unit tests).
     #[cfg(test)]
     recount: bool,
@@ -141,10 +143,9 @@ impl State {
             next_task: 1,
             id_limit: TaskId::MAX,
             reserving: false,
-            workers: HashMap::new(),
-            starting: HashMap::new(),
+            workers: roster::Roster::default(),
+            spawns: spawns::Spawns::default(),
             functions: BTreeMap::new(),
-            next_worker: 1,
             next_conn: 1,
             started_at: now,
             draining: false,
@@ -156,10 +157,8 @@ impl State {
             journaled,
             orphans: std::collections::BTreeSet::new(),
             settling: std::collections::HashSet::new(),
-            written_off: std::collections::HashSet::new(),
-            written_off_order: VecDeque::new(),
             last_sweep: None,
-            learned: BTreeMap::new(),
+            learned: levels::Levels::default(),
             #[cfg(test)]
             recount: false,
         }
@@ -167,20 +166,15 @@ impl State {
 
     /// The level learned for `function` at `memory_mb`, if any.
     fn learned_limit(&self, function: &str, memory_mb: u32) -> Option<Learned> {
-        self.learned
-            .iter()
-            .find(|((f, m), _)| f.as_ref() == function && *m == memory_mb)
-            .map(|(_, &v)| v)
+        self.learned.get(function, memory_mb)
     }
 
     /// Records `learned` for `function` at `memory_mb` (and asks the journal to).
     fn learn(&mut self, function: &Arc<str>, memory_mb: u32, learned: Learned, effects: &mut Effects) {
-        let key = (function.clone(), memory_mb);
-        if self.learned.get(&key) == Some(&learned) {
+        if !self.learned.learn(function, memory_mb, learned) {
             return;
         }
         debug!(function = %function, memory_mb, level = learned.level, settled = learned.settled, "learned a concurrency level");
-        self.learned.insert(key, learned);
         if self.journaled {
             effects
                 .journal
@@ -225,7 +219,9 @@ impl State {
     fn evictable(&self) -> Option<Arc<str>> {
         self.functions
             .iter()
-            .find(|(k, f)| f.is_idle() && !self.learned.keys().any(|(lk, _)| lk == *k))
+            .find(|(k, f)| {
+                f.is_idle() && self.workers.of(k) == 0 && self.spawns.of(k) == 0 && !self.learned.knows(k)
+            })
             .map(|(k, _)| k.clone())
     }
 
@@ -379,8 +375,9 @@ impl State {
             return;
         }
         let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_per_new, f.reach.turns());
-        let mut free = f.starting as usize * slots_per_new as usize;
-        let free_bound = free + f.workers * f.max_slots.max(cap) as usize * (1 + ahead as usize);
+        let mut free = self.spawns.of(function) as usize * slots_per_new as usize;
+        let free_bound =
+            free + self.workers.of(function) * f.max_slots.max(cap) as usize * (1 + ahead as usize);
         let fleet_cannot_matter =
             !scheduler::free_slots_matter(f.tasks.pending() as usize, free_bound, room, slots_per_new);
         if fleet_cannot_matter {
@@ -399,7 +396,7 @@ impl State {
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
-        let fleet = f.workers as u32 + f.starting;
+        let fleet = (self.workers.of(function) + self.spawns.of(function) as usize) as u32;
         let n = scheduler::workers_to_spawn(
             f.tasks.pending() as usize,
             free,
@@ -411,19 +408,7 @@ impl State {
         .min(room as u32);
         let key = self.function_key(function);
         for _ in 0..n {
-            let id = WorkerId(Arc::from(format!("w{}-{}", self.next_worker, function)));
-            self.next_worker += 1;
-            self.starting.insert(
-                id.clone(),
-                Starting {
-                    function: key.clone(),
-                    since: now,
-                    instance: String::new(),
-                },
-            );
-            if let Some(f) = self.functions.get_mut(function) {
-                f.starting += 1;
-            }
+            let id = self.spawns.start(&key, now);
             info!(worker = %id, function, "spawning");
             effects.spawns.push(SpawnRequest {
                 id,

@@ -145,14 +145,6 @@ impl Worker {
 /// its connection number (older connections first among equals).
 pub(super) type IndexKey = (u64, u64);
 
-/// A worker that was spawned and has not said hello yet.
-#[derive(Debug)]
-pub(super) struct Starting {
-    pub(super) function: Arc<str>,
-    pub(super) since: Instant,
-    pub(super) instance: String,
-}
-
 /// Per-function pool and counters.
 #[derive(Debug, Default)]
 pub(super) struct FunctionPool {
@@ -168,16 +160,12 @@ pub(super) struct FunctionPool {
     /// The highest pinned limit any worker of this function has had (never lowered: with
     /// the cap on adaptive limits it bounds every live worker's free slots, for scale-out).
     pub(super) max_slots: u32,
-    /// Its workers in `State::workers` (connected, or detached within the grace).
-    pub(super) workers: usize,
     /// The workers that may take a task, best first by the placement policy: dispatch
     /// takes the first, never scans the fleet. A worker is re-keyed ([`State::reindex`])
     /// whenever it changes (connect, resume, sample, result, assignment, cancel, timeout,
     /// shutdown, lost stream). Time alone only makes a worker ineligible (its deadline
     /// fraction), so one found past it is dropped when dispatch meets it.
     pub(super) eligible: BTreeMap<IndexKey, WorkerId>,
-    /// Workers asked of the spawner that have not said hello yet.
-    pub(super) starting: u32,
     /// Workers that said hello, over the coordinator's life.
     pub(super) workers_started: u64,
     /// Spawns that failed, over the coordinator's life.
@@ -209,12 +197,9 @@ pub(super) struct FunctionPool {
 }
 
 impl FunctionPool {
-    /// Nothing pending, running, live or starting: its entry only holds counters.
+    /// No task pending, accepting or running (the caller asks the roster and the spawns for
+    /// its workers).
     pub(super) fn is_idle(&self) -> bool {
-        self.tasks.pending() == 0
-            && self.tasks.accepting() == 0
-            && self.tasks.running() == 0
-            && self.workers == 0
-            && self.starting == 0
+        self.tasks.pending() == 0 && self.tasks.accepting() == 0 && self.tasks.running() == 0
     }
 }

@@ -43,7 +43,7 @@ impl State {
             })
             .collect();
         out.extend(
-            self.starting
+            self.spawns
                 .iter()
                 .filter(|(_, s)| function.is_empty() || s.function.as_ref() == function)
                 .map(|(id, s)| pb::WorkerInfo {
@@ -87,6 +87,7 @@ impl State {
             let mut s = function_stats(name, f, live_gb_ms);
             s.workers_live = n;
             s.workers_reconnecting = reconnecting;
+            s.workers_starting = self.spawns.of(name);
             s.slots_learned = self
                 .learned_limit(name, self.config.fleet.memory_mb)
                 .map_or(0, |l| l.level);
@@ -125,8 +126,6 @@ fn function_stats(name: &str, f: &FunctionPool, live_gb_ms: f64) -> pb::Function
         succeeded: f.tasks.succeeded(),
         failed: f.tasks.failed(),
         cancelled: f.tasks.cancelled(),
-        workers_live: f.workers as u32,
-        workers_starting: f.starting,
         workers_started: f.workers_started,
         spawn_failures: f.spawn_failures,
         billed_gb_ms,

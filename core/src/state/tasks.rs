@@ -417,7 +417,7 @@ impl State {
         }
         for ((function, memory_mb), level) in recovered.learned {
             let key = self.function_key(&function);
-            self.learned.insert((key, memory_mb), level);
+            self.learned.learn(&key, memory_mb, level);
         }
         info!(
             pending,

@@ -103,11 +103,10 @@ impl State {
         let mut cold_start_ms = 0;
         let mut billed_from = now;
         let mut surplus = false;
-        if let Some(s) = self.starting.remove(&id) {
+        if let Some(s) = self.spawns.end(&id) {
             billed_from = s.since;
             cold_start_ms = now.saturating_duration_since(s.since).as_millis() as u64;
             if let Some(f) = self.functions.get_mut(&s.function) {
-                f.starting = f.starting.saturating_sub(1);
                 f.cold_starts += 1;
                 if f.recent_cold_starts.len() >= RECENT_COLD_STARTS {
                     f.recent_cold_starts.pop_front();
@@ -124,7 +123,7 @@ impl State {
                 instance = s.instance;
             }
             info!(worker = %id, cold_start_ms, "spawned worker connected");
-        } else if self.written_off.remove(&id) {
+        } else if self.spawns.arrived_late(&id) {
             // Written off as never started, it started late after all (Lambda queues an
             // asynchronous invoke it cannot run yet): welcome within the cap, else send away.
             surplus = self.fleet_full(&function);
@@ -178,7 +177,6 @@ impl State {
         self.workers.insert(id.clone(), worker);
         if let Some(f) = self.functions.get_mut(&function) {
             f.max_slots = f.max_slots.max(slots);
-            f.workers += 1;
             // Each worker that said hello is one billed invocation.
             f.workers_started += 1;
             f.consecutive_spawn_failures = 0;
@@ -431,7 +429,6 @@ impl State {
         if let Some(f) = self.functions.get_mut(&w.function) {
             f.billed_gb_ms +=
                 billing::billed_gb_ms(now.saturating_duration_since(w.billed_from), w.memory_mb);
-            f.workers = f.workers.saturating_sub(1);
         }
         if !w.running.is_empty() {
             self.give_back(&w.running, &format!("{cause} (worker {id})"), now, effects);
