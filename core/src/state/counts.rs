@@ -125,24 +125,25 @@ pub(super) fn change_task<R>(
 }
 
 impl State {
-    /// Adds task `id` to the table, counted in its phase.
-    pub(super) fn add_task(&mut self, id: TaskId, task: Task) {
+    /// Adds task `id` to the book (with its key's `fingerprint`; a finished one retained
+    /// from `now`), counted in its phase.
+    pub(super) fn add_task(&mut self, id: TaskId, task: Task, fingerprint: u64, now: Instant) {
         if let Some(f) = self.functions.get_mut(&task.function) {
             f.tasks.moved(None, Some(task.phase()));
         }
-        self.tasks.insert(id, task);
+        self.book.insert(id, task, fingerprint, now);
     }
 
     /// Changes task `id` with `change`, moving it between its function's counts if its
     /// phase changed: the one way a task's state, acceptance or hold changes.
     pub(super) fn update_task<R>(&mut self, id: TaskId, change: impl FnOnce(&mut Task) -> R) -> Option<R> {
-        let task = self.tasks.get_mut(id)?;
+        let task = self.book.get_mut(id)?;
         Some(change_task(&mut self.functions, task, change))
     }
 
     /// Forgets task `id` (an ended one stays counted).
     pub(super) fn remove_task(&mut self, id: TaskId) -> Option<Task> {
-        let task = self.tasks.remove(id)?;
+        let task = self.book.remove(id)?;
         if let Some(f) = self.functions.get_mut(&task.function) {
             f.tasks.moved(Some(task.phase()), None);
         }
@@ -153,10 +154,11 @@ impl State {
     /// ended counts are over the coordinator's life, so at least the tasks still held).
     #[cfg(test)]
     pub(super) fn check_counts(&self) {
+        self.book.check();
         self.workers.check();
         self.spawns.check();
         let mut recount: std::collections::HashMap<Arc<str>, TaskCounts> = Default::default();
-        for task in self.tasks.values() {
+        for task in self.book.values() {
             recount
                 .entry(task.function.clone())
                 .or_default()

@@ -28,7 +28,7 @@ impl State {
     /// A task attempt's timer fired: if that attempt still runs, cancel it on its worker
     /// and give it back (or fail it).
     pub(super) fn time_out(&mut self, id: TaskId, attempt: u32, now: Instant, effects: &mut Effects) {
-        let Some(t) = self.tasks.get(id) else {
+        let Some(t) = self.book.get(id) else {
             return;
         };
         if t.state != TaskState::Running || t.attempts != attempt {
@@ -126,7 +126,7 @@ impl State {
     /// against `--max-attempts` (it is given back, in the journal too): a coordinator's
     /// restart is not the task's fault.
     pub(super) fn release_orphans(&mut self, now: Instant, effects: &mut Effects) {
-        let orphans = std::mem::take(&mut self.orphans);
+        let orphans = self.book.take_held();
         if orphans.is_empty() {
             return;
         }
@@ -280,7 +280,7 @@ impl State {
             "failing the function's pending tasks"
         );
         for id in pool {
-            if self.tasks.get(id).is_some_and(|t| t.state == TaskState::Pending) {
+            if self.book.get(id).is_some_and(|t| t.state == TaskState::Pending) {
                 let result = pb::TaskResult {
                     task_id: id,
                     state: TaskState::Failed as i32,

@@ -10,6 +10,7 @@
 //! - `event.rs`: every event, and [`State::handle`], the one way in.
 //! - `mod.rs`: the types, dispatch and the idle/deadline evaluation of a worker.
 //! - `effects.rs`: what an event returns.
+//! - `book.rs`: the task book: tasks by id, keys, ids, held bytes, retention, held-back tasks.
 //! - `counts.rs`: each function's task counts, moved only as its tasks change phase.
 //! - `roster.rs`: the workers that said hello, counted per function by the same owner.
 //! - `spawns.rs`: the spawns not yet connected (counted per function) and those written off.
@@ -19,6 +20,7 @@
 //! - `fleet.rs`: timeouts, the liveness sweep, held-back tasks, spawn outcomes.
 //! - `report.rs`: ListWorkers and Stats.
 
+mod book;
 mod counts;
 mod effects;
 mod event;
@@ -34,12 +36,11 @@ mod table;
 mod tasks;
 mod workers;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use carpool_messages::Bytes;
 use carpool_messages::pb::{self, TaskState, coordinator_message::Kind};
 use tracing::{debug, info, warn};
 
@@ -48,12 +49,13 @@ use crate::scheduler::{
     self, IdleAction, Learned, Limit, LimitParams, Rules, StopReason, Verdict, WorkerView,
 };
 
+use book::Task;
 use counts::TaskCounts;
 pub use effects::{
     Conn, Effects, JournalOp, Observation, Outbound, SpawnOutcome, SpawnRequest, Timer, Waiter, WaiterId,
 };
 pub use event::{Event, Reply};
-use parts::{FunctionPool, IndexKey, Task, Worker};
+use parts::{FunctionPool, IndexKey, Worker};
 pub use records::{Recovered, StoredTask};
 pub use tasks::{Submission, Submitted};
 pub use workers::StreamEnd;
@@ -88,12 +90,8 @@ pub type TaskId = u64;
 pub struct State {
     config: Arc<Config>,
     rules: Rules,
-    tasks: table::Table<Task>,
-    next_task: TaskId,
-    /// Ids below this may be handed out (reserved in the journal; `TaskId::MAX` without one).
-    id_limit: TaskId,
-    /// A reservation of more ids is on its way to the journal.
-    reserving: bool,
+    /// The tasks, their keys, ids, held bytes and retention.
+    book: book::Book,
     /// The workers that said hello, counted per function.
     workers: roster::Roster,
     /// The workers asked of a spawner that have not said hello, and those written off.
@@ -102,22 +100,8 @@ pub struct State {
     next_conn: u64,
     started_at: Instant,
     draining: bool,
-    /// Idempotency keys of submissions, to their task.
-    keys: HashMap<String, (TaskId, u64)>,
-    /// Finished tasks in the order they finished, for the retention sweep.
-    finished: VecDeque<(Instant, TaskId)>,
-    /// The first `evicted` of [`State::finished`] have had their results evicted from memory
-    /// (oldest first, past `--max-result-bytes`).
-    evicted: usize,
-    /// Bytes of payloads held for unfinished tasks (bounded by `--max-pending-bytes`).
-    payload_bytes: u64,
-    /// Bytes of results held in memory (kept under `--max-result-bytes` by eviction).
-    result_bytes: u64,
     /// Whether events ask for journal writes (with `--state-dir`).
     journaled: bool,
-    /// Tasks restored from the journal that were running when the coordinator stopped: held
-    /// out of their pools for the reconnect grace, for their workers to claim.
-    orphans: std::collections::BTreeSet<TaskId>,
     /// Just restarted on a journal with unfinished tasks: the functions that had some place
     /// nothing yet, so that workers that ran tasks whose start was not yet on disk reconnect
     /// and claim them before anyone else is given them (see [`RESTART_SETTLE`]). Functions
@@ -138,24 +122,15 @@ impl State {
         let journaled = config.journaled;
         Self {
             rules: Rules::from(config.as_ref()),
+            book: book::Book::new(config.limits.max_result_bytes),
             config,
-            tasks: table::Table::default(),
-            next_task: 1,
-            id_limit: TaskId::MAX,
-            reserving: false,
             workers: roster::Roster::default(),
             spawns: spawns::Spawns::default(),
             functions: BTreeMap::new(),
             next_conn: 1,
             started_at: now,
             draining: false,
-            keys: HashMap::new(),
-            finished: VecDeque::new(),
-            evicted: 0,
-            payload_bytes: 0,
-            result_bytes: 0,
             journaled,
-            orphans: std::collections::BTreeSet::new(),
             settling: std::collections::HashSet::new(),
             last_sweep: None,
             learned: levels::Levels::default(),
@@ -268,7 +243,7 @@ impl State {
                     continue;
                 }
             };
-            let Some(task_id) = pop_pending(&mut f.pool, &self.tasks) else {
+            let Some(task_id) = pop_pending(&mut f.pool, &self.book) else {
                 // The counts say pending, the pool has none: a defect (the counts follow
                 // the tasks), never worth looping over.
                 warn!(
@@ -278,7 +253,7 @@ impl State {
                 );
                 break;
             };
-            let Some(task) = self.tasks.get_mut(task_id) else {
+            let Some(task) = self.book.get_mut(task_id) else {
                 continue;
             };
             // From pending to running, in its function's counts too.
@@ -307,7 +282,7 @@ impl State {
                 task_id,
                 attempt: task.attempts,
                 function: task.function.to_string(),
-                payload: task.payload.clone(),
+                payload: task.payload().clone(),
                 timeout_ms: limit.map_or(0, |l| l.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
             };
             match w.batch {
@@ -543,7 +518,7 @@ pub const RESTART_SETTLE: Duration = Duration::from_secs(1);
 const RELEASED_MEMORY: usize = 1024;
 
 /// Pops the next task of a pool that is still pending (skipping cancelled ones).
-fn pop_pending(pool: &mut VecDeque<TaskId>, tasks: &table::Table<Task>) -> Option<TaskId> {
+fn pop_pending(pool: &mut VecDeque<TaskId>, tasks: &book::Book) -> Option<TaskId> {
     while let Some(id) = pool.pop_front() {
         if tasks.get(id).is_some_and(|t| t.state == TaskState::Pending) {
             return Some(id);

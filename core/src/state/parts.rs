@@ -1,31 +1,7 @@
-//! What the state is made of: tasks, workers, spawns not yet connected, and the pool and
+//! What the state is made of besides its owners: a connected worker, and the pool and
 //! counters of each function.
 
 use super::*;
-
-/// One task.
-#[derive(Debug)]
-pub(super) struct Task {
-    pub(super) function: Arc<str>,
-    /// Emptied once the task has finished.
-    pub(super) payload: Bytes,
-    pub(super) state: TaskState,
-    /// Taken but not yet acknowledged: its record is being written to the journal. It
-    /// counts as pending and is outside its pool until [`State::accepted`].
-    pub(super) accepting: bool,
-    /// Restored as running at a restart, held out of its pool for its worker to claim (its
-    /// id is in `State::orphans` too, in order).
-    pub(super) held: bool,
-    pub(super) attempts: u32,
-    pub(super) worker: Option<WorkerId>,
-    pub(super) submitted_unix_ms: u64,
-    pub(super) result: Option<Arc<pb::TaskResult>>,
-    pub(super) waiters: Vec<Waiter>,
-    /// Per-attempt limit.
-    pub(super) timeout: Option<Duration>,
-    /// Its idempotency key (empty: none), forgotten with it.
-    pub(super) key: String,
-}
 
 /// A connected worker.
 #[derive(Debug)]

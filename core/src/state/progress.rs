@@ -126,7 +126,7 @@ impl State {
         let function = w.function.clone();
         for r in &results {
             let held = w.running.iter().any(|&(t, _)| t == r.task_id) || w.released.contains(&r.task_id);
-            if !self.tasks.contains_key(r.task_id) {
+            if !self.book.contains(r.task_id) {
                 return Err(Error::ResultForUnknownTask(id.to_string(), r.task_id));
             }
             if !held {

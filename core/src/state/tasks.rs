@@ -83,20 +83,6 @@ impl Submission {
     }
 }
 
-/// What a result costs in memory, as `--max-result-bytes` counts it: its encoded size and
-/// its struct.
-fn result_size(result: &pb::TaskResult) -> u64 {
-    use prost::Message;
-    (result.encoded_len() + std::mem::size_of::<pb::TaskResult>()) as u64
-}
-
-impl Task {
-    /// Finished, with its result evicted from memory.
-    pub(super) fn evicted(&self) -> bool {
-        self.result.is_none() && !matches!(self.state, TaskState::Pending | TaskState::Running)
-    }
-}
-
 impl Waiter {
     fn notify(&self, result: &Arc<pb::TaskResult>, effects: &mut Effects) {
         effects.out.push(Outbound::Complete {
@@ -149,20 +135,15 @@ impl State {
     /// Once half of the reserved ids are handed out, reserves the next block in the journal
     /// (one reservation at a time); ids above what is durable are never handed out.
     fn reserve_ids(&mut self, effects: &mut Effects) {
-        let block = crate::state::ID_BLOCK;
-        if self.id_limit == TaskId::MAX || self.reserving || self.next_task + block / 2 < self.id_limit {
-            return;
+        if let Some(until) = self.book.reservation(crate::state::ID_BLOCK) {
+            debug!(until, "reserving task ids");
+            effects.journal.push(JournalOp::Reserve(until));
         }
-        self.reserving = true;
-        let until = self.id_limit.saturating_add(block);
-        debug!(until, "reserving task ids");
-        effects.journal.push(JournalOp::Reserve(until));
     }
 
     /// The journal holds the reservation of the ids below `until`: they may be handed out.
     pub(super) fn ids_reserved(&mut self, until: TaskId) {
-        self.id_limit = self.id_limit.max(until);
-        self.reserving = false;
+        self.book.reserved(until);
     }
 
     pub(super) fn submit(
@@ -172,7 +153,7 @@ impl State {
         now: Instant,
         effects: &mut Effects,
     ) -> Result<Submitted> {
-        if let Some(&(existing, fingerprint)) = self.keys.get(&sub.key) {
+        if let Some((existing, fingerprint)) = self.book.by_key(&sub.key) {
             if fingerprint != sub.fingerprint() {
                 return Err(Error::IdempotencyKeyReused(sub.key.clone(), existing));
             }
@@ -181,7 +162,7 @@ impl State {
                 self.readable(existing)?;
                 self.follow(existing, w, effects);
             }
-            let writing = self.tasks.get(existing).is_some_and(|t| t.accepting);
+            let writing = self.book.get(existing).is_some_and(|t| t.accepting);
             return Ok(if writing {
                 Submitted::Pending(existing)
             } else {
@@ -200,25 +181,12 @@ impl State {
         if pending >= self.config.limits.max_pending {
             return Err(Error::PoolFull(pending));
         }
-        let size = sub.payload.len();
-        if self.payload_bytes + size as u64 > self.config.limits.max_pending_bytes {
-            return Err(Error::PoolBytesFull {
-                held: self.payload_bytes,
-                size,
-                limit: self.config.limits.max_pending_bytes,
-            });
-        }
+        self.book
+            .payload_fits(sub.payload.len(), self.config.limits.max_pending_bytes)?;
         self.make_room(&sub.function)?;
-        let id = self.next_task;
-        if id >= self.id_limit {
-            return Err(Error::IdsNotReserved);
-        }
-        self.next_task += 1;
+        let id = self.book.next_id()?;
         self.reserve_ids(effects);
         let fingerprint = sub.fingerprint();
-        if !sub.key.is_empty() {
-            self.keys.insert(sub.key.clone(), (id, fingerprint));
-        }
         let record = self.journaled.then(|| StoredTask {
             function: sub.function.clone(),
             payload: sub.payload.clone(),
@@ -229,24 +197,16 @@ impl State {
             fingerprint,
         });
         let function = self.function_key(&sub.function);
-        self.payload_bytes += size as u64;
-        self.add_task(
-            id,
-            Task {
-                function: function.clone(),
-                payload: sub.payload,
-                timeout: sub.timeout,
-                key: sub.key,
-                state: TaskState::Pending,
-                accepting: record.is_some(),
-                held: false,
-                attempts: 0,
-                worker: None,
-                submitted_unix_ms: sub.submitted_unix_ms,
-                result: None,
-                waiters: waiter.into_iter().collect(),
-            },
+        let mut task = Task::new(
+            function.clone(),
+            sub.payload,
+            sub.timeout,
+            sub.key,
+            sub.submitted_unix_ms,
         );
+        task.accepting = record.is_some();
+        task.waiters.extend(waiter);
+        self.add_task(id, task, fingerprint, now);
         debug!(task = id, function = %function, "submitted");
         match record {
             Some(record) => Ok(Submitted::Write(id, Box::new(record))),
@@ -259,7 +219,7 @@ impl State {
 
     /// Task `id`'s record is on disk: it enters its pool (unless cancelled meanwhile).
     pub(super) fn accepted(&mut self, id: TaskId, now: Instant, effects: &mut Effects) {
-        if !self.tasks.get(id).is_some_and(|t| t.accepting) {
+        if !self.book.get(id).is_some_and(|t| t.accepting) {
             return;
         }
         let entered = self.update_task(id, |t| {
@@ -274,16 +234,12 @@ impl State {
     /// Task `id`'s record could not be written (`why`): it is forgotten, its key freed, and
     /// whoever followed it through its key is told.
     pub(super) fn not_accepted(&mut self, id: TaskId, why: &str, effects: &mut Effects) {
-        if !self.tasks.get(id).is_some_and(|t| t.accepting) {
+        if !self.book.get(id).is_some_and(|t| t.accepting) {
             return;
         }
         let Some(t) = self.remove_task(id) else {
             return;
         };
-        self.payload_bytes = self.payload_bytes.saturating_sub(t.payload.len() as u64);
-        if self.keys.get(&t.key).is_some_and(|(k, _)| *k == id) {
-            self.keys.remove(&t.key);
-        }
         let result = Arc::new(pb::TaskResult {
             task_id: id,
             state: TaskState::Failed as i32,
@@ -306,8 +262,8 @@ impl State {
     /// Makes `waiter` follow task `id` (now, if it has finished; from the journal, if its
     /// result was evicted: see [`State::readable`]).
     fn follow(&mut self, id: TaskId, waiter: Waiter, effects: &mut Effects) {
-        if let Some(task) = self.tasks.get_mut(id) {
-            match &task.result {
+        if let Some(task) = self.book.get_mut(id) {
+            match task.result() {
                 Some(r) => waiter.notify(r, effects),
                 None if task.evicted() => effects.out.push(Outbound::Load {
                     waiter: waiter.id,
@@ -322,7 +278,7 @@ impl State {
     /// Whether task `id`'s result can be given to a waiter: refused if it was evicted from
     /// memory and no journal keeps it.
     fn readable(&self, id: TaskId) -> Result<()> {
-        match self.tasks.get(id) {
+        match self.book.get(id) {
             Some(t) if t.evicted() && !self.journaled => {
                 Err(Error::ResultEvicted(id, t.state.as_str_name().to_owned()))
             }
@@ -332,19 +288,7 @@ impl State {
 
     /// Bytes held in memory: payloads of unfinished tasks, and results.
     pub fn held_bytes(&self) -> (u64, u64) {
-        (self.payload_bytes, self.result_bytes)
-    }
-
-    /// Evicts the oldest results held in memory until they fit in `--max-result-bytes`.
-    fn evict(&mut self) {
-        while self.result_bytes > self.config.limits.max_result_bytes && self.evicted < self.finished.len() {
-            let (_, id) = self.finished[self.evicted];
-            self.evicted += 1;
-            if let Some(result) = self.tasks.get_mut(id).and_then(|t| t.result.take()) {
-                self.result_bytes = self.result_bytes.saturating_sub(result_size(&result));
-                debug!(task = id, "result evicted from memory");
-            }
-        }
+        self.book.held_bytes()
     }
 
     /// Loads what a journal held: finished tasks keep their results; unfinished ones go
@@ -358,42 +302,26 @@ impl State {
         let hold_back = !self.config.fleet.reconnect_grace.is_zero();
         for (id, stored, started) in recovered.tasks {
             let key = self.function_key(&stored.function);
-            if !stored.key.is_empty() {
-                self.keys.insert(stored.key.clone(), (id, stored.fingerprint));
-            }
             let result = stored.result.map(Arc::new);
             let state = result.as_ref().map_or(TaskState::Pending, |r| r.state());
-            self.payload_bytes += stored.payload.len() as u64;
-            self.result_bytes += result.as_deref().map_or(0, result_size);
             let held = state == TaskState::Pending && started > 0 && hold_back;
-            self.add_task(
-                id,
-                Task {
-                    function: key.clone(),
-                    payload: stored.payload,
-                    timeout: (stored.timeout_ms > 0).then(|| Duration::from_millis(stored.timeout_ms)),
-                    key: stored.key,
-                    state,
-                    accepting: false,
-                    held,
-                    // A running attempt that is not held back for its worker was lost to
-                    // the restart: it does not count against `--max-attempts`.
-                    attempts: result.as_ref().map_or(
-                        if hold_back {
-                            started
-                        } else {
-                            started.saturating_sub(1)
-                        },
-                        |r| r.attempts,
-                    ),
-                    worker: None,
-                    submitted_unix_ms: stored.submitted_unix_ms,
-                    result,
-                    waiters: Vec::new(),
-                },
+            let mut task = Task::new(
+                key.clone(),
+                stored.payload,
+                (stored.timeout_ms > 0).then(|| Duration::from_millis(stored.timeout_ms)),
+                stored.key,
+                stored.submitted_unix_ms,
             );
+            task.held = held;
+            // A running attempt that is not held back for its worker was lost to the
+            // restart: it does not count against `--max-attempts`.
+            task.attempts = if hold_back {
+                started
+            } else {
+                started.saturating_sub(1)
+            };
+            self.add_task(id, task.restored(result), stored.fingerprint, now);
             if held {
-                self.orphans.insert(id);
                 pending += 1;
             } else if state == TaskState::Pending {
                 if let Some(f) = self.functions.get_mut(&key) {
@@ -404,29 +332,25 @@ impl State {
             }
             if state != TaskState::Pending {
                 done += 1;
-                self.finished.push_back((now, id));
             }
             if !functions.contains(&key) {
                 functions.push(key);
             }
         }
-        self.evict();
-        self.next_task = self.next_task.max(recovered.next_id);
-        if recovered.reserved_until > 0 {
-            self.id_limit = recovered.reserved_until;
-        }
+        self.book.evict();
+        self.book.restore_ids(recovered.next_id, recovered.reserved_until);
         for ((function, memory_mb), level) in recovered.learned {
             let key = self.function_key(&function);
             self.learned.learn(&key, memory_mb, level);
         }
         info!(
             pending,
-            held_back = self.orphans.len(),
+            held_back = self.book.held_count(),
             done,
-            next_id = self.next_task,
+            next_id = self.book.peek_id(),
             "restored from the journal"
         );
-        if !self.orphans.is_empty() {
+        if self.book.held_count() > 0 {
             effects
                 .timers
                 .push((self.config.fleet.reconnect_grace, super::Timer::Orphans));
@@ -444,36 +368,21 @@ impl State {
     /// Forgets finished tasks older than the retention (memory and journal).
     pub(super) fn expire(&mut self, now: Instant, effects: &mut Effects) {
         let retention = self.config.limits.result_retention;
-        while let Some(&(at, id)) = self.finished.front() {
-            if now.saturating_duration_since(at) < retention {
-                break;
-            }
-            self.finished.pop_front();
-            self.evicted = self.evicted.saturating_sub(1);
-            if let Some(task) = self.remove_task(id) {
-                self.result_bytes = self
-                    .result_bytes
-                    .saturating_sub(task.result.as_deref().map_or(0, result_size));
-                if !task.key.is_empty() {
-                    self.keys.remove(&task.key);
-                }
-                if self.journaled {
-                    effects.journal.push(JournalOp::Forget(id));
-                }
+        while let Some(id) = self.book.expired(now, retention) {
+            if self.remove_task(id).is_some() && self.journaled {
+                effects.journal.push(JournalOp::Forget(id));
             }
         }
     }
 
     /// Records a task's final result, wakes its waiters and frees its payload.
     pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult, now: Instant, effects: &mut Effects) {
-        let Some(task) = self.tasks.get_mut(id) else {
+        let Some(task) = self.book.get_mut(id) else {
             return;
         };
         let state = result.state();
         // The task moves to its end (and its function's counts with it).
         super::counts::change_task(&mut self.functions, task, |task| task.state = state);
-        self.payload_bytes = self.payload_bytes.saturating_sub(task.payload.len() as u64);
-        task.payload = Bytes::new();
         let since = |from: u64, to: u64| (from > 0 && to >= from).then(|| to - from);
         effects.observed.push(Observation::Finished {
             to_start_ms: since(task.submitted_unix_ms, result.started_unix_ms),
@@ -487,16 +396,13 @@ impl State {
         if self.journaled {
             effects.journal.push(JournalOp::Finish(id, result.clone()));
         }
-        self.result_bytes += result_size(&result);
-        task.result = Some(result);
-        self.finished.push_back((now, id));
-        self.evict();
+        self.book.finish(id, result, now);
     }
 
     /// Cancels a task: a pending one leaves the pool, a running one is cancelled on its
     /// worker (whose slot is freed at once). Returns the state after the call.
     pub(super) fn cancel(&mut self, id: TaskId, now: Instant, effects: &mut Effects) -> Result<TaskState> {
-        let task = self.tasks.get(id).ok_or(Error::UnknownTask(id))?;
+        let task = self.book.get(id).ok_or(Error::UnknownTask(id))?;
         let (state, function, worker, attempts) = (
             task.state,
             task.function.clone(),
@@ -546,7 +452,7 @@ impl State {
     /// without one.
     pub fn get(&self, id: TaskId) -> Result<pb::TaskInfo> {
         self.readable(id)?;
-        let t = self.tasks.get(id).ok_or(Error::UnknownTask(id))?;
+        let t = self.book.get(id).ok_or(Error::UnknownTask(id))?;
         Ok(pb::TaskInfo {
             task_id: id,
             function: t.function.to_string(),
@@ -554,7 +460,7 @@ impl State {
             attempts: t.attempts,
             worker_id: t.worker.as_ref().map(|w| w.to_string()).unwrap_or_default(),
             submitted_unix_ms: t.submitted_unix_ms,
-            result: t.result.as_deref().cloned(),
+            result: t.result().map(|r| r.as_ref().clone()),
         })
     }
 
@@ -570,7 +476,7 @@ impl State {
         if ids.len() > MAX_WATCH_IDS {
             return Err(Error::TooManyIds(ids.len(), MAX_WATCH_IDS));
         }
-        if let Some(missing) = ids.iter().find(|id| !self.tasks.contains_key(**id)) {
+        if let Some(missing) = ids.iter().find(|id| !self.book.contains(**id)) {
             return Err(Error::UnknownTask(*missing));
         }
         for id in ids {

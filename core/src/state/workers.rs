@@ -280,7 +280,7 @@ impl State {
         let mut waiting = (Vec::new(), Vec::new());
         let mut take = Vec::new();
         for r in results {
-            let Some(t) = self.tasks.get(r.task_id) else {
+            let Some(t) = self.book.get(r.task_id) else {
                 continue;
             };
             match t.state {
@@ -318,7 +318,7 @@ impl State {
         let mut kept = 0;
         for (i, &task_id) in tasks.iter().enumerate() {
             let wanted = self
-                .tasks
+                .book
                 .get(task_id)
                 .is_some_and(|t| t.state == TaskState::Pending);
             if !(wanted && self.workers.contains_key(id)) {
@@ -337,7 +337,7 @@ impl State {
             let Some((attempt, timeout)) = claimed else {
                 continue;
             };
-            self.orphans.remove(&task_id);
+            self.book.unhold(task_id);
             let Some(w) = self.workers.get_mut(id) else {
                 continue;
             };
@@ -447,7 +447,7 @@ impl State {
     ) {
         let max_attempts = self.config.limits.max_attempts;
         for &(task_id, attempt) in tasks.iter().rev() {
-            let Some(t) = self.tasks.get_mut(task_id) else {
+            let Some(t) = self.book.get_mut(task_id) else {
                 continue;
             };
             if t.state != TaskState::Running || t.attempts != attempt {

@@ -200,7 +200,7 @@ fn task_ids_are_handed_out_only_below_a_durable_reservation() {
             .any(|op| matches!(op, JournalOp::Reserve(_)))
     );
     // Half the block used: the next is asked for, once.
-    s.next_task = 6 + block / 2;
+    s.book.restore_ids(6 + block / 2, 0);
     effects.journal.clear();
     submit(&mut s, &mut effects).expect("submit");
     submit(&mut s, &mut effects).expect("submit");
@@ -214,13 +214,13 @@ fn task_ids_are_handed_out_only_below_a_durable_reservation() {
         .collect();
     assert_eq!(asked, vec![6 + 2 * block]);
     // The block used up before the journal holds the next: refused, nothing changed.
-    s.next_task = 6 + block;
+    s.book.restore_ids(6 + block, 0);
     let refused = submit(&mut s, &mut effects);
     assert!(
         matches!(refused, Err(crate::error::Error::IdsNotReserved)),
         "{refused:?}"
     );
-    assert_eq!(s.next_task, 6 + block);
+    assert_eq!(s.book.peek_id(), 6 + block);
     // Durable now: ids go on where they stopped.
     s.ids_reserved(6 + 2 * block);
     assert_eq!(submit(&mut s, &mut effects).expect("submit"), 6 + block);
