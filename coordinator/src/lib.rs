@@ -9,7 +9,8 @@
 //! - [`auth`]: bearer tokens for workers and clients.
 //! - [`journal`]: the embedded store behind `--state-dir` (accepted means durable).
 //! - [`server`]: [`run`] serves everything on a bound listener until shutdown.
-//! - `metrics`: `/metrics` for Prometheus, on `--metrics-listen`.
+//! - `metrics`: what `/metrics` exports (the registry, observations, the Stats snapshot).
+//! - `web`: the listener on `--metrics-listen` that serves it (connection budget, token).
 
 pub mod auth;
 pub mod config;
@@ -22,6 +23,7 @@ mod server;
 mod service;
 mod spawner;
 mod standby;
+mod web;
 
 // The core's modules, under the names the coordinator's files use.
 pub use carpool_core::billing;

@@ -123,9 +123,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let server = serve_grpc(listener, &config, &driver, permits.clone(), &server_stop).await?;
     info!(%addr, spawner = ?config.fleet.spawner, "coordinator serving");
     if let Some(metrics_listener) = metrics_listener {
-        tokio::spawn(crate::metrics::serve(
+        tokio::spawn(crate::web::serve(
             metrics_listener,
-            crate::metrics::Scrapes {
+            crate::web::Scrapes {
                 driver: driver.clone(),
                 metrics: driver.metrics(),
                 token: config.listen.metrics_token.clone(),

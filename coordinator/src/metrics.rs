@@ -25,9 +25,7 @@ use tracing::warn;
 
 use crate::config::SpawnerKind;
 
-pub(crate) mod http;
 use crate::state::Observation;
-pub(crate) use http::{Scrapes, serve};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FunctionLabel {
@@ -161,28 +159,93 @@ impl EncodeMetric for TimeHistogram {
     }
 }
 
+/// A new metric, registered in `registry` under `name` (after the prefix) with `help`
+/// and, if given, its `unit`: each metric is made and registered in one place.
+fn made<M>(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>) -> M
+where
+    M: prometheus_client::registry::Metric + Clone + Default,
+{
+    let metric = M::default();
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, metric.clone()),
+        None => registry.register(name, help, metric.clone()),
+    }
+    metric
+}
+
 impl Metrics {
     /// The metrics of a coordinator whose workers come from `spawner`.
     pub(crate) fn new(spawner: SpawnerKind) -> Self {
         let mut registry = Registry::with_prefix("carpool");
+        let r = &mut registry;
         let m = Self {
-            to_start: TimeHistogram::default(),
-            execution: TimeHistogram::default(),
-            to_result: TimeHistogram::default(),
-            cold_start: TimeHistogram::default(),
-            shutdowns: Family::default(),
-            spawn_failures: Family::default(),
-            tasks: Family::default(),
-            retries: Family::default(),
-            spawns: Family::default(),
-            billed: Family::default(),
-            cost: Family::default(),
-            pending: Family::default(),
-            slots_in_use: Family::default(),
-            workers: Family::default(),
-            limit: Family::default(),
-            learned: Family::default(),
-            held: Family::default(),
+            to_start: made(
+                r,
+                "task_schedule_to_start",
+                "Time from a task's submission to the start of the attempt that ended it",
+                Some(Unit::Seconds),
+            ),
+            execution: made(
+                r,
+                "task_execution",
+                "Time a task's last attempt ran on its worker",
+                Some(Unit::Seconds),
+            ),
+            to_result: made(
+                r,
+                "task_submit_to_result",
+                "Time from a task's submission to its result",
+                Some(Unit::Seconds),
+            ),
+            cold_start: made(
+                r,
+                "worker_cold_start",
+                "Time from a spawn request to the worker's hello",
+                Some(Unit::Seconds),
+            ),
+            shutdowns: made(
+                r,
+                "worker_shutdowns",
+                "Shutdowns sent to workers, by reason",
+                None,
+            ),
+            spawn_failures: made(r, "spawn_failures", "Spawns that failed, by reason", None),
+            tasks: made(r, "tasks", "Tasks that ended, by function and outcome", None),
+            retries: made(
+                r,
+                "task_retries",
+                "Attempts given back to the pool for another try",
+                None,
+            ),
+            spawns: made(r, "worker_spawns", "Workers started that said hello", None),
+            billed: made(
+                r,
+                "billed_gigabyte_seconds",
+                "Billed GB-seconds of workers (Lambda's model; live workers up to now)",
+                None,
+            ),
+            cost: made(r, "cost_usd", "The bill in USD: GB-seconds and requests", None),
+            pending: made(r, "tasks_pending", "Tasks waiting for a worker", None),
+            slots_in_use: made(r, "slots_in_use", "Tasks running on workers", None),
+            workers: made(r, "workers", "Workers by state (live, starting)", None),
+            limit: made(
+                r,
+                "concurrency_limit",
+                "Mean concurrency limit of a function's live workers",
+                None,
+            ),
+            learned: made(
+                r,
+                "concurrency_learned",
+                "Concurrency level learned for a function at the coordinator's memory size (0: none)",
+                None,
+            ),
+            held: made(
+                r,
+                "held",
+                "Bytes held in memory: payloads of unfinished tasks (--max-pending-bytes) and results (--max-result-bytes)",
+                Some(Unit::Bytes),
+            ),
             spawner: match spawner {
                 SpawnerKind::Local => "local",
                 SpawnerKind::Lambda => "lambda",
@@ -191,84 +254,6 @@ impl Metrics {
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
-        registry.register_with_unit(
-            "task_schedule_to_start",
-            "Time from a task's submission to the start of the attempt that ended it",
-            Unit::Seconds,
-            m.to_start.clone(),
-        );
-        registry.register_with_unit(
-            "task_execution",
-            "Time a task's last attempt ran on its worker",
-            Unit::Seconds,
-            m.execution.clone(),
-        );
-        registry.register_with_unit(
-            "task_submit_to_result",
-            "Time from a task's submission to its result",
-            Unit::Seconds,
-            m.to_result.clone(),
-        );
-        registry.register_with_unit(
-            "worker_cold_start",
-            "Time from a spawn request to the worker's hello",
-            Unit::Seconds,
-            m.cold_start.clone(),
-        );
-        registry.register(
-            "worker_shutdowns",
-            "Shutdowns sent to workers, by reason",
-            m.shutdowns.clone(),
-        );
-        registry.register(
-            "spawn_failures",
-            "Spawns that failed, by reason",
-            m.spawn_failures.clone(),
-        );
-        registry.register(
-            "tasks",
-            "Tasks that ended, by function and outcome",
-            m.tasks.clone(),
-        );
-        registry.register(
-            "task_retries",
-            "Attempts given back to the pool for another try",
-            m.retries.clone(),
-        );
-        registry.register(
-            "worker_spawns",
-            "Workers started that said hello",
-            m.spawns.clone(),
-        );
-        registry.register(
-            "billed_gigabyte_seconds",
-            "Billed GB-seconds of workers (Lambda's model; live workers up to now)",
-            m.billed.clone(),
-        );
-        registry.register(
-            "cost_usd",
-            "The bill in USD: GB-seconds and requests",
-            m.cost.clone(),
-        );
-        registry.register("tasks_pending", "Tasks waiting for a worker", m.pending.clone());
-        registry.register("slots_in_use", "Tasks running on workers", m.slots_in_use.clone());
-        registry.register("workers", "Workers by state (live, starting)", m.workers.clone());
-        registry.register(
-            "concurrency_limit",
-            "Mean concurrency limit of a function's live workers",
-            m.limit.clone(),
-        );
-        registry.register(
-            "concurrency_learned",
-            "Concurrency level learned for a function at the coordinator's memory size (0: none)",
-            m.learned.clone(),
-        );
-        registry.register_with_unit(
-            "held",
-            "Bytes held in memory: payloads of unfinished tasks (--max-pending-bytes) and results (--max-result-bytes)",
-            Unit::Bytes,
-            m.held.clone(),
-        );
         // Known label values start at zero, so a rate over them exists before the first.
         for reason in ["idle", "deadline", "ineligible", "drain", "surplus"] {
             drop(m.shutdowns.get_or_create(&ReasonLabel { reason }));
@@ -393,6 +378,35 @@ fn shutdown_reason(r: pb::ShutdownReason) -> &'static str {
     }
 }
 
+/// OpenMetrics text as the classic Prometheus text format (0.0.4): a counter family is
+/// named with its `_total` suffix, and there are no `# UNIT` or `# EOF` lines.
+pub(crate) fn classic(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,7 +466,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
-        let plain = http::classic(&text);
+        let plain = classic(&text);
         assert!(plain.contains("# TYPE carpool_tasks_total counter"), "{plain}");
         assert!(!plain.contains("# EOF") && !plain.contains("# UNIT"));
         // A later snapshot raises the counters to it; an earlier figure never lowers them.

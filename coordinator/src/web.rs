@@ -1,4 +1,4 @@
-//! Serving `/metrics`: its own listener (`--metrics-listen`) under the coordinator's one
+//! The coordinator's web listener, serving `/metrics`: its own listener (`--metrics-listen`) under the coordinator's one
 //! budget of connections, the optional bearer token, and the two exposition formats
 //! (OpenMetrics for Prometheus, the classic text for `curl` and `promtool`).
 
@@ -18,9 +18,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::Metrics;
 use crate::auth::Secret;
 use crate::driver::Driver;
+use crate::metrics::{Metrics, classic};
 
 /// The content type of the OpenMetrics exposition (what Prometheus asks for first).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -94,33 +94,4 @@ async fn scrape(Extract(scrapes): Extract<Scrapes>, headers: HeaderMap) -> Respo
     } else {
         ([(header::CONTENT_TYPE, TEXT_FORMAT)], classic(&open)).into_response()
     }
-}
-
-/// OpenMetrics text as the classic Prometheus text format (0.0.4): a counter family is
-/// named with its `_total` suffix, and there are no `# UNIT` or `# EOF` lines.
-pub(super) fn classic(open: &str) -> String {
-    let counters: std::collections::HashSet<&str> = open
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(open.len());
-    for line in open.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
-            let rest = line.strip_prefix(tag)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{tag}{name}_total {tail}"))
-        });
-        match renamed {
-            Some(l) => out.push_str(&l),
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
 }
