@@ -6,7 +6,7 @@
 //! workers and stats.
 
 use carpool_proto::pb::{self, cluster_client::ClusterClient, tasks_client::TasksClient};
-use carpool_proto::{Bearer, Bytes, Secret, TlsOptions, payload};
+use carpool_proto::{Bearer, Bytes, DialError, Secret, TlsOptions, payload};
 use futures::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -19,12 +19,9 @@ pub use carpool_proto::pb::{MapResponse, StatsResponse, TaskInfo, TaskResult, Ta
 /// What a client call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The URL does not parse.
-    #[error("invalid coordinator url {0:?}: {1}")]
-    BadUrl(String, String),
-    /// The coordinator could not be reached.
-    #[error("cannot reach the coordinator at {0}: {1}")]
-    Connect(String, String),
+    /// The coordinator could not be dialed (a bad URL, or no answer).
+    #[error(transparent)]
+    Dial(#[from] DialError),
     /// The token cannot be sent as a header.
     #[error("invalid token: {0}")]
     BadToken(String),
@@ -86,22 +83,18 @@ impl Client {
                 Ok(Ok(_)) => return Ok(client),
                 Ok(Err(status)) => last = Some(Error::Status(status)),
                 Err(_) => {
-                    last = Some(Error::Connect(
+                    last = Some(Error::Dial(DialError::Connect(
                         one.to_owned(),
                         format!("no answer within {} s", PROBE_DEADLINE.as_secs()),
-                    ))
+                    )))
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::BadUrl(url.to_owned(), "no URL".into())))
+        Err(last.unwrap_or_else(|| DialError::BadUrl(url.to_owned(), "no URL".into()).into()))
     }
 
     async fn connect_one(url: &str, options: &ConnectOptions) -> Result<Self> {
-        let channel = carpool_proto::endpoint(url, &options.tls)
-            .map_err(|e| Error::BadUrl(url.to_owned(), e))?
-            .connect()
-            .await
-            .map_err(|e| Error::Connect(url.to_owned(), e.to_string()))?;
+        let channel = carpool_proto::dial(url, &options.tls, |e| e).await?;
         Self::from_channel(channel, options.token.as_ref())
     }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Interval of HTTP/2 keepalive pings.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
@@ -36,6 +36,30 @@ pub fn is_http_url(url: &str) -> bool {
 pub fn coordinator_urls(list: &str) -> Vec<&str> {
     let urls: Vec<&str> = list.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
     if urls.is_empty() { vec![list] } else { urls }
+}
+
+/// Why a coordinator could not be dialed (the client's and the worker's errors carry it).
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The URL does not parse, or its TLS settings do not fit it.
+    #[error("invalid coordinator url {0:?}: {1}")]
+    BadUrl(String, String),
+    /// The coordinator could not be reached.
+    #[error("cannot reach the coordinator at {0}: {1}")]
+    Connect(String, String),
+}
+
+/// Dials `url` ([`endpoint`]'s settings, then `tune`'s: a worker's tighter keepalive).
+pub async fn dial(
+    url: &str,
+    tls: &TlsOptions,
+    tune: impl FnOnce(Endpoint) -> Endpoint,
+) -> Result<Channel, DialError> {
+    let endpoint = endpoint(url, tls).map_err(|e| DialError::BadUrl(url.to_owned(), e))?;
+    tune(endpoint)
+        .connect()
+        .await
+        .map_err(|e| DialError::Connect(url.to_owned(), e.to_string()))
 }
 
 /// An endpoint for `url` with keepalive, and TLS when the URL is `https://`.

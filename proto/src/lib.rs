@@ -71,7 +71,7 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
-pub use endpoint::{TAKEOVER_IN_MS, TlsOptions, coordinator_urls, endpoint, is_http_url};
+pub use endpoint::{DialError, TAKEOVER_IN_MS, TlsOptions, coordinator_urls, dial, endpoint, is_http_url};
 
 /// Generated code of package `carpool.v1`.
 pub mod pb {

@@ -3,12 +3,9 @@
 /// Every error a worker session can end with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The coordinator URL does not parse.
-    #[error("invalid coordinator url {0:?}: {1}")]
-    BadUrl(String, String),
-    /// The coordinator could not be reached.
-    #[error("cannot reach the coordinator at {0}: {1}")]
-    Connect(String, String),
+    /// The coordinator could not be dialed (a bad URL, or no answer).
+    #[error(transparent)]
+    Dial(#[from] carpool_proto::DialError),
     /// The coordinator refused the session or broke the stream.
     #[error("coordinator: {}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
@@ -55,12 +52,12 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         use tonic::Code;
         match self {
-            Error::Connect(..) | Error::StreamBroken => true,
+            Error::Dial(carpool_proto::DialError::Connect(..)) | Error::StreamBroken => true,
             Error::Status(s) => matches!(
                 s.code(),
                 Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::DeadlineExceeded
             ),
-            Error::BadUrl(..) | Error::Protocol(_) | Error::Config(_) | Error::Handler(_) | Error::Io(_) => {
+            Error::Dial(carpool_proto::DialError::BadUrl(..)) | Error::Protocol(_) | Error::Config(_) | Error::Handler(_) | Error::Io(_) => {
                 false
             }
         }

@@ -100,14 +100,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Opens a channel to the coordinator (keepalive on, TLS for `https://`).
 pub async fn dial(url: &str, tls: &TlsOptions) -> Result<Channel> {
-    let endpoint = carpool_proto::endpoint(url, tls)
-        .map_err(|e| Error::BadUrl(url.to_owned(), e))?
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| Error::Connect(url.to_owned(), e.to_string()))
+    let tighter = |e: tonic::transport::Endpoint| {
+        e.http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+    };
+    Ok(carpool_proto::dial(url, tls, tighter).await?)
 }
 
 /// Runs one session with `handler` until the coordinator sends Shutdown, reconnecting
