@@ -57,9 +57,11 @@ impl Error {
                 s.code(),
                 Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::DeadlineExceeded
             ),
-            Error::Dial(carpool_proto::DialError::BadUrl(..)) | Error::Protocol(_) | Error::Config(_) | Error::Handler(_) | Error::Io(_) => {
-                false
-            }
+            Error::Dial(carpool_proto::DialError::BadUrl(..))
+            | Error::Protocol(_)
+            | Error::Config(_)
+            | Error::Handler(_)
+            | Error::Io(_) => false,
         }
     }
 }

@@ -172,6 +172,10 @@ struct Sim<'a> {
     done: u64,
     /// When the current batch was submitted.
     batch_start: Duration,
+    /// Every how long a worker samples itself.
+    interval: Duration,
+    /// Spawns on their way to their hello.
+    connecting: usize,
 }
 
 impl Sim<'_> {
@@ -505,9 +509,9 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         report: SimReport::default(),
         done: 0,
         batch_start: Duration::ZERO,
+        interval: config.fleet.sample_interval.max(Duration::from_millis(1)),
+        connecting: 0,
     };
-    let interval = config.fleet.sample_interval.max(Duration::from_millis(1));
-    let mut connecting = 0usize;
     let mut now = Duration::ZERO;
     let mut accepted = 0u64;
     let mut before = pb::FunctionStats::default();
@@ -525,7 +529,7 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
                 accepted += 1;
             }
         }
-        now = s.run(now, accepted, &mut connecting, interval, vcpus);
+        now = s.run(now, accepted);
         let totals = s.state.stats(s.at(now)).total.unwrap_or_default();
         let mut report = std::mem::take(&mut s.report);
         report.invocations = totals.workers_started - before.workers_started;
@@ -544,137 +548,142 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
 impl Sim<'_> {
     /// Runs events from `now` until `accepted` results are in and the fleet has gone;
     /// returns the time then.
-    fn run(
-        &mut self,
-        mut now: Duration,
-        accepted: u64,
-        connecting: &mut usize,
-        interval: Duration,
-        vcpus: u32,
-    ) -> Duration {
-        let (sim, s) = (self.sim, self);
-        let memory_mb = sim.config.fleet.memory_mb;
-        let timeout_ms = sim.config.fleet.execution_timeout.as_millis() as u64;
+    fn run(&mut self, mut now: Duration, accepted: u64) -> Duration {
         loop {
-            // Settle: carry out effects and deliver messages until the coordinator is quiet at
-            // this instant.
-            loop {
-                for spawn in std::mem::take(&mut s.effects.spawns) {
-                    *connecting += 1;
-                    s.queue.push(now + sim.cold_start, Event::Connect(spawn.id));
-                }
-                for (d, t) in std::mem::take(&mut s.effects.timers) {
-                    s.queue.push(now + d, Event::Timer(t));
-                }
-                s.queue.purge(&s.fleet);
-                if !s.deliver(now) && s.effects.spawns.is_empty() && s.effects.timers.is_empty() {
-                    break;
-                }
-            }
-            s.report.peak_workers = s.report.peak_workers.max(s.fleet.len());
-            if s.done >= accepted && s.fleet.len() == 0 && *connecting == 0 {
+            self.settle(now);
+            self.report.peak_workers = self.report.peak_workers.max(self.fleet.len());
+            if self.done >= accepted && self.fleet.len() == 0 && self.connecting == 0 {
                 break;
             }
-            let Some((at, event)) = s.queue.pop() else {
+            let Some((at, event)) = self.queue.pop() else {
                 break;
             };
             now = at;
-            let t = s.at(now);
-            match event {
-                Event::Connect(id) => {
-                    *connecting -= 1;
-                    let hello = pb::Hello {
-                        worker_id: id.to_string(),
-                        function: sim.function.clone(),
-                        vcpus,
-                        memory_mb,
-                        timeout_ms,
-                        ..Default::default()
+            self.step(event, now);
+        }
+        now
+    }
+
+    /// Carries out effects and delivers messages until the coordinator is quiet at `now`.
+    fn settle(&mut self, now: Duration) {
+        loop {
+            for spawn in std::mem::take(&mut self.effects.spawns) {
+                self.connecting += 1;
+                self.queue
+                    .push(now + self.sim.cold_start, Event::Connect(spawn.id));
+            }
+            for (d, t) in std::mem::take(&mut self.effects.timers) {
+                self.queue.push(now + d, Event::Timer(t));
+            }
+            self.queue.purge(&self.fleet);
+            if !self.deliver(now) && self.effects.spawns.is_empty() && self.effects.timers.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// What one event does at `now`.
+    fn step(&mut self, event: Event, now: Duration) {
+        let t = self.at(now);
+        match event {
+            Event::Connect(id) => self.connect(id, now),
+            Event::CpuDone { slot, conn, version } => {
+                if self.fleet.get(slot, conn).is_some_and(|w| w.version == version) {
+                    self.progress(slot, now);
+                }
+            }
+            Event::Done {
+                slot,
+                conn,
+                task,
+                attempt,
+            } => {
+                if self.fleet.get(slot, conn).is_some() {
+                    self.finish(slot, task, attempt, now);
+                    self.progress(slot, now);
+                }
+            }
+            Event::Sample { slot, conn, periodic } => self.sample_due(slot, conn, periodic, now),
+            Event::Timer(timer) => {
+                let _ = self
+                    .state
+                    .handle(t, state::Event::Timer(timer), &mut self.effects);
+            }
+            Event::Exit { slot, conn } => {
+                if let Some(w) = self.fleet.remove(slot, conn) {
+                    let end = state::Event::Disconnect {
+                        worker: w.id,
+                        conn: w.conn,
+                        end: StreamEnd::Closed,
                     };
-                    if let Ok(conn) = s
-                        .state
-                        .handle(t, state::Event::Hello(hello), &mut s.effects)
-                        .and_then(state::Reply::connected)
-                    {
-                        {
-                            let slot = s.fleet.insert(SimWorker {
-                                id,
-                                conn,
-                                tasks: Vec::new(),
-                                version: 0,
-                                advanced: now,
-                                busy: 0.0,
-                                span: (now, 0.0),
-                                sample_queued: false,
-                                newest: now,
-                                most: 0,
-                                inits: Vec::new(),
-                                idle: 0,
-                                limit: 1,
-                                completed: false,
-                            });
-                            // Its first sample (nothing running: its base), then one per interval.
-                            s.sample(slot, now);
-                            s.queue.push(
-                                now + interval,
-                                Event::Sample {
-                                    slot,
-                                    conn,
-                                    periodic: true,
-                                },
-                            );
-                        }
-                    }
-                }
-                Event::CpuDone { slot, conn, version } => {
-                    if s.fleet.get(slot, conn).is_some_and(|w| w.version == version) {
-                        s.progress(slot, now);
-                    }
-                }
-                Event::Done {
-                    slot,
-                    conn,
-                    task,
-                    attempt,
-                } => {
-                    if s.fleet.get(slot, conn).is_some() {
-                        s.finish(slot, task, attempt, now);
-                        s.progress(slot, now);
-                    }
-                }
-                Event::Sample { slot, conn, periodic } => {
-                    if s.fleet.get(slot, conn).is_some() {
-                        if periodic {
-                            s.queue.push(
-                                now + interval,
-                                Event::Sample {
-                                    slot,
-                                    conn,
-                                    periodic: true,
-                                },
-                            );
-                        } else if let Some(w) = s.fleet.get_mut(slot, conn) {
-                            w.sample_queued = false;
-                        }
-                        s.sample(slot, now);
-                    }
-                }
-                Event::Timer(timer) => {
-                    let _ = s.state.handle(t, state::Event::Timer(timer), &mut s.effects);
-                }
-                Event::Exit { slot, conn } => {
-                    if let Some(w) = s.fleet.remove(slot, conn) {
-                        let end = state::Event::Disconnect {
-                            worker: w.id,
-                            conn: w.conn,
-                            end: StreamEnd::Closed,
-                        };
-                        let _ = s.state.handle(t, end, &mut s.effects);
-                    }
+                    let _ = self.state.handle(t, end, &mut self.effects);
                 }
             }
         }
-        now
+    }
+
+    /// A spawned worker says hello: on the fleet, with its first sample (nothing running:
+    /// its base) and one per interval after.
+    fn connect(&mut self, id: WorkerId, now: Duration) {
+        self.connecting -= 1;
+        let fleet = &self.sim.config.fleet;
+        let hello = pb::Hello {
+            worker_id: id.to_string(),
+            function: self.sim.function.clone(),
+            vcpus: fleet.worker_vcpus(),
+            memory_mb: fleet.memory_mb,
+            timeout_ms: fleet.execution_timeout.as_millis() as u64,
+            ..Default::default()
+        };
+        let Ok(conn) = self
+            .state
+            .handle(self.at(now), state::Event::Hello(hello), &mut self.effects)
+            .and_then(state::Reply::connected)
+        else {
+            return;
+        };
+        let slot = self.fleet.insert(SimWorker {
+            id,
+            conn,
+            tasks: Vec::new(),
+            version: 0,
+            advanced: now,
+            busy: 0.0,
+            span: (now, 0.0),
+            sample_queued: false,
+            newest: now,
+            most: 0,
+            inits: Vec::new(),
+            idle: 0,
+            limit: 1,
+            completed: false,
+        });
+        self.sample(slot, now);
+        let periodic = Event::Sample {
+            slot,
+            conn,
+            periodic: true,
+        };
+        self.queue.push(now + self.interval, periodic);
+    }
+
+    /// A sample is due: a periodic one queues the next; one queued after a change clears
+    /// its flag.
+    fn sample_due(&mut self, slot: u32, conn: Conn, periodic: bool, now: Duration) {
+        if self.fleet.get(slot, conn).is_none() {
+            return;
+        }
+        if periodic {
+            let next = Event::Sample {
+                slot,
+                conn,
+                periodic: true,
+            };
+            self.queue.push(now + self.interval, next);
+        } else if let Some(w) = self.fleet.get_mut(slot, conn) {
+            w.sample_queued = false;
+        }
+        self.sample(slot, now);
     }
 }
 

@@ -59,6 +59,48 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// A worker that just said `hello`, with its first limit and how it moves.
+    pub(super) fn new(
+        function: Arc<str>,
+        conn: u64,
+        hello: &pb::Hello,
+        (limit, limit_params): (Limit, LimitParams),
+        timeout: Duration,
+        arrival: super::workers::Arrival,
+        now: Instant,
+    ) -> Self {
+        Self {
+            function,
+            conn,
+            vcpus: hello.vcpus,
+            memory_mb: hello.memory_mb,
+            limit,
+            limit_params,
+            timeout,
+            connected_at: now,
+            billed_from: arrival.billed_from,
+            instance: arrival.instance,
+            cold_start_ms: arrival.cold_start_ms,
+            sample: None,
+            cpu: 0.0,
+            mem: 0.0,
+            running: Vec::new(),
+            assigned_total: 0,
+            done: 0,
+            reached: false,
+            idle_since: now,
+            stopping: false,
+            attached: true,
+            detached_since: None,
+            last_seen: now,
+            recheck_at: None,
+            released: VecDeque::new(),
+            indexed: None,
+            batch: None,
+            peak_mem: 0.0,
+        }
+    }
+
     /// Whether it may take one more task now.
     pub(super) fn eligible(&self, rules: &Rules, now: Instant) -> bool {
         scheduler::assess(rules, &self.view(now)) == Verdict::Eligible

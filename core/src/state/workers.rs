@@ -5,7 +5,8 @@
 //! the reconnect grace) -> attached again on a hello with the same id, or finalized: billed,
 //! its running tasks given back to the front of the pool (or failed, out of attempts).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use carpool_messages::pb::{self, TaskState, coordinator_message::Kind};
@@ -18,6 +19,18 @@ use crate::scheduler::{self, AfterLostAttempt};
 
 /// Cold starts kept per function for Stats' median and maximum.
 const RECENT_COLD_STARTS: usize = 1024;
+
+/// Where a new worker came from, as its hello finds it.
+pub(super) struct Arrival {
+    /// Where its bill starts: its spawn, or its hello.
+    pub(super) billed_from: Instant,
+    /// From its spawn to its hello (0: not ours).
+    pub(super) cold_start_ms: u64,
+    /// Where it runs (its hello's, or what the spawner said).
+    pub(super) instance: String,
+    /// Past the fleet cap: it is sent away at once.
+    pub(super) surplus: bool,
+}
 
 /// The bounds of a Hello (anything outside is INVALID_ARGUMENT): memory from Lambda's
 /// smallest size to a large VM's, vCPUs, slots, a week of life (one table with the
@@ -99,89 +112,9 @@ impl State {
         }
         self.make_room(&hello.function)?;
         let function = self.function_key(&hello.function);
-        let mut instance = hello.instance.clone();
-        let mut cold_start_ms = 0;
-        let mut billed_from = now;
-        let mut surplus = false;
-        if let Some(s) = self.spawns.end(&id) {
-            billed_from = s.since;
-            cold_start_ms = now.saturating_duration_since(s.since).as_millis() as u64;
-            if let Some(f) = self.functions.get_mut(&s.function) {
-                f.cold_starts += 1;
-                if f.recent_cold_starts.len() >= RECENT_COLD_STARTS {
-                    f.recent_cold_starts.pop_front();
-                }
-                f.recent_cold_starts.push_back(cold_start_ms);
-                // Lambda bills a cold sandbox's init as well as its requests.
-                f.request_gb_ms +=
-                    billing::billed_gb_ms(Duration::from_millis(cold_start_ms), hello.memory_mb);
-                effects
-                    .observed
-                    .push(super::Observation::ColdStart(cold_start_ms));
-            }
-            if instance.is_empty() {
-                instance = s.instance;
-            }
-            info!(worker = %id, cold_start_ms, "spawned worker connected");
-        } else if self.spawns.arrived_late(&id) {
-            // Written off as never started, it started late after all (Lambda queues an
-            // asynchronous invoke it cannot run yet): welcome within the cap, else send away.
-            surplus = self.fleet_full(&function);
-            info!(worker = %id, surplus, "a worker written off as never started arrived late");
-        }
-        let learned = self.learned_limit(&function, hello.memory_mb);
-        let limit = scheduler::initial_limit(&self.rules, hello.slots, hello.max_slots, learned, hello.vcpus);
-        let limit_params = scheduler::worker_limits(&self.rules, hello.max_slots);
-        let slots = limit.value();
-        let timeout = match hello.timeout_ms {
-            0 => self.config.fleet.execution_timeout,
-            ms => Duration::from_millis(ms),
-        };
-        let conn = self.next_conn;
-        self.next_conn += 1;
-        let worker = Worker {
-            function: function.clone(),
-            conn,
-            vcpus: hello.vcpus,
-            memory_mb: hello.memory_mb,
-            limit,
-            limit_params,
-            timeout,
-            connected_at: now,
-            billed_from,
-            instance,
-            cold_start_ms,
-            sample: None,
-            cpu: 0.0,
-            mem: 0.0,
-            running: Vec::new(),
-            assigned_total: 0,
-            done: 0,
-            reached: false,
-            idle_since: now,
-            stopping: false,
-            attached: true,
-            detached_since: None,
-            last_seen: now,
-            recheck_at: None,
-            released: VecDeque::new(),
-            indexed: None,
-            batch: None,
-            peak_mem: 0.0,
-        };
-        worker.send(Kind::Welcome(self.welcome(slots)), effects);
-        // Look again when it reaches its deadline fraction, to drain it.
-        let until = scheduler::until_deadline(&self.rules, &worker.view(now));
-        effects.timers.push((until, Timer::Worker(id.clone(), conn)));
-        info!(worker = %id, function = %function, slots, phase = worker.limit.phase().as_str(), timeout_ms = timeout.as_millis() as u64, "connected");
-        self.workers.insert(id.clone(), worker);
-        if let Some(f) = self.functions.get_mut(&function) {
-            f.max_slots = f.max_slots.max(slots);
-            // Each worker that said hello is one billed invocation.
-            f.workers_started += 1;
-            f.consecutive_spawn_failures = 0;
-            f.spawn_blocked_until = None;
-        }
+        let arrival = self.arrival(&id, &function, &hello, now, effects);
+        let surplus = arrival.surplus;
+        let conn = self.admit(&id, &function, &hello, arrival, now, effects);
         if !hello.running_task_ids.is_empty() {
             // A worker the coordinator does not know that runs tasks: its session outlived
             // this coordinator's (a restart) or its lease. It keeps what is still wanted.
@@ -201,6 +134,99 @@ impl State {
         }
         self.evaluate(&id, now, effects);
         Ok(conn)
+    }
+
+    /// Where a new worker comes from: a spawn of ours (its cold start measured and billed
+    /// from its spawn), one written off as never started that arrived late (surplus past
+    /// the cap), or one started by someone else (billed from now).
+    fn arrival(
+        &mut self,
+        id: &WorkerId,
+        function: &Arc<str>,
+        hello: &pb::Hello,
+        now: Instant,
+        effects: &mut Effects,
+    ) -> Arrival {
+        let mut arrival = Arrival {
+            billed_from: now,
+            cold_start_ms: 0,
+            instance: hello.instance.clone(),
+            surplus: false,
+        };
+        if let Some(s) = self.spawns.end(id) {
+            let cold_start_ms = now.saturating_duration_since(s.since).as_millis() as u64;
+            if let Some(f) = self.functions.get_mut(&s.function) {
+                f.cold_starts += 1;
+                if f.recent_cold_starts.len() >= RECENT_COLD_STARTS {
+                    f.recent_cold_starts.pop_front();
+                }
+                f.recent_cold_starts.push_back(cold_start_ms);
+                // Lambda bills a cold sandbox's init as well as its requests.
+                f.request_gb_ms +=
+                    billing::billed_gb_ms(Duration::from_millis(cold_start_ms), hello.memory_mb);
+                effects
+                    .observed
+                    .push(super::Observation::ColdStart(cold_start_ms));
+            }
+            if arrival.instance.is_empty() {
+                arrival.instance = s.instance;
+            }
+            arrival.billed_from = s.since;
+            arrival.cold_start_ms = cold_start_ms;
+            info!(worker = %id, cold_start_ms, "spawned worker connected");
+        } else if self.spawns.arrived_late(id) {
+            // Written off as never started, it started late after all (Lambda queues an
+            // asynchronous invoke it cannot run yet): welcome within the cap, else send away.
+            arrival.surplus = self.fleet_full(function);
+            info!(worker = %id, surplus = arrival.surplus, "a worker written off as never started arrived late");
+        }
+        arrival
+    }
+
+    /// Puts a new worker on the roster with its first limit (learned for its function and
+    /// size, or its vCPUs), welcomes it and arms its deadline timer. Returns its connection.
+    fn admit(
+        &mut self,
+        id: &WorkerId,
+        function: &Arc<str>,
+        hello: &pb::Hello,
+        arrival: Arrival,
+        now: Instant,
+        effects: &mut Effects,
+    ) -> Conn {
+        let learned = self.learned_limit(function, hello.memory_mb);
+        let limit = scheduler::initial_limit(&self.rules, hello.slots, hello.max_slots, learned, hello.vcpus);
+        let limit_params = scheduler::worker_limits(&self.rules, hello.max_slots);
+        let slots = limit.value();
+        let timeout = match hello.timeout_ms {
+            0 => self.config.fleet.execution_timeout,
+            ms => Duration::from_millis(ms),
+        };
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let worker = Worker::new(
+            function.clone(),
+            conn,
+            hello,
+            (limit, limit_params),
+            timeout,
+            arrival,
+            now,
+        );
+        worker.send(Kind::Welcome(self.welcome(slots)), effects);
+        // Look again when it reaches its deadline fraction, to drain it.
+        let until = scheduler::until_deadline(&self.rules, &worker.view(now));
+        effects.timers.push((until, Timer::Worker(id.clone(), conn)));
+        info!(worker = %id, function = %function, slots, phase = worker.limit.phase().as_str(), timeout_ms = timeout.as_millis() as u64, "connected");
+        self.workers.insert(id.clone(), worker);
+        if let Some(f) = self.functions.get_mut(function) {
+            f.max_slots = f.max_slots.max(slots);
+            // Each worker that said hello is one billed invocation.
+            f.workers_started += 1;
+            f.consecutive_spawn_failures = 0;
+            f.spawn_blocked_until = None;
+        }
+        conn
     }
 
     /// The Welcome a new connection gets.
