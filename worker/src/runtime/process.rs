@@ -33,117 +33,163 @@ enum End {
 /// Runs copy `slot` until it is retired or the host stops: serves its API on `listener`
 /// and keeps one runtime process running against it.
 pub(super) async fn supervise(inner: Arc<Inner>, slot: Arc<Slot>, listener: std::net::TcpListener) {
-    let api = match listener
+    let Some((addr, server)) = serve_api(&inner, &slot, listener) else {
+        inner.remove(&slot);
+        return;
+    };
+    let mut idle_crashes = 0u32;
+    while !(inner.stop.is_cancelled() || slot.lock().retired) {
+        let Some(life) = run_once(&inner, &slot, &addr.to_string()).await else {
+            break;
+        };
+        if crate::children::stopping() || !outlive(&inner, &slot, life, &mut idle_crashes).await {
+            break;
+        }
+    }
+    server.abort();
+    inner.remove(&slot);
+}
+
+/// Serves copy `slot`'s Lambda Runtime API on `listener`: its address and the server's
+/// task, or `None` (the host told why) when it cannot.
+fn serve_api(
+    inner: &Arc<Inner>,
+    slot: &Arc<Slot>,
+    listener: std::net::TcpListener,
+) -> Option<(std::net::SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    match listener
         .local_addr()
         .and_then(|a| tokio::net::TcpListener::from_std(listener).map(|l| (a, l)))
     {
         Ok((addr, listener)) => {
             let router = super::api::router(inner.clone(), slot.clone());
-            let server = tokio::spawn(async move { axum::serve(listener, router).await });
-            (addr, server)
+            Some((
+                addr,
+                tokio::spawn(async move { axum::serve(listener, router).await }),
+            ))
         }
         Err(e) => {
             inner.fail(format!("cannot serve the Lambda Runtime API on loopback: {e}"));
-            inner.remove(&slot);
-            return;
-        }
-    };
-    let (addr, server) = api;
-    let mut idle_crashes = 0u32;
-    loop {
-        if inner.stop.is_cancelled() || slot.lock().retired {
-            break;
-        }
-        {
-            let mut st = slot.lock();
-            st.asked = false;
-            st.peak = 0;
-        }
-        let started = match start(&inner.settings, &addr.to_string()) {
-            Ok(s) => s,
-            Err(e) => {
-                inner.fail(format!(
-                    "cannot start the Lambda runtime {:?}: {e}",
-                    inner.settings.command
-                ));
-                break;
-            }
-        };
-        let (mut child, tail, reader) = started;
-        let pid = child.id();
-        slot.lock().pid = pid;
-        let counted = pid.map(crate::children::register);
-        info!(function = %inner.settings.function, copy = slot.index, pid, "Lambda runtime copy started");
-        let end = watch(&inner, &slot, &mut child).await;
-        // Reaped: its pid may be reused from now on.
-        slot.lock().pid = None;
-        drop(counted);
-        // What it wrote last, to explain an exit (the pipe closes with the process).
-        let _ = tokio::time::timeout(Duration::from_millis(200), reader).await;
-        let stderr = last_lines(&tail);
-        let (current, asked, init_error) = {
-            let mut st = slot.lock();
-            (st.current.take(), st.asked, st.init_error.take())
-        };
-        if crate::children::stopping() {
-            break;
-        }
-        match end {
-            End::Exited(status) => {
-                if let Some(c) = current {
-                    warn!(task = c.task, copy = slot.index, %status, "the Lambda runtime exited mid-task; its task fails and a copy replaces it");
-                    let _ = c.done.send(Err(format!(
-                        "the Lambda runtime process exited mid-task ({status}){stderr}"
-                    )));
-                    idle_crashes = 0;
-                } else if !asked || init_error.is_some() {
-                    inner.fail(init_error.unwrap_or_else(|| {
-                        format!(
-                            "the Lambda runtime {:?} exited before asking for an invocation ({status}){stderr}",
-                            inner.settings.command
-                        )
-                    }));
-                    break;
-                } else {
-                    idle_crashes += 1;
-                    warn!(copy = slot.index, %status, idle_crashes, "the Lambda runtime exited while idle");
-                    if idle_crashes >= IDLE_CRASHES {
-                        inner.fail(format!(
-                            "the Lambda runtime {:?} exited while idle {IDLE_CRASHES} times in a row (last: {status}){stderr}",
-                            inner.settings.command
-                        ));
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100) * idle_crashes).await;
-                }
-            }
-            End::Abandoned => {
-                if let Some(c) = current {
-                    info!(
-                        task = c.task,
-                        copy = slot.index,
-                        "task cancelled: its Lambda runtime copy was killed and is replaced"
-                    );
-                }
-            }
-            End::TimedOut(timeout) => {
-                if let Some(c) = current {
-                    let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
-                    warn!(
-                        task = c.task,
-                        copy = slot.index,
-                        "the handler ran past its timeout: its Lambda runtime copy was killed and is replaced"
-                    );
-                    let _ = c
-                        .done
-                        .send(Err(format!("Task timed out after {secs:.2} seconds")));
-                }
-            }
-            End::Retired | End::Stopped => break,
+            None
         }
     }
-    server.abort();
-    inner.remove(&slot);
+}
+
+/// One runtime process's life, as the copy saw it end.
+struct Life {
+    end: End,
+    /// Its last stderr lines, to explain an exit.
+    stderr: String,
+    /// The invocation it held when it ended.
+    current: Option<super::Current>,
+    /// Whether it ever asked for an invocation.
+    asked: bool,
+    /// What it reported through the init error endpoint.
+    init_error: Option<String>,
+}
+
+/// Starts one runtime process against the API at `addr`, watches it to its end and reaps
+/// it. `None` (the host told why) when it cannot start.
+async fn run_once(inner: &Inner, slot: &Slot, addr: &str) -> Option<Life> {
+    {
+        let mut st = slot.lock();
+        st.asked = false;
+        st.peak = 0;
+    }
+    let (mut child, tail, reader) = match start(&inner.settings, addr) {
+        Ok(started) => started,
+        Err(e) => {
+            inner.fail(format!(
+                "cannot start the Lambda runtime {:?}: {e}",
+                inner.settings.command
+            ));
+            return None;
+        }
+    };
+    let pid = child.id();
+    slot.lock().pid = pid;
+    let counted = pid.map(crate::children::register);
+    info!(function = %inner.settings.function, copy = slot.index, pid, "Lambda runtime copy started");
+    let end = watch(inner, slot, &mut child).await;
+    // Reaped: its pid may be reused from now on.
+    slot.lock().pid = None;
+    drop(counted);
+    // What it wrote last, to explain an exit (the pipe closes with the process).
+    let _ = tokio::time::timeout(Duration::from_millis(200), reader).await;
+    let mut st = slot.lock();
+    Some(Life {
+        end,
+        stderr: last_lines(&tail),
+        current: st.current.take(),
+        asked: st.asked,
+        init_error: st.init_error.take(),
+    })
+}
+
+/// What follows a process's end: its task told how it ended, and whether a new process
+/// replaces it (false: the copy ends; the host was told why if it is a failure).
+async fn outlive(inner: &Inner, slot: &Slot, life: Life, idle_crashes: &mut u32) -> bool {
+    let Life {
+        end,
+        stderr,
+        current,
+        asked,
+        init_error,
+    } = life;
+    match end {
+        End::Exited(status) => {
+            if let Some(c) = current {
+                warn!(task = c.task, copy = slot.index, %status, "the Lambda runtime exited mid-task; its task fails and a copy replaces it");
+                let _ = c.done.send(Err(format!(
+                    "the Lambda runtime process exited mid-task ({status}){stderr}"
+                )));
+                *idle_crashes = 0;
+            } else if !asked || init_error.is_some() {
+                inner.fail(init_error.unwrap_or_else(|| {
+                    format!(
+                        "the Lambda runtime {:?} exited before asking for an invocation ({status}){stderr}",
+                        inner.settings.command
+                    )
+                }));
+                return false;
+            } else {
+                *idle_crashes += 1;
+                warn!(copy = slot.index, %status, idle_crashes = *idle_crashes, "the Lambda runtime exited while idle");
+                if *idle_crashes >= IDLE_CRASHES {
+                    inner.fail(format!(
+                        "the Lambda runtime {:?} exited while idle {IDLE_CRASHES} times in a row (last: {status}){stderr}",
+                        inner.settings.command
+                    ));
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(100) * *idle_crashes).await;
+            }
+        }
+        End::Abandoned => {
+            if let Some(c) = current {
+                info!(
+                    task = c.task,
+                    copy = slot.index,
+                    "task cancelled: its Lambda runtime copy was killed and is replaced"
+                );
+            }
+        }
+        End::TimedOut(timeout) => {
+            if let Some(c) = current {
+                let secs = timeout.map_or(0.0, |t| t.as_secs_f64());
+                warn!(
+                    task = c.task,
+                    copy = slot.index,
+                    "the handler ran past its timeout: its Lambda runtime copy was killed and is replaced"
+                );
+                let _ = c
+                    .done
+                    .send(Err(format!("Task timed out after {secs:.2} seconds")));
+            }
+        }
+        End::Retired | End::Stopped => return false,
+    }
+    true
 }
 
 /// Waits until the process exits or must be killed (then kills it).
