@@ -238,6 +238,35 @@ impl<H: Handler> Session<H> {
     /// One connection: hello, welcome, then serve until Shutdown-and-idle, the deadline, or
     /// an error (a broken stream is retryable; a refusal is not).
     async fn connection(&mut self, deadline: tokio::time::Instant) -> Result<EndReason> {
+        let (out, mut inbound, welcome) = self.open(deadline).await?;
+        self.welcomed = true;
+        let actions = self.protocol.welcomed(&welcome, Instant::now());
+        self.carry_out(actions, &out).await?;
+        let interval = Duration::from_millis(welcome.sample_interval_ms.max(10));
+        info!(worker = %self.config.id, function = %self.config.function, slots = welcome.slots, resumed = self.protocol.resuming(), "connected");
+        let reason = self.serve(&out, &mut inbound, interval, deadline).await?;
+        // Closing the request stream tells the coordinator this session is over; it answers
+        // by closing ours once it has cleaned up. Wait for that (briefly), so the end of the
+        // stream is on the wire before this process exits.
+        drop(out);
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            while let Ok(Some(_)) = inbound.message().await {}
+        })
+        .await;
+        Ok(reason)
+    }
+
+    /// Dials the coordinator, says hello (with what this session still runs and the results
+    /// it may have to repeat) and waits for the welcome: the way up, the way down, and the
+    /// welcome.
+    async fn open(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(
+        mpsc::Sender<WorkerMessage>,
+        tonic::Streaming<CoordinatorMessage>,
+        pb::Welcome,
+    )> {
         let url = self.url().to_owned();
         let channel = dial(&url, &self.config.tls).await?;
         let bearer = Bearer::new(self.config.token.as_ref()).map_err(Error::Config)?;
@@ -268,12 +297,20 @@ impl<H: Handler> Session<H> {
             }) => w,
             other => return Err(Error::Protocol(format!("expected a welcome, got {other:?}"))),
         };
-        self.welcomed = true;
-        let actions = self.protocol.welcomed(&welcome, Instant::now());
-        self.carry_out(actions, &out).await?;
+        Ok((out, inbound, welcome))
+    }
+
+    /// The session's loop: what comes down, tasks that end, the sampling cadence, the
+    /// handler breaking, the deadline and the stop signal, each turned into the protocol's
+    /// events and its actions carried out, until the session ends (how, returned).
+    async fn serve(
+        &mut self,
+        out: &mpsc::Sender<WorkerMessage>,
+        inbound: &mut tonic::Streaming<CoordinatorMessage>,
+        interval: Duration,
+        deadline: tokio::time::Instant,
+    ) -> Result<EndReason> {
         let mut broken = self.handler.broken();
-        let interval = Duration::from_millis(welcome.sample_interval_ms.max(10));
-        info!(worker = %self.config.id, function = %self.config.function, slots = welcome.slots, resumed = self.protocol.resuming(), "connected");
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let id = self.config.id.clone();
@@ -286,35 +323,23 @@ impl<H: Handler> Session<H> {
                 msg = inbound.message() => match msg? {
                     Some(CoordinatorMessage { kind: Some(kind) }) => {
                         let actions = self.protocol.message(kind, Instant::now());
-                        self.carry_out(actions, &out).await?;
+                        self.carry_out(actions, out).await?;
                     }
                     Some(other) => warn!(worker = %id, ?other, "empty message ignored"),
                     // Closed without a Shutdown: the coordinator dropped this session.
                     None => return Err(Error::StreamBroken),
                 },
                 Some(first) = self.running.join_next() => {
-                    let mut joined = Vec::new();
-                    let mut next = Some(first);
-                    while let Some(j) = next {
-                        // An Err is a task aborted because the coordinator cancelled it.
-                        joined.push(match j {
-                            Ok(finished) => {
-                                self.handles.remove(&finished.task);
-                                Joined::Finished(finished)
-                            }
-                            Err(_) => Joined::Aborted,
-                        });
-                        next = self.running.try_join_next();
-                    }
+                    let joined = self.joined_with(first);
                     let actions = self.protocol.joined(joined, Instant::now());
-                    self.carry_out(actions, &out).await?;
+                    self.carry_out(actions, out).await?;
                 },
                 _ = tick.tick() => {
-                    send(&out, Up::Sample(self.sample())).await?;
+                    send(out, Up::Sample(self.sample())).await?;
                 }
                 () = sleep_until_opt(self.protocol.probe_at()) => {
                     if self.protocol.probed(Instant::now(), self.sampler.moved()) {
-                        send(&out, Up::Sample(self.sample())).await?;
+                        send(out, Up::Sample(self.sample())).await?;
                     }
                 }
                 msg = &mut broken => {
@@ -331,15 +356,25 @@ impl<H: Handler> Session<H> {
                 }
             }
         };
-        // Closing the request stream tells the coordinator this session is over; it answers
-        // by closing ours once it has cleaned up. Wait for that (briefly), so the end of the
-        // stream is on the wire before this process exits.
-        drop(out);
-        let _ = tokio::time::timeout(CLOSE_WAIT, async {
-            while let Ok(Some(_)) = inbound.message().await {}
-        })
-        .await;
         Ok(reason)
+    }
+
+    /// `first` and every other task that has ended by now, as the protocol hears of them.
+    fn joined_with(&mut self, first: std::result::Result<Finished, tokio::task::JoinError>) -> Vec<Joined> {
+        let mut joined = Vec::new();
+        let mut next = Some(first);
+        while let Some(j) = next {
+            // An Err is a task aborted because the coordinator cancelled it.
+            joined.push(match j {
+                Ok(finished) => {
+                    self.handles.remove(&finished.task);
+                    Joined::Finished(finished)
+                }
+                Err(_) => Joined::Aborted,
+            });
+            next = self.running.try_join_next();
+        }
+        joined
     }
 
     /// Carries out what the protocol state decided, in order.
