@@ -205,7 +205,9 @@ impl State {
             sub.submitted_unix_ms,
         );
         task.accepting = record.is_some();
-        task.waiters.extend(waiter);
+        // Collected, not pushed: a vector of exactly what it holds (a push would reserve
+        // room for four), kept by every task until it finishes.
+        task.waiters = waiter.into_iter().collect();
         self.add_task(id, task, fingerprint, now);
         debug!(task = id, function = %function, "submitted");
         match record {
@@ -270,7 +272,11 @@ impl State {
                     tag: waiter.tag,
                     task: id,
                 }),
-                None => task.waiters.push(waiter),
+                None => {
+                    // Room for exactly this one (a push would reserve four).
+                    task.waiters.reserve_exact(1);
+                    task.waiters.push(waiter);
+                }
             }
         }
     }
@@ -390,7 +396,8 @@ impl State {
             to_result_ms: since(task.submitted_unix_ms, result.finished_unix_ms),
         });
         let result = Arc::new(result);
-        for w in task.waiters.drain(..) {
+        // Taken, not drained: a finished task keeps no waiter buffer.
+        for w in std::mem::take(&mut task.waiters) {
             w.notify(&result, effects);
         }
         if self.journaled {
