@@ -56,6 +56,12 @@ struct HeldLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SizeLabels {
+    function: String,
+    memory_mb: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -90,6 +96,10 @@ pub(crate) struct Metrics {
     workers: Family<WorkerStateLabels, Gauge>,
     limit: Family<FunctionLabel, FloatGauge>,
     learned: Family<FunctionLabel, Gauge>,
+    /// The memory size a new worker of a function gets now.
+    size: Family<FunctionLabel, Gauge>,
+    /// Billed GB-s per finished task, per function and memory size tried.
+    size_cost: Family<SizeLabels, FloatGauge>,
     /// Bytes held in memory, by kind (payloads of unfinished tasks, results).
     held: Family<HeldLabel, Gauge>,
     /// The spawner, as the `spawner` label of spawns.
@@ -240,6 +250,18 @@ impl Metrics {
                 "Concurrency level learned for a function at the coordinator's memory size (0: none)",
                 None,
             ),
+            size: made(
+                r,
+                "memory_size",
+                "The memory size a new worker of a function gets now (--memory-sizes)",
+                Some(Unit::Bytes),
+            ),
+            size_cost: made(
+                r,
+                "size_cost_per_task_gigabyte_seconds",
+                "Billed GB-seconds per finished task of a function's workers at each memory size tried",
+                None,
+            ),
             held: made(
                 r,
                 "held",
@@ -341,6 +363,16 @@ impl Metrics {
             self.learned
                 .get_or_create(&function())
                 .set(i64::from(f.slots_learned));
+            self.size
+                .get_or_create(&function())
+                .set(i64::from(f.memory_mb) * 1024 * 1024);
+            for s in f.sizes.iter().filter(|s| s.tasks > 0) {
+                let labels = SizeLabels {
+                    function: f.function.clone(),
+                    memory_mb: s.memory_mb,
+                };
+                self.size_cost.get_or_create(&labels).set(s.gb_s_per_task);
+            }
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {

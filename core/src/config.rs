@@ -117,6 +117,14 @@ pub struct Fleet {
     /// Memory size of spawned workers in MB (billing size; vCPUs follow it unless --vcpus).
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MEMORY_MB", default_value_t = Fleet::default().memory_mb))]
     pub memory_mb: u32,
+    /// Memory sizes (MB) carpool may choose from per function, e.g. "1024,2048,4096": each
+    /// new worker gets the size whose measured cost per task is least (each size is tried
+    /// once first) [default: --memory-mb alone]. Local workers only.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "CARPOOL_MEMORY_SIZES", value_delimiter = ',')
+    )]
+    pub memory_sizes: Vec<u32>,
     /// vCPUs of spawned workers [default: derived from --memory-mb, 1769 MB per vCPU].
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_VCPUS"))]
     pub vcpus: Option<u32>,
@@ -178,6 +186,7 @@ impl Default for Fleet {
             max_fleet: 64,
             max_spawn_failures: 10,
             memory_mb: 2048,
+            memory_sizes: Vec::new(),
             vcpus: None,
             slots: None,
             max_slots: 256,
@@ -237,6 +246,9 @@ pub struct Config {
 /// Built-in functions of the `carpool-worker` binary.
 pub const BUILTIN_FUNCTIONS: [&str; 6] = carpool_messages::bounds::BUILTINS;
 
+/// The most memory sizes one coordinator chooses between.
+pub const MAX_MEMORY_SIZES: usize = 16;
+
 impl Fleet {
     /// How long a connected worker may stay silent before it is treated as lost.
     pub fn liveness_lease(&self) -> Duration {
@@ -247,7 +259,25 @@ impl Fleet {
     /// vCPUs of a spawned worker: the configured count, or Lambda's rule (one vCPU per
     /// 1769 MB, rounded up, 1 to 6).
     pub fn worker_vcpus(&self) -> u32 {
-        self.vcpus.unwrap_or_else(|| vcpus_for_memory(self.memory_mb))
+        self.vcpus_at(self.memory_mb)
+    }
+
+    /// vCPUs of a spawned worker of `memory_mb`: `--vcpus`, or Lambda's rule.
+    pub fn vcpus_at(&self, memory_mb: u32) -> u32 {
+        self.vcpus.unwrap_or_else(|| vcpus_for_memory(memory_mb))
+    }
+
+    /// The sizes a function's workers may have, smallest first: `--memory-sizes`, or
+    /// `--memory-mb` alone.
+    pub fn sizes(&self) -> Vec<u32> {
+        let mut sizes = if self.memory_sizes.is_empty() {
+            vec![self.memory_mb]
+        } else {
+            self.memory_sizes.clone()
+        };
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
     }
 
     /// The concurrency limit a spawned worker starts with when nothing is learned: pinned
@@ -301,6 +331,31 @@ impl Fleet {
             self.execution_timeout,
             &flag,
         )?;
+        if self.memory_sizes.len() > MAX_MEMORY_SIZES {
+            return Err(format!(
+                "--memory-sizes names {} sizes; at most {MAX_MEMORY_SIZES}",
+                self.memory_sizes.len()
+            ));
+        }
+        for &size in &self.memory_sizes {
+            let flag = |name: &str| match name {
+                "memory_mb" => "--memory-sizes".to_owned(),
+                other => flag(other),
+            };
+            carpool_messages::bounds::check_shape(
+                size,
+                self.vcpus,
+                self.slots,
+                self.execution_timeout,
+                &flag,
+            )?;
+        }
+        if self.sizes().len() > 1 && self.spawner != SpawnerKind::Local {
+            return Err(
+                "--memory-sizes with more than one size needs --spawner local (a Lambda target per size is not supported yet)"
+                    .into(),
+            );
+        }
         if self.max_slots > carpool_messages::bounds::MAX_SLOTS {
             return Err(format!(
                 "--max-slots {} is over {}",

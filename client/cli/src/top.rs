@@ -74,6 +74,11 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
             } else {
                 f.slots_learned.to_string()
             },
+            match f.memory_reason.as_str() {
+                "exploring" => format!("{} try", f.memory_mb),
+                "unmeasured" => format!("{} ?", f.memory_mb),
+                _ => f.memory_mb.to_string(),
+            },
             format!("{:.6}", f.cost_usd),
         ])
     });
@@ -89,13 +94,14 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
             Constraint::Length(8),
             Constraint::Length(6),
             Constraint::Length(8),
+            Constraint::Length(9),
             Constraint::Length(12),
         ],
     )
     .header(
         Row::new([
             "FUNCTION", "PENDING", "RUNNING", "DONE/s", "FINISHED", "FAILED", "WORKERS", "LIMIT", "LEARNED",
-            "COST USD",
+            "SIZE MB", "COST USD",
         ])
         .style(bold),
     )

@@ -36,11 +36,15 @@ use tracing::{error, info, warn};
 
 use super::{MAX_BATCH, Op};
 use crate::error::{Error, Result};
-use crate::scheduler::Learned;
+use crate::scheduler::{Learned, SizeCost};
 use crate::state::{JournalOp, Recovered, StoredTask};
 
 /// The schema, one step per version: `MIGRATIONS[0]` makes version 1, and so on.
-pub(crate) const MIGRATIONS: [&str; 2] = [include_str!("schema/v1.sql"), include_str!("schema/v2.sql")];
+pub(crate) const MIGRATIONS: [&str; 3] = [
+    include_str!("schema/v1.sql"),
+    include_str!("schema/v2.sql"),
+    include_str!("schema/v3.sql"),
+];
 /// The schema version this coordinator writes.
 pub(crate) const SCHEMA_VERSION: usize = MIGRATIONS.len();
 /// Serializes migrations between coordinators (`pg_advisory_xact_lock`).
@@ -381,12 +385,31 @@ impl Store {
                 (key, learned)
             })
             .collect();
+        let costs = client
+            .query(
+                "SELECT function, memory_mb, workers, tasks, billed_gb_ms FROM carpool_size_costs",
+                &[],
+            )
+            .await
+            .map_err(db)?
+            .into_iter()
+            .map(|r| {
+                let key = (r.get::<_, String>(0), r.get::<_, i32>(1) as u32);
+                let cost = SizeCost {
+                    workers: r.get::<_, i64>(2) as u64,
+                    tasks: r.get::<_, i64>(3) as u64,
+                    billed_gb_ms: r.get(4),
+                };
+                (key, cost)
+            })
+            .collect();
         info!(tasks = tasks.len(), next_id, "journal loaded from the database");
         Ok(Recovered {
             tasks,
             next_id,
             reserved_until: 0,
             learned,
+            costs,
         })
     }
 }
@@ -579,6 +602,7 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
     let mut finished: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
     let mut forgotten: Vec<i64> = Vec::new();
     let mut learned: BTreeMap<(String, i32), (i32, bool)> = BTreeMap::new();
+    let mut costs: BTreeMap<(String, i32), SizeCost> = BTreeMap::new();
     let mut reserve: Option<i64> = None;
     for op in batch {
         match op {
@@ -595,6 +619,9 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
                     (function.to_string(), *memory_mb as i32),
                     (l.level as i32, l.settled),
                 );
+            }
+            Op::State(JournalOp::Cost(function, memory_mb, c)) => {
+                costs.insert((function.to_string(), *memory_mb as i32), *c);
             }
             Op::State(JournalOp::Reserve(until)) => reserve = reserve.max(Some(*until as i64)),
             Op::Close(_) | Op::Barrier(_) => {}
@@ -662,6 +689,16 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
             "INSERT INTO carpool_learned (function, memory_mb, level, settled) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (function, memory_mb) DO UPDATE SET level = EXCLUDED.level, settled = EXCLUDED.settled",
             &[&function, &memory_mb, &level, &settled],
+        )
+        .await
+        .map_err(database)?;
+    }
+    for ((function, memory_mb), c) in costs {
+        txn.execute(
+            "INSERT INTO carpool_size_costs (function, memory_mb, workers, tasks, billed_gb_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (function, memory_mb) DO UPDATE SET workers = EXCLUDED.workers, tasks = EXCLUDED.tasks, \
+             billed_gb_ms = EXCLUDED.billed_gb_ms",
+            &[&function, &memory_mb, &(c.workers as i64), &(c.tasks as i64), &c.billed_gb_ms],
         )
         .await
         .map_err(database)?;

@@ -14,13 +14,15 @@ use tracing::{error, info};
 
 use super::{MAX_BATCH, Op, storage};
 use crate::error::{Error, Result};
-use crate::scheduler::Learned;
+use crate::scheduler::{Learned, SizeCost};
 use crate::state::{JournalOp, Recovered, StoredTask};
 
 const TASKS: TableDefinition<u64, &[u8]> = TableDefinition::new("tasks");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The concurrency level learned per (function, memory size in MB): (level, settled).
 const LEARNED: TableDefinition<(&str, u32), (u32, bool)> = TableDefinition::new("learned");
+/// What each (function, memory size in MB) has cost: (workers, tasks, billed GB-ms).
+const COSTS: TableDefinition<(&str, u32), (u64, u64, f64)> = TableDefinition::new("size_costs");
 /// The last attempt started of each unfinished task (so attempts keep counting across a
 /// restart, and a task that was running can be told from one that was waiting).
 const ATTEMPTS: TableDefinition<u64, u32> = TableDefinition::new("attempts");
@@ -69,6 +71,7 @@ fn load(db: &Database) -> Result<Recovered> {
         txn.open_table(TASKS).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
         txn.open_table(LEARNED).map_err(storage)?;
+        txn.open_table(COSTS).map_err(storage)?;
         txn.open_table(ATTEMPTS).map_err(storage)?;
     }
     txn.commit().map_err(storage)?;
@@ -105,11 +108,24 @@ fn load(db: &Database) -> Result<Recovered> {
         let (level, settled) = v.value();
         learned.push(((function.to_owned(), memory_mb), Learned { level, settled }));
     }
+    let mut costs = Vec::new();
+    for entry in txn.open_table(COSTS).map_err(storage)?.iter().map_err(storage)? {
+        let (k, v) = entry.map_err(storage)?;
+        let (function, memory_mb) = k.value();
+        let (workers, tasks, billed_gb_ms) = v.value();
+        let cost = SizeCost {
+            workers,
+            tasks,
+            billed_gb_ms,
+        };
+        costs.push(((function.to_owned(), memory_mb), cost));
+    }
     Ok(Recovered {
         tasks,
         next_id,
         reserved_until: 0,
         learned,
+        costs,
     })
 }
 
@@ -202,6 +218,12 @@ fn write(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                 Op::State(JournalOp::Learn(function, memory_mb, l)) => {
                     txn.open_table(LEARNED)?
                         .insert((function.as_ref(), *memory_mb), (l.level, l.settled))?;
+                }
+                Op::State(JournalOp::Cost(function, memory_mb, c)) => {
+                    txn.open_table(COSTS)?.insert(
+                        (function.as_ref(), *memory_mb),
+                        (c.workers, c.tasks, c.billed_gb_ms),
+                    )?;
                 }
                 Op::State(JournalOp::Reserve(until)) => next_id = next_id.max(Some(*until)),
                 Op::Close(_) | Op::Barrier(_) => {}

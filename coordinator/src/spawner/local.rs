@@ -20,10 +20,9 @@ pub(crate) struct LocalSpawner {
     worker_bin: PathBuf,
     /// The URL workers dial (loopback, https with TLS).
     coordinator_url: String,
-    /// Memory size each worker reports (its billing size).
-    memory_mb: u32,
-    /// vCPUs each worker reports, and how many CPUs it is pinned to.
-    vcpus: u32,
+    /// The fleet's settings: each worker's vCPUs follow the memory size its spawn asks for
+    /// (its billing size), unless `--vcpus`.
+    fleet: carpool_core::config::Fleet,
     /// `--slots`, passed on so that the worker says it is pinned.
     slots: Option<u32>,
     /// Each worker's session timeout.
@@ -63,8 +62,7 @@ impl LocalSpawner {
         Ok(Self {
             worker_bin,
             coordinator_url,
-            memory_mb: config.fleet.memory_mb,
-            vcpus: config.fleet.worker_vcpus(),
+            fleet: config.fleet.clone(),
             slots: config.fleet.slots,
             timeout: config.fleet.execution_timeout,
             exec_functions: config.functions.exec.clone(),
@@ -86,8 +84,8 @@ impl LocalSpawner {
 
     /// The CPUs the next worker is pinned to: its vCPU count (capped at the machine's),
     /// taken round-robin so that workers spread over the cores.
-    fn next_cpu_list(&self) -> String {
-        let n = (self.vcpus as usize).min(self.cpus).max(1);
+    fn next_cpu_list(&self, vcpus: u32) -> String {
+        let n = (vcpus as usize).min(self.cpus).max(1);
         let first = self.next_cpu.fetch_add(n, Ordering::Relaxed);
         (0..n)
             .map(|i| ((first + i) % self.cpus).to_string())
@@ -96,6 +94,7 @@ impl LocalSpawner {
     }
 
     fn command(&self, request: &SpawnRequest) -> Command {
+        let vcpus = self.fleet.vcpus_at(request.memory_mb);
         let mut cmd = Command::new(&self.worker_bin);
         cmd.arg("--coordinator")
             .arg(&self.coordinator_url)
@@ -104,13 +103,13 @@ impl LocalSpawner {
             .arg("--function")
             .arg(request.function.as_ref())
             .arg("--memory-mb")
-            .arg(self.memory_mb.to_string())
+            .arg(request.memory_mb.to_string())
             .arg("--vcpus")
-            .arg(self.vcpus.to_string())
+            .arg(vcpus.to_string())
             .arg("--timeout")
             .arg(humantime::format_duration(self.timeout).to_string())
             .arg("--cpus")
-            .arg(self.next_cpu_list())
+            .arg(self.next_cpu_list(vcpus))
             .arg("--exit-with-stdin");
         if let Some(slots) = self.slots {
             cmd.arg("--slots").arg(slots.to_string());

@@ -7,11 +7,13 @@
 //! - [`limit`]: each worker's adaptive concurrency limit.
 
 pub mod limit;
+pub mod sizes;
 
 use std::time::Duration;
 
 use crate::config::{Config, Placement};
 pub use limit::{Learned, Limit, LimitParams, Observation};
+pub use sizes::{SizeCost, SizeReason, choose_size};
 
 /// The thresholds and policies the rule applies, taken from [`Config`].
 #[derive(Clone, Copy, Debug)]

@@ -80,6 +80,8 @@ pub enum JournalOp {
     Forget(TaskId),
     /// A concurrency level was learned for (function, memory size).
     Learn(Arc<str>, u32, Learned),
+    /// What a (function, memory size) has cost, as it stands after a worker of it ended.
+    Cost(Arc<str>, u32, crate::scheduler::SizeCost),
     /// Task ids below this may be handed out: reserved in the journal before any is, so
     /// that the next coordinator to load it starts above every id this one could have given.
     Reserve(u64),
@@ -92,6 +94,8 @@ pub struct SpawnRequest {
     pub id: WorkerId,
     /// The function it serves.
     pub function: Arc<str>,
+    /// Its memory size (MB), chosen for its function (see `--memory-sizes`).
+    pub memory_mb: u32,
 }
 
 /// What a spawner reports about a worker it was asked to start.

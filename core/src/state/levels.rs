@@ -1,15 +1,17 @@
-//! The concurrency levels learned per (function, memory size): where a new worker of that
-//! function and size starts. Kept per function, so a lookup never scans other functions.
+//! What is learned per (function, memory size): the concurrency level where a new worker of
+//! that function and size starts, and what that size has cost per task (which size a new
+//! worker gets). Kept per function, so a lookup never scans other functions.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::scheduler::Learned;
+use crate::scheduler::{Learned, SizeCost};
 
 /// What was learned, by function and then by memory size (MB).
 #[derive(Debug, Default)]
 pub(super) struct Levels {
     by_function: BTreeMap<Arc<str>, BTreeMap<u32, Learned>>,
+    costs: BTreeMap<Arc<str>, BTreeMap<u32, SizeCost>>,
 }
 
 impl Levels {
@@ -24,9 +26,40 @@ impl Levels {
         sizes.insert(memory_mb, learned) != Some(learned)
     }
 
-    /// Whether anything was learned for `function` (a function with a level is kept).
+    /// Whether anything was learned for `function` (a function with a level or a cost is
+    /// kept).
     pub(super) fn knows(&self, function: &str) -> bool {
-        self.by_function.contains_key(function)
+        self.by_function.contains_key(function) || self.costs.contains_key(function)
+    }
+
+    /// What `function`'s workers of `memory_mb` have cost (nothing yet: the default).
+    pub(super) fn cost(&self, function: &str, memory_mb: u32) -> SizeCost {
+        self.costs
+            .get(function)
+            .and_then(|sizes| sizes.get(&memory_mb))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// A worker of `function` at `memory_mb` ended, billed `gb_ms` for `tasks` finished
+    /// tasks: the size's cost now.
+    pub(super) fn record(&mut self, function: &Arc<str>, memory_mb: u32, gb_ms: f64, tasks: u64) -> SizeCost {
+        let cost = self
+            .costs
+            .entry(function.clone())
+            .or_default()
+            .entry(memory_mb)
+            .or_default();
+        cost.add(gb_ms, tasks);
+        *cost
+    }
+
+    /// Restores a size's cost from a journal.
+    pub(super) fn restore_cost(&mut self, function: &Arc<str>, memory_mb: u32, cost: SizeCost) {
+        self.costs
+            .entry(function.clone())
+            .or_default()
+            .insert(memory_mb, cost);
     }
 }
 
@@ -51,5 +84,13 @@ mod tests {
         assert_eq!(l.get("a", 1024), None);
         assert_eq!(l.get("b", 2048), None);
         assert!(l.knows("a") && !l.knows("b"));
+        let b: Arc<str> = Arc::from("b");
+        assert_eq!(l.cost("b", 1024).per_task(), None);
+        l.record(&b, 1024, 300.0, 2);
+        let c = l.record(&b, 1024, 100.0, 2);
+        assert_eq!((c.workers, c.tasks, c.per_task()), (2, 4, Some(100.0)));
+        assert_eq!(l.cost("b", 1024), c);
+        assert_eq!(l.cost("b", 2048).workers, 0);
+        assert!(l.knows("b"), "a function with a cost is kept");
     }
 }

@@ -111,6 +111,8 @@ pub struct State {
     last_sweep: Option<Instant>,
     /// The concurrency limit learned per (function, memory size): where new workers start.
     learned: levels::Levels,
+    /// The memory sizes a worker may have, smallest first (`--memory-sizes`).
+    sizes: Vec<u32>,
     /// Recount the tasks after every dispatch (the state's unit tests).
     #[cfg(test)]
     recount: bool,
@@ -120,6 +122,7 @@ impl State {
     /// Empty state under `config`, started at `now`.
     pub fn new(config: Arc<Config>, now: Instant) -> Self {
         let journaled = config.journaled;
+        let sizes = config.fleet.sizes();
         Self {
             rules: Rules::from(config.as_ref()),
             book: book::Book::new(config.limits.max_result_bytes),
@@ -134,6 +137,7 @@ impl State {
             settling: std::collections::HashSet::new(),
             last_sweep: None,
             learned: levels::Levels::default(),
+            sizes,
             #[cfg(test)]
             recount: false,
         }
@@ -165,6 +169,18 @@ impl State {
         let key: Arc<str> = Arc::from(name);
         self.functions.insert(key.clone(), FunctionPool::default());
         key
+    }
+
+    /// The memory size a new worker of `function` gets, and why (see
+    /// [`scheduler::choose_size`]).
+    fn choose_size(&self, function: &str) -> (u32, scheduler::SizeReason) {
+        let fleet = &self.config.fleet;
+        scheduler::choose_size(
+            &self.sizes,
+            |size| self.learned.cost(function, size),
+            |size| self.workers.of_size(function, size) as u32 + self.spawns.of_size(function, size),
+            fleet.memory_mb,
+        )
     }
 
     /// Makes sure a function entry for `name` can exist: past `--max-functions` entries an
@@ -335,11 +351,9 @@ impl State {
             return;
         }
         let rules = self.rules;
-        let learned = self.learned_limit(function, self.config.fleet.memory_mb);
-        let slots_per_new = scheduler::new_worker_capacity(&rules, learned);
         let cap = rules.limits.max;
         let room = self.fleet_room(function);
-        let Some(f) = self.functions.get_mut(function) else {
+        let Some(f) = self.functions.get(function) else {
             return;
         };
         if f.tasks.pending() == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
@@ -349,6 +363,12 @@ impl State {
         if room == 0 {
             return;
         }
+        let (size, _) = self.choose_size(function);
+        let learned = self.learned_limit(function, size);
+        let slots_per_new = scheduler::new_worker_capacity(&rules, learned);
+        let Some(f) = self.functions.get_mut(function) else {
+            return;
+        };
         let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_per_new, f.reach.turns());
         let mut free = self.spawns.of(function) as usize * slots_per_new as usize;
         let free_bound =
@@ -383,11 +403,13 @@ impl State {
         .min(room as u32);
         let key = self.function_key(function);
         for _ in 0..n {
-            let id = self.spawns.start(&key, now);
-            info!(worker = %id, function, "spawning");
+            let (memory_mb, why) = self.choose_size(function);
+            let id = self.spawns.start(&key, memory_mb, now);
+            info!(worker = %id, function, memory_mb, why = why.as_str(), "spawning");
             effects.spawns.push(SpawnRequest {
                 id,
                 function: key.clone(),
+                memory_mb,
             });
         }
     }

@@ -46,4 +46,6 @@ pub struct Recovered {
     pub reserved_until: u64,
     /// The concurrency level learned per (function, memory size in MB).
     pub learned: Vec<((String, u32), Learned)>,
+    /// What each (function, memory size in MB) has cost.
+    pub costs: Vec<((String, u32), crate::scheduler::SizeCost)>,
 }

@@ -52,10 +52,10 @@ impl State {
                     state: pb::WorkerState::Starting as i32,
                     age_ms: now.saturating_duration_since(s.since).as_millis() as u64,
                     instance: s.instance.clone(),
-                    memory_mb: self.config.fleet.memory_mb,
-                    vcpus: self.config.fleet.worker_vcpus(),
+                    memory_mb: s.memory_mb,
+                    vcpus: self.config.fleet.vcpus_at(s.memory_mb),
                     slots: self
-                        .learned_limit(&s.function, self.config.fleet.memory_mb)
+                        .learned_limit(&s.function, s.memory_mb)
                         .map_or_else(|| self.config.fleet.worker_slots(), |l| l.level),
                     ..Default::default()
                 }),
@@ -88,6 +88,24 @@ impl State {
             s.workers_live = n;
             s.workers_reconnecting = reconnecting;
             s.workers_starting = self.spawns.of(name);
+            let (memory_mb, why) = self.choose_size(name);
+            s.memory_mb = memory_mb;
+            s.memory_reason = why.as_str().to_owned();
+            s.slots_learned = self.learned_limit(name, memory_mb).map_or(0, |l| l.level);
+            s.sizes = self
+                .sizes
+                .iter()
+                .map(|&size| {
+                    let c = self.learned.cost(name, size);
+                    pb::SizeCost {
+                        memory_mb: size,
+                        workers: c.workers,
+                        tasks: c.tasks,
+                        billed_gb_s: c.billed_gb_ms / 1000.0,
+                        gb_s_per_task: c.per_task().map_or(0.0, |ms| ms / 1000.0),
+                    }
+                })
+                .collect();
             s.slots_learned = self
                 .learned_limit(name, self.config.fleet.memory_mb)
                 .map_or(0, |l| l.level);

@@ -47,6 +47,17 @@ impl Roster {
         self.per_function.get(function).copied().unwrap_or(0)
     }
 
+    /// How many workers of `function` at `memory_mb` are on the roster.
+    pub(super) fn of_size(&self, function: &str, memory_mb: u32) -> usize {
+        if self.of(function) == 0 {
+            return 0;
+        }
+        self.workers
+            .values()
+            .filter(|w| w.memory_mb == memory_mb && w.function.as_ref() == function)
+            .count()
+    }
+
     pub(super) fn get(&self, id: &WorkerId) -> Option<&Worker> {
         self.workers.get(id)
     }

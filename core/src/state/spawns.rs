@@ -16,6 +16,8 @@ const WRITTEN_OFF_MEMORY: usize = 4096;
 pub(super) struct Starting {
     pub(super) function: Arc<str>,
     pub(super) since: Instant,
+    /// Its memory size (MB).
+    pub(super) memory_mb: u32,
     /// Where the spawner started it (a pid, a request id), once it says.
     pub(super) instance: String,
 }
@@ -46,7 +48,7 @@ impl Default for Spawns {
 
 impl Spawns {
     /// Asks for one more worker of `function`: its new id.
-    pub(super) fn start(&mut self, function: &Arc<str>, now: Instant) -> WorkerId {
+    pub(super) fn start(&mut self, function: &Arc<str>, memory_mb: u32, now: Instant) -> WorkerId {
         let id = WorkerId(Arc::from(format!("w{}-{}", self.next, function)));
         self.next += 1;
         self.starting.insert(
@@ -54,6 +56,7 @@ impl Spawns {
             Starting {
                 function: function.clone(),
                 since: now,
+                memory_mb,
                 instance: String::new(),
             },
         );
@@ -93,6 +96,17 @@ impl Spawns {
     /// How many spawns of `function` are starting.
     pub(super) fn of(&self, function: &str) -> u32 {
         self.per_function.get(function).copied().unwrap_or(0)
+    }
+
+    /// How many spawns of `function` at `memory_mb` are starting.
+    pub(super) fn of_size(&self, function: &str, memory_mb: u32) -> u32 {
+        if self.of(function) == 0 {
+            return 0;
+        }
+        self.starting
+            .values()
+            .filter(|s| s.memory_mb == memory_mb && s.function.as_ref() == function)
+            .count() as u32
     }
 
     /// How many spawns are starting in all.
@@ -164,9 +178,9 @@ mod tests {
     fn counts_follow_the_set_per_function() {
         let now = Instant::now();
         let mut s = Spawns::default();
-        let a1 = s.start(&f("a"), now);
-        let a2 = s.start(&f("a"), now);
-        let b1 = s.start(&f("b"), now);
+        let a1 = s.start(&f("a"), 2048, now);
+        let a2 = s.start(&f("a"), 2048, now);
+        let b1 = s.start(&f("b"), 2048, now);
         assert_ne!(a1, a2);
         assert_eq!((s.of("a"), s.of("b"), s.of("c"), s.len()), (2, 1, 0, 3));
         s.check();
@@ -183,7 +197,7 @@ mod tests {
     fn started_records_where_only_while_starting() {
         let now = Instant::now();
         let mut s = Spawns::default();
-        let id = s.start(&f("a"), now);
+        let id = s.start(&f("a"), 2048, now);
         assert!(s.started(&id, "pid 7".into()));
         assert_eq!(s.iter().next().map(|(_, x)| x.instance.as_str()), Some("pid 7"));
         s.end(&id);
@@ -194,8 +208,8 @@ mod tests {
     fn overdue_are_those_past_the_timeout_in_id_order() {
         let t0 = Instant::now();
         let mut s = Spawns::default();
-        let early = [s.start(&f("a"), t0), s.start(&f("b"), t0)];
-        let late = s.start(&f("a"), t0 + Duration::from_secs(5));
+        let early = [s.start(&f("a"), 2048, t0), s.start(&f("b"), 2048, t0)];
+        let late = s.start(&f("a"), 2048, t0 + Duration::from_secs(5));
         let at = t0 + Duration::from_secs(8);
         let mut want = early.to_vec();
         want.sort();
@@ -207,11 +221,11 @@ mod tests {
     fn written_off_memory_is_bounded_and_a_late_arrival_is_known_once() {
         let now = Instant::now();
         let mut s = Spawns::default();
-        let first = s.start(&f("a"), now);
+        let first = s.start(&f("a"), 2048, now);
         s.write_off(&first);
         s.end(&first);
         for _ in 0..WRITTEN_OFF_MEMORY {
-            let id = s.start(&f("a"), now);
+            let id = s.start(&f("a"), 2048, now);
             s.write_off(&id);
             s.end(&id);
         }

@@ -349,6 +349,10 @@ impl State {
             let key = self.function_key(&function);
             self.learned.learn(&key, memory_mb, level);
         }
+        for ((function, memory_mb), cost) in recovered.costs {
+            let key = self.function_key(&function);
+            self.learned.restore_cost(&key, memory_mb, cost);
+        }
         info!(
             pending,
             held_back = self.book.held_count(),

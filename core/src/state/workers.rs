@@ -452,9 +452,16 @@ impl State {
                 self.learn(&w.function, w.memory_mb, risen, effects);
             }
         }
+        let billed = billing::billed_gb_ms(now.saturating_duration_since(w.billed_from), w.memory_mb);
         if let Some(f) = self.functions.get_mut(&w.function) {
-            f.billed_gb_ms +=
-                billing::billed_gb_ms(now.saturating_duration_since(w.billed_from), w.memory_mb);
+            f.billed_gb_ms += billed;
+        }
+        // What its size cost per task: where the next workers of its function go.
+        let cost = self.learned.record(&w.function, w.memory_mb, billed, w.done);
+        if self.journaled {
+            effects
+                .journal
+                .push(JournalOp::Cost(w.function.clone(), w.memory_mb, cost));
         }
         if !w.running.is_empty() {
             self.give_back(&w.running, &format!("{cause} (worker {id})"), now, effects);
