@@ -371,7 +371,7 @@ async fn a_database_restart_under_load_is_ridden_out_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_database_at_the_previous_schema_version_is_upgraded_and_its_tasks_run() {
+async fn a_database_at_an_older_schema_version_is_upgraded_and_its_tasks_run() {
     let pg = Postgres::start();
     let db = pg.client().await;
     // What a coordinator of schema version 1 left: its tables, one task waiting.
@@ -401,13 +401,26 @@ async fn a_database_at_the_previous_schema_version_is_upgraded_and_its_tasks_run
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let url: String = db
         .query_one("SELECT url FROM carpool_lease", &[])
         .await
         .expect("lease")
         .get(0);
     assert_eq!(url, coord.url, "version 2 names the active coordinator");
+    // Version 3 keeps what each size cost: the worker that ran the task, once it has ended.
+    let (workers, tasks): (i64, i64) = eventually("its worker's cost to be stored", || async {
+        let row = db
+            .query_opt(
+                "SELECT workers, tasks FROM carpool_size_costs WHERE function = 'echo' AND memory_mb = 2048",
+                &[],
+            )
+            .await
+            .ok()??;
+        Some((row.get(0), row.get(1)))
+    })
+    .await;
+    assert_eq!((workers, tasks), (1, 1));
     assert_eq!(
         client.submit("echo", "1").await.expect("submit"),
         8,
