@@ -42,6 +42,9 @@ pub(super) struct SimWorker {
     pub(super) limit: usize,
     /// Whether a task has finished on it (its working memory is known).
     pub(super) completed: bool,
+    /// Its memory size (MB), as its spawn asked, and the vCPUs that size has.
+    pub(super) memory_mb: u32,
+    pub(super) vcpus: f64,
 }
 
 impl SimWorker {

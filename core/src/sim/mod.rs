@@ -40,7 +40,6 @@ struct Sim<'a> {
     fleet: Fleet,
     effects: Effects,
     base: Instant,
-    vcpus: f64,
     report: SimReport,
     /// Results delivered.
     done: u64,
@@ -78,10 +77,9 @@ impl Sim<'_> {
 
     /// Re-plans the next CPU-phase end of worker `slot` after a change.
     fn replan(&mut self, slot: u32, now: Duration) {
-        let vcpus = self.vcpus;
         if let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) {
             w.version += 1;
-            if let Some(at) = w.next_cpu_end(now, vcpus) {
+            if let Some(at) = w.next_cpu_end(now, w.vcpus) {
                 let (conn, version) = (w.conn, w.version);
                 self.queue.push(at, Event::CpuDone { slot, conn, version });
             }
@@ -94,7 +92,6 @@ impl Sim<'_> {
     fn deliver(&mut self, now: Duration) -> bool {
         let mut delivered = false;
         self.effects.journal.clear();
-        let vcpus = self.vcpus;
         let (task, copies) = (self.sim.task, self.sim.copy);
         let mut started = Vec::new();
         let mut exits = Vec::new();
@@ -113,7 +110,7 @@ impl Sim<'_> {
             delivered = true;
             match kind {
                 Some(Kind::Assign(a)) => {
-                    w.advance(now, vcpus);
+                    w.advance(now, w.vcpus);
                     for t in a.tasks {
                         w.tasks.push(SimTask {
                             task: t.task_id,
@@ -156,10 +153,10 @@ impl Sim<'_> {
     /// Accounts worker `slot`'s CPU up to `now`: tasks whose CPU phase is over start their
     /// wait (or finish, with none), and the next CPU-phase end is planned.
     fn progress(&mut self, slot: u32, now: Duration) {
-        let (wait, vcpus) = (self.sim.task.wait, self.vcpus);
+        let wait = self.sim.task.wait;
         let mut ended = Vec::new();
         if let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) {
-            w.advance(now, vcpus);
+            w.advance(now, w.vcpus);
         }
         self.place(slot, now);
         if let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) {
@@ -207,11 +204,11 @@ impl Sim<'_> {
             return;
         };
         let (task_mb, base_mb) = (self.sim.task.mem_mb, self.sim.worker_base_mb);
-        let memory_mb = f64::from(self.sim.config.fleet.memory_mb);
-        let ramp = (self.vcpus.floor() as usize).max(1);
         let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) else {
             return;
         };
+        let memory_mb = f64::from(w.memory_mb);
+        let ramp = (w.vcpus.floor() as usize).max(1);
         let before = w.inits.len();
         w.inits.retain(|left| *left > 0.0);
         w.idle += before - w.inits.len();
@@ -261,11 +258,10 @@ impl Sim<'_> {
     /// A task ends: its result goes to the state and the worker will report (the caller
     /// re-plans its CPU).
     fn finish(&mut self, slot: u32, task: u64, attempt: u32, now: Duration) {
-        let vcpus = self.vcpus;
         let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) else {
             return;
         };
-        w.advance(now, vcpus);
+        w.advance(now, w.vcpus);
         let Some(pos) = w
             .tasks
             .iter()
@@ -300,12 +296,12 @@ impl Sim<'_> {
 
     /// Worker `slot` reports a sample.
     fn sample(&mut self, slot: u32, now: Duration) {
-        let (vcpus, sim) = (self.vcpus, self.sim);
-        let memory_mb = f64::from(self.state_memory_mb());
+        let sim = self.sim;
         let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) else {
             return;
         };
-        w.advance(now, vcpus);
+        let memory_mb = f64::from(w.memory_mb);
+        w.advance(now, w.vcpus);
         let span = now.saturating_sub(w.span.0).as_secs_f64();
         let cpu = if span > 0.0 {
             (w.busy - w.span.1) / span
@@ -346,10 +342,6 @@ impl Sim<'_> {
             &mut self.effects,
         );
     }
-
-    fn state_memory_mb(&self) -> u32 {
-        self.sim.config.fleet.memory_mb
-    }
 }
 
 /// Runs the simulation to the end (every task finished and every worker gone).
@@ -370,7 +362,6 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         },
         ..sim.config.clone()
     });
-    let vcpus = config.fleet.worker_vcpus();
     let state = State::new(config.clone(), base);
     let mut s = Sim {
         sim,
@@ -379,7 +370,6 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         fleet: Fleet::default(),
         effects: Effects::default(),
         base,
-        vcpus: f64::from(vcpus),
         report: SimReport::default(),
         done: 0,
         batch_start: Duration::ZERO,
@@ -443,8 +433,10 @@ impl Sim<'_> {
         loop {
             for spawn in std::mem::take(&mut self.effects.spawns) {
                 self.connecting += 1;
-                self.queue
-                    .push(now + self.sim.cold_start, Event::Connect(spawn.id));
+                self.queue.push(
+                    now + self.sim.cold_start,
+                    Event::Connect(spawn.id, spawn.memory_mb),
+                );
             }
             for (d, t) in std::mem::take(&mut self.effects.timers) {
                 self.queue.push(now + d, Event::Timer(t));
@@ -460,7 +452,7 @@ impl Sim<'_> {
     fn step(&mut self, event: Event, now: Duration) {
         let t = self.at(now);
         match event {
-            Event::Connect(id) => self.connect(id, now),
+            Event::Connect(id, memory_mb) => self.connect(id, memory_mb, now),
             Event::CpuDone { slot, conn, version } => {
                 if self.fleet.get(slot, conn).is_some_and(|w| w.version == version) {
                     self.progress(slot, now);
@@ -498,14 +490,14 @@ impl Sim<'_> {
 
     /// A spawned worker says hello: on the fleet, with its first sample (nothing running:
     /// its base) and one per interval after.
-    fn connect(&mut self, id: WorkerId, now: Duration) {
+    fn connect(&mut self, id: WorkerId, memory_mb: u32, now: Duration) {
         self.connecting -= 1;
         let fleet = &self.sim.config.fleet;
         let hello = pb::Hello {
             worker_id: id.to_string(),
             function: self.sim.function.clone(),
-            vcpus: fleet.worker_vcpus(),
-            memory_mb: fleet.memory_mb,
+            vcpus: fleet.vcpus_at(memory_mb),
+            memory_mb,
             timeout_ms: fleet.execution_timeout.as_millis() as u64,
             ..Default::default()
         };
@@ -531,6 +523,8 @@ impl Sim<'_> {
             idle: 0,
             limit: 1,
             completed: false,
+            memory_mb,
+            vcpus: f64::from(self.sim.config.fleet.vcpus_at(memory_mb)),
         });
         self.sample(slot, now);
         let periodic = Event::Sample {

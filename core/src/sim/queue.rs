@@ -6,7 +6,8 @@ use super::*;
 /// and their connection number (a slot is reused once its worker is gone).
 #[derive(Debug)]
 pub(super) enum Event {
-    Connect(WorkerId),
+    /// A spawn of this memory size says hello.
+    Connect(WorkerId, u32),
     /// The earliest CPU phase of this worker may have ended (stale unless `version` matches).
     CpuDone {
         slot: u32,
@@ -114,7 +115,7 @@ impl Queue {
             | Event::Done { slot, conn, .. }
             | Event::Sample { slot, conn, .. }
             | Event::Exit { slot, conn } => fleet.get(*slot, *conn).is_some(),
-            Event::Connect(_) | Event::Timer(_) => true,
+            Event::Connect(..) | Event::Timer(_) => true,
         });
         self.purge_at = (2 * self.heap.len()).max(PURGE_MIN);
     }

@@ -258,3 +258,42 @@ fn eager_scale_out_starts_a_worker_per_uncovered_slot_paced_only_what_pays() {
     assert!(paced[1].invocations < 8, "{paced:?}");
     assert!(paced[1].billed_gb_s < eager[1].billed_gb_s, "{paced:?} {eager:?}");
 }
+
+/// Billed GB-s of each of `batches` batches of `task` with the sizes offered (`sizes`; one
+/// size: that size fixed).
+fn batches_at(sizes: &[u32], task: TaskModel, batches: usize) -> Vec<f64> {
+    let mut config = config(false, 8, None);
+    config.fleet.memory_mb = sizes[0];
+    config.fleet.memory_sizes = sizes.to_vec();
+    let sim = SimConfig::new(config, "spin", 200, task);
+    simulate_batches(&sim, batches)
+        .iter()
+        .map(|r| {
+            assert_eq!(r.succeeded, 200, "{r:?}");
+            r.billed_gb_s
+        })
+        .collect()
+}
+
+#[test]
+fn the_chosen_size_costs_within_a_tenth_of_the_best_fixed_size_once_learned() {
+    let sizes = [1024, 2048, 4096];
+    for (what, task) in [
+        ("waiting", TaskModel::waiting(Duration::from_millis(300))),
+        ("cpu-bound", TaskModel::cpu_bound(Duration::from_millis(200))),
+    ] {
+        // Each fixed size, its learned (last) batch.
+        let fixed: Vec<f64> = sizes
+            .iter()
+            .map(|&s| *batches_at(&[s], task, 3).last().expect("a batch"))
+            .collect();
+        let best = fixed.iter().copied().fold(f64::INFINITY, f64::min);
+        let chosen = batches_at(&sizes, task, 5);
+        let learned = *chosen.last().expect("a batch");
+        println!("{what}: fixed 1024/2048/4096 MB {fixed:.3?} GB-s; chosen, batch by batch {chosen:.3?}");
+        assert!(
+            learned <= 1.10 * best,
+            "{what}: the chosen size's learned batch cost {learned:.3} GB-s, the best fixed size {best:.3} ({fixed:?}; batches {chosen:?})"
+        );
+    }
+}
