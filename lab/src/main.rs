@@ -163,9 +163,14 @@ struct SimulateArgs {
     /// A task's own memory on top of its copy's, MB.
     #[arg(long, default_value_t = 0.0)]
     task_mb: f64,
-    /// A worker's spawn to its hello.
+    /// A worker's spawn to its hello (with `--world lambda`: the median).
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     cold_start: Duration,
+    /// Where workers live: `local` (this machine's model: fixed cold starts, whole vCPUs)
+    /// or `lambda` (cold starts log-normal around --cold-start with a tail, CPU in
+    /// proportion to memory: one vCPU's worth at 1769 MB).
+    #[arg(long, default_value = "local", value_parser = ["local", "lambda"])]
+    world: String,
     /// Print one JSON object per way, size and batch instead of a table.
     #[arg(long)]
     json: bool,
@@ -263,6 +268,7 @@ fn simulate_command(args: &SimulateArgs) {
         task_wait: args.task_wait,
         task_mb: args.task_mb,
         cold_start: args.cold_start,
+        lambda_world: args.world == "lambda",
     };
     let ways = simulate::run(&model, &args.sizes, args.tasks, args.max_workers, &args.sweep);
     if args.json {

@@ -22,8 +22,11 @@ pub(crate) struct HandlerModel {
     pub task_wait: Duration,
     /// A task's own memory on top of its copy's, MB.
     pub task_mb: f64,
-    /// A worker's spawn to its hello.
+    /// A worker's spawn to its hello (the median, in the Lambda-like world).
     pub cold_start: Duration,
+    /// Workers live in the Lambda-like world (cold starts with a tail, CPU in proportion
+    /// to memory), not this machine's.
+    pub lambda_world: bool,
 }
 
 /// One way at one size: its first and second batch.
@@ -74,6 +77,9 @@ fn sim(
     };
     let mut s = SimConfig::new(config, FUNCTION, tasks, task);
     s.cold_start = model.cold_start;
+    if model.lambda_world {
+        s = s.lambda_like(model.cold_start);
+    }
     s.copy = Some(CopyModel {
         init_cpu: model.init_cpu,
         mem_mb: model.copy_mb,
@@ -170,6 +176,7 @@ mod tests {
             task_wait: Duration::from_millis(100),
             task_mb: 20.0,
             cold_start: Duration::from_millis(100),
+            lambda_world: false,
         };
         let ways = run(&model, &[2048], 40, 4, &[1, 2]);
         assert_eq!(ways.len(), 4);

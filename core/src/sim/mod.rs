@@ -27,7 +27,8 @@ mod fleet;
 mod model;
 mod queue;
 
-pub use model::{CopyModel, SimConfig, SimReport, TaskModel};
+use model::Draws;
+pub use model::{CopyModel, LAMBDA_COLD_START_SIGMA, SimConfig, SimReport, TaskModel, World};
 
 use fleet::{Fleet, SimTask, SimWorker};
 use queue::{Event, Queue};
@@ -49,6 +50,8 @@ struct Sim<'a> {
     interval: Duration,
     /// Spawns on their way to their hello.
     connecting: usize,
+    /// The Lambda-like world's cold-start draws.
+    draws: Draws,
 }
 
 impl Sim<'_> {
@@ -375,6 +378,10 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         batch_start: Duration::ZERO,
         interval: config.fleet.sample_interval.max(Duration::from_millis(1)),
         connecting: 0,
+        draws: Draws::new(match sim.world {
+            World::Lambda { seed, .. } => seed,
+            World::Local => 0,
+        }),
     };
     let mut now = Duration::ZERO;
     let mut accepted = 0u64;
@@ -433,10 +440,12 @@ impl Sim<'_> {
         loop {
             for spawn in std::mem::take(&mut self.effects.spawns) {
                 self.connecting += 1;
-                self.queue.push(
-                    now + self.sim.cold_start,
-                    Event::Connect(spawn.id, spawn.memory_mb),
-                );
+                let cold_start = match self.sim.world {
+                    World::Local => self.sim.cold_start,
+                    World::Lambda { sigma, .. } => self.draws.log_normal(self.sim.cold_start, sigma),
+                };
+                self.queue
+                    .push(now + cold_start, Event::Connect(spawn.id, spawn.memory_mb));
             }
             for (d, t) in std::mem::take(&mut self.effects.timers) {
                 self.queue.push(now + d, Event::Timer(t));
@@ -524,7 +533,10 @@ impl Sim<'_> {
             limit: 1,
             completed: false,
             memory_mb,
-            vcpus: f64::from(self.sim.config.fleet.vcpus_at(memory_mb)),
+            vcpus: self
+                .sim
+                .world
+                .cpu_share(memory_mb, self.sim.config.fleet.vcpus_at(memory_mb)),
         });
         self.sample(slot, now);
         let periodic = Event::Sample {

@@ -59,8 +59,10 @@ pub struct SimConfig {
     pub tasks: usize,
     /// What each task needs.
     pub task: TaskModel,
-    /// From spawn to hello.
+    /// From spawn to hello: every spawn's in the local world, the median in Lambda's.
     pub cold_start: Duration,
+    /// Which world the workers live in.
+    pub world: World,
     /// From Shutdown to the end of the worker's stream (billed: the invocation is alive).
     pub exit_delay: Duration,
     /// A worker's own memory with nothing running, in MB.
@@ -81,11 +83,84 @@ impl SimConfig {
             tasks,
             task,
             cold_start: Duration::from_millis(50),
+            world: World::Local,
             exit_delay: Duration::ZERO,
             worker_base_mb: 8.0,
             settle: Duration::from_millis(25),
             copy: None,
         }
+    }
+
+    /// The same in a Lambda-like world (see [`World::Lambda`]) whose cold starts have
+    /// `median` (a container image's: hundreds of milliseconds).
+    pub fn lambda_like(mut self, median: Duration) -> Self {
+        self.cold_start = median;
+        self.world = World::Lambda {
+            sigma: LAMBDA_COLD_START_SIGMA,
+            seed: 1,
+        };
+        self
+    }
+}
+
+/// The spread of a Lambda-like world's cold starts (log-normal: a median of 500 ms puts
+/// the 99th percentile near 2 s). An assumption of the model, not a measurement.
+pub const LAMBDA_COLD_START_SIGMA: f64 = 0.6;
+
+/// Where simulated workers run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum World {
+    /// This machine, as measured: every cold start the same, whole vCPUs
+    /// (`Fleet::vcpus_at`), each task's CPU shared out over them. The check of the
+    /// simulator against local runs.
+    Local,
+    /// Lambda's: cold starts drawn from a log-normal around `SimConfig::cold_start` with
+    /// this spread (the same draws for a given `seed`), and CPU in proportion to memory
+    /// (one vCPU's worth at 1769 MB, a fraction below it). Billing is the same in both
+    /// worlds (1 ms rounding, init billed, the per-request price).
+    Lambda {
+        /// The log-normal's sigma (see [`LAMBDA_COLD_START_SIGMA`]).
+        sigma: f64,
+        /// The draws' seed.
+        seed: u64,
+    },
+}
+
+impl World {
+    /// The CPU a worker of `memory_mb` runs on here, whose hello says `vcpus`.
+    pub fn cpu_share(&self, memory_mb: u32, vcpus: u32) -> f64 {
+        match self {
+            World::Local => f64::from(vcpus),
+            World::Lambda { .. } => (f64::from(memory_mb) / 1769.0).min(6.0),
+        }
+    }
+}
+
+/// A small deterministic generator (SplitMix64) for the Lambda-like world's draws: the
+/// core keeps no random-number dependency, and a seed gives the same run every time.
+#[derive(Clone, Debug)]
+pub(super) struct Draws(u64);
+
+impl Draws {
+    pub(super) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// Log-normal with `median` and `sigma` (Box-Muller).
+    pub(super) fn log_normal(&mut self, median: Duration, sigma: f64) -> Duration {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        Duration::from_secs_f64(median.as_secs_f64() * (sigma * z).exp())
     }
 }
 

@@ -297,3 +297,34 @@ fn the_chosen_size_costs_within_a_tenth_of_the_best_fixed_size_once_learned() {
         );
     }
 }
+
+#[test]
+fn a_lambda_like_world_draws_cold_starts_with_a_tail_and_shares_cpu_by_memory() {
+    // Cold starts: the same draws for the same seed, around the median, with a tail.
+    let mut draws = model::Draws::new(7);
+    let median = Duration::from_millis(500);
+    let mut d: Vec<Duration> = (0..2000)
+        .map(|_| draws.log_normal(median, LAMBDA_COLD_START_SIGMA))
+        .collect();
+    d.sort();
+    let (p50, p99) = (d[1000].as_secs_f64(), d[1980].as_secs_f64());
+    assert!((0.45..0.55).contains(&p50), "p50 {p50}");
+    assert!((1.5..2.6).contains(&p99), "p99 {p99}");
+    let mut again = model::Draws::new(7);
+    assert_eq!(again.log_normal(median, LAMBDA_COLD_START_SIGMA), {
+        let mut first = model::Draws::new(7);
+        first.log_normal(median, LAMBDA_COLD_START_SIGMA)
+    });
+    // CPU: a fraction of a vCPU below 1769 MB (the local world rounds up to whole vCPUs).
+    let lambda = World::Lambda { sigma: 0.6, seed: 1 };
+    assert!((lambda.cpu_share(1024, 1) - 1024.0 / 1769.0).abs() < 1e-9);
+    assert_eq!(World::Local.cpu_share(1024, 1), 1.0);
+    // A batch there waits for its workers' longer cold starts, and pays for them.
+    let local = spin(false, 4, Some(1));
+    let (l, w) = (simulate(&local), simulate(&local.clone().lambda_like(median)));
+    assert_eq!((l.succeeded, w.succeeded), (40, 40));
+    assert!(
+        w.completion > l.completion && w.billed_gb_s > l.billed_gb_s,
+        "{l:?} {w:?}"
+    );
+}
