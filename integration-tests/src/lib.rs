@@ -404,6 +404,15 @@ pub async fn totals(client: &Client) -> pb::FunctionStats {
         .unwrap_or_default()
 }
 
+/// Waits until every worker has left (their bills are closed, their costs recorded).
+pub async fn fleet_gone(client: &Client) {
+    eventually("every worker to leave", || async {
+        let t = client.stats().await.ok()?.total?;
+        (t.workers_live == 0 && t.workers_starting == 0).then_some(())
+    })
+    .await;
+}
+
 /// GETs `path` (with its query, already encoded) from `http://{addr}` over HTTP/1.1;
 /// returns the status and the body. `accept`, if given, is sent as the Accept header.
 pub async fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u16, String), String> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use carpool_integration_tests::emulators::Moto;
-use carpool_integration_tests::{Client, Coordinator, Proc, eventually, totals};
+use carpool_integration_tests::{Client, Coordinator, Proc, eventually, fleet_gone, totals};
 use carpool_proto::pb::{self, TaskState};
 use carpool_proto::{Bytes, payload};
 use futures::StreamExt;
@@ -56,14 +56,6 @@ async fn function_stats(client: &Client, function: &str) -> pb::FunctionStats {
         .into_iter()
         .find(|f| f.function == function)
         .unwrap_or_else(|| panic!("no stats for {function}"))
-}
-
-async fn fleet_gone(client: &Client) {
-    eventually("every worker to leave", || async {
-        let t = totals(client).await;
-        (t.workers_live == 0 && t.workers_starting == 0).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use carpool_integration_tests::emulators::Moto;
-use carpool_integration_tests::{Client, Coordinator, Proc, bin, eventually, tool};
+use carpool_integration_tests::{Client, Coordinator, Proc, bin, eventually, fleet_gone, tool};
 use carpool_proto::pb::{self, TaskState};
 use carpool_proto::{Bytes, payload};
 use futures::StreamExt;
@@ -108,15 +108,6 @@ async fn thumb_stats(client: &Client) -> pb::FunctionStats {
         .into_iter()
         .find(|f| f.function == "thumb")
         .unwrap_or_default()
-}
-
-/// Waits until every worker has left (the bill is closed).
-async fn fleet_gone(client: &Client) {
-    eventually("the fleet to leave", || async {
-        let t = client.stats().await.ok()?.total?;
-        (t.workers_live == 0 && t.workers_starting == 0).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test]

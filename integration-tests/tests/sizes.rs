@@ -5,7 +5,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
-use carpool_integration_tests::{Client, Coordinator, eventually, totals};
+use carpool_integration_tests::{Client, Coordinator, fleet_gone};
 use carpool_proto::Bytes;
 use carpool_proto::pb::{self, TaskState};
 use futures::StreamExt;
@@ -33,14 +33,6 @@ async fn sleep_stats(client: &Client) -> pb::FunctionStats {
         .into_iter()
         .find(|f| f.function == "sleep")
         .expect("stats of sleep")
-}
-
-async fn fleet_gone(client: &Client) {
-    eventually("every worker to leave", || async {
-        let t = totals(client).await;
-        (t.workers_live == 0 && t.workers_starting == 0).then_some(())
-    })
-    .await;
 }
 
 fn cost(stats: &pb::FunctionStats, memory_mb: u32) -> pb::SizeCost {
