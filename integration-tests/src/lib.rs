@@ -404,6 +404,18 @@ pub async fn totals(client: &Client) -> pb::FunctionStats {
         .unwrap_or_default()
 }
 
+/// The Stats of `function` (panics if it has none).
+pub async fn function_stats(client: &Client, function: &str) -> pb::FunctionStats {
+    client
+        .stats()
+        .await
+        .unwrap_or_else(|e| panic!("stats: {e}"))
+        .functions
+        .into_iter()
+        .find(|f| f.function == function)
+        .unwrap_or_else(|| panic!("no stats for {function}"))
+}
+
 /// Waits until every worker has left (their bills are closed, their costs recorded).
 pub async fn fleet_gone(client: &Client) {
     eventually("every worker to leave", || async {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use carpool_integration_tests::emulators::Moto;
-use carpool_integration_tests::{Client, Coordinator, Proc, eventually, fleet_gone, totals};
+use carpool_integration_tests::{Client, Coordinator, Proc, eventually, fleet_gone, function_stats, totals};
 use carpool_proto::pb::{self, TaskState};
 use carpool_proto::{Bytes, payload};
 use futures::StreamExt;
@@ -46,16 +46,6 @@ async fn batch(client: &Client, function: &str, input: &str, n: usize) -> (usize
     }
     watch.abort();
     (ok, peak.load(Ordering::Relaxed))
-}
-
-/// The stats of `function`.
-async fn function_stats(client: &Client, function: &str) -> pb::FunctionStats {
-    let stats = client.stats().await.expect("stats");
-    stats
-        .functions
-        .into_iter()
-        .find(|f| f.function == function)
-        .unwrap_or_else(|| panic!("no stats for {function}"))
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
-use carpool_integration_tests::{Client, Coordinator, fleet_gone};
+use carpool_integration_tests::{Client, Coordinator, fleet_gone, function_stats};
 use carpool_proto::Bytes;
 use carpool_proto::pb::{self, TaskState};
 use futures::StreamExt;
@@ -22,17 +22,6 @@ async fn sleeps(client: &Client, n: usize, ms: &str) {
         ok += 1;
     }
     assert_eq!(ok, n);
-}
-
-async fn sleep_stats(client: &Client) -> pb::FunctionStats {
-    client
-        .stats()
-        .await
-        .expect("stats")
-        .functions
-        .into_iter()
-        .find(|f| f.function == "sleep")
-        .expect("stats of sleep")
 }
 
 fn cost(stats: &pb::FunctionStats, memory_mb: u32) -> pb::SizeCost {
@@ -66,7 +55,7 @@ async fn a_waiting_batch_goes_to_the_small_size_and_the_choice_survives_a_restar
         sleeps(&client, 40, "100").await;
         fleet_gone(&client).await;
         batches += 1;
-        let stats = sleep_stats(&client).await;
+        let stats = function_stats(&client, "sleep").await;
         if stats.sizes.iter().all(|s| s.tasks > 0) {
             break stats;
         }
@@ -91,7 +80,7 @@ async fn a_waiting_batch_goes_to_the_small_size_and_the_choice_survives_a_restar
     assert!(coord.terminate().success());
     let coord = Coordinator::start(&[&args[..], &["--keep-alive", "30s"]].concat());
     let client = coord.client().await;
-    let restored = sleep_stats(&client).await;
+    let restored = function_stats(&client, "sleep").await;
     assert_eq!(
         (restored.memory_mb, restored.memory_reason.as_str()),
         (1024, "cheapest")

@@ -14,6 +14,7 @@
 //! - `counts.rs`: each function's task counts, moved only as its tasks change phase.
 //! - `roster.rs`: the workers that said hello, counted per function by the same owner.
 //! - `spawns.rs`: the spawns not yet connected (counted per function) and those written off.
+//! - `tally.rs`: a count per function and memory size, kept by the roster and the spawns.
 //! - `levels.rs`: the concurrency levels learned per (function, memory size).
 //! - `tasks.rs`: client events (submit, cancel, get, watch).
 //! - `workers.rs`: worker events (connect, resume, claim, sample, results, disconnect).
@@ -33,6 +34,7 @@ mod report;
 mod roster;
 mod spawns;
 mod table;
+mod tally;
 mod tasks;
 mod workers;
 

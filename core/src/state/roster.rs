@@ -1,61 +1,45 @@
 //! The roster: the workers that said hello (connected, or detached within the grace), with
-//! their number per function kept by the same owner, so the fleet cap and the scale-out
-//! bound never read a count that drifted from the map.
+//! their number per function and size kept by the same owner, so the fleet cap and the
+//! scale-out bound never read a count that drifted from the map.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 
 use super::WorkerId;
 use super::parts::Worker;
+use super::tally::Tally;
 
 /// The live workers.
 #[derive(Debug, Default)]
 pub(super) struct Roster {
     workers: HashMap<WorkerId, Worker>,
-    /// How many of [`Roster::workers`] are of each function (no entry for none).
-    per_function: BTreeMap<Arc<str>, usize>,
+    /// How many of [`Roster::workers`] are of each function and size.
+    tally: Tally,
 }
 
 impl Roster {
     /// Adds worker `id` (replacing none: the caller has checked it is new).
     pub(super) fn insert(&mut self, id: WorkerId, worker: Worker) {
-        let function = worker.function.clone();
+        self.tally.add(&worker.function, worker.memory_mb);
         if let Some(old) = self.workers.insert(id, worker) {
-            self.forget(&old.function);
+            self.tally.remove(&old.function, old.memory_mb);
         }
-        *self.per_function.entry(function).or_default() += 1;
     }
 
     /// Takes worker `id` off the roster.
     pub(super) fn remove(&mut self, id: &WorkerId) -> Option<Worker> {
         let w = self.workers.remove(id)?;
-        self.forget(&w.function);
+        self.tally.remove(&w.function, w.memory_mb);
         Some(w)
-    }
-
-    fn forget(&mut self, function: &Arc<str>) {
-        if let Some(n) = self.per_function.get_mut(function) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_function.remove(function);
-            }
-        }
     }
 
     /// How many workers of `function` are on the roster.
     pub(super) fn of(&self, function: &str) -> usize {
-        self.per_function.get(function).copied().unwrap_or(0)
+        self.tally.of(function) as usize
     }
 
     /// How many workers of `function` at `memory_mb` are on the roster.
     pub(super) fn of_size(&self, function: &str, memory_mb: u32) -> usize {
-        if self.of(function) == 0 {
-            return 0;
-        }
-        self.workers
-            .values()
-            .filter(|w| w.memory_mb == memory_mb && w.function.as_ref() == function)
-            .count()
+        self.tally.of_size(function, memory_mb) as usize
     }
 
     pub(super) fn get(&self, id: &WorkerId) -> Option<&Worker> {
@@ -90,16 +74,13 @@ impl Roster {
         self.workers.iter()
     }
 
-    /// The per-function counts agree with the map (the unit tests' check).
+    /// The counts agree with the map (the unit tests' check).
     #[cfg(test)]
     pub(super) fn check(&self) {
-        let mut counted: BTreeMap<Arc<str>, usize> = BTreeMap::new();
+        let mut counted = Tally::default();
         for w in self.workers.values() {
-            *counted.entry(w.function.clone()).or_default() += 1;
+            counted.add(&w.function, w.memory_mb);
         }
-        assert_eq!(
-            counted, self.per_function,
-            "worker counts drifted from the roster"
-        );
+        assert_eq!(counted, self.tally, "worker counts drifted from the roster");
     }
 }

@@ -1,12 +1,13 @@
 //! Spawns: the workers asked of a spawner that have not said hello yet, and those written
-//! off as never started. One owner keeps the set and its count per function together, so
+//! off as never started. One owner keeps the set and its count per function and size together, so
 //! the fleet cap and the free-slot sum never read a count that drifted from the set.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::WorkerId;
+use super::tally::Tally;
 
 /// How many written-off spawns are remembered (for one that starts late after all).
 const WRITTEN_OFF_MEMORY: usize = 4096;
@@ -26,8 +27,8 @@ pub(super) struct Starting {
 #[derive(Debug)]
 pub(super) struct Spawns {
     starting: HashMap<WorkerId, Starting>,
-    /// How many of [`Spawns::starting`] are of each function (no entry for none).
-    per_function: BTreeMap<Arc<str>, u32>,
+    /// How many of [`Spawns::starting`] are of each function and size.
+    tally: Tally,
     next: u64,
     /// Written off as never started (bounded, oldest forgotten first), in that order.
     written_off: HashSet<WorkerId>,
@@ -38,7 +39,7 @@ impl Default for Spawns {
     fn default() -> Self {
         Self {
             starting: HashMap::new(),
-            per_function: BTreeMap::new(),
+            tally: Tally::default(),
             next: 1,
             written_off: HashSet::new(),
             written_off_order: VecDeque::new(),
@@ -60,7 +61,7 @@ impl Spawns {
                 instance: String::new(),
             },
         );
-        *self.per_function.entry(function.clone()).or_default() += 1;
+        self.tally.add(function, memory_mb);
         id
     }
 
@@ -68,12 +69,7 @@ impl Spawns {
     /// not starting.
     pub(super) fn end(&mut self, id: &WorkerId) -> Option<Starting> {
         let s = self.starting.remove(id)?;
-        if let Some(n) = self.per_function.get_mut(&s.function) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_function.remove(&s.function);
-            }
-        }
+        self.tally.remove(&s.function, s.memory_mb);
         Some(s)
     }
 
@@ -95,18 +91,12 @@ impl Spawns {
 
     /// How many spawns of `function` are starting.
     pub(super) fn of(&self, function: &str) -> u32 {
-        self.per_function.get(function).copied().unwrap_or(0)
+        self.tally.of(function)
     }
 
     /// How many spawns of `function` at `memory_mb` are starting.
     pub(super) fn of_size(&self, function: &str, memory_mb: u32) -> u32 {
-        if self.of(function) == 0 {
-            return 0;
-        }
-        self.starting
-            .values()
-            .filter(|s| s.memory_mb == memory_mb && s.function.as_ref() == function)
-            .count() as u32
+        self.tally.of_size(function, memory_mb)
     }
 
     /// How many spawns are starting in all.
@@ -153,14 +143,14 @@ impl Spawns {
         true
     }
 
-    /// The per-function counts agree with the set (the unit tests' check).
+    /// The counts agree with the set (the unit tests' check).
     #[cfg(test)]
     pub(super) fn check(&self) {
-        let mut counted: BTreeMap<Arc<str>, u32> = BTreeMap::new();
+        let mut counted = Tally::default();
         for s in self.starting.values() {
-            *counted.entry(s.function.clone()).or_default() += 1;
+            counted.add(&s.function, s.memory_mb);
         }
-        assert_eq!(counted, self.per_function, "spawn counts drifted from the set");
+        assert_eq!(counted, self.tally, "spawn counts drifted from the set");
         assert_eq!(self.written_off.len(), self.written_off_order.len());
     }
 }

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// A stored task of function `f` with `payload`, as a journal keeps it.
+fn stored(payload: &'static [u8]) -> StoredTask {
+    StoredTask {
+        function: "f".into(),
+        payload: Bytes::from_static(payload),
+        ..Default::default()
+    }
+}
+
 /// With a journal, a submission waits outside the pool for its write. A worker freed while
 /// the pool is empty (the next submission still being written) must still get that
 /// submission once it is written.
@@ -77,11 +86,6 @@ fn after_a_restart_placement_waits_for_running_workers_to_claim_their_tasks() {
         ..external()
     });
     let mut effects = Effects::default();
-    let stored = |payload: &'static [u8]| StoredTask {
-        function: "f".into(),
-        payload: Bytes::from_static(payload),
-        ..Default::default()
-    };
     s.restore(
         Recovered {
             tasks: vec![(1, stored(b"a"), 0), (2, stored(b"b"), 0)],
@@ -130,15 +134,7 @@ fn after_a_restart_a_function_with_nothing_restored_is_placed_at_once() {
     let mut effects = Effects::default();
     s.restore(
         Recovered {
-            tasks: vec![(
-                1,
-                StoredTask {
-                    function: "f".into(),
-                    payload: Bytes::from_static(b"a"),
-                    ..Default::default()
-                },
-                0,
-            )],
+            tasks: vec![(1, stored(b"a"), 0)],
             next_id: 2,
             reserved_until: 0,
             learned: Vec::new(),
@@ -241,11 +237,7 @@ fn an_attempt_lost_to_a_restart_is_not_counted() {
         ..external()
     });
     let mut effects = Effects::default();
-    let running = StoredTask {
-        function: "f".into(),
-        payload: Bytes::from_static(b"x"),
-        ..Default::default()
-    };
+    let running = stored(b"x");
     // Task 1 was on its second and last attempt when the coordinator died.
     s.restore(
         Recovered {
@@ -290,11 +282,6 @@ fn cancelling_a_task_held_back_at_a_restart_leaves_the_pending_work_placeable() 
         ..external()
     });
     let mut effects = Effects::default();
-    let stored = |payload: &'static [u8]| StoredTask {
-        function: "f".into(),
-        payload: Bytes::from_static(payload),
-        ..Default::default()
-    };
     // Task 1 was running (held back for its worker); task 2 was pending.
     s.restore(
         Recovered {
