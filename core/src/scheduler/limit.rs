@@ -23,7 +23,8 @@
 //!   one (the kernel's run delay), so a worker whose cores are shared or fewer than its
 //!   allotment stops climbing when its tasks queue for a CPU, not when it reaches a share it
 //!   can never reach. Tasks that wait for a CPU for a whole task's time cut the limit to
-//!   the level the CPU meets (running tasks over what they asked for).
+//!   the fewest tasks that still fill the CPU (running tasks over what they asked for,
+//!   rounded up).
 //! - **Pinned** (`--slots`): never moves.
 
 use std::time::{Duration, Instant};
@@ -220,6 +221,9 @@ pub struct Limit {
     typical: Option<f64>,
     /// Whether the last judged window was inflated (a fall needs two in a row).
     inflated_before: bool,
+    /// The worker's vCPUs: CPU contention alone never takes the limit below one task per
+    /// vCPU (see [`Limit::cpu_fall`]).
+    cpu_floor: u32,
 }
 
 impl Limit {
@@ -236,14 +240,20 @@ impl Limit {
         } else {
             Phase::Probing
         };
-        Self::new(value, phase)
+        Self {
+            cpu_floor: value,
+            ..Self::new(value, phase)
+        }
     }
 
     /// A new worker's limit at a learned level: steady where a worker settled, probing on
     /// from a level a worker only rose to (never below `vcpus`).
     pub fn learned(p: &LimitParams, learned: Learned, vcpus: u32) -> Self {
         if learned.settled {
-            Self::new(learned.level.clamp(p.min, p.max.max(p.min)), Phase::Steady)
+            Self {
+                cpu_floor: vcpus.clamp(p.min, p.max.max(p.min)),
+                ..Self::new(learned.level.clamp(p.min, p.max.max(p.min)), Phase::Steady)
+            }
         } else {
             Self::probing(p, learned.level.max(vcpus))
         }
@@ -266,6 +276,7 @@ impl Limit {
             rose: false,
             typical: None,
             inflated_before: false,
+            cpu_floor: 1,
         }
     }
 
@@ -431,8 +442,17 @@ impl Limit {
             return None;
         }
         self.cpu_waiting_since = None;
+        // The fewest tasks whose demand still fills the CPU, rounded up: a level one short
+        // leaves part of the CPU idle and costs throughput (a whole task's share of it), one
+        // over only leaves a little waiting. Runtimes with threads of their own (a Node.js
+        // copy's garbage collector and compiler) ask for more than one vCPU per task, so two
+        // copies on two vCPUs wait and still finish half as many tasks again as one.
+        // And never below one task per vCPU: a runtime's own threads waiting (a Node.js
+        // copy's collector and compiler) read as demand too, and one sample's wait swings
+        // from nothing to twice the allotment, while a vCPU left without a task is certain
+        // loss. Memory and inflation still take it lower.
         let demand = obs.demand();
-        let fit = (f64::from(obs.running) / demand).floor() as u32;
+        let fit = ((f64::from(obs.running) / demand).ceil() as u32).max(self.cpu_floor);
         if fit >= self.value {
             return None; // it waits, but fewer tasks would leave the CPU idle
         }

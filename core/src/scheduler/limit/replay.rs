@@ -10,7 +10,8 @@
 //! Recorded with `scripts/bench-handlers --handlers wait --sizes 512 --record DIR`, then
 //! `scripts/bench-handlers --fixture DIR/wait-512-adaptive.jsonl w1-h` (likewise thumb).
 //! Each line: `T_US f` (filled), `T_US c DURATION_US`, or `T_US s CPU MEM PEAK RUNNING
-//! YOUNGEST_MS LIMIT` (a sample, and the limit the coordinator set after it).
+//! YOUNGEST_MS LIMIT [WAIT]` (a sample, the limit the coordinator set after it, and the CPU
+//! wait, absent in traces recorded before workers reported it).
 
 use super::*;
 
@@ -41,8 +42,8 @@ fn parse(text: &str) -> Vec<(Duration, Recorded)> {
                         peak: num(4),
                         running: num(5) as u32,
                         youngest: Duration::from_millis(num(6) as u64),
-                        // Recorded before workers reported it.
-                        wait: 0.0,
+                        // Absent in traces recorded before workers reported it.
+                        wait: if f.len() > 8 { num(8) } else { 0.0 },
                     },
                     num(7) as u32,
                 ),

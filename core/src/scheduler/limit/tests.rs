@@ -198,6 +198,44 @@ fn tasks_waiting_for_a_cpu_for_a_whole_task_cut_the_limit_to_what_the_cpu_runs()
     assert_eq!(m.value(), 3);
 }
 
+/// Copies of a runtime with threads of its own (Node.js: its collector and compiler) on two
+/// vCPUs: two copies keep the CPU busy and their threads wait, from nothing to twice the
+/// allotment from one sample to the next, yet one copy alone leaves half of it idle. The
+/// CPU fall rounds up to the fewest tasks that fill the CPU and never goes below one task
+/// per vCPU, so the level stays at 2 (rounded down from one sample, it fell to 1 and the
+/// batch cost 1.5 times `--slots 2`).
+#[test]
+fn waiting_runtime_threads_never_take_the_limit_below_its_vcpus() {
+    let p = params();
+    let t0 = Instant::now();
+    for mut l in [Limit::learned(&p, settled(2), 2), Limit::probing(&p, 2)] {
+        l.completed(480 * MS);
+        for i in 0..60 {
+            // The waits of a recorded second batch, in turn.
+            let wait = [0.77, 2.02, 0.76, 0.45, 0.91, 1.67, 1.85, 1.05, 0.06, 1.77][i % 10];
+            let busy = Observation {
+                wait,
+                ..obs(1.0, 0.2, 2)
+            };
+            l.filled(t0 + i as u32 * 50 * MS);
+            assert_ne!(l.observe(&p, busy, t0 + i as u32 * 50 * MS), Some(Move::CpuFall));
+            assert_eq!(l.value(), 2, "sample {i}");
+        }
+    }
+    // Above its vCPUs, the same waiting still cuts the level, down to them at most.
+    let mut l = Limit::learned(&p, settled(6), 2);
+    l.completed(300 * MS);
+    let crowded = Observation {
+        wait: 1.0,
+        ..obs(1.0, 0.05, 6)
+    };
+    for i in 0..20 {
+        l.filled(t0 + i * 50 * MS);
+        l.observe(&p, crowded, t0 + i * 50 * MS);
+    }
+    assert_eq!(l.value(), 3, "6 tasks asking for 2 allotments: 3");
+}
+
 #[test]
 fn a_start_up_burst_of_cpu_holds_the_climb_but_does_not_end_it() {
     let p = params();
