@@ -8,7 +8,9 @@
 //! - **Probing** (a new worker with nothing learned): the limit doubles on every sample that
 //!   covers its current level (taken while the worker ran at its limit, once the newest task
 //!   has run [`LimitParams::settle`] or a whole generation of tasks has finished) while CPU
-//!   and memory stay under target. Each rise is also capped by the headroom the sample
+//!   and memory stay under target; once a whole generation has finished at the level, it
+//!   jumps toward the level their CPU and memory imply, up to [`LimitParams::max_jump`]
+//!   times. Each rise is also capped by the headroom the sample
 //!   predicts: memory and CPU per task times the added tasks must stay under the targets,
 //!   so memory is always seen before more tasks are let in.
 //! - **Steady** (after the first pressure, at the cap, or started from a learned level):
@@ -55,6 +57,10 @@ pub struct LimitParams {
     pub window: u32,
     /// Largest factor one rise multiplies the limit by (probing doubles).
     pub max_growth: f64,
+    /// ... and once a whole generation of tasks has finished at the level (their whole
+    /// lives seen: CPU against wall time, memory at its peak), the largest factor a probing
+    /// rise may jump by toward the level they imply.
+    pub max_jump: f64,
     /// Smallest factor one fall multiplies it by (at most halving on inflation).
     pub max_backoff: f64,
     /// A steady rise adds this share of the limit (at least one task).
@@ -83,6 +89,7 @@ impl Default for LimitParams {
             inflation_floor: Duration::from_millis(2),
             window: 4,
             max_growth: 2.0,
+            max_jump: 16.0,
             max_backoff: 0.5,
             steady_step: 0.1,
             quiet: Duration::from_secs(1),
@@ -522,7 +529,18 @@ impl Limit {
         }
         let headroom = by_cpu.min(by_mem).floor();
         let step = match self.phase {
-            Phase::Probing => f64::from(self.value) * (p.max_growth - 1.0),
+            Phase::Probing => {
+                // Once a whole generation of tasks has finished at this level, what they
+                // take is known (the CPU they asked for, the memory of a task at its
+                // peak): the limit jumps toward the level that implies (the headroom),
+                // at most `max_jump` times; before that it doubles.
+                let growth = if self.at_level >= self.value && self.typical.is_some() {
+                    p.max_jump.max(p.max_growth)
+                } else {
+                    p.max_growth
+                };
+                f64::from(self.value) * (growth - 1.0)
+            }
             Phase::Steady => {
                 // A steady rise must have paid off: a whole window at this level first.
                 let rate = self

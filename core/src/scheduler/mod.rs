@@ -276,12 +276,14 @@ pub fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> IdleActio
         Verdict::Stopping | Verdict::Detached => IdleAction::Keep,
         Verdict::Draining => IdleAction::Stop(StopReason::Deadline),
         Verdict::QuotaReached => IdleAction::Stop(StopReason::Ineligible),
-        // Too busy for the waiting work: make room for a fresh worker, when one can be
-        // started; workers started by hand are kept (their load may pass, and nothing would
-        // take their place).
-        Verdict::CpuBusy | Verdict::MemoryBusy if !pool_empty && rules.spawns => {
-            IdleAction::Stop(StopReason::Ineligible)
-        }
+        // Memory held with nothing running does not pass: make room for a fresh worker,
+        // when one can be started; workers started by hand are kept (nothing would take
+        // their place). CPU busy with nothing running is the worker's own and passes (it
+        // measures its own process tree: a runtime copy still starting, its last task's
+        // tail): it is kept, and the next sample frees it. Stopped, a warm worker was
+        // replaced by a cold one whose copy's start made it busy in turn: a 512 MB worker
+        // (0.29 of a vCPU) whose copy takes 150 ms of CPU to start ran one task per worker.
+        Verdict::MemoryBusy if !pool_empty && rules.spawns => IdleAction::Stop(StopReason::Ineligible),
         _ if !pool_empty => IdleAction::Keep,
         _ if w.idle_for >= rules.keep_alive => IdleAction::Stop(StopReason::Idle),
         _ => IdleAction::RecheckAfter(rules.keep_alive - w.idle_for),

@@ -187,13 +187,19 @@ fn idle_worker_with_work_waiting_is_kept_if_eligible() {
 #[test]
 fn idle_ineligible_worker_with_work_waiting_stops() {
     let w = WorkerView {
-        cpu: 0.99,
+        mem: 0.95,
         ..worker()
     };
     assert_eq!(
         idle_action(&rules(), &w, false),
         IdleAction::Stop(StopReason::Ineligible)
     );
+    // CPU busy with nothing running is its own (a copy starting) and passes: kept.
+    let starting = WorkerView {
+        cpu: 0.99,
+        ..worker()
+    };
+    assert_eq!(idle_action(&rules(), &starting, false), IdleAction::Keep);
     // Under the external spawner nothing would replace it: it is kept for its load to pass.
     let external = Rules {
         spawns: false,

@@ -51,6 +51,43 @@ fn waiting_tasks_double_the_limit_up_to_the_cap() {
     assert_eq!(l.phase(), Phase::Steady, "at the cap it stops probing");
 }
 
+/// A whole generation of waiting tasks finished at the level: their whole lives are known,
+/// so the limit jumps toward what their CPU and memory imply, 16 times at most, instead of
+/// doubling one settle window at a time; memory still bounds the jump.
+#[test]
+fn a_finished_generation_lets_the_limit_jump_toward_the_level_it_implies() {
+    let p = params();
+    let t0 = Instant::now();
+    let generation = |l: &mut Limit, at: Instant, cpu_per_task: f64, mem_per_task: f64| {
+        l.filled(at);
+        for _ in 0..l.value() {
+            l.completed(100 * MS);
+        }
+        let n = l.value();
+        l.observe(
+            &p,
+            obs(cpu_per_task * f64::from(n), 0.01 + mem_per_task * f64::from(n), n),
+            at + 100 * MS,
+        )
+    };
+    let mut l = Limit::probing(&p, 1);
+    l.observe(&p, obs(0.0, 0.01, 0), t0);
+    assert_eq!(generation(&mut l, t0, 0.001, 0.0001), Some(Move::Rise));
+    assert_eq!(l.value(), 16);
+    assert_eq!(generation(&mut l, t0 + 200 * MS, 0.001, 0.0001), Some(Move::Rise));
+    assert_eq!(l.value(), 256);
+    // Tasks of 8 % of the memory each: from 1, at most what fits under the target.
+    let mut m = Limit::probing(&p, 1);
+    m.observe(&p, obs(0.0, 0.01, 0), t0);
+    generation(&mut m, t0, 0.001, 0.08);
+    assert_eq!(m.value(), 1 + ((0.9 - 0.09) / 0.08f64).floor() as u32);
+    // Without a finished generation (only the newest task settled), it doubles.
+    let mut d = Limit::probing(&p, 1);
+    d.observe(&p, obs(0.0, 0.01, 0), t0);
+    assert_eq!(step(&mut d, &p, t0 + 30 * MS, 0.001, 0.0001), Some(Move::Rise));
+    assert_eq!(d.value(), 2);
+}
+
 #[test]
 fn cpu_bound_tasks_stay_at_the_vcpus() {
     let p = params();
@@ -347,8 +384,9 @@ fn inflated_durations_cut_the_limit_by_the_gradient() {
         }
         l.observe(&p, obs(cpu, 0.1, l.value()), t0 + at)
     };
-    // A window at 4 sets the baseline, and nothing presses: it doubles.
-    assert_eq!(window(&mut l, 100, 400 * MS, 0.2), Some(Move::Rise));
+    // A window at 4 sets the baseline, and nothing presses: it rises, to 8 where the CPU
+    // the tasks take says so.
+    assert_eq!(window(&mut l, 100, 400 * MS, 0.45), Some(Move::Rise));
     assert_eq!(l.value(), 8);
     // At 8 durations double (CPU figures that lie: the sample says 0.5, no pressure seen,
     // but the target holds the climb): one window is noise...
