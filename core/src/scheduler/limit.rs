@@ -262,7 +262,10 @@ impl Limit {
                 ..Self::new(learned.level.clamp(p.min, p.max.max(p.min)), Phase::Steady)
             }
         } else {
-            Self::probing(p, learned.level.max(vcpus))
+            Self {
+                cpu_floor: vcpus.clamp(p.min, p.max.max(p.min)),
+                ..Self::probing(p, learned.level.max(vcpus))
+            }
         }
     }
 

@@ -271,6 +271,21 @@ fn waiting_runtime_threads_never_take_the_limit_below_its_vcpus() {
         l.observe(&p, crowded, t0 + i * 50 * MS);
     }
     assert_eq!(l.value(), 3, "6 tasks asking for 2 allotments: 3");
+    // From a level a worker only rose to, the floor is still the vCPUs, not that level.
+    let mut u = Limit::learned(
+        &p,
+        Learned {
+            level: 6,
+            settled: false,
+        },
+        2,
+    );
+    u.completed(300 * MS);
+    for i in 0..20 {
+        u.filled(t0 + i * 50 * MS);
+        u.observe(&p, crowded, t0 + i * 50 * MS);
+    }
+    assert_eq!(u.value(), 3, "6 tasks asking for 2 allotments: 3");
 }
 
 #[test]
