@@ -77,6 +77,13 @@ pub struct LimitParams {
     pub cpu_wait_fall: f64,
 }
 
+impl LimitParams {
+    /// `level` within the fewest and the most tasks a worker may be limited to.
+    fn bound(&self, level: u32) -> u32 {
+        level.clamp(self.min, self.max.max(self.min))
+    }
+}
+
 impl Default for LimitParams {
     fn default() -> Self {
         Self {
@@ -236,40 +243,36 @@ pub struct Limit {
 impl Limit {
     /// A limit pinned at `slots`.
     pub fn pinned(slots: u32) -> Self {
-        Self::new(slots.max(1), Phase::Pinned)
+        Self::new(slots.max(1), Phase::Pinned, 1)
     }
 
     /// A new worker's limit with nothing learned: it starts at `start` (its vCPUs) and probes.
     pub fn probing(p: &LimitParams, start: u32) -> Self {
-        let value = start.clamp(p.min, p.max.max(p.min));
-        let phase = if value >= p.max {
-            Phase::Steady
-        } else {
-            Phase::Probing
-        };
-        Self {
-            cpu_floor: value,
-            ..Self::new(value, phase)
-        }
+        Self::probing_from(p, start, start)
     }
 
     /// A new worker's limit at a learned level: steady where a worker settled, probing on
     /// from a level a worker only rose to (never below `vcpus`).
     pub fn learned(p: &LimitParams, learned: Learned, vcpus: u32) -> Self {
         if learned.settled {
-            Self {
-                cpu_floor: vcpus.clamp(p.min, p.max.max(p.min)),
-                ..Self::new(learned.level.clamp(p.min, p.max.max(p.min)), Phase::Steady)
-            }
+            Self::new(p.bound(learned.level), Phase::Steady, p.bound(vcpus))
         } else {
-            Self {
-                cpu_floor: vcpus.clamp(p.min, p.max.max(p.min)),
-                ..Self::probing(p, learned.level.max(vcpus))
-            }
+            Self::probing_from(p, learned.level.max(vcpus), vcpus)
         }
     }
 
-    fn new(value: u32, phase: Phase) -> Self {
+    /// Probing from `start` on a worker of `vcpus` (the CPU fall's floor).
+    fn probing_from(p: &LimitParams, start: u32, vcpus: u32) -> Self {
+        let value = p.bound(start);
+        let phase = if value >= p.max {
+            Phase::Steady
+        } else {
+            Phase::Probing
+        };
+        Self::new(value, phase, p.bound(vcpus))
+    }
+
+    fn new(value: u32, phase: Phase, cpu_floor: u32) -> Self {
         Self {
             value,
             phase,
@@ -286,7 +289,7 @@ impl Limit {
             rose: false,
             typical: None,
             inflated_before: false,
-            cpu_floor: 1,
+            cpu_floor,
         }
     }
 
@@ -452,15 +455,12 @@ impl Limit {
             return None;
         }
         self.cpu_waiting_since = None;
-        // The fewest tasks whose demand still fills the CPU, rounded up: a level one short
-        // leaves part of the CPU idle and costs throughput (a whole task's share of it), one
-        // over only leaves a little waiting. Runtimes with threads of their own (a Node.js
-        // copy's garbage collector and compiler) ask for more than one vCPU per task, so two
-        // copies on two vCPUs wait and still finish half as many tasks again as one.
-        // And never below one task per vCPU: a runtime's own threads waiting (a Node.js
-        // copy's collector and compiler) read as demand too, and one sample's wait swings
-        // from nothing to twice the allotment, while a vCPU left without a task is certain
-        // loss. Memory and inflation still take it lower.
+        // The fewest tasks whose demand still fills the CPU, rounded up (a level one short
+        // leaves part of the CPU idle, one over only leaves a little waiting), and never
+        // below one task per vCPU: a runtime's own threads (a Node.js copy's collector and
+        // compiler) wait too and read as demand, one sample's wait swinging from nothing to
+        // twice the allotment, while a vCPU without a task is certain loss. Memory and
+        // inflation still take it lower.
         let demand = obs.demand();
         let fit = ((f64::from(obs.running) / demand).ceil() as u32).max(self.cpu_floor);
         if fit >= self.value {
@@ -483,7 +483,9 @@ impl Limit {
 
     /// Nothing presses on the limit and the sample covers its level: it may rise.
     fn rise(&mut self, p: &LimitParams, obs: &Observation, now: Instant) -> Option<Move> {
-        let covered = obs.youngest >= p.settle || self.at_level >= self.value;
+        // A whole generation of tasks has finished at this level.
+        let generation = self.at_level >= self.value;
+        let covered = obs.youngest >= p.settle || generation;
         if obs.running < self.value || !covered || self.window.since.is_none() {
             return None; // not running at its limit, or its newest tasks do not show yet
         }
@@ -537,7 +539,7 @@ impl Limit {
                 // take is known (the CPU they asked for, the memory of a task at its
                 // peak): the limit jumps toward the level that implies (the headroom),
                 // at most `max_jump` times; before that it doubles.
-                let growth = if self.at_level >= self.value && self.typical.is_some() {
+                let growth = if generation {
                     p.max_jump.max(p.max_growth)
                 } else {
                     p.max_growth

@@ -36,6 +36,18 @@ fn step(l: &mut Limit, p: &LimitParams, now: Instant, cpu_per_task: f64, mem_per
     )
 }
 
+/// Runs the worker at its limit for `n` samples of `sample`, 50 ms apart from `t0`, each
+/// after a fill. Returns what each moved.
+fn hold(l: &mut Limit, p: &LimitParams, t0: Instant, sample: Observation, n: u32) -> Vec<Option<Move>> {
+    (0..n)
+        .map(|i| {
+            let at = t0 + i * 50 * MS;
+            l.filled(at);
+            l.observe(p, sample, at)
+        })
+        .collect()
+}
+
 #[test]
 fn waiting_tasks_double_the_limit_up_to_the_cap() {
     let p = params();
@@ -203,10 +215,7 @@ fn tasks_waiting_for_a_cpu_for_a_whole_task_cut_the_limit_to_what_the_cpu_runs()
         wait: 0.5,
         ..obs(0.95, 0.05, 1)
     };
-    for i in 0..20 {
-        n.filled(t0);
-        assert_eq!(n.observe(&p, starting, t0 + i * 50 * MS), None);
-    }
+    assert!(hold(&mut n, &p, t0, starting, 20).iter().all(Option::is_none));
     assert_eq!(n.value(), 3);
     // Microsecond tasks: their rate loads the CPU, not the level; no fall however long
     // their threads wait on a busy host.
@@ -216,10 +225,7 @@ fn tasks_waiting_for_a_cpu_for_a_whole_task_cut_the_limit_to_what_the_cpu_runs()
         wait: 5.0,
         ..obs(1.0, 0.05, 8)
     };
-    for i in 0..20 {
-        q.filled(t0);
-        assert_eq!(q.observe(&p, flooded, t0 + i * 50 * MS), None);
-    }
+    assert!(hold(&mut q, &p, t0, flooded, 20).iter().all(Option::is_none));
     assert_eq!(q.value(), 8);
     // A little waiting (under a quarter of the allotment) is no fall.
     let mut m = Limit::learned(&p, settled(3), 2);
@@ -228,10 +234,7 @@ fn tasks_waiting_for_a_cpu_for_a_whole_task_cut_the_limit_to_what_the_cpu_runs()
         wait: 0.2,
         ..obs(1.0, 0.05, 3)
     };
-    for i in 0..20 {
-        m.filled(t0);
-        assert_eq!(m.observe(&p, some, t0 + i * 50 * MS), None);
-    }
+    assert!(hold(&mut m, &p, t0, some, 20).iter().all(Option::is_none));
     assert_eq!(m.value(), 3);
 }
 
@@ -266,10 +269,7 @@ fn waiting_runtime_threads_never_take_the_limit_below_its_vcpus() {
         wait: 1.0,
         ..obs(1.0, 0.05, 6)
     };
-    for i in 0..20 {
-        l.filled(t0 + i * 50 * MS);
-        l.observe(&p, crowded, t0 + i * 50 * MS);
-    }
+    hold(&mut l, &p, t0, crowded, 20);
     assert_eq!(l.value(), 3, "6 tasks asking for 2 allotments: 3");
     // From a level a worker only rose to, the floor is still the vCPUs, not that level.
     let mut u = Limit::learned(
@@ -281,10 +281,7 @@ fn waiting_runtime_threads_never_take_the_limit_below_its_vcpus() {
         2,
     );
     u.completed(300 * MS);
-    for i in 0..20 {
-        u.filled(t0 + i * 50 * MS);
-        u.observe(&p, crowded, t0 + i * 50 * MS);
-    }
+    hold(&mut u, &p, t0, crowded, 20);
     assert_eq!(u.value(), 3, "6 tasks asking for 2 allotments: 3");
 }
 
