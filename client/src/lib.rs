@@ -140,7 +140,7 @@ impl Client {
         timeout: Option<std::time::Duration>,
     ) -> pb::SubmitRequest {
         pb::SubmitRequest {
-            timeout_ms: timeout.map_or(0, |t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
+            timeout_ms: millis(timeout),
             ..submit_request(function, input.into())
         }
     }
@@ -188,10 +188,30 @@ impl Client {
     where
         S: Stream<Item = Bytes> + Send + 'static,
     {
+        self.map_with(function, inputs, MapOptions::default()).await
+    }
+
+    /// [`Client::map`] with options for the whole call (a budget in dollars).
+    pub async fn map_with<S>(
+        &self,
+        function: &str,
+        inputs: S,
+        options: MapOptions,
+    ) -> Result<impl Stream<Item = Result<MapResponse>> + use<S>>
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
         let function = function.to_owned();
         let requests = inputs.enumerate().map(move |(i, bytes)| pb::MapRequest {
-            // The first message names the function; the rest inherit it.
+            // The first message names the function and carries the call's options; the
+            // rest inherit them.
             function: if i == 0 { function.clone() } else { String::new() },
+            budget_usd: if i == 0 {
+                options.budget_usd.unwrap_or(0.0)
+            } else {
+                0.0
+            },
+            deadline_ms: if i == 0 { millis(options.deadline) } else { 0 },
             input: Some(binary_or_text(bytes)),
             seq: i as u64,
             ..Default::default()
@@ -217,6 +237,22 @@ impl Client {
             .await?
             .into_inner())
     }
+}
+
+/// What a Map call may carry besides its tasks.
+#[derive(Clone, Debug, Default)]
+pub struct MapOptions {
+    /// The most the call's tasks may cost, US dollars: past it the coordinator cancels the
+    /// call's pending tasks and rejects new ones with `RESOURCE_EXHAUSTED`.
+    pub budget_usd: Option<f64>,
+    /// Finish every task within this of the call's start: a task that cannot, by what the
+    /// coordinator has measured, is rejected with `FAILED_PRECONDITION`.
+    pub deadline: Option<std::time::Duration>,
+}
+
+/// A duration as the whole milliseconds a request carries (at least 1; `None`: 0, none).
+pub fn millis(d: Option<std::time::Duration>) -> u64 {
+    d.map_or(0, |t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64)
 }
 
 fn submit_request(function: &str, input: Bytes) -> pb::SubmitRequest {

@@ -27,6 +27,11 @@ pub struct LambdaTarget {
     /// Invoke attempts per spawn (throttling and transient errors are retried, with
     /// exponential backoff and jitter; a function error or a client error is not).
     pub invoke_attempts: u32,
+    /// The alias or version each memory size is invoked with (`--lambda-size SIZE=QUALIFIER`).
+    pub sizes: Vec<(u32, String)>,
+    /// Publish a version per size of `--memory-sizes` at start, reusing one published before
+    /// for the same code and configuration (`--lambda-publish-sizes`).
+    pub publish_sizes: bool,
 }
 
 impl Default for LambdaTarget {
@@ -35,6 +40,8 @@ impl Default for LambdaTarget {
             function_name: String::new(),
             qualifier: None,
             invoke_attempts: DEFAULT_INVOKE_ATTEMPTS,
+            sizes: Vec::new(),
+            publish_sizes: false,
         }
     }
 }

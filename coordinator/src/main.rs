@@ -108,6 +108,16 @@ struct Cli {
     /// The alias or version of --lambda-function to invoke [default: $LATEST].
     #[arg(long, env = "CARPOOL_LAMBDA_QUALIFIER")]
     lambda_qualifier: Option<String>,
+    /// The alias or version of --lambda-function that serves a memory size of
+    /// --memory-sizes, as SIZE=QUALIFIER (repeat, or separate with commas), e.g.
+    /// `1024=small,4096=large`. Several sizes need one each (or --lambda-publish-sizes).
+    #[arg(long = "lambda-size", env = "CARPOOL_LAMBDA_SIZES", value_delimiter = ',', value_parser = parse_lambda_size)]
+    lambda_sizes: Vec<(u32, String)>,
+    /// Publish a version of --lambda-function per size of --memory-sizes at start
+    /// (UpdateFunctionConfiguration, then PublishVersion; $LATEST's memory is put back), and
+    /// reuse one published before for the same size, code, timeout and environment.
+    #[arg(long, env = "CARPOOL_LAMBDA_PUBLISH_SIZES", conflicts_with_all = ["lambda_sizes", "lambda_qualifier"])]
+    lambda_publish_sizes: bool,
     /// Invoke attempts per spawn: throttling and Lambda service errors are retried with
     /// exponential backoff and jitter; a function or client error is not.
     #[arg(long, env = "CARPOOL_LAMBDA_INVOKE_ATTEMPTS", default_value_t = carpool_coordinator::config::DEFAULT_INVOKE_ATTEMPTS)]
@@ -146,6 +156,8 @@ impl Cli {
             if self.lambda_invoke_attempts == 0 {
                 return Err("--lambda-invoke-attempts must be at least 1".into());
             }
+        } else if self.lambda_publish_sizes || !self.lambda_sizes.is_empty() {
+            return Err("--lambda-size and --lambda-publish-sizes need --spawner lambda".into());
         }
         if let Some(url) = &self.advertise_url
             && !carpool_proto::is_http_url(url)
@@ -246,9 +258,27 @@ impl Cli {
                 function_name: self.lambda_function.unwrap_or_default(),
                 qualifier: self.lambda_qualifier,
                 invoke_attempts: self.lambda_invoke_attempts,
+                sizes: self.lambda_sizes,
+                publish_sizes: self.lambda_publish_sizes,
             },
         })
     }
+}
+
+/// One `--lambda-size` pair: `SIZE=QUALIFIER`.
+fn parse_lambda_size(s: &str) -> Result<(u32, String), String> {
+    let (size, qualifier) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected SIZE=QUALIFIER (e.g. 1024=small), got {s:?}"))?;
+    let size = size
+        .trim()
+        .parse::<u32>()
+        .map_err(|e| format!("the size in {s:?} is not a number of MB: {e}"))?;
+    let qualifier = qualifier.trim();
+    if qualifier.is_empty() || qualifier.len() > 128 {
+        return Err(format!("the qualifier in {s:?} must be 1 to 128 characters"));
+    }
+    Ok((size, qualifier.to_owned()))
 }
 
 /// Raises the soft limit on open files to the hard one: every connection is a descriptor,

@@ -119,7 +119,8 @@ pub struct Fleet {
     pub memory_mb: u32,
     /// Memory sizes (MB) carpool may choose from per function, e.g. "1024,2048,4096": each
     /// new worker gets the size whose measured cost per task is least (each size is tried
-    /// once first) [default: --memory-mb alone]. Local workers only.
+    /// once first) [default: --memory-mb alone]. On Lambda each size needs a qualifier
+    /// (--lambda-size, or --lambda-publish-sizes).
     #[cfg_attr(
         feature = "cli",
         arg(long, env = "CARPOOL_MEMORY_SIZES", value_delimiter = ',')
@@ -350,9 +351,9 @@ impl Fleet {
                 &flag,
             )?;
         }
-        if self.sizes().len() > 1 && self.spawner != SpawnerKind::Local {
+        if self.sizes().len() > 1 && self.spawner == SpawnerKind::External {
             return Err(
-                "--memory-sizes with more than one size needs --spawner local (a Lambda target per size is not supported yet)"
+                "--memory-sizes with more than one size needs a spawner that starts workers (--spawner local or lambda)"
                     .into(),
             );
         }

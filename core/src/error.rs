@@ -54,6 +54,9 @@ pub enum Error {
     /// A worker with this id is already connected.
     #[error("worker {0} is already connected")]
     WorkerExists(String),
+    /// A submission's deadline cannot be met, by what is measured of its function.
+    #[error("{0}")]
+    DeadlineUnreachable(String),
     /// The pending pool is at `--max-pending`.
     #[error("the pool is full: {0} tasks pending (--max-pending); retry later")]
     PoolFull(u64),
@@ -131,7 +134,9 @@ impl Error {
             | Error::InvalidHello(_)
             | Error::InvalidSample(..)
             | Error::ResultForUnknownTask(..) => Kind::Invalid,
-            Error::ResultNotHeld(..) | Error::ResultEvicted(..) => Kind::Precondition,
+            Error::ResultNotHeld(..) | Error::ResultEvicted(..) | Error::DeadlineUnreachable(_) => {
+                Kind::Precondition
+            }
             Error::PayloadTooLarge { .. }
             | Error::KeyTooLong(..)
             | Error::TooManyIds(..)

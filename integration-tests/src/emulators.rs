@@ -7,7 +7,6 @@
 //! Installed by `./scripts/test` and named by CARPOOL_MOTO_SERVER, CARPOOL_CARGO_LAMBDA,
 //! CARPOOL_LAMBDA_RIE, CARPOOL_PODMAN and CARPOOL_PYTHON.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -260,12 +259,20 @@ impl LambdaMoto {
 
     /// Every Invoke moto has seen, in order.
     pub fn invocations(&self) -> Vec<Value> {
-        BufReader::new(self.helper(&["invocations", &self.0.url]).as_bytes())
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str(&l).ok())
-            .collect()
+        json_lines(&self.helper(&["invocations", &self.0.url]))
     }
+
+    /// `FUNCTION`'s versions, `$LATEST` first: `{"version", "memory", "description"}` each.
+    pub fn versions(&self) -> Vec<Value> {
+        json_lines(&self.helper(&["versions", &self.0.url, FUNCTION]))
+    }
+}
+
+/// The JSON objects of `text`, one a line.
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// A container of the worker image, removed (`podman rm -f`) when dropped.

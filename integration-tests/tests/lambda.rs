@@ -504,3 +504,96 @@ async fn the_worker_image_runs_as_a_lambda_function_and_as_a_plain_worker() {
         container.log()
     );
 }
+
+/// The first invoke moto recorded for `FUNCTION`, once there is one.
+async fn first_invoke(moto: &LambdaMoto) -> Value {
+    eventually("an invoke of the worker function", || async {
+        moto.invocations().into_iter().find(|c| c["function"] == FUNCTION)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn each_memory_size_is_a_version_carpool_publishes_once_or_an_alias_the_user_names() {
+    let moto = LambdaMoto::start();
+    moto.create_function(); // at 2048 MB
+    let sizes = ["--memory-sizes", "1024,4096", "--start-timeout", "30s"];
+    let mut publish = lambda_args(FUNCTION, "1", &sizes);
+    publish.push("--lambda-publish-sizes");
+
+    // carpool publishes a version per size, puts $LATEST's memory back, and invokes the
+    // first worker (the smallest size is tried first) by its version.
+    let coord = start_coordinator(&moto.0.url, &publish);
+    let client = coord.client().await;
+    client.submit("echo", "1").await.expect("submit");
+    let call = first_invoke(&moto).await;
+    let versions = moto.versions();
+    let of = |mb: u64| -> Vec<String> {
+        versions
+            .iter()
+            .filter(|v| v["version"] != "$LATEST" && v["memory"].as_u64() == Some(mb))
+            .map(|v| v["version"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(of(1024).len(), 1, "{versions:?}");
+    assert_eq!(of(4096).len(), 1, "{versions:?}");
+    assert_eq!(versions[0]["version"], "$LATEST", "{versions:?}");
+    assert_eq!(
+        versions[0]["memory"], 2048,
+        "$LATEST's memory is put back: {versions:?}"
+    );
+    assert!(
+        versions.iter().skip(1).all(|v| v["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("carpool worker, "))),
+        "{versions:?}"
+    );
+    assert_eq!(call["qualifier"].as_str(), Some(of(1024)[0].as_str()), "{call}");
+    drop(client);
+    drop(coord);
+
+    // A restart (or the standby taking over) reuses the versions: nothing new is published,
+    // and the next worker is invoked by the same version.
+    let before = moto.invocations().len();
+    let coord = start_coordinator(&moto.0.url, &publish);
+    let client = coord.client().await;
+    client.submit("echo", "2").await.expect("submit");
+    let call = eventually("an invoke after the restart", || async {
+        let calls = moto.invocations();
+        (calls.len() > before).then(|| calls[before].clone())
+    })
+    .await;
+    assert_eq!(moto.versions().len(), versions.len(), "{:?}", moto.versions());
+    assert_eq!(call["qualifier"].as_str(), Some(of(1024)[0].as_str()), "{call}");
+    drop(client);
+    drop(coord);
+
+    // Aliases the user made: each size is invoked by its own.
+    let moto = LambdaMoto::start();
+    moto.create_function();
+    let mut named = lambda_args(FUNCTION, "1", &sizes);
+    named.extend(["--lambda-size", "1024=small,4096=large"]);
+    let coord = start_coordinator(&moto.0.url, &named);
+    let client = coord.client().await;
+    client.submit("echo", "1").await.expect("submit");
+    assert_eq!(first_invoke(&moto).await["qualifier"], "small");
+    drop(coord);
+
+    // A size with no way to reach it is refused at start, with the flag to pass.
+    let mut missing = lambda_args(FUNCTION, "1", &sizes);
+    missing.extend(["--lambda-size", "1024=small", "--listen", "127.0.0.1:0"]);
+    let out = std::process::Command::new(carpool_integration_tests::bin("carpool-coordinator"))
+        .args(&missing)
+        .envs(carpool_integration_tests::emulators::aws_env(
+            "AWS_ENDPOINT_URL_LAMBDA",
+            &moto.0.url,
+        ))
+        .output()
+        .expect("run the coordinator");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a size without a qualifier was accepted");
+    assert!(
+        stderr.contains("4096 MB has none") && stderr.contains("--lambda-publish-sizes"),
+        "{stderr}"
+    );
+}

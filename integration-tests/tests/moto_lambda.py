@@ -4,13 +4,17 @@
   moto_lambda.py setup URL FUNCTION   turn Docker off (moto then accepts every Invoke, even of an
                                       unknown function), create a role and FUNCTION
   moto_lambda.py invocations URL      print each recorded Invoke as one JSON line:
-                                      {"function", "invocation_type", "event"}
+                                      {"function", "qualifier", "invocation_type", "event"}
+  moto_lambda.py versions URL FUNCTION
+                                      print each version of FUNCTION as one JSON line:
+                                      {"version", "memory", "description"}
 """
 
 import base64
 import io
 import json
 import sys
+import urllib.parse
 import urllib.request
 import zipfile
 
@@ -36,6 +40,17 @@ def setup(url, function):
         Code={"ZipFile": code.getvalue()}, MemorySize=2048, Timeout=900)
 
 
+def client(url):
+    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def versions(url, function):
+    for v in client(url).list_versions_by_function(FunctionName=function)["Versions"]:
+        print(json.dumps({"version": v["Version"], "memory": v.get("MemorySize"),
+                          "description": v.get("Description", "")}))
+
+
 def invocations(url):
     with urllib.request.urlopen(url + "/moto-api/recorder/download-recording", timeout=30) as r:
         lines = r.read().decode().splitlines()
@@ -52,6 +67,7 @@ def invocations(url):
         headers = {k.lower(): v for k, v in rec.get("headers", {}).items()}
         print(json.dumps({
             "function": path.split("/functions/")[1].split("/")[0],
+            "qualifier": urllib.parse.parse_qs(urllib.parse.urlparse(path).query).get("Qualifier", [None])[0],
             "invocation_type": headers.get("x-amz-invocation-type", ""),
             "sdk_request": headers.get("amz-sdk-request", ""),
             "event": json.loads(body) if body else None,
@@ -65,5 +81,7 @@ if __name__ == "__main__":
         setup(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "invocations":
         invocations(sys.argv[2])
+    elif sys.argv[1] == "versions":
+        versions(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: moto_lambda.py record URL | setup URL FUNCTION | invocations URL")
+        sys.exit("usage: moto_lambda.py record URL | setup URL FUNCTION | invocations URL | versions URL FUNCTION")

@@ -1,7 +1,8 @@
 //! carpool chooses each function's memory size (`--memory-sizes`) through the real binaries:
 //! every size offered is tried, a waiting batch then goes to the small size (the same work
 //! at four times the memory costs four times as much per task), and what each size cost
-//! survives a restart with a state directory.
+//! survives a restart with a state directory. Also the goals a batch may carry: a Map call's
+//! budget in dollars, and a deadline that cannot be met refused at once.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -94,12 +95,39 @@ async fn a_waiting_batch_goes_to_the_small_size_and_the_choice_survives_a_restar
 }
 
 #[tokio::test]
-async fn more_than_one_size_needs_local_workers_and_sizes_in_range() {
+async fn more_than_one_size_needs_a_spawner_and_sizes_in_range() {
     for (args, says) in [
         (&["--memory-sizes", "1024,64"][..], "--memory-sizes 64"),
         (
             &["--memory-sizes", "1024,2048", "--spawner", "external"][..],
-            "needs --spawner local",
+            "needs a spawner that starts workers",
+        ),
+        (
+            &["--memory-sizes", "1024,2048", "--lambda-size", "1024=small"][..],
+            "need --spawner lambda",
+        ),
+        (
+            &[
+                "--spawner",
+                "lambda",
+                "--lambda-function",
+                "f",
+                "--lambda-size",
+                "1024",
+            ][..],
+            "expected SIZE=QUALIFIER",
+        ),
+        (
+            &[
+                "--spawner",
+                "lambda",
+                "--lambda-function",
+                "f",
+                "--lambda-publish-sizes",
+                "--lambda-qualifier",
+                "live",
+            ][..],
+            "cannot be used with",
         ),
     ] {
         let out = std::process::Command::new(carpool_integration_tests::bin("carpool-coordinator"))
@@ -111,4 +139,140 @@ async fn more_than_one_size_needs_local_workers_and_sizes_in_range() {
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_map_call_stops_at_its_budget_with_a_precise_status() {
+    use carpool_client::MapOptions;
+    let coord = Coordinator::start(&["--slots", "1", "--max-workers", "1"]);
+    let client = coord.client().await;
+
+    // A budget that is not a positive number of dollars is refused with its item.
+    let one = futures::stream::iter([Bytes::from("1")]);
+    let bad = MapOptions {
+        budget_usd: Some(-1.0),
+        ..MapOptions::default()
+    };
+    let answers: Vec<_> = client
+        .map_with("sleep", one, bad)
+        .await
+        .expect("map")
+        .collect()
+        .await;
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let answer = answers[0].as_ref().expect("an answer");
+    assert_eq!(
+        answer.rejected_code,
+        tonic::Code::InvalidArgument as i32,
+        "{answer:?}"
+    );
+    assert!(answer.rejected.contains("budget_usd"), "{answer:?}");
+
+    // One worker running one task at a time, 30 tasks of 200 ms, and a budget the first
+    // result spends: the tasks still pending come back CANCELLED with the budget.
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    for _ in 0..30 {
+        tx.unbounded_send(Bytes::from("200")).expect("queue an input");
+    }
+    let tiny = MapOptions {
+        budget_usd: Some(1e-12),
+        ..MapOptions::default()
+    };
+    let mut results = client.map_with("sleep", rx, tiny).await.expect("map");
+    let (mut succeeded, mut cancelled) = (0, 0);
+    for _ in 0..30 {
+        let r = results.next().await.expect("a response").expect("map response");
+        let res = r
+            .result
+            .clone()
+            .unwrap_or_else(|| panic!("a result, not a rejection: {r:?}"));
+        match res.state() {
+            TaskState::Succeeded => {
+                assert!(
+                    res.billed_gb_s > 0.0,
+                    "a result carries its estimated bill: {res:?}"
+                );
+                succeeded += 1;
+            }
+            TaskState::Cancelled => {
+                assert!(res.error.contains("budget of $"), "{res:?}");
+                cancelled += 1;
+            }
+            other => panic!("{other:?}: {res:?}"),
+        }
+    }
+    assert!(
+        (1..=5).contains(&succeeded),
+        "only what ran before the budget was spent: {succeeded}"
+    );
+    assert_eq!(succeeded + cancelled, 30);
+
+    // A submission after that is refused with RESOURCE_EXHAUSTED; the call goes on.
+    tx.unbounded_send(Bytes::from("1")).expect("queue an input");
+    let r = results.next().await.expect("a response").expect("map response");
+    assert_eq!(r.rejected_code, tonic::Code::ResourceExhausted as i32, "{r:?}");
+    assert!(r.rejected.contains("budget of $"), "{r:?}");
+    drop(tx);
+    assert!(
+        results.next().await.is_none(),
+        "the call ends once the input does"
+    );
+    let stats = function_stats(&client, "sleep").await;
+    assert_eq!(stats.pending, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_deadline_that_cannot_be_met_is_refused_at_once_with_why() {
+    use carpool_client::MapOptions;
+    let coord = Coordinator::start(&["--slots", "1", "--max-workers", "1"]);
+    let client = coord.client().await;
+    // Nothing measured yet: nothing is refused.
+    let mut first = Client::request("sleep", Bytes::from("300"), None);
+    first.deadline_ms = 1;
+    let r = client
+        .run_request(first)
+        .await
+        .expect("a first task with nothing measured");
+    assert_eq!(r.state(), TaskState::Succeeded, "{r:?}");
+    // What the function's tasks take is now measured (300 ms, one at a time on one worker).
+    sleeps(&client, 3, "300").await;
+
+    // 20 tasks of 300 ms on one worker of one slot, all within a second: the first few
+    // are accepted, the rest refused at once, each saying why.
+    let inputs = futures::stream::iter((0..20).map(|_| Bytes::from("300")));
+    let options = MapOptions {
+        deadline: Some(std::time::Duration::from_secs(1)),
+        ..MapOptions::default()
+    };
+    let answers: Vec<pb::MapResponse> = client
+        .map_with("sleep", inputs, options)
+        .await
+        .expect("map")
+        .map(|r| r.expect("map response"))
+        .collect()
+        .await;
+    assert_eq!(answers.len(), 20);
+    let (accepted, refused): (Vec<_>, Vec<_>) = answers.iter().partition(|a| a.result.is_some());
+    assert!((1..=4).contains(&accepted.len()), "{answers:?}");
+    for a in &accepted {
+        assert_eq!(
+            a.result.as_ref().map(|r| r.state()),
+            Some(TaskState::Succeeded),
+            "{a:?}"
+        );
+    }
+    for a in &refused {
+        assert_eq!(a.rejected_code, tonic::Code::FailedPrecondition as i32, "{a:?}");
+        assert!(
+            a.rejected.contains("the deadline of") && a.rejected.contains("cannot be met"),
+            "{a:?}"
+        );
+    }
+    // A deadline it can meet is accepted.
+    let mut easy = Client::request("sleep", Bytes::from("300"), None);
+    easy.deadline_ms = 60_000;
+    assert_eq!(
+        client.run_request(easy).await.expect("run").state(),
+        TaskState::Succeeded
+    );
 }

@@ -69,6 +69,10 @@ enum Command {
         /// Longest one attempt may run, e.g. "30s" [default: the coordinator's].
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// Finish within this, e.g. "10s": refused at once (FAILED_PRECONDITION) when what
+        /// the coordinator has measured says it cannot [default: none].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        deadline: Option<std::time::Duration>,
     },
     /// Submit one task, wait, and print its result as JSON.
     Run {
@@ -80,6 +84,10 @@ enum Command {
         /// Longest one attempt may run, e.g. "30s" [default: the coordinator's].
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// Finish within this, e.g. "10s": refused at once (FAILED_PRECONDITION) when what
+        /// the coordinator has measured says it cannot [default: none].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        deadline: Option<std::time::Duration>,
     },
     /// Print a task's state, attempts, worker and result as JSON.
     Get {
@@ -99,6 +107,14 @@ enum Command {
         /// Read payloads from this file instead of stdin.
         #[arg(long)]
         input: Option<PathBuf>,
+        /// The most these tasks may cost, in US dollars (their estimated bill at Lambda's
+        /// price): past it the coordinator cancels the pending ones and refuses the rest.
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        /// Finish them all within this of the start, e.g. "60s": a task that cannot, by
+        /// what the coordinator has measured, is refused at once (FAILED_PRECONDITION).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        deadline: Option<std::time::Duration>,
     },
     /// List workers.
     Workers {
@@ -158,8 +174,10 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             function,
             payload,
             timeout,
+            deadline,
         } => {
-            let request = carpool_client::Client::request(&function, read_payload(payload)?, timeout);
+            let mut request = carpool_client::Client::request(&function, read_payload(payload)?, timeout);
+            request.deadline_ms = carpool_client::millis(deadline);
             let id = client.submit_request(request).await.map_err(e)?;
             println!("{id}");
         }
@@ -167,8 +185,10 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             function,
             payload,
             timeout,
+            deadline,
         } => {
-            let request = carpool_client::Client::request(&function, read_payload(payload)?, timeout);
+            let mut request = carpool_client::Client::request(&function, read_payload(payload)?, timeout);
+            request.deadline_ms = carpool_client::millis(deadline);
             let r = client.run_request(request).await.map_err(e)?;
             println!("{}", render::result_json(&r));
             if r.state() != carpool_client::TaskState::Succeeded {
@@ -180,7 +200,15 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             let state = client.cancel(task_id).await.map_err(e)?;
             println!("{}", render::state_name(state));
         }
-        Command::Map { function, input } => return map(&client, &function, input).await,
+        Command::Map {
+            function,
+            input,
+            budget_usd,
+            deadline,
+        } => {
+            let options = carpool_client::MapOptions { budget_usd, deadline };
+            return map(&client, &function, input, options).await;
+        }
         Command::Workers { function } => print!(
             "{}",
             render::workers_table(&client.workers(&function).await.map_err(e)?)
@@ -204,7 +232,12 @@ fn read_payload(arg: String) -> Result<Bytes, String> {
     }
 }
 
-async fn map(client: &Client, function: &str, input: Option<PathBuf>) -> Result<ExitCode, String> {
+async fn map(
+    client: &Client,
+    function: &str,
+    input: Option<PathBuf>,
+    options: carpool_client::MapOptions,
+) -> Result<ExitCode, String> {
     let lines: Vec<Bytes> = match &input {
         Some(path) => {
             let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -215,7 +248,7 @@ async fn map(client: &Client, function: &str, input: Option<PathBuf>) -> Result<
     let bar = ProgressBar::new(lines.len() as u64);
     let total = lines.len();
     let mut results = client
-        .map(function, futures::stream::iter(lines))
+        .map_with(function, futures::stream::iter(lines), options)
         .await
         .map_err(|e| e.to_string())?;
     let mut failed = 0usize;

@@ -22,6 +22,7 @@ pub(crate) fn result_json(r: &pb::TaskResult) -> Value {
         "attempts": r.attempts,
         "started_unix_ms": r.started_unix_ms,
         "finished_unix_ms": r.finished_unix_ms,
+        "billed_gb_s": r.billed_gb_s,
     });
     if r.state() == pb::TaskState::Succeeded {
         v["output"] = payload_json(r.output.as_ref());

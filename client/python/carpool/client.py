@@ -41,6 +41,7 @@ class Result:
     started_unix_ms: int
     finished_unix_ms: int
     seq: Optional[int] = None  # the input's position, for map()
+    billed_gb_s: float = 0.0  # its estimated share of the bill, GB-seconds
 
     @property
     def ok(self) -> bool:
@@ -107,6 +108,7 @@ def _result(r, seq: Optional[int] = None) -> Result:
         started_unix_ms=r.started_unix_ms,
         finished_unix_ms=r.finished_unix_ms,
         seq=seq,
+        billed_gb_s=r.billed_gb_s,
     )
 
 
@@ -188,15 +190,32 @@ class Client:
         """Cancels a task; returns its state afterwards."""
         return _state(self._call(self._tasks.Cancel, pb.CancelRequest(task_id=task_id)).state)
 
-    def map(self, function: str, payloads: Iterable[Payload]) -> Iterator[Result]:
+    def map(
+        self,
+        function: str,
+        payloads: Iterable[Payload],
+        budget_usd: float = 0.0,
+        deadline_s: float = 0.0,
+    ) -> Iterator[Result]:
         """Runs every payload as a task over one streaming call; yields results as they
         finish, each with `seq`, its payload's position. A rejected submission raises
         CarpoolError with the code Submit would have answered (INVALID_ARGUMENT,
-        RESOURCE_EXHAUSTED...) when its answer arrives."""
+        RESOURCE_EXHAUSTED...) when its answer arrives. With `budget_usd`, once the
+        results' estimated bill reaches it the pending tasks come back CANCELLED and the
+        rest are rejected with RESOURCE_EXHAUSTED. With `deadline_s`, a payload that cannot
+        finish within that many seconds of the call's start, by what the coordinator has
+        measured, is rejected with FAILED_PRECONDITION."""
 
         def requests():
             for i, p in enumerate(payloads):
-                yield pb.MapRequest(function=function if i == 0 else "", input=_payload(p), seq=i)
+                first = i == 0
+                yield pb.MapRequest(
+                    function=function if first else "",
+                    input=_payload(p),
+                    seq=i,
+                    budget_usd=budget_usd if first else 0.0,
+                    deadline_ms=int(deadline_s * 1000) if first else 0,
+                )
 
         try:
             for response in self._tasks.Map(requests(), timeout=self._timeout, metadata=self._metadata):

@@ -40,6 +40,14 @@ def test_map_returns_every_result_once(client):
         assert json.loads(r.output) == {"i": r.seq}
 
 
+def test_a_spent_budget_cancels_the_rest_of_a_map_call(client):
+    results = list(client.map("sleep", ["100"] * 20, budget_usd=1e-12))
+    assert len(results) == 20
+    assert any(r.ok and r.billed_gb_s > 0 for r in results), results
+    cancelled = [r for r in results if r.state == "CANCELLED"]
+    assert cancelled and all("budget of $" in r.error for r in cancelled), results
+
+
 def test_run_and_get(client):
     r = client.run("sleep", "50")
     assert r.state == "SUCCEEDED"

@@ -7,6 +7,10 @@
 //! Watch for as many as its distinct ids (at most 10,000), a Map for at most
 //! [`MAP_IN_FLIGHT`] submissions in flight (past it, the call reads no more submissions
 //! until results are taken).
+//!
+//! A Map call may carry a budget in dollars ([`Budget`]): its results' estimated bill is
+//! summed as they are sent; once it reaches the budget, the call's pending tasks are ended
+//! and later submissions refused.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +23,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::peer::from_peer;
 use crate::driver::{Accepting, Completion, Driver};
@@ -54,11 +58,65 @@ fn submission(function: String, input: Option<pb::Payload>, timeout_ms: u64, key
     }
 }
 
+/// A deadline in milliseconds (0: none).
+fn deadline(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+/// A Map call's budget (`MapRequest.budget_usd`): what its results have cost so far,
+/// against what they may.
+#[derive(Debug)]
+struct Budget {
+    /// The most the call may cost, US dollars.
+    limit_usd: f64,
+    /// What its results sent so far are estimated to have cost.
+    spent_usd: f64,
+}
+
+impl Budget {
+    /// The budget a submission sets, or why it is refused (`INVALID_ARGUMENT`).
+    fn new(usd: f64) -> std::result::Result<Self, Status> {
+        if usd.is_finite() && usd > 0.0 {
+            Ok(Self {
+                limit_usd: usd,
+                spent_usd: 0.0,
+            })
+        } else {
+            Err(Status::invalid_argument(format!(
+                "budget_usd must be a positive, finite number of US dollars, got {usd}"
+            )))
+        }
+    }
+
+    fn is_spent(&self) -> bool {
+        self.spent_usd >= self.limit_usd
+    }
+
+    /// Adds a result's estimated bill; true if that spent the budget.
+    fn add(&mut self, result: &pb::TaskResult) -> bool {
+        let before = self.is_spent();
+        self.spent_usd += result.billed_gb_s * crate::billing::PRICE_PER_GB_SECOND;
+        !before && self.is_spent()
+    }
+
+    /// Why the call dispatches nothing more (a pending task's error, a submission's
+    /// `RESOURCE_EXHAUSTED`).
+    fn reason(&self) -> String {
+        format!(
+            "the Map call's budget of ${:.6} is spent (its results so far are estimated at ${:.6})",
+            self.limit_usd, self.spent_usd
+        )
+    }
+}
+
 /// A Map submission's journal write, tagged with its `seq`.
 type TaggedWriting = Pin<Box<dyn Future<Output = (u64, Result<TaskId>)> + Send>>;
 
 async fn accept(driver: &Driver, req: pb::SubmitRequest, waiter: Option<Waiter>) -> Result<u64> {
-    let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
+    let sub = Submission {
+        deadline: deadline(req.deadline_ms),
+        ..submission(req.function, req.input, req.timeout_ms, req.idempotency_key)
+    };
     driver.submit_and_wait(sub, waiter).await
 }
 
@@ -162,6 +220,10 @@ async fn serve_map(
     let (guard, mut done_rx) = driver.waiter(MAP_IN_FLIGHT);
     let mut writes: FuturesUnordered<TaggedWriting> = FuturesUnordered::new();
     let mut default_function = String::new();
+    let mut budget: Option<Budget> = None;
+    // The call's deadline, from its start (`MapRequest.deadline_ms`).
+    let started = std::time::Instant::now();
+    let mut call_deadline: Option<std::time::Instant> = None;
     let mut outstanding: usize = 0;
     let mut inbound_open = true;
     let mut ending: Option<Status> = None;
@@ -179,8 +241,31 @@ async fn serve_map(
                         default_function.clone_from(&req.function);
                     }
                     let seq = req.seq;
+                    if req.budget_usd != 0.0 && budget.is_none() {
+                        match Budget::new(req.budget_usd) {
+                            Ok(b) => budget = Some(b),
+                            Err(status) => {
+                                if out.send(Ok(rejected(seq, status))).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(b) = budget.as_ref().filter(|b| b.is_spent()) {
+                        if out.send(Ok(rejected(seq, Status::resource_exhausted(b.reason())))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    if call_deadline.is_none() && req.deadline_ms > 0 {
+                        call_deadline = Some(started + Duration::from_millis(req.deadline_ms));
+                    }
                     let waiter = Waiter { id: guard.id, tag: seq };
-                    let sub = submission(req.function, req.input, req.timeout_ms, req.idempotency_key);
+                    let sub = Submission {
+                        deadline: call_deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())),
+                        ..submission(req.function, req.input, req.timeout_ms, req.idempotency_key)
+                    };
                     match driver.submit(sub, Some(waiter)) {
                         Ok(Accepting::Done(_)) => {
                             outstanding += 1;
@@ -229,7 +314,17 @@ async fn serve_map(
             Some(c) = done_rx.recv() => {
                 outstanding -= 1;
                 match c.result {
-                    Ok(result) => pb::MapResponse { seq: c.tag, result: Some(result.as_ref().clone()), ..Default::default() },
+                    Ok(result) => {
+                        if let Some(b) = budget.as_mut()
+                            && b.add(&result)
+                        {
+                            let reason = b.reason();
+                            info!(waiter = guard.id.0, reason, "a Map call's budget is spent");
+                            // The stopped tasks' results come back on this call as CANCELLED.
+                            let _ = driver.handle(Event::StopPending { waiter: guard.id, reason });
+                        }
+                        pb::MapResponse { seq: c.tag, result: Some(result.as_ref().clone()), ..Default::default() }
+                    }
                     Err(status) => rejected(c.tag, status),
                 }
             }

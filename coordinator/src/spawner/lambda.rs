@@ -14,6 +14,7 @@
 //!   backoff. A worker that was invoked but never says hello is written off after
 //!   `--start-timeout` by the state's sweep.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -52,6 +53,9 @@ pub(crate) struct LambdaSpawner {
     client: Client,
     /// The function (and qualifier) whose invocations are the workers.
     target: LambdaTarget,
+    /// The qualifier each memory size is invoked with (`--lambda-size`,
+    /// `--lambda-publish-sizes`); a size without one uses the target's.
+    qualifiers: BTreeMap<u32, String>,
     /// The URL the workers dial, carried in each event.
     coordinator_url: String,
     /// The worker token, carried in each event.
@@ -101,10 +105,13 @@ impl LambdaSpawner {
         let lambda_config = aws_sdk_lambda::config::Builder::from(&sdk)
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .build();
-        info!(function = %target.function_name, qualifier = ?target.qualifier, url = %coordinator_url, "lambda spawner ready");
+        let client = Client::from_conf(lambda_config);
+        let qualifiers = super::versions::qualifiers(&client, &target, &config.fleet.sizes()).await?;
+        info!(function = %target.function_name, qualifier = ?target.qualifier, sizes = ?qualifiers, url = %coordinator_url, "lambda spawner ready");
         Ok(Self {
-            client: Client::from_conf(lambda_config),
+            client,
             target,
+            qualifiers,
             coordinator_url,
             token: config.listen.worker_token.clone(),
             slots: config.fleet.slots,
@@ -135,6 +142,11 @@ impl Spawner for LambdaSpawner {
         let payload = serde_json::to_vec(&self.event(&request));
         let client = self.client.clone();
         let target = self.target.clone();
+        let qualifier = self
+            .qualifiers
+            .get(&request.memory_mb)
+            .cloned()
+            .or_else(|| target.qualifier.clone());
         let context = self.context.clone();
         let stop = context.stop.clone();
         self.context.tracker.spawn(async move {
@@ -151,7 +163,7 @@ impl Spawner for LambdaSpawner {
                 client
                     .invoke()
                     .function_name(&target.function_name)
-                    .set_qualifier(target.qualifier.clone())
+                    .set_qualifier(qualifier.clone())
                     .invocation_type(InvocationType::Event)
                     .payload(Blob::new(payload.clone()))
                     .send()
@@ -175,7 +187,7 @@ impl Spawner for LambdaSpawner {
             };
             match outcome {
                 Ok(request_id) => {
-                    info!(worker = %id, function = %target.function_name, request_id, "invoked");
+                    info!(worker = %id, function = %target.function_name, qualifier = ?qualifier, memory_mb = request.memory_mb, request_id, "invoked");
                     let instance = format!("lambda request {request_id}");
                     context.report(SpawnOutcome::Started { id, instance }).await;
                 }

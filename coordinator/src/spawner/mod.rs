@@ -4,7 +4,8 @@
 //!   coordinator (they also exit by themselves when their stdin, a pipe from the
 //!   coordinator, closes, so a coordinator killed with SIGKILL leaves none behind).
 //! - [`ExternalSpawner`]: starts nothing; workers started elsewhere connect.
-//! - [`LambdaSpawner`] (in `lambda`): one asynchronous invocation per worker.
+//! - [`LambdaSpawner`] (in `lambda`): one asynchronous invocation per worker, of the
+//!   function's version or alias for the worker's memory size (`versions`).
 //!
 //! A spawner knows nothing of the coordinator's state: it reports what became of each spawn
 //! ([`SpawnOutcome`]) on a channel the driver consumes, so a spawn's life cycle (asked for,
@@ -19,6 +20,7 @@ use crate::state::{SpawnOutcome, SpawnRequest};
 
 mod lambda;
 mod local;
+mod versions;
 
 pub(crate) use lambda::LambdaSpawner;
 pub(crate) use local::LocalSpawner;

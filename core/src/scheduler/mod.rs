@@ -329,8 +329,13 @@ impl Reach {
         self.recent.push_back(took.as_secs_f64());
     }
 
+    /// Spawn to a worker's first result, seconds (smoothed), once seen.
+    pub fn to_first_result(&self) -> Option<f64> {
+        self.first
+    }
+
     /// The median of the recent attempts' durations, seconds.
-    fn typical(&self) -> Option<f64> {
+    pub fn typical(&self) -> Option<f64> {
         let mut d: Vec<f64> = self.recent.iter().copied().collect();
         d.sort_by(f64::total_cmp);
         d.get(d.len() / 2).copied()
@@ -351,6 +356,34 @@ impl Reach {
             _ => 0,
         }
     }
+}
+
+/// The soonest a task submitted now can finish, seconds, on what is measured: `ahead`
+/// tasks before it in its function's pool, `task` seconds a task (the recent median),
+/// `live` workers up or starting that run `per_worker` at once, and at most `possible`
+/// workers in all (the fleet caps). Past what the live workers run, new workers start,
+/// and the first round waits for `first` (spawn to a first result). Optimistic on purpose
+/// (every worker at its level at once, a level not learned counted as the cap): a deadline
+/// is refused only when even this misses it. `None` when no worker can ever run it.
+pub fn soonest_finish(
+    task: f64,
+    first: Option<f64>,
+    ahead: u64,
+    live: u64,
+    possible: u64,
+    per_worker: u32,
+) -> Option<f64> {
+    let per = u64::from(per_worker.max(1));
+    if possible == 0 {
+        return None;
+    }
+    let n = ahead + 1;
+    let rounds = n.div_ceil(possible.saturating_mul(per)) as f64;
+    Some(if n <= live.saturating_mul(per) {
+        task * rounds
+    } else {
+        first.unwrap_or(task).max(task) + task * (rounds - 1.0)
+    })
 }
 
 fn ewma(old: Option<f64>, new: f64, weight: f64) -> f64 {

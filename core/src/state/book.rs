@@ -43,6 +43,9 @@ pub(super) struct Task {
     pub(super) timeout: Option<Duration>,
     /// Its idempotency key (empty: none), forgotten with it.
     pub(super) key: String,
+    /// The GB-ms of the bill its finished attempts are estimated to have taken (see
+    /// `TaskResult.billed_gb_s`).
+    pub(super) spent_gb_ms: f64,
 }
 
 impl Task {
@@ -67,6 +70,7 @@ impl Task {
             waiters: Vec::new(),
             timeout,
             key,
+            spent_gb_ms: 0.0,
         }
     }
 

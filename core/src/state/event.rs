@@ -35,6 +35,14 @@ pub enum Event {
     },
     /// A client cancels a task.
     Cancel(TaskId),
+    /// A Map call's budget is spent: the pending tasks it follows end, CANCELLED with
+    /// `reason`; running ones finish.
+    StopPending {
+        /// The call's waiter.
+        waiter: WaiterId,
+        /// The error their results carry.
+        reason: String,
+    },
     /// A client waits for the ends of these tasks.
     Watch {
         /// The tasks.
@@ -99,6 +107,8 @@ pub enum Reply {
     Connected(Conn),
     /// How many workers were told to leave.
     Drained(usize),
+    /// How many pending tasks a [`Event::StopPending`] ended.
+    Stopped(usize),
 }
 
 impl State {
@@ -118,6 +128,9 @@ impl State {
                 Reply::Done
             }
             Event::Cancel(id) => Reply::Cancelled(self.cancel(id, now, effects)?),
+            Event::StopPending { waiter, reason } => {
+                Reply::Stopped(self.stop_pending(waiter, &reason, now, effects))
+            }
             Event::Watch { ids, waiter } => Reply::Watching(self.watch(&ids, waiter, effects)?),
             Event::Hello(hello) => Reply::Connected(self.connect(hello, now, effects)?),
             Event::Sample { worker, sample } => {

@@ -371,7 +371,10 @@ impl State {
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
-        let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_per_new, f.reach.turns());
+        // A deadline waiting: no turns weighed, a worker per uncovered task at once.
+        let urgent = f.urgent_until.is_some_and(|t| now < t);
+        let turns = if urgent { 0 } else { f.reach.turns() };
+        let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_per_new, turns);
         let mut free = self.spawns.of(function) as usize * slots_per_new as usize;
         let free_bound =
             free + self.workers.of(function) * f.max_slots.max(cap) as usize * (1 + ahead as usize);

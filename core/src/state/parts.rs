@@ -168,6 +168,9 @@ pub(super) type IndexKey = (u64, u64);
 pub(super) struct FunctionPool {
     /// Pending task ids in order; may hold ids cancelled since (skipped when popped).
     pub(super) pool: VecDeque<TaskId>,
+    /// Until then it scales out at once (a worker per uncovered task): a task submitted
+    /// with a deadline is waiting.
+    pub(super) urgent_until: Option<Instant>,
     /// How many of its tasks are in each phase (changed only as its tasks change: see
     /// `counts.rs`).
     pub(super) tasks: TaskCounts,

@@ -74,6 +74,7 @@ impl State {
             youngest: Duration::from_millis(u64::from(s.youngest_task_ms)),
             peak: s.memory_peak_bytes as f64 / s.memory_limit_bytes as f64,
         };
+        // Its runtime copies' pace: copies made ready since its first sample with any.
         w.sample = Some(s);
         let (before, was_settled) = (w.limit.value(), w.limit.settled());
         let moved = w.limit.observe(&w.limit_params, observation, now);
@@ -147,6 +148,8 @@ impl State {
                 debug!(worker = %id, task = r.task_id, attempt = r.attempt, "ignored a late result");
                 continue;
             };
+            // The tasks this attempt shared its worker with, itself included.
+            let sharing = w.running.len();
             w.running.swap_remove(pos);
             let first = w.done == 0;
             w.done += 1;
@@ -161,6 +164,12 @@ impl State {
             if w.running.is_empty() {
                 w.idle_since = now;
             }
+            let share = self
+                .learned
+                .cost(&function, memory_mb)
+                .per_task()
+                .unwrap_or_else(|| billing::billed_gb_ms(took, memory_mb) / sharing.max(1) as f64);
+            self.update_task(r.task_id, |t| t.spent_gb_ms += share);
             if let Some(f) = self.functions.get_mut(&function) {
                 f.request_gb_ms += billing::billed_gb_ms(took, memory_mb);
                 f.requests += 1;
@@ -202,6 +211,8 @@ impl State {
                     attempts: r.attempt,
                     started_unix_ms: r.started_unix_ms,
                     finished_unix_ms: r.finished_unix_ms,
+                    // Set from the task's attempts in `finish`.
+                    billed_gb_s: 0.0,
                 },
                 now,
                 effects,

@@ -11,6 +11,7 @@ use super::{Effects, JournalOp, Observation, Outbound, State, Task, TaskId, Wait
 use super::{Recovered, StoredTask};
 use crate::config::BUILTIN_FUNCTIONS;
 use crate::error::{Error, Result};
+use crate::scheduler;
 
 /// What a submission still needs once the state has taken it.
 #[derive(Debug)]
@@ -54,6 +55,9 @@ pub struct Submission {
     pub key: String,
     /// When it was submitted (Unix ms), stamped by the caller: the state reads no clock.
     pub submitted_unix_ms: u64,
+    /// Finish within this time from now (`SubmitRequest.deadline_ms`); `None`: no deadline.
+    /// Checked at submission against what is measured, and not kept past it.
+    pub deadline: Option<Duration>,
 }
 
 impl Submission {
@@ -183,6 +187,9 @@ impl State {
         }
         self.book
             .payload_fits(sub.payload.len(), self.config.limits.max_pending_bytes)?;
+        if let Some(deadline) = sub.deadline {
+            self.check_deadline(&sub.function, deadline)?;
+        }
         self.make_room(&sub.function)?;
         let id = self.book.next_id()?;
         self.reserve_ids(effects);
@@ -209,6 +216,11 @@ impl State {
         // room for four), kept by every task until it finishes.
         task.waiters = waiter.into_iter().collect();
         self.add_task(id, task, fingerprint, now);
+        if let Some(deadline) = sub.deadline
+            && let Some(f) = self.functions.get_mut(&function)
+        {
+            f.urgent_until = f.urgent_until.max(Some(now + deadline));
+        }
         debug!(task = id, function = %function, "submitted");
         match record {
             Some(record) => Ok(Submitted::Write(id, Box::new(record))),
@@ -216,6 +228,39 @@ impl State {
                 self.enter_pool(id, &function, now, effects);
                 Ok(Submitted::Done(id))
             }
+        }
+    }
+
+    /// Refuses a deadline that even the soonest finish misses, by what is measured of
+    /// `function`: nothing measured yet, nothing refused.
+    fn check_deadline(&self, function: &str, deadline: Duration) -> Result<()> {
+        let ms = |s: f64| (s * 1000.0).round() as u64;
+        if deadline.is_zero() {
+            return Err(Error::DeadlineUnreachable(
+                "the deadline has passed before the task was submitted".to_owned(),
+            ));
+        }
+        let Some(f) = self.functions.get(function) else {
+            return Ok(());
+        };
+        let Some(task) = f.reach.typical() else {
+            return Ok(());
+        };
+        let (size, _) = self.choose_size(function);
+        let per_worker = scheduler::new_worker_capacity(&self.rules, self.learned_limit(function, size));
+        let live = (self.workers.of(function) + self.spawns.of(function) as usize) as u64;
+        let possible = live + self.fleet_room(function) as u64;
+        let ahead = f.tasks.pending() + f.tasks.accepting();
+        let first = f.reach.to_first_result();
+        match scheduler::soonest_finish(task, first, ahead, live, possible, per_worker) {
+            Some(soonest) if soonest > deadline.as_secs_f64() => Err(Error::DeadlineUnreachable(format!(
+                "the deadline of {} ms cannot be met: the soonest this task can finish is about {} ms ({ahead} tasks ahead of it, {} ms a task, a new worker's first result in {} ms, at most {possible} workers of {per_worker})",
+                deadline.as_millis(),
+                ms(soonest),
+                ms(task),
+                first.map_or_else(|| "?".to_owned(), |s| ms(s).to_string()),
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -386,10 +431,17 @@ impl State {
     }
 
     /// Records a task's final result, wakes its waiters and frees its payload.
-    pub(super) fn finish(&mut self, id: TaskId, result: pb::TaskResult, now: Instant, effects: &mut Effects) {
+    pub(super) fn finish(
+        &mut self,
+        id: TaskId,
+        mut result: pb::TaskResult,
+        now: Instant,
+        effects: &mut Effects,
+    ) {
         let Some(task) = self.book.get_mut(id) else {
             return;
         };
+        result.billed_gb_s = task.spent_gb_ms / 1000.0;
         let state = result.state();
         // The task moves to its end (and its function's counts with it).
         super::counts::change_task(&mut self.functions, task, |task| task.state = state);
@@ -413,6 +465,47 @@ impl State {
     /// Cancels a task: a pending one leaves the pool, a running one is cancelled on its
     /// worker (whose slot is freed at once). Returns the state after the call.
     pub(super) fn cancel(&mut self, id: TaskId, now: Instant, effects: &mut Effects) -> Result<TaskState> {
+        self.end_early(id, format!("task {id} was cancelled by a client"), now, effects)
+    }
+
+    /// Ends the pending tasks waiter `who` follows, CANCELLED with `reason` (a Map call
+    /// whose budget is spent); running ones finish, and a task still being written to the
+    /// journal enters its pool as usual. Returns how many ended.
+    pub(super) fn stop_pending(
+        &mut self,
+        who: super::WaiterId,
+        reason: &str,
+        now: Instant,
+        effects: &mut Effects,
+    ) -> usize {
+        let ids: Vec<TaskId> = self
+            .functions
+            .values()
+            .flat_map(|f| f.pool.iter().copied())
+            .filter(|&id| {
+                self.book.get(id).is_some_and(|t| {
+                    t.state == TaskState::Pending && !t.accepting && t.waiters.iter().any(|w| w.id == who)
+                })
+            })
+            .collect();
+        for &id in &ids {
+            let _ = self.end_early(id, reason.to_owned(), now, effects);
+        }
+        if !ids.is_empty() {
+            info!(waiter = who.0, tasks = ids.len(), reason, "stopped pending tasks");
+        }
+        ids.len()
+    }
+
+    /// Ends a pending or running task early, CANCELLED with `error`: a pending one leaves
+    /// the pool, a running one is cancelled on its worker (whose slot is freed at once).
+    fn end_early(
+        &mut self,
+        id: TaskId,
+        error: String,
+        now: Instant,
+        effects: &mut Effects,
+    ) -> Result<TaskState> {
         let task = self.book.get(id).ok_or(Error::UnknownTask(id))?;
         let (state, function, worker, attempts) = (
             task.state,
@@ -443,7 +536,7 @@ impl State {
             pb::TaskResult {
                 task_id: id,
                 state: TaskState::Cancelled as i32,
-                error: format!("task {id} was cancelled by a client"),
+                error,
                 worker_id: worker.as_ref().map(|w| w.to_string()).unwrap_or_default(),
                 attempts,
                 ..Default::default()
