@@ -91,11 +91,7 @@ impl<'a> Shape<'a> {
 
 /// Publishes (or finds) a version of `function` per size.
 async fn publish(client: &Client, function: &str, sizes: &[u32]) -> Result<BTreeMap<u32, String>> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| {
-        Error::LambdaConfig(format!(
-            "--lambda-publish-sizes: {what} of {function} failed: {e}"
-        ))
-    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| failed(what, function, e);
     let versions = list_versions(client, function).await?;
     let latest = wait_for_update(client, function).await?;
     let original_mb = latest.memory_size();
@@ -119,13 +115,7 @@ async fn publish(client: &Client, function: &str, sizes: &[u32]) -> Result<BTree
             out.insert(size, version.to_owned());
             continue;
         }
-        client
-            .update_function_configuration()
-            .function_name(function)
-            .memory_size(mb)
-            .send()
-            .await
-            .map_err(|e| fail("UpdateFunctionConfiguration", &DisplayErrorContext(e)))?;
+        set_memory(client, function, mb).await?;
         changed = true;
         wait_for_update(client, function).await?;
         let published = client
@@ -158,20 +148,29 @@ async fn publish(client: &Client, function: &str, sizes: &[u32]) -> Result<BTree
         out.insert(size, version.to_owned());
     }
     if changed && let Some(mb) = original_mb {
-        client
-            .update_function_configuration()
-            .function_name(function)
-            .memory_size(mb)
-            .send()
-            .await
-            .map_err(|e| {
-                fail(
-                    "putting $LATEST's memory back (UpdateFunctionConfiguration)",
-                    &DisplayErrorContext(e),
-                )
-            })?;
+        // $LATEST's memory back as it was.
+        set_memory(client, function, mb).await?;
     }
     Ok(out)
+}
+
+/// Sets `$LATEST`'s memory to `mb`.
+async fn set_memory(client: &Client, function: &str, mb: i32) -> Result<()> {
+    client
+        .update_function_configuration()
+        .function_name(function)
+        .memory_size(mb)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| failed("UpdateFunctionConfiguration", function, DisplayErrorContext(e)))
+}
+
+/// A call of `--lambda-publish-sizes` on `function` that failed, and why.
+fn failed(call: &str, function: &str, why: impl std::fmt::Display) -> Error {
+    Error::LambdaConfig(format!(
+        "--lambda-publish-sizes: {call} of {function} failed: {why}"
+    ))
 }
 
 /// Every version of `function`, page by page.
@@ -185,12 +184,7 @@ async fn list_versions(client: &Client, function: &str) -> Result<Vec<FunctionCo
             .set_marker(marker)
             .send()
             .await
-            .map_err(|e| {
-                Error::LambdaConfig(format!(
-                    "--lambda-publish-sizes: ListVersionsByFunction of {function} failed: {}",
-                    DisplayErrorContext(e)
-                ))
-            })?;
+            .map_err(|e| failed("ListVersionsByFunction", function, DisplayErrorContext(e)))?;
         versions.extend(page.versions().iter().cloned());
         match page.next_marker() {
             Some(m) if !m.is_empty() => marker = Some(m.to_owned()),
@@ -209,12 +203,7 @@ async fn wait_for_update(client: &Client, function: &str) -> Result<FunctionConf
             .function_name(function)
             .send()
             .await
-            .map_err(|e| {
-                Error::LambdaConfig(format!(
-                    "--lambda-publish-sizes: GetFunctionConfiguration of {function} failed: {}",
-                    DisplayErrorContext(e)
-                ))
-            })?;
+            .map_err(|e| failed("GetFunctionConfiguration", function, DisplayErrorContext(e)))?;
         match c.last_update_status() {
             Some(LastUpdateStatus::InProgress) if started.elapsed() < UPDATE_WAIT => {
                 tokio::time::sleep(UPDATE_POLL).await;
