@@ -398,12 +398,46 @@ fn turns_weigh_reaching_a_level_from_cold_against_a_task() {
 }
 
 #[test]
+fn paced_scale_out_starts_workers_only_for_whole_covers() {
+    // 100 pending, nothing live: 80 a worker covers, one worker (the 20 left are the first
+    // one's, sooner than a second could pay for its start).
+    assert_eq!(workers_to_spawn(100, 0, 0, 8, 80, true), 1);
+    assert_eq!(workers_to_spawn(100, 0, 0, 8, 80, false), 2);
+    assert_eq!(workers_to_spawn(170, 0, 0, 8, 80, true), 2);
+    // One live: a remainder is its own.
+    assert_eq!(workers_to_spawn(100, 80, 1, 8, 80, true), 0);
+    // None live and a small batch: still one.
+    assert_eq!(workers_to_spawn(3, 0, 0, 8, 80, true), 1);
+}
+
+#[test]
+fn coverage_paces_scale_out_only_where_asked_and_never_past_a_quota() {
+    let paced = rules();
+    assert_eq!(coverage(&paced, 4, 9), (40, 9), "a new worker must get 10 turns");
+    assert_eq!(
+        coverage(&paced, 4, 0),
+        (4, 0),
+        "a cheap start: its slots, as before"
+    );
+    let eager = Rules {
+        scale_out: crate::config::ScaleOut::Eager,
+        ..rules()
+    };
+    assert_eq!(coverage(&eager, 4, 9), (4, 0));
+    let conventional = Rules {
+        max_tasks_per_worker: Some(1),
+        ..rules()
+    };
+    assert_eq!(coverage(&conventional, 1, 9), (1, 0));
+}
+
+#[test]
 fn the_soonest_finish_counts_rounds_and_a_cold_start_only_past_the_live_workers() {
     // 1 s tasks, 2 live workers of 10: the 20th task finishes in one round.
     assert_eq!(soonest_finish(1.0, Some(3.0), 19, 2, 8, 10), Some(1.0));
     // The 21st needs a new worker: its cold start to a first result (3 s).
     assert_eq!(soonest_finish(1.0, Some(3.0), 20, 2, 8, 10), Some(3.0));
-    // 800 ahead, 8 workers of 10 at most: 81 tasks a slot... 11 rounds after the first.
+    // 800 ahead, at most 8 workers of 10: 801 tasks take 11 rounds, the first after a cold start.
     assert_eq!(soonest_finish(1.0, Some(3.0), 800, 2, 8, 10), Some(3.0 + 10.0));
     // No cold start measured yet: a task's time stands for it.
     assert_eq!(soonest_finish(2.0, None, 50, 0, 8, 10), Some(2.0));

@@ -74,7 +74,6 @@ impl State {
             youngest: Duration::from_millis(u64::from(s.youngest_task_ms)),
             peak: s.memory_peak_bytes as f64 / s.memory_limit_bytes as f64,
         };
-        // Its runtime copies' pace: copies made ready since its first sample with any.
         w.sample = Some(s);
         let (before, was_settled) = (w.limit.value(), w.limit.settled());
         let moved = w.limit.observe(&w.limit_params, observation, now);
@@ -164,14 +163,16 @@ impl State {
             if w.running.is_empty() {
                 w.idle_since = now;
             }
+            // What this attempt alone would bill (Lambda's way), and its share of its worker.
+            let alone = billing::billed_gb_ms(took, memory_mb);
             let share = self
                 .learned
                 .cost(&function, memory_mb)
                 .per_task()
-                .unwrap_or_else(|| billing::billed_gb_ms(took, memory_mb) / sharing.max(1) as f64);
+                .unwrap_or(alone / sharing.max(1) as f64);
             self.update_task(r.task_id, |t| t.spent_gb_ms += share);
             if let Some(f) = self.functions.get_mut(&function) {
-                f.request_gb_ms += billing::billed_gb_ms(took, memory_mb);
+                f.request_gb_ms += alone;
                 f.requests += 1;
                 f.reach.task(took);
                 if first {
