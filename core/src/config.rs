@@ -144,9 +144,15 @@ pub struct Fleet {
     /// an adaptive limit falls to what fits under it.
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MEM_THRESHOLD", default_value_t = Fleet::default().mem_threshold))]
     pub mem_threshold: f64,
-    /// A worker older than this fraction of its execution timeout drains.
+    /// A worker older than this fraction of its execution timeout drains: with `--admission
+    /// duration`, only while its function has nothing measured yet.
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_DEADLINE_FRACTION", default_value_t = Fleet::default().deadline_fraction))]
     pub deadline_fraction: f64,
+    /// When a worker takes its last task: `duration` while a task's expected duration (its
+    /// function's longest recent attempt, or its own timeout) fits in what is left of its life,
+    /// `fraction` at `--deadline-fraction` of its life whatever its tasks take.
+    #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_ADMISSION", value_enum, default_value_t = Fleet::default().admission))]
+    pub admission: crate::scheduler::Admission,
     /// Execution timeout of a worker (Lambda's function timeout), e.g. "15m".
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_EXECUTION_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration))]
     pub execution_timeout: Duration,
@@ -194,6 +200,7 @@ impl Default for Fleet {
             cpu_threshold: 0.9,
             mem_threshold: 0.9,
             deadline_fraction: 0.8,
+            admission: crate::scheduler::Admission::Duration,
             execution_timeout: Duration::from_secs(900),
             keep_alive: Duration::ZERO,
             placement: Placement::Pack,

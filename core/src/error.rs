@@ -57,6 +57,19 @@ pub enum Error {
     /// A submission's deadline cannot be met, by what is measured of its function.
     #[error("{0}")]
     DeadlineUnreachable(String),
+    /// A task whose own timeout is longer than a fresh worker's whole life would be killed
+    /// at the worker's deadline: refused at once.
+    #[error(
+        "the task's timeout of {timeout_ms} ms does not fit in a worker's life of {life_ms} ms (--execution-timeout, less {slack_ms} ms for the result's way back): it would be killed at the worker's deadline; give it a shorter timeout or the workers a longer life"
+    )]
+    LongerThanLife {
+        /// The task's timeout.
+        timeout_ms: u64,
+        /// A fresh worker's life.
+        life_ms: u64,
+        /// What admission keeps back at the end of a life.
+        slack_ms: u64,
+    },
     /// The pending pool is at `--max-pending`.
     #[error("the pool is full: {0} tasks pending (--max-pending); retry later")]
     PoolFull(u64),
@@ -134,9 +147,10 @@ impl Error {
             | Error::InvalidHello(_)
             | Error::InvalidSample(..)
             | Error::ResultForUnknownTask(..) => Kind::Invalid,
-            Error::ResultNotHeld(..) | Error::ResultEvicted(..) | Error::DeadlineUnreachable(_) => {
-                Kind::Precondition
-            }
+            Error::ResultNotHeld(..)
+            | Error::ResultEvicted(..)
+            | Error::DeadlineUnreachable(_)
+            | Error::LongerThanLife { .. } => Kind::Precondition,
             Error::PayloadTooLarge { .. }
             | Error::KeyTooLong(..)
             | Error::TooManyIds(..)

@@ -5,13 +5,16 @@
 //!
 //! - `mod.rs`: eligibility, placement, the idle rule and scale-out.
 //! - [`limit`]: each worker's adaptive concurrency limit.
+//! - [`life`]: which tasks a worker may still take in its life, and when its successor starts.
 
+pub mod life;
 pub mod limit;
 pub mod sizes;
 
 use std::time::Duration;
 
 use crate::config::{Config, Placement};
+pub use life::Admission;
 pub use limit::{Learned, Limit, LimitParams, Observation};
 pub use sizes::{SizeCost, SizeReason, choose_size};
 
@@ -22,8 +25,11 @@ pub struct Rules {
     pub cpu_threshold: f64,
     /// Memory fraction at or above which a worker takes nothing new.
     pub mem_threshold: f64,
-    /// Fraction of the execution timeout after which a worker drains.
+    /// Fraction of the execution timeout after which a worker drains (with
+    /// [`Admission::Duration`], only for a function with nothing measured yet).
     pub deadline_fraction: f64,
+    /// How a worker's admissions end (see [`life`]).
+    pub admission: Admission,
     /// How long an idle worker with an empty pool is kept.
     pub keep_alive: Duration,
     /// Ranking of eligible workers.
@@ -48,6 +54,7 @@ impl From<&Config> for Rules {
             cpu_threshold: c.cpu_threshold,
             mem_threshold: c.mem_threshold,
             deadline_fraction: c.deadline_fraction,
+            admission: c.admission,
             keep_alive: c.keep_alive,
             placement: c.placement,
             max_tasks_per_worker: c.max_tasks_per_worker,
@@ -128,6 +135,9 @@ pub struct WorkerView {
     pub age: Duration,
     /// Its execution timeout (how long it may live in total).
     pub timeout: Duration,
+    /// What a task of its function is expected to take at its size (the longest of its
+    /// recent attempts), once known: when its admissions end.
+    pub expected: Option<Duration>,
     /// Last sampled CPU utilisation, 0.0 to 1.0 (0 before the first sample).
     pub cpu: f64,
     /// Last sampled memory use as a fraction of its limit (0 before the first sample).
@@ -155,7 +165,8 @@ pub enum Verdict {
     Stopping,
     /// Its stream is down (it may reconnect): no new task until it does.
     Detached,
-    /// Past the deadline fraction: no new task ever; shut down once idle.
+    /// Its admissions have ended (what a task takes no longer fits in what is left of its
+    /// life, or past the deadline fraction): no new task ever; shut down once idle.
     Draining,
     /// It has run its quota of tasks (conventional FaaS mode): no new task ever.
     QuotaReached,
@@ -209,14 +220,24 @@ pub fn assess(rules: &Rules, w: &WorkerView) -> Verdict {
     }
 }
 
-/// Whether the worker's age has reached the deadline fraction of its timeout.
-pub fn past_deadline(rules: &Rules, w: &WorkerView) -> bool {
-    w.age.as_secs_f64() >= rules.deadline_fraction * w.timeout.as_secs_f64()
+/// The age at which the worker takes its last task (see [`life::admission_end`]).
+pub fn admission_end(rules: &Rules, w: &WorkerView) -> Duration {
+    life::admission_end(rules.admission, rules.deadline_fraction, w.timeout, w.expected)
 }
 
-/// Time until the worker reaches its deadline fraction (zero if it has).
+/// Whether the worker's admissions have ended.
+pub fn past_deadline(rules: &Rules, w: &WorkerView) -> bool {
+    w.age >= admission_end(rules, w)
+}
+
+/// Time until the worker's admissions end (zero if they have).
 pub fn until_deadline(rules: &Rules, w: &WorkerView) -> Duration {
-    w.timeout.mul_f64(rules.deadline_fraction).saturating_sub(w.age)
+    admission_end(rules, w).saturating_sub(w.age)
+}
+
+/// What is left of the worker's life.
+pub fn life_left(w: &WorkerView) -> Duration {
+    w.timeout.saturating_sub(w.age)
 }
 
 /// The CPU to judge a worker by now. A sample taken while `sampled_running` tasks ran

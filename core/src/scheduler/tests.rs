@@ -10,6 +10,7 @@ fn worker() -> WorkerView {
     WorkerView {
         age: Duration::from_secs(10),
         timeout: Duration::from_secs(100),
+        expected: None,
         cpu: 0.1,
         mem: 0.1,
         running: 0,
@@ -39,6 +40,31 @@ fn deadline_fraction_stops_assignment() {
     };
     assert_eq!(assess(&rules(), &w), Verdict::Eligible);
     assert_eq!(until_deadline(&rules(), &w), Duration::from_millis(1));
+}
+
+#[test]
+fn a_measured_duration_moves_the_end_of_admissions_both_ways() {
+    // 50 ms tasks: a worker of 100 s takes them up to 100 s less 62.5 ms and the slack.
+    let short = WorkerView {
+        age: Duration::from_secs(95),
+        expected: Some(Duration::from_millis(50)),
+        ..worker()
+    };
+    assert_eq!(assess(&rules(), &short), Verdict::Eligible);
+    // 40 s tasks: not after 100 - 50 - 0.25 s, well before the fraction's 80 s.
+    let long = WorkerView {
+        age: Duration::from_secs(50),
+        expected: Some(Duration::from_secs(40)),
+        ..worker()
+    };
+    assert_eq!(assess(&rules(), &long), Verdict::Draining);
+    // The fraction rule keeps 80 s whatever is measured.
+    let fraction = Rules {
+        admission: Admission::Fraction,
+        ..rules()
+    };
+    assert_eq!(assess(&fraction, &short), Verdict::Draining);
+    assert_eq!(assess(&fraction, &long), Verdict::Eligible);
 }
 
 #[test]

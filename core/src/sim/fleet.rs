@@ -10,6 +10,8 @@ pub(super) struct SimTask {
     pub(super) started: Duration,
     /// CPU seconds it still needs; 0 once it waits.
     pub(super) cpu_left: f64,
+    /// The wait after its CPU.
+    pub(super) wait: Duration,
     /// Whether it runs (on a ready runtime copy, when copies are modelled); a task waiting
     /// for a copy uses no CPU and is not reported as running.
     pub(super) on_copy: bool,

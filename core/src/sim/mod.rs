@@ -28,7 +28,7 @@ mod model;
 mod queue;
 
 use model::Draws;
-pub use model::{CopyModel, LAMBDA_COLD_START_SIGMA, SimConfig, SimReport, TaskModel, World};
+pub use model::{CopyModel, LAMBDA_COLD_START_SIGMA, SimConfig, SimReport, TaskMix, TaskModel, World};
 
 use fleet::{Fleet, SimTask, SimWorker};
 use queue::{Event, Queue};
@@ -52,6 +52,8 @@ struct Sim<'a> {
     connecting: usize,
     /// The Lambda-like world's cold-start draws.
     draws: Draws,
+    /// When the current batch's first worker said hello.
+    first_hello: Option<Duration>,
 }
 
 impl Sim<'_> {
@@ -115,11 +117,16 @@ impl Sim<'_> {
                 Some(Kind::Assign(a)) => {
                     w.advance(now, w.vcpus);
                     for t in a.tasks {
+                        let model = match self.sim.mix {
+                            Some(m) if m.every > 0 && t.task_id % m.every == 0 => m.long,
+                            _ => task,
+                        };
                         w.tasks.push(SimTask {
                             task: t.task_id,
                             attempt: t.attempt,
                             started: now,
-                            cpu_left: task.cpu.as_secs_f64(),
+                            cpu_left: model.cpu.as_secs_f64(),
+                            wait: model.wait,
                             on_copy: copies.is_none(),
                         });
                     }
@@ -156,7 +163,6 @@ impl Sim<'_> {
     /// Accounts worker `slot`'s CPU up to `now`: tasks whose CPU phase is over start their
     /// wait (or finish, with none), and the next CPU-phase end is planned.
     fn progress(&mut self, slot: u32, now: Duration) {
-        let wait = self.sim.task.wait;
         let mut ended = Vec::new();
         if let Some(Some(w)) = self.fleet.slots.get_mut(slot as usize) {
             w.advance(now, w.vcpus);
@@ -167,7 +173,7 @@ impl Sim<'_> {
             for t in w.tasks.iter_mut().filter(|t| t.on_copy && t.cpu_left == 0.0) {
                 // Marked as waiting (below zero), so its end is queued once.
                 t.cpu_left = -1.0;
-                let (task, attempt) = (t.task, t.attempt);
+                let (task, attempt, wait) = (t.task, t.attempt, t.wait);
                 if wait.is_zero() {
                     ended.push((task, attempt));
                 } else {
@@ -382,6 +388,7 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
             World::Lambda { seed, .. } => seed,
             World::Local => 0,
         }),
+        first_hello: None,
     };
     let mut now = Duration::ZERO;
     let mut accepted = 0u64;
@@ -390,6 +397,7 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
     for _ in 0..batches {
         s.report = SimReport::default();
         s.batch_start = now;
+        s.first_hello = None;
         for _ in 0..sim.tasks {
             let sub = Submission::new(sim.function.clone(), Bytes::new());
             let submit = state::Event::Submit {
@@ -410,6 +418,8 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         report.failed = totals.failed - before.failed;
         report.request_billed_gb_s = (totals.request_billed_gb_ms - before.request_billed_gb_ms) / 1000.0;
         report.requests = totals.requests - before.requests;
+        report.killed_at_deadline = totals.killed_at_deadline - before.killed_at_deadline;
+        report.successors = totals.successors_started - before.successors_started;
         reports.push(report);
         before = totals;
     }
@@ -429,6 +439,14 @@ impl Sim<'_> {
             let Some((at, event)) = self.queue.pop() else {
                 break;
             };
+            if self.sim.watch_handover
+                && self.first_hello.is_some()
+                && self
+                    .state
+                    .waits_without_admission(&self.sim.function, self.at(now))
+            {
+                self.report.handover_wait += at.saturating_sub(now);
+            }
             now = at;
             self.step(event, now);
         }
@@ -484,7 +502,7 @@ impl Sim<'_> {
                     .state
                     .handle(t, state::Event::Timer(timer), &mut self.effects);
             }
-            Event::Exit { slot, conn } => {
+            Event::Exit { slot, conn } | Event::Deadline { slot, conn } => {
                 if let Some(w) = self.fleet.remove(slot, conn) {
                     let end = state::Event::Disconnect {
                         worker: w.id,
@@ -538,6 +556,7 @@ impl Sim<'_> {
                 .world
                 .cpu_share(memory_mb, self.sim.config.fleet.vcpus_at(memory_mb)),
         });
+        self.first_hello.get_or_insert(now);
         self.sample(slot, now);
         let periodic = Event::Sample {
             slot,
@@ -545,6 +564,8 @@ impl Sim<'_> {
             periodic: true,
         };
         self.queue.push(now + self.interval, periodic);
+        self.queue
+            .push(now + fleet.execution_timeout, Event::Deadline { slot, conn });
     }
 
     /// A sample is due: a periodic one queues the next; one queued after a change clears

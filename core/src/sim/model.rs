@@ -36,6 +36,15 @@ impl TaskModel {
     }
 }
 
+/// A second kind of task mixed into a batch: every `every`-th task (by id) is `long`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TaskMix {
+    /// One task in this many is the other kind.
+    pub every: u64,
+    /// What it needs.
+    pub long: TaskModel,
+}
+
 /// A Lambda runtime's copies (interpreters), when the worker hosts one: a task runs only on
 /// a ready copy, a copy is costly to start, and a worker starts copies as the real worker
 /// does (the same pacing rule, [`crate::pace`]): for work it holds, a few at a time,
@@ -71,6 +80,11 @@ pub struct SimConfig {
     pub settle: Duration,
     /// The runtime copies tasks run in (`None`: tasks run in the worker, as built-ins do).
     pub copy: Option<CopyModel>,
+    /// Another kind of task mixed in (`None`: every task is `task`).
+    pub mix: Option<TaskMix>,
+    /// Tally the hand-over waits (see [`SimReport::handover_wait`]); costs a scan of the
+    /// fleet per event.
+    pub watch_handover: bool,
 }
 
 impl SimConfig {
@@ -88,6 +102,8 @@ impl SimConfig {
             worker_base_mb: 8.0,
             settle: Duration::from_millis(25),
             copy: None,
+            mix: None,
+            watch_handover: false,
         }
     }
 
@@ -192,6 +208,15 @@ pub struct SimReport {
     pub request_billed_gb_s: f64,
     /// Attempts that finished on a worker (each one request).
     pub requests: u64,
+    /// Attempts killed because their worker reached the end of its life (each one runs
+    /// again). A simulated worker dies at its execution timeout, as a Lambda instance does.
+    pub killed_at_deadline: u64,
+    /// Workers started ahead of time to take over from workers whose admissions ended.
+    pub successors: u64,
+    /// With [`SimConfig::watch_handover`]: the time, after the batch's first worker said
+    /// hello, that tasks waited with no worker admitting any (every live worker's
+    /// admissions ended, its successor not there yet).
+    pub handover_wait: Duration,
 }
 
 impl SimReport {

@@ -32,6 +32,11 @@ pub(super) enum Event {
         slot: u32,
         conn: u64,
     },
+    /// The worker reaches its execution timeout: it ends, whatever it runs.
+    Deadline {
+        slot: u32,
+        conn: u64,
+    },
 }
 
 /// An event in the queue, ordered by time and then by when it was queued (so the order
@@ -114,7 +119,8 @@ impl Queue {
             Event::CpuDone { slot, conn, .. }
             | Event::Done { slot, conn, .. }
             | Event::Sample { slot, conn, .. }
-            | Event::Exit { slot, conn } => fleet.get(*slot, *conn).is_some(),
+            | Event::Exit { slot, conn }
+            | Event::Deadline { slot, conn } => fleet.get(*slot, *conn).is_some(),
             Event::Connect(..) | Event::Timer(_) => true,
         });
         self.purge_at = (2 * self.heap.len()).max(PURGE_MIN);

@@ -245,23 +245,32 @@ impl State {
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
+        // Tasks whose own timeout fits no live worker's remaining life: back to the front
+        // of the pool after this pass, for a fresh worker.
+        let mut unfit: Vec<TaskId> = Vec::new();
         while f.tasks.pending() > 0 {
             let Some((&key, worker_id)) = f.eligible.first_key_value() else {
                 break;
             };
             let worker_id = worker_id.clone();
-            let w = match self.workers.get_mut(&worker_id) {
-                Some(w) if w.eligible(&rules, now) => w,
+            match self.workers.get_mut(&worker_id) {
+                Some(w) if w.eligible(&rules, now) => {}
                 stale => {
-                    // Gone, or past its deadline fraction since it was keyed.
+                    // Gone, or its admissions ended since it was keyed.
                     f.eligible.remove(&key);
                     if let Some(w) = stale {
                         w.indexed = None;
+                        if scheduler::assess(&rules, &w.view(now)) == Verdict::Draining {
+                            f.refused_for_time += 1;
+                        }
                     }
                     continue;
                 }
-            };
+            }
             let Some(task_id) = pop_pending(&mut f.pool, &self.book) else {
+                if !unfit.is_empty() {
+                    break;
+                }
                 // The counts say pending, the pool has none: a defect (the counts follow
                 // the tasks), never worth looping over.
                 warn!(
@@ -272,6 +281,31 @@ impl State {
                 break;
             };
             let Some(task) = self.book.get_mut(task_id) else {
+                continue;
+            };
+            // A task with its own timeout goes to an eligible worker with that much life
+            // left (the best ranked that has it), or waits for a fresh one.
+            let worker_id = match task.timeout {
+                Some(t) => match fitting_worker(&f.eligible, &self.workers, &worker_id, t, &rules, now) {
+                    Some(id) => id,
+                    None => {
+                        f.refused_for_time += 1;
+                        debug!(
+                            task = task_id,
+                            function,
+                            timeout_ms = t.as_millis() as u64,
+                            "no live worker has the life left for this task"
+                        );
+                        unfit.push(task_id);
+                        if unfit.len() >= MAX_UNFIT_PER_PASS {
+                            break;
+                        }
+                        continue;
+                    }
+                },
+                None => worker_id,
+            };
+            let Some(w) = self.workers.get_mut(&worker_id) else {
                 continue;
             };
             // From pending to running, in its function's counts too.
@@ -311,6 +345,10 @@ impl State {
                 }
             }
         }
+        for &id in unfit.iter().rev() {
+            f.pool.push_front(id);
+        }
+        f.unfit = unfit.len() as u32;
         for (id, tasks) in batches {
             if let Some(w) = self.workers.get_mut(&id) {
                 w.batch = None;
@@ -347,7 +385,10 @@ impl State {
     }
 
     /// Starts workers for `function` when its pending tasks outgrow the free slots of its
-    /// live and starting workers.
+    /// live and starting workers. A worker whose admissions end before a new one could be
+    /// ready counts only for what it can still start, and does not count against
+    /// `--max-workers` (its successor takes its place; `--max-fleet` still holds), nor does
+    /// one whose admissions have ended and only finishes what it runs.
     fn spawn_for(&mut self, function: &str, now: Instant, effects: &mut Effects) {
         if self.config.fleet.spawner == SpawnerKind::External || self.draining {
             return;
@@ -355,20 +396,33 @@ impl State {
         let rules = self.rules;
         let cap = rules.limits.max;
         let room = self.fleet_room(function);
+        let total_room = scheduler::fleet_room(
+            0,
+            self.workers.len() + self.spawns.len(),
+            u32::MAX,
+            self.config.fleet.max_fleet,
+        );
         let Some(f) = self.functions.get(function) else {
             return;
         };
         if f.tasks.pending() == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
             return;
         }
-        // At the cap there is nothing to decide: skip the scan of the fleet's free slots.
-        if room == 0 {
+        let lead = self.successor_lead(function);
+        // Hand-overs matter only where workers end by time (not by a quota of tasks).
+        // `--admission fraction` is the paper's rule as it was: no hand-overs.
+        let hand_overs = rules.admission == scheduler::Admission::Duration
+            && rules.max_tasks_per_worker.is_none()
+            && total_room > 0;
+        // At the cap there is nothing to decide, unless a worker there is handing over.
+        let look_for_ending = hand_overs && f.ending_scan_at.is_none_or(|t| now >= t);
+        if room == 0 && !look_for_ending {
             return;
         }
         let (size, _) = self.choose_size(function);
         let learned = self.learned_limit(function, size);
         let slots_per_new = scheduler::new_worker_capacity(&rules, learned);
-        let Some(f) = self.functions.get_mut(function) else {
+        let Some(f) = self.functions.get(function) else {
             return;
         };
         // A deadline waiting: no turns weighed, a worker per uncovered task at once.
@@ -380,32 +434,91 @@ impl State {
             free + self.workers.of(function) * f.max_slots.max(cap) as usize * (1 + ahead as usize);
         let fleet_cannot_matter =
             !scheduler::free_slots_matter(f.tasks.pending() as usize, free_bound, room, slots_per_new);
-        if fleet_cannot_matter {
+        let mut task = None;
+        // The soonest end among workers within their successor's lead of it; workers that
+        // are ending or retiring (admissions over); workers that will still admit after a
+        // successor could be ready; when a worker next comes within its lead of its end.
+        let mut ending: Option<Duration> = None;
+        let mut retiring = 0usize;
+        let mut lasting = self.spawns.of(function) as usize;
+        let mut next_scan = now + self.config.fleet.sample_interval;
+        if fleet_cannot_matter && !look_for_ending {
             free = free_bound;
         } else if let Some((key, _)) = self.functions.get_key_value(function) {
             // One pass over the workers, compared by function pointer: no lookups per worker.
             for w in self.workers.values().filter(|w| Arc::ptr_eq(&w.function, key)) {
                 let v = w.view(now);
-                if scheduler::assess(&rules, &v).counts_as_capacity() {
-                    free += scheduler::free_capacity(&w.limit, w.limit_params.max, v.running) as usize;
-                    // What its busy slots finish before a new worker could.
-                    free += w.limit.value() as usize * ahead as usize;
+                let verdict = scheduler::assess(&rules, &v);
+                if !verdict.counts_as_capacity() {
+                    if hand_overs && matches!(verdict, Verdict::Draining | Verdict::Stopping) {
+                        retiring += 1;
+                    }
+                    continue;
                 }
+                let left = scheduler::until_deadline(&rules, &v);
+                if hand_overs && left < lead {
+                    let task = *task.get_or_insert_with(|| f.reach.typical().map(Duration::from_secs_f64));
+                    let free_now = w.limit.value().saturating_sub(v.running);
+                    free += scheduler::life::covers_before_end(
+                        free_now,
+                        w.limit.value(),
+                        left,
+                        task,
+                        ahead.max(1),
+                    ) as usize;
+                    ending = ending.min(Some(left)).or(Some(left));
+                    retiring += 1;
+                    continue;
+                }
+                next_scan = next_scan.min(now + left.saturating_sub(lead));
+                lasting += 1;
+                free += scheduler::free_capacity(&w.limit, w.limit_params.max, v.running) as usize;
+                // What its busy slots finish before a new worker could.
+                free += w.limit.value() as usize * ahead as usize;
             }
         }
+        let scanned = !(fleet_cannot_matter && !look_for_ending);
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
-        let fleet = (self.workers.of(function) + self.spawns.of(function) as usize) as u32;
-        let n = scheduler::workers_to_spawn(
-            f.tasks.pending() as usize,
+        if scanned && hand_overs {
+            f.ending_scan_at = Some(next_scan);
+        }
+        // Retiring workers leave their places under --max-workers to their successors.
+        let of_function =
+            (self.workers.of(function) + self.spawns.of(function) as usize).saturating_sub(retiring);
+        let room = (self.config.fleet.max_workers as usize)
+            .saturating_sub(of_function)
+            .min(total_room);
+        let pending = f.tasks.pending() as usize;
+        let mut n = scheduler::workers_to_spawn(
+            pending,
             free,
-            fleet,
+            of_function as u32,
             self.config.fleet.max_workers,
             slots_per_new,
             ahead > 0,
         )
         .min(room as u32);
+        // Work left over once every worker's admissions have ended: a successor, even for
+        // less than a whole worker's worth. Tasks that fit no live worker's remaining life:
+        // a fresh worker.
+        let orphaned = ending.is_some() && lasting == 0 && pending > free;
+        let unfit = f.unfit > 0 && self.spawns.of(function) == 0;
+        if n == 0 && (orphaned || unfit) && room > 0 {
+            n = 1;
+        }
+        if let Some(left) = ending.filter(|_| n > 0) {
+            f.successors += u64::from(n);
+            f.successor_lead_ms = left.as_millis() as u64;
+            info!(
+                function,
+                successors = n,
+                ends_in_ms = left.as_millis() as u64,
+                lead_ms = lead.as_millis() as u64,
+                "starting successors for workers whose admissions end"
+            );
+        }
         let key = self.function_key(function);
         for _ in 0..n {
             let (memory_mb, why) = self.choose_size(function);
@@ -417,6 +530,18 @@ impl State {
                 memory_mb,
             });
         }
+    }
+
+    /// How long before a worker's admissions end its successor is started: what a new
+    /// worker of `function` has been measured to take to be of use (0 with nothing measured).
+    fn successor_lead(&self, function: &str) -> Duration {
+        self.functions.get(function).map_or(Duration::ZERO, |f| {
+            scheduler::life::successor_lead(
+                f.cold_start_slow,
+                f.reach.to_first_result().map(Duration::from_secs_f64),
+                f.reach.typical().map(Duration::from_secs_f64),
+            )
+        })
     }
 
     /// Applies the idle rule to one worker: shutdown, keep, or look again later.
@@ -501,6 +626,20 @@ impl State {
         ids.len()
     }
 
+    /// Whether tasks of `function` wait while none of its live workers admits any more
+    /// (every one's admissions ended or it is stopping): a gap a successor should have
+    /// closed. Scans the function's workers (the simulator's hand-over tally).
+    pub fn waits_without_admission(&self, function: &str, now: Instant) -> bool {
+        self.functions
+            .get(function)
+            .is_some_and(|f| f.tasks.pending() > 0)
+            && !self
+                .workers
+                .values()
+                .filter(|w| w.function.as_ref() == function)
+                .any(|w| !scheduler::assess(&self.rules, &w.view(now)).is_final())
+    }
+
     /// Workers connected now.
     pub fn live_workers(&self) -> usize {
         self.workers.len()
@@ -543,6 +682,41 @@ pub const RESTART_SETTLE: Duration = Duration::from_secs(1);
 
 /// How many released task ids a worker remembers.
 const RELEASED_MEMORY: usize = 1024;
+
+/// How many tasks with their own timeout one dispatch pass sets aside for a fresh worker
+/// before it stops (the rest wait for the next pass).
+const MAX_UNFIT_PER_PASS: usize = 256;
+
+/// How many eligible workers a task with its own timeout is tried on, best ranked first.
+const FITTING_CANDIDATES: usize = 16;
+
+/// The worker a task bounded by `timeout` goes to: `first` (the best ranked eligible
+/// worker) if it has that much life left, else the best ranked of the next few eligible
+/// workers that has; `None` if none has.
+fn fitting_worker(
+    eligible: &BTreeMap<IndexKey, WorkerId>,
+    workers: &roster::Roster,
+    first: &WorkerId,
+    timeout: Duration,
+    rules: &Rules,
+    now: Instant,
+) -> Option<WorkerId> {
+    let fits = |id: &WorkerId| {
+        workers.get(id).is_some_and(|w| {
+            let v = w.view(now);
+            scheduler::assess(rules, &v) == Verdict::Eligible
+                && scheduler::life::fits(scheduler::life_left(&v), timeout)
+        })
+    };
+    if fits(first) {
+        return Some(first.clone());
+    }
+    eligible
+        .values()
+        .take(FITTING_CANDIDATES)
+        .find(|id| fits(id))
+        .cloned()
+}
 
 /// Pops the next task of a pool that is still pending (skipping cancelled ones).
 fn pop_pending(pool: &mut VecDeque<TaskId>, tasks: &book::Book) -> Option<TaskId> {

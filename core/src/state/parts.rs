@@ -56,6 +56,9 @@ pub(super) struct Worker {
     pub(super) batch: Option<usize>,
     /// The highest memory use it has reported, as a fraction of its limit.
     pub(super) peak_mem: f64,
+    /// What a task of its function is expected to take at its size: the figure its
+    /// function's [`scheduler::life::Durations`] keeps up to date.
+    pub(super) expected: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Worker {
@@ -67,6 +70,7 @@ impl Worker {
         (limit, limit_params): (Limit, LimitParams),
         timeout: Duration,
         arrival: super::workers::Arrival,
+        expected: Arc<std::sync::atomic::AtomicU64>,
         now: Instant,
     ) -> Self {
         Self {
@@ -98,6 +102,7 @@ impl Worker {
             indexed: None,
             batch: None,
             peak_mem: 0.0,
+            expected,
         }
     }
 
@@ -120,6 +125,7 @@ impl Worker {
         WorkerView {
             age: now.saturating_duration_since(self.connected_at),
             timeout: self.timeout,
+            expected: scheduler::life::read(&self.expected),
             cpu: scheduler::cpu_estimate(
                 self.cpu,
                 self.sample.map_or(0, |s| s.running_tasks),
@@ -202,6 +208,9 @@ pub(super) struct FunctionPool {
     /// Spawned workers that said hello, and the cold starts (ms) of the most recent ones.
     pub(super) cold_starts: u64,
     pub(super) recent_cold_starts: VecDeque<u64>,
+    /// The slow end of those (their 99th percentile): how long before a worker's
+    /// admissions end its successor is started.
+    pub(super) cold_start_slow: Option<Duration>,
     /// Billed GB-ms of workers that have ended.
     pub(super) billed_gb_ms: f64,
     /// What Lambda bills per request for the same attempts: each attempt's own duration
@@ -215,9 +224,52 @@ pub(super) struct FunctionPool {
     /// workers took from their spawn to their first result, and its attempts' durations
     /// (moving averages; `None` until seen). Scale-out weighs one against the other.
     pub(super) reach: scheduler::Reach,
+    /// Its attempts' durations per memory size, and the longest: when a worker's admissions
+    /// end. At most [`MAX_DURATION_SIZES`] sizes (a worker of another size shares the
+    /// figure kept under size 0).
+    pub(super) durations: BTreeMap<u32, scheduler::life::Durations>,
+    /// Times a task was not given to a worker for lack of time left in its life: a worker
+    /// whose admissions ended with tasks waiting, or a task whose own timeout fitted no
+    /// live worker.
+    pub(super) refused_for_time: u64,
+    /// Workers started to take over from workers whose admissions were about to end, and
+    /// how long before the soonest such end the latest was started, in ms.
+    pub(super) successors: u64,
+    pub(super) successor_lead_ms: u64,
+    /// Attempts lost because their worker reached the end of its life while they ran.
+    pub(super) killed_at_deadline: u64,
+    /// Until then scale-out need not look for workers near the end of their admissions (none
+    /// comes within its successor's lead of its end before; looked at again at least every
+    /// sample interval, as figures move).
+    pub(super) ending_scan_at: Option<Instant>,
+    /// Tasks with their own timeout that fitted no live worker at the last dispatch: a
+    /// fresh worker is started for them.
+    pub(super) unfit: u32,
 }
 
+/// The most memory sizes a function keeps duration figures for.
+pub(super) const MAX_DURATION_SIZES: usize = 16;
+
 impl FunctionPool {
+    /// The duration figure of its workers of `memory_mb` (created on first use, within
+    /// [`MAX_DURATION_SIZES`]).
+    pub(super) fn durations(&mut self, memory_mb: u32) -> &mut scheduler::life::Durations {
+        let key = if self.durations.contains_key(&memory_mb) || self.durations.len() < MAX_DURATION_SIZES {
+            memory_mb
+        } else {
+            0
+        };
+        self.durations.entry(key).or_default()
+    }
+
+    /// The longest of its recent attempts at `memory_mb`, once enough are known.
+    pub(super) fn expected(&self, memory_mb: u32) -> Option<Duration> {
+        self.durations
+            .get(&memory_mb)
+            .or_else(|| self.durations.get(&0))
+            .and_then(scheduler::life::Durations::longest)
+    }
+
     /// No task pending, accepting or running (the caller asks the roster and the spawns for
     /// its workers).
     pub(super) fn is_idle(&self) -> bool {

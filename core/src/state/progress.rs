@@ -175,6 +175,7 @@ impl State {
                 f.request_gb_ms += alone;
                 f.requests += 1;
                 f.reach.task(took);
+                f.durations(memory_mb).push(took);
                 if first {
                     f.reach.first_result(spawned_for);
                 }

@@ -106,6 +106,7 @@ impl State {
                     }
                 })
                 .collect();
+            s.duration_bound_ms = f.expected(memory_mb).map_or(0, |d| d.as_millis().max(1) as u64);
             s.slots_learned = self
                 .learned_limit(name, self.config.fleet.memory_mb)
                 .map_or(0, |l| l.level);
@@ -157,6 +158,10 @@ fn function_stats(name: &str, f: &FunctionPool, live_gb_ms: f64) -> pb::Function
         memory_peak_fraction: f.peak_mem,
         request_billed_gb_ms: f.request_gb_ms,
         requests: f.requests,
+        refused_for_time: f.refused_for_time,
+        successors_started: f.successors,
+        successor_lead_ms: f.successor_lead_ms,
+        killed_at_deadline: f.killed_at_deadline,
         ..Default::default()
     }
 }
@@ -187,6 +192,9 @@ fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
     total.requests += s.requests;
     total.retried += s.retried;
     total.timed_out += s.timed_out;
+    total.refused_for_time += s.refused_for_time;
+    total.successors_started += s.successors_started;
+    total.killed_at_deadline += s.killed_at_deadline;
     total.cold_starts += s.cold_starts;
     total.cold_start_max_ms = total.cold_start_max_ms.max(s.cold_start_max_ms);
     total.memory_peak_fraction = total.memory_peak_fraction.max(s.memory_peak_fraction);

@@ -187,6 +187,9 @@ impl State {
         }
         self.book
             .payload_fits(sub.payload.len(), self.config.limits.max_pending_bytes)?;
+        if let Some(timeout) = sub.timeout {
+            self.check_life(timeout)?;
+        }
         if let Some(deadline) = sub.deadline {
             self.check_deadline(&sub.function, deadline)?;
         }
@@ -229,6 +232,20 @@ impl State {
                 Ok(Submitted::Done(id))
             }
         }
+    }
+
+    /// Refuses a task whose own timeout does not fit in a fresh worker's whole life (with
+    /// admission by duration): no worker could run it to its end.
+    fn check_life(&self, timeout: Duration) -> Result<()> {
+        let life = self.config.fleet.execution_timeout;
+        if self.rules.admission == scheduler::Admission::Duration && !scheduler::life::fits(life, timeout) {
+            return Err(Error::LongerThanLife {
+                timeout_ms: timeout.as_millis() as u64,
+                life_ms: life.as_millis() as u64,
+                slack_ms: scheduler::life::ADMISSION_SLACK.as_millis() as u64,
+            });
+        }
+        Ok(())
     }
 
     /// Refuses a deadline that even the soonest finish misses, by what is measured of

@@ -17,8 +17,21 @@ use crate::billing;
 use crate::error::{Error, Result};
 use crate::scheduler::{self, AfterLostAttempt};
 
+/// A worker gone this close to the end of its life (or later) reached its deadline.
+const DEADLINE_TOLERANCE: Duration = Duration::from_millis(250);
+
 /// Cold starts kept per function for Stats' median and maximum.
 const RECENT_COLD_STARTS: usize = 1024;
+
+/// The `q` quantile (nearest rank) of `values`; 0 for none.
+fn percentile(values: &std::collections::VecDeque<u64>, q: f64) -> u64 {
+    let mut v: Vec<u64> = values.iter().copied().collect();
+    if v.is_empty() {
+        return 0;
+    }
+    let at = (((v.len() as f64) * q).ceil() as usize).clamp(1, v.len()) - 1;
+    *v.select_nth_unstable(at).1
+}
 
 /// Where a new worker came from, as its hello finds it.
 pub(super) struct Arrival {
@@ -161,6 +174,7 @@ impl State {
                     f.recent_cold_starts.pop_front();
                 }
                 f.recent_cold_starts.push_back(cold_start_ms);
+                f.cold_start_slow = Some(Duration::from_millis(percentile(&f.recent_cold_starts, 0.99)));
                 // Lambda bills a cold sandbox's init as well as its requests.
                 f.request_gb_ms +=
                     billing::billed_gb_ms(Duration::from_millis(cold_start_ms), hello.memory_mb);
@@ -204,6 +218,11 @@ impl State {
         };
         let conn = self.next_conn;
         self.next_conn += 1;
+        let expected = self
+            .functions
+            .get_mut(function)
+            .map(|f| f.durations(hello.memory_mb).handle())
+            .unwrap_or_default();
         let worker = Worker::new(
             function.clone(),
             conn,
@@ -211,12 +230,14 @@ impl State {
             (limit, limit_params),
             timeout,
             arrival,
+            expected,
             now,
         );
         worker.send(Kind::Welcome(self.welcome(slots)), effects);
-        // Look again when it reaches its deadline fraction, to drain it.
+        // Look again when its admissions end, to drain it, and its successor's lead before.
         let until = scheduler::until_deadline(&self.rules, &worker.view(now));
         effects.timers.push((until, Timer::Worker(id.clone(), conn)));
+        self.arm_successor(function, until, effects);
         info!(worker = %id, function = %function, slots, phase = worker.limit.phase().as_str(), timeout_ms = timeout.as_millis() as u64, "connected");
         self.workers.insert(id.clone(), worker);
         if let Some(f) = self.functions.get_mut(function) {
@@ -227,6 +248,17 @@ impl State {
             f.spawn_blocked_until = None;
         }
         conn
+    }
+
+    /// Looks at `function`'s scale-out again when a worker whose admissions end in `until`
+    /// is within its successor's lead of that end (see [`State::successor_lead`]).
+    fn arm_successor(&self, function: &Arc<str>, until: Duration, effects: &mut Effects) {
+        let lead = self.successor_lead(function);
+        if !lead.is_zero() && until > lead {
+            effects
+                .timers
+                .push((until - lead, Timer::Function(function.clone())));
+        }
     }
 
     /// The Welcome a new connection gets.
@@ -279,6 +311,7 @@ impl State {
         effects.timers.push((until, Timer::Worker(id.clone(), conn)));
         let function = w.function.clone();
         info!(worker = %id, kept = w.running.len(), lost = lost.len(), stray = stray.len(), "resumed");
+        self.arm_successor(&function, until, effects);
         self.give_back(&lost, &format!("worker {id} came back without it"), now, effects);
         if !stray.is_empty() {
             self.claim(id, &stray, &stray_attempts, now, effects);
@@ -464,7 +497,24 @@ impl State {
                 .push(JournalOp::Cost(w.function.clone(), w.memory_mb, cost));
         }
         if !w.running.is_empty() {
-            self.give_back(&w.running, &format!("{cause} (worker {id})"), now, effects);
+            // Gone at (or past) the end of its life, with tasks running: the deadline
+            // killed them (the figure admission by duration drives to zero).
+            let gone_at = w.detached_since.unwrap_or(now);
+            let at_deadline =
+                gone_at.saturating_duration_since(w.connected_at) + DEADLINE_TOLERANCE >= w.timeout;
+            let cause = if at_deadline {
+                if let Some(f) = self.functions.get_mut(&w.function) {
+                    f.killed_at_deadline += w.running.len() as u64;
+                }
+                warn!(worker = %id, killed = w.running.len(), "a worker reached the end of its life with tasks running");
+                format!(
+                    "{cause}: it reached the end of its life (worker {id}, {} ms)",
+                    w.timeout.as_millis()
+                )
+            } else {
+                format!("{cause} (worker {id})")
+            };
+            self.give_back(&w.running, &cause, now, effects);
         }
         self.dispatch(&w.function, now, effects);
     }
