@@ -359,4 +359,5 @@ fn stats_bill_live_workers_to_their_own_function() {
 }
 
 mod journaled;
+mod life;
 mod lifecycle;

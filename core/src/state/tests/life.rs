@@ -1,0 +1,239 @@
+//! A worker's life: admission by expected duration, tasks longer than a life, successors,
+//! tasks killed at a deadline.
+
+use super::*;
+
+fn secs(n: f64) -> Duration {
+    Duration::from_secs_f64(n)
+}
+
+/// [`local`], with idle workers kept for a minute (so that one is there between tasks).
+fn local_kept(max_workers: u32) -> Config {
+    let mut c = local(max_workers);
+    c.fleet.keep_alive = secs(60.0);
+    c
+}
+
+/// A worker of function "f" with `life` left at its hello.
+fn hello_with_life(id: &str, slots: u32, life: Duration) -> pb::Hello {
+    pb::Hello {
+        timeout_ms: life.as_millis() as u64,
+        ..hello(id, slots)
+    }
+}
+
+/// Runs `n` tasks of `took` each on worker `id` (connection `conn`), one at a time, at `now`.
+fn run_tasks(s: &mut State, id: &str, conn: Conn, n: usize, took: Duration, now: Instant) {
+    for _ in 0..n {
+        let mut effects = Effects::default();
+        let t = submit(s, &mut effects, now);
+        assert_eq!(assigned(&mut effects, conn), vec![t]);
+        let r = pb::WorkerTaskResult {
+            duration_us: took.as_micros() as u64,
+            ..result(t, 1)
+        };
+        s.results(&WorkerId::new(id), vec![r], now, &mut effects)
+            .expect("result");
+    }
+}
+
+#[test]
+fn a_worker_takes_no_task_its_function_s_longest_attempt_would_not_finish_in_its_life() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let a = s
+        .connect(hello_with_life("a", 2, secs(10.0)), now, &mut effects)
+        .expect("connect");
+    // Nothing measured: the fraction rule (0.8 of 10 s).
+    assert_eq!(s.stats(now).functions[0].duration_bound_ms, 0);
+    run_tasks(&mut s, "a", a, 8, secs(3.0), now);
+    assert_eq!(s.stats(now).functions[0].duration_bound_ms, 3000);
+    // 3 s tasks need 3.75 s and 250 ms of slack: admissions end at 6 s, not 8 s.
+    let mut effects = Effects::default();
+    let t = submit(&mut s, &mut effects, now + secs(5.9));
+    assert_eq!(assigned(&mut effects, a), vec![t]);
+    let mut effects = Effects::default();
+    let late = submit(&mut s, &mut effects, now + secs(6.1));
+    assert!(
+        assigned(&mut effects, a).is_empty(),
+        "a task admitted that would not finish"
+    );
+    assert_eq!(s.get(late).expect("get").state(), TaskState::Pending);
+    let st = &s.stats(now + secs(6.1)).functions[0];
+    assert_eq!(st.refused_for_time, 1, "{st:?}");
+}
+
+#[test]
+fn short_tasks_are_admitted_past_the_fraction_while_they_fit() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let a = s
+        .connect(hello_with_life("a", 2, secs(10.0)), now, &mut effects)
+        .expect("connect");
+    run_tasks(&mut s, "a", a, 8, secs(0.05), now);
+    // 9.5 s into a 10 s life: past 0.8, but 50 ms tasks still fit.
+    let mut effects = Effects::default();
+    let t = submit(&mut s, &mut effects, now + secs(9.5));
+    assert_eq!(assigned(&mut effects, a), vec![t]);
+}
+
+#[test]
+fn a_task_whose_own_timeout_outlasts_a_whole_life_is_refused_at_once_with_why() {
+    let (mut s, now) = state(Config {
+        fleet: Fleet {
+            execution_timeout: secs(5.0),
+            ..external().fleet
+        },
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let sub = Submission {
+        timeout: Some(secs(6.0)),
+        ..Submission::new("f", Bytes::from_static(b"x"))
+    };
+    let err = s.submit(sub, None, now, &mut effects).expect_err("refused");
+    assert_eq!(err.kind(), crate::error::Kind::Precondition);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("6000 ms") && msg.contains("5000 ms") && msg.contains("--execution-timeout"),
+        "{msg}"
+    );
+    assert_eq!(s.stats(now).total.expect("total").pending, 0, "nothing was kept");
+    // One that fits is taken.
+    let fits = Submission {
+        timeout: Some(secs(4.0)),
+        ..Submission::new("f", Bytes::from_static(b"x"))
+    };
+    s.submit(fits, None, now, &mut effects).expect("fits");
+}
+
+#[test]
+fn a_task_with_its_own_timeout_waits_for_a_worker_with_the_life_for_it_and_short_ones_pass_it() {
+    let (mut s, now) = state(local_kept(4));
+    let mut effects = Effects::default();
+    let old = s
+        .connect(hello_with_life("old", 2, secs(4.0)), now, &mut effects)
+        .expect("connect");
+    let later = now + secs(2.0);
+    // 3 s of timeout needs 3.25 s: the old worker (2 s left) cannot take it.
+    let long = Submission {
+        timeout: Some(secs(3.0)),
+        ..Submission::new("f", Bytes::from_static(b"long"))
+    };
+    let mut effects = Effects::default();
+    let long = s.submit(long, None, later, &mut effects).expect("submit").id();
+    let short = submit(&mut s, &mut effects, later);
+    assert_eq!(
+        assigned(&mut effects, old),
+        vec![short],
+        "the short task passes the long one"
+    );
+    assert_eq!(effects.spawns.len(), 1, "a fresh worker for the long task");
+    let id = effects.spawns[0].id.clone();
+    let mut effects = Effects::default();
+    let fresh = s
+        .connect(hello_with_life(id.as_str(), 2, secs(4.0)), later, &mut effects)
+        .expect("connect");
+    assert_eq!(assigned(&mut effects, fresh), vec![long]);
+}
+
+/// A local-spawner state whose one worker ("w", spawned) took `cold` to start, lives
+/// `life`, and has run eight 100 ms tasks; returns its connection and the time then.
+fn measured_worker(max_workers: u32, cold: Duration, life: Duration) -> (State, Instant, Conn, WorkerId) {
+    let (mut s, now) = state(local_kept(max_workers));
+    let mut effects = Effects::default();
+    submit(&mut s, &mut effects, now);
+    let id = effects.spawns[0].id.clone();
+    let hello_at = now + cold;
+    let mut effects = Effects::default();
+    let conn = s
+        .connect(hello_with_life(id.as_str(), 2, life), hello_at, &mut effects)
+        .expect("connect");
+    let first = assigned(&mut effects, conn);
+    let r = pb::WorkerTaskResult {
+        duration_us: 100_000,
+        ..result(first[0], 1)
+    };
+    s.results(&id, vec![r], hello_at, &mut effects).expect("result");
+    run_tasks(&mut s, id.as_str(), conn, 7, secs(0.1), hello_at);
+    (s, hello_at, conn, id)
+}
+
+#[test]
+fn a_successor_starts_its_cold_start_ahead_of_its_predecessor_s_end_when_work_is_queued() {
+    // One worker allowed: the successor takes the place of one whose admissions end.
+    let (mut s, at, conn, _) = measured_worker(1, secs(1.0), secs(10.0));
+    // Admissions end at 10 - 0.125 - 0.25 s; the lead is the 1 s cold start.
+    let end = secs(10.0) - secs(0.125) - secs(0.25);
+    // Fill both slots and queue more than it can finish by its end (100 ms tasks, two at a
+    // time: 18 in 0.9 s), well before the lead: no successor.
+    let mut effects = Effects::default();
+    for _ in 0..40 {
+        submit(&mut s, &mut effects, at + secs(1.0));
+    }
+    assert_eq!(assigned(&mut effects, conn).len(), 2);
+    assert!(effects.spawns.is_empty(), "{:?}", effects.spawns);
+    // Within the lead, the function is looked at again (the timer the worker armed) and a
+    // successor starts although the cap is one worker.
+    let mut effects = Effects::default();
+    let within = at + end - secs(0.9);
+    s.on_timer(Timer::Function(Arc::from("f")), within, &mut effects);
+    assert_eq!(effects.spawns.len(), 1, "a successor");
+    let st = &s.stats(within).functions[0];
+    assert_eq!(st.successors_started, 1);
+    assert_eq!(st.successor_lead_ms, 900);
+    // Once: the successor starting covers the queue.
+    let mut effects = Effects::default();
+    s.on_timer(Timer::Function(Arc::from("f")), within + secs(0.1), &mut effects);
+    assert!(effects.spawns.is_empty());
+}
+
+#[test]
+fn no_successor_starts_when_nothing_is_queued_or_the_queue_empties_before_the_end() {
+    let (mut s, at, conn, _) = measured_worker(1, secs(1.0), secs(10.0));
+    let mut effects = Effects::default();
+    s.on_timer(Timer::Function(Arc::from("f")), at + secs(9.0), &mut effects);
+    assert!(effects.spawns.is_empty());
+    // Six queued behind two running: done in 0.4 s, before its admissions end.
+    for _ in 0..8 {
+        submit(&mut s, &mut effects, at + secs(8.5));
+    }
+    assert_eq!(assigned(&mut effects, conn).len(), 2);
+    s.on_timer(Timer::Function(Arc::from("f")), at + secs(8.8), &mut effects);
+    assert!(effects.spawns.is_empty());
+    assert_eq!(s.stats(at + secs(9.0)).functions[0].successors_started, 0);
+}
+
+#[test]
+fn a_worker_ending_with_tasks_running_at_its_deadline_counts_them_as_killed() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let a = s
+        .connect(hello_with_life("a", 2, secs(2.0)), now, &mut effects)
+        .expect("connect");
+    let t = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, a), vec![t]);
+    s.disconnect(
+        &WorkerId::new("a"),
+        a,
+        StreamEnd::Closed,
+        now + secs(2.0),
+        &mut effects,
+    );
+    let st = &s.stats(now + secs(2.0)).functions[0];
+    assert_eq!((st.killed_at_deadline, st.retried), (1, 1), "{st:?}");
+    assert_eq!(s.get(t).expect("get").state(), TaskState::Pending);
+    // One that leaves early with tasks is lost, not killed at a deadline.
+    let b = s
+        .connect(hello_with_life("b", 2, secs(10.0)), now + secs(2.0), &mut effects)
+        .expect("connect");
+    assert_eq!(assigned(&mut effects, b), vec![t]);
+    s.disconnect(
+        &WorkerId::new("b"),
+        b,
+        StreamEnd::Closed,
+        now + secs(3.0),
+        &mut effects,
+    );
+    assert_eq!(s.stats(now + secs(3.0)).functions[0].killed_at_deadline, 1);
+}
