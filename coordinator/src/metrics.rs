@@ -87,6 +87,10 @@ pub(crate) struct Metrics {
     /// Stats-derived counters, brought up to the snapshot at each scrape.
     tasks: Family<OutcomeLabels, Counter>,
     retries: Family<FunctionLabel, Counter>,
+    /// A worker's life: attempts killed at a deadline, successors, tasks refused for time.
+    killed_at_deadline: Family<FunctionLabel, Counter>,
+    successors: Family<FunctionLabel, Counter>,
+    refused_for_time: Family<FunctionLabel, Counter>,
     spawns: Family<SpawnLabels, Counter>,
     billed: Family<FunctionLabel, FloatCounter>,
     cost: Family<FunctionLabel, FloatCounter>,
@@ -96,6 +100,8 @@ pub(crate) struct Metrics {
     workers: Family<WorkerStateLabels, Gauge>,
     limit: Family<FunctionLabel, FloatGauge>,
     learned: Family<FunctionLabel, Gauge>,
+    /// The duration a task of a function is expected to take (admission's figure).
+    duration_bound: Family<FunctionLabel, FloatGauge>,
     /// The memory size a new worker of a function gets now.
     size: Family<FunctionLabel, Gauge>,
     /// Billed GB-s per finished task, per function and memory size tried.
@@ -227,6 +233,30 @@ impl Metrics {
                 "Attempts given back to the pool for another try",
                 None,
             ),
+            killed_at_deadline: made(
+                r,
+                "task_killed_at_deadline",
+                "Attempts lost because their worker reached the end of its life while they ran",
+                None,
+            ),
+            successors: made(
+                r,
+                "worker_successors",
+                "Workers started ahead of time to take over from workers whose admissions were ending",
+                None,
+            ),
+            refused_for_time: made(
+                r,
+                "task_refused_for_time",
+                "Times a task was not given to a worker for lack of life left",
+                None,
+            ),
+            duration_bound: made(
+                r,
+                "task_duration_bound",
+                "What a task of a function is expected to take (the longest of its recent attempts; 0: not known yet)",
+                Some(Unit::Seconds),
+            ),
             spawns: made(r, "worker_spawns", "Workers started that said hello", None),
             billed: made(
                 r,
@@ -343,6 +373,12 @@ impl Metrics {
                 catch_up(&self.tasks.get_or_create(&labels), n);
             }
             catch_up(&self.retries.get_or_create(&function()), f.retried);
+            catch_up(&self.killed_at_deadline.get_or_create(&function()), f.killed_at_deadline);
+            catch_up(&self.successors.get_or_create(&function()), f.successors_started);
+            catch_up(&self.refused_for_time.get_or_create(&function()), f.refused_for_time);
+            self.duration_bound
+                .get_or_create(&function())
+                .set(f.duration_bound_ms as f64 / 1000.0);
             let spawns = SpawnLabels {
                 function: f.function.clone(),
                 spawner: self.spawner,

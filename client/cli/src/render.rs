@@ -139,6 +139,17 @@ pub(crate) fn stats_table(s: &pb::StatsResponse) -> String {
         ));
     }
     for f in &s.functions {
+        if f.duration_bound_ms > 0 || f.successors_started > 0 || f.killed_at_deadline > 0 || f.refused_for_time > 0 {
+            out.push_str(&format!(
+                "life of {}'s workers: tasks take up to {} ms; {} refused for time; {} successors (latest {} ms ahead); {} killed at a deadline\n",
+                f.function,
+                f.duration_bound_ms,
+                f.refused_for_time,
+                f.successors_started,
+                f.successor_lead_ms,
+                f.killed_at_deadline
+            ));
+        }
         if !f.last_spawn_error.is_empty() {
             out.push_str(&format!(
                 "last failed spawn of {}: {}\n",

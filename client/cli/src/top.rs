@@ -79,6 +79,12 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
                 "unmeasured" => format!("{} ?", f.memory_mb),
                 _ => f.memory_mb.to_string(),
             },
+            if f.duration_bound_ms == 0 {
+                "-".into()
+            } else {
+                format!("{:.2}", f.duration_bound_ms as f64 / 1000.0)
+            },
+            format!("{}/{}", f.successors_started, f.killed_at_deadline),
             format!("{:.6}", f.cost_usd),
         ])
     });
@@ -95,13 +101,15 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
             Constraint::Length(6),
             Constraint::Length(8),
             Constraint::Length(9),
+            Constraint::Length(8),
+            Constraint::Length(10),
             Constraint::Length(12),
         ],
     )
     .header(
         Row::new([
             "FUNCTION", "PENDING", "RUNNING", "DONE/s", "FINISHED", "FAILED", "WORKERS", "LIMIT", "LEARNED",
-            "SIZE MB", "COST USD",
+            "SIZE MB", "TASK ≤ s", "SUCC/KILL", "COST USD",
         ])
         .style(bold),
     )
