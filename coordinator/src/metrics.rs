@@ -373,9 +373,15 @@ impl Metrics {
                 catch_up(&self.tasks.get_or_create(&labels), n);
             }
             catch_up(&self.retries.get_or_create(&function()), f.retried);
-            catch_up(&self.killed_at_deadline.get_or_create(&function()), f.killed_at_deadline);
+            catch_up(
+                &self.killed_at_deadline.get_or_create(&function()),
+                f.killed_at_deadline,
+            );
             catch_up(&self.successors.get_or_create(&function()), f.successors_started);
-            catch_up(&self.refused_for_time.get_or_create(&function()), f.refused_for_time);
+            catch_up(
+                &self.refused_for_time.get_or_create(&function()),
+                f.refused_for_time,
+            );
             self.duration_bound
                 .get_or_create(&function())
                 .set(f.duration_bound_ms as f64 / 1000.0);

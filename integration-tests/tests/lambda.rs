@@ -198,8 +198,9 @@ async fn the_invocation_deadline_is_the_workers_timeout_and_a_bad_event_fails_fa
     assert!(body.contains("InvalidCarpoolEvent"), "{body}");
     assert!(took < Duration::from_secs(3), "a bad event took {took:?}");
 
-    // A good one: the worker serves tasks, then leaves at 0.8 of the real deadline (4 s
-    // less its margin), not at its 15-minute default, and says why.
+    // A good one: the worker serves tasks, then leaves before the real deadline (4 s), not
+    // at its 15-minute default, and says why: once its tasks are measured, its admissions
+    // end when the longest of them would no longer fit, and none of them runs twice.
     let event = serde_json::json!({ "coordinator_url": coord.url, "worker_id": "rie-1", "function": "echo" });
     let invocation = tokio::spawn(async move { rie.invoke(event).await });
     let w = eventually("the worker to connect", || async {
@@ -216,20 +217,31 @@ async fn the_invocation_deadline_is_the_workers_timeout_and_a_bad_event_fails_fa
         "instance {:?} is not the request id",
         w.instance
     );
-    let out = client.run("echo", "\"hello\"").await.expect("run");
-    assert_eq!(
-        payload::into_bytes(out.output.clone()),
-        Bytes::from_static(b"\"hello\"")
-    );
+    for i in 0..10 {
+        let out = client.run("echo", format!("\"hello {i}\"")).await.expect("run");
+        assert_eq!(
+            payload::into_bytes(out.output.clone()),
+            Bytes::from(format!("\"hello {i}\""))
+        );
+        assert_eq!(out.attempts, 1, "{out:?}");
+    }
     let (body, took) = invocation.await.expect("invocation");
     let summary: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("summary {body:?}: {e}"));
     assert_eq!(summary["worker_id"], "rie-1");
-    assert_eq!(summary["tasks_run"], 1);
+    assert_eq!(summary["tasks_run"], 10);
     assert_eq!(summary["ended"], "shutdown: deadline", "{summary}");
     assert!(
         took < Duration::from_secs(4),
         "the session outlived the function timeout: {took:?}"
     );
+    let stats = client.stats().await.expect("stats");
+    let echo = stats
+        .functions
+        .iter()
+        .find(|f| f.function == "echo")
+        .expect("echo stats");
+    assert_eq!((echo.killed_at_deadline, echo.retried), (0, 0), "{echo:?}");
+    assert!(echo.duration_bound_ms > 0, "{echo:?}");
 }
 
 #[tokio::test]

@@ -139,7 +139,11 @@ pub(crate) fn stats_table(s: &pb::StatsResponse) -> String {
         ));
     }
     for f in &s.functions {
-        if f.duration_bound_ms > 0 || f.successors_started > 0 || f.killed_at_deadline > 0 || f.refused_for_time > 0 {
+        if f.duration_bound_ms > 0
+            || f.successors_started > 0
+            || f.killed_at_deadline > 0
+            || f.refused_for_time > 0
+        {
             out.push_str(&format!(
                 "life of {}'s workers: tasks take up to {} ms; {} refused for time; {} successors (latest {} ms ahead); {} killed at a deadline\n",
                 f.function,

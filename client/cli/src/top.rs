@@ -108,8 +108,19 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
     )
     .header(
         Row::new([
-            "FUNCTION", "PENDING", "RUNNING", "DONE/s", "FINISHED", "FAILED", "WORKERS", "LIMIT", "LEARNED",
-            "SIZE MB", "TASK ≤ s", "SUCC/KILL", "COST USD",
+            "FUNCTION",
+            "PENDING",
+            "RUNNING",
+            "DONE/s",
+            "FINISHED",
+            "FAILED",
+            "WORKERS",
+            "LIMIT",
+            "LEARNED",
+            "SIZE MB",
+            "TASK ≤ s",
+            "SUCC/KILL",
+            "COST USD",
         ])
         .style(bold),
     )

@@ -260,9 +260,7 @@ impl State {
                     f.eligible.remove(&key);
                     if let Some(w) = stale {
                         w.indexed = None;
-                        if scheduler::assess(&rules, &w.view(now)) == Verdict::Draining {
-                            f.refused_for_time += 1;
-                        }
+                        count_refusal(f, w, &rules, now);
                     }
                     continue;
                 }
@@ -324,7 +322,7 @@ impl State {
                 tracing::trace!(worker = %worker_id, limit = w.limit.value(), "limit filled");
             }
             // One more task changes its rank, or makes it full.
-            rekey(&mut f.eligible, &worker_id, w, &rules, now);
+            rekey(f, &worker_id, w, &rules, now);
             debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
             let limit = task.timeout.or(self.config.limits.task_timeout);
             if let Some(limit) = limit {
@@ -380,7 +378,7 @@ impl State {
         if let Some(w) = self.workers.get_mut(id)
             && let Some(f) = self.functions.get_mut(&w.function)
         {
-            rekey(&mut f.eligible, id, w, &self.rules, now);
+            rekey(f, id, w, &self.rules, now);
         }
     }
 
@@ -452,6 +450,9 @@ impl State {
                 if !verdict.counts_as_capacity() {
                     if hand_overs && matches!(verdict, Verdict::Draining | Verdict::Stopping) {
                         retiring += 1;
+                        if verdict == Verdict::Draining {
+                            ending = Some(Duration::ZERO);
+                        }
                     }
                     continue;
                 }
@@ -466,7 +467,7 @@ impl State {
                         task,
                         ahead.max(1),
                     ) as usize;
-                    ending = ending.min(Some(left)).or(Some(left));
+                    ending = Some(ending.map_or(left, |e| e.min(left)));
                     retiring += 1;
                     continue;
                 }
@@ -477,7 +478,7 @@ impl State {
                 free += w.limit.value() as usize * ahead as usize;
             }
         }
-        let scanned = !(fleet_cannot_matter && !look_for_ending);
+        let scanned = !fleet_cannot_matter || look_for_ending;
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
@@ -646,24 +647,30 @@ impl State {
     }
 }
 
-/// Moves worker `id` (`w`) to where it belongs now in its function's index of eligible
-/// workers `eligible`, or out of it.
-fn rekey(
-    eligible: &mut BTreeMap<IndexKey, WorkerId>,
-    id: &WorkerId,
-    w: &mut Worker,
-    rules: &Rules,
-    now: Instant,
-) {
+/// Moves worker `id` (`w`) to where it belongs now in its function's (`f`) index of
+/// eligible workers, or out of it; a worker leaving it because its admissions ended while
+/// tasks wait counts once as refused for time.
+fn rekey(f: &mut FunctionPool, id: &WorkerId, w: &mut Worker, rules: &Rules, now: Instant) {
     let key = w.index_key(rules, now);
+    if key.is_none() && f.tasks.pending() > 0 {
+        count_refusal(f, w, rules, now);
+    }
     if key == w.indexed {
         return;
     }
     if let Some(old) = std::mem::replace(&mut w.indexed, key) {
-        eligible.remove(&old);
+        f.eligible.remove(&old);
     }
     if let Some(k) = key {
-        eligible.insert(k, id.clone());
+        f.eligible.insert(k, id.clone());
+    }
+}
+
+/// Counts worker `w` once as refused for time, if its admissions have ended.
+fn count_refusal(f: &mut FunctionPool, w: &mut Worker, rules: &Rules, now: Instant) {
+    if !w.refused_for_time && scheduler::assess(rules, &w.view(now)) == Verdict::Draining {
+        w.refused_for_time = true;
+        f.refused_for_time += 1;
     }
 }
 

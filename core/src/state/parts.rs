@@ -59,6 +59,8 @@ pub(super) struct Worker {
     /// What a task of its function is expected to take at its size: the figure its
     /// function's [`scheduler::life::Durations`] keeps up to date.
     pub(super) expected: Arc<std::sync::atomic::AtomicU64>,
+    /// Its admissions ended while tasks waited, and that was counted.
+    pub(super) refused_for_time: bool,
 }
 
 impl Worker {
@@ -70,7 +72,6 @@ impl Worker {
         (limit, limit_params): (Limit, LimitParams),
         timeout: Duration,
         arrival: super::workers::Arrival,
-        expected: Arc<std::sync::atomic::AtomicU64>,
         now: Instant,
     ) -> Self {
         Self {
@@ -102,7 +103,8 @@ impl Worker {
             indexed: None,
             batch: None,
             peak_mem: 0.0,
-            expected,
+            expected: arrival.expected,
+            refused_for_time: false,
         }
     }
 

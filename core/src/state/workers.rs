@@ -43,6 +43,8 @@ pub(super) struct Arrival {
     pub(super) instance: String,
     /// Past the fleet cap: it is sent away at once.
     pub(super) surplus: bool,
+    /// What a task of its function is expected to take at its size (the figure it reads).
+    pub(super) expected: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The bounds of a Hello (anything outside is INVALID_ARGUMENT): memory from Lambda's
@@ -165,6 +167,7 @@ impl State {
             cold_start_ms: 0,
             instance: hello.instance.clone(),
             surplus: false,
+            expected: Arc::default(),
         };
         if let Some(s) = self.spawns.end(id) {
             let cold_start_ms = now.saturating_duration_since(s.since).as_millis() as u64;
@@ -218,11 +221,10 @@ impl State {
         };
         let conn = self.next_conn;
         self.next_conn += 1;
-        let expected = self
-            .functions
-            .get_mut(function)
-            .map(|f| f.durations(hello.memory_mb).handle())
-            .unwrap_or_default();
+        let mut arrival = arrival;
+        if let Some(f) = self.functions.get_mut(function) {
+            arrival.expected = f.durations(hello.memory_mb).handle();
+        }
         let worker = Worker::new(
             function.clone(),
             conn,
@@ -230,7 +232,6 @@ impl State {
             (limit, limit_params),
             timeout,
             arrival,
-            expected,
             now,
         );
         worker.send(Kind::Welcome(self.welcome(slots)), effects);
