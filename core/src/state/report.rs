@@ -106,7 +106,15 @@ impl State {
                     }
                 })
                 .collect();
-            s.duration_bound_ms = f.expected(memory_mb).map_or(0, |d| d.as_millis().max(1) as u64);
+            // At the size new workers get; with none measured there (workers that said
+            // hello with a size of their own), the longest at any size.
+            let bound = f.expected(memory_mb).or_else(|| {
+                f.durations
+                    .values()
+                    .filter_map(crate::scheduler::life::Durations::longest)
+                    .max()
+            });
+            s.duration_bound_ms = bound.map_or(0, |d| d.as_millis().max(1) as u64);
             s.slots_learned = self
                 .learned_limit(name, self.config.fleet.memory_mb)
                 .map_or(0, |l| l.level);
