@@ -386,7 +386,7 @@ impl State {
     /// live and starting workers. A worker whose admissions end before a new one could be
     /// ready counts only for what it can still start, and does not count against
     /// `--max-workers` (its successor takes its place; `--max-fleet` still holds), nor does
-    /// one whose admissions have ended and only finishes what it runs.
+    /// one whose admissions have ended for time and only finishes what it runs.
     fn spawn_for(&mut self, function: &str, now: Instant, effects: &mut Effects) {
         if self.config.fleet.spawner == SpawnerKind::External || self.draining {
             return;
@@ -448,11 +448,11 @@ impl State {
                 let v = w.view(now);
                 let verdict = scheduler::assess(&rules, &v);
                 if !verdict.counts_as_capacity() {
-                    if hand_overs && matches!(verdict, Verdict::Draining | Verdict::Stopping) {
+                    // Draining: its admissions ended for time and it only finishes what it
+                    // runs (a worker told to stop is gone in a moment, and still counts).
+                    if hand_overs && verdict == Verdict::Draining {
                         retiring += 1;
-                        if verdict == Verdict::Draining {
-                            ending = Some(Duration::ZERO);
-                        }
+                        ending = Some(Duration::ZERO);
                     }
                     continue;
                 }
