@@ -33,6 +33,20 @@ pub enum ScaleOut {
     Eager,
 }
 
+/// How a worker's admissions end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Admission {
+    /// A worker takes a task only while the task's expected duration (the longest of its
+    /// function's recent attempts at the worker's size, or its own timeout) fits in what is left of the
+    /// worker's life with a margin; `--deadline-fraction` for a function not measured yet.
+    #[default]
+    Duration,
+    /// A worker takes nothing past `--deadline-fraction` of its life, whatever its tasks
+    /// take (the paper's rule).
+    Fraction,
+}
+
 /// How new workers are started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -152,7 +166,7 @@ pub struct Fleet {
     /// function's longest recent attempt, or its own timeout) fits in what is left of its life,
     /// `fraction` at `--deadline-fraction` of its life whatever its tasks take.
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_ADMISSION", value_enum, default_value_t = Fleet::default().admission))]
-    pub admission: crate::scheduler::Admission,
+    pub admission: Admission,
     /// Execution timeout of a worker (Lambda's function timeout), e.g. "15m".
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_EXECUTION_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration))]
     pub execution_timeout: Duration,
@@ -200,7 +214,7 @@ impl Default for Fleet {
             cpu_threshold: 0.9,
             mem_threshold: 0.9,
             deadline_fraction: 0.8,
-            admission: crate::scheduler::Admission::Duration,
+            admission: Admission::Duration,
             execution_timeout: Duration::from_secs(900),
             keep_alive: Duration::ZERO,
             placement: Placement::Pack,

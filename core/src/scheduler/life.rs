@@ -19,19 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// How a worker's admissions end.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
-pub enum Admission {
-    /// A worker takes a task only while the task's expected duration (the longest of its
-    /// function's recent attempts at the worker's size, or its own timeout) fits in what is left of the
-    /// worker's life with a margin; `--deadline-fraction` for a function not measured yet.
-    #[default]
-    Duration,
-    /// A worker takes nothing past `--deadline-fraction` of its life, whatever its tasks
-    /// take (the paper's rule).
-    Fraction,
-}
+pub use crate::config::Admission;
 
 /// The expected duration is stretched by this before it is fitted into what is left.
 pub const ADMISSION_MARGIN: f64 = 1.25;
