@@ -366,11 +366,17 @@ impl Reach {
     /// worker takes to finish its first (0 while either is unknown, or when a worker is
     /// ready before a task ends).
     pub fn turns(&self) -> u32 {
+        self.turns_given(self.typical())
+    }
+
+    /// [`Reach::turns`] with the typical duration already taken ([`Reach::typical`] sorts
+    /// the recent durations: a caller that needs it too takes it once).
+    pub fn turns_given(&self, typical: Option<f64>) -> u32 {
         let reach = match (self.first, self.level) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        match (reach, self.typical()) {
+        match (reach, typical) {
             (Some(reach), Some(task)) if task > 0.0 => {
                 ((reach / task).floor() - 1.0).clamp(0.0, 1000.0) as u32
             }

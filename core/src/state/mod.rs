@@ -406,7 +406,6 @@ impl State {
         if f.tasks.pending() == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
             return;
         }
-        let lead = self.successor_lead(function);
         // Hand-overs matter only where workers end by time (not by a quota of tasks).
         // `--admission fraction` is the paper's rule as it was: no hand-overs.
         let hand_overs = rules.admission == scheduler::Admission::Duration
@@ -425,14 +424,17 @@ impl State {
         };
         // A deadline waiting: no turns weighed, a worker per uncovered task at once.
         let urgent = f.urgent_until.is_some_and(|t| now < t);
-        let turns = if urgent { 0 } else { f.reach.turns() };
+        // The recent durations' median, sorted once for the turns and the successor's lead.
+        let typical = f.reach.typical();
+        let turns = if urgent { 0 } else { f.reach.turns_given(typical) };
+        let task = typical.map(Duration::from_secs_f64);
+        let lead = lead_of(f, task);
         let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_per_new, turns);
         let mut free = self.spawns.of(function) as usize * slots_per_new as usize;
         let free_bound =
             free + self.workers.of(function) * f.max_slots.max(cap) as usize * (1 + ahead as usize);
         let fleet_cannot_matter =
             !scheduler::free_slots_matter(f.tasks.pending() as usize, free_bound, room, slots_per_new);
-        let mut task = None;
         // The soonest end among workers within their successor's lead of it; workers that
         // are ending or retiring (admissions over); workers that will still admit after a
         // successor could be ready; when a worker next comes within its lead of its end.
@@ -458,7 +460,6 @@ impl State {
                 }
                 let left = scheduler::until_deadline(&rules, &v);
                 if hand_overs && left < lead {
-                    let task = *task.get_or_insert_with(|| f.reach.typical().map(Duration::from_secs_f64));
                     let free_now = w.limit.value().saturating_sub(v.running);
                     free += scheduler::life::covers_before_end(
                         free_now,
@@ -537,11 +538,7 @@ impl State {
     /// worker of `function` has been measured to take to be of use (0 with nothing measured).
     fn successor_lead(&self, function: &str) -> Duration {
         self.functions.get(function).map_or(Duration::ZERO, |f| {
-            scheduler::life::successor_lead(
-                f.cold_start_slow,
-                f.reach.to_first_result().map(Duration::from_secs_f64),
-                f.reach.typical().map(Duration::from_secs_f64),
-            )
+            lead_of(f, f.reach.typical().map(Duration::from_secs_f64))
         })
     }
 
@@ -664,6 +661,16 @@ fn rekey(f: &mut FunctionPool, id: &WorkerId, w: &mut Worker, rules: &Rules, now
     if let Some(k) = key {
         f.eligible.insert(k, id.clone());
     }
+}
+
+/// The successor's lead of function `f` (see [`scheduler::life::successor_lead`]), its
+/// tasks' typical duration being `task`.
+fn lead_of(f: &FunctionPool, task: Option<Duration>) -> Duration {
+    scheduler::life::successor_lead(
+        f.cold_start_slow,
+        f.reach.to_first_result().map(Duration::from_secs_f64),
+        task,
+    )
 }
 
 /// Counts worker `w` once as refused for time, if its admissions have ended.
