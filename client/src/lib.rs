@@ -157,14 +157,25 @@ impl Client {
 
     /// Cancels a task; returns its state afterwards.
     pub async fn cancel(&self, task_id: u64) -> Result<TaskState> {
-        let state = self
-            .tasks
-            .clone()
-            .cancel(pb::CancelRequest { task_id })
-            .await?
-            .into_inner()
-            .state();
-        Ok(state)
+        self.cancel_request(pb::CancelRequest {
+            task_id,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Cancels the task submitted with idempotency key `key` (how a Map caller, which
+    /// learns ids only with results, cancels one); returns its state afterwards.
+    pub async fn cancel_by_key(&self, key: &str) -> Result<TaskState> {
+        self.cancel_request(pb::CancelRequest {
+            idempotency_key: key.to_owned(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn cancel_request(&self, req: pb::CancelRequest) -> Result<TaskState> {
+        Ok(self.tasks.clone().cancel(req).await?.into_inner().state())
     }
 
     /// The results of `task_ids`, as each finishes.
@@ -202,22 +213,35 @@ impl Client {
         S: Stream<Item = Bytes> + Send + 'static,
     {
         let function = function.to_owned();
-        let requests = inputs.enumerate().map(move |(i, bytes)| pb::MapRequest {
-            // The first message names the function and carries the call's options; the
-            // rest inherit them.
-            function: if i == 0 { function.clone() } else { String::new() },
-            budget_usd: if i == 0 {
-                options.budget_usd.unwrap_or(0.0)
-            } else {
-                0.0
-            },
-            deadline_ms: if i == 0 { millis(options.deadline) } else { 0 },
-            input: Some(binary_or_text(bytes)),
-            seq: i as u64,
-            ..Default::default()
-        });
+        // What is ready goes at once, in batches bounded by count and bytes: no waiting
+        // for more, so one task at a time is as quick as before.
+        let requests = inputs
+            .enumerate()
+            .ready_chunks(MAP_BATCH_ITEMS)
+            .flat_map(|chunk| futures::stream::iter(split_by_bytes(chunk)))
+            .enumerate()
+            .map(move |(n, batch)| pb::MapRequest {
+                // The first message names the function and carries the call's options;
+                // the rest inherit them.
+                function: if n == 0 { function.clone() } else { String::new() },
+                budget_usd: if n == 0 {
+                    options.budget_usd.unwrap_or(0.0)
+                } else {
+                    0.0
+                },
+                deadline_ms: if n == 0 { millis(options.deadline) } else { 0 },
+                tasks: batch
+                    .into_iter()
+                    .map(|(i, bytes)| pb::MapTask {
+                        input: Some(binary_or_text(bytes)),
+                        seq: i as u64,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            });
         let stream = self.tasks.clone().map(requests).await?.into_inner();
-        Ok(stream.map(|r| r.map_err(Error::from)))
+        Ok(stream.flat_map(|r| futures::stream::iter(one_by_one(r))))
     }
 
     /// Workers connected or starting, optionally of one function.
@@ -236,6 +260,53 @@ impl Client {
             .stats(pb::StatsRequest {})
             .await?
             .into_inner())
+    }
+}
+
+/// Most submissions [`Client::map`] puts in one message...
+const MAP_BATCH_ITEMS: usize = 1024;
+
+/// ...and most payload bytes (one always goes, whatever its size), well under the
+/// coordinator's message limit.
+const MAP_BATCH_BYTES: usize = 1 << 20;
+
+/// `chunk` cut into runs of at most [`MAP_BATCH_BYTES`] of payload (each at least one item).
+fn split_by_bytes(chunk: Vec<(usize, Bytes)>) -> Vec<Vec<(usize, Bytes)>> {
+    let mut batches: Vec<Vec<(usize, Bytes)>> = Vec::new();
+    let mut bytes = 0;
+    for item in chunk {
+        match batches.last_mut() {
+            Some(last) if bytes + item.1.len() <= MAP_BATCH_BYTES => {
+                bytes += item.1.len();
+                last.push(item);
+            }
+            _ => {
+                bytes = item.1.len();
+                batches.push(vec![item]);
+            }
+        }
+    }
+    batches
+}
+
+/// A Map answer as one [`MapResponse`] per result, whether it came alone or in a batch.
+fn one_by_one(r: Result<MapResponse, tonic::Status>) -> Vec<Result<MapResponse>> {
+    match r {
+        Ok(resp) if resp.results.is_empty() => vec![Ok(resp)],
+        Ok(resp) => resp
+            .results
+            .into_iter()
+            .map(|r| {
+                Ok(MapResponse {
+                    seq: r.seq,
+                    result: r.result,
+                    rejected: r.rejected,
+                    rejected_code: r.rejected_code,
+                    results: Vec::new(),
+                })
+            })
+            .collect(),
+        Err(e) => vec![Err(e.into())],
     }
 }
 

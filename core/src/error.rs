@@ -21,6 +21,9 @@ pub enum Error {
     /// No task has this id.
     #[error("task {0} not found")]
     UnknownTask(u64),
+    /// No task has this idempotency key (never used, or its task was forgotten).
+    #[error("no task has idempotency key {0:?}")]
+    UnknownKey(String),
     /// Every task id reserved in the journal is handed out and the next block is not
     /// durable yet (the journal is slow or away).
     #[error("task ids are being reserved in the journal, which is slow or away; retry")]
@@ -158,7 +161,7 @@ impl Error {
             | Error::PoolBytesFull { .. }
             | Error::TooManyFunctions(_)
             | Error::StreamFull(_) => Kind::Exhausted,
-            Error::UnknownTask(_) => Kind::NotFound,
+            Error::UnknownTask(_) | Error::UnknownKey(_) => Kind::NotFound,
             Error::WorkerExists(_) | Error::IdempotencyKeyReused(..) => Kind::Exists,
             Error::ShuttingDown | Error::WrittenOff(..) | Error::IdsNotReserved => Kind::Unavailable,
             Error::Internal(_) => Kind::Internal,

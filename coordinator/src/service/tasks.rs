@@ -186,7 +186,19 @@ impl Tasks for TasksService {
         &self,
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
-        let id = request.into_inner().task_id;
+        let req = request.into_inner();
+        let id = match (req.task_id, req.idempotency_key.is_empty()) {
+            (0, false) => self
+                .driver
+                .read(|s, _| s.task_by_key(&req.idempotency_key))
+                .map_err(crate::error::status)?,
+            (id, true) if id != 0 => id,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "Cancel names a task by task_id or by idempotency_key: exactly one of them",
+                ));
+            }
+        };
         let state = self
             .driver
             .handle(Event::Cancel(id))
@@ -208,81 +220,186 @@ impl Tasks for TasksService {
     }
 }
 
+/// Most items one batched `MapRequest` may carry; the rest are rejected one by one.
+pub(crate) const MAX_MAP_BATCH: usize = 10_000;
+
+/// A batched `MapResponse` carries the results ready at once, up to this many...
+const MAX_RESULTS_PER_RESPONSE: usize = 4096;
+
+/// ...and this many encoded bytes (one result always goes, whatever its size).
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// What one Map call holds between its messages.
+struct MapCall {
+    driver: Driver,
+    guard: crate::driver::WaiterGuard,
+    default_function: String,
+    budget: Option<Budget>,
+    /// The call's start, from which `deadline_ms` counts.
+    started: std::time::Instant,
+    call_deadline: Option<std::time::Instant>,
+    /// Submissions accepted whose result is not sent yet.
+    outstanding: usize,
+    /// The client has sent a batch: results go back in batches.
+    batched: bool,
+}
+
+impl MapCall {
+    /// Takes one request: its call-wide settings, then each of its submissions. Accepted
+    /// ones count as outstanding (their journal writes join `writes`); rejected ones are
+    /// answered in `ready`.
+    fn take(
+        &mut self,
+        mut req: pb::MapRequest,
+        writes: &mut FuturesUnordered<TaggedWriting>,
+        ready: &mut Vec<pb::MapResult>,
+    ) {
+        if req.function.is_empty() {
+            req.function.clone_from(&self.default_function);
+        } else if self.default_function.is_empty() {
+            self.default_function.clone_from(&req.function);
+        }
+        let items: Vec<pb::MapTask> = if req.tasks.is_empty() {
+            vec![pb::MapTask {
+                input: req.input.take(),
+                seq: req.seq,
+                timeout_ms: req.timeout_ms,
+                idempotency_key: std::mem::take(&mut req.idempotency_key),
+            }]
+        } else {
+            self.batched = true;
+            let mixed =
+                req.input.is_some() || req.seq != 0 || req.timeout_ms != 0 || !req.idempotency_key.is_empty();
+            if mixed {
+                let why =
+                    "a MapRequest carries one submission in its own fields or a batch in `tasks`, not both";
+                ready.extend(
+                    req.tasks
+                        .iter()
+                        .map(|t| rejected(t.seq, Status::invalid_argument(why))),
+                );
+                return;
+            }
+            let mut tasks = std::mem::take(&mut req.tasks);
+            if tasks.len() > MAX_MAP_BATCH {
+                let why = format!(
+                    "a MapRequest carries at most {MAX_MAP_BATCH} tasks; this one had {}",
+                    tasks.len()
+                );
+                ready.extend(
+                    tasks
+                        .drain(MAX_MAP_BATCH..)
+                        .map(|t| rejected(t.seq, Status::invalid_argument(why.clone()))),
+                );
+            }
+            tasks
+        };
+        if req.budget_usd != 0.0 && self.budget.is_none() {
+            match Budget::new(req.budget_usd) {
+                Ok(b) => self.budget = Some(b),
+                Err(status) => {
+                    ready.extend(items.iter().map(|t| rejected(t.seq, status.clone())));
+                    return;
+                }
+            }
+        }
+        if self.call_deadline.is_none() && req.deadline_ms > 0 {
+            self.call_deadline = Some(self.started + Duration::from_millis(req.deadline_ms));
+        }
+        for item in items {
+            if let Some(b) = self.budget.as_ref().filter(|b| b.is_spent()) {
+                ready.push(rejected(item.seq, Status::resource_exhausted(b.reason())));
+                continue;
+            }
+            let seq = item.seq;
+            let waiter = Waiter {
+                id: self.guard.id,
+                tag: seq,
+            };
+            let sub = Submission {
+                deadline: self
+                    .call_deadline
+                    .map(|d| d.saturating_duration_since(std::time::Instant::now())),
+                ..submission(
+                    req.function.clone(),
+                    item.input,
+                    item.timeout_ms,
+                    item.idempotency_key,
+                )
+            };
+            match self.driver.submit(sub, Some(waiter)) {
+                Ok(Accepting::Done(_)) => self.outstanding += 1,
+                Ok(Accepting::Writing(write)) => {
+                    self.outstanding += 1;
+                    writes.push(Box::pin(async move { (seq, write.await) }));
+                }
+                Err(e) => ready.push(rejected(seq, e)),
+            }
+        }
+    }
+
+    /// The answer for a finished submission (spending the budget, if any).
+    fn finished(&mut self, c: Completion) -> pb::MapResult {
+        self.outstanding -= 1;
+        match c.result {
+            Ok(result) => {
+                if let Some(b) = self.budget.as_mut()
+                    && b.add(&result)
+                {
+                    let reason = b.reason();
+                    info!(waiter = self.guard.id.0, reason, "a Map call's budget is spent");
+                    // The stopped tasks' results come back on this call as CANCELLED.
+                    let _ = self.driver.handle(Event::StopPending {
+                        waiter: self.guard.id,
+                        reason,
+                    });
+                }
+                pb::MapResult {
+                    seq: c.tag,
+                    result: Some(result.as_ref().clone()),
+                    ..Default::default()
+                }
+            }
+            Err(status) => rejected(c.tag, status),
+        }
+    }
+}
+
 /// One Map call: submissions in, results out as they finish. Journal writes of different
 /// submissions are in flight together, so they share commits. A submission that does not
 /// decode (or is too large) ends the call with its status once the results of the
-/// submissions accepted before it have been sent.
+/// submissions accepted before it have been sent. A call that sends batches gets the
+/// results ready at once in one message.
 async fn serve_map(
     driver: Driver,
     mut inbound: Streaming<pb::MapRequest>,
     out: mpsc::Sender<Result<pb::MapResponse, Status>>,
 ) {
-    let (guard, mut done_rx) = driver.waiter(MAP_IN_FLIGHT);
+    // Room for a whole batch past the limit, which is checked before a message is read.
+    let (guard, mut done_rx) = driver.waiter(MAP_IN_FLIGHT + MAX_MAP_BATCH);
+    let mut call = MapCall {
+        driver,
+        guard,
+        default_function: String::new(),
+        budget: None,
+        started: std::time::Instant::now(),
+        call_deadline: None,
+        outstanding: 0,
+        batched: false,
+    };
     let mut writes: FuturesUnordered<TaggedWriting> = FuturesUnordered::new();
-    let mut default_function = String::new();
-    let mut budget: Option<Budget> = None;
-    // The call's deadline, from its start (`MapRequest.deadline_ms`).
-    let started = std::time::Instant::now();
-    let mut call_deadline: Option<std::time::Instant> = None;
-    let mut outstanding: usize = 0;
     let mut inbound_open = true;
     let mut ending: Option<Status> = None;
+    let mut ready: Vec<pb::MapResult> = Vec::new();
     loop {
-        if !inbound_open && outstanding == 0 {
+        if !inbound_open && call.outstanding == 0 {
             break;
         }
-        let room = outstanding < MAP_IN_FLIGHT;
-        let reply = tokio::select! {
+        let room = call.outstanding < MAP_IN_FLIGHT;
+        tokio::select! {
             msg = inbound.message(), if inbound_open && room => match msg {
-                Ok(Some(mut req)) => {
-                    if req.function.is_empty() {
-                        req.function.clone_from(&default_function);
-                    } else if default_function.is_empty() {
-                        default_function.clone_from(&req.function);
-                    }
-                    let seq = req.seq;
-                    if req.budget_usd != 0.0 && budget.is_none() {
-                        match Budget::new(req.budget_usd) {
-                            Ok(b) => budget = Some(b),
-                            Err(status) => {
-                                if out.send(Ok(rejected(seq, status))).await.is_err() {
-                                    return;
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    if let Some(b) = budget.as_ref().filter(|b| b.is_spent()) {
-                        if out.send(Ok(rejected(seq, Status::resource_exhausted(b.reason())))).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    if call_deadline.is_none() && req.deadline_ms > 0 {
-                        call_deadline = Some(started + Duration::from_millis(req.deadline_ms));
-                    }
-                    let waiter = Waiter { id: guard.id, tag: seq };
-                    let sub = Submission {
-                        deadline: call_deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())),
-                        ..submission(req.function, req.input, req.timeout_ms, req.idempotency_key)
-                    };
-                    match driver.submit(sub, Some(waiter)) {
-                        Ok(Accepting::Done(_)) => {
-                            outstanding += 1;
-                            continue;
-                        }
-                        Ok(Accepting::Writing(write)) => {
-                            outstanding += 1;
-                            writes.push(Box::pin(async move { (seq, write.await) }));
-                            continue;
-                        }
-                        Err(e) => rejected(seq, e),
-                    }
-                }
-                Ok(None) => {
-                    inbound_open = false;
-                    continue;
-                }
+                Ok(Some(req)) => call.take(req, &mut writes, &mut ready),
+                Ok(None) => inbound_open = false,
                 Err(status) => {
                     inbound_open = false;
                     match from_peer(&status) {
@@ -291,7 +408,6 @@ async fn serve_map(
                         Some(bad) => {
                             debug!(%bad, "a Map submission did not decode; ending the call after its results");
                             ending = Some(bad);
-                            continue;
                         }
                         // The client broke the call: its tasks still run, results stay
                         // retrievable with Get.
@@ -303,33 +419,39 @@ async fn serve_map(
                 }
             },
             Some((seq, written)) = writes.next() => {
-                match written {
-                    Ok(_) => continue,
-                    Err(e) => {
-                        outstanding -= 1;
-                        rejected(seq, e)
-                    }
+                if let Err(e) = written {
+                    call.outstanding -= 1;
+                    ready.push(rejected(seq, e));
                 }
             }
-            Some(c) = done_rx.recv() => {
-                outstanding -= 1;
-                match c.result {
-                    Ok(result) => {
-                        if let Some(b) = budget.as_mut()
-                            && b.add(&result)
-                        {
-                            let reason = b.reason();
-                            info!(waiter = guard.id.0, reason, "a Map call's budget is spent");
-                            // The stopped tasks' results come back on this call as CANCELLED.
-                            let _ = driver.handle(Event::StopPending { waiter: guard.id, reason });
-                        }
-                        pb::MapResponse { seq: c.tag, result: Some(result.as_ref().clone()), ..Default::default() }
-                    }
-                    Err(status) => rejected(c.tag, status),
-                }
+            Some(c) = done_rx.recv() => ready.push(call.finished(c)),
+        }
+        if ready.is_empty() {
+            continue;
+        }
+        let sent = if call.batched {
+            let mut bytes: usize = ready.iter().map(prost::Message::encoded_len).sum();
+            while ready.len() < MAX_RESULTS_PER_RESPONSE && bytes < MAX_RESPONSE_BYTES {
+                let Ok(c) = done_rx.try_recv() else { break };
+                let r = call.finished(c);
+                bytes += prost::Message::encoded_len(&r);
+                ready.push(r);
             }
+            let results = std::mem::take(&mut ready);
+            out.send(Ok(pb::MapResponse {
+                results,
+                ..Default::default()
+            }))
+            .await
+            .is_ok()
+        } else {
+            let mut ok = true;
+            for r in ready.drain(..) {
+                ok = ok && out.send(Ok(single(r))).await.is_ok();
+            }
+            ok
         };
-        if out.send(Ok(reply)).await.is_err() {
+        if !sent {
             return;
         }
     }
@@ -338,9 +460,20 @@ async fn serve_map(
     }
 }
 
-fn rejected(seq: u64, status: impl Into<Status>) -> pb::MapResponse {
-    let status = status.into();
+/// A result as the one answer of a `MapResponse` (a call that never sent a batch).
+fn single(r: pb::MapResult) -> pb::MapResponse {
     pb::MapResponse {
+        seq: r.seq,
+        result: r.result,
+        rejected: r.rejected,
+        rejected_code: r.rejected_code,
+        results: Vec::new(),
+    }
+}
+
+fn rejected(seq: u64, status: impl Into<Status>) -> pb::MapResult {
+    let status = status.into();
+    pb::MapResult {
         seq,
         result: None,
         rejected: status.message().to_owned(),

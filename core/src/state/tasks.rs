@@ -568,6 +568,14 @@ impl State {
         Ok(TaskState::Cancelled)
     }
 
+    /// The task submitted with idempotency key `key` (NOT_FOUND if none).
+    pub fn task_by_key(&self, key: &str) -> Result<TaskId> {
+        self.book
+            .by_key(key)
+            .map(|(id, _)| id)
+            .ok_or_else(|| Error::UnknownKey(key.to_owned()))
+    }
+
     /// Everything known about one task. A finished task whose result was evicted has
     /// `result: None` with a journal (the caller reads it from there) and is refused
     /// without one.
