@@ -153,14 +153,31 @@ fn python_client_runs_its_tests_and_example_against_the_real_coordinator() {
     let python = tool("CARPOOL_PYTHON", "the Python client");
     let coord = Coordinator::start(&["--max-workers", "2"]);
     let target = coord.url.trim_start_matches("http://").to_owned();
+    // The tests start their own coordinators and workers too (a restart, a worker killed,
+    // TLS), from the binaries next to this test's, with a throwaway certificate.
+    let bin_dir = carpool_integration_tests::bin("carpool-coordinator")
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let tls = tempfile::tempdir().expect("temp dir");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let (cert, key) = (tls.path().join("cert.pem"), tls.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
     let out = Command::new(&python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
         .arg(repo().join("client/python/tests"))
         .env("CARPOOL_TARGET", &target)
+        .env("CARPOOL_BIN_DIR", &bin_dir)
+        .env("CARPOOL_TEST_TLS_CERT", &cert)
+        .env("CARPOOL_TEST_TLS_KEY", &key)
+        .env_remove("CARPOOL_COORDINATOR")
+        .env_remove("CARPOOL_TOKEN")
+        .env_remove("CARPOOL_TOKEN_FILE")
         .output()
         .expect("pytest runs");
     let text = ok(out, "pytest client/python/tests");
-    assert!(text.contains("7 passed"), "{text}");
+    assert!(text.contains("16 passed"), "{text}");
 
     let out = Command::new(&python)
         .arg(repo().join("client/python/examples/map_echo.py"))

@@ -1,13 +1,51 @@
-"""carpool's Python client: submit tasks, run them, map over iterables, read stats.
+"""carpool's Python client: submit tasks, run them, map over iterables, futures, asyncio.
 
-    from carpool import Client
+    from carpool import Client, Executor
 
-    with Client("127.0.0.1:50051") as c:
+    with Client("http://127.0.0.1:50051") as c:
         print(c.run("echo", '{"hello": "world"}').output)
         for r in c.map("spin", ["100"] * 10):
             print(r.seq, r.state, r.output)
+
+    with Executor("http://127.0.0.1:50051") as ex:
+        print(ex.submit("echo", "hi").result())
+
+`carpool.aio` has the same on asyncio.
 """
 
-from .client import CarpoolError, Client, Result, Stats, Worker
+from ._wire import Result
+from .client import Client, Stats, Worker
+from .connection import Connection
+from .errors import (
+    AlreadyExists,
+    CarpoolError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TaskFailed,
+    Unauthenticated,
+    Unavailable,
+)
+from .executor import Executor, TaskFuture
 
-__all__ = ["CarpoolError", "Client", "Result", "Stats", "Worker"]
+__all__ = [
+    "AlreadyExists",
+    "CarpoolError",
+    "Client",
+    "Connection",
+    "DeadlineExceeded",
+    "Executor",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "ResourceExhausted",
+    "Result",
+    "Stats",
+    "TaskFailed",
+    "TaskFuture",
+    "Unauthenticated",
+    "Unavailable",
+    "Worker",
+]

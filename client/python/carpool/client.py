@@ -1,51 +1,20 @@
-"""A thin, typed layer over the generated carpool.v1 stubs."""
+"""The synchronous client: submit, run, get, cancel, map, stats, workers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar
 
 import grpc
 
-try:
-    from ._pb import carpool_pb2 as pb
-    from ._pb import carpool_pb2_grpc as rpc
-except ImportError as e:  # pragma: no cover - only without a proper build
-    raise ImportError(
-        "carpool's gRPC stubs are missing: install the package with pip (pip install client/python), "
-        "which generates them from proto/carpool.proto"
-    ) from e
+from ._wire import Payload, Result, pb, payload, ready_batches, results, rpc, state_name
+from .connection import Connection
+from .errors import CarpoolError, error, from_rpc, code_of
 
-Payload = Union[str, bytes]
+T = TypeVar("T")
 
-
-class CarpoolError(Exception):
-    """A gRPC error from the coordinator, with its status code (e.g. grpc.StatusCode.NOT_FOUND)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class Result:
-    """The final outcome of one task."""
-
-    task_id: int
-    state: str  # "SUCCEEDED", "FAILED" or "CANCELLED"
-    output: Optional[Payload]  # text when the output is UTF-8, bytes otherwise
-    error: str
-    worker_id: str
-    attempts: int
-    started_unix_ms: int
-    finished_unix_ms: int
-    seq: Optional[int] = None  # the input's position, for map()
-    billed_gb_s: float = 0.0  # its estimated share of the bill, GB-seconds
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "SUCCEEDED"
+# How long a probe of one coordinator of a list may take before the next is tried.
+PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -75,120 +44,111 @@ class Worker:
     tasks_done: int
 
 
-def _payload(p: Payload) -> pb.Payload:
-    if isinstance(p, bytes):
-        return pb.Payload(binary=p)
-    if isinstance(p, str):
-        return pb.Payload(text=p)
-    raise TypeError(f"payload must be str or bytes, not {type(p).__name__}")
-
-
-def _code(value: int) -> grpc.StatusCode:
-    """The grpc.StatusCode with this number (INVALID_ARGUMENT if none matches)."""
-    for c in grpc.StatusCode:
-        if c.value[0] == value:
-            return c
-    return grpc.StatusCode.INVALID_ARGUMENT
-
-
-def _state(value: int) -> str:
-    return pb.TaskState.Name(value).removeprefix("TASK_STATE_")
-
-
-def _result(r, seq: Optional[int] = None) -> Result:
-    kind = r.output.WhichOneof("data") if r.HasField("output") else None
-    output = getattr(r.output, kind) if kind else None
-    return Result(
-        task_id=r.task_id,
-        state=_state(r.state),
-        output=output,
-        error=r.error,
-        worker_id=r.worker_id,
-        attempts=r.attempts,
-        started_unix_ms=r.started_unix_ms,
-        finished_unix_ms=r.finished_unix_ms,
-        seq=seq,
-        billed_gb_s=r.billed_gb_s,
-    )
-
-
-def _grpc_target(one: str) -> str:
-    """`host:port` for grpc from `host:port` or `http://host:port` (as the CLI and the
-    workers take them)."""
-    if one.startswith("https://"):
-        raise ValueError(f"{one!r}: TLS is not supported by this client yet; use http:// or host:port")
-    return one[len("http://"):].rstrip("/") if one.startswith("http://") else one
-
-
 class Client:
-    """A connection to a coordinator (`host:port` or `http://host:port`, plaintext).
+    """A connection to a coordinator.
 
-    `target` may name several, comma-separated (an active coordinator and its standbys, which
-    share a database): the first that answers as active is used; a standby answers
-    UNAVAILABLE, and if none is active that error is raised.
+    `target` is `host:port`, `http://host:port` or `https://host:port` (default: the
+    CARPOOL_COORDINATOR environment variable, else http://127.0.0.1:50051), or several,
+    comma-separated (an active coordinator and its standbys): the first that answers as
+    active is used; a standby answers UNAVAILABLE, and if none is active `Unavailable` is
+    raised. TLS, token and timeout options are those of `Connection.resolve`.
     """
 
-    def __init__(self, target: str = "127.0.0.1:50051", *, timeout: Optional[float] = None, token: Optional[str] = None):
-        self._timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        targets = [_grpc_target(t.strip()) for t in target.split(",") if t.strip()]
-        if not targets:
-            raise ValueError(f"{target!r} names no coordinator")
-        for i, one in enumerate(targets):
-            self._open(one)
-            if len(targets) == 1:
-                return
-            try:
-                self._cluster.Stats(pb.StatsRequest(), timeout=timeout or 10, metadata=self._metadata)
-                return
-            except grpc.RpcError as e:
-                self._channel.close()
-                if i == len(targets) - 1:
-                    raise CarpoolError(e.code(), e.details()) from None
-
-    def _open(self, target: str) -> None:
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[("grpc.keepalive_time_ms", 20000), ("grpc.max_receive_message_length", -1)],
+    def __init__(
+        self,
+        target: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        token: Optional[str] = None,
+        token_file: Optional[str] = None,
+        ca_file: Optional[str] = None,
+        server_name: Optional[str] = None,
+    ):
+        self._conn = Connection.resolve(
+            target, token=token, token_file=token_file, ca_file=ca_file, server_name=server_name, timeout=timeout
         )
-        self._tasks = rpc.TasksStub(self._channel)
-        self._cluster = rpc.ClusterStub(self._channel)
+        self._channel: Optional[grpc.Channel] = None
+        self.connect()
+
+    def connect(self, probe: bool = False) -> None:
+        """(Re)connects, on a fresh channel, to the first coordinator of the list that
+        answers as active (with one coordinator, or without `probe`, it is not asked)."""
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        endpoints = self._conn.endpoints
+        last: Optional[grpc.RpcError] = None
+        for endpoint in endpoints:
+            channel = self._conn.channel(endpoint)
+            cluster = rpc.ClusterStub(channel)
+            if probe or len(endpoints) > 1:
+                try:
+                    cluster.Stats(pb.StatsRequest(), timeout=self._conn.timeout or PROBE_TIMEOUT_S, metadata=self._conn.metadata)
+                except grpc.RpcError as e:
+                    channel.close()
+                    last = e
+                    continue
+            self._channel = channel
+            self._tasks = rpc.TasksStub(channel)
+            self._cluster = cluster
+            return
+        assert last is not None
+        raise from_rpc(last) from None
+
+    @property
+    def connection(self) -> Connection:
+        return self._conn
 
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *_exc) -> None:
+    def __exit__(self, *_exc: Any) -> None:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel is not None:
+            self._channel.close()
 
-    def _call(self, method, request, **kw):
+    def _call(self, method: Callable[..., T], request: Any) -> T:
         try:
-            return method(request, timeout=self._timeout, metadata=self._metadata, **kw)
+            return method(request, timeout=self._conn.timeout, metadata=self._conn.metadata)
         except grpc.RpcError as e:
-            raise CarpoolError(e.code(), e.details()) from None
+            raise from_rpc(e) from None
 
-    def submit(self, function: str, payload: Payload = "") -> int:
-        """Queues one task; returns its id at once."""
-        return self._call(self._tasks.Submit, pb.SubmitRequest(function=function, input=_payload(payload))).task_id
+    def submit(
+        self, function: str, payload_: Payload = "", *, key: str = "", timeout_s: float = 0.0, deadline_s: float = 0.0
+    ) -> int:
+        """Queues one task; returns its id at once. `key`: an idempotency key (submitting it
+        again returns the same task); `timeout_s`: per attempt; `deadline_s`: refused at once
+        (FailedPrecondition) if the coordinator's measurements say it cannot finish in time."""
+        req = pb.SubmitRequest(
+            function=function,
+            input=payload(payload_),
+            idempotency_key=key,
+            timeout_ms=int(timeout_s * 1000),
+            deadline_ms=int(deadline_s * 1000),
+        )
+        return self._call(self._tasks.Submit, req).task_id
 
-    def run(self, function: str, payload: Payload = "") -> Result:
+    def run(self, function: str, payload_: Payload = "", *, key: str = "", timeout_s: float = 0.0) -> Result:
         """Runs one task and waits for its result."""
-        return _result(self._call(self._tasks.Run, pb.SubmitRequest(function=function, input=_payload(payload))))
+        req = pb.SubmitRequest(function=function, input=payload(payload_), idempotency_key=key, timeout_ms=int(timeout_s * 1000))
+        return Result(self._call(self._tasks.Run, req))
 
     def get(self, task_id: int) -> Optional[Result]:
-        """The task's result if it has finished, else None. Raises CarpoolError(NOT_FOUND) for an unknown id."""
+        """The task's result if it has finished, else None. Raises NotFound for an unknown id."""
         info = self._call(self._tasks.Get, pb.GetRequest(task_id=task_id))
-        return _result(info.result) if info.HasField("result") else None
+        return Result(info.result) if info.HasField("result") else None
 
     def state(self, task_id: int) -> str:
         """The task's current state ("PENDING", "RUNNING", ...)."""
-        return _state(self._call(self._tasks.Get, pb.GetRequest(task_id=task_id)).state)
+        return state_name(self._call(self._tasks.Get, pb.GetRequest(task_id=task_id)).state)
 
-    def cancel(self, task_id: int) -> str:
-        """Cancels a task; returns its state afterwards."""
-        return _state(self._call(self._tasks.Cancel, pb.CancelRequest(task_id=task_id)).state)
+    def cancel(self, task_id: int = 0, *, key: str = "") -> str:
+        """Cancels a task, by id or by the idempotency key it was submitted with; returns its
+        state afterwards ("CANCELLED", or the final state it had already reached)."""
+        req = pb.CancelRequest(task_id=task_id, idempotency_key=key)
+        return state_name(self._call(self._tasks.Cancel, req).state)
 
     def map(
         self,
@@ -196,34 +156,39 @@ class Client:
         payloads: Iterable[Payload],
         budget_usd: float = 0.0,
         deadline_s: float = 0.0,
+        *,
+        timeout_s: float = 0.0,
+        keys: Optional[Iterable[str]] = None,
     ) -> Iterator[Result]:
         """Runs every payload as a task over one streaming call; yields results as they
-        finish, each with `seq`, its payload's position. A rejected submission raises
-        CarpoolError with the code Submit would have answered (INVALID_ARGUMENT,
-        RESOURCE_EXHAUSTED...) when its answer arrives. With `budget_usd`, once the
-        results' estimated bill reaches it the pending tasks come back CANCELLED and the
-        rest are rejected with RESOURCE_EXHAUSTED. With `deadline_s`, a payload that cannot
-        finish within that many seconds of the call's start, by what the coordinator has
-        measured, is rejected with FAILED_PRECONDITION."""
+        finish, each with `seq`, its payload's position. Submissions go in batches of what is
+        ready (see `ready_batches`), results come back the same way.
 
-        def requests():
-            for i, p in enumerate(payloads):
-                first = i == 0
-                yield pb.MapRequest(
-                    function=function if first else "",
-                    input=_payload(p),
-                    seq=i,
-                    budget_usd=budget_usd if first else 0.0,
-                    deadline_ms=int(deadline_s * 1000) if first else 0,
-                )
-
+        A rejected submission raises the CarpoolError subclass of its code (InvalidArgument,
+        ResourceExhausted...) when its answer arrives. With `budget_usd`, once the results'
+        estimated bill reaches it the pending tasks come back CANCELLED and the rest are
+        rejected with ResourceExhausted. With `deadline_s`, a payload that cannot finish
+        within that many seconds of the call's start, by what the coordinator has measured,
+        is rejected with FailedPrecondition. `keys`: an idempotency key per payload."""
+        timeout_ms = int(timeout_s * 1000)
+        first = {"budget_usd": budget_usd, "deadline_ms": int(deadline_s * 1000)}
+        if isinstance(payloads, (list, tuple)) and keys is None:
+            items: Iterable[Any] = [(i, p, "", timeout_ms) for i, p in enumerate(payloads)]
+        elif keys is None:
+            items = ((i, p, "", timeout_ms) for i, p in enumerate(payloads))
+        else:
+            items = ((i, p, k, timeout_ms) for i, (p, k) in enumerate(zip(payloads, keys)))
+        stream = self._tasks.Map(ready_batches(function, items, first), metadata=self._conn.metadata)
         try:
-            for response in self._tasks.Map(requests(), timeout=self._timeout, metadata=self._metadata):
-                if response.rejected:
-                    raise CarpoolError(_code(response.rejected_code), f"input {response.seq}: {response.rejected}")
-                yield _result(response.result, seq=response.seq)
+            for response in stream:
+                for seq, result, rejected, code in results(response):
+                    if result is None:
+                        raise error(code_of(code), f"input {seq}: {rejected}")
+                    yield Result(result, seq)
         except grpc.RpcError as e:
-            raise CarpoolError(e.code(), e.details()) from None
+            raise from_rpc(e) from None
+        finally:
+            stream.cancel()
 
     def stats(self) -> Stats:
         """Totals over all functions."""
@@ -254,3 +219,6 @@ class Client:
             )
             for w in response.workers
         ]
+
+
+__all__ = ["Client", "CarpoolError", "Result", "Stats", "Worker"]

@@ -1,0 +1,53 @@
+"""carpool.aio against the shared coordinator ($CARPOOL_TARGET)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+import carpool
+import carpool.aio
+
+from conftest import need
+
+
+def test_run_map_and_the_executor_as_awaitables() -> None:
+    target = need("CARPOOL_TARGET")
+
+    async def main() -> None:
+        async with carpool.aio.Client(target, timeout=60) as c:
+            r = await c.run("echo", "hi")
+            assert r.ok and r.output == "hi"
+            seqs = [r.seq async for r in c.map("echo", [json.dumps({"i": i}) for i in range(300)])]
+            assert sorted(seqs) == list(range(300))
+
+            async def slowly():
+                for i in range(3):
+                    await asyncio.sleep(0.01)
+                    yield str(i)
+
+            assert sorted([r.output async for r in c.map("echo", slowly())]) == ["0", "1", "2"]
+            with pytest.raises(carpool.InvalidArgument):
+                async for _ in c.map("no-such-function", ["x"]):
+                    pass
+            async with c.executor() as ex:
+                outs = await asyncio.gather(*[ex.submit("echo", str(i)) for i in range(200)])
+                assert outs == [str(i) for i in range(200)]
+                with pytest.raises(carpool.TaskFailed):
+                    await ex.submit("sleep", "not a number")
+                slow = ex.submit("sleep", "20000")
+                await asyncio.sleep(0.3)
+                slow.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await slow
+                # The task was cancelled on the coordinator too.
+                for _ in range(100):
+                    s = await c.stats()
+                    if s.running == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert s.running == 0, s
+
+    asyncio.run(main())
