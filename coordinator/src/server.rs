@@ -36,6 +36,16 @@ use crate::service::workers::WorkersService;
 use crate::spawner::{ExternalSpawner, LocalSpawner, REPORTS, SpawnContext, Spawner};
 use crate::state::Event;
 
+/// What one stream may send before the coordinator reads it (HTTP/2's own default)...
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// ...and a whole connection. The HTTP/2 server cuts a connection off (GOAWAY
+/// ENHANCE_YOUR_CALM, "too_many_data_frames") once the overhead of the small frames it holds
+/// unread passes half this window; a Map client of the single-message kind sends messages of
+/// a dozen bytes, whose overhead is about twenty times their size, so this window leaves room
+/// for three such streams running ahead of the coordinator at once.
+const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
 /// HTTP/2 keepalive on the server side: tonic leaves it off, and idle connections are cut
 /// by load balancers while a frozen Lambda stops answering.
 pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -291,6 +301,8 @@ async fn serve_grpc(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .layer(PeerErrorsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -229,6 +229,10 @@ const MAX_RESULTS_PER_RESPONSE: usize = 4096;
 /// ...and this many encoded bytes (one result always goes, whatever its size).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
+/// Most bytes of answers a Map call holds for a client slow to take them; past it the call
+/// takes no more results nor submissions until the client reads.
+const MAX_UNSENT_BYTES: usize = 16 << 20;
+
 /// What one Map call holds between its messages.
 struct MapCall {
     driver: Driver,
@@ -390,12 +394,18 @@ async fn serve_map(
     let mut writes: FuturesUnordered<TaggedWriting> = FuturesUnordered::new();
     let mut inbound_open = true;
     let mut ending: Option<Status> = None;
+    // Answers not sent yet: the call keeps reading submissions while the client is slow to
+    // take results (a client's stream stalled on its own unread small messages is one a
+    // peer's HTTP/2 guard cuts off), within MAP_IN_FLIGHT answers and MAX_UNSENT_BYTES.
+    let mut unsent: std::collections::VecDeque<pb::MapResult> = std::collections::VecDeque::new();
+    let mut unsent_bytes: usize = 0;
     let mut ready: Vec<pb::MapResult> = Vec::new();
     loop {
-        if !inbound_open && call.outstanding == 0 {
+        if !inbound_open && call.outstanding == 0 && unsent.is_empty() {
             break;
         }
-        let room = call.outstanding < MAP_IN_FLIGHT;
+        let held = unsent_bytes < MAX_UNSENT_BYTES;
+        let room = call.outstanding + unsent.len() < MAP_IN_FLIGHT && held;
         tokio::select! {
             msg = inbound.message(), if inbound_open && room => match msg {
                 Ok(Some(req)) => call.take(req, &mut writes, &mut ready),
@@ -424,35 +434,33 @@ async fn serve_map(
                     ready.push(rejected(seq, e));
                 }
             }
-            Some(c) = done_rx.recv() => ready.push(call.finished(c)),
-        }
-        if ready.is_empty() {
-            continue;
-        }
-        let sent = if call.batched {
-            let mut bytes: usize = ready.iter().map(prost::Message::encoded_len).sum();
-            while ready.len() < MAX_RESULTS_PER_RESPONSE && bytes < MAX_RESPONSE_BYTES {
-                let Ok(c) = done_rx.try_recv() else { break };
-                let r = call.finished(c);
-                bytes += prost::Message::encoded_len(&r);
-                ready.push(r);
+            Some(c) = done_rx.recv(), if held => ready.push(call.finished(c)),
+            permit = out.reserve(), if !unsent.is_empty() => {
+                let Ok(permit) = permit else { return };
+                let message = if call.batched {
+                    let mut results = Vec::new();
+                    let mut bytes = 0;
+                    while let Some(r) = unsent.front() {
+                        let n = prost::Message::encoded_len(r);
+                        if !results.is_empty() && (results.len() >= MAX_RESULTS_PER_RESPONSE || bytes + n > MAX_RESPONSE_BYTES) {
+                            break;
+                        }
+                        bytes += n;
+                        unsent_bytes -= n;
+                        results.extend(unsent.pop_front());
+                    }
+                    pb::MapResponse { results, ..Default::default() }
+                } else {
+                    let Some(r) = unsent.pop_front() else { continue };
+                    unsent_bytes -= prost::Message::encoded_len(&r);
+                    single(r)
+                };
+                permit.send(Ok(message));
             }
-            let results = std::mem::take(&mut ready);
-            out.send(Ok(pb::MapResponse {
-                results,
-                ..Default::default()
-            }))
-            .await
-            .is_ok()
-        } else {
-            let mut ok = true;
-            for r in ready.drain(..) {
-                ok = ok && out.send(Ok(single(r))).await.is_ok();
-            }
-            ok
-        };
-        if !sent {
-            return;
+        }
+        for r in ready.drain(..) {
+            unsent_bytes += prost::Message::encoded_len(&r);
+            unsent.push_back(r);
         }
     }
     if let Some(status) = ending {
