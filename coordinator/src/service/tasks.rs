@@ -229,6 +229,9 @@ const MAX_RESULTS_PER_RESPONSE: usize = 4096;
 /// ...and this many encoded bytes (one result always goes, whatever its size).
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
+/// How long a batched call's first unsent result waits for others while more are coming.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Most bytes of answers a Map call holds for a client slow to take them; past it the call
 /// takes no more results nor submissions until the client reads.
 const MAX_UNSENT_BYTES: usize = 16 << 20;
@@ -399,12 +402,21 @@ async fn serve_map(
     // peer's HTTP/2 guard cuts off), within MAP_IN_FLIGHT answers and MAX_UNSENT_BYTES.
     let mut unsent: std::collections::VecDeque<pb::MapResult> = std::collections::VecDeque::new();
     let mut unsent_bytes: usize = 0;
+    let mut first_unsent_at: Option<tokio::time::Instant> = None;
     let mut ready: Vec<pb::MapResult> = Vec::new();
     loop {
         if !inbound_open && call.outstanding == 0 && unsent.is_empty() {
             break;
         }
         let held = unsent_bytes < MAX_UNSENT_BYTES;
+        // A batched call's results wait up to LINGER for company while more are coming, so
+        // a client that pays per message gets them by the hundred; the last one goes at once.
+        let linger_until = first_unsent_at.map(|t| t + LINGER);
+        let flush = !call.batched
+            || call.outstanding == 0
+            || unsent.len() >= MAX_RESULTS_PER_RESPONSE
+            || unsent_bytes >= MAX_RESPONSE_BYTES
+            || linger_until.is_some_and(|t| t <= tokio::time::Instant::now());
         let room = call.outstanding + unsent.len() < MAP_IN_FLIGHT && held;
         tokio::select! {
             msg = inbound.message(), if inbound_open && room => match msg {
@@ -435,7 +447,8 @@ async fn serve_map(
                 }
             }
             Some(c) = done_rx.recv(), if held => ready.push(call.finished(c)),
-            permit = out.reserve(), if !unsent.is_empty() => {
+            () = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if !flush && linger_until.is_some() => {}
+            permit = out.reserve(), if !unsent.is_empty() && flush => {
                 let Ok(permit) = permit else { return };
                 let message = if call.batched {
                     let mut results = Vec::new();
@@ -456,7 +469,11 @@ async fn serve_map(
                     single(r)
                 };
                 permit.send(Ok(message));
+                first_unsent_at = (!unsent.is_empty()).then(tokio::time::Instant::now);
             }
+        }
+        if first_unsent_at.is_none() && !ready.is_empty() {
+            first_unsent_at = Some(tokio::time::Instant::now());
         }
         for r in ready.drain(..) {
             unsent_bytes += prost::Message::encoded_len(&r);
