@@ -179,3 +179,23 @@ def test_tls_with_a_ca_file_and_a_token_from_the_environment(procs, monkeypatch)
     # Without the CA, the certificate is not trusted.
     with carpool.Client(url, timeout=10) as client, pytest.raises(carpool.Unavailable):
         client.run("echo", "x")
+
+
+def test_a_message_with_a_task_in_its_own_fields_and_a_batch_is_rejected_item_by_item(target: str) -> None:
+    pb = carpool._wire.pb
+    with carpool.Client(target, timeout=60) as c:
+        mixed = pb.MapRequest(
+            function="echo",
+            input=pb.Payload(text="own"),
+            seq=99,
+            tasks=[pb.MapTask(input=pb.Payload(text=str(i)), seq=i) for i in range(3)],
+        )
+        fine = pb.MapRequest(tasks=[pb.MapTask(input=pb.Payload(text="after"), seq=7)])
+        got = {}
+        for response in c._tasks.Map(iter([mixed, fine]), timeout=60):
+            for r in response.results:
+                got[r.seq] = r
+        assert sorted(got) == [0, 1, 2, 7], got
+        for i in range(3):
+            assert got[i].rejected_code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "not both" in got[i].rejected
+        assert got[7].result.output.text == "after"
