@@ -15,6 +15,8 @@ except ImportError as e:  # pragma: no cover - only without a proper build
         "which generates them from proto/carpool.proto"
     ) from e
 
+from .errors import code_of, error
+
 __all__ = ["pb", "rpc", "Payload", "Result", "payload", "BATCH_ITEMS", "BATCH_BYTES", "ready_batches"]
 
 Payload = Union[str, bytes]
@@ -188,3 +190,14 @@ def results(response: Any) -> List[Tuple[int, Any, str, int]]:
     return [
         (response.seq, response.result if response.HasField("result") else None, response.rejected, response.rejected_code)
     ]
+
+
+def answers(response: Any) -> List[Result]:
+    """The results a MapResponse carries, in order; a rejected submission raises the
+    CarpoolError of its code, naming its input."""
+    out = []
+    for seq, result, rejected, code in results(response):
+        if result is None:
+            raise error(code_of(code), f"input {seq}: {rejected}")
+        out.append(Result(result, seq))
+    return out

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Dict, Iterable, List, Opti
 
 import grpc
 
-from ._wire import BATCH_ITEMS, Payload, Result, _by_bytes, _message, pb, payload, results, rpc, state_name
+from ._wire import answers, BATCH_ITEMS, Payload, Result, _by_bytes, _message, pb, payload, results, rpc, state_name
 from .client import PROBE_TIMEOUT_S, Stats
 from .connection import Connection
 from .errors import CarpoolError, NotFound, TaskFailed, Unavailable, code_of, error, from_rpc
@@ -130,10 +130,8 @@ class Client:
         call = self._tasks.Map(requests(), metadata=self._conn.metadata)
         try:
             async for response in call:
-                for seq, result, rejected, code in results(response):
-                    if result is None:
-                        raise error(code_of(code), f"input {seq}: {rejected}")
-                    yield Result(result, seq)
+                for r in answers(response):
+                    yield r
         except grpc.RpcError as e:
             raise from_rpc(e) from None
         finally:

@@ -7,9 +7,9 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar
 
 import grpc
 
-from ._wire import Payload, Result, pb, payload, ready_batches, results, rpc, state_name
+from ._wire import answers, Payload, Result, pb, payload, ready_batches, rpc, state_name
 from .connection import Connection
-from .errors import CarpoolError, error, from_rpc, code_of
+from .errors import CarpoolError, from_rpc
 
 T = TypeVar("T")
 
@@ -181,10 +181,8 @@ class Client:
         stream = self._tasks.Map(ready_batches(function, items, first), metadata=self._conn.metadata)
         try:
             for response in stream:
-                for seq, result, rejected, code in results(response):
-                    if result is None:
-                        raise error(code_of(code), f"input {seq}: {rejected}")
-                    yield Result(result, seq)
+                for r in answers(response):
+                    yield r
         except grpc.RpcError as e:
             raise from_rpc(e) from None
         finally:

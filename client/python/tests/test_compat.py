@@ -9,7 +9,6 @@ import os
 import shutil
 import sys
 
-import grpc
 from grpc_tools import protoc
 
 from conftest import need
