@@ -119,6 +119,30 @@ fn grpcurl_lists_describes_submits_maps_and_checks_health_through_reflection() {
         [("1", "a"), ("2", "b"), ("3", "c")].map(|(s, t)| (s.to_owned(), t.to_owned()))
     );
 
+    // A batch by hand: the results come back in batches too, each tagged with its seq.
+    let batched = g.call(
+        "carpool.v1.Tasks/Map",
+        Some(
+            r#"{"function":"echo","tasks":[{"input":{"text":"x"},"seq":1},{"input":{"text":"y"},"seq":2}]}"#,
+        ),
+    );
+    let mut seen: Vec<(String, String)> = json_stream(&batched)
+        .iter()
+        .flat_map(|m| m["results"].as_array().cloned().unwrap_or_default())
+        .map(|r| {
+            (
+                r["seq"].as_str().unwrap_or("").to_owned(),
+                r["result"]["output"]["text"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("1", "x"), ("2", "y")].map(|(s, t)| (s.to_owned(), t.to_owned())),
+        "{batched}"
+    );
+
     let got = g.call("carpool.v1.Tasks/Get", Some(&format!(r#"{{"task_id":{id}}}"#)));
     let got: Value = serde_json::from_str(&got).expect("JSON");
     assert_eq!(got["function"], "sleep");
@@ -177,7 +201,7 @@ fn python_client_runs_its_tests_and_example_against_the_real_coordinator() {
         .output()
         .expect("pytest runs");
     let text = ok(out, "pytest client/python/tests");
-    assert!(text.contains("17 passed"), "{text}");
+    assert!(text.contains("18 passed"), "{text}");
 
     let out = Command::new(&python)
         .arg(repo().join("client/python/examples/map_echo.py"))

@@ -10,7 +10,7 @@ import pytest
 import carpool
 import carpool.aio
 
-from conftest import need
+from conftest import coordinator, need
 
 
 def test_run_map_and_the_executor_as_awaitables() -> None:
@@ -49,5 +49,31 @@ def test_run_map_and_the_executor_as_awaitables() -> None:
                         break
                     await asyncio.sleep(0.05)
                 assert s.running == 0, s
+
+    asyncio.run(main())
+
+
+def test_the_asyncio_executor_resolves_each_future_once_across_a_coordinator_restart(procs, tmp_path) -> None:
+    state = str(tmp_path / "state")
+    c = coordinator(procs, "--state-dir", state)
+    address = c.address
+
+    async def main() -> None:
+        async with carpool.aio.Client(f"http://127.0.0.1:9,http://{address}") as client:
+            async with client.executor(reconnect_timeout_s=60) as ex:
+                futures = [ex.submit("sleep", "200") for _ in range(100)]
+                resolved = []
+                for f in futures:
+                    f.add_done_callback(resolved.append)
+                for _ in range(3000):
+                    if sum(f.done() for f in futures) >= 10:
+                        break
+                    await asyncio.sleep(0.01)
+                c.stop()  # SIGKILL: no drain, no flush
+                coordinator(procs, "--state-dir", state, listen=address)
+                outs = await asyncio.wait_for(asyncio.gather(*futures), 120)
+                assert all(json.loads(o) == {"slept_ms": 200} for o in outs)
+                await asyncio.sleep(0.05)
+                assert len(resolved) == 100 and len(set(map(id, resolved))) == 100
 
     asyncio.run(main())
