@@ -77,3 +77,15 @@ def test_stats_and_workers(client):
     s = client.stats()
     assert s.succeeded >= 1 and s.workers_started >= 1 and s.cost_usd > 0
     assert all(w.function for w in client.workers())
+
+
+def test_the_coordinator_and_token_come_from_the_environment_as_the_cli_reads_them(monkeypatch):
+    if not TARGET:
+        pytest.fail("CARPOOL_TARGET is not set: run through the integration test (scripts/test)")
+    monkeypatch.setenv("CARPOOL_COORDINATOR", f"http://{TARGET}")
+    with Client(timeout=60) as c:
+        assert c.run("echo", "from the environment").output == "from the environment"
+    with pytest.raises(ValueError):
+        Client("ftp://somewhere")
+    with pytest.raises(ValueError):
+        Client(TARGET, token="a", token_file="/nonexistent")
