@@ -218,7 +218,11 @@ impl Client {
         let requests = inputs
             .enumerate()
             .ready_chunks(MAP_BATCH_ITEMS)
-            .flat_map(|chunk| futures::stream::iter(split_by_bytes(chunk)))
+            .flat_map(|chunk| {
+                futures::stream::iter(carpool_proto::split_by_size(chunk, MAP_BATCH_BYTES, |(_, b)| {
+                    b.len()
+                }))
+            })
             .enumerate()
             .map(move |(n, batch)| pb::MapRequest {
                 // The first message names the function and carries the call's options;
@@ -270,42 +274,11 @@ const MAP_BATCH_ITEMS: usize = 1024;
 /// coordinator's message limit.
 const MAP_BATCH_BYTES: usize = 1 << 20;
 
-/// `chunk` cut into runs of at most [`MAP_BATCH_BYTES`] of payload (each at least one item).
-fn split_by_bytes(chunk: Vec<(usize, Bytes)>) -> Vec<Vec<(usize, Bytes)>> {
-    let mut batches: Vec<Vec<(usize, Bytes)>> = Vec::new();
-    let mut bytes = 0;
-    for item in chunk {
-        match batches.last_mut() {
-            Some(last) if bytes + item.1.len() <= MAP_BATCH_BYTES => {
-                bytes += item.1.len();
-                last.push(item);
-            }
-            _ => {
-                bytes = item.1.len();
-                batches.push(vec![item]);
-            }
-        }
-    }
-    batches
-}
-
 /// A Map answer as one [`MapResponse`] per result, whether it came alone or in a batch.
 fn one_by_one(r: Result<MapResponse, tonic::Status>) -> Vec<Result<MapResponse>> {
     match r {
         Ok(resp) if resp.results.is_empty() => vec![Ok(resp)],
-        Ok(resp) => resp
-            .results
-            .into_iter()
-            .map(|r| {
-                Ok(MapResponse {
-                    seq: r.seq,
-                    result: r.result,
-                    rejected: r.rejected,
-                    rejected_code: r.rejected_code,
-                    results: Vec::new(),
-                })
-            })
-            .collect(),
+        Ok(resp) => resp.results.into_iter().map(|r| Ok(r.into())).collect(),
         Err(e) => vec![Err(e.into())],
     }
 }

@@ -19,6 +19,46 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/carpool.v1.rs"));
 }
 
+/// `items` cut into runs in order, each adding up to at most `max` by `size` (one item at
+/// least, whatever its size; `max` 0: one run): how a worker splits its results and a client
+/// its Map submissions into messages within the message limit.
+pub fn split_by_size<T>(
+    items: impl IntoIterator<Item = T>,
+    max: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut total = 0usize;
+    for item in items {
+        let n = size(&item);
+        match out.last_mut() {
+            Some(run) if max == 0 || total + n <= max => {
+                total += n;
+                run.push(item);
+            }
+            _ => {
+                total = n;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
+
+/// One answer of a batched Map response as the single answer of a `MapResponse` (what a call
+/// that never sends a batch gets, and what a client hands on one result at a time).
+impl From<pb::MapResult> for pb::MapResponse {
+    fn from(r: pb::MapResult) -> Self {
+        Self {
+            seq: r.seq,
+            result: r.result,
+            rejected: r.rejected,
+            rejected_code: r.rejected_code,
+            results: Vec::new(),
+        }
+    }
+}
+
 /// Conversions between [`pb::Payload`] and bytes.
 pub mod payload {
     use super::pb::{Payload, payload::Data};

@@ -16,7 +16,7 @@
 
 #![allow(missing_docs, unreachable_pub)]
 
-pub use carpool_messages::{Bytes, bounds, payload};
+pub use carpool_messages::{Bytes, bounds, payload, split_by_size};
 
 pub mod auth;
 pub mod codec;

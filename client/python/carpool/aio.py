@@ -22,7 +22,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Dict, Iterable, List, Opti
 
 import grpc
 
-from ._wire import answers, BATCH_ITEMS, Payload, Result, _by_bytes, _message, pb, payload, results, rpc, state_name
+from ._wire import answers, BATCH_ITEMS, ready_batches, Payload, Result, _by_bytes, _message, pb, payload, results, rpc, state_name
 from .client import PROBE_TIMEOUT_S, Stats
 from .connection import Connection
 from .errors import CarpoolError, NotFound, TaskFailed, Unavailable, code_of, error, from_rpc
@@ -112,10 +112,8 @@ class Client:
         async def requests() -> AsyncIterator[Any]:
             batch: List[Tuple[int, Payload, str, int]] = []
             if isinstance(payloads, (list, tuple)):
-                for start in range(0, len(payloads), BATCH_ITEMS):
-                    items = [(start + i, p, "", timeout_ms) for i, p in enumerate(payloads[start : start + BATCH_ITEMS])]
-                    for chunk in _by_bytes(items):
-                        yield _message(function, chunk, None)
+                for message in ready_batches(function, [(i, p, "", timeout_ms) for i, p in enumerate(payloads)]):
+                    yield message
                 return
             seqs = itertools.count()
             async for p in _aiter(payloads):

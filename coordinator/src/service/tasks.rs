@@ -400,7 +400,8 @@ async fn serve_map(
     // Answers not sent yet: the call keeps reading submissions while the client is slow to
     // take results (a client's stream stalled on its own unread small messages is one a
     // peer's HTTP/2 guard cuts off), within MAP_IN_FLIGHT answers and MAX_UNSENT_BYTES.
-    let mut unsent: std::collections::VecDeque<pb::MapResult> = std::collections::VecDeque::new();
+    // Each with its encoded size, counted once.
+    let mut unsent: std::collections::VecDeque<(pb::MapResult, usize)> = std::collections::VecDeque::new();
     let mut unsent_bytes: usize = 0;
     let mut first_unsent_at: Option<tokio::time::Instant> = None;
     let mut ready: Vec<pb::MapResult> = Vec::new();
@@ -453,20 +454,19 @@ async fn serve_map(
                 let message = if call.batched {
                     let mut results = Vec::new();
                     let mut bytes = 0;
-                    while let Some(r) = unsent.front() {
-                        let n = prost::Message::encoded_len(r);
+                    while let Some(&(_, n)) = unsent.front() {
                         if !results.is_empty() && (results.len() >= MAX_RESULTS_PER_RESPONSE || bytes + n > MAX_RESPONSE_BYTES) {
                             break;
                         }
                         bytes += n;
                         unsent_bytes -= n;
-                        results.extend(unsent.pop_front());
+                        results.extend(unsent.pop_front().map(|(r, _)| r));
                     }
                     pb::MapResponse { results, ..Default::default() }
                 } else {
-                    let Some(r) = unsent.pop_front() else { continue };
-                    unsent_bytes -= prost::Message::encoded_len(&r);
-                    single(r)
+                    let Some((r, n)) = unsent.pop_front() else { continue };
+                    unsent_bytes -= n;
+                    r.into()
                 };
                 permit.send(Ok(message));
                 first_unsent_at = (!unsent.is_empty()).then(tokio::time::Instant::now);
@@ -476,23 +476,13 @@ async fn serve_map(
             first_unsent_at = Some(tokio::time::Instant::now());
         }
         for r in ready.drain(..) {
-            unsent_bytes += prost::Message::encoded_len(&r);
-            unsent.push_back(r);
+            let n = prost::Message::encoded_len(&r);
+            unsent_bytes += n;
+            unsent.push_back((r, n));
         }
     }
     if let Some(status) = ending {
         let _ = out.send(Err(status)).await;
-    }
-}
-
-/// A result as the one answer of a `MapResponse` (a call that never sent a batch).
-fn single(r: pb::MapResult) -> pb::MapResponse {
-    pb::MapResponse {
-        seq: r.seq,
-        result: r.result,
-        rejected: r.rejected,
-        rejected_code: r.rejected_code,
-        results: Vec::new(),
     }
 }
 

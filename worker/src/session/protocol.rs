@@ -211,10 +211,15 @@ impl Protocol {
         }
         self.recent.extend(results.iter().map(|r| (now, r.clone())));
         self.forget_recent(now);
-        batches(results, self.max_output)
-            .into_iter()
-            .map(|results| Action::Send(Up::Results(pb::TaskResults { results })))
-            .collect()
+        // Messages whose outputs and errors add up to at most the limit each.
+        carpool_proto::split_by_size(
+            results,
+            usize::try_from(self.max_output).unwrap_or(usize::MAX),
+            result_bytes,
+        )
+        .into_iter()
+        .map(|results| Action::Send(Up::Results(pb::TaskResults { results })))
+        .collect()
     }
 
     /// When the worker should next look at itself: [`SETTLE`] after a change, or every
@@ -312,27 +317,6 @@ fn cap_output(outcome: HandlerOutcome, max: u64) -> HandlerOutcome {
         }
         other => other,
     }
-}
-
-/// `results` split into messages whose outputs and errors add up to at most `max` bytes
-/// each (one result per message at least; 0: one message).
-fn batches(results: Vec<pb::WorkerTaskResult>, max: u64) -> Vec<Vec<pb::WorkerTaskResult>> {
-    let mut out: Vec<Vec<pb::WorkerTaskResult>> = Vec::new();
-    let mut size = 0u64;
-    for r in results {
-        let len = result_bytes(&r) as u64;
-        match out.last_mut() {
-            Some(batch) if max == 0 || size + len <= max => {
-                size += len;
-                batch.push(r);
-            }
-            _ => {
-                size = len;
-                out.push(vec![r]);
-            }
-        }
-    }
-    out
 }
 
 /// The wire result of a finished task, its output capped at `max_output`.
