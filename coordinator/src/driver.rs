@@ -24,6 +24,7 @@ use tonic::Status;
 use tracing::{error, warn};
 
 use crate::config::Config;
+use crate::dashboard::Recorder;
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
@@ -123,6 +124,8 @@ struct Inner {
     writes: Mutex<HashMap<TaskId, watch::Sender<WriteOutcome>>>,
     /// What `/metrics` exports; the state's observations are recorded here.
     metrics: Arc<Metrics>,
+    /// What the dashboard shows of the observations (times per function, failures).
+    recorder: Arc<Recorder>,
 }
 
 /// A record write's outcome as its key's repeats see it: `None` while in flight.
@@ -161,6 +164,7 @@ impl Driver {
             disconnected: Notify::new(),
             writes: Mutex::new(HashMap::new()),
             metrics,
+            recorder: Arc::new(Recorder::default()),
         }));
         driver.consume(reports);
         driver
@@ -483,10 +487,16 @@ impl Driver {
         self.0.metrics.clone()
     }
 
+    /// What the dashboard records of the observations.
+    pub(crate) fn recorder(&self) -> Arc<Recorder> {
+        self.0.recorder.clone()
+    }
+
     /// Journal writes, spawns, timers and observations.
     fn carry_out(&self, effects: Effects) {
         if !effects.observed.is_empty() {
             self.0.metrics.observe(&effects.observed);
+            self.0.recorder.observe(&effects.observed);
         }
         if let Some(j) = &self.0.journal
             && !effects.journal.is_empty()

@@ -10,10 +10,13 @@
 //! - [`journal`]: the embedded store behind `--state-dir` (accepted means durable).
 //! - [`server`]: [`run`] serves everything on a bound listener until shutdown.
 //! - `metrics`: what `/metrics` exports (the registry, observations, the Stats snapshot).
-//! - `web`: the listener on `--metrics-listen` that serves it (connection budget, token).
+//! - `dashboard`: the figures of the page at `/` (times per function, failures, history).
+//! - `web`: the listener on `--metrics-listen` that serves `/metrics` and the dashboard
+//!   (connection budget, token, live updates).
 
 pub mod auth;
 pub mod config;
+mod dashboard;
 mod driver;
 mod error;
 mod journal;

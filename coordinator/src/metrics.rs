@@ -324,6 +324,7 @@ impl Metrics {
                     to_start_ms,
                     execution_ms,
                     to_result_ms,
+                    ..
                 } => {
                     for (h, ms) in [
                         (&self.to_start, to_start_ms),
@@ -343,6 +344,8 @@ impl Metrics {
                 Observation::SpawnFailed(reason) => {
                     self.spawn_failures.get_or_create(&ReasonLabel { reason }).inc();
                 }
+                // Counted from Stats (tasks by outcome); the dashboard lists them.
+                Observation::Failed { .. } => {}
             }
         }
     }
@@ -503,6 +506,7 @@ mod tests {
         let m = Metrics::new(SpawnerKind::Local);
         m.observe(&[
             Observation::Finished {
+                function: "echo".into(),
                 to_start_ms: Some(3),
                 execution_ms: Some(100),
                 to_result_ms: Some(103),

@@ -138,6 +138,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             crate::web::Scrapes {
                 driver: driver.clone(),
                 metrics: driver.metrics(),
+                recorder: driver.recorder(),
                 token: config.listen.metrics_token.clone(),
             },
             permits,

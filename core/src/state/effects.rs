@@ -157,11 +157,13 @@ pub struct Effects {
 }
 
 /// Something the metrics count or time, as the state saw it.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Observation {
     /// A task ended. Times in ms; `None` where the task never ran (cancelled while pending,
     /// failed before any attempt) or a clock went backwards.
     Finished {
+        /// Its function.
+        function: Arc<str>,
         /// Submitted to started (schedule-to-start).
         to_start_ms: Option<u64>,
         /// Started to finished, on its worker.
@@ -176,7 +178,21 @@ pub enum Observation {
     /// A spawn failed: `spawner` (the spawner reported an error), `exited` (its process
     /// ended before hello) or `no_hello` (it did not say hello within the start timeout).
     SpawnFailed(&'static str),
+    /// A task ended FAILED (the dashboard lists the latest with their causes).
+    Failed {
+        /// Its function.
+        function: Arc<str>,
+        /// The task.
+        task_id: u64,
+        /// The worker of its last attempt (empty if none ran it).
+        worker_id: String,
+        /// Its error, cut to [`FAILURE_TEXT`] bytes.
+        error: String,
+    },
 }
+
+/// The most bytes of a failed task's error an [`Observation::Failed`] carries.
+pub(super) const FAILURE_TEXT: usize = 512;
 
 impl Effects {
     /// Sends `kind` down connection `conn`.

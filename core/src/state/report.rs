@@ -39,6 +39,7 @@ impl State {
                     tasks_done: w.done,
                     instance: w.instance.clone(),
                     cold_start_ms: w.cold_start_ms,
+                    life_left_ms: crate::scheduler::life_left(&w.view(now)).as_millis() as u64,
                 }
             })
             .collect();
@@ -62,6 +63,12 @@ impl State {
         );
         out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         out
+    }
+
+    /// The CPU and memory fractions of its allotment a worker's concurrency limit steers
+    /// toward.
+    pub fn limit_targets(&self) -> (f64, f64) {
+        (self.rules.limits.cpu_target, self.rules.limits.mem_target)
     }
 
     /// Counters per function and in total, with the bill so far (live workers billed up

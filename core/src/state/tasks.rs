@@ -463,7 +463,24 @@ impl State {
         // The task moves to its end (and its function's counts with it).
         super::counts::change_task(&mut self.functions, task, |task| task.state = state);
         let since = |from: u64, to: u64| (from > 0 && to >= from).then(|| to - from);
+        if state == TaskState::Failed {
+            let mut error = result.error.clone();
+            if error.len() > super::effects::FAILURE_TEXT {
+                let mut cut = super::effects::FAILURE_TEXT;
+                while !error.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                error.truncate(cut);
+            }
+            effects.observed.push(Observation::Failed {
+                function: task.function.clone(),
+                task_id: id,
+                worker_id: result.worker_id.clone(),
+                error,
+            });
+        }
         effects.observed.push(Observation::Finished {
+            function: task.function.clone(),
             to_start_ms: since(task.submitted_unix_ms, result.started_unix_ms),
             execution_ms: since(result.started_unix_ms, result.finished_unix_ms),
             to_result_ms: since(task.submitted_unix_ms, result.finished_unix_ms),
