@@ -16,7 +16,7 @@ use carpool_proto::pb::cluster_server::ClusterServer;
 use carpool_proto::pb::tasks_server::TasksServer;
 use carpool_proto::pb::workers_server::WorkersServer;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::service::interceptor::InterceptedService;
@@ -92,7 +92,28 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         local_workers_accept(tls)?;
     }
     let url = local_url(addr, config.listen.tls.is_some());
-    let Some(opened) = open_state(&listener, &config, &url, shutdown.as_mut()).await? else {
+    // The metrics port serves from the start: a standby's page says it is one, and who is
+    // active. It stops when `run` returns.
+    let web_stop = CancellationToken::new();
+    let _web_stops = web_stop.clone().drop_guard();
+    // One budget of connections for both ports: idle or slow metrics connections cannot
+    // use up the descriptors the gRPC port needs.
+    let permits = Arc::new(Semaphore::new(config.listen.max_connections));
+    let (role, roles) = watch::channel(crate::web::Role::Standby(String::new()));
+    if let Some(at) = config.listen.metrics_listen {
+        let metrics_listener = TcpListener::bind(at)
+            .await
+            .map_err(|e| Error::Config(format!("--metrics-listen {at}: {e}")))?;
+        tokio::spawn(crate::web::serve(
+            metrics_listener,
+            roles,
+            config.listen.metrics_token.clone(),
+            permits.clone(),
+            config.listen.handshake_timeout,
+            web_stop.clone(),
+        ));
+    }
+    let Some(opened) = open_state(&listener, &config, &url, &role, shutdown.as_mut()).await? else {
         info!("stopped while standing by");
         return Ok(());
     };
@@ -105,14 +126,6 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         stop: stop.clone(),
     };
     let spawner = build_spawner(&config, url, context).await?;
-    let metrics_listener = match config.listen.metrics_listen {
-        Some(at) => Some(
-            TcpListener::bind(at)
-                .await
-                .map_err(|e| Error::Config(format!("--metrics-listen {at}: {e}")))?,
-        ),
-        None => None,
-    };
     let driver = Driver::new(
         config.clone(),
         spawner,
@@ -127,25 +140,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     driver.start_sweeper();
 
     let server_stop = CancellationToken::new();
-    // One budget of connections for both ports: idle or slow metrics connections cannot
-    // use up the descriptors the gRPC port needs.
-    let permits = Arc::new(Semaphore::new(config.listen.max_connections));
-    let server = serve_grpc(listener, &config, &driver, permits.clone(), &server_stop).await?;
+    let server = serve_grpc(listener, &config, &driver, permits, &server_stop).await?;
     info!(%addr, spawner = ?config.fleet.spawner, "coordinator serving");
-    if let Some(metrics_listener) = metrics_listener {
-        tokio::spawn(crate::web::serve(
-            metrics_listener,
-            crate::web::Scrapes {
-                driver: driver.clone(),
-                metrics: driver.metrics(),
-                recorder: driver.recorder(),
-                token: config.listen.metrics_token.clone(),
-            },
-            permits,
-            config.listen.handshake_timeout,
-            server_stop.clone(),
-        ));
-    }
+    role.send_replace(crate::web::Role::Active(crate::web::Scrapes {
+        driver: driver.clone(),
+        metrics: driver.metrics(),
+        recorder: driver.recorder(),
+    }));
 
     let lost = opened
         .lease
@@ -190,6 +191,7 @@ async fn open_state(
     listener: &Arc<TcpListener>,
     config: &Arc<Config>,
     url: &str,
+    role: &watch::Sender<crate::web::Role>,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<Opened>> {
     let state_url = match (&config.journal.state_dir, &config.journal.state_url) {
@@ -238,7 +240,11 @@ async fn open_state(
             store
         }
     }?;
-    let Some(term) = crate::standby::until_active(listener.clone(), &store, config, shutdown).await? else {
+    let seen = |active: &str| {
+        role.send_replace(crate::web::Role::Standby(active.to_owned()));
+    };
+    let Some(term) = crate::standby::until_active(listener.clone(), &store, config, seen, shutdown).await?
+    else {
         return Ok(None);
     };
     let renewing = CancellationToken::new();

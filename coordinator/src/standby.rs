@@ -30,10 +30,12 @@ const SERVICES: [&str; 4] = ["", "carpool.v1.Tasks", "carpool.v1.Cluster", "carp
 
 /// Waits until this coordinator holds the lease (its term), serving as a standby on
 /// `listener` meanwhile; `None` if `shutdown` came first.
+/// `seen` is told the active coordinator's URL each time it changes.
 pub(crate) async fn until_active(
     listener: Arc<TcpListener>,
     store: &Store,
     config: &Config,
+    seen: impl Fn(&str),
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<i64>> {
     let active = match store.acquire().await {
@@ -45,6 +47,7 @@ pub(crate) async fn until_active(
         }
     };
     info!(active = %active.url, "standing by: another coordinator holds the lease");
+    seen(&active.url);
     let next_poll = active.next_poll();
     let active = Arc::new(Mutex::new(active));
     let answer = active.clone();
@@ -64,12 +67,13 @@ pub(crate) async fn until_active(
                 let mut current = active.lock().unwrap_or_else(PoisonError::into_inner);
                 if current.url != url {
                     info!(active = %url, "the lease changed hands");
+                    seen(&url);
                 }
-                let seen = Active::seen(url, expires_in, store.lease);
-                if seen.takeover_at.is_some() && current.takeover_at.is_none() {
-                    info!(active = %seen.url, expires_in_ms = expires_in.as_millis() as u64, "the active coordinator missed a lease renewal");
+                let read = Active::seen(url, expires_in, store.lease);
+                if read.takeover_at.is_some() && current.takeover_at.is_none() {
+                    info!(active = %read.url, expires_in_ms = expires_in.as_millis() as u64, "the active coordinator missed a lease renewal");
                 }
-                *current = seen;
+                *current = read;
                 next_poll = current.next_poll();
             }
             Err(e) => {

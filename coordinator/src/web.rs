@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::Secret;
-use crate::dashboard::{Board, Frame, Reading, Recorder};
+use crate::dashboard::{Board, Frame, Reading, Recorder, standby_frame};
 use crate::driver::Driver;
 use crate::metrics::{Metrics, classic};
 
@@ -63,19 +63,29 @@ const STYLE: &str = include_str!("dashboard/dashboard.css");
 /// No script, style, image or connection from anywhere but this listener.
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-/// What the listener serves from, and the token it asks for.
+/// What an active coordinator's listener serves from.
 #[derive(Clone)]
 pub(crate) struct Scrapes {
     pub driver: Driver,
     pub metrics: Arc<Metrics>,
     pub recorder: Arc<Recorder>,
-    pub token: Option<Secret>,
+}
+
+/// What this coordinator is, as the listener shows it.
+#[derive(Clone)]
+pub(crate) enum Role {
+    /// Standing by (or waiting for its database): the active coordinator's URL, empty while
+    /// unknown.
+    Standby(String),
+    /// Active: its figures.
+    Active(Scrapes),
 }
 
 /// The routes' shared state.
 #[derive(Clone)]
 struct App {
-    scrapes: Scrapes,
+    role: watch::Receiver<Role>,
+    token: Option<Secret>,
     /// The digest a signed-in browser's cookie holds (with a token).
     session: Option<String>,
     /// The history, shared by the updater and a page's first frame.
@@ -87,20 +97,20 @@ struct App {
 }
 
 impl App {
-    /// Reads the state once (a Stats and a ListWorkers snapshot).
-    fn reading(&self) -> Reading {
-        self.scrapes.driver.read(|s, now| Reading {
-            stats: s.stats(now),
-            workers: s.list_workers("", now),
-            targets: s.limit_targets(),
-        })
+    fn role(&self) -> Role {
+        self.role.borrow().clone()
     }
 
-    /// A frame of the figures now, with the whole history.
+    /// A frame of the figures now, with the whole history (a standby's: who is active).
     fn full_frame(&self) -> String {
-        let reading = self.reading();
-        let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
-        board.frame(&reading, &self.scrapes.recorder).full
+        match self.role() {
+            Role::Active(scrapes) => {
+                let reading = reading(&scrapes);
+                let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
+                board.frame(&reading, &scrapes.recorder).full
+            }
+            Role::Standby(active) => standby_frame(&active).full,
+        }
     }
 
     /// Whether the request carries the token: as a bearer header, or as the session cookie
@@ -111,10 +121,19 @@ impl App {
         };
         let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if bearer.is_some() {
-            return crate::auth::admits(self.scrapes.token.as_ref(), bearer);
+            return crate::auth::admits(self.token.as_ref(), bearer);
         }
         cookie(headers, SESSION_COOKIE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(session.as_bytes())))
     }
+}
+
+/// Reads the state once (a Stats and a ListWorkers snapshot).
+fn reading(scrapes: &Scrapes) -> Reading {
+    scrapes.driver.read(|s, now| Reading {
+        stats: s.stats(now),
+        workers: s.list_workers("", now),
+        targets: s.limit_targets(),
+    })
 }
 
 /// The value of cookie `name` in the request's `cookie` headers.
@@ -143,7 +162,8 @@ fn session_of(token: &Secret) -> String {
 /// for as long (a silent or slow client).
 pub(crate) async fn serve(
     listener: TcpListener,
-    scrapes: Scrapes,
+    role: watch::Receiver<Role>,
+    token: Option<Secret>,
     permits: Arc<Semaphore>,
     timeout: Duration,
     stop: CancellationToken,
@@ -151,8 +171,9 @@ pub(crate) async fn serve(
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let (frames, _) = watch::channel(Arc::new(Frame::default()));
     let app = App {
-        session: scrapes.token.as_ref().map(session_of),
-        scrapes,
+        session: token.as_ref().map(session_of),
+        role,
+        token,
         board: Arc::default(),
         frames,
         pages: Arc::new(Semaphore::new(MAX_PAGES)),
@@ -196,7 +217,7 @@ pub(crate) async fn serve(
 }
 
 /// Every [`UPDATE_EVERY`] until `stop`: one reading of the state into the history and, while
-/// a page is open, one frame for every open page.
+/// a page is open, one frame for every open page (a standby's says who is active).
 async fn update(app: App, stop: CancellationToken) {
     let mut every = tokio::time::interval(UPDATE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -205,11 +226,14 @@ async fn update(app: App, stop: CancellationToken) {
             _ = every.tick() => {}
             () = stop.cancelled() => return,
         }
-        let reading = app.reading();
-        let frame = {
-            let mut board = app.board.lock().unwrap_or_else(PoisonError::into_inner);
-            board.record(&reading);
-            (app.frames.receiver_count() > 0).then(|| board.frame(&reading, &app.scrapes.recorder))
+        let frame = match app.role() {
+            Role::Active(scrapes) => {
+                let reading = reading(&scrapes);
+                let mut board = app.board.lock().unwrap_or_else(PoisonError::into_inner);
+                board.record(&reading);
+                (app.frames.receiver_count() > 0).then(|| board.frame(&reading, &scrapes.recorder))
+            }
+            Role::Standby(active) => (app.frames.receiver_count() > 0).then(|| standby_frame(&active)),
         };
         if let Some(frame) = frame {
             app.frames.send_replace(Arc::new(frame));
@@ -229,7 +253,7 @@ fn refused(what: &str) -> Response {
 
 async fn scrape(Extract(app): Extract<App>, headers: HeaderMap) -> Response {
     let presented = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !crate::auth::admits(app.scrapes.token.as_ref(), presented) {
+    if !crate::auth::admits(app.token.as_ref(), presented) {
         warn!("refused a scrape without the metrics token");
         return (
             StatusCode::UNAUTHORIZED,
@@ -238,8 +262,23 @@ async fn scrape(Extract(app): Extract<App>, headers: HeaderMap) -> Response {
         )
             .into_response();
     }
-    let (stats, held) = app.scrapes.driver.read(|s, now| (s.stats(now), s.held_bytes()));
-    let open = app.scrapes.metrics.render(&stats, held);
+    let scrapes = match app.role() {
+        Role::Active(scrapes) => scrapes,
+        Role::Standby(active) => {
+            let active = if active.is_empty() {
+                "unknown yet"
+            } else {
+                active.as_str()
+            };
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("this coordinator is a standby; the active coordinator is {active}\n"),
+            )
+                .into_response();
+        }
+    };
+    let (stats, held) = scrapes.driver.read(|s, now| (s.stats(now), s.held_bytes()));
+    let open = scrapes.metrics.render(&stats, held);
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
@@ -276,7 +315,7 @@ struct SignIn {
 }
 
 async fn page(Extract(app): Extract<App>, Query(sign_in): Query<SignIn>, headers: HeaderMap) -> Response {
-    if let (Some(given), Some(token), Some(session)) = (&sign_in.token, &app.scrapes.token, &app.session) {
+    if let (Some(given), Some(token), Some(session)) = (&sign_in.token, &app.token, &app.session) {
         if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
             let cookie = format!("{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/");
             let Ok(cookie) = HeaderValue::from_str(&cookie) else {

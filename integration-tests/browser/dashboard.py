@@ -53,6 +53,9 @@ for (const row of document.querySelectorAll("#functions tbody tr")) {
 }
 out.failures = [...document.querySelectorAll("#failures li")].map((li) => li.textContent);
 out.workers = document.querySelectorAll("#workers tbody tr").length;
+out.standby = !document.getElementById("standby").hidden;
+out.active_url = text("active-url");
+out.active_link = document.getElementById("active-link").href;
 out.scrolls_sideways = document.documentElement.scrollWidth > document.documentElement.clientWidth;
 return out;
 """

@@ -137,23 +137,37 @@ async fn the_dashboard_shows_a_batch_live_in_a_real_browser_and_agrees_with_stat
     assert_eq!(opened["url"], format!("http://{metrics}/"), "{opened}");
     assert_eq!(opened["title"], "carpool");
 
-    // A batch that waits on the network (sleeps), with failures among it.
-    let inputs = futures::stream::iter((0..240).map(|i| {
-        Bytes::from(if i % 40 == 0 {
+    // A batch that waits (sleeps), with failures among it, and one that computes (spins).
+    let sleeps = futures::stream::iter((0..600).map(|i| {
+        Bytes::from(if i % 60 == 0 {
             "\"not a number\"".to_owned()
         } else {
-            "1500".to_owned()
+            "2000".to_owned()
         })
     }));
+    let spins = futures::stream::iter((0..40).map(|_| Bytes::from("100")));
     let batch = tokio::spawn({
         let client = client.clone();
         async move {
-            client
-                .map("sleep", inputs)
-                .await
-                .expect("map")
-                .collect::<Vec<_>>()
-                .await
+            let (a, b) = tokio::join!(
+                async {
+                    client
+                        .map("sleep", sleeps)
+                        .await
+                        .expect("map")
+                        .collect::<Vec<_>>()
+                        .await
+                },
+                async {
+                    client
+                        .map("spin", spins)
+                        .await
+                        .expect("map")
+                        .collect::<Vec<_>>()
+                        .await
+                },
+            );
+            a.len() + b.len()
         }
     });
     // The page follows it live: tasks running, workers listed.
@@ -175,6 +189,9 @@ async fn the_dashboard_shows_a_batch_live_in_a_real_browser_and_agrees_with_stat
     let phone = shots.join("dashboard-phone.png");
     ask(&browser, &format!("screenshot {} 1280 800", laptop.display()));
     ask(&browser, &format!("screenshot {} 390 844", phone.display()));
+    // On a phone's width the tables scroll within their own regions, never the page.
+    let narrow = ask(&browser, "figures")["figures"].clone();
+    assert_eq!(narrow["scrolls_sideways"], false, "{narrow}");
     for shot in [&laptop, &phone] {
         let png = std::fs::read(shot).expect("screenshot");
         assert!(
@@ -183,8 +200,7 @@ async fn the_dashboard_shows_a_batch_live_in_a_real_browser_and_agrees_with_stat
             shot.display()
         );
     }
-    let results = batch.await.expect("batch");
-    assert_eq!(results.len(), 240);
+    assert_eq!(batch.await.expect("batch"), 640);
 
     // Once the fleet has left the bill stops moving: the page must then show what Stats says.
     let stats = eventually("the fleet to leave", || async {
@@ -218,15 +234,16 @@ async fn the_dashboard_shows_a_batch_live_in_a_real_browser_and_agrees_with_stat
     })
     .await;
     let (figures, t) = agreed;
-    assert_eq!(t.succeeded, 234, "{figures}");
-    assert_eq!(t.failed, 6);
+    assert_eq!(t.succeeded, 630, "{figures}");
+    assert_eq!(t.failed, 10);
     // Per function too, and the failures with their cause.
     let sleep = &figures["functions"]["sleep"];
-    assert_eq!(sleep["succeeded"], "234", "{figures}");
-    assert_eq!(sleep["failed"], "6");
+    assert_eq!(sleep["succeeded"], "590", "{figures}");
+    assert_eq!(sleep["failed"], "10");
     assert!(sleep["execution"].as_str().unwrap().contains(" s"), "{sleep}");
+    assert_eq!(figures["functions"]["spin"]["succeeded"], "40", "{figures}");
     let failures = figures["failures"].as_array().unwrap();
-    assert_eq!(failures.len(), 6, "{figures}");
+    assert_eq!(failures.len(), 10, "{figures}");
     assert!(
         failures
             .iter()
@@ -341,7 +358,8 @@ async fn the_dashboard_asks_for_its_token_caps_open_pages_and_cuts_off_a_client_
             let mut c = std::net::TcpStream::connect(&metrics).expect("connect");
             c.write_all(get("/events", "Authorization: Bearer s3cret\r\n").as_bytes())
                 .expect("write");
-            c.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            c.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
             let mut head = [0u8; 12];
             c.read_exact(&mut head).expect("an answer");
             assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
@@ -400,4 +418,77 @@ async fn the_dashboard_asks_for_its_token_caps_open_pages_and_cuts_off_a_client_
     })
     .await;
     assert!(ended.is_ok(), "the cut-off stream did not end");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standbys_page_says_it_is_one_names_the_active_coordinator_and_turns_active_on_takeover() {
+    let pg = carpool_integration_tests::postgres::Postgres::start();
+    let url = pg.url();
+    let args = |metrics: &str| {
+        [
+            "--spawner",
+            "external",
+            "--state-url",
+            &url,
+            "--metrics-listen",
+            metrics,
+        ]
+        .map(str::to_owned)
+    };
+    let (a_metrics, b_metrics) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let a_args = args(&a_metrics);
+    let a = Coordinator::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    a.client()
+        .await
+        .submit("job", "x")
+        .await
+        .expect("the active one accepts");
+    let b_args = args(&b_metrics);
+    let b = Coordinator::start(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    // The standby's listener answers at once: /metrics is not its to give...
+    let (status, text) = eventually("the standby's metrics port to name the active one", || async {
+        let (status, text) = carpool_integration_tests::http_get(&b_metrics, "/metrics", None)
+            .await
+            .ok()?;
+        text.contains(&a.url).then_some((status, text))
+    })
+    .await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("standby") && text.contains(&a.url), "{text}");
+    // ...and its page says it is a standby, naming the active coordinator.
+    let browser = Arc::new(Mutex::new(tokio::task::block_in_place(Browser::start)));
+    ask(&browser, &format!("open http://{b_metrics}/"));
+    let f = eventually("the page to name the active coordinator", || {
+        let browser = browser.clone();
+        async move {
+            let f = ask(&browser, "figures")["figures"].clone();
+            (f["active_url"].as_str()? != "").then_some(f)
+        }
+    })
+    .await;
+    assert_eq!(f["role"], "standby", "{f}");
+    assert_eq!(f["standby"], true, "{f}");
+    assert_eq!(f["active_url"], a.url.as_str(), "{f}");
+    assert_eq!(f["console"], serde_json::json!([]), "{f}");
+    // The active one goes; the standby takes over, and the open page turns with it.
+    a.kill9();
+    let f = eventually("the page to show the new active coordinator", || {
+        let browser = browser.clone();
+        async move {
+            let f = ask(&browser, "figures")["figures"].clone();
+            (f["role"] == "active").then_some(f)
+        }
+    })
+    .await;
+    assert_eq!(f["standby"], false, "{f}");
+    assert_eq!(f["total-pending"], "1", "{f}");
+    let (status, _) = carpool_integration_tests::http_get(&b_metrics, "/metrics", None)
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    drop(browser);
+    drop(b);
 }

@@ -358,7 +358,8 @@ impl Board {
                 .find(|(name, _)| name == function)
                 .map(|(_, f)| f.finished)
         };
-        let (Some(a), Some(b)) = (of(first), of(last)) else {
+        // A function not yet seen at the first point had finished nothing then.
+        let (a, Some(b)) = (of(first).unwrap_or(0), of(last)) else {
             return 0.0;
         };
         let secs = last.at_unix_ms.saturating_sub(first.at_unix_ms) as f64 / 1000.0;
