@@ -107,9 +107,9 @@ impl App {
             Role::Active(scrapes) => {
                 let reading = reading(&scrapes);
                 let board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
-                board.frame(&reading, &scrapes.recorder).full
+                board.frame(&reading, &scrapes.recorder, true)
             }
-            Role::Standby(active) => standby_frame(&active).full,
+            Role::Standby(active) => standby_frame(&active),
         }
     }
 
@@ -231,7 +231,7 @@ async fn update(app: App, stop: CancellationToken) {
                 let reading = reading(&scrapes);
                 let mut board = app.board.lock().unwrap_or_else(PoisonError::into_inner);
                 board.record(&reading);
-                (app.frames.receiver_count() > 0).then(|| board.frame(&reading, &scrapes.recorder))
+                (app.frames.receiver_count() > 0).then(|| board.frame(&reading, &scrapes.recorder, false))
             }
             Role::Standby(active) => (app.frames.receiver_count() > 0).then(|| standby_frame(&active)),
         };
@@ -391,7 +391,7 @@ async fn events(Extract(app): Extract<App>, headers: HeaderMap) -> Response {
         updates.changed().await.ok()?;
         let frame = updates.borrow_and_update().clone();
         Some((
-            Event::default().event("update").data(frame.update.as_str()),
+            Event::default().event("update").data(frame.as_str()),
             (updates, place),
         ))
     });

@@ -89,6 +89,9 @@
       return tr;
     });
     fill(document.querySelector("#functions tbody"), rows);
+    const more = $("functions-unlisted");
+    more.hidden = !d.functions_unlisted;
+    if (d.functions_unlisted) set("functions-unlisted", "and " + int(d.functions_unlisted) + " more, less busy");
   }
 
   function renderWorkers(d) {
@@ -287,15 +290,14 @@
     }
     {
       const { g, w, h } = canvas("chart-queue");
-      const sum = (p, k) => Object.values(p.functions).reduce((a, f) => a + f[k], 0);
       let max = 0;
-      for (const p of history) max = Math.max(max, sum(p, "pending"), sum(p, "running"));
+      for (const p of history) max = Math.max(max, p.pending, p.running);
       const top = niceTop(max);
       axes(g, w, h, top, pad);
       const at = xy(w, h, pad, top);
       const style = getComputedStyle(document.documentElement);
-      line(g, history.map((p) => at(p.t, sum(p, "pending"))), style.getPropertyValue("--pending"), 2);
-      line(g, history.map((p) => at(p.t, sum(p, "running"))), style.getPropertyValue("--running"), 2);
+      line(g, history.map((p) => at(p.t, p.pending)), style.getPropertyValue("--pending"), 2);
+      line(g, history.map((p) => at(p.t, p.running)), style.getPropertyValue("--running"), 2);
     }
   }
 

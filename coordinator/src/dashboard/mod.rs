@@ -30,6 +30,12 @@ pub(crate) const HISTORY_POINTS: usize = 600;
 const HISTORY_PER_UPDATE: usize = 4;
 /// Workers listed on the page (the rest are counted).
 const WORKERS_LISTED: usize = 200;
+/// Functions listed on the page, the busiest first (the rest are counted).
+const FUNCTIONS_LISTED: usize = 50;
+/// Functions whose limits the history keeps, the busiest first.
+const FUNCTIONS_CHARTED: usize = 8;
+/// Updates a rate is measured over (five seconds).
+const RATE_POINTS: usize = 10;
 /// Functions whose times are kept (the state admits at most `--max-functions`; this bounds
 /// the recorder whatever that is).
 const FUNCTIONS_TIMED: usize = 4096;
@@ -222,6 +228,10 @@ impl Recorder {
 struct Point {
     seq: u64,
     at_unix_ms: u64,
+    /// Pending and running over every function.
+    pending: u64,
+    running: u64,
+    /// The busiest functions' figures.
     functions: Vec<(String, FunctionPoint)>,
 }
 
@@ -229,7 +239,6 @@ struct Point {
 struct FunctionPoint {
     pending: u64,
     running: u64,
-    finished: u64,
     workers: u32,
     limit_mean: f64,
     limit_min: u32,
@@ -247,7 +256,6 @@ impl Point {
                     json!({
                         "pending": p.pending,
                         "running": p.running,
-                        "finished": p.finished,
                         "workers": p.workers,
                         "limit_mean": round2(p.limit_mean),
                         "limit_min": p.limit_min,
@@ -256,7 +264,13 @@ impl Point {
                 )
             })
             .collect();
-        json!({ "seq": self.seq, "t": self.at_unix_ms, "functions": functions })
+        json!({
+            "seq": self.seq,
+            "t": self.at_unix_ms,
+            "pending": self.pending,
+            "running": self.running,
+            "functions": functions,
+        })
     }
 }
 
@@ -273,15 +287,14 @@ pub(crate) struct Reading {
 pub(crate) struct Board {
     history: VecDeque<Point>,
     seq: u64,
+    /// Finished tasks per function at the last [`RATE_POINTS`] updates and the one before
+    /// (when, and the counts), for the rates.
+    finished: VecDeque<(u64, HashMap<String, u64>)>,
 }
 
-/// A frame for the page: the JSON of one update, and of the same update with the whole
-/// history (what a page gets first).
-#[derive(Debug, Default)]
-pub(crate) struct Frame {
-    pub update: String,
-    pub full: String,
-}
+/// The JSON of one update for the page (the latest points of history with it), or of a
+/// page's first frame (all of it).
+pub(crate) type Frame = String;
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
@@ -297,28 +310,29 @@ impl Board {
     /// [`HISTORY_POINTS`]).
     pub(crate) fn record(&mut self, reading: &Reading) {
         self.seq += 1;
+        let now = unix_ms();
         let mut per: HashMap<&str, FunctionPoint> = HashMap::new();
-        for f in &reading.stats.functions {
-            per.insert(
-                &f.function,
-                FunctionPoint {
-                    pending: f.pending,
-                    running: f.running,
-                    finished: finished(f),
-                    limit_min: u32::MAX,
-                    ..Default::default()
-                },
-            );
-        }
         for w in &reading.workers {
             if w.state == pb::WorkerState::Starting as i32 {
                 continue;
             }
-            if let Some(p) = per.get_mut(w.function.as_str()) {
-                p.workers += 1;
-                p.limit_mean += f64::from(w.slots);
-                p.limit_min = p.limit_min.min(w.slots);
-                p.limit_max = p.limit_max.max(w.slots);
+            let p = per.entry(w.function.as_str()).or_insert(FunctionPoint {
+                limit_min: u32::MAX,
+                ..Default::default()
+            });
+            p.workers += 1;
+            p.limit_mean += f64::from(w.slots);
+            p.limit_min = p.limit_min.min(w.slots);
+            p.limit_max = p.limit_max.max(w.slots);
+        }
+        let (mut pending, mut running) = (0, 0);
+        for f in &reading.stats.functions {
+            pending += f.pending;
+            running += f.running;
+            if f.pending + f.running > 0 || per.contains_key(f.function.as_str()) {
+                let p = per.entry(&f.function).or_default();
+                p.pending = f.pending;
+                p.running = f.running;
             }
         }
         let mut functions: Vec<(String, FunctionPoint)> = per
@@ -332,61 +346,66 @@ impl Board {
                 (name.to_owned(), p)
             })
             .collect();
+        // The busiest (the most workers, then the most work), then by name.
+        functions.sort_by(|a, b| {
+            (b.1.workers, b.1.pending + b.1.running)
+                .cmp(&(a.1.workers, a.1.pending + a.1.running))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        functions.truncate(FUNCTIONS_CHARTED);
         functions.sort_by(|a, b| a.0.cmp(&b.0));
         if self.history.len() == HISTORY_POINTS {
             self.history.pop_front();
         }
         self.history.push_back(Point {
             seq: self.seq,
-            at_unix_ms: unix_ms(),
+            at_unix_ms: now,
+            pending,
+            running,
             functions,
         });
+        if self.finished.len() > RATE_POINTS {
+            self.finished.pop_front();
+        }
+        self.finished.push_back((
+            now,
+            reading
+                .stats
+                .functions
+                .iter()
+                .map(|f| (f.function.clone(), finished(f)))
+                .collect(),
+        ));
     }
 
-    /// Finished tasks per second of `function` over the last `points` of history (0 with
-    /// fewer than two).
-    fn rate(&self, function: &str, points: usize) -> f64 {
-        let n = self.history.len();
-        if n < 2 {
-            return 0.0;
-        }
-        let first = &self.history[n.saturating_sub(points + 1)];
-        let last = &self.history[n - 1];
-        let of = |p: &Point| {
-            p.functions
-                .iter()
-                .find(|(name, _)| name == function)
-                .map(|(_, f)| f.finished)
-        };
-        // A function not yet seen at the first point had finished nothing then.
-        let (a, Some(b)) = (of(first).unwrap_or(0), of(last)) else {
+    /// Finished tasks per second of `function` over the last [`RATE_POINTS`] updates (0
+    /// with fewer than two).
+    fn rate(&self, function: &str) -> f64 {
+        let (Some((t0, first)), Some((t1, last))) = (self.finished.front(), self.finished.back()) else {
             return 0.0;
         };
-        let secs = last.at_unix_ms.saturating_sub(first.at_unix_ms) as f64 / 1000.0;
+        let secs = t1.saturating_sub(*t0) as f64 / 1000.0;
         if secs <= 0.0 {
             return 0.0;
         }
+        // A function not yet seen at the first point had finished nothing then.
+        let a = first.get(function).copied().unwrap_or(0);
+        let b = last.get(function).copied().unwrap_or(0);
         b.saturating_sub(a) as f64 / secs
     }
 
     /// The frame of the latest point: the figures of `reading`, `recorder`'s times and
-    /// failures, and the history (the latest points in the update, all of it in the full
-    /// frame).
-    pub(crate) fn frame(&self, reading: &Reading, recorder: &Recorder) -> Frame {
+    /// failures, and the history: its latest points, or with `whole` all of it (a page's
+    /// first frame).
+    pub(crate) fn frame(&self, reading: &Reading, recorder: &Recorder, whole: bool) -> Frame {
         let mut body = self.figures(reading, recorder);
-        let recent: Vec<Value> = self
-            .history
-            .iter()
-            .skip(self.history.len().saturating_sub(HISTORY_PER_UPDATE))
-            .map(Point::json)
-            .collect();
-        body["history"] = Value::Array(recent);
-        let update = body.to_string();
-        body["history"] = Value::Array(self.history.iter().map(Point::json).collect());
-        Frame {
-            update,
-            full: body.to_string(),
-        }
+        let skip = if whole {
+            0
+        } else {
+            self.history.len().saturating_sub(HISTORY_PER_UPDATE)
+        };
+        body["history"] = Value::Array(self.history.iter().skip(skip).map(Point::json).collect());
+        body.to_string()
     }
 
     fn figures(&self, reading: &Reading, recorder: &Recorder) -> Value {
@@ -396,9 +415,16 @@ impl Board {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let functions: Vec<Value> = stats
-            .functions
-            .iter()
+        let mut listed: Vec<&pb::FunctionStats> = stats.functions.iter().collect();
+        listed.sort_by(|a, b| {
+            (b.workers_live + b.workers_starting, b.pending + b.running)
+                .cmp(&(a.workers_live + a.workers_starting, a.pending + a.running))
+                .then_with(|| a.function.cmp(&b.function))
+        });
+        listed.truncate(FUNCTIONS_LISTED);
+        listed.sort_by(|a, b| a.function.cmp(&b.function));
+        let functions: Vec<Value> = listed
+            .into_iter()
             .map(|f| {
                 let t = times.get(f.function.as_str());
                 let lambda_usd = billing::cost_usd(f.request_billed_gb_ms, f.requests);
@@ -412,7 +438,7 @@ impl Board {
                     "retried": f.retried,
                     "timed_out": f.timed_out,
                     "killed_at_deadline": f.killed_at_deadline,
-                    "rate": round2(self.rate(&f.function, 10)),
+                    "rate": round2(self.rate(&f.function)),
                     "memory_mb": f.memory_mb,
                     "memory_reason": f.memory_reason,
                     "slots_mean": round2(f.slots_mean),
@@ -513,6 +539,7 @@ impl Board {
             "functions": functions,
             "workers": workers,
             "workers_unlisted": reading.workers.len().saturating_sub(WORKERS_LISTED),
+            "functions_unlisted": stats.functions.len().saturating_sub(FUNCTIONS_LISTED),
             "failures": failures,
         })
     }
@@ -520,11 +547,7 @@ impl Board {
 
 /// The frame a standby's page shows: it is a standby, and which coordinator is active.
 pub(crate) fn standby_frame(active_url: &str) -> Frame {
-    let body = json!({ "role": "standby", "t": unix_ms(), "active_url": active_url }).to_string();
-    Frame {
-        update: body.clone(),
-        full: body,
-    }
+    json!({ "role": "standby", "t": unix_ms(), "active_url": active_url }).to_string()
 }
 
 fn worker_state(state: i32) -> &'static str {
@@ -588,7 +611,7 @@ mod tests {
             workers: vec![],
             targets: (0.9, 0.8),
         };
-        let v: Value = serde_json::from_str(&board.frame(&reading, &r).update).unwrap();
+        let v: Value = serde_json::from_str(&board.frame(&reading, &r, false)).unwrap();
         let failures = v["failures"].as_array().unwrap();
         assert_eq!(failures.len(), FAILURES_KEPT);
         assert_eq!(failures[0]["task_id"], FAILURES_KEPT as u64 + 4);
@@ -618,14 +641,62 @@ mod tests {
             board.record(&reading);
         }
         assert_eq!(board.history.len(), HISTORY_POINTS);
-        let frame = board.frame(&reading, &Recorder::default());
-        let update: Value = serde_json::from_str(&frame.update).unwrap();
-        let full: Value = serde_json::from_str(&frame.full).unwrap();
+        let update: Value = serde_json::from_str(&board.frame(&reading, &Recorder::default(), false)).unwrap();
+        let full: Value = serde_json::from_str(&board.frame(&reading, &Recorder::default(), true)).unwrap();
         assert_eq!(update["history"].as_array().unwrap().len(), HISTORY_PER_UPDATE);
         assert_eq!(full["history"].as_array().unwrap().len(), HISTORY_POINTS);
         let last = &update["history"][HISTORY_PER_UPDATE - 1];
         assert_eq!(last["seq"], HISTORY_POINTS as u64 + 3);
         assert_eq!(last["functions"]["f"]["limit_max"], 7);
         assert_eq!(last["functions"]["f"]["pending"], 3);
+    }
+
+    #[test]
+    fn a_thousand_functions_list_the_busiest_fifty_and_chart_eight() {
+        let mut board = Board::default();
+        let functions: Vec<pb::FunctionStats> = (0..1000u64)
+            .map(|i| pb::FunctionStats {
+                function: format!("f{i:04}"),
+                pending: i,
+                running: 1,
+                ..Default::default()
+            })
+            .collect();
+        let reading = Reading {
+            stats: pb::StatsResponse {
+                functions,
+                ..Default::default()
+            },
+            workers: (0..1000)
+                .map(|i| pb::WorkerInfo {
+                    worker_id: format!("w{i}-a-long-function-name-of-sixty-four-characters-at-most-000"),
+                    function: "a-long-function-name-of-sixty-four-characters-at-most-000".into(),
+                    state: pb::WorkerState::Active as i32,
+                    slots: 256,
+                    slots_phase: "probing".into(),
+                    last_sample: Some(pb::ResourceSample::default()),
+                    ..Default::default()
+                })
+                .collect(),
+            targets: (0.9, 0.8),
+        };
+        for _ in 0..HISTORY_POINTS {
+            board.record(&reading);
+        }
+        let update = board.frame(&reading, &Recorder::default(), false);
+        let v: Value = serde_json::from_str(&update).unwrap();
+        let listed = v["functions"].as_array().unwrap();
+        assert_eq!(listed.len(), FUNCTIONS_LISTED);
+        assert_eq!(listed[0]["name"], "f0950", "the busiest, by name");
+        assert_eq!(v["workers"].as_array().unwrap().len(), WORKERS_LISTED);
+        assert_eq!(v["workers_unlisted"], 800);
+        assert_eq!(v["functions_unlisted"], 950);
+        let point = &v["history"][0];
+        assert_eq!(point["functions"].as_object().unwrap().len(), FUNCTIONS_CHARTED);
+        assert_eq!(point["pending"], (0..1000u64).sum::<u64>(), "totals count every function");
+        // What each page is sent stays small, and a first frame's whole history bounded.
+        assert!(update.len() < 160 * 1024, "{} bytes", update.len());
+        let full = board.frame(&reading, &Recorder::default(), true);
+        assert!(full.len() < 1024 * 1024, "{} bytes", full.len());
     }
 }
