@@ -4,6 +4,8 @@ dashboard test, one command per line on stdin, one JSON answer per line on stdou
 - ``open URL``: loads the page and waits for its first live frame;
 - ``figures``: waits for the next live update and answers the figures the page shows;
 - ``screenshot PATH WIDTH HEIGHT``: resizes the window, waits for an update, saves a PNG;
+- ``keyboard N``: reloads the page, presses Tab N times from the top and answers where each
+  press landed;
 - ``quit``.
 
 Usage: python dashboard.py CHROMEDRIVER CHROMIUM
@@ -16,7 +18,9 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 IDS = [
@@ -56,6 +60,8 @@ out.workers = document.querySelectorAll("#workers tbody tr").length;
 out.standby = !document.getElementById("standby").hidden;
 out.active_url = text("active-url");
 out.active_link = document.getElementById("active-link").href;
+out.layout = Object.fromEntries(["h-bill", "h-limit", "h-queue", "h-functions"].map(
+  (id) => [id, Math.round(document.getElementById(id).getBoundingClientRect().top + window.scrollY)]));
 out.scrolls_sideways = document.documentElement.scrollWidth > document.documentElement.clientWidth;
 return out;
 """
@@ -103,6 +109,18 @@ def main():
                     next_update(driver)
                     driver.save_screenshot(words[1])
                     answer({"ok": True})
+                elif words[0] == "keyboard":
+                    # Where Tab takes the keyboard from the top of the page.
+                    # A fresh load: Tab starts from the top of the document.
+                    driver.refresh()
+                    WebDriverWait(driver, 20).until(lambda d: updates(d) >= 1)
+                    stops = []
+                    for _ in range(int(words[1])):
+                        ActionChains(driver).send_keys(Keys.TAB).perform()
+                        stops.append(driver.execute_script(
+                            "const e = document.activeElement;"
+                            "return e.id || e.getAttribute('aria-labelledby') || e.textContent.trim().slice(0, 40);"))
+                    answer({"ok": True, "stops": stops})
                 elif words[0] == "quit":
                     answer({"ok": True})
                     return

@@ -99,7 +99,7 @@ fn int(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -181,6 +181,19 @@ async fn the_dashboard_shows_a_batch_live_in_a_real_browser_and_agrees_with_stat
     })
     .await;
     assert_eq!(live["role"], "active");
+    // Numbers change, the layout does not: the panels stay where they were an update ago.
+    let next = ask(&browser, "figures")["figures"].clone();
+    assert_eq!(
+        next["layout"], live["layout"],
+        "the page moved between two updates"
+    );
+    // The keyboard reaches the skip link first, then the tables' scrolling regions.
+    let stops = ask(&browser, "keyboard 4")["stops"].clone();
+    assert_eq!(stops[0], "Skip to the figures", "{stops}");
+    assert!(
+        stops.as_array().unwrap().iter().any(|s| s == "h-functions"),
+        "{stops}"
+    );
     // The picture the README shows, taken while the batch runs (a laptop's width; and a
     // phone's, which must fit without a horizontal scroll of the page itself).
     let shots = repo().join("target/dashboard");
@@ -465,7 +478,7 @@ async fn a_standbys_page_says_it_is_one_names_the_active_coordinator_and_turns_a
         let browser = browser.clone();
         async move {
             let f = ask(&browser, "figures")["figures"].clone();
-            (f["active_url"].as_str()? != "").then_some(f)
+            (!f["active_url"].as_str()?.is_empty()).then_some(f)
         }
     })
     .await;

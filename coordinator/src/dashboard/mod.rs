@@ -24,7 +24,7 @@ use crate::state::Observation;
 
 /// Failures the page lists (the latest).
 pub(crate) const FAILURES_KEPT: usize = 20;
-/// Points of history kept (at [`crate::web`]'s two updates a second: five minutes).
+/// Points of history kept (at two updates a second: five minutes).
 pub(crate) const HISTORY_POINTS: usize = 600;
 /// Points of history each update carries (a page that missed a few updates fills its gap).
 const HISTORY_PER_UPDATE: usize = 4;
@@ -641,7 +641,8 @@ mod tests {
             board.record(&reading);
         }
         assert_eq!(board.history.len(), HISTORY_POINTS);
-        let update: Value = serde_json::from_str(&board.frame(&reading, &Recorder::default(), false)).unwrap();
+        let update: Value =
+            serde_json::from_str(&board.frame(&reading, &Recorder::default(), false)).unwrap();
         let full: Value = serde_json::from_str(&board.frame(&reading, &Recorder::default(), true)).unwrap();
         assert_eq!(update["history"].as_array().unwrap().len(), HISTORY_PER_UPDATE);
         assert_eq!(full["history"].as_array().unwrap().len(), HISTORY_POINTS);
@@ -693,7 +694,11 @@ mod tests {
         assert_eq!(v["functions_unlisted"], 950);
         let point = &v["history"][0];
         assert_eq!(point["functions"].as_object().unwrap().len(), FUNCTIONS_CHARTED);
-        assert_eq!(point["pending"], (0..1000u64).sum::<u64>(), "totals count every function");
+        assert_eq!(
+            point["pending"],
+            (0..1000u64).sum::<u64>(),
+            "totals count every function"
+        );
         // What each page is sent stays small, and a first frame's whole history bounded.
         assert!(update.len() < 160 * 1024, "{} bytes", update.len());
         let full = board.frame(&reading, &Recorder::default(), true);
