@@ -43,9 +43,11 @@ pub(super) struct Task {
     pub(super) timeout: Option<Duration>,
     /// Its idempotency key (empty: none), forgotten with it.
     pub(super) key: String,
-    /// The GB-ms of the bill its finished attempts are estimated to have taken (see
-    /// `TaskResult.billed_gb_s`).
+    /// The GB-ms of the bill its attempts are estimated to have taken, finished and lost
+    /// (see `TaskResult.billed_gb_s`).
     pub(super) spent_gb_ms: f64,
+    /// When its current attempt was given to its worker (running only).
+    pub(super) attempt_started: Option<Instant>,
 }
 
 impl Task {
@@ -71,6 +73,7 @@ impl Task {
             timeout,
             key,
             spent_gb_ms: 0.0,
+            attempt_started: None,
         }
     }
 

@@ -36,9 +36,11 @@ impl State {
         }
         let limit = t.timeout.or(self.config.limits.task_timeout).unwrap_or_default();
         let (function, worker) = (t.function.clone(), t.worker.clone());
+        let mut on = None;
         if let Some(wid) = &worker
             && let Some(w) = self.workers.get_mut(wid)
         {
+            on = Some((w.memory_mb, w.running.len()));
             w.release(id, now);
             w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }), effects);
         }
@@ -46,7 +48,7 @@ impl State {
             f.timed_out += 1;
         }
         let cause = format!("it ran past its timeout of {} ms", limit.as_millis());
-        self.give_back(&[(id, attempt)], &cause, now, effects);
+        self.give_back(&[(id, attempt)], on, &cause, now, effects);
         self.dispatch_after_change(&function, worker.as_ref(), now, effects);
         if let Some(wid) = worker {
             self.evaluate(&wid, now, effects);

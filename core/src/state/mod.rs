@@ -311,6 +311,7 @@ impl State {
             task.state = TaskState::Running;
             task.attempts += 1;
             task.worker = Some(worker_id.clone());
+            task.attempt_started = Some(now);
             f.tasks.moved(Some(before), Some(task.phase()));
             if self.journaled {
                 effects.journal.push(JournalOp::Started(task_id, task.attempts));

@@ -304,6 +304,7 @@ impl State {
         w.attached = true;
         w.detached_since = None;
         w.last_seen = now;
+        let on = Some((w.memory_mb, w.running.len()));
         for (t, _) in &lost {
             w.release(*t, now);
         }
@@ -313,7 +314,13 @@ impl State {
         let function = w.function.clone();
         info!(worker = %id, kept = w.running.len(), lost = lost.len(), stray = stray.len(), "resumed");
         self.arm_successor(&function, until, effects);
-        self.give_back(&lost, &format!("worker {id} came back without it"), now, effects);
+        self.give_back(
+            &lost,
+            on,
+            &format!("worker {id} came back without it"),
+            now,
+            effects,
+        );
         if !stray.is_empty() {
             self.claim(id, &stray, &stray_attempts, now, effects);
         }
@@ -392,6 +399,8 @@ impl State {
                 t.held = false;
                 t.attempts = attempt;
                 t.worker = Some(id.clone());
+                // Its start is the old coordinator's: billed from its claim.
+                t.attempt_started = Some(now);
                 (attempt, t.timeout)
             });
             let Some((attempt, timeout)) = claimed else {
@@ -515,16 +524,21 @@ impl State {
             } else {
                 format!("{cause} (worker {id})")
             };
-            self.give_back(&w.running, &cause, now, effects);
+            let on = Some((w.memory_mb, w.running.len()));
+            self.give_back(&w.running, on, &cause, now, effects);
         }
         self.dispatch(&w.function, now, effects);
     }
 
     /// Returns running task attempts to the front of their pool, in order, or fails those
-    /// out of attempts with `cause`. The caller has removed them from their worker.
+    /// out of attempts with `cause`. The caller has removed them from their worker, whose
+    /// memory size and tasks then running (theirs included) `on` gives: each lost attempt's
+    /// share of its worker's bill, from its start to now, is added to its task's bill (an
+    /// attempt lost is paid for all the same).
     pub(super) fn give_back(
         &mut self,
         tasks: &[(TaskId, u32)],
+        on: Option<(u32, usize)>,
         cause: &str,
         now: Instant,
         effects: &mut Effects,
@@ -536,6 +550,10 @@ impl State {
             };
             if t.state != TaskState::Running || t.attempts != attempt {
                 continue;
+            }
+            if let (Some((memory_mb, sharing)), Some(started)) = (on, t.attempt_started.take()) {
+                let ran = billing::billed_gb_ms(now.saturating_duration_since(started), memory_mb);
+                t.spent_gb_ms += ran / sharing.max(1) as f64;
             }
             let function = t.function.clone();
             if scheduler::after_lost_attempt(t.attempts, max_attempts) == AfterLostAttempt::Fail {

@@ -268,6 +268,25 @@ fn lost_worker_returns_its_tasks_to_the_front_of_the_pool() {
 }
 
 #[test]
+fn an_attempt_lost_with_its_worker_counts_in_its_tasks_bill() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let conn = connect(&mut s, &mut effects, "a", 1, now);
+    let id = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, conn), vec![id]);
+    // Lost after 10 s alone on a 2048 MB worker (20 GB-s), then run to its end elsewhere.
+    let later = now + Duration::from_secs(10);
+    s.disconnect(&WorkerId::new("a"), conn, StreamEnd::Closed, later, &mut effects);
+    let rx = connect(&mut s, &mut effects, "b", 1, later);
+    assert_eq!(assigned(&mut effects, rx), vec![id]);
+    s.results(&WorkerId::new("b"), vec![result(id, 2)], later, &mut effects)
+        .expect("results");
+    let billed = s.get(id).expect("get").result.expect("result").billed_gb_s;
+    // 20 GB-s lost, and 1 ms at 2 GB for the attempt that finished.
+    assert!((billed - 20.002).abs() < 1e-6, "{billed}");
+}
+
+#[test]
 fn a_task_fails_with_its_cause_once_out_of_attempts() {
     let (mut s, now) = state(Config {
         limits: Limits {
