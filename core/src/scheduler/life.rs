@@ -79,6 +79,17 @@ impl Durations {
         read(&self.figure)
     }
 
+    /// The median (lower middle) of the recent attempts, once enough are known: a sort of
+    /// the window, for decisions taken rarely (a size chosen for a deadline).
+    pub fn median(&self) -> Option<Duration> {
+        if self.recent.len() < MIN_DURATIONS {
+            return None;
+        }
+        let mut v: Vec<u64> = self.recent.iter().copied().collect();
+        let mid = (v.len() - 1) / 2;
+        Some(Duration::from_micros(*v.select_nth_unstable(mid).1))
+    }
+
     /// The figure, for a worker of this function and size to read.
     pub fn handle(&self) -> Arc<AtomicU64> {
         self.figure.clone()

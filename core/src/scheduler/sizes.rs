@@ -49,6 +49,9 @@ pub enum SizeReason {
     Cheapest,
     /// Nothing measured yet and every unmeasured size is being tried: the default size.
     Unmeasured,
+    /// A deadline is waiting that the cheapest size would miss: the cheapest size that
+    /// meets it by what is measured (or, with none, the one that finishes soonest).
+    Deadline,
 }
 
 impl SizeReason {
@@ -59,6 +62,7 @@ impl SizeReason {
             SizeReason::Exploring => "exploring",
             SizeReason::Cheapest => "cheapest",
             SizeReason::Unmeasured => "unmeasured",
+            SizeReason::Deadline => "deadline",
         }
     }
 }

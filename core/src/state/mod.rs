@@ -175,14 +175,66 @@ impl State {
 
     /// The memory size a new worker of `function` gets, and why (see
     /// [`scheduler::choose_size`]).
-    fn choose_size(&self, function: &str) -> (u32, scheduler::SizeReason) {
+    fn choose_size(&self, function: &str, now: Instant) -> (u32, scheduler::SizeReason) {
         let fleet = &self.config.fleet;
-        scheduler::choose_size(
+        let (size, why) = scheduler::choose_size(
             &self.sizes,
             |size| self.learned.cost(function, size),
             |size| self.workers.of_size(function, size) as u32 + self.spawns.of_size(function, size),
             fleet.memory_mb,
-        )
+        );
+        if why != scheduler::SizeReason::Cheapest {
+            return (size, why);
+        }
+        match self.size_for_deadline(function, size, now) {
+            Some(s) if s != size => (s, scheduler::SizeReason::Deadline),
+            _ => (size, why),
+        }
+    }
+
+    /// With a deadline of `function` waiting, the size its new workers need instead of
+    /// `cheapest`: among the sizes measured (their cost per task and their attempts'
+    /// median), the cheapest whose soonest finish of the pending tasks (as
+    /// [`scheduler::soonest_finish`] reckons it, at that size's level and with its workers
+    /// live) meets the earliest deadline; with none, the one that finishes soonest. `None`:
+    /// no deadline waiting, or nothing measured to judge by.
+    fn size_for_deadline(&self, function: &str, cheapest: u32, now: Instant) -> Option<u32> {
+        let f = self.functions.get(function)?;
+        let left = f
+            .due
+            .filter(|&d| d > now)?
+            .saturating_duration_since(now)
+            .as_secs_f64();
+        let ahead = f.tasks.pending() + f.tasks.accepting();
+        let room = self.fleet_room(function) as u64;
+        let first = f.reach.to_first_result();
+        let mut measured: Vec<(u32, f64, f64)> = self
+            .sizes
+            .iter()
+            .filter_map(|&size| {
+                let cost = self.learned.cost(function, size).per_task()?;
+                let task = f.durations.get(&size)?.median()?.as_secs_f64();
+                let per_worker =
+                    scheduler::new_worker_capacity(&self.rules, self.learned_limit(function, size));
+                let live = (self.workers.of_size(function, size)
+                    + self.spawns.of_size(function, size) as usize) as u64;
+                let finish = scheduler::soonest_finish(task, first, ahead, live, live + room, per_worker)?;
+                Some((size, cost, finish))
+            })
+            .collect();
+        // Cheapest first (ties to the larger size, as without a deadline).
+        measured.sort_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        if measured
+            .iter()
+            .any(|&(s, _, finish)| s == cheapest && finish <= left)
+        {
+            return Some(cheapest);
+        }
+        measured
+            .iter()
+            .find(|&&(_, _, finish)| finish <= left)
+            .or_else(|| measured.iter().min_by(|a, b| a.2.total_cmp(&b.2)))
+            .map(|&(s, _, _)| s)
     }
 
     /// Makes sure a function entry for `name` can exist: past `--max-functions` entries an
@@ -417,7 +469,7 @@ impl State {
         if room == 0 && !look_for_ending {
             return;
         }
-        let (size, _) = self.choose_size(function);
+        let (size, _) = self.choose_size(function, now);
         let learned = self.learned_limit(function, size);
         let slots_per_new = scheduler::new_worker_capacity(&rules, learned);
         let Some(f) = self.functions.get(function) else {
@@ -524,7 +576,7 @@ impl State {
         }
         let key = self.function_key(function);
         for _ in 0..n {
-            let (memory_mb, why) = self.choose_size(function);
+            let (memory_mb, why) = self.choose_size(function, now);
             let id = self.spawns.start(&key, memory_mb, now);
             info!(worker = %id, function, memory_mb, why = why.as_str(), "spawning");
             effects.spawns.push(SpawnRequest {

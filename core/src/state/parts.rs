@@ -179,6 +179,9 @@ pub(super) struct FunctionPool {
     /// Until then it scales out at once (a worker per uncovered task): a task submitted
     /// with a deadline is waiting.
     pub(super) urgent_until: Option<Instant>,
+    /// The earliest deadline of its tasks submitted with one, while it has not passed: new
+    /// workers get a size that meets it (see `State::choose_size`).
+    pub(super) due: Option<Instant>,
     /// How many of its tasks are in each phase (changed only as its tasks change: see
     /// `counts.rs`).
     pub(super) tasks: TaskCounts,

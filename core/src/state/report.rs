@@ -95,7 +95,7 @@ impl State {
             s.workers_live = n;
             s.workers_reconnecting = reconnecting;
             s.workers_starting = self.spawns.of(name);
-            let (memory_mb, why) = self.choose_size(name);
+            let (memory_mb, why) = self.choose_size(name, now);
             s.memory_mb = memory_mb;
             s.memory_reason = why.as_str().to_owned();
             s.slots_learned = self.learned_limit(name, memory_mb).map_or(0, |l| l.level);

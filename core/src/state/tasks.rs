@@ -191,7 +191,7 @@ impl State {
             self.check_life(timeout)?;
         }
         if let Some(deadline) = sub.deadline {
-            self.check_deadline(&sub.function, deadline)?;
+            self.check_deadline(&sub.function, deadline, now)?;
         }
         self.make_room(&sub.function)?;
         let id = self.book.next_id()?;
@@ -223,6 +223,8 @@ impl State {
             && let Some(f) = self.functions.get_mut(&function)
         {
             f.urgent_until = f.urgent_until.max(Some(now + deadline));
+            let at = now + deadline;
+            f.due = Some(f.due.filter(|&d| d > now).map_or(at, |d| d.min(at)));
         }
         debug!(task = id, function = %function, "submitted");
         match record {
@@ -250,7 +252,7 @@ impl State {
 
     /// Refuses a deadline that even the soonest finish misses, by what is measured of
     /// `function`: nothing measured yet, nothing refused.
-    fn check_deadline(&self, function: &str, deadline: Duration) -> Result<()> {
+    fn check_deadline(&self, function: &str, deadline: Duration, now: Instant) -> Result<()> {
         let ms = |s: f64| (s * 1000.0).round() as u64;
         if deadline.is_zero() {
             return Err(Error::DeadlineUnreachable(
@@ -263,7 +265,7 @@ impl State {
         let Some(task) = f.reach.typical() else {
             return Ok(());
         };
-        let (size, _) = self.choose_size(function);
+        let (size, _) = self.choose_size(function, now);
         let per_worker = scheduler::new_worker_capacity(&self.rules, self.learned_limit(function, size));
         let live = (self.workers.of(function) + self.spawns.of(function) as usize) as u64;
         let possible = live + self.fleet_room(function) as u64;

@@ -380,3 +380,4 @@ fn stats_bill_live_workers_to_their_own_function() {
 mod journaled;
 mod life;
 mod lifecycle;
+mod sizes;
