@@ -399,7 +399,8 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         s.batch_start = now;
         s.first_hello = None;
         for _ in 0..sim.tasks {
-            let sub = Submission::new(sim.function.clone(), Bytes::new());
+            let mut sub = Submission::new(sim.function.clone(), Bytes::new());
+            sub.deadline = sim.deadline;
             let submit = state::Event::Submit {
                 submission: sub,
                 waiter: None,

@@ -85,6 +85,8 @@ pub struct SimConfig {
     /// Tally the hand-over waits (see [`SimReport::handover_wait`]); costs a scan of the
     /// fleet per event.
     pub watch_handover: bool,
+    /// Every task of a batch submitted with this deadline (`SubmitRequest.deadline_ms`).
+    pub deadline: Option<Duration>,
 }
 
 impl SimConfig {
@@ -104,6 +106,7 @@ impl SimConfig {
             copy: None,
             mix: None,
             watch_handover: false,
+            deadline: None,
         }
     }
 

@@ -192,6 +192,24 @@ impl State {
         }
     }
 
+    /// The soonest `ahead` tasks of `function` (`f`) and one more can finish with new
+    /// workers at `size`, each task taking `task` seconds ([`scheduler::soonest_finish`],
+    /// with that size's workers live and the room under the fleet caps).
+    fn soonest_at(&self, f: &FunctionPool, function: &str, size: u32, task: f64, ahead: u64) -> Option<f64> {
+        let per_worker = scheduler::new_worker_capacity(&self.rules, self.learned_limit(function, size));
+        let live =
+            (self.workers.of_size(function, size) + self.spawns.of_size(function, size) as usize) as u64;
+        let room = self.fleet_room(function) as u64;
+        scheduler::soonest_finish(
+            task,
+            f.reach.to_first_result(),
+            ahead,
+            live,
+            live + room,
+            per_worker,
+        )
+    }
+
     /// With a deadline of `function` waiting, the size its new workers need instead of
     /// `cheapest`: among the sizes measured (their cost per task and their attempts'
     /// median), the cheapest whose soonest finish of the pending tasks (as
@@ -205,21 +223,20 @@ impl State {
             .filter(|&d| d > now)?
             .saturating_duration_since(now)
             .as_secs_f64();
-        let ahead = f.tasks.pending() + f.tasks.accepting();
-        let room = self.fleet_room(function) as u64;
-        let first = f.reach.to_first_result();
+        // Nothing waiting (the deadline's tasks are all placed), or no new worker can start
+        // now: no size to choose for it.
+        if f.tasks.pending() + f.tasks.accepting() == 0 || self.fleet_room(function) == 0 {
+            return None;
+        }
+        // While a batch is still arriving, as much work as the last busy spell had.
+        let ahead = (f.tasks.pending() + f.tasks.accepting()).max(f.last_peak);
         let mut measured: Vec<(u32, f64, f64)> = self
             .sizes
             .iter()
             .filter_map(|&size| {
                 let cost = self.learned.cost(function, size).per_task()?;
                 let task = f.durations.get(&size)?.median()?.as_secs_f64();
-                let per_worker =
-                    scheduler::new_worker_capacity(&self.rules, self.learned_limit(function, size));
-                let live = (self.workers.of_size(function, size)
-                    + self.spawns.of_size(function, size) as usize) as u64;
-                let finish = scheduler::soonest_finish(task, first, ahead, live, live + room, per_worker)?;
-                Some((size, cost, finish))
+                Some((size, cost, self.soonest_at(f, function, size, task, ahead)?))
             })
             .collect();
         // Cheapest first (ties to the larger size, as without a deadline).

@@ -179,9 +179,15 @@ pub(super) struct FunctionPool {
     /// Until then it scales out at once (a worker per uncovered task): a task submitted
     /// with a deadline is waiting.
     pub(super) urgent_until: Option<Instant>,
-    /// The earliest deadline of its tasks submitted with one, while it has not passed: new
-    /// workers get a size that meets it (see `State::choose_size`).
+    /// The earliest deadline of its tasks submitted with one in the current busy spell (since
+    /// it last had nothing pending), while it has not passed: new workers get a size that
+    /// meets it (see `State::choose_size`).
     pub(super) due: Option<Instant>,
+    /// The most of its tasks pending at once since it last had none pending, and the same
+    /// figure of the busy spell before: how much work a deadline's size must reckon with
+    /// while a batch is still arriving.
+    pub(super) peak_pending: u64,
+    pub(super) last_peak: u64,
     /// How many of its tasks are in each phase (changed only as its tasks change: see
     /// `counts.rs`).
     pub(super) tasks: TaskCounts,

@@ -218,7 +218,17 @@ impl State {
         // Collected, not pushed: a vector of exactly what it holds (a push would reserve
         // room for four), kept by every task until it finishes.
         task.waiters = waiter.into_iter().collect();
+        if let Some(f) = self.functions.get_mut(&function)
+            && f.tasks.pending() + f.tasks.accepting() == 0
+        {
+            // A new busy spell: the last one's deadlines are behind it.
+            f.last_peak = std::mem::take(&mut f.peak_pending);
+            f.due = None;
+        }
         self.add_task(id, task, fingerprint, now);
+        if let Some(f) = self.functions.get_mut(&function) {
+            f.peak_pending = f.peak_pending.max(f.tasks.pending() + f.tasks.accepting());
+        }
         if let Some(deadline) = sub.deadline
             && let Some(f) = self.functions.get_mut(&function)
         {
@@ -265,15 +275,29 @@ impl State {
         let Some(task) = f.reach.typical() else {
             return Ok(());
         };
-        let (size, _) = self.choose_size(function, now);
-        let per_worker = scheduler::new_worker_capacity(&self.rules, self.learned_limit(function, size));
-        let live = (self.workers.of(function) + self.spawns.of(function) as usize) as u64;
-        let possible = live + self.fleet_room(function) as u64;
         let ahead = f.tasks.pending() + f.tasks.accepting();
         let first = f.reach.to_first_result();
-        match scheduler::soonest_finish(task, first, ahead, live, possible, per_worker) {
+        // At the size that finishes soonest by what is measured there (a deadline moves new
+        // workers to it), else at the size new workers get, by the function's recent median.
+        let (size, _) = self.choose_size(function, now);
+        let fastest = self
+            .sizes
+            .iter()
+            .filter_map(|&s| {
+                let task = f.durations.get(&s)?.median()?.as_secs_f64();
+                Some((self.soonest_at(f, function, s, task, ahead)?, task, s))
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        let (soonest, task, size) = match fastest {
+            Some((soonest, task, s)) => (Some(soonest), task, s),
+            None => (self.soonest_at(f, function, size, task, ahead), task, size),
+        };
+        let per_worker = scheduler::new_worker_capacity(&self.rules, self.learned_limit(function, size));
+        let possible = (self.workers.of(function) + self.spawns.of(function) as usize) as u64
+            + self.fleet_room(function) as u64;
+        match soonest {
             Some(soonest) if soonest > deadline.as_secs_f64() => Err(Error::DeadlineUnreachable(format!(
-                "the deadline of {} ms cannot be met: the soonest this task can finish is about {} ms ({ahead} tasks ahead of it, {} ms a task, a new worker's first result in {} ms, at most {possible} workers of {per_worker})",
+                "the deadline of {} ms cannot be met: the soonest this task can finish is about {} ms ({ahead} tasks ahead of it, {} ms a task at {size} MB, a new worker's first result in {} ms, at most {possible} workers of {per_worker})",
                 deadline.as_millis(),
                 ms(soonest),
                 ms(task),
