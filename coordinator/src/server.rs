@@ -92,26 +92,38 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         local_workers_accept(tls)?;
     }
     let url = local_url(addr, config.listen.tls.is_some());
-    // The metrics port serves from the start: a standby's page says it is one, and who is
-    // active. It stops when `run` returns.
-    let web_stop = CancellationToken::new();
-    let _web_stops = web_stop.clone().drop_guard();
     // One budget of connections for both ports: idle or slow metrics connections cannot
     // use up the descriptors the gRPC port needs.
     let permits = Arc::new(Semaphore::new(config.listen.max_connections));
+    // The metrics port: bound now (a port taken is an error at start). With --state-url it
+    // serves from the start, so that a standby's page says it is one and who is active;
+    // without, once this coordinator is active (a scrape before waits in the backlog). It
+    // stops when `run` returns.
+    let web_stop = CancellationToken::new();
+    let _web_stops = web_stop.clone().drop_guard();
     let (role, roles) = watch::channel(crate::web::Role::Standby(String::new()));
-    if let Some(at) = config.listen.metrics_listen {
-        let metrics_listener = TcpListener::bind(at)
-            .await
-            .map_err(|e| Error::Config(format!("--metrics-listen {at}: {e}")))?;
+    let mut metrics_listener = match config.listen.metrics_listen {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .map_err(|e| Error::Config(format!("--metrics-listen {at}: {e}")))?,
+        ),
+        None => None,
+    };
+    let serve_web = |listener: TcpListener| {
         tokio::spawn(crate::web::serve(
-            metrics_listener,
-            roles,
+            listener,
+            roles.clone(),
             config.listen.metrics_token.clone(),
             permits.clone(),
             config.listen.handshake_timeout,
             web_stop.clone(),
-        ));
+        ))
+    };
+    if config.journal.state_url.is_some()
+        && let Some(l) = metrics_listener.take()
+    {
+        serve_web(l);
     }
     let Some(opened) = open_state(&listener, &config, &url, &role, shutdown.as_mut()).await? else {
         info!("stopped while standing by");
@@ -140,13 +152,16 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     driver.start_sweeper();
 
     let server_stop = CancellationToken::new();
-    let server = serve_grpc(listener, &config, &driver, permits, &server_stop).await?;
+    let server = serve_grpc(listener, &config, &driver, permits.clone(), &server_stop).await?;
     info!(%addr, spawner = ?config.fleet.spawner, "coordinator serving");
     role.send_replace(crate::web::Role::Active(crate::web::Scrapes {
         driver: driver.clone(),
         metrics: driver.metrics(),
         recorder: driver.recorder(),
     }));
+    if let Some(l) = metrics_listener.take() {
+        serve_web(l);
+    }
 
     let lost = opened
         .lease

@@ -425,6 +425,28 @@ pub async fn fleet_gone(client: &Client) {
     .await;
 }
 
+/// Sends `request` (a whole HTTP/1.1 request: its head and the blank line) to `addr` on a
+/// fresh connection and reads the answer's head (and what of its body came with it): the
+/// status (0 if none came) and the text. For requests no client library would send.
+pub fn http_raw(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    conn.write_all(request.as_bytes())
+        .unwrap_or_else(|e| panic!("write to {addr}: {e}"));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
 /// GETs `path` (with its query, already encoded) from `http://{addr}` over HTTP/1.1;
 /// returns the status and the body. `accept`, if given, is sent as the Accept header.
 pub async fn http_get(addr: &str, path: &str, accept: Option<&str>) -> Result<(u16, String), String> {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use carpool_integration_tests::{Coordinator, eventually, free_port, installed, tool, totals};
+use carpool_integration_tests::{Coordinator, eventually, free_port, http_raw, installed, tool, totals};
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -273,26 +273,6 @@ async fn the_dashboard_shows_a_batch_live_in_a_real_browser_and_agrees_with_stat
     drop(browser);
 }
 
-/// Sends `request` on a fresh connection and reads the answer's head (and what of the body
-/// came with it).
-fn raw(addr: &str, request: &str) -> (u16, String) {
-    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    conn.write_all(request.as_bytes()).expect("write");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&got).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, text)
-}
-
 fn get(path: &str, headers: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: carpool\r\nConnection: close\r\n{headers}\r\n")
 }
@@ -315,24 +295,24 @@ async fn the_dashboard_asks_for_its_token_caps_open_pages_and_cuts_off_a_client_
     })
     .await;
     // Without the token: the page asks for it, the figures and the stream are refused.
-    let (status, page) = raw(&metrics, &get("/", ""));
+    let (status, page) = http_raw(&metrics, &get("/", ""));
     assert_eq!(status, 401, "{page}");
     for path in ["/events", "/dashboard.json"] {
-        assert_eq!(raw(&metrics, &get(path, "")).0, 401, "{path}");
+        assert_eq!(http_raw(&metrics, &get(path, "")).0, 401, "{path}");
         assert_eq!(
-            raw(&metrics, &get(path, "Authorization: Bearer wrong\r\n")).0,
+            http_raw(&metrics, &get(path, "Authorization: Bearer wrong\r\n")).0,
             401,
             "{path}"
         );
         assert_eq!(
-            raw(&metrics, &get(path, "Cookie: carpool_session=forged\r\n")).0,
+            http_raw(&metrics, &get(path, "Cookie: carpool_session=forged\r\n")).0,
             401,
             "{path}"
         );
     }
-    assert_eq!(raw(&metrics, &get("/?token=wrong", "")).0, 401);
+    assert_eq!(http_raw(&metrics, &get("/?token=wrong", "")).0, 401);
     // The script and style are not secret; the page's policy allows nothing else.
-    let (status, script) = raw(&metrics, &get("/dashboard.js", ""));
+    let (status, script) = http_raw(&metrics, &get("/dashboard.js", ""));
     assert_eq!(status, 200, "{script}");
     assert!(
         script
@@ -341,12 +321,12 @@ async fn the_dashboard_asks_for_its_token_caps_open_pages_and_cuts_off_a_client_
         "{script}"
     );
     // With it: a bearer header, or the cookie the sign-in sets (which is not the token).
-    let (status, json) = raw(
+    let (status, json) = http_raw(
         &metrics,
         &get("/dashboard.json", "Authorization: Bearer s3cret\r\n"),
     );
     assert_eq!(status, 200, "{json}");
-    let (status, signed) = raw(&metrics, &get("/?token=s3cret", ""));
+    let (status, signed) = http_raw(&metrics, &get("/?token=s3cret", ""));
     assert_eq!(status, 303, "{signed}");
     let cookie = signed
         .lines()
@@ -361,7 +341,7 @@ async fn the_dashboard_asks_for_its_token_caps_open_pages_and_cuts_off_a_client_
         .to_owned();
     assert!(!cookie.contains("s3cret"), "{cookie}");
     assert!(signed.to_lowercase().contains("httponly"), "{signed}");
-    let (status, stream) = raw(&metrics, &get("/events", &format!("Cookie: {cookie}\r\n")));
+    let (status, stream) = http_raw(&metrics, &get("/events", &format!("Cookie: {cookie}\r\n")));
     assert_eq!(status, 200, "{stream}");
     assert!(stream.contains("text/event-stream"), "{stream}");
 
@@ -380,14 +360,14 @@ async fn the_dashboard_asks_for_its_token_caps_open_pages_and_cuts_off_a_client_
         })
         .collect();
     let refused = eventually("the 65th page to be refused", || async {
-        let (status, text) = raw(&metrics, &get("/events", "Authorization: Bearer s3cret\r\n"));
+        let (status, text) = http_raw(&metrics, &get("/events", "Authorization: Bearer s3cret\r\n"));
         (status == 503).then_some(text)
     })
     .await;
     assert!(refused.contains("64 dashboards are open already"), "{refused}");
     drop(open);
     eventually("a place for a page once they close", || async {
-        (raw(&metrics, &get("/events", "Authorization: Bearer s3cret\r\n")).0 == 200).then_some(())
+        (http_raw(&metrics, &get("/events", "Authorization: Bearer s3cret\r\n")).0 == 200).then_some(())
     })
     .await;
 

@@ -226,21 +226,12 @@ async fn every_query_of_the_grafana_dashboard_names_an_exported_metric() {
 
 /// One raw HTTP/1.1 GET of /metrics, with `authorization` if given: the status code.
 fn scrape_status(addr: &str, authorization: Option<&str>) -> u16 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
     let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: carpool\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("read");
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: carpool\r\n{auth}Connection: close\r\n\r\n");
+    match carpool_integration_tests::http_raw(addr, &request) {
+        (0, response) => panic!("not an HTTP response: {response:?}"),
+        (status, _) => status,
+    }
 }
 
 #[tokio::test]
