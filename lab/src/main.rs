@@ -275,6 +275,9 @@ fn simulate_command(args: &SimulateArgs) {
         print!("{}", simulate::json_lines(&ways, args.tasks));
     } else {
         print!("{}", simulate::table(&ways, args.tasks));
+        if let Some(verdict) = simulate::verdict(&ways) {
+            print!("{verdict}");
+        }
     }
 }
 

@@ -87,7 +87,12 @@ fn sim(
     s
 }
 
-/// Every way at every size, two batches each.
+/// The label of the way that offers every size and lets carpool choose.
+pub(crate) const OFFERED: &str = "adaptive, sizes offered";
+
+/// Every way at every size, two batches each; with more than one size, also adaptive with
+/// every size offered (`--memory-sizes`, carpool choosing), as many batches as there are
+/// sizes and two more (the first try each size; the last is learned).
 pub(crate) fn run(
     model: &HandlerModel,
     sizes: &[u32],
@@ -96,6 +101,16 @@ pub(crate) fn run(
     sweep: &[u32],
 ) -> Vec<Way> {
     let mut ways = Vec::new();
+    if sizes.len() > 1 {
+        let smallest = sizes.iter().copied().min().unwrap_or(2048);
+        let mut s = sim(model, smallest, tasks, max_workers, None, false);
+        s.config.fleet.memory_sizes = sizes.to_vec();
+        ways.push(Way {
+            label: OFFERED.into(),
+            memory_mb: 0,
+            batches: simulate_batches(&s, sizes.len() + 2),
+        });
+    }
     for &memory_mb in sizes {
         let mut plan: Vec<(String, Option<u32>, bool)> = vec![("adaptive".into(), None, false)];
         plan.extend(sweep.iter().map(|&n| (format!("--slots {n}"), Some(n), false)));
@@ -139,6 +154,42 @@ pub(crate) fn json_lines(ways: &[Way], tasks: usize) -> String {
     out
 }
 
+/// Where the sizes-offered way's learned (last) batch stands: against the best fixed
+/// (size, way) pair's second batch among carpool's ways, and against Lambda as it bills at
+/// its own best size (the rival who tuned one task per invocation with Power Tuning).
+pub(crate) fn verdict(ways: &[Way]) -> Option<String> {
+    let offered = ways.iter().find(|w| w.label == OFFERED)?.batches.last()?;
+    let second = |w: &&Way| {
+        w.batches
+            .get(1)
+            .map(|b| (w.label.clone(), w.memory_mb, b.billed_gb_s))
+    };
+    let least = |it: Vec<(String, u32, f64)>| it.into_iter().min_by(|a, b| a.2.total_cmp(&b.2));
+    let fixed = least(
+        ways.iter()
+            .filter(|w| w.label != OFFERED && !w.label.starts_with("Lambda"))
+            .filter_map(|w| second(&w))
+            .collect(),
+    )?;
+    let lambda = least(
+        ways.iter()
+            .filter(|w| w.label.starts_with("Lambda"))
+            .filter_map(|w| second(&w))
+            .collect(),
+    )?;
+    Some(format!(
+        "sizes offered, learned batch: {:.2} GB-s, {:.3} times the best fixed pair ({} at {} MB, {:.2} GB-s) and {:.3} times Lambda as it bills at its best size ({} MB, {:.2} GB-s)\n",
+        offered.billed_gb_s,
+        offered.billed_gb_s / fixed.2,
+        fixed.0,
+        fixed.1,
+        fixed.2,
+        offered.billed_gb_s / lambda.2,
+        lambda.1,
+        lambda.2
+    ))
+}
+
 /// A table for people.
 pub(crate) fn table(ways: &[Way], tasks: usize) -> String {
     let mut out = format!(
@@ -180,6 +231,7 @@ mod tests {
         };
         let ways = run(&model, &[2048], 40, 4, &[1, 2]);
         assert_eq!(ways.len(), 4);
+        assert!(verdict(&ways).is_none(), "one size: nothing offered");
         for w in &ways {
             assert_eq!(w.batches.len(), 2);
             assert!(w.batches.iter().all(|b| b.succeeded == 40), "{w:?}");
@@ -187,5 +239,25 @@ mod tests {
         let lambda = &ways[3];
         assert_eq!(lambda.batches[0].invocations, 40, "one billed request per task");
         assert_eq!(json_lines(&ways, 40).lines().count(), 8);
+    }
+
+    #[test]
+    fn with_several_sizes_carpool_chooses_among_them_and_is_judged_against_every_fixed_pair() {
+        let model = HandlerModel {
+            init_cpu: Duration::from_millis(300),
+            copy_mb: 50.0,
+            task_cpu: Duration::from_millis(20),
+            task_wait: Duration::from_millis(300),
+            task_mb: 10.0,
+            cold_start: Duration::from_millis(300),
+            lambda_world: true,
+        };
+        let ways = run(&model, &[1024, 4096], 40, 4, &[1, 4]);
+        let offered = ways.iter().find(|w| w.label == OFFERED).expect("the offered way");
+        assert_eq!(offered.batches.len(), 4);
+        assert!(offered.batches.iter().all(|b| b.succeeded == 40), "{offered:?}");
+        let verdict = verdict(&ways).expect("a verdict");
+        assert!(verdict.contains("times the best fixed pair"), "{verdict}");
+        println!("{verdict}");
     }
 }
