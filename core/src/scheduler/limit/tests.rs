@@ -491,6 +491,30 @@ fn a_worker_below_its_limit_does_not_raise_it() {
     assert_eq!(l.value(), 2);
 }
 
+/// A whole generation finished between two samples (a busy host): no sample caught a task
+/// with its memory held, but the kernel's high-water mark did, and the jump after it is
+/// bounded by it as by a sample.
+#[test]
+fn a_generation_no_sample_caught_is_judged_by_the_memory_high_water_mark() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 1);
+    l.observe(&p, obs(0.0, 0.02, 0), t0); // idle base
+    l.filled(t0);
+    l.completed(300 * MS);
+    // The next task has just started (nothing settled, its memory not yet there); the
+    // first one peaked at 6 % of the memory on top of the base.
+    let fresh = Observation {
+        youngest: Duration::ZERO,
+        peak: 0.08,
+        ..obs(0.001, 0.02, 1)
+    };
+    assert_eq!(l.observe(&p, fresh, t0 + 310 * MS), Some(Move::Rise));
+    let fits = 1 + ((0.9 - 0.08) / 0.06f64).floor() as u32;
+    assert!(l.value() <= fits, "jumped to {} where {fits} fit", l.value());
+    assert!(l.value() > 1, "a generation still lets it jump");
+}
+
 #[test]
 fn short_tasks_count_as_seen_once_a_generation_has_finished() {
     let p = params();
