@@ -14,9 +14,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use carpool_proto::pb;
+use carpool_proto::{pb, unix_ms};
 use serde_json::{Value, json};
 
 use crate::billing;
@@ -155,15 +154,12 @@ pub(crate) struct Recorder {
     failures: Mutex<VecDeque<Failure>>,
 }
 
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Recorder {
     /// Records what one event observed.
+    /// A batch of results is one function's: its times are looked up once for the run of
+    /// observations that shares it, not once per task.
     pub(crate) fn observe(&self, observed: &[Observation]) {
+        let mut last: Option<(&Arc<str>, Arc<FunctionTimes>)> = None;
         for o in observed {
             match o {
                 Observation::Finished {
@@ -172,8 +168,15 @@ impl Recorder {
                     execution_ms,
                     ..
                 } => {
-                    let Some(times) = self.times_of(function) else {
-                        continue;
+                    let times = match &last {
+                        Some((f, t)) if Arc::ptr_eq(f, function) || f == &function => t.clone(),
+                        _ => {
+                            let Some(t) = self.times_of(function) else {
+                                continue;
+                            };
+                            last = Some((function, t.clone()));
+                            t
+                        }
                     };
                     if let Some(ms) = to_start_ms {
                         times.to_start.observe(*ms);

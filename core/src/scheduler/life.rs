@@ -85,9 +85,7 @@ impl Durations {
         if self.recent.len() < MIN_DURATIONS {
             return None;
         }
-        let mut v: Vec<u64> = self.recent.iter().copied().collect();
-        let mid = (v.len() - 1) / 2;
-        Some(Duration::from_micros(*v.select_nth_unstable(mid).1))
+        super::lower_median(self.recent.iter().copied()).map(Duration::from_micros)
     }
 
     /// The figure, for a worker of this function and size to read.

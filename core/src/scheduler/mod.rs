@@ -413,6 +413,16 @@ pub fn soonest_finish(
     })
 }
 
+/// The median (lower middle) of `values`; `None` for none.
+pub fn lower_median(values: impl Iterator<Item = u64>) -> Option<u64> {
+    let mut v: Vec<u64> = values.collect();
+    if v.is_empty() {
+        return None;
+    }
+    let mid = (v.len() - 1) / 2;
+    Some(*v.select_nth_unstable(mid).1)
+}
+
 fn ewma(old: Option<f64>, new: f64, weight: f64) -> f64 {
     old.map_or(new, |o| o + weight * (new - o))
 }

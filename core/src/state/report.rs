@@ -183,12 +183,7 @@ fn function_stats(name: &str, f: &FunctionPool, live_gb_ms: f64) -> pb::Function
 
 /// The median (lower middle) of `values`; 0 for none.
 fn median(values: impl Iterator<Item = u64>) -> u64 {
-    let mut v: Vec<u64> = values.collect();
-    if v.is_empty() {
-        return 0;
-    }
-    let mid = (v.len() - 1) / 2;
-    *v.select_nth_unstable(mid).1
+    crate::scheduler::lower_median(values).unwrap_or(0)
 }
 
 fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
