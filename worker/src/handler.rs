@@ -34,6 +34,9 @@ pub struct Running {
     pub tasks: u32,
     /// When the newest of them started running.
     pub newest: Option<std::time::Instant>,
+    /// A copy's init, on average over those ready so far (`None` for a handler without
+    /// copies to start, or before one is ready).
+    pub copy_init: Option<std::time::Duration>,
 }
 
 /// A boxed future of a handler's outcome.

@@ -178,6 +178,7 @@ impl Sampler {
                 youngest.as_millis().min(u128::from(u32::MAX)) as u32
             },
             cpu_wait: self.last_wait,
+            copy_init_ms: 0,
         }
     }
 

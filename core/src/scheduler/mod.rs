@@ -326,7 +326,19 @@ pub struct Reach {
     level: Option<f64>,
     /// The latest attempts' durations, seconds, oldest first (at most [`RECENT_DURATIONS`]).
     recent: std::collections::VecDeque<f64>,
+    /// A runtime copy's init, seconds, as workers report it (none for workers that run
+    /// their tasks in their own process).
+    copy_init: Option<f64>,
+    /// How many copies the reporting worker started at once (its vCPUs: its ramp).
+    ramp: u32,
 }
+
+/// How much work, in multiples of its reach ([`Reach::to_level`]), a new worker must get
+/// for paced scale-out to start it: its start (a cold start, its copies' init) is then at
+/// most about a third of its bill. At 1 (as it was), a worker started for a learned level
+/// of a runtime with a costly start could spend half its bill starting, and a second batch
+/// started on more workers than the first ended with cost more than the first.
+pub const WORK_PER_REACH: f64 = 2.0;
 
 /// How many attempts' durations a function's [`Reach`] keeps.
 pub const RECENT_DURATIONS: usize = 64;
@@ -335,6 +347,13 @@ impl Reach {
     /// A worker's first result came `after` its spawn.
     pub fn first_result(&mut self, after: Duration) {
         self.first = Some(ewma(self.first, after.as_secs_f64(), 0.3));
+    }
+
+    /// A worker of `vcpus` (which start as many copies at once) reported its runtime
+    /// copies' init, `init` each on average.
+    pub fn copy_init(&mut self, init: Duration, vcpus: u32) {
+        self.copy_init = Some(ewma(self.copy_init, init.as_secs_f64(), 0.3));
+        self.ramp = vcpus.max(1);
     }
 
     /// A worker first ran its whole limit `after` its spawn.
@@ -362,23 +381,41 @@ impl Reach {
         d.get(d.len() / 2).copied()
     }
 
-    /// Turns: how many tasks one busy slot finishes, one after another, in the time a new
-    /// worker takes to finish its first (0 while either is unknown, or when a worker is
-    /// ready before a task ends).
-    pub fn turns(&self) -> u32 {
-        self.turns_given(self.typical())
+    /// Turns: how many tasks one busy slot finishes, one after another, in
+    /// [`WORK_PER_REACH`] times the time a new worker takes to run `level` tasks at once
+    /// ([`Reach::to_level`]; 0 while either is unknown, or when a worker is ready before a
+    /// task ends).
+    pub fn turns(&self, level: u32) -> u32 {
+        self.turns_given(self.typical(), level)
+    }
+
+    /// Spawn to a new worker running `level` tasks at once, seconds, once seen: the
+    /// slowest of its first result, the level a worker was seen to reach, and its first
+    /// result plus the rounds of runtime copies that must start after the first round
+    /// (each round `ramp` copies at once, a copy's init each). The last is what a learned
+    /// level costs from cold: a worker that climbed to it started its copies a few at a
+    /// time between its turns, one started there starts them all before it runs the level.
+    pub fn to_level(&self, level: u32) -> Option<f64> {
+        let copies = match (self.first, self.copy_init) {
+            (Some(first), Some(init)) => {
+                let rounds = level.max(1).div_ceil(self.ramp.max(1)).saturating_sub(1);
+                Some(first + f64::from(rounds) * init)
+            }
+            _ => None,
+        };
+        [self.first, self.level, copies]
+            .into_iter()
+            .flatten()
+            .reduce(f64::max)
     }
 
     /// [`Reach::turns`] with the typical duration already taken ([`Reach::typical`] sorts
     /// the recent durations: a caller that needs it too takes it once).
-    pub fn turns_given(&self, typical: Option<f64>) -> u32 {
-        let reach = match (self.first, self.level) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+    pub fn turns_given(&self, typical: Option<f64>, level: u32) -> u32 {
+        let reach = self.to_level(level);
         match (reach, typical) {
             (Some(reach), Some(task)) if task > 0.0 => {
-                ((reach / task).floor() - 1.0).clamp(0.0, 1000.0) as u32
+                ((WORK_PER_REACH * reach / task).floor() - 1.0).clamp(0.0, 1000.0) as u32
             }
             _ => 0,
         }

@@ -404,23 +404,53 @@ fn the_idle_rule_leaves_a_stopping_or_detached_worker_alone() {
 fn turns_weigh_reaching_a_level_from_cold_against_a_task() {
     let ms = Duration::from_millis;
     let mut r = Reach::default();
-    assert_eq!(r.turns(), 0, "nothing known");
+    assert_eq!(r.turns(2), 0, "nothing known");
     r.first_result(ms(800));
-    assert_eq!(r.turns(), 0, "no task duration yet");
+    assert_eq!(r.turns(2), 0, "no task duration yet");
     // The first task on each copy also waited for the copy's init: the median ignores it.
     for d in [780, 80, 80, 80, 80, 790, 80] {
         r.task(ms(d));
     }
-    // 800 ms to a first result, 80 ms a task: 9 more turns per slot meanwhile.
-    assert_eq!(r.turns(), 9);
+    // 800 ms to a first result, 80 ms a task: 9 more turns per slot meanwhile, and a new
+    // worker is worth its start for twice that work.
+    assert_eq!(r.turns(2), 19);
     // Reaching the whole level (its copies started a few at a time) took longer.
     r.level_reached(ms(1600));
-    assert_eq!(r.turns(), 19);
+    assert_eq!(r.turns(2), 39);
     // A worker ready before a task ends: no turns.
     let mut quick = Reach::default();
     quick.first_result(ms(50));
     quick.task(ms(200));
-    assert_eq!(quick.turns(), 0);
+    assert_eq!(quick.turns(8), 0);
+}
+
+#[test]
+fn a_learned_level_costs_every_round_of_copies_it_starts() {
+    let ms = Duration::from_millis;
+    // Recorded from wait.py (boto3, a 300 ms HTTP wait) at 4096 MB: a copy's init 142 ms
+    // of CPU, two at once on the worker's two vCPUs; a first result 550 ms after the spawn.
+    let mut r = Reach::default();
+    r.first_result(ms(550));
+    for _ in 0..9 {
+        r.task(ms(301));
+    }
+    r.level_reached(ms(600));
+    // Before any copy's init is known: its first round only.
+    assert_eq!(r.to_level(29), Some(0.6));
+    r.copy_init(ms(142), 2);
+    // The level a worker climbed to a few copies at a time, started at once from cold:
+    // 15 rounds of two copies, 14 after the first.
+    let to_29 = r.to_level(29).unwrap_or_default();
+    assert!((to_29 - (0.55 + 14.0 * 0.142)).abs() < 1e-9, "{to_29}");
+    assert_eq!(r.turns(29), 15, "2.54 s to reach 29 against 301 ms a task, twice");
+    // The first round costs nothing more than the first result.
+    assert_eq!(r.to_level(2), Some(0.6));
+    // Workers that run their tasks in their own process report no init: no rounds.
+    let mut own = Reach::default();
+    own.first_result(ms(120));
+    own.task(ms(100));
+    assert_eq!(own.turns(1000), own.turns(1));
+    assert_eq!(own.to_level(1000), Some(0.12));
 }
 
 #[test]

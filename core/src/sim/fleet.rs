@@ -36,8 +36,10 @@ pub(super) struct SimWorker {
     /// The most tasks it ran at once since its last sample (more restarts the CPU span, as
     /// the real worker's does).
     pub(super) most: usize,
-    /// Runtime copies in their init: CPU seconds each still needs.
-    pub(super) inits: Vec<f64>,
+    /// Runtime copies in their init: CPU seconds each still needs, and when it started.
+    pub(super) inits: Vec<(f64, Duration)>,
+    /// Copies that finished their init, and their inits' wall time added up (seconds).
+    pub(super) inited: (u32, f64),
     /// Ready copies with no task.
     pub(super) idle: usize,
     /// Its concurrency limit, as the coordinator last set it.
@@ -82,7 +84,7 @@ impl SimWorker {
             .iter_mut()
             .filter(|t| t.on_copy && t.cpu_left > 0.0)
             .map(|t| &mut t.cpu_left)
-            .chain(self.inits.iter_mut());
+            .chain(self.inits.iter_mut().map(|(left, _)| left));
         for left in phases {
             *left = (*left - dt * rate).max(0.0);
             // Under a microsecond left is done (the clock has nanoseconds; rounding must not
@@ -101,7 +103,7 @@ impl SimWorker {
             .running()
             .filter(|t| t.cpu_left > 0.0)
             .map(|t| t.cpu_left)
-            .chain(self.inits.iter().copied())
+            .chain(self.inits.iter().map(|&(left, _)| left))
             .fold(f64::INFINITY, f64::min);
         (n > 0.0 && left.is_finite()).then(|| now + Duration::from_secs_f64(left / (vcpus / n).min(1.0)))
     }

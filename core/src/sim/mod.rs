@@ -219,7 +219,11 @@ impl Sim<'_> {
         let memory_mb = f64::from(w.memory_mb);
         let ramp = (w.vcpus.floor() as usize).max(1);
         let before = w.inits.len();
-        w.inits.retain(|left| *left > 0.0);
+        for &(_, since) in w.inits.iter().filter(|(left, _)| *left <= 0.0) {
+            w.inited.0 += 1;
+            w.inited.1 += now.saturating_sub(since).as_secs_f64();
+        }
+        w.inits.retain(|(left, _)| *left > 0.0);
         w.idle += before - w.inits.len();
         let mut took = false;
         for t in w.tasks.iter_mut().filter(|t| !t.on_copy) {
@@ -261,7 +265,7 @@ impl Sim<'_> {
         };
         let (n, _) = pace::to_start(&census);
         let init = copy.init_cpu.as_secs_f64().max(1e-6);
-        w.inits.extend(std::iter::repeat_n(init, n));
+        w.inits.extend(std::iter::repeat_n((init, now), n));
     }
 
     /// A task ends: its result goes to the state and the worker will report (the caller
@@ -339,6 +343,10 @@ impl Sim<'_> {
             // The simulated cores are never oversubscribed (processor sharing within the
             // allotment): nothing waits.
             cpu_wait: 0.0,
+            copy_init_ms: match w.inited {
+                (0, _) => 0,
+                (n, secs) => (secs * 1000.0 / f64::from(n)).round().max(1.0) as u32,
+            },
         };
         let id = w.id.clone();
         let at = self.at(now);
@@ -548,6 +556,7 @@ impl Sim<'_> {
             newest: now,
             most: 0,
             inits: Vec::new(),
+            inited: (0, 0.0),
             idle: 0,
             limit: 1,
             completed: false,

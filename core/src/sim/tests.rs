@@ -244,6 +244,43 @@ fn a_runtime_with_a_costly_start_learns_a_level_whose_second_batch_costs_no_more
     }
 }
 
+/// The measured shape of `wait.py` (boto3, then 300 ms waiting on HTTP): a copy's init
+/// 142 ms of CPU and 36 MB, a task 1 ms of CPU, 301 ms of waiting and 49 MB.
+fn waiting_handler(memory_mb: u32) -> SimConfig {
+    let task = TaskModel {
+        cpu: Duration::from_millis(1),
+        wait: Duration::from_millis(301),
+        mem_mb: 49.0,
+    };
+    let mut s = SimConfig::new(config(false, 8, None), "spin", 100, task);
+    s.config.fleet.memory_mb = memory_mb;
+    s.copy = Some(CopyModel {
+        init_cpu: Duration::from_millis(142),
+        mem_mb: 36.0,
+    });
+    s
+}
+
+#[test]
+fn a_learned_level_is_started_on_no_more_workers_than_its_copies_pay_for() {
+    // Before a new worker's reach counted the copies it starts for a learned level, the
+    // second batch at 4096 MB started 4 workers at the level (29), each paying every copy's
+    // init at once: 23.38 GB-s against the first batch's 15.21.
+    let local = [2048, 4096].map(waiting_handler);
+    let lambda = [1024, 2048].map(|mb| waiting_handler(mb).lambda_like(Duration::from_millis(500)));
+    for s in local.iter().chain(&lambda) {
+        let r = simulate_batches(s, 2);
+        let (first, second) = (&r[0], &r[1]);
+        assert_eq!((first.succeeded, second.succeeded), (100, 100));
+        assert!(
+            second.billed_gb_s <= first.billed_gb_s,
+            "{} MB: the learned batch {second:?} cost more than the first {first:?}",
+            s.config.fleet.memory_mb
+        );
+        assert!(second.peak_memory_fraction < COPY_SHARE, "{second:?}");
+    }
+}
+
 const COPY_SHARE: f64 = crate::pace::COPY_MEMORY_SHARE;
 
 #[test]

@@ -496,7 +496,16 @@ impl State {
         let urgent = f.urgent_until.is_some_and(|t| now < t);
         // The recent durations' median, sorted once for the turns and the successor's lead.
         let typical = f.reach.typical();
-        let turns = if urgent { 0 } else { f.reach.turns_given(typical) };
+        // A new worker starts its copies for the level it starts at: a pinned or settled one
+        // (one not yet known is climbed to from the first round, a few copies at a time).
+        let start_level = rules
+            .pinned_slots
+            .or(learned.filter(|l| l.settled).map(|l| l.level));
+        let turns = if urgent {
+            0
+        } else {
+            f.reach.turns_given(typical, start_level.unwrap_or(1))
+        };
         let task = typical.map(Duration::from_secs_f64);
         let lead = lead_of(f, task);
         let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_per_new, turns);
@@ -569,7 +578,8 @@ impl State {
             of_function as u32,
             self.config.fleet.max_workers,
             slots_per_new,
-            ahead > 0,
+            // Whole workers only of a known level: one not yet known counts as the cap.
+            ahead > 0 && start_level.is_some(),
         )
         .min(room as u32);
         // Work left over once every worker's admissions have ended: a successor, even for

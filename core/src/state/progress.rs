@@ -74,6 +74,10 @@ impl State {
             youngest: Duration::from_millis(u64::from(s.youngest_task_ms)),
             peak: s.memory_peak_bytes as f64 / s.memory_limit_bytes as f64,
         };
+        // A worker's copies' init, when it reports a new figure (a sample repeats it).
+        let copy_init = (s.copy_init_ms > 0
+            && w.sample.as_ref().is_none_or(|p| p.copy_init_ms != s.copy_init_ms))
+        .then(|| (Duration::from_millis(u64::from(s.copy_init_ms)), w.vcpus));
         w.sample = Some(s);
         let (before, was_settled) = (w.limit.value(), w.limit.settled());
         let moved = w.limit.observe(&w.limit_params, observation, now);
@@ -97,6 +101,9 @@ impl State {
             f.peak_mem = f.peak_mem.max(peak);
             if let Some(after) = reached {
                 f.reach.level_reached(after);
+            }
+            if let Some((init, vcpus)) = copy_init {
+                f.reach.copy_init(init, vcpus);
             }
         }
         if settled && (after != before || !was_settled) {

@@ -108,6 +108,8 @@ struct Inner {
     memory: Mutex<MemoryLook>,
     /// When the newest running invocation was handed to its copy.
     newest: Mutex<Option<Instant>>,
+    /// Copies that finished their init, and their inits added up.
+    inits: Mutex<(u32, Duration)>,
 }
 
 /// The memory figures copy starts are judged by (read at most every [`PEAKS_EVERY`]).
@@ -144,6 +146,8 @@ struct Current {
 /// One copy of the runtime: its API's port and what it is doing.
 struct Slot {
     index: u64,
+    /// When it was started.
+    born: Instant,
     state: Mutex<SlotState>,
     /// Notified when its invocation starts or ends, or it is retired.
     changed: Notify,
@@ -201,6 +205,7 @@ impl RuntimeHost {
                 completed: AtomicBool::new(false),
                 memory: Mutex::new(MemoryLook::default()),
                 newest: Mutex::new(None),
+                inits: Mutex::new((0, Duration::ZERO)),
             }),
         }
     }
@@ -312,9 +317,11 @@ impl Handler for RuntimeHost {
             .filter(|s| s.lock().current.is_some())
             .count();
         let newest = *self.inner.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        let (inited, took) = *self.inner.inits.lock().unwrap_or_else(PoisonError::into_inner);
         Some(crate::handler::Running {
             tasks: tasks as u32,
             newest: if tasks == 0 { None } else { newest },
+            copy_init: (inited > 0).then(|| took / inited),
         })
     }
 
@@ -438,6 +445,7 @@ impl Inner {
         for _ in 0..n {
             let slot = Arc::new(Slot {
                 index: self.next_slot.fetch_add(1, Ordering::Relaxed),
+                born: Instant::now(),
                 state: Mutex::new(SlotState::default()),
                 changed: Notify::new(),
             });
@@ -522,7 +530,13 @@ impl Inner {
                     false
                 }
             });
-            info!(function = %self.settings.function, copy = slot.index, "Lambda runtime copy ready");
+            let took = slot.born.elapsed();
+            {
+                let mut inits = self.inits.lock().unwrap_or_else(PoisonError::into_inner);
+                inits.0 += 1;
+                inits.1 += took;
+            }
+            info!(function = %self.settings.function, copy = slot.index, init_ms = took.as_millis() as u64, "Lambda runtime copy ready");
             // Its init's memory counts from now on.
             self.memory.lock().unwrap_or_else(PoisonError::into_inner).at = None;
             self.refit();

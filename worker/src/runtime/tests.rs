@@ -228,3 +228,23 @@ async fn a_runtime_that_exits_before_asking_fails_with_its_status_and_stderr() {
     );
     assert_eq!(host.broken().await, err);
 }
+
+#[tokio::test]
+async fn a_copys_init_is_measured_from_its_start_to_its_first_request() {
+    let _alone = crate::children::SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("runtime.py");
+    std::fs::write(&script, RUNTIME).unwrap();
+    // An init of at least 300 ms (an interpreter's imports), before the first request.
+    let host = host(&format!("sleep 0.3 && exec python3 {}", script.display()));
+    assert_eq!(
+        host.running().and_then(|r| r.copy_init),
+        None,
+        "no copy ready yet"
+    );
+    host.prepare().await.unwrap();
+    let init = host.running().and_then(|r| r.copy_init);
+    assert!(init.is_some_and(|d| d >= Duration::from_millis(300)), "{init:?}");
+    let out = host.call(task(1, r#""x""#, None)).await;
+    assert_eq!(json(&out)["event"], "x");
+}

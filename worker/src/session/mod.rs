@@ -400,12 +400,15 @@ impl<H: Handler> Session<H> {
     /// runs: a task counts toward a level only once it really runs.
     fn sample(&mut self) -> pb::ResourceSample {
         let (spawned, newest) = self.protocol.sampling();
-        let (running, newest) = match self.handler.running() {
-            Some(r) => (r.tasks, r.newest),
-            None => (spawned, newest),
+        let (running, newest, copy_init) = match self.handler.running() {
+            Some(r) => (r.tasks, r.newest, r.copy_init),
+            None => (spawned, newest, None),
         };
         let youngest = newest.map_or(Duration::ZERO, |t| t.elapsed());
-        self.sampler.sample(running, youngest)
+        let mut sample = self.sampler.sample(running, youngest);
+        // At least 1 ms: 0 says there are no copies.
+        sample.copy_init_ms = copy_init.map_or(0, |d| d.as_millis().clamp(1, u128::from(u32::MAX)) as u32);
+        sample
     }
 
     fn start(&mut self, a: pb::TaskAssignment) {
