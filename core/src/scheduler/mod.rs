@@ -333,11 +333,11 @@ pub struct Reach {
     ramp: u32,
 }
 
-/// How much work, in multiples of its reach ([`Reach::to_level`]), a new worker must get
-/// for paced scale-out to start it: its start (a cold start, its copies' init) is then at
-/// most about a third of its bill. At 1 (as it was), a worker started for a learned level
-/// of a runtime with a costly start could spend half its bill starting, and a second batch
-/// started on more workers than the first ended with cost more than the first.
+/// How much work, in multiples of its start (its reach, [`Reach::to_level`], less the
+/// first task), a new worker must get for paced scale-out to start it: its start (a cold
+/// start, its copies' init) is then at most about a third of its bill. At 1 (as it was), a
+/// worker started for a learned level of a runtime with a costly start could spend half its
+/// bill starting, and a batch on more workers cost up to 1.46 times one on fewer.
 pub const WORK_PER_REACH: f64 = 2.0;
 
 /// How many attempts' durations a function's [`Reach`] keeps.
@@ -382,9 +382,9 @@ impl Reach {
     }
 
     /// Turns: how many tasks one busy slot finishes, one after another, in
-    /// [`WORK_PER_REACH`] times the time a new worker takes to run `level` tasks at once
-    /// ([`Reach::to_level`]; 0 while either is unknown, or when a worker is ready before a
-    /// task ends).
+    /// [`WORK_PER_REACH`] times what a new worker spends starting before it runs `level`
+    /// tasks at once ([`Reach::to_level`] less one task; 0 while either is unknown, or when
+    /// a worker is ready before a task ends).
     pub fn turns(&self, level: u32) -> u32 {
         self.turns_given(self.typical(), level)
     }
@@ -415,7 +415,10 @@ impl Reach {
         let reach = self.to_level(level);
         match (reach, typical) {
             (Some(reach), Some(task)) if task > 0.0 => {
-                ((WORK_PER_REACH * reach / task).floor() - 1.0).clamp(0.0, 1000.0) as u32
+                // The reach less the first task (which is work) is what the start costs.
+                (WORK_PER_REACH * (reach - task).max(0.0) / task)
+                    .floor()
+                    .clamp(0.0, 1000.0) as u32
             }
             _ => 0,
         }
