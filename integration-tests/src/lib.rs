@@ -497,6 +497,11 @@ impl RunLog {
         format!("read p; sleep 0.3; echo \"$p\" >> {path}; echo \"$p\"")
     }
 
+    /// What ran so far, a payload a line.
+    pub fn ran(&self) -> String {
+        std::fs::read_to_string(self.0.path()).unwrap_or_default()
+    }
+
     /// Asserts that `expected` payloads ran, each exactly once.
     pub fn assert_each_ran_once(&self, expected: usize) {
         let ran = std::fs::read_to_string(self.0.path()).unwrap_or_default();

@@ -350,3 +350,46 @@ async fn many_restarts_under_load_lose_nothing_and_run_nothing_twice() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_result_a_paused_then_dead_coordinator_never_read_is_repeated_however_late_the_reconnect() {
+    let (_dir, state) = state_dir("resend");
+    let args = [
+        "--spawner",
+        "external",
+        "--state-dir",
+        state.as_str(),
+        "--keep-alive",
+        "60s",
+        "--reconnect-grace",
+        "30s",
+    ];
+    let first = Coordinator::start(&args);
+    let listen = first.addr().to_owned();
+    let url = first.url.clone();
+    let client = first.client().await;
+    let runs = RunLog::default();
+    let exec = format!("sleep 1; {}", runs.exec());
+    let _w = worker(&url, "job", "w", &["--exec", &exec, "--reconnect-for", "60s"]);
+    let task = client.submit("job", "once\n").await.expect("submit");
+    running(&client, task).await;
+    // Paused while the task runs: its result reaches the socket and is never read.
+    first.signal(nix::sys::signal::Signal::SIGSTOP);
+    eventually("the task to have run", || async {
+        runs.ran().contains("once").then_some(())
+    })
+    .await;
+    // Paused for longer than the worker remembers a result the coordinator has been heard
+    // from since; then gone, and back only after the worker has retried for a while. What
+    // it sent to the paused coordinator must still be repeated.
+    tokio::time::sleep(carpool_worker::session::RESEND_WINDOW + Duration::from_secs(2)).await;
+    first.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = Coordinator::start_at(&listen, &args, &[]);
+    let client = second.client().await;
+    let info = finished(&client, task).await;
+    assert_eq!(info.attempts, 1, "{info:?}");
+    let result = info.result.expect("result");
+    assert_eq!(result.state(), pb::TaskState::Succeeded, "{result:?}");
+    runs.assert_each_ran_once(1);
+}

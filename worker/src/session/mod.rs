@@ -146,8 +146,10 @@ pub async fn run_session<H: Handler>(config: WorkerConfig, handler: H) -> Result
         match outcome {
             Ok(reason) => break reason,
             Err(e) if e.is_retryable() => {
-                // What was sent long enough before the break has been recorded.
-                s.protocol.forget_recent(Instant::now());
+                // What was sent long enough before the coordinator last spoke has been
+                // recorded; what was sent after may not have been, however long the break
+                // lasts (a standby taking over, a coordinator restarting).
+                s.protocol.forget_recent();
                 let since = *broken_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > s.config.reconnect_for {
                     warn!(worker = %s.config.id, error = %e, "coordinator unreachable for too long; giving up");

@@ -21,9 +21,12 @@ use crate::handler::Outcome as HandlerOutcome;
 pub const SETTLE: Duration = Duration::from_millis(25);
 /// How often a worker with tasks running looks at its memory and CPU for a material move.
 pub const PROBE: Duration = Duration::from_millis(50);
-/// How long a sent result is remembered, to repeat after a break: the coordinator records
-/// a result within milliseconds of receiving it, so one sent longer before the break is on
-/// record.
+/// How long a sent result is remembered, to repeat after a break, counted while the
+/// coordinator is heard from: it records a result within milliseconds of receiving it, so
+/// one sent this long before the coordinator last spoke is on record. A coordinator that
+/// went silent (paused, dead, cut off) may never have read what was sent to it: those
+/// results are repeated however long the break and its successor take (within
+/// [`RESEND_BYTES`] and [`RESEND_COUNT`]).
 pub const RESEND_WINDOW: Duration = Duration::from_secs(5);
 /// The most bytes of outputs remembered (and the coordinator's output limit, if lower), so
 /// that a hello that repeats them stays within the message limit.
@@ -83,8 +86,8 @@ pub(crate) struct Protocol {
     running: HashMap<u64, u32>,
     /// Task futures started and not yet joined (a cancelled one until its abort is joined).
     spawned: usize,
-    /// Results sent in the last [`RESEND_WINDOW`], repeated in the next hello if the stream
-    /// breaks (they may not have been recorded).
+    /// Results sent up to [`RESEND_WINDOW`] before the coordinator last spoke, repeated in
+    /// the next hello if the stream breaks (they may not have been recorded).
     recent: VecDeque<(Instant, pb::WorkerTaskResult)>,
     /// The largest output the coordinator accepts (its Welcome); 0 before one.
     max_output: u64,
@@ -103,6 +106,8 @@ pub(crate) struct Protocol {
     last_probe: Instant,
     /// Tasks that ended (with an output or an error).
     tasks_run: u64,
+    /// When the coordinator last spoke on this session (a Welcome or a message).
+    heard: Instant,
 }
 
 impl Protocol {
@@ -121,6 +126,7 @@ impl Protocol {
             most_since_sample: 0,
             last_probe: now,
             tasks_run: 0,
+            heard: now,
         }
     }
 
@@ -138,11 +144,14 @@ impl Protocol {
         self.max_output = welcome.max_output_bytes;
         self.recent.clear();
         self.last_probe = now;
+        self.heard = now;
         vec![Action::Limit(welcome.slots)]
     }
 
     /// A message from the coordinator.
     pub(crate) fn message(&mut self, kind: Down, now: Instant) -> Vec<Action> {
+        self.heard = now;
+        self.forget_recent();
         let id = &self.id;
         match kind {
             Down::Assign(assign) => {
@@ -210,7 +219,7 @@ impl Protocol {
             return Vec::new();
         }
         self.recent.extend(results.iter().map(|r| (now, r.clone())));
-        self.forget_recent(now);
+        self.forget_recent();
         // Messages whose outputs and errors add up to at most the limit each.
         carpool_proto::split_by_size(
             results,
@@ -255,9 +264,11 @@ impl Protocol {
         self.shutdown.filter(|_| self.spawned == 0)
     }
 
-    /// Drops remembered results sent more than [`RESEND_WINDOW`] before `now`, and the
-    /// oldest past [`RESEND_BYTES`] (or the coordinator's output limit) or [`RESEND_COUNT`].
-    pub(crate) fn forget_recent(&mut self, now: Instant) {
+    /// Drops remembered results sent more than [`RESEND_WINDOW`] before the coordinator was
+    /// last heard from, and the oldest past [`RESEND_BYTES`] (or the coordinator's output
+    /// limit) or [`RESEND_COUNT`].
+    pub(crate) fn forget_recent(&mut self) {
+        let heard = self.heard;
         let cap = if self.max_output > 0 {
             (self.max_output as usize).min(RESEND_BYTES)
         } else {
@@ -265,7 +276,7 @@ impl Protocol {
         };
         let mut bytes: usize = self.recent.iter().map(|(_, r)| result_bytes(r)).sum();
         while let Some((at, r)) = self.recent.front() {
-            let old = now.saturating_duration_since(*at) > RESEND_WINDOW;
+            let old = heard.saturating_duration_since(*at) > RESEND_WINDOW;
             if !(old || bytes > cap || self.recent.len() > RESEND_COUNT) {
                 break;
             }

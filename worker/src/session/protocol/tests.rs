@@ -117,7 +117,7 @@ fn results_are_sent_in_messages_within_the_output_limit_and_an_output_past_it_fa
 }
 
 #[test]
-fn results_sent_recently_are_repeated_in_the_next_hello_until_a_welcome_or_the_window_passes() {
+fn results_are_repeated_in_the_next_hello_until_a_welcome_or_the_coordinator_spoke_a_window_after() {
     let t0 = Instant::now();
     let mut p = Protocol::new("w", t0);
     p.welcomed(&welcome(2, 0), t0);
@@ -127,13 +127,17 @@ fn results_sent_recently_are_repeated_in_the_next_hello_until_a_welcome_or_the_w
     let (ids, attempts, recent) = p.resume();
     assert_eq!((ids, attempts), (vec![2], vec![3]));
     assert_eq!(recent.iter().map(|r| r.task_id).collect::<Vec<_>>(), vec![1]);
-    // Past the window it is on record: not repeated.
-    p.forget_recent(t0 + RESEND_WINDOW + Duration::from_millis(1));
+    // A coordinator silent since (paused, dead): repeated however late the break.
+    p.forget_recent();
+    assert_eq!(p.resume().2.len(), 1);
+    // Heard from past the window after it was sent: it is on record, not repeated.
+    let t1 = t0 + RESEND_WINDOW + Duration::from_millis(1);
+    p.message(Down::Limit(pb::Limit { slots: 2 }), t1);
     assert!(p.resume().2.is_empty());
     // A welcome means the coordinator has what the hello repeated.
-    p.joined(vec![finished(2, "done")], t0);
+    p.joined(vec![finished(2, "done")], t1);
     assert_eq!(p.resume().2.len(), 1);
-    p.welcomed(&welcome(2, 0), t0);
+    p.welcomed(&welcome(2, 0), t1);
     assert!(p.resume().2.is_empty());
     assert!(!p.resuming());
 }
