@@ -199,6 +199,23 @@ fn the_comparison_runs_every_workload_four_ways_through_real_workers() {
     // The simulated comparison at the paper's scale follows the measured one.
     assert!(text.contains("simulated at the paper's scale"), "{text}");
     assert_eq!(text.matches("    adaptive, learned level").count(), 4, "{text}");
+    // And across sizes, carpool choosing, judged against every fixed pair and Lambda at
+    // each size.
+    assert!(
+        text.contains("simulated across sizes in the Lambda-like world"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("    sizes offered: first batch").count(),
+        4,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("target: learned batch within 10% of the best fixed pair")
+            .count(),
+        4,
+        "{text}"
+    );
 }
 
 #[test]

@@ -12,7 +12,8 @@ use carpool_core::sim::{CopyModel, SimConfig, SimReport, TaskModel, simulate_bat
 /// A handler's shape, as measured.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HandlerModel {
-    /// One runtime copy's init (interpreter and imports), CPU time.
+    /// One runtime copy's init (interpreter and imports), CPU time (with `copy_mb` 0: none,
+    /// the tasks run in the worker itself, as the built-ins do).
     pub init_cpu: Duration,
     /// What a ready copy holds, MB.
     pub copy_mb: f64,
@@ -80,10 +81,13 @@ fn sim(
     if model.lambda_world {
         s = s.lambda_like(model.cold_start);
     }
-    s.copy = Some(CopyModel {
-        init_cpu: model.init_cpu,
-        mem_mb: model.copy_mb,
-    });
+    // No init and no size: tasks run in the worker itself (the built-ins), no copies.
+    if !model.init_cpu.is_zero() || model.copy_mb > 0.0 {
+        s.copy = Some(CopyModel {
+            init_cpu: model.init_cpu,
+            mem_mb: model.copy_mb,
+        });
+    }
     s
 }
 
@@ -158,10 +162,42 @@ pub(crate) fn json_lines(ways: &[Way], tasks: usize) -> String {
 /// (size, way) pair's second batch among carpool's ways, and against Lambda as it bills at
 /// its own best size (the rival who tuned one task per invocation with Power Tuning).
 pub(crate) fn verdict(ways: &[Way]) -> Option<String> {
-    let offered = ways.iter().find(|w| w.label == OFFERED)?.batches.last()?;
+    let judged = judge(ways)?;
+    Some(format!(
+        "sizes offered, learned batch: {:.2} GB-s, {:.3} times the best fixed pair ({} at {} MB, {:.2} GB-s) and {:.3} times Lambda as it bills at its best size ({} MB, {:.2} GB-s); first batch {:.2} GB-s, {:.3} times that pair\n",
+        judged.learned,
+        judged.learned / judged.fixed.2,
+        judged.fixed.0,
+        judged.fixed.1,
+        judged.fixed.2,
+        judged.learned / judged.lambda.2,
+        judged.lambda.1,
+        judged.lambda.2,
+        judged.first,
+        judged.first / judged.fixed.2,
+    ))
+}
+
+/// The sizes-offered way against the others, in GB-s.
+pub(crate) struct Judged {
+    /// Its first and its learned (last) batch.
+    pub first: f64,
+    pub learned: f64,
+    /// The cheapest of carpool's fixed (size, way) pairs on their second batch: (way, MB,
+    /// GB-s); a pair with a failed task or a memory peak above its size does not count.
+    pub fixed: (String, u32, f64),
+    /// Lambda as it bills at its cheapest size, second batch.
+    pub lambda: (String, u32, f64),
+}
+
+/// Where the sizes-offered way stands; `None` without one.
+pub(crate) fn judge(ways: &[Way]) -> Option<Judged> {
+    let offered = &ways.iter().find(|w| w.label == OFFERED)?.batches;
+    let (first, learned) = (offered.first()?.billed_gb_s, offered.last()?.billed_gb_s);
     let second = |w: &&Way| {
         w.batches
             .get(1)
+            .filter(|b| b.failed == 0 && b.peak_memory_fraction <= 1.0)
             .map(|b| (w.label.clone(), w.memory_mb, b.billed_gb_s))
     };
     let least = |it: Vec<(String, u32, f64)>| it.into_iter().min_by(|a, b| a.2.total_cmp(&b.2));
@@ -177,17 +213,12 @@ pub(crate) fn verdict(ways: &[Way]) -> Option<String> {
             .filter_map(|w| second(&w))
             .collect(),
     )?;
-    Some(format!(
-        "sizes offered, learned batch: {:.2} GB-s, {:.3} times the best fixed pair ({} at {} MB, {:.2} GB-s) and {:.3} times Lambda as it bills at its best size ({} MB, {:.2} GB-s)\n",
-        offered.billed_gb_s,
-        offered.billed_gb_s / fixed.2,
-        fixed.0,
-        fixed.1,
-        fixed.2,
-        offered.billed_gb_s / lambda.2,
-        lambda.1,
-        lambda.2
-    ))
+    Some(Judged {
+        first,
+        learned,
+        fixed,
+        lambda,
+    })
 }
 
 /// A table for people.

@@ -23,7 +23,7 @@ use carpool_client::Client;
 mod tables;
 
 use tables::scale_table;
-pub(crate) use tables::{json, simulated_table, table};
+pub(crate) use tables::{json, simulated_table, sizes_table, table};
 
 /// One kind of workload.
 #[derive(Clone, Debug)]
@@ -479,6 +479,21 @@ pub(crate) async fn report(
         for &mb in paper_sizes {
             emit(&simulated_table(w, mb, 8, tasks));
         }
+    }
+    let (sizes, sweep): (&[u32], Vec<u32>) = if opts.tiny {
+        (&[1024, 2048], vec![1, 4])
+    } else {
+        (
+            &[128, 512, 1024, 2048, 4096, 10240],
+            (0..=8).map(|p| 1u32 << p).collect(),
+        )
+    };
+    emit(&format!(
+        "\nsimulated across sizes in the Lambda-like world (cold starts around 500 ms, CPU in proportion to memory; {} MB offered, carpool choosing; second batches, GB-s):\n",
+        sizes.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    ));
+    for w in &chosen {
+        emit(&sizes_table(w, sizes, &sweep, tasks).0);
     }
     if let Some((tasks, workers)) = opts.scale {
         emit(&format!(

@@ -258,3 +258,106 @@ fn sim_line(label: &str, r: &SimReport, gb_width: usize) -> String {
         r.peak_memory_fraction
     )
 }
+
+/// The sizes offered for a workload in the Lambda-like world, with `copies` none (the
+/// built-ins run in the worker): carpool choosing among `sizes` against every fixed (size,
+/// `--slots`) pair of `sweep` and against Lambda as it bills at each size. Returns the
+/// text and whether its targets held (the learned batch within 10 % of the best fixed
+/// pair, the first within 1.5 times).
+pub(crate) fn sizes_table(w: &Workload, sizes: &[u32], sweep: &[u32], tasks: usize) -> (String, bool) {
+    let model = crate::simulate::HandlerModel {
+        init_cpu: Duration::ZERO,
+        copy_mb: 0.0,
+        task_cpu: w.model.cpu,
+        task_wait: w.model.wait,
+        task_mb: w.model.mem_mb,
+        cold_start: LAMBDA_COLD_START,
+        lambda_world: true,
+    };
+    let ways = crate::simulate::run(&model, sizes, tasks, 8, sweep);
+    let mut out = format!(
+        "  {} ({}), {tasks} tasks, at most 8 invocations:\n",
+        w.name, w.what
+    );
+    let second = |label: &str, mb: u32| {
+        ways.iter()
+            .find(|x| x.label == label && x.memory_mb == mb)
+            .and_then(|x| x.batches.get(1))
+    };
+    let sound = |r: &&SimReport| r.failed == 0 && r.peak_memory_fraction <= 1.0;
+    let cell = |r: Option<&SimReport>| match r {
+        Some(r) if sound(&r) => format!("{:.2}", r.billed_gb_s),
+        Some(_) => "fails".to_owned(),
+        None => "-".to_owned(),
+    };
+    for &mb in sizes {
+        let best = ways
+            .iter()
+            .filter(|x| {
+                x.memory_mb == mb && x.label != crate::simulate::OFFERED && !x.label.starts_with("Lambda")
+            })
+            .filter_map(|x| {
+                x.batches
+                    .get(1)
+                    .filter(sound)
+                    .map(|r| (x.label.as_str(), r.billed_gb_s))
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        out.push_str(&format!(
+            "    {mb:>6} MB: Lambda as it bills {:>9} GB-s   adaptive {:>9}   best of carpool's ways {}\n",
+            cell(second("Lambda as it bills", mb)),
+            cell(second("adaptive", mb)),
+            best.map_or("none sound".to_owned(), |(l, g)| format!("{l} {g:.2}"))
+        ));
+    }
+    let Some(j) = crate::simulate::judge(&ways) else {
+        return (out, false);
+    };
+    let (learned, first) = (j.learned / j.fixed.2, j.first / j.fixed.2);
+    let met = |ok: bool| if ok { "met" } else { "MISSED" };
+    out.push_str(&format!(
+        "    sizes offered: first batch {:.2} GB-s, learned batch {:.2} GB-s; best fixed pair {} at {} MB, {:.2}; Lambda as it bills at its best size ({} MB) {:.2}\n",
+        j.first, j.learned, j.fixed.0, j.fixed.1, j.fixed.2, j.lambda.1, j.lambda.2
+    ));
+    out.push_str(&format!(
+        "    target: learned batch within 10% of the best fixed pair ({learned:.3}x): {}\n",
+        met(learned <= 1.10)
+    ));
+    out.push_str(&format!(
+        "    target: first batch within 1.5x of it ({first:.3}x): {}\n",
+        met(first <= 1.5)
+    ));
+    out.push_str(&format!(
+        "    against Lambda as it bills at its best size: {:.3}x\n",
+        j.learned / j.lambda.2
+    ));
+    (out, learned <= 1.10 && first <= 1.5)
+}
+
+/// The Lambda-like world's median cold start for the sizes comparison (a container image's).
+const LAMBDA_COLD_START: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sizes_comparison_judges_the_choice_against_every_pair_and_lambda_at_each_size() {
+        let io = workloads(true).into_iter().next().expect("the io workload");
+        let (text, _) = sizes_table(&io, &[1024, 2048], &[1, 4], 20);
+        for want in [
+            "1024 MB: Lambda as it bills",
+            "2048 MB: Lambda as it bills",
+            "sizes offered: first batch",
+            "target: learned batch within 10% of the best fixed pair",
+            "target: first batch within 1.5x of it",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        // Waiting work: sharing one instance beats a request per task at every size.
+        assert!(
+            text.contains("against Lambda as it bills at its best size: 0."),
+            "{text}"
+        );
+    }
+}
