@@ -19,6 +19,10 @@ const MAX_CPU_FRACTION: f64 = 1024.0;
 /// far more than any worker runs).
 const MAX_CPU_WAIT: f64 = 1_048_576.0;
 
+/// The longest a runtime copy's init may be reported to take: Lambda's longest invocation
+/// (15 minutes). Longer is nonsense, and would hold the function's scale-out back.
+const MAX_COPY_INIT_MS: u32 = 900_000;
+
 /// How many times its limit a worker's memory may be reported at: a local process is not
 /// stopped at its memory size (a Lambda instance would be), so a worker over it is real, if
 /// out of memory; beyond this the figure is nonsense.
@@ -45,6 +49,11 @@ impl State {
             Some(format!(
                 "cpu_wait {} is not a fraction of the vCPU allotment in [0, {MAX_CPU_WAIT}]",
                 s.cpu_wait
+            ))
+        } else if s.copy_init_ms > MAX_COPY_INIT_MS {
+            Some(format!(
+                "copy_init_ms {} is longer than a worker's longest life ({MAX_COPY_INIT_MS} ms)",
+                s.copy_init_ms
             ))
         } else if s.memory_limit_bytes == 0 {
             Some("memory_limit_bytes is 0".to_owned())

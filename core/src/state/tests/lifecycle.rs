@@ -210,6 +210,14 @@ fn impossible_samples_and_results_for_tasks_never_held_are_violations() {
     assert!(s.sample(&a, sample(f64::NAN), now, &mut effects).is_err());
     assert!(s.sample(&a, sample(-0.1), now, &mut effects).is_err());
     assert!(s.sample(&a, sample(5000.0), now, &mut effects).is_err());
+    let endless_init = pb::ResourceSample {
+        copy_init_ms: 900_001,
+        ..sample(0.5)
+    };
+    assert!(matches!(
+        s.sample(&a, endless_init, now, &mut effects),
+        Err(crate::Error::InvalidSample(_, e)) if e.contains("copy_init_ms")
+    ));
     // Past the allotment is possible (a worker bursting on Lambda), not a violation.
     assert!(s.sample(&a, sample(1.5), now, &mut effects).is_ok());
     let t = submit(&mut s, &mut effects, now); // goes to a (first in order)
