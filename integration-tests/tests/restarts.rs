@@ -34,6 +34,23 @@ fn state_dir(name: &str) -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
+/// A coordinator's flags here: workers started by hand, kept a minute when idle, a journal
+/// in `state`, `grace` for a worker to come back after a restart; then `extra`.
+fn journaled<'a>(state: &'a str, grace: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--spawner",
+        "external",
+        "--state-dir",
+        state,
+        "--keep-alive",
+        "60s",
+        "--reconnect-grace",
+        grace,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 async fn running(client: &carpool_client::Client, id: u64) -> pb::TaskInfo {
     eventually("the task to run", || async {
         let info = client.get(id).await.ok()?;
@@ -53,18 +70,7 @@ async fn finished(client: &carpool_client::Client, id: u64) -> pb::TaskInfo {
 #[tokio::test]
 async fn a_restarted_coordinator_keeps_what_a_reconnecting_worker_runs_and_attempts_keep_counting() {
     let (_dir, state) = state_dir("reconcile");
-    let args = [
-        "--spawner",
-        "external",
-        "--state-dir",
-        state.as_str(),
-        "--keep-alive",
-        "60s",
-        "--reconnect-grace",
-        "300ms",
-        "--sample-interval",
-        "100ms",
-    ];
+    let args = journaled(&state, "300ms", &["--sample-interval", "100ms"]);
     let first = Coordinator::start(&args);
     let listen = first.addr().to_owned();
     let url = first.url.clone();
@@ -110,18 +116,7 @@ async fn a_restarted_coordinator_keeps_what_a_reconnecting_worker_runs_and_attem
 #[tokio::test]
 async fn an_attempt_a_coordinator_restart_cost_is_not_counted_against_max_attempts() {
     let (_dir, state) = state_dir("forgive");
-    let args = [
-        "--spawner",
-        "external",
-        "--state-dir",
-        state.as_str(),
-        "--max-attempts",
-        "1",
-        "--keep-alive",
-        "60s",
-        "--reconnect-grace",
-        "300ms",
-    ];
+    let args = journaled(&state, "300ms", &["--max-attempts", "1"]);
     let first = Coordinator::start(&args);
     let listen = first.addr().to_owned();
     let url = first.url.clone();
@@ -279,16 +274,7 @@ async fn workers_within_their_reconnect_grace_are_not_counted_live() {
 #[tokio::test]
 async fn many_restarts_under_load_lose_nothing_and_run_nothing_twice() {
     let (_dir, state) = state_dir("restarts");
-    let args = [
-        "--spawner",
-        "external",
-        "--state-dir",
-        state.as_str(),
-        "--keep-alive",
-        "60s",
-        "--reconnect-grace",
-        "5s",
-    ];
+    let args = journaled(&state, "5s", &[]);
     let mut coord = Coordinator::start(&args);
     let listen = coord.addr().to_owned();
     let url = coord.url.clone();
@@ -354,16 +340,7 @@ async fn many_restarts_under_load_lose_nothing_and_run_nothing_twice() {
 #[tokio::test]
 async fn a_result_a_paused_then_dead_coordinator_never_read_is_repeated_however_late_the_reconnect() {
     let (_dir, state) = state_dir("resend");
-    let args = [
-        "--spawner",
-        "external",
-        "--state-dir",
-        state.as_str(),
-        "--keep-alive",
-        "60s",
-        "--reconnect-grace",
-        "30s",
-    ];
+    let args = journaled(&state, "30s", &[]);
     let first = Coordinator::start(&args);
     let listen = first.addr().to_owned();
     let url = first.url.clone();

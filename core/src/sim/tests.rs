@@ -173,21 +173,28 @@ fn a_large_batch_respects_the_fleet_cap_and_finishes_every_task() {
 /// (`scripts/bench-handlers`): each copy imports for 700 ms of CPU and holds 60 MB; a task
 /// takes 60 ms of CPU, 20 ms of S3, 40 MB more.
 fn thumbnailer(memory_mb: u32, slots: Option<u32>, lambda: bool) -> SimConfig {
-    let task = TaskModel {
-        cpu: Duration::from_millis(60),
-        wait: Duration::from_millis(20),
-        mem_mb: 40.0,
-    };
-    let mut s = SimConfig::new(config(false, 8, slots), "spin", 100, task);
-    s.config.fleet.memory_mb = memory_mb;
+    let mut s = handler(memory_mb, slots, (700, 60.0), (60, 20, 40.0));
     if lambda {
         s.config.fleet.keep_alive = Duration::from_secs(2);
         s.config.fleet.scale_out = crate::config::ScaleOut::Eager;
     }
     s.cold_start = Duration::from_millis(100);
+    s
+}
+
+/// 100 tasks of a handler under a runtime client at `memory_mb` (pinned at `slots`, if
+/// given): a copy's init CPU (ms) and size (MB), a task's CPU and wait (ms) and memory (MB).
+fn handler(memory_mb: u32, slots: Option<u32>, copy: (u64, f64), task: (u64, u64, f64)) -> SimConfig {
+    let task = TaskModel {
+        cpu: Duration::from_millis(task.0),
+        wait: Duration::from_millis(task.1),
+        mem_mb: task.2,
+    };
+    let mut s = SimConfig::new(config(false, 8, slots), "spin", 100, task);
+    s.config.fleet.memory_mb = memory_mb;
     s.copy = Some(CopyModel {
-        init_cpu: Duration::from_millis(700),
-        mem_mb: 60.0,
+        init_cpu: Duration::from_millis(copy.0),
+        mem_mb: copy.1,
     });
     s
 }
@@ -247,18 +254,7 @@ fn a_runtime_with_a_costly_start_learns_a_level_whose_second_batch_costs_no_more
 /// The measured shape of `wait.py` (boto3, then 300 ms waiting on HTTP): a copy's init
 /// 142 ms of CPU and 36 MB, a task 1 ms of CPU, 301 ms of waiting and 49 MB.
 fn waiting_handler(memory_mb: u32) -> SimConfig {
-    let task = TaskModel {
-        cpu: Duration::from_millis(1),
-        wait: Duration::from_millis(301),
-        mem_mb: 49.0,
-    };
-    let mut s = SimConfig::new(config(false, 8, None), "spin", 100, task);
-    s.config.fleet.memory_mb = memory_mb;
-    s.copy = Some(CopyModel {
-        init_cpu: Duration::from_millis(142),
-        mem_mb: 36.0,
-    });
-    s
+    handler(memory_mb, None, (142, 36.0), (1, 301, 49.0))
 }
 
 #[test]
