@@ -146,7 +146,8 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         stop.clone(),
         opened.journal,
     );
-    if let Some(r) = opened.recovered {
+    if let Some(mut r) = opened.recovered {
+        r.unix_ms = carpool_proto::unix_ms();
         driver.apply(Event::Restore(r));
     }
     driver.start_sweeper();

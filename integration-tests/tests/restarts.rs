@@ -370,3 +370,30 @@ async fn a_result_a_paused_then_dead_coordinator_never_read_is_repeated_however_
     assert_eq!(result.state(), pb::TaskState::Succeeded, "{result:?}");
     runs.assert_each_ran_once(1);
 }
+
+#[tokio::test]
+async fn a_deadline_still_ahead_is_restored_with_its_task() {
+    let (_dir, state) = state_dir("deadline");
+    let args = journaled(&state, "5s", &[]);
+    let first = Coordinator::start(&args);
+    let listen = first.addr().to_owned();
+    let client = first.client().await;
+    let submit = |deadline_ms| pb::SubmitRequest {
+        function: "job".into(),
+        input: Some(carpool_proto::payload::text("x")),
+        deadline_ms,
+        ..Default::default()
+    };
+    // No worker: both wait. One has a deadline a minute ahead.
+    client.submit_request(submit(60_000)).await.expect("submit");
+    client.submit_request(submit(0)).await.expect("submit");
+    first.kill9();
+    let second = Coordinator::start_at(&listen, &args, &[("RUST_LOG", "info")]);
+    let _client = second.client().await;
+    eventually("the restore to be logged", || async {
+        second.log().contains("restored from the journal").then_some(())
+    })
+    .await;
+    let log = second.log();
+    assert!(log.contains("pending=2") && log.contains("deadlines=1"), "{log}");
+}

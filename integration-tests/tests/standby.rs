@@ -401,7 +401,7 @@ async fn a_database_at_an_older_schema_version_is_upgraded_and_its_tasks_run() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let url: String = db
         .query_one("SELECT url FROM carpool_lease", &[])
         .await
@@ -425,6 +425,29 @@ async fn a_database_at_an_older_schema_version_is_upgraded_and_its_tasks_run() {
         client.submit("echo", "1").await.expect("submit"),
         8,
         "ids go on from v1's"
+    );
+    // Version 4 keeps a task's deadline, for a restart or a takeover to keep hurrying.
+    let id = client
+        .submit_request(pb::SubmitRequest {
+            function: "echo".into(),
+            input: Some(carpool_proto::payload::text("2")),
+            deadline_ms: 60_000,
+            ..Default::default()
+        })
+        .await
+        .expect("submit with a deadline");
+    let row = db
+        .query_one(
+            "SELECT deadline_unix_ms, submitted_unix_ms FROM carpool_tasks WHERE id = $1",
+            &[&(id as i64)],
+        )
+        .await
+        .expect("the task's row");
+    let (deadline, submitted): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(
+        deadline,
+        submitted + 60_000,
+        "the deadline is stored with its task"
     );
 }
 

@@ -40,10 +40,11 @@ use crate::scheduler::{Learned, SizeCost};
 use crate::state::{JournalOp, Recovered, StoredTask};
 
 /// The schema, one step per version: `MIGRATIONS[0]` makes version 1, and so on.
-pub(crate) const MIGRATIONS: [&str; 3] = [
+pub(crate) const MIGRATIONS: [&str; 4] = [
     include_str!("schema/v1.sql"),
     include_str!("schema/v2.sql"),
     include_str!("schema/v3.sql"),
+    include_str!("schema/v4.sql"),
 ];
 /// The schema version this coordinator writes.
 pub(crate) const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -329,7 +330,7 @@ impl Store {
         let rows = client
             .query(
                 "SELECT t.id, t.function, t.payload, t.timeout_ms, t.idempotency_key, t.fingerprint, \
-                 t.submitted_unix_ms, t.result, COALESCE(a.attempt, 0) \
+                 t.submitted_unix_ms, t.result, COALESCE(a.attempt, 0), t.deadline_unix_ms \
                  FROM carpool_tasks t LEFT JOIN carpool_attempts a ON a.id = t.id ORDER BY t.id",
                 &[],
             )
@@ -354,6 +355,7 @@ impl Store {
                 fingerprint: row.get::<_, i64>(5) as u64,
                 submitted_unix_ms: row.get::<_, i64>(6) as u64,
                 result,
+                deadline_unix_ms: row.get::<_, i64>(9) as u64,
             };
             let started = if task.result.is_some() {
                 0
@@ -410,6 +412,7 @@ impl Store {
             reserved_until: 0,
             learned,
             costs,
+            unix_ms: 0,
         })
     }
 }
@@ -629,10 +632,10 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
     }
     if !new.ids.is_empty() {
         txn.execute(
-            "INSERT INTO carpool_tasks (id, function, payload, timeout_ms, idempotency_key, fingerprint, submitted_unix_ms) \
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]) \
+            "INSERT INTO carpool_tasks (id, function, payload, timeout_ms, idempotency_key, fingerprint, submitted_unix_ms, deadline_unix_ms) \
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[]) \
              ON CONFLICT (id) DO NOTHING",
-            &[&new.ids, &new.functions, &new.payloads, &new.timeouts, &new.keys, &new.fingerprints, &new.submitted],
+            &[&new.ids, &new.functions, &new.payloads, &new.timeouts, &new.keys, &new.fingerprints, &new.submitted, &new.deadlines],
         )
         .await
         .map_err(database)?;
@@ -716,6 +719,7 @@ struct NewTasks {
     keys: Vec<String>,
     fingerprints: Vec<i64>,
     submitted: Vec<i64>,
+    deadlines: Vec<i64>,
 }
 
 impl NewTasks {
@@ -727,5 +731,7 @@ impl NewTasks {
         self.keys.push(task.key.clone());
         self.fingerprints.push(task.fingerprint as i64);
         self.submitted.push(task.submitted_unix_ms as i64);
+        self.deadlines
+            .push(task.deadline_unix_ms.min(i64::MAX as u64) as i64);
     }
 }

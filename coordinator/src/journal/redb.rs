@@ -126,6 +126,7 @@ fn load(db: &Database) -> Result<Recovered> {
         reserved_until: 0,
         learned,
         costs,
+        unix_ms: 0,
     })
 }
 
@@ -284,7 +285,11 @@ mod tests {
                 JournalOp::Learn(Arc::from("echo"), 2048, level(64)),
             ]);
             // An accept after them is acknowledged only once everything before it is written.
-            j.accept(4, task("spin")).await.expect("accept 4");
+            let due = StoredTask {
+                deadline_unix_ms: 1_060_000,
+                ..task("spin")
+            };
+            j.accept(4, due).await.expect("accept 4");
             j.close().await;
         }
         let (_, rec) = Journal::open(dir.path()).expect("the journal reopens");
@@ -298,6 +303,7 @@ mod tests {
         let first = &rec.tasks[0].1;
         assert!(first.result.is_some() && first.payload.is_empty());
         assert!(rec.tasks[1].1.result.is_none());
+        assert_eq!(rec.tasks[2].1.deadline_unix_ms, 1_060_000, "a deadline is kept");
         let learned = Learned {
             level: 64,
             settled: true,

@@ -31,6 +31,9 @@ pub struct StoredTask {
     /// What its idempotency key stands for (see `Submission::fingerprint`).
     #[prost(uint64, tag = "7")]
     pub fingerprint: u64,
+    /// When its deadline passes, Unix ms (0: none): a restart keeps hurrying its function.
+    #[prost(uint64, tag = "8")]
+    pub deadline_unix_ms: u64,
 }
 
 /// What a journal held when it was opened.
@@ -48,4 +51,7 @@ pub struct Recovered {
     pub learned: Vec<((String, u32), Learned)>,
     /// What each (function, memory size in MB) has cost.
     pub costs: Vec<((String, u32), crate::scheduler::SizeCost)>,
+    /// The wall clock when it is restored, Unix ms (the deadlines still ahead are reckoned
+    /// from it; 0: none is).
+    pub unix_ms: u64,
 }

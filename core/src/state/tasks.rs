@@ -205,6 +205,9 @@ impl State {
             submitted_unix_ms: sub.submitted_unix_ms,
             result: None,
             fingerprint,
+            deadline_unix_ms: sub
+                .deadline
+                .map_or(0, |d| sub.submitted_unix_ms.saturating_add(d.as_millis() as u64)),
         });
         let function = self.function_key(&sub.function);
         let mut task = Task::new(
@@ -392,7 +395,8 @@ impl State {
     pub(super) fn restore(&mut self, recovered: Recovered, now: Instant, effects: &mut Effects) {
         let mut functions = Vec::new();
         let mut with_pending = std::collections::HashSet::new();
-        let (mut pending, mut done) = (0usize, 0usize);
+        let (mut pending, mut done, mut deadlines) = (0usize, 0usize, 0usize);
+        let now_unix = recovered.unix_ms;
         let hold_back = !self.config.fleet.reconnect_grace.is_zero();
         for (id, stored, started) in recovered.tasks {
             let key = self.function_key(&stored.function);
@@ -415,6 +419,17 @@ impl State {
                 started.saturating_sub(1)
             };
             self.add_task(id, task.restored(result), stored.fingerprint, now);
+            // A deadline still ahead hurries its function again, as at its submission.
+            if state == TaskState::Pending
+                && now_unix > 0
+                && let Some(left) = stored.deadline_unix_ms.checked_sub(now_unix).filter(|&l| l > 0)
+                && let Some(f) = self.functions.get_mut(&key)
+            {
+                let at = now + Duration::from_millis(left);
+                f.urgent_until = f.urgent_until.max(Some(at));
+                f.due = Some(f.due.map_or(at, |d| d.min(at)));
+                deadlines += 1;
+            }
             if held {
                 pending += 1;
             } else if state == TaskState::Pending {
@@ -445,6 +460,7 @@ impl State {
             pending,
             held_back = self.book.held_count(),
             done,
+            deadlines,
             next_id = self.book.peek_id(),
             "restored from the journal"
         );

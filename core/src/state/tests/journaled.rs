@@ -93,6 +93,7 @@ fn after_a_restart_placement_waits_for_running_workers_to_claim_their_tasks() {
             reserved_until: 0,
             learned: Vec::new(),
             costs: Vec::new(),
+            unix_ms: 0,
         },
         now,
         &mut effects,
@@ -139,6 +140,7 @@ fn after_a_restart_a_function_with_nothing_restored_is_placed_at_once() {
             reserved_until: 0,
             learned: Vec::new(),
             costs: Vec::new(),
+            unix_ms: 0,
         },
         now,
         &mut effects,
@@ -302,4 +304,66 @@ fn cancelling_a_task_held_back_at_a_restart_leaves_the_pending_work_placeable() 
     let stats = s.stats(now);
     let f = stats.functions.iter().find(|f| f.function == "f").expect("f");
     assert_eq!((f.pending, f.running, f.cancelled), (0, 1, 1));
+}
+
+/// A deadline is journaled with its task and hurries its function again after a restart
+/// while it is still ahead; one that passed during the restart does not.
+#[test]
+fn a_deadline_still_ahead_survives_a_restart() {
+    let (mut s, now) = state(Config {
+        journaled: true,
+        ..external()
+    });
+    let mut effects = Effects::default();
+    let sub = Submission {
+        deadline: Some(Duration::from_secs(60)),
+        submitted_unix_ms: 1_000_000,
+        ..Submission::new("f", Bytes::from_static(b"x"))
+    };
+    let id = match s.submit(sub, None, now, &mut effects).expect("submit") {
+        Submitted::Write(id, record) => {
+            assert_eq!(record.deadline_unix_ms, 1_060_000, "journaled with its task");
+            id
+        }
+        other => panic!("{other:?}"),
+    };
+    let record = |deadline_unix_ms| StoredTask {
+        deadline_unix_ms,
+        ..stored(b"x")
+    };
+    // Restored 20 s after its submission: 40 s are left, and the function hurries.
+    let (mut after, now) = state(Config {
+        journaled: true,
+        ..external()
+    });
+    after.restore(
+        Recovered {
+            tasks: vec![(id, record(1_060_000), 0)],
+            next_id: id + 1,
+            unix_ms: 1_020_000,
+            ..Recovered::default()
+        },
+        now,
+        &mut effects,
+    );
+    let f = after.functions.get("f").expect("the function");
+    assert_eq!(f.urgent_until, Some(now + Duration::from_secs(40)));
+    assert_eq!(f.due, Some(now + Duration::from_secs(40)));
+    // Restored after it passed: nothing to hurry for.
+    let (mut late, now) = state(Config {
+        journaled: true,
+        ..external()
+    });
+    late.restore(
+        Recovered {
+            tasks: vec![(id, record(1_060_000), 0)],
+            next_id: id + 1,
+            unix_ms: 1_070_000,
+            ..Recovered::default()
+        },
+        now,
+        &mut effects,
+    );
+    let f = late.functions.get("f").expect("the function");
+    assert_eq!((f.urgent_until, f.due), (None, None));
 }
