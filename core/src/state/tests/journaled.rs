@@ -327,43 +327,32 @@ fn a_deadline_still_ahead_survives_a_restart() {
         }
         other => panic!("{other:?}"),
     };
-    let record = |deadline_unix_ms| StoredTask {
-        deadline_unix_ms,
-        ..stored(b"x")
+    // Restored `at` (Unix ms) from a journal that kept the task with its deadline.
+    let restored = |at: u64| {
+        let (mut after, now) = state(Config {
+            journaled: true,
+            ..external()
+        });
+        let task = StoredTask {
+            deadline_unix_ms: 1_060_000,
+            ..stored(b"x")
+        };
+        after.restore(
+            Recovered {
+                tasks: vec![(id, task, 0)],
+                next_id: id + 1,
+                unix_ms: at,
+                ..Recovered::default()
+            },
+            now,
+            &mut Effects::default(),
+        );
+        let f = after.functions.get("f").expect("the function");
+        (f.urgent_until.map(|t| t - now), f.due.map(|t| t - now))
     };
     // Restored 20 s after its submission: 40 s are left, and the function hurries.
-    let (mut after, now) = state(Config {
-        journaled: true,
-        ..external()
-    });
-    after.restore(
-        Recovered {
-            tasks: vec![(id, record(1_060_000), 0)],
-            next_id: id + 1,
-            unix_ms: 1_020_000,
-            ..Recovered::default()
-        },
-        now,
-        &mut effects,
-    );
-    let f = after.functions.get("f").expect("the function");
-    assert_eq!(f.urgent_until, Some(now + Duration::from_secs(40)));
-    assert_eq!(f.due, Some(now + Duration::from_secs(40)));
+    let left = Some(Duration::from_secs(40));
+    assert_eq!(restored(1_020_000), (left, left));
     // Restored after it passed: nothing to hurry for.
-    let (mut late, now) = state(Config {
-        journaled: true,
-        ..external()
-    });
-    late.restore(
-        Recovered {
-            tasks: vec![(id, record(1_060_000), 0)],
-            next_id: id + 1,
-            unix_ms: 1_070_000,
-            ..Recovered::default()
-        },
-        now,
-        &mut effects,
-    );
-    let f = late.functions.get("f").expect("the function");
-    assert_eq!((f.urgent_until, f.due), (None, None));
+    assert_eq!(restored(1_070_000), (None, None));
 }
