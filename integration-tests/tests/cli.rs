@@ -321,6 +321,12 @@ fn the_experiment_runs_at_a_tiny_size_and_writes_its_table_and_chart() {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 3 {
         assert!(text.contains("4096 MB has 3 vCPUs"), "{text}");
     }
+    // The sizes offered together, judged against every fixed pair and Lambda as it bills.
+    assert!(
+        text.contains("the sizes offered together (2048, 4096 MB"),
+        "{text}"
+    );
+    assert!(text.contains("of the best fixed pair"), "{text}");
     for size in ["2048", "4096"] {
         let rows = text
             .lines()

@@ -228,6 +228,51 @@ pub(crate) fn model_from(
     }
 }
 
+/// The experiment's sizes offered together (carpool choosing), in the Lambda-like world
+/// (cold starts around 500 ms, CPU in proportion to memory) with the thumbnail task as this
+/// machine measured it: the learned batch against every fixed (size, `--slots`) pair and
+/// against Lambda as it bills at its best size.
+pub(crate) fn sizes_offered(opts: &ExperimentOptions, model: Model) -> String {
+    let shape = crate::simulate::HandlerModel {
+        init_cpu: Duration::ZERO,
+        copy_mb: 0.0,
+        task_cpu: model.task_shared,
+        task_wait: Duration::ZERO,
+        task_mb: 0.0,
+        cold_start: Duration::from_millis(500),
+        lambda_world: true,
+    };
+    let sweep = [1, 2, 4, 8];
+    let ways = crate::simulate::run(&shape, &opts.sizes, opts.tasks, opts.max_workers, &sweep);
+    let sizes = opts
+        .sizes
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut out = format!(
+        "\nthe sizes offered together ({sizes} MB, carpool choosing), simulated in the Lambda-like world, at most {} concurrent invocations:\n",
+        opts.max_workers
+    );
+    match crate::simulate::judge(&ways) {
+        Some(j) => out.push_str(&format!(
+            "  first batch {:.2} GB-s ({:.3}x), learned batch {:.2} GB-s ({:.3}x) of the best fixed pair ({} at {} MB, {:.2} GB-s); Lambda as it bills at its best size ({} MB) {:.2} GB-s ({:.3}x)\n",
+            j.first,
+            j.first / j.fixed.2,
+            j.learned,
+            j.learned / j.fixed.2,
+            j.fixed.0,
+            j.fixed.1,
+            j.fixed.2,
+            j.lambda.1,
+            j.lambda.2,
+            j.learned / j.lambda.2,
+        )),
+        None => out.push_str("  no way ran every task\n"),
+    }
+    out
+}
+
 /// How far the simulator may be from a measured run and still be trusted (relative).
 pub(crate) const MARGIN: f64 = 0.10;
 
@@ -446,6 +491,9 @@ pub(crate) async fn report(opts: &ExperimentOptions, scale: Option<(usize, u32)>
         );
         all.push(c);
         all.push(l);
+    }
+    if opts.sizes.len() > 1 {
+        print!("{}", sizes_offered(opts, model));
     }
     if let Some((tasks, workers)) = scale {
         let big = ExperimentOptions {
