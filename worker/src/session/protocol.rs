@@ -89,6 +89,8 @@ pub(crate) struct Protocol {
     /// Results sent up to [`RESEND_WINDOW`] before the coordinator last spoke, repeated in
     /// the next hello if the stream breaks (they may not have been recorded).
     recent: VecDeque<(Instant, pb::WorkerTaskResult)>,
+    /// Their outputs' and errors' bytes, added up.
+    recent_bytes: usize,
     /// The largest output the coordinator accepts (its Welcome); 0 before one.
     max_output: u64,
     /// The concurrency limit the coordinator last announced.
@@ -118,6 +120,7 @@ impl Protocol {
             running: HashMap::new(),
             spawned: 0,
             recent: VecDeque::new(),
+            recent_bytes: 0,
             max_output: 0,
             limit: 0,
             shutdown: None,
@@ -143,6 +146,7 @@ impl Protocol {
         self.limit = welcome.slots;
         self.max_output = welcome.max_output_bytes;
         self.recent.clear();
+        self.recent_bytes = 0;
         self.last_probe = now;
         self.heard = now;
         vec![Action::Limit(welcome.slots)]
@@ -218,6 +222,7 @@ impl Protocol {
         if results.is_empty() {
             return Vec::new();
         }
+        self.recent_bytes += results.iter().map(result_bytes).sum::<usize>();
         self.recent.extend(results.iter().map(|r| (now, r.clone())));
         self.forget_recent();
         // Messages whose outputs and errors add up to at most the limit each.
@@ -266,7 +271,8 @@ impl Protocol {
 
     /// Drops remembered results sent more than [`RESEND_WINDOW`] before the coordinator was
     /// last heard from, and the oldest past [`RESEND_BYTES`] (or the coordinator's output
-    /// limit) or [`RESEND_COUNT`].
+    /// limit) or [`RESEND_COUNT`]. Costs what it drops, not what it keeps: it runs on every
+    /// message from the coordinator.
     pub(crate) fn forget_recent(&mut self) {
         let heard = self.heard;
         let cap = if self.max_output > 0 {
@@ -274,13 +280,12 @@ impl Protocol {
         } else {
             RESEND_BYTES
         };
-        let mut bytes: usize = self.recent.iter().map(|(_, r)| result_bytes(r)).sum();
         while let Some((at, r)) = self.recent.front() {
             let old = heard.saturating_duration_since(*at) > RESEND_WINDOW;
-            if !(old || bytes > cap || self.recent.len() > RESEND_COUNT) {
+            if !(old || self.recent_bytes > cap || self.recent.len() > RESEND_COUNT) {
                 break;
             }
-            bytes -= result_bytes(r);
+            self.recent_bytes -= result_bytes(r);
             self.recent.pop_front();
         }
     }

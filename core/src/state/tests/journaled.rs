@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// A state with a journal, workers started by hand.
+fn journaled_state() -> (State, Instant) {
+    state(Config {
+        journaled: true,
+        ..external()
+    })
+}
+
 /// A stored task of function `f` with `payload`, as a journal keeps it.
 fn stored(payload: &'static [u8]) -> StoredTask {
     StoredTask {
@@ -58,10 +66,7 @@ fn a_submission_written_after_the_pool_ran_dry_is_still_placed() {
 /// counts once.
 #[test]
 fn a_submission_cancelled_while_written_is_not_placed() {
-    let (mut s, now) = state(Config {
-        journaled: true,
-        ..external()
-    });
+    let (mut s, now) = journaled_state();
     let mut effects = Effects::default();
     let conn = connect(&mut s, &mut effects, "a", 2, now);
     let t = s
@@ -81,10 +86,7 @@ fn a_submission_cancelled_while_written_is_not_placed() {
 /// whose start never reached the journal claims it before another worker is given it.
 #[test]
 fn after_a_restart_placement_waits_for_running_workers_to_claim_their_tasks() {
-    let (mut s, now) = state(Config {
-        journaled: true,
-        ..external()
-    });
+    let (mut s, now) = journaled_state();
     let mut effects = Effects::default();
     s.restore(
         Recovered {
@@ -128,10 +130,7 @@ fn after_a_restart_placement_waits_for_running_workers_to_claim_their_tasks() {
 /// function's new work is placed at once (a takeover does not delay it by the pause).
 #[test]
 fn after_a_restart_a_function_with_nothing_restored_is_placed_at_once() {
-    let (mut s, now) = state(Config {
-        journaled: true,
-        ..external()
-    });
+    let (mut s, now) = journaled_state();
     let mut effects = Effects::default();
     s.restore(
         Recovered {
@@ -172,10 +171,7 @@ fn after_a_restart_a_function_with_nothing_restored_is_placed_at_once() {
 /// is refused (UNAVAILABLE) rather than given an id the next coordinator could give again.
 #[test]
 fn task_ids_are_handed_out_only_below_a_durable_reservation() {
-    let (mut s, now) = state(Config {
-        journaled: true,
-        ..external()
-    });
+    let (mut s, now) = journaled_state();
     let mut effects = Effects::default();
     let block = crate::state::ID_BLOCK;
     // Opened with ids 1..=5 used and a block reserved above them.
@@ -279,10 +275,7 @@ fn an_attempt_lost_to_a_restart_is_not_counted() {
 /// was never placed.
 #[test]
 fn cancelling_a_task_held_back_at_a_restart_leaves_the_pending_work_placeable() {
-    let (mut s, now) = state(Config {
-        journaled: true,
-        ..external()
-    });
+    let (mut s, now) = journaled_state();
     let mut effects = Effects::default();
     // Task 1 was running (held back for its worker); task 2 was pending.
     s.restore(
@@ -310,10 +303,7 @@ fn cancelling_a_task_held_back_at_a_restart_leaves_the_pending_work_placeable() 
 /// while it is still ahead; one that passed during the restart does not.
 #[test]
 fn a_deadline_still_ahead_survives_a_restart() {
-    let (mut s, now) = state(Config {
-        journaled: true,
-        ..external()
-    });
+    let (mut s, now) = journaled_state();
     let mut effects = Effects::default();
     let sub = Submission {
         deadline: Some(Duration::from_secs(60)),
@@ -329,10 +319,7 @@ fn a_deadline_still_ahead_survives_a_restart() {
     };
     // Restored `at` (Unix ms) from a journal that kept the task with its deadline.
     let restored = |at: u64| {
-        let (mut after, now) = state(Config {
-            journaled: true,
-            ..external()
-        });
+        let (mut after, now) = journaled_state();
         let task = StoredTask {
             deadline_unix_ms: 1_060_000,
             ..stored(b"x")
