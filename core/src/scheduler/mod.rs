@@ -335,10 +335,14 @@ pub struct Reach {
 
 /// How much work, in multiples of its start (its reach, [`Reach::to_level`], less the
 /// first task), a new worker must get for paced scale-out to start it: its start (a cold
-/// start, its copies' init) is then at most about a third of its bill. At 1 (as it was), a
-/// worker started for a learned level of a runtime with a costly start could spend half its
-/// bill starting, and a batch on more workers cost up to 1.46 times one on fewer.
-pub const WORK_PER_REACH: f64 = 2.0;
+/// start, its copies' init) is then at most a tenth of its bill. The default goal is the
+/// least cost, ties to the shorter completion, and a tenth is what counts as a tie: more
+/// workers finish a batch sooner only while their starts add at most that to its bill (a
+/// deadline lifts it). At 1, a worker started for a learned level of a runtime with a costly
+/// start could spend half its bill starting, and a batch on more workers cost up to 1.46
+/// times one on fewer; at 2, a CPU-bound batch in the Lambda-like world cost 1.3 times the
+/// same batch on one worker, and a learned batch up to 1.15 times the first.
+pub const WORK_PER_REACH: f64 = 9.0;
 
 /// How many attempts' durations a function's [`Reach`] keeps.
 pub const RECENT_DURATIONS: usize = 64;
@@ -412,14 +416,24 @@ impl Reach {
     /// [`Reach::turns`] with the typical duration already taken ([`Reach::typical`] sorts
     /// the recent durations: a caller that needs it too takes it once).
     pub fn turns_given(&self, typical: Option<f64>, level: u32) -> u32 {
+        self.starts_in_turns(typical, level, WORK_PER_REACH)
+    }
+
+    /// How many tasks one busy slot finishes, one after another, while a new worker starts
+    /// before it runs `level` (its start once, not weighed by [`WORK_PER_REACH`]): what live
+    /// workers do before a successor could take over from one whose admissions end.
+    pub fn lead_turns_given(&self, typical: Option<f64>, level: u32) -> u32 {
+        self.starts_in_turns(typical, level, 1.0)
+    }
+
+    /// `times` a new worker's start (its reach to `level` less its first task, which is
+    /// work), in tasks of `typical` seconds, rounded down.
+    fn starts_in_turns(&self, typical: Option<f64>, level: u32, times: f64) -> u32 {
         let reach = self.to_level(level);
         match (reach, typical) {
-            (Some(reach), Some(task)) if task > 0.0 => {
-                // The reach less the first task (which is work) is what the start costs.
-                (WORK_PER_REACH * (reach - task).max(0.0) / task)
-                    .floor()
-                    .clamp(0.0, 1000.0) as u32
-            }
+            (Some(reach), Some(task)) if task > 0.0 => (times * (reach - task).max(0.0) / task)
+                .floor()
+                .clamp(0.0, 10_000.0) as u32,
             _ => 0,
         }
     }

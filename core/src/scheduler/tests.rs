@@ -411,12 +411,15 @@ fn turns_weigh_reaching_a_level_from_cold_against_a_task() {
     for d in [780, 80, 80, 80, 80, 790, 80] {
         r.task(ms(d));
     }
-    // 800 ms to a first result, 80 ms a task: a start of 720 ms, 9 turns of a slot; a new
-    // worker is worth its start for twice that work.
-    assert_eq!(r.turns(2), 18);
+    // 800 ms to a first result, 80 ms a task: a start of 720 ms, 9 turns of a slot (what a
+    // live slot finishes before a successor takes over); a new worker is worth its start
+    // for nine times that work (its start a tenth of its bill).
+    assert_eq!(r.lead_turns_given(r.typical(), 2), 9);
+    assert_eq!(r.turns(2), 81);
     // Reaching the whole level (its copies started a few at a time) took longer.
     r.level_reached(ms(1600));
-    assert_eq!(r.turns(2), 38);
+    assert_eq!(r.lead_turns_given(r.typical(), 2), 19);
+    assert_eq!(r.turns(2), 171);
     // A worker ready before a task ends: no turns.
     let mut quick = Reach::default();
     quick.first_result(ms(50));
@@ -444,8 +447,8 @@ fn a_learned_level_costs_every_round_of_copies_it_starts() {
     assert!((to_29 - (0.55 + 14.0 * 0.142)).abs() < 1e-9, "{to_29}");
     assert_eq!(
         r.turns(29),
-        14,
-        "2.24 s of start to 29 against 301 ms a task, twice"
+        66,
+        "2.24 s of start to 29 against 301 ms a task, nine times"
     );
     // The first round costs nothing more than the first result.
     assert_eq!(r.to_level(2), Some(0.6));

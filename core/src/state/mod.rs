@@ -488,7 +488,8 @@ impl State {
         }
         let (size, _) = self.choose_size(function, now);
         let learned = self.learned_limit(function, size);
-        let slots_per_new = scheduler::new_worker_capacity(&rules, learned);
+        let slots_raw = scheduler::new_worker_capacity(&rules, learned);
+        let slots_per_new = slots_raw;
         let Some(f) = self.functions.get(function) else {
             return;
         };
@@ -501,15 +502,23 @@ impl State {
         let start_level = rules
             .pinned_slots
             .or(learned.filter(|l| l.settled).map(|l| l.level));
-        let turns = if urgent {
-            0
+        let (turns, lead_turns) = if urgent {
+            (0, 0)
         } else {
-            f.reach.turns_given(typical, start_level.unwrap_or(1))
+            let level = start_level.unwrap_or(1);
+            (
+                f.reach.turns_given(typical, level),
+                f.reach.lead_turns_given(typical, level),
+            )
         };
         let task = typical.map(Duration::from_secs_f64);
         let lead = lead_of(f, task);
         let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_per_new, turns);
         let mut free = self.spawns.of(function) as usize * slots_per_new as usize;
+        // What the function's workers (and those starting) finish before a successor started
+        // now could take over: a successor replaces a worker, so its start is not weighed
+        // as a new worker's is.
+        let mut free_by_then = self.spawns.of(function) as usize * slots_raw as usize;
         let free_bound =
             free + self.workers.of(function) * f.max_slots.max(cap) as usize * (1 + ahead as usize);
         let fleet_cannot_matter =
@@ -540,22 +549,28 @@ impl State {
                 let left = scheduler::until_deadline(&rules, &v);
                 if hand_overs && left < lead {
                     let free_now = w.limit.value().saturating_sub(v.running);
-                    free += scheduler::life::covers_before_end(
-                        free_now,
-                        w.limit.value(),
-                        left,
-                        task,
-                        ahead.max(1),
-                    ) as usize;
+                    let covers = |turns: u32| {
+                        scheduler::life::covers_before_end(
+                            free_now,
+                            w.limit.value(),
+                            left,
+                            task,
+                            turns.max(1),
+                        ) as usize
+                    };
+                    free += covers(ahead);
+                    free_by_then += covers(lead_turns);
                     ending = Some(ending.map_or(left, |e| e.min(left)));
                     retiring += 1;
                     continue;
                 }
                 next_scan = next_scan.min(now + left.saturating_sub(lead));
                 lasting += 1;
-                free += scheduler::free_capacity(&w.limit, w.limit_params.max, v.running) as usize;
-                // What its busy slots finish before a new worker could.
-                free += w.limit.value() as usize * ahead as usize;
+                let free_now = scheduler::free_capacity(&w.limit, w.limit_params.max, v.running) as usize;
+                // What its busy slots finish before a new worker could (weighed), and before
+                // a successor could.
+                free += free_now + w.limit.value() as usize * ahead as usize;
+                free_by_then += free_now + w.limit.value() as usize * lead_turns as usize;
             }
         }
         let scanned = !fleet_cannot_matter || look_for_ending;
@@ -589,6 +604,17 @@ impl State {
         let unfit = f.unfit > 0 && self.spawns.of(function) == 0;
         if n == 0 && (orphaned || unfit) && room > 0 {
             n = 1;
+        }
+        // A worker whose admissions end is replaced while there is work its successor will
+        // find when it is ready: one per retiring worker at most, one per worker's slots of
+        // that work.
+        if ending.is_some() && retiring > 0 {
+            let left_over = pending.saturating_sub(free_by_then);
+            let successors = left_over
+                .div_ceil(slots_raw.max(1) as usize)
+                .min(retiring)
+                .min(room) as u32;
+            n = n.max(successors);
         }
         if let Some(left) = ending.filter(|_| n > 0) {
             f.successors += u64::from(n);
