@@ -264,16 +264,22 @@ fn a_learned_level_is_started_on_no_more_workers_than_its_copies_pay_for() {
     // init at once: 23.38 GB-s against the first batch's 15.21.
     let local = [2048, 4096].map(waiting_handler);
     let lambda = [1024, 2048].map(|mb| waiting_handler(mb).lambda_like(Duration::from_millis(500)));
-    for s in local.iter().chain(&lambda) {
+    learned_costs_no_more(local.iter().chain(&lambda), 1.0, COPY_SHARE);
+}
+
+/// Two batches of each of `sims`: the second (from the learned level) bills at most `tie`
+/// times the first, and its memory peaks under `peak` of the size.
+fn learned_costs_no_more<'a>(sims: impl Iterator<Item = &'a SimConfig>, tie: f64, peak: f64) {
+    for s in sims {
         let r = simulate_batches(s, 2);
         let (first, second) = (&r[0], &r[1]);
         assert_eq!((first.succeeded, second.succeeded), (100, 100));
         assert!(
-            second.billed_gb_s <= first.billed_gb_s,
+            second.billed_gb_s <= tie * first.billed_gb_s,
             "{} MB: the learned batch {second:?} cost more than the first {first:?}",
             s.config.fleet.memory_mb
         );
-        assert!(second.peak_memory_fraction < COPY_SHARE, "{second:?}");
+        assert!(second.peak_memory_fraction < peak, "{second:?}");
     }
 }
 
@@ -293,24 +299,14 @@ fn cpu_bound_handler(memory_mb: u32) -> SimConfig {
 fn a_cpu_bound_learned_batch_costs_no_more_than_the_first_in_either_world() {
     // With a new worker started for twice its start in work, the learned batch at 4096 MB
     // started all 8 workers at once: 1.026 times the first batch here, and in the
-    // Lambda-like world (each of 8 cold starts billed) 1.11 to 1.15 times, past the 2 % that
+    // Lambda-like world (each of 8 cold starts billed) 1.08 to 1.15 times, past the 2 % that
     // counts as a tie. A tenth of its bill for a worker's start: fewer workers, each busy
     // longer. (With a 50 ms cold start, 8 workers still pay: 1.027 times, the last round's
     // few tasks one to a worker of three slots, where the first batch's staggered starts
     // spread them.)
     let local = [2048, 4096].map(cpu_bound_handler);
     let lambda = [2048, 4096].map(|mb| cpu_bound_handler(mb).lambda_like(Duration::from_millis(500)));
-    for s in local.iter().chain(&lambda) {
-        let r = simulate_batches(s, 2);
-        let (first, second) = (&r[0], &r[1]);
-        assert_eq!((first.succeeded, second.succeeded), (100, 100));
-        assert!(
-            second.billed_gb_s <= 1.02 * first.billed_gb_s,
-            "{} MB: the learned batch {second:?} cost more than the first {first:?}",
-            s.config.fleet.memory_mb
-        );
-        assert!(second.peak_memory_fraction < 1.0, "{second:?}");
-    }
+    learned_costs_no_more(local.iter().chain(&lambda), 1.02, 1.0);
 }
 
 #[test]
