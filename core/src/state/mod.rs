@@ -489,7 +489,6 @@ impl State {
         let (size, _) = self.choose_size(function, now);
         let learned = self.learned_limit(function, size);
         let slots_raw = scheduler::new_worker_capacity(&rules, learned);
-        let slots_per_new = slots_raw;
         let Some(f) = self.functions.get(function) else {
             return;
         };
@@ -513,7 +512,7 @@ impl State {
         };
         let task = typical.map(Duration::from_secs_f64);
         let lead = lead_of(f, task);
-        let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_per_new, turns);
+        let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_raw, turns);
         let mut free = self.spawns.of(function) as usize * slots_per_new as usize;
         // What the function's workers (and those starting) finish before a successor started
         // now could take over: a successor replaces a worker, so its start is not weighed
