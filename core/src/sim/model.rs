@@ -223,6 +223,36 @@ pub struct SimReport {
 }
 
 impl SimReport {
+    /// The mean of `reports` (runs of the same batch under different cold-start draws):
+    /// the mean of every figure that adds up (rounded for counts), and the worst of those
+    /// that judge a run (its failures, its memory peak, its most workers and tasks at once),
+    /// so a draw that failed a task or ran out of memory is not averaged away. The default
+    /// report for none.
+    pub fn mean(reports: &[SimReport]) -> SimReport {
+        let n = reports.len();
+        if n == 0 {
+            return SimReport::default();
+        }
+        let avg = |f: &dyn Fn(&SimReport) -> f64| reports.iter().map(f).sum::<f64>() / n as f64;
+        let count = |f: &dyn Fn(&SimReport) -> u64| avg(&|r| f(r) as f64).round() as u64;
+        SimReport {
+            invocations: count(&|r| r.invocations),
+            completion: Duration::from_secs_f64(avg(&|r| r.completion.as_secs_f64())),
+            billed_gb_s: avg(&|r| r.billed_gb_s),
+            cost_usd: avg(&|r| r.cost_usd),
+            succeeded: count(&|r| r.succeeded),
+            failed: reports.iter().map(|r| r.failed).max().unwrap_or(0),
+            peak_workers: reports.iter().map(|r| r.peak_workers).max().unwrap_or(0),
+            peak_concurrency: reports.iter().map(|r| r.peak_concurrency).max().unwrap_or(0),
+            peak_memory_fraction: reports.iter().map(|r| r.peak_memory_fraction).fold(0.0, f64::max),
+            request_billed_gb_s: avg(&|r| r.request_billed_gb_s),
+            requests: count(&|r| r.requests),
+            killed_at_deadline: reports.iter().map(|r| r.killed_at_deadline).max().unwrap_or(0),
+            successors: count(&|r| r.successors),
+            handover_wait: Duration::from_secs_f64(avg(&|r| r.handover_wait.as_secs_f64())),
+        }
+    }
+
     /// This run billed as Lambda bills a sandbox per request (for a run at `--slots 1`
     /// whose workers stay warm): its GB-s are the requests' and inits', its invocations the
     /// requests, its USD those plus the per-request price.
