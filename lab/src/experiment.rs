@@ -251,8 +251,9 @@ pub(crate) fn sizes_offered(opts: &ExperimentOptions, model: Model) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let mut out = format!(
-        "\nthe sizes offered together ({sizes} MB, carpool choosing), simulated in the Lambda-like world, at most {} concurrent invocations:\n",
-        opts.max_workers
+        "\nthe sizes offered together ({sizes} MB, carpool choosing), simulated in the Lambda-like world, at most {} concurrent invocations (each figure the mean of {} cold-start draws that every way and batch shares):\n",
+        opts.max_workers,
+        crate::simulate::DRAWS
     );
     match crate::simulate::judge(&ways) {
         Some(j) => out.push_str(&format!(

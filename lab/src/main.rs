@@ -275,6 +275,12 @@ fn simulate_command(args: &SimulateArgs) {
         print!("{}", simulate::json_lines(&ways, args.tasks));
     } else {
         print!("{}", simulate::table(&ways, args.tasks));
+        if model.lambda_world {
+            println!(
+                "(Lambda-like world: each figure is the mean of {} cold-start draws that every way and batch shares)",
+                simulate::DRAWS
+            );
+        }
         if let Some(verdict) = simulate::verdict(&ways) {
             print!("{verdict}");
         }

@@ -489,8 +489,9 @@ pub(crate) async fn report(
         )
     };
     emit(&format!(
-        "\nsimulated across sizes in the Lambda-like world (cold starts around 500 ms, CPU in proportion to memory; {} MB offered, carpool choosing; second batches, GB-s):\n",
-        sizes.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        "\nsimulated across sizes in the Lambda-like world (cold starts around 500 ms, CPU in proportion to memory; {} MB offered, carpool choosing; second batches, GB-s, each the mean of {} cold-start draws that every way and batch shares):\n",
+        sizes.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+        crate::simulate::DRAWS
     ));
     for w in &chosen {
         emit(&sizes_table(w, sizes, &sweep, tasks).0);
