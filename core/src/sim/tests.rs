@@ -392,6 +392,90 @@ fn a_lambda_like_world_draws_cold_starts_with_a_tail_and_shares_cpu_by_memory() 
     );
 }
 
+#[test]
+fn every_batch_and_way_meets_the_same_cold_starts_and_draws_are_averaged() {
+    // 40 waits of 100 ms on one worker of 64 slots: each batch is one cold start and one
+    // round. The second batch meets the first one's draw (it drew the next one before: a
+    // batch's bill was whichever draw its turn came to).
+    let median = Duration::from_millis(500);
+    let one_worker = |seed: u64| {
+        let mut s = SimConfig::new(
+            config(false, 1, Some(64)),
+            "sleep",
+            40,
+            TaskModel::waiting(Duration::from_millis(100)),
+        )
+        .lambda_like(median);
+        s.world = World::Lambda {
+            sigma: LAMBDA_COLD_START_SIGMA,
+            seed,
+        };
+        s
+    };
+    let r = simulate_batches(&one_worker(3), 3);
+    assert!(r.iter().all(|b| b.succeeded == 40 && b.invocations == 1), "{r:?}");
+    assert_eq!(r[0].billed_gb_s, r[1].billed_gb_s, "{r:?}");
+    assert_eq!(r[1].billed_gb_s, r[2].billed_gb_s, "{r:?}");
+    // Another way (two workers of 32) meets the same first draw for its first worker.
+    let mut two = one_worker(3);
+    two.config.fleet.slots = Some(32);
+    two.config.fleet.max_workers = 2;
+    let t = simulate_batches(&two, 1);
+    assert!(t[0].completion >= r[0].completion, "{t:?} {r:?}");
+    // Over draws: each batch the mean of the seeds counted up from the world's.
+    let seeds: Vec<f64> = (3..7)
+        .map(|seed| simulate_batches(&one_worker(seed), 1)[0].billed_gb_s)
+        .collect();
+    let mean = simulate_batches_over_draws(&one_worker(3), 2, 4);
+    let expected = seeds.iter().sum::<f64>() / 4.0;
+    assert!(
+        (mean[0].billed_gb_s - expected).abs() < 1e-9,
+        "{mean:?} {seeds:?}"
+    );
+    assert!(
+        seeds.iter().any(|&b| (b - seeds[0]).abs() > 1e-9),
+        "4 seeds drew alike: {seeds:?}"
+    );
+    // One draw, or the local world (no draws): one run.
+    let once = simulate_batches_over_draws(&one_worker(3), 2, 1);
+    assert_eq!(once[1].billed_gb_s, r[1].billed_gb_s);
+    let local = spin(false, 2, None);
+    assert_eq!(
+        simulate_batches_over_draws(&local, 1, 8)[0].billed_gb_s,
+        simulate(&local).billed_gb_s
+    );
+}
+
+#[test]
+fn a_mean_of_draws_keeps_the_worst_failure_and_memory_peak() {
+    let a = SimReport {
+        invocations: 2,
+        billed_gb_s: 1.0,
+        completion: Duration::from_secs(1),
+        succeeded: 10,
+        failed: 0,
+        peak_memory_fraction: 0.5,
+        ..SimReport::default()
+    };
+    let b = SimReport {
+        invocations: 3,
+        billed_gb_s: 3.0,
+        completion: Duration::from_secs(3),
+        succeeded: 9,
+        failed: 1,
+        peak_memory_fraction: 1.2,
+        killed_at_deadline: 2,
+        ..SimReport::default()
+    };
+    let m = SimReport::mean(&[a, b]);
+    assert_eq!(m.billed_gb_s, 2.0);
+    assert_eq!(m.completion, Duration::from_secs(2));
+    assert_eq!((m.failed, m.killed_at_deadline), (1, 2));
+    assert_eq!(m.peak_memory_fraction, 1.2);
+    assert_eq!(m.invocations, 3); // 2.5, rounded
+    assert_eq!(SimReport::mean(&[]).billed_gb_s, 0.0);
+}
+
 /// A batch of 1000 short tasks (50 ms of CPU) with long ones mixed in (one in `every`
 /// waits 2 s, 40 % of a worker's life) on at most two workers that live 5 s, in a
 /// Lambda-like world (500 ms cold starts), under `admission`.
