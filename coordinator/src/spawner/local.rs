@@ -189,10 +189,12 @@ impl Spawner for LocalSpawner {
             context.report(started).await;
             // Holding the pipe keeps the worker alive; dropping it (or dying) ends it.
             let _stdin = child.stdin.take();
+            let mut ended_by_stop = false;
             let status = tokio::select! {
                 status = child.wait() => status,
                 () = stop.cancelled() => {
                     // The coordinator drained its workers before it cancelled: end what is left.
+                    ended_by_stop = true;
                     let _ = child.start_kill();
                     child.wait().await
                 }
@@ -202,7 +204,10 @@ impl Spawner for LocalSpawner {
                 Ok(s) => format!("the worker process exited with {s} before it connected"),
                 Err(ref e) => format!("waiting for the worker process failed: {e}"),
             };
-            if !matches!(status, Ok(s) if s.success()) {
+            if ended_by_stop {
+                // Killed here, at the coordinator's own stop: expected, not a fault.
+                info!(worker = %id, ?status, "worker process ended at the coordinator's stop");
+            } else if !matches!(status, Ok(s) if s.success()) {
                 warn!(worker = %id, ?status, "worker process ended abnormally");
             }
             // For a worker that connected, the end of its session; for one still starting, a
