@@ -372,12 +372,10 @@ pub fn simulate(sim: &SimConfig) -> SimReport {
 /// many ways needs it: one draw of a batch whose bill is a few cold starts is mostly luck,
 /// and the cheapest of a dozen lucky draws is lower than any way can expect.
 pub fn simulate_batches_over_draws(sim: &SimConfig, batches: usize, draws: u32) -> Vec<SimReport> {
-    let World::Lambda { sigma, seed } = sim.world else {
-        return simulate_batches(sim, batches);
+    let (sigma, seed) = match sim.world {
+        World::Lambda { sigma, seed } if draws > 1 => (sigma, seed),
+        _ => return simulate_batches(sim, batches),
     };
-    if draws <= 1 {
-        return simulate_batches(sim, batches);
-    }
     let runs: Vec<Vec<SimReport>> = (0..u64::from(draws))
         .map(|i| {
             let drawn = SimConfig {
@@ -412,6 +410,11 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         ..sim.config.clone()
     });
     let state = State::new(config.clone(), base);
+    // The Lambda-like world's draws start from its seed at every batch (below).
+    let seed = match sim.world {
+        World::Lambda { seed, .. } => seed,
+        World::Local => 0,
+    };
     let mut s = Sim {
         sim,
         state,
@@ -424,17 +427,13 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         batch_start: Duration::ZERO,
         interval: config.fleet.sample_interval.max(Duration::from_millis(1)),
         connecting: 0,
-        draws: Draws::new(0),
+        draws: Draws::new(seed),
         first_hello: None,
     };
     let mut now = Duration::ZERO;
     let mut accepted = 0u64;
     let mut before = pb::FunctionStats::default();
     let mut reports = Vec::with_capacity(batches);
-    let seed = match sim.world {
-        World::Lambda { seed, .. } => seed,
-        World::Local => 0,
-    };
     for _ in 0..batches {
         // Common draws: every batch meets the same cold starts (its first spawn the same
         // draw, its second the same, ...), in every way and whatever the batches before it
