@@ -48,6 +48,9 @@ pub struct Durations {
     since: usize,
     /// The longest, in microseconds; 0 while fewer than [`MIN_DURATIONS`] are known.
     figure: Arc<AtomicU64>,
+    /// The median, recounted with the longest (the tail's figure: see
+    /// [`super::tail`]); `None` while fewer than [`MIN_DURATIONS`] are known.
+    typical: Option<Duration>,
 }
 
 impl Durations {
@@ -68,6 +71,7 @@ impl Durations {
                 self.since = 0;
                 let longest = self.recent.iter().copied().max().unwrap_or(0);
                 self.figure.store(longest, Ordering::Relaxed);
+                self.typical = super::lower_median(self.recent.iter().copied()).map(Duration::from_micros);
             } else {
                 self.figure.fetch_max(newest, Ordering::Relaxed);
             }
@@ -77,6 +81,12 @@ impl Durations {
     /// The longest of the recent attempts, once enough are known.
     pub fn longest(&self) -> Option<Duration> {
         read(&self.figure)
+    }
+
+    /// The median (lower middle) of the recent attempts as last recounted (every few
+    /// attempts), once enough are known: for decisions taken on every dispatch.
+    pub fn typical(&self) -> Option<Duration> {
+        self.typical
     }
 
     /// The median (lower middle) of the recent attempts, once enough are known: a sort of

@@ -6,10 +6,12 @@
 //! - `mod.rs`: eligibility, placement, the idle rule and scale-out.
 //! - [`limit`]: each worker's adaptive concurrency limit.
 //! - [`life`]: which tasks a worker may still take in its life, and when its successor starts.
+//! - [`tail`]: the last tasks of a batch, packed onto workers that run anyway.
 
 pub mod life;
 pub mod limit;
 pub mod sizes;
+pub mod tail;
 
 use std::time::Duration;
 

@@ -301,12 +301,29 @@ fn a_cpu_bound_learned_batch_costs_no_more_than_the_first_in_either_world() {
     // started all 8 workers at once: 1.026 times the first batch here, and in the
     // Lambda-like world (each of 8 cold starts billed) 1.08 to 1.15 times, past the 2 % that
     // counts as a tie. A tenth of its bill for a worker's start: fewer workers, each busy
-    // longer. (With a 50 ms cold start, 8 workers still pay: 1.027 times, the last round's
-    // few tasks one to a worker of three slots, where the first batch's staggered starts
-    // spread them.)
+    // longer.
     let local = [2048, 4096].map(cpu_bound_handler);
     let lambda = [2048, 4096].map(|mb| cpu_bound_handler(mb).lambda_like(Duration::from_millis(500)));
     learned_costs_no_more(local.iter().chain(&lambda), 1.02, 1.0);
+}
+
+#[test]
+fn the_tail_of_a_batch_started_on_all_its_workers_at_once_goes_to_the_fewest() {
+    // With a 50 ms cold start 8 workers pay for their start and the learned batch starts
+    // them all at once: they end their fourth round of 3 together, and the last 4 tasks
+    // went one to each of 4 workers (4 fifth rounds, 104.85 GB-s, 1.027 times the first
+    // batch's 102.10), where the first batch's staggered starts spread them. Held for the
+    // slots about to free on the workers that took the first of them: 2 fifth rounds.
+    let mut s = cpu_bound_handler(4096);
+    s.cold_start = Duration::from_millis(50);
+    let r = simulate_batches(&s, 2);
+    assert_eq!((r[0].succeeded, r[1].succeeded), (100, 100));
+    assert!(
+        r[1].billed_gb_s <= r[0].billed_gb_s * 1.001,
+        "the learned batch {:?} cost more than the first {:?}",
+        r[1],
+        r[0]
+    );
 }
 
 #[test]

@@ -34,6 +34,7 @@ mod report;
 mod roster;
 mod spawns;
 mod table;
+mod tail;
 mod tally;
 mod tasks;
 mod workers;
@@ -317,6 +318,7 @@ impl State {
         // Tasks whose own timeout fits no live worker's remaining life: back to the front
         // of the pool after this pass, for a fresh worker.
         let mut unfit: Vec<TaskId> = Vec::new();
+        let mut hold: Option<Duration> = None;
         while f.tasks.pending() > 0 {
             let Some((&key, worker_id)) = f.eligible.first_key_value() else {
                 break;
@@ -334,6 +336,16 @@ impl State {
                     continue;
                 }
             }
+            // At a batch's tail, a task may go to a worker that runs anyway, or wait a
+            // moment for one of its slots.
+            let worker_id = match tail::plan(&rules, f, &self.workers, &self.book, &worker_id, now) {
+                tail::TailPlan::Assign => worker_id,
+                tail::TailPlan::Instead(id) => id,
+                tail::TailPlan::Hold(wait) => {
+                    hold = Some(wait);
+                    break;
+                }
+            };
             let Some(task_id) = pop_pending(&mut f.pool, &self.book) else {
                 if !unfit.is_empty() {
                     break;
@@ -417,11 +429,23 @@ impl State {
             f.pool.push_front(id);
         }
         f.unfit = unfit.len() as u32;
+        f.held = if hold.is_some() {
+            u32::try_from(f.tasks.pending()).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        let hold_ended = hold.is_none() && std::mem::take(&mut f.holding);
         for (id, tasks) in batches {
             if let Some(w) = self.workers.get_mut(&id) {
                 w.batch = None;
                 w.send(Kind::Assign(pb::Assign { tasks }), effects);
             }
+        }
+        if let Some(wait) = hold {
+            self.hold_tail(function, wait, now, effects);
+        } else if hold_ended {
+            // Workers kept idle while tasks were held: stopped now if nothing waits.
+            self.evaluate_idle(function, now, effects);
         }
         self.spawn_for(function, now, effects);
         // Every event ends here: in the state's unit tests, the counts must agree with the
@@ -429,6 +453,40 @@ impl State {
         #[cfg(test)]
         if self.recount {
             self.check_counts();
+        }
+    }
+
+    /// Tasks of `function`'s tail are held for slots about to free ([`scheduler::tail`]):
+    /// look again in `wait` (one timer at a time).
+    fn hold_tail(&mut self, function: &str, wait: Duration, now: Instant, effects: &mut Effects) {
+        let key = self.function_key(function);
+        let Some(f) = self.functions.get_mut(function) else {
+            return;
+        };
+        f.holding = true;
+        let at = now + wait;
+        debug!(
+            function,
+            held = f.held,
+            wait_ms = wait.as_millis() as u64,
+            "tail held for slots about to free"
+        );
+        if f.hold_timer.is_none_or(|t| t <= now || t > at) {
+            f.hold_timer = Some(at);
+            effects.timers.push((wait, Timer::Function(key)));
+        }
+    }
+
+    /// Applies the idle rule to every idle worker of `function`.
+    fn evaluate_idle(&mut self, function: &str, now: Instant, effects: &mut Effects) {
+        let idle: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.running.is_empty() && w.function.as_ref() == function)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &idle {
+            self.evaluate(id, now, effects);
         }
     }
 
@@ -473,7 +531,9 @@ impl State {
         let Some(f) = self.functions.get(function) else {
             return;
         };
-        if f.tasks.pending() == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
+        // Tasks of the tail held for slots about to free are not work for a new worker.
+        let unheld = f.tasks.pending().saturating_sub(u64::from(f.held));
+        if unheld == 0 || f.spawn_blocked_until.is_some_and(|t| now < t) {
             return;
         }
         // Hand-overs matter only where workers end by time (not by a quota of tasks).
@@ -521,7 +581,7 @@ impl State {
         let free_bound =
             free + self.workers.of(function) * f.max_slots.max(cap) as usize * (1 + ahead as usize);
         let fleet_cannot_matter =
-            !scheduler::free_slots_matter(f.tasks.pending() as usize, free_bound, room, slots_per_new);
+            !scheduler::free_slots_matter(unheld as usize, free_bound, room, slots_per_new);
         // The soonest end among workers within their successor's lead of it; workers that
         // are ending or retiring (admissions over); workers that will still admit after a
         // successor could be ready; when a worker next comes within its lead of its end.
@@ -585,7 +645,7 @@ impl State {
         let room = (self.config.fleet.max_workers as usize)
             .saturating_sub(of_function)
             .min(total_room);
-        let pending = f.tasks.pending() as usize;
+        let pending = unheld as usize;
         let mut n = scheduler::workers_to_spawn(
             pending,
             free,

@@ -256,6 +256,14 @@ pub(super) struct FunctionPool {
     /// Tasks with their own timeout that fitted no live worker at the last dispatch: a
     /// fresh worker is started for them.
     pub(super) unfit: u32,
+    /// Tasks of the tail held back at the last dispatch for slots about to free on workers
+    /// that run anyway ([`scheduler::tail`]): not work a new worker is started for.
+    pub(super) held: u32,
+    /// When the look again after a hold is due (one timer at a time).
+    pub(super) hold_timer: Option<Instant>,
+    /// A hold has kept tasks in the pool since the last dispatch that held none: the idle
+    /// workers it kept are looked at again once it ends.
+    pub(super) holding: bool,
 }
 
 /// The most memory sizes a function keeps duration figures for.

@@ -1,0 +1,96 @@
+//! The tail of a batch as the state sees it: the running attempts' starts and the typical
+//! attempt of each worker's size, handed to [`scheduler::tail`]'s rule.
+
+use super::*;
+use crate::config::Placement;
+use crate::scheduler::tail::{Busy, Plan};
+
+/// What dispatch does with the next pending task (see [`scheduler::tail`]).
+pub(super) enum TailPlan {
+    /// To the worker the placement chose.
+    Assign,
+    /// To this other worker, which has a slot free now and runs long enough anyway.
+    Instead(WorkerId),
+    /// Nothing more this pass; look again after this long.
+    Hold(Duration),
+}
+
+/// The plan for the next pending task of `f`, which the placement would give to `chosen`.
+/// Only at a batch's tail (no more pending than running), under `--placement pack`, with
+/// no deadline waiting and the function's typical attempt known: otherwise `Assign`, at
+/// the cost of a few comparisons. At the tail it looks at the function's other workers.
+pub(super) fn plan(
+    rules: &Rules,
+    f: &FunctionPool,
+    workers: &roster::Roster,
+    book: &book::Book,
+    chosen: &WorkerId,
+    now: Instant,
+) -> TailPlan {
+    if rules.placement != Placement::Pack
+        || f.urgent_until.is_some_and(|t| now < t)
+        || f.tasks.pending() > f.tasks.running()
+    {
+        return TailPlan::Assign;
+    }
+    let Some(c) = workers.get(chosen) else {
+        return TailPlan::Assign;
+    };
+    let typical = |w: &Worker| {
+        f.durations
+            .get(&w.memory_mb)
+            .or_else(|| f.durations.get(&0))
+            .and_then(scheduler::life::Durations::typical)
+    };
+    let starts = |w: &Worker| -> Vec<Instant> {
+        w.running
+            .iter()
+            .filter_map(|&(id, _)| book.get(id)?.attempt_started)
+            .collect()
+    };
+    let Some(d) = typical(c) else {
+        return TailPlan::Assign;
+    };
+    let chosen_starts = starts(c);
+    let chosen_busy = Busy {
+        started: &chosen_starts,
+        typical: d,
+    };
+    if !chosen_busy.would_extend(now) {
+        return TailPlan::Assign;
+    }
+    // The function's other workers that will take work again (not stopping, draining or
+    // away): their attempts' starts, typical attempt, and whether they may take one now.
+    let mut others: Vec<(WorkerId, Vec<Instant>, Duration, bool)> = Vec::new();
+    for (id, w) in workers.iter() {
+        if id == chosen || !Arc::ptr_eq(&w.function, &c.function) {
+            continue;
+        }
+        let verdict = scheduler::assess(rules, &w.view(now));
+        if !verdict.counts_as_capacity() {
+            continue;
+        }
+        if let Some(t) = typical(w) {
+            others.push((id.clone(), starts(w), t, verdict == Verdict::Eligible));
+        }
+    }
+    let busy: Vec<(Busy<'_>, bool)> = others
+        .iter()
+        .map(|(_, s, t, free)| {
+            (
+                Busy {
+                    started: s,
+                    typical: *t,
+                },
+                *free,
+            )
+        })
+        .collect();
+    match scheduler::tail::plan(&chosen_busy, &busy, f.tasks.pending(), now) {
+        Plan::Assign => TailPlan::Assign,
+        Plan::Instead(i) => others
+            .get(i)
+            .map_or(TailPlan::Assign, |(id, ..)| TailPlan::Instead(id.clone())),
+        Plan::Hold(wait) => TailPlan::Hold(wait),
+    }
+}
