@@ -554,6 +554,14 @@ impl State {
         };
         // A deadline waiting: no turns weighed, a worker per uncovered task at once.
         let urgent = f.urgent_until.is_some_and(|t| now < t);
+        // Nothing known of the function yet (no result, no level): its first worker finds
+        // out what a task takes before more start, unless it settles first.
+        if !urgent && self.first_finds_out(function, learned) {
+            return;
+        }
+        let Some(f) = self.functions.get(function) else {
+            return;
+        };
         // The recent durations' median, sorted once for the turns and the successor's lead.
         let typical = f.reach.typical();
         // A new worker starts its copies for the level it starts at: a pinned or settled one
@@ -697,6 +705,35 @@ impl State {
                 memory_mb,
             });
         }
+    }
+
+    /// Whether `function`'s scale-out waits for its first worker to settle: no level is
+    /// learned at the size a new worker would get, its limit is not pinned, and the one
+    /// worker it has ever started (live or starting) is still probing. A batch larger than
+    /// one worker's cap started as many workers at once as it filled at the cap (4 for 1000
+    /// sleeps of 100 ms, where one worker runs them in 0.4 s: 3.7 to 3.95 times the
+    /// cheapest fixed setting, measured), each climbing from its vCPUs with its slots
+    /// mostly empty. Settled (CPU or memory binds, or it reaches the cap), the first worker
+    /// shows the level the others start at. Only paced scale-out waits so, not
+    /// `--scale-out eager` (Lambda's way), a quota of tasks per worker (conventional FaaS)
+    /// or a pinned `--slots`; and only for the function's first worker in the
+    /// coordinator's life.
+    fn first_finds_out(&self, function: &str, learned: Option<Learned>) -> bool {
+        let rules = &self.rules;
+        let Some(f) = self.functions.get(function) else {
+            return false;
+        };
+        rules.scale_out == crate::config::ScaleOut::Paced
+            && rules.max_tasks_per_worker.is_none()
+            && rules.pinned_slots.is_none()
+            && learned.is_none()
+            // Its first worker, live or starting, and no other ever.
+            && f.workers_started + u64::from(self.spawns.of(function)) <= 1
+            && self.workers.of(function) + self.spawns.of(function) as usize == 1
+            && !self
+                .workers
+                .values()
+                .any(|w| w.function.as_ref() == function && w.limit.settled())
     }
 
     /// How long before a worker's admissions end its successor is started: what a new
