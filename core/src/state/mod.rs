@@ -554,8 +554,8 @@ impl State {
         };
         // A deadline waiting: no turns weighed, a worker per uncovered task at once.
         let urgent = f.urgent_until.is_some_and(|t| now < t);
-        // Nothing known of the function yet (no result, no level): its first worker finds
-        // out what a task takes before more start, unless it settles first.
+        // Nothing known of the function yet (no level learned): its first worker settles
+        // before any other starts.
         if !urgent && self.first_finds_out(function, learned) {
             return;
         }
