@@ -22,12 +22,16 @@ const MAX_SLOTS: u32 = 32;
 /// The most other workers one plan looks at (fewer only means fewer holds).
 const MAX_PEERS: usize = 64;
 
+/// The most workers (of any function) one plan walks past to find them.
+const MAX_SCANNED: usize = 1024;
+
 /// The plan for the next pending task of `f`, which the placement would give to `chosen`.
 /// Only at a batch's tail (no more pending than running, nor than twice the chosen worker's
 /// limit), under `--placement pack`, with no deadline waiting, the function's typical
 /// attempt known and the chosen worker's limit at most [`MAX_SLOTS`]: otherwise `Assign`,
 /// at the cost of a few comparisons. At the tail it looks at up to [`MAX_PEERS`] of the
-/// function's other workers: a plan costs at most their running attempts (2,048). Without
+/// function's other workers among the first [`MAX_SCANNED`] of the roster: a plan costs at
+/// most their running attempts (2,048). Without
 /// these bounds, a million simulated sleeps on 1000 workers of 256 slots took 133 s to
 /// simulate instead of 74 (a plan per task over every running attempt).
 pub(super) fn plan(
@@ -77,7 +81,7 @@ pub(super) fn plan(
     // The function's other workers that will take work again (not stopping, draining or
     // away): their attempts' starts, typical attempt, and whether they may take one now.
     let mut others: Vec<(WorkerId, Vec<Instant>, Duration, bool)> = Vec::new();
-    for (id, w) in workers.iter() {
+    for (id, w) in workers.iter().take(MAX_SCANNED) {
         if others.len() >= MAX_PEERS {
             break;
         }
