@@ -574,3 +574,80 @@ fn run_on_a(s: &mut State, sub: Submission, rx: Conn, now: Instant) -> TaskId {
         .expect("result");
     t
 }
+
+/// Results of `ids` (attempt 1) from worker `id`, each having taken `took`.
+fn finish(s: &mut State, effects: &mut Effects, id: &str, ids: &[TaskId], took: Duration, now: Instant) {
+    let results = ids
+        .iter()
+        .map(|&t| pb::WorkerTaskResult {
+            duration_us: took.as_micros() as u64,
+            ..result(t, 1)
+        })
+        .collect();
+    s.results(&WorkerId::new(id), results, now, effects)
+        .expect("results");
+}
+
+#[test]
+fn a_tail_task_waits_for_a_slot_about_to_free_on_a_worker_that_runs_anyway() {
+    // Two workers of 3 slots whose rounds of 1 s tasks end together; 2 tasks left for the
+    // last round. Given one each, both workers would live one more task; packed, one does
+    // and the other stops.
+    let (mut s, t0) = state(Config {
+        fleet: Fleet {
+            slots: Some(3),
+            keep_alive: Duration::ZERO,
+            ..external().fleet.clone()
+        },
+        ..external()
+    });
+    let second = Duration::from_secs(1);
+    let mut effects = Effects::default();
+    // Two rounds of 6 tasks of 1 s (the function's typical attempt once 8 are known): the
+    // second waits in the pool while the first runs, and takes its slots as they free. (The
+    // workers come after the tasks: with no keep-alive, an idle worker is stopped at once.)
+    let ids: Vec<TaskId> = (0..12).map(|_| submit(&mut s, &mut effects, t0)).collect();
+    let a = connect(&mut s, &mut effects, "a", 3, t0);
+    let b = connect(&mut s, &mut effects, "b", 3, t0);
+    assert_eq!(assigned(&mut effects, a), ids[..3].to_vec());
+    assert_eq!(assigned(&mut effects, b), ids[3..6].to_vec());
+    let now = t0 + second;
+    finish(&mut s, &mut effects, "a", &ids[..3], second, now);
+    finish(&mut s, &mut effects, "b", &ids[3..6], second, now);
+    let on = (assigned(&mut effects, a), assigned(&mut effects, b));
+    assert_eq!((on.0.len(), on.1.len()), (3, 3));
+    // The last 2 tasks wait for a slot.
+    let last: Vec<TaskId> = (0..2)
+        .map(|_| submit(&mut s, &mut effects, now + second / 2))
+        .collect();
+    // The round ends: a's first slot frees and takes one (nobody runs long anyway).
+    let end = now + second;
+    finish(&mut s, &mut effects, "a", &on.0[..1], second, end);
+    assert_eq!(assigned(&mut effects, a), vec![last[0]]);
+    // b's first slot frees: given the other task, b would live one more second; a's two
+    // slots about to free take it at no cost. Held, with a look again armed.
+    effects.timers.clear();
+    let ms = Duration::from_millis(1);
+    finish(&mut s, &mut effects, "b", &on.1[..1], second, end + ms);
+    assert!(assigned(&mut effects, b).is_empty());
+    assert!(
+        effects
+            .timers
+            .iter()
+            .any(|(_, t)| matches!(t, Timer::Function(f) if f.as_ref() == "f")),
+        "{:?}",
+        effects.timers
+    );
+    assert_eq!(s.stats(end).total.expect("total").pending, 1);
+    // a's slots free: the held task goes to a, which runs a task of this round anyway.
+    finish(&mut s, &mut effects, "a", &on.0[1..], second, end + 2 * ms);
+    assert_eq!(assigned(&mut effects, a), vec![last[1]]);
+    // b ends its round with nothing left for it, and is told to stop.
+    finish(&mut s, &mut effects, "b", &on.1[1..], second, end + 3 * ms);
+    assert!(
+        messages(&mut effects, b)
+            .iter()
+            .any(|k| matches!(k, Kind::Shutdown(_))),
+        "b was not stopped"
+    );
+}
