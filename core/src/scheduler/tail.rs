@@ -55,7 +55,12 @@ impl Busy<'_> {
 
     /// How much longer it would bill with one more task started `at`.
     pub fn extension(&self, at: Instant, now: Instant) -> Duration {
-        (at + self.typical).saturating_duration_since(self.committed(now))
+        self.beyond(at, self.committed(now))
+    }
+
+    /// How far a task started `at` would end past `committed` (its [`Busy::committed`]).
+    fn beyond(&self, at: Instant, committed: Instant) -> Duration {
+        (at + self.typical).saturating_duration_since(committed)
     }
 
     /// The longest a task waits for one of its slots.
@@ -81,11 +86,12 @@ impl Busy<'_> {
     /// it stops being counted on (a hold past its end).
     pub fn soon_slots(&self, now: Instant) -> (u32, Option<Instant>) {
         let hold = self.hold();
+        let committed = self.committed(now);
         let mut count = 0;
         let mut next: Option<Instant> = None;
         for &s in self.started {
             let end = s + self.typical;
-            if end + hold / 2 > now && end <= now + hold && self.absorbs_at(end.max(now), now) {
+            if end + hold / 2 > now && end <= now + hold && self.beyond(end.max(now), committed) <= hold {
                 count += 1;
                 let look = if end > now { end } else { end + hold / 2 };
                 next = Some(next.map_or(look, |e| e.min(look)));

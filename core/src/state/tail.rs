@@ -31,9 +31,9 @@ const MAX_SCANNED: usize = 1024;
 /// attempt known and the chosen worker's limit at most [`MAX_SLOTS`]: otherwise `Assign`,
 /// at the cost of a few comparisons. At the tail it looks at up to [`MAX_PEERS`] of the
 /// function's other workers among the first [`MAX_SCANNED`] of the roster: a plan costs at
-/// most their running attempts (2,048). Without
-/// these bounds, a million simulated sleeps on 1000 workers of 256 slots took 133 s to
-/// simulate instead of 74 (a plan per task over every running attempt).
+/// most their running attempts (2,048). Without these bounds, a million simulated sleeps on
+/// 1000 workers of 256 slots took 133 s to simulate instead of 74 (a plan per task over
+/// every running attempt).
 pub(super) fn plan(
     rules: &Rules,
     f: &FunctionPool,
