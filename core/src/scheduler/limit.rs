@@ -8,7 +8,8 @@
 //! - **Probing** (a new worker with nothing learned): the limit doubles on every sample that
 //!   covers its current level (taken while the worker ran at its limit, once the newest task
 //!   has run [`LimitParams::settle`] or a whole generation of tasks has finished) while CPU
-//!   and memory stay under target; once a whole generation has finished at the level, it
+//!   and memory stay under target (it quadruples, [`LimitParams::fast_growth`], where the
+//!   sample's headroom holds twice what that adds); once a whole generation has finished at the level, it
 //!   jumps toward the level their CPU and memory imply, up to [`LimitParams::max_jump`]
 //!   times. Each rise is also capped by the headroom the sample
 //!   predicts: memory and CPU per task times the added tasks must stay under the targets,
@@ -57,6 +58,10 @@ pub struct LimitParams {
     pub window: u32,
     /// Largest factor one rise multiplies the limit by (probing doubles).
     pub max_growth: f64,
+    /// ... or, probing, where the sample's headroom holds twice the tasks such a rise adds
+    /// (tasks that wait, with little memory or CPU each: the level they imply is far off),
+    /// this factor.
+    pub fast_growth: f64,
     /// ... and once a whole generation of tasks has finished at the level (their whole
     /// lives seen: CPU against wall time, memory at its peak), the largest factor a probing
     /// rise may jump by toward the level they imply.
@@ -96,6 +101,7 @@ impl Default for LimitParams {
             inflation_floor: Duration::from_millis(2),
             window: 4,
             max_growth: 2.0,
+            fast_growth: 4.0,
             max_jump: 16.0,
             max_backoff: 0.5,
             steady_step: 0.1,
@@ -549,8 +555,14 @@ impl Limit {
                 // take is known (the CPU they asked for, the memory of a task at its
                 // peak): the limit jumps toward the level that implies (the headroom),
                 // at most `max_jump` times; before that it doubles.
+                // Before that, where the headroom holds twice what a faster rise adds
+                // (tasks that mostly wait, small: a waiting task's level is far off), it
+                // grows by `fast_growth`, and otherwise doubles.
+                let fast = p.fast_growth.max(p.max_growth);
                 let growth = if generation {
                     p.max_jump.max(p.max_growth)
+                } else if headroom >= 2.0 * f64::from(self.value) * (fast - 1.0) {
+                    fast
                 } else {
                     p.max_growth
                 };

@@ -31,7 +31,7 @@ pub(super) struct SimWorker {
     pub(super) span: (Duration, f64),
     /// A sample is already queued for the last change.
     pub(super) sample_queued: bool,
-    /// When its newest task started.
+    /// When its running tasks last rose past the most since its last sample.
     pub(super) newest: Duration,
     /// The most tasks it ran at once since its last sample (more restarts the CPU span, as
     /// the real worker's does).

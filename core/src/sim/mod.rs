@@ -131,7 +131,6 @@ impl Sim<'_> {
                         });
                     }
                     if copies.is_none() {
-                        w.newest = now;
                         Self::ran(w, &mut self.report, now);
                     }
                     if !started.contains(&slot) {
@@ -195,9 +194,14 @@ impl Sim<'_> {
         self.replan(slot, now);
     }
 
-    /// A task runs on worker `w` from `now`: the most it ran at once since its last sample.
+    /// A task runs on worker `w` from `now`: the most it ran at once since its last sample,
+    /// and, as the real worker reports it, the newest task is the one that raised that (or
+    /// runs alone): one started in place of one that ended adds nothing new to show.
     fn ran(w: &mut SimWorker, report: &mut SimReport, now: Duration) {
         let n = w.running().count();
+        if n > w.most || n == 1 {
+            w.newest = now;
+        }
         if n > w.most {
             w.most = n;
             w.span = (now, w.busy);
@@ -235,7 +239,6 @@ impl Sim<'_> {
             took = true;
         }
         if took {
-            w.newest = now;
             Self::ran(w, &mut self.report, now);
         }
         let excess = w.copies().saturating_sub(w.limit.max(1)).min(w.idle);

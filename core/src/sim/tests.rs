@@ -281,7 +281,9 @@ fn a_learned_level_is_started_on_no_more_workers_than_its_copies_pay_for() {
     // init at once: 23.38 GB-s against the first batch's 15.21.
     let local = [2048, 4096].map(waiting_handler);
     let lambda = [1024, 2048].map(|mb| waiting_handler(mb).lambda_like(Duration::from_millis(500)));
-    learned_costs_no_more(local.iter().chain(&lambda), 1.0, COPY_SHARE);
+    // Within 1 %: the first batch climbs to the same level (10 at 1024 MB) four times a
+    // settled sample, and the two batches come within 0.02 GB-s of each other.
+    learned_costs_no_more(local.iter().chain(&lambda), 1.01, COPY_SHARE);
 }
 
 /// Two batches of each of `sims`: the second (from the learned level) bills at most `tie`

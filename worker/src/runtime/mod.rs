@@ -106,8 +106,10 @@ struct Inner {
     /// The worker's own memory, the largest peak a ready copy has shown, and when they
     /// were read.
     memory: Mutex<MemoryLook>,
-    /// When the newest running invocation was handed to its copy.
-    newest: Mutex<Option<Instant>>,
+    /// When the running invocations last reached a count higher than any since the last
+    /// look ([`Handler::running`]), and that count: a copy that takes the next invocation
+    /// in place of one that ended adds no task, and is not the newest.
+    newest: Mutex<(Option<Instant>, usize)>,
     /// Copies that finished their init, and their inits added up.
     inits: Mutex<(u32, Duration)>,
 }
@@ -204,7 +206,7 @@ impl RuntimeHost {
                 budget,
                 completed: AtomicBool::new(false),
                 memory: Mutex::new(MemoryLook::default()),
-                newest: Mutex::new(None),
+                newest: Mutex::new((None, 0)),
                 inits: Mutex::new((0, Duration::ZERO)),
             }),
         }
@@ -316,11 +318,16 @@ impl Handler for RuntimeHost {
             .iter()
             .filter(|s| s.lock().current.is_some())
             .count();
-        let newest = *self.inner.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        let newest = {
+            let mut newest = self.inner.newest.lock().unwrap_or_else(PoisonError::into_inner);
+            // The next look counts rises from what runs now.
+            *newest = (newest.0.filter(|_| tasks > 0), tasks);
+            newest.0
+        };
         let (inited, took) = *self.inner.inits.lock().unwrap_or_else(PoisonError::into_inner);
         Some(crate::handler::Running {
             tasks: tasks as u32,
-            newest: if tasks == 0 { None } else { newest },
+            newest,
             copy_init: (inited > 0).then(|| took / inited),
         })
     }
@@ -402,7 +409,12 @@ impl Inner {
         });
         drop(state);
         slot.changed.notify_one();
-        *self.newest.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        let busy = self.slots().iter().filter(|s| s.lock().current.is_some()).count();
+        let mut newest = self.newest.lock().unwrap_or_else(PoisonError::into_inner);
+        if busy > newest.1 || newest.0.is_none() {
+            *newest = (Some(Instant::now()), busy);
+        }
+        drop(newest);
         Some((job, request_id))
     }
 

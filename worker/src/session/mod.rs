@@ -401,7 +401,7 @@ impl<H: Handler> Session<H> {
     /// A handler that holds tasks before they run (a runtime copy still starting) says what
     /// runs: a task counts toward a level only once it really runs.
     fn sample(&mut self) -> pb::ResourceSample {
-        let (spawned, newest) = self.protocol.sampling();
+        let (spawned, newest) = self.protocol.sampling(Instant::now());
         let (running, newest, copy_init) = match self.handler.running() {
             Some(r) => (r.tasks, r.newest, r.copy_init),
             None => (spawned, newest, None),

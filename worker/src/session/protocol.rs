@@ -97,7 +97,9 @@ pub(crate) struct Protocol {
     limit: u32,
     /// The coordinator said Shutdown, for this reason.
     shutdown: Option<pb::ShutdownReason>,
-    /// When the newest running task started.
+    /// When the running tasks last reached a count higher than any since the last sample
+    /// (a task started in place of one that ended adds nothing new to show, and is not
+    /// the newest).
     newest: Option<Instant>,
     /// When the running tasks first changed since the last sample (a sample is due
     /// [`SETTLE`] later).
@@ -164,7 +166,6 @@ impl Protocol {
                     debug!(worker = %id, task = a.task_id, attempt = a.attempt, "task started");
                     self.running.insert(a.task_id, a.attempt);
                     self.spawned += 1;
-                    self.newest = Some(now);
                     actions.push(Action::Start(a));
                 }
                 // More tasks than at any time since the last sample (the coordinator raised
@@ -174,7 +175,10 @@ impl Protocol {
                 let spawned = self.spawned as u32;
                 if spawned > self.most_since_sample {
                     self.most_since_sample = spawned;
+                    self.newest = Some(now);
                     actions.push(Action::MarkSampler);
+                } else if spawned > 0 {
+                    self.newest.get_or_insert(now);
                 }
                 self.changed.get_or_insert(now);
                 actions
@@ -212,6 +216,9 @@ impl Protocol {
         let mut results = Vec::new();
         for j in joined {
             self.spawned = self.spawned.saturating_sub(1);
+            if self.spawned == 0 {
+                self.newest = None;
+            }
             if let Joined::Finished(f) = j {
                 self.running.remove(&f.task);
                 self.tasks_run += 1;
@@ -253,10 +260,14 @@ impl Protocol {
         self.changed.is_some() || moved
     }
 
-    /// A sample is being taken: what runs (started and not yet joined) and when the newest
-    /// of it started. The change is reported with it.
-    pub(crate) fn sampling(&mut self) -> (u32, Option<Instant>) {
-        self.changed = None;
+    /// A sample is being taken at `now`: what runs (started and not yet joined) and when
+    /// its count last rose. The change is reported with it; but a sample taken before the
+    /// newest tasks have run [`SETTLE`] (the interval's tick, a move) does not show their
+    /// memory, and the settle sample stays due.
+    pub(crate) fn sampling(&mut self, now: Instant) -> (u32, Option<Instant>) {
+        self.changed = self
+            .newest
+            .filter(|&n| self.spawned > 0 && now.saturating_duration_since(n) < SETTLE);
         self.most_since_sample = self.spawned as u32;
         if self.spawned == 0 {
             self.newest = None;

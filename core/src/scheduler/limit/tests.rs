@@ -48,8 +48,10 @@ fn hold(l: &mut Limit, p: &LimitParams, t0: Instant, sample: Observation, n: u32
         .collect()
 }
 
+/// Small waiting tasks leave room for many times their level: each settled sample
+/// quadruples it, up to the cap.
 #[test]
-fn waiting_tasks_double_the_limit_up_to_the_cap() {
+fn waiting_tasks_quadruple_the_limit_up_to_the_cap() {
     let p = params();
     let t0 = Instant::now();
     let mut l = Limit::probing(&p, 2);
@@ -59,8 +61,28 @@ fn waiting_tasks_double_the_limit_up_to_the_cap() {
         step(&mut l, &p, t0 + i * 30 * MS, 0.001, 0.0001);
         seen.push(l.value());
     }
-    assert_eq!(&seen[..9], &[2, 4, 8, 16, 32, 64, 128, 256, 256]);
+    assert_eq!(&seen[..6], &[2, 8, 32, 128, 256, 256]);
     assert_eq!(l.phase(), Phase::Steady, "at the cap it stops probing");
+}
+
+/// Where the headroom does not hold twice what quadrupling adds, the limit doubles, and
+/// memory still caps the last rise.
+#[test]
+fn tasks_that_leave_less_room_double_the_limit() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 1);
+    l.observe(&p, obs(0.0, 0.01, 0), t0); // idle base
+    let mut seen = vec![l.value()];
+    // 4 % of the memory each: 22 fit under the target with the base.
+    for i in 1..10 {
+        step(&mut l, &p, t0 + i * 30 * MS, 0.001, 0.04);
+        seen.push(l.value());
+    }
+    // From 1: room for 21 more, 6 asked for quadrupling: 4. From 4: room for 18, 24 asked
+    // for: it doubles to 8, then 16, then what fits.
+    assert_eq!(&seen[..6], &[1, 4, 8, 16, 22, 22]);
+    assert_eq!(l.phase(), Phase::Steady, "memory binds");
 }
 
 /// A whole generation of waiting tasks finished at the level: their whole lives are known,
@@ -93,11 +115,16 @@ fn a_finished_generation_lets_the_limit_jump_toward_the_level_it_implies() {
     m.observe(&p, obs(0.0, 0.01, 0), t0);
     generation(&mut m, t0, 0.001, 0.08);
     assert_eq!(m.value(), 1 + ((0.9 - 0.09) / 0.08f64).floor() as u32);
-    // Without a finished generation (only the newest task settled), it doubles.
+    // Without a finished generation (only the newest task settled), it quadruples at
+    // most, and doubles where the headroom is short of twice that.
     let mut d = Limit::probing(&p, 1);
     d.observe(&p, obs(0.0, 0.01, 0), t0);
     assert_eq!(step(&mut d, &p, t0 + 30 * MS, 0.001, 0.0001), Some(Move::Rise));
-    assert_eq!(d.value(), 2);
+    assert_eq!(d.value(), 4);
+    let mut h = Limit::probing(&p, 1);
+    h.observe(&p, obs(0.0, 0.01, 0), t0);
+    assert_eq!(step(&mut h, &p, t0 + 30 * MS, 0.001, 0.15), Some(Move::Rise));
+    assert_eq!(h.value(), 2);
 }
 
 #[test]
@@ -295,11 +322,11 @@ fn a_start_up_burst_of_cpu_holds_the_climb_but_does_not_end_it() {
     assert_eq!(l.phase(), Phase::Probing);
     // ... then they wait: the climb goes on.
     assert_eq!(step(&mut l, &p, t0 + 60 * MS, 0.01, 0.01), Some(Move::Rise));
-    assert_eq!(l.value(), 4);
+    assert_eq!(l.value(), 8);
     assert_eq!(
         l.proven(),
         Some(Learned {
-            level: 4,
+            level: 8,
             settled: false
         }),
         "a limit that only rose proves its level"

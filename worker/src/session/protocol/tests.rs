@@ -61,7 +61,7 @@ fn a_welcome_sets_the_limit_and_assignments_start_tasks_and_restart_the_cpu_span
     // A sample is due SETTLE after the change.
     assert_eq!(p.probe_at(), Some(t0 + SETTLE));
     // A refill to the level already seen keeps the CPU span.
-    p.sampling();
+    p.sampling(t0);
     p.joined(vec![finished(1, "a")], t0);
     let refill = p.message(assign(&[(3, 1)]), t0);
     assert!(matches!(refill[..], [Action::Start(_)]), "{refill:?}");
@@ -166,7 +166,7 @@ fn while_tasks_run_the_worker_looks_at_itself_every_probe_and_samples_only_on_a_
     assert_eq!(p.probe_at(), None);
     p.message(assign(&[(1, 1)]), t0);
     assert!(p.probed(t0 + SETTLE, false), "the change is due");
-    let (running, newest) = p.sampling();
+    let (running, newest) = p.sampling(t0 + SETTLE);
     assert_eq!((running, newest), (1, Some(t0)));
     assert_eq!(p.probe_at(), Some(t0 + SETTLE + PROBE));
     assert!(
@@ -180,8 +180,48 @@ fn while_tasks_run_the_worker_looks_at_itself_every_probe_and_samples_only_on_a_
     // The task ends: the change is due again, and with nothing running the newest is gone.
     p.joined(vec![finished(1, "x")], t0 + SETTLE + 3 * PROBE);
     assert_eq!(p.probe_at(), Some(t0 + SETTLE + 3 * PROBE + SETTLE));
-    assert_eq!(p.sampling(), (0, None));
+    assert_eq!(p.sampling(t0 + SETTLE + 3 * PROBE), (0, None));
     assert_eq!(p.probe_at(), None);
+}
+
+#[test]
+fn a_sample_before_the_newest_tasks_settle_keeps_the_settle_sample_due() {
+    let t0 = Instant::now();
+    let mut p = Protocol::new("w", t0);
+    p.welcomed(&welcome(2, 0), t0);
+    p.message(assign(&[(1, 1)]), t0);
+    // The interval's first tick lands a millisecond after the task starts: its sample
+    // cannot show the task's memory, so the settle sample is still due.
+    let early = t0 + Duration::from_millis(1);
+    assert_eq!(p.sampling(early), (1, Some(t0)));
+    assert_eq!(p.probe_at(), Some(t0 + SETTLE));
+    assert!(p.probed(t0 + SETTLE, false));
+    assert_eq!(p.sampling(t0 + SETTLE), (1, Some(t0)));
+    assert_eq!(p.probe_at(), Some(t0 + SETTLE + PROBE), "settled: no longer due");
+}
+
+#[test]
+fn a_task_started_in_place_of_one_that_ended_is_not_the_newest() {
+    let t0 = Instant::now();
+    let mut p = Protocol::new("w", t0);
+    p.welcomed(&welcome(2, 0), t0);
+    p.message(assign(&[(1, 1), (2, 1)]), t0);
+    assert_eq!(p.sampling(t0 + SETTLE), (2, Some(t0)));
+    // Task 1 ends and task 3 takes its place: two run, as the last sample showed, so the
+    // level's memory is as settled as it was.
+    let t1 = t0 + SETTLE + PROBE;
+    p.joined(vec![finished(1, "a")], t1);
+    p.message(assign(&[(3, 1)]), t1);
+    assert_eq!(p.sampling(t1 + SETTLE), (2, Some(t0)));
+    // A third at once is a rise: it is the newest.
+    let t2 = t1 + SETTLE;
+    p.message(assign(&[(4, 1)]), t2);
+    assert_eq!(p.sampling(t2 + SETTLE), (3, Some(t2)));
+    // Everything ends: nothing is the newest, and the next start is.
+    let t3 = t2 + SETTLE + PROBE;
+    p.joined(vec![finished(2, "b"), finished(3, "c"), finished(4, "d")], t3);
+    p.message(assign(&[(5, 1)]), t3 + PROBE);
+    assert_eq!(p.sampling(t3 + PROBE + SETTLE), (1, Some(t3 + PROBE)));
 }
 
 #[test]
