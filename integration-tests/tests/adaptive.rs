@@ -1,5 +1,5 @@
 //! Adaptive concurrency through the real binaries: a worker's limit climbs far past its vCPUs
-//! for waiting work and stops where memory fits; the level it learns survives a coordinator
+//! for waiting work (its first task seen while it runs) and stops where memory fits; the level it learns survives a coordinator
 //! restart with a state directory; a worker judges itself by its own load, so a busy host
 //! does not make an idle worker look busy; and the thumbnail round trip through S3 (moto).
 
@@ -89,6 +89,39 @@ async fn waiting_work_climbs_past_the_vcpus_and_the_learned_level_survives_a_res
     let workers = client.workers("sleep").await.expect("workers");
     assert_eq!(workers.len(), 1, "{workers:?}");
     assert!(workers[0].slots >= learned, "{:?}", workers[0]);
+}
+
+#[tokio::test]
+async fn a_first_task_shows_itself_while_it_runs_not_only_once_it_ends() {
+    // No sample on the interval for 10 s: what the worker reports comes from its settle
+    // sample, 25 ms after its tasks change. Its first sample (the interval's first tick) is
+    // taken as the first task starts and cannot show it; the settle sample must still come,
+    // or the limit stays at one vCPU until that task ends.
+    let coord = Coordinator::start(&[
+        "--max-workers",
+        "1",
+        "--memory-mb",
+        "1024",
+        "--sample-interval",
+        "10s",
+    ]);
+    let client = coord.client().await;
+    let task = client.submit("sleep", "5000").await.expect("submit");
+    let slots = eventually("the worker's limit to rise past its one vCPU", || {
+        let client = client.clone();
+        async move {
+            let workers = client.workers("sleep").await.ok()?;
+            workers.iter().map(|w| w.slots).max().filter(|&s| s > 1)
+        }
+    })
+    .await;
+    let info = client.get(task).await.expect("get");
+    assert_eq!(
+        info.state(),
+        TaskState::Running,
+        "the limit rose to {slots} only once the first task had ended: {info:?}"
+    );
+    client.cancel(task).await.expect("cancel");
 }
 
 #[tokio::test]
