@@ -20,8 +20,12 @@ fn pid_of(w: &pb::WorkerInfo) -> Option<i32> {
 
 #[tokio::test]
 async fn five_hundred_tasks_survive_workers_killed_at_random() {
+    // At most 4 tasks a worker: the batch lasts a couple of seconds, long enough for the
+    // chaos loop's kills (a worker climbing to 256 ran it in a quarter of one).
     let coord = Coordinator::start(&[
         "--max-workers",
+        "4",
+        "--max-slots",
         "4",
         "--max-attempts",
         "20",
