@@ -253,6 +253,9 @@ pub(super) struct FunctionPool {
     /// comes within its successor's lead of its end before; looked at again at least every
     /// sample interval, as figures move).
     pub(super) ending_scan_at: Option<Instant>,
+    /// The last scale-out pass over a large fleet that started nothing: when, the tasks
+    /// pending then, and the function's workers and spawns then (see `State::spawn_for`).
+    pub(super) idle_pass: Option<(Instant, u64, usize)>,
     /// Tasks with their own timeout that fitted no live worker at the last dispatch: a
     /// fresh worker is started for them.
     pub(super) unfit: u32,
