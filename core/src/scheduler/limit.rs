@@ -9,9 +9,9 @@
 //!   covers its current level (taken while the worker ran at its limit, once the newest task
 //!   has run [`LimitParams::settle`] or a whole generation of tasks has finished) while CPU
 //!   and memory stay under target (it quadruples, [`LimitParams::fast_growth`], where the
-//!   sample's headroom holds twice what that adds); once a whole generation has finished at the level, it
-//!   jumps toward the level their CPU and memory imply, up to [`LimitParams::max_jump`]
-//!   times. Each rise is also capped by the headroom the sample
+//!   sample's headroom holds twice what that adds); once a whole generation has finished
+//!   at the level, it jumps toward the level their CPU and memory imply, up to
+//!   [`LimitParams::max_jump`] times. Each rise is also capped by the headroom the sample
 //!   predicts: memory and CPU per task times the added tasks must stay under the targets,
 //!   so memory is always seen before more tasks are let in.
 //! - **Steady** (after the first pressure, at the cap, or started from a learned level):
@@ -554,10 +554,9 @@ impl Limit {
                 // Once a whole generation of tasks has finished at this level, what they
                 // take is known (the CPU they asked for, the memory of a task at its
                 // peak): the limit jumps toward the level that implies (the headroom),
-                // at most `max_jump` times; before that it doubles.
-                // Before that, where the headroom holds twice what a faster rise adds
-                // (tasks that mostly wait, small: a waiting task's level is far off), it
-                // grows by `fast_growth`, and otherwise doubles.
+                // at most `max_jump` times. Before that it grows by `fast_growth` where the
+                // headroom holds twice what that adds (small tasks that mostly wait: their
+                // level is far off), and otherwise doubles.
                 let fast = p.fast_growth.max(p.max_growth);
                 let growth = if generation {
                     p.max_jump.max(p.max_growth)

@@ -546,14 +546,25 @@ impl State {
         if room == 0 && !look_for_ending {
             return;
         }
+        // A deadline waiting: no turns weighed, a worker per uncovered task at once.
+        let urgent = f.urgent_until.is_some_and(|t| now < t);
+        // A pass over a large fleet costs a look at every worker, and every result asks for
+        // one: within a moment of a pass that started nothing, with no more tasks pending
+        // and no fewer workers, its verdict stands (a fall of a limit waits that moment).
+        let of_function_now = self.workers.of(function) + self.spawns.of(function) as usize;
+        let large = self.workers.of(function) > LARGE_FLEET;
+        if large
+            && !urgent
+            && !look_for_ending
+            && f.idle_pass.is_some_and(|(at, pending, count)| {
+                now < at + LARGE_FLEET_PASS_EVERY && unheld <= pending && of_function_now >= count
+            })
+        {
+            return;
+        }
         let (size, _) = self.choose_size(function, now);
         let learned = self.learned_limit(function, size);
         let slots_raw = scheduler::new_worker_capacity(&rules, learned);
-        let Some(f) = self.functions.get(function) else {
-            return;
-        };
-        // A deadline waiting: no turns weighed, a worker per uncovered task at once.
-        let urgent = f.urgent_until.is_some_and(|t| now < t);
         // Nothing known of the function yet (no level learned): its first worker settles
         // before any other starts.
         if !urgent && self.first_finds_out(function, learned) {
@@ -597,20 +608,6 @@ impl State {
         let mut retiring = 0usize;
         let mut lasting = self.spawns.of(function) as usize;
         let mut next_scan = now + self.config.fleet.sample_interval;
-        // A pass over a large fleet costs a look at every worker, and every result asks for
-        // one: within a moment of a pass that started nothing, with no more tasks pending
-        // and no fewer workers, its verdict stands (a fall of a limit waits that moment).
-        let of_function_now = self.workers.of(function) + self.spawns.of(function) as usize;
-        let large = self.workers.of(function) > LARGE_FLEET;
-        if large
-            && !urgent
-            && !look_for_ending
-            && f.idle_pass.is_some_and(|(at, pending, count)| {
-                now < at + LARGE_FLEET_PASS_EVERY && unheld <= pending && of_function_now >= count
-            })
-        {
-            return;
-        }
         if fleet_cannot_matter && !look_for_ending {
             free = free_bound;
         } else if let Some((key, _)) = self.functions.get_key_value(function) {
