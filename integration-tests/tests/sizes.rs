@@ -2,7 +2,8 @@
 //! every size offered is tried, a waiting batch then goes to the small size (the same work
 //! at four times the memory costs four times as much per task), and what each size cost
 //! survives a restart with a state directory. Also the goals a batch may carry: a Map call's
-//! budget in dollars, and a deadline that cannot be met refused at once.
+//! budget in dollars, a deadline that the cheapest size would miss moving new workers to a
+//! size that meets it, and a deadline that cannot be met refused at once.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -274,5 +275,90 @@ async fn a_deadline_that_cannot_be_met_is_refused_at_once_with_why() {
     assert_eq!(
         client.run_request(easy).await.expect("run").state(),
         TaskState::Succeeded
+    );
+}
+
+/// Runs `n` tasks of `spin` (`ms` of CPU each) through Map; all must succeed.
+async fn spins(client: &Client, n: usize, ms: &str) {
+    let input = Bytes::from(ms.to_owned());
+    let inputs = futures::stream::iter((0..n).map(move |_| input.clone()));
+    let results: Vec<_> = client.map("spin", inputs).await.expect("map").collect().await;
+    assert_eq!(results.len(), n);
+    for r in results {
+        let res = r.expect("map response").result.expect("a result");
+        assert_eq!(res.state(), TaskState::Succeeded, "{res:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_deadline_the_cheapest_size_would_miss_goes_to_a_size_that_meets_it() {
+    use carpool_client::MapOptions;
+    // One worker at a time. At 1024 MB a worker has one vCPU and runs one CPU-bound task at
+    // a time; at 4096 MB its allotment is three vCPUs (on a machine of two cores its tasks
+    // share them), so it finishes a batch sooner at about twice the cost per task.
+    let coord = Coordinator::start(&["--memory-sizes", "1024,4096", "--max-workers", "1"]);
+    let client = coord.client().await;
+    let mut batches = 0;
+    let stats = loop {
+        spins(&client, 20, "100").await;
+        fleet_gone(&client).await;
+        batches += 1;
+        let stats = function_stats(&client, "spin").await;
+        if stats.sizes.iter().all(|s| s.tasks >= 8) {
+            break stats;
+        }
+        assert!(
+            batches < 4,
+            "a size still untried after {batches} batches: {stats:?}"
+        );
+    };
+    let (small, large) = (cost(&stats, 1024), cost(&stats, 4096));
+    println!("after {batches} batches: 1024 MB {small:?}; 4096 MB {large:?}");
+    assert_eq!(
+        (stats.memory_mb, stats.memory_reason.as_str()),
+        (1024, "cheapest"),
+        "without a deadline the small size is the cheaper: {stats:?}"
+    );
+    assert!(
+        stats.slots_learned > 0,
+        "the level learned is the chosen size's: {stats:?}"
+    );
+
+    // The same 20 tasks of 100 ms within 1.6 s: one worker of one vCPU needs 2 s, so the
+    // batch's worker is of the large size, chosen for the deadline (and were the machine
+    // too busy for any size to meet it, the size that finishes soonest).
+    let input = Bytes::from("100");
+    let inputs = futures::stream::iter((0..20).map(move |_| input.clone()));
+    let options = MapOptions {
+        deadline: Some(std::time::Duration::from_millis(1600)),
+        ..MapOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let mut results = client.map_with("spin", inputs, options).await.expect("map");
+    let first = results.next().await.expect("a response").expect("map response");
+    let workers = client.workers("spin").await.expect("workers");
+    let rest: Vec<_> = results.collect().await;
+    let took = started.elapsed();
+    assert!(!workers.is_empty(), "a worker serves the batch");
+    assert!(
+        workers.iter().all(|w| w.memory_mb == 4096),
+        "the deadline moved new workers to the size that meets it: {workers:?}"
+    );
+    let answers: Vec<pb::MapResponse> = std::iter::once(first)
+        .chain(rest.into_iter().map(|r| r.expect("map response")))
+        .collect();
+    assert_eq!(answers.len(), 20);
+    for a in &answers {
+        if let Some(r) = &a.result {
+            assert_eq!(r.state(), TaskState::Succeeded, "{a:?}");
+        } else {
+            // A refusal is only ever the deadline's, said at once.
+            assert!(a.rejected.contains("cannot be met"), "{a:?}");
+        }
+    }
+    let served = answers.iter().filter(|a| a.result.is_some()).count();
+    println!(
+        "{served} of 20 served in {took:?} on {} MB",
+        workers.first().map_or(0, |w| w.memory_mb)
     );
 }

@@ -122,9 +122,6 @@ impl State {
                     .max()
             });
             s.duration_bound_ms = bound.map_or(0, |d| d.as_millis().max(1) as u64);
-            s.slots_learned = self
-                .learned_limit(name, self.config.fleet.memory_mb)
-                .map_or(0, |l| l.level);
             s.slots_mean = if n > 0 { limits / f64::from(n) } else { 0.0 };
             add(&mut total, &s);
             functions.push(s);
