@@ -12,11 +12,11 @@ use carpool_proto::Bytes;
 use carpool_proto::pb::{self, TaskState};
 use futures::StreamExt;
 
-/// Runs `n` tasks of `sleep` (`ms` each) through Map; all must succeed.
-async fn sleeps(client: &Client, n: usize, ms: &str) {
+/// Runs `n` tasks of the built-in `function` (`ms` each) through Map; all must succeed.
+async fn run_all(client: &Client, function: &str, n: usize, ms: &str) {
     let input = Bytes::from(ms.to_owned());
     let inputs = futures::stream::iter((0..n).map(move |_| input.clone()));
-    let mut results = client.map("sleep", inputs).await.expect("map");
+    let mut results = client.map(function, inputs).await.expect("map");
     let mut ok = 0;
     while let Some(r) = results.next().await {
         let res = r.expect("map response").result.expect("a result");
@@ -24,6 +24,33 @@ async fn sleeps(client: &Client, n: usize, ms: &str) {
         ok += 1;
     }
     assert_eq!(ok, n);
+}
+
+/// Runs `n` tasks of `function` (`ms` each) a batch, each batch ended by the fleet leaving
+/// (a worker's cost is known once it has ended), until every size offered has finished
+/// `at_least` tasks (each size is tried by one worker at a time, the smallest first).
+/// Returns the function's stats then, and the batches it took.
+async fn until_every_size_tried(
+    client: &Client,
+    function: &str,
+    n: usize,
+    ms: &str,
+    at_least: u64,
+) -> (pb::FunctionStats, u32) {
+    let mut batches = 0;
+    loop {
+        run_all(client, function, n, ms).await;
+        fleet_gone(client).await;
+        batches += 1;
+        let stats = function_stats(client, function).await;
+        if stats.sizes.iter().all(|s| s.tasks >= at_least) {
+            return (stats, batches);
+        }
+        assert!(
+            batches < 4,
+            "a size still untried after {batches} batches: {stats:?}"
+        );
+    }
 }
 
 fn cost(stats: &pb::FunctionStats, memory_mb: u32) -> pb::SizeCost {
@@ -50,22 +77,8 @@ async fn a_waiting_batch_goes_to_the_small_size_and_the_choice_survives_a_restar
     let coord = Coordinator::start(&args);
     let client = coord.client().await;
 
-    // Batches until both sizes have been tried (each is tried by one worker at a time, the
-    // smallest first; a worker's cost is known once it has ended).
-    let mut batches = 0;
-    let stats = loop {
-        sleeps(&client, 40, "100").await;
-        fleet_gone(&client).await;
-        batches += 1;
-        let stats = function_stats(&client, "sleep").await;
-        if stats.sizes.iter().all(|s| s.tasks > 0) {
-            break stats;
-        }
-        assert!(
-            batches < 4,
-            "a size still untried after {batches} batches: {stats:?}"
-        );
-    };
+    // Batches until both sizes have been tried.
+    let (stats, batches) = until_every_size_tried(&client, "sleep", 40, "100", 1).await;
     let (small, large) = (cost(&stats, 1024), cost(&stats, 4096));
     println!("after {batches} batches: 1024 MB {small:?}; 4096 MB {large:?}");
     assert!(
@@ -89,7 +102,7 @@ async fn a_waiting_batch_goes_to_the_small_size_and_the_choice_survives_a_restar
     );
     assert_eq!(cost(&restored, 1024).tasks, small.tasks);
     // ... and its new workers are of the small size.
-    sleeps(&client, 20, "50").await;
+    run_all(&client, "sleep", 20, "50").await;
     let workers = client.workers("sleep").await.expect("workers");
     assert!(!workers.is_empty());
     assert!(workers.iter().all(|w| w.memory_mb == 1024), "{workers:?}");
@@ -236,7 +249,7 @@ async fn a_deadline_that_cannot_be_met_is_refused_at_once_with_why() {
         .expect("a first task with nothing measured");
     assert_eq!(r.state(), TaskState::Succeeded, "{r:?}");
     // What the function's tasks take is now measured (300 ms, one at a time on one worker).
-    sleeps(&client, 3, "300").await;
+    run_all(&client, "sleep", 3, "300").await;
 
     // 20 tasks of 300 ms on one worker of one slot, all within a second: the first few
     // are accepted, the rest refused at once, each saying why.
@@ -278,18 +291,6 @@ async fn a_deadline_that_cannot_be_met_is_refused_at_once_with_why() {
     );
 }
 
-/// Runs `n` tasks of `spin` (`ms` of CPU each) through Map; all must succeed.
-async fn spins(client: &Client, n: usize, ms: &str) {
-    let input = Bytes::from(ms.to_owned());
-    let inputs = futures::stream::iter((0..n).map(move |_| input.clone()));
-    let results: Vec<_> = client.map("spin", inputs).await.expect("map").collect().await;
-    assert_eq!(results.len(), n);
-    for r in results {
-        let res = r.expect("map response").result.expect("a result");
-        assert_eq!(res.state(), TaskState::Succeeded, "{res:?}");
-    }
-}
-
 #[tokio::test]
 async fn a_deadline_the_cheapest_size_would_miss_goes_to_a_size_that_meets_it() {
     use carpool_client::MapOptions;
@@ -298,20 +299,8 @@ async fn a_deadline_the_cheapest_size_would_miss_goes_to_a_size_that_meets_it() 
     // share them), so it finishes a batch sooner at about twice the cost per task.
     let coord = Coordinator::start(&["--memory-sizes", "1024,4096", "--max-workers", "1"]);
     let client = coord.client().await;
-    let mut batches = 0;
-    let stats = loop {
-        spins(&client, 20, "100").await;
-        fleet_gone(&client).await;
-        batches += 1;
-        let stats = function_stats(&client, "spin").await;
-        if stats.sizes.iter().all(|s| s.tasks >= 8) {
-            break stats;
-        }
-        assert!(
-            batches < 4,
-            "a size still untried after {batches} batches: {stats:?}"
-        );
-    };
+    // Both sizes tried, each with enough attempts for a median of what a task takes there.
+    let (stats, batches) = until_every_size_tried(&client, "spin", 20, "100", 8).await;
     let (small, large) = (cost(&stats, 1024), cost(&stats, 4096));
     println!("after {batches} batches: 1024 MB {small:?}; 4096 MB {large:?}");
     assert_eq!(
