@@ -239,6 +239,7 @@ pub(crate) fn sizes_offered(opts: &ExperimentOptions, model: Model) -> String {
         task_cpu: model.task_shared,
         task_wait: Duration::ZERO,
         task_mb: 0.0,
+        task_spread: 0.0,
         cold_start: Duration::from_millis(500),
         lambda_world: true,
     };

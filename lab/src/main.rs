@@ -163,6 +163,11 @@ struct SimulateArgs {
     /// A task's own memory on top of its copy's, MB.
     #[arg(long, default_value_t = 0.0)]
     task_mb: f64,
+    /// How much tasks vary: each task's CPU and wait drawn uniformly within this fraction
+    /// either side of --task-cpu and --task-wait (0 to 0.9; 0: every task alike, and tasks
+    /// started together stay in step).
+    #[arg(long, default_value_t = 0.0, value_parser = spread)]
+    task_spread: f64,
     /// A worker's spawn to its hello (with `--world lambda`: the median).
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     cold_start: Duration,
@@ -259,6 +264,17 @@ async fn demo_command(args: DemoArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `--task-spread`: a fraction from 0 to [`carpool_core::sim::MAX_SPREAD`].
+fn spread(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    let max = carpool_core::sim::MAX_SPREAD;
+    if (0.0..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction from 0 to {max}"))
+    }
+}
+
 /// `simulate`: the handler model's ways, as a table or JSON lines.
 fn simulate_command(args: &SimulateArgs) {
     let model = simulate::HandlerModel {
@@ -267,6 +283,7 @@ fn simulate_command(args: &SimulateArgs) {
         task_cpu: args.task_cpu,
         task_wait: args.task_wait,
         task_mb: args.task_mb,
+        task_spread: args.task_spread,
         cold_start: args.cold_start,
         lambda_world: args.world == "lambda",
     };

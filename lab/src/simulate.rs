@@ -23,6 +23,8 @@ pub(crate) struct HandlerModel {
     pub task_wait: Duration,
     /// A task's own memory on top of its copy's, MB.
     pub task_mb: f64,
+    /// How much tasks vary ([`SimConfig::spread`]).
+    pub task_spread: f64,
     /// A worker's spawn to its hello (the median, in the Lambda-like world).
     pub cold_start: Duration,
     /// Workers live in the Lambda-like world (cold starts with a tail, CPU in proportion
@@ -78,6 +80,7 @@ fn sim(
     };
     let mut s = SimConfig::new(config, FUNCTION, tasks, task);
     s.cold_start = model.cold_start;
+    s.spread = model.task_spread;
     if model.lambda_world {
         s = s.lambda_like(model.cold_start);
     }
@@ -266,6 +269,7 @@ mod tests {
             task_cpu: Duration::from_millis(50),
             task_wait: Duration::from_millis(100),
             task_mb: 20.0,
+            task_spread: 0.0,
             cold_start: Duration::from_millis(100),
             lambda_world: false,
         };
@@ -289,6 +293,7 @@ mod tests {
             task_cpu: Duration::from_millis(20),
             task_wait: Duration::from_millis(300),
             task_mb: 10.0,
+            task_spread: 0.3,
             cold_start: Duration::from_millis(300),
             lambda_world: true,
         };

@@ -27,8 +27,10 @@ mod fleet;
 mod model;
 mod queue;
 
-use model::Draws;
-pub use model::{CopyModel, LAMBDA_COLD_START_SIGMA, SimConfig, SimReport, TaskMix, TaskModel, World};
+pub use model::{
+    CopyModel, LAMBDA_COLD_START_SIGMA, MAX_SPREAD, SimConfig, SimReport, TaskMix, TaskModel, World,
+};
+use model::{Draws, varied};
 
 use fleet::{Fleet, SimTask, SimWorker};
 use queue::{Event, Queue};
@@ -125,8 +127,8 @@ impl Sim<'_> {
                             task: t.task_id,
                             attempt: t.attempt,
                             started: now,
-                            cpu_left: model.cpu.as_secs_f64(),
-                            wait: model.wait,
+                            cpu_left: model.cpu.as_secs_f64() * varied(self.sim.spread, t.task_id, 0),
+                            wait: model.wait.mul_f64(varied(self.sim.spread, t.task_id, 1)),
                             on_copy: copies.is_none(),
                         });
                     }

@@ -87,6 +87,29 @@ pub struct SimConfig {
     pub watch_handover: bool,
     /// Every task of a batch submitted with this deadline (`SubmitRequest.deadline_ms`).
     pub deadline: Option<Duration>,
+    /// Each task's CPU time and wait vary uniformly within this fraction either side of the
+    /// model's (0: every task alike; at most [`MAX_SPREAD`]). The draw is the task id's, the
+    /// same in every way and batch. Real tasks vary (inputs of different sizes, a network's
+    /// latency); identical tasks started together share the CPU, end their bursts together
+    /// and wait together, in step, which no real batch keeps up for long.
+    pub spread: f64,
+}
+
+/// The largest [`SimConfig::spread`]: a task never takes nothing.
+pub const MAX_SPREAD: f64 = 0.9;
+
+/// The factor task `id`'s `part` (0: CPU, 1: wait) is multiplied by under `spread`: uniform
+/// in `[1 - spread, 1 + spread]`, the same for the same task every time.
+pub(super) fn varied(spread: f64, id: u64, part: u64) -> f64 {
+    if spread <= 0.0 {
+        return 1.0;
+    }
+    let mut d = Draws::new(
+        id.wrapping_mul(2)
+            .wrapping_add(part)
+            .wrapping_mul(0xD1B5_4A32_D192_ED03),
+    );
+    1.0 + spread.min(MAX_SPREAD) * (2.0 * d.uniform() - 1.0)
 }
 
 impl SimConfig {
@@ -107,6 +130,7 @@ impl SimConfig {
             mix: None,
             watch_handover: false,
             deadline: None,
+            spread: 0.0,
         }
     }
 
@@ -166,7 +190,7 @@ impl Draws {
     }
 
     /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
+    pub(super) fn uniform(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

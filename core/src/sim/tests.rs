@@ -429,6 +429,43 @@ fn a_lambda_like_world_draws_cold_starts_with_a_tail_and_shares_cpu_by_memory() 
 }
 
 #[test]
+fn tasks_that_vary_do_not_stay_in_step() {
+    // Each task's factor: within the spread, the same for the same task, about 1 on average.
+    let f: Vec<f64> = (0..4000).map(|id| model::varied(0.5, id, 0)).collect();
+    assert!(f.iter().all(|x| (0.5..=1.5).contains(x)), "{f:?}");
+    assert_eq!(model::varied(0.5, 17, 1), model::varied(0.5, 17, 1));
+    assert_ne!(model::varied(0.5, 17, 0), model::varied(0.5, 17, 1));
+    let mean = f.iter().sum::<f64>() / f.len() as f64;
+    assert!((0.97..1.03).contains(&mean), "mean {mean}");
+    assert_eq!(model::varied(0.0, 17, 0), 1.0);
+    // Mixed work on one worker of 1024 MB in the Lambda-like world (0.58 vCPU). Identical
+    // tasks filled together share the CPU, end their bursts together and wait together: the
+    // CPU idles through each wait. Tasks that vary fall out of step and keep it busy, so
+    // the same work, learned, costs less.
+    let mixed = |spread: f64| {
+        let mut c = config(false, 1, None);
+        c.fleet.memory_mb = 1024;
+        let task = TaskModel {
+            cpu: Duration::from_millis(20),
+            wait: Duration::from_millis(80),
+            mem_mb: 1.0,
+        };
+        let mut s = SimConfig::new(c, "mixed", 100, task).lambda_like(Duration::from_millis(500));
+        s.spread = spread;
+        simulate_batches(&s, 2)
+    };
+    let (alike, varied) = (mixed(0.0), mixed(0.5));
+    println!("learned batch: alike {:?}; varied {:?}", alike[1], varied[1]);
+    assert_eq!((alike[1].succeeded, varied[1].succeeded), (100, 100));
+    assert!(
+        varied[1].billed_gb_s < 0.9 * alike[1].billed_gb_s,
+        "alike {:?}, varied {:?}",
+        alike[1],
+        varied[1]
+    );
+}
+
+#[test]
 fn every_batch_and_way_meets_the_same_cold_starts_and_draws_are_averaged() {
     // 40 waits of 100 ms on one worker of 64 slots: each batch is one cold start and one
     // round. The second batch meets the first one's draw (it drew the next one before: a

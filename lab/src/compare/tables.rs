@@ -261,22 +261,38 @@ fn sim_line(label: &str, r: &SimReport, gb_width: usize) -> String {
 
 /// The sizes offered for a workload in the Lambda-like world, with `copies` none (the
 /// built-ins run in the worker): carpool choosing among `sizes` against every fixed (size,
-/// `--slots`) pair of `sweep` and against Lambda as it bills at each size. Returns the
-/// text and whether its targets held (the learned batch within 10 % of the best fixed
-/// pair, the first within 1.5 times).
-pub(crate) fn sizes_table(w: &Workload, sizes: &[u32], sweep: &[u32], tasks: usize) -> (String, bool) {
+/// `--slots`) pair of `sweep` and against Lambda as it bills at each size, each task's CPU
+/// and wait varying by `spread` ([`carpool_core::sim::SimConfig::spread`]; 0: all alike).
+/// Returns the text and whether its targets held (the learned batch within 10 % of the best
+/// fixed pair, the first within 1.5 times).
+pub(crate) fn sizes_table(
+    w: &Workload,
+    sizes: &[u32],
+    sweep: &[u32],
+    tasks: usize,
+    spread: f64,
+) -> (String, bool) {
     let model = crate::simulate::HandlerModel {
         init_cpu: Duration::ZERO,
         copy_mb: 0.0,
         task_cpu: w.model.cpu,
         task_wait: w.model.wait,
         task_mb: w.model.mem_mb,
+        task_spread: spread,
         cold_start: LAMBDA_COLD_START,
         lambda_world: true,
     };
     let ways = crate::simulate::run(&model, sizes, tasks, 8, sweep);
+    let varied = if spread > 0.0 {
+        format!(
+            ", each task's CPU and wait varying {:.0} % either way",
+            spread * 100.0
+        )
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "  {} ({}), {tasks} tasks, at most 8 invocations:\n",
+        "  {} ({}{varied}), {tasks} tasks, at most 8 invocations:\n",
         w.name, w.what
     );
     let second = |label: &str, mb: u32| {
@@ -344,7 +360,7 @@ mod tests {
     #[test]
     fn the_sizes_comparison_judges_the_choice_against_every_pair_and_lambda_at_each_size() {
         let io = workloads(true).into_iter().next().expect("the io workload");
-        let (text, _) = sizes_table(&io, &[1024, 2048], &[1, 4], 20);
+        let (text, _) = sizes_table(&io, &[1024, 2048], &[1, 4], 20, 0.0);
         for want in [
             "1024 MB: Lambda as it bills",
             "2048 MB: Lambda as it bills",
