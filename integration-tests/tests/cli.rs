@@ -205,15 +205,21 @@ fn the_comparison_runs_every_workload_four_ways_through_real_workers() {
         text.contains("simulated across sizes in the Lambda-like world"),
         "{text}"
     );
+    // Each workload once, and mixed work again with tasks that vary (identical tasks
+    // stay in step).
+    assert!(
+        text.contains("each task's CPU and wait varying 50 % either way"),
+        "{text}"
+    );
     assert_eq!(
         text.matches("    sizes offered: first batch").count(),
-        4,
+        5,
         "{text}"
     );
     assert_eq!(
         text.matches("target: learned batch within 10% of the best fixed pair")
             .count(),
-        4,
+        5,
         "{text}"
     );
 }
