@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar
 
@@ -159,6 +160,7 @@ class Client:
         *,
         timeout_s: float = 0.0,
         keys: Optional[Iterable[str]] = None,
+        timeouts_s: Optional[Iterable[float]] = None,
     ) -> Iterator[Result]:
         """Runs every payload as a task over one streaming call; yields results as they
         finish, each with `seq`, its payload's position. Submissions go in batches of what is
@@ -169,15 +171,20 @@ class Client:
         estimated bill reaches it the pending tasks come back CANCELLED and the rest are
         rejected with ResourceExhausted. With `deadline_s`, a payload that cannot finish
         within that many seconds of the call's start, by what the coordinator has measured,
-        is rejected with FailedPrecondition. `keys`: an idempotency key per payload."""
+        is rejected with FailedPrecondition. `keys`: an idempotency key per payload.
+        `timeouts_s`: a timeout per payload, in seconds (0: `timeout_s`), in place of the one
+        for all; a task known to end within its own timeout is admitted late in a worker's
+        life, where one that may take as long as its function's longest is not."""
         timeout_ms = int(timeout_s * 1000)
         first = {"budget_usd": budget_usd, "deadline_ms": int(deadline_s * 1000)}
-        if isinstance(payloads, (list, tuple)) and keys is None:
+        if isinstance(payloads, (list, tuple)) and keys is None and timeouts_s is None:
             items: Iterable[Any] = [(i, p, "", timeout_ms) for i, p in enumerate(payloads)]
-        elif keys is None:
-            items = ((i, p, "", timeout_ms) for i, p in enumerate(payloads))
         else:
-            items = ((i, p, k, timeout_ms) for i, (p, k) in enumerate(zip(payloads, keys)))
+            key_of: Iterable[str] = keys if keys is not None else itertools.repeat("")
+            limit_of: Iterable[int] = itertools.repeat(timeout_ms)
+            if timeouts_s is not None:
+                limit_of = (int(t * 1000) or timeout_ms for t in timeouts_s)
+            items = ((i, p, k, t) for i, (p, k, t) in enumerate(zip(payloads, key_of, limit_of)))
         stream = self._tasks.Map(ready_batches(function, items, first), metadata=self._conn.metadata)
         try:
             for response in stream:

@@ -40,6 +40,15 @@ def test_map_returns_every_result_once(client):
         assert json.loads(r.output) == {"i": r.seq}
 
 
+def test_map_takes_a_timeout_per_payload(client):
+    # The second sleep is bounded by 0.2 s and runs past it at every attempt; the others
+    # run to the end.
+    results = sorted(client.map("sleep", ["50", "2000", "50"], timeouts_s=[0, 0.2, 5]), key=lambda r: r.seq)
+    assert [r.ok for r in results] == [True, False, True], results
+    assert results[1].state == "FAILED", results[1]
+    assert "timeout of 200 ms" in results[1].error, results[1]
+
+
 def test_a_spent_budget_cancels_the_rest_of_a_map_call(client):
     # Enough tasks that some are still pending when the first result spends the budget
     # (all are submitted at once, in batches).

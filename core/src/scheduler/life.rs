@@ -4,7 +4,8 @@
 //! A worker lives at most its execution timeout. A task it takes must end before that, with
 //! a margin, or it is killed at the deadline and runs again (paid twice). The figure a task
 //! is expected to take is the longest of its function's last [`RECENT_DURATIONS`] attempts
-//! at the worker's memory size ([`Durations`]). Not the p95: a task is not known to be long
+//! at the worker's memory size, and of its last as many attempts of tasks without a timeout
+//! of their own ([`Durations`]). Not the p95: a task is not known to be long
 //! or short until it ends, so a bound below the longest admits the long tail late and kills
 //! it. In the simulator, with one task in 25 taking 40 % of the life, the p95 (the short
 //! tasks' figure) killed 21 attempts where the fixed 0.8 rule killed 7; the p99 killed one,
@@ -44,6 +45,10 @@ const RECOMPUTE_EVERY: usize = 16;
 pub struct Durations {
     /// Microseconds, oldest first, at most [`RECENT_DURATIONS`].
     recent: VecDeque<u64>,
+    /// The same of the attempts of tasks without a timeout of their own, which the figure
+    /// bounds: where most tasks carry their own bound, a rare long task without one stays
+    /// in the figure for its own last [`RECENT_DURATIONS`], not only for everyone's.
+    open: VecDeque<u64>,
     /// Attempts since the figure was last computed.
     since: usize,
     /// The longest, in microseconds; 0 while fewer than [`MIN_DURATIONS`] are known.
@@ -54,13 +59,19 @@ pub struct Durations {
 }
 
 impl Durations {
-    /// An attempt took `took`.
-    pub fn push(&mut self, took: Duration) {
+    /// An attempt took `took`; `bounded`: its task had a timeout of its own.
+    pub fn push(&mut self, took: Duration, bounded: bool) {
+        let us = took.as_micros().clamp(1, u128::from(u64::MAX)) as u64;
         if self.recent.len() >= RECENT_DURATIONS {
             self.recent.pop_front();
         }
-        self.recent
-            .push_back(took.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
+        self.recent.push_back(us);
+        if !bounded {
+            if self.open.len() >= RECENT_DURATIONS {
+                self.open.pop_front();
+            }
+            self.open.push_back(us);
+        }
         self.since += 1;
         // A longer attempt raises it at once; one leaving the window lowers it only at the
         // next recount (every few attempts: a scan of the window on every result would cost
@@ -69,7 +80,7 @@ impl Durations {
         if self.recent.len() >= MIN_DURATIONS {
             if self.since >= RECOMPUTE_EVERY || self.recent.len() == MIN_DURATIONS {
                 self.since = 0;
-                let longest = self.recent.iter().copied().max().unwrap_or(0);
+                let longest = self.recent.iter().chain(&self.open).copied().max().unwrap_or(0);
                 self.figure.store(longest, Ordering::Relaxed);
                 self.typical = super::lower_median(self.recent.iter().copied()).map(Duration::from_micros);
             } else {
@@ -185,22 +196,45 @@ mod tests {
     fn the_figure_is_the_longest_recent_attempt_once_enough_are_known() {
         let mut d = Durations::default();
         for _ in 0..MIN_DURATIONS - 1 {
-            d.push(ms(100));
+            d.push(ms(100), false);
         }
         assert_eq!(d.longest(), None);
-        d.push(ms(100));
+        d.push(ms(100), false);
         assert_eq!(d.longest(), Some(ms(100)));
         // One long attempt among short ones raises it at once.
-        d.push(ms(2000));
+        d.push(ms(2000), false);
         assert_eq!(d.longest(), Some(ms(2000)));
         let handle = d.handle();
         assert_eq!(read(&handle), Some(ms(2000)));
         // The window is bounded: once the long one has left it, the figure falls.
         for _ in 0..RECENT_DURATIONS + RECOMPUTE_EVERY {
-            d.push(ms(10));
+            d.push(ms(10), false);
         }
         assert_eq!(d.longest(), Some(ms(10)));
         assert!(d.recent.len() <= RECENT_DURATIONS);
+    }
+
+    #[test]
+    fn a_long_attempt_without_a_bound_stays_in_the_figure_among_bounded_ones() {
+        let mut d = Durations::default();
+        d.push(ms(2000), false);
+        for _ in 0..MIN_DURATIONS {
+            d.push(ms(50), true);
+        }
+        assert_eq!(d.longest(), Some(ms(2000)));
+        // Bounded attempts pushing it out of everyone's window do not push it out of the
+        // window of attempts without a bound.
+        for _ in 0..2 * RECENT_DURATIONS {
+            d.push(ms(50), true);
+        }
+        assert_eq!(d.longest(), Some(ms(2000)));
+        assert_eq!(d.median(), Some(ms(50)), "the median is everyone's");
+        // Unbounded attempts do push it out.
+        for _ in 0..RECENT_DURATIONS + RECOMPUTE_EVERY {
+            d.push(ms(50), false);
+        }
+        assert_eq!(d.longest(), Some(ms(50)));
+        assert!(d.open.len() <= RECENT_DURATIONS);
     }
 
     #[test]

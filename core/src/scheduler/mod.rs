@@ -206,7 +206,27 @@ pub fn assess(rules: &Rules, w: &WorkerView) -> Verdict {
         Verdict::Detached
     } else if past_deadline(rules, w) {
         Verdict::Draining
-    } else if rules
+    } else {
+        room(rules, w)
+    }
+}
+
+/// Whether a worker whose admissions have ended for time may still take a task bounded by
+/// its own `timeout`: by duration (the fraction rule is the paper's, and ends them all),
+/// with that much life left (with the slack), and room as for any task (quota, CPU,
+/// memory, slots). Its admissions ended because the longest task of its function would no
+/// longer fit; a task known to end sooner still does.
+pub fn takes_bounded(rules: &Rules, w: &WorkerView, timeout: Duration) -> bool {
+    rules.admission == Admission::Duration
+        && assess(rules, w) == Verdict::Draining
+        && room(rules, w) == Verdict::Eligible
+        && life::fits(life_left(w), timeout)
+}
+
+/// The conditions of the rule after the worker's state and its time: its quota, CPU,
+/// memory and slots.
+fn room(rules: &Rules, w: &WorkerView) -> Verdict {
+    if rules
         .max_tasks_per_worker
         .is_some_and(|quota| w.assigned_total >= quota)
     {

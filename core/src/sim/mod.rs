@@ -12,7 +12,7 @@
 //! thousand workers is simulated in seconds, and its figures can be checked against a
 //! measured run.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,10 @@ struct Sim<'a> {
     draws: Draws,
     /// When the current batch's first worker said hello.
     first_hello: Option<Duration>,
+    /// Tasks submitted so far, over every batch.
+    submitted: u64,
+    /// The tasks of [`SimConfig::mix`]'s long kind.
+    long: HashSet<u64>,
 }
 
 impl Sim<'_> {
@@ -120,7 +124,7 @@ impl Sim<'_> {
                     w.advance(now, w.vcpus);
                     for t in a.tasks {
                         let model = match self.sim.mix {
-                            Some(m) if m.every > 0 && t.task_id % m.every == 0 => m.long,
+                            Some(m) if self.long.contains(&t.task_id) => m.long,
                             _ => task,
                         };
                         w.tasks.push(SimTask {
@@ -434,6 +438,8 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         connecting: 0,
         draws: Draws::new(seed),
         first_hello: None,
+        submitted: 0,
+        long: HashSet::new(),
     };
     let mut now = Duration::ZERO;
     let mut accepted = 0u64;
@@ -450,12 +456,22 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         for _ in 0..sim.tasks {
             let mut sub = Submission::new(sim.function.clone(), Bytes::new());
             sub.deadline = sim.deadline;
+            s.submitted += 1;
+            let long = sim
+                .mix
+                .filter(|m| m.every > 0 && s.submitted.is_multiple_of(m.every));
+            if long.is_none() {
+                sub.timeout = sim.mix.and_then(|m| m.bounded);
+            }
             let submit = state::Event::Submit {
                 submission: sub,
                 waiter: None,
             };
-            if s.state.handle(s.at(now), submit, &mut s.effects).is_ok() {
+            if let Ok(reply) = s.state.handle(s.at(now), submit, &mut s.effects) {
                 accepted += 1;
+                if let (Some(_), state::Reply::Submitted(t)) = (long, reply) {
+                    s.long.insert(t.id());
+                }
             }
         }
         now = s.run(now, accepted);

@@ -36,13 +36,16 @@ impl TaskModel {
     }
 }
 
-/// A second kind of task mixed into a batch: every `every`-th task (by id) is `long`.
+/// A second kind of task mixed into a batch: every `every`-th task submitted is `long`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TaskMix {
     /// One task in this many is the other kind.
     pub every: u64,
     /// What it needs.
     pub long: TaskModel,
+    /// The others are submitted with this timeout of their own (`SubmitRequest.timeout_ms`:
+    /// their user knows they are short); `None`: without one, as the long ones always are.
+    pub bounded: Option<Duration>,
 }
 
 /// A Lambda runtime's copies (interpreters), when the worker hosts one: a task runs only on

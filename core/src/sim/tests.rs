@@ -555,6 +555,15 @@ fn a_mean_of_draws_keeps_the_worst_failure_and_memory_peak() {
 /// draws (on one draw, a successor that drew a cold start from the tail decides the
 /// hand-over figure).
 fn mixed_batch(admission: crate::scheduler::Admission, every: u64) -> SimReport {
+    mixed_batch_bounded(admission, every, None)
+}
+
+/// [`mixed_batch`], the short tasks submitted with `bounded` as their own timeout.
+fn mixed_batch_bounded(
+    admission: crate::scheduler::Admission,
+    every: u64,
+    bounded: Option<Duration>,
+) -> SimReport {
     let mut c = config(false, 2, None);
     c.fleet.execution_timeout = Duration::from_secs(5);
     c.fleet.admission = admission;
@@ -563,6 +572,7 @@ fn mixed_batch(admission: crate::scheduler::Admission, every: u64) -> SimReport 
     s.mix = Some(TaskMix {
         every,
         long: TaskModel::waiting(Duration::from_secs(2)),
+        bounded,
     });
     s.watch_handover = true;
     simulate_batches_over_draws(&s, 1, 8).remove(0)
@@ -578,7 +588,13 @@ fn admission_by_duration_kills_nothing_at_a_deadline_and_hands_over_without_a_ga
     for (every, bill_bound) in [(2, 1.05), (5, 1.0), (25, 1.3), (100, 1.3), (u64::MAX, 1.0)] {
         let d = mixed_batch(Admission::Duration, every);
         let f = mixed_batch(Admission::Fraction, every);
-        for (name, r) in [("duration", &d), ("fraction", &f)] {
+        // The short tasks bounded by a timeout of their own (twenty times what they take alone).
+        let b = mixed_batch_bounded(Admission::Duration, every, Some(Duration::from_secs(1)));
+        for (name, r) in [
+            ("duration", &d),
+            ("fraction", &f),
+            ("duration, short ones bounded", &b),
+        ] {
             let mix = if every == u64::MAX {
                 "none".to_owned()
             } else {
@@ -594,8 +610,19 @@ fn admission_by_duration_kills_nothing_at_a_deadline_and_hands_over_without_a_ga
                 r.handover_wait.as_secs_f64() * 1000.0
             );
         }
-        assert_eq!((d.succeeded, f.succeeded), (1000, 1000));
+        assert_eq!((d.succeeded, f.succeeded, b.succeeded), (1000, 1000, 1000));
         assert_eq!(d.killed_at_deadline, 0, "1 in {every}: {d:?}");
+        // Bounded, they fill what is left of a worker's life once the long ones no longer
+        // fit, and finish sooner. Until a first long task has ended, nothing that long is
+        // known: a short task's timeout (1 s) then asks for more life than the figure
+        // (50 ms) does, so the short ones go to fresh workers and the long ones, unbounded,
+        // take the old workers' last slots and may be killed (a few, at one in 100; none in
+        // a second batch).
+        assert!(b.completion <= f.completion, "1 in {every}: {b:?} {f:?}");
+        assert!(
+            b.killed_at_deadline <= f.killed_at_deadline,
+            "1 in {every}: {b:?} {f:?}"
+        );
         assert!(d.completion <= f.completion, "1 in {every}: {d:?} {f:?}");
         // Where the long tail is rare, the cautious end of admissions costs more than the
         // fixed fraction's kills (a killed wait only held a slot): bounded here, and said so

@@ -22,6 +22,7 @@
 //! - `report.rs`: ListWorkers and Stats.
 
 mod book;
+mod bounded;
 mod counts;
 mod effects;
 mod event;
@@ -310,8 +311,6 @@ impl State {
             return;
         }
         let rules = self.rules;
-        // Assignments per worker, in the order the workers were first chosen.
-        let mut batches: Vec<(WorkerId, Vec<pb::TaskAssignment>)> = Vec::new();
         let Some(f) = self.functions.get_mut(function) else {
             return;
         };
@@ -319,8 +318,20 @@ impl State {
         // of the pool after this pass, for a fresh worker.
         let mut unfit: Vec<TaskId> = Vec::new();
         let mut hold: Option<Duration> = None;
+        // Workers of the function whose admissions have ended for time, with room: looked
+        // up once, when a task bounded by its own timeout needs them.
+        let mut draining: Option<Vec<WorkerId>> = None;
+        let mut no_eligible = false;
+        let mut pass = bounded::Pass {
+            rules: &rules,
+            now,
+            journaled: self.journaled,
+            task_timeout: self.config.limits.task_timeout,
+            batches: Vec::new(),
+        };
         while f.tasks.pending() > 0 {
             let Some((&key, worker_id)) = f.eligible.first_key_value() else {
+                no_eligible = true;
                 break;
             };
             let worker_id = worker_id.clone();
@@ -365,7 +376,12 @@ impl State {
             // A task with its own timeout goes to an eligible worker with that much life
             // left (the best ranked that has it), or waits for a fresh one.
             let worker_id = match task.timeout {
-                Some(t) => match fitting_worker(&f.eligible, &self.workers, &worker_id, t, &rules, now) {
+                Some(t) => match fitting_worker(&f.eligible, &self.workers, &worker_id, t, &rules, now)
+                    .or_else(|| {
+                        let ending = draining
+                            .get_or_insert_with(|| bounded::candidates(&self.workers, function, &rules, now));
+                        bounded::fitting(ending, &self.workers, t, &rules, now)
+                    }) {
                     Some(id) => id,
                     None => {
                         f.refused_for_time += 1;
@@ -387,43 +403,18 @@ impl State {
             let Some(w) = self.workers.get_mut(&worker_id) else {
                 continue;
             };
-            // From pending to running, in its function's counts too.
-            let before = task.phase();
-            task.state = TaskState::Running;
-            task.attempts += 1;
-            task.worker = Some(worker_id.clone());
-            task.attempt_started = Some(now);
-            f.tasks.moved(Some(before), Some(task.phase()));
-            if self.journaled {
-                effects.journal.push(JournalOp::Started(task_id, task.attempts));
-            }
-            w.running.push((task_id, task.attempts));
-            w.assigned_total += 1;
-            if w.running.len() as u32 >= w.limit.value() {
-                w.limit.filled(now);
-                tracing::trace!(worker = %worker_id, limit = w.limit.value(), "limit filled");
-            }
-            // One more task changes its rank, or makes it full.
-            rekey(f, &worker_id, w, &rules, now);
-            debug!(task = task_id, worker = %worker_id, attempt = task.attempts, "assigned");
-            let limit = task.timeout.or(self.config.limits.task_timeout);
-            if let Some(limit) = limit {
-                effects.timers.push((limit, Timer::Task(task_id, task.attempts)));
-            }
-            let assignment = pb::TaskAssignment {
-                task_id,
-                attempt: task.attempts,
-                function: task.function.to_string(),
-                payload: task.payload().clone(),
-                timeout_ms: limit.map_or(0, |l| l.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
-            };
-            match w.batch {
-                Some(i) => batches[i].1.push(assignment),
-                None => {
-                    w.batch = Some(batches.len());
-                    batches.push((worker_id, vec![assignment]));
-                }
-            }
+            pass.start(f, (task_id, task), (worker_id, w), effects);
+        }
+        // No live worker admits any task now: tasks bounded by their own timeout may still
+        // go to a worker whose admissions ended for time, where they fit what is left of it.
+        if no_eligible
+            && f.bounded
+            && f.tasks.pending() > 0
+            && rules.admission == scheduler::Admission::Duration
+        {
+            let ending =
+                draining.get_or_insert_with(|| bounded::candidates(&self.workers, function, &rules, now));
+            bounded::place(f, ending, &mut self.workers, &mut self.book, &mut pass, effects);
         }
         for &id in unfit.iter().rev() {
             f.pool.push_front(id);
@@ -435,7 +426,7 @@ impl State {
             0
         };
         let hold_ended = hold.is_none() && std::mem::take(&mut f.holding);
-        for (id, tasks) in batches {
+        for (id, tasks) in pass.batches {
             if let Some(w) = self.workers.get_mut(&id) {
                 w.batch = None;
                 w.send(Kind::Assign(pb::Assign { tasks }), effects);

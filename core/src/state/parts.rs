@@ -259,6 +259,9 @@ pub(super) struct FunctionPool {
     /// Tasks with their own timeout that fitted no live worker at the last dispatch: a
     /// fresh worker is started for them.
     pub(super) unfit: u32,
+    /// Whether a task with its own timeout has entered the pool: only then does a dispatch
+    /// look through the pool for tasks a worker whose admissions ended can still take.
+    pub(super) bounded: bool,
     /// Tasks of the tail held back at the last dispatch for slots about to free on workers
     /// that run anyway ([`scheduler::tail`]): not work a new worker is started for.
     pub(super) held: u32,

@@ -187,11 +187,12 @@ impl State {
                 .per_task()
                 .unwrap_or(alone / sharing.max(1) as f64);
             self.update_task(r.task_id, |t| t.spent_gb_ms += share);
+            let bounded = self.book.get(r.task_id).is_some_and(|t| t.timeout.is_some());
             if let Some(f) = self.functions.get_mut(&function) {
                 f.request_gb_ms += alone;
                 f.requests += 1;
                 f.reach.task(took);
-                f.durations(memory_mb).push(took);
+                f.durations(memory_mb).push(took, bounded);
                 if first {
                     f.reach.first_result(spawned_for);
                 }

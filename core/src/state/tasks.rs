@@ -26,7 +26,6 @@ pub enum Submitted {
     Pending(TaskId),
 }
 
-#[cfg(test)]
 impl Submitted {
     /// The task's id, whichever way it was taken.
     pub fn id(&self) -> TaskId {
@@ -348,6 +347,7 @@ impl State {
     fn enter_pool(&mut self, id: TaskId, function: &Arc<str>, now: Instant, effects: &mut Effects) {
         if let Some(f) = self.functions.get_mut(function) {
             f.pool.push_back(id);
+            f.bounded |= self.book.get(id).is_some_and(|t| t.timeout.is_some());
         }
         self.dispatch(function, now, effects);
     }
@@ -435,6 +435,7 @@ impl State {
             } else if state == TaskState::Pending {
                 if let Some(f) = self.functions.get_mut(&key) {
                     f.pool.push_back(id);
+                    f.bounded |= self.book.get(id).is_some_and(|t| t.timeout.is_some());
                 }
                 pending += 1;
                 with_pending.insert(key.clone());

@@ -137,6 +137,46 @@ fn a_task_with_its_own_timeout_waits_for_a_worker_with_the_life_for_it_and_short
     assert_eq!(assigned(&mut effects, fresh), vec![long]);
 }
 
+#[test]
+fn a_worker_whose_admissions_ended_still_takes_a_task_its_own_timeout_bounds() {
+    use crate::config::Admission;
+    let run = |admission: Admission, at: f64| {
+        let mut c = external();
+        c.fleet.admission = admission;
+        let (mut s, now) = state(c);
+        let mut effects = Effects::default();
+        let a = s
+            .connect(hello_with_life("a", 4, secs(10.0)), now, &mut effects)
+            .expect("connect");
+        // The function's longest attempt is 3 s: admissions end at 6 s.
+        run_tasks(&mut s, "a", a, 8, secs(3.0), now);
+        let at = now + secs(at);
+        // A task without a timeout may be as long: it waits.
+        let mut effects = Effects::default();
+        let open = submit(&mut s, &mut effects, at);
+        // One bounded by 1 s needs 1.25 s of what is left (3 s at 7 s): the worker takes
+        // it, past the one that waits. One bounded by 2.9 s does not fit and waits too.
+        let sub = |ms: u64| Submission {
+            timeout: Some(Duration::from_millis(ms)),
+            ..Submission::new("f", Bytes::from_static(b"x"))
+        };
+        let short = s.submit(sub(1000), None, at, &mut effects).expect("submit").id();
+        let long = s.submit(sub(2900), None, at, &mut effects).expect("submit").id();
+        let got = assigned(&mut effects, a);
+        let pending = |s: &State, id| s.get(id).expect("get").state() == TaskState::Pending;
+        let waiting = (pending(&s, open), pending(&s, long));
+        (got, short, waiting)
+    };
+    let (got, short, waiting) = run(Admission::Duration, 7.0);
+    assert_eq!(got, vec![short], "the bounded task that fits, and only it");
+    assert_eq!(waiting, (true, true));
+    // The fraction rule is the paper's: past 0.8 of the life its admissions end for every
+    // task, even one that would fit.
+    let (got, _, waiting) = run(Admission::Fraction, 8.5);
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(waiting, (true, true));
+}
+
 /// A local-spawner state whose one worker ("w", spawned) took `cold` to start, lives
 /// `life`, and has run eight 100 ms tasks; returns its connection and the time then.
 fn measured_worker(max_workers: u32, cold: Duration, life: Duration) -> (State, Instant, Conn, WorkerId) {

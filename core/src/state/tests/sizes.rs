@@ -35,8 +35,8 @@ fn measured() -> (State, Instant) {
     submit(&mut s, &mut effects, now);
     let f = s.functions.get_mut("f").expect("f");
     for _ in 0..crate::scheduler::life::MIN_DURATIONS {
-        f.durations(1024).push(Duration::from_secs(4));
-        f.durations(4096).push(Duration::from_secs(1));
+        f.durations(1024).push(Duration::from_secs(4), false);
+        f.durations(4096).push(Duration::from_secs(1), false);
     }
     (s, now)
 }
