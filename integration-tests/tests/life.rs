@@ -2,7 +2,8 @@
 //! `--execution-timeout`): a task whose own timeout outlasts a whole life is refused at once
 //! with its cause; a batch longer than a life is handed over to a successor that starts
 //! before its predecessor has drained, with no task killed at a deadline and none run
-//! twice; a worker whose queue is empty gets no successor.
+//! twice; a worker whose queue is empty gets no successor; a worker whose admissions have
+//! ended still takes a task bounded by its own timeout that fits what is left of its life.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -135,4 +136,56 @@ async fn a_worker_with_nothing_queued_gets_no_successor() {
         "{stats:?}"
     );
     assert_eq!(stats.killed_at_deadline, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_worker_whose_admissions_ended_still_takes_a_task_bounded_by_its_own_timeout() {
+    use std::time::Duration;
+    // One worker at a time, four tasks at once, 10 s of life.
+    let coord = Coordinator::start(&["--execution-timeout", "10s", "--max-workers", "1", "--slots", "4"]);
+    let client = coord.client().await;
+    let sleep = |ms: &str, timeout: Option<Duration>| Client::request("sleep", Bytes::from(ms.to_owned()), timeout);
+    // A task of 7 s keeps the first worker busy; seven of 50 ms and one of 4 s teach the
+    // function that its tasks may take 4 s, so that worker's admissions end at 4.75 s (10 s
+    // less 4 s times 1.25 and 250 ms).
+    let keeper = {
+        let client = client.clone();
+        tokio::spawn(async move { client.run_request(sleep("7000", None)).await })
+    };
+    let mut teach = Vec::new();
+    for ms in ["4000", "50", "50", "50", "50", "50", "50", "50"] {
+        let client = client.clone();
+        teach.push(tokio::spawn(async move { client.run_request(sleep(ms, None)).await }));
+    }
+    for t in teach {
+        let r = t.await.expect("join").expect("run");
+        assert_eq!(r.state(), TaskState::Succeeded, "{r:?}");
+    }
+    let stats = function_stats(&client, "sleep").await;
+    assert!((4000..4500).contains(&stats.duration_bound_ms), "{stats:?}");
+    // Past its admissions' end, with its 7 s task still running and 3 slots free.
+    let first = eventually("the first worker's admissions to end", || async {
+        let w = client.workers("sleep").await.ok()?.into_iter().next()?;
+        (w.life_left_ms > 0 && w.life_left_ms < 5000).then_some(w)
+    })
+    .await;
+    assert!(first.life_left_ms > 3000, "too late to test: {first:?}");
+    // A task bounded by 1 s needs 1.25 s of the life left: the first worker takes it. One
+    // without a bound may take 4 s: a fresh worker does.
+    let (bounded, open) = tokio::join!(
+        client.run_request(sleep("100", Some(Duration::from_secs(1)))),
+        client.run_request(sleep("100", None)),
+    );
+    let (bounded, open) = (bounded.expect("run"), open.expect("run"));
+    assert_eq!(
+        (bounded.state(), open.state()),
+        (TaskState::Succeeded, TaskState::Succeeded)
+    );
+    assert_eq!(bounded.worker_id, first.worker_id, "{bounded:?}");
+    assert_ne!(open.worker_id, first.worker_id, "{open:?}");
+    let kept = keeper.await.expect("join").expect("run");
+    assert_eq!((kept.state(), kept.attempts), (TaskState::Succeeded, 1), "{kept:?}");
+    let stats = function_stats(&client, "sleep").await;
+    assert_eq!((stats.killed_at_deadline, stats.retried), (0, 0), "{stats:?}");
+    fleet_gone(&client).await;
 }
