@@ -144,7 +144,8 @@ async fn a_worker_whose_admissions_ended_still_takes_a_task_bounded_by_its_own_t
     // One worker at a time, four tasks at once, 10 s of life.
     let coord = Coordinator::start(&["--execution-timeout", "10s", "--max-workers", "1", "--slots", "4"]);
     let client = coord.client().await;
-    let sleep = |ms: &str, timeout: Option<Duration>| Client::request("sleep", Bytes::from(ms.to_owned()), timeout);
+    let sleep =
+        |ms: &str, timeout: Option<Duration>| Client::request("sleep", Bytes::from(ms.to_owned()), timeout);
     // A task of 7 s keeps the first worker busy; seven of 50 ms and one of 4 s teach the
     // function that its tasks may take 4 s, so that worker's admissions end at 4.75 s (10 s
     // less 4 s times 1.25 and 250 ms).
@@ -155,7 +156,9 @@ async fn a_worker_whose_admissions_ended_still_takes_a_task_bounded_by_its_own_t
     let mut teach = Vec::new();
     for ms in ["4000", "50", "50", "50", "50", "50", "50", "50"] {
         let client = client.clone();
-        teach.push(tokio::spawn(async move { client.run_request(sleep(ms, None)).await }));
+        teach.push(tokio::spawn(
+            async move { client.run_request(sleep(ms, None)).await },
+        ));
     }
     for t in teach {
         let r = t.await.expect("join").expect("run");
@@ -184,7 +187,11 @@ async fn a_worker_whose_admissions_ended_still_takes_a_task_bounded_by_its_own_t
     assert_eq!(bounded.worker_id, first.worker_id, "{bounded:?}");
     assert_ne!(open.worker_id, first.worker_id, "{open:?}");
     let kept = keeper.await.expect("join").expect("run");
-    assert_eq!((kept.state(), kept.attempts), (TaskState::Succeeded, 1), "{kept:?}");
+    assert_eq!(
+        (kept.state(), kept.attempts),
+        (TaskState::Succeeded, 1),
+        "{kept:?}"
+    );
     let stats = function_stats(&client, "sleep").await;
     assert_eq!((stats.killed_at_deadline, stats.retried), (0, 0), "{stats:?}");
     fleet_gone(&client).await;
