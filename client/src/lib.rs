@@ -239,6 +239,7 @@ impl Client {
                     .map(|(i, bytes)| pb::MapTask {
                         input: Some(binary_or_text(bytes)),
                         seq: i as u64,
+                        timeout_ms: millis(options.timeout),
                         ..Default::default()
                     })
                     .collect(),
@@ -292,6 +293,9 @@ pub struct MapOptions {
     /// Finish every task within this of the call's start: a task that cannot, by what the
     /// coordinator has measured, is rejected with `FAILED_PRECONDITION`.
     pub deadline: Option<std::time::Duration>,
+    /// Every task's own timeout (`MapTask.timeout_ms`): the longest one attempt may run. A
+    /// task known to end within it is also admitted late in a worker's life, where it fits.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// A duration as the whole milliseconds a request carries (at least 1; `None`: 0, none).

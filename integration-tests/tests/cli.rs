@@ -66,6 +66,25 @@ fn the_cli_runs_submits_gets_maps_and_reports() {
     seqs.sort_unstable();
     assert_eq!(seqs, (0..25).collect::<Vec<_>>());
 
+    // A timeout for every task of a map: the 2 s sleep runs past 300 ms at every attempt,
+    // and the exit code says a task failed.
+    let (ok, out, err) = carpool(url, &["map", "sleep", "--timeout", "300ms"], Some("20\n2000\n"));
+    assert!(!ok && err.contains("1 of 2 tasks did not succeed"), "{err}");
+    let mut by_seq: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line per result"))
+        .collect();
+    by_seq.sort_by_key(|v| v["seq"].as_u64());
+    assert_eq!(by_seq.len(), 2, "{out}");
+    assert_eq!(by_seq[0]["state"], "SUCCEEDED", "{out}");
+    assert_eq!(by_seq[1]["state"], "FAILED", "{out}");
+    assert!(
+        by_seq[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timeout of 300 ms")),
+        "{out}"
+    );
+
     let (ok, out, _) = carpool(url, &["get", &id], None);
     assert!(ok);
     let info: Value = serde_json::from_str(&out).expect("JSON");

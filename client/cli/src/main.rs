@@ -115,6 +115,10 @@ enum Command {
         /// what the coordinator has measured, is refused at once (FAILED_PRECONDITION).
         #[arg(long, value_parser = humantime::parse_duration)]
         deadline: Option<std::time::Duration>,
+        /// Longest one attempt of each may run, e.g. "2s" [default: the coordinator's]; a
+        /// task known to end within it is also taken late in a worker's life.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
     },
     /// List workers.
     Workers {
@@ -205,8 +209,13 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             input,
             budget_usd,
             deadline,
+            timeout,
         } => {
-            let options = carpool_client::MapOptions { budget_usd, deadline };
+            let options = carpool_client::MapOptions {
+                budget_usd,
+                deadline,
+                timeout,
+            };
             return map(&client, &function, input, options).await;
         }
         Command::Workers { function } => print!(
