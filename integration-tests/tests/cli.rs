@@ -177,7 +177,7 @@ fn the_comparison_runs_every_workload_four_ways_through_real_workers() {
     );
     let json = text.lines().last().unwrap_or_default();
     let report: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}"));
-    for workload in ["io", "cpu", "memory", "mixed"] {
+    for workload in ["io", "cpu", "memory", "mixed", "varied"] {
         let w = &report[workload];
         // Conventional FaaS is one invocation per task; every way ran every task.
         let tasks = w["conventional"]["invocations"].as_u64().unwrap_or(0);
@@ -217,17 +217,16 @@ fn the_comparison_runs_every_workload_four_ways_through_real_workers() {
     }
     // The simulated comparison at the paper's scale follows the measured one.
     assert!(text.contains("simulated at the paper's scale"), "{text}");
-    assert_eq!(text.matches("    adaptive, learned level").count(), 4, "{text}");
+    assert_eq!(text.matches("    adaptive, learned level").count(), 5, "{text}");
     // And across sizes, carpool choosing, judged against every fixed pair and Lambda at
     // each size.
     assert!(
         text.contains("simulated across sizes in the Lambda-like world"),
         "{text}"
     );
-    // Each workload once, and mixed work again with tasks that vary (identical tasks
-    // stay in step).
+    // Mixed work twice: identical tasks (they stay in step), and tasks that vary.
     assert!(
-        text.contains("each task's CPU and wait varying 50 % either way"),
+        text.contains("varied (the same, each task's CPU and wait varying 50 % either way)"),
         "{text}"
     );
     assert_eq!(

@@ -93,7 +93,7 @@ struct CompareArgs {
     /// A few tasks of each and a two-value sweep (what the test suite runs).
     #[arg(long)]
     tiny: bool,
-    /// Only these workloads: io, cpu, memory, mixed.
+    /// Only these workloads: io, cpu, memory, mixed, varied (mixed work whose tasks vary).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Skip the measured runs: simulate only.

@@ -27,10 +27,10 @@ mod fleet;
 mod model;
 mod queue;
 
+use model::Draws;
 pub use model::{
-    CopyModel, LAMBDA_COLD_START_SIGMA, MAX_SPREAD, SimConfig, SimReport, TaskMix, TaskModel, World,
+    CopyModel, LAMBDA_COLD_START_SIGMA, MAX_SPREAD, SimConfig, SimReport, TaskMix, TaskModel, World, varied,
 };
-use model::{Draws, varied};
 
 use fleet::{Fleet, SimTask, SimWorker};
 use queue::{Event, Queue};

@@ -102,8 +102,9 @@ pub struct SimConfig {
 pub const MAX_SPREAD: f64 = 0.9;
 
 /// The factor task `id`'s `part` (0: CPU, 1: wait) is multiplied by under `spread`: uniform
-/// in `[1 - spread, 1 + spread]`, the same for the same task every time.
-pub(super) fn varied(spread: f64, id: u64, part: u64) -> f64 {
+/// in `[1 - spread, 1 + spread]`, the same for the same task every time (the lab draws
+/// real tasks' payloads with it too).
+pub fn varied(spread: f64, id: u64, part: u64) -> f64 {
     if spread <= 0.0 {
         return 1.0;
     }

@@ -36,6 +36,9 @@ pub(crate) struct Workload {
     pub function: &'static str,
     /// Each task's payload.
     pub payload: String,
+    /// How much its tasks vary: each one's CPU and wait within this fraction either way
+    /// ([`carpool_core::sim::varied`], the same draw in the simulator); 0: all alike.
+    pub spread: f64,
     /// Tasks per batch.
     pub tasks: usize,
     /// Memory size of the workers.
@@ -56,12 +59,13 @@ impl Workload {
 pub(crate) fn workloads(tiny: bool) -> Vec<Workload> {
     let cores = crate::demo::cores();
     let n = |full: usize, small: usize| if tiny { small } else { full };
-    vec![
+    let mut all = vec![
         Workload {
             name: "io",
             what: "sleep 100 ms (an API call, an S3 read)",
             function: "sleep",
             payload: "100".into(),
+            spread: 0.0,
             tasks: n(1000, 40),
             memory_mb: 1024,
             max_workers: 8,
@@ -72,6 +76,7 @@ pub(crate) fn workloads(tiny: bool) -> Vec<Workload> {
             what: "spin 200 ms of CPU",
             function: "spin",
             payload: "200".into(),
+            spread: 0.0,
             tasks: n(40, 4),
             memory_mb: 2048,
             max_workers: (cores / 2).max(1),
@@ -82,6 +87,7 @@ pub(crate) fn workloads(tiny: bool) -> Vec<Workload> {
             what: "hold 40 MB for 1 s",
             function: "hold",
             payload: r#"{"mb": 40, "ms": 1000}"#.into(),
+            spread: 0.0,
             tasks: n(60, 8),
             memory_mb: 1024,
             // One 1-vCPU worker per core: more would share cores, and their tasks' durations
@@ -93,26 +99,67 @@ pub(crate) fn workloads(tiny: bool) -> Vec<Workload> {
                 mem_mb: 40.0,
             },
         },
-        Workload {
-            name: "mixed",
-            what: "20 ms of CPU, then an 80 ms wait",
-            function: "mixed",
-            payload: r#"{"cpu_ms": 20, "wait_ms": 80}"#.into(),
-            tasks: n(100, 8),
-            memory_mb: 2048,
-            max_workers: (cores / 2).max(1),
-            model: TaskModel {
-                cpu: Duration::from_millis(20),
-                wait: Duration::from_millis(80),
-                mem_mb: 1.0,
-            },
-        },
-    ]
+        mixed("mixed", "20 ms of CPU, then an 80 ms wait", 0.0),
+        // Identical tasks started together burst and wait in step; real ones vary.
+        mixed(
+            "varied",
+            "the same, each task's CPU and wait varying 50 % either way",
+            0.5,
+        ),
+    ];
+    all.iter_mut()
+        .filter(|w| w.name == "mixed" || w.name == "varied")
+        .for_each(|w| {
+            w.tasks = n(100, 8);
+            w.max_workers = (cores / 2).max(1);
+        });
+    all
 }
 
-/// How much mixed work's tasks vary in its second sizes-offered simulation (each task's CPU
-/// and wait within half either way of the workload's).
-const VARIED: f64 = 0.5;
+/// Mixed work, 2048 MB workers: `spread` 0 for identical tasks.
+fn mixed(name: &'static str, what: &'static str, spread: f64) -> Workload {
+    Workload {
+        name,
+        what,
+        function: "mixed",
+        payload: r#"{"cpu_ms": 20, "wait_ms": 80}"#.into(),
+        spread,
+        tasks: 0,
+        memory_mb: 2048,
+        max_workers: 1,
+        model: TaskModel {
+            cpu: Duration::from_millis(20),
+            wait: Duration::from_millis(80),
+            mem_mb: 1.0,
+        },
+    }
+}
+
+impl Workload {
+    /// The simulator's `tasks` of this workload under `config`.
+    fn sim(&self, config: carpool_core::config::Config, tasks: usize) -> SimConfig {
+        let mut s = SimConfig::new(config, self.function, tasks, self.model);
+        s.spread = self.spread;
+        s
+    }
+
+    /// Task `i`'s payload (of `0..tasks`): the workload's, or for work whose tasks vary,
+    /// its CPU and wait drawn as the simulator draws task `i + 1`'s.
+    fn payload_of(&self, i: usize) -> Bytes {
+        if self.spread <= 0.0 {
+            return Bytes::from(self.payload.clone());
+        }
+        let id = i as u64 + 1;
+        let ms = |d: Duration, part| {
+            (d.as_secs_f64() * 1000.0 * carpool_core::sim::varied(self.spread, id, part)).round()
+        };
+        Bytes::from(format!(
+            r#"{{"cpu_ms": {}, "wait_ms": {}}}"#,
+            ms(self.model.cpu, 0),
+            ms(self.model.wait, 1)
+        ))
+    }
+}
 
 /// How the workers' concurrency is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,8 +265,7 @@ pub(crate) async fn measure(w: &Workload, way: Way, batches: usize) -> Result<Ve
 
 /// One batch through Map, watching the fleet for the most tasks a worker ran at once.
 async fn batch(client: &Client, w: &Workload) -> Result<Run, String> {
-    let payload = Bytes::from(w.payload.clone());
-    let inputs = futures::stream::iter((0..w.tasks).map(move |_| payload.clone()));
+    let inputs = futures::stream::iter((0..w.tasks).map(|i| w.payload_of(i)).collect::<Vec<_>>());
     let peak = Arc::new(AtomicU32::new(0));
     let watch = {
         let (client, peak, function) = (client.clone(), peak.clone(), w.function.to_owned());
@@ -434,7 +480,7 @@ pub(crate) fn verdicts(c: &Comparison) -> Vec<Verdict> {
 pub(crate) struct CompareOptions {
     /// A few tasks of each workload and a two-value sweep (seconds; the test suite's).
     pub tiny: bool,
-    /// Only these workloads (io, cpu, memory, mixed); empty: all.
+    /// Only these workloads (io, cpu, memory, mixed, varied); empty: all.
     pub only: Vec<String>,
     /// Skip the measured runs.
     pub simulate_only: bool,
@@ -454,7 +500,7 @@ pub(crate) async fn report(
         .collect();
     if chosen.is_empty() {
         return Err(format!(
-            "--only {:?}: the workloads are io, cpu, memory, mixed",
+            "--only {:?}: the workloads are io, cpu, memory, mixed, varied",
             opts.only
         ));
     }
@@ -498,12 +544,7 @@ pub(crate) async fn report(
         crate::simulate::DRAWS
     ));
     for w in &chosen {
-        emit(&sizes_table(w, sizes, &sweep, tasks, 0.0).0);
-    }
-    // Identical tasks started together stay in step (bursts together, waits together):
-    // mixed work again with tasks that vary, as real ones do.
-    for w in chosen.iter().filter(|w| w.name == "mixed") {
-        emit(&sizes_table(w, sizes, &sweep, tasks, VARIED).0);
+        emit(&sizes_table(w, sizes, &sweep, tasks).0);
     }
     if let Some((tasks, workers)) = opts.scale {
         emit(&format!(

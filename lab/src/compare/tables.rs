@@ -93,7 +93,7 @@ pub(crate) fn simulated(
         },
         ..Config::default()
     };
-    let run = |c: Config| simulate(&SimConfig::new(c, w.function, tasks, w.model));
+    let run = |c: Config| simulate(&w.sim(c, tasks));
     let vcpus = vcpus_for_memory(memory_mb);
     let warm = Config {
         fleet: Fleet {
@@ -126,7 +126,7 @@ pub(crate) fn simulated(
     if let Some((n, r)) = sound().min_by_key(|(_, r)| r.completion) {
         out.push((format!("best time: --slots {n}"), r.clone()));
     }
-    let mut adaptive = simulate_batches(&SimConfig::new(config(None, None), w.function, tasks, w.model), 2);
+    let mut adaptive = simulate_batches(&w.sim(config(None, None), tasks), 2);
     let learned = adaptive.pop().unwrap_or_default();
     let first = adaptive.pop().unwrap_or_default();
     out.push(("adaptive, first batch".to_owned(), first));
@@ -184,7 +184,7 @@ pub(super) fn scale_table(w: &Workload, tasks: usize, workers: u32) -> String {
                     },
                     ..Config::default()
                 };
-                let sim = SimConfig::new(config, w.function, tasks, w.model);
+                let sim = w.sim(config, tasks);
                 let batches = if slots.is_none() { 2 } else { 1 };
                 (
                     label.clone(),
@@ -261,38 +261,23 @@ fn sim_line(label: &str, r: &SimReport, gb_width: usize) -> String {
 
 /// The sizes offered for a workload in the Lambda-like world, with `copies` none (the
 /// built-ins run in the worker): carpool choosing among `sizes` against every fixed (size,
-/// `--slots`) pair of `sweep` and against Lambda as it bills at each size, each task's CPU
-/// and wait varying by `spread` ([`carpool_core::sim::SimConfig::spread`]; 0: all alike).
-/// Returns the text and whether its targets held (the learned batch within 10 % of the best
-/// fixed pair, the first within 1.5 times).
-pub(crate) fn sizes_table(
-    w: &Workload,
-    sizes: &[u32],
-    sweep: &[u32],
-    tasks: usize,
-    spread: f64,
-) -> (String, bool) {
+/// `--slots`) pair of `sweep` and against Lambda as it bills at each size. Returns the
+/// text and whether its targets held (the learned batch within 10 % of the best fixed
+/// pair, the first within 1.5 times).
+pub(crate) fn sizes_table(w: &Workload, sizes: &[u32], sweep: &[u32], tasks: usize) -> (String, bool) {
     let model = crate::simulate::HandlerModel {
         init_cpu: Duration::ZERO,
         copy_mb: 0.0,
         task_cpu: w.model.cpu,
         task_wait: w.model.wait,
         task_mb: w.model.mem_mb,
-        task_spread: spread,
+        task_spread: w.spread,
         cold_start: LAMBDA_COLD_START,
         lambda_world: true,
     };
     let ways = crate::simulate::run(&model, sizes, tasks, 8, sweep);
-    let varied = if spread > 0.0 {
-        format!(
-            ", each task's CPU and wait varying {:.0} % either way",
-            spread * 100.0
-        )
-    } else {
-        String::new()
-    };
     let mut out = format!(
-        "  {} ({}{varied}), {tasks} tasks, at most 8 invocations:\n",
+        "  {} ({}), {tasks} tasks, at most 8 invocations:\n",
         w.name, w.what
     );
     let second = |label: &str, mb: u32| {
@@ -360,7 +345,7 @@ mod tests {
     #[test]
     fn the_sizes_comparison_judges_the_choice_against_every_pair_and_lambda_at_each_size() {
         let io = workloads(true).into_iter().next().expect("the io workload");
-        let (text, _) = sizes_table(&io, &[1024, 2048], &[1, 4], 20, 0.0);
+        let (text, _) = sizes_table(&io, &[1024, 2048], &[1, 4], 20);
         for want in [
             "1024 MB: Lambda as it bills",
             "2048 MB: Lambda as it bills",
