@@ -9,6 +9,8 @@
 //!
 //! - `event.rs`: every event, and [`State::handle`], the one way in.
 //! - `mod.rs`: the types, dispatch and the idle/deadline evaluation of a worker.
+//! - `bounded.rs`: starting a task on a worker; tasks bounded by their own timeout on
+//!   workers whose admissions have ended for time.
 //! - `effects.rs`: what an event returns.
 //! - `book.rs`: the task book: tasks by id, keys, ids, held bytes, retention, held-back tasks.
 //! - `counts.rs`: each function's task counts, moved only as its tasks change phase.
@@ -374,7 +376,8 @@ impl State {
                 continue;
             };
             // A task with its own timeout goes to an eligible worker with that much life
-            // left (the best ranked that has it), or waits for a fresh one.
+            // left (the best ranked that has it), else to one whose admissions have ended
+            // for time but that still has it, or waits for a fresh one.
             let worker_id = match task.timeout {
                 Some(t) => match fitting_worker(&f.eligible, &self.workers, &worker_id, t, &rules, now)
                     .or_else(|| {
