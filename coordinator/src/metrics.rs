@@ -87,10 +87,12 @@ pub(crate) struct Metrics {
     /// Stats-derived counters, brought up to the snapshot at each scrape.
     tasks: Family<OutcomeLabels, Counter>,
     retries: Family<FunctionLabel, Counter>,
-    /// A worker's life: attempts killed at a deadline, successors, tasks refused for time.
+    /// A worker's life: attempts killed at a deadline, successors, tasks refused for time
+    /// and bounded tasks taken late.
     killed_at_deadline: Family<FunctionLabel, Counter>,
     successors: Family<FunctionLabel, Counter>,
     refused_for_time: Family<FunctionLabel, Counter>,
+    taken_late: Family<FunctionLabel, Counter>,
     spawns: Family<SpawnLabels, Counter>,
     billed: Family<FunctionLabel, FloatCounter>,
     cost: Family<FunctionLabel, FloatCounter>,
@@ -251,6 +253,12 @@ impl Metrics {
                 "Times a task was not given to a worker for lack of life left",
                 None,
             ),
+            taken_late: made(
+                r,
+                "task_taken_late",
+                "Tasks bounded by their own timeout taken by a worker whose admissions had ended for time",
+                None,
+            ),
             duration_bound: made(
                 r,
                 "task_duration_bound",
@@ -385,6 +393,7 @@ impl Metrics {
                 &self.refused_for_time.get_or_create(&function()),
                 f.refused_for_time,
             );
+            catch_up(&self.taken_late.get_or_create(&function()), f.taken_late);
             self.duration_bound
                 .get_or_create(&function())
                 .set(f.duration_bound_ms as f64 / 1000.0);

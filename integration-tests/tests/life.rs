@@ -194,5 +194,6 @@ async fn a_worker_whose_admissions_ended_still_takes_a_task_bounded_by_its_own_t
     );
     let stats = function_stats(&client, "sleep").await;
     assert_eq!((stats.killed_at_deadline, stats.retried), (0, 0), "{stats:?}");
+    assert_eq!(stats.taken_late, 1, "{stats:?}");
     fleet_gone(&client).await;
 }

@@ -43,6 +43,10 @@ impl Pass<'_> {
         effects: &mut Effects,
     ) {
         let now = self.now;
+        // Only a function that has had bounded tasks can have one taken late.
+        if f.bounded && scheduler::past_deadline(self.rules, &w.view(now)) {
+            f.taken_late += 1;
+        }
         // From pending to running, in its function's counts too.
         let before = task.phase();
         task.state = TaskState::Running;

@@ -259,6 +259,9 @@ pub(super) struct FunctionPool {
     /// Tasks with their own timeout that fitted no live worker at the last dispatch: a
     /// fresh worker is started for them.
     pub(super) unfit: u32,
+    /// Tasks bounded by their own timeout that a worker took after its admissions had ended
+    /// for time.
+    pub(super) taken_late: u64,
     /// Whether a task with its own timeout has entered the pool: only then does a dispatch
     /// look through the pool for tasks a worker whose admissions ended can still take.
     pub(super) bounded: bool,

@@ -174,6 +174,7 @@ fn function_stats(name: &str, f: &FunctionPool, live_gb_ms: f64) -> pb::Function
         successors_started: f.successors,
         successor_lead_ms: f.successor_lead_ms,
         killed_at_deadline: f.killed_at_deadline,
+        taken_late: f.taken_late,
         ..Default::default()
     }
 }
@@ -202,6 +203,7 @@ fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
     total.refused_for_time += s.refused_for_time;
     total.successors_started += s.successors_started;
     total.killed_at_deadline += s.killed_at_deadline;
+    total.taken_late += s.taken_late;
     total.cold_starts += s.cold_starts;
     total.cold_start_max_ms = total.cold_start_max_ms.max(s.cold_start_max_ms);
     total.memory_peak_fraction = total.memory_peak_fraction.max(s.memory_peak_fraction);

@@ -165,16 +165,18 @@ fn a_worker_whose_admissions_ended_still_takes_a_task_its_own_timeout_bounds() {
         let got = assigned(&mut effects, a);
         let pending = |s: &State, id| s.get(id).expect("get").state() == TaskState::Pending;
         let waiting = (pending(&s, open), pending(&s, long));
-        (got, short, waiting)
+        let late = s.stats(at).functions[0].taken_late;
+        (got, short, waiting, late)
     };
-    let (got, short, waiting) = run(Admission::Duration, 7.0);
+    let (got, short, waiting, late) = run(Admission::Duration, 7.0);
     assert_eq!(got, vec![short], "the bounded task that fits, and only it");
     assert_eq!(waiting, (true, true));
+    assert_eq!(late, 1, "counted as taken late");
     // The fraction rule is the paper's: past 0.8 of the life its admissions end for every
     // task, even one that would fit.
-    let (got, _, waiting) = run(Admission::Fraction, 8.5);
+    let (got, _, waiting, late) = run(Admission::Fraction, 8.5);
     assert!(got.is_empty(), "{got:?}");
-    assert_eq!(waiting, (true, true));
+    assert_eq!((waiting, late), ((true, true), 0));
 }
 
 /// A local-spawner state whose one worker ("w", spawned) took `cold` to start, lives
