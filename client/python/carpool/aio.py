@@ -101,23 +101,33 @@ class Client:
         return Stats(t.pending, t.running, t.succeeded, t.failed, t.cancelled, t.workers_live, t.workers_started, t.billed_gb_ms, t.cost_usd)
 
     async def map(
-        self, function: str, payloads: Union[Iterable[Payload], AsyncIterable[Payload]], *, timeout_s: float = 0.0
+        self,
+        function: str,
+        payloads: Union[Iterable[Payload], AsyncIterable[Payload]],
+        *,
+        timeout_s: float = 0.0,
+        timeouts_s: Optional[Iterable[float]] = None,
     ) -> AsyncIterator[Result]:
         """`async for` over the results as they finish (each with `seq`); a rejected
-        submission raises its CarpoolError subclass."""
+        submission raises its CarpoolError subclass. `timeouts_s`: a timeout per payload, in
+        seconds (0: `timeout_s`), as the synchronous client's `map` takes it."""
         if self._channel is None:
             await self.connect()
         timeout_ms = int(timeout_s * 1000)
+        limits = iter(timeouts_s) if timeouts_s is not None else itertools.repeat(0.0)
+
+        def limit() -> int:
+            return int(next(limits, 0.0) * 1000) or timeout_ms
 
         async def requests() -> AsyncIterator[Any]:
             batch: List[Tuple[int, Payload, str, int]] = []
             if isinstance(payloads, (list, tuple)):
-                for message in ready_batches(function, [(i, p, "", timeout_ms) for i, p in enumerate(payloads)]):
+                for message in ready_batches(function, [(i, p, "", limit()) for i, p in enumerate(payloads)]):
                     yield message
                 return
             seqs = itertools.count()
             async for p in _aiter(payloads):
-                batch.append((next(seqs), p, "", timeout_ms))
+                batch.append((next(seqs), p, "", limit()))
                 if len(batch) >= BATCH_ITEMS:
                     for chunk in _by_bytes(batch):
                         yield _message(function, chunk, None)

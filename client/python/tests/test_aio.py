@@ -29,6 +29,9 @@ def test_run_map_and_the_executor_as_awaitables() -> None:
                     yield str(i)
 
             assert sorted([r.output async for r in c.map("echo", slowly())]) == ["0", "1", "2"]
+            bounded = sorted([r async for r in c.map("sleep", ["20", "2000"], timeouts_s=[0, 0.2])], key=lambda r: r.seq)
+            assert [r.ok for r in bounded] == [True, False], bounded
+            assert "timeout of 200 ms" in bounded[1].error, bounded[1]
             with pytest.raises(carpool.InvalidArgument):
                 async for _ in c.map("no-such-function", ["x"]):
                     pass
