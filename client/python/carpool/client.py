@@ -172,9 +172,9 @@ class Client:
         rejected with ResourceExhausted. With `deadline_s`, a payload that cannot finish
         within that many seconds of the call's start, by what the coordinator has measured,
         is rejected with FailedPrecondition. `keys`: an idempotency key per payload.
-        `timeouts_s`: a timeout per payload, in seconds (0: `timeout_s`), in place of the one
-        for all; a task known to end within its own timeout is admitted late in a worker's
-        life, where one that may take as long as its function's longest is not."""
+        `timeouts_s`: a timeout per payload, in seconds (0, or past its end: `timeout_s`); a
+        task known to end within its own timeout is admitted late in a worker's life, where
+        one that may take as long as its function's longest is not."""
         timeout_ms = int(timeout_s * 1000)
         first = {"budget_usd": budget_usd, "deadline_ms": int(deadline_s * 1000)}
         if isinstance(payloads, (list, tuple)) and keys is None and timeouts_s is None:
@@ -183,7 +183,9 @@ class Client:
             key_of: Iterable[str] = keys if keys is not None else itertools.repeat("")
             limit_of: Iterable[int] = itertools.repeat(timeout_ms)
             if timeouts_s is not None:
-                limit_of = (int(t * 1000) or timeout_ms for t in timeouts_s)
+                # Fewer timeouts than payloads: the rest get `timeout_s` (no payload is dropped).
+                padded = itertools.chain(timeouts_s, itertools.repeat(0.0))
+                limit_of = (int(t * 1000) or timeout_ms for t in padded)
             items = ((i, p, k, t) for i, (p, k, t) in enumerate(zip(payloads, key_of, limit_of)))
         stream = self._tasks.Map(ready_batches(function, items, first), metadata=self._conn.metadata)
         try:
