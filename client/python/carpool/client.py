@@ -180,7 +180,8 @@ class Client:
         if isinstance(payloads, (list, tuple)) and keys is None and timeouts_s is None:
             items: Iterable[Any] = [(i, p, "", timeout_ms) for i, p in enumerate(payloads)]
         else:
-            key_of: Iterable[str] = keys if keys is not None else itertools.repeat("")
+            # Fewer keys than payloads: the rest go without one (no payload is dropped).
+            key_of: Iterable[str] = itertools.chain(keys if keys is not None else (), itertools.repeat(""))
             limit_of: Iterable[int] = itertools.repeat(timeout_ms)
             if timeouts_s is not None:
                 # Fewer timeouts than payloads: the rest get `timeout_s` (no payload is dropped).
