@@ -49,6 +49,8 @@ def test_map_takes_a_timeout_per_payload(client):
     assert "timeout of 200 ms" in results[1].error, results[1]
     # Fewer timeouts than payloads: the rest run with the call's, none is dropped.
     assert len(list(client.map("echo", ["a", "b", "c"], timeouts_s=[1]))) == 3
+    # Fewer keys than payloads: the rest go without one.
+    assert len(list(client.map("echo", ["a", "b"], keys=["map-fewer-keys-0"]))) == 2
 
 
 def test_a_spent_budget_cancels_the_rest_of_a_map_call(client):
