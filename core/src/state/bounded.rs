@@ -146,14 +146,19 @@ pub(super) fn place(
             .get(task_id)
             .and_then(|t| t.timeout)
             .and_then(|t| fitting(ending, workers, t, pass.rules, pass.now));
-        match (worker, book.get_mut(task_id)) {
-            (Some(id), Some(task)) => {
-                if let Some(w) = workers.get_mut(&id) {
+        let started = match (worker, book.get_mut(task_id)) {
+            (Some(id), Some(task)) => match workers.get_mut(&id) {
+                Some(w) => {
                     debug!(task = task_id, worker = %id, "bounded task on a worker whose admissions ended");
                     pass.start(f, (task_id, task), (id, w), effects);
+                    true
                 }
-            }
-            _ => kept.push(task_id),
+                None => false,
+            },
+            _ => false,
+        };
+        if !started {
+            kept.push(task_id);
         }
     }
     for &id in kept.iter().rev() {
