@@ -34,17 +34,18 @@ pub(super) struct Pass<'a> {
 
 impl Pass<'_> {
     /// Starts pending task `task` on worker `w`: its counts, its journal record, the
-    /// worker's running tasks and rank, its timeout's timer, and its assignment.
+    /// worker's running tasks and rank, its timeout's timer, and its assignment. `late`:
+    /// `w`'s admissions have ended for time, and the task's own timeout still fits.
     pub(super) fn start(
         &mut self,
         f: &mut FunctionPool,
         (task_id, task): (TaskId, &mut Task),
         (worker_id, w): (WorkerId, &mut Worker),
+        late: bool,
         effects: &mut Effects,
     ) {
         let now = self.now;
-        // Only a function that has had bounded tasks can have one taken late.
-        if f.bounded && scheduler::past_deadline(self.rules, &w.view(now)) {
+        if late {
             f.taken_late += 1;
         }
         // From pending to running, in its function's counts too.
@@ -107,7 +108,7 @@ fn ending_with_room(w: &Worker, rules: &Rules, now: Instant) -> bool {
 }
 
 /// Of `ending` (see [`candidates`]), the first with life left for a task bounded by
-/// `timeout`; those with no room left any more are dropped from it.
+/// `timeout`; those with no room left any more are dropped from it (one look at each).
 pub(super) fn fitting(
     ending: &mut Vec<WorkerId>,
     workers: &Roster,
@@ -115,15 +116,21 @@ pub(super) fn fitting(
     rules: &Rules,
     now: Instant,
 ) -> Option<WorkerId> {
-    ending.retain(|id| workers.get(id).is_some_and(|w| ending_with_room(w, rules, now)));
-    ending
-        .iter()
-        .find(|id| {
-            workers
-                .get(id)
-                .is_some_and(|w| scheduler::takes_bounded(rules, &w.view(now), timeout))
-        })
-        .cloned()
+    let mut found = None;
+    ending.retain(|id| {
+        let Some(w) = workers.get(id) else {
+            return false;
+        };
+        let v = w.view(now);
+        if !scheduler::takes_bounded(rules, &v, Duration::ZERO) {
+            return false;
+        }
+        if found.is_none() && scheduler::takes_bounded(rules, &v, timeout) {
+            found = Some(id.clone());
+        }
+        true
+    });
+    found
 }
 
 /// With no worker admitting any task: looks through the first pending tasks of `f` for
@@ -150,7 +157,7 @@ pub(super) fn place(
             (Some(id), Some(task)) => match workers.get_mut(&id) {
                 Some(w) => {
                     debug!(task = task_id, worker = %id, "bounded task on a worker whose admissions ended");
-                    pass.start(f, (task_id, task), (id, w), effects);
+                    pass.start(f, (task_id, task), (id, w), true, effects);
                     true
                 }
                 None => false,

@@ -378,14 +378,15 @@ impl State {
             // A task with its own timeout goes to an eligible worker with that much life
             // left (the best ranked that has it), else to one whose admissions have ended
             // for time but that still has it, or waits for a fresh one.
-            let worker_id = match task.timeout {
+            let (worker_id, late) = match task.timeout {
                 Some(t) => match fitting_worker(&f.eligible, &self.workers, &worker_id, t, &rules, now)
+                    .map(|id| (id, false))
                     .or_else(|| {
                         let ending = draining
                             .get_or_insert_with(|| bounded::candidates(&self.workers, function, &rules, now));
-                        bounded::fitting(ending, &self.workers, t, &rules, now)
+                        bounded::fitting(ending, &self.workers, t, &rules, now).map(|id| (id, true))
                     }) {
-                    Some(id) => id,
+                    Some(chosen) => chosen,
                     None => {
                         f.refused_for_time += 1;
                         debug!(
@@ -401,12 +402,12 @@ impl State {
                         continue;
                     }
                 },
-                None => worker_id,
+                None => (worker_id, false),
             };
             let Some(w) = self.workers.get_mut(&worker_id) else {
                 continue;
             };
-            pass.start(f, (task_id, task), (worker_id, w), effects);
+            pass.start(f, (task_id, task), (worker_id, w), late, effects);
         }
         // No live worker admits any task now: tasks bounded by their own timeout may still
         // go to a worker whose admissions ended for time, where they fit what is left of it.

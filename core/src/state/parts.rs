@@ -279,6 +279,12 @@ pub(super) struct FunctionPool {
 pub(super) const MAX_DURATION_SIZES: usize = 16;
 
 impl FunctionPool {
+    /// Queues task `id` at the back of the pool; `bounded`: it has a timeout of its own.
+    pub(super) fn queue(&mut self, id: TaskId, bounded: bool) {
+        self.pool.push_back(id);
+        self.bounded |= bounded;
+    }
+
     /// The duration figure of its workers of `memory_mb` (created on first use, within
     /// [`MAX_DURATION_SIZES`]).
     pub(super) fn durations(&mut self, memory_mb: u32) -> &mut scheduler::life::Durations {

@@ -345,9 +345,9 @@ impl State {
 
     /// Puts pending task `id` at the back of its pool and places what can be placed.
     fn enter_pool(&mut self, id: TaskId, function: &Arc<str>, now: Instant, effects: &mut Effects) {
+        let bounded = self.book.get(id).is_some_and(|t| t.timeout.is_some());
         if let Some(f) = self.functions.get_mut(function) {
-            f.pool.push_back(id);
-            f.bounded |= self.book.get(id).is_some_and(|t| t.timeout.is_some());
+            f.queue(id, bounded);
         }
         self.dispatch(function, now, effects);
     }
@@ -433,9 +433,9 @@ impl State {
             if held {
                 pending += 1;
             } else if state == TaskState::Pending {
+                let bounded = self.book.get(id).is_some_and(|t| t.timeout.is_some());
                 if let Some(f) = self.functions.get_mut(&key) {
-                    f.pool.push_back(id);
-                    f.bounded |= self.book.get(id).is_some_and(|t| t.timeout.is_some());
+                    f.queue(id, bounded);
                 }
                 pending += 1;
                 with_pending.insert(key.clone());

@@ -55,11 +55,27 @@ impl Workload {
     }
 }
 
-/// The workloads: waiting, CPU, memory, mixed. `tiny` makes each a second or so.
+/// The workloads: waiting, CPU, memory, mixed, and mixed whose tasks vary. `tiny` makes each
+/// a second or so.
 pub(crate) fn workloads(tiny: bool) -> Vec<Workload> {
     let cores = crate::demo::cores();
     let n = |full: usize, small: usize| if tiny { small } else { full };
-    let mut all = vec![
+    let mixed = Workload {
+        name: "mixed",
+        what: "20 ms of CPU, then an 80 ms wait",
+        function: "mixed",
+        payload: r#"{"cpu_ms": 20, "wait_ms": 80}"#.into(),
+        spread: 0.0,
+        tasks: n(100, 8),
+        memory_mb: 2048,
+        max_workers: (cores / 2).max(1),
+        model: TaskModel {
+            cpu: Duration::from_millis(20),
+            wait: Duration::from_millis(80),
+            mem_mb: 1.0,
+        },
+    };
+    vec![
         Workload {
             name: "io",
             what: "sleep 100 ms (an API call, an S3 read)",
@@ -99,40 +115,15 @@ pub(crate) fn workloads(tiny: bool) -> Vec<Workload> {
                 mem_mb: 40.0,
             },
         },
-        mixed("mixed", "20 ms of CPU, then an 80 ms wait", 0.0),
+        mixed.clone(),
         // Identical tasks started together burst and wait in step; real ones vary.
-        mixed(
-            "varied",
-            "the same, each task's CPU and wait varying 50 % either way",
-            0.5,
-        ),
-    ];
-    all.iter_mut()
-        .filter(|w| w.name == "mixed" || w.name == "varied")
-        .for_each(|w| {
-            w.tasks = n(100, 8);
-            w.max_workers = (cores / 2).max(1);
-        });
-    all
-}
-
-/// Mixed work, 2048 MB workers: `spread` 0 for identical tasks.
-fn mixed(name: &'static str, what: &'static str, spread: f64) -> Workload {
-    Workload {
-        name,
-        what,
-        function: "mixed",
-        payload: r#"{"cpu_ms": 20, "wait_ms": 80}"#.into(),
-        spread,
-        tasks: 0,
-        memory_mb: 2048,
-        max_workers: 1,
-        model: TaskModel {
-            cpu: Duration::from_millis(20),
-            wait: Duration::from_millis(80),
-            mem_mb: 1.0,
+        Workload {
+            name: "varied",
+            what: "the same, each task's CPU and wait varying 50 % either way",
+            spread: 0.5,
+            ..mixed
         },
-    }
+    ]
 }
 
 impl Workload {
@@ -143,8 +134,8 @@ impl Workload {
         s
     }
 
-    /// Task `i`'s payload (of `0..tasks`): the workload's, or for work whose tasks vary,
-    /// its CPU and wait drawn as the simulator draws task `i + 1`'s.
+    /// Task `i`'s payload (of `0..tasks`): the workload's, or for mixed work whose tasks
+    /// vary, its CPU and wait drawn as the simulator draws task `i + 1`'s.
     fn payload_of(&self, i: usize) -> Bytes {
         if self.spread <= 0.0 {
             return Bytes::from(self.payload.clone());
