@@ -14,11 +14,16 @@
 //! lets the figure fall again when a handler's long tail goes. A task with its own timeout
 //! is bounded by it instead. A function with nothing measured yet falls back on
 //! `--deadline-fraction`.
+//!
+//! A task not yet ended is known to take at least what it has run: the longest-running
+//! attempt of the function at that size ([`Figure::running_for`]) bounds the figure from
+//! below, so a long task's first appearance ends late admissions while it runs, not once it
+//! has ended (when the workers that took its like late are already doomed).
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 pub use crate::config::Admission;
 
@@ -51,8 +56,8 @@ pub struct Durations {
     open: VecDeque<u64>,
     /// Attempts since the figure was last computed.
     since: usize,
-    /// The longest, in microseconds; 0 while fewer than [`MIN_DURATIONS`] are known.
-    figure: Arc<AtomicU64>,
+    /// The longest, and the attempts running now, shared with the workers.
+    figure: Arc<Figure>,
     /// The median, recounted with the longest (the tail's figure: see
     /// [`super::tail`]); `None` while fewer than [`MIN_DURATIONS`] are known.
     typical: Option<Duration>,
@@ -81,17 +86,17 @@ impl Durations {
             if self.since >= RECOMPUTE_EVERY || self.recent.len() == MIN_DURATIONS {
                 self.since = 0;
                 let longest = self.recent.iter().chain(&self.open).copied().max().unwrap_or(0);
-                self.figure.store(longest, Ordering::Relaxed);
+                self.figure.longest.store(longest, Ordering::Relaxed);
                 self.typical = super::lower_median(self.recent.iter().copied()).map(Duration::from_micros);
             } else {
-                self.figure.fetch_max(newest, Ordering::Relaxed);
+                self.figure.longest.fetch_max(newest, Ordering::Relaxed);
             }
         }
     }
 
     /// The longest of the recent attempts, once enough are known.
     pub fn longest(&self) -> Option<Duration> {
-        read(&self.figure)
+        self.figure.longest()
     }
 
     /// The median (lower middle) of the recent attempts as last recounted (every few
@@ -109,17 +114,80 @@ impl Durations {
         super::lower_median(self.recent.iter().copied()).map(Duration::from_micros)
     }
 
-    /// The figure, for a worker of this function and size to read.
-    pub fn handle(&self) -> Arc<AtomicU64> {
+    /// How long the longest-running attempt running now has run.
+    pub fn running_for(&self, now: Instant) -> Option<Duration> {
+        self.figure.running_for(now)
+    }
+
+    /// The figure, for a worker of this function and size to read and to note its running
+    /// attempts in.
+    pub fn handle(&self) -> Arc<Figure> {
         self.figure.clone()
     }
 }
 
-/// Reads a shared figure ([`Durations::handle`]).
-pub fn read(figure: &AtomicU64) -> Option<Duration> {
-    match figure.load(Ordering::Relaxed) {
-        0 => None,
-        us => Some(Duration::from_micros(us)),
+/// What the workers of one function at one size share of its durations: the longest recent
+/// attempt (written by [`Durations`]), and when each attempt running now started (noted by
+/// the workers running them).
+#[derive(Debug, Default)]
+pub struct Figure {
+    /// The longest recent attempt, in microseconds; 0 while fewer than [`MIN_DURATIONS`]
+    /// are known.
+    longest: AtomicU64,
+    /// The instant start times are counted from (the first attempt's start).
+    base: OnceLock<Instant>,
+    /// The running attempts' starts, microseconds after `base`, and how many started then.
+    starts: Mutex<BTreeMap<u64, u32>>,
+    /// The earliest of them plus one; 0 while none runs (read without the lock).
+    earliest: AtomicU64,
+}
+
+impl Figure {
+    /// The longest of the recent attempts, once enough are known.
+    pub fn longest(&self) -> Option<Duration> {
+        match self.longest.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// How long the longest-running attempt running now has run.
+    pub fn running_for(&self, now: Instant) -> Option<Duration> {
+        let base = self.base.get()?;
+        match self.earliest.load(Ordering::Relaxed) {
+            0 => None,
+            key => Some(now.saturating_duration_since(*base + Duration::from_micros(key - 1))),
+        }
+    }
+
+    /// An attempt started at `now`: returns its key, for [`Figure::ended`].
+    pub fn started(&self, now: Instant) -> u64 {
+        let base = *self.base.get_or_init(|| now);
+        let key = now
+            .saturating_duration_since(base)
+            .as_micros()
+            .min(u128::from(u64::MAX - 1)) as u64;
+        let mut starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
+        *starts.entry(key).or_default() += 1;
+        self.publish(&starts);
+        key
+    }
+
+    /// The attempt that started at `key` ended (or left its worker).
+    pub fn ended(&self, key: u64) {
+        let mut starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = starts.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                starts.remove(&key);
+            }
+        }
+        self.publish(&starts);
+    }
+
+    fn publish(&self, starts: &BTreeMap<u64, u32>) {
+        let earliest = starts.keys().next().map_or(0, |k| k + 1);
+        self.earliest.store(earliest, Ordering::Relaxed);
     }
 }
 
@@ -132,15 +200,28 @@ pub fn needed(expected: Duration) -> Duration {
 /// The age at which a worker with `timeout` of life takes its last task. By duration with
 /// a figure that fits in a whole life: the life less what a task needs. Otherwise (the
 /// fraction rule, nothing measured, or tasks that would not fit even a fresh worker, where
-/// the figure cannot plan anything): `fraction` of the life.
+/// the figure cannot plan anything): `fraction` of the life. By duration, an attempt
+/// `running` that long already is a task at least that long: no later than what it needs
+/// (or the fraction, if even that would not fit a whole life).
 pub fn admission_end(
     admission: Admission,
     fraction: f64,
     timeout: Duration,
     expected: Option<Duration>,
+    running: Option<Duration>,
 ) -> Duration {
+    let by = |d: Duration| {
+        if needed(d) < timeout {
+            timeout - needed(d)
+        } else {
+            timeout.mul_f64(fraction)
+        }
+    };
     match (admission, expected) {
-        (Admission::Duration, Some(d)) if needed(d) < timeout => timeout - needed(d),
+        (Admission::Duration, figure) => {
+            let planned = figure.map_or_else(|| timeout.mul_f64(fraction), by);
+            running.map_or(planned, |r| planned.min(by(r)))
+        }
         _ => timeout.mul_f64(fraction),
     }
 }
@@ -205,7 +286,7 @@ mod tests {
         d.push(ms(2000), false);
         assert_eq!(d.longest(), Some(ms(2000)));
         let handle = d.handle();
-        assert_eq!(read(&handle), Some(ms(2000)));
+        assert_eq!(handle.longest(), Some(ms(2000)));
         // The window is bounded: once the long one has left it, the figure falls.
         for _ in 0..RECENT_DURATIONS + RECOMPUTE_EVERY {
             d.push(ms(10), false);
@@ -242,24 +323,76 @@ mod tests {
         let life = Duration::from_secs(10);
         // Short tasks: nearly the whole life.
         assert_eq!(
-            admission_end(Admission::Duration, 0.8, life, Some(ms(40))),
+            admission_end(Admission::Duration, 0.8, life, Some(ms(40)), None),
             life - ms(50) - ADMISSION_SLACK
         );
         // Long tasks: earlier than the fraction.
         assert_eq!(
-            admission_end(Admission::Duration, 0.8, life, Some(ms(4000))),
+            admission_end(Admission::Duration, 0.8, life, Some(ms(4000)), None),
             life - ms(5000) - ADMISSION_SLACK
         );
         // Nothing measured, the fraction rule, or a task longer than any life: the fraction.
-        assert_eq!(admission_end(Admission::Duration, 0.8, life, None), ms(8000));
         assert_eq!(
-            admission_end(Admission::Fraction, 0.8, life, Some(ms(40))),
+            admission_end(Admission::Duration, 0.8, life, None, None),
             ms(8000)
         );
         assert_eq!(
-            admission_end(Admission::Duration, 0.8, life, Some(ms(9000))),
+            admission_end(Admission::Fraction, 0.8, life, Some(ms(40)), Some(ms(9000))),
             ms(8000)
         );
+        assert_eq!(
+            admission_end(Admission::Duration, 0.8, life, Some(ms(9000)), None),
+            ms(8000)
+        );
+    }
+
+    #[test]
+    fn an_attempt_still_running_ends_admissions_as_if_it_had_ended() {
+        let life = Duration::from_secs(10);
+        // Short tasks known, one running for 4 s already: as if 4 s were known.
+        assert_eq!(
+            admission_end(Admission::Duration, 0.8, life, Some(ms(40)), Some(ms(4000))),
+            life - ms(5000) - ADMISSION_SLACK
+        );
+        // Nothing known yet: the fraction, or earlier if what runs says so.
+        assert_eq!(
+            admission_end(Admission::Duration, 0.8, life, None, Some(ms(100))),
+            ms(8000)
+        );
+        assert_eq!(
+            admission_end(Admission::Duration, 0.8, life, None, Some(ms(4000))),
+            life - ms(5000) - ADMISSION_SLACK
+        );
+        // Running shorter than the figure: the figure.
+        assert_eq!(
+            admission_end(Admission::Duration, 0.8, life, Some(ms(4000)), Some(ms(100))),
+            life - ms(5000) - ADMISSION_SLACK
+        );
+        // Running longer than any life could fit (a task hung): the fraction, no less.
+        assert_eq!(
+            admission_end(Admission::Duration, 0.8, life, Some(ms(40)), Some(ms(9500))),
+            ms(8000)
+        );
+    }
+
+    #[test]
+    fn the_figure_knows_how_long_the_oldest_running_attempt_has_run() {
+        let f = Figure::default();
+        let t0 = Instant::now();
+        assert_eq!(f.running_for(t0), None);
+        let a = f.started(t0);
+        let b = f.started(t0 + ms(300));
+        let c = f.started(t0 + ms(300));
+        assert_eq!(f.running_for(t0 + ms(1000)), Some(ms(1000)));
+        f.ended(a);
+        assert_eq!(f.running_for(t0 + ms(1000)), Some(ms(700)));
+        f.ended(b);
+        assert_eq!(f.running_for(t0 + ms(1000)), Some(ms(700)), "two started then");
+        f.ended(c);
+        assert_eq!(f.running_for(t0 + ms(1000)), None);
+        // An unknown key changes nothing.
+        f.ended(12345);
+        assert_eq!(f.running_for(t0 + ms(1000)), None);
     }
 
     #[test]

@@ -140,6 +140,9 @@ pub struct WorkerView {
     /// What a task of its function is expected to take at its size (the longest of its
     /// recent attempts), once known: when its admissions end.
     pub expected: Option<Duration>,
+    /// How long the longest-running attempt of its function at its size, running now, has
+    /// run: a task at least that long, before it has ended.
+    pub running_for: Option<Duration>,
     /// Last sampled CPU utilisation, 0.0 to 1.0 (0 before the first sample).
     pub cpu: f64,
     /// Last sampled memory use as a fraction of its limit (0 before the first sample).
@@ -244,7 +247,13 @@ fn room(rules: &Rules, w: &WorkerView) -> Verdict {
 
 /// The age at which the worker takes its last task (see [`life::admission_end`]).
 pub fn admission_end(rules: &Rules, w: &WorkerView) -> Duration {
-    life::admission_end(rules.admission, rules.deadline_fraction, w.timeout, w.expected)
+    life::admission_end(
+        rules.admission,
+        rules.deadline_fraction,
+        w.timeout,
+        w.expected,
+        w.running_for,
+    )
 }
 
 /// Whether the worker's admissions have ended.

@@ -11,6 +11,7 @@ fn worker() -> WorkerView {
         age: Duration::from_secs(10),
         timeout: Duration::from_secs(100),
         expected: None,
+        running_for: None,
         cpu: 0.1,
         mem: 0.1,
         running: 0,

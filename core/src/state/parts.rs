@@ -28,7 +28,7 @@ pub(super) struct Worker {
     pub(super) cpu: f64,
     pub(super) mem: f64,
     /// Running tasks with the attempt each runs.
-    pub(super) running: Vec<(TaskId, u32)>,
+    pub(super) running: Running,
     pub(super) assigned_total: u64,
     pub(super) done: u64,
     /// It has run as many tasks at once as its limit, on ready runtime copies (its level
@@ -56,9 +56,6 @@ pub(super) struct Worker {
     pub(super) batch: Option<usize>,
     /// The highest memory use it has reported, as a fraction of its limit.
     pub(super) peak_mem: f64,
-    /// What a task of its function is expected to take at its size: the figure its
-    /// function's [`scheduler::life::Durations`] keeps up to date.
-    pub(super) expected: Arc<std::sync::atomic::AtomicU64>,
     /// Its admissions ended while tasks waited, and that was counted.
     pub(super) refused_for_time: bool,
 }
@@ -89,7 +86,7 @@ impl Worker {
             sample: None,
             cpu: 0.0,
             mem: 0.0,
-            running: Vec::new(),
+            running: Running::new(arrival.expected),
             assigned_total: 0,
             done: 0,
             reached: false,
@@ -103,7 +100,6 @@ impl Worker {
             indexed: None,
             batch: None,
             peak_mem: 0.0,
-            expected: arrival.expected,
             refused_for_time: false,
         }
     }
@@ -127,7 +123,8 @@ impl Worker {
         WorkerView {
             age: now.saturating_duration_since(self.connected_at),
             timeout: self.timeout,
-            expected: scheduler::life::read(&self.expected),
+            expected: self.running.figure.longest(),
+            running_for: self.running.figure.running_for(now),
             cpu: scheduler::cpu_estimate(
                 self.cpu,
                 self.sample.map_or(0, |s| s.running_tasks),
@@ -156,7 +153,7 @@ impl Worker {
 
     /// Takes a task away from this worker, remembering it so a late result is ignored.
     pub(super) fn release(&mut self, task: TaskId, now: Instant) {
-        self.running.retain(|(t, _)| *t != task);
+        self.running.remove(task);
         if self.running.is_empty() {
             self.idle_since = now;
         }
@@ -164,6 +161,69 @@ impl Worker {
             self.released.pop_front();
         }
         self.released.push_back(task);
+    }
+}
+
+/// A worker's running tasks with the attempt each runs, each noted while it runs in the
+/// figure its function's [`scheduler::life::Durations`] keeps for the worker's size (what
+/// the longest-running one has run bounds what a task may take). Dropped with its worker:
+/// what it still holds leaves the figure then.
+#[derive(Debug)]
+pub(super) struct Running {
+    tasks: Vec<(TaskId, u32)>,
+    /// Each task's key in the figure, in the same order.
+    starts: Vec<u64>,
+    figure: Arc<scheduler::life::Figure>,
+}
+
+impl Running {
+    fn new(figure: Arc<scheduler::life::Figure>) -> Self {
+        Self {
+            tasks: Vec::new(),
+            starts: Vec::new(),
+            figure,
+        }
+    }
+
+    /// Attempt `attempt` of `task` starts on the worker at `now`.
+    pub(super) fn push(&mut self, (task, attempt): (TaskId, u32), now: Instant) {
+        self.tasks.push((task, attempt));
+        self.starts.push(self.figure.started(now));
+    }
+
+    /// Takes the running task at `pos` off (the last takes its place).
+    pub(super) fn swap_remove(&mut self, pos: usize) -> (TaskId, u32) {
+        self.figure.ended(self.starts.swap_remove(pos));
+        self.tasks.swap_remove(pos)
+    }
+
+    /// Takes every running task off, returning them.
+    pub(super) fn clear(&mut self) -> Vec<(TaskId, u32)> {
+        for key in self.starts.drain(..) {
+            self.figure.ended(key);
+        }
+        std::mem::take(&mut self.tasks)
+    }
+
+    /// Takes `task` off, if it runs here.
+    pub(super) fn remove(&mut self, task: TaskId) {
+        if let Some(pos) = self.tasks.iter().position(|(t, _)| *t == task) {
+            self.swap_remove(pos);
+        }
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = [(TaskId, u32)];
+
+    fn deref(&self) -> &Self::Target {
+        &self.tasks
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -296,12 +356,15 @@ impl FunctionPool {
         self.durations.entry(key).or_default()
     }
 
-    /// The longest of its recent attempts at `memory_mb`, once enough are known.
-    pub(super) fn expected(&self, memory_mb: u32) -> Option<Duration> {
-        self.durations
+    /// The longest of its recent attempts at `memory_mb`, once enough are known, or what
+    /// an attempt running there now has run, if longer (the figure admissions use).
+    pub(super) fn expected(&self, memory_mb: u32, now: Instant) -> Option<Duration> {
+        let d = self
+            .durations
             .get(&memory_mb)
-            .or_else(|| self.durations.get(&0))
-            .and_then(scheduler::life::Durations::longest)
+            .or_else(|| self.durations.get(&0))?;
+        let running = d.running_for(now).unwrap_or_default();
+        d.longest().map(|l| l.max(running))
     }
 
     /// No task pending, accepting or running (the caller asks the roster and the spawns for

@@ -115,7 +115,7 @@ impl State {
                 .collect();
             // At the size new workers get; with none measured there (workers that said
             // hello with a size of their own), the longest at any size.
-            let bound = f.expected(memory_mb).or_else(|| {
+            let bound = f.expected(memory_mb, now).or_else(|| {
                 f.durations
                     .values()
                     .filter_map(crate::scheduler::life::Durations::longest)

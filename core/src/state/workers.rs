@@ -44,7 +44,7 @@ pub(super) struct Arrival {
     /// Past the fleet cap: it is sent away at once.
     pub(super) surplus: bool,
     /// What a task of its function is expected to take at its size (the figure it reads).
-    pub(super) expected: Arc<std::sync::atomic::AtomicU64>,
+    pub(super) expected: Arc<crate::scheduler::life::Figure>,
 }
 
 /// The bounds of a Hello (anything outside is INVALID_ARGUMENT): memory from Lambda's
@@ -410,7 +410,7 @@ impl State {
             let Some(w) = self.workers.get_mut(id) else {
                 continue;
             };
-            w.running.push((task_id, attempt));
+            w.running.push((task_id, attempt), now);
             w.assigned_total += 1;
             kept += 1;
             if let Some(limit) = timeout.or(self.config.limits.task_timeout) {
@@ -478,7 +478,7 @@ impl State {
         effects: &mut Effects,
     ) {
         self.unindex(id);
-        let Some(w) = self.workers.remove(id) else {
+        let Some(mut w) = self.workers.remove(id) else {
             return;
         };
         // Told to stop, and gone with nothing running and no fault.
@@ -525,7 +525,10 @@ impl State {
                 format!("{cause} (worker {id})")
             };
             let on = Some((w.memory_mb, w.running.len()));
-            self.give_back(&w.running, on, &cause, now, effects);
+            // Off the worker first: what they ran no longer bounds its function's figure
+            // when they are placed again.
+            let lost = w.running.clear();
+            self.give_back(&lost, on, &cause, now, effects);
         }
         self.dispatch(&w.function, now, effects);
     }

@@ -179,6 +179,54 @@ fn a_worker_whose_admissions_ended_still_takes_a_task_its_own_timeout_bounds() {
     assert_eq!((waiting, late), ((true, true), 0));
 }
 
+#[test]
+fn a_task_still_running_ends_late_admissions_on_every_worker_of_its_function_before_it_ends() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let a = s
+        .connect(hello_with_life("a", 2, secs(10.0)), now, &mut effects)
+        .expect("connect");
+    // Short tasks known: 50 ms.
+    run_tasks(&mut s, "a", a, 8, secs(0.05), now);
+    assert_eq!(s.stats(now).functions[0].duration_bound_ms, 50);
+    // One that turns out long starts on a at 1 s; b comes at 1 s with a whole life.
+    let mut effects = Effects::default();
+    let long = submit(&mut s, &mut effects, now + secs(1.0));
+    assert_eq!(assigned(&mut effects, a), vec![long]);
+    let b = s
+        .connect(hello_with_life("b", 2, secs(10.0)), now + secs(1.0), &mut effects)
+        .expect("connect");
+    // At 7 s it has run 6 s: a task may take that long, which needs 7.75 s of a life. The
+    // figure alone (50 ms) would let b, 6 s into its life, take one until 9.6 s; it does
+    // not, nor does a.
+    let mut effects = Effects::default();
+    let waiting = submit(&mut s, &mut effects, now + secs(7.0));
+    assert!(assigned(&mut effects, a).is_empty());
+    assert!(assigned(&mut effects, b).is_empty());
+    assert_eq!(s.get(waiting).expect("get").state(), TaskState::Pending);
+    // Its worker gone, the long attempt no longer bounds anything (its task back in the
+    // pool, not known to be long): at its next sample b, with 4 s left, takes both.
+    let mut effects = Effects::default();
+    s.disconnect(
+        &WorkerId::new("a"),
+        a,
+        StreamEnd::Closed,
+        now + secs(7.1),
+        &mut effects,
+    );
+    let idle = pb::ResourceSample {
+        cpu: 0.01,
+        memory_used_bytes: 1,
+        memory_limit_bytes: 100,
+        ..Default::default()
+    };
+    s.sample(&WorkerId::new("b"), idle, now + secs(7.2), &mut effects)
+        .expect("sample");
+    let mut got = assigned(&mut effects, b);
+    got.sort_unstable();
+    assert_eq!(got, vec![long, waiting]);
+}
+
 /// A local-spawner state whose one worker ("w", spawned) took `cold` to start, lives
 /// `life`, and has run eight 100 ms tasks; returns its connection and the time then.
 fn measured_worker(max_workers: u32, cold: Duration, life: Duration) -> (State, Instant, Conn, WorkerId) {
@@ -204,7 +252,7 @@ fn measured_worker(max_workers: u32, cold: Duration, life: Duration) -> (State, 
 #[test]
 fn a_successor_starts_its_cold_start_ahead_of_its_predecessor_s_end_when_work_is_queued() {
     // One worker allowed: the successor takes the place of one whose admissions end.
-    let (mut s, at, conn, _) = measured_worker(1, secs(1.0), secs(10.0));
+    let (mut s, at, conn, id) = measured_worker(1, secs(1.0), secs(10.0));
     // Admissions end at 10 - 0.125 - 0.25 s; the lead is the 1 s cold start.
     let end = secs(10.0) - secs(0.125) - secs(0.25);
     // Fill both slots and queue more than it can finish by its end (100 ms tasks, two at a
@@ -213,17 +261,34 @@ fn a_successor_starts_its_cold_start_ahead_of_its_predecessor_s_end_when_work_is
     for _ in 0..40 {
         submit(&mut s, &mut effects, at + secs(1.0));
     }
+    let running = assigned(&mut effects, conn);
+    assert_eq!(running.len(), 2);
+    assert!(effects.spawns.is_empty(), "{:?}", effects.spawns);
+    // The two end before the lead (one running for 7.7 s would be a task that long), and
+    // two more start.
+    let within = at + end - secs(0.9);
+    let mut effects = Effects::default();
+    let done = running
+        .iter()
+        .map(|&t| pb::WorkerTaskResult {
+            duration_us: 100_000,
+            ..result(t, 1)
+        })
+        .collect();
+    s.results(&id, done, within - secs(0.2), &mut effects)
+        .expect("results");
     assert_eq!(assigned(&mut effects, conn).len(), 2);
     assert!(effects.spawns.is_empty(), "{:?}", effects.spawns);
     // Within the lead, the function is looked at again (the timer the worker armed) and a
     // successor starts although the cap is one worker.
     let mut effects = Effects::default();
-    let within = at + end - secs(0.9);
     s.on_timer(Timer::Function(Arc::from("f")), within, &mut effects);
     assert_eq!(effects.spawns.len(), 1, "a successor");
     let st = &s.stats(within).functions[0];
     assert_eq!(st.successors_started, 1);
-    assert_eq!(st.successor_lead_ms, 900);
+    // 900 ms before the end the figure gives; the two running for 200 ms already are tasks
+    // at least that long, which need 125 ms more of the life than 100 ms ones.
+    assert_eq!(st.successor_lead_ms, 775);
     // Once: the successor starting covers the queue.
     let mut effects = Effects::default();
     s.on_timer(Timer::Function(Arc::from("f")), within + secs(0.1), &mut effects);
