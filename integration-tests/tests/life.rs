@@ -3,7 +3,8 @@
 //! with its cause; a batch longer than a life is handed over to a successor that starts
 //! before its predecessor has drained, with no task killed at a deadline and none run
 //! twice; a worker whose queue is empty gets no successor; a worker whose admissions have
-//! ended still takes a task bounded by its own timeout that fits what is left of its life.
+//! ended still takes a task bounded by its own timeout that fits what is left of its life;
+//! a task still running counts as long as it has run, ending late admissions before it ends.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -195,5 +196,52 @@ async fn a_worker_whose_admissions_ended_still_takes_a_task_bounded_by_its_own_t
     let stats = function_stats(&client, "sleep").await;
     assert_eq!((stats.killed_at_deadline, stats.retried), (0, 0), "{stats:?}");
     assert_eq!(stats.taken_late, 1, "{stats:?}");
+    fleet_gone(&client).await;
+}
+
+#[tokio::test]
+async fn a_task_still_running_ends_late_admissions_before_it_has_ended() {
+    use std::time::Duration;
+    // One worker at a time (a successor aside), four tasks at once, 10 s of life.
+    let coord = Coordinator::start(&["--execution-timeout", "10s", "--max-workers", "1", "--slots", "4"]);
+    let client = coord.client().await;
+    let sleep = |ms: &str| Client::request("sleep", Bytes::from(ms.to_owned()), None);
+    // A task of 6 s starts on the first worker (which ends when it is idle: it keeps it).
+    let keeper = {
+        let client = client.clone();
+        tokio::spawn(async move { client.run_request(sleep("6000")).await })
+    };
+    // Eight of 50 ms beside it: by what has ended, the function's tasks take 50 ms and a
+    // worker admits them until 9.7 s of its life.
+    for r in sleeps(&client, 8, "50").await {
+        assert_eq!(r.state(), TaskState::Succeeded, "{r:?}");
+    }
+    let first = client.workers("sleep").await.expect("workers");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].running_tasks, 1, "{first:?}");
+    let first = first[0].worker_id.clone();
+    // While it has run little, a task like it fits: another task goes to the same worker.
+    let early = client.run_request(sleep("100")).await.expect("run");
+    assert_eq!(early.worker_id, first, "{early:?}");
+    // Once it has run long enough that a task as long no longer fits what is left of the
+    // worker's life (4.5 s run: 5.9 s needed, 5 s left), the worker takes no task without a
+    // bound, although every task that has ended took 100 ms at most: a fresh worker does.
+    let stats = eventually("the running task to count as the duration bound", || async {
+        let s = function_stats(&client, "sleep").await;
+        (s.duration_bound_ms >= 4500).then_some(s)
+    })
+    .await;
+    assert!(stats.duration_bound_ms < 6000, "too late to test: {stats:?}");
+    let late = client.run_request(sleep("100")).await.expect("run");
+    assert_eq!(late.state(), TaskState::Succeeded, "{late:?}");
+    assert_ne!(late.worker_id, first, "{late:?}");
+    let kept = keeper.await.expect("join").expect("run");
+    assert_eq!(
+        (kept.state(), kept.attempts, kept.worker_id.as_str()),
+        (TaskState::Succeeded, 1, first.as_str()),
+        "{kept:?}"
+    );
+    let stats = function_stats(&client, "sleep").await;
+    assert_eq!((stats.killed_at_deadline, stats.retried), (0, 0), "{stats:?}");
     fleet_gone(&client).await;
 }
