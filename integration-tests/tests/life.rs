@@ -201,7 +201,6 @@ async fn a_worker_whose_admissions_ended_still_takes_a_task_bounded_by_its_own_t
 
 #[tokio::test]
 async fn a_task_still_running_ends_late_admissions_before_it_has_ended() {
-    use std::time::Duration;
     // One worker at a time (a successor aside), four tasks at once, 10 s of life.
     let coord = Coordinator::start(&["--execution-timeout", "10s", "--max-workers", "1", "--slots", "4"]);
     let client = coord.client().await;
