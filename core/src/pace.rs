@@ -12,8 +12,11 @@
 //! - **The ramp allows it.** At most [`Census::ramp`] copies initialize at once (the CPUs
 //!   the worker can run on), so each copy's init is seen before more start (the ramp
 //!   throttle of Temporal's resource-based slot supplier); and until a task has finished on
-//!   some copy, no more than `ramp` copies exist at all, so a task's working memory is seen
-//!   too.
+//!   some copy, or run on one for [`WORKING_MEMORY_SHOWN`], no more than `ramp` copies exist
+//!   at all, so a task's working memory is seen too. Not only a finished task: where the
+//!   first tasks a new worker's copies took were long ones (one in ten a 2.4 s wait, the
+//!   rest 50 ms), its other tasks waited behind them for 2.6 s, a successor's first tasks
+//!   most of all.
 //! - **Memory holds it at its peak.** The worker's own memory, plus every live copy at the
 //!   largest peak any ready copy has shown (the kernel's high-water mark, so the peak of a
 //!   task between two looks is not missed), plus the new ones, stays under the budget.
@@ -22,6 +25,11 @@
 /// their peak (the coordinator's memory target, 0.9 by default, sits above it, so copies
 /// alone never make the limit fall).
 pub const COPY_MEMORY_SHARE: f64 = 0.85;
+
+/// How long a task must have run on a copy for its working memory to count as shown in the
+/// copy's peak (the kernel's high-water mark): a task allocates what it works on as it
+/// starts (an image decoded, a response read), and one that has run a second has done so.
+pub const WORKING_MEMORY_SHOWN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the host sees of its copies when it decides.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,7 +46,8 @@ pub struct Census {
     pub queued: usize,
     /// How many copies may initialize at once.
     pub ramp: usize,
-    /// Whether a task has finished on some copy (its working memory shows in the peaks).
+    /// Whether a task has finished on some copy, or run on one for
+    /// [`WORKING_MEMORY_SHOWN`] (its working memory shows in the peaks).
     pub completed: bool,
     /// The worker's own memory (its process, without the copies), in bytes.
     pub own_bytes: u64,
@@ -95,7 +104,8 @@ pub enum Hold {
     NoWork,
     /// Enough copies are initializing already.
     Ramp,
-    /// No task has finished yet: its working memory is not known.
+    /// No task has finished yet (nor run for [`WORKING_MEMORY_SHOWN`]): its working memory
+    /// is not known.
     FirstTask,
     /// Another copy would not fit in memory at its peak.
     Memory,

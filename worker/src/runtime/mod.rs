@@ -103,6 +103,9 @@ struct Inner {
     budget: u64,
     /// Whether a task has finished on some copy.
     completed: AtomicBool,
+    /// Whether a look is due once the longest-running invocation has run
+    /// [`pace::WORKING_MEMORY_SHOWN`] (copies held back for a first task's memory).
+    shown_look: AtomicBool,
     /// The worker's own memory, the largest peak a ready copy has shown, and when they
     /// were read.
     memory: Mutex<MemoryLook>,
@@ -139,6 +142,8 @@ struct Job {
 struct Current {
     request_id: String,
     task: u64,
+    /// When the copy took it.
+    since: Instant,
     kill_at: Option<Instant>,
     timeout: Option<Duration>,
     done: oneshot::Sender<Outcome>,
@@ -205,6 +210,7 @@ impl RuntimeHost {
                 ramp,
                 budget,
                 completed: AtomicBool::new(false),
+                shown_look: AtomicBool::new(false),
                 memory: Mutex::new(MemoryLook::default()),
                 newest: Mutex::new((None, 0)),
                 inits: Mutex::new((0, Duration::ZERO)),
@@ -402,6 +408,7 @@ impl Inner {
         state.current = Some(Current {
             request_id: request_id.clone(),
             task: job.task,
+            since: Instant::now(),
             kill_at: job.kill_at,
             timeout: job.timeout,
             done,
@@ -444,13 +451,31 @@ impl Inner {
             budget: self.budget,
             ..pace::Census::default()
         };
+        let mut oldest: Option<Instant> = None;
         for slot in &live {
             let st = slot.lock();
             census.starting += usize::from(!st.asked);
             census.busy += usize::from(st.current.is_some());
             census.peaks_sum += st.peak;
+            if let Some(c) = &st.current {
+                oldest = Some(oldest.map_or(c.since, |o| o.min(c.since)));
+            }
         }
+        // A task that has run long enough shows its working memory as a finished one does.
+        census.completed |= oldest.is_some_and(|o| o.elapsed() >= pace::WORKING_MEMORY_SHOWN);
         let (n, hold) = pace::to_start(&census);
+        if hold == pace::Hold::FirstTask
+            && let Some(o) = oldest
+            && !self.shown_look.swap(true, Ordering::Relaxed)
+        {
+            // Look again when the oldest invocation has run that long.
+            let inner = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep_until((o + pace::WORKING_MEMORY_SHOWN).into()).await;
+                inner.shown_look.store(false, Ordering::Relaxed);
+                inner.refit();
+            });
+        }
         if n == 0 && hold != pace::Hold::NoWork {
             tracing::debug!(function = %self.settings.function, ?hold, live = census.live, queued, "no copy started");
         }

@@ -248,3 +248,32 @@ async fn a_copys_init_is_measured_from_its_start_to_its_first_request() {
     let out = host.call(task(1, r#""x""#, None)).await;
     assert_eq!(json(&out)["event"], "x");
 }
+
+#[tokio::test]
+async fn copies_held_for_a_first_tasks_memory_start_once_a_task_has_run_a_while() {
+    let _alone = crate::children::SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Arc::new(python_host(&dir));
+    host.prepare().await.unwrap();
+    let ramp = host.inner.ramp;
+    host.limit(ramp as u32 + 1);
+    // As many long tasks as copies may exist before a task has finished, then a short one:
+    // before, it waited for a long one to end (a minute here); now, once a task has run for
+    // its working memory to show, another copy starts for it.
+    let long: Vec<_> = (0..ramp as u64)
+        .map(|i| tokio::spawn(host.call(task(i, r#""hang""#, None))))
+        .collect();
+    until("the long tasks running", || {
+        host.running().is_some_and(|r| r.tasks == ramp as u32)
+    })
+    .await;
+    let short = tokio::time::timeout(Duration::from_secs(20), host.call(task(99, "1", None)))
+        .await
+        .expect("the short task waited for a long one");
+    assert_eq!(json(&short)["event"], 1);
+    assert_eq!(host.copies(), ramp + 1);
+    drop(host);
+    for l in long {
+        l.abort();
+    }
+}
