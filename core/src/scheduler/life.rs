@@ -160,6 +160,17 @@ impl Figure {
         }
     }
 
+    /// The key an attempt started at `at` would have: attempts with a smaller key started
+    /// before it. `None` before any attempt started.
+    pub fn key_at(&self, at: Instant) -> Option<u64> {
+        let base = self.base.get()?;
+        Some(
+            at.saturating_duration_since(*base)
+                .as_micros()
+                .min(u128::from(u64::MAX - 1)) as u64,
+        )
+    }
+
     /// An attempt started at `now`: returns its key, for [`Figure::ended`].
     pub fn started(&self, now: Instant) -> u64 {
         let base = *self.base.get_or_init(|| now);

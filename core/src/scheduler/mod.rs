@@ -409,6 +409,14 @@ impl Reach {
         self.first
     }
 
+    /// How long an attempt may run before its slot no longer counts as turning over with
+    /// the `typical` (median) task: twice that, plus a runtime copy's init (a copy's first
+    /// task waits for it). Past it, the attempt is one of the function's long ones, and its
+    /// slot stays busy for as long as those take, not for a median's turn.
+    pub fn overdue_after(&self, typical: Duration) -> Duration {
+        typical * 2 + Duration::from_secs_f64(self.copy_init.unwrap_or(0.0))
+    }
+
     /// The median of the recent attempts' durations, seconds.
     pub fn typical(&self) -> Option<f64> {
         let mut d: Vec<f64> = self.recent.iter().copied().collect();

@@ -562,7 +562,7 @@ impl State {
         let slots_raw = scheduler::new_worker_capacity(&rules, learned);
         // Nothing known of the function yet (no level learned): its first worker settles
         // before any other starts.
-        if !urgent && self.first_finds_out(function, learned) {
+        if !urgent && self.first_finds_out(function, learned, now) {
             return;
         }
         let Some(f) = self.functions.get(function) else {
@@ -586,6 +586,14 @@ impl State {
         };
         let task = typical.map(Duration::from_secs_f64);
         let lead = lead_of(f, task);
+        // Attempts started before this are long ones: their slots do not turn over with the
+        // median task (a worker whose slots all hold long tasks finishes nothing for their
+        // time, whatever its median).
+        let overdue_from = task.and_then(|t| now.checked_sub(f.reach.overdue_after(t)));
+        let turning = |w: &Worker| {
+            let overdue = overdue_from.map_or(0, |at| w.running.started_before(at));
+            w.limit.value().saturating_sub(overdue)
+        };
         let (slots_per_new, ahead) = scheduler::coverage(&rules, slots_raw, turns);
         let mut free = self.spawns.of(function) as usize * slots_per_new as usize;
         // What the function's workers (and those starting) finish before a successor started
@@ -620,16 +628,11 @@ impl State {
                     continue;
                 }
                 let left = scheduler::until_deadline(&rules, &v);
-                if hand_overs && left < lead {
+                if hand_overs && left <= lead {
                     let free_now = w.limit.value().saturating_sub(v.running);
+                    let slots = turning(w);
                     let covers = |turns: u32| {
-                        scheduler::life::covers_before_end(
-                            free_now,
-                            w.limit.value(),
-                            left,
-                            task,
-                            turns.max(1),
-                        ) as usize
+                        scheduler::life::covers_before_end(free_now, slots, left, task, turns.max(1)) as usize
                     };
                     free += covers(ahead);
                     free_by_then += covers(lead_turns);
@@ -637,13 +640,20 @@ impl State {
                     retiring += 1;
                     continue;
                 }
-                next_scan = next_scan.min(now + left.saturating_sub(lead));
+                // While an attempt still running sets its end, the end comes 1.25 s nearer
+                // for every second.
+                let nearing = match (v.running_for, v.expected) {
+                    (Some(r), e) if e.is_none_or(|e| r > e) => 1.0 + scheduler::life::ADMISSION_MARGIN,
+                    _ => 1.0,
+                };
+                next_scan = next_scan.min(now + left.saturating_sub(lead).div_f64(nearing));
                 lasting += 1;
                 let free_now = scheduler::free_capacity(&w.limit, w.limit_params.max, v.running) as usize;
                 // What its busy slots finish before a new worker could (weighed), and before
                 // a successor could.
-                free += free_now + w.limit.value() as usize * ahead as usize;
-                free_by_then += free_now + w.limit.value() as usize * lead_turns as usize;
+                let slots = turning(w) as usize;
+                free += free_now + slots * ahead as usize;
+                free_by_then += free_now + slots * lead_turns as usize;
             }
         }
         let scanned = !fleet_cannot_matter || look_for_ending;
@@ -724,12 +734,20 @@ impl State {
     /// shows the level the others start at. Only paced scale-out waits so, not
     /// `--scale-out eager` (Lambda's way), a quota of tasks per worker (conventional FaaS)
     /// or a pinned `--slots`; and only for the function's first worker in the
-    /// coordinator's life.
-    fn first_finds_out(&self, function: &str, learned: Option<Learned>) -> bool {
+    /// coordinator's life. Nor once that worker's admissions are about to end (within a
+    /// successor's lead): it finds out nothing more, and its successor is due. A first
+    /// worker of a Python handler whose slots all held long tasks (one in ten a 2.4 s wait)
+    /// was still probing when its admissions ended, and its queue waited a second for a
+    /// successor started only then.
+    fn first_finds_out(&self, function: &str, learned: Option<Learned>, now: Instant) -> bool {
         let rules = &self.rules;
         let Some(f) = self.functions.get(function) else {
             return false;
         };
+        let hand_overs =
+            rules.admission == scheduler::Admission::Duration && rules.max_tasks_per_worker.is_none();
+        let lead = lead_of(f, f.reach.typical().map(Duration::from_secs_f64));
+        let ending = |w: &Worker| hand_overs && scheduler::until_deadline(rules, &w.view(now)) <= lead;
         rules.scale_out == crate::config::ScaleOut::Paced
             && rules.max_tasks_per_worker.is_none()
             && rules.pinned_slots.is_none()
@@ -740,7 +758,7 @@ impl State {
             && !self
                 .workers
                 .values()
-                .any(|w| w.function.as_ref() == function && w.limit.settled())
+                .any(|w| w.function.as_ref() == function && (w.limit.settled() || ending(w)))
     }
 
     /// How long before a worker's admissions end its successor is started: what a new

@@ -197,6 +197,14 @@ impl Running {
         self.tasks.swap_remove(pos)
     }
 
+    /// How many of its tasks have run since before `at`.
+    pub(super) fn started_before(&self, at: Instant) -> u32 {
+        match self.figure.key_at(at) {
+            Some(key) => self.starts.iter().filter(|&&k| k < key).count() as u32,
+            None => 0,
+        }
+    }
+
     /// Takes every running task off, returning them.
     pub(super) fn clear(&mut self) -> Vec<(TaskId, u32)> {
         for key in self.starts.drain(..) {

@@ -124,6 +124,7 @@ impl State {
         }
         self.dispatch_after_change(&function, Some(id), now, effects);
         self.evaluate(id, now, effects);
+        self.rearm_successor(id, now, effects);
         Ok(())
     }
 

@@ -262,6 +262,37 @@ impl State {
         }
     }
 
+    /// Looks at `function`'s scale-out again before worker `id`'s next sample if its
+    /// admissions will come within its successor's lead by then: while an attempt of its
+    /// function still running sets their end (it has run longer than the figure), the end
+    /// comes 1.25 s nearer for every second, and the timer its hello armed is late.
+    pub(super) fn rearm_successor(&self, id: &WorkerId, now: Instant, effects: &mut Effects) {
+        if self.rules.admission != scheduler::Admission::Duration || self.rules.max_tasks_per_worker.is_some()
+        {
+            return;
+        }
+        let Some(w) = self.workers.get(id) else {
+            return;
+        };
+        let v = w.view(now);
+        let Some(running) = v.running_for else {
+            return;
+        };
+        if v.expected.is_some_and(|e| e >= running) {
+            return;
+        }
+        let left = scheduler::until_deadline(&self.rules, &v);
+        let lead = self.successor_lead(&w.function);
+        if lead.is_zero() || left <= lead {
+            return; // within it already: this event's pass starts the successor
+        }
+        // A millisecond late rather than a rounding early.
+        let when = (left - lead).div_f64(1.0 + scheduler::life::ADMISSION_MARGIN) + Duration::from_millis(1);
+        if when < self.config.fleet.sample_interval {
+            effects.timers.push((when, Timer::Function(w.function.clone())));
+        }
+    }
+
     /// The Welcome a new connection gets.
     fn welcome(&self, slots: u32) -> pb::Welcome {
         pb::Welcome {

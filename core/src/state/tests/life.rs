@@ -301,12 +301,14 @@ fn no_successor_starts_when_nothing_is_queued_or_the_queue_empties_before_the_en
     let mut effects = Effects::default();
     s.on_timer(Timer::Function(Arc::from("f")), at + secs(9.0), &mut effects);
     assert!(effects.spawns.is_empty());
-    // Six queued behind two running: done in 0.4 s, before its admissions end.
+    // Six queued behind two running: done in 0.4 s, before its admissions end (9.625 s),
+    // looked at within the successor's lead (1 s) while the two have run less than two
+    // median tasks (past that, they would be long ones).
     for _ in 0..8 {
-        submit(&mut s, &mut effects, at + secs(8.5));
+        submit(&mut s, &mut effects, at + secs(8.65));
     }
     assert_eq!(assigned(&mut effects, conn).len(), 2);
-    s.on_timer(Timer::Function(Arc::from("f")), at + secs(8.8), &mut effects);
+    s.on_timer(Timer::Function(Arc::from("f")), at + secs(8.7), &mut effects);
     assert!(effects.spawns.is_empty());
     assert_eq!(s.stats(at + secs(9.0)).functions[0].successors_started, 0);
 }
@@ -343,4 +345,66 @@ fn a_worker_ending_with_tasks_running_at_its_deadline_counts_them_as_killed() {
         &mut effects,
     );
     assert_eq!(s.stats(now + secs(3.0)).functions[0].killed_at_deadline, 1);
+}
+
+#[test]
+fn slots_holding_tasks_far_past_the_median_do_not_count_as_turning_over() {
+    // Two workers allowed; the first has run eight tasks of 100 ms and lives long.
+    let (mut s, at, conn, _) = measured_worker(2, secs(1.0), secs(100.0));
+    let mut effects = Effects::default();
+    for _ in 0..202 {
+        submit(&mut s, &mut effects, at + secs(1.0));
+    }
+    assert_eq!(assigned(&mut effects, conn).len(), 2);
+    // Two just started, 200 queued: its two slots, turning over every 100 ms, finish 160 of
+    // them in nine times what a new worker takes to start (1 s, less a task): the rest does
+    // not pay for a new one (paced scale-out).
+    assert!(effects.spawns.is_empty(), "{:?}", effects.spawns);
+    // A second later the two still run: long ones, whose slots finish nothing for as long
+    // as those take. The queue pays for a new worker.
+    let mut effects = Effects::default();
+    s.on_timer(Timer::Function(Arc::from("f")), at + secs(2.0), &mut effects);
+    assert_eq!(effects.spawns.len(), 1, "{:?}", effects.spawns);
+}
+
+#[test]
+fn a_running_task_that_brings_the_end_nearer_has_the_successor_looked_at_before_the_next_sample() {
+    let (mut s, at, conn, id) = measured_worker(1, secs(1.0), secs(10.0));
+    let mut effects = Effects::default();
+    let long = submit(&mut s, &mut effects, at + secs(1.0));
+    assert_eq!(assigned(&mut effects, conn), vec![long]);
+    for _ in 0..40 {
+        submit(&mut s, &mut effects, at + secs(1.0));
+    }
+    // At 4 s it has run 3 s: admissions end at 10 - 3.75 - 0.25 = 6 s, 2 s away, and 1.25 s
+    // nearer for every second it goes on. The successor's lead is 1 s: the end is within
+    // it in 1 s / 2.25, before the next sample (500 ms): a look is due then.
+    let busy = pb::ResourceSample {
+        cpu: 0.01,
+        memory_used_bytes: 1,
+        memory_limit_bytes: 100,
+        running_tasks: 2,
+        ..Default::default()
+    };
+    let mut effects = Effects::default();
+    s.sample(&id, busy, at + secs(4.0), &mut effects).expect("sample");
+    let looks: Vec<Duration> = effects
+        .timers
+        .iter()
+        .filter(|(_, t)| matches!(t, Timer::Function(f) if f.as_ref() == "f"))
+        .map(|(d, _)| *d)
+        .collect();
+    let look = looks
+        .iter()
+        .copied()
+        .find(|d| d.abs_diff(secs(1.0 / 2.25)) < secs(0.01))
+        .unwrap_or_else(|| panic!("no look when the end comes within the lead: {looks:?}"));
+    // Then the successor starts, 1 s ahead of the end.
+    let mut effects = Effects::default();
+    s.on_timer(
+        Timer::Function(Arc::from("f")),
+        at + secs(4.0) + look,
+        &mut effects,
+    );
+    assert_eq!(effects.spawns.len(), 1, "a successor");
 }
