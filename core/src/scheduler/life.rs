@@ -20,7 +20,7 @@
 //! below, so a long task's first appearance ends late admissions while it runs, not once it
 //! has ended (when the workers that took its like late are already doomed).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -136,10 +136,21 @@ pub struct Figure {
     longest: AtomicU64,
     /// The instant start times are counted from (the first attempt's start).
     base: OnceLock<Instant>,
-    /// The running attempts' starts, microseconds after `base`, and how many started then.
-    starts: Mutex<BTreeMap<u64, u32>>,
+    /// The running attempts' starts.
+    starts: Mutex<Starts>,
     /// The earliest of them plus one; 0 while none runs (read without the lock).
     earliest: AtomicU64,
+}
+
+/// The running attempts' starts, microseconds after the figure's base, oldest first, with
+/// how many started then: attempts start in time order, so a start is pushed at the back
+/// and an end found by a binary search. Ended ones leave from the front, and the ones
+/// between are swept out once they outnumber the running (an attempt running for hours
+/// among millions of short ones holds no more than twice the running).
+#[derive(Debug, Default)]
+struct Starts {
+    keys: VecDeque<(u64, u32)>,
+    running: usize,
 }
 
 impl Figure {
@@ -179,25 +190,52 @@ impl Figure {
             .as_micros()
             .min(u128::from(u64::MAX - 1)) as u64;
         let mut starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
-        *starts.entry(key).or_default() += 1;
-        self.publish(&starts);
+        let keys = &mut starts.keys;
+        match keys.back_mut() {
+            Some((k, n)) if *k == key => *n += 1,
+            Some((k, _)) if *k > key => {
+                // Out of order (never expected: starts come in time order): kept sorted.
+                let at = keys.partition_point(|&(k, _)| k < key);
+                match keys.get_mut(at) {
+                    Some((k, n)) if *k == key => *n += 1,
+                    _ => keys.insert(at, (key, 1)),
+                }
+            }
+            _ => keys.push_back((key, 1)),
+        }
+        starts.running += 1;
+        if starts.keys.len() == 1 {
+            self.publish(&starts.keys);
+        }
         key
     }
 
     /// The attempt that started at `key` ended (or left its worker).
     pub fn ended(&self, key: u64) {
         let mut starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = starts.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
-                starts.remove(&key);
-            }
+        let keys = &mut starts.keys;
+        let at = keys.partition_point(|&(k, _)| k < key);
+        let Some((k, n)) = keys.get_mut(at) else {
+            return;
+        };
+        if *k != key || *n == 0 {
+            return;
         }
-        self.publish(&starts);
+        *n -= 1;
+        if at == 0 {
+            while keys.front().is_some_and(|&(_, n)| n == 0) {
+                keys.pop_front();
+            }
+            self.publish(keys);
+        }
+        starts.running -= 1;
+        if starts.keys.len() > 2 * starts.running + 64 {
+            starts.keys.retain(|&(_, n)| n > 0);
+        }
     }
 
-    fn publish(&self, starts: &BTreeMap<u64, u32>) {
-        let earliest = starts.keys().next().map_or(0, |k| k + 1);
+    fn publish(&self, starts: &VecDeque<(u64, u32)>) {
+        let earliest = starts.front().map_or(0, |&(k, _)| k + 1);
         self.earliest.store(earliest, Ordering::Relaxed);
     }
 }
@@ -401,9 +439,26 @@ mod tests {
         assert_eq!(f.running_for(t0 + ms(1000)), Some(ms(700)), "two started then");
         f.ended(c);
         assert_eq!(f.running_for(t0 + ms(1000)), None);
-        // An unknown key changes nothing.
+        // An unknown key changes nothing, nor does a second end of one.
         f.ended(12345);
+        f.ended(a);
         assert_eq!(f.running_for(t0 + ms(1000)), None);
+    }
+
+    #[test]
+    fn one_attempt_running_long_among_many_short_ones_holds_little() {
+        let f = Figure::default();
+        let t0 = Instant::now();
+        let long = f.started(t0);
+        for i in 1..=100_000 {
+            let k = f.started(t0 + Duration::from_micros(i));
+            f.ended(k);
+        }
+        assert!(f.starts.lock().unwrap().keys.len() <= 2 + 64);
+        assert_eq!(f.running_for(t0 + ms(500)), Some(ms(500)));
+        f.ended(long);
+        assert_eq!(f.running_for(t0 + ms(500)), None);
+        assert!(f.starts.lock().unwrap().keys.is_empty());
     }
 
     #[test]
