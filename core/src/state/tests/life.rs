@@ -37,6 +37,18 @@ fn run_tasks(s: &mut State, id: &str, conn: Conn, n: usize, took: Duration, now:
     }
 }
 
+/// An external-spawner state whose worker "a" lives 10 s and has run eight tasks of
+/// `took` at its hello; returns its connection and the time then.
+fn known(took: Duration) -> (State, Instant, Conn) {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let a = s
+        .connect(hello_with_life("a", 2, secs(10.0)), now, &mut effects)
+        .expect("connect");
+    run_tasks(&mut s, "a", a, 8, took, now);
+    (s, now, a)
+}
+
 #[test]
 fn a_worker_takes_no_task_its_function_s_longest_attempt_would_not_finish_in_its_life() {
     let (mut s, now) = state(external());
@@ -65,12 +77,7 @@ fn a_worker_takes_no_task_its_function_s_longest_attempt_would_not_finish_in_its
 
 #[test]
 fn short_tasks_are_admitted_past_the_fraction_while_they_fit() {
-    let (mut s, now) = state(external());
-    let mut effects = Effects::default();
-    let a = s
-        .connect(hello_with_life("a", 2, secs(10.0)), now, &mut effects)
-        .expect("connect");
-    run_tasks(&mut s, "a", a, 8, secs(0.05), now);
+    let (mut s, now, a) = known(secs(0.05));
     // 9.5 s into a 10 s life: past 0.8, but 50 ms tasks still fit.
     let mut effects = Effects::default();
     let t = submit(&mut s, &mut effects, now + secs(9.5));
@@ -181,13 +188,8 @@ fn a_worker_whose_admissions_ended_still_takes_a_task_its_own_timeout_bounds() {
 
 #[test]
 fn a_task_still_running_ends_late_admissions_on_every_worker_of_its_function_before_it_ends() {
-    let (mut s, now) = state(external());
-    let mut effects = Effects::default();
-    let a = s
-        .connect(hello_with_life("a", 2, secs(10.0)), now, &mut effects)
-        .expect("connect");
     // Short tasks known: 50 ms.
-    run_tasks(&mut s, "a", a, 8, secs(0.05), now);
+    let (mut s, now, a) = known(secs(0.05));
     assert_eq!(s.stats(now).functions[0].duration_bound_ms, 50);
     // One that turns out long starts on a at 1 s; b comes at 1 s with a whole life.
     let mut effects = Effects::default();
