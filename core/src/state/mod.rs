@@ -744,21 +744,24 @@ impl State {
         let Some(f) = self.functions.get(function) else {
             return false;
         };
-        let hand_overs =
-            rules.admission == scheduler::Admission::Duration && rules.max_tasks_per_worker.is_none();
-        let lead = lead_of(f, f.reach.typical().map(Duration::from_secs_f64));
-        let ending = |w: &Worker| hand_overs && scheduler::until_deadline(rules, &w.view(now)) <= lead;
-        rules.scale_out == crate::config::ScaleOut::Paced
+        let first = rules.scale_out == crate::config::ScaleOut::Paced
             && rules.max_tasks_per_worker.is_none()
             && rules.pinned_slots.is_none()
             && learned.is_none()
             // Its first worker, live or starting, and no other ever.
             && f.workers_started + u64::from(self.spawns.of(function)) <= 1
-            && self.workers.of(function) + self.spawns.of(function) as usize == 1
-            && !self
-                .workers
-                .values()
-                .any(|w| w.function.as_ref() == function && (w.limit.settled() || ending(w)))
+            && self.workers.of(function) + self.spawns.of(function) as usize == 1;
+        if !first {
+            return false;
+        }
+        // Only now (every result asks): the lead, from the sorted recent durations.
+        let hand_overs = rules.admission == scheduler::Admission::Duration;
+        let lead = lead_of(f, f.reach.typical().map(Duration::from_secs_f64));
+        let ending = |w: &Worker| hand_overs && scheduler::until_deadline(rules, &w.view(now)) <= lead;
+        !self
+            .workers
+            .values()
+            .any(|w| w.function.as_ref() == function && (w.limit.settled() || ending(w)))
     }
 
     /// How long before a worker's admissions end its successor is started: what a new
