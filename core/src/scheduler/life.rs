@@ -174,21 +174,12 @@ impl Figure {
     /// The key an attempt started at `at` would have: attempts with a smaller key started
     /// before it. `None` before any attempt started.
     pub fn key_at(&self, at: Instant) -> Option<u64> {
-        let base = self.base.get()?;
-        Some(
-            at.saturating_duration_since(*base)
-                .as_micros()
-                .min(u128::from(u64::MAX - 1)) as u64,
-        )
+        Some(key_of(*self.base.get()?, at))
     }
 
     /// An attempt started at `now`: returns its key, for [`Figure::ended`].
     pub fn started(&self, now: Instant) -> u64 {
-        let base = *self.base.get_or_init(|| now);
-        let key = now
-            .saturating_duration_since(base)
-            .as_micros()
-            .min(u128::from(u64::MAX - 1)) as u64;
+        let key = key_of(*self.base.get_or_init(|| now), now);
         let mut starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
         let keys = &mut starts.keys;
         match keys.back_mut() {
@@ -204,7 +195,7 @@ impl Figure {
             _ => keys.push_back((key, 1)),
         }
         starts.running += 1;
-        if starts.keys.len() == 1 {
+        if starts.keys.front().is_some_and(|&(k, _)| k == key) {
             self.publish(&starts.keys);
         }
         key
@@ -238,6 +229,13 @@ impl Figure {
         let earliest = starts.front().map_or(0, |&(k, _)| k + 1);
         self.earliest.store(earliest, Ordering::Relaxed);
     }
+}
+
+/// An instant's key in a [`Figure`]: microseconds after its base.
+fn key_of(base: Instant, at: Instant) -> u64 {
+    at.saturating_duration_since(base)
+        .as_micros()
+        .min(u128::from(u64::MAX - 1)) as u64
 }
 
 /// How much of a worker's life a task expected to take `expected` needs: the expected

@@ -256,6 +256,16 @@ pub fn admission_end(rules: &Rules, w: &WorkerView) -> Duration {
     )
 }
 
+/// How fast the worker's admissions' end comes nearer, in seconds a second: 1, or, while an
+/// attempt of its function still running has run longer than the figure (and so sets the
+/// end), 1 plus the margin, for every second it runs.
+pub fn end_nearing(w: &WorkerView) -> f64 {
+    match (w.running_for, w.expected) {
+        (Some(r), e) if e.is_none_or(|e| r > e) => 1.0 + life::ADMISSION_MARGIN,
+        _ => 1.0,
+    }
+}
+
 /// Whether the worker's admissions have ended.
 pub fn past_deadline(rules: &Rules, w: &WorkerView) -> bool {
     w.age >= admission_end(rules, w)

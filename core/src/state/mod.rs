@@ -640,13 +640,8 @@ impl State {
                     retiring += 1;
                     continue;
                 }
-                // While an attempt still running sets its end, the end comes 1.25 s nearer
-                // for every second.
-                let nearing = match (v.running_for, v.expected) {
-                    (Some(r), e) if e.is_none_or(|e| r > e) => 1.0 + scheduler::life::ADMISSION_MARGIN,
-                    _ => 1.0,
-                };
-                next_scan = next_scan.min(now + left.saturating_sub(lead).div_f64(nearing));
+                next_scan =
+                    next_scan.min(now + left.saturating_sub(lead).div_f64(scheduler::end_nearing(&v)));
                 lasting += 1;
                 let free_now = scheduler::free_capacity(&w.limit, w.limit_params.max, v.running) as usize;
                 // What its busy slots finish before a new worker could (weighed), and before

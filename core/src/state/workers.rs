@@ -275,11 +275,9 @@ impl State {
             return;
         };
         let v = w.view(now);
-        let Some(running) = v.running_for else {
-            return;
-        };
-        if v.expected.is_some_and(|e| e >= running) {
-            return;
+        let nearing = scheduler::end_nearing(&v);
+        if nearing <= 1.0 {
+            return; // the hello's timer stands
         }
         let left = scheduler::until_deadline(&self.rules, &v);
         let lead = self.successor_lead(&w.function);
@@ -287,7 +285,7 @@ impl State {
             return; // within it already: this event's pass starts the successor
         }
         // A millisecond late rather than a rounding early.
-        let when = (left - lead).div_f64(1.0 + scheduler::life::ADMISSION_MARGIN) + Duration::from_millis(1);
+        let when = (left - lead).div_f64(nearing) + Duration::from_millis(1);
         if when < self.config.fleet.sample_interval {
             effects.timers.push((when, Timer::Function(w.function.clone())));
         }
