@@ -13,13 +13,21 @@
 //!   at the level, it jumps toward the level their CPU and memory imply, up to
 //!   [`LimitParams::max_jump`] times. Each rise is also capped by the headroom the sample
 //!   predicts: memory and CPU per task times the added tasks must stay under the targets,
-//!   so memory is always seen before more tasks are let in.
+//!   so memory is always seen before more tasks are let in. The last rise may fill the CPU:
+//!   a level under the CPU target where one more task would cross it rounds up to the fewest
+//!   tasks that fill it, judged on what the level asked for over a task's life (the CPU a
+//!   level leaves idle is a tenth or more of every task's bill).
 //! - **Steady** (after the first pressure, at the cap, or started from a learned level):
 //!   the limit rises by a tenth at most once per window of completions, only while the last
-//!   rise paid off in completions per second; a rise that did not is undone.
+//!   rise paid off in completions per second (a quarter of what it could gain: the share of
+//!   tasks it added, or the CPU the level left idle where that is less); a rise that did not
+//!   is undone.
 //! - **Falls** are multiplicative: memory at its target cuts the limit to what fits; task
 //!   durations inflated past the baseline (what they were at lower levels) for two windows
-//!   in a row cut it by half the ratio of the two (smoothed, as Gradient2 does). Inflation is the signal that still works where CPU
+//!   in a row, while completions per second did not rise with the level as a paying rise
+//!   must, cut it by half the ratio of the two (smoothed, as Gradient2 does). Durations that
+//!   stretch while completions rise are tasks sharing what the level fills, not a queue.
+//!   Inflation is the signal that still works where CPU
 //!   figures lie (Lambda lets a worker burst past its allotment). CPU at its target stops
 //!   the climb but is no fault: every allotted vCPU busy is the goal for CPU-bound work.
 //!   CPU here is what the tasks asked for: the CPU they used plus the time they waited for
@@ -210,6 +218,37 @@ impl Window {
     }
 }
 
+/// The lowest level a limit has judged a window at: what its tasks took there.
+#[derive(Clone, Copy, Debug)]
+struct Baseline {
+    level: u32,
+    /// Mean task duration, seconds.
+    mean: f64,
+    /// Completions per second, once measured.
+    rate: Option<f64>,
+    /// The CPU the level asked for (averaged over its samples), once known: more tasks can
+    /// raise completions per second by no more than the share it left idle.
+    demand: Option<f64>,
+}
+
+impl Baseline {
+    /// The most completions per second can rise from the baseline's level to `level`, as a
+    /// share: as the level, or as the CPU the baseline left idle where that is less.
+    fn most_gain(&self, level: u32) -> f64 {
+        let by_level = f64::from(level.saturating_sub(self.level)) / f64::from(self.level.max(1));
+        by_level.min(idle_gain(self.demand))
+    }
+}
+
+/// The most completions per second can rise, as a share, at a level whose tasks ask for
+/// `demand` of the CPU: the share it leaves idle, over what it uses (no bound while unknown).
+fn idle_gain(demand: Option<f64>) -> f64 {
+    match demand {
+        Some(d) if d > 0.0 => 1.0 / d - 1.0,
+        _ => f64::INFINITY,
+    }
+}
+
 /// One worker's concurrency limit.
 #[derive(Clone, Debug)]
 pub struct Limit {
@@ -219,14 +258,22 @@ pub struct Limit {
     idle_mem: Option<f64>,
     /// Memory one task adds, the highest recent estimate (decays slowly).
     per_task_mem: Option<f64>,
-    /// The task duration, in seconds, at the lowest level judged so far, and that level:
-    /// durations at higher levels are compared with it.
-    baseline: Option<(f64, u32)>,
+    /// The lowest level judged so far: durations and completions per second at higher
+    /// levels are compared with it.
+    baseline: Option<Baseline>,
     window: Window,
     /// Completions since the current level was filled (windows come and go within a level).
     at_level: u32,
-    /// The level and completions per second before the last steady rise, to check it paid.
-    before_rise: Option<(u32, f64)>,
+    /// The level and completions per second before the last steady rise, to check it paid,
+    /// and the most that rise could raise them by (the CPU the level left idle).
+    before_rise: Option<(u32, f64, f64)>,
+    /// The CPU the tasks asked for at this level, averaged over the samples taken while it
+    /// ran its whole level: (demand times seconds, seconds). A sample covers the span since
+    /// the last one, which for tasks that compute and then wait may be all computing or all
+    /// waiting; their average over a task's life is what the level asks for.
+    level_demand: (f64, f64),
+    /// When the last sample arrived.
+    last_sample: Option<Instant>,
     /// When it last fell (or a rise was undone): rises wait [`LimitParams::quiet`].
     last_fall: Option<Instant>,
     /// Since when covered samples have shown CPU at its target.
@@ -288,6 +335,8 @@ impl Limit {
             window: Window::default(),
             at_level: 0,
             before_rise: None,
+            level_demand: (0.0, 0.0),
+            last_sample: None,
             last_fall: None,
             cpu_busy_since: None,
             cpu_waiting_since: None,
@@ -353,6 +402,7 @@ impl Limit {
             return None;
         }
         self.learn_memory(p, &obs);
+        self.learn_demand(&obs, now);
         let judged = self.window.completions >= p.window;
         let moved = match self.fall(p, &obs, now) {
             Some(fall) => Some(fall),
@@ -366,6 +416,25 @@ impl Limit {
             };
         }
         moved
+    }
+
+    /// Adds the sample's CPU demand, over the span since the last sample, to the level's
+    /// average while the worker runs its whole level.
+    fn learn_demand(&mut self, obs: &Observation, now: Instant) {
+        let since = self.last_sample.replace(now);
+        let span = since.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        if obs.running >= self.value && self.window.since.is_some() && span > 0.0 {
+            self.level_demand.0 += obs.demand() * span;
+            self.level_demand.1 += span;
+        }
+    }
+
+    /// The CPU the tasks asked for at this level, averaged over its samples, once they cover
+    /// as long as a task typically runs.
+    fn demand_at_level(&self) -> Option<f64> {
+        let (sum, span) = self.level_demand;
+        let typical = self.typical?;
+        (span > 0.0 && span >= typical).then(|| sum / span)
     }
 
     /// Updates the memory model: the base with nothing running, and what one task adds.
@@ -401,28 +470,50 @@ impl Limit {
             return Some(fall);
         }
         let mean = self.window.mean(p.window)?;
+        let rate = self.window.rate(now);
+        let demand = self.demand_at_level();
         let base = match self.baseline {
             // Inflation is judged against a lower level only; at or below the baseline's
             // level, this window is the reference (pulled down at once if faster, drifting
             // up slowly if slower).
-            Some((base, level)) if self.value > level => base,
-            Some((base, level)) if self.value == level => {
-                let drifted = if mean < base {
+            Some(base) if self.value > base.level => base,
+            Some(base) if self.value == base.level => {
+                let drifted = if mean < base.mean {
                     mean
                 } else {
-                    base + 0.2 * (mean - base)
+                    base.mean + 0.2 * (mean - base.mean)
                 };
-                self.baseline = Some((drifted, level));
+                self.baseline = Some(Baseline {
+                    mean: drifted,
+                    rate: rate.or(base.rate),
+                    demand: demand.or(base.demand),
+                    ..base
+                });
                 self.inflated_before = false;
                 return None;
             }
             _ => {
-                self.baseline = Some((mean, self.value));
+                self.baseline = Some(Baseline {
+                    level: self.value,
+                    mean,
+                    rate,
+                    demand,
+                });
                 self.inflated_before = false;
                 return None;
             }
         };
-        let inflated = mean > base * p.inflation && mean - base > p.inflation_floor.as_secs_f64();
+        // Durations that stretch while completions per second rise with the level are tasks
+        // sharing what the level fills (a CPU it took on purpose, see `rise`): the price of
+        // the idle share it took, not a queue. Inflation is a fault where completions do not
+        // rise with the level as a paying rise must.
+        let paid = match (rate, base.rate) {
+            (Some(now), Some(before)) => now >= before * (1.0 + 0.25 * base.most_gain(self.value)),
+            _ => false,
+        };
+        let inflated =
+            !paid && mean > base.mean * p.inflation && mean - base.mean > p.inflation_floor.as_secs_f64();
+        let base = base.mean;
         if inflated && std::mem::replace(&mut self.inflated_before, true) {
             // Two windows in a row: the limit falls by half the gradient (smoothed, as in
             // Gradient2: one slow window is noise, a queue that builds is not).
@@ -532,7 +623,25 @@ impl Limit {
             Some(t) if t > 1e-9 => (p.mem_target - obs.mem.max(obs.peak)) / t,
             _ => f64::INFINITY,
         };
-        if demand >= p.cpu_target || by_cpu < 1.0 {
+        // The last rise may fill the CPU. Under its target, where one more task would cross
+        // it, the limit rounds up to the fewest tasks whose demand fills the CPU (the level
+        // `cpu_fall` keeps): the CPU the level leaves idle is then a tenth or more of every
+        // task's bill, which the default goal (the least cost, ties within a tenth to the
+        // shorter completion) does not leave. The tasks then share the CPU and take longer
+        // each; the worker finishes more of them per second. A task on a Lambda worker of
+        // 128 MB (a fourteenth of a vCPU) that computes for 20 ms and waits 80 ms leaves 22 %
+        // of its allotment idle at one task at a time, and none at two. It is judged once a
+        // whole generation has run at the level, on what the level asked for of the CPU over
+        // its samples (one sample may catch every task computing at once).
+        let fill = match self.demand_at_level() {
+            Some(d) if generation && d > 0.0 && d < p.cpu_target => Some((running / d).ceil() - running),
+            _ => None,
+        };
+        let by_cpu = match fill {
+            Some(fill) if by_cpu < 1.0 => fill,
+            _ => by_cpu,
+        };
+        if (demand >= p.cpu_target && fill.is_none()) || by_cpu < 1.0 {
             // CPU binds. A task's start-up burst only holds the climb; CPU at its target for
             // long ends probing (every allotted vCPU busy: the level for CPU-bound work).
             let since = *self.cpu_busy_since.get_or_insert(now);
@@ -573,8 +682,8 @@ impl Limit {
                     .window
                     .rate(now)
                     .filter(|_| self.window.completions >= p.window)?;
-                if let Some((level, before)) = self.before_rise {
-                    let gain = f64::from(self.value - level) / f64::from(level.max(1));
+                if let Some((level, before, most)) = self.before_rise {
+                    let gain = (f64::from(self.value - level) / f64::from(level.max(1))).min(most);
                     if rate < before * (1.0 + 0.25 * gain) {
                         self.last_fall = Some(now);
                         self.before_rise = None;
@@ -582,7 +691,11 @@ impl Limit {
                         return Some(Move::NoGain);
                     }
                 }
-                self.before_rise = Some((self.value, rate));
+                // More tasks can raise completions by no more than the CPU the level leaves
+                // idle (a CPU-bound level filled by rounding up gains that share, not the
+                // share of tasks added).
+                let most = idle_gain(self.demand_at_level().or(Some(demand)));
+                self.before_rise = Some((self.value, rate, most));
                 (f64::from(self.value) * p.steady_step).max(1.0)
             }
             Phase::Pinned => return None,
@@ -599,6 +712,7 @@ impl Limit {
 
     fn set(&mut self, value: u32) {
         self.value = value;
+        self.level_demand = (0.0, 0.0);
         self.window = Window::default();
         self.at_level = 0;
     }

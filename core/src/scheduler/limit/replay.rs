@@ -5,7 +5,9 @@
 //! - `recorded/wait-512.txt`: `wait.py` (boto3 imported, one HTTP call of 300 ms) at
 //!   512 MB: memory, not CPU, bounds it (each interpreter holds about 7 % of the size);
 //! - `recorded/thumb-2048.txt`: `thumb.py`, the paper's thumbnailer (boto3 and Pillow,
-//!   a 3.2 MB JPEG from S3) at 2048 MB: CPU bounds it;
+//!   a 3.2 MB JPEG from S3) at 2048 MB: CPU bounds it, and the level of 2 leaves a fifth of
+//!   it idle through each task's S3 reads, so the limit fills it at 3 (recorded again on
+//!   2026-12-07, when the last rise began to fill the CPU);
 //! - `recorded/node-2048.txt`: `node/index.js` (jimp, under aws-lambda-ric) at 2048 MB:
 //!   CPU bounds it, and each copy's own threads wait for a CPU too.
 //!
@@ -116,7 +118,7 @@ fn the_thumbnailer_settles_at_its_vcpus_where_cpu_binds() {
     let r = replay(include_str!("recorded/thumb-2048.txt"), 2);
     let highest = r.samples.iter().map(|s| s.3).max().unwrap_or(0);
     let last = r.samples.last().map_or(0, |s| s.3);
-    // Two vCPUs of CPU-bound resizing: one probe past them at most, and back.
+    // Two vCPUs of resizing between S3 reads: one task past them at most, to fill them.
     assert!(highest <= 4, "it climbed to {highest}");
     assert!((2..=3).contains(&last), "it settled at {last}");
     assert!(r.samples.iter().all(|s| s.2 < 0.9));

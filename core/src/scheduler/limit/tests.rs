@@ -349,6 +349,93 @@ fn a_rise_is_capped_by_the_cpu_it_would_take() {
     assert_eq!(l.value(), 4);
 }
 
+/// A level that leaves part of the CPU idle where one more task would cross the target
+/// rounds up to the fewest tasks that fill it, once a whole generation at the level shows
+/// what it asks for: a Lambda worker of 128 MB running tasks that compute 20 ms (276 ms on
+/// its fourteenth of a vCPU) and then wait 80 ms is busy 78 % of the time at one task, and
+/// full at two. Samples that cover less than a task's life do not count alone (one may
+/// catch every task computing); once full, the CPU binds.
+#[test]
+fn the_last_rise_fills_the_cpu_a_level_leaves_idle() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::probing(&p, 1);
+    l.filled(t0);
+    for i in 1..=7u32 {
+        let at = t0 + i * 50 * MS;
+        assert_eq!(
+            l.observe(&p, obs(0.78, 0.1, 1), at),
+            None,
+            "sample {i}: the target holds it"
+        );
+    }
+    l.completed(356 * MS);
+    let moved = l.observe(&p, obs(0.78, 0.1, 1), t0 + 450 * MS);
+    assert_eq!(
+        (moved, l.value()),
+        (Some(Move::Rise), 2),
+        "a 78 % level rounds up to 2"
+    );
+    // At two the CPU is full: it binds, and holding for a task's life ends probing.
+    let t1 = t0 + 450 * MS;
+    l.filled(t1);
+    for i in 1..=12u32 {
+        assert_eq!(l.observe(&p, obs(1.0, 0.1, 2), t1 + i * 50 * MS), None);
+        if i == 6 {
+            l.completed(550 * MS);
+            l.completed(550 * MS);
+        }
+    }
+    assert_eq!((l.value(), l.phase()), (2, Phase::Steady));
+
+    // A generation has finished, but the samples at the level cover less than a task.
+    let mut young = Limit::probing(&p, 1);
+    young.filled(t0);
+    young.completed(356 * MS);
+    assert_eq!(young.observe(&p, obs(0.78, 0.1, 1), t0 + 25 * MS), None);
+    assert_eq!(young.observe(&p, obs(0.78, 0.1, 1), t0 + 50 * MS), None);
+    assert_eq!(young.value(), 1);
+
+    // Where the CPU already stands at its target over the level, nothing rounds up.
+    let mut full = Limit::probing(&p, 1);
+    full.filled(t0);
+    for i in 1..=7u32 {
+        full.observe(&p, obs(0.95, 0.1, 1), t0 + i * 50 * MS);
+    }
+    full.completed(356 * MS);
+    assert_eq!(full.observe(&p, obs(0.95, 0.1, 1), t0 + 450 * MS), None);
+    assert_eq!(full.value(), 1);
+}
+
+/// Durations that stretch while completions per second rise with the level are tasks
+/// sharing what the level filled, not a queue: no fall. The same durations with completions
+/// flat are (`inflated_durations_cut_the_limit_by_the_gradient`).
+#[test]
+fn durations_that_stretch_while_completions_rise_are_no_inflation() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::learned(&p, settled(4), 4);
+    // A window at 4: 4 completions of 100 ms in 400 ms (10 a second), 0.7 of the CPU.
+    l.filled(t0);
+    for _ in 0..4 {
+        l.completed(100 * MS);
+    }
+    assert_eq!(l.observe(&p, obs(0.7, 0.1, 4), t0 + 400 * MS), Some(Move::Rise));
+    assert_eq!(l.value(), 5);
+    // At 5 tasks take 1.6 times as long, and 13 finish a second (more than 10 x (1 + 0.25 x
+    // 0.25) would need): two windows in a row, and no fall.
+    for w in 1..=2u32 {
+        let at = t0 + 400 * MS + w * 400 * MS;
+        l.filled(at - 400 * MS);
+        for _ in 0..5 {
+            l.completed(160 * MS);
+        }
+        let moved = l.observe(&p, obs(1.0, 0.1, 5), at);
+        assert_ne!(moved, Some(Move::InflationFall), "window {w}");
+    }
+    assert_eq!(l.value(), 5);
+}
+
 #[test]
 fn memory_is_seen_before_more_tasks_are_let_in() {
     let p = params();
