@@ -151,7 +151,8 @@ pub struct Fleet {
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_SLOTS", default_value_t = Fleet::default().max_slots))]
     pub max_slots: u32,
     /// CPU as a fraction of a worker's vCPU allotment: above it a worker gets no new task, and
-    /// an adaptive limit stops rising at it (may exceed 1, for workers that burst past it).
+    /// an adaptive limit stops rising at it, its last rise rounding up to fill the CPU where
+    /// one task more would cross it (may exceed 1, for workers that burst past it).
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_CPU_THRESHOLD", default_value_t = Fleet::default().cpu_threshold))]
     pub cpu_threshold: f64,
     /// Memory as a fraction of a worker's limit: at or above it a worker gets no new task, and
