@@ -3,7 +3,8 @@
 //! with its cause; a batch longer than a life is handed over to a successor that starts
 //! before its predecessor has drained, with no task killed at a deadline and none run
 //! twice; a worker whose queue is empty gets no successor; a worker whose admissions have
-//! ended still takes a task bounded by its own timeout that fits what is left of its life;
+//! ended still takes a task bounded by its own timeout that fits what is left of its life,
+//! and one whose timeout is generous by what tasks like it have taken;
 //! a task still running counts as long as it has run, ending late admissions before it ends.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
@@ -242,5 +243,58 @@ async fn a_task_still_running_ends_late_admissions_before_it_has_ended() {
     );
     let stats = function_stats(&client, "sleep").await;
     assert_eq!((stats.killed_at_deadline, stats.retried), (0, 0), "{stats:?}");
+    fleet_gone(&client).await;
+}
+
+#[tokio::test]
+async fn a_generous_timeout_is_planned_by_what_tasks_bounded_like_it_take() {
+    use std::time::Duration;
+    // One worker at a time, four tasks at once, 10 s of life.
+    let coord = Coordinator::start(&["--execution-timeout", "10s", "--max-workers", "1", "--slots", "4"]);
+    let client = coord.client().await;
+    let sleep =
+        |ms: &str, timeout: Option<Duration>| Client::request("sleep", Bytes::from(ms.to_owned()), timeout);
+    // A task of 7 s keeps the first worker; one of 4 s and seven of 50 ms without a bound
+    // end its admissions of such tasks at 4.75 s; eight of 50 ms bounded by 8 s (a timeout
+    // 160 times what they take) teach what the bounded ones take.
+    let keeper = {
+        let client = client.clone();
+        tokio::spawn(async move { client.run_request(sleep("7000", None)).await })
+    };
+    let generous = Some(Duration::from_secs(8));
+    let mut teach = Vec::new();
+    for (ms, timeout) in std::iter::once(("4000", None))
+        .chain(std::iter::repeat_n(("50", None), 7))
+        .chain(std::iter::repeat_n(("50", generous), 8))
+    {
+        let client = client.clone();
+        teach.push(tokio::spawn(async move {
+            client.run_request(sleep(ms, timeout)).await
+        }));
+    }
+    for t in teach {
+        let r = t.await.expect("join").expect("run");
+        assert_eq!(r.state(), TaskState::Succeeded, "{r:?}");
+    }
+    let first = eventually("the first worker's admissions to end", || async {
+        let w = client.workers("sleep").await.ok()?.into_iter().next()?;
+        (w.life_left_ms > 0 && w.life_left_ms < 5000).then_some(w)
+    })
+    .await;
+    assert!(first.life_left_ms > 3000, "too late to test: {first:?}");
+    // Its 8 s timeout does not fit what is left (under 5 s), but what tasks bounded like it
+    // take does: the first worker takes it, late. Before, it waited for a fresh worker.
+    let bounded = client.run_request(sleep("100", generous)).await.expect("run");
+    assert_eq!(bounded.state(), TaskState::Succeeded, "{bounded:?}");
+    assert_eq!(bounded.worker_id, first.worker_id, "{bounded:?}");
+    let kept = keeper.await.expect("join").expect("run");
+    assert_eq!(
+        (kept.state(), kept.attempts),
+        (TaskState::Succeeded, 1),
+        "{kept:?}"
+    );
+    let stats = function_stats(&client, "sleep").await;
+    assert_eq!((stats.killed_at_deadline, stats.retried), (0, 0), "{stats:?}");
+    assert_eq!(stats.taken_late, 1, "{stats:?}");
     fleet_gone(&client).await;
 }

@@ -12,7 +12,8 @@
 //! the longest none. The cost of the cautious bound is paid in the predecessor's drain,
 //! which a successor started ahead of time makes a short one; the window of recent attempts
 //! lets the figure fall again when a handler's long tail goes. A task with its own timeout
-//! is bounded by it instead. A function with nothing measured yet falls back on
+//! is bounded by it instead, or by what tasks bounded like it take where that is less
+//! ([`bounded_need`]). A function with nothing measured yet falls back on
 //! `--deadline-fraction`.
 //!
 //! A task not yet ended is known to take at least what it has run: the longest-running
@@ -54,6 +55,9 @@ pub struct Durations {
     /// bounds: where most tasks carry their own bound, a rare long task without one stays
     /// in the figure for its own last [`RECENT_DURATIONS`], not only for everyone's.
     open: VecDeque<u64>,
+    /// The same of the attempts of tasks with a timeout of their own: what such a task is
+    /// expected to take, below its timeout ([`bounded_need`]).
+    closed: VecDeque<u64>,
     /// Attempts since the figure was last computed.
     since: usize,
     /// The longest, and the attempts running now, shared with the workers.
@@ -71,12 +75,11 @@ impl Durations {
             self.recent.pop_front();
         }
         self.recent.push_back(us);
-        if !bounded {
-            if self.open.len() >= RECENT_DURATIONS {
-                self.open.pop_front();
-            }
-            self.open.push_back(us);
+        let kind = if bounded { &mut self.closed } else { &mut self.open };
+        if kind.len() >= RECENT_DURATIONS {
+            kind.pop_front();
         }
+        kind.push_back(us);
         self.since += 1;
         // A longer attempt raises it at once; one leaving the window lowers it only at the
         // next recount (every few attempts: a scan of the window on every result would cost
@@ -87,9 +90,20 @@ impl Durations {
                 self.since = 0;
                 let longest = self.recent.iter().chain(&self.open).copied().max().unwrap_or(0);
                 self.figure.longest.store(longest, Ordering::Relaxed);
+                let bounded = match self.closed.len() >= MIN_DURATIONS {
+                    true => self.closed.iter().copied().max().unwrap_or(0),
+                    false => 0,
+                };
+                self.figure.bounded.store(bounded, Ordering::Relaxed);
                 self.typical = super::lower_median(self.recent.iter().copied()).map(Duration::from_micros);
             } else {
                 self.figure.longest.fetch_max(newest, Ordering::Relaxed);
+                if bounded && self.closed.len() == MIN_DURATIONS {
+                    let longest = self.closed.iter().copied().max().unwrap_or(0);
+                    self.figure.bounded.store(longest, Ordering::Relaxed);
+                } else if bounded && self.closed.len() > MIN_DURATIONS {
+                    self.figure.bounded.fetch_max(newest, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -134,12 +148,18 @@ pub struct Figure {
     /// The longest recent attempt, in microseconds; 0 while fewer than [`MIN_DURATIONS`]
     /// are known.
     longest: AtomicU64,
+    /// The longest recent attempt of a task with a timeout of its own, in microseconds; 0
+    /// while fewer than [`MIN_DURATIONS`] such attempts are known.
+    bounded: AtomicU64,
     /// The instant start times are counted from (the first attempt's start).
     base: OnceLock<Instant>,
     /// The running attempts' starts.
     starts: Mutex<Starts>,
     /// The earliest of them plus one; 0 while none runs (read without the lock).
     earliest: AtomicU64,
+    /// The same of the running attempts of tasks with a timeout of their own.
+    bounded_starts: Mutex<Starts>,
+    bounded_earliest: AtomicU64,
 }
 
 /// The running attempts' starts, microseconds after the figure's base, oldest first, with
@@ -162,10 +182,29 @@ impl Figure {
         }
     }
 
+    /// The longest of the recent attempts of tasks with a timeout of their own, once
+    /// enough of them are known.
+    pub fn longest_bounded(&self) -> Option<Duration> {
+        match self.bounded.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
     /// How long the longest-running attempt running now has run.
     pub fn running_for(&self, now: Instant) -> Option<Duration> {
+        self.since(&self.earliest, now)
+    }
+
+    /// How long the longest-running attempt of a task with a timeout of its own, running
+    /// now, has run.
+    pub fn bounded_running_for(&self, now: Instant) -> Option<Duration> {
+        self.since(&self.bounded_earliest, now)
+    }
+
+    fn since(&self, earliest: &AtomicU64, now: Instant) -> Option<Duration> {
         let base = self.base.get()?;
-        match self.earliest.load(Ordering::Relaxed) {
+        match earliest.load(Ordering::Relaxed) {
             0 => None,
             key => Some(now.saturating_duration_since(*base + Duration::from_micros(key - 1))),
         }
@@ -177,10 +216,31 @@ impl Figure {
         Some(key_of(*self.base.get()?, at))
     }
 
-    /// An attempt started at `now`: returns its key, for [`Figure::ended`].
-    pub fn started(&self, now: Instant) -> u64 {
+    /// An attempt started at `now` (`bounded`: its task has a timeout of its own): returns
+    /// its key, for [`Figure::ended`].
+    pub fn started(&self, now: Instant, bounded: bool) -> u64 {
         let key = key_of(*self.base.get_or_init(|| now), now);
-        let mut starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
+        Starts::start(&self.starts, &self.earliest, key);
+        if bounded {
+            Starts::start(&self.bounded_starts, &self.bounded_earliest, key);
+        }
+        key
+    }
+
+    /// The attempt that started at `key` ended (or left its worker); `bounded` as it
+    /// started.
+    pub fn ended(&self, key: u64, bounded: bool) {
+        Starts::end(&self.starts, &self.earliest, key);
+        if bounded {
+            Starts::end(&self.bounded_starts, &self.bounded_earliest, key);
+        }
+    }
+}
+
+impl Starts {
+    /// An attempt started at `key`; `earliest` is republished if it is the earliest.
+    fn start(starts: &Mutex<Starts>, earliest: &AtomicU64, key: u64) {
+        let mut starts = starts.lock().unwrap_or_else(PoisonError::into_inner);
         let keys = &mut starts.keys;
         match keys.back_mut() {
             Some((k, n)) if *k == key => *n += 1,
@@ -196,14 +256,13 @@ impl Figure {
         }
         starts.running += 1;
         if starts.keys.front().is_some_and(|&(k, _)| k == key) {
-            self.publish(&starts.keys);
+            Self::publish(&starts.keys, earliest);
         }
-        key
     }
 
-    /// The attempt that started at `key` ended (or left its worker).
-    pub fn ended(&self, key: u64) {
-        let mut starts = self.starts.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The attempt that started at `key` ended.
+    fn end(starts: &Mutex<Starts>, earliest: &AtomicU64, key: u64) {
+        let mut starts = starts.lock().unwrap_or_else(PoisonError::into_inner);
         let keys = &mut starts.keys;
         let at = keys.partition_point(|&(k, _)| k < key);
         let Some((k, n)) = keys.get_mut(at) else {
@@ -217,7 +276,7 @@ impl Figure {
             while keys.front().is_some_and(|&(_, n)| n == 0) {
                 keys.pop_front();
             }
-            self.publish(keys);
+            Self::publish(keys, earliest);
         }
         starts.running -= 1;
         if starts.keys.len() > 2 * starts.running + 64 {
@@ -225,9 +284,9 @@ impl Figure {
         }
     }
 
-    fn publish(&self, starts: &VecDeque<(u64, u32)>) {
-        let earliest = starts.front().map_or(0, |&(k, _)| k + 1);
-        self.earliest.store(earliest, Ordering::Relaxed);
+    fn publish(starts: &VecDeque<(u64, u32)>, earliest: &AtomicU64) {
+        let first = starts.front().map_or(0, |&(k, _)| k + 1);
+        earliest.store(first, Ordering::Relaxed);
     }
 }
 
@@ -273,9 +332,25 @@ pub fn admission_end(
     }
 }
 
-/// Whether a task bounded by its own `timeout` fits in `left` of a worker's life.
+/// Whether a task bounded by its own `timeout` fits in `left` of a worker's life, whatever
+/// it takes below its timeout (the timeout ends it).
 pub fn fits(left: Duration, timeout: Duration) -> bool {
     timeout + ADMISSION_SLACK <= left
+}
+
+/// How much of a worker's life a task bounded by its own `timeout` needs: the timeout and
+/// the slack, or less where the function's recent bounded attempts at the worker's size
+/// (`measured`, their longest) say less, as an unbounded task's figure does ([`needed`]);
+/// such an attempt `running` longer than that raises it, as a running attempt raises
+/// [`admission_end`]. A timeout is a bound, not an estimate: users set it generously (ten
+/// times what a task takes is common), and a worker planned on it stops taking such tasks
+/// long before it must.
+pub fn bounded_need(timeout: Duration, measured: Option<Duration>, running: Option<Duration>) -> Duration {
+    let whole = timeout + ADMISSION_SLACK;
+    match measured {
+        Some(m) => whole.min(needed(m.max(running.unwrap_or_default()))),
+        None => whole,
+    }
 }
 
 /// How long before a worker's admissions end its successor is started: what a new worker
@@ -427,19 +502,19 @@ mod tests {
         let f = Figure::default();
         let t0 = Instant::now();
         assert_eq!(f.running_for(t0), None);
-        let a = f.started(t0);
-        let b = f.started(t0 + ms(300));
-        let c = f.started(t0 + ms(300));
+        let a = f.started(t0, false);
+        let b = f.started(t0 + ms(300), false);
+        let c = f.started(t0 + ms(300), false);
         assert_eq!(f.running_for(t0 + ms(1000)), Some(ms(1000)));
-        f.ended(a);
+        f.ended(a, false);
         assert_eq!(f.running_for(t0 + ms(1000)), Some(ms(700)));
-        f.ended(b);
+        f.ended(b, false);
         assert_eq!(f.running_for(t0 + ms(1000)), Some(ms(700)), "two started then");
-        f.ended(c);
+        f.ended(c, false);
         assert_eq!(f.running_for(t0 + ms(1000)), None);
         // An unknown key changes nothing, nor does a second end of one.
-        f.ended(12345);
-        f.ended(a);
+        f.ended(12345, false);
+        f.ended(a, false);
         assert_eq!(f.running_for(t0 + ms(1000)), None);
     }
 
@@ -447,14 +522,14 @@ mod tests {
     fn one_attempt_running_long_among_many_short_ones_holds_little() {
         let f = Figure::default();
         let t0 = Instant::now();
-        let long = f.started(t0);
+        let long = f.started(t0, false);
         for i in 1..=100_000 {
-            let k = f.started(t0 + Duration::from_micros(i));
-            f.ended(k);
+            let k = f.started(t0 + Duration::from_micros(i), false);
+            f.ended(k, false);
         }
         assert!(f.starts.lock().unwrap().keys.len() <= 2 + 64);
         assert_eq!(f.running_for(t0 + ms(500)), Some(ms(500)));
-        f.ended(long);
+        f.ended(long, false);
         assert_eq!(f.running_for(t0 + ms(500)), None);
         assert!(f.starts.lock().unwrap().keys.is_empty());
     }
@@ -463,6 +538,73 @@ mod tests {
     fn a_task_with_its_own_timeout_fits_only_with_the_slack() {
         assert!(fits(ms(1000), ms(750)));
         assert!(!fits(ms(1000), ms(751)));
+    }
+
+    #[test]
+    fn a_bounded_task_needs_what_its_kind_takes_never_more_than_its_timeout() {
+        // Nothing measured of bounded tasks: the timeout and the slack.
+        assert_eq!(bounded_need(ms(1000), None, None), ms(1000) + ADMISSION_SLACK);
+        // 1 s timeouts on tasks that take 40 ms: what 40 ms needs.
+        assert_eq!(bounded_need(ms(1000), Some(ms(40)), None), needed(ms(40)));
+        // One running longer raises it, the timeout caps it.
+        assert_eq!(
+            bounded_need(ms(1000), Some(ms(40)), Some(ms(400))),
+            needed(ms(400))
+        );
+        assert_eq!(
+            bounded_need(ms(1000), Some(ms(40)), Some(ms(2000))),
+            ms(1000) + ADMISSION_SLACK
+        );
+        // Measured longer than this task's timeout (others have longer ones): the timeout.
+        assert_eq!(
+            bounded_need(ms(1000), Some(ms(5000)), None),
+            ms(1000) + ADMISSION_SLACK
+        );
+    }
+
+    #[test]
+    fn bounded_attempts_have_a_figure_of_their_own() {
+        let mut d = Durations::default();
+        for _ in 0..MIN_DURATIONS {
+            d.push(ms(2000), false);
+        }
+        let f = d.handle();
+        assert_eq!(f.longest_bounded(), None);
+        d.push(ms(70), true);
+        for _ in 0..MIN_DURATIONS - 2 {
+            d.push(ms(50), true);
+        }
+        assert_eq!(f.longest_bounded(), None, "fewer than enough");
+        d.push(ms(50), true);
+        assert_eq!(f.longest_bounded(), Some(ms(70)));
+        assert_eq!(
+            f.longest(),
+            Some(ms(2000)),
+            "everyone's figure keeps the long ones"
+        );
+        // A longer bounded attempt raises it at once; once out of the window, it falls.
+        d.push(ms(300), true);
+        assert_eq!(f.longest_bounded(), Some(ms(300)));
+        for _ in 0..RECENT_DURATIONS + RECOMPUTE_EVERY {
+            d.push(ms(60), true);
+        }
+        assert_eq!(f.longest_bounded(), Some(ms(60)));
+        assert!(d.closed.len() <= RECENT_DURATIONS);
+    }
+
+    #[test]
+    fn running_bounded_attempts_are_followed_apart() {
+        let f = Figure::default();
+        let t0 = Instant::now();
+        let open = f.started(t0, false);
+        let bounded = f.started(t0 + ms(400), true);
+        assert_eq!(f.running_for(t0 + ms(1000)), Some(ms(1000)));
+        assert_eq!(f.bounded_running_for(t0 + ms(1000)), Some(ms(600)));
+        f.ended(open, false);
+        assert_eq!(f.running_for(t0 + ms(1000)), Some(ms(600)));
+        f.ended(bounded, true);
+        assert_eq!(f.running_for(t0 + ms(1000)), None);
+        assert_eq!(f.bounded_running_for(t0 + ms(1000)), None);
     }
 
     #[test]

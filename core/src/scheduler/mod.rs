@@ -143,6 +143,11 @@ pub struct WorkerView {
     /// How long the longest-running attempt of its function at its size, running now, has
     /// run: a task at least that long, before it has ended.
     pub running_for: Option<Duration>,
+    /// What a task with a timeout of its own is expected to take at its size (the longest
+    /// of its function's recent such attempts), once known.
+    pub expected_bounded: Option<Duration>,
+    /// How long the longest-running attempt of such a task, running now, has run.
+    pub bounded_running_for: Option<Duration>,
     /// Last sampled CPU utilisation, 0.0 to 1.0 (0 before the first sample).
     pub cpu: f64,
     /// Last sampled memory use as a fraction of its limit (0 before the first sample).
@@ -223,7 +228,13 @@ pub fn takes_bounded(rules: &Rules, w: &WorkerView, timeout: Duration) -> bool {
     rules.admission == Admission::Duration
         && assess(rules, w) == Verdict::Draining
         && room(rules, w) == Verdict::Eligible
-        && life::fits(life_left(w), timeout)
+        && fits_bounded(w, timeout)
+}
+
+/// Whether a task bounded by its own `timeout` fits in what is left of `w`'s life, by what
+/// such tasks take ([`life::bounded_need`]).
+pub fn fits_bounded(w: &WorkerView, timeout: Duration) -> bool {
+    life::bounded_need(timeout, w.expected_bounded, w.bounded_running_for) <= life_left(w)
 }
 
 /// The conditions of the rule after the worker's state and its time: its quota, CPU,

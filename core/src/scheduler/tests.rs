@@ -12,6 +12,8 @@ fn worker() -> WorkerView {
         timeout: Duration::from_secs(100),
         expected: None,
         running_for: None,
+        expected_bounded: None,
+        bounded_running_for: None,
         cpu: 0.1,
         mem: 0.1,
         running: 0,

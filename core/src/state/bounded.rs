@@ -58,7 +58,8 @@ impl Pass<'_> {
         if self.journaled {
             effects.journal.push(JournalOp::Started(task_id, task.attempts));
         }
-        w.running.push((task_id, task.attempts), now);
+        w.running
+            .push((task_id, task.attempts), now, task.timeout.is_some());
         w.assigned_total += 1;
         if w.running.len() as u32 >= w.limit.value() {
             w.limit.filled(now);

@@ -950,8 +950,7 @@ fn fitting_worker(
     let fits = |id: &WorkerId| {
         workers.get(id).is_some_and(|w| {
             let v = w.view(now);
-            scheduler::assess(rules, &v) == Verdict::Eligible
-                && scheduler::life::fits(scheduler::life_left(&v), timeout)
+            scheduler::assess(rules, &v) == Verdict::Eligible && scheduler::fits_bounded(&v, timeout)
         })
     };
     if fits(first) {

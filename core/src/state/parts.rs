@@ -125,6 +125,8 @@ impl Worker {
             timeout: self.timeout,
             expected: self.running.figure.longest(),
             running_for: self.running.figure.running_for(now),
+            expected_bounded: self.running.figure.longest_bounded(),
+            bounded_running_for: self.running.figure.bounded_running_for(now),
             cpu: scheduler::cpu_estimate(
                 self.cpu,
                 self.sample.map_or(0, |s| s.running_tasks),
@@ -171,8 +173,9 @@ impl Worker {
 #[derive(Debug)]
 pub(super) struct Running {
     tasks: Vec<(TaskId, u32)>,
-    /// Each task's key in the figure, in the same order.
-    starts: Vec<u64>,
+    /// Each task's key in the figure, and whether it has a timeout of its own, in the same
+    /// order.
+    starts: Vec<(u64, bool)>,
     figure: Arc<scheduler::life::Figure>,
 }
 
@@ -185,30 +188,32 @@ impl Running {
         }
     }
 
-    /// Attempt `attempt` of `task` starts on the worker at `now`.
-    pub(super) fn push(&mut self, (task, attempt): (TaskId, u32), now: Instant) {
+    /// Attempt `attempt` of `task` starts on the worker at `now`; `bounded`: the task has
+    /// a timeout of its own.
+    pub(super) fn push(&mut self, (task, attempt): (TaskId, u32), now: Instant, bounded: bool) {
         self.tasks.push((task, attempt));
-        self.starts.push(self.figure.started(now));
+        self.starts.push((self.figure.started(now, bounded), bounded));
     }
 
     /// Takes the running task at `pos` off (the last takes its place).
     pub(super) fn swap_remove(&mut self, pos: usize) -> (TaskId, u32) {
-        self.figure.ended(self.starts.swap_remove(pos));
+        let (key, bounded) = self.starts.swap_remove(pos);
+        self.figure.ended(key, bounded);
         self.tasks.swap_remove(pos)
     }
 
     /// How many of its tasks have run since before `at`.
     pub(super) fn started_before(&self, at: Instant) -> u32 {
         match self.figure.key_at(at) {
-            Some(key) => self.starts.iter().filter(|&&k| k < key).count() as u32,
+            Some(key) => self.starts.iter().filter(|&&(k, _)| k < key).count() as u32,
             None => 0,
         }
     }
 
     /// Takes every running task off, returning them.
     pub(super) fn clear(&mut self) -> Vec<(TaskId, u32)> {
-        for key in self.starts.drain(..) {
-            self.figure.ended(key);
+        for (key, bounded) in self.starts.drain(..) {
+            self.figure.ended(key, bounded);
         }
         std::mem::take(&mut self.tasks)
     }

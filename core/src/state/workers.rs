@@ -439,7 +439,7 @@ impl State {
             let Some(w) = self.workers.get_mut(id) else {
                 continue;
             };
-            w.running.push((task_id, attempt), now);
+            w.running.push((task_id, attempt), now, timeout.is_some());
             w.assigned_total += 1;
             kept += 1;
             if let Some(limit) = timeout.or(self.config.limits.task_timeout) {
