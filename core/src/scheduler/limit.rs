@@ -7,16 +7,19 @@
 //! docs/adaptive-concurrency.md says what was taken from each):
 //! - **Probing** (a new worker with nothing learned): the limit doubles on every sample that
 //!   covers its current level (taken while the worker ran at its limit, once the newest task
-//!   has run [`LimitParams::settle`] or a whole generation of tasks has finished) while CPU
+//!   has run [`LimitParams::settle`] or a whole generation of tasks has finished: as many as
+//!   the level, and every task running started at it) while CPU
 //!   and memory stay under target (it quadruples, [`LimitParams::fast_growth`], where the
 //!   sample's headroom holds twice what that adds); once a whole generation has finished
 //!   at the level, it jumps toward the level their CPU and memory imply, up to
 //!   [`LimitParams::max_jump`] times. Each rise is also capped by the headroom the sample
-//!   predicts: memory and CPU per task times the added tasks must stay under the targets,
+//!   predicts (its CPU taken as no less than the level asked for over its samples): memory and CPU per task times the added tasks must stay under the targets,
 //!   so memory is always seen before more tasks are let in. The last rise may fill the CPU:
 //!   a level under the CPU target where one more task would cross it rounds up to the fewest
 //!   tasks that fill it, judged on what the level asked for over a task's life (the CPU a
 //!   level leaves idle is a tenth or more of every task's bill).
+//!   CPU at its target ends probing once it has held for a task's life, every task running
+//!   having started within the spell (a burst of short tasks beside long ones is not that).
 //! - **Steady** (after the first pressure, at the cap, or started from a learned level):
 //!   the limit rises by a tenth at most once per window of completions, only while the last
 //!   rise paid off in completions per second (a quarter of what it could gain: the share of
@@ -35,7 +38,9 @@
 //!   allotment stops climbing when its tasks queue for a CPU, not when it reaches a share it
 //!   can never reach. Tasks that wait for a CPU for a whole task's time cut the limit to
 //!   the fewest tasks that still fill the CPU (running tasks over what they asked for,
-//!   rounded up).
+//!   rounded up). Tasks with a timeout of their own that a level stretched past half of it
+//!   while the CPU stood at its target cut it by a quarter: a user's bound on a task is
+//!   not a price the level may charge.
 //! - **Pinned** (`--slots`): never moves.
 
 use std::time::{Duration, Instant};
@@ -120,6 +125,13 @@ impl Default for LimitParams {
     }
 }
 
+/// The share of a task's own timeout past which the level is taken to stretch it too far
+/// (see [`Limit::near_bound`]).
+pub const BOUND_SHARE: f64 = 0.5;
+
+/// What a level is multiplied by when a task came near its own timeout.
+const BOUND_FALL: f64 = 0.75;
+
 /// What was learned of a function's concurrency at one memory size: where a new worker of
 /// it starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +179,9 @@ pub struct Observation {
     pub running: u32,
     /// How long the newest of them had run.
     pub youngest: Duration,
+    /// How long the oldest of them had run (the coordinator's count, from when it assigned
+    /// them; zero where not known).
+    pub oldest: Duration,
     /// The most memory the worker has held (the kernel's high-water mark), over its limit:
     /// a rise is judged from the peak, so a burst between two samples is not missed.
     pub peak: f64,
@@ -195,6 +210,8 @@ pub enum Move {
     InflationFall,
     /// The last rise did not raise completions per second: undone.
     NoGain,
+    /// A task took more than [`BOUND_SHARE`] of its own timeout: a quarter less.
+    BoundFall,
 }
 
 /// Completions at the current level since it was filled.
@@ -288,6 +305,11 @@ pub struct Limit {
     typical: Option<f64>,
     /// Whether the last judged window was inflated (a fall needs two in a row).
     inflated_before: bool,
+    /// When the worker first ran this level (the coordinator filled it).
+    filled_at: Option<Instant>,
+    /// A task that started at this level (after the last fall) took more than
+    /// [`BOUND_SHARE`] of its own timeout, or ran past it, since the last sample.
+    near_bound: bool,
     /// The worker's vCPUs: CPU contention alone never takes the limit below one task per
     /// vCPU (see [`Limit::cpu_fall`]).
     cpu_floor: u32,
@@ -344,6 +366,8 @@ impl Limit {
             rose: false,
             typical: None,
             inflated_before: false,
+            filled_at: None,
+            near_bound: false,
             cpu_floor,
         }
     }
@@ -383,6 +407,7 @@ impl Limit {
     /// The coordinator has filled the worker to its limit: the window of this level starts.
     pub fn filled(&mut self, now: Instant) {
         self.window.since.get_or_insert(now);
+        self.filled_at.get_or_insert(now);
     }
 
     /// A task finished after running `duration`.
@@ -393,6 +418,15 @@ impl Limit {
             self.window.completions += 1;
             self.window.total += duration.as_secs_f64();
             self.at_level = self.at_level.saturating_add(1);
+        }
+    }
+
+    /// A task with a timeout of its own that started at `started` took more than
+    /// [`BOUND_SHARE`] of it (or ran past it): the level stretched it toward the bound its
+    /// user set. One that started before the last fall is that fall's, already taken.
+    pub fn near_bound(&mut self, started: Instant) {
+        if self.phase != Phase::Pinned && self.last_fall.is_none_or(|t| started >= t) {
+            self.near_bound = true;
         }
     }
 
@@ -465,6 +499,18 @@ impl Limit {
                 fit.min(self.value.saturating_sub(1))
             };
             return self.fall_to(new.max(p.min), Move::MemoryFall, now);
+        }
+        if std::mem::take(&mut self.near_bound) && obs.demand() >= p.cpu_target {
+            // Tasks' own timeouts are bounds their users set on what a task may take: a
+            // level that stretches them past half of it, sharing a CPU it keeps at its
+            // target, is too many at once, whatever it gains in completions per second
+            // (the inflation fall below lets that price stand). A quarter less, as often as
+            // it recurs among tasks started since. With the CPU to spare, what stretched
+            // them is not the level (a slow API that a tight timeout bounds).
+            let new = ((f64::from(self.value) * BOUND_FALL).floor() as u32)
+                .min(self.value.saturating_sub(1))
+                .max(p.min);
+            return self.fall_to(new, Move::BoundFall, now);
         }
         if let Some(fall) = self.cpu_fall(p, obs, now) {
             return Some(fall);
@@ -580,8 +626,22 @@ impl Limit {
 
     /// Nothing presses on the limit and the sample covers its level: it may rise.
     fn rise(&mut self, p: &LimitParams, obs: &Observation, now: Instant) -> Option<Move> {
-        // A whole generation of tasks has finished at this level.
-        let generation = self.at_level >= self.value;
+        // CPU binds while one more task would cross its target; a sample where it does not
+        // (taken with a slot free, say) ends a spell of binding samples: a spell is what
+        // ends probing, not two binding samples with idle ones between.
+        let shown = obs.demand();
+        let binds = shown >= p.cpu_target
+            || (shown > 0.0 && f64::from(obs.running) * p.cpu_target / shown - f64::from(obs.running) < 1.0);
+        if !binds {
+            self.cpu_busy_since = None;
+        }
+        // A whole generation of tasks has finished at this level: as many tasks as the level have finished at it, and every task running now started
+        // at it: early in a batch whose long tasks have not ended, short ones finish a
+        // level's count many times over while the long ones still run from before.
+        let generation = self.at_level >= self.value
+            && self
+                .filled_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= obs.oldest);
         let covered = obs.youngest >= p.settle || generation;
         if obs.running < self.value || !covered || self.window.since.is_none() {
             return None; // not running at its limit, or its newest tasks do not show yet
@@ -603,7 +663,11 @@ impl Limit {
         // at a level (their rate is): a worker of microsecond tasks waits on a busy host
         // whatever its level, so only the CPU it used counts.
         let short = self.typical.is_some_and(|t| t < p.settle.as_secs_f64());
-        let demand = if short { obs.cpu } else { obs.demand() };
+        let sampled = if short { obs.cpu } else { obs.demand() };
+        // And no less than the level asked for over its samples, once they cover a task: a
+        // sample covers the span since the last one, which for tasks that compute and wait
+        // may catch none computing (a rise on it alone jumped 33 tasks to 132).
+        let demand = self.demand_at_level().map_or(sampled, |d| sampled.max(d));
         let by_cpu = if demand > 0.0 {
             running * p.cpu_target / demand - running
         } else {
@@ -643,11 +707,21 @@ impl Limit {
         };
         if (demand >= p.cpu_target && fill.is_none()) || by_cpu < 1.0 {
             // CPU binds. A task's start-up burst only holds the climb; CPU at its target for
-            // long ends probing (every allotted vCPU busy: the level for CPU-bound work).
+            // long ends probing (every allotted vCPU busy: the level for CPU-bound work):
+            // for a task's life, and on what the level asked for over its samples too (one
+            // sample may catch the one task of eight that computes while seven wait).
             let since = *self.cpu_busy_since.get_or_insert(now);
             let busy = now.saturating_duration_since(since);
-            let whole_task = self.typical.is_some_and(|t| busy.as_secs_f64() >= t);
-            if busy >= p.cpu_settle && whole_task {
+            // A whole task: as long as tasks typically take, and every task running now
+            // started within the spell. Early in a batch the typical is the short tasks'
+            // (the long ones have not ended); the long ones still running say the spell has
+            // not seen them through: eight slots of which the first short tasks keep the
+            // CPU busy until the 2 s waits beside them hold most of the slots.
+            let whole_task = self.typical.is_some_and(|t| busy.as_secs_f64() >= t) && busy >= obs.oldest;
+            let level_binds = self
+                .demand_at_level()
+                .is_some_and(|d| d >= p.cpu_target || running * p.cpu_target / d - running < 1.0);
+            if busy >= p.cpu_settle && whole_task && level_binds {
                 self.phase = Phase::Steady;
             }
             return None;
@@ -712,6 +786,7 @@ impl Limit {
 
     fn set(&mut self, value: u32) {
         self.value = value;
+        self.filled_at = None;
         self.level_demand = (0.0, 0.0);
         self.window = Window::default();
         self.at_level = 0;

@@ -587,15 +587,15 @@ fn admission_by_duration_kills_nothing_at_a_deadline_and_hands_over_without_a_ga
     let waits = TaskModel::waiting(Duration::from_secs(2));
     let computes = TaskModel::cpu_bound(Duration::from_secs(1));
     let mixes = [
-        ("wait", waits, 2, 1.45, 1.15),
-        ("wait", waits, 5, 1.45, 1.1),
+        ("wait", waits, 2, 1.5, 1.55),
+        ("wait", waits, 5, 1.45, 1.3),
         ("wait", waits, 25, 1.35, 1.1),
-        ("wait", waits, 100, 1.2, 1.1),
+        ("wait", waits, 100, 1.2, 1.05),
         ("wait", waits, u64::MAX, 1.0, 1.0),
-        ("compute", computes, 2, 0.85, 0.85),
-        ("compute", computes, 5, 1.1, 1.05),
-        ("compute", computes, 25, 1.1, 1.1),
-        ("compute", computes, 100, 1.1, 1.1),
+        ("compute", computes, 2, 0.8, 0.8),
+        ("compute", computes, 5, 1.05, 1.0),
+        ("compute", computes, 25, 1.1, 1.0),
+        ("compute", computes, 100, 1.1, 1.05),
     ];
     for (kind, long, every, bill_bound, bounded_bound) in mixes {
         let d = mixed_batch(Admission::Duration, long, every, None);

@@ -41,6 +41,11 @@ impl State {
             && let Some(w) = self.workers.get_mut(wid)
         {
             on = Some((w.memory_mb, w.running.len()));
+            // Past its own timeout: the level stretched it past its bound (a timeout set for
+            // every task by --task-timeout is the operator's, and says nothing of the level).
+            if t.timeout.is_some() {
+                w.limit.near_bound(t.attempt_started.unwrap_or(now));
+            }
             w.release(id, now);
             w.send(Kind::Cancel(pb::Cancel { task_ids: vec![id] }), effects);
         }

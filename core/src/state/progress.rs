@@ -81,6 +81,7 @@ impl State {
             mem: w.mem,
             running: s.running_tasks,
             youngest: Duration::from_millis(u64::from(s.youngest_task_ms)),
+            oldest: w.running.oldest(now),
             peak: s.memory_peak_bytes as f64 / s.memory_limit_bytes as f64,
         };
         // A worker's copies' init, when it reports a new figure (a sample repeats it).
@@ -175,6 +176,12 @@ impl State {
             };
             let spawned_for = now.saturating_duration_since(w.billed_from);
             w.limit.completed(took);
+            // A task with its own timeout that took more than a share of it: the level
+            // stretched it toward its bound.
+            let bound = self.book.get(r.task_id).and_then(|t| t.timeout);
+            if bound.is_some_and(|b| took.as_secs_f64() > b.as_secs_f64() * scheduler::limit::BOUND_SHARE) {
+                w.limit.near_bound(now.checked_sub(took).unwrap_or(now));
+            }
             trace!(worker = %id, task = r.task_id, duration_us = took.as_micros() as u64, "limit completion");
             let memory_mb = w.memory_mb;
             if w.running.is_empty() {
