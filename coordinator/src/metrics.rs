@@ -93,6 +93,7 @@ pub(crate) struct Metrics {
     successors: Family<FunctionLabel, Counter>,
     refused_for_time: Family<FunctionLabel, Counter>,
     taken_late: Family<FunctionLabel, Counter>,
+    handover_wait: Family<FunctionLabel, FloatCounter>,
     spawns: Family<SpawnLabels, Counter>,
     billed: Family<FunctionLabel, FloatCounter>,
     cost: Family<FunctionLabel, FloatCounter>,
@@ -265,6 +266,12 @@ impl Metrics {
                 "What a task of a function is expected to take (the longest of its recent attempts; 0: not known yet)",
                 Some(Unit::Seconds),
             ),
+            handover_wait: made(
+                r,
+                "handover_wait_seconds",
+                "Time tasks waited while every live worker of their function had ended its admissions",
+                None,
+            ),
             spawns: made(r, "worker_spawns", "Workers started that said hello", None),
             billed: made(
                 r,
@@ -394,6 +401,10 @@ impl Metrics {
                 f.refused_for_time,
             );
             catch_up(&self.taken_late.get_or_create(&function()), f.taken_late);
+            catch_up(
+                &self.handover_wait.get_or_create(&function()),
+                f.handover_wait_ms as f64 / 1000.0,
+            );
             self.duration_bound
                 .get_or_create(&function())
                 .set(f.duration_bound_ms as f64 / 1000.0);

@@ -145,13 +145,15 @@ pub(crate) fn stats_table(s: &pb::StatsResponse) -> String {
             || f.refused_for_time > 0
         {
             out.push_str(&format!(
-                "life of {}'s workers: tasks take up to {} ms; {} refused for time; {} bounded tasks taken late; {} successors (latest {} ms ahead); {} killed at a deadline\n",
+                "life of {}'s workers: tasks take up to {} ms; {} refused for time; {} bounded tasks taken late; {} successors (latest {} ms ahead); tasks waited {} ms across hand-overs (longest {} ms); {} killed at a deadline\n",
                 f.function,
                 f.duration_bound_ms,
                 f.refused_for_time,
                 f.taken_late,
                 f.successors_started,
                 f.successor_lead_ms,
+                f.handover_wait_ms,
+                f.handover_wait_longest_ms,
                 f.killed_at_deadline
             ));
         }

@@ -115,6 +115,12 @@ impl State {
     /// Applies `event` at `now`: what it decided is added to `effects`, and its answer (or
     /// its refusal, before anything changed) is returned.
     pub fn handle(&mut self, now: Instant, event: Event, effects: &mut Effects) -> Result<Reply> {
+        let reply = self.apply(now, event, effects);
+        self.watch_handovers(now);
+        reply
+    }
+
+    fn apply(&mut self, now: Instant, event: Event, effects: &mut Effects) -> Result<Reply> {
         Ok(match event {
             Event::Submit { submission, waiter } => {
                 Reply::Submitted(self.submit(submission, waiter, now, effects)?)

@@ -849,6 +849,41 @@ impl State {
         ids.len()
     }
 
+    /// Tallies each function's hand-over wait after an event at `now`: tasks waiting while
+    /// the function has workers and none of them admits any more (every one's admissions
+    /// ended, or it is stopping), until a worker admits again or none waits. Not the first
+    /// worker's cold start (no worker yet), nor a wait while a live worker may still take
+    /// work (its slots full, its CPU busy), nor conventional FaaS (one task a worker: every
+    /// worker is spent once it has one). A worker whose admissions end between two events
+    /// is seen at the next one (a sample within its interval, at most).
+    pub(super) fn watch_handovers(&mut self, now: Instant) {
+        if self.rules.max_tasks_per_worker.is_some() {
+            return;
+        }
+        for (name, f) in self.functions.iter_mut() {
+            let waiting = f.tasks.pending() > 0;
+            if !waiting && f.handover_since.is_none() {
+                continue;
+            }
+            let handing_over = waiting
+                && f.eligible.is_empty()
+                && (f.handover_since.is_some() || self.workers.of(name) > 0)
+                && !self
+                    .workers
+                    .values()
+                    .filter(|w| w.function.as_ref() == name.as_ref())
+                    .any(|w| !scheduler::assess(&self.rules, &w.view(now)).is_final());
+            if handing_over {
+                f.handover_since.get_or_insert(now);
+            } else if let Some(since) = f.handover_since.take() {
+                let waited = now.saturating_duration_since(since);
+                f.handover_wait += waited;
+                f.handover_longest = f.handover_longest.max(waited);
+                debug!(function = %name, waited_ms = waited.as_millis() as u64, "tasks waited across a hand-over");
+            }
+        }
+    }
+
     /// Whether tasks of `function` wait while none of its live workers admits any more
     /// (every one's admissions ended or it is stopping): a gap a successor should have
     /// closed. Scans the function's workers (the simulator's hand-over tally).

@@ -345,6 +345,11 @@ pub(super) struct FunctionPool {
     /// Tasks bounded by their own timeout that a worker took after its admissions had ended
     /// for time.
     pub(super) taken_late: u64,
+    /// The hand-over wait (see [`super::State::watch_handovers`]): since when tasks have
+    /// waited with every live worker's admissions ended; the waits, in all; the longest.
+    pub(super) handover_since: Option<Instant>,
+    pub(super) handover_wait: Duration,
+    pub(super) handover_longest: Duration,
     /// Whether a task with its own timeout has entered the pool: only then does a dispatch
     /// look through the pool for tasks a worker whose admissions ended can still take.
     pub(super) bounded: bool,

@@ -175,6 +175,8 @@ fn function_stats(name: &str, f: &FunctionPool, live_gb_ms: f64) -> pb::Function
         successor_lead_ms: f.successor_lead_ms,
         killed_at_deadline: f.killed_at_deadline,
         taken_late: f.taken_late,
+        handover_wait_ms: f.handover_wait.as_millis() as u64,
+        handover_wait_longest_ms: f.handover_longest.as_millis() as u64,
         ..Default::default()
     }
 }
@@ -204,6 +206,8 @@ fn add(total: &mut pb::FunctionStats, s: &pb::FunctionStats) {
     total.successors_started += s.successors_started;
     total.killed_at_deadline += s.killed_at_deadline;
     total.taken_late += s.taken_late;
+    total.handover_wait_ms += s.handover_wait_ms;
+    total.handover_wait_longest_ms = total.handover_wait_longest_ms.max(s.handover_wait_longest_ms);
     total.cold_starts += s.cold_starts;
     total.cold_start_max_ms = total.cold_start_max_ms.max(s.cold_start_max_ms);
     total.memory_peak_fraction = total.memory_peak_fraction.max(s.memory_peak_fraction);

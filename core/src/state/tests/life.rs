@@ -410,3 +410,38 @@ fn a_running_task_that_brings_the_end_nearer_has_the_successor_looked_at_before_
     );
     assert_eq!(effects.spawns.len(), 1, "a successor");
 }
+
+#[test]
+fn tasks_waiting_while_every_worker_s_admissions_have_ended_count_as_a_hand_over_wait() {
+    // Before any worker: a first cold start, not a hand-over.
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    submit(&mut s, &mut effects, now);
+    s.watch_handovers(now);
+    s.watch_handovers(now + secs(1.0));
+    assert_eq!(s.stats(now + secs(1.0)).functions[0].handover_wait_ms, 0);
+
+    // A worker of 10 s whose tasks take 3 s ends its admissions at 6 s.
+    let (mut s, now, a) = known(secs(3.0));
+    // Both slots full: tasks wait, but it may take work again.
+    let mut effects = Effects::default();
+    let (t1, t2) = (submit(&mut s, &mut effects, now), submit(&mut s, &mut effects, now));
+    assert_eq!(assigned(&mut effects, a), vec![t1, t2]);
+    submit(&mut s, &mut effects, now);
+    s.watch_handovers(now);
+    s.watch_handovers(now + secs(1.0));
+    assert_eq!(s.stats(now).functions[0].handover_wait_ms, 0, "a full worker is no hand-over");
+    // Past its admissions' end, tasks still waiting: from 6.1 s to the next worker at 7 s.
+    s.watch_handovers(now + secs(6.1));
+    s.watch_handovers(now + secs(6.5));
+    let b = s
+        .connect(hello_with_life("b", 2, secs(10.0)), now + secs(7.0), &mut effects)
+        .expect("connect");
+    assert_eq!(assigned(&mut effects, b).len(), 1);
+    s.watch_handovers(now + secs(7.0));
+    let st = &s.stats(now + secs(7.0)).functions[0];
+    assert_eq!((st.handover_wait_ms, st.handover_wait_longest_ms), (900, 900), "{st:?}");
+    // Nothing waits now: no more is counted.
+    s.watch_handovers(now + secs(8.0));
+    assert_eq!(s.stats(now + secs(8.0)).functions[0].handover_wait_ms, 900);
+}
