@@ -425,12 +425,19 @@ fn tasks_waiting_while_every_worker_s_admissions_have_ended_count_as_a_hand_over
     let (mut s, now, a) = known(secs(3.0));
     // Both slots full: tasks wait, but it may take work again.
     let mut effects = Effects::default();
-    let (t1, t2) = (submit(&mut s, &mut effects, now), submit(&mut s, &mut effects, now));
+    let (t1, t2) = (
+        submit(&mut s, &mut effects, now),
+        submit(&mut s, &mut effects, now),
+    );
     assert_eq!(assigned(&mut effects, a), vec![t1, t2]);
     submit(&mut s, &mut effects, now);
     s.watch_handovers(now);
     s.watch_handovers(now + secs(1.0));
-    assert_eq!(s.stats(now).functions[0].handover_wait_ms, 0, "a full worker is no hand-over");
+    assert_eq!(
+        s.stats(now).functions[0].handover_wait_ms,
+        0,
+        "a full worker is no hand-over"
+    );
     // Past its admissions' end, tasks still waiting: from 6.1 s to the next worker at 7 s.
     s.watch_handovers(now + secs(6.1));
     s.watch_handovers(now + secs(6.5));
@@ -440,7 +447,11 @@ fn tasks_waiting_while_every_worker_s_admissions_have_ended_count_as_a_hand_over
     assert_eq!(assigned(&mut effects, b).len(), 1);
     s.watch_handovers(now + secs(7.0));
     let st = &s.stats(now + secs(7.0)).functions[0];
-    assert_eq!((st.handover_wait_ms, st.handover_wait_longest_ms), (900, 900), "{st:?}");
+    assert_eq!(
+        (st.handover_wait_ms, st.handover_wait_longest_ms),
+        (900, 900),
+        "{st:?}"
+    );
     // Nothing waits now: no more is counted.
     s.watch_handovers(now + secs(8.0));
     assert_eq!(s.stats(now + secs(8.0)).functions[0].handover_wait_ms, 900);
