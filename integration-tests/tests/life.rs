@@ -10,6 +10,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use carpool_integration_tests::{Client, Coordinator, eventually, fleet_gone, function_stats};
 use carpool_proto::Bytes;
@@ -140,41 +141,76 @@ async fn a_worker_with_nothing_queued_gets_no_successor() {
     assert_eq!(stats.killed_at_deadline, 0, "{stats:?}");
 }
 
-#[tokio::test]
-async fn a_worker_whose_admissions_ended_still_takes_a_task_bounded_by_its_own_timeout() {
-    use std::time::Duration;
-    // One worker at a time, four tasks at once, 10 s of life.
+/// A `sleep` task of `ms`, bounded by `timeout` if given.
+fn sleep(ms: &str, timeout: Option<Duration>) -> pb::SubmitRequest {
+    Client::request("sleep", Bytes::from(ms.to_owned()), timeout)
+}
+
+/// One worker at a time with four slots and 10 s of life, kept by a 7 s task (returned, to
+/// be awaited), and taught by `teach` (each `sleep` ms and its own timeout, run at once):
+/// the coordinator, its client, and the first worker once its admissions of tasks without a
+/// bound have ended, with more than 3 s of its life left.
+async fn past_admissions(
+    teach: Vec<(&'static str, Option<Duration>)>,
+) -> (
+    Coordinator,
+    Client,
+    tokio::task::JoinHandle<carpool_client::Result<pb::TaskResult>>,
+    pb::WorkerInfo,
+) {
     let coord = Coordinator::start(&["--execution-timeout", "10s", "--max-workers", "1", "--slots", "4"]);
     let client = coord.client().await;
-    let sleep =
-        |ms: &str, timeout: Option<Duration>| Client::request("sleep", Bytes::from(ms.to_owned()), timeout);
-    // A task of 7 s keeps the first worker busy; seven of 50 ms and one of 4 s teach the
-    // function that its tasks may take 4 s, so that worker's admissions end at 4.75 s (10 s
-    // less 4 s times 1.25 and 250 ms).
     let keeper = {
         let client = client.clone();
         tokio::spawn(async move { client.run_request(sleep("7000", None)).await })
     };
-    let mut teach = Vec::new();
-    for ms in ["4000", "50", "50", "50", "50", "50", "50", "50"] {
+    let mut taught = Vec::new();
+    for (ms, timeout) in teach {
         let client = client.clone();
-        teach.push(tokio::spawn(
-            async move { client.run_request(sleep(ms, None)).await },
-        ));
+        taught.push(tokio::spawn(async move {
+            client.run_request(sleep(ms, timeout)).await
+        }));
     }
-    for t in teach {
+    for t in taught {
         let r = t.await.expect("join").expect("run");
         assert_eq!(r.state(), TaskState::Succeeded, "{r:?}");
     }
     let stats = function_stats(&client, "sleep").await;
     assert!((4000..4500).contains(&stats.duration_bound_ms), "{stats:?}");
-    // Past its admissions' end, with its 7 s task still running and 3 slots free.
     let first = eventually("the first worker's admissions to end", || async {
         let w = client.workers("sleep").await.ok()?.into_iter().next()?;
         (w.life_left_ms > 0 && w.life_left_ms < 5000).then_some(w)
     })
     .await;
     assert!(first.life_left_ms > 3000, "too late to test: {first:?}");
+    (coord, client, keeper, first)
+}
+
+/// The keeper ran once and nothing was killed or retried; one bounded task was taken late.
+async fn kept_and_one_taken_late(
+    client: &Client,
+    keeper: tokio::task::JoinHandle<carpool_client::Result<pb::TaskResult>>,
+) {
+    let kept = keeper.await.expect("join").expect("run");
+    assert_eq!(
+        (kept.state(), kept.attempts),
+        (TaskState::Succeeded, 1),
+        "{kept:?}"
+    );
+    let stats = function_stats(client, "sleep").await;
+    assert_eq!((stats.killed_at_deadline, stats.retried), (0, 0), "{stats:?}");
+    assert_eq!(stats.taken_late, 1, "{stats:?}");
+    fleet_gone(client).await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_admissions_ended_still_takes_a_task_bounded_by_its_own_timeout() {
+    // Seven of 50 ms and one of 4 s teach the function that its tasks may take 4 s, so the
+    // first worker's admissions end at 4.75 s (10 s less 4 s times 1.25 and 250 ms).
+    let teach = std::iter::once(("4000", None))
+        .chain(std::iter::repeat_n(("50", None), 7))
+        .collect();
+    let (_coord, client, keeper, first) = past_admissions(teach).await;
     // A task bounded by 1 s needs 1.25 s of the life left: the first worker takes it. One
     // without a bound may take 4 s: a fresh worker does.
     let (bounded, open) = tokio::join!(
@@ -188,16 +224,7 @@ async fn a_worker_whose_admissions_ended_still_takes_a_task_bounded_by_its_own_t
     );
     assert_eq!(bounded.worker_id, first.worker_id, "{bounded:?}");
     assert_ne!(open.worker_id, first.worker_id, "{open:?}");
-    let kept = keeper.await.expect("join").expect("run");
-    assert_eq!(
-        (kept.state(), kept.attempts),
-        (TaskState::Succeeded, 1),
-        "{kept:?}"
-    );
-    let stats = function_stats(&client, "sleep").await;
-    assert_eq!((stats.killed_at_deadline, stats.retried), (0, 0), "{stats:?}");
-    assert_eq!(stats.taken_late, 1, "{stats:?}");
-    fleet_gone(&client).await;
+    kept_and_one_taken_late(&client, keeper).await;
 }
 
 #[tokio::test]
@@ -248,53 +275,19 @@ async fn a_task_still_running_ends_late_admissions_before_it_has_ended() {
 
 #[tokio::test]
 async fn a_generous_timeout_is_planned_by_what_tasks_bounded_like_it_take() {
-    use std::time::Duration;
-    // One worker at a time, four tasks at once, 10 s of life.
-    let coord = Coordinator::start(&["--execution-timeout", "10s", "--max-workers", "1", "--slots", "4"]);
-    let client = coord.client().await;
-    let sleep =
-        |ms: &str, timeout: Option<Duration>| Client::request("sleep", Bytes::from(ms.to_owned()), timeout);
-    // A task of 7 s keeps the first worker; one of 4 s and seven of 50 ms without a bound
-    // end its admissions of such tasks at 4.75 s; eight of 50 ms bounded by 8 s (a timeout
-    // 160 times what they take) teach what the bounded ones take.
-    let keeper = {
-        let client = client.clone();
-        tokio::spawn(async move { client.run_request(sleep("7000", None)).await })
-    };
+    // One of 4 s and seven of 50 ms without a bound end the first worker's admissions of
+    // such tasks at 4.75 s; eight of 50 ms bounded by 8 s (a timeout 160 times what they
+    // take) teach what the bounded ones take.
     let generous = Some(Duration::from_secs(8));
-    let mut teach = Vec::new();
-    for (ms, timeout) in std::iter::once(("4000", None))
+    let teach = std::iter::once(("4000", None))
         .chain(std::iter::repeat_n(("50", None), 7))
         .chain(std::iter::repeat_n(("50", generous), 8))
-    {
-        let client = client.clone();
-        teach.push(tokio::spawn(async move {
-            client.run_request(sleep(ms, timeout)).await
-        }));
-    }
-    for t in teach {
-        let r = t.await.expect("join").expect("run");
-        assert_eq!(r.state(), TaskState::Succeeded, "{r:?}");
-    }
-    let first = eventually("the first worker's admissions to end", || async {
-        let w = client.workers("sleep").await.ok()?.into_iter().next()?;
-        (w.life_left_ms > 0 && w.life_left_ms < 5000).then_some(w)
-    })
-    .await;
-    assert!(first.life_left_ms > 3000, "too late to test: {first:?}");
+        .collect();
+    let (_coord, client, keeper, first) = past_admissions(teach).await;
     // Its 8 s timeout does not fit what is left (under 5 s), but what tasks bounded like it
     // take does: the first worker takes it, late. Before, it waited for a fresh worker.
     let bounded = client.run_request(sleep("100", generous)).await.expect("run");
     assert_eq!(bounded.state(), TaskState::Succeeded, "{bounded:?}");
     assert_eq!(bounded.worker_id, first.worker_id, "{bounded:?}");
-    let kept = keeper.await.expect("join").expect("run");
-    assert_eq!(
-        (kept.state(), kept.attempts),
-        (TaskState::Succeeded, 1),
-        "{kept:?}"
-    );
-    let stats = function_stats(&client, "sleep").await;
-    assert_eq!((stats.killed_at_deadline, stats.retried), (0, 0), "{stats:?}");
-    assert_eq!(stats.taken_late, 1, "{stats:?}");
-    fleet_gone(&client).await;
+    kept_and_one_taken_late(&client, keeper).await;
 }
