@@ -1,5 +1,7 @@
 //! `carpool top`: a live view of a coordinator, refreshed every second: its functions
-//! (pending, running, completion rate, limits, cost so far) and its workers (state,
+//! (pending, running, completion rate, limits, cost so far), their workers' lives (the
+//! duration a task is expected to take, admissions refused for time, successors and how
+//! early, the hand-over wait, attempts killed at a deadline) and its workers (state,
 //! running/limit, CPU, memory, age). While the coordinator is unreachable (a restart) it
 //! keeps the last figures and says it is reconnecting; `q` or Ctrl-C quits.
 
@@ -34,9 +36,28 @@ pub(crate) struct View {
 
 /// Draws `view` on `frame`.
 pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
-    let [status, functions, workers] = Layout::vertical([
+    // The lives box, for the functions whose workers' lives have anything to show.
+    let lives: Vec<&pb::FunctionStats> = view
+        .stats
+        .functions
+        .iter()
+        .filter(|f| {
+            f.duration_bound_ms > 0
+                || f.refused_for_time > 0
+                || f.successors_started > 0
+                || f.killed_at_deadline > 0
+                || f.handover_wait_ms > 0
+        })
+        .collect();
+    let lives_rows = if lives.is_empty() {
+        0
+    } else {
+        lives.len() as u16 + 3
+    };
+    let [status, functions, life, workers] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Percentage(40),
+        Constraint::Length(lives_rows.min(8)),
         Constraint::Min(3),
     ])
     .areas(frame.area());
@@ -127,6 +148,10 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
     .block(Block::bordered().title("functions"));
     frame.render_widget(table, functions);
 
+    if !lives.is_empty() {
+        render_lives(frame, life, &lives);
+    }
+
     let rows = view.workers.iter().map(|w| {
         let (cpu, memory) = crate::render::sample_percents(w.last_sample.as_ref());
         Row::new(vec![
@@ -161,6 +186,58 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
     )
     .block(Block::bordered().title("workers"));
     frame.render_widget(table, workers);
+}
+
+/// The workers' lives of `functions`: what a task is expected to take (when admissions end),
+/// tasks refused for time and bounded ones taken late, successors and how far ahead the
+/// latest started, the hand-over wait (in all, and the longest) and attempts killed at a
+/// deadline.
+fn render_lives(frame: &mut Frame<'_>, area: ratatui::layout::Rect, functions: &[&pb::FunctionStats]) {
+    let secs = |ms: u64| format!("{:.2}", ms as f64 / 1000.0);
+    let rows = functions.iter().map(|f| {
+        Row::new(vec![
+            f.function.clone(),
+            if f.duration_bound_ms == 0 {
+                "-".into()
+            } else {
+                secs(f.duration_bound_ms)
+            },
+            f.refused_for_time.to_string(),
+            f.taken_late.to_string(),
+            f.successors_started.to_string(),
+            secs(f.successor_lead_ms),
+            format!("{}/{}", f.handover_wait_ms, f.handover_wait_longest_ms),
+            f.killed_at_deadline.to_string(),
+        ])
+    });
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Min(12),
+            Constraint::Length(9),
+            Constraint::Length(8),
+            Constraint::Length(8),
+            Constraint::Length(11),
+            Constraint::Length(8),
+            Constraint::Length(16),
+            Constraint::Length(7),
+        ],
+    )
+    .header(
+        Row::new([
+            "FUNCTION",
+            "TASK ≤ s",
+            "REFUSED",
+            "LATE",
+            "SUCCESSORS",
+            "AHEAD s",
+            "HAND-OVER ms",
+            "KILLED",
+        ])
+        .style(Style::default().add_modifier(Modifier::BOLD)),
+    )
+    .block(Block::bordered().title("worker lives (hand-over: in all/longest)"));
+    frame.render_widget(table, area);
 }
 
 fn state_name(s: pb::WorkerState) -> String {
@@ -343,6 +420,47 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("w1-echo"), "the last figures stay: {text}");
+    }
+
+    #[test]
+    fn the_view_shows_the_workers_lives_where_there_is_anything_to_show() {
+        let mut view = View {
+            url: "http://127.0.0.1:50051".into(),
+            stats: pb::StatsResponse {
+                functions: vec![pb::FunctionStats {
+                    function: "wait".into(),
+                    duration_bound_ms: 2_410,
+                    refused_for_time: 7,
+                    taken_late: 3,
+                    successors_started: 4,
+                    successor_lead_ms: 210,
+                    handover_wait_ms: 31,
+                    handover_wait_longest_ms: 16,
+                    killed_at_deadline: 0,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let text = screen(&view);
+        for want in [
+            "worker lives",
+            "REFUSED",
+            "SUCCESSORS",
+            "HAND-OVER",
+            "2.41",
+            "0.21",
+            "31/16",
+        ] {
+            assert!(text.contains(want), "missing {want:?}:\n{text}");
+        }
+        // Nothing to show: no box.
+        view.stats.functions[0] = pb::FunctionStats {
+            function: "wait".into(),
+            ..Default::default()
+        };
+        assert!(!screen(&view).contains("worker lives"));
     }
 
     #[test]
