@@ -210,12 +210,6 @@ impl Figure {
         }
     }
 
-    /// How long ago the attempt with `key` started, at `now`.
-    pub fn since_key(&self, key: u64, now: Instant) -> Option<Duration> {
-        let base = self.base.get()?;
-        Some(now.saturating_duration_since(*base + Duration::from_micros(key)))
-    }
-
     /// The key an attempt started at `at` would have: attempts with a smaller key started
     /// before it. `None` before any attempt started.
     pub fn key_at(&self, at: Instant) -> Option<u64> {

@@ -7,19 +7,16 @@
 //! docs/adaptive-concurrency.md says what was taken from each):
 //! - **Probing** (a new worker with nothing learned): the limit doubles on every sample that
 //!   covers its current level (taken while the worker ran at its limit, once the newest task
-//!   has run [`LimitParams::settle`] or a whole generation of tasks has finished: as many as
-//!   the level, and every task running started at it) while CPU
+//!   has run [`LimitParams::settle`] or a whole generation of tasks has finished) while CPU
 //!   and memory stay under target (it quadruples, [`LimitParams::fast_growth`], where the
 //!   sample's headroom holds twice what that adds); once a whole generation has finished
 //!   at the level, it jumps toward the level their CPU and memory imply, up to
 //!   [`LimitParams::max_jump`] times. Each rise is also capped by the headroom the sample
-//!   predicts (its CPU taken as no less than the level asked for over its samples): memory and CPU per task times the added tasks must stay under the targets,
+//!   predicts: memory and CPU per task times the added tasks must stay under the targets,
 //!   so memory is always seen before more tasks are let in. The last rise may fill the CPU:
 //!   a level under the CPU target where one more task would cross it rounds up to the fewest
 //!   tasks that fill it, judged on what the level asked for over a task's life (the CPU a
 //!   level leaves idle is a tenth or more of every task's bill).
-//!   CPU at its target ends probing once it has held for a task's life, every task running
-//!   having started within the spell (a burst of short tasks beside long ones is not that).
 //! - **Steady** (after the first pressure, at the cap, or started from a learned level):
 //!   the limit rises by a tenth at most once per window of completions, only while the last
 //!   rise paid off in completions per second (a quarter of what it could gain: the share of
@@ -179,9 +176,6 @@ pub struct Observation {
     pub running: u32,
     /// How long the newest of them had run.
     pub youngest: Duration,
-    /// How long the oldest of them had run (the coordinator's count, from when it assigned
-    /// them; zero where not known).
-    pub oldest: Duration,
     /// The most memory the worker has held (the kernel's high-water mark), over its limit:
     /// a rise is judged from the peak, so a burst between two samples is not missed.
     pub peak: f64,
@@ -305,8 +299,6 @@ pub struct Limit {
     typical: Option<f64>,
     /// Whether the last judged window was inflated (a fall needs two in a row).
     inflated_before: bool,
-    /// When the worker first ran this level (the coordinator filled it).
-    filled_at: Option<Instant>,
     /// A task that started at this level (after the last fall) took more than
     /// [`BOUND_SHARE`] of its own timeout, or ran past it, since the last sample.
     near_bound: bool,
@@ -366,7 +358,6 @@ impl Limit {
             rose: false,
             typical: None,
             inflated_before: false,
-            filled_at: None,
             near_bound: false,
             cpu_floor,
         }
@@ -407,7 +398,6 @@ impl Limit {
     /// The coordinator has filled the worker to its limit: the window of this level starts.
     pub fn filled(&mut self, now: Instant) {
         self.window.since.get_or_insert(now);
-        self.filled_at.get_or_insert(now);
     }
 
     /// A task finished after running `duration`.
@@ -626,22 +616,8 @@ impl Limit {
 
     /// Nothing presses on the limit and the sample covers its level: it may rise.
     fn rise(&mut self, p: &LimitParams, obs: &Observation, now: Instant) -> Option<Move> {
-        // CPU binds while one more task would cross its target; a sample where it does not
-        // (taken with a slot free, say) ends a spell of binding samples: a spell is what
-        // ends probing, not two binding samples with idle ones between.
-        let shown = obs.demand();
-        let binds = shown >= p.cpu_target
-            || (shown > 0.0 && f64::from(obs.running) * p.cpu_target / shown - f64::from(obs.running) < 1.0);
-        if !binds {
-            self.cpu_busy_since = None;
-        }
-        // A whole generation of tasks has finished at this level: as many tasks as the level have finished at it, and every task running now started
-        // at it: early in a batch whose long tasks have not ended, short ones finish a
-        // level's count many times over while the long ones still run from before.
-        let generation = self.at_level >= self.value
-            && self
-                .filled_at
-                .is_some_and(|t| now.saturating_duration_since(t) >= obs.oldest);
+        // A whole generation of tasks has finished at this level.
+        let generation = self.at_level >= self.value;
         let covered = obs.youngest >= p.settle || generation;
         if obs.running < self.value || !covered || self.window.since.is_none() {
             return None; // not running at its limit, or its newest tasks do not show yet
@@ -663,11 +639,7 @@ impl Limit {
         // at a level (their rate is): a worker of microsecond tasks waits on a busy host
         // whatever its level, so only the CPU it used counts.
         let short = self.typical.is_some_and(|t| t < p.settle.as_secs_f64());
-        let sampled = if short { obs.cpu } else { obs.demand() };
-        // And no less than the level asked for over its samples, once they cover a task: a
-        // sample covers the span since the last one, which for tasks that compute and wait
-        // may catch none computing (a rise on it alone jumped 33 tasks to 132).
-        let demand = self.demand_at_level().map_or(sampled, |d| sampled.max(d));
+        let demand = if short { obs.cpu } else { obs.demand() };
         let by_cpu = if demand > 0.0 {
             running * p.cpu_target / demand - running
         } else {
@@ -707,21 +679,11 @@ impl Limit {
         };
         if (demand >= p.cpu_target && fill.is_none()) || by_cpu < 1.0 {
             // CPU binds. A task's start-up burst only holds the climb; CPU at its target for
-            // long ends probing (every allotted vCPU busy: the level for CPU-bound work):
-            // for a task's life, and on what the level asked for over its samples too (one
-            // sample may catch the one task of eight that computes while seven wait).
+            // long ends probing (every allotted vCPU busy: the level for CPU-bound work).
             let since = *self.cpu_busy_since.get_or_insert(now);
             let busy = now.saturating_duration_since(since);
-            // A whole task: as long as tasks typically take, and every task running now
-            // started within the spell. Early in a batch the typical is the short tasks'
-            // (the long ones have not ended); the long ones still running say the spell has
-            // not seen them through: eight slots of which the first short tasks keep the
-            // CPU busy until the 2 s waits beside them hold most of the slots.
-            let whole_task = self.typical.is_some_and(|t| busy.as_secs_f64() >= t) && busy >= obs.oldest;
-            let level_binds = self
-                .demand_at_level()
-                .is_some_and(|d| d >= p.cpu_target || running * p.cpu_target / d - running < 1.0);
-            if busy >= p.cpu_settle && whole_task && level_binds {
+            let whole_task = self.typical.is_some_and(|t| busy.as_secs_f64() >= t);
+            if busy >= p.cpu_settle && whole_task {
                 self.phase = Phase::Steady;
             }
             return None;
@@ -786,7 +748,6 @@ impl Limit {
 
     fn set(&mut self, value: u32) {
         self.value = value;
-        self.filled_at = None;
         self.level_demand = (0.0, 0.0);
         self.window = Window::default();
         self.at_level = 0;

@@ -486,6 +486,7 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         report.requests = totals.requests - before.requests;
         report.killed_at_deadline = totals.killed_at_deadline - before.killed_at_deadline;
         report.successors = totals.successors_started - before.successors_started;
+        report.handover_longest = Duration::from_millis(totals.handover_wait_longest_ms);
         reports.push(report);
         before = totals;
     }

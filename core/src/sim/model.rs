@@ -248,6 +248,9 @@ pub struct SimReport {
     /// hello, that tasks waited with no worker admitting any (every live worker's
     /// admissions ended, its successor not there yet).
     pub handover_wait: Duration,
+    /// The coordinator's own count of the longest hand-over wait (Stats'
+    /// `handover_wait_longest_ms`, over the whole run so far; the worst draw in a mean).
+    pub handover_longest: Duration,
 }
 
 impl SimReport {
@@ -278,6 +281,11 @@ impl SimReport {
             killed_at_deadline: reports.iter().map(|r| r.killed_at_deadline).max().unwrap_or(0),
             successors: count(&|r| r.successors),
             handover_wait: Duration::from_secs_f64(avg(&|r| r.handover_wait.as_secs_f64())),
+            handover_longest: reports
+                .iter()
+                .map(|r| r.handover_longest)
+                .max()
+                .unwrap_or_default(),
         }
     }
 

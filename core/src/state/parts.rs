@@ -202,16 +202,6 @@ impl Running {
         self.tasks.swap_remove(pos)
     }
 
-    /// How long the longest-running of its tasks has run (zero with none).
-    pub(super) fn oldest(&self, now: Instant) -> Duration {
-        self.starts
-            .iter()
-            .map(|&(k, _)| k)
-            .min()
-            .and_then(|k| self.figure.since_key(k, now))
-            .unwrap_or_default()
-    }
-
     /// How many of its tasks have run since before `at`.
     pub(super) fn started_before(&self, at: Instant) -> u32 {
         match self.figure.key_at(at) {

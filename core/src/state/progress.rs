@@ -81,7 +81,6 @@ impl State {
             mem: w.mem,
             running: s.running_tasks,
             youngest: Duration::from_millis(u64::from(s.youngest_task_ms)),
-            oldest: w.running.oldest(now),
             peak: s.memory_peak_bytes as f64 / s.memory_limit_bytes as f64,
         };
         // A worker's copies' init, when it reports a new figure (a sample repeats it).

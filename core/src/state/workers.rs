@@ -24,6 +24,39 @@ const DEADLINE_TOLERANCE: Duration = Duration::from_millis(250);
 const RECENT_COLD_STARTS: usize = 1024;
 
 /// The `q` quantile (nearest rank) of `values`; 0 for none.
+/// Below this many cold starts known, their slow end is not read off the samples alone.
+const FEW_COLD_STARTS: usize = 100;
+
+/// The spread of the cold starts' logarithm assumed at least while few are known (their
+/// 99th percentile then at least 3.2 times their geometric mean): the max of a few draws is
+/// not the tail's end (one draw in n + 1 passes the max of n), and a successor started by
+/// it arrives late. Lambda's cold starts have such a tail; a local worker's few
+/// milliseconds make the margin a few milliseconds.
+const COLD_START_LOG_SPREAD: f64 = 0.5;
+
+/// The 99th percentile of a normal, in standard deviations.
+const Z99: f64 = 2.326;
+
+/// The slow end of the recent cold starts (ms): their 99th percentile, and while fewer than
+/// [`FEW_COLD_STARTS`] are known, no less than that of a log-normal fitted to them with at
+/// least [`COLD_START_LOG_SPREAD`] of spread.
+fn slow_end(values: &std::collections::VecDeque<u64>) -> u64 {
+    let p99 = percentile(values, 0.99);
+    if values.len() >= FEW_COLD_STARTS || values.is_empty() {
+        return p99;
+    }
+    let logs: Vec<f64> = values.iter().map(|&v| (v.max(1) as f64).ln()).collect();
+    let n = logs.len() as f64;
+    let mean = logs.iter().sum::<f64>() / n;
+    let sd = if logs.len() >= 2 {
+        (logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    let fitted = (mean + Z99 * sd.max(COLD_START_LOG_SPREAD)).exp();
+    p99.max(fitted.round().min(u64::MAX as f64) as u64)
+}
+
 fn percentile(values: &std::collections::VecDeque<u64>, q: f64) -> u64 {
     let mut v: Vec<u64> = values.iter().copied().collect();
     if v.is_empty() {
@@ -177,7 +210,7 @@ impl State {
                     f.recent_cold_starts.pop_front();
                 }
                 f.recent_cold_starts.push_back(cold_start_ms);
-                f.cold_start_slow = Some(Duration::from_millis(percentile(&f.recent_cold_starts, 0.99)));
+                f.cold_start_slow = Some(Duration::from_millis(slow_end(&f.recent_cold_starts)));
                 // Lambda bills a cold sandbox's init as well as its requests.
                 f.request_gb_ms +=
                     billing::billed_gb_ms(Duration::from_millis(cold_start_ms), hello.memory_mb);
@@ -641,5 +674,26 @@ impl State {
             now,
             effects,
         );
+    }
+}
+
+#[cfg(test)]
+mod slow_end_tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    #[test]
+    fn a_few_cold_starts_have_a_slow_end_past_their_max() {
+        // One of 500 ms: its fitted tail, 3.2 times it (a spread of 0.5 assumed).
+        assert_eq!(slow_end(&VecDeque::from([500])), 1600);
+        // Several alike: the same; several spread wider than that: their own spread.
+        assert_eq!(slow_end(&VecDeque::from([500; 10])), 1600);
+        let wide = VecDeque::from([200, 500, 1500, 400, 900]);
+        assert!(slow_end(&wide) > 3000, "{}", slow_end(&wide));
+        // Enough known: their 99th percentile.
+        let many: VecDeque<u64> = (1..=200).collect();
+        assert_eq!(slow_end(&many), 198);
+        assert_eq!(slow_end(&VecDeque::new()), 0);
     }
 }

@@ -46,8 +46,6 @@ fn parse(text: &str) -> Vec<(Duration, Recorded)> {
                         peak: num(4),
                         running: num(5) as u32,
                         youngest: Duration::from_millis(num(6) as u64),
-                        // Not recorded: the coordinator counts it from its assignments.
-                        oldest: Duration::ZERO,
                         // Absent in traces recorded before workers reported it.
                         wait: if f.len() > 8 { num(8) } else { 0.0 },
                     },

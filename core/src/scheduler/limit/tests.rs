@@ -19,7 +19,6 @@ fn obs(cpu: f64, mem: f64, running: u32) -> Observation {
         mem,
         running,
         youngest: 30 * MS,
-        oldest: Duration::ZERO,
         peak: mem,
         wait: 0.0,
     }
@@ -406,66 +405,6 @@ fn the_last_rise_fills_the_cpu_a_level_leaves_idle() {
     full.completed(356 * MS);
     assert_eq!(full.observe(&p, obs(0.95, 0.1, 1), t0 + 450 * MS), None);
     assert_eq!(full.value(), 1);
-}
-
-/// Eight slots, seven of them holding tasks that wait 2 s and one a short task computing:
-/// a sample that catches the short one reads the CPU as bound, but the tasks still
-/// running from before the spell say it has not seen a task through. Probing goes on; it
-/// ends once the spell covers every task running.
-#[test]
-fn a_burst_beside_long_tasks_does_not_end_probing() {
-    let p = params();
-    let t0 = Instant::now();
-    let mut l = Limit::probing(&p, 8);
-    l.filled(t0);
-    for _ in 0..4 {
-        l.completed(50 * MS); // the short ones: the typical reads 50 ms
-    }
-    let busy = |at: Duration| Observation {
-        oldest: at, // the long ones, running since the level began
-        ..obs(0.86, 0.05, 8)
-    };
-    for i in 1..=6u32 {
-        assert_eq!(l.observe(&p, busy(i * 50 * MS), t0 + i * 50 * MS), None);
-    }
-    assert_eq!(
-        (l.value(), l.phase()),
-        (8, Phase::Probing),
-        "300 ms of a spell, tasks 300 ms old"
-    );
-    // Every task running now started within the spell (the old ones ended): it binds.
-    let late = Observation {
-        oldest: 100 * MS,
-        ..obs(0.95, 0.05, 8)
-    };
-    assert_eq!(l.observe(&p, late, t0 + 350 * MS), None);
-    assert_eq!((l.value(), l.phase()), (8, Phase::Steady));
-}
-
-/// A sample covers the span since the last one: for tasks that compute and wait, it may
-/// catch none computing. A rise takes no less CPU a task than the level asked for over its
-/// samples.
-#[test]
-fn an_idle_sample_does_not_outweigh_what_the_level_asked_for() {
-    let p = params();
-    let t0 = Instant::now();
-    let mut l = Limit::probing(&p, 8);
-    l.filled(t0);
-    l.completed(100 * MS);
-    // 125 ms at the level at 0.6 of the CPU, its newest tasks too young to show: no rise,
-    // and the level's demand is known (it covers a 100 ms task).
-    for i in 1..=6u32 {
-        let young = Observation {
-            youngest: 10 * MS,
-            ..obs(0.6, 0.05, 8)
-        };
-        assert_eq!(l.observe(&p, young, t0 + i * 25 * MS), None);
-    }
-    // A sample that caught no task computing: the level's 0.5 over its 150 ms (this
-    // sample's 25 ms at nothing included) leaves room for 6 more, where the sample alone
-    // read as none used and quadrupled it to 32.
-    assert_eq!(l.observe(&p, obs(0.0, 0.05, 8), t0 + 175 * MS), Some(Move::Rise));
-    assert_eq!(l.value(), 14);
 }
 
 /// Tasks with their own timeout that the level stretched past half of it, on a CPU at its

@@ -229,6 +229,10 @@ fn a_task_still_running_ends_late_admissions_on_every_worker_of_its_function_bef
     assert_eq!(got, vec![long, waiting]);
 }
 
+/// A cold start whose slow end, while it is the only one known, is 1 s (its fitted tail:
+/// 3.2 times it).
+const COLD: Duration = Duration::from_micros(312_500);
+
 /// A local-spawner state whose one worker ("w", spawned) took `cold` to start, lives
 /// `life`, and has run eight 100 ms tasks; returns its connection and the time then.
 fn measured_worker(max_workers: u32, cold: Duration, life: Duration) -> (State, Instant, Conn, WorkerId) {
@@ -254,7 +258,7 @@ fn measured_worker(max_workers: u32, cold: Duration, life: Duration) -> (State, 
 #[test]
 fn a_successor_starts_its_cold_start_ahead_of_its_predecessor_s_end_when_work_is_queued() {
     // One worker allowed: the successor takes the place of one whose admissions end.
-    let (mut s, at, conn, id) = measured_worker(1, secs(1.0), secs(10.0));
+    let (mut s, at, conn, id) = measured_worker(1, COLD, secs(10.0));
     // Admissions end at 10 - 0.125 - 0.25 s; the lead is the 1 s cold start.
     let end = secs(10.0) - secs(0.125) - secs(0.25);
     // Fill both slots and queue more than it can finish by its end (100 ms tasks, two at a
@@ -299,7 +303,7 @@ fn a_successor_starts_its_cold_start_ahead_of_its_predecessor_s_end_when_work_is
 
 #[test]
 fn no_successor_starts_when_nothing_is_queued_or_the_queue_empties_before_the_end() {
-    let (mut s, at, conn, _) = measured_worker(1, secs(1.0), secs(10.0));
+    let (mut s, at, conn, _) = measured_worker(1, COLD, secs(10.0));
     let mut effects = Effects::default();
     s.on_timer(Timer::Function(Arc::from("f")), at + secs(9.0), &mut effects);
     assert!(effects.spawns.is_empty());
@@ -371,7 +375,7 @@ fn slots_holding_tasks_far_past_the_median_do_not_count_as_turning_over() {
 
 #[test]
 fn a_running_task_that_brings_the_end_nearer_has_the_successor_looked_at_before_the_next_sample() {
-    let (mut s, at, conn, id) = measured_worker(1, secs(1.0), secs(10.0));
+    let (mut s, at, conn, id) = measured_worker(1, COLD, secs(10.0));
     let mut effects = Effects::default();
     let long = submit(&mut s, &mut effects, at + secs(1.0));
     assert_eq!(assigned(&mut effects, conn), vec![long]);
