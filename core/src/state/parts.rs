@@ -292,8 +292,9 @@ pub(super) struct FunctionPool {
     /// Spawned workers that said hello, and the cold starts (ms) of the most recent ones.
     pub(super) cold_starts: u64,
     pub(super) recent_cold_starts: VecDeque<u64>,
-    /// The slow end of those (their 99th percentile): how long before a worker's
-    /// admissions end its successor is started.
+    /// The slow end of those (their 99th percentile, or while few are known their fitted
+    /// tail: see `workers::slow_end`): how long before a worker's admissions end its
+    /// successor is started.
     pub(super) cold_start_slow: Option<Duration>,
     /// Billed GB-ms of workers that have ended.
     pub(super) billed_gb_ms: f64,
