@@ -5,7 +5,8 @@
 //! twice; a worker whose queue is empty gets no successor; a worker whose admissions have
 //! ended still takes a task bounded by its own timeout that fits what is left of its life,
 //! and one whose timeout is generous by what tasks like it have taken;
-//! a task still running counts as long as it has run, ending late admissions before it ends.
+//! a task still running counts as long as it has run, ending late admissions before it ends;
+//! under the fixed fraction, the coordinator counts the wait a hand-over leaves.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -107,6 +108,37 @@ async fn a_batch_longer_than_a_life_is_handed_over_before_the_deadline_and_nothi
             "a successor started its first task at {successor_first}, after its predecessor's last ended at {predecessor_last}: {spans:?}"
         );
     }
+    fleet_gone(&client).await;
+}
+
+#[tokio::test]
+async fn the_coordinator_counts_the_wait_the_fixed_fraction_leaves_across_a_hand_over() {
+    // The same batch under the paper's rule: no successor, so the queue waits across each
+    // hand-over while the old worker drains its last tasks and a new one starts. By
+    // duration (the test above) successors start ahead; Stats count what is left.
+    let coord = Coordinator::start(&[
+        "--execution-timeout",
+        "4s",
+        "--max-workers",
+        "1",
+        "--slots",
+        "2",
+        "--admission",
+        "fraction",
+    ]);
+    let client = coord.client().await;
+    let results = sleeps(&client, 40, "500").await;
+    assert!(
+        results.iter().all(|r| r.state() == TaskState::Succeeded),
+        "{results:?}"
+    );
+    let stats = function_stats(&client, "sleep").await;
+    assert_eq!(stats.successors_started, 0, "{stats:?}");
+    assert!(stats.handover_wait_longest_ms > 0, "{stats:?}");
+    assert!(
+        stats.handover_wait_longest_ms <= stats.handover_wait_ms,
+        "the longest is one of them: {stats:?}"
+    );
     fleet_gone(&client).await;
 }
 
