@@ -66,13 +66,21 @@ async fn a_task_whose_timeout_outlasts_a_whole_life_fails_at_once_with_its_cause
     assert_eq!(ok.state(), TaskState::Succeeded, "{ok:?}");
 }
 
-#[tokio::test]
-async fn a_batch_longer_than_a_life_is_handed_over_before_the_deadline_and_nothing_runs_twice() {
-    // One worker at a time, two tasks at once, 4 s of life; 40 tasks of 500 ms are 10 s of
-    // work: at least two hand-overs.
-    let coord = Coordinator::start(&["--execution-timeout", "4s", "--max-workers", "1", "--slots", "2"]);
+/// One worker at a time, two tasks at once, 4 s of life (and `more` flags); 40 tasks of
+/// 500 ms are 10 s of work: at least two hand-overs. The coordinator, its client and the
+/// results.
+async fn longer_than_a_life(more: &[&str]) -> (Coordinator, Client, Vec<pb::TaskResult>) {
+    let mut args = vec!["--execution-timeout", "4s", "--max-workers", "1", "--slots", "2"];
+    args.extend_from_slice(more);
+    let coord = Coordinator::start(&args);
     let client = coord.client().await;
     let results = sleeps(&client, 40, "500").await;
+    (coord, client, results)
+}
+
+#[tokio::test]
+async fn a_batch_longer_than_a_life_is_handed_over_before_the_deadline_and_nothing_runs_twice() {
+    let (_coord, client, results) = longer_than_a_life(&[]).await;
     assert_eq!(results.len(), 40);
     let mut by_worker: BTreeMap<String, Vec<&pb::TaskResult>> = BTreeMap::new();
     for r in &results {
@@ -116,18 +124,7 @@ async fn the_coordinator_counts_the_wait_the_fixed_fraction_leaves_across_a_hand
     // The same batch under the paper's rule: no successor, so the queue waits across each
     // hand-over while the old worker drains its last tasks and a new one starts. By
     // duration (the test above) successors start ahead; Stats count what is left.
-    let coord = Coordinator::start(&[
-        "--execution-timeout",
-        "4s",
-        "--max-workers",
-        "1",
-        "--slots",
-        "2",
-        "--admission",
-        "fraction",
-    ]);
-    let client = coord.client().await;
-    let results = sleeps(&client, 40, "500").await;
+    let (_coord, client, results) = longer_than_a_life(&["--admission", "fraction"]).await;
     assert!(
         results.iter().all(|r| r.state() == TaskState::Succeeded),
         "{results:?}"

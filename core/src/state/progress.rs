@@ -193,12 +193,8 @@ impl State {
                 .cost(&function, memory_mb)
                 .per_task()
                 .unwrap_or(alone / sharing.max(1) as f64);
-            let bounded = self
-                .update_task(r.task_id, |t| {
-                    t.spent_gb_ms += share;
-                    t.timeout.is_some()
-                })
-                .unwrap_or(false);
+            self.update_task(r.task_id, |t| t.spent_gb_ms += share);
+            let bounded = bound.is_some();
             if let Some(f) = self.functions.get_mut(&function) {
                 f.request_gb_ms += alone;
                 f.requests += 1;
