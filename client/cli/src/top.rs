@@ -97,6 +97,7 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
             },
             match f.memory_reason.as_str() {
                 "exploring" => format!("{} try", f.memory_mb),
+                "revisiting" => format!("{} again", f.memory_mb),
                 "unmeasured" => format!("{} ?", f.memory_mb),
                 _ => f.memory_mb.to_string(),
             },

@@ -7,7 +7,11 @@
 //! once the vCPUs are full, and the larger size finishes sooner. So: every size is tried
 //! first (one worker at a time per size not yet measured: exploring is bounded by the
 //! number of sizes offered), then the least cost per task wins, and costs within
-//! [`TIE`] of each other go to the larger size.
+//! [`TIE`] of each other go to the larger size. A size measured on fewer tasks than the
+//! chosen one (and fewer than [`SETTLED_TASKS`]) whose cost is within [`REVISIT`] of the
+//! least is measured again, one worker at a time: a first measure rests on a worker or two,
+//! whose cold start and end can read a size dearer than it is, and one unlucky reading
+//! would otherwise keep the work off its cheapest size for good.
 
 /// What the ended workers of one (function, size) cost.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -38,6 +42,13 @@ impl SizeCost {
 /// it finishes sooner).
 pub const TIE: f64 = 0.05;
 
+/// A size whose cost per task is within this fraction of the least, measured on fewer tasks
+/// than the chosen size, is measured again ([`SizeReason::Revisiting`]).
+pub const REVISIT: f64 = 0.10;
+
+/// Finished tasks past which a size's cost is taken as measured: no more revisits.
+pub const SETTLED_TASKS: u64 = 50;
+
 /// Why a size was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SizeReason {
@@ -45,6 +56,9 @@ pub enum SizeReason {
     Only,
     /// Not yet measured, and no worker of it is trying it.
     Exploring,
+    /// Measured on fewer tasks than the chosen size, and close enough to the least to be
+    /// the cheapest: measured again, one worker at a time.
+    Revisiting,
     /// The least billed GB-ms per task measured (ties to the larger size).
     Cheapest,
     /// Nothing measured yet and every unmeasured size is being tried: the default size.
@@ -60,6 +74,7 @@ impl SizeReason {
         match self {
             SizeReason::Only => "only",
             SizeReason::Exploring => "exploring",
+            SizeReason::Revisiting => "revisiting",
             SizeReason::Cheapest => "cheapest",
             SizeReason::Unmeasured => "unmeasured",
             SizeReason::Deadline => "deadline",
@@ -69,12 +84,14 @@ impl SizeReason {
 
 /// The size for a new worker among `sizes` (smallest first): `cost(size)` is what that
 /// size has cost, `trying(size)` how many workers of it are live or starting now, and
-/// `default` the size used while nothing is measured.
+/// `default` the size used while nothing is measured. `revisit`: whether a size measured on
+/// thin evidence may be measured again now (not while a deadline waits).
 pub fn choose_size(
     sizes: &[u32],
     cost: impl Fn(u32) -> SizeCost,
     trying: impl Fn(u32) -> u32,
     default: u32,
+    revisit: bool,
 ) -> (u32, SizeReason) {
     if let [only] = sizes {
         return (*only, SizeReason::Only);
@@ -98,7 +115,21 @@ pub fn choose_size(
         .map(|&(s, _)| s)
         .max()
         .unwrap_or(default);
-    (chosen, SizeReason::Cheapest)
+    let evidence = cost(chosen).tasks.min(SETTLED_TASKS);
+    let thin = measured
+        .iter()
+        .filter(|&&(s, c)| {
+            revisit
+                && s != chosen
+                && c <= least * (1.0 + REVISIT)
+                && cost(s).tasks < evidence
+                && trying(s) == 0
+        })
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    match thin {
+        Some(&(s, _)) => (s, SizeReason::Revisiting),
+        None => (chosen, SizeReason::Cheapest),
+    }
 }
 
 #[cfg(test)]
@@ -121,7 +152,7 @@ mod tests {
     #[test]
     fn one_size_is_the_only_choice() {
         assert_eq!(
-            choose_size(&[2048], costs(&[]), |_| 0, 2048),
+            choose_size(&[2048], costs(&[]), |_| 0, 2048, true),
             (2048, SizeReason::Only)
         );
     }
@@ -130,17 +161,17 @@ mod tests {
     fn unmeasured_sizes_are_tried_one_worker_at_a_time_smallest_first() {
         let sizes = [1024, 2048, 4096];
         assert_eq!(
-            choose_size(&sizes, costs(&[]), |_| 0, 2048),
+            choose_size(&sizes, costs(&[]), |_| 0, 2048, true),
             (1024, SizeReason::Exploring)
         );
         let trying = |s| u32::from(s == 1024);
         assert_eq!(
-            choose_size(&sizes, costs(&[]), trying, 2048),
+            choose_size(&sizes, costs(&[]), trying, 2048, true),
             (2048, SizeReason::Exploring)
         );
         let all = |_| 1;
         assert_eq!(
-            choose_size(&sizes, costs(&[]), all, 2048),
+            choose_size(&sizes, costs(&[]), all, 2048, true),
             (2048, SizeReason::Unmeasured)
         );
     }
@@ -151,13 +182,13 @@ mod tests {
         // Waiting: the same level at either size, four times the memory: four times the cost.
         let waiting = costs(&[(1024, 100, 10_000.0), (4096, 100, 40_000.0)]);
         assert_eq!(
-            choose_size(&sizes, waiting, |_| 1, 1024),
+            choose_size(&sizes, waiting, |_| 1, 1024, true),
             (1024, SizeReason::Cheapest)
         );
         // CPU-bound: about the same per task (within the tie): the larger finishes sooner.
         let cpu = costs(&[(1024, 100, 10_000.0), (4096, 100, 10_300.0)]);
         assert_eq!(
-            choose_size(&sizes, cpu, |_| 1, 1024),
+            choose_size(&sizes, cpu, |_| 1, 1024, true),
             (4096, SizeReason::Cheapest)
         );
     }
@@ -171,12 +202,47 @@ mod tests {
         };
         assert_eq!(c(1024).per_task(), None);
         assert_eq!(
-            choose_size(&[1024, 4096], c, |_| 0, 4096),
+            choose_size(&[1024, 4096], c, |_| 0, 4096, true),
             (1024, SizeReason::Exploring)
         );
         assert_eq!(
-            choose_size(&[1024, 4096], c, |_| 1, 4096),
+            choose_size(&[1024, 4096], c, |_| 1, 4096, true),
             (4096, SizeReason::Cheapest)
+        );
+    }
+    #[test]
+    fn a_close_size_measured_on_fewer_tasks_than_the_chosen_is_measured_again() {
+        let sizes = [128, 1024];
+        // 128 MB read 4 % dearer on 24 tasks (its first workers' starts), 1024 MB on 52:
+        // within the tie, so 1024 MB would win for good. 128 MB is measured again.
+        let thin = costs(&[(128, 24, 24.0 * 43.9), (1024, 52, 52.0 * 45.6)]);
+        assert_eq!(
+            choose_size(&sizes, &thin, |_| 0, 128, true),
+            (128, SizeReason::Revisiting)
+        );
+        // One worker at a time; and not when revisiting is not allowed (a deadline waits).
+        assert_eq!(
+            choose_size(&sizes, &thin, |s| u32::from(s == 128), 128, true),
+            (1024, SizeReason::Cheapest)
+        );
+        assert_eq!(
+            choose_size(&sizes, &thin, |_| 0, 128, false),
+            (1024, SizeReason::Cheapest)
+        );
+        // Measured on as many tasks as settle it: no more revisits.
+        let settled = costs(&[
+            (128, SETTLED_TASKS, SETTLED_TASKS as f64 * 43.9),
+            (1024, 500, 500.0 * 45.6),
+        ]);
+        assert_eq!(
+            choose_size(&sizes, settled, |_| 0, 128, true),
+            (1024, SizeReason::Cheapest)
+        );
+        // Dearer than the least by more than REVISIT: left alone.
+        let far = costs(&[(128, 24, 24.0 * 60.0), (1024, 52, 52.0 * 45.6)]);
+        assert_eq!(
+            choose_size(&sizes, far, |_| 0, 128, true),
+            (1024, SizeReason::Cheapest)
         );
     }
 }

@@ -181,11 +181,17 @@ impl State {
     /// [`scheduler::choose_size`]).
     fn choose_size(&self, function: &str, now: Instant) -> (u32, scheduler::SizeReason) {
         let fleet = &self.config.fleet;
+        // Not while a deadline waits: its work goes where it is met.
+        let revisit = self
+            .functions
+            .get(function)
+            .is_none_or(|f| f.due.is_none_or(|d| d <= now));
         let (size, why) = scheduler::choose_size(
             &self.sizes,
             |size| self.learned.cost(function, size),
             |size| self.workers.of_size(function, size) as u32 + self.spawns.of_size(function, size),
             fleet.memory_mb,
+            revisit,
         );
         if why != scheduler::SizeReason::Cheapest {
             return (size, why);

@@ -561,12 +561,17 @@ impl State {
         if let Some(f) = self.functions.get_mut(&w.function) {
             f.billed_gb_ms += billed;
         }
-        // What its size cost per task: where the next workers of its function go.
-        let cost = self.learned.record(&w.function, w.memory_mb, billed, w.done);
-        if self.journaled {
-            effects
-                .journal
-                .push(JournalOp::Cost(w.function.clone(), w.memory_mb, cost));
+        // What its size cost per task: where the next workers of its function go. A worker
+        // that ended in order without ever being given a task started for work others
+        // finished first: its bill is the scale-out's (the function's bill counts it), not
+        // what a task costs at its size.
+        if !(orderly && w.assigned_total == 0) {
+            let cost = self.learned.record(&w.function, w.memory_mb, billed, w.done);
+            if self.journaled {
+                effects
+                    .journal
+                    .push(JournalOp::Cost(w.function.clone(), w.memory_mb, cost));
+            }
         }
         if !w.running.is_empty() {
             // Gone at (or past) the end of its life, with tasks running: the deadline

@@ -89,3 +89,104 @@ fn a_deadline_no_size_meets_takes_the_one_that_finishes_soonest() {
     let _ = s.submit(sub, None, now, &mut effects);
     assert_eq!(s.choose_size("f", now).0, 4096);
 }
+
+/// [`external`] with no keep-alive: a worker with nothing to do is told to stop at once.
+fn stopping_at_once() -> (State, Instant) {
+    state(Config {
+        fleet: Fleet {
+            slots: Some(1),
+            keep_alive: Duration::ZERO,
+            ..external().fleet.clone()
+        },
+        ..external()
+    })
+}
+
+#[test]
+fn a_worker_stopped_before_it_was_ever_given_a_task_does_not_price_its_size() {
+    let (mut s, t0) = stopping_at_once();
+    let mut effects = Effects::default();
+    let second = Duration::from_secs(1);
+    // It came for work others finished first: stopped at its hello, gone a second later.
+    let idle = connect(&mut s, &mut effects, "idle", 1, t0);
+    assert!(
+        messages(&mut effects, idle)
+            .iter()
+            .any(|k| matches!(k, Kind::Shutdown(_)))
+    );
+    s.disconnect(
+        &WorkerId::new("idle"),
+        idle,
+        StreamEnd::Closed,
+        t0 + second,
+        &mut effects,
+    );
+    assert_eq!(s.learned.cost("f", 2048), SizeCost::default());
+    // Its bill is still the function's.
+    assert_eq!(
+        s.stats(t0 + second).total.expect("total").billed_gb_ms,
+        2.0 * 1000.0
+    );
+    // A worker that ran a task prices its size with its whole bill.
+    let task = submit(&mut s, &mut effects, t0);
+    let busy = connect(&mut s, &mut effects, "busy", 1, t0);
+    assert_eq!(assigned(&mut effects, busy), vec![task]);
+    s.results(
+        &WorkerId::new("busy"),
+        vec![result(task, 1)],
+        t0 + second,
+        &mut effects,
+    )
+    .expect("results");
+    s.disconnect(
+        &WorkerId::new("busy"),
+        busy,
+        StreamEnd::Closed,
+        t0 + second,
+        &mut effects,
+    );
+    let priced = SizeCost {
+        workers: 1,
+        tasks: 1,
+        billed_gb_ms: 2.0 * 1000.0,
+    };
+    assert_eq!(s.learned.cost("f", 2048), priced);
+    // A worker lost with its task running prices its size too (a size its tasks kill is
+    // dear), though it finished none.
+    let task = submit(&mut s, &mut effects, t0);
+    let lost = connect(&mut s, &mut effects, "lost", 1, t0);
+    assert_eq!(assigned(&mut effects, lost), vec![task]);
+    s.disconnect(
+        &WorkerId::new("lost"),
+        lost,
+        StreamEnd::Broken,
+        t0 + second,
+        &mut effects,
+    );
+    let grace = s.config.fleet.reconnect_grace;
+    s.sweep(t0 + second + grace, &mut effects);
+    assert_eq!(s.live_workers(), 0, "written off");
+    assert_eq!(s.learned.cost("f", 2048).workers, 2);
+    assert_eq!(s.learned.cost("f", 2048).tasks, 1);
+}
+
+#[test]
+fn a_size_measured_on_thin_evidence_is_not_revisited_while_a_deadline_waits() {
+    let (mut s, now) = measured();
+    // 4096 MB rests on 10 tasks as 1024 MB does: nothing thinner than the chosen size.
+    assert_eq!(s.choose_size("f", now), (1024, SizeReason::Cheapest));
+    // 1024 MB measured on 40 tasks, and 4096 MB within a tenth of it on 10: measured again.
+    let key: Arc<str> = Arc::from("f");
+    let cost = |tasks: u64, per_task: f64| SizeCost {
+        workers: 2,
+        tasks,
+        billed_gb_ms: per_task * tasks as f64,
+    };
+    s.learned.restore_cost(&key, 1024, cost(40, 100.0));
+    s.learned.restore_cost(&key, 4096, cost(10, 108.0));
+    assert_eq!(s.choose_size("f", now), (4096, SizeReason::Revisiting));
+    assert_eq!(s.stats(now).functions[0].memory_reason, "revisiting");
+    // Not while a deadline waits that the cheapest size meets.
+    with_deadline(&mut s, Duration::from_secs(60), now);
+    assert_eq!(s.choose_size("f", now), (1024, SizeReason::Cheapest));
+}
