@@ -210,6 +210,7 @@ mod tests {
             (4096, SizeReason::Cheapest)
         );
     }
+
     #[test]
     fn a_close_size_measured_on_fewer_tasks_than_the_chosen_is_measured_again() {
         let sizes = [128, 1024];
