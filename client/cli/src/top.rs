@@ -101,11 +101,7 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
                 "unmeasured" => format!("{} ?", f.memory_mb),
                 _ => f.memory_mb.to_string(),
             },
-            if f.duration_bound_ms == 0 {
-                "-".into()
-            } else {
-                format!("{:.2}", f.duration_bound_ms as f64 / 1000.0)
-            },
+            bound_secs(f.duration_bound_ms),
             format!("{}/{}", f.successors_started, f.killed_at_deadline),
             format!("{:.6}", f.cost_usd),
         ])
@@ -189,20 +185,25 @@ pub(crate) fn render(frame: &mut Frame<'_>, view: &View) {
     frame.render_widget(table, workers);
 }
 
+/// Milliseconds as seconds, two decimals.
+fn secs(ms: u64) -> String {
+    format!("{:.2}", ms as f64 / 1000.0)
+}
+
+/// A function's duration figure in seconds, `-` while none is known (0).
+fn bound_secs(ms: u64) -> String {
+    if ms == 0 { "-".into() } else { secs(ms) }
+}
+
 /// The workers' lives of `functions`: what a task is expected to take (when admissions end),
 /// tasks refused for time and bounded ones taken late, successors and how far ahead the
 /// latest started, the hand-over wait (in all, and the longest) and attempts killed at a
 /// deadline.
 fn render_lives(frame: &mut Frame<'_>, area: ratatui::layout::Rect, functions: &[&pb::FunctionStats]) {
-    let secs = |ms: u64| format!("{:.2}", ms as f64 / 1000.0);
     let rows = functions.iter().map(|f| {
         Row::new(vec![
             f.function.clone(),
-            if f.duration_bound_ms == 0 {
-                "-".into()
-            } else {
-                secs(f.duration_bound_ms)
-            },
+            bound_secs(f.duration_bound_ms),
             f.refused_for_time.to_string(),
             f.taken_late.to_string(),
             f.successors_started.to_string(),

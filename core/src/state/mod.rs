@@ -874,11 +874,7 @@ impl State {
             let handing_over = waiting
                 && f.eligible.is_empty()
                 && (f.handover_since.is_some() || self.workers.of(name) > 0)
-                && !self
-                    .workers
-                    .values()
-                    .filter(|w| w.function.as_ref() == name.as_ref())
-                    .any(|w| !scheduler::assess(&self.rules, &w.view(now)).is_final());
+                && !self.workers.any_admitting(name, &self.rules, now);
             if handing_over {
                 f.handover_since.get_or_insert(now);
             } else if let Some(since) = f.handover_since.take() {
@@ -897,11 +893,7 @@ impl State {
         self.functions
             .get(function)
             .is_some_and(|f| f.tasks.pending() > 0)
-            && !self
-                .workers
-                .values()
-                .filter(|w| w.function.as_ref() == function)
-                .any(|w| !scheduler::assess(&self.rules, &w.view(now)).is_final())
+            && !self.workers.any_admitting(function, &self.rules, now)
     }
 
     /// Workers connected now.

@@ -3,10 +3,12 @@
 //! scale-out bound never read a count that drifted from the map.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use super::WorkerId;
 use super::parts::Worker;
 use super::tally::Tally;
+use crate::scheduler::{self, Rules};
 
 /// The live workers.
 #[derive(Debug, Default)]
@@ -40,6 +42,15 @@ impl Roster {
     /// How many workers of `function` at `memory_mb` are on the roster.
     pub(super) fn of_size(&self, function: &str, memory_mb: u32) -> usize {
         self.tally.of_size(function, memory_mb) as usize
+    }
+
+    /// Whether some worker of `function` still admits tasks at `now` under `rules` (its
+    /// admissions not ended, not stopping). Scans the roster up to the first such worker.
+    pub(super) fn any_admitting(&self, function: &str, rules: &Rules, now: Instant) -> bool {
+        self.workers
+            .values()
+            .filter(|w| w.function.as_ref() == function)
+            .any(|w| !scheduler::assess(rules, &w.view(now)).is_final())
     }
 
     pub(super) fn get(&self, id: &WorkerId) -> Option<&Worker> {
