@@ -373,6 +373,8 @@ pub fn idle_action(rules: &Rules, w: &WorkerView, pool_empty: bool) -> IdleActio
 pub struct Reach {
     /// Spawn to first result, seconds.
     first: Option<f64>,
+    /// What that first result's task itself took, seconds.
+    first_task: Option<f64>,
     /// Spawn to the first sample with as many tasks running (on ready copies) as the
     /// worker's limit, seconds.
     level: Option<f64>,
@@ -400,9 +402,10 @@ pub const WORK_PER_REACH: f64 = 9.0;
 pub const RECENT_DURATIONS: usize = 64;
 
 impl Reach {
-    /// A worker's first result came `after` its spawn.
-    pub fn first_result(&mut self, after: Duration) {
+    /// A worker's first result came `after` its spawn, its task having taken `took`.
+    pub fn first_result(&mut self, after: Duration, took: Duration) {
         self.first = Some(ewma(self.first, after.as_secs_f64(), 0.3));
+        self.first_task = Some(ewma(self.first_task, took.as_secs_f64(), 0.3));
     }
 
     /// A worker of `vcpus` (which start as many copies at once) reported its runtime
@@ -487,13 +490,21 @@ impl Reach {
     }
 
     /// `times` a new worker's start (its reach to `level` less its first task, which is
-    /// work), in tasks of `typical` seconds, rounded down.
+    /// work), in tasks of `typical` seconds, rounded down. The first task is counted at
+    /// what first tasks took, or the typical task if that is less: a worker's first task
+    /// runs alone and is quicker than one among a level of them that share the CPU (a 20 ms
+    /// burst at 128 MB: 0.36 s alone, 0.61 s two at once), and counting it at the typical
+    /// task read a 500 ms cold start as 240 ms; while a first task on a runtime copy also
+    /// waits for the copy's init, which is start, not work.
     fn starts_in_turns(&self, typical: Option<f64>, level: u32, times: f64) -> u32 {
         let reach = self.to_level(level);
         match (reach, typical) {
-            (Some(reach), Some(task)) if task > 0.0 => (times * (reach - task).max(0.0) / task)
-                .floor()
-                .clamp(0.0, 10_000.0) as u32,
+            (Some(reach), Some(task)) if task > 0.0 => {
+                let first = self.first_task.map_or(task, |f| f.min(task));
+                (times * (reach - first).max(0.0) / task)
+                    .floor()
+                    .clamp(0.0, 10_000.0) as u32
+            }
             _ => 0,
         }
     }

@@ -408,7 +408,7 @@ fn turns_weigh_reaching_a_level_from_cold_against_a_task() {
     let ms = Duration::from_millis;
     let mut r = Reach::default();
     assert_eq!(r.turns(2), 0, "nothing known");
-    r.first_result(ms(800));
+    r.first_result(ms(800), ms(780));
     assert_eq!(r.turns(2), 0, "no task duration yet");
     // The first task on each copy also waited for the copy's init: the median ignores it.
     for d in [780, 80, 80, 80, 80, 790, 80] {
@@ -425,9 +425,25 @@ fn turns_weigh_reaching_a_level_from_cold_against_a_task() {
     assert_eq!(r.turns(2), 171);
     // A worker ready before a task ends: no turns.
     let mut quick = Reach::default();
-    quick.first_result(ms(50));
+    quick.first_result(ms(50), ms(50));
     quick.task(ms(200));
     assert_eq!(quick.turns(8), 0);
+}
+
+#[test]
+fn a_first_task_quicker_alone_than_among_its_level_leaves_the_whole_cold_start_counted() {
+    let ms = Duration::from_millis;
+    // 20 ms of CPU and an 80 ms wait at 128 MB (a fourteenth of a vCPU): 356 ms alone, its
+    // first result 848 ms after the spawn; two at once share the CPU, 608 ms each.
+    let mut r = Reach::default();
+    r.first_result(ms(848), ms(356));
+    for _ in 0..9 {
+        r.task(ms(608));
+    }
+    // A start of 492 ms (not 240, the reach less a typical task), nine times over, in
+    // tasks of 608 ms.
+    assert_eq!(r.turns(2), 7);
+    assert_eq!(r.lead_turns_given(r.typical(), 2), 0);
 }
 
 #[test]
@@ -436,7 +452,7 @@ fn a_learned_level_costs_every_round_of_copies_it_starts() {
     // Recorded from wait.py (boto3, a 300 ms HTTP wait) at 4096 MB: a copy's init 142 ms
     // of CPU, two at once on the worker's two vCPUs; a first result 550 ms after the spawn.
     let mut r = Reach::default();
-    r.first_result(ms(550));
+    r.first_result(ms(550), ms(301));
     for _ in 0..9 {
         r.task(ms(301));
     }
@@ -457,7 +473,7 @@ fn a_learned_level_costs_every_round_of_copies_it_starts() {
     assert_eq!(r.to_level(2), Some(0.6));
     // Workers that run their tasks in their own process report no init: no rounds.
     let mut own = Reach::default();
-    own.first_result(ms(120));
+    own.first_result(ms(120), ms(100));
     own.task(ms(100));
     assert_eq!(own.turns(1000), own.turns(1));
     assert_eq!(own.to_level(1000), Some(0.12));

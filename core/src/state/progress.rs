@@ -201,7 +201,7 @@ impl State {
                 f.reach.task(took);
                 f.durations(memory_mb).push(took, bounded);
                 if first {
-                    f.reach.first_result(spawned_for);
+                    f.reach.first_result(spawned_for, took);
                 }
             }
             let (state, output, error) = match r.outcome {
