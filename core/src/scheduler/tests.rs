@@ -430,16 +430,23 @@ fn turns_weigh_reaching_a_level_from_cold_against_a_task() {
     assert_eq!(quick.turns(8), 0);
 }
 
+/// A function's reach after a worker's first result `first_ms` after its spawn, its task
+/// having taken `took_ms`, and nine attempts of `task_ms` each.
+fn reach_seen(first_ms: u64, took_ms: u64, task_ms: u64) -> Reach {
+    let ms = Duration::from_millis;
+    let mut r = Reach::default();
+    r.first_result(ms(first_ms), ms(took_ms));
+    for _ in 0..9 {
+        r.task(ms(task_ms));
+    }
+    r
+}
+
 #[test]
 fn a_first_task_quicker_alone_than_among_its_level_leaves_the_whole_cold_start_counted() {
-    let ms = Duration::from_millis;
     // 20 ms of CPU and an 80 ms wait at 128 MB (a fourteenth of a vCPU): 356 ms alone, its
     // first result 848 ms after the spawn; two at once share the CPU, 608 ms each.
-    let mut r = Reach::default();
-    r.first_result(ms(848), ms(356));
-    for _ in 0..9 {
-        r.task(ms(608));
-    }
+    let r = reach_seen(848, 356, 608);
     // A start of 492 ms (not 240, the reach less a typical task), nine times over, in
     // tasks of 608 ms.
     assert_eq!(r.turns(2), 7);
@@ -451,11 +458,7 @@ fn a_learned_level_costs_every_round_of_copies_it_starts() {
     let ms = Duration::from_millis;
     // Recorded from wait.py (boto3, a 300 ms HTTP wait) at 4096 MB: a copy's init 142 ms
     // of CPU, two at once on the worker's two vCPUs; a first result 550 ms after the spawn.
-    let mut r = Reach::default();
-    r.first_result(ms(550), ms(301));
-    for _ in 0..9 {
-        r.task(ms(301));
-    }
+    let mut r = reach_seen(550, 301, 301);
     r.level_reached(ms(600));
     // Before any copy's init is known: its first round only.
     assert_eq!(r.to_level(29), Some(0.6));
