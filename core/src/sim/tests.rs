@@ -331,6 +331,35 @@ fn a_cpu_bound_learned_batch_costs_no_more_than_the_first_in_either_world() {
 }
 
 #[test]
+fn a_new_workers_start_stays_within_a_tenth_of_its_bill_where_tasks_share_the_cpu() {
+    // 20 ms of CPU then an 80 ms wait at 128 MB in the Lambda-like world (a fourteenth of a
+    // vCPU, 500 ms cold starts): a worker's first task runs alone in 0.36 s, a task among
+    // its level in 0.6 s. Read as its first result less a median task, a start looked like
+    // 240 ms and the learned batch started 7 workers, their cold starts more than a tenth
+    // of its bill (4.10 GB-s); read whole, 5.
+    let mut c = config(false, 8, None);
+    c.fleet.memory_mb = 128;
+    c.fleet.keep_alive = Duration::ZERO;
+    let task = TaskModel {
+        cpu: Duration::from_millis(20),
+        wait: Duration::from_millis(80),
+        mem_mb: 1.0,
+    };
+    let cold = Duration::from_millis(500);
+    let sim = SimConfig::new(c, "mixed", 100, task).lambda_like(cold);
+    let learned = simulate_batches_over_draws(&sim, 2, 8).remove(1);
+    assert_eq!(learned.succeeded, 100, "{learned:?}");
+    // The draws' median cold start, billed at 128 MB, once per invocation.
+    let starts = learned.invocations as f64 * cold.as_secs_f64() * 0.125;
+    assert!(
+        starts <= learned.billed_gb_s / 10.0,
+        "{} invocations' starts ({starts:.3} GB-s) against a bill of {:.3} GB-s",
+        learned.invocations,
+        learned.billed_gb_s
+    );
+}
+
+#[test]
 fn the_tail_of_a_batch_started_on_all_its_workers_at_once_goes_to_the_fewest() {
     // With a 50 ms cold start 8 workers pay for their start and the learned batch starts
     // them all at once: they end their fourth round of 3 together, and the last 4 tasks
