@@ -401,6 +401,8 @@ impl Store {
                     workers: r.get::<_, i64>(2) as u64,
                     tasks: r.get::<_, i64>(3) as u64,
                     billed_gb_ms: r.get(4),
+                    // Which kind of measure it was is not kept: measured at a known level.
+                    provisional: false,
                 };
                 (key, cost)
             })

@@ -117,6 +117,8 @@ fn load(db: &Database) -> Result<Recovered> {
             workers,
             tasks,
             billed_gb_ms,
+            // Which kind of measure it was is not kept: measured at a known level.
+            provisional: false,
         };
         costs.push(((function.to_owned(), memory_mb), cost));
     }

@@ -22,6 +22,11 @@ pub struct SizeCost {
     pub tasks: u64,
     /// Their billed GB-ms.
     pub billed_gb_ms: f64,
+    /// Measured only on workers that started before their level was known (climbing from
+    /// their vCPUs): dearer than the size costs once its level is known. The first worker
+    /// of the size that starts at a known level replaces it. Not persisted: a cost restored
+    /// from a journal counts as measured at a known level.
+    pub provisional: bool,
 }
 
 impl SizeCost {
@@ -30,6 +35,18 @@ impl SizeCost {
         self.workers += 1;
         self.tasks += tasks;
         self.billed_gb_ms += billed_gb_ms;
+    }
+
+    /// Counts one ended worker; `at_known_level`: it started at its size's known level. The
+    /// first such worker replaces a measure taken only while the level was being learned;
+    /// a worker still learning adds to a measure that has one (or starts a provisional one).
+    pub fn record(&mut self, billed_gb_ms: f64, tasks: u64, at_known_level: bool) {
+        if at_known_level && self.provisional {
+            *self = SizeCost::default();
+        } else if !at_known_level && self.workers == 0 {
+            self.provisional = true;
+        }
+        self.add(billed_gb_ms, tasks);
     }
 
     /// Billed GB-ms per finished task, once a worker of this size finished one.
@@ -122,7 +139,7 @@ pub fn choose_size(
             revisit
                 && s != chosen
                 && c <= least * (1.0 + REVISIT)
-                && cost(s).tasks < evidence
+                && (cost(s).tasks < evidence || cost(s).provisional)
                 && trying(s) == 0
         })
         .min_by(|a, b| a.1.total_cmp(&b.1));
@@ -145,6 +162,7 @@ mod tests {
                     workers: 1,
                     tasks,
                     billed_gb_ms: gb_ms,
+                    provisional: false,
                 })
         }
     }
@@ -199,6 +217,7 @@ mod tests {
             workers: 1,
             tasks: u64::from(s == 4096),
             billed_gb_ms: 5.0,
+            provisional: false,
         };
         assert_eq!(c(1024).per_task(), None);
         assert_eq!(
@@ -244,6 +263,35 @@ mod tests {
         assert_eq!(
             choose_size(&sizes, far, |_| 0, 128, true),
             (1024, SizeReason::Cheapest)
+        );
+    }
+
+    #[test]
+    fn a_close_size_measured_only_while_its_level_was_learned_is_measured_again() {
+        // One invocation at a time: 128 MB's first worker climbed from its vCPU and read
+        // 36.7 GB-ms a task on 100 tasks, as 512 MB's did: a tie, to 512 MB. At its learned
+        // level 128 MB costs 33.4.
+        let sizes = [128, 512];
+        let cost = |s: u32| SizeCost {
+            workers: 1,
+            tasks: 100,
+            billed_gb_ms: 3_670.0,
+            provisional: s == 128,
+        };
+        assert_eq!(
+            choose_size(&sizes, cost, |_| 0, 128, true),
+            (128, SizeReason::Revisiting)
+        );
+        // Measured at its known level: no more revisits.
+        let known = |_| SizeCost {
+            workers: 1,
+            tasks: 100,
+            billed_gb_ms: 3_670.0,
+            provisional: false,
+        };
+        assert_eq!(
+            choose_size(&sizes, known, |_| 0, 128, true),
+            (512, SizeReason::Cheapest)
         );
     }
 }

@@ -360,6 +360,41 @@ fn a_new_workers_start_stays_within_a_tenth_of_its_bill_where_tasks_share_the_cp
 }
 
 #[test]
+fn a_size_first_measured_while_its_level_was_learned_is_measured_again_at_its_level() {
+    // One invocation at a time, 20 ms of CPU then an 80 ms wait varying by half, Lambda-like:
+    // each size's first worker climbs from its vCPU. 128 MB's first batch read what 512 MB's
+    // did (36.7 GB-ms a task), and the tie went to 512 MB for good: its learned batch, 3.69
+    // GB-s (the mean of 8 draws), where 128 MB alone learns a batch of 3.34. Measured again
+    // at its level, 128 MB reads cheaper, and the learned batch runs there for 3.60.
+    let sim = |sizes: &[u32]| {
+        let mut c = config(false, 1, None);
+        c.fleet.memory_mb = sizes[0];
+        c.fleet.memory_sizes = sizes.to_vec();
+        c.fleet.keep_alive = Duration::ZERO;
+        let task = TaskModel {
+            cpu: Duration::from_millis(20),
+            wait: Duration::from_millis(80),
+            mem_mb: 1.0,
+        };
+        let mut s = SimConfig::new(c, "mixed", 100, task).lambda_like(Duration::from_millis(500));
+        s.spread = 0.5;
+        s
+    };
+    let at_512 = simulate_batches_over_draws(&sim(&[512]), 2, 8).remove(1);
+    // Each size tried (2 batches), 128 MB measured again at its level, then 512 MB (its
+    // first measure replaced too), and the last batch learned.
+    let offered = simulate_batches_over_draws(&sim(&[128, 512]), 6, 8);
+    let learned = offered.last().expect("a batch");
+    assert_eq!(learned.succeeded, 100, "{learned:?}");
+    assert!(
+        learned.billed_gb_s <= 0.99 * at_512.billed_gb_s,
+        "offered 128 and 512 MB, the learned batch cost {:.3} GB-s, 512 MB's own learned batch {:.3} ({offered:?})",
+        learned.billed_gb_s,
+        at_512.billed_gb_s
+    );
+}
+
+#[test]
 fn the_tail_of_a_batch_started_on_all_its_workers_at_once_goes_to_the_fewest() {
     // With a 50 ms cold start 8 workers pay for their start and the learned batch starts
     // them all at once: they end their fourth round of 3 together, and the last 4 tasks

@@ -42,15 +42,22 @@ impl Levels {
     }
 
     /// A worker of `function` at `memory_mb` ended, billed `gb_ms` for `tasks` finished
-    /// tasks: the size's cost now.
-    pub(super) fn record(&mut self, function: &Arc<str>, memory_mb: u32, gb_ms: f64, tasks: u64) -> SizeCost {
+    /// tasks; `at_known_level`: it started at the size's known level ([`SizeCost::record`]).
+    /// The size's cost now.
+    pub(super) fn record(
+        &mut self,
+        function: &Arc<str>,
+        memory_mb: u32,
+        (gb_ms, tasks): (f64, u64),
+        at_known_level: bool,
+    ) -> SizeCost {
         let cost = self
             .costs
             .entry(function.clone())
             .or_default()
             .entry(memory_mb)
             .or_default();
-        cost.add(gb_ms, tasks);
+        cost.record(gb_ms, tasks, at_known_level);
         *cost
     }
 
@@ -86,10 +93,25 @@ mod tests {
         assert!(l.knows("a") && !l.knows("b"));
         let b: Arc<str> = Arc::from("b");
         assert_eq!(l.cost("b", 1024).per_task(), None);
-        l.record(&b, 1024, 300.0, 2);
-        let c = l.record(&b, 1024, 100.0, 2);
+        l.record(&b, 1024, (300.0, 2), true);
+        let c = l.record(&b, 1024, (100.0, 2), true);
         assert_eq!((c.workers, c.tasks, c.per_task()), (2, 4, Some(100.0)));
         assert_eq!(l.cost("b", 1024), c);
+        // Measured while its level was being learned: provisional, until a worker that
+        // started at the known level replaces it; then workers still learning add to it.
+        let p = l.record(&b, 512, (500.0, 2), false);
+        assert!(p.provisional);
+        assert_eq!(l.record(&b, 512, (300.0, 2), false).per_task(), Some(200.0));
+        let known = l.record(&b, 512, (120.0, 2), true);
+        assert_eq!(
+            (known.workers, known.per_task(), known.provisional),
+            (1, Some(60.0), false)
+        );
+        let more = l.record(&b, 512, (180.0, 2), false);
+        assert_eq!(
+            (more.workers, more.per_task(), more.provisional),
+            (2, Some(75.0), false)
+        );
         assert_eq!(l.cost("b", 2048).workers, 0);
         assert!(l.knows("b"), "a function with a cost is kept");
     }

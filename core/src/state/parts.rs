@@ -34,6 +34,9 @@ pub(super) struct Worker {
     /// It has run as many tasks at once as its limit, on ready runtime copies (its level
     /// reached from cold).
     pub(super) reached: bool,
+    /// It started at a known level (a settled one learned for its function and size, or a
+    /// pinned one), not climbing from its vCPUs: what it cost is what its size costs.
+    pub(super) at_known_level: bool,
     pub(super) idle_since: Instant,
     /// Told to shut down: gets nothing new.
     pub(super) stopping: bool,
@@ -71,6 +74,7 @@ impl Worker {
         arrival: super::workers::Arrival,
         now: Instant,
     ) -> Self {
+        let at_known_level = limit.phase() != crate::scheduler::limit::Phase::Probing;
         Self {
             function,
             conn,
@@ -90,6 +94,7 @@ impl Worker {
             assigned_total: 0,
             done: 0,
             reached: false,
+            at_known_level,
             idle_since: now,
             stopping: false,
             attached: true,

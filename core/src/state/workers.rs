@@ -566,7 +566,9 @@ impl State {
         // finished first: its bill is the scale-out's (the function's bill counts it), not
         // what a task costs at its size.
         if !(orderly && w.assigned_total == 0) {
-            let cost = self.learned.record(&w.function, w.memory_mb, billed, w.done);
+            let cost = self
+                .learned
+                .record(&w.function, w.memory_mb, (billed, w.done), w.at_known_level);
             if self.journaled {
                 effects
                     .journal

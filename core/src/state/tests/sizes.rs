@@ -19,6 +19,7 @@ fn measured() -> (State, Instant) {
             workers: 1,
             tasks: 10,
             billed_gb_ms: 1_000.0,
+            ..SizeCost::default()
         },
     );
     s.learned.restore_cost(
@@ -28,6 +29,7 @@ fn measured() -> (State, Instant) {
             workers: 1,
             tasks: 10,
             billed_gb_ms: 3_000.0,
+            ..SizeCost::default()
         },
     );
     // The function's entry, with its attempts' durations at each size.
@@ -145,10 +147,12 @@ fn a_worker_stopped_before_it_was_ever_given_a_task_does_not_price_its_size() {
         t0 + second,
         &mut effects,
     );
+    // Pinned (`slots` in its hello): a known level, so a measure that stands.
     let priced = SizeCost {
         workers: 1,
         tasks: 1,
         billed_gb_ms: 2.0 * 1000.0,
+        provisional: false,
     };
     assert_eq!(s.learned.cost("f", 2048), priced);
     // A worker lost with its task running prices its size too (a size its tasks kill is
@@ -181,6 +185,7 @@ fn a_size_measured_on_thin_evidence_is_not_revisited_while_a_deadline_waits() {
         workers: 2,
         tasks,
         billed_gb_ms: per_task * tasks as f64,
+        ..SizeCost::default()
     };
     s.learned.restore_cost(&key, 1024, cost(40, 100.0));
     s.learned.restore_cost(&key, 4096, cost(10, 108.0));
