@@ -66,6 +66,10 @@ pub const REVISIT: f64 = 0.10;
 /// Finished tasks past which a size's cost is taken as measured: no more revisits.
 pub const SETTLED_TASKS: u64 = 50;
 
+/// Workers past which a provisional cost (its level never known when they started) is taken
+/// as what the size costs: no more revisits for it.
+pub const PROVISIONAL_WORKERS: u64 = 3;
+
 /// Why a size was chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SizeReason {
@@ -139,7 +143,8 @@ pub fn choose_size(
             revisit
                 && s != chosen
                 && c <= least * (1.0 + REVISIT)
-                && (cost(s).tasks < evidence || cost(s).provisional)
+                && (cost(s).tasks < evidence
+                    || (cost(s).provisional && cost(s).workers < PROVISIONAL_WORKERS))
                 && trying(s) == 0
         })
         .min_by(|a, b| a.1.total_cmp(&b.1));
@@ -281,6 +286,18 @@ mod tests {
         assert_eq!(
             choose_size(&sizes, cost, |_| 0, 128, true),
             (128, SizeReason::Revisiting)
+        );
+        // Still provisional after as many workers as settle it (its level never known when
+        // one started): taken as measured.
+        let stuck = |s: u32| SizeCost {
+            workers: PROVISIONAL_WORKERS,
+            tasks: 100,
+            billed_gb_ms: 3_670.0,
+            provisional: s == 128,
+        };
+        assert_eq!(
+            choose_size(&sizes, stuck, |_| 0, 128, true),
+            (512, SizeReason::Cheapest)
         );
         // Measured at its known level: no more revisits.
         let known = |_| SizeCost {
