@@ -277,37 +277,28 @@ mod tests {
         // 36.7 GB-ms a task on 100 tasks, as 512 MB's did: a tie, to 512 MB. At its learned
         // level 128 MB costs 33.4.
         let sizes = [128, 512];
-        let cost = |s: u32| SizeCost {
-            workers: 1,
-            tasks: 100,
-            billed_gb_ms: 3_670.0,
-            provisional: s == 128,
+        // Both at 36.7 a task on 100 tasks; 128 MB's on `workers` workers, `provisional` or not.
+        let both = |workers: u64, provisional: bool| {
+            move |s: u32| SizeCost {
+                workers: if s == 128 { workers } else { 1 },
+                tasks: 100,
+                billed_gb_ms: 3_670.0,
+                provisional: provisional && s == 128,
+            }
         };
         assert_eq!(
-            choose_size(&sizes, cost, |_| 0, 128, true),
+            choose_size(&sizes, both(1, true), |_| 0, 128, true),
             (128, SizeReason::Revisiting)
         );
         // Still provisional after as many workers as settle it (its level never known when
         // one started): taken as measured.
-        let stuck = |s: u32| SizeCost {
-            workers: PROVISIONAL_WORKERS,
-            tasks: 100,
-            billed_gb_ms: 3_670.0,
-            provisional: s == 128,
-        };
         assert_eq!(
-            choose_size(&sizes, stuck, |_| 0, 128, true),
+            choose_size(&sizes, both(PROVISIONAL_WORKERS, true), |_| 0, 128, true),
             (512, SizeReason::Cheapest)
         );
         // Measured at its known level: no more revisits.
-        let known = |_| SizeCost {
-            workers: 1,
-            tasks: 100,
-            billed_gb_ms: 3_670.0,
-            provisional: false,
-        };
         assert_eq!(
-            choose_size(&sizes, known, |_| 0, 128, true),
+            choose_size(&sizes, both(1, false), |_| 0, 128, true),
             (512, SizeReason::Cheapest)
         );
     }
