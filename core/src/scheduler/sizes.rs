@@ -30,23 +30,19 @@ pub struct SizeCost {
 }
 
 impl SizeCost {
-    /// Adds one ended worker's bill and tasks.
-    pub fn add(&mut self, billed_gb_ms: f64, tasks: u64) {
-        self.workers += 1;
-        self.tasks += tasks;
-        self.billed_gb_ms += billed_gb_ms;
-    }
-
-    /// Counts one ended worker; `at_known_level`: it started at its size's known level. The
-    /// first such worker replaces a measure taken only while the level was being learned;
-    /// a worker still learning adds to a measure that has one (or starts a provisional one).
+    /// Counts one ended worker's bill and tasks; `at_known_level`: it started at its size's
+    /// known level. The first such worker replaces a measure taken only while the level was
+    /// being learned; a worker still learning adds to a measure that has one (or starts a
+    /// provisional one).
     pub fn record(&mut self, billed_gb_ms: f64, tasks: u64, at_known_level: bool) {
         if at_known_level && self.provisional {
             *self = SizeCost::default();
         } else if !at_known_level && self.workers == 0 {
             self.provisional = true;
         }
-        self.add(billed_gb_ms, tasks);
+        self.workers += 1;
+        self.tasks += tasks;
+        self.billed_gb_ms += billed_gb_ms;
     }
 
     /// Billed GB-ms per finished task, once a worker of this size finished one.
@@ -117,39 +113,47 @@ pub fn choose_size(
     if let [only] = sizes {
         return (*only, SizeReason::Only);
     }
-    let measured: Vec<(u32, f64)> = sizes
+    // Each size's cost, looked up once, and its cost per task where one is measured.
+    let costs: Vec<(u32, SizeCost, Option<f64>)> = sizes
         .iter()
-        .filter_map(|&s| cost(s).per_task().map(|c| (s, c)))
+        .map(|&s| {
+            let c = cost(s);
+            (s, c, c.per_task())
+        })
         .collect();
-    if let Some(&s) = sizes
+    if let Some(&(s, ..)) = costs
         .iter()
-        .find(|&&s| cost(s).per_task().is_none() && trying(s) == 0)
+        .find(|&&(s, _, per_task)| per_task.is_none() && trying(s) == 0)
     {
         return (s, SizeReason::Exploring);
     }
-    let Some(least) = measured.iter().map(|&(_, c)| c).reduce(f64::min) else {
+    let measured: Vec<(u32, SizeCost, f64)> = costs
+        .iter()
+        .filter_map(|&(s, c, per_task)| per_task.map(|p| (s, c, p)))
+        .collect();
+    let Some(least) = measured.iter().map(|&(.., p)| p).reduce(f64::min) else {
         return (default, SizeReason::Unmeasured);
     };
-    let chosen = measured
+    let Some(&(chosen, chosen_cost, _)) = measured
         .iter()
-        .filter(|&&(_, c)| c <= least * (1.0 + TIE))
-        .map(|&(s, _)| s)
-        .max()
-        .unwrap_or(default);
-    let evidence = cost(chosen).tasks.min(SETTLED_TASKS);
+        .filter(|&&(.., p)| p <= least * (1.0 + TIE))
+        .max_by_key(|&&(s, ..)| s)
+    else {
+        return (default, SizeReason::Unmeasured);
+    };
+    let evidence = chosen_cost.tasks.min(SETTLED_TASKS);
     let thin = measured
         .iter()
-        .filter(|&&(s, c)| {
+        .filter(|&&(s, c, p)| {
             revisit
                 && s != chosen
-                && c <= least * (1.0 + REVISIT)
-                && (cost(s).tasks < evidence
-                    || (cost(s).provisional && cost(s).workers < PROVISIONAL_WORKERS))
+                && p <= least * (1.0 + REVISIT)
+                && (c.tasks < evidence || (c.provisional && c.workers < PROVISIONAL_WORKERS))
                 && trying(s) == 0
         })
-        .min_by(|a, b| a.1.total_cmp(&b.1));
+        .min_by(|a, b| a.2.total_cmp(&b.2));
     match thin {
-        Some(&(s, _)) => (s, SizeReason::Revisiting),
+        Some(&(s, ..)) => (s, SizeReason::Revisiting),
         None => (chosen, SizeReason::Cheapest),
     }
 }
