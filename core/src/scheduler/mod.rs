@@ -389,14 +389,21 @@ pub struct Reach {
 
 /// How much work, in multiples of its start (its reach, [`Reach::to_level`], less the
 /// first task), a new worker must get for paced scale-out to start it: its start (a cold
-/// start, its copies' init) is then at most a tenth of its bill. The default goal is the
-/// least cost, ties to the shorter completion, and a tenth is what counts as a tie: more
-/// workers finish a batch sooner only while their starts add at most that to its bill (a
-/// deadline lifts it). At 1, a worker started for a learned level of a runtime with a costly
-/// start could spend half its bill starting, and a batch on more workers cost up to 1.46
-/// times one on fewer; at 2, a CPU-bound batch in the Lambda-like world cost 1.3 times the
-/// same batch on one worker, and a learned batch up to 1.15 times the first.
-pub const WORK_PER_REACH: f64 = 9.0;
+/// start, its copies' init) is then at most a fifteenth of its bill. The default goal is
+/// the least cost, ties to the shorter completion, and a tenth of the batch's bill is what
+/// counts as a tie: more workers finish a batch sooner only while they add at most that (a
+/// deadline lifts it). A worker costs more than its start: its first task runs before its
+/// level does, its last tasks' waits leave what it pays for idle, and a cold start's mean
+/// is above the median its reach settles near. Measured on mixed work (20 ms of CPU, an
+/// 80 ms wait) at 128 MB in the Lambda-like world, each of 5 workers cost 0.92 s beyond its
+/// work, 0.6 s of it its cold start: with the start held to a tenth (9 times it in work) the
+/// batch cost 1.13 times the same batch on one worker, and 1.12 and 1.11 times the best fixed
+/// pair for mixed and varied work with every size offered; at a fifteenth, 1.09 and 1.08 (at
+/// a twentieth, 1.07 and 1.05, for CPU-bound batches on this machine's model up to 1.8 times
+/// as slow). At 1, a worker started for a learned level of a runtime with a costly start
+/// could spend half its bill starting; at 2, a CPU-bound batch in the Lambda-like world cost
+/// 1.3 times the same batch on one worker.
+pub const WORK_PER_REACH: f64 = 14.0;
 
 /// How many attempts' durations a function's [`Reach`] keeps.
 pub const RECENT_DURATIONS: usize = 64;

@@ -416,13 +416,13 @@ fn turns_weigh_reaching_a_level_from_cold_against_a_task() {
     }
     // 800 ms to a first result, 80 ms a task: a start of 720 ms, 9 turns of a slot (what a
     // live slot finishes before a successor takes over); a new worker is worth its start
-    // for nine times that work (its start a tenth of its bill).
+    // for fourteen times that work (its start a fifteenth of its bill).
     assert_eq!(r.lead_turns_given(r.typical(), 2), 9);
-    assert_eq!(r.turns(2), 81);
+    assert_eq!(r.turns(2), 126);
     // Reaching the whole level (its copies started a few at a time) took longer.
     r.level_reached(ms(1600));
     assert_eq!(r.lead_turns_given(r.typical(), 2), 19);
-    assert_eq!(r.turns(2), 171);
+    assert_eq!(r.turns(2), 266);
     // A worker ready before a task ends: no turns.
     let mut quick = Reach::default();
     quick.first_result(ms(50), ms(50));
@@ -447,9 +447,9 @@ fn a_first_task_quicker_alone_than_among_its_level_leaves_the_whole_cold_start_c
     // 20 ms of CPU and an 80 ms wait at 128 MB (a fourteenth of a vCPU): 356 ms alone, its
     // first result 848 ms after the spawn; two at once share the CPU, 608 ms each.
     let r = reach_seen(848, 356, 608);
-    // A start of 492 ms (not 240, the reach less a typical task), nine times over, in
+    // A start of 492 ms (not 240, the reach less a typical task), fourteen times over, in
     // tasks of 608 ms.
-    assert_eq!(r.turns(2), 7);
+    assert_eq!(r.turns(2), 11);
     assert_eq!(r.lead_turns_given(r.typical(), 2), 0);
 }
 
@@ -469,8 +469,8 @@ fn a_learned_level_costs_every_round_of_copies_it_starts() {
     assert!((to_29 - (0.55 + 14.0 * 0.142)).abs() < 1e-9, "{to_29}");
     assert_eq!(
         r.turns(29),
-        66,
-        "2.24 s of start to 29 against 301 ms a task, nine times"
+        104,
+        "2.24 s of start to 29 against 301 ms a task, fourteen times"
     );
     // The first round costs nothing more than the first result.
     assert_eq!(r.to_level(2), Some(0.6));

@@ -60,6 +60,9 @@ struct Sim<'a> {
     submitted: u64,
     /// The tasks of [`SimConfig::mix`]'s long kind.
     long: HashSet<u64>,
+    /// Each task of the current batch's place in it (its variation's key: every batch of
+    /// every way runs the same tasks, as it meets the same cold starts).
+    place: HashMap<u64, u64>,
 }
 
 impl Sim<'_> {
@@ -127,12 +130,13 @@ impl Sim<'_> {
                             Some(m) if self.long.contains(&t.task_id) => m.long,
                             _ => task,
                         };
+                        let place = self.place.get(&t.task_id).copied().unwrap_or(t.task_id);
                         w.tasks.push(SimTask {
                             task: t.task_id,
                             attempt: t.attempt,
                             started: now,
-                            cpu_left: model.cpu.as_secs_f64() * varied(self.sim.spread, t.task_id, 0),
-                            wait: model.wait.mul_f64(varied(self.sim.spread, t.task_id, 1)),
+                            cpu_left: model.cpu.as_secs_f64() * varied(self.sim.spread, place, 0),
+                            wait: model.wait.mul_f64(varied(self.sim.spread, place, 1)),
                             on_copy: copies.is_none(),
                         });
                     }
@@ -440,6 +444,7 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         first_hello: None,
         submitted: 0,
         long: HashSet::new(),
+        place: HashMap::new(),
     };
     let mut now = Duration::ZERO;
     let mut accepted = 0u64;
@@ -453,7 +458,8 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
         s.report = SimReport::default();
         s.batch_start = now;
         s.first_hello = None;
-        for _ in 0..sim.tasks {
+        s.place.clear();
+        for place in 0..sim.tasks as u64 {
             let mut sub = Submission::new(sim.function.clone(), Bytes::new());
             sub.deadline = sim.deadline;
             s.submitted += 1;
@@ -469,8 +475,11 @@ pub fn simulate_batches(sim: &SimConfig, batches: usize) -> Vec<SimReport> {
             };
             if let Ok(reply) = s.state.handle(s.at(now), submit, &mut s.effects) {
                 accepted += 1;
-                if let (Some(_), state::Reply::Submitted(t)) = (long, reply) {
-                    s.long.insert(t.id());
+                if let state::Reply::Submitted(t) = reply {
+                    s.place.insert(t.id(), place);
+                    if long.is_some() {
+                        s.long.insert(t.id());
+                    }
                 }
             }
         }

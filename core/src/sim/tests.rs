@@ -323,40 +323,66 @@ fn a_cpu_bound_learned_batch_costs_no_more_than_the_first_in_either_world() {
     // With a new worker started for twice its start in work, the learned batch at 4096 MB
     // started all 8 workers at once: 1.026 times the first batch here, and in the
     // Lambda-like world (each of 8 cold starts billed) 1.08 to 1.15 times, past the 2 % that
-    // counts as a tie. A tenth of its bill for a worker's start: fewer workers, each busy
-    // longer.
+    // counts as a tie. A fifteenth of its bill for a worker's start (a tenth before it):
+    // fewer workers, each busy longer.
     let local = [2048, 4096].map(cpu_bound_handler);
     let lambda = [2048, 4096].map(|mb| cpu_bound_handler(mb).lambda_like(Duration::from_millis(500)));
     learned_costs_no_more(local.iter().chain(&lambda), 1.02, 1.0);
 }
 
 #[test]
-fn a_new_workers_start_stays_within_a_tenth_of_its_bill_where_tasks_share_the_cpu() {
+fn a_batch_on_more_workers_costs_at_most_a_tenth_more_than_on_one_where_tasks_share_the_cpu() {
     // 20 ms of CPU then an 80 ms wait at 128 MB in the Lambda-like world (a fourteenth of a
     // vCPU, 500 ms cold starts): a worker's first task runs alone in 0.36 s, a task among
     // its level in 0.6 s. Read as its first result less a median task, a start looked like
     // 240 ms and the learned batch started 7 workers, their cold starts more than a tenth
-    // of its bill (4.10 GB-s); read whole, 5.
-    let mut c = config(false, 8, None);
-    c.fleet.memory_mb = 128;
-    c.fleet.keep_alive = Duration::ZERO;
-    let task = TaskModel {
-        cpu: Duration::from_millis(20),
-        wait: Duration::from_millis(80),
-        mem_mb: 1.0,
+    // of its bill (4.10 GB-s); read whole, 5. A worker costs more than its start (its first
+    // task alone, its last tasks' waits, a cold start's mean above its median): with each
+    // start held to a tenth of its worker's bill the batch cost 1.13 times the same batch on
+    // one worker (4.02 GB-s to 3.54), and 1.09 with the tasks varying by half; held to a
+    // fifteenth, 1.11 (3.92 GB-s, in 13.8 s where one worker takes 28.3 s) and 1.06.
+    let sim = |spread: f64, slots: Option<u32>| {
+        let mut c = config(false, 8, slots);
+        c.fleet.memory_mb = 128;
+        c.fleet.keep_alive = Duration::ZERO;
+        let task = TaskModel {
+            cpu: Duration::from_millis(20),
+            wait: Duration::from_millis(80),
+            mem_mb: 1.0,
+        };
+        let cold = Duration::from_millis(500);
+        let mut s = SimConfig::new(c, "mixed", 100, task).lambda_like(cold);
+        s.spread = spread;
+        s
     };
-    let cold = Duration::from_millis(500);
-    let sim = SimConfig::new(c, "mixed", 100, task).lambda_like(cold);
-    let learned = simulate_batches_over_draws(&sim, 2, 8).remove(1);
-    assert_eq!(learned.succeeded, 100, "{learned:?}");
-    // The draws' median cold start, billed at 128 MB, once per invocation.
-    let starts = learned.invocations as f64 * cold.as_secs_f64() * 0.125;
-    assert!(
-        starts <= learned.billed_gb_s / 10.0,
-        "{} invocations' starts ({starts:.3} GB-s) against a bill of {:.3} GB-s",
-        learned.invocations,
-        learned.billed_gb_s
-    );
+    // Tasks in step (all alike, started together) also leave the CPU idle for each round's
+    // common wait, at a level whose idle share the limit counts as a tie (a tenth): at 4,
+    // 80 ms of every 1.18 s. Varying, they fill each other's waits.
+    for (spread, bound) in [(0.0, 1.12), (0.5, 1.10)] {
+        let learned = simulate_batches_over_draws(&sim(spread, None), 2, 8).remove(1);
+        // Every task at once on one worker: the fewest starts and drains there can be.
+        let one = simulate_batches_over_draws(&sim(spread, Some(128)), 2, 8).remove(1);
+        println!(
+            "spread {spread}: learned {} invocations, {:.3} GB-s in {:?}; on one worker {:.3} GB-s in {:?}",
+            learned.invocations, learned.billed_gb_s, learned.completion, one.billed_gb_s, one.completion
+        );
+        assert_eq!((learned.succeeded, one.succeeded, one.invocations), (100, 100, 1));
+        assert!(
+            learned.billed_gb_s <= bound * one.billed_gb_s,
+            "spread {spread}: {} invocations cost {:.3} GB-s, one {:.3}",
+            learned.invocations,
+            learned.billed_gb_s,
+            one.billed_gb_s
+        );
+        // The draws' median cold start, billed at 128 MB, once per invocation.
+        let starts = learned.invocations as f64 * 0.5 * 0.125;
+        assert!(
+            starts <= learned.billed_gb_s / 15.0,
+            "spread {spread}: {} invocations' starts ({starts:.3} GB-s) against a bill of {:.3} GB-s",
+            learned.invocations,
+            learned.billed_gb_s
+        );
+    }
 }
 
 #[test]
@@ -651,7 +677,7 @@ fn admission_by_duration_kills_nothing_at_a_deadline_and_hands_over_without_a_ga
     let waits = TaskModel::waiting(Duration::from_secs(2));
     let computes = TaskModel::cpu_bound(Duration::from_secs(1));
     let mixes = [
-        ("wait", waits, 2, 1.45, 1.2),
+        ("wait", waits, 2, 1.5, 1.2),
         ("wait", waits, 5, 1.4, 1.2),
         ("wait", waits, 25, 1.3, 1.1),
         ("wait", waits, 100, 1.2, 1.05),
@@ -712,8 +738,10 @@ fn admission_by_duration_kills_nothing_at_a_deadline_and_hands_over_without_a_ga
         // Where the long tasks only wait, the cautious end of admissions costs more than
         // the fixed fraction's kills (a killed wait only held a slot, and the fraction's
         // workers take unbounded tasks for 0.8 of their lives where these stop 2.75 s before
-        // the end: 31 workers here to its 19 at one in 2, in 0.38 of its time): bounded here,
-        // and said so in the README. Where they compute, a kill throws away CPU the batch
+        // the end: 32 workers here to its 18 at one in 2, in 0.37 of its time): bounded here,
+        // and said so in the README. (With a new worker's start held to a fifteenth of its
+        // bill, the 0.8 rule's batch at one in 2 starts one worker fewer: 1.46 times, from
+        // 1.41 at a tenth.) Where they compute, a kill throws away CPU the batch
         // paid for, and the 0.8 rule costs as much or more.
         assert!(d.billed_gb_s <= bill_bound * f.billed_gb_s, "{mix}: {d:?} {f:?}");
         // A hand-over leaves tasks waiting at most a tenth of the 500 ms cold start: on
