@@ -47,16 +47,16 @@ fn deadline_fraction_stops_assignment() {
 
 #[test]
 fn a_measured_duration_moves_the_end_of_admissions_both_ways() {
-    // 50 ms tasks: a worker of 100 s takes them up to 100 s less 62.5 ms and the slack.
+    // 50 ms tasks: a worker of 100 s takes them up to 100 s less 55 ms and the slack.
     let short = WorkerView {
         age: Duration::from_secs(95),
         expected: Some(Duration::from_millis(50)),
         ..worker()
     };
     assert_eq!(assess(&rules(), &short), Verdict::Eligible);
-    // 40 s tasks: not after 100 - 50 - 0.25 s, well before the fraction's 80 s.
+    // 40 s tasks: not after 100 - 44 - 0.25 s, well before the fraction's 80 s.
     let long = WorkerView {
-        age: Duration::from_secs(50),
+        age: Duration::from_secs(56),
         expected: Some(Duration::from_secs(40)),
         ..worker()
     };

@@ -60,18 +60,18 @@ fn a_worker_takes_no_task_its_function_s_longest_attempt_would_not_finish_in_its
     assert_eq!(s.stats(now).functions[0].duration_bound_ms, 0);
     run_tasks(&mut s, "a", a, 8, secs(3.0), now);
     assert_eq!(s.stats(now).functions[0].duration_bound_ms, 3000);
-    // 3 s tasks need 3.75 s and 250 ms of slack: admissions end at 6 s, not 8 s.
+    // 3 s tasks need 3.3 s and 250 ms of slack: admissions end at 6.45 s, not 8 s.
     let mut effects = Effects::default();
-    let t = submit(&mut s, &mut effects, now + secs(5.9));
+    let t = submit(&mut s, &mut effects, now + secs(6.4));
     assert_eq!(assigned(&mut effects, a), vec![t]);
     let mut effects = Effects::default();
-    let late = submit(&mut s, &mut effects, now + secs(6.1));
+    let late = submit(&mut s, &mut effects, now + secs(6.5));
     assert!(
         assigned(&mut effects, a).is_empty(),
         "a task admitted that would not finish"
     );
     assert_eq!(s.get(late).expect("get").state(), TaskState::Pending);
-    let st = &s.stats(now + secs(6.1)).functions[0];
+    let st = &s.stats(now + secs(6.5)).functions[0];
     assert_eq!(st.refused_for_time, 1, "{st:?}");
 }
 
@@ -259,8 +259,8 @@ fn measured_worker(max_workers: u32, cold: Duration, life: Duration) -> (State, 
 fn a_successor_starts_its_cold_start_ahead_of_its_predecessor_s_end_when_work_is_queued() {
     // One worker allowed: the successor takes the place of one whose admissions end.
     let (mut s, at, conn, id) = measured_worker(1, COLD, secs(10.0));
-    // Admissions end at 10 - 0.125 - 0.25 s; the lead is the 1 s cold start.
-    let end = secs(10.0) - secs(0.125) - secs(0.25);
+    // Admissions end at 10 - 0.11 - 0.25 s; the lead is the 1 s cold start.
+    let end = secs(10.0) - secs(0.11) - secs(0.25);
     // Fill both slots and queue more than it can finish by its end (100 ms tasks, two at a
     // time: 18 in 0.9 s), well before the lead: no successor.
     let mut effects = Effects::default();
@@ -293,8 +293,8 @@ fn a_successor_starts_its_cold_start_ahead_of_its_predecessor_s_end_when_work_is
     let st = &s.stats(within).functions[0];
     assert_eq!(st.successors_started, 1);
     // 900 ms before the end the figure gives; the two running for 200 ms already are tasks
-    // at least that long, which need 125 ms more of the life than 100 ms ones.
-    assert_eq!(st.successor_lead_ms, 775);
+    // at least that long, which need 110 ms more of the life than 100 ms ones.
+    assert_eq!(st.successor_lead_ms, 790);
     // Once: the successor starting covers the queue.
     let mut effects = Effects::default();
     s.on_timer(Timer::Function(Arc::from("f")), within + secs(0.1), &mut effects);
@@ -382,9 +382,9 @@ fn a_running_task_that_brings_the_end_nearer_has_the_successor_looked_at_before_
     for _ in 0..40 {
         submit(&mut s, &mut effects, at + secs(1.0));
     }
-    // At 4 s it has run 3 s: admissions end at 10 - 3.75 - 0.25 = 6 s, 2 s away, and 1.25 s
-    // nearer for every second it goes on. The successor's lead is 1 s: the end is within
-    // it in 1 s / 2.25, before the next sample (500 ms): a look is due then.
+    // At 4.5 s it has run 3.5 s: admissions end at 10 - 3.85 - 0.25 = 5.9 s, 1.4 s away, and
+    // 1.1 s nearer for every second it goes on. The successor's lead is 1 s: the end is
+    // within it in 0.4 s / 2.1, before the next sample (500 ms): a look is due then.
     let busy = pb::ResourceSample {
         cpu: 0.01,
         memory_used_bytes: 1,
@@ -393,7 +393,7 @@ fn a_running_task_that_brings_the_end_nearer_has_the_successor_looked_at_before_
         ..Default::default()
     };
     let mut effects = Effects::default();
-    s.sample(&id, busy, at + secs(4.0), &mut effects).expect("sample");
+    s.sample(&id, busy, at + secs(4.5), &mut effects).expect("sample");
     let looks: Vec<Duration> = effects
         .timers
         .iter()
@@ -403,13 +403,13 @@ fn a_running_task_that_brings_the_end_nearer_has_the_successor_looked_at_before_
     let look = looks
         .iter()
         .copied()
-        .find(|d| d.abs_diff(secs(1.0 / 2.25)) < secs(0.01))
+        .find(|d| d.abs_diff(secs(0.4 / 2.1)) < secs(0.01))
         .unwrap_or_else(|| panic!("no look when the end comes within the lead: {looks:?}"));
     // Then the successor starts, 1 s ahead of the end.
     let mut effects = Effects::default();
     s.on_timer(
         Timer::Function(Arc::from("f")),
-        at + secs(4.0) + look,
+        at + secs(4.5) + look,
         &mut effects,
     );
     assert_eq!(effects.spawns.len(), 1, "a successor");
