@@ -266,6 +266,20 @@ impl Client {
             .await?
             .into_inner())
     }
+
+    /// Forgets what the coordinator learned of `function` (its concurrency level and what
+    /// each memory size cost, at every size), once its journal holds that: for a handler
+    /// that changed. How many sizes' levels and costs were forgotten.
+    pub async fn relearn(&self, function: &str) -> Result<pb::RelearnResponse> {
+        Ok(self
+            .cluster
+            .clone()
+            .relearn(pb::RelearnRequest {
+                function: function.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
 }
 
 /// Most submissions [`Client::map`] puts in one message...

@@ -318,6 +318,18 @@ impl Driver {
             .map_err(Error::from)
     }
 
+    /// Resolves once every journal write queued so far is durable (at once without a
+    /// journal); an error if it never will be (the writes fail or the lease is lost).
+    pub(crate) async fn durable(&self) -> std::result::Result<(), String> {
+        match &self.0.journal {
+            None => Ok(()),
+            Some(j) => j
+                .barrier()
+                .await
+                .map_err(|_| "its writes are failing or its lease was lost".to_owned()),
+        }
+    }
+
     /// [`Driver::handle`] for an event whose reply is only ever `Done`: one the state
     /// cannot refuse (a refusal would be a defect, logged).
     pub(crate) fn apply(&self, event: Event) {

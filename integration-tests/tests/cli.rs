@@ -94,6 +94,17 @@ fn the_cli_runs_submits_gets_maps_and_reports() {
     assert!(ok && out.contains("TOTAL") && out.contains("echo"), "{out}");
     let (ok, out, _) = carpool(url, &["workers"], None);
     assert!(ok && out.starts_with("WORKER"), "{out}");
+    // What was learned of echo (its level, what its size cost) is forgotten; a second time,
+    // nothing is left.
+    let (ok, out, err) = carpool(url, &["relearn", "echo"], None);
+    assert!(ok && out.starts_with("forgot echo's learned level"), "{out}{err}");
+    let (ok, out, _) = carpool(url, &["relearn", "echo"], None);
+    assert!(
+        ok && out.contains("at 0 memory size(s) and its cost at 0"),
+        "{out}"
+    );
+    let (ok, _, err) = carpool(url, &["relearn", "nope"], None);
+    assert!(!ok && err.contains("unknown function"), "{err}");
 
     // Errors are one clear line and a failing exit code.
     let (ok, _, err) = carpool(url, &["get", "99999"], None);

@@ -3,7 +3,8 @@
 //! at four times the memory costs four times as much per task), and what each size cost
 //! survives a restart with a state directory. Also the goals a batch may carry: a Map call's
 //! budget in dollars, a deadline that the cheapest size would miss moving new workers to a
-//! size that meets it, and a deadline that cannot be met refused at once.
+//! size that meets it, and a deadline that cannot be met refused at once. And forgetting
+//! what was learned (Relearn), through a restart.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
 
@@ -106,6 +107,63 @@ async fn a_waiting_batch_goes_to_the_small_size_and_the_choice_survives_a_restar
     let workers = client.workers("sleep").await.expect("workers");
     assert!(!workers.is_empty());
     assert!(workers.iter().all(|w| w.memory_mb == 1024), "{workers:?}");
+}
+
+#[tokio::test]
+async fn relearning_a_function_forgets_its_levels_and_sizes_for_good() {
+    let dir = tempfile::tempdir().expect("state dir");
+    let state_dir = dir.path().to_str().expect("utf-8 path");
+    forgets_for_good(&["--state-dir", state_dir]).await;
+}
+
+#[tokio::test]
+async fn relearning_a_function_forgets_its_levels_and_sizes_for_good_in_postgresql() {
+    let pg = carpool_integration_tests::postgres::Postgres::start();
+    let url = pg.url();
+    forgets_for_good(&["--state-url", &url]).await;
+}
+
+/// Learns a waiting function's level and sizes, forgets them (Relearn), and checks that a
+/// restart on the same `state` (a journal's flag and where) does not bring them back.
+async fn forgets_for_good(state: &[&str]) {
+    let args = [&["--memory-sizes", "4096,1024", "--max-workers", "2"], state].concat();
+    let coord = Coordinator::start(&args);
+    let client = coord.client().await;
+    let (learned, _) = until_every_size_tried(&client, "sleep", 40, "100", 1).await;
+    assert_eq!(learned.memory_reason, "cheapest", "{learned:?}");
+    assert!(learned.slots_learned > 0, "{learned:?}");
+
+    // Names it does not serve, and no name, are refused before anything changes.
+    let code = |r: carpool_client::Result<pb::RelearnResponse>| match r {
+        Err(carpool_client::Error::Status(s)) => s.code(),
+        other => panic!("expected a status, got {other:?}"),
+    };
+    assert_eq!(code(client.relearn("nope").await), tonic::Code::InvalidArgument);
+    assert_eq!(code(client.relearn("").await), tonic::Code::InvalidArgument);
+    assert_eq!(function_stats(&client, "sleep").await.sizes, learned.sizes);
+
+    // Forgotten at both sizes: the sizes are tried again, the level found again.
+    let forgot = client.relearn("sleep").await.expect("relearn");
+    assert_eq!(forgot.costs, 2, "{forgot:?}");
+    assert!(forgot.levels >= 1, "{forgot:?}");
+    let fresh = function_stats(&client, "sleep").await;
+    assert_eq!(fresh.slots_learned, 0, "{fresh:?}");
+    assert!(fresh.sizes.iter().all(|s| s.tasks == 0), "{fresh:?}");
+    assert_ne!(fresh.memory_reason, "cheapest", "{fresh:?}");
+    // Again: nothing left to forget.
+    let again = client.relearn("sleep").await.expect("relearn");
+    assert_eq!((again.levels, again.costs), (0, 0));
+
+    // For good: a restart on the same directory does not bring it back.
+    assert!(coord.terminate().success());
+    let coord = Coordinator::start(&args);
+    let client = coord.client().await;
+    let restored = function_stats(&client, "sleep").await;
+    assert_eq!(restored.slots_learned, 0, "{restored:?}");
+    assert!(restored.sizes.iter().all(|s| s.tasks == 0), "{restored:?}");
+    // And it learns again.
+    let (relearned, _) = until_every_size_tried(&client, "sleep", 40, "100", 1).await;
+    assert_eq!(relearned.memory_reason, "cheapest", "{relearned:?}");
 }
 
 #[tokio::test]

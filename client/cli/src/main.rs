@@ -128,6 +128,13 @@ enum Command {
     },
     /// Print task counts, workers and the bill.
     Stats,
+    /// Forget what was learned of a function (its concurrency level and what each memory
+    /// size cost, at every size), for a handler that changed: its next workers start as a
+    /// first batch's do and every size offered is tried again.
+    Relearn {
+        /// The function.
+        function: String,
+    },
     /// A live view of the coordinator, refreshed every second: functions (pending, running,
     /// rates, limits, cost) and workers (state, running/limit, CPU, memory, age); q quits.
     Top,
@@ -223,6 +230,13 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
             render::workers_table(&client.workers(&function).await.map_err(e)?)
         ),
         Command::Stats => print!("{}", render::stats_table(&client.stats().await.map_err(e)?)),
+        Command::Relearn { function } => {
+            let r = client.relearn(&function).await.map_err(e)?;
+            println!(
+                "forgot {function}'s learned level at {} memory size(s) and its cost at {}",
+                r.levels, r.costs
+            );
+        }
         Command::Top | Command::Lab(_) => {
             unreachable!("handled above")
         }

@@ -608,6 +608,9 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
     let mut forgotten: Vec<i64> = Vec::new();
     let mut learned: BTreeMap<(String, i32), (i32, bool)> = BTreeMap::new();
     let mut costs: BTreeMap<(String, i32), SizeCost> = BTreeMap::new();
+    // Functions whose learned rows go before this batch's own are written (a level or cost
+    // of theirs earlier in the batch is dropped with them).
+    let mut unlearned: Vec<String> = Vec::new();
     let mut reserve: Option<i64> = None;
     for op in batch {
         match op {
@@ -627,6 +630,11 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
             }
             Op::State(JournalOp::Cost(function, memory_mb, c)) => {
                 costs.insert((function.to_string(), *memory_mb as i32), *c);
+            }
+            Op::State(JournalOp::Unlearn(function)) => {
+                learned.retain(|(f, _), _| f.as_str() != function.as_ref());
+                costs.retain(|(f, _), _| f.as_str() != function.as_ref());
+                unlearned.push(function.to_string());
             }
             Op::State(JournalOp::Reserve(until)) => reserve = reserve.max(Some(*until as i64)),
             Op::Close(_) | Op::Barrier(_) => {}
@@ -688,6 +696,20 @@ async fn write(store: &Store, term: i64, batch: &[Op]) -> Result<(), Failed> {
         txn.execute("DELETE FROM carpool_attempts WHERE id = ANY($1)", &[&forgotten])
             .await
             .map_err(database)?;
+    }
+    if !unlearned.is_empty() {
+        txn.execute(
+            "DELETE FROM carpool_learned WHERE function = ANY($1)",
+            &[&unlearned],
+        )
+        .await
+        .map_err(database)?;
+        txn.execute(
+            "DELETE FROM carpool_size_costs WHERE function = ANY($1)",
+            &[&unlearned],
+        )
+        .await
+        .map_err(database)?;
     }
     for ((function, memory_mb), (level, settled)) in learned {
         txn.execute(

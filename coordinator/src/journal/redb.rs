@@ -228,6 +228,13 @@ fn write(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                         (c.workers, c.tasks, c.billed_gb_ms),
                     )?;
                 }
+                Op::State(JournalOp::Unlearn(function)) => {
+                    let f = function.as_ref();
+                    txn.open_table(LEARNED)?
+                        .retain_in((f, 0)..=(f, u32::MAX), |_, _| false)?;
+                    txn.open_table(COSTS)?
+                        .retain_in((f, 0)..=(f, u32::MAX), |_, _| false)?;
+                }
                 Op::State(JournalOp::Reserve(until)) => next_id = next_id.max(Some(*until)),
                 Op::Close(_) | Op::Barrier(_) => {}
             }
@@ -311,6 +318,46 @@ mod tests {
             settled: true,
         };
         assert_eq!(rec.learned, vec![(("echo".to_owned(), 2048), learned)]);
+    }
+
+    #[tokio::test]
+    async fn unlearning_a_function_removes_its_levels_and_costs_at_every_size_and_no_other() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let (j, _) = Journal::open(dir.path()).expect("open");
+            let level = |level| Learned { level, settled: true };
+            let cost = SizeCost {
+                workers: 2,
+                tasks: 40,
+                billed_gb_ms: 800.0,
+                ..Default::default()
+            };
+            let (echo, spin) = (Arc::<str>::from("echo"), Arc::<str>::from("spin"));
+            j.apply([
+                JournalOp::Learn(echo.clone(), 1024, level(8)),
+                JournalOp::Learn(echo.clone(), 4096, level(32)),
+                JournalOp::Cost(echo.clone(), 1024, cost),
+                JournalOp::Cost(echo.clone(), 4096, cost),
+                JournalOp::Learn(spin.clone(), 1024, level(2)),
+                JournalOp::Cost(spin.clone(), 1024, cost),
+                JournalOp::Unlearn(echo.clone()),
+                // Learned again after: kept.
+                JournalOp::Learn(echo.clone(), 2048, level(16)),
+            ]);
+            j.close().await;
+        }
+        let (_, rec) = Journal::open(dir.path()).expect("the journal reopens");
+        let learned: Vec<(String, u32, u32)> = rec
+            .learned
+            .iter()
+            .map(|((f, mb), l)| (f.clone(), *mb, l.level))
+            .collect();
+        assert_eq!(
+            learned,
+            vec![("echo".to_owned(), 2048, 16), ("spin".to_owned(), 1024, 2)]
+        );
+        let costs: Vec<(String, u32)> = rec.costs.iter().map(|((f, mb), _)| (f.clone(), *mb)).collect();
+        assert_eq!(costs, vec![("spin".to_owned(), 1024)]);
     }
 
     #[tokio::test]

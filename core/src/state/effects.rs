@@ -82,6 +82,8 @@ pub enum JournalOp {
     Learn(Arc<str>, u32, Learned),
     /// What a (function, memory size) has cost, as it stands after a worker of it ended.
     Cost(Arc<str>, u32, crate::scheduler::SizeCost),
+    /// Everything learned of a function (its levels and costs, at every size) is forgotten.
+    Unlearn(Arc<str>),
     /// Task ids below this may be handed out: reserved in the journal before any is, so
     /// that the next coordinator to load it starts above every id this one could have given.
     Reserve(u64),

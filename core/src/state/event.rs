@@ -90,6 +90,9 @@ pub enum Event {
     Restore(Recovered),
     /// The coordinator is shutting down: nothing new is taken, every worker told to leave.
     Drain,
+    /// An operator asks that what was learned of a function be forgotten (its handler
+    /// changed): its levels and what each size cost, at every size.
+    Relearn(String),
 }
 
 /// What the caller of [`State::handle`] learns beyond the effects.
@@ -109,6 +112,13 @@ pub enum Reply {
     Drained(usize),
     /// How many pending tasks a [`Event::StopPending`] ended.
     Stopped(usize),
+    /// What an [`Event::Relearn`] forgot: how many sizes' levels, how many sizes' costs.
+    Relearned {
+        /// Sizes whose learned level was forgotten.
+        levels: usize,
+        /// Sizes whose cost per task was forgotten.
+        costs: usize,
+    },
 }
 
 impl State {
@@ -176,6 +186,10 @@ impl State {
                 Reply::Done
             }
             Event::Drain => Reply::Drained(self.drain(effects)),
+            Event::Relearn(function) => {
+                let (levels, costs) = self.relearn(&function, effects)?;
+                Reply::Relearned { levels, costs }
+            }
         })
     }
 }

@@ -61,6 +61,14 @@ impl Levels {
         *cost
     }
 
+    /// Forgets what was learned for `function`, at every size: how many sizes' levels and
+    /// how many sizes' costs were known.
+    pub(super) fn forget(&mut self, function: &str) -> (usize, usize) {
+        let levels = self.by_function.remove(function).map_or(0, |sizes| sizes.len());
+        let costs = self.costs.remove(function).map_or(0, |sizes| sizes.len());
+        (levels, costs)
+    }
+
     /// Restores a size's cost from a journal.
     pub(super) fn restore_cost(&mut self, function: &Arc<str>, memory_mb: u32, cost: SizeCost) {
         self.costs

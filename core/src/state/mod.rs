@@ -154,6 +154,30 @@ impl State {
         self.learned.get(function, memory_mb)
     }
 
+    /// Forgets what was learned of `function` (its levels and what each size cost), and asks
+    /// the journal to: its next workers start as a first batch's do, and every size is tried
+    /// again. For a handler that changed; a function this coordinator does not serve is
+    /// refused, one it serves with nothing learned forgets nothing. Returns how many sizes'
+    /// levels and costs were forgotten.
+    fn relearn(&mut self, function: &str, effects: &mut Effects) -> crate::Result<(usize, usize)> {
+        if function.is_empty() {
+            return Err(crate::Error::EmptyFunction);
+        }
+        crate::config::check_function_name(function).map_err(crate::Error::BadFunctionName)?;
+        if !self.config.serves(function) {
+            return Err(crate::Error::UnknownFunction(
+                function.to_owned(),
+                self.served_functions().join(", "),
+            ));
+        }
+        let (levels, costs) = self.learned.forget(function);
+        info!(function, levels, costs, "forgot what was learned of the function");
+        if self.journaled {
+            effects.journal.push(JournalOp::Unlearn(Arc::from(function)));
+        }
+        Ok((levels, costs))
+    }
+
     /// Records `learned` for `function` at `memory_mb` (and asks the journal to).
     fn learn(&mut self, function: &Arc<str>, memory_mb: u32, learned: Learned, effects: &mut Effects) {
         if !self.learned.learn(function, memory_mb, learned) {

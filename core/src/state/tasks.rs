@@ -97,6 +97,19 @@ impl Waiter {
 }
 
 impl State {
+    /// The functions this coordinator names as the ones it serves (in an unknown function's
+    /// refusal).
+    pub(super) fn served_functions(&self) -> Vec<String> {
+        match self.config.fleet.spawner {
+            crate::config::SpawnerKind::Local => BUILTIN_FUNCTIONS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain(self.config.functions.exec.iter().map(|(n, _)| n.clone()))
+                .collect(),
+            _ => self.config.functions.only.clone(),
+        }
+    }
+
     /// Checks a submission without changing anything.
     pub fn validate(&self, function: &str, payload_len: usize) -> Result<()> {
         if self.draining {
@@ -113,15 +126,10 @@ impl State {
             });
         }
         if !self.config.serves(function) {
-            let known: Vec<String> = match self.config.fleet.spawner {
-                crate::config::SpawnerKind::Local => BUILTIN_FUNCTIONS
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .chain(self.config.functions.exec.iter().map(|(n, _)| n.clone()))
-                    .collect(),
-                _ => self.config.functions.only.clone(),
-            };
-            return Err(Error::UnknownFunction(function.to_owned(), known.join(", ")));
+            return Err(Error::UnknownFunction(
+                function.to_owned(),
+                self.served_functions().join(", "),
+            ));
         }
         if !self.has_room_for(function) {
             return Err(Error::TooManyFunctions(self.config.limits.max_functions));
