@@ -201,7 +201,7 @@ fn python_client_runs_its_tests_and_example_against_the_real_coordinator() {
         .output()
         .expect("pytest runs");
     let text = ok(out, "pytest client/python/tests");
-    assert!(text.contains("20 passed"), "{text}");
+    assert!(text.contains("21 passed"), "{text}");
 
     let out = Command::new(&python)
         .arg(repo().join("client/python/examples/map_echo.py"))

@@ -14,7 +14,7 @@
 """
 
 from ._wire import Result
-from .client import Client, Stats, Worker
+from .client import Client, Relearned, Stats, Worker
 from .connection import Connection
 from .errors import (
     AlreadyExists,
@@ -40,6 +40,7 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "Relearned",
     "ResourceExhausted",
     "Result",
     "Stats",

@@ -23,7 +23,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Dict, Iterable, List, Opti
 import grpc
 
 from ._wire import answers, BATCH_ITEMS, ready_batches, Payload, Result, _by_bytes, _message, pb, payload, results, rpc, state_name
-from .client import PROBE_TIMEOUT_S, Stats
+from .client import PROBE_TIMEOUT_S, Relearned, Stats
 from .connection import Connection
 from .errors import CarpoolError, NotFound, TaskFailed, Unavailable, code_of, error, from_rpc
 
@@ -99,6 +99,11 @@ class Client:
     async def stats(self) -> Stats:
         t = (await self._call(self._cluster.Stats, pb.StatsRequest())).total
         return Stats(t.pending, t.running, t.succeeded, t.failed, t.cancelled, t.workers_live, t.workers_started, t.billed_gb_ms, t.cost_usd)
+
+    async def relearn(self, function: str) -> Relearned:
+        """Forgets what was learned of `function` (see `Client.relearn`)."""
+        r = await self._call(self._cluster.Relearn, pb.RelearnRequest(function=function))
+        return Relearned(levels=r.levels, costs=r.costs)
 
     async def map(
         self,

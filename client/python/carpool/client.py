@@ -1,4 +1,4 @@
-"""The synchronous client: submit, run, get, cancel, map, stats, workers."""
+"""The synchronous client: submit, run, get, cancel, map, stats, workers, relearn."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ class Stats:
     workers_started: int
     billed_gb_ms: float
     cost_usd: float
+
+
+@dataclass(frozen=True)
+class Relearned:
+    """What Relearn forgot of a function: at how many memory sizes its learned level, and
+    at how many its cost per task."""
+
+    levels: int
+    costs: int
 
 
 @dataclass(frozen=True)
@@ -228,5 +237,12 @@ class Client:
             for w in response.workers
         ]
 
+    def relearn(self, function: str) -> Relearned:
+        """Forgets what the coordinator learned of `function` (its concurrency level and what
+        each memory size cost, at every size), once its journal holds that: for a handler
+        that changed. InvalidArgument for a function it does not serve."""
+        r = self._call(self._cluster.Relearn, pb.RelearnRequest(function=function))
+        return Relearned(levels=r.levels, costs=r.costs)
 
-__all__ = ["Client", "CarpoolError", "Result", "Stats", "Worker"]
+
+__all__ = ["Client", "CarpoolError", "Relearned", "Result", "Stats", "Worker"]

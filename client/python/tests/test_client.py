@@ -7,7 +7,7 @@ import os
 import grpc
 import pytest
 
-from carpool import CarpoolError, Client
+from carpool import CarpoolError, Client, Relearned
 
 TARGET = os.environ.get("CARPOOL_TARGET")
 
@@ -90,6 +90,17 @@ def test_stats_and_workers(client):
     s = client.stats()
     assert s.succeeded >= 1 and s.workers_started >= 1 and s.cost_usd > 0
     assert all(w.function for w in client.workers())
+
+
+def test_relearn_forgets_and_refuses_an_unknown_function(client):
+    client.run("echo", "1")
+    first = client.relearn("echo")
+    assert first.levels >= 0 and first.costs >= 0
+    # Nothing is left to forget the second time.
+    assert client.relearn("echo") == Relearned(levels=0, costs=0)
+    with pytest.raises(CarpoolError) as e:
+        client.relearn("no-such-function")
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_the_coordinator_and_token_come_from_the_environment_as_the_cli_reads_them(monkeypatch):
