@@ -431,12 +431,17 @@ impl Metrics {
             self.size
                 .get_or_create(&function())
                 .set(i64::from(f.memory_mb) * 1024 * 1024);
-            for s in f.sizes.iter().filter(|s| s.tasks > 0) {
+            for s in &f.sizes {
                 let labels = SizeLabels {
                     function: f.function.clone(),
                     memory_mb: s.memory_mb,
                 };
-                self.size_cost.get_or_create(&labels).set(s.gb_s_per_task);
+                if s.tasks > 0 {
+                    self.size_cost.get_or_create(&labels).set(s.gb_s_per_task);
+                } else {
+                    // Not measured, or forgotten (Relearn): no figure, not the last one.
+                    self.size_cost.remove(&labels);
+                }
             }
         }
         let mut out = String::new();
@@ -572,5 +577,30 @@ mod tests {
         later.functions[0].succeeded = 9;
         assert!(m.render(&later, (0, 0)).contains(r#"outcome="succeeded"} 9"#));
         assert!(m.render(&stats, (0, 0)).contains(r#"outcome="succeeded"} 9"#));
+    }
+
+    #[test]
+    fn a_size_cost_forgotten_by_relearn_leaves_the_metrics() {
+        let m = Metrics::new(SpawnerKind::Local);
+        let at = |tasks: u64| pb::StatsResponse {
+            functions: vec![pb::FunctionStats {
+                function: "echo".into(),
+                sizes: vec![pb::SizeCost {
+                    memory_mb: 1024,
+                    tasks,
+                    gb_s_per_task: if tasks > 0 { 0.25 } else { 0.0 },
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let line = r#"carpool_size_cost_per_task_gigabyte_seconds{function="echo",memory_mb="1024"} 0.25"#;
+        assert!(m.render(&at(40), (0, 0)).contains(line));
+        let text = m.render(&at(0), (0, 0));
+        assert!(
+            !text.contains("carpool_size_cost_per_task_gigabyte_seconds{"),
+            "{text}"
+        );
     }
 }

@@ -195,3 +195,35 @@ fn a_size_measured_on_thin_evidence_is_not_revisited_while_a_deadline_waits() {
     with_deadline(&mut s, Duration::from_secs(60), now);
     assert_eq!(s.choose_size("f", now), (1024, SizeReason::Cheapest));
 }
+
+#[test]
+fn relearn_forgets_every_size_of_one_function_and_refuses_a_name_it_does_not_serve() {
+    let (mut s, now) = measured();
+    s.journaled = true;
+    let mut effects = Effects::default();
+    // Refused before anything changes.
+    for bad in ["", "no-such-function"] {
+        assert!(
+            s.handle(now, Event::Relearn(bad.to_owned()), &mut effects)
+                .is_err(),
+            "{bad:?}"
+        );
+    }
+    assert!(effects.journal.is_empty());
+    assert_eq!(s.choose_size("f", now), (1024, SizeReason::Cheapest));
+    // Forgotten at both sizes, in the journal too: every size is tried again.
+    let reply = s
+        .handle(now, Event::Relearn("f".to_owned()), &mut effects)
+        .expect("relearn");
+    assert!(
+        matches!(reply, Reply::Relearned { levels: 0, costs: 2 }),
+        "{reply:?}"
+    );
+    assert!(
+        matches!(effects.journal.as_slice(), [JournalOp::Unlearn(f)] if f.as_ref() == "f"),
+        "{:?}",
+        effects.journal
+    );
+    assert_ne!(s.choose_size("f", now).1, SizeReason::Cheapest);
+    assert!(s.learned.cost("f", 1024).per_task().is_none());
+}
