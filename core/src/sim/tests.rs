@@ -654,8 +654,19 @@ fn mixed_batch(
     every: u64,
     bounded: Option<Duration>,
 ) -> SimReport {
+    mixed_batch_living(admission, long, every, bounded, Duration::from_secs(5))
+}
+
+/// [`mixed_batch`] on workers that live `life`.
+fn mixed_batch_living(
+    admission: crate::scheduler::Admission,
+    long: TaskModel,
+    every: u64,
+    bounded: Option<Duration>,
+    life: Duration,
+) -> SimReport {
     let mut c = config(false, 2, None);
-    c.fleet.execution_timeout = Duration::from_secs(5);
+    c.fleet.execution_timeout = life;
     c.fleet.admission = admission;
     let mut s = SimConfig::new(c, "mixed", 1000, TaskModel::cpu_bound(Duration::from_millis(50)))
         .lambda_like(Duration::from_millis(500));
@@ -825,5 +836,30 @@ fn a_deadline_is_met_at_the_cost_of_the_cheapest_size_that_meets_it() {
             chosen_cost <= 1.15 * best_cost,
             "{deadline:?}: {chosen_cost} against {best_cost}"
         );
+    }
+}
+
+#[test]
+fn with_a_life_ten_times_its_longest_task_admission_by_duration_bills_as_the_fixed_rule() {
+    use crate::scheduler::Admission;
+    // The 2 s waits of the test above in a 20 s life: the part of a life that admits
+    // nothing is the longest task, a tenth of it here, where in a 5 s life it is half.
+    // Prints the figures the README quotes (`-- --nocapture`).
+    let waits = TaskModel::waiting(Duration::from_secs(2));
+    let life = Duration::from_secs(20);
+    for every in [2, 5, 25, 100] {
+        let d = mixed_batch_living(Admission::Duration, waits, every, None, life);
+        let f = mixed_batch_living(Admission::Fraction, waits, every, None, life);
+        println!(
+            "1 in {every} waits, 20 s life: by duration {:.1} GB-s in {:.2} s, the 0.8 rule {:.1} GB-s in {:.2} s ({:.2} times)",
+            d.billed_gb_s,
+            d.completion.as_secs_f64(),
+            f.billed_gb_s,
+            f.completion.as_secs_f64(),
+            d.billed_gb_s / f.billed_gb_s
+        );
+        assert_eq!((d.succeeded, d.killed_at_deadline), (1000, 0), "{d:?}");
+        assert!(d.billed_gb_s <= 1.1 * f.billed_gb_s, "1 in {every}: {d:?} {f:?}");
+        assert!(d.completion <= f.completion, "1 in {every}: {d:?} {f:?}");
     }
 }
