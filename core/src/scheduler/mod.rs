@@ -398,9 +398,9 @@ pub struct Reach {
 /// 80 ms wait) at 128 MB in the Lambda-like world, each of 5 workers cost 0.92 s beyond its
 /// work, 0.6 s of it its cold start: with the start held to a tenth (9 times it in work) the
 /// batch cost 1.13 times the same batch on one worker, and 1.12 and 1.11 times the best fixed
-/// pair for mixed and varied work with every size offered; at a fifteenth, 1.09 and 1.08 (at
-/// a twentieth, 1.07 and 1.05, for CPU-bound batches on this machine's model up to 1.8 times
-/// as slow). At 1, a worker started for a learned level of a runtime with a costly start
+/// pair for mixed and varied work with every size offered; at a fifteenth, 1.09 and 1.08, for
+/// mixed work on this machine's model up to 1.8 times as slow (at a twentieth, 1.07 and 1.05,
+/// but a hand-over then left tasks waiting more than a tenth of a cold start). At 1, a worker started for a learned level of a runtime with a costly start
 /// could spend half its bill starting; at 2, a CPU-bound batch in the Lambda-like world cost
 /// 1.3 times the same batch on one worker.
 pub const WORK_PER_REACH: f64 = 14.0;

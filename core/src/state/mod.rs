@@ -164,12 +164,7 @@ impl State {
             return Err(crate::Error::EmptyFunction);
         }
         crate::config::check_function_name(function).map_err(crate::Error::BadFunctionName)?;
-        if !self.config.serves(function) {
-            return Err(crate::Error::UnknownFunction(
-                function.to_owned(),
-                self.served_functions().join(", "),
-            ));
-        }
+        self.check_served(function)?;
         let (levels, costs) = self.learned.forget(function);
         info!(function, levels, costs, "forgot what was learned of the function");
         if self.journaled {

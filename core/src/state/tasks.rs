@@ -97,17 +97,20 @@ impl Waiter {
 }
 
 impl State {
-    /// The functions this coordinator names as the ones it serves (in an unknown function's
-    /// refusal).
-    pub(super) fn served_functions(&self) -> Vec<String> {
-        match self.config.fleet.spawner {
+    /// Refuses a function this coordinator does not serve, naming the ones it does.
+    pub(super) fn check_served(&self, function: &str) -> Result<()> {
+        if self.config.serves(function) {
+            return Ok(());
+        }
+        let known: Vec<String> = match self.config.fleet.spawner {
             crate::config::SpawnerKind::Local => BUILTIN_FUNCTIONS
                 .iter()
                 .map(|s| (*s).to_owned())
                 .chain(self.config.functions.exec.iter().map(|(n, _)| n.clone()))
                 .collect(),
             _ => self.config.functions.only.clone(),
-        }
+        };
+        Err(Error::UnknownFunction(function.to_owned(), known.join(", ")))
     }
 
     /// Checks a submission without changing anything.
@@ -125,12 +128,7 @@ impl State {
                 limit: self.config.limits.max_payload_bytes,
             });
         }
-        if !self.config.serves(function) {
-            return Err(Error::UnknownFunction(
-                function.to_owned(),
-                self.served_functions().join(", "),
-            ));
-        }
+        self.check_served(function)?;
         if !self.has_room_for(function) {
             return Err(Error::TooManyFunctions(self.config.limits.max_functions));
         }
