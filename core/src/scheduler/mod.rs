@@ -400,9 +400,10 @@ pub struct Reach {
 /// batch cost 1.13 times the same batch on one worker, and 1.12 and 1.11 times the best fixed
 /// pair for mixed and varied work with every size offered; at a fifteenth, 1.09 and 1.08, for
 /// mixed work on this machine's model up to 1.8 times as slow (at a twentieth, 1.07 and 1.05,
-/// but a hand-over then left tasks waiting more than a tenth of a cold start). At 1, a worker started for a learned level of a runtime with a costly start
-/// could spend half its bill starting; at 2, a CPU-bound batch in the Lambda-like world cost
-/// 1.3 times the same batch on one worker.
+/// but a hand-over then left tasks waiting more than a tenth of a cold start). At 1, a
+/// worker started for a learned level of a runtime with a costly start could spend half its
+/// bill starting; at 2, a CPU-bound batch in the Lambda-like world cost 1.3 times the same
+/// batch on one worker.
 pub const WORK_PER_REACH: f64 = 14.0;
 
 /// How many attempts' durations a function's [`Reach`] keeps.
