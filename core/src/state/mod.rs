@@ -160,10 +160,7 @@ impl State {
     /// refused, one it serves with nothing learned forgets nothing. Returns how many sizes'
     /// levels and costs were forgotten.
     fn relearn(&mut self, function: &str, effects: &mut Effects) -> crate::Result<(usize, usize)> {
-        if function.is_empty() {
-            return Err(crate::Error::EmptyFunction);
-        }
-        crate::config::check_function_name(function).map_err(crate::Error::BadFunctionName)?;
+        Self::check_named(function)?;
         self.check_served(function)?;
         let (levels, costs) = self.learned.forget(function);
         info!(function, levels, costs, "forgot what was learned of the function");

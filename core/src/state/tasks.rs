@@ -97,6 +97,14 @@ impl Waiter {
 }
 
 impl State {
+    /// Refuses an empty function name or one a name may not be.
+    pub(super) fn check_named(function: &str) -> Result<()> {
+        if function.is_empty() {
+            return Err(Error::EmptyFunction);
+        }
+        crate::config::check_function_name(function).map_err(Error::BadFunctionName)
+    }
+
     /// Refuses a function this coordinator does not serve, naming the ones it does.
     pub(super) fn check_served(&self, function: &str) -> Result<()> {
         if self.config.serves(function) {
@@ -118,10 +126,7 @@ impl State {
         if self.draining {
             return Err(Error::ShuttingDown);
         }
-        if function.is_empty() {
-            return Err(Error::EmptyFunction);
-        }
-        crate::config::check_function_name(function).map_err(Error::BadFunctionName)?;
+        Self::check_named(function)?;
         if payload_len > self.config.limits.max_payload_bytes {
             return Err(Error::PayloadTooLarge {
                 size: payload_len,
