@@ -143,11 +143,15 @@ pub struct WorkerView {
     /// How long the longest-running attempt of its function at its size, running now, has
     /// run: a task at least that long, before it has ended.
     pub running_for: Option<Duration>,
+    /// What that attempt is expected to take at least, growing as it runs
+    /// ([`life::Tail::running`]).
+    pub running_expected: Option<life::Growing>,
     /// What a task with a timeout of its own is expected to take at its size (the longest
     /// of its function's recent such attempts), once known.
     pub expected_bounded: Option<Duration>,
-    /// How long the longest-running attempt of such a task, running now, has run.
-    pub bounded_running_for: Option<Duration>,
+    /// What the longest-running attempt of such a task, running now, is expected to take
+    /// at least ([`life::Tail::running`]).
+    pub bounded_running_expected: Option<Duration>,
     /// Last sampled CPU utilisation, 0.0 to 1.0 (0 before the first sample).
     pub cpu: f64,
     /// Last sampled memory use as a fraction of its limit (0 before the first sample).
@@ -234,7 +238,7 @@ pub fn takes_bounded(rules: &Rules, w: &WorkerView, timeout: Duration) -> bool {
 /// Whether a task bounded by its own `timeout` fits in what is left of `w`'s life, by what
 /// such tasks take ([`life::bounded_need`]).
 pub fn fits_bounded(w: &WorkerView, timeout: Duration) -> bool {
-    life::bounded_need(timeout, w.expected_bounded, w.bounded_running_for) <= life_left(w)
+    life::bounded_need(timeout, w.expected_bounded, w.bounded_running_expected) <= life_left(w)
 }
 
 /// The conditions of the rule after the worker's state and its time: its quota, CPU,
@@ -264,16 +268,23 @@ pub fn admission_end(rules: &Rules, w: &WorkerView) -> Duration {
         w.timeout,
         w.expected,
         w.running_for,
+        w.running_expected,
     )
 }
 
 /// How fast the worker's admissions' end comes nearer, in seconds a second: 1, or, while an
-/// attempt of its function still running has run longer than the figure (and so sets the
-/// end), 1 plus the margin, for every second it runs.
+/// attempt of its function still running is expected to take longer than the figure (and
+/// so sets the end), 1 plus the margin for each second the expectation grows in a second
+/// ([`life::Tail::running`]).
 pub fn end_nearing(w: &WorkerView) -> f64 {
-    match (w.running_for, w.expected) {
-        (Some(r), e) if e.is_none_or(|e| r > e) => 1.0 + life::ADMISSION_MARGIN,
-        _ => 1.0,
+    let (running, pace) = match (w.running_expected, w.running_for) {
+        (Some(e), _) => (e.now, e.pace),
+        (None, Some(r)) => (r, 1.0),
+        (None, None) => return 1.0,
+    };
+    match w.expected {
+        Some(e) if running <= e => 1.0,
+        _ => 1.0 + life::ADMISSION_MARGIN * pace,
     }
 }
 

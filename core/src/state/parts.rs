@@ -130,8 +130,9 @@ impl Worker {
             timeout: self.timeout,
             expected: self.running.figure.longest(),
             running_for: self.running.figure.running_for(now),
+            running_expected: self.running.figure.running_expected(now),
             expected_bounded: self.running.figure.longest_bounded(),
-            bounded_running_for: self.running.figure.bounded_running_for(now),
+            bounded_running_expected: self.running.figure.bounded_running_expected(now),
             cpu: scheduler::cpu_estimate(
                 self.cpu,
                 self.sample.map_or(0, |s| s.running_tasks),
@@ -380,14 +381,15 @@ impl FunctionPool {
         self.durations.entry(key).or_default()
     }
 
-    /// The longest of its recent attempts at `memory_mb`, once enough are known, or what
-    /// an attempt running there now has run, if longer (the figure admissions use).
+    /// Where the tail of its recent attempts at `memory_mb` ends, once enough are known, or
+    /// what an attempt running there now is expected to take, if longer (the figure
+    /// admissions use).
     pub(super) fn expected(&self, memory_mb: u32, now: Instant) -> Option<Duration> {
         let d = self
             .durations
             .get(&memory_mb)
             .or_else(|| self.durations.get(&0))?;
-        let running = d.running_for(now).unwrap_or_default();
+        let running = d.running_expected(now).map_or(Duration::ZERO, |g| g.now);
         d.longest().map(|l| l.max(running))
     }
 

@@ -292,9 +292,10 @@ fn a_successor_starts_its_cold_start_ahead_of_its_predecessor_s_end_when_work_is
     assert_eq!(effects.spawns.len(), 1, "a successor");
     let st = &s.stats(within).functions[0];
     assert_eq!(st.successors_started, 1);
-    // 900 ms before the end the figure gives; the two running for 200 ms already are tasks
-    // at least that long, which need 110 ms more of the life than 100 ms ones.
-    assert_eq!(st.successor_lead_ms, 790);
+    // 900 ms before the end the figure gives; the two running for 200 ms already count as
+    // if they ended now: a tail that ends at 225 ms (200 ms and the mean gap to the 100 ms
+    // ones below it), which needs 137.5 ms more of the life than 100 ms tasks.
+    assert_eq!(st.successor_lead_ms, 762);
     // Once: the successor starting covers the queue.
     let mut effects = Effects::default();
     s.on_timer(Timer::Function(Arc::from("f")), within + secs(0.1), &mut effects);
