@@ -3,7 +3,7 @@
 //!
 //! A worker lives at most its execution timeout. A task it takes must end before that, with
 //! a margin, or it is killed at the deadline and runs again (paid twice). The figure a task
-//! is expected to take is the longest of its function's last [`RECENT_DURATIONS`] attempts
+//! is expected to take is built on the longest of its function's last [`RECENT_DURATIONS`] attempts
 //! at the worker's memory size, and of its last as many attempts of tasks without a timeout
 //! of their own ([`Durations`]), stretched past the longest by how the longest few spread
 //! ([`Tail`]), with the long ones of the last [`LONG_REMEMBERED`] attempts counted where
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 pub use crate::config::Admission;
 
 /// The expected duration is stretched by this before it is fitted into what is left. The
-/// figure is already the longest of the recent attempts, the tail's edge, not a typical
+/// figure is already where the recent attempts' tail is expected to end, not a typical
 /// task: the margin covers one slower than any of them (a CPU shared by more, a slower
 /// answer), the slack below the trip. Every second of margin is a second of the worker's
 /// life that admits nothing and is billed: with tasks of 2 s in a 5 s life (one in two,
@@ -197,9 +197,9 @@ impl Durations {
     }
 }
 
-/// What the workers of one function at one size share of its durations: the longest recent
-/// attempt (written by [`Durations`]), and when each attempt running now started (noted by
-/// the workers running them).
+/// What the workers of one function at one size share of its durations: the tails of the
+/// recent attempts (written by [`Durations`]), and when each attempt running now started
+/// (noted by the workers running them).
 #[derive(Debug, Default)]
 pub struct Figure {
     /// The tail of the recent attempts; nothing while fewer than [`MIN_DURATIONS`] are
@@ -362,15 +362,16 @@ const BOUNDED_BIT: u64 = 1 << 63;
 const TAIL_GAPS: usize = 4;
 
 /// Where the tail of a function's recent durations ends, in microseconds: the longest
-/// attempt, plus the mean gap between the longest few within half of it (at most
-/// [`TAIL_GAPS`] gaps). One draw in n + 1 passes the longest of n: where the long
+/// attempt, plus the mean gap between the longest few within half of it (at most four
+/// gaps). One draw in n + 1 passes the longest of n: where the long
 /// attempts lie close together, the next long one is rarely much longer; where they are
-/// spread, it may well be; and where one long attempt stands alone among short ones,
-/// nothing says where the long ones end, and it counts half again (twice cost up to 5 %
-/// more in the simulator's batches and killed no fewer; once killed 4 more in 32 batches
-/// of 1000 at one in 5). In the simulator, long waits of 1 to 3 s in a 5 s life were
-/// killed at a deadline where the figure was the longest alone: 11 attempts in 32 batches
-/// of 1000 at one in 100, 4 at one in 2.
+/// spread, it may well be; where one long attempt stands alone among short ones, it is
+/// the figure (counted half again, alike 2 s waits in the simulator cost up to 4 % more,
+/// and the figure leapt when the first long one ended: a queue waited 224 ms for a
+/// successor). In the simulator, long waits of 1 to 3 s in a 5 s life were killed at a
+/// deadline where the figure was the longest alone: 11 attempts in 32 batches of 1000 at
+/// one in 100 and 7 at one in 5, where this tail (with long ones kept for
+/// [`LONG_REMEMBERED`] attempts) killed 3 and 3.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tail {
     /// The longest few within half of the longest, longest first (0: none).
