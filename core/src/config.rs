@@ -118,7 +118,8 @@ pub struct Fleet {
     /// How workers are started.
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_SPAWNER", value_enum, default_value_t = Fleet::default().spawner))]
     pub spawner: SpawnerKind,
-    /// Fleet cap per function: live plus starting workers.
+    /// Fleet cap per function: live plus starting workers (one whose admissions have ended
+    /// gives its place to its successor; --max-fleet counts every one).
     #[cfg_attr(feature = "cli", arg(long, env = "CARPOOL_MAX_WORKERS", default_value_t = Fleet::default().max_workers))]
     pub max_workers: u32,
     /// Fleet cap over all functions together: live plus starting workers.
