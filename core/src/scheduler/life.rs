@@ -562,8 +562,23 @@ pub fn admission_end(
     running: Option<Duration>,
     running_expected: Option<Growing>,
 ) -> Duration {
-    let (planned, set) = ends(admission, fraction, timeout, expected, running, running_expected);
-    set.map_or(planned, |(end, _)| planned.min(end))
+    let fraction_end = timeout.mul_f64(fraction);
+    if admission != Admission::Duration {
+        return fraction_end;
+    }
+    let by = |d: Duration| {
+        if needed(d) < timeout {
+            timeout - needed(d)
+        } else {
+            fraction_end
+        }
+    };
+    let planned = expected.map_or(fraction_end, by);
+    let running = running_expected
+        .map(|e| e.now)
+        .filter(|&e| needed(e) < timeout)
+        .or(running);
+    running.map_or(planned, |r| planned.min(by(r)))
 }
 
 /// An expectation that grows while its attempt runs: what it is now, and how many seconds
@@ -574,35 +589,6 @@ pub struct Growing {
     pub now: Duration,
     /// Seconds it grows in a second of the attempt's run.
     pub pace: f64,
-}
-
-/// The end [`admission_end`] plans by the figure, and the one a running attempt sets (with
-/// how fast what it needs grows), if any.
-fn ends(
-    admission: Admission,
-    fraction: f64,
-    timeout: Duration,
-    expected: Option<Duration>,
-    running: Option<Duration>,
-    running_expected: Option<Growing>,
-) -> (Duration, Option<(Duration, f64)>) {
-    let fraction_end = timeout.mul_f64(fraction);
-    if admission != Admission::Duration {
-        return (fraction_end, None);
-    }
-    let by = |d: Duration| {
-        if needed(d) < timeout {
-            timeout - needed(d)
-        } else {
-            fraction_end
-        }
-    };
-    let planned = expected.map_or(fraction_end, by);
-    let set = match running_expected.filter(|e| needed(e.now) < timeout) {
-        Some(e) => Some((by(e.now), e.pace)),
-        None => running.map(|r| (by(r), if needed(r) < timeout { 1.0 } else { 0.0 })),
-    };
-    (planned, set)
 }
 
 /// Whether a task bounded by its own `timeout` fits in `left` of a worker's life, whatever
