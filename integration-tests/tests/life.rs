@@ -6,6 +6,7 @@
 //! ended still takes a task bounded by its own timeout that fits what is left of its life,
 //! and one whose timeout is generous by what tasks like it have taken;
 //! a task still running counts as long as it has run, ending late admissions before it ends;
+//! long tasks that vary set a bound past the longest of them;
 //! under the fixed fraction, the coordinator counts the wait a hand-over leaves.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a failed expectation is a failed test
@@ -319,4 +320,32 @@ async fn a_generous_timeout_is_planned_by_what_tasks_bounded_like_it_take() {
     assert_eq!(bounded.state(), TaskState::Succeeded, "{bounded:?}");
     assert_eq!(bounded.worker_id, first.worker_id, "{bounded:?}");
     kept_and_one_taken_late(&client, keeper).await;
+}
+
+#[tokio::test]
+async fn long_tasks_that_vary_set_a_bound_past_the_longest_of_them() {
+    let coord = Coordinator::start(&["--execution-timeout", "10s", "--max-workers", "1", "--slots", "8"]);
+    let client = coord.client().await;
+    for r in sleeps(&client, 8, "50").await {
+        assert_eq!(r.state(), TaskState::Succeeded, "{r:?}");
+    }
+    // Alike short ones: the bound is the longest of them.
+    let short = function_stats(&client, "sleep").await.duration_bound_ms;
+    assert!((50..200).contains(&short), "{short}");
+    // Five long ones 250 ms apart, at once: the next may well be longer than the longest,
+    // by the mean gap between them (2000 ms and (2000 - 1000) / 4 ms).
+    let runs: Vec<_> = ["1000", "1250", "1500", "1750", "2000"]
+        .into_iter()
+        .map(|ms| {
+            let client = client.clone();
+            tokio::spawn(async move { client.run_request(sleep(ms, None)).await })
+        })
+        .collect();
+    for run in runs {
+        let r = run.await.expect("join").expect("run");
+        assert_eq!(r.state(), TaskState::Succeeded, "{r:?}");
+    }
+    let stats = function_stats(&client, "sleep").await;
+    assert!((2200..2400).contains(&stats.duration_bound_ms), "{stats:?}");
+    fleet_gone(&client).await;
 }
