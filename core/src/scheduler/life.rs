@@ -169,6 +169,18 @@ impl Durations {
         self.figure.longest()
     }
 
+    /// Forgets every attempt that has ended (a handler that changed takes what it takes
+    /// now); the attempts running now stay followed.
+    pub fn forget(&mut self) {
+        let figure = self.figure.clone();
+        figure.open.store(Tail::default());
+        figure.bounded.store(Tail::default());
+        *self = Durations {
+            figure,
+            ..Durations::default()
+        };
+    }
+
     /// The median (lower middle) of the recent attempts as last recounted (every few
     /// attempts), once enough are known: for decisions taken on every dispatch.
     pub fn typical(&self) -> Option<Duration> {

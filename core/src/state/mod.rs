@@ -163,6 +163,12 @@ impl State {
         Self::check_named(function)?;
         self.check_served(function)?;
         let (levels, costs) = self.learned.forget(function);
+        // What its attempts took, too: the duration figure a worker's admissions end by.
+        if let Some(f) = self.functions.get_mut(function) {
+            f.durations
+                .values_mut()
+                .for_each(scheduler::life::Durations::forget);
+        }
         info!(function, levels, costs, "forgot what was learned of the function");
         if self.journaled {
             effects.journal.push(JournalOp::Unlearn(Arc::from(function)));

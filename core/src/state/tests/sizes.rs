@@ -211,6 +211,8 @@ fn relearn_forgets_every_size_of_one_function_and_refuses_a_name_it_does_not_ser
     }
     assert!(effects.journal.is_empty());
     assert_eq!(s.choose_size("f", now), (1024, SizeReason::Cheapest));
+    // What its attempts took at the chosen size: a duration bound.
+    assert_eq!(s.stats(now).functions[0].duration_bound_ms, 4000);
     // Forgotten at both sizes, in the journal too: every size is tried again.
     let reply = s
         .handle(now, Event::Relearn("f".to_owned()), &mut effects)
@@ -226,4 +228,6 @@ fn relearn_forgets_every_size_of_one_function_and_refuses_a_name_it_does_not_ser
     );
     assert_ne!(s.choose_size("f", now).1, SizeReason::Cheapest);
     assert!(s.learned.cost("f", 1024).per_task().is_none());
+    // And what its attempts took: no bound until enough are measured again.
+    assert_eq!(s.stats(now).functions[0].duration_bound_ms, 0);
 }
