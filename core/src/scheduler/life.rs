@@ -196,10 +196,9 @@ impl Durations {
         super::lower_median(self.recent.iter().map(|&us| us & !BOUNDED_BIT)).map(Duration::from_micros)
     }
 
-    /// What the longest-running attempt running now is expected to take at least
-    /// ([`Tail::running`]).
-    pub fn running_expected(&self, now: Instant) -> Option<Growing> {
-        self.figure.running_expected(now)
+    /// What an assessment at `now` reads of the figure ([`Figure::read`]).
+    pub fn read(&self, now: Instant) -> Reading {
+        self.figure.read(now)
     }
 
     /// The figure, for a worker of this function and size to read and to note its running
@@ -266,15 +265,18 @@ impl Figure {
         self.since(&self.bounded_earliest, now)
     }
 
-    /// What the longest-running attempt running now is expected to take at least
-    /// ([`Tail::running`]).
-    pub fn running_expected(&self, now: Instant) -> Option<Growing> {
-        Some(self.open.load().running(self.running_for(now)?))
-    }
-
-    /// The same of the attempts of tasks with a timeout of their own.
-    pub fn bounded_running_expected(&self, now: Instant) -> Option<Duration> {
-        Some(self.bounded.load().running(self.bounded_running_for(now)?).now)
+    /// What an assessment of a worker at `now` reads of the figure, each tail read once
+    /// (every dispatch reads it for every worker it looks at).
+    pub fn read(&self, now: Instant) -> Reading {
+        let (open, bounded) = (self.open.load(), self.bounded.load());
+        let running_for = self.running_for(now);
+        Reading {
+            expected: open.figure(),
+            running_for,
+            running_expected: running_for.map(|r| open.running(r)),
+            expected_bounded: bounded.figure(),
+            bounded_running_expected: self.bounded_running_for(now).map(|r| bounded.running(r).now),
+        }
     }
 
     fn since(&self, earliest: &AtomicU64, now: Instant) -> Option<Duration> {
@@ -438,17 +440,15 @@ impl Tail {
         }
     }
 
-    /// The tail were an attempt of `us`, longer than any, among them.
+    /// The tail were an attempt of `us`, longer than any, among them: those below half of
+    /// it leave the tail (where all the kept ones stay, enough are near for the most gaps
+    /// counted).
     fn with_longest(&self, us: u64) -> Tail {
         let mut t = *self;
-        if us > t.top[0] {
-            // Those below half of it leave the tail (where all the kept ones stay, enough
-            // are near for the most gaps counted).
-            t.insert(us);
-            let kept = t.top.iter().filter(|&&d| d > 0 && d >= us / 2).count();
-            t.near = if kept == t.top.len() { t.near + 1 } else { kept };
-            t.top.iter_mut().filter(|d| **d < us / 2).for_each(|d| *d = 0);
-        }
+        t.insert(us);
+        let kept = t.top.iter().filter(|&&d| d > 0 && d >= us / 2).count();
+        t.near = if kept == t.top.len() { t.near + 1 } else { kept };
+        t.top.iter_mut().filter(|d| **d < us / 2).for_each(|d| *d = 0);
         t
     }
 
@@ -521,12 +521,12 @@ impl LongKeep {
     }
 
     /// The kept attempts older than the newest `window` of their kind (those are in the
-    /// window already).
+    /// window already); [`LongKeep::push`] has let the ones past remembering go.
     fn before(&self, window: usize) -> impl Iterator<Item = u64> + Clone + '_ {
         let from = self.count.saturating_sub(window as u64);
         self.kept
             .iter()
-            .filter(move |&&(n, _)| n <= from && n + LONG_REMEMBERED >= self.count)
+            .filter(move |&&(n, _)| n <= from)
             .map(|&(_, us)| us)
     }
 }
@@ -591,6 +591,22 @@ pub fn admission_end(
         .filter(|&e| needed(e) < timeout)
         .or(running);
     running.map_or(planned, |r| planned.min(by(r)))
+}
+
+/// What a worker's assessment reads of a [`Figure`] ([`Figure::read`]): see the fields of
+/// the same names of [`super::WorkerView`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reading {
+    /// Where the recent attempts' tail ends.
+    pub expected: Option<Duration>,
+    /// How long the longest-running attempt has run.
+    pub running_for: Option<Duration>,
+    /// What it is expected to take at least ([`Tail::running`]).
+    pub running_expected: Option<Growing>,
+    /// Where the tail of the recent attempts of tasks with a timeout of their own ends.
+    pub expected_bounded: Option<Duration>,
+    /// What the longest-running of those is expected to take at least.
+    pub bounded_running_expected: Option<Duration>,
 }
 
 /// An expectation that grows while its attempt runs: what it is now, and how many seconds

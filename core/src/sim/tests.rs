@@ -665,14 +665,26 @@ fn mixed_batch_living(
     bounded: Option<Duration>,
     life: Duration,
 ) -> SimReport {
+    let mut s = mixed_sim(admission, long, every, bounded, life);
+    s.watch_handover = true;
+    simulate_batches_over_draws(&s, 1, 8).remove(0)
+}
+
+/// The simulation [`mixed_batch_living`] runs.
+fn mixed_sim(
+    admission: crate::scheduler::Admission,
+    long: TaskModel,
+    every: u64,
+    bounded: Option<Duration>,
+    life: Duration,
+) -> SimConfig {
     let mut c = config(false, 2, None);
     c.fleet.execution_timeout = life;
     c.fleet.admission = admission;
     let mut s = SimConfig::new(c, "mixed", 1000, TaskModel::cpu_bound(Duration::from_millis(50)))
         .lambda_like(Duration::from_millis(500));
     s.mix = Some(TaskMix { every, long, bounded });
-    s.watch_handover = true;
-    simulate_batches_over_draws(&s, 1, 8).remove(0)
+    s
 }
 
 /// Long waits that vary (1 to 3 s in a 5 s life; the short tasks' CPU varies as much):
@@ -685,16 +697,7 @@ fn long_waits_that_vary_are_killed_at_a_deadline_hardly_ever() {
     let waits = TaskModel::waiting(Duration::from_secs(2));
     for every in [2, 5, 25, 100] {
         let batch = |admission| {
-            let mut c = config(false, 2, None);
-            c.fleet.execution_timeout = Duration::from_secs(5);
-            c.fleet.admission = admission;
-            let mut s = SimConfig::new(c, "mixed", 1000, TaskModel::cpu_bound(Duration::from_millis(50)))
-                .lambda_like(Duration::from_millis(500));
-            s.mix = Some(TaskMix {
-                every,
-                long: waits,
-                bounded: None,
-            });
+            let mut s = mixed_sim(admission, waits, every, None, Duration::from_secs(5));
             s.spread = 0.5;
             simulate_batches_over_draws(&s, 1, 8).remove(0)
         };

@@ -125,14 +125,15 @@ impl Worker {
     }
 
     pub(super) fn view(&self, now: Instant) -> WorkerView {
+        let read = self.running.figure.read(now);
         WorkerView {
             age: now.saturating_duration_since(self.connected_at),
             timeout: self.timeout,
-            expected: self.running.figure.longest(),
-            running_for: self.running.figure.running_for(now),
-            running_expected: self.running.figure.running_expected(now),
-            expected_bounded: self.running.figure.longest_bounded(),
-            bounded_running_expected: self.running.figure.bounded_running_expected(now),
+            expected: read.expected,
+            running_for: read.running_for,
+            running_expected: read.running_expected,
+            expected_bounded: read.expected_bounded,
+            bounded_running_expected: read.bounded_running_expected,
             cpu: scheduler::cpu_estimate(
                 self.cpu,
                 self.sample.map_or(0, |s| s.running_tasks),
@@ -389,8 +390,9 @@ impl FunctionPool {
             .durations
             .get(&memory_mb)
             .or_else(|| self.durations.get(&0))?;
-        let running = d.running_expected(now).map_or(Duration::ZERO, |g| g.now);
-        d.longest().map(|l| l.max(running))
+        let read = d.read(now);
+        let running = read.running_expected.map_or(Duration::ZERO, |g| g.now);
+        read.expected.map(|l| l.max(running))
     }
 
     /// No task pending, accepting or running (the caller asks the roster and the spawns for

@@ -297,9 +297,9 @@ impl State {
 
     /// Looks at `function`'s scale-out again before worker `id`'s next sample if its
     /// admissions will come within its successor's lead by then: while an attempt of its
-    /// function still running sets their end (it has run longer than the figure), the end
-    /// comes the margin (1.1 s) nearer for every second, and the timer its hello armed is
-    /// late.
+    /// function still running sets their end (it is expected to take longer than the
+    /// figure), the end comes nearer faster than a second a second
+    /// ([`scheduler::end_nearing`]), and the timer its hello armed is late.
     pub(super) fn rearm_successor(&self, id: &WorkerId, now: Instant, effects: &mut Effects) {
         if self.rules.admission != scheduler::Admission::Duration || self.rules.max_tasks_per_worker.is_some()
         {
