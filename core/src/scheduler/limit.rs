@@ -21,7 +21,8 @@
 //!   the limit rises by a tenth at most once per window of completions, only while the last
 //!   rise paid off in completions per second (a quarter of what it could gain: the share of
 //!   tasks it added, or the CPU the level left idle where that is less); a rise that did not
-//!   is undone.
+//!   is undone. Windows are judged only while the coordinator fills the worker
+//!   ([`Limit::unfilled`]: a worker whose admissions ended drains, and that is not its level).
 //! - **Falls** are multiplicative: memory at its target cuts the limit to what fits; task
 //!   durations inflated past the baseline (what they were at lower levels) for two windows
 //!   in a row, while completions per second did not rise with the level as a paying rise
@@ -398,6 +399,13 @@ impl Limit {
     /// The coordinator has filled the worker to its limit: the window of this level starts.
     pub fn filled(&mut self, now: Instant) {
         self.window.since.get_or_insert(now);
+    }
+
+    /// The coordinator no longer fills the worker (its admissions have ended): no window is
+    /// judged until it fills it again, so completions that fall off as it drains are not
+    /// taken for what its level does. Memory and CPU still move it.
+    pub fn unfilled(&mut self) {
+        self.window = Window::default();
     }
 
     /// A task finished after running `duration`.

@@ -721,6 +721,29 @@ fn long_waits_that_vary_are_killed_at_a_deadline_hardly_ever() {
     }
 }
 
+/// A worker's admissions end before its life does (by a long task's time here): what it
+/// completes as it drains falls off, and is not what its level does. Judged on that, the
+/// last rise of every worker was undone and the next batch started from the level before
+/// it. Prints the bills (`-- --nocapture`).
+#[test]
+fn a_level_found_before_admissions_end_is_kept_for_the_next_batch() {
+    use crate::scheduler::Admission;
+    let waits = TaskModel::waiting(Duration::from_secs(2));
+    let s = mixed_sim(Admission::Duration, waits, 5, None, Duration::from_secs(5));
+    let r = simulate_batches_over_draws(&s, 3, 8);
+    let bills: Vec<String> = r.iter().map(|b| format!("{:.1}", b.billed_gb_s)).collect();
+    println!(
+        "1 in 5 waits of 2 s, 3 batches by duration: {} GB-s",
+        bills.join(", ")
+    );
+    assert!(
+        r.iter().all(|b| b.succeeded == 1000 && b.killed_at_deadline == 0),
+        "{r:?}"
+    );
+    // 0.57 of the first batch's bill; judged on drains, 0.68.
+    assert!(r[2].billed_gb_s <= 0.62 * r[0].billed_gb_s, "{r:?}");
+}
+
 /// Prints the figures the README quotes (`-- --nocapture`).
 #[test]
 fn admission_by_duration_kills_nothing_at_a_deadline_and_hands_over_without_a_gap() {

@@ -61,6 +61,8 @@ pub(super) struct Worker {
     pub(super) peak_mem: f64,
     /// Its admissions ended while tasks waited, and that was counted.
     pub(super) refused_for_time: bool,
+    /// Its admissions have ended for time and its limit was told it is no longer filled.
+    pub(super) drained: bool,
 }
 
 impl Worker {
@@ -106,6 +108,7 @@ impl Worker {
             batch: None,
             peak_mem: 0.0,
             refused_for_time: false,
+            drained: false,
         }
     }
 

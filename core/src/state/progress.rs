@@ -10,7 +10,7 @@ use tracing::{debug, trace};
 use super::{Effects, State, WorkerId};
 use crate::billing;
 use crate::error::{Error, Result};
-use crate::scheduler::{self, Learned};
+use crate::scheduler::{self, Learned, Verdict};
 
 /// The largest CPU figure a sample may carry: a worker allotted a small share of a vCPU
 /// (Lambda at 128 MB) that bursts over every core of a large machine.
@@ -89,6 +89,14 @@ impl State {
         .then(|| (Duration::from_millis(u64::from(s.copy_init_ms)), w.vcpus));
         w.sample = Some(s);
         let (before, was_settled) = (w.limit.value(), w.limit.settled());
+        // A worker whose admissions have just ended for time is no longer filled: its
+        // completions fall off as it drains, which says nothing of its level (a rise judged
+        // on them would be undone, and the level it proved never learned). Tasks with a
+        // timeout of their own that still fit fill it again, and windows are judged again.
+        if !w.drained && scheduler::assess(&self.rules, &w.view(now)) == Verdict::Draining {
+            w.drained = true;
+            w.limit.unfilled();
+        }
         let moved = w.limit.observe(&w.limit_params, observation, now);
         // What the controller saw and did, for replaying a run in its unit tests.
         trace!(worker = %id, cpu = observation.cpu, wait = observation.wait, mem = observation.mem, peak = observation.peak, running = observation.running, youngest_ms = observation.youngest.as_millis() as u64, limit = w.limit.value(), "limit sample");

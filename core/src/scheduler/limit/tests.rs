@@ -634,6 +634,40 @@ fn a_steady_rise_that_does_not_pay_is_undone() {
 }
 
 #[test]
+fn a_rise_is_not_judged_on_a_drain() {
+    let p = params();
+    let t0 = Instant::now();
+    let mut l = Limit::learned(&p, settled(10), 2);
+    l.filled(t0);
+    for _ in 0..10 {
+        l.completed(100 * MS);
+    }
+    assert_eq!(l.observe(&p, obs(0.3, 0.1, 10), t0 + 100 * MS), Some(Move::Rise));
+    // Filled at 11, then its admissions end: its completions fall off as it drains (half
+    // the rate of the level below), which is not what 11 does.
+    let t1 = t0 + 100 * MS;
+    l.filled(t1);
+    for (i, running) in (1..=5u32).zip([9, 7, 5, 3, 1]) {
+        l.unfilled();
+        for _ in 0..2 {
+            l.completed(100 * MS);
+        }
+        assert_eq!(l.observe(&p, obs(0.3, 0.1, running), t1 + i * 40 * MS), None);
+    }
+    assert_eq!(l.value(), 11);
+    // Filled again (a task with a timeout of its own that still fits): judged again.
+    let t2 = t1 + 200 * MS;
+    l.filled(t2);
+    for _ in 0..10 {
+        l.completed(100 * MS);
+    }
+    assert_eq!(
+        l.observe(&p, obs(0.3, 0.1, 11), t2 + 100 * MS),
+        Some(Move::NoGain)
+    );
+}
+
+#[test]
 fn a_worker_below_its_limit_does_not_raise_it() {
     let p = params();
     let t0 = Instant::now();
