@@ -163,11 +163,15 @@ impl State {
         Self::check_named(function)?;
         self.check_served(function)?;
         let (levels, costs) = self.learned.forget(function);
-        // What its attempts took, too: the duration figure a worker's admissions end by.
+        // What its attempts took, too: the duration figure a worker's admissions end by, and
+        // what scale-out weighs a new worker's start against (the median task, a worker's
+        // spawn to its first result and to its level, its runtime copies' init). The cold
+        // start (spawn to hello) is the platform's and the worker's, not the handler's: kept.
         if let Some(f) = self.functions.get_mut(function) {
             f.durations
                 .values_mut()
                 .for_each(scheduler::life::Durations::forget);
+            f.reach = scheduler::Reach::default();
         }
         info!(function, levels, costs, "forgot what was learned of the function");
         if self.journaled {

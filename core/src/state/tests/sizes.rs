@@ -213,6 +213,14 @@ fn relearn_forgets_every_size_of_one_function_and_refuses_a_name_it_does_not_ser
     assert_eq!(s.choose_size("f", now), (1024, SizeReason::Cheapest));
     // What its attempts took at the chosen size: a duration bound.
     assert_eq!(s.stats(now).functions[0].duration_bound_ms, 4000);
+    // What scale-out weighs a new worker's start against: the median task, the reach.
+    if let Some(f) = s.functions.get_mut("f") {
+        f.reach.task(Duration::from_secs(4));
+        f.reach
+            .first_result(Duration::from_secs(5), Duration::from_secs(4));
+    }
+    let reach = |s: &State| s.functions.get("f").map(|f| f.reach.typical());
+    assert!(matches!(reach(&s), Some(Some(_))), "the median task is known");
     // Forgotten at both sizes, in the journal too: every size is tried again.
     let reply = s
         .handle(now, Event::Relearn("f".to_owned()), &mut effects)
@@ -230,4 +238,11 @@ fn relearn_forgets_every_size_of_one_function_and_refuses_a_name_it_does_not_ser
     assert!(s.learned.cost("f", 1024).per_task().is_none());
     // And what its attempts took: no bound until enough are measured again.
     assert_eq!(s.stats(now).functions[0].duration_bound_ms, 0);
+    // Nor what scale-out weighs a new worker against: the median task, the reach.
+    assert_eq!(reach(&s), Some(None));
+    assert!(
+        s.functions
+            .get("f")
+            .is_some_and(|f| f.reach.to_first_result().is_none())
+    );
 }
