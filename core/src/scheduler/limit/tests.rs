@@ -48,6 +48,22 @@ fn hold(l: &mut Limit, p: &LimitParams, t0: Instant, sample: Observation, n: u32
         .collect()
 }
 
+/// Fills `l` at `at`; `n` tasks of `took` complete; `sample` arrives `after` that. Returns
+/// what moved.
+fn filled_window(
+    l: &mut Limit,
+    p: &LimitParams,
+    (at, after): (Instant, Duration),
+    (n, took): (u32, Duration),
+    sample: Observation,
+) -> Option<Move> {
+    l.filled(at);
+    for _ in 0..n {
+        l.completed(took);
+    }
+    l.observe(p, sample, at + after)
+}
+
 /// Small waiting tasks leave room for many times their level: each settled sample
 /// quadruples it, up to the cap.
 #[test]
@@ -601,70 +617,52 @@ fn microsecond_noise_is_not_inflation() {
     assert_eq!(l.value(), 64);
 }
 
+const TENTH: Duration = Duration::from_millis(100);
+
+/// A limit settled at 10 that rose to 11 on a window of 10 tasks of 100 ms finishing at 100
+/// a second, and when.
+fn risen_to_eleven(p: &LimitParams) -> (Limit, Instant) {
+    let t0 = Instant::now();
+    let mut l = Limit::learned(p, settled(10), 2);
+    let moved = filled_window(&mut l, p, (t0, TENTH), (10, TENTH), obs(0.3, 0.1, 10));
+    assert_eq!(moved, Some(Move::Rise));
+    assert_eq!(l.value(), 11);
+    (l, t0 + TENTH)
+}
+
 #[test]
 fn a_steady_rise_that_does_not_pay_is_undone() {
     let p = params();
-    let t0 = Instant::now();
-    let mut l = Limit::learned(&p, settled(10), 2);
-    // 10 running, 100 completions/s: a rise to 11.
-    l.filled(t0);
-    for _ in 0..10 {
-        l.completed(100 * MS);
-    }
-    assert_eq!(l.observe(&p, obs(0.3, 0.1, 10), t0 + 100 * MS), Some(Move::Rise));
-    assert_eq!(l.value(), 11);
+    let (mut l, t1) = risen_to_eleven(&p);
     // At 11 the rate stays at 100/s (a downstream is the bottleneck): back to 10.
-    let t1 = t0 + 100 * MS;
-    l.filled(t1);
-    for _ in 0..10 {
-        l.completed(100 * MS);
-    }
-    assert_eq!(
-        l.observe(&p, obs(0.3, 0.1, 11), t1 + 100 * MS),
-        Some(Move::NoGain)
-    );
+    let moved = filled_window(&mut l, &p, (t1, TENTH), (10, TENTH), obs(0.3, 0.1, 11));
+    assert_eq!(moved, Some(Move::NoGain));
     assert_eq!(l.value(), 10);
     // And it waits a quiet period before trying again.
-    let t2 = t1 + 100 * MS;
-    l.filled(t2);
-    for _ in 0..10 {
-        l.completed(100 * MS);
-    }
-    assert_eq!(l.observe(&p, obs(0.3, 0.1, 10), t2 + 100 * MS), None);
+    let t2 = t1 + TENTH;
+    let moved = filled_window(&mut l, &p, (t2, TENTH), (10, TENTH), obs(0.3, 0.1, 10));
+    assert_eq!(moved, None);
 }
 
 #[test]
 fn a_rise_is_not_judged_on_a_drain() {
     let p = params();
-    let t0 = Instant::now();
-    let mut l = Limit::learned(&p, settled(10), 2);
-    l.filled(t0);
-    for _ in 0..10 {
-        l.completed(100 * MS);
-    }
-    assert_eq!(l.observe(&p, obs(0.3, 0.1, 10), t0 + 100 * MS), Some(Move::Rise));
+    let (mut l, t1) = risen_to_eleven(&p);
     // Filled at 11, then its admissions end: its completions fall off as it drains (half
     // the rate of the level below), which is not what 11 does.
-    let t1 = t0 + 100 * MS;
     l.filled(t1);
     for (i, running) in (1..=5u32).zip([9, 7, 5, 3, 1]) {
         l.unfilled();
         for _ in 0..2 {
-            l.completed(100 * MS);
+            l.completed(TENTH);
         }
         assert_eq!(l.observe(&p, obs(0.3, 0.1, running), t1 + i * 40 * MS), None);
     }
     assert_eq!(l.value(), 11);
     // Filled again (a task with a timeout of its own that still fits): judged again.
-    let t2 = t1 + 200 * MS;
-    l.filled(t2);
-    for _ in 0..10 {
-        l.completed(100 * MS);
-    }
-    assert_eq!(
-        l.observe(&p, obs(0.3, 0.1, 11), t2 + 100 * MS),
-        Some(Move::NoGain)
-    );
+    let t2 = t1 + 2 * TENTH;
+    let moved = filled_window(&mut l, &p, (t2, TENTH), (10, TENTH), obs(0.3, 0.1, 11));
+    assert_eq!(moved, Some(Move::NoGain));
 }
 
 #[test]
