@@ -19,7 +19,7 @@
 //! `--deadline-fraction`.
 //!
 //! A task not yet ended is known to take at least what it has run: the longest-running
-//! attempt of the function at that size ([`Figure::running_for`]) counts as if it ended
+//! attempt of the function at that size ([`Figure::read`]) counts as if it ended
 //! now ([`Tail::running`]), so a long task's first appearance ends late admissions while it
 //! runs, not once it has ended (when the workers that took its like late are already
 //! doomed).
@@ -249,19 +249,20 @@ impl Figure {
     }
 
     /// The same of the recent attempts of tasks with a timeout of their own, once enough
-    /// of them are known.
-    pub fn longest_bounded(&self) -> Option<Duration> {
+    /// of them are known (assessments read it with the rest: [`Figure::read`]).
+    #[cfg(test)]
+    fn longest_bounded(&self) -> Option<Duration> {
         self.bounded.load().figure()
     }
 
     /// How long the longest-running attempt running now has run.
-    pub fn running_for(&self, now: Instant) -> Option<Duration> {
+    fn running_for(&self, now: Instant) -> Option<Duration> {
         self.since(&self.earliest, now)
     }
 
     /// How long the longest-running attempt of a task with a timeout of its own, running
     /// now, has run.
-    pub fn bounded_running_for(&self, now: Instant) -> Option<Duration> {
+    fn bounded_running_for(&self, now: Instant) -> Option<Duration> {
         self.since(&self.bounded_earliest, now)
     }
 
