@@ -105,6 +105,8 @@ pub(crate) struct Metrics {
     learned: Family<FunctionLabel, Gauge>,
     /// The duration a task of a function is expected to take (admission's figure).
     duration_bound: Family<FunctionLabel, FloatGauge>,
+    /// The share of a fresh worker's life in which it takes tasks without their own timeout.
+    admitting_share: Family<FunctionLabel, FloatGauge>,
     /// The memory size a new worker of a function gets now.
     size: Family<FunctionLabel, Gauge>,
     /// Billed GB-s per finished task, per function and memory size tried.
@@ -266,6 +268,12 @@ impl Metrics {
                 "What a task of a function is expected to take (the longest of its recent attempts; 0: not known yet)",
                 Some(Unit::Seconds),
             ),
+            admitting_share: made(
+                r,
+                "worker_admitting_share",
+                "Share of a fresh worker's life in which it takes tasks without a timeout of their own (below the deadline fraction: a life short for the function's tasks)",
+                None,
+            ),
             handover_wait: made(
                 r,
                 "handover_wait_seconds",
@@ -408,6 +416,9 @@ impl Metrics {
             self.duration_bound
                 .get_or_create(&function())
                 .set(f.duration_bound_ms as f64 / 1000.0);
+            self.admitting_share
+                .get_or_create(&function())
+                .set(f.admitting_share);
             let spawns = SpawnLabels {
                 function: f.function.clone(),
                 spawner: self.spawner,
@@ -547,6 +558,7 @@ mod tests {
                 pending: 4,
                 workers_live: 2,
                 billed_gb_ms: 1500.0,
+                admitting_share: 0.645,
                 ..Default::default()
             }],
             ..Default::default()
@@ -558,6 +570,7 @@ mod tests {
             r#"carpool_tasks_pending{function="echo"} 4"#,
             r#"carpool_workers{function="echo",state="live"} 2"#,
             r#"carpool_billed_gigabyte_seconds_total{function="echo"} 1.5"#,
+            r#"carpool_worker_admitting_share{function="echo"} 0.645"#,
             r#"carpool_worker_shutdowns_total{reason="idle"} 1"#,
             r#"carpool_spawn_failures_total{reason="exited"} 1"#,
             "carpool_task_execution_seconds_count 1",

@@ -330,8 +330,12 @@ async fn long_tasks_that_vary_set_a_bound_past_the_longest_of_them() {
         assert_eq!(r.state(), TaskState::Succeeded, "{r:?}");
     }
     // Alike short ones: the bound is the longest of them.
-    let short = function_stats(&client, "sleep").await.duration_bound_ms;
+    let stats = function_stats(&client, "sleep").await;
+    let short = stats.duration_bound_ms;
     assert!((50..200).contains(&short), "{short}");
+    // A 10 s life is long for them: a new worker takes them for nearly all of it.
+    assert!(stats.admitting_share > 0.95, "{stats:?}");
+    assert_eq!(stats.life_wanted_ms, 0, "{stats:?}");
     // Five long ones 250 ms apart, at once: the next may well be longer than the longest,
     // by the mean gap between them (2000 ms and (2000 - 1000) / 4 ms).
     let runs: Vec<_> = ["1000", "1250", "1500", "1750", "2000"]
@@ -347,5 +351,16 @@ async fn long_tasks_that_vary_set_a_bound_past_the_longest_of_them() {
     }
     let stats = function_stats(&client, "sleep").await;
     assert!((2200..2400).contains(&stats.duration_bound_ms), "{stats:?}");
+    // Not for these: the last 2.7 s of a 10 s life take no such task, which is more than the
+    // fixed rule's last fifth; a life five times what the last task needs would not be short.
+    let need = stats.duration_bound_ms as f64 * 1.1 + 250.0;
+    assert!(
+        (stats.admitting_share - (10_000.0 - need) / 10_000.0).abs() < 0.005,
+        "{stats:?}"
+    );
+    assert!(
+        (stats.life_wanted_ms as f64 - need * 5.0).abs() < 25.0,
+        "{stats:?}"
+    );
     fleet_gone(&client).await;
 }

@@ -145,9 +145,18 @@ pub(crate) fn stats_table(s: &pb::StatsResponse) -> String {
             || f.refused_for_time > 0
         {
             out.push_str(&format!(
-                "life of {}'s workers: tasks take up to {} ms; {} refused for time; {} bounded tasks taken late; {} successors (latest {} ms ahead); tasks waited {} ms across hand-overs (longest {} ms); {} killed at a deadline\n",
+                "life of {}'s workers: tasks take up to {} ms; a new worker takes them for {:.0} % of its life{}; {} refused for time; {} bounded tasks taken late; {} successors (latest {} ms ahead); tasks waited {} ms across hand-overs (longest {} ms); {} killed at a deadline\n",
                 f.function,
                 f.duration_bound_ms,
+                f.admitting_share * 100.0,
+                if f.life_wanted_ms > 0 {
+                    format!(
+                        " (short for its tasks: a life of {:.1} s would take them as long as the fixed rule does)",
+                        f.life_wanted_ms as f64 / 1000.0
+                    )
+                } else {
+                    String::new()
+                },
                 f.refused_for_time,
                 f.taken_late,
                 f.successors_started,
@@ -181,4 +190,31 @@ pub(crate) fn sample_percents(sample: Option<&pb::ResourceSample>) -> (String, S
         "-".into()
     };
     (format!("{:.0}%", s.cpu * 100.0), mem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stats_say_when_a_life_is_short_for_its_tasks_and_what_life_is_not() {
+        let stats = |share: f64, wanted: u64| pb::StatsResponse {
+            functions: vec![pb::FunctionStats {
+                function: "wait".into(),
+                duration_bound_ms: 2_000,
+                admitting_share: share,
+                life_wanted_ms: wanted,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let short = stats_table(&stats(0.51, 12_300));
+        assert!(
+            short.contains("takes them for 51 % of its life (short for its tasks: a life of 12.3 s"),
+            "{short}"
+        );
+        let long = stats_table(&stats(0.997, 0));
+        assert!(long.contains("for 100 % of its life;"), "{long}");
+        assert!(!long.contains("short for its tasks"), "{long}");
+    }
 }

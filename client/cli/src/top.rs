@@ -196,7 +196,8 @@ fn bound_secs(ms: u64) -> String {
 }
 
 /// The workers' lives of `functions`: what a task is expected to take (when admissions end),
-/// tasks refused for time and bounded ones taken late, successors and how far ahead the
+/// the share of a fresh worker's life that takes tasks of unknown length and, where that is
+/// short of the fixed rule's, the life that would not be (Stats' `life_wanted_ms`), tasks refused for time and bounded ones taken late, successors and how far ahead the
 /// latest started, the hand-over wait (in all, and the longest) and attempts killed at a
 /// deadline.
 fn render_lives(frame: &mut Frame<'_>, area: ratatui::layout::Rect, functions: &[&pb::FunctionStats]) {
@@ -204,6 +205,8 @@ fn render_lives(frame: &mut Frame<'_>, area: ratatui::layout::Rect, functions: &
         Row::new(vec![
             f.function.clone(),
             bound_secs(f.duration_bound_ms),
+            format!("{:.0}", f.admitting_share * 100.0),
+            bound_secs(f.life_wanted_ms),
             f.refused_for_time.to_string(),
             f.taken_late.to_string(),
             f.successors_started.to_string(),
@@ -218,7 +221,9 @@ fn render_lives(frame: &mut Frame<'_>, area: ratatui::layout::Rect, functions: &
             Constraint::Min(12),
             Constraint::Length(9),
             Constraint::Length(8),
+            Constraint::Length(12),
             Constraint::Length(8),
+            Constraint::Length(5),
             Constraint::Length(11),
             Constraint::Length(8),
             Constraint::Length(16),
@@ -229,6 +234,8 @@ fn render_lives(frame: &mut Frame<'_>, area: ratatui::layout::Rect, functions: &
         Row::new([
             "FUNCTION",
             "TASK ≤ s",
+            "ADMITS%",
+            "LIFE WANTED",
             "REFUSED",
             "LATE",
             "SUCCESSORS",
@@ -432,6 +439,8 @@ mod tests {
                 functions: vec![pb::FunctionStats {
                     function: "wait".into(),
                     duration_bound_ms: 2_410,
+                    admitting_share: 0.419,
+                    life_wanted_ms: 14_500,
                     refused_for_time: 7,
                     taken_late: 3,
                     successors_started: 4,
@@ -452,6 +461,10 @@ mod tests {
             "SUCCESSORS",
             "HAND-OVER",
             "2.41",
+            "ADMITS%",
+            " 42 ",
+            "LIFE WANTED",
+            "14.50",
             "0.21",
             "31/16",
         ] {

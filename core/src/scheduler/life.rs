@@ -594,6 +594,31 @@ pub fn admission_end(
     running.map_or(planned, |r| planned.min(by(r)))
 }
 
+/// The share of a fresh worker's `life` in which it takes tasks without a timeout of their
+/// own, tasks being `expected` to take that long ([`admission_end`] over the life), and,
+/// where that is less than `fraction`, the life that would make it `fraction`
+/// ([`life_for_fraction`]).
+pub fn admitting_share(
+    admission: Admission,
+    fraction: f64,
+    life: Duration,
+    expected: Option<Duration>,
+) -> (f64, Option<Duration>) {
+    if life.is_zero() {
+        return (0.0, None);
+    }
+    let end = admission_end(admission, fraction, life, expected, None, None);
+    let wanted = (end < life.mul_f64(fraction)).then(|| life_for_fraction(life - end, fraction));
+    (end.as_secs_f64() / life.as_secs_f64(), wanted)
+}
+
+/// The shortest life in which a worker whose last task `need`s that much of its life
+/// ([`needed`]) takes tasks for at least `fraction` of it, as long as the fixed rule's
+/// workers do.
+pub fn life_for_fraction(need: Duration, fraction: f64) -> Duration {
+    need.div_f64((1.0 - fraction).max(f64::EPSILON))
+}
+
 /// What a worker's assessment reads of a [`Figure`] ([`Figure::read`]): see the fields of
 /// the same names of [`super::WorkerView`].
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -376,7 +376,7 @@ impl State {
                     f.eligible.remove(&key);
                     if let Some(w) = stale {
                         w.indexed = None;
-                        count_refusal(f, w, &rules, now);
+                        count_refusal(f, &worker_id, w, &rules, now);
                     }
                     continue;
                 }
@@ -934,7 +934,7 @@ impl State {
 fn rekey(f: &mut FunctionPool, id: &WorkerId, w: &mut Worker, rules: &Rules, now: Instant) {
     let key = w.index_key(rules, now);
     if key.is_none() && f.tasks.pending() > 0 {
-        count_refusal(f, w, rules, now);
+        count_refusal(f, id, w, rules, now);
     }
     if key == w.indexed {
         return;
@@ -957,12 +957,37 @@ fn lead_of(f: &FunctionPool, task: Option<Duration>) -> Duration {
     )
 }
 
-/// Counts worker `w` once as refused for time, if its admissions have ended.
-fn count_refusal(f: &mut FunctionPool, w: &mut Worker, rules: &Rules, now: Instant) {
-    if !w.refused_for_time && scheduler::assess(rules, &w.view(now)) == Verdict::Draining {
-        w.refused_for_time = true;
-        f.refused_for_time += 1;
+/// Counts worker `w` (`id`) once as refused for time, if its admissions have ended; the
+/// first such worker whose admissions ended before the fixed rule's would have is logged
+/// once for its function, with the life that would avoid it.
+fn count_refusal(f: &mut FunctionPool, id: &WorkerId, w: &mut Worker, rules: &Rules, now: Instant) {
+    let view = w.view(now);
+    if w.refused_for_time || scheduler::assess(rules, &view) != Verdict::Draining {
+        return;
     }
+    w.refused_for_time = true;
+    f.refused_for_time += 1;
+    if f.told_short_life || rules.admission != scheduler::Admission::Duration {
+        return;
+    }
+    let end = scheduler::admission_end(rules, &view);
+    if end >= w.timeout.mul_f64(rules.deadline_fraction) {
+        return;
+    }
+    f.told_short_life = true;
+    let need = w.timeout.saturating_sub(end);
+    warn!(
+        function = %w.function,
+        worker = %id,
+        life_ms = w.timeout.as_millis() as u64,
+        admissions_end_ms = end.as_millis() as u64,
+        life_wanted_ms = scheduler::life::life_for_fraction(need, rules.deadline_fraction).as_millis() as u64,
+        "a worker stopped taking tasks without a timeout of their own earlier in its life than \
+         --deadline-fraction: its life is short for the function's longest tasks, and each \
+         worker drains for one while taking no such task; a life of life_wanted_ms (Lambda's \
+         function timeout, --execution-timeout locally), or a timeout of their own on the \
+         short tasks, bills less (Stats' admitting_share; logged once per function)"
+    );
 }
 
 /// How many task ids a coordinator reserves in its journal at a time (a block at its start,

@@ -333,6 +333,11 @@ pub(super) struct FunctionPool {
     pub(super) successor_lead_ms: u64,
     /// Attempts lost because their worker reached the end of its life while they ran.
     pub(super) killed_at_deadline: u64,
+    /// The life its latest new worker said it had at its hello (a fresh worker's life,
+    /// Stats' `admitting_share` reads it; `--execution-timeout` until one has).
+    pub(super) life: Option<Duration>,
+    /// Whether the log has said that its workers' lives are short for its tasks (once).
+    pub(super) told_short_life: bool,
     /// Until then scale-out need not look for workers near the end of their admissions (none
     /// comes within its successor's lead of its end before; looked at again at least every
     /// sample interval, as figures move).

@@ -122,6 +122,15 @@ impl State {
                     .max()
             });
             s.duration_bound_ms = bound.map_or(0, |d| d.as_millis().max(1) as u64);
+            let life = f.life.unwrap_or(self.config.fleet.execution_timeout);
+            let (share, wanted) = crate::scheduler::life::admitting_share(
+                self.rules.admission,
+                self.rules.deadline_fraction,
+                life,
+                bound,
+            );
+            s.admitting_share = share;
+            s.life_wanted_ms = wanted.map_or(0, |w| w.as_millis() as u64);
             s.slots_mean = if n > 0 { limits / f64::from(n) } else { 0.0 };
             add(&mut total, &s);
             functions.push(s);

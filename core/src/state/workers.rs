@@ -278,6 +278,7 @@ impl State {
             f.max_slots = f.max_slots.max(slots);
             // Each worker that said hello is one billed invocation.
             f.workers_started += 1;
+            f.life = Some(timeout);
             f.consecutive_spawn_failures = 0;
             f.spawn_blocked_until = None;
         }

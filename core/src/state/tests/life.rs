@@ -76,12 +76,43 @@ fn a_worker_takes_no_task_its_function_s_longest_attempt_would_not_finish_in_its
 }
 
 #[test]
+fn stats_say_how_much_of_a_life_admits_and_a_short_one_is_told_once() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let a = s
+        .connect(hello_with_life("a", 2, secs(10.0)), now, &mut effects)
+        .expect("connect");
+    // Nothing measured: the fraction rule's share.
+    assert_eq!(s.stats(now).functions[0].admitting_share, 0.8);
+    run_tasks(&mut s, "a", a, 8, secs(3.0), now);
+    // 3 s tasks need 3.55 s of the worker's 10 s life (not the 15 minutes of
+    // --execution-timeout: the life its worker said it had).
+    let st = &s.stats(now).functions[0];
+    assert!((st.admitting_share - 0.645).abs() < 1e-9, "{st:?}");
+    // The life that admits as long as the fixed rule: 3.55 s is its last fifth.
+    assert_eq!(st.life_wanted_ms, 17_750);
+    assert!(!s.functions["f"].told_short_life);
+    // Its admissions end at 6.45 s with a task waiting: told once, for the function.
+    let mut effects = Effects::default();
+    submit(&mut s, &mut effects, now + secs(6.5));
+    assert!(s.functions["f"].told_short_life);
+}
+
+#[test]
 fn short_tasks_are_admitted_past_the_fraction_while_they_fit() {
     let (mut s, now, a) = known(secs(0.05));
     // 9.5 s into a 10 s life: past 0.8, but 50 ms tasks still fit.
     let mut effects = Effects::default();
     let t = submit(&mut s, &mut effects, now + secs(9.5));
     assert_eq!(assigned(&mut effects, a), vec![t]);
+    // A life long for its tasks: most of it admits, and nothing is told.
+    let st = &s.stats(now).functions[0];
+    assert!((st.admitting_share - 0.969_5).abs() < 1e-9, "{st:?}");
+    assert_eq!(st.life_wanted_ms, 0);
+    let mut effects = Effects::default();
+    submit(&mut s, &mut effects, now + secs(9.8));
+    submit(&mut s, &mut effects, now + secs(9.8));
+    assert!(!s.functions["f"].told_short_life);
 }
 
 #[test]
