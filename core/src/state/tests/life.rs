@@ -58,6 +58,7 @@ fn a_worker_takes_no_task_its_function_s_longest_attempt_would_not_finish_in_its
         .expect("connect");
     // Nothing measured: the fraction rule (0.8 of 10 s).
     assert_eq!(s.stats(now).functions[0].duration_bound_ms, 0);
+    assert_eq!(s.stats(now).functions[0].admitting_share, 0.8);
     run_tasks(&mut s, "a", a, 8, secs(3.0), now);
     assert_eq!(s.stats(now).functions[0].duration_bound_ms, 3000);
     // 3 s tasks need 3.3 s and 250 ms of slack: admissions end at 6.45 s, not 8 s.
@@ -77,14 +78,7 @@ fn a_worker_takes_no_task_its_function_s_longest_attempt_would_not_finish_in_its
 
 #[test]
 fn stats_say_how_much_of_a_life_admits_and_a_short_one_is_told_once() {
-    let (mut s, now) = state(external());
-    let mut effects = Effects::default();
-    let a = s
-        .connect(hello_with_life("a", 2, secs(10.0)), now, &mut effects)
-        .expect("connect");
-    // Nothing measured: the fraction rule's share.
-    assert_eq!(s.stats(now).functions[0].admitting_share, 0.8);
-    run_tasks(&mut s, "a", a, 8, secs(3.0), now);
+    let (mut s, now, _) = known(secs(3.0));
     // 3 s tasks need 3.55 s of the worker's 10 s life (not the 15 minutes of
     // --execution-timeout: the life its worker said it had).
     let st = &s.stats(now).functions[0];
