@@ -292,6 +292,16 @@ async fn a_task_still_running_ends_late_admissions_before_it_has_ended() {
     let late = client.run_request(sleep("100")).await.expect("run");
     assert_eq!(late.state(), TaskState::Succeeded, "{late:?}");
     assert_ne!(late.worker_id, first, "{late:?}");
+    // Its admissions ended at about half its life, short of the fixed rule's 0.8, with a
+    // task waiting: the coordinator said so once, with the life that would not be short.
+    let said = "earlier in its life than --deadline-fraction";
+    let log = eventually("the short life to be logged", || async {
+        let log = coord.log();
+        log.contains(said).then_some(log)
+    })
+    .await;
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert!(log.contains("life_wanted_ms="), "{log}");
     let kept = keeper.await.expect("join").expect("run");
     assert_eq!(
         (kept.state(), kept.attempts, kept.worker_id.as_str()),
