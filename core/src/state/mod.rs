@@ -617,7 +617,7 @@ impl State {
             )
         };
         let task = typical.map(Duration::from_secs_f64);
-        let lead = lead_of(f, task);
+        let lead = lead_of(f, size, task);
         // Attempts started before this are long ones: their slots do not turn over with the
         // median task (a worker whose slots all hold long tasks finishes nothing for their
         // time, whatever its median).
@@ -783,7 +783,11 @@ impl State {
         }
         // Only now (every result asks): the lead, from the sorted recent durations.
         let hand_overs = rules.admission == scheduler::Admission::Duration;
-        let lead = lead_of(f, f.reach.typical().map(Duration::from_secs_f64));
+        let lead = lead_of(
+            f,
+            self.choose_size(function, now).0,
+            f.reach.typical().map(Duration::from_secs_f64),
+        );
         let ending = |w: &Worker| hand_overs && scheduler::until_deadline(rules, &w.view(now)) <= lead;
         !self
             .workers
@@ -792,10 +796,15 @@ impl State {
     }
 
     /// How long before a worker's admissions end its successor is started: what a new
-    /// worker of `function` has been measured to take to be of use (0 with nothing measured).
-    fn successor_lead(&self, function: &str) -> Duration {
+    /// worker of `function`, at the size new workers get now, has been measured to take to
+    /// be of use (0 with nothing measured).
+    fn successor_lead(&self, function: &str, now: Instant) -> Duration {
         self.functions.get(function).map_or(Duration::ZERO, |f| {
-            lead_of(f, f.reach.typical().map(Duration::from_secs_f64))
+            lead_of(
+                f,
+                self.choose_size(function, now).0,
+                f.reach.typical().map(Duration::from_secs_f64),
+            )
         })
     }
 
@@ -947,14 +956,16 @@ fn rekey(f: &mut FunctionPool, id: &WorkerId, w: &mut Worker, rules: &Rules, now
     }
 }
 
-/// The successor's lead of function `f` (see [`scheduler::life::successor_lead`]), its
-/// tasks' typical duration being `task`.
-fn lead_of(f: &FunctionPool, task: Option<Duration>) -> Duration {
-    scheduler::life::successor_lead(
-        f.cold_start_slow,
-        f.reach.to_first_result().map(Duration::from_secs_f64),
-        task,
-    )
+/// The successor's lead of function `f` (see [`scheduler::life::successor_lead`]) for a new
+/// worker of `size`, its tasks' typical duration being `task`: by the cold starts measured
+/// at that size, or at any where none is.
+fn lead_of(f: &FunctionPool, size: u32, task: Option<Duration>) -> Duration {
+    let cold = f
+        .cold_starts_at
+        .get(&size)
+        .and_then(workers::ColdStarts::slow)
+        .or_else(|| f.recent_cold_starts.slow());
+    scheduler::life::successor_lead(cold, f.reach.to_first_result().map(Duration::from_secs_f64), task)
 }
 
 /// Counts worker `w` (`id`) once as refused for time, if its admissions have ended; the

@@ -301,11 +301,12 @@ pub(super) struct FunctionPool {
     pub(super) last_spawn_error_at: Option<Instant>,
     /// Spawned workers that said hello, and the cold starts (ms) of the most recent ones.
     pub(super) cold_starts: u64,
-    pub(super) recent_cold_starts: VecDeque<u64>,
-    /// The slow end of those (their 99th percentile, or while few are known their fitted
-    /// tail: see `workers::slow_end`): how long before a worker's admissions end its
-    /// successor is started.
-    pub(super) cold_start_slow: Option<Duration>,
+    pub(super) recent_cold_starts: super::workers::ColdStarts,
+    /// The recent cold starts at each memory size (at most [`MAX_DURATION_SIZES`]): a
+    /// successor is started ahead by the slow end of those at the size new workers get
+    /// (their 99th percentile, or while few are known their fitted tail: see
+    /// `workers::slow_end`), or of those at any size where none is known there.
+    pub(super) cold_starts_at: BTreeMap<u32, super::workers::ColdStarts>,
     /// Billed GB-ms of workers that have ended.
     pub(super) billed_gb_ms: f64,
     /// What Lambda bills per request for the same attempts: each attempt's own duration

@@ -139,7 +139,7 @@ impl State {
         total.cold_start_p50_ms = median(
             self.functions
                 .values()
-                .flat_map(|f| f.recent_cold_starts.iter().copied()),
+                .flat_map(|f| f.recent_cold_starts.recent()),
         );
         if let Some(f) = self
             .functions
@@ -173,8 +173,8 @@ fn function_stats(name: &str, f: &FunctionPool, live_gb_ms: f64) -> pb::Function
         retried: f.retried,
         timed_out: f.timed_out,
         cold_starts: f.cold_starts,
-        cold_start_p50_ms: median(f.recent_cold_starts.iter().copied()),
-        cold_start_max_ms: f.recent_cold_starts.iter().copied().max().unwrap_or(0),
+        cold_start_p50_ms: median(f.recent_cold_starts.recent()),
+        cold_start_max_ms: f.recent_cold_starts.recent().max().unwrap_or(0),
         last_spawn_error: f.last_spawn_error.clone(),
         memory_peak_fraction: f.peak_mem,
         request_billed_gb_ms: f.request_gb_ms,

@@ -20,10 +20,14 @@ use crate::scheduler::{self, AfterLostAttempt};
 /// A worker gone this close to the end of its life (or later) reached its deadline.
 const DEADLINE_TOLERANCE: Duration = Duration::from_millis(250);
 
-/// Cold starts kept per function for Stats' median and maximum.
+/// Cold starts kept per function for Stats' median and maximum, and a successor's lead
+/// where none is known at the size new workers get.
 const RECENT_COLD_STARTS: usize = 1024;
 
-/// The `q` quantile (nearest rank) of `values`; 0 for none.
+/// Cold starts kept per function and memory size, for a successor's lead at its size (more
+/// than [`FEW_COLD_STARTS`], so their slow end comes to be read off them).
+const RECENT_COLD_STARTS_AT_SIZE: usize = 256;
+
 /// Below this many cold starts known, their slow end is not read off the samples alone.
 const FEW_COLD_STARTS: usize = 100;
 
@@ -57,6 +61,37 @@ fn slow_end(values: &std::collections::VecDeque<u64>) -> u64 {
     p99.max(fitted.round().min(u64::MAX as f64) as u64)
 }
 
+/// The recent cold starts (ms) of a function's workers, at one size or at any, and their
+/// slow end ([`slow_end`]): how long before a worker's admissions end its successor is
+/// started.
+#[derive(Debug, Default)]
+pub(super) struct ColdStarts {
+    recent: std::collections::VecDeque<u64>,
+    slow: Option<Duration>,
+}
+
+impl ColdStarts {
+    /// One more, keeping the last `keep`.
+    fn push(&mut self, ms: u64, keep: usize) {
+        if self.recent.len() >= keep {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(ms);
+        self.slow = Some(Duration::from_millis(slow_end(&self.recent)));
+    }
+
+    /// Their slow end; `None` until one is known.
+    pub(super) fn slow(&self) -> Option<Duration> {
+        self.slow
+    }
+
+    /// The recent ones, oldest first.
+    pub(super) fn recent(&self) -> impl Iterator<Item = u64> + '_ {
+        self.recent.iter().copied()
+    }
+}
+
+/// The `q` quantile (nearest rank) of `values`; 0 for none.
 fn percentile(values: &std::collections::VecDeque<u64>, q: f64) -> u64 {
     let mut v: Vec<u64> = values.iter().copied().collect();
     if v.is_empty() {
@@ -206,11 +241,18 @@ impl State {
             let cold_start_ms = now.saturating_duration_since(s.since).as_millis() as u64;
             if let Some(f) = self.functions.get_mut(&s.function) {
                 f.cold_starts += 1;
-                if f.recent_cold_starts.len() >= RECENT_COLD_STARTS {
-                    f.recent_cold_starts.pop_front();
+                f.recent_cold_starts.push(cold_start_ms, RECENT_COLD_STARTS);
+                // At its size too (a bigger size buys more CPU for its init), for as many
+                // sizes as durations are kept for.
+                let sizes = f.cold_starts_at.len();
+                if let Some(at) = match f.cold_starts_at.entry(hello.memory_mb) {
+                    std::collections::btree_map::Entry::Occupied(e) => Some(e.into_mut()),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        (sizes < super::parts::MAX_DURATION_SIZES).then(|| e.insert(ColdStarts::default()))
+                    }
+                } {
+                    at.push(cold_start_ms, RECENT_COLD_STARTS_AT_SIZE);
                 }
-                f.recent_cold_starts.push_back(cold_start_ms);
-                f.cold_start_slow = Some(Duration::from_millis(slow_end(&f.recent_cold_starts)));
                 // Lambda bills a cold sandbox's init as well as its requests.
                 f.request_gb_ms +=
                     billing::billed_gb_ms(Duration::from_millis(cold_start_ms), hello.memory_mb);
@@ -271,7 +313,7 @@ impl State {
         // Look again when its admissions end, to drain it, and its successor's lead before.
         let until = scheduler::until_deadline(&self.rules, &worker.view(now));
         effects.timers.push((until, Timer::Worker(id.clone(), conn)));
-        self.arm_successor(function, until, effects);
+        self.arm_successor(function, until, now, effects);
         info!(worker = %id, function = %function, slots, phase = worker.limit.phase().as_str(), timeout_ms = timeout.as_millis() as u64, "connected");
         self.workers.insert(id.clone(), worker);
         if let Some(f) = self.functions.get_mut(function) {
@@ -287,8 +329,8 @@ impl State {
 
     /// Looks at `function`'s scale-out again when a worker whose admissions end in `until`
     /// is within its successor's lead of that end (see [`State::successor_lead`]).
-    fn arm_successor(&self, function: &Arc<str>, until: Duration, effects: &mut Effects) {
-        let lead = self.successor_lead(function);
+    fn arm_successor(&self, function: &Arc<str>, until: Duration, now: Instant, effects: &mut Effects) {
+        let lead = self.successor_lead(function, now);
         if !lead.is_zero() && until > lead {
             effects
                 .timers
@@ -315,7 +357,7 @@ impl State {
             return; // the hello's timer stands
         }
         let left = scheduler::until_deadline(&self.rules, &v);
-        let lead = self.successor_lead(&w.function);
+        let lead = self.successor_lead(&w.function, now);
         if lead.is_zero() || left <= lead {
             return; // within it already: this event's pass starts the successor
         }
@@ -377,7 +419,7 @@ impl State {
         effects.timers.push((until, Timer::Worker(id.clone(), conn)));
         let function = w.function.clone();
         info!(worker = %id, kept = w.running.len(), lost = lost.len(), stray = stray.len(), "resumed");
-        self.arm_successor(&function, until, effects);
+        self.arm_successor(&function, until, now, effects);
         self.give_back(
             &lost,
             on,

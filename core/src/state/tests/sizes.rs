@@ -246,3 +246,49 @@ fn relearn_forgets_every_size_of_one_function_and_refuses_a_name_it_does_not_ser
             .is_some_and(|f| f.reach.to_first_result().is_none())
     );
 }
+
+#[test]
+fn a_successor_is_started_ahead_by_the_cold_starts_measured_at_the_size_it_will_get() {
+    let (mut s, now) = measured();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.extend(spawns(&mut s, now).into_iter().map(|r| r.id));
+    }
+    assert!(ids.len() >= 2, "{ids:?}");
+    // A worker of 1024 MB took 2 s from its spawn to its hello, one of 4096 MB 200 ms (its
+    // init had four times the CPU).
+    let mut effects = Effects::default();
+    for (id, memory_mb, cold) in [(&ids[0], 1024, 2_000), (&ids[1], 4096, 200)] {
+        let hello = pb::Hello {
+            memory_mb,
+            ..hello(id.as_str(), 1)
+        };
+        s.connect(hello, now + Duration::from_millis(cold), &mut effects)
+            .expect("connect");
+    }
+    let later = now + Duration::from_secs(3);
+    // One cold start known at a size: its fitted tail, 3.2 times it (see `slow_end`).
+    let at = |ms: f64| Duration::from_secs_f64(ms * (2.326f64 * 0.5).exp() / 1000.0);
+    // New workers get 1024 MB, the cheaper: the lead is what starts take there.
+    assert_eq!(s.choose_size("f", later).0, 1024);
+    let lead = s.successor_lead("f", later);
+    assert!(lead.abs_diff(at(2_000.0)) < Duration::from_millis(2), "{lead:?}");
+    // Once 4096 MB is the cheaper, what starts take there.
+    let key: Arc<str> = Arc::from("f");
+    s.learned.restore_cost(
+        &key,
+        4096,
+        SizeCost {
+            workers: 1,
+            tasks: 100,
+            billed_gb_ms: 3_000.0,
+            ..SizeCost::default()
+        },
+    );
+    assert_eq!(s.choose_size("f", later).0, 4096);
+    let lead = s.successor_lead("f", later);
+    assert!(lead.abs_diff(at(200.0)) < Duration::from_millis(2), "{lead:?}");
+    // The function's own figures still count every start.
+    let st = &s.stats(later).functions[0];
+    assert_eq!((st.cold_starts, st.cold_start_max_ms), (2, 2_000), "{st:?}");
+}
