@@ -972,8 +972,11 @@ fn lead_of(f: &FunctionPool, size: u32, task: Option<Duration>) -> Duration {
 /// first such worker whose admissions ended before the fixed rule's would have is logged
 /// once for its function, with the life that would avoid it.
 fn count_refusal(f: &mut FunctionPool, id: &WorkerId, w: &mut Worker, rules: &Rules, now: Instant) {
+    if w.refused_for_time {
+        return;
+    }
     let view = w.view(now);
-    if w.refused_for_time || scheduler::assess(rules, &view) != Verdict::Draining {
+    if scheduler::assess(rules, &view) != Verdict::Draining {
         return;
     }
     w.refused_for_time = true;

@@ -244,14 +244,14 @@ impl State {
                 f.recent_cold_starts.push(cold_start_ms, RECENT_COLD_STARTS);
                 // At its size too (a bigger size buys more CPU for its init), for as many
                 // sizes as durations are kept for.
-                let sizes = f.cold_starts_at.len();
-                if let Some(at) = match f.cold_starts_at.entry(hello.memory_mb) {
-                    std::collections::btree_map::Entry::Occupied(e) => Some(e.into_mut()),
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        (sizes < super::parts::MAX_DURATION_SIZES).then(|| e.insert(ColdStarts::default()))
-                    }
-                } {
-                    at.push(cold_start_ms, RECENT_COLD_STARTS_AT_SIZE);
+                let size = hello.memory_mb;
+                if f.cold_starts_at.contains_key(&size)
+                    || f.cold_starts_at.len() < super::parts::MAX_DURATION_SIZES
+                {
+                    f.cold_starts_at
+                        .entry(size)
+                        .or_default()
+                        .push(cold_start_ms, RECENT_COLD_STARTS_AT_SIZE);
                 }
                 // Lambda bills a cold sandbox's init as well as its requests.
                 f.request_gb_ms +=
