@@ -173,6 +173,12 @@ impl State {
                 .for_each(scheduler::life::Durations::forget);
             f.reach = scheduler::Reach::default();
         }
+        // Its live workers may run the handler that was replaced: what they show is not
+        // learned when they settle or end (it would undo what was just forgotten).
+        self.workers
+            .values_mut()
+            .filter(|w| w.function.as_ref() == function)
+            .for_each(|w| w.before_relearn = true);
         info!(function, levels, costs, "forgot what was learned of the function");
         if self.journaled {
             effects.journal.push(JournalOp::Unlearn(Arc::from(function)));

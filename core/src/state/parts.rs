@@ -63,6 +63,9 @@ pub(super) struct Worker {
     pub(super) refused_for_time: bool,
     /// Its admissions have ended for time and its limit was told it is no longer filled.
     pub(super) drained: bool,
+    /// Its function was relearned since it said hello: it may run the handler that was
+    /// replaced, so its level and its cost are not learned.
+    pub(super) before_relearn: bool,
 }
 
 impl Worker {
@@ -109,6 +112,7 @@ impl Worker {
             peak_mem: 0.0,
             refused_for_time: false,
             drained: false,
+            before_relearn: false,
         }
     }
 

@@ -110,6 +110,7 @@ impl State {
         let function = w.function.clone();
         let memory_mb = w.memory_mb;
         let peak = w.peak_mem;
+        let teaches = !w.before_relearn;
         if after != before {
             debug!(worker = %id, from = before, to = after, why = ?moved, "concurrency limit moved");
             w.send(Kind::Limit(pb::Limit { slots: after }), effects);
@@ -123,7 +124,7 @@ impl State {
                 f.reach.copy_init(init, vcpus);
             }
         }
-        if settled && (after != before || !was_settled) {
+        if teaches && settled && (after != before || !was_settled) {
             let level = Learned {
                 level: after,
                 settled: true,

@@ -594,8 +594,10 @@ impl State {
         info!(worker = %id, alive_ms = alive.as_millis() as u64, tasks_done = w.done, lost = w.running.len(), cause, "worker gone");
         // A limit that only rose proved the level it reached: the next worker starts there.
         // Only a worker that ended its session in order teaches that: one written off or
-        // broken may have been lost to the very level it was trying.
-        if let Some(risen) = w.limit.proven().filter(|l| !l.settled && orderly) {
+        // broken may have been lost to the very level it was trying. Nor does one whose
+        // function was relearned since its hello (it may run the replaced handler).
+        let teaches = !w.before_relearn;
+        if let Some(risen) = w.limit.proven().filter(|l| teaches && !l.settled && orderly) {
             let known = self.learned_limit(&w.function, w.memory_mb);
             if known.is_none_or(|k| !k.settled && k.level < risen.level) {
                 self.learn(&w.function, w.memory_mb, risen, effects);
@@ -609,7 +611,7 @@ impl State {
         // that ended in order without ever being given a task started for work others
         // finished first: its bill is the scale-out's (the function's bill counts it), not
         // what a task costs at its size.
-        if !(orderly && w.assigned_total == 0) {
+        if teaches && !(orderly && w.assigned_total == 0) {
             let cost = self
                 .learned
                 .record(&w.function, w.memory_mb, (billed, w.done), w.at_known_level);

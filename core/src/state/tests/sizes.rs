@@ -292,3 +292,42 @@ fn a_successor_is_started_ahead_by_the_cold_starts_measured_at_the_size_it_will_
     let st = &s.stats(later).functions[0];
     assert_eq!((st.cold_starts, st.cold_start_max_ms), (2, 2_000), "{st:?}");
 }
+
+#[test]
+fn a_worker_live_when_its_function_is_relearned_does_not_teach_it_again() {
+    let (mut s, now) = state(external());
+    let mut effects = Effects::default();
+    let a = connect(&mut s, &mut effects, "a", 1, now);
+    let t = submit(&mut s, &mut effects, now);
+    assert_eq!(assigned(&mut effects, a), vec![t]);
+    // The handler changes while the worker runs it: relearned.
+    s.handle(now, Event::Relearn("f".to_owned()), &mut effects)
+        .expect("relearn");
+    s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
+        .expect("result");
+    let later = now + Duration::from_secs(1);
+    s.finalize(&WorkerId::new("a"), "gone", None, later, &mut effects);
+    // What it cost is the old handler's: not learned.
+    assert!(s.learned.cost("f", 2048).per_task().is_none());
+    let again = s
+        .handle(later, Event::Relearn("f".to_owned()), &mut effects)
+        .expect("relearn");
+    assert!(
+        matches!(again, Reply::Relearned { levels: 0, costs: 0 }),
+        "{again:?}"
+    );
+    // A worker that said hello since teaches.
+    let b = connect(&mut s, &mut effects, "b", 1, later);
+    let t = submit(&mut s, &mut effects, later);
+    assert_eq!(assigned(&mut effects, b), vec![t]);
+    s.results(&WorkerId::new("b"), vec![result(t, 1)], later, &mut effects)
+        .expect("result");
+    s.finalize(
+        &WorkerId::new("b"),
+        "gone",
+        None,
+        later + Duration::from_secs(1),
+        &mut effects,
+    );
+    assert!(s.learned.cost("f", 2048).per_task().is_some());
+}
