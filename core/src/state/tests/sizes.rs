@@ -293,41 +293,52 @@ fn a_successor_is_started_ahead_by_the_cold_starts_measured_at_the_size_it_will_
     assert_eq!((st.cold_starts, st.cold_start_max_ms), (2, 2_000), "{st:?}");
 }
 
+/// Connects worker `id` at `at` and gives it a task; returns the task.
+fn one_task_on(s: &mut State, id: &str, at: Instant) -> TaskId {
+    let mut effects = Effects::default();
+    let conn = connect(s, &mut effects, id, 1, at);
+    let t = submit(s, &mut effects, at);
+    assert_eq!(assigned(&mut effects, conn), vec![t]);
+    t
+}
+
+/// Worker `id` finishes task `t` at `at` and is gone a second later.
+fn done_and_gone(s: &mut State, id: &str, t: TaskId, at: Instant) {
+    let mut effects = Effects::default();
+    s.results(&WorkerId::new(id), vec![result(t, 1)], at, &mut effects)
+        .expect("result");
+    s.finalize(
+        &WorkerId::new(id),
+        "gone",
+        None,
+        at + Duration::from_secs(1),
+        &mut effects,
+    );
+}
+
+/// Relearns function "f" at `at`: what it forgot.
+fn relearn_f(s: &mut State, at: Instant) -> Reply {
+    s.handle(at, Event::Relearn("f".to_owned()), &mut Effects::default())
+        .expect("relearn")
+}
+
 #[test]
 fn a_worker_live_when_its_function_is_relearned_does_not_teach_it_again() {
     let (mut s, now) = state(external());
-    let mut effects = Effects::default();
-    let a = connect(&mut s, &mut effects, "a", 1, now);
-    let t = submit(&mut s, &mut effects, now);
-    assert_eq!(assigned(&mut effects, a), vec![t]);
+    let t = one_task_on(&mut s, "a", now);
     // The handler changes while the worker runs it: relearned.
-    s.handle(now, Event::Relearn("f".to_owned()), &mut effects)
-        .expect("relearn");
-    s.results(&WorkerId::new("a"), vec![result(t, 1)], now, &mut effects)
-        .expect("result");
-    let later = now + Duration::from_secs(1);
-    s.finalize(&WorkerId::new("a"), "gone", None, later, &mut effects);
+    relearn_f(&mut s, now);
+    done_and_gone(&mut s, "a", t, now);
     // What it cost is the old handler's: not learned.
     assert!(s.learned.cost("f", 2048).per_task().is_none());
-    let again = s
-        .handle(later, Event::Relearn("f".to_owned()), &mut effects)
-        .expect("relearn");
+    let later = now + Duration::from_secs(2);
+    let again = relearn_f(&mut s, later);
     assert!(
         matches!(again, Reply::Relearned { levels: 0, costs: 0 }),
         "{again:?}"
     );
     // A worker that said hello since teaches.
-    let b = connect(&mut s, &mut effects, "b", 1, later);
-    let t = submit(&mut s, &mut effects, later);
-    assert_eq!(assigned(&mut effects, b), vec![t]);
-    s.results(&WorkerId::new("b"), vec![result(t, 1)], later, &mut effects)
-        .expect("result");
-    s.finalize(
-        &WorkerId::new("b"),
-        "gone",
-        None,
-        later + Duration::from_secs(1),
-        &mut effects,
-    );
+    let t = one_task_on(&mut s, "b", later);
+    done_and_gone(&mut s, "b", t, later);
     assert!(s.learned.cost("f", 2048).per_task().is_some());
 }
