@@ -595,9 +595,8 @@ pub fn admission_end(
 }
 
 /// The share of a fresh worker's `life` in which it takes tasks without a timeout of their
-/// own, tasks being `expected` to take that long ([`admission_end`] over the life), and,
-/// where that is less than `fraction`, the life that would make it `fraction`
-/// ([`life_for_fraction`]).
+/// own, tasks being `expected` to take that long ([`admission_end`] over the life), and the
+/// life that would not be short for them ([`life_wanted`]).
 pub fn admitting_share(
     admission: Admission,
     fraction: f64,
@@ -608,15 +607,21 @@ pub fn admitting_share(
         return (0.0, None);
     }
     let end = admission_end(admission, fraction, life, expected, None, None);
-    let wanted = (end < life.mul_f64(fraction)).then(|| life_for_fraction(life - end, fraction));
-    (end.as_secs_f64() / life.as_secs_f64(), wanted)
+    (
+        end.as_secs_f64() / life.as_secs_f64(),
+        life_wanted(end, life, fraction),
+    )
 }
 
-/// The shortest life in which a worker whose last task `need`s that much of its life
-/// ([`needed`]) takes tasks for at least `fraction` of it, as long as the fixed rule's
-/// workers do.
-pub fn life_for_fraction(need: Duration, fraction: f64) -> Duration {
-    need.div_f64((1.0 - fraction).max(f64::EPSILON))
+/// Where a worker with `life` takes its last task at `end`, earlier than `fraction` of it
+/// (the fixed rule's end): the shortest life in which what that last task needs of it
+/// (`life - end`) leaves `fraction` of the life to admit in, as the fixed rule's workers
+/// have. `None` where admissions end no earlier than the fixed rule's.
+pub fn life_wanted(end: Duration, life: Duration, fraction: f64) -> Option<Duration> {
+    (end < life.mul_f64(fraction)).then(|| {
+        life.saturating_sub(end)
+            .div_f64((1.0 - fraction).max(f64::EPSILON))
+    })
 }
 
 /// What a worker's assessment reads of a [`Figure`] ([`Figure::read`]): see the fields of

@@ -991,17 +991,16 @@ fn count_refusal(f: &mut FunctionPool, id: &WorkerId, w: &mut Worker, rules: &Ru
         return;
     }
     let end = scheduler::admission_end(rules, &view);
-    if end >= w.timeout.mul_f64(rules.deadline_fraction) {
+    let Some(wanted) = scheduler::life::life_wanted(end, w.timeout, rules.deadline_fraction) else {
         return;
-    }
+    };
     f.told_short_life = true;
-    let need = w.timeout.saturating_sub(end);
     warn!(
         function = %w.function,
         worker = %id,
         life_ms = w.timeout.as_millis() as u64,
         admissions_end_ms = end.as_millis() as u64,
-        life_wanted_ms = scheduler::life::life_for_fraction(need, rules.deadline_fraction).as_millis() as u64,
+        life_wanted_ms = wanted.as_millis() as u64,
         "a worker stopped taking tasks without a timeout of their own earlier in its life than \
          --deadline-fraction: its life is short for the function's longest tasks, and each \
          worker drains for one while taking no such task; a life of life_wanted_ms (Lambda's \
